@@ -1,0 +1,75 @@
+// Starts the real huddle binary on a free port and stops it again.
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { HUDDLE_BIN, HUDDLE_WEB_DIR, T } from './env.js';
+
+const LISTENING = /huddle listening on (https?:\/\/\S+?)\/?\s*$/;
+
+/**
+ * Start `huddle --listen 127.0.0.1:0 ...extraArgs` and wait for its "huddle listening on" line.
+ * @param {{args?: string[], timeoutMs?: number}} [opts]
+ * @returns {Promise<{url: string, wsUrl: string, host: string, port: number,
+ *   proc: import('node:child_process').ChildProcess, output: () => string, stop: () => Promise<void>}>}
+ */
+export async function startServer({ args = [], timeoutMs = T.serverStart } = {}) {
+  if (!existsSync(HUDDLE_BIN)) {
+    throw new Error(`huddle binary not found at ${HUDDLE_BIN}: run \`cargo build --release\` first or set HUDDLE_BIN`);
+  }
+  const argv = ['--listen', '127.0.0.1:0', ...args];
+  if (HUDDLE_WEB_DIR && !args.includes('--web-dir')) argv.push('--web-dir', HUDDLE_WEB_DIR);
+  const proc = spawn(HUDDLE_BIN, argv, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+  });
+  const lines = [];
+  const output = () => lines.join('\n');
+  let exited = null;
+
+  const url = await new Promise((resolve, reject) => {
+    let pending = '';
+    const timer = setTimeout(() => {
+      reject(new Error(`huddle did not print "huddle listening on ..." within ${timeoutMs} ms ` +
+        `(${HUDDLE_BIN} ${argv.join(' ')})\n--- output ---\n${output()}`));
+    }, timeoutMs);
+    const onData = (stream) => (chunk) => {
+      pending += chunk.toString();
+      let nl;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, nl).replace(/\r$/, '');
+        pending = pending.slice(nl + 1);
+        lines.push(`[${stream}] ${line}`);
+        const m = stream === 'stdout' && LISTENING.exec(line);
+        if (m) { clearTimeout(timer); resolve(m[1]); }
+      }
+    };
+    proc.stdout.on('data', onData('stdout'));
+    proc.stderr.on('data', (chunk) => {
+      for (const line of chunk.toString().split('\n')) if (line) lines.push(`[stderr] ${line}`);
+    });
+    proc.on('error', (err) => { clearTimeout(timer); reject(err); });
+    proc.on('exit', (code, signal) => {
+      exited = { code, signal };
+      clearTimeout(timer);
+      reject(new Error(`huddle exited (code ${code}, signal ${signal}) before listening\n--- output ---\n${output()}`));
+    });
+  });
+
+  const u = new URL(url);
+  const base = `${u.protocol}//${u.host}`;
+  return {
+    url: base,
+    wsUrl: `${u.protocol === 'https:' ? 'wss' : 'ws'}://${u.host}/ws`,
+    host: u.hostname,
+    port: Number(u.port),
+    proc,
+    output,
+    async stop() {
+      if (exited) return;
+      const gone = new Promise((resolve) => proc.once('exit', resolve));
+      proc.kill('SIGTERM');
+      const timer = setTimeout(() => { if (!exited) proc.kill('SIGKILL'); }, 5_000);
+      await gone;
+      clearTimeout(timer);
+    },
+  };
+}
