@@ -1,0 +1,338 @@
+//! huddle's signalling protocol, defined once.
+//!
+//! Every WebSocket text frame between a page and the server is one JSON object with a `type`
+//! tag. [`ClientMsg`] is what a client may send, [`ServerMsg`] what the server sends. The page
+//! mirrors these types in JSDoc (`web/js/protocol.js`) and `docs/protocol.md` documents every
+//! message with an example; `tests/json_shapes.rs` pins the JSON so the three cannot drift apart.
+//!
+//! Field names are camelCase (they are read by JavaScript); type tags and enum values are
+//! snake_case. Unknown fields are ignored, so a newer client can talk to an older server within
+//! the same [`PROTOCOL_VERSION`].
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version. A client states the version it speaks in [`ClientMsg::Join`]; the
+/// server announces its own in [`ServerMsg::Welcome`] and refuses a mismatch with
+/// [`ErrorCode::UnsupportedProtocol`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A participant id, assigned by the server when a connection opens. Opaque ASCII; peers compare
+/// ids as strings to decide their "perfect negotiation" role (the lower id is polite).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PeerId(pub String);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Messages a client sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Enter a room (created on first join). Answered by [`ServerMsg::Joined`] or an error.
+    Join {
+        protocol: u32,
+        room: String,
+        name: String,
+        /// Whether the microphone starts unmuted.
+        #[serde(default)]
+        audio: bool,
+        /// Whether the camera starts on.
+        #[serde(default)]
+        video: bool,
+    },
+    /// Leave the current room. Answered by [`ServerMsg::Left`]; the connection stays open and
+    /// may join again.
+    Leave,
+    /// Relay a WebRTC negotiation message to one peer of the same room.
+    Signal { to: PeerId, payload: SignalPayload },
+    /// Send a chat message to everyone in the room (the sender gets it back too).
+    Chat { text: String },
+    /// Announce this participant's media state to the room.
+    Media { audio: bool, video: bool, screen: bool },
+    /// Receive [`ServerMsg::Rooms`] now and whenever the public room list changes, until this
+    /// connection joins a room or sends `unwatch_rooms`.
+    WatchRooms,
+    /// Stop receiving room list updates.
+    UnwatchRooms,
+}
+
+impl ClientMsg {
+    /// Every `type` tag a client may send, for telling an unknown type from a malformed one.
+    pub const TYPES: &'static [&'static str] =
+        &["join", "leave", "signal", "chat", "media", "watch_rooms", "unwatch_rooms"];
+
+    /// The `type` tag of this message.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMsg::Join { .. } => "join",
+            ClientMsg::Leave => "leave",
+            ClientMsg::Signal { .. } => "signal",
+            ClientMsg::Chat { .. } => "chat",
+            ClientMsg::Media { .. } => "media",
+            ClientMsg::WatchRooms => "watch_rooms",
+            ClientMsg::UnwatchRooms => "unwatch_rooms",
+        }
+    }
+}
+
+/// What a [`ClientMsg::Signal`] carries: the messages of the W3C "perfect negotiation" pattern.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SignalPayload {
+    /// An SDP offer or answer (`RTCSessionDescription.toJSON()`).
+    Description { description: SessionDescription },
+    /// A trickled ICE candidate (`RTCIceCandidate.toJSON()`); `null` marks the end of gathering.
+    Candidate { candidate: Option<IceCandidate> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionDescription {
+    #[serde(rename = "type")]
+    pub kind: SdpType,
+    pub sdp: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SdpType {
+    Offer,
+    Answer,
+    Pranswer,
+    Rollback,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, rename = "sdpMLineIndex", skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// Messages the server sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// First message on every connection.
+    #[serde(rename_all = "camelCase")]
+    Welcome {
+        protocol: u32,
+        /// This connection's peer id.
+        id: PeerId,
+        /// Server name and version, e.g. `huddle/0.1.0`.
+        server: String,
+        limits: Limits,
+        /// ICE servers for `RTCPeerConnection` (`RTCIceServer` dictionaries).
+        ice_servers: Vec<IceServer>,
+    },
+    /// The public room list (answer to `watch_rooms`, then on every change, at most a few times
+    /// a second).
+    Rooms { rooms: Vec<RoomSummary> },
+    /// This connection is now in `room`.
+    #[serde(rename_all = "camelCase")]
+    Joined {
+        room: String,
+        /// This participant as the others see it.
+        you: Peer,
+        /// Everyone else already in the room, in joining order.
+        peers: Vec<Peer>,
+        /// The room's recent chat, oldest first.
+        chat: Vec<ChatMessage>,
+        /// How media flows in this room.
+        topology: Topology,
+        /// ICE servers for this room's connections.
+        ice_servers: Vec<IceServer>,
+    },
+    /// Answer to `leave`.
+    Left { room: String },
+    /// Someone entered the room.
+    PeerJoined { peer: Peer },
+    /// Someone left the room.
+    PeerLeft { id: PeerId, reason: LeaveReason },
+    /// Someone's media state changed.
+    PeerUpdated { peer: Peer },
+    /// A negotiation message relayed from another peer of the room.
+    Signal { from: PeerId, payload: SignalPayload },
+    /// A chat message.
+    Chat { message: ChatMessage },
+    /// A request could not be carried out. The connection stays open unless a `bye` follows.
+    Error {
+        code: ErrorCode,
+        /// A human sentence in English; pages show their own translation of `code`.
+        message: String,
+        /// The `type` of the message that caused the error, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+    /// The server is closing this connection; the WebSocket close follows.
+    Bye { reason: ByeReason },
+}
+
+impl ServerMsg {
+    pub fn error(code: ErrorCode, request: Option<&str>) -> ServerMsg {
+        ServerMsg::Error { code, message: code.message().to_string(), request: request.map(str::to_string) }
+    }
+}
+
+/// Limits the server enforces, announced in `welcome` so a page can check before sending.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_frame_bytes: u32,
+    pub max_name_chars: u32,
+    pub max_room_chars: u32,
+    pub max_chat_chars: u32,
+    pub room_capacity: u32,
+    pub chat_history: u32,
+    /// The largest file a page may offer over a data channel.
+    pub max_file_bytes: u64,
+}
+
+/// An `RTCIceServer` dictionary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub name: String,
+    pub participants: u32,
+    pub capacity: u32,
+}
+
+/// A participant as others see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub id: PeerId,
+    pub name: String,
+    /// Microphone unmuted.
+    pub audio: bool,
+    /// Camera on.
+    pub video: bool,
+    /// Sharing the screen.
+    pub screen: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Increasing within a room.
+    pub id: u64,
+    pub from: PeerId,
+    /// The sender's name when it was sent.
+    pub name: String,
+    pub text: String,
+    /// Milliseconds since the Unix epoch, server clock.
+    pub ts: u64,
+}
+
+/// How media flows in a room. Only `p2p` (a full mesh) exists today; the SFU adds `sfu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topology {
+    P2p,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// Sent `leave`, or closed the page.
+    Left,
+    /// The connection broke or stopped answering heartbeats.
+    Disconnected,
+    /// The server disconnected it because it could not keep up with its messages.
+    TooSlow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByeReason {
+    ServerShutdown,
+    TooSlow,
+    TimedOut,
+    FrameTooLarge,
+}
+
+/// Stable error codes. Pages translate these; the `message` is a fallback for other clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    UnknownType,
+    BinaryFrame,
+    FrameTooLarge,
+    UnsupportedProtocol,
+    NotInRoom,
+    AlreadyInRoom,
+    InvalidName,
+    InvalidRoom,
+    InvalidText,
+    RoomFull,
+    TooManyRooms,
+    UnknownPeer,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::BinaryFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnsupportedProtocol,
+        ErrorCode::NotInRoom,
+        ErrorCode::AlreadyInRoom,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidRoom,
+        ErrorCode::InvalidText,
+        ErrorCode::RoomFull,
+        ErrorCode::TooManyRooms,
+        ErrorCode::UnknownPeer,
+    ];
+
+    /// The English sentence sent with the code.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "The message is not valid JSON.",
+            ErrorCode::BadMessage => "The message is missing a field or has a field of the wrong kind.",
+            ErrorCode::UnknownType => "The server does not know this message type.",
+            ErrorCode::BinaryFrame => "Only JSON text frames are accepted.",
+            ErrorCode::FrameTooLarge => "The message is larger than the server accepts.",
+            ErrorCode::UnsupportedProtocol => "This page is out of date: reload it to talk to this server.",
+            ErrorCode::NotInRoom => "Join a room first.",
+            ErrorCode::AlreadyInRoom => "You are already in a room; leave it first.",
+            ErrorCode::InvalidName => "The name is empty, too long, or contains control characters.",
+            ErrorCode::InvalidRoom => "The room name is empty, too long, or contains control characters.",
+            ErrorCode::InvalidText => "The chat message is empty or too long.",
+            ErrorCode::RoomFull => "This room is full.",
+            ErrorCode::TooManyRooms => "The server has reached its limit of rooms; try an existing room.",
+            ErrorCode::UnknownPeer => "That participant is not in your room.",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The serde name is the stable code.
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(s)) => f.write_str(&s),
+            _ => write!(f, "{self:?}"),
+        }
+    }
+}

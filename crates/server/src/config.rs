@@ -1,0 +1,279 @@
+//! Configuration: command line, environment and an optional TOML file, parsed once into
+//! [`Config`] and passed down (never global). Precedence: flag > environment > file > default.
+
+use clap::Parser;
+use huddle_protocol::{IceServer, Limits};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// huddle — a self-hosted video meeting server in one binary.
+///
+/// Every option can also be set by an environment variable (shown in brackets) or in a TOML
+/// file given with --config (keys are the option names with `_` instead of `-`; see
+/// `huddle.example.toml`).
+#[derive(Parser, Debug, Default)]
+#[command(name = "huddle", version)]
+pub struct Cli {
+    /// Address and port to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, env = "HUDDLE_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// TOML configuration file
+    #[arg(long, short = 'c', env = "HUDDLE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Most participants in one room [default: 6]
+    #[arg(long, env = "HUDDLE_ROOM_CAPACITY", value_name = "N")]
+    pub room_capacity: Option<u32>,
+    /// Most rooms at once [default: 10000]
+    #[arg(long, env = "HUDDLE_MAX_ROOMS", value_name = "N")]
+    pub max_rooms: Option<u32>,
+    /// Longest display name, in characters [default: 32]
+    #[arg(long, env = "HUDDLE_MAX_NAME_CHARS", value_name = "N")]
+    pub max_name_chars: Option<u32>,
+    /// Longest room name, in characters [default: 64]
+    #[arg(long, env = "HUDDLE_MAX_ROOM_CHARS", value_name = "N")]
+    pub max_room_chars: Option<u32>,
+    /// Longest chat message, in characters [default: 2000]
+    #[arg(long, env = "HUDDLE_MAX_CHAT_CHARS", value_name = "N")]
+    pub max_chat_chars: Option<u32>,
+    /// Chat messages kept per room for people who join later [default: 100]
+    #[arg(long, env = "HUDDLE_CHAT_HISTORY", value_name = "N")]
+    pub chat_history: Option<u32>,
+    /// Largest file pages may send each other, in bytes [default: 104857600 (100 MB)]
+    #[arg(long, env = "HUDDLE_MAX_FILE_BYTES", value_name = "BYTES")]
+    pub max_file_bytes: Option<u64>,
+    /// Largest signalling message, in bytes [default: 65536]
+    #[arg(long, env = "HUDDLE_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<u32>,
+    /// Messages queued for one connection before it counts as too slow and is dropped [default: 256]
+    #[arg(long, env = "HUDDLE_OUTBOX_CAPACITY", value_name = "N")]
+    pub outbox_capacity: Option<usize>,
+    /// ICE server URL handed to browsers (repeatable or comma-separated), e.g. stun:stun.example.org:3478.
+    /// Default: none (host candidates only: right for one machine or a LAN). TURN credentials go in the config file.
+    #[arg(long = "ice-server", env = "HUDDLE_ICE_SERVERS", value_delimiter = ',', value_name = "URL")]
+    pub ice_servers: Vec<String>,
+    /// Other origins whose pages may open the WebSocket (repeatable or comma-separated),
+    /// e.g. https://meet.example.org. Default: same origin only.
+    #[arg(long = "allowed-origin", env = "HUDDLE_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Seconds between WebSocket pings [default: 15]
+    #[arg(long, env = "HUDDLE_PING_SECS", value_name = "SECS")]
+    pub ping_secs: Option<u64>,
+    /// Seconds of silence after which a connection counts as dead [default: 40]
+    #[arg(long, env = "HUDDLE_IDLE_TIMEOUT_SECS", value_name = "SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Serve the page from this directory instead of the copy built into the binary (for
+    /// working on the page)
+    #[arg(long, env = "HUDDLE_WEB_DIR", value_name = "DIR")]
+    pub web_dir: Option<PathBuf>,
+}
+
+/// The TOML file: the same settings as [`Cli`], plus ICE servers with credentials.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    room_capacity: Option<u32>,
+    max_rooms: Option<u32>,
+    max_name_chars: Option<u32>,
+    max_room_chars: Option<u32>,
+    max_chat_chars: Option<u32>,
+    chat_history: Option<u32>,
+    max_file_bytes: Option<u64>,
+    max_frame_bytes: Option<u32>,
+    outbox_capacity: Option<usize>,
+    ice_servers: Option<Vec<IceServer>>,
+    allowed_origins: Option<Vec<String>>,
+    ping_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    web_dir: Option<PathBuf>,
+}
+
+/// The server's settings, resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub room_capacity: u32,
+    pub max_rooms: u32,
+    pub max_name_chars: u32,
+    pub max_room_chars: u32,
+    pub max_chat_chars: u32,
+    pub chat_history: u32,
+    pub max_file_bytes: u64,
+    pub max_frame_bytes: u32,
+    pub outbox_capacity: usize,
+    pub ice_servers: Vec<IceServer>,
+    pub allowed_origins: Vec<String>,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub web_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            room_capacity: 6,
+            max_rooms: 10_000,
+            max_name_chars: 32,
+            max_room_chars: 64,
+            max_chat_chars: 2000,
+            chat_history: 100,
+            max_file_bytes: 100 * 1024 * 1024,
+            max_frame_bytes: 64 * 1024,
+            outbox_capacity: 256,
+            ice_servers: Vec::new(),
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(40),
+            web_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Resolves flags and environment (already in `cli`) over the config file over defaults.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let ice_servers = if !cli.ice_servers.is_empty() {
+            vec![IceServer { urls: cli.ice_servers, username: None, credential: None }]
+        } else {
+            file.ice_servers.unwrap_or(d.ice_servers)
+        };
+        let allowed_origins = if !cli.allowed_origins.is_empty() {
+            cli.allowed_origins
+        } else {
+            file.allowed_origins.unwrap_or(d.allowed_origins)
+        };
+        let config = Config {
+            listen: cli.listen.or(file.listen).unwrap_or(d.listen),
+            room_capacity: cli.room_capacity.or(file.room_capacity).unwrap_or(d.room_capacity),
+            max_rooms: cli.max_rooms.or(file.max_rooms).unwrap_or(d.max_rooms),
+            max_name_chars: cli.max_name_chars.or(file.max_name_chars).unwrap_or(d.max_name_chars),
+            max_room_chars: cli.max_room_chars.or(file.max_room_chars).unwrap_or(d.max_room_chars),
+            max_chat_chars: cli.max_chat_chars.or(file.max_chat_chars).unwrap_or(d.max_chat_chars),
+            chat_history: cli.chat_history.or(file.chat_history).unwrap_or(d.chat_history),
+            max_file_bytes: cli.max_file_bytes.or(file.max_file_bytes).unwrap_or(d.max_file_bytes),
+            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
+            outbox_capacity: cli.outbox_capacity.or(file.outbox_capacity).unwrap_or(d.outbox_capacity),
+            ice_servers,
+            allowed_origins,
+            ping_interval: cli.ping_secs.or(file.ping_secs).map(Duration::from_secs).unwrap_or(d.ping_interval),
+            idle_timeout: cli
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.idle_timeout),
+            web_dir: cli.web_dir.or(file.web_dir),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+        if self.room_capacity < 1 {
+            return bad("room_capacity must be at least 1");
+        }
+        if self.max_rooms < 1 {
+            return bad("max_rooms must be at least 1");
+        }
+        if self.max_name_chars < 1 || self.max_room_chars < 1 || self.max_chat_chars < 1 {
+            return bad("name, room and chat limits must be at least 1 character");
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > crate::ws::HARD_MAX_FRAME_BYTES as u32 {
+            return bad("max_frame_bytes must be between 1024 and 1048576");
+        }
+        if self.outbox_capacity < 8 {
+            return bad("outbox_capacity must be at least 8");
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            return bad("idle_timeout_secs must be longer than ping_secs, and both above zero");
+        }
+        for s in &self.ice_servers {
+            if s.urls.is_empty() {
+                return bad("every ICE server needs at least one URL");
+            }
+            for u in &s.urls {
+                if !(u.starts_with("stun:") || u.starts_with("stuns:") || u.starts_with("turn:") || u.starts_with("turns:")) {
+                    return Err(ConfigError::Invalid(format!("ICE server URL {u:?} must start with stun:, stuns:, turn: or turns:")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits announced to clients.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_name_chars: self.max_name_chars,
+            max_room_chars: self.max_room_chars,
+            max_chat_chars: self.max_chat_chars,
+            room_capacity: self.room_capacity,
+            chat_history: self.chat_history,
+            max_file_bytes: self.max_file_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("huddle").chain(args.iter().copied())).expect("valid test args")
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::from_cli(parse(&[])).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.room_capacity, 6);
+        assert!(c.ice_servers.is_empty(), "never a third-party STUN default");
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = std::env::temp_dir().join(format!("huddle-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("huddle.toml");
+        std::fs::write(
+            &path,
+            "room_capacity = 3\nchat_history = 5\n[[ice_servers]]\nurls = [\"turn:turn.example.org:3478\"]\nusername = \"u\"\ncredential = \"p\"\n",
+        )
+        .expect("write config");
+        let c = Config::from_cli(parse(&["--config", path.to_str().expect("utf-8 path"), "--room-capacity", "4"]))
+            .expect("valid config");
+        assert_eq!(c.room_capacity, 4);
+        assert_eq!(c.chat_history, 5);
+        assert_eq!(c.ice_servers[0].username.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::from_cli(parse(&["--room-capacity", "0"])).is_err());
+        assert!(Config::from_cli(parse(&["--ice-server", "http://x"])).is_err());
+        assert!(Config::from_cli(parse(&["--ping-secs", "50"])).is_err());
+    }
+}

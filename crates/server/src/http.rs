@@ -1,0 +1,83 @@
+//! The HTTP edge: the page (embedded in the binary), `/r/<room>`, `/healthz` and `/ws`.
+
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::borrow::Cow;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/assets.rs"));
+}
+
+/// The page's Content-Security-Policy: only our own scripts, styles and connections.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/ws", get(crate::ws::upgrade))
+        .route("/r/{*room}", get(room_page))
+        .fallback(get(asset))
+        .with_state(state)
+}
+
+async fn room_page(State(app): State<AppState>, Path(_room): Path<String>) -> Response {
+    // The page reads the room from its own URL.
+    serve(&app, "/index.html").await
+}
+
+async fn asset(State(app): State<AppState>, uri: Uri) -> Response {
+    let path = match uri.path() {
+        "/" => "/index.html",
+        p => p,
+    };
+    serve(&app, path).await
+}
+
+async fn serve(app: &AppState, path: &str) -> Response {
+    let body: Option<Cow<'static, [u8]>> = match &app.config.web_dir {
+        Some(dir) => read_from_dir(dir, path).await.map(Cow::Owned),
+        None => embedded::ASSETS.iter().find(|(p, _)| *p == path).map(|(_, b)| Cow::Borrowed(*b)),
+    };
+    let Some(body) = body else {
+        return (StatusCode::NOT_FOUND, "Not found").into_response();
+    };
+    let mut res = body.into_owned().into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(path)));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(self), microphone=(self), display-capture=(self), speaker-selection=(self)"),
+    );
+    res
+}
+
+/// Reads `path` under `dir`, refusing anything that could step outside it.
+async fn read_from_dir(dir: &std::path::Path, path: &str) -> Option<Vec<u8>> {
+    let rel = path.trim_start_matches('/');
+    if rel.split('/').any(|part| part.is_empty() || part == ".." || part.starts_with('.') || part.contains('\\')) {
+        return None;
+    }
+    tokio::fs::read(dir.join(rel)).await.ok()
+}
+
+fn mime(path: &str) -> &'static str {
+    match path.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("json") => "application/json",
+        Some("webmanifest") => "application/manifest+json",
+        _ => "application/octet-stream",
+    }
+}

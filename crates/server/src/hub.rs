@@ -1,0 +1,551 @@
+//! The hub: the single owner of every connection's outbox, every room and the room list.
+//!
+//! Connection tasks never touch shared state; they send [`Command`]s over one bounded channel,
+//! and the hub task applies them one at a time ([`Hub::handle`]) and answers through each
+//! connection's bounded outbox with `try_send`. A connection whose outbox is full is evicted
+//! (reason `too_slow`) instead of stalling the room. [`Hub`] itself does no I/O and reads no
+//! clock but the wall-clock timestamp of chat messages, so it is unit-tested directly below.
+//!
+//! This is the seam for scale-out: a Redis-backed implementation would replace this task,
+//! behind the same `Command` interface, without touching the connection code.
+
+use crate::config::Config;
+use crate::room::{Room, RoomError};
+use crate::validate;
+use huddle_protocol::{
+    ByeReason, ClientMsg, ErrorCode, LeaveReason, Peer, PeerId, RoomSummary, ServerMsg, Topology, PROTOCOL_VERSION,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// What a connection's writer task receives.
+pub type Outbox = mpsc::Sender<Arc<ServerMsg>>;
+
+/// Most rooms listed in one `rooms` message.
+pub const ROOM_LIST_MAX: usize = 100;
+/// How often the room list is pushed to watchers at most.
+pub const ROOM_LIST_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Requests to the hub.
+#[derive(Debug)]
+pub enum Command {
+    /// A connection opened. `kick` fires if the hub disconnects it.
+    Connect { id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason> },
+    /// A connection ended.
+    Disconnect { id: PeerId, reason: LeaveReason },
+    /// A valid message from a connection.
+    Client { id: PeerId, msg: ClientMsg },
+    /// A connection sent something unacceptable; answer with this error.
+    Reject { id: PeerId, code: ErrorCode, request: Option<String> },
+    /// Say goodbye to everyone and close all outboxes; `done` fires when every connection is gone.
+    Shutdown { done: oneshot::Sender<()> },
+    /// Counters, for tests and monitoring.
+    Stats { reply: oneshot::Sender<Stats> },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    pub rooms: usize,
+    pub participants: usize,
+    pub evicted_too_slow: u64,
+    pub rejected: u64,
+}
+
+struct Conn {
+    outbox: Outbox,
+    kick: Option<oneshot::Sender<ByeReason>>,
+    room: Option<String>,
+}
+
+pub struct Hub {
+    config: Arc<Config>,
+    conns: HashMap<PeerId, Conn>,
+    rooms: HashMap<String, Room>,
+    watchers: HashSet<PeerId>,
+    rooms_dirty: bool,
+    /// Connections whose outbox overflowed during the current command; evicted after it.
+    overflowed: Vec<PeerId>,
+    shutdown: Option<oneshot::Sender<()>>,
+    stats: Stats,
+}
+
+impl Hub {
+    pub fn new(config: Arc<Config>) -> Hub {
+        Hub {
+            config,
+            conns: HashMap::new(),
+            rooms: HashMap::new(),
+            watchers: HashSet::new(),
+            rooms_dirty: false,
+            overflowed: Vec::new(),
+            shutdown: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Applies one command. Never blocks.
+    pub fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect { id, outbox, kick } => self.connect(id, outbox, kick),
+            Command::Disconnect { id, reason } => self.disconnect(&id, reason),
+            Command::Client { id, msg } => self.client(&id, msg),
+            Command::Reject { id, code, request } => {
+                self.stats.rejected += 1;
+                self.send(&id, ServerMsg::error(code, request.as_deref()));
+            }
+            Command::Shutdown { done } => self.begin_shutdown(done),
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+        }
+        self.evict_overflowed();
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.conns.len(),
+            rooms: self.rooms.len(),
+            participants: self.rooms.values().map(Room::len).sum(),
+            ..self.stats
+        }
+    }
+
+    fn connect(&mut self, id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>) {
+        if self.shutdown.is_some() {
+            let _ = kick.send(ByeReason::ServerShutdown);
+            return;
+        }
+        let welcome = ServerMsg::Welcome {
+            protocol: PROTOCOL_VERSION,
+            id: id.clone(),
+            server: concat!("huddle/", env!("CARGO_PKG_VERSION")).to_string(),
+            limits: self.config.limits(),
+            ice_servers: self.config.ice_servers.clone(),
+        };
+        self.conns.insert(id.clone(), Conn { outbox, kick: Some(kick), room: None });
+        self.send(&id, welcome);
+    }
+
+    fn disconnect(&mut self, id: &PeerId, reason: LeaveReason) {
+        self.leave_room(id, reason);
+        self.watchers.remove(id);
+        self.conns.remove(id);
+        if self.conns.is_empty() {
+            if let Some(done) = self.shutdown.take() {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn client(&mut self, id: &PeerId, msg: ClientMsg) {
+        let Some(conn) = self.conns.get(id) else {
+            // A message racing its own disconnect; nothing to answer.
+            return;
+        };
+        let request = msg.type_name();
+        let result = match (msg, conn.room.clone()) {
+            (ClientMsg::Join { protocol, room, name, audio, video }, None) => {
+                self.join(id, protocol, &room, &name, audio, video)
+            }
+            (ClientMsg::Join { .. }, Some(_)) => Err(ErrorCode::AlreadyInRoom),
+            (ClientMsg::WatchRooms, _) => {
+                self.watchers.insert(id.clone());
+                let list = self.room_list();
+                self.send(id, list);
+                Ok(())
+            }
+            (ClientMsg::UnwatchRooms, _) => {
+                self.watchers.remove(id);
+                Ok(())
+            }
+            (_, None) => Err(ErrorCode::NotInRoom),
+            (ClientMsg::Leave, Some(room)) => {
+                self.leave_room(id, LeaveReason::Left);
+                self.send(id, ServerMsg::Left { room });
+                Ok(())
+            }
+            (ClientMsg::Signal { to, payload }, Some(room)) => {
+                let same_room = to != *id && self.conns.get(&to).is_some_and(|c| c.room.as_ref() == Some(&room));
+                if same_room {
+                    self.send(&to, ServerMsg::Signal { from: id.clone(), payload });
+                    Ok(())
+                } else {
+                    Err(ErrorCode::UnknownPeer)
+                }
+            }
+            (ClientMsg::Chat { text }, Some(room)) => self.chat(id, &room, &text),
+            (ClientMsg::Media { audio, video, screen }, Some(room)) => {
+                if let Some(peer) = self.rooms.get_mut(&room).and_then(|r| r.set_media(id, audio, video, screen)) {
+                    let msg = Arc::new(ServerMsg::PeerUpdated { peer });
+                    self.broadcast(&room, Some(id), msg);
+                }
+                Ok(())
+            }
+        };
+        if let Err(code) = result {
+            debug!(peer = %id, %code, request, "request refused");
+            self.send(id, ServerMsg::error(code, Some(request)));
+        }
+    }
+
+    fn join(&mut self, id: &PeerId, protocol: u32, room: &str, name: &str, audio: bool, video: bool) -> Result<(), ErrorCode> {
+        if protocol != PROTOCOL_VERSION {
+            return Err(ErrorCode::UnsupportedProtocol);
+        }
+        let room = validate::label(room, self.config.max_room_chars).ok_or(ErrorCode::InvalidRoom)?;
+        let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?;
+        if !self.rooms.contains_key(room) && self.rooms.len() >= self.config.max_rooms as usize {
+            return Err(ErrorCode::TooManyRooms);
+        }
+        let capacity = self.config.room_capacity as usize;
+        let history = self.config.chat_history as usize;
+        let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room::new(capacity, history));
+        let me = Peer { id: id.clone(), name: name.to_string(), audio, video, screen: false };
+        let peers = match r.add(me.clone()) {
+            Ok(peers) => peers,
+            Err(RoomError::Full) => {
+                return Err(ErrorCode::RoomFull);
+            }
+        };
+        let joined = ServerMsg::Joined {
+            room: room.to_string(),
+            you: me.clone(),
+            peers,
+            chat: r.chat_history(),
+            topology: Topology::P2p,
+            ice_servers: self.config.ice_servers.clone(),
+        };
+        let room = room.to_string();
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.room = Some(room.clone());
+        }
+        self.watchers.remove(id);
+        self.rooms_dirty = true;
+        info!(peer = %id, participants = self.rooms.get(&room).map_or(0, Room::len), "joined a room");
+        self.send(id, joined);
+        self.broadcast(&room, Some(id), Arc::new(ServerMsg::PeerJoined { peer: me }));
+        Ok(())
+    }
+
+    fn chat(&mut self, id: &PeerId, room: &str, text: &str) -> Result<(), ErrorCode> {
+        let text = validate::chat_text(text, self.config.max_chat_chars).ok_or(ErrorCode::InvalidText)?;
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let message = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.post_chat(id, text, ts))
+            .ok_or(ErrorCode::NotInRoom)?;
+        self.broadcast(room, None, Arc::new(ServerMsg::Chat { message }));
+        Ok(())
+    }
+
+    /// Takes `id` out of its room, tells the others, and drops the room when it empties.
+    fn leave_room(&mut self, id: &PeerId, reason: LeaveReason) {
+        let Some(room) = self.conns.get_mut(id).and_then(|c| c.room.take()) else { return };
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.remove(id);
+        self.rooms_dirty = true;
+        if r.is_empty() {
+            self.rooms.remove(&room);
+            debug!("room closed");
+        } else {
+            self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
+        }
+        info!(peer = %id, ?reason, "left a room");
+    }
+
+    fn broadcast(&mut self, room: &str, except: Option<&PeerId>, msg: Arc<ServerMsg>) {
+        let Some(r) = self.rooms.get(room) else { return };
+        for peer in r.members() {
+            if Some(&peer.id) == except {
+                continue;
+            }
+            if let Some(conn) = self.conns.get(&peer.id) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = conn.outbox.try_send(msg.clone()) {
+                    self.overflowed.push(peer.id.clone());
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, id: &PeerId, msg: ServerMsg) {
+        if let Some(conn) = self.conns.get(id) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = conn.outbox.try_send(Arc::new(msg)) {
+                self.overflowed.push(id.clone());
+            }
+        }
+    }
+
+    /// Disconnects every connection that could not take a message. Evicting tells the rest of
+    /// its room, which may overflow further outboxes, hence the loop.
+    fn evict_overflowed(&mut self) {
+        while let Some(id) = self.overflowed.pop() {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            if let Some(kick) = conn.kick.take() {
+                self.stats.evicted_too_slow += 1;
+                warn!(peer = %id, "disconnecting a connection that cannot keep up");
+                let _ = kick.send(ByeReason::TooSlow);
+            }
+            self.disconnect(&id, LeaveReason::TooSlow);
+        }
+    }
+
+    /// Whether watchers are owed a fresh room list.
+    pub fn rooms_dirty(&self) -> bool {
+        self.rooms_dirty
+    }
+
+    /// Sends the room list to every watcher (called at most every [`ROOM_LIST_INTERVAL`]).
+    pub fn publish_rooms(&mut self) {
+        self.rooms_dirty = false;
+        if self.watchers.is_empty() {
+            return;
+        }
+        let msg = Arc::new(self.room_list());
+        let mut overflowed = Vec::new();
+        for id in &self.watchers {
+            if let Some(conn) = self.conns.get(id) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = conn.outbox.try_send(msg.clone()) {
+                    overflowed.push(id.clone());
+                }
+            }
+        }
+        self.overflowed.extend(overflowed);
+        self.evict_overflowed();
+    }
+
+    fn room_list(&self) -> ServerMsg {
+        let mut rooms: Vec<RoomSummary> = self
+            .rooms
+            .iter()
+            .map(|(name, r)| RoomSummary {
+                name: name.clone(),
+                participants: r.len() as u32,
+                capacity: self.config.room_capacity,
+            })
+            .collect();
+        rooms.sort_by(|a, b| b.participants.cmp(&a.participants).then_with(|| a.name.cmp(&b.name)));
+        rooms.truncate(ROOM_LIST_MAX);
+        ServerMsg::Rooms { rooms }
+    }
+
+    fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
+        info!(connections = self.conns.len(), "saying goodbye to every connection");
+        let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
+        for conn in self.conns.values_mut() {
+            let _ = conn.outbox.try_send(bye.clone());
+            // Closing the outbox lets the writer flush `bye`, then close the WebSocket.
+            let (closed, _) = mpsc::channel(1);
+            conn.outbox = closed;
+        }
+        if self.conns.is_empty() {
+            let _ = done.send(());
+        } else {
+            self.shutdown = Some(done);
+        }
+    }
+}
+
+/// The hub task: applies commands in order and pushes the room list on a timer.
+pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>) {
+    let mut tick = tokio::time::interval(ROOM_LIST_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => hub.handle(cmd),
+                None => break,
+            },
+            _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use huddle_protocol::{IceCandidate, SignalPayload};
+
+    struct Client {
+        id: PeerId,
+        rx: mpsc::Receiver<Arc<ServerMsg>>,
+        kick: oneshot::Receiver<ByeReason>,
+    }
+
+    impl Client {
+        fn next(&mut self) -> ServerMsg {
+            (*self.rx.try_recv().expect("a message is waiting")).clone()
+        }
+        fn drain(&mut self) -> Vec<ServerMsg> {
+            std::iter::from_fn(|| self.rx.try_recv().ok().map(|m| (*m).clone())).collect()
+        }
+    }
+
+    fn hub_with(f: impl FnOnce(&mut Config)) -> Hub {
+        let mut c = Config::default();
+        f(&mut c);
+        Hub::new(Arc::new(c))
+    }
+
+    fn connect(hub: &mut Hub, n: u32, cap: usize) -> Client {
+        let id = PeerId(format!("p{n}"));
+        let (tx, rx) = mpsc::channel(cap);
+        let (ktx, krx) = oneshot::channel();
+        hub.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx });
+        let mut c = Client { id, rx, kick: krx };
+        assert!(matches!(c.next(), ServerMsg::Welcome { .. }));
+        c
+    }
+
+    fn join(hub: &mut Hub, c: &mut Client, room: &str) -> ServerMsg {
+        let msg = ClientMsg::Join { protocol: 1, room: room.into(), name: format!("name {}", c.id), audio: true, video: true };
+        hub.handle(Command::Client { id: c.id.clone(), msg });
+        c.next()
+    }
+
+    fn error_code(m: ServerMsg) -> ErrorCode {
+        match m {
+            ServerMsg::Error { code, .. } => code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn join_lists_existing_peers_and_tells_them() {
+        let mut hub = hub_with(|_| {});
+        let mut a = connect(&mut hub, 1, 16);
+        let mut b = connect(&mut hub, 2, 16);
+        assert!(matches!(join(&mut hub, &mut a, "r"), ServerMsg::Joined { ref peers, .. } if peers.is_empty()));
+        match join(&mut hub, &mut b, " r ") {
+            ServerMsg::Joined { room, peers, .. } => {
+                assert_eq!(room, "r", "room names are trimmed");
+                assert_eq!(peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), vec![a.id.clone()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(a.next(), ServerMsg::PeerJoined { peer } if peer.id == b.id));
+        assert_eq!(hub.stats().participants, 2);
+    }
+
+    #[test]
+    fn room_full_is_refused_and_changes_nothing() {
+        let mut hub = hub_with(|c| c.room_capacity = 2);
+        let mut cs: Vec<Client> = (1..=3).map(|n| connect(&mut hub, n, 16)).collect();
+        for c in cs.iter_mut().take(2) {
+            join(&mut hub, c, "r");
+        }
+        assert_eq!(error_code(join(&mut hub, &mut cs[2], "r")), ErrorCode::RoomFull);
+        assert_eq!(hub.stats().participants, 2);
+        assert!(cs[0].drain().iter().all(|m| !matches!(m, ServerMsg::PeerJoined { peer } if peer.id.0 == "p3")));
+    }
+
+    #[test]
+    fn signal_goes_to_one_peer_of_the_same_room_only() {
+        let mut hub = hub_with(|_| {});
+        let mut a = connect(&mut hub, 1, 16);
+        let mut b = connect(&mut hub, 2, 16);
+        let mut c = connect(&mut hub, 3, 16);
+        let mut d = connect(&mut hub, 4, 16);
+        join(&mut hub, &mut a, "one");
+        join(&mut hub, &mut b, "one");
+        join(&mut hub, &mut c, "one");
+        join(&mut hub, &mut d, "two");
+        for x in [&mut a, &mut b, &mut c] {
+            x.drain();
+        }
+        let payload = SignalPayload::Candidate { candidate: Some(IceCandidate { candidate: "candidate:1".into(), sdp_mid: None, sdp_m_line_index: Some(0), username_fragment: None }) };
+        hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Signal { to: b.id.clone(), payload: payload.clone() } });
+        assert!(matches!(b.next(), ServerMsg::Signal { ref from, .. } if *from == a.id));
+        assert!(c.drain().is_empty(), "never broadcast");
+        hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Signal { to: d.id.clone(), payload: payload.clone() } });
+        assert_eq!(error_code(a.next()), ErrorCode::UnknownPeer, "other room");
+        assert!(d.drain().is_empty());
+        hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Signal { to: a.id.clone(), payload } });
+        assert_eq!(error_code(a.next()), ErrorCode::UnknownPeer, "self");
+    }
+
+    #[test]
+    fn chat_history_is_bounded_and_handed_to_latecomers() {
+        let mut hub = hub_with(|c| c.chat_history = 3);
+        let mut a = connect(&mut hub, 1, 64);
+        join(&mut hub, &mut a, "r");
+        for i in 0..5 {
+            hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Chat { text: format!("m{i}") } });
+        }
+        assert_eq!(a.drain().len(), 5, "the sender gets its own messages");
+        let mut b = connect(&mut hub, 2, 64);
+        match join(&mut hub, &mut b, "r") {
+            ServerMsg::Joined { chat, .. } => {
+                assert_eq!(chat.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m2", "m3", "m4"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_before_joining_are_refused() {
+        let mut hub = hub_with(|_| {});
+        let mut a = connect(&mut hub, 1, 16);
+        for msg in [ClientMsg::Leave, ClientMsg::Chat { text: "x".into() }, ClientMsg::Media { audio: true, video: true, screen: false }] {
+            hub.handle(Command::Client { id: a.id.clone(), msg });
+            assert_eq!(error_code(a.next()), ErrorCode::NotInRoom);
+        }
+    }
+
+    #[test]
+    fn empty_rooms_disappear_and_watchers_see_it() {
+        let mut hub = hub_with(|_| {});
+        let mut w = connect(&mut hub, 9, 16);
+        hub.handle(Command::Client { id: w.id.clone(), msg: ClientMsg::WatchRooms });
+        assert!(matches!(w.next(), ServerMsg::Rooms { rooms } if rooms.is_empty()));
+        let mut a = connect(&mut hub, 1, 16);
+        join(&mut hub, &mut a, "한국어 방");
+        hub.publish_rooms();
+        match w.next() {
+            ServerMsg::Rooms { rooms } => assert_eq!((rooms[0].name.as_str(), rooms[0].participants), ("한국어 방", 1)),
+            other => panic!("{other:?}"),
+        }
+        hub.handle(Command::Disconnect { id: a.id.clone(), reason: LeaveReason::Disconnected });
+        assert_eq!(hub.stats().rooms, 0);
+        assert!(hub.rooms_dirty());
+        hub.publish_rooms();
+        assert!(matches!(w.next(), ServerMsg::Rooms { rooms } if rooms.is_empty()));
+    }
+
+    #[test]
+    fn a_slow_client_is_evicted_without_stalling_others() {
+        let mut hub = hub_with(|_| {});
+        let mut fast = connect(&mut hub, 1, 1024);
+        let mut slow = connect(&mut hub, 2, 8);
+        join(&mut hub, &mut fast, "r");
+        join(&mut hub, &mut slow, "r");
+        fast.drain();
+        // `slow` never reads: its queue of 8 fills up.
+        for i in 0..20 {
+            hub.handle(Command::Client { id: fast.id.clone(), msg: ClientMsg::Chat { text: format!("{i}") } });
+        }
+        assert_eq!(slow.kick.try_recv(), Ok(ByeReason::TooSlow));
+        let got = fast.drain();
+        assert_eq!(got.iter().filter(|m| matches!(m, ServerMsg::Chat { .. })).count(), 20, "the fast client got everything");
+        assert!(got.iter().any(|m| matches!(m, ServerMsg::PeerLeft { reason: LeaveReason::TooSlow, .. })));
+        assert_eq!(hub.stats().evicted_too_slow, 1);
+        assert_eq!(hub.stats().participants, 1);
+    }
+
+    #[test]
+    fn shutdown_says_bye_and_completes_when_all_are_gone() {
+        let mut hub = hub_with(|_| {});
+        let mut a = connect(&mut hub, 1, 16);
+        let (done_tx, mut done_rx) = oneshot::channel();
+        hub.handle(Command::Shutdown { done: done_tx });
+        assert!(matches!(a.next(), ServerMsg::Bye { reason: ByeReason::ServerShutdown }));
+        assert!(matches!(a.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)), "outbox closed");
+        assert!(done_rx.try_recv().is_err());
+        hub.handle(Command::Disconnect { id: a.id.clone(), reason: LeaveReason::Left });
+        assert_eq!(done_rx.try_recv(), Ok(()));
+    }
+}
