@@ -19,7 +19,7 @@ export async function startServer({ args = [], timeoutMs = T.serverStart } = {})
   if (HUDDLE_WEB_DIR && !args.includes('--web-dir')) argv.push('--web-dir', HUDDLE_WEB_DIR);
   const proc = spawn(HUDDLE_BIN, argv, {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+    env: serverEnv(),
   });
   const lines = [];
   const output = () => lines.join('\n');
@@ -72,4 +72,11 @@ export async function startServer({ args = [], timeoutMs = T.serverStart } = {})
       clearTimeout(timer);
     },
   };
+}
+
+/** The environment without HUDDLE_* settings, so that only the arguments given here configure the server. */
+function serverEnv() {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HUDDLE_')));
+  env.RUST_LOG = process.env.RUST_LOG || 'info';
+  return env;
 }

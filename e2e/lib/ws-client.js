@@ -30,7 +30,7 @@ export function connectWs(wsUrl, { origin, timeoutMs = T.ui } = {}) {
     req.on('error', (e) => { clearTimeout(timer); reject(e); });
     req.on('upgrade', (res, socket, head) => {
       clearTimeout(timer);
-      const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC11B5B').digest('base64');
+      const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
       if (res.headers['sec-websocket-accept'] !== accept) {
         socket.destroy();
         reject(new Error(`WebSocket ${wsUrl}: bad Sec-WebSocket-Accept`));

@@ -1,0 +1,301 @@
+// The acceptance scenario: three people, each in their own Chromium with their own coloured fake
+// camera, meet in one room through the real page. Steps run in order and share the browsers.
+import { before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { startServer } from './lib/server.js';
+import { launchParticipant } from './lib/browser.js';
+import { makeTempDir, makeClips, nearestClip } from './lib/camera.js';
+import {
+  joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, meanColour, expectFramesAdvance,
+  tile, button, gotoLanding, pollUntil,
+} from './lib/huddle.js';
+import { Scenario } from './lib/scenario.js';
+import { artifactsDir, T } from './lib/env.js';
+
+const HOSTILE = '<img src=x onerror=alert(1)>';
+const ROOM = `e2e-room-${crypto.randomBytes(3).toString('hex')}`;
+/** Largest distance between a tile's mean colour and its clip's own mean colour. */
+const COLOUR_TOLERANCE = 70;
+
+const sc = new Scenario('room');
+let tmp, clips;
+/** @type {import('./lib/browser.js').Participant} */ let A, B, C, D;
+
+before(async () => {
+  tmp = makeTempDir();
+  [sc.server, clips] = await Promise.all([startServer(), makeClips(tmp.dir, 3)]);
+  [A, B, C] = await Promise.all(clips.map((clip) => launchParticipant({ who: `${clip.label}-${clip.colour}`, clip: clip.path })));
+  A.clip = clips[0]; B.clip = clips[1]; C.clip = clips[2];
+  sc.participants.push(A, B, C);
+});
+
+after(async () => {
+  await sc.closeAll();
+  await sc.server?.stop();
+  tmp?.cleanup();
+});
+
+const inRoom = () => sc.participants.filter((p) => p.id && !p.left);
+const others = (p) => inRoom().filter((q) => q !== p);
+
+sc.step('three participants join the same room through landing, pre-join and Join', async () => {
+  await joinViaLanding(A, sc.server.url, { name: 'Alice', room: ROOM });
+  await joinViaLanding(B, sc.server.url, { name: 'Bob', room: ROOM });
+  await joinViaLanding(C, sc.server.url, { name: HOSTILE, room: ROOM });
+  assert.equal(new Set([A.id, B.id, C.id]).size, 3, `peer ids are not distinct: ${A.id} ${B.id} ${C.id}`);
+  await Promise.all(inRoom().map((p) => waitForRemoteTiles(p.page, others(p).map((q) => q.id))
+    .catch((e) => { throw new Error(`${p.who}: ${e.message}`); })));
+  for (const p of inRoom()) {
+    const count = (await p.page.locator('#participant-count').innerText()).trim();
+    assert.equal(count, '3', `${p.who}: #participant-count shows ${JSON.stringify(count)}`);
+  }
+}, { critical: true });
+
+sc.step('each sees the other two in their own colours, with frames advancing', async (t) => {
+  const checks = [];
+  for (const viewer of inRoom()) {
+    for (const peer of others(viewer)) {
+      checks.push((async () => {
+        const what = `${viewer.who} watching ${peer.who}`;
+        await waitForRemoteVideo(viewer.page, peer.id).catch((e) => { throw new Error(`${what}: ${e.message}`); });
+        // The first frames can be dark or blurry while the encoder ramps up: poll for the colour.
+        const seen = await pollUntil(async () => {
+          const rgb = await meanColour(viewer.page, peer.id);
+          const near = nearestClip(rgb, clips);
+          const ok = near.clip === peer.clip && near.distance <= COLOUR_TOLERANCE;
+          return { ok, rgb, nearest: near.clip.colour, distance: Math.round(near.distance) };
+        }, { timeoutMs: T.media, what: `${what}: mean colour near ${peer.clip.colour} ${JSON.stringify(peer.clip.mean)}` });
+        const frames = await expectFramesAdvance(viewer.page, peer.id, { who: what });
+        t.diagnostic(`${what}: rgb ${JSON.stringify(seen.rgb)} (${seen.nearest}, distance ${seen.distance}); frames ${frames.from}->${frames.to} in ${frames.ms} ms via ${frames.source}`);
+      })());
+    }
+  }
+  const results = await Promise.allSettled(checks);
+  const failures = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
+  assert.deepEqual(failures, [], `video checks failed:\n${failures.join('\n')}`);
+});
+
+sc.step('a hostile name renders as text, creates no element and fires no dialog', async () => {
+  for (const p of inRoom()) {
+    const r = await p.page.evaluate(({ id, hostile }) => {
+      const t = document.querySelector(`#tiles .tile[data-peer-id="${CSS.escape(id)}"]`);
+      return {
+        tileName: t?.querySelector('.tile-name')?.textContent?.trim(),
+        listed: [...document.querySelectorAll('#participant-list li')].map((li) => li.textContent.trim()),
+        listedHas: [...document.querySelectorAll('#participant-list li')].some((li) => li.textContent.includes(hostile)),
+        imgX: document.querySelectorAll('img[src="x"]').length,
+        onerrorAttrs: document.querySelectorAll('[onerror]').length,
+      };
+    }, { id: C.id, hostile: HOSTILE });
+    assert.equal(r.tileName, HOSTILE, `${p.who}: .tile-name of ${C.id} reads ${JSON.stringify(r.tileName)}`);
+    assert.ok(r.listedHas, `${p.who}: no #participant-list li contains the name as text; list: ${JSON.stringify(r.listed)}`);
+    assert.equal(r.imgX, 0, `${p.who}: the name created an <img src=x>`);
+    assert.equal(r.onerrorAttrs, 0, `${p.who}: an element with an onerror attribute exists`);
+  }
+  for (const p of sc.participants) assert.deepEqual(p.dialogs, [], `${p.who}: dialogs fired`);
+});
+
+sc.step('chat sent by one reaches all three chat logs, as text', async () => {
+  const text = `안녕하세요 hello ${crypto.randomBytes(4).toString('hex')} <b>not bold</b>`;
+  await openPanel(A.page, 'Chat', '#chat-input');
+  await A.page.getByLabel('Message', { exact: true }).fill(text);
+  await button(A.page, 'Send').click();
+  await Promise.all(inRoom().map(async (p) => {
+    await pollUntil(() => p.page.evaluate((text) => [...document.querySelectorAll('#chat-log .chat-msg')]
+      .some((m) => m.querySelector('.chat-text')?.textContent.trim() === text && m.querySelector('.chat-name')?.textContent.trim() === 'Alice'), text),
+    { timeoutMs: T.ui, what: `${p.who}: a .chat-msg from Alice with the text in #chat-log` })
+      .catch(async (e) => { throw new Error(`${e.message}; log: ${JSON.stringify(await p.page.locator('#chat-log').innerText().catch(() => '?'))}`); });
+    const bold = await p.page.locator('#chat-log b').count();
+    assert.equal(bold, 0, `${p.who}: the chat text became HTML (a <b> element in #chat-log)`);
+  }));
+});
+
+sc.step('a file sent by one arrives intact at the other two', async (t) => {
+  const name = `e2e-${crypto.randomBytes(3).toString('hex')}.bin`;
+  const bytes = crypto.randomBytes(300 * 1024);
+  const sha = crypto.createHash('sha256').update(bytes).digest('hex');
+  await A.page.locator('#file-input').setInputFiles({ name, mimeType: 'application/octet-stream', buffer: bytes });
+  await Promise.all(others(A).map(async (p) => {
+    const item = p.page.locator(`#files .file-item[data-file-name="${name}"]`);
+    await item.waitFor({ state: 'attached', timeout: T.transfer })
+      .catch(() => { throw new Error(`${p.who}: no .file-item[data-file-name="${name}"] in #files within ${T.transfer} ms`); });
+    await pollUntil(async () => {
+      const state = await item.getAttribute('data-state');
+      if (state === 'failed') throw new Error(`${p.who}: the transfer failed (data-state="failed")`);
+      return state === 'done' ? state : { ok: false, state };
+    }, { timeoutMs: T.transfer, what: `${p.who}: .file-item data-state="done"` });
+    const link = item.locator('a[download]');
+    const href = await link.getAttribute('href');
+    assert.match(href ?? '', /^blob:/, `${p.who}: a[download] href is ${JSON.stringify(href)}, not a blob URL`);
+    const got = await p.page.evaluate(async (href) => {
+      const buf = await (await fetch(href)).arrayBuffer();
+      const d = await crypto.subtle.digest('SHA-256', buf);
+      return { size: buf.byteLength, sha: [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, '0')).join('') };
+    }, href);
+    assert.equal(got.size, bytes.length, `${p.who}: received ${got.size} bytes, sent ${bytes.length}`);
+    assert.equal(got.sha, sha, `${p.who}: SHA-256 differs`);
+    t.diagnostic(`${p.who}: ${got.size} bytes, sha256 ${got.sha.slice(0, 16)}… matches`);
+  }));
+});
+
+sc.step('mute and camera-off show on the others\' tiles, with initials', async () => {
+  const mic = button(B.page, 'Microphone');
+  const cam = button(B.page, 'Camera');
+  const before = [await mic.getAttribute('aria-pressed'), await cam.getAttribute('aria-pressed')];
+  await mic.click();
+  await cam.click();
+  await pollUntil(async () => {
+    const now = [await mic.getAttribute('aria-pressed'), await cam.getAttribute('aria-pressed')];
+    return now[0] !== before[0] && now[1] !== before[1] ? now : { ok: false, before, now };
+  }, { timeoutMs: T.ui, what: 'B: aria-pressed of "Microphone" and "Camera" to change' });
+  await Promise.all(others(B).map(async (p) => {
+    const tl = tile(p.page, B.id);
+    await p.page.locator(`#tiles .tile[data-peer-id="${B.id}"][data-audio="off"][data-video="off"]`).waitFor({ timeout: T.ui })
+      .catch(async () => { throw new Error(`${p.who}: B's tile did not get data-audio="off" data-video="off"; it has audio=${await tl.getAttribute('data-audio')} video=${await tl.getAttribute('data-video')}`); });
+    await tl.locator('.tile-initials').waitFor({ state: 'visible', timeout: T.ui })
+      .catch(() => { throw new Error(`${p.who}: B's .tile-initials is not visible with the camera off`); });
+    const initials = (await tl.locator('.tile-initials').innerText()).trim();
+    assert.ok(initials.length > 0 && /b/i.test(initials), `${p.who}: initials of "Bob" read ${JSON.stringify(initials)}`);
+  }));
+  await B.page.locator(`#tiles .tile[data-self="true"][data-audio="off"][data-video="off"]`).waitFor({ timeout: T.ui })
+    .catch(() => { throw new Error('B: its own tile does not show data-audio="off" data-video="off"'); });
+});
+
+sc.step('unmute and camera-on bring B\'s picture back for the others', async () => {
+  await button(B.page, 'Microphone').click();
+  await button(B.page, 'Camera').click();
+  await Promise.all(others(B).map(async (p) => {
+    await p.page.locator(`#tiles .tile[data-peer-id="${B.id}"][data-audio="on"][data-video="on"]`).waitFor({ timeout: T.ui })
+      .catch(() => { throw new Error(`${p.who}: B's tile did not return to data-audio="on" data-video="on"`); });
+    await waitForRemoteVideo(p.page, B.id);
+    await pollUntil(async () => {
+      const rgb = await meanColour(p.page, B.id);
+      const near = nearestClip(rgb, clips);
+      return { ok: near.clip === B.clip && near.distance <= COLOUR_TOLERANCE, rgb };
+    }, { timeoutMs: T.media, what: `${p.who}: B's tile green again` });
+    await expectFramesAdvance(p.page, B.id, { who: `${p.who} watching B after camera on` });
+  }));
+});
+
+sc.step('screenshots of the room: wide and phone-size', async () => {
+  const dir = artifactsDir();
+  await A.page.screenshot({ path: path.join(dir, 'room-wide.png') });
+  await A.page.setViewportSize({ width: 375, height: 667 });
+  try {
+    await A.page.waitForFunction(() => window.innerWidth === 375, null, { timeout: T.ui });
+    await A.page.screenshot({ path: path.join(dir, 'room-phone.png') });
+    const overflow = await A.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 1, `the room scrolls sideways on a phone by ${overflow}px`);
+    await button(A.page, 'Leave').waitFor({ state: 'visible', timeout: T.ui })
+      .catch(() => { throw new Error('the "Leave" button is not visible at 375x667'); });
+  } finally {
+    await A.page.setViewportSize({ width: 1280, height: 800 });
+  }
+});
+
+let landing;
+sc.step('the room list on a fourth page shows 3, then 2 after one leaves; the tile goes everywhere', async () => {
+  landing = await A.newPage({ tag: 'landing' }); // a page in A's browser that never opens the camera
+  await gotoLanding(landing, sc.server.url);
+  const li = (n) => landing.locator(`#room-list li[data-room="${ROOM}"][data-count="${n}"]`);
+  await li(3).waitFor({ timeout: T.ui })
+    .catch(async () => { throw new Error(`landing: no #room-list li[data-room="${ROOM}"][data-count="3"]; list ${await roomList(landing)}`); });
+  const noticesBefore = await Promise.all([A, B].map((p) => p.page.locator('#notices > *').count()));
+  await button(C.page, 'Leave').click();
+  C.left = true;
+  await li(2).waitFor({ timeout: T.ui })
+    .catch(async () => { throw new Error(`landing: after C left, no data-count="2"; list ${await roomList(landing)}`); });
+  await Promise.all([A, B].map(async (p, i) => {
+    await tile(p.page, C.id).waitFor({ state: 'detached', timeout: T.ui })
+      .catch(() => { throw new Error(`${p.who}: C's tile is still there after C left`); });
+    await pollUntil(async () => (await p.page.locator('#participant-count').innerText()).trim() === '2',
+      { timeoutMs: T.ui, what: `${p.who}: #participant-count to read 2` });
+    await pollUntil(async () => (await p.page.locator('#notices > *').count()) > noticesBefore[i],
+      { timeoutMs: T.ui, what: `${p.who}: a "left" notice in #notices` });
+    const text = await p.page.locator('#notices').textContent();
+    assert.ok(text.includes(HOSTILE), `${p.who}: #notices does not name C (as text): ${JSON.stringify(text)}`);
+  }));
+  const c = await C.page.evaluate(() => ({ view: document.body.dataset.view, tiles: document.querySelectorAll('#tiles .tile').length }));
+  assert.notEqual(c.view, 'room', `C still shows the room view after Leave (${JSON.stringify(c)})`);
+  await landing.context().close();
+  await C.close();
+  sc.participants = sc.participants.filter((p) => p !== C);
+});
+
+sc.step('a camera switch keeps frames flowing to the others', async (t) => {
+  // Chromium's file camera (--use-file-for-fake-video-capture) offers one device only; its built-in
+  // fake camera with device-count=2 offers two: fake_device_0 (green) and fake_device_1 (grey, Y16).
+  D = await launchParticipant({ who: 'D-fake2', fakeDevice: 'device-count=2' });
+  sc.participants.push(D);
+  await joinViaLanding(D, sc.server.url, { name: 'Dana', room: ROOM });
+  await Promise.all([A, B].map((p) => waitForRemoteTiles(p.page, others(p).map((q) => q.id))));
+  const kind = (rgb) => {
+    const spread = Math.max(...rgb) - Math.min(...rgb);
+    if (spread < 30) return 'grey';
+    if (rgb[1] > rgb[0] + 50 && rgb[1] > rgb[2] + 50) return 'green';
+    return 'other';
+  };
+  const initial = {};
+  await Promise.all([A, B].map(async (p) => {
+    await waitForRemoteVideo(p.page, D.id);
+    const seen = await pollUntil(async () => {
+      const rgb = await meanColour(p.page, D.id);
+      return kind(rgb) !== 'other' ? { rgb, kind: kind(rgb) } : { ok: false, rgb };
+    }, { timeoutMs: T.media, what: `${p.who}: D's picture to be the green or grey fake camera` });
+    initial[p.who] = seen.kind;
+    await expectFramesAdvance(p.page, D.id, { who: `${p.who} watching D before the switch` });
+  }));
+  await button(D.page, 'Settings').click();
+  const dialog = D.page.locator('#settings-dialog');
+  await dialog.waitFor({ state: 'visible', timeout: T.ui })
+    .catch(() => { throw new Error('D: #settings-dialog did not open after "Settings"'); });
+  const select = dialog.locator('#camera-select');
+  await select.waitFor({ state: 'visible', timeout: T.ui })
+    .catch(() => { throw new Error('D: #settings-dialog does not hold a visible #camera-select'); });
+  const options = await select.locator('option').evaluateAll((os) => os.map((o) => ({ value: o.value, label: o.textContent })));
+  const current = await select.inputValue();
+  t.diagnostic(`D: #camera-select options ${JSON.stringify(options)}, current ${JSON.stringify(current)}`);
+  const other = options.find((o) => o.value && o.value !== current);
+  assert.ok(other, `D: #camera-select offers no second camera: ${JSON.stringify(options)}`);
+  const labelBefore = await senderLabel(D.page);
+  await select.selectOption(other.value);
+  await pollUntil(async () => { const l = await senderLabel(D.page); return l && l !== labelBefore ? l : { ok: false, l }; },
+    { timeoutMs: T.ui, what: `D: the video track sent to peers to change from ${labelBefore}` });
+  await D.page.keyboard.press('Escape');
+  await Promise.all([A, B].map(async (p) => {
+    const want = initial[p.who] === 'green' ? 'grey' : 'green';
+    const seen = await pollUntil(async () => {
+      const rgb = await meanColour(p.page, D.id);
+      return kind(rgb) === want ? { rgb } : { ok: false, rgb, kind: kind(rgb) };
+    }, { timeoutMs: T.media, what: `${p.who}: D's picture to turn ${want} after the camera switch` });
+    const frames = await expectFramesAdvance(p.page, D.id, { who: `${p.who} watching D after the switch` });
+    t.diagnostic(`${p.who}: D went ${initial[p.who]} -> ${want} ${JSON.stringify(seen.rgb)}; frames ${frames.from}->${frames.to} in ${frames.ms} ms`);
+  }));
+});
+
+/** Open a side panel with its toggle button unless `selector` is already visible. */
+async function openPanel(page, buttonName, selector) {
+  if (await page.locator(selector).isVisible()) return;
+  await button(page, buttonName).click();
+  await page.locator(selector).waitFor({ state: 'visible', timeout: T.ui })
+    .catch(() => { throw new Error(`${selector} is not visible after clicking "${buttonName}"`); });
+}
+
+/** Labels of the video tracks the page sends to its peers. */
+async function senderLabel(page) {
+  return page.evaluate(() => {
+    const labels = new Set();
+    for (const peer of window.__huddle?.peers?.values?.() ?? []) {
+      for (const s of peer.pc?.getSenders?.() ?? []) if (s.track?.kind === 'video') labels.add(s.track.label);
+    }
+    return [...labels].sort().join(',');
+  });
+}
+
+async function roomList(page) {
+  return page.evaluate(() => JSON.stringify([...document.querySelectorAll('#room-list li')].map((li) => ({ room: li.dataset.room, count: li.dataset.count }))))
+    .catch((e) => `(unreadable: ${e.message})`);
+}
+
