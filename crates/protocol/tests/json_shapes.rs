@@ -1,0 +1,74 @@
+//! Pins the JSON shapes: every example in `docs/protocol.md` must parse as a protocol message and
+//! serialise back to exactly the same JSON, and every message type must have an example.
+
+use huddle_protocol::{ClientMsg, ServerMsg};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+fn examples() -> Vec<Value> {
+    let doc = include_str!("../../../docs/protocol.md");
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "```json" {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            let text = block.join("\n");
+            out.push(serde_json::from_str(&text).unwrap_or_else(|e| panic!("example is not JSON ({e}): {text}")));
+        }
+    }
+    out
+}
+
+/// Parses `v` as `T` and checks it serialises back to the same JSON.
+fn round_trips<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Option<String> {
+    let parsed: T = serde_json::from_value(v.clone()).ok()?;
+    let back = serde_json::to_value(&parsed).expect("protocol types serialise");
+    assert_eq!(&back, v, "example does not round-trip exactly");
+    Some(v["type"].as_str().expect("has a type").to_string())
+}
+
+#[test]
+fn every_documented_example_round_trips() {
+    let mut client_types = BTreeSet::new();
+    let mut server_types = BTreeSet::new();
+    let examples = examples();
+    assert!(examples.len() >= 18, "found only {} examples", examples.len());
+    for v in &examples {
+        let c = round_trips::<ClientMsg>(v);
+        let s = round_trips::<ServerMsg>(v);
+        assert!(c.is_some() || s.is_some(), "example is neither a client nor a server message: {v}");
+        client_types.extend(c);
+        server_types.extend(s);
+    }
+    let all_client: BTreeSet<String> = ClientMsg::TYPES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(client_types, all_client, "every client message type has an example");
+    let all_server: BTreeSet<String> = [
+        "welcome", "rooms", "joined", "left", "peer_joined", "peer_left", "peer_updated", "signal", "chat", "error", "bye",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(server_types, all_server, "every server message type has an example");
+}
+
+#[test]
+fn every_error_code_is_documented() {
+    let doc = include_str!("../../../docs/protocol.md");
+    for code in huddle_protocol::ErrorCode::ALL {
+        assert!(doc.contains(&format!("| `{code}` |")), "error code {code} is missing from the table");
+    }
+}
+
+#[test]
+fn shapes_are_pinned() {
+    // A few shapes spelled out, so a rename shows up here even if the document changes with it.
+    let join: ClientMsg = serde_json::from_str(r#"{"type":"join","protocol":1,"room":"r","name":"n"}"#).expect("join parses");
+    assert_eq!(join, ClientMsg::Join { protocol: 1, room: "r".into(), name: "n".into(), audio: false, video: false });
+    let err = ServerMsg::error(huddle_protocol::ErrorCode::RoomFull, Some("join"));
+    assert_eq!(
+        serde_json::to_string(&err).expect("serialises"),
+        r#"{"type":"error","code":"room_full","message":"This room is full.","request":"join"}"#
+    );
+    let leave: ClientMsg = serde_json::from_str(r#"{"type":"leave","extra":true}"#).expect("unknown fields are ignored");
+    assert_eq!(leave, ClientMsg::Leave);
+}
