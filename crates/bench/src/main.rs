@@ -1,0 +1,41 @@
+//! huddle-bench: load generators for huddle.
+//!
+//! `huddle-bench signal [options]` starts the real server as a child process (this binary
+//! re-executed as `huddle-bench serve <huddle args…>`), drives it over 127.0.0.1 with many
+//! WebSocket clients in many rooms, and prints one JSON line with the results on stdout.
+//! Progress goes to stderr.
+
+mod procfs;
+mod server;
+mod signal;
+
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+#[derive(Parser, Debug)]
+#[command(name = "huddle-bench", version, about = "Load generators for huddle")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Signalling benchmark: many clients in many rooms relaying `signal` messages.
+    Signal(signal::SignalArgs),
+    /// Run the huddle server (used by `signal`, which re-executes this binary).
+    #[command(hide = true)]
+    Serve {
+        /// Arguments for the server, as `huddle` takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Signal(args) => signal::run(args),
+        Cmd::Serve { args } => server::serve(args),
+    }
+}

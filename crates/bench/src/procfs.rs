@@ -1,0 +1,78 @@
+//! What the benchmark reads about processes: resident memory and CPU time from `/proc`, and the
+//! open-file limit.
+
+use anyhow::{anyhow, bail, Context};
+
+/// Resident set size (`VmRSS`) of a process, in KiB.
+pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// User + system CPU time of a process (all its threads), in seconds.
+pub fn cpu_secs(pid: Option<u32>) -> anyhow::Result<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis
+    // start at field 3 (state). utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("malformed {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(|| anyhow!("malformed {path}"))
+    };
+    let total = ticks(14 - 3)? + ticks(15 - 3)?;
+    Ok(total as f64 / clock_ticks_per_sec())
+}
+
+/// CPU time the whole machine spent busy (all CPUs, everything but idle and iowait), in
+/// seconds, from the first line of `/proc/stat`.
+pub fn machine_busy_secs() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().filter(|l| l.starts_with("cpu ")).ok_or_else(|| anyhow!("malformed /proc/stat"))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    if v.len() < 5 {
+        bail!("malformed /proc/stat");
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    Ok(busy as f64 / clock_ticks_per_sec())
+}
+
+/// Number of CPUs the machine has online.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Raises the soft limit on open files to at least `want` (up to the hard limit). Child
+/// processes inherit it. Returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit write/read the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if (lim.rlim_cur as u64) < want && lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
