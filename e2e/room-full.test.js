@@ -6,7 +6,7 @@ import { startServer } from './lib/server.js';
 import { connectWs } from './lib/ws-client.js';
 import { launchParticipant } from './lib/browser.js';
 import { makeTempDir, makeClip, PALETTE } from './lib/camera.js';
-import { enterRoom } from './lib/huddle.js';
+import { enterRoom, pressJoin } from './lib/huddle.js';
 import { Scenario } from './lib/scenario.js';
 import { T } from './lib/env.js';
 
@@ -48,7 +48,7 @@ sc.step('a third joiner through the page sees #error-banner[data-code="room_full
   const page = third.page;
   third.name = 'Third';
   await enterRoom(page, sc.server.url, { name: 'Third', room: ROOM });
-  await page.locator('#join-button').click();
+  await pressJoin(page);
   const banner = page.locator('#error-banner[data-code="room_full"]');
   await banner.waitFor({ state: 'visible', timeout: T.ui }).catch(async () => {
     const b = await page.evaluate(() => {

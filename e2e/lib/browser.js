@@ -72,6 +72,7 @@ export class Participant {
       this.note(`[${tag} dialog ${d.type()}] ${d.message()}`);
       await d.dismiss().catch(() => {});
     });
+    page.on('response', (r) => { if (r.status() >= 400) this.note(`[${tag} http ${r.status()}] ${r.request().method()} ${r.url()}`); });
     page.on('crash', () => this.note(`[${tag} crash]`));
     this.pages.push(page);
     if (!this.page) { this.page = page; this.context = context; }

@@ -46,11 +46,20 @@ export async function enterRoom(page, baseUrl, { name, room }) {
   await waitForView(page, 'prejoin');
 }
 
-/** Pre-join → (options) → "Join" → room; returns our peer id from window.__huddle. */
-export async function joinFromPrejoin(page, { startMuted = false, startCameraOff = false } = {}) {
+/** On pre-join: set the options, wait for the camera preview as a person would, press "Join". */
+export async function pressJoin(page, { startMuted = false, startCameraOff = false, waitForPreview = true } = {}) {
   if (startMuted) await page.locator('#start-muted').check();
   if (startCameraOff) await page.locator('#start-camera-off').check();
+  if (waitForPreview) {
+    await page.waitForFunction(() => { const v = document.querySelector('#preview'); return v && v.videoWidth > 0; }, null, { timeout: T.media })
+      .catch(() => { throw new Error(`pre-join: #preview shows no camera picture within ${T.media} ms`); });
+  }
   await page.locator('#join-button').click();
+}
+
+/** Pre-join → (options) → "Join" → room; returns our peer id from window.__huddle. */
+export async function joinFromPrejoin(page, opts = {}) {
+  await pressJoin(page, opts);
   await waitForView(page, 'room');
   const handle = await page.waitForFunction(() => window.__huddle && window.__huddle.id, null, { timeout: T.ui })
     .catch(() => { throw new Error('window.__huddle.id not set within 10 s of entering the room view'); });
