@@ -6,7 +6,7 @@ import path from 'node:path';
 import { startServer } from './lib/server.js';
 import { connectWs } from './lib/ws-client.js';
 import { launchParticipant } from './lib/browser.js';
-import { gotoLanding, pollUntil } from './lib/huddle.js';
+import { gotoLanding, pollUntil, waitForView } from './lib/huddle.js';
 import { Scenario } from './lib/scenario.js';
 import { artifactsDir, T } from './lib/env.js';
 
@@ -97,6 +97,17 @@ sc.step('the landing page fits a phone screen (375x667)', async () => {
   await page.context().close();
 });
 
+sc.step('a /r/<room> link opens pre-join for that room, Unicode names included', async () => {
+  const page = await browser.newPage({ tag: 'link' });
+  await page.goto(`${sc.server.url}/r/${encodeURIComponent('주간 회의')}`, { waitUntil: 'domcontentloaded' });
+  await waitForView(page, 'prejoin');
+  await page.locator('#join-button').waitFor({ timeout: T.ui })
+    .catch(() => { throw new Error('pre-join reached by /r/<room> has no #join-button'); });
+  await page.context().close();
+});
+
+// Chromium's --lang flag does not change navigator.language under Playwright (it stays en-US);
+// the context's locale does (navigator.language and Accept-Language), so that is what this uses.
 sc.step('Korean: a ko-KR browser gets Korean, and #lang-select switches languages', async () => {
   const page = await browser.newPage({ locale: 'ko-KR', tag: 'ko' });
   await gotoLanding(page, sc.server.url);
