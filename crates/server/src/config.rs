@@ -271,6 +271,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_matches_the_defaults() {
+        let file: FileConfig = toml::from_str(include_str!("../../../huddle.example.toml")).expect("example parses");
+        let d = Config::default();
+        assert_eq!(file.listen, Some(d.listen));
+        assert_eq!(file.room_capacity, Some(d.room_capacity));
+        assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
+        assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(Config::from_cli(parse(&["--room-capacity", "0"])).is_err());
         assert!(Config::from_cli(parse(&["--ice-server", "http://x"])).is_err());
