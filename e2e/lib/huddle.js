@@ -33,7 +33,8 @@ export async function waitForView(page, view, timeoutMs = T.navigation) {
 }
 
 export async function gotoLanding(page, baseUrl) {
-  await page.goto(`${baseUrl}/`, { waitUntil: 'domcontentloaded' });
+  const res = await page.goto(`${baseUrl}/`, { waitUntil: 'domcontentloaded' });
+  if (res && !res.ok()) throw new Error(`GET ${baseUrl}/ answered ${res.status()}: is the page built into the binary (or HUDDLE_WEB_DIR set)?`);
   await waitForView(page, 'landing');
 }
 
