@@ -45,9 +45,10 @@ pub fn machine_busy_secs() -> anyhow::Result<f64> {
     Ok(busy as f64 / clock_ticks_per_sec())
 }
 
-/// Number of CPUs the machine has online.
+/// Number of CPUs this process could use when it started (before any pinning).
 pub fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -68,11 +69,33 @@ pub fn raise_nofile(want: u64) -> anyhow::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
     }
-    if (lim.rlim_cur as u64) < want && lim.rlim_cur < lim.rlim_max {
+    if lim.rlim_cur < want && lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
+}
+
+/// Restricts the calling thread (and the threads and processes it starts afterwards) to these
+/// CPUs.
+pub fn pin_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
+/// Parses a CPU list such as `0` or `1,2,3`.
+pub fn parse_cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
+    s.split(',').map(|c| c.trim().parse().with_context(|| format!("bad CPU number {c:?}"))).collect()
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 /// Set in the child's environment: exit when standard input closes, i.e. when the benchmark
 /// that started us is gone, even if it was killed before it could kill us.
 const PARENT_PIPE_ENV: &str = "HUDDLE_BENCH_PARENT_PIPE";
+/// Set in the child's environment: the CPUs the server may run on (e.g. `0`).
+const CPUS_ENV: &str = "HUDDLE_BENCH_SERVER_CPUS";
 
 /// `huddle-bench serve …`: runs the huddle server with these arguments.
 pub fn serve(args: Vec<OsString>) -> anyhow::Result<()> {
@@ -21,6 +23,9 @@ pub fn serve(args: Vec<OsString>) -> anyhow::Result<()> {
             while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
             std::process::exit(0);
         });
+    }
+    if let Some(cpus) = std::env::var_os(CPUS_ENV) {
+        crate::procfs::pin_to_cpus(&crate::procfs::parse_cpu_list(&cpus.to_string_lossy())?)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(huddle_server::run_cli(args))
@@ -36,7 +41,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `huddle-bench serve <args>` and waits (up to `timeout`) for the line announcing
     /// `http://127.0.0.1:PORT/` on its standard output. Its later output goes to our stderr.
-    pub fn start(args: &[OsString], timeout: Duration) -> anyhow::Result<ServerProcess> {
+    pub fn start(args: &[OsString], cpus: Option<&[usize]>, timeout: Duration) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("finding this executable")?;
         let mut cmd = Command::new(exe);
         // Only the arguments configure the server: no HUDDLE_* setting from our environment.
@@ -48,6 +53,9 @@ impl ServerProcess {
         // One log line per join and leave of thousands of clients is noise here.
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
+        }
+        if let Some(cpus) = cpus {
+            cmd.env(CPUS_ENV, cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
         }
         let child = cmd
             .arg("serve")

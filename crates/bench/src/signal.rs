@@ -55,6 +55,15 @@ pub struct SignalArgs {
     /// Longest wait for messages still under way after sending stops, in seconds
     #[arg(long, default_value_t = 2.0)]
     pub drain_secs: f64,
+    /// Load-generator threads, each running its share of the clients on its own
+    /// single-threaded runtime; 0 (the default) runs all clients on one work-stealing runtime
+    /// with a worker per CPU
+    #[arg(long)]
+    pub loadgen_threads: Option<usize>,
+    /// Pin the server to CPU 0 and the load generator to the other CPUs, to tell which side
+    /// runs out of CPU first (needs at least two CPUs)
+    #[arg(long)]
+    pub pin: bool,
     /// Extra argument for the server (repeatable), e.g. --server-arg=--outbox-capacity=64
     #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
     pub server_args: Vec<String>,
@@ -90,6 +99,7 @@ impl SignalArgs {
 
 pub fn run(args: SignalArgs) -> anyhow::Result<()> {
     args.check()?;
+    let ncpu = procfs::cpus();
     let nofile = procfs::raise_nofile(args.clients as u64 + 1024)?;
     if nofile < args.clients as u64 + 64 {
         eprintln!("warning: the open-file limit is {nofile}, too low for {} clients", args.clients);
@@ -105,12 +115,24 @@ pub fn run(args: SignalArgs) -> anyhow::Result<()> {
     }
     server_args.extend(args.server_args.iter().map(OsString::from));
     eprintln!("starting the server: serve {}", server_args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-    let mut server = ServerProcess::start(&server_args, Duration::from_secs(30))?;
+    let pin = args.pin && ncpu >= 2;
+    if args.pin && !pin {
+        eprintln!("warning: --pin needs at least two CPUs; not pinning");
+    }
+    let server_cpus = [0usize];
+    let mut server = ServerProcess::start(&server_args, pin.then_some(&server_cpus[..]), Duration::from_secs(30))?;
     eprintln!("server pid {} on 127.0.0.1:{}", server.pid(), server.port);
+    if pin {
+        procfs::pin_to_cpus(&(1..ncpu).collect::<Vec<_>>())?;
+        eprintln!("server pinned to CPU 0, load generator to CPUs 1..{}", ncpu - 1);
+    }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let result = rt.block_on(drive(&args, &mut server));
-    rt.shutdown_timeout(Duration::from_secs(2));
+    let threads = args.loadgen_threads.unwrap_or(0).min(64);
+    let workers = Workers::start(threads)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let result = rt.block_on(drive(&args, &mut server, &workers));
+    drop(workers);
+    drop(rt);
     drop(server);
     let report = result?;
     println!("{report}");
@@ -173,7 +195,55 @@ impl Shared {
     }
 }
 
-async fn drive(args: &SignalArgs, server: &mut ServerProcess) -> anyhow::Result<serde_json::Value> {
+/// The load generator's threads. Each runs a single-threaded runtime, so a client's timer,
+/// socket and task never wake another thread (cheaper than a work-stealing runtime when, as
+/// here, the work is thousands of small independent tasks).
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> anyhow::Result<Workers> {
+        let mut w = Workers { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        for k in 0..n.max(1) {
+            let rt = if n == 0 {
+                tokio::runtime::Builder::new_multi_thread().enable_all().build()
+            } else {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
+            }
+            .context("starting a runtime")?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            w.handles.push(rt.handle().clone());
+            w.stops.push(stop_tx);
+            w.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("loadgen-{k}"))
+                    .spawn(move || {
+                        let _ = rt.block_on(stop_rx);
+                        // Dropping the runtime cancels the clients still running.
+                        rt.shutdown_timeout(Duration::from_secs(1));
+                    })
+                    .context("starting a load-generator thread")?,
+            );
+        }
+        Ok(w)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers) -> anyhow::Result<serde_json::Value> {
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_baseline = procfs::rss_kb(pid)?;
@@ -183,8 +253,10 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess) -> anyhow::Result<
         epoch: std::time::Instant::now(),
         port: server.port,
         clients: args.clients,
+        // Small buffers: tungstenite zeroes the free part of its read buffer before every read,
+        // and relayed messages are about 150 bytes.
         ws_config: WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(1024 * 1024))
@@ -206,7 +278,7 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess) -> anyhow::Result<
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
     let connect_start = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
-        .map(|i| tokio::spawn(client(i, i % args.rooms, shared.clone(), phase_rx.clone())))
+        .map(|i| workers.handles[i % workers.handles.len()].spawn(client(i, i % args.rooms, shared.clone(), phase_rx.clone())))
         .collect();
     drop(phase_rx);
     let deadline = connect_start + Duration::from_secs_f64(args.connect_timeout_secs);
@@ -299,10 +371,12 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess) -> anyhow::Result<
     let _ = phase_tx.send(Phase::Stop);
 
     let mut latencies: Vec<u32> = Vec::new();
+    let mut lags: Vec<u32> = Vec::new();
     let collect = async {
         for t in tasks {
-            if let Ok(l) = t.await {
-                latencies.extend_from_slice(&l);
+            if let Ok(r) = t.await {
+                latencies.extend_from_slice(&r.latencies);
+                lags.extend_from_slice(&r.send_lags);
             }
         }
     };
@@ -310,13 +384,15 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess) -> anyhow::Result<
         eprintln!("warning: some clients did not stop within 5 s; their latencies are left out");
     }
     latencies.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if latencies.is_empty() {
+    lags.sort_unstable();
+    let pct_of = |v: &[u32], q: f64| -> f64 {
+        if v.is_empty() {
             return f64::NAN;
         }
-        let i = ((q * latencies.len() as f64) as usize).min(latencies.len() - 1);
-        latencies[i] as f64 / 1000.0
+        let i = ((q * v.len() as f64) as usize).min(v.len() - 1);
+        v[i] as f64 / 1000.0
     };
+    let pct = |q: f64| pct_of(&latencies, q);
     let mean_ms = if latencies.is_empty() {
         f64::NAN
     } else {
@@ -341,6 +417,9 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess) -> anyhow::Result<
         "p999_ms": r3(pct(0.999)),
         "max_ms": r3(latencies.last().map_or(f64::NAN, |&l| l as f64 / 1000.0)),
         "mean_ms": r3(mean_ms),
+        // Sends are due on tokio's 1 ms timer wheel, so up to 1 ms of this is timer rounding.
+        "send_lag_p50_ms": r3(pct_of(&lags, 0.50)),
+        "send_lag_p99_ms": r3(pct_of(&lags, 0.99)),
         "sent": sent,
         "received": received,
         "lost": sent.saturating_sub(received),
@@ -354,6 +433,8 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess) -> anyhow::Result<
         "loadgen_cpu_pct": r3(loadgen_cpu_pct),
         "other_cpu_pct": r3(other_cpu_pct),
         "cpus": procfs::cpus(),
+        "loadgen_threads": args.loadgen_threads.unwrap_or(0).min(64),
+        "pinned": args.pin && procfs::cpus() >= 2,
         "connect_s": r3(connect_s),
         "duration_s": r3(window_s),
     }))
@@ -365,11 +446,20 @@ fn per_room_capacity(args: &SignalArgs) -> usize {
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// One client: connect and join, then relay until told to stop. Returns its latencies in µs.
-async fn client(i: usize, room: usize, shared: Arc<Shared>, mut phase: watch::Receiver<Phase>) -> Vec<u32> {
-    let mut latencies = Vec::new();
+/// What one client measured, in µs.
+#[derive(Default)]
+struct ClientResult {
+    /// Relay latency of each message it received.
+    latencies: Vec<u32>,
+    /// How late each of its sends was against its schedule (load-generator lag).
+    send_lags: Vec<u32>,
+}
+
+/// One client: connect and join, then relay until told to stop.
+async fn client(i: usize, room: usize, shared: Arc<Shared>, phase: watch::Receiver<Phase>) -> ClientResult {
+    let mut result = ClientResult::default();
     let joined = {
-        let Ok(_slot) = shared.connect_slots.acquire().await else { return latencies };
+        let Ok(_slot) = shared.connect_slots.acquire().await else { return result };
         tokio::time::timeout(shared.connect_timeout, connect_and_join(&shared, i, room)).await
     };
     let (mut ws, mut peers) = match joined {
@@ -377,17 +467,20 @@ async fn client(i: usize, room: usize, shared: Arc<Shared>, mut phase: watch::Re
         Ok(Err(e)) => {
             shared.failed.fetch_add(1, Relaxed);
             shared.note(&shared.errors, "connect/join failed", i, format!("{e:#}"));
-            return latencies;
+            return result;
         }
         Err(_) => {
             shared.failed.fetch_add(1, Relaxed);
             shared.note(&shared.errors, "connect/join failed", i, "timed out");
-            return latencies;
+            return result;
         }
     };
     shared.room_counts[room].fetch_add(1, Relaxed);
     shared.joined.fetch_add(1, Relaxed);
 
+    // One pending wait for the next phase, kept across loop turns (creating a `changed()`
+    // future on every turn is a measurable cost at tens of thousands of turns a second).
+    let mut next_phase = Box::pin(wait_phase(phase));
     let mut ticker: Option<Interval> = None;
     let mut end: Option<(Instant, u64)> = None;
     let mut seq: u64 = 0;
@@ -399,7 +492,7 @@ async fn client(i: usize, room: usize, shared: Arc<Shared>, mut phase: watch::Re
                     Ok(ServerMsg::Signal { payload: SignalPayload::Candidate { candidate: Some(c) }, .. }) => {
                         let now = shared.now_ns();
                         if let Some(sent_ns) = parse_send_time(&c.candidate) {
-                            latencies.push((now.saturating_sub(sent_ns) / 1000).min(u32::MAX as u64) as u32);
+                            result.latencies.push(micros(now.saturating_sub(sent_ns)));
                         }
                         shared.received.fetch_add(1, Relaxed);
                         if end.is_some_and(|(_, end_ns)| now <= end_ns) {
@@ -432,11 +525,9 @@ async fn client(i: usize, room: usize, shared: Arc<Shared>, mut phase: watch::Re
                     break;
                 }
             },
-            changed = phase.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let p = *phase.borrow_and_update();
+            (p, rx) = &mut next_phase => {
+                let Some(p) = p else { break };
+                next_phase = Box::pin(wait_phase(rx));
                 match p {
                     Phase::Setup => {}
                     Phase::Relay { start, end: e, end_ns, period } => {
@@ -452,11 +543,13 @@ async fn client(i: usize, room: usize, shared: Arc<Shared>, mut phase: watch::Re
                     Phase::Stop => break,
                 }
             },
-            _ = tick(&mut ticker) => {
-                if end.is_none_or(|(e, _)| Instant::now() >= e) || peers.is_empty() {
+            scheduled = tick(&mut ticker) => {
+                let now = Instant::now();
+                if end.is_none_or(|(e, _)| now >= e) || peers.is_empty() {
                     ticker = None;
                     continue;
                 }
+                result.send_lags.push(micros(now.saturating_duration_since(scheduled).as_nanos() as u64));
                 let to = peers[next_peer % peers.len()].clone();
                 next_peer = next_peer.wrapping_add(1);
                 let msg = ClientMsg::Signal {
@@ -486,15 +579,27 @@ async fn client(i: usize, room: usize, shared: Arc<Shared>, mut phase: watch::Re
             }
         }
     }
-    latencies
+    result
 }
 
-/// Waits for the next tick, or forever when there is no ticker.
-async fn tick(ticker: &mut Option<Interval>) {
+/// The next phase (None once the benchmark is gone), and the receiver to wait for the one after.
+async fn wait_phase(mut rx: watch::Receiver<Phase>) -> (Option<Phase>, watch::Receiver<Phase>) {
+    let p = match rx.changed().await {
+        Ok(()) => Some(*rx.borrow_and_update()),
+        Err(_) => None,
+    };
+    (p, rx)
+}
+
+fn micros(ns: u64) -> u32 {
+    (ns / 1000).min(u32::MAX as u64) as u32
+}
+
+/// Waits for the next tick and returns when it was due, or waits forever when there is no
+/// ticker.
+async fn tick(ticker: &mut Option<Interval>) -> Instant {
     match ticker {
-        Some(t) => {
-            t.tick().await;
-        }
+        Some(t) => t.tick().await,
         None => std::future::pending().await,
     }
 }
