@@ -49,8 +49,10 @@ sc.step('three participants join the same room through landing, pre-join and Joi
   await Promise.all(inRoom().map((p) => waitForRemoteTiles(p.page, others(p).map((q) => q.id))
     .catch((e) => { throw new Error(`${p.who}: ${e.message}`); })));
   for (const p of inRoom()) {
-    const count = (await p.page.locator('#participant-count').innerText()).trim();
-    assert.equal(count, '3', `${p.who}: #participant-count shows ${JSON.stringify(count)}`);
+    await pollUntil(async () => {
+      const count = (await p.page.locator('#participant-count').textContent())?.trim();
+      return count === '3' ? count : { ok: false, count };
+    }, { timeoutMs: T.ui, what: `${p.who}: #participant-count to read 3` });
   }
 }, { critical: true });
 
@@ -207,7 +209,7 @@ sc.step('the room list on a fourth page shows 3, then 2 after one leaves; the ti
   await Promise.all([A, B].map(async (p, i) => {
     await tile(p.page, C.id).waitFor({ state: 'detached', timeout: T.ui })
       .catch(() => { throw new Error(`${p.who}: C's tile is still there after C left`); });
-    await pollUntil(async () => (await p.page.locator('#participant-count').innerText()).trim() === '2',
+    await pollUntil(async () => (await p.page.locator('#participant-count').textContent())?.trim() === '2',
       { timeoutMs: T.ui, what: `${p.who}: #participant-count to read 2` });
     await pollUntil(async () => (await p.page.locator('#notices > *').count()) > noticesBefore[i],
       { timeoutMs: T.ui, what: `${p.who}: a "left" notice in #notices` });
