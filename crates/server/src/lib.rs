@@ -61,6 +61,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         }
         let _ = stop_tx.send(());
     });
+    // Signalling messages are small and latency-sensitive: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move {
             let _ = stop_rx.await;

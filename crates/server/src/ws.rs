@@ -1,16 +1,16 @@
-//! One WebSocket connection: a reader that parses and validates frames and hands them to the
-//! hub, and a writer that drains the connection's bounded outbox and pings. Neither owns any
-//! room state.
+//! One WebSocket connection: one task that parses and validates incoming frames and hands them
+//! to the hub, drains the connection's bounded outbox into the socket, and keeps the heartbeat.
+//! It owns no room state.
 
-use crate::hub::{Command, Outbox};
+use crate::hub::Command;
 use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use huddle_protocol::{ByeReason, ClientMsg, ErrorCode, LeaveReason, PeerId, ServerMsg};
+use tokio::time::Instant;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +20,11 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Frames above this close the connection (1009). Frames between `max_frame_bytes` and this are
 /// answered with `frame_too_large` and the connection stays.
 pub const HARD_MAX_FRAME_BYTES: usize = 1024 * 1024;
-/// Messages the writer sends before flushing the socket once.
+/// Messages written before flushing the socket once.
 const WRITE_BATCH: usize = 64;
+/// How often a connection checks its heartbeat: a silent connection is dropped at most this long
+/// after `idle_timeout`.
+const HEARTBEAT_CHECK: Duration = Duration::from_secs(5);
 
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>, headers: HeaderMap) -> Response {
     if !origin_allowed(&headers, &app.config.allowed_origins) {
@@ -57,68 +60,96 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         .is_some_and(|(scheme, authority)| (scheme == "http" || scheme == "https") && authority.eq_ignore_ascii_case(host))
 }
 
-async fn connection(socket: WebSocket, app: AppState, id: PeerId) {
-    let (outbox, outbox_rx) = mpsc::channel(app.config.outbox_capacity);
-    let (kick_tx, kick_rx) = oneshot::channel();
-    if app.hub.send(Command::Connect { id: id.clone(), outbox: outbox.clone(), kick: kick_tx }).await.is_err() {
+/// One task per connection: a single loop over the socket, the outbox, the kick signal and the
+/// heartbeat tick (no split socket, no second task).
+async fn connection(mut socket: WebSocket, app: AppState, id: PeerId) {
+    let (outbox, mut outbox_rx) = mpsc::channel(app.config.outbox_capacity);
+    let (kick_tx, mut kick_rx) = oneshot::channel();
+    if app.hub.send(Command::Connect { id: id.clone(), outbox, kick: kick_tx }).await.is_err() {
         return;
     }
-    drop::<Outbox>(outbox);
     debug!("connected");
-    let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, outbox_rx, app.config.ping_interval).in_current_span());
-    let reason = tokio::select! {
-        reason = read_loop(stream, &app, &id) => reason,
-        kicked = kick_rx => {
-            // The hub has already taken us out of our room.
-            let bye = kicked.unwrap_or(ByeReason::ServerShutdown);
-            info!(?bye, "disconnected by the server");
-            writer.abort();
-            return;
+    let cfg = &app.config;
+    let max_frame = cfg.max_frame_bytes as usize;
+    // Liveness is a timestamp checked on a coarse tick, not a timer re-armed for every frame.
+    let check_every = HEARTBEAT_CHECK.min(cfg.ping_interval);
+    let mut tick = tokio::time::interval_at(Instant::now() + check_every, check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let mut last_ping = Instant::now();
+    let reason = loop {
+        tokio::select! {
+            kicked = &mut kick_rx => {
+                // The hub has already taken us out of our room; just drop the socket.
+                info!(bye = ?kicked.unwrap_or(ByeReason::ServerShutdown), "disconnected by the server");
+                return;
+            }
+            msg = outbox_rx.recv() => {
+                let Some(msg) = msg else {
+                    // The hub closed our outbox after queueing `bye`: the server is shutting down.
+                    let close = CloseFrame { code: 1001, reason: Utf8Bytes::from_static("server shutting down") };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    break LeaveReason::Left;
+                };
+                if write_batch(&mut socket, &msg, &mut outbox_rx).await.is_err() {
+                    break LeaveReason::Disconnected;
+                }
+            }
+            frame = socket.recv() => {
+                last_seen = Instant::now();
+                let cmd = match frame {
+                    None => break LeaveReason::Left,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "WebSocket read failed");
+                        break LeaveReason::Disconnected;
+                    }
+                    Some(Ok(Message::Close(_))) => break LeaveReason::Left,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Binary(_))) => reject(&id, ErrorCode::BinaryFrame, None),
+                    Some(Ok(Message::Text(text))) if text.len() > max_frame => reject(&id, ErrorCode::FrameTooLarge, None),
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMsg>(&text) {
+                        Ok(msg) => Command::Client { id: id.clone(), msg },
+                        Err(_) => {
+                            let (code, request) = classify(&text);
+                            reject(&id, code, request)
+                        }
+                    },
+                };
+                // If the hub is busy this waits, which pauses reading from this socket only.
+                if app.hub.send(cmd).await.is_err() {
+                    break LeaveReason::Disconnected;
+                }
+            }
+            _ = tick.tick() => {
+                if last_seen.elapsed() >= cfg.idle_timeout {
+                    info!("no heartbeat; dropping the connection");
+                    break LeaveReason::Disconnected;
+                }
+                if last_ping.elapsed() >= cfg.ping_interval {
+                    last_ping = Instant::now();
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break LeaveReason::Disconnected;
+                    }
+                }
+            }
         }
-        _ = &mut writer => LeaveReason::Disconnected,
     };
     let _ = app.hub.send(Command::Disconnect { id, reason }).await;
-    // The hub has dropped our outbox: the writer flushes what is queued and ends; do not wait
-    // long for a peer that does not read.
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
-        writer.abort();
-    }
     debug!(?reason, "closed");
 }
 
-async fn read_loop(mut stream: SplitStream<WebSocket>, app: &AppState, id: &PeerId) -> LeaveReason {
-    let max = app.config.max_frame_bytes as usize;
-    loop {
-        let frame = match tokio::time::timeout(app.config.idle_timeout, stream.next()).await {
-            Err(_) => {
-                info!("no heartbeat; dropping the connection");
-                return LeaveReason::Disconnected;
-            }
-            Ok(None) => return LeaveReason::Left,
-            Ok(Some(Err(e))) => {
-                debug!(error = %e, "WebSocket read failed");
-                return LeaveReason::Disconnected;
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let cmd = match frame {
-            Message::Text(text) if text.len() > max => reject(id, ErrorCode::FrameTooLarge, None),
-            Message::Text(text) => match serde_json::from_str::<ClientMsg>(&text) {
-                Ok(msg) => Command::Client { id: id.clone(), msg },
-                Err(_) => {
-                    let (code, request) = classify(&text);
-                    reject(id, code, request)
-                }
-            },
-            Message::Binary(_) => reject(id, ErrorCode::BinaryFrame, None),
-            Message::Close(_) => return LeaveReason::Left,
-            Message::Ping(_) | Message::Pong(_) => continue,
-        };
-        if app.hub.send(cmd).await.is_err() {
-            return LeaveReason::Disconnected;
-        }
+/// Sends `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with one flush.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: &ServerMsg,
+    outbox: &mut mpsc::Receiver<Arc<ServerMsg>>,
+) -> Result<(), axum::Error> {
+    feed(socket, first).await?;
+    for _ in 1..WRITE_BATCH {
+        let Ok(msg) = outbox.try_recv() else { break };
+        feed(socket, &msg).await?;
     }
+    socket.flush().await
 }
 
 fn reject(id: &PeerId, code: ErrorCode, request: Option<String>) -> Command {
@@ -138,47 +169,9 @@ pub fn classify(text: &str) -> (ErrorCode, Option<String>) {
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut outbox: mpsc::Receiver<Arc<ServerMsg>>,
-    ping_every: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            msg = outbox.recv() => {
-                let Some(msg) = msg else { break };
-                if feed(&mut sink, &msg).await.is_err() {
-                    return;
-                }
-                // Batch whatever else is already queued into one flush.
-                let mut n = 1;
-                while n < WRITE_BATCH {
-                    let Ok(msg) = outbox.try_recv() else { break };
-                    if feed(&mut sink, &msg).await.is_err() {
-                        return;
-                    }
-                    n += 1;
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    // The hub closed our outbox: the server is shutting down (or we were removed).
-    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: Utf8Bytes::from_static("goodbye") }))).await;
-}
-
-async fn feed(sink: &mut SplitSink<WebSocket, Message>, msg: &ServerMsg) -> Result<(), axum::Error> {
+async fn feed(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
     match serde_json::to_string(msg) {
-        Ok(text) => sink.feed(Message::Text(text.into())).await,
+        Ok(text) => socket.feed(Message::Text(text.into())).await,
         Err(e) => {
             // Our own types always serialise; this would be a bug, not bad input.
             warn!(error = %e, "could not serialise a message");
