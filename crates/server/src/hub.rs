@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-/// What a connection's writer task receives.
+/// What a connection task receives to write to its socket.
 pub type Outbox = mpsc::Sender<Arc<ServerMsg>>;
 
 /// Most rooms listed in one `rooms` message.
@@ -338,7 +338,7 @@ impl Hub {
         let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
         for conn in self.conns.values_mut() {
             let _ = conn.outbox.try_send(bye.clone());
-            // Closing the outbox lets the writer flush `bye`, then close the WebSocket.
+            // Closing the outbox lets the connection task write `bye`, then close the WebSocket.
             let (closed, _) = mpsc::channel(1);
             conn.outbox = closed;
         }

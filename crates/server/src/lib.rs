@@ -3,8 +3,8 @@
 //! # Layout
 //! - [`config`] — flags, environment and TOML file resolved once into a [`Config`].
 //! - [`http`] — the HTTP edge: embedded page, `/r/<room>`, `/healthz`, `/ws`.
-//! - [`ws`] — one task pair per WebSocket: a reader that validates frames and a writer that
-//!   drains the connection's bounded outbox and sends heartbeats.
+//! - [`ws`] — one task per WebSocket: validates incoming frames, drains the connection's
+//!   bounded outbox into the socket, and keeps the heartbeat.
 //! - [`hub`] — the single owner of all rooms and outboxes, reached over a channel.
 //! - [`room`] — one room's members and chat history (plain data, owned by the hub).
 //! - [`validate`] — checks for names, room names and chat text.
