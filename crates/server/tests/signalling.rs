@@ -247,3 +247,36 @@ async fn healthz_answers_and_the_page_has_a_csp() {
     }
     assert!(get("/nope.js").await.starts_with("HTTP/1.1 404"));
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_the_room_carries_on() {
+    let server = TestServer::start(Config { outbox_capacity: 16, ..Config::default() }).await;
+    let mut talker = Client::connect(&server).await;
+    let mut stuck = Client::connect(&server).await;
+    talker.join("r", "talker").await;
+    stuck.join("r", "stuck").await;
+    talker.recv().await; // peer_joined
+    // `stuck` never reads again. Long chat messages fill its socket buffers, then its outbox.
+    let text = "x".repeat(2000);
+    let mut sent = 0;
+    let evicted = loop {
+        talker.send(&ClientMsg::Chat { text: text.clone() }).await;
+        sent += 1;
+        match talker.recv().await {
+            ServerMsg::Chat { .. } => {}
+            ServerMsg::PeerLeft { id, reason } => break (id, reason),
+            other => panic!("{other:?}"),
+        }
+        assert!(sent < 20_000, "the stuck client was never disconnected");
+    };
+    assert_eq!(evicted, (stuck.id.clone(), LeaveReason::TooSlow));
+    // The talker's own chat kept flowing the whole time, and still does.
+    talker.send(&ClientMsg::Chat { text: "after".into() }).await;
+    loop {
+        if let ServerMsg::Chat { message } = talker.recv().await {
+            if message.text == "after" {
+                break;
+            }
+        }
+    }
+}
