@@ -1,0 +1,529 @@
+// huddle's page: views (landing, pre-join, room), routing, and the signalling wiring.
+import * as i18n from './i18n.js';
+import { t } from './i18n.js';
+import { cleanName } from './protocol.js';
+import { LevelMeter, speakerSelectable, mediaAvailable } from './media.js';
+import { sig, media, S, errorVars, exposeDebugHandle } from './core.js';
+import { $, notice, showError, hideError, bannerCode, renderBanner, initials, colourFor } from './ui.js';
+import * as call from './call.js';
+
+const NAME_KEY = 'huddle.name';
+const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large'];
+const MEDIA_CODES = ['camera_denied', 'mic_denied', 'media_denied', 'no_camera', 'no_mic', 'no_devices', 'camera_busy', 'mic_busy', 'media_unavailable'];
+const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol'];
+
+const nameInput = /** @type {HTMLInputElement} */ ($('#name-input'));
+const roomInput = /** @type {HTMLInputElement} */ ($('#room-input'));
+const preview = /** @type {HTMLVideoElement} */ ($('#preview'));
+const meterEl = /** @type {HTMLMeterElement} */ ($('#mic-meter'));
+
+const meter = new LevelMeter((level) => {
+  meterEl.value = level;
+  meterEl.dataset.level = level.toFixed(2);
+  const self = document.querySelector('#tiles .tile[data-self="true"]');
+  if (self) self.classList.toggle('speaking', level > 0.45);
+});
+
+/** @type {import('./protocol.js').RoomSummary[]} */
+let lastRooms = [];
+let reconnectDelay = 500;
+/** @type {ReturnType<typeof setTimeout>|null} */
+let reconnectTimer = null;
+/** sentences (i18n keys) shown in #prejoin-notice */
+let prejoinNotes = /** @type {string[]} */ ([]);
+
+// ---------------------------------------------------------------- views and routing
+
+/** @param {'landing'|'prejoin'|'room'} view */
+function setView(view) {
+  S.view = view;
+  document.body.dataset.view = view;
+  $('#topbar-room').textContent = view === 'landing' ? '' : S.room;
+  document.title = view === 'landing' ? 'huddle' : `${S.room} · huddle`;
+}
+
+function roomFromPath() {
+  const m = /^\/r\/(.+)$/.exec(location.pathname);
+  if (!m) return '';
+  try { return decodeURIComponent(m[1]).trim(); } catch { return m[1].trim(); }
+}
+
+function route() {
+  const room = roomFromPath();
+  if (room) openPrejoin(room);
+  else showLanding();
+}
+
+function showLanding() {
+  stopPreview();
+  media.stopAll();
+  $('#name-home').before($('#name-field'));
+  setView('landing');
+  hideError([...MEDIA_CODES, ...JOIN_CODES]);
+  if (sig.isOpen) sig.watchRooms();
+  renderRooms();
+}
+
+/** @param {string} room */
+function goToRoom(room) {
+  const name = cleanName(nameInput.value, sig.limits.maxNameChars);
+  if (!name) { showError('invalid_name', errorVars('invalid_name')); nameInput.focus(); return; }
+  const clean = cleanName(room, sig.limits.maxRoomChars);
+  if (!clean) { showError('invalid_room', errorVars('invalid_room')); roomInput.focus(); return; }
+  saveName(name);
+  history.pushState({ room: clean }, '', `/r/${encodeURIComponent(clean)}`);
+  openPrejoin(clean);
+}
+
+/** @param {string} name */
+function saveName(name) {
+  S.name = name;
+  try { localStorage.setItem(NAME_KEY, name); } catch { /* ignore */ }
+}
+
+// ---------------------------------------------------------------- landing
+
+function renderRooms() {
+  const list = $('#room-list');
+  const status = $('#rooms-status');
+  status.textContent = !sig.isOpen ? t('rooms.connecting') : lastRooms.length ? '' : t('rooms.empty');
+  status.hidden = !status.textContent;
+  /** @type {Map<string, HTMLLIElement>} */
+  const old = new Map();
+  for (const li of /** @type {NodeListOf<HTMLLIElement>} */ (list.querySelectorAll(':scope > li'))) old.set(li.dataset.room ?? '', li);
+  const items = lastRooms.map((r) => {
+    let li = old.get(r.name);
+    old.delete(r.name);
+    if (!li) {
+      li = document.createElement('li');
+      li.dataset.room = r.name;
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'room-item';
+      const av = document.createElement('span');
+      av.className = 'avatar';
+      av.setAttribute('aria-hidden', 'true');
+      av.textContent = initials(r.name);
+      av.style.backgroundColor = colourFor(r.name);
+      const nm = document.createElement('span');
+      nm.className = 'room-item-name';
+      nm.textContent = r.name;
+      const ct = document.createElement('span');
+      ct.className = 'room-item-count';
+      b.append(av, nm, ct);
+      b.addEventListener('click', () => goToRoom(r.name));
+      li.append(b);
+    }
+    const full = r.participants >= r.capacity;
+    li.dataset.count = String(r.participants);
+    li.classList.toggle('full', full);
+    const b = /** @type {HTMLButtonElement} */ (li.querySelector('button'));
+    b.setAttribute('aria-label', t('rooms.enter', { room: r.name, n: r.participants, cap: r.capacity }));
+    /** @type {HTMLElement} */ (li.querySelector('.room-item-count')).textContent =
+      full ? t('rooms.full') : t('rooms.count', { n: r.participants, cap: r.capacity });
+    return li;
+  });
+  for (const li of old.values()) li.remove();
+  const same = items.length === list.children.length && items.every((li, i) => list.children[i] === li);
+  if (!same) list.replaceChildren(...items);
+}
+
+// ---------------------------------------------------------------- pre-join
+
+/** @param {string} room */
+async function openPrejoin(room) {
+  S.room = room;
+  $('#prejoin-room').textContent = room;
+  $('#prejoin-name-slot').append($('#name-field'));
+  $('#device-home').append($('#device-settings'));
+  setView('prejoin');
+  if (sig.isOpen) sig.unwatchRooms();
+  /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
+  const startCamOff = /** @type {HTMLInputElement} */ ($('#start-camera-off')).checked;
+  const startMuted = /** @type {HTMLInputElement} */ ($('#start-muted')).checked;
+  media.camOn = !startCamOff;
+  media.setMicOn(!startMuted);
+  setPrejoinNotes(['prejoin.checking']);
+  if (startCamOff) {
+    // Ask only for the microphone; the camera stays dark until turned on.
+    if (!media.micTrack && mediaAvailable) await media.openMic(media.micId).catch(() => {});
+    await media.listDevices();
+  } else {
+    await media.start();
+  }
+  if (S.view !== 'prejoin' || S.room !== room) return;
+  if (!media.camOn) media.stopCamera();
+  if (media.camTrack) call.watchEnded(media.camTrack);
+  if (media.micTrack) call.watchEnded(media.micTrack);
+  reportMediaProblems();
+  fillDevices();
+  showPreview();
+  meter.attach(media.micTrack);
+}
+
+function reportMediaProblems() {
+  const c = media.camError, m = media.micError;
+  let code = '';
+  if (c === 'media_unavailable' || m === 'media_unavailable') code = 'media_unavailable';
+  else if (c === 'camera_denied' && m === 'mic_denied') code = 'media_denied';
+  else if (c === 'no_camera' && m === 'no_mic') code = 'no_devices';
+  else code = c || m;
+  const notes = [];
+  if (code === 'media_unavailable' || code === 'media_denied' || code === 'no_devices') notes.push(`error.${code}`);
+  else {
+    if (c) notes.push(`error.${c}`);
+    if (m) notes.push(`error.${m}`);
+  }
+  if (c && !m && media.micTrack) notes.push('prejoin.audioOnly');
+  else if (c && m) notes.push('prejoin.watchOnly');
+  if (!notes.length) notes.push('prejoin.ok');
+  setPrejoinNotes(notes);
+  if (code) showError(code, errorVars(code));
+  else hideError(MEDIA_CODES);
+  /** @type {HTMLInputElement} */ ($('#start-muted')).disabled = !media.micTrack;
+}
+
+/** @param {string[]} keys */
+function setPrejoinNotes(keys) {
+  prejoinNotes = keys;
+  const el = $('#prejoin-notice');
+  el.textContent = keys.map((k) => t(k, errorVars(k.replace(/^error\./, '')))).join(' ');
+  el.classList.toggle('warn', keys.some((k) => k.startsWith('error.')));
+}
+
+function showPreview() {
+  const on = media.camOn && !!media.camTrack;
+  const name = cleanName(nameInput.value, 1000) || '?';
+  const ini = $('#preview-initials');
+  ini.textContent = initials(name);
+  ini.style.backgroundColor = colourFor(name);
+  $('#preview-off').hidden = on;
+  preview.hidden = !on;
+  if (on && media.camTrack) {
+    const cur = /** @type {MediaStream|null} */ (preview.srcObject);
+    if (!cur || cur.getVideoTracks()[0] !== media.camTrack) preview.srcObject = new MediaStream([media.camTrack]);
+    preview.play().catch(() => {});
+  } else {
+    preview.srcObject = null;
+  }
+}
+
+function stopPreview() {
+  preview.srcObject = null;
+  meter.detach();
+}
+
+/**
+ * @param {HTMLSelectElement} sel
+ * @param {MediaDeviceInfo[]} list
+ * @param {string} current
+ * @param {string} kindKey
+ */
+function fillSelect(sel, list, current, kindKey) {
+  const opts = list.map((d, i) => {
+    const o = document.createElement('option');
+    o.value = d.deviceId;
+    o.textContent = d.label || t('device.unnamed', { kind: t(kindKey), n: i + 1 });
+    return o;
+  });
+  if (!opts.length) {
+    const o = document.createElement('option');
+    o.value = '';
+    o.textContent = t('device.none');
+    opts.push(o);
+  }
+  sel.replaceChildren(...opts);
+  sel.disabled = !list.length;
+  if (current && list.some((d) => d.deviceId === current)) sel.value = current;
+}
+
+function fillDevices() {
+  fillSelect(/** @type {HTMLSelectElement} */ ($('#camera-select')), media.devicesOf('videoinput'), media.camId, 'kind.camera');
+  fillSelect(/** @type {HTMLSelectElement} */ ($('#mic-select')), media.devicesOf('audioinput'), media.micId, 'kind.mic');
+  $('#speaker-field').hidden = !speakerSelectable;
+  if (speakerSelectable) {
+    fillSelect(/** @type {HTMLSelectElement} */ ($('#speaker-select')), media.devicesOf('audiooutput'), media.speakerId || 'default', 'kind.speaker');
+  }
+}
+
+async function join() {
+  const name = cleanName(nameInput.value, sig.limits.maxNameChars);
+  if (!name) { showError('invalid_name', errorVars('invalid_name')); nameInput.focus(); return; }
+  saveName(name);
+  if (!sig.isOpen) { showError('ws_failed'); return; }
+  const st = call.mediaState();
+  S.joining = true;
+  /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = true;
+  hideError(JOIN_CODES);
+  sig.join(S.room, name, st.audio, st.video);
+}
+
+// ---------------------------------------------------------------- device changes
+
+/** @param {'camera'|'mic'} kind @param {string} id */
+async function switchDevice(kind, id) {
+  if (kind === 'camera') {
+    if (!media.camOn) { media.camId = id; media.savePrefs(); return; }
+    try {
+      const tr = await media.openCamera(id);
+      call.watchEnded(tr);
+    } catch {
+      showError(media.camError, errorVars(media.camError));
+      await media.openCamera('').catch(() => {});
+    }
+    if (S.inRoom && !S.sharing) await call.replaceAll('video', media.camTrack);
+  } else {
+    try {
+      const tr = await media.openMic(id);
+      call.watchEnded(tr);
+    } catch {
+      showError(media.micError, errorVars(media.micError));
+    }
+    if (S.inRoom) await call.replaceAll('audio', media.micTrack);
+    meter.attach(media.micTrack);
+  }
+  afterMediaChange();
+}
+
+function afterMediaChange() {
+  fillDevices();
+  if (S.view === 'prejoin') showPreview();
+  if (S.inRoom) call.announce();
+}
+
+/** A device was plugged in or out, or a track ended: re-list and fall back if ours is gone. */
+async function onDevicesChanged() {
+  await media.listDevices();
+  const camGone = media.camTrack && (media.camTrack.readyState === 'ended' || !media.hasDevice('videoinput', media.camId));
+  const micGone = media.micTrack && (media.micTrack.readyState === 'ended' || !media.hasDevice('audioinput', media.micId));
+  if (camGone) {
+    media.stopCamera();
+    try {
+      const tr = await media.openCamera('');
+      call.watchEnded(tr);
+      notice(t('notice.cameraFallback', { device: tr.label || t('kind.camera') }));
+    } catch {
+      media.camOn = false;
+      notice(t('notice.cameraGone'));
+    }
+    if (S.inRoom && !S.sharing) await call.replaceAll('video', call.outgoingVideo());
+  }
+  if (micGone) {
+    try {
+      const tr = await media.openMic('');
+      call.watchEnded(tr);
+      notice(t('notice.micFallback', { device: tr.label || t('kind.mic') }));
+    } catch {
+      media.micTrack?.stop();
+      media.micTrack = null;
+      notice(t('notice.micGone'));
+    }
+    if (S.inRoom) await call.replaceAll('audio', media.micTrack);
+    meter.attach(media.micTrack);
+  }
+  afterMediaChange();
+}
+
+// ---------------------------------------------------------------- signalling
+
+function wireSignalling() {
+  sig.on('open', () => {
+    reconnectDelay = 500;
+    if (CONNECTION_CODES.includes(bannerCode())) {
+      hideError();
+      if (S.everConnected) notice(t('notice.reconnected'));
+    }
+    S.everConnected = true;
+    S.byeReason = '';
+    if (S.view === 'landing') sig.watchRooms();
+    renderRooms();
+  });
+  sig.on('rooms', (m) => { lastRooms = m.rooms; if (S.view === 'landing') renderRooms(); });
+  sig.on('joined', (m) => {
+    S.joining = false;
+    meter.attach(media.micTrack);
+    preview.srcObject = null;
+    hideError([...JOIN_CODES, 'not_in_room']);
+    setView('room');
+    call.enterCall(m);
+    /** @type {HTMLElement} */ ($('#mic-button')).focus();
+  });
+  sig.on('left', () => { /* already torn down */ });
+  sig.on('peer_joined', (m) => {
+    call.addRemote(m.peer, false);
+    notice(t('notice.joined', { name: m.peer.name }));
+  });
+  sig.on('peer_left', (m) => {
+    const rec = call.removeRemote(m.id);
+    if (rec) notice(t('notice.left', { name: rec.name }));
+  });
+  sig.on('peer_updated', (m) => call.onPeerUpdated(m.peer));
+  sig.on('signal', (m) => call.onSignal(m));
+  sig.on('chat', (m) => call.onChat(m.message));
+  sig.on('error', (m) => {
+    if (m.request === 'join') {
+      S.joining = false;
+      /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
+    }
+    if (m.code === 'unknown_peer') return; // a peer left while we were still signalling to it
+    showError(m.code, errorVars(m.code), m.message);
+  });
+  sig.on('bye', (m) => {
+    S.byeReason = m.reason;
+    showError(m.reason);
+  });
+  sig.on('close', (ev) => {
+    const code = S.byeReason || (ev.wasOpen ? 'ws_closed' : 'ws_failed');
+    showError(code, errorVars(code));
+    S.joining = false;
+    if (S.inRoom) {
+      // The server has dropped us from the room: back to the pre-join step of the same room.
+      call.teardownCall();
+      openPrejoin(S.room);
+    }
+    renderRooms();
+    if (reconnectTimer) clearTimeout(reconnectTimer);
+    reconnectTimer = setTimeout(() => { reconnectTimer = null; sig.connect(); }, reconnectDelay);
+    reconnectDelay = Math.min(reconnectDelay * 2, 10000);
+  });
+}
+
+function leave() {
+  if (S.inRoom) sig.leave();
+  call.teardownCall();
+  history.pushState({}, '', '/');
+  showLanding();
+}
+
+// ---------------------------------------------------------------- controls
+
+function wireControls() {
+  const langSelect = /** @type {HTMLSelectElement} */ ($('#lang-select'));
+  langSelect.value = i18n.getLang();
+  langSelect.addEventListener('change', () => i18n.setLang(langSelect.value));
+  i18n.onLangChange(() => {
+    langSelect.value = i18n.getLang();
+    renderRooms();
+    renderBanner();
+    setPrejoinNotes(prejoinNotes);
+    fillDevices();
+    call.rerenderCall();
+  });
+
+  $('#error-close').addEventListener('click', () => hideError());
+  $('#enter-form').addEventListener('submit', (e) => { e.preventDefault(); goToRoom(roomInput.value); });
+  nameInput.addEventListener('input', () => { if (S.view === 'prejoin') showPreview(); });
+  $('#prejoin-back').addEventListener('click', () => { history.pushState({}, '', '/'); showLanding(); });
+  $('#join-button').addEventListener('click', () => join());
+  $('#brand-link').addEventListener('click', (e) => {
+    e.preventDefault();
+    if (S.inRoom) return; // the Leave button leaves a call
+    history.pushState({}, '', '/');
+    showLanding();
+  });
+
+  $('#start-muted').addEventListener('change', (e) => {
+    media.setMicOn(!(/** @type {HTMLInputElement} */ (e.target)).checked);
+  });
+  $('#start-camera-off').addEventListener('change', async (e) => {
+    const off = /** @type {HTMLInputElement} */ (e.target).checked;
+    media.camOn = !off;
+    if (off) media.stopCamera();
+    else {
+      try { call.watchEnded(await media.openCamera(media.camId)); } catch { showError(media.camError, errorVars(media.camError)); }
+    }
+    showPreview();
+  });
+
+  for (const [id, kind] of /** @type {const} */ ([['#camera-select', 'camera'], ['#mic-select', 'mic']])) {
+    $(id).addEventListener('change', (e) => switchDevice(kind, /** @type {HTMLSelectElement} */ (e.target).value));
+  }
+  $('#speaker-select').addEventListener('change', (e) => {
+    media.speakerId = /** @type {HTMLSelectElement} */ (e.target).value;
+    media.savePrefs();
+    for (const rec of S.peers.values()) rec.tile?.setSink(media.speakerId);
+  });
+  navigator.mediaDevices?.addEventListener?.('devicechange', () => { onDevicesChanged(); });
+  document.addEventListener('huddle:trackended', () => { onDevicesChanged(); });
+
+  $('#mic-button').addEventListener('click', () => call.toggleMic());
+  $('#camera-button').addEventListener('click', () => call.toggleCamera());
+  const share = $('#share-button');
+  if (!navigator.mediaDevices || !('getDisplayMedia' in navigator.mediaDevices)) share.hidden = true;
+  share.addEventListener('click', () => call.toggleShare());
+  $('#leave-button').addEventListener('click', () => leave());
+  $('#chat-button').addEventListener('click', () => call.togglePanel('chat'));
+  $('#people-button').addEventListener('click', () => call.togglePanel('people'));
+  for (const b of document.querySelectorAll('.panel-close')) b.addEventListener('click', () => call.setPanel(''));
+
+  const dlg = /** @type {HTMLDialogElement} */ ($('#settings-dialog'));
+  $('#settings-button').addEventListener('click', async () => {
+    $('#settings-slot').append($('#device-settings'));
+    dlg.showModal();
+    await media.listDevices();
+    fillDevices();
+  });
+  $('#settings-close').addEventListener('click', () => dlg.close());
+  dlg.addEventListener('click', (e) => { if (e.target === dlg) dlg.close(); }); // backdrop
+
+  $('#chat-form').addEventListener('submit', (e) => { e.preventDefault(); call.sendChat(); });
+  $('#chat-input').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); call.sendChat(); }
+  });
+  const fileInput = /** @type {HTMLInputElement} */ ($('#file-input'));
+  fileInput.addEventListener('change', () => {
+    if (fileInput.files) call.sendFiles(Array.from(fileInput.files));
+    fileInput.value = '';
+  });
+
+  // Drag and drop onto the room.
+  const room = $('#view-room'), overlay = $('#drop-overlay');
+  let depth = 0;
+  const hasFiles = (/** @type {DragEvent} */ e) => !!e.dataTransfer && Array.from(e.dataTransfer.types).includes('Files');
+  room.addEventListener('dragenter', (e) => { if (!hasFiles(e)) return; depth++; overlay.hidden = false; });
+  room.addEventListener('dragleave', () => { if (--depth <= 0) { depth = 0; overlay.hidden = true; } });
+  window.addEventListener('dragover', (e) => { if (hasFiles(e)) e.preventDefault(); });
+  window.addEventListener('drop', (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    depth = 0;
+    overlay.hidden = true;
+    if (S.inRoom && e.dataTransfer) call.sendFiles(Array.from(e.dataTransfer.files));
+  });
+
+  document.addEventListener('keydown', (e) => {
+    if (S.view !== 'room') return;
+    if (e.key === 'Escape' && S.panel && !dlg.open) { call.setPanel(''); return; }
+    if ((e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey) {
+      const k = e.key.toLowerCase();
+      if (k === 'd') { e.preventDefault(); call.toggleMic(); }
+      else if (k === 'e') { e.preventDefault(); call.toggleCamera(); }
+    }
+  });
+
+  new ResizeObserver(() => call.relayout()).observe($('#tiles'));
+  window.addEventListener('popstate', () => {
+    if (S.inRoom) { sig.leave(); call.teardownCall(); }
+    route();
+  });
+  window.addEventListener('pagehide', () => { if (S.inRoom) sig.leave(); });
+
+  const tick = () => { $('#clock').textContent = new Date().toLocaleTimeString(i18n.getLang(), { hour: '2-digit', minute: '2-digit' }); };
+  tick();
+  setInterval(tick, 10000);
+}
+
+// ---------------------------------------------------------------- boot
+
+function boot() {
+  i18n.apply();
+  try { nameInput.value = localStorage.getItem(NAME_KEY) || ''; } catch { /* ignore */ }
+  exposeDebugHandle();
+  wireControls();
+  wireSignalling();
+  if (!window.isSecureContext || !mediaAvailable) console.warn('huddle: camera and microphone need HTTPS or localhost');
+  sig.connect();
+  route();
+}
+
+boot();

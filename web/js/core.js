@@ -1,0 +1,75 @@
+// The page's singletons: the signalling connection, local media, and the shared state that
+// app.js (views, landing, pre-join) and call.js (the room) both use.
+import { SignalingClient } from './protocol.js';
+import { LocalMedia } from './media.js';
+import { formatBytes } from './i18n.js';
+
+export const sig = new SignalingClient();
+export const media = new LocalMedia();
+
+/**
+ * @typedef {Object} RemotePeer
+ * @property {string} id
+ * @property {string} name
+ * @property {boolean} audio
+ * @property {boolean} video
+ * @property {boolean} screen
+ * @property {import('./peer.js').PeerLink|null} link
+ * @property {import('./ui.js').Tile|null} tile
+ * @property {import('./files.js').FileChannel|null} files
+ * @property {RTCPeerConnection|null} pc  (getter, for window.__huddle)
+ */
+
+export const S = {
+  /** @type {'loading'|'landing'|'prejoin'|'room'} */
+  view: 'loading',
+  /** the room of the pre-join step or the call */
+  room: '',
+  name: '',
+  inRoom: false,
+  joining: false,
+  selfId: '',
+  /** @type {import('./protocol.js').IceServer[]} */
+  iceServers: [],
+  /** @type {Map<string, RemotePeer>} remote peers in joining order */
+  peers: new Map(),
+  sharing: false,
+  /** @type {''|'chat'|'people'} */
+  panel: '',
+  unread: 0,
+  everConnected: false,
+  byeReason: '',
+};
+
+/**
+ * Values for the placeholders of an error sentence.
+ * @param {string} code
+ */
+export function errorVars(code) {
+  const l = sig.limits;
+  switch (code) {
+    case 'invalid_name': return { max: l.maxNameChars };
+    case 'invalid_room': return { max: l.maxRoomChars };
+    case 'invalid_text': return { max: l.maxChatChars };
+    case 'room_full': return { cap: l.roomCapacity };
+    case 'file_too_large': return { max: formatBytes(l.maxFileBytes) };
+    default: return {};
+  }
+}
+
+/** window.__huddle, the debug handle of docs/dom-contract.md. */
+export function exposeDebugHandle() {
+  /** @type {any} */ (window).__huddle = {
+    get id() { return S.inRoom ? S.selfId : null; },
+    get room() { return S.inRoom ? S.room : null; },
+    peers: S.peers,
+    get state() {
+      return {
+        view: S.view, connected: sig.isOpen, room: S.room, inRoom: S.inRoom,
+        audio: media.micOn && !!media.micTrack, video: media.camOn && !!media.camTrack, screen: S.sharing,
+        camError: media.camError, micError: media.micError,
+      };
+    },
+    sig, media,
+  };
+}
