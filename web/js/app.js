@@ -175,7 +175,7 @@ function reportMediaProblems() {
     if (m) notes.push(`error.${m}`);
   }
   if (c && !m && media.micTrack) notes.push('prejoin.audioOnly');
-  else if (c && m) notes.push('prejoin.watchOnly');
+  else if (c && m && !['media_unavailable', 'media_denied', 'no_devices'].includes(code)) notes.push('prejoin.watchOnly');
   if (!notes.length) notes.push('prejoin.ok');
   setPrejoinNotes(notes);
   if (code) showError(code, errorVars(code));
@@ -343,7 +343,7 @@ function wireSignalling() {
     S.joining = false;
     meter.attach(media.micTrack);
     preview.srcObject = null;
-    hideError([...JOIN_CODES, 'not_in_room']);
+    hideError([...JOIN_CODES, ...MEDIA_CODES, 'not_in_room']); // the red buttons say the rest
     setView('room');
     call.enterCall(m);
     /** @type {HTMLElement} */ ($('#mic-button')).focus();
@@ -511,6 +511,7 @@ function wireControls() {
   const tick = () => { $('#clock').textContent = new Date().toLocaleTimeString(i18n.getLang(), { hour: '2-digit', minute: '2-digit' }); };
   tick();
   setInterval(tick, 10000);
+  i18n.onLangChange(tick);
 }
 
 // ---------------------------------------------------------------- boot

@@ -2,6 +2,7 @@
 import { t } from './i18n.js';
 import { sig, media, S, errorVars } from './core.js';
 import { PeerLink } from './peer.js';
+import { LevelMeter } from './media.js';
 import { FileChannel, sha256Hex, FileItem } from './files.js';
 import { $, Tile, layoutTiles, notice, showError, chatMessage, initials, colourFor } from './ui.js';
 
@@ -131,7 +132,7 @@ export function addRemote(p, initiator) {
   /** @type {import('./core.js').RemotePeer} */
   const rec = {
     id: p.id, name: p.name, audio: p.audio, video: p.video, screen: p.screen,
-    link: null, tile: null, files: null,
+    link: null, tile: null, files: null, meter: null,
     get pc() { return this.link ? this.link.pc : null; },
   };
   S.peers.set(p.id, rec);
@@ -162,7 +163,14 @@ export function connect(rec, initiator) {
     selfId: S.selfId, peerId: rec.id, iceServers: S.iceServers, initiator,
     signal: (payload) => { sig.signal(rec.id, payload); },
     tracks: { audio: media.micTrack, video: outgoingVideo() },
-    onTrack: (stream) => { rec.tile?.setStream(stream); },
+    onTrack: (stream, track) => {
+      rec.tile?.setStream(stream);
+      if (track.kind === 'audio') {
+        rec.meter?.detach();
+        rec.meter = new LevelMeter((level) => { rec.tile?.el.classList.toggle('speaking', level > 0.45); });
+        rec.meter.attach(track);
+      }
+    },
     onState: (state) => {
       if ((state === 'failed' || state === 'closed') && rec.link === link && S.peers.get(rec.id) === rec) {
         if (state === 'failed') showError('peer_failed', { name: rec.name });
@@ -188,6 +196,8 @@ export function connect(rec, initiator) {
 
 /** Closes the connection and removes the tile, keeping the person in the list. @param {import('./core.js').RemotePeer} rec */
 function drop(rec) {
+  rec.meter?.detach();
+  rec.meter = null;
   rec.link?.close();
   rec.link = null;
   rec.files = null;
@@ -252,7 +262,7 @@ export function enterCall(msg) {
 
 /** Closes every connection and clears the room view (local media stays as it is). */
 export function teardownCall() {
-  for (const rec of S.peers.values()) { rec.link?.close(); rec.tile?.remove(); }
+  for (const rec of S.peers.values()) { rec.meter?.detach(); rec.link?.close(); rec.tile?.remove(); }
   S.peers.clear();
   selfTile?.remove();
   selfTile = null;
@@ -292,7 +302,7 @@ export function renderPeople() {
     if (p.id === S.selfId) {
       const you = document.createElement('span');
       you.className = 'muted';
-      you.textContent = ` ${t('people.you')}`;
+      you.textContent = t('people.you');
       li.append(you);
     }
     const st = document.createElement('span');

@@ -17,6 +17,7 @@ export const media = new LocalMedia();
  * @property {import('./peer.js').PeerLink|null} link
  * @property {import('./ui.js').Tile|null} tile
  * @property {import('./files.js').FileChannel|null} files
+ * @property {import('./media.js').LevelMeter|null} meter  speaking indicator
  * @property {RTCPeerConnection|null} pc  (getter, for window.__huddle)
  */
 
