@@ -181,6 +181,8 @@ function reportMediaProblems() {
   if (code) showError(code, errorVars(code));
   else hideError(MEDIA_CODES);
   /** @type {HTMLInputElement} */ ($('#start-muted')).disabled = !media.micTrack;
+  const camOff = /** @type {HTMLInputElement} */ ($('#start-camera-off'));
+  camOff.disabled = !media.camTrack && !camOff.checked;
 }
 
 /** @param {string[]} keys */
@@ -198,6 +200,9 @@ function showPreview() {
   ini.textContent = initials(name);
   ini.style.backgroundColor = colourFor(name);
   $('#preview-off').hidden = on;
+  const offText = $('#preview-off-text');
+  offText.dataset.i18n = media.camOn && media.camError ? 'prejoin.noCamera' : 'prejoin.cameraOff';
+  offText.textContent = t(offText.dataset.i18n);
   preview.hidden = !on;
   if (on && media.camTrack) {
     const cur = /** @type {MediaStream|null} */ (preview.srcObject);
