@@ -130,6 +130,17 @@ function renderRooms() {
 
 // ---------------------------------------------------------------- pre-join
 
+/** Who is already in the room, from the public room list. */
+function renderPresence() {
+  const el = $('#prejoin-presence');
+  if (!sig.isOpen) { el.textContent = ''; return; }
+  const r = lastRooms.find((x) => x.name === S.room);
+  const n = r ? r.participants : 0;
+  el.textContent = !n ? t('prejoin.nobody')
+    : r && n >= r.capacity ? t('prejoin.full', { n, cap: r.capacity })
+      : n === 1 ? t('prejoin.one') : t('prejoin.many', { n });
+}
+
 /** @param {string} room */
 async function openPrejoin(room) {
   S.room = room;
@@ -137,7 +148,8 @@ async function openPrejoin(room) {
   $('#prejoin-name-slot').append($('#name-field'));
   $('#device-home').append($('#device-settings'));
   setView('prejoin');
-  if (sig.isOpen) sig.unwatchRooms();
+  if (sig.isOpen) sig.watchRooms(); // for "N people are in this room"
+  renderPresence();
   /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
   const startCamOff = /** @type {HTMLInputElement} */ ($('#start-camera-off')).checked;
   const startMuted = /** @type {HTMLInputElement} */ ($('#start-muted')).checked;
@@ -340,10 +352,14 @@ function wireSignalling() {
     }
     S.everConnected = true;
     S.byeReason = '';
-    if (S.view === 'landing') sig.watchRooms();
+    if (S.view === 'landing' || S.view === 'prejoin') sig.watchRooms();
     renderRooms();
   });
-  sig.on('rooms', (m) => { lastRooms = m.rooms; if (S.view === 'landing') renderRooms(); });
+  sig.on('rooms', (m) => {
+    lastRooms = m.rooms;
+    if (S.view === 'landing') renderRooms();
+    if (S.view === 'prejoin') renderPresence();
+  });
   sig.on('joined', (m) => {
     S.joining = false;
     meter.attach(media.micTrack);
@@ -411,6 +427,7 @@ function wireControls() {
     renderRooms();
     renderBanner();
     setPrejoinNotes(prejoinNotes);
+    renderPresence();
     fillDevices();
     call.rerenderCall();
   });
@@ -457,6 +474,10 @@ function wireControls() {
   if (!navigator.mediaDevices || !('getDisplayMedia' in navigator.mediaDevices)) share.hidden = true;
   share.addEventListener('click', () => call.toggleShare());
   $('#leave-button').addEventListener('click', () => leave());
+  $('#copy-link').addEventListener('click', async () => {
+    const url = `${location.origin}/r/${encodeURIComponent(S.room)}`;
+    try { await navigator.clipboard.writeText(url); notice(t('notice.copied')); } catch { notice(url); }
+  });
   $('#chat-button').addEventListener('click', () => call.togglePanel('chat'));
   $('#people-button').addEventListener('click', () => call.togglePanel('people'));
   for (const b of document.querySelectorAll('.panel-close')) b.addEventListener('click', () => call.setPanel(''));

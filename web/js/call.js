@@ -387,5 +387,5 @@ export function rerenderCall() {
   renderPeople();
   for (const item of FileItem.all) item.render();
   if (selfTile) selfTile.setName(S.name);
-  for (const rec of S.peers.values()) rec.tile?.setState(rec);
+  for (const rec of S.peers.values()) { rec.tile?.setName(rec.name); rec.tile?.setState(rec); }
 }
