@@ -182,7 +182,7 @@ export function connect(rec, initiator) {
         peerName: () => rec.name,
         maxBytes: () => sig.limits.maxFileBytes,
         list: $('#files'),
-        error: (code, vars) => showError(code, vars),
+        error: (code, vars, textKey) => showError(code, vars, '', textKey),
         received: (file) => {
           notice(t('notice.file', { name: rec.name, file }));
           if (S.panel !== 'chat') bumpUnread();

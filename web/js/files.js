@@ -113,7 +113,7 @@ export class FileItem {
  * @property {() => string} peerName
  * @property {() => number} maxBytes
  * @property {HTMLElement} list
- * @property {(code: string, vars: Record<string, string|number>) => void} error
+ * @property {(code: string, vars: Record<string, string|number>, textKey?: string) => void} error
  * @property {(name: string) => void} received  a verified file arrived
  */
 
@@ -238,7 +238,7 @@ export class FileChannel {
       this.cancel(m.id);
       const item = new FileItem(this.hooks.list, { name, size, direction: 'receiving', peerName: this.hooks.peerName() });
       item.fail();
-      this.hooks.error('file_too_large', { file: name, max: formatBytes(max) });
+      this.hooks.error('file_too_large', { file: name, max: formatBytes(max), name: this.hooks.peerName() }, 'error.file_too_large_in');
       return;
     }
     const item = new FileItem(this.hooks.list, { name, size, direction: 'receiving', peerName: this.hooks.peerName() });

@@ -119,6 +119,7 @@ const STRINGS = {
     'error.too_slow': 'The connection was too slow and the server dropped it. Reconnecting…',
     'error.timed_out': 'The server stopped hearing from this page. Reconnecting…',
     'error.file_too_large': '“{file}” is too large to send (the limit is {max}).',
+    'error.file_too_large_in': '{name} offered “{file}”, which is larger than this server allows ({max}); it was refused.',
     'error.file_corrupted': '“{file}” arrived damaged and was discarded. Ask for it again.',
     'error.file_failed': 'Sending “{file}” did not finish.',
     'error.peer_failed': 'The connection to {name} failed.',
@@ -239,6 +240,7 @@ const STRINGS = {
     'error.too_slow': '연결이 너무 느려 서버가 연결을 끊었습니다. 다시 연결하는 중…',
     'error.timed_out': '서버가 이 페이지의 응답을 받지 못했습니다. 다시 연결하는 중…',
     'error.file_too_large': '“{file}” 파일은 너무 커서 보낼 수 없습니다(최대 {max}).',
+    'error.file_too_large_in': '{name}님이 보낸 “{file}” 파일은 이 서버의 한도({max})보다 커서 받지 않았습니다.',
     'error.file_corrupted': '“{file}” 파일이 손상된 채 도착해 버렸습니다. 다시 보내 달라고 하세요.',
     'error.file_failed': '“{file}” 파일 전송이 끝나지 않았습니다.',
     'error.peer_failed': '{name}님과의 연결이 끊어졌습니다.',
@@ -309,6 +311,6 @@ export function onLangChange(fn) { listeners.add(fn); }
 export function formatBytes(bytes) {
   const units = ['B', 'KB', 'MB', 'GB'];
   let v = bytes, i = 0;
-  while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
   return `${i ? v.toFixed(v < 10 ? 1 : 0) : v} ${units[i]}`;
 }

@@ -187,7 +187,7 @@ export function notice(text) {
   while (box.children.length > 50) box.firstElementChild?.remove();
 }
 
-/** @type {{code: string, vars: Record<string, string|number>}|null} */
+/** @type {{code: string, vars: Record<string, string|number>, key: string}|null} */
 let bannerState = null;
 
 /**
@@ -195,9 +195,10 @@ let bannerState = null;
  * @param {string} code protocol error code or page-side code
  * @param {Record<string, string|number>} [vars]
  * @param {string} [fallback] an English sentence for codes we do not know
+ * @param {string} [textKey] the sentence to show, when not `error.<code>`
  */
-export function showError(code, vars = {}, fallback = '') {
-  bannerState = { code, vars: { ...vars, fallback } };
+export function showError(code, vars = {}, fallback = '', textKey = '') {
+  bannerState = { code, vars: { ...vars, fallback }, key: textKey || `error.${code}` };
   renderBanner();
 }
 
@@ -219,9 +220,8 @@ export function renderBanner() {
     text.textContent = '';
     return;
   }
-  const { code, vars } = bannerState;
+  const { code, vars, key } = bannerState;
   b.dataset.code = code;
-  const key = `error.${code}`;
   text.textContent = has(key) ? t(key, vars) : String(vars.fallback || code);
   b.hidden = false;
 }
