@@ -2,10 +2,11 @@
 import * as i18n from './i18n.js';
 import { t } from './i18n.js';
 import { cleanName } from './protocol.js';
-import { LevelMeter, speakerSelectable, mediaAvailable } from './media.js';
+import { LevelMeter, mediaAvailable } from './media.js';
 import { sig, media, S, errorVars, exposeDebugHandle } from './core.js';
 import { $, notice, showError, hideError, bannerCode, renderBanner, initials, colourFor } from './ui.js';
 import * as call from './call.js';
+import { initDevices, fillDevices } from './devices.js';
 
 const NAME_KEY = 'huddle.name';
 const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large'];
@@ -230,39 +231,6 @@ function stopPreview() {
   meter.detach();
 }
 
-/**
- * @param {HTMLSelectElement} sel
- * @param {MediaDeviceInfo[]} list
- * @param {string} current
- * @param {string} kindKey
- */
-function fillSelect(sel, list, current, kindKey) {
-  const opts = list.map((d, i) => {
-    const o = document.createElement('option');
-    o.value = d.deviceId;
-    o.textContent = d.label || t('device.unnamed', { kind: t(kindKey), n: i + 1 });
-    return o;
-  });
-  if (!opts.length) {
-    const o = document.createElement('option');
-    o.value = '';
-    o.textContent = t('device.none');
-    opts.push(o);
-  }
-  sel.replaceChildren(...opts);
-  sel.disabled = !list.length;
-  if (current && list.some((d) => d.deviceId === current)) sel.value = current;
-}
-
-function fillDevices() {
-  fillSelect(/** @type {HTMLSelectElement} */ ($('#camera-select')), media.devicesOf('videoinput'), media.camId, 'kind.camera');
-  fillSelect(/** @type {HTMLSelectElement} */ ($('#mic-select')), media.devicesOf('audioinput'), media.micId, 'kind.mic');
-  $('#speaker-field').hidden = !speakerSelectable;
-  if (speakerSelectable) {
-    fillSelect(/** @type {HTMLSelectElement} */ ($('#speaker-select')), media.devicesOf('audiooutput'), media.speakerId || 'default', 'kind.speaker');
-  }
-}
-
 async function join() {
   const name = cleanName(nameInput.value, sig.limits.maxNameChars);
   if (!name) { showError('invalid_name', errorVars('invalid_name')); nameInput.focus(); return; }
@@ -273,72 +241,6 @@ async function join() {
   /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = true;
   hideError(JOIN_CODES);
   sig.join(S.room, name, st.audio, st.video);
-}
-
-// ---------------------------------------------------------------- device changes
-
-/** @param {'camera'|'mic'} kind @param {string} id */
-async function switchDevice(kind, id) {
-  if (kind === 'camera') {
-    if (!media.camOn) { media.camId = id; media.savePrefs(); return; }
-    try {
-      const tr = await media.openCamera(id);
-      call.watchEnded(tr);
-    } catch {
-      showError(media.camError, errorVars(media.camError));
-      await media.openCamera('').catch(() => {});
-    }
-    if (S.inRoom && !S.sharing) await call.replaceAll('video', media.camTrack);
-  } else {
-    try {
-      const tr = await media.openMic(id);
-      call.watchEnded(tr);
-    } catch {
-      showError(media.micError, errorVars(media.micError));
-    }
-    if (S.inRoom) await call.replaceAll('audio', media.micTrack);
-    meter.attach(media.micTrack);
-  }
-  afterMediaChange();
-}
-
-function afterMediaChange() {
-  fillDevices();
-  if (S.view === 'prejoin') showPreview();
-  if (S.inRoom) call.announce();
-}
-
-/** A device was plugged in or out, or a track ended: re-list and fall back if ours is gone. */
-async function onDevicesChanged() {
-  await media.listDevices();
-  const camGone = media.camTrack && (media.camTrack.readyState === 'ended' || !media.hasDevice('videoinput', media.camId));
-  const micGone = media.micTrack && (media.micTrack.readyState === 'ended' || !media.hasDevice('audioinput', media.micId));
-  if (camGone) {
-    media.stopCamera();
-    try {
-      const tr = await media.openCamera('');
-      call.watchEnded(tr);
-      notice(t('notice.cameraFallback', { device: tr.label || t('kind.camera') }));
-    } catch {
-      media.camOn = false;
-      notice(t('notice.cameraGone'));
-    }
-    if (S.inRoom && !S.sharing) await call.replaceAll('video', call.outgoingVideo());
-  }
-  if (micGone) {
-    try {
-      const tr = await media.openMic('');
-      call.watchEnded(tr);
-      notice(t('notice.micFallback', { device: tr.label || t('kind.mic') }));
-    } catch {
-      media.micTrack?.stop();
-      media.micTrack = null;
-      notice(t('notice.micGone'));
-    }
-    if (S.inRoom) await call.replaceAll('audio', media.micTrack);
-    meter.attach(media.micTrack);
-  }
-  afterMediaChange();
 }
 
 // ---------------------------------------------------------------- signalling
@@ -457,16 +359,8 @@ function wireControls() {
     showPreview();
   });
 
-  for (const [id, kind] of /** @type {const} */ ([['#camera-select', 'camera'], ['#mic-select', 'mic']])) {
-    $(id).addEventListener('change', (e) => switchDevice(kind, /** @type {HTMLSelectElement} */ (e.target).value));
-  }
-  $('#speaker-select').addEventListener('change', (e) => {
-    media.speakerId = /** @type {HTMLSelectElement} */ (e.target).value;
-    media.savePrefs();
-    for (const rec of S.peers.values()) rec.tile?.setSink(media.speakerId);
-  });
-  navigator.mediaDevices?.addEventListener?.('devicechange', () => { onDevicesChanged(); });
-  document.addEventListener('huddle:trackended', () => { onDevicesChanged(); });
+
+  initDevices({ meter, refresh: () => { if (S.view === 'prejoin') showPreview(); } });
 
   $('#mic-button').addEventListener('click', () => call.toggleMic());
   $('#camera-button').addEventListener('click', () => call.toggleCamera());
