@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { startServer } from './lib/server.js';
-import { launchParticipant } from './lib/browser.js';
+import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClips, nearestClip } from './lib/camera.js';
 import {
   joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, meanColour, expectFramesAdvance,
@@ -33,11 +33,14 @@ before(async () => {
 });
 
 after(async () => {
+  writeLogs('room', [...sc.participants, ...gone], sc.server);
   await sc.closeAll();
   await sc.server?.stop();
   tmp?.cleanup();
 });
 
+/** Participants whose browsers were closed during the scenario (their logs are still written). */
+const gone = [];
 const inRoom = () => sc.participants.filter((p) => p.id && !p.left);
 const others = (p) => inRoom().filter((q) => q !== p);
 
@@ -53,6 +56,8 @@ sc.step('three participants join the same room through landing, pre-join and Joi
       const count = (await p.page.locator('#participant-count').textContent())?.trim();
       return count === '3' ? count : { ok: false, count };
     }, { timeoutMs: T.ui, what: `${p.who}: #participant-count to read 3` });
+    const listed = await p.page.locator('#participant-list li').count();
+    assert.equal(listed, 3, `${p.who}: #participant-list has ${listed} li, not 3`);
   }
 }, { critical: true });
 
@@ -135,6 +140,7 @@ sc.step('a file sent by one arrives intact at the other two', async (t) => {
     const got = await readDownload(p.page, link);
     assert.equal(got.size, bytes.length, `${p.who}: received ${got.size} bytes, sent ${bytes.length}`);
     assert.equal(got.sha, sha, `${p.who}: SHA-256 differs`);
+    assert.equal(got.name, name, `${p.who}: the download is named ${JSON.stringify(got.name)}`);
     t.diagnostic(`${p.who}: ${got.size} bytes via ${got.via}, sha256 ${got.sha.slice(0, 16)}… matches`);
   }));
 });
@@ -181,14 +187,27 @@ sc.step('unmute and camera-on bring B\'s picture back for the others', async () 
 sc.step('screenshots of the room: wide and phone-size', async () => {
   const dir = artifactsDir();
   await A.page.screenshot({ path: path.join(dir, 'room-wide.png') });
+  await setPanel(A.page, 'Chat', false); // the phone shot shows the tiles, a second one the chat
   await A.page.setViewportSize({ width: 375, height: 667 });
   try {
     await A.page.waitForFunction(() => window.innerWidth === 375, null, { timeout: T.ui });
     await A.page.screenshot({ path: path.join(dir, 'room-phone.png') });
     const overflow = await A.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 1, `the room scrolls sideways on a phone by ${overflow}px`);
-    await button(A.page, 'Leave').waitFor({ state: 'visible', timeout: T.ui })
-      .catch(() => { throw new Error('the "Leave" button is not visible at 375x667'); });
+    for (const name of ['Microphone', 'Camera', 'Leave']) {
+      const b = button(A.page, name);
+      await b.waitFor({ state: 'visible', timeout: T.ui })
+        .catch(() => { throw new Error(`the "${name}" button is not visible at 375x667`); });
+      const onTop = await b.evaluate((el) => {
+        const r = el.getBoundingClientRect();
+        const x = r.left + r.width / 2, y = r.top + r.height / 2;
+        const hit = document.elementFromPoint(x, y);
+        return x >= 0 && x <= innerWidth && y >= 0 && y <= innerHeight && !!hit && (hit === el || el.contains(hit));
+      });
+      assert.ok(onTop, `the "${name}" button is covered or off screen at 375x667`);
+    }
+    await setPanel(A.page, 'Chat', true);
+    await A.page.screenshot({ path: path.join(dir, 'room-phone-chat.png') });
   } finally {
     await A.page.setViewportSize({ width: 1280, height: 800 });
   }
@@ -220,6 +239,7 @@ sc.step('the room list on a fourth page shows 3, then 2 after one leaves; the ti
   assert.notEqual(c.view, 'room', `C still shows the room view after Leave (${JSON.stringify(c)})`);
   await landing.context().close();
   await C.close();
+  gone.push(C);
   sc.participants = sc.participants.filter((p) => p !== C);
 });
 
@@ -230,8 +250,13 @@ sc.step('a camera switch keeps frames flowing to the others', async (t) => {
   // (MJPEG, green). So D runs with device-count=3 and switches between 0 and 2.
   D = await launchParticipant({ who: 'D-fake3', fakeDevice: 'device-count=3' });
   sc.participants.push(D);
-  await joinViaLanding(D, sc.server.url, { name: 'Dana', room: ROOM });
-  await Promise.all([A, B].map((p) => waitForRemoteTiles(p.page, others(p).map((q) => q.id))));
+  await joinViaLanding(D, sc.server.url, { name: 'Dana', room: ROOM, startMuted: true });
+  await Promise.all([A, B].map(async (p) => {
+    await waitForRemoteTiles(p.page, others(p).map((q) => q.id));
+    // D ticked "Start muted" on pre-join.
+    await p.page.locator(`#tiles .tile[data-peer-id="${D.id}"][data-audio="off"][data-video="on"]`).waitFor({ timeout: T.ui })
+      .catch(() => { throw new Error(`${p.who}: D joined with "Start muted" but its tile is not data-audio="off" data-video="on"`); });
+  }));
   await Promise.all([A, B].map(async (p) => {
     await waitForRemoteVideo(p.page, D.id);
     await expectFramesAdvance(p.page, D.id, { who: `${p.who} watching D before the switch` });
@@ -251,8 +276,11 @@ sc.step('a camera switch keeps frames flowing to the others', async (t) => {
   assert.ok(other, `D: #camera-select offers no second usable camera: ${JSON.stringify(options)}`);
   const labelBefore = await senderLabel(D.page);
   await select.selectOption(other.value);
-  const labelAfter = await pollUntil(async () => { const l = await senderLabel(D.page); return l && l !== labelBefore ? l : { ok: false, l }; },
-    { timeoutMs: T.ui, what: `D: the video track sent to peers to change from ${JSON.stringify(labelBefore)}` });
+  // Every connection's video sender must carry the new camera, none the old one.
+  const labelAfter = await pollUntil(async () => {
+    const l = await senderLabel(D.page);
+    return l && !l.split(',').some((x) => labelBefore.split(',').includes(x)) ? l : { ok: false, l };
+  }, { timeoutMs: T.ui, what: `D: every video track sent to peers to change from ${JSON.stringify(labelBefore)}` });
   await D.page.keyboard.press('Escape');
   await Promise.all([A, B].map(async (p) => {
     const frames = await expectFramesAdvance(p.page, D.id, { minFrames: 20, who: `${p.who} watching D after the switch` });
@@ -263,30 +291,33 @@ sc.step('a camera switch keeps frames flowing to the others', async (t) => {
 });
 
 /**
- * The bytes behind an a[download] blob link: fetched inside the page; where the page's CSP
- * (connect-src 'self') refuses fetch() of a blob: URL, by clicking the link as a person would
- * and reading the download Chromium saves.
+ * The bytes behind an a[download] blob link, got as a person gets them: click the link and read the
+ * file Chromium saves. (Fetching the blob: URL inside the page is not possible: the page's CSP,
+ * connect-src 'self', refuses fetch() and XHR of blob: URLs.)
  */
 async function readDownload(page, link) {
-  const href = await link.getAttribute('href');
-  const inPage = await page.evaluate(async (href) => {
-    try {
-      const buf = await (await fetch(href)).arrayBuffer();
-      const d = await crypto.subtle.digest('SHA-256', buf);
-      return { size: buf.byteLength, sha: [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, '0')).join(''), via: 'fetch in page' };
-    } catch (e) { return { error: String(e) }; }
-  }, href);
-  if (!inPage.error) return inPage;
   const [download] = await Promise.all([
     page.waitForEvent('download', { timeout: T.ui }),
     link.evaluate((a) => a.click()),
   ]);
-  const file = await download.path();
-  const bytes = readFileSync(file);
-  return {
-    size: bytes.length, sha: crypto.createHash('sha256').update(bytes).digest('hex'),
-    via: `download (fetch in page refused: ${inPage.error})`, name: download.suggestedFilename(),
-  };
+  const failure = await download.failure();
+  if (failure) throw new Error(`the download failed: ${failure}`);
+  const bytes = readFileSync(await download.path());
+  return { size: bytes.length, sha: crypto.createHash('sha256').update(bytes).digest('hex'), name: download.suggestedFilename(), via: 'download' };
+}
+
+sc.step('no participant page threw an uncaught error', async () => {
+  const errors = [...sc.participants, ...gone].flatMap((p) => p.log.filter((l) => /\[\w+ pageerror\]/.test(l)).map((l) => `${p.who}: ${l}`));
+  assert.deepEqual(errors, [], 'uncaught errors in the pages');
+});
+
+/** Open or close a side panel with its toggle button (aria-pressed tells its state). */
+async function setPanel(page, buttonName, open) {
+  const b = button(page, buttonName);
+  if ((await b.getAttribute('aria-pressed')) === String(open)) return;
+  await b.click();
+  await pollUntil(async () => (await b.getAttribute('aria-pressed')) === String(open),
+    { timeoutMs: T.ui, what: `"${buttonName}" aria-pressed to become ${open}` });
 }
 
 /** Open a side panel with its toggle button unless `selector` is already visible. */

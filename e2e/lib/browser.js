@@ -176,3 +176,14 @@ export async function dumpDiagnostics(label, participants, server) {
   try { writeFileSync(file, lines.join('\n') + '\n'); } catch { /* ignore */ }
   return file;
 }
+
+/** Write every participant's log (and the server's output) to artefacts/<label>-*.log. */
+export function writeLogs(label, participants, server) {
+  try {
+    const dir = artifactsDir();
+    for (const p of participants.filter(Boolean)) {
+      writeFileSync(path.join(dir, `${slug(label)}-${slug(p.who)}.log`), [`# ${p.who} (${p.name ?? '?'}) ${p.flags.join(' ')}`, `dialogs: ${JSON.stringify(p.dialogs)}`, ...p.log].join('\n') + '\n');
+    }
+    if (server) writeFileSync(path.join(dir, `${slug(label)}-server.log`), server.output() + '\n');
+  } catch { /* artefacts are best effort */ }
+}
