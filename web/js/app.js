@@ -72,6 +72,7 @@ function goToRoom(room) {
   const clean = cleanName(room, sig.limits.maxRoomChars);
   if (!clean) { showError('invalid_room', errorVars('invalid_room')); roomInput.focus(); return; }
   saveName(name);
+  hideError(['invalid_name', 'invalid_room']);
   history.pushState({ room: clean }, '', `/r/${encodeURIComponent(clean)}`);
   openPrejoin(clean);
 }

@@ -320,6 +320,8 @@ export function renderPeople() {
 
 /** @param {''|'chat'|'people'} which */
 export function setPanel(which) {
+  const was = S.panel;
+  const hadFocus = !!was && !!document.activeElement && $(`#${was}-panel`).contains(document.activeElement);
   S.panel = which;
   $('#chat-panel').hidden = which !== 'chat';
   $('#people-panel').hidden = which !== 'people';
@@ -332,6 +334,7 @@ export function setPanel(which) {
     scrollChat();
     if (window.matchMedia('(min-width: 700px)').matches) $('#chat-input').focus();
   }
+  if (hadFocus && which !== was) $(`#${was}-button`).focus(); // focus back to the toggle
   requestAnimationFrame(relayout);
 }
 
