@@ -114,6 +114,24 @@ export class PeerLink {
     try { await tx.sender.replaceTrack(track); } catch (e) { console.warn(`huddle: replaceTrack(${kind}) to ${this.peerId} failed`, e); }
   }
 
+  /**
+   * Caps what the video sender spends on this peer (a mesh sends one copy per peer).
+   * Does nothing until the first negotiation has created the encodings.
+   * @param {number} maxBitrate bits per second
+   * @param {number} scale scaleResolutionDownBy (1 = full size)
+   */
+  async limitVideo(maxBitrate, scale) {
+    const tx = this.videoTx;
+    if (!tx || this.closed) return;
+    const p = tx.sender.getParameters();
+    if (!p.encodings || !p.encodings.length) return;
+    const e = p.encodings[0];
+    if (e.maxBitrate === maxBitrate && (e.scaleResolutionDownBy ?? 1) === scale) return;
+    e.maxBitrate = maxBitrate;
+    e.scaleResolutionDownBy = scale;
+    try { await tx.sender.setParameters(p); } catch (err) { console.debug('huddle: setParameters', err); }
+  }
+
   /** Handles a relayed signal from this peer. @param {SignalPayload} payload */
   handleSignal(payload) {
     this.chain = this.chain.then(() => this.process(payload)).catch((e) => {
