@@ -390,6 +390,7 @@ export function sendChat() {
 
 /** Sends files to every peer with an open channel. @param {FileList|File[]} files */
 export async function sendFiles(files) {
+  if (!globalThis.crypto?.subtle) { showError('files_unavailable'); return; }
   for (const file of Array.from(files)) {
     if (file.size > sig.limits.maxFileBytes) {
       showError('file_too_large', { ...errorVars('file_too_large'), file: file.name });
