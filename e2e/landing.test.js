@@ -101,8 +101,24 @@ sc.step('a /r/<room> link opens pre-join for that room, Unicode names included',
   const page = await browser.newPage({ tag: 'link' });
   await page.goto(`${sc.server.url}/r/${encodeURIComponent('주간 회의')}`, { waitUntil: 'domcontentloaded' });
   await waitForView(page, 'prejoin');
-  await page.locator('#join-button').waitFor({ timeout: T.ui })
-    .catch(() => { throw new Error('pre-join reached by /r/<room> has no #join-button'); });
+  // The pre-join part of docs/dom-contract.md: ids with their accessible names.
+  const problems = [];
+  for (const [role, name, id] of [
+    ['combobox', 'Camera', 'camera-select'], ['combobox', 'Microphone', 'mic-select'], ['combobox', 'Speaker', 'speaker-select'],
+    ['checkbox', 'Start muted', 'start-muted'], ['checkbox', 'Start with camera off', 'start-camera-off'],
+    ['button', 'Join', 'join-button'],
+  ]) {
+    const ids = await page.getByRole(role, { name, exact: true, includeHidden: true }).evaluateAll((els) => els.map((e) => e.id));
+    if (!ids.includes(id)) problems.push(`${role} "${name}" should be #${id}, found ${JSON.stringify(ids)}`);
+  }
+  for (const sel of ['#preview', '#mic-meter', '#prejoin-notice']) {
+    if (!(await page.locator(sel).count())) problems.push(`no ${sel}`);
+  }
+  if ((await page.locator('#preview').evaluate((e) => e.tagName)) !== 'VIDEO') problems.push('#preview is not a <video>');
+  assert.deepEqual(problems, [], 'pre-join does not follow docs/dom-contract.md');
+  await page.waitForFunction(() => document.querySelector('#preview')?.videoWidth > 0, null, { timeout: T.media })
+    .catch(() => { throw new Error(`#preview shows no camera picture within ${T.media} ms`); });
+  await page.screenshot({ path: path.join(artifactsDir(), 'prejoin.png') });
   await page.context().close();
 });
 

@@ -61,6 +61,44 @@ sc.step('three participants join the same room through landing, pre-join and Joi
   }
 }, { critical: true });
 
+sc.step('the room view has the controls of the DOM contract', async () => {
+  const page = A.page;
+  const problems = [];
+  for (const name of ['Microphone', 'Camera', 'Share screen', 'Settings', 'Chat', 'Participants', 'Leave']) {
+    const n = await button(page, name).count();
+    if (n !== 1) problems.push(`${n} buttons named "${name}"`);
+  }
+  for (const name of ['Microphone', 'Camera', 'Share screen', 'Chat', 'Participants']) {
+    const pressed = await button(page, name).first().getAttribute('aria-pressed').catch(() => null);
+    if (pressed !== 'true' && pressed !== 'false') problems.push(`toggle "${name}" has aria-pressed=${JSON.stringify(pressed)}`);
+  }
+  for (const [name, id] of [['Message', 'chat-input'], ['Send a file', 'file-input']]) {
+    const ids = await page.getByLabel(name, { exact: true }).evaluateAll((els) => els.map((e) => e.id));
+    if (!ids.includes(id)) problems.push(`label "${name}" should name #${id}, names ${JSON.stringify(ids)}`);
+  }
+  const send = await page.getByRole('button', { name: 'Send', exact: true, includeHidden: true }).count();
+  if (send < 1) problems.push('no button "Send"');
+  for (const sel of ['#tiles', '#notices', '#participant-count', '#participant-list', '#settings-dialog', '#chat-log', '#files', '#error-banner', '#lang-select']) {
+    if (!(await page.locator(sel).count())) problems.push(`no ${sel}`);
+  }
+  if ((await page.locator('#file-input').getAttribute('type')) !== 'file') problems.push('#file-input is not <input type=file>');
+  if ((await page.locator('#error-banner').getAttribute('role')) !== 'alert') problems.push('#error-banner has no role="alert"');
+  const self = await page.locator('#tiles .tile[data-self="true"]').evaluateAll((ts) => ts.map((t) => ({
+    id: t.dataset.peerId, audio: t.dataset.audio, video: t.dataset.video,
+    parts: ['video', '.tile-name', '.tile-initials'].filter((q) => !t.querySelector(q)),
+  })));
+  if (self.length !== 1) problems.push(`${self.length} tiles with data-self="true"`);
+  else {
+    if (self[0].id !== A.id) problems.push(`own tile has data-peer-id ${self[0].id}, __huddle.id is ${A.id}`);
+    if (self[0].parts.length) problems.push(`own tile lacks ${self[0].parts.join(', ')}`);
+    if (!['on', 'off'].includes(self[0].audio) || !['on', 'off'].includes(self[0].video)) problems.push(`own tile data-audio/video: ${JSON.stringify(self[0])}`);
+  }
+  const handle = await page.evaluate(() => ({ id: window.__huddle?.id, room: window.__huddle?.room, isMap: window.__huddle?.peers instanceof Map, state: typeof window.__huddle?.state }));
+  if (!handle.isMap) problems.push('window.__huddle.peers is not a Map');
+  if (handle.room !== ROOM) problems.push(`window.__huddle.room is ${JSON.stringify(handle.room)}`);
+  assert.deepEqual(problems, [], 'the room view does not follow docs/dom-contract.md');
+});
+
 sc.step('each sees the other two in their own colours, with frames advancing', async (t) => {
   const checks = [];
   for (const viewer of inRoom()) {
