@@ -39,6 +39,8 @@ after(async () => {
   tmp?.cleanup();
 });
 
+/** The chat message sent in the chat step (a latecomer must find it in the history). */
+let chatSent = null;
 /** Participants whose browsers were closed during the scenario (their logs are still written). */
 const gone = [];
 const inRoom = () => sc.participants.filter((p) => p.id && !p.left);
@@ -144,7 +146,7 @@ sc.step('a hostile name renders as text, creates no element and fires no dialog'
 });
 
 sc.step('chat sent by one reaches all three chat logs, as text', async () => {
-  const text = `안녕하세요 hello ${crypto.randomBytes(4).toString('hex')} <b>not bold</b>`;
+  const text = chatSent = `안녕하세요 hello ${crypto.randomBytes(4).toString('hex')} <b>not bold</b>`;
   await openPanel(A.page, 'Chat', '#chat-input');
   await A.page.getByLabel('Message', { exact: true }).fill(text);
   await button(A.page, 'Send').click();
@@ -281,24 +283,35 @@ sc.step('the room list on a fourth page shows 3, then 2 after one leaves; the ti
   sc.participants = sc.participants.filter((p) => p !== C);
 });
 
-sc.step('a camera switch keeps frames flowing to the others', async (t) => {
+sc.step('a latecomer who ticked "Start muted" is seen by all, and gets the chat history', async () => {
   // Chromium's file camera (--use-file-for-fake-video-capture) offers one device only. Its built-in
   // fake camera offers several with device-count=N: fake_device_0 (I420, green), fake_device_1 (Y16,
   // which WebRTC cannot encode: 0 frames sent even in a bare loopback call) and fake_device_2
-  // (MJPEG, green). So D runs with device-count=3 and switches between 0 and 2.
+  // (MJPEG, green). So D runs with device-count=3, for the camera switch that follows.
   D = await launchParticipant({ who: 'D-fake3', fakeDevice: 'device-count=3' });
   sc.participants.push(D);
   await joinViaLanding(D, sc.server.url, { name: 'Dana', room: ROOM, startMuted: true });
+  await Promise.all(inRoom().map((p) => waitForRemoteTiles(p.page, others(p).map((q) => q.id))
+    .catch((e) => { throw new Error(`${p.who}: ${e.message}`); })));
   await Promise.all([A, B].map(async (p) => {
-    await waitForRemoteTiles(p.page, others(p).map((q) => q.id));
-    // D ticked "Start muted" on pre-join.
     await p.page.locator(`#tiles .tile[data-peer-id="${D.id}"][data-audio="off"][data-video="on"]`).waitFor({ timeout: T.ui })
       .catch(() => { throw new Error(`${p.who}: D joined with "Start muted" but its tile is not data-audio="off" data-video="on"`); });
+    await waitForRemoteVideo(p.page, D.id);
+    await expectFramesAdvance(p.page, D.id, { who: `${p.who} watching D` });
   }));
   await Promise.all([A, B].map(async (p) => {
-    await waitForRemoteVideo(p.page, D.id);
-    await expectFramesAdvance(p.page, D.id, { who: `${p.who} watching D before the switch` });
+    await waitForRemoteVideo(D.page, p.id);
+    const near = nearestClip(await meanColour(D.page, p.id), clips);
+    assert.equal(near.clip, p.clip, `D sees ${p.who} as ${near.clip.colour}`);
+    await expectFramesAdvance(D.page, p.id, { who: `D watching ${p.who}` });
   }));
+  if (chatSent) {
+    await pollUntil(() => D.page.evaluate((text) => [...document.querySelectorAll('#chat-log .chat-msg .chat-text')]
+      .some((m) => m.textContent.trim() === text), chatSent), { timeoutMs: T.ui, what: 'D: the earlier chat message in #chat-log (history)' });
+  }
+}, { critical: true });
+
+sc.step('a camera switch keeps frames flowing to the others', async (t) => {
   await button(D.page, 'Settings').click();
   const dialog = D.page.locator('#settings-dialog');
   await dialog.waitFor({ state: 'visible', timeout: T.ui })
@@ -347,7 +360,7 @@ async function readDownload(page, link) {
 sc.step('no participant page threw an uncaught error', async () => {
   const errors = [...sc.participants, ...gone].flatMap((p) => p.log.filter((l) => /\[\w+ pageerror\]/.test(l)).map((l) => `${p.who}: ${l}`));
   assert.deepEqual(errors, [], 'uncaught errors in the pages');
-});
+}, { always: true });
 
 /** Open or close a side panel with its toggle button (aria-pressed tells its state). */
 async function setPanel(page, buttonName, open) {

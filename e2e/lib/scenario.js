@@ -17,11 +17,12 @@ export class Scenario {
 
   /**
    * Declare a test step. On failure it writes artefacts/fail-<label>-<step>.{log,png}.
-   * `critical` steps mark the scenario broken when they fail, and later steps are then skipped.
+   * `critical` steps mark the scenario broken when they fail, and later steps are then skipped
+   * (except `always` steps).
    */
-  step(name, fn, { critical = false, timeout = 60_000 } = {}) {
+  step(name, fn, { critical = false, always = false, timeout = 60_000 } = {}) {
     test(name, { timeout }, async (t) => {
-      if (this.broken) { t.skip(`skipped: "${this.broken}" failed`); return; }
+      if (this.broken && !always) { t.skip(`skipped: "${this.broken}" failed`); return; }
       try {
         await fn(t);
       } catch (e) {
