@@ -260,6 +260,7 @@ sc.step('the room list on a fourth page shows 3, then 2 after one leaves; the ti
   const li = (n) => landing.locator(`#room-list li[data-room="${ROOM}"][data-count="${n}"]`);
   await li(3).waitFor({ timeout: T.ui })
     .catch(async () => { throw new Error(`landing: no #room-list li[data-room="${ROOM}"][data-count="3"]; list ${await roomList(landing)}`); });
+  await landing.screenshot({ path: path.join(artifactsDir(), 'landing-rooms.png') });
   const noticesBefore = await Promise.all([A, B].map((p) => p.page.locator('#notices > *').count()));
   await button(C.page, 'Leave').click();
   C.left = true;
