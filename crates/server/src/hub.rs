@@ -58,13 +58,14 @@ pub struct Stats {
 struct Conn {
     outbox: Outbox,
     kick: Option<oneshot::Sender<ByeReason>>,
-    room: Option<String>,
+    /// Shared with the `rooms` key, so the per-message room check clones a pointer, not a string.
+    room: Option<Arc<str>>,
 }
 
 pub struct Hub {
     config: Arc<Config>,
     conns: HashMap<PeerId, Conn>,
-    rooms: HashMap<String, Room>,
+    rooms: HashMap<Arc<str>, Room>,
     watchers: HashSet<PeerId>,
     rooms_dirty: bool,
     /// Connections whose outbox overflowed during the current command; evicted after it.
@@ -165,7 +166,7 @@ impl Hub {
             (_, None) => Err(ErrorCode::NotInRoom),
             (ClientMsg::Leave, Some(room)) => {
                 self.leave_room(id, LeaveReason::Left);
-                self.send(id, ServerMsg::Left { room });
+                self.send(id, ServerMsg::Left { room: room.to_string() });
                 Ok(())
             }
             (ClientMsg::Signal { to, payload }, Some(room)) => {
@@ -203,7 +204,11 @@ impl Hub {
         }
         let capacity = self.config.room_capacity as usize;
         let history = self.config.chat_history as usize;
-        let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room::new(capacity, history));
+        let room: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(room),
+        };
+        let r = self.rooms.entry(room.clone()).or_insert_with(|| Room::new(capacity, history));
         let me = Peer { id: id.clone(), name: name.to_string(), audio, video, screen: false };
         let peers = match r.add(me.clone()) {
             Ok(peers) => peers,
@@ -219,7 +224,6 @@ impl Hub {
             topology: Topology::P2p,
             ice_servers: self.config.ice_servers.clone(),
         };
-        let room = room.to_string();
         if let Some(conn) = self.conns.get_mut(id) {
             conn.room = Some(room.clone());
         }
@@ -323,7 +327,7 @@ impl Hub {
             .rooms
             .iter()
             .map(|(name, r)| RoomSummary {
-                name: name.clone(),
+                name: name.to_string(),
                 participants: r.len() as u32,
                 capacity: self.config.room_capacity,
             })
