@@ -27,7 +27,11 @@ let tmp, clips;
 before(async () => {
   tmp = makeTempDir();
   [sc.server, clips] = await Promise.all([startServer(), makeClips(tmp.dir, 3)]);
-  [A, B, C] = await Promise.all(clips.map((clip) => launchParticipant({ who: `${clip.label}-${clip.colour}`, clip: clip.path })));
+  // A also shares its screen later: let Chromium pick the screen without a picker.
+  [A, B, C] = await Promise.all(clips.map((clip, i) => launchParticipant({
+    who: `${clip.label}-${clip.colour}`, clip: clip.path,
+    args: i === 0 ? ['--auto-select-desktop-capture-source=Entire screen'] : [],
+  })));
   A.clip = clips[0]; B.clip = clips[1]; C.clip = clips[2];
   sc.participants.push(A, B, C);
 });
@@ -222,6 +226,45 @@ sc.step('unmute and camera-on bring B\'s picture back for the others', async () 
     }, { timeoutMs: T.media, what: `${p.who}: B's tile green again` });
     await expectFramesAdvance(p.page, B.id, { who: `${p.who} watching B after camera on` });
   }));
+});
+
+sc.step('screen share replaces A\'s camera for everyone, and stopping it from the browser restores it', async () => {
+  const share = button(A.page, 'Share screen');
+  await share.click();
+  await A.page.locator('#tiles .tile[data-self="true"][data-screen="on"]').waitFor({ timeout: T.ui })
+    .catch(() => { throw new Error('A: own tile did not get data-screen="on" after "Share screen"'); });
+  assert.equal(await share.getAttribute('aria-pressed'), 'true', 'A: "Share screen" is pressed while sharing');
+  await Promise.all(others(A).map(async (p) => {
+    await p.page.locator(`#tiles .tile[data-peer-id="${A.id}"][data-screen="on"]`).waitFor({ timeout: T.ui })
+      .catch(() => { throw new Error(`${p.who}: A's tile did not get data-screen="on"`); });
+    // The picture is now the screen, not A's red camera clip, and it keeps coming.
+    await pollUntil(async () => {
+      const rgb = await meanColour(p.page, A.id);
+      const near = nearestClip(rgb, clips);
+      return { ok: !(near.clip === A.clip && near.distance <= COLOUR_TOLERANCE), rgb };
+    }, { timeoutMs: T.media, what: `${p.who}: A's tile to stop showing the red camera` });
+    await expectFramesAdvance(p.page, A.id, { minFrames: 3, who: `${p.who} watching A's screen` });
+  }));
+  // The browser's own "Stop sharing" ends the capture track: it stops and fires "ended".
+  const stopped = await A.page.evaluate(() => {
+    for (const peer of window.__huddle.peers.values()) {
+      const track = peer.pc.getSenders().map((s) => s.track).find((tr) => tr && tr.kind === 'video');
+      if (track && track.readyState === 'live') { track.stop(); track.dispatchEvent(new Event('ended')); return track.label; }
+    }
+    return null;
+  });
+  assert.ok(stopped, 'A: found the live screen track on a sender');
+  await Promise.all(others(A).map(async (p) => {
+    await p.page.locator(`#tiles .tile[data-peer-id="${A.id}"][data-screen="off"]`).waitFor({ timeout: T.ui })
+      .catch(() => { throw new Error(`${p.who}: A's tile did not return to data-screen="off"`); });
+    await pollUntil(async () => {
+      const rgb = await meanColour(p.page, A.id);
+      const near = nearestClip(rgb, clips);
+      return { ok: near.clip === A.clip && near.distance <= COLOUR_TOLERANCE, rgb };
+    }, { timeoutMs: T.media, what: `${p.who}: A's tile red again after the share stopped` });
+    await expectFramesAdvance(p.page, A.id, { who: `${p.who} watching A's camera again` });
+  }));
+  assert.equal(await share.getAttribute('aria-pressed'), 'false', 'A: "Share screen" is released');
 });
 
 sc.step('screenshots of the room: wide and phone-size', async () => {
