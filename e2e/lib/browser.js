@@ -25,10 +25,12 @@ export const BASE_ARGS = [
  * @param {string} [opts.lang]  e.g. "en-US" (default) or "ko-KR"
  * @param {{width:number,height:number}} [opts.viewport]
  * @param {string[]} [opts.args] extra flags
+ * @param {boolean} [opts.grantMedia] false: no auto-accepted permission prompt, so camera and
+ *   microphone requests are refused as if the user had clicked "Block"
  */
-export async function launchParticipant({ who, clip, fakeDevice, lang = 'en-US', viewport = { width: 1280, height: 800 }, args = [] }) {
+export async function launchParticipant({ who, clip, fakeDevice, lang = 'en-US', viewport = { width: 1280, height: 800 }, args = [], grantMedia = true }) {
   const flags = [
-    ...BASE_ARGS,
+    ...BASE_ARGS.filter((f) => grantMedia || f !== '--use-fake-ui-for-media-stream'),
     fakeDevice ? `--use-fake-device-for-media-stream=${fakeDevice}` : '--use-fake-device-for-media-stream',
     `--lang=${lang}`,
     ...(clip ? [`--use-file-for-fake-video-capture=${clip}`] : []),
