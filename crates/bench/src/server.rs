@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn finds_the_port() {
         assert_eq!(parse_port("huddle listening on http://127.0.0.1:41234/"), Some(41234));
-        assert_eq!(parse_port("\x1b[2m..\x1b[0m huddle listening on http://127.0.0.1:8080/ (ctrl-c to stop)"), Some(8080));
+        assert_eq!(
+            parse_port("\x1b[2m..\x1b[0m huddle listening on http://127.0.0.1:8080/ (ctrl-c to stop)"),
+            Some(8080)
+        );
         assert_eq!(parse_port("http://127.0.0.1:80"), None);
         assert_eq!(parse_port("listening on http://0.0.0.0:80/"), None);
     }

@@ -114,7 +114,10 @@ pub fn run(args: SignalArgs) -> anyhow::Result<()> {
         server_args.extend(["--max-rooms".into(), args.rooms.to_string().into()]);
     }
     server_args.extend(args.server_args.iter().map(OsString::from));
-    eprintln!("starting the server: serve {}", server_args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+    eprintln!(
+        "starting the server: serve {}",
+        server_args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    );
     let pin = args.pin && ncpu >= 2;
     if args.pin && !pin {
         eprintln!("warning: --pin needs at least two CPUs; not pinning");
@@ -278,7 +281,14 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
     let connect_start = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
-        .map(|i| workers.handles[i % workers.handles.len()].spawn(client(i, i % args.rooms, shared.clone(), phase_rx.clone())))
+        .map(|i| {
+            workers.handles[i % workers.handles.len()].spawn(client(
+                i,
+                i % args.rooms,
+                shared.clone(),
+                phase_rx.clone(),
+            ))
+        })
         .collect();
     drop(phase_rx);
     let deadline = connect_start + Duration::from_secs_f64(args.connect_timeout_secs);
@@ -324,7 +334,11 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
     let window = Duration::from_secs_f64(args.seconds);
     let end = start + window;
     let end_ns = shared.now_ns() + (end - Instant::now()).as_nanos() as u64;
-    eprintln!("relaying for {:.1} s: {senders} senders, one message every {:.2} ms each", args.seconds, period.as_secs_f64() * 1e3);
+    eprintln!(
+        "relaying for {:.1} s: {senders} senders, one message every {:.2} ms each",
+        args.seconds,
+        period.as_secs_f64() * 1e3
+    );
     let _ = phase_tx.send(Phase::Relay { start, end, end_ns, period });
     tokio::time::sleep_until(start).await;
     let (cpu0, self0, all0) = (procfs::cpu_secs(Some(pid))?, procfs::cpu_secs(None)?, procfs::machine_busy_secs()?);

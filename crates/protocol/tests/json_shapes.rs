@@ -43,7 +43,17 @@ fn every_documented_example_round_trips() {
     let all_client: BTreeSet<String> = ClientMsg::TYPES.iter().map(|s| s.to_string()).collect();
     assert_eq!(client_types, all_client, "every client message type has an example");
     let all_server: BTreeSet<String> = [
-        "welcome", "rooms", "joined", "left", "peer_joined", "peer_left", "peer_updated", "signal", "chat", "error", "bye",
+        "welcome",
+        "rooms",
+        "joined",
+        "left",
+        "peer_joined",
+        "peer_left",
+        "peer_updated",
+        "signal",
+        "chat",
+        "error",
+        "bye",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -62,13 +72,15 @@ fn every_error_code_is_documented() {
 #[test]
 fn shapes_are_pinned() {
     // A few shapes spelled out, so a rename shows up here even if the document changes with it.
-    let join: ClientMsg = serde_json::from_str(r#"{"type":"join","protocol":1,"room":"r","name":"n"}"#).expect("join parses");
+    let join: ClientMsg =
+        serde_json::from_str(r#"{"type":"join","protocol":1,"room":"r","name":"n"}"#).expect("join parses");
     assert_eq!(join, ClientMsg::Join { protocol: 1, room: "r".into(), name: "n".into(), audio: false, video: false });
     let err = ServerMsg::error(huddle_protocol::ErrorCode::RoomFull, Some("join"));
     assert_eq!(
         serde_json::to_string(&err).expect("serialises"),
         r#"{"type":"error","code":"room_full","message":"This room is full.","request":"join"}"#
     );
-    let leave: ClientMsg = serde_json::from_str(r#"{"type":"leave","extra":true}"#).expect("unknown fields are ignored");
+    let leave: ClientMsg =
+        serde_json::from_str(r#"{"type":"leave","extra":true}"#).expect("unknown fields are ignored");
     assert_eq!(leave, ClientMsg::Leave);
 }

@@ -147,8 +147,8 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
                 toml::from_str::<FileConfig>(&text)
                     .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
             }
@@ -215,8 +215,14 @@ impl Config {
                 return bad("every ICE server needs at least one URL");
             }
             for u in &s.urls {
-                if !(u.starts_with("stun:") || u.starts_with("stuns:") || u.starts_with("turn:") || u.starts_with("turns:")) {
-                    return Err(ConfigError::Invalid(format!("ICE server URL {u:?} must start with stun:, stuns:, turn: or turns:")));
+                if !(u.starts_with("stun:")
+                    || u.starts_with("stuns:")
+                    || u.starts_with("turn:")
+                    || u.starts_with("turns:"))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "ICE server URL {u:?} must start with stun:, stuns:, turn: or turns:"
+                    )));
                 }
             }
         }

@@ -193,7 +193,15 @@ impl Hub {
         }
     }
 
-    fn join(&mut self, id: &PeerId, protocol: u32, room: &str, name: &str, audio: bool, video: bool) -> Result<(), ErrorCode> {
+    fn join(
+        &mut self,
+        id: &PeerId,
+        protocol: u32,
+        room: &str,
+        name: &str,
+        audio: bool,
+        video: bool,
+    ) -> Result<(), ErrorCode> {
         if protocol != PROTOCOL_VERSION {
             return Err(ErrorCode::UnsupportedProtocol);
         }
@@ -238,11 +246,7 @@ impl Hub {
     fn chat(&mut self, id: &PeerId, room: &str, text: &str) -> Result<(), ErrorCode> {
         let text = validate::chat_text(text, self.config.max_chat_chars).ok_or(ErrorCode::InvalidText)?;
         let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let message = self
-            .rooms
-            .get_mut(room)
-            .and_then(|r| r.post_chat(id, text, ts))
-            .ok_or(ErrorCode::NotInRoom)?;
+        let message = self.rooms.get_mut(room).and_then(|r| r.post_chat(id, text, ts)).ok_or(ErrorCode::NotInRoom)?;
         self.broadcast(room, None, Arc::new(ServerMsg::Chat { message }));
         Ok(())
     }
@@ -406,7 +410,13 @@ mod tests {
     }
 
     fn join(hub: &mut Hub, c: &mut Client, room: &str) -> ServerMsg {
-        let msg = ClientMsg::Join { protocol: 1, room: room.into(), name: format!("name {}", c.id), audio: true, video: true };
+        let msg = ClientMsg::Join {
+            protocol: 1,
+            room: room.into(),
+            name: format!("name {}", c.id),
+            audio: true,
+            video: true,
+        };
         hub.handle(Command::Client { id: c.id.clone(), msg });
         c.next()
     }
@@ -461,11 +471,24 @@ mod tests {
         for x in [&mut a, &mut b, &mut c] {
             x.drain();
         }
-        let payload = SignalPayload::Candidate { candidate: Some(IceCandidate { candidate: "candidate:1".into(), sdp_mid: None, sdp_m_line_index: Some(0), username_fragment: None }) };
-        hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Signal { to: b.id.clone(), payload: payload.clone() } });
+        let payload = SignalPayload::Candidate {
+            candidate: Some(IceCandidate {
+                candidate: "candidate:1".into(),
+                sdp_mid: None,
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            }),
+        };
+        hub.handle(Command::Client {
+            id: a.id.clone(),
+            msg: ClientMsg::Signal { to: b.id.clone(), payload: payload.clone() },
+        });
         assert!(matches!(b.next(), ServerMsg::Signal { ref from, .. } if *from == a.id));
         assert!(c.drain().is_empty(), "never broadcast");
-        hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Signal { to: d.id.clone(), payload: payload.clone() } });
+        hub.handle(Command::Client {
+            id: a.id.clone(),
+            msg: ClientMsg::Signal { to: d.id.clone(), payload: payload.clone() },
+        });
         assert_eq!(error_code(a.next()), ErrorCode::UnknownPeer, "other room");
         assert!(d.drain().is_empty());
         hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Signal { to: a.id.clone(), payload } });
@@ -494,7 +517,11 @@ mod tests {
     fn messages_before_joining_are_refused() {
         let mut hub = hub_with(|_| {});
         let mut a = connect(&mut hub, 1, 16);
-        for msg in [ClientMsg::Leave, ClientMsg::Chat { text: "x".into() }, ClientMsg::Media { audio: true, video: true, screen: false }] {
+        for msg in [
+            ClientMsg::Leave,
+            ClientMsg::Chat { text: "x".into() },
+            ClientMsg::Media { audio: true, video: true, screen: false },
+        ] {
             hub.handle(Command::Client { id: a.id.clone(), msg });
             assert_eq!(error_code(a.next()), ErrorCode::NotInRoom);
         }
@@ -534,7 +561,11 @@ mod tests {
         }
         assert_eq!(slow.kick.try_recv(), Ok(ByeReason::TooSlow));
         let got = fast.drain();
-        assert_eq!(got.iter().filter(|m| matches!(m, ServerMsg::Chat { .. })).count(), 20, "the fast client got everything");
+        assert_eq!(
+            got.iter().filter(|m| matches!(m, ServerMsg::Chat { .. })).count(),
+            20,
+            "the fast client got everything"
+        );
         assert!(got.iter().any(|m| matches!(m, ServerMsg::PeerLeft { reason: LeaveReason::TooSlow, .. })));
         assert_eq!(hub.stats().evicted_too_slow, 1);
         assert_eq!(hub.stats().participants, 1);

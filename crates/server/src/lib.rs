@@ -46,7 +46,11 @@ pub struct AppState {
 }
 
 /// Serves until `shutdown` completes, then tells every client and waits (briefly) for them.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let hub_task = tokio::spawn(hub::run(hub::Hub::new(config.clone()), hub_rx));

@@ -10,11 +10,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use huddle_protocol::{ByeReason, ClientMsg, ErrorCode, LeaveReason, PeerId, ServerMsg};
-use tokio::time::Instant;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Frames above this close the connection (1009). Frames between `max_frame_bytes` and this are
@@ -29,7 +29,8 @@ const HEARTBEAT_CHECK: Duration = Duration::from_secs(5);
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>, headers: HeaderMap) -> Response {
     if !origin_allowed(&headers, &app.config.allowed_origins) {
         info!("refused a cross-origin WebSocket");
-        return (StatusCode::FORBIDDEN, "This server does not accept WebSocket connections from that site.").into_response();
+        return (StatusCode::FORBIDDEN, "This server does not accept WebSocket connections from that site.")
+            .into_response();
     }
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
@@ -55,9 +56,9 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     }
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
     // Origin is "scheme://host[:port]"; same origin when its authority equals Host.
-    origin
-        .split_once("://")
-        .is_some_and(|(scheme, authority)| (scheme == "http" || scheme == "https") && authority.eq_ignore_ascii_case(host))
+    origin.split_once("://").is_some_and(|(scheme, authority)| {
+        (scheme == "http" || scheme == "https") && authority.eq_ignore_ascii_case(host)
+    })
 }
 
 /// One task per connection: a single loop over the socket, the outbox, the kick signal and the
@@ -200,7 +201,10 @@ mod tests {
         assert!(origin_allowed(&headers(None, "127.0.0.1:8080"), &[]));
         assert!(!origin_allowed(&headers(Some("https://evil.example"), "127.0.0.1:8080"), &[]));
         assert!(!origin_allowed(&headers(Some("http://127.0.0.1:9999"), "127.0.0.1:8080"), &[]));
-        assert!(origin_allowed(&headers(Some("https://meet.example.org"), "10.0.0.2:8080"), &["https://meet.example.org".into()]));
+        assert!(origin_allowed(
+            &headers(Some("https://meet.example.org"), "10.0.0.2:8080"),
+            &["https://meet.example.org".into()]
+        ));
     }
 
     #[test]

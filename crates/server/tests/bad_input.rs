@@ -37,7 +37,12 @@ async fn malformed_frames_get_an_error_and_the_room_carries_on() {
         (Message::text(r#"{"type":"chat"}"#), ErrorCode::BadMessage),
         (Message::text(r#"{"type":"chat","text":42}"#), ErrorCode::BadMessage),
         (Message::text(r#"{"type":"signal","to":"p1","payload":{"kind":"teleport"}}"#), ErrorCode::BadMessage),
-        (Message::text(r#"{"type":"signal","to":"p1","payload":{"kind":"description","description":{"type":"bogus","sdp":""}}}"#), ErrorCode::BadMessage),
+        (
+            Message::text(
+                r#"{"type":"signal","to":"p1","payload":{"kind":"description","description":{"type":"bogus","sdp":""}}}"#,
+            ),
+            ErrorCode::BadMessage,
+        ),
         (Message::binary(vec![1u8, 2, 3]), ErrorCode::BinaryFrame),
     ];
     for (frame, code) in cases {
@@ -69,7 +74,10 @@ async fn messages_before_joining_are_refused() {
         ClientMsg::Leave,
         ClientMsg::Chat { text: "hi".into() },
         ClientMsg::Media { audio: true, video: true, screen: false },
-        ClientMsg::Signal { to: PeerId("p1".into()), payload: huddle_protocol::SignalPayload::Candidate { candidate: None } },
+        ClientMsg::Signal {
+            to: PeerId("p1".into()),
+            payload: huddle_protocol::SignalPayload::Candidate { candidate: None },
+        },
     ] {
         c.send(&msg).await;
         c.expect_error(ErrorCode::NotInRoom).await;

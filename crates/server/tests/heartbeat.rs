@@ -73,7 +73,10 @@ async fn a_silent_connection_is_dropped_within_45_seconds() {
     for _ in 0..120 {
         tick().await;
     }
-    assert!(matches!(alive.try_recv(), Err(mpsc::error::TryRecvError::Empty)), "{alive_id} got no message and was not closed");
+    assert!(
+        matches!(alive.try_recv(), Err(mpsc::error::TryRecvError::Empty)),
+        "{alive_id} got no message and was not closed"
+    );
     tokio::time::resume();
     drop(silent);
 }

@@ -113,7 +113,9 @@ async fn latecomers_get_recent_chat() {
     }
     let mut b = Client::connect(&server).await;
     match b.join("r", "B").await {
-        ServerMsg::Joined { chat, .. } => assert_eq!(chat.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["two", "three"]),
+        ServerMsg::Joined { chat, .. } => {
+            assert_eq!(chat.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["two", "three"])
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -233,7 +235,9 @@ async fn healthz_answers_and_the_page_has_a_csp() {
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
             let mut out = String::new();
             s.read_to_string(&mut out).await.expect("read");
             out
@@ -256,7 +260,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_room_carries_on() {
     talker.join("r", "talker").await;
     stuck.join("r", "stuck").await;
     talker.recv().await; // peer_joined
-    // `stuck` never reads again. Long chat messages fill its socket buffers, then its outbox.
+                         // `stuck` never reads again. Long chat messages fill its socket buffers, then its outbox.
     let text = "x".repeat(2000);
     let mut sent = 0;
     let evicted = loop {

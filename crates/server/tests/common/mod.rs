@@ -89,7 +89,9 @@ impl Client {
                 .expect("connection open")
                 .expect("valid frame");
             match frame {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad server JSON {e}: {t}")),
+                Message::Text(t) => {
+                    return serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad server JSON {e}: {t}"))
+                }
                 Message::Ping(_) => {
                     // tungstenite queued the pong; send it now, as a browser would.
                     self.ws.flush().await.expect("send pong");
