@@ -56,10 +56,21 @@ pub struct Stats {
 }
 
 struct Conn {
-    outbox: Outbox,
+    /// `None` once shutdown has closed it.
+    outbox: Option<Outbox>,
     kick: Option<oneshot::Sender<ByeReason>>,
     /// Shared with the `rooms` key, so the per-message room check clones a pointer, not a string.
     room: Option<Arc<str>>,
+}
+
+impl Conn {
+    /// Queues `msg` without waiting; `false` when the outbox is full (the client is too slow).
+    fn offer(&self, msg: Arc<ServerMsg>) -> bool {
+        match &self.outbox {
+            Some(outbox) => !matches!(outbox.try_send(msg), Err(mpsc::error::TrySendError::Full(_))),
+            None => true,
+        }
+    }
 }
 
 pub struct Hub {
@@ -127,7 +138,7 @@ impl Hub {
             limits: self.config.limits(),
             ice_servers: self.config.ice_servers.clone(),
         };
-        self.conns.insert(id.clone(), Conn { outbox, kick: Some(kick), room: None });
+        self.conns.insert(id.clone(), Conn { outbox: Some(outbox), kick: Some(kick), room: None });
         self.send(&id, welcome);
     }
 
@@ -272,19 +283,15 @@ impl Hub {
             if Some(&peer.id) == except {
                 continue;
             }
-            if let Some(conn) = self.conns.get(&peer.id) {
-                if let Err(mpsc::error::TrySendError::Full(_)) = conn.outbox.try_send(msg.clone()) {
-                    self.overflowed.push(peer.id.clone());
-                }
+            if self.conns.get(&peer.id).is_some_and(|conn| !conn.offer(msg.clone())) {
+                self.overflowed.push(peer.id.clone());
             }
         }
     }
 
     fn send(&mut self, id: &PeerId, msg: ServerMsg) {
-        if let Some(conn) = self.conns.get(id) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = conn.outbox.try_send(Arc::new(msg)) {
-                self.overflowed.push(id.clone());
-            }
+        if self.conns.get(id).is_some_and(|conn| !conn.offer(Arc::new(msg))) {
+            self.overflowed.push(id.clone());
         }
     }
 
@@ -314,15 +321,9 @@ impl Hub {
             return;
         }
         let msg = Arc::new(self.room_list());
-        let mut overflowed = Vec::new();
-        for id in &self.watchers {
-            if let Some(conn) = self.conns.get(id) {
-                if let Err(mpsc::error::TrySendError::Full(_)) = conn.outbox.try_send(msg.clone()) {
-                    overflowed.push(id.clone());
-                }
-            }
-        }
-        self.overflowed.extend(overflowed);
+        let conns = &self.conns;
+        let slow = self.watchers.iter().filter(|id| conns.get(*id).is_some_and(|conn| !conn.offer(msg.clone())));
+        self.overflowed.extend(slow.cloned());
         self.evict_overflowed();
     }
 
@@ -345,10 +346,10 @@ impl Hub {
         info!(connections = self.conns.len(), "saying goodbye to every connection");
         let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
         for conn in self.conns.values_mut() {
-            let _ = conn.outbox.try_send(bye.clone());
-            // Closing the outbox lets the connection task write `bye`, then close the WebSocket.
-            let (closed, _) = mpsc::channel(1);
-            conn.outbox = closed;
+            // Dropping the outbox after `bye` lets the connection task write it, then close.
+            if let Some(outbox) = conn.outbox.take() {
+                let _ = outbox.try_send(bye.clone());
+            }
         }
         if self.conns.is_empty() {
             let _ = done.send(());
