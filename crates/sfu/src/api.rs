@@ -1,0 +1,97 @@
+//! The core's inputs and outputs: plain Rust values, independent of any transport or protocol.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// A participant, as the caller names it (the server will use its signalling peer id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+/// Everything the core reacts to. Time only ever comes in through these values.
+#[derive(Debug)]
+pub enum Input {
+    /// A participant enters `room` with its first SDP offer; the core answers with
+    /// [`Signal::Answer`].
+    Join { now: Instant, room: String, peer: PeerId, offer_sdp: String },
+    /// A participant leaves (its signalling connection ended, or it said so).
+    Leave { now: Instant, peer: PeerId },
+    /// The participant's answer to an offer the core sent it ([`Signal::Offer`]).
+    Answer { now: Instant, peer: PeerId, sdp: String },
+    /// One UDP datagram that arrived at the core's port `to` from `from`.
+    Packet { now: Instant, from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
+    /// The deadline from [`crate::Sfu::poll_timeout`] has passed.
+    Timeout(Instant),
+}
+
+/// SDP the core hands to one participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// The answer to the participant's join offer.
+    Answer(String),
+    /// A renegotiation from the core (tracks added or removed); the participant must reply with
+    /// [`Input::Answer`].
+    Offer(String),
+}
+
+/// Things worth telling the caller about (for logs, metrics and the signalling layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// ICE and DTLS are up for this participant.
+    Connected(PeerId),
+    /// The participant is gone from the core: it left, its connection failed, or handling its
+    /// input failed. The signalling layer should tell its page.
+    Removed { peer: PeerId, reason: RemoveReason },
+    /// A datagram nobody claimed (garbage, or from an unknown address with no known ufrag).
+    Dropped { from: SocketAddr },
+}
+
+/// Why a participant was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// [`Input::Leave`].
+    Left,
+    /// ICE disconnected or str0m closed the connection.
+    Disconnected,
+    /// str0m returned an error on this participant's input (the text is for logs).
+    Failed(String),
+    /// Handling this participant's input panicked; the panic was contained to it.
+    Panicked,
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send `bytes` from the core's address `from` to `to`.
+    Transmit { from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
+    /// Send this SDP to the participant over signalling.
+    Signal { peer: PeerId, signal: Signal },
+    /// See [`Event`].
+    Event(Event),
+}
+
+/// Errors the caller gets back for one input; they concern only the participant named.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    /// The SDP could not be parsed.
+    #[error("malformed SDP from {peer}: {reason}")]
+    BadSdp { peer: PeerId, reason: String },
+    /// str0m refused the offer or answer.
+    #[error("SDP from {peer} refused: {reason}")]
+    SdpRefused { peer: PeerId, reason: String },
+    /// `Join` for a peer that is already in a room.
+    #[error("{0} has already joined")]
+    AlreadyJoined(PeerId),
+    /// The participant is not (or no longer) known to the core.
+    #[error("unknown participant {0}")]
+    UnknownPeer(PeerId),
+    /// An `Answer` arrived while no offer was outstanding.
+    #[error("{0} answered but no offer was outstanding")]
+    UnexpectedAnswer(PeerId),
+}

@@ -1,0 +1,295 @@
+//! One participant: its str0m `Rtc`, the tracks it publishes and the tracks it receives.
+//! Every mutation of the `Rtc` goes through [`Peer::mutate`], the one place the drain rule lives.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
+
+use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal};
+use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
+
+/// What one participant's handling produced for the others in its room.
+#[derive(Debug)]
+pub(crate) enum Propagated {
+    /// A new published track; every other member should receive it.
+    TrackOpen(Weak<TrackIn>),
+    /// A frame of a published track.
+    MediaData(MediaData),
+    /// A subscriber wants a keyframe of `origin`'s track `mid_in`.
+    KeyframeRequest { origin: PeerId, mid_in: Mid, kind: KeyframeRequestKind },
+}
+
+/// Where drained output goes: outputs for the driver, propagations for the room.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub out: VecDeque<Output>,
+    pub propagated: VecDeque<(PeerId, Propagated)>,
+}
+
+/// The participant's state apart from its `Rtc`, so that [`Peer::mutate`] can lend both.
+#[derive(Debug)]
+pub(crate) struct PeerState {
+    pub id: PeerId,
+    pub room: Arc<str>,
+    /// The next time this `Rtc` wants `Input::Timeout`.
+    pub next_timeout: Instant,
+    /// Our renegotiation offer the participant has not answered yet.
+    pub pending: Option<SdpPendingOffer>,
+    /// Tracks it publishes (the only strong references), with their keyframe throttles.
+    pub tracks_in: Vec<(Arc<TrackIn>, KeyframeThrottle)>,
+    /// Tracks of others it receives.
+    pub tracks_out: Vec<TrackOut>,
+    /// Set when the participant must be removed.
+    pub failed: Option<RemoveReason>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Peer {
+    rtc: Rtc,
+    pub state: PeerState,
+}
+
+impl Peer {
+    /// Accepts the participant's first offer; returns the participant and the SDP answer.
+    pub(crate) fn join(
+        now: Instant,
+        id: PeerId,
+        room: Arc<str>,
+        offer_sdp: &str,
+        local: SocketAddr,
+        sink: &mut Sink,
+    ) -> Result<(Peer, String, String), SfuError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
+        // ICE-lite: the browser runs the checks, we answer them; accepting the offer makes us
+        // the DTLS server (answerer with a=setup:passive).
+        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let candidate = Candidate::host(local, Protocol::Udp)
+            .map_err(|e| SfuError::SdpRefused { peer: id, reason: e.to_string() })?;
+        rtc.add_local_candidate(candidate);
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let mut peer = Peer {
+            rtc,
+            state: PeerState {
+                id,
+                room,
+                next_timeout: now,
+                pending: None,
+                tracks_in: Vec::new(),
+                tracks_out: Vec::new(),
+                failed: None,
+            },
+        };
+        let answer = peer
+            .mutate(sink, |rtc, _, _| rtc.sdp_api().accept_offer(offer))
+            .map_err(|e| SfuError::SdpRefused { peer: id, reason: e.to_string() })?;
+        Ok((peer, answer.to_sdp_string(), ufrag))
+    }
+
+    /// THE DRAIN RULE: run one mutation of the `Rtc`, then poll its output until `Timeout`.
+    /// No other code in this crate calls `poll_output` or mutates the `Rtc` outside `f`.
+    pub(crate) fn mutate<R>(&mut self, sink: &mut Sink, f: impl FnOnce(&mut Rtc, &mut PeerState, &mut Sink) -> R) -> R {
+        let result = f(&mut self.rtc, &mut self.state, sink);
+        loop {
+            if !self.rtc.is_alive() {
+                self.state.failed.get_or_insert(RemoveReason::Disconnected);
+                break;
+            }
+            match self.rtc.poll_output() {
+                Ok(RtcOutput::Timeout(t)) => {
+                    self.state.next_timeout = t;
+                    break;
+                }
+                Ok(RtcOutput::Transmit(t)) => sink.out.push_back(Output::Transmit {
+                    from: t.source,
+                    to: t.destination,
+                    bytes: t.contents.to_vec(),
+                }),
+                Ok(RtcOutput::Event(e)) => self.state.on_event(e, sink),
+                Err(e) => {
+                    self.state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+                    self.rtc.disconnect();
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    /// A datagram routed to this participant. False when str0m cannot even parse it.
+    pub(crate) fn packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: &[u8],
+        sink: &mut Sink,
+    ) -> bool {
+        let Ok(contents) = bytes.try_into() else {
+            return false;
+        };
+        let receive = Receive { proto: Protocol::Udp, source: from, destination: to, contents };
+        self.mutate(sink, |rtc, state, _| {
+            if let Err(e) = rtc.handle_input(RtcInput::Receive(now, receive)) {
+                state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+            }
+        });
+        true
+    }
+
+    pub(crate) fn timeout(&mut self, now: Instant, sink: &mut Sink) {
+        self.mutate(sink, |rtc, state, _| {
+            if let Err(e) = rtc.handle_input(RtcInput::Timeout(now)) {
+                state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+            }
+        });
+    }
+
+    /// The participant's answer to our renegotiation offer.
+    pub(crate) fn answer(&mut self, sdp: &str, sink: &mut Sink) -> Result<(), SfuError> {
+        let id = self.state.id;
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
+        let pending = self.state.pending.take().ok_or(SfuError::UnexpectedAnswer(id))?;
+        self.mutate(sink, |rtc, state, sink| {
+            rtc.sdp_api()
+                .accept_answer(pending, answer)
+                .map_err(|e| SfuError::SdpRefused { peer: id, reason: e.to_string() })?;
+            for track in &mut state.tracks_out {
+                if let TrackOutState::Negotiating(m) = track.state {
+                    track.state = TrackOutState::Open(m);
+                    // A new subscriber needs a keyframe to start decoding.
+                    if let Some(t) = track.track_in.upgrade() {
+                        let req = Propagated::KeyframeRequest {
+                            origin: t.origin,
+                            mid_in: t.mid,
+                            kind: KeyframeRequestKind::Pli,
+                        };
+                        sink.propagated.push_back((id, req));
+                    }
+                }
+            }
+            state.tracks_out.retain(|t| !matches!(t.state, TrackOutState::NegotiatingStop(_)));
+            Ok(())
+        })
+    }
+
+    pub(crate) fn add_track_out(&mut self, track_in: Weak<TrackIn>) {
+        self.state.tracks_out.push(TrackOut { track_in, state: TrackOutState::ToOpen });
+    }
+
+    /// Sends an offer when tracks wait to be opened or stopped and no offer is outstanding.
+    pub(crate) fn negotiate(&mut self, sink: &mut Sink) {
+        if self.state.pending.is_some() || self.state.failed.is_some() {
+            return;
+        }
+        let id = self.state.id;
+        self.mutate(sink, |rtc, state, sink| {
+            state.tracks_out.retain(|t| t.state != TrackOutState::ToOpen || t.track_in.strong_count() > 0);
+            for track in &mut state.tracks_out {
+                if let TrackOutState::Open(m) = track.state {
+                    if track.track_in.strong_count() == 0 {
+                        track.state = TrackOutState::ToStop(m);
+                    }
+                }
+            }
+            let mut change = rtc.sdp_api();
+            for track in &mut state.tracks_out {
+                match track.state {
+                    TrackOutState::ToStop(m) => {
+                        change.stop_media(m);
+                        track.state = TrackOutState::NegotiatingStop(m);
+                    }
+                    TrackOutState::ToOpen => {
+                        let Some(t) = track.track_in.upgrade() else { continue };
+                        let stream = Some(t.origin.to_string());
+                        let mid = change.add_media(t.kind, Direction::SendOnly, stream, None, None);
+                        track.state = TrackOutState::Negotiating(mid);
+                    }
+                    _ => {}
+                }
+            }
+            if !change.has_changes() {
+                return;
+            }
+            if let Some((offer, pending)) = change.apply() {
+                state.pending = Some(pending);
+                sink.out.push_back(Output::Signal { peer: id, signal: Signal::Offer(offer.to_sdp_string()) });
+            }
+        });
+    }
+
+    /// Writes `origin`'s frame to the matching open outgoing track, if this participant has one.
+    pub(crate) fn forward(&mut self, origin: PeerId, data: &MediaData, sink: &mut Sink) {
+        let mid = self.state.tracks_out.iter().find_map(|o| {
+            let t = o.track_in.upgrade()?;
+            (t.origin == origin && t.mid == data.mid).then_some(o.open_mid()).flatten()
+        });
+        let Some(mid) = mid else { return };
+        self.mutate(sink, |rtc, state, _| {
+            let Some(writer) = rtc.writer(mid) else { return };
+            let Some(pt) = writer.match_params(data.params) else { return };
+            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
+                state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+            }
+        });
+    }
+
+    /// A subscriber asked for a keyframe of our track `mid_in`; throttled per track.
+    pub(crate) fn request_keyframe(&mut self, now: Instant, mid_in: Mid, kind: KeyframeRequestKind, sink: &mut Sink) {
+        let Some((_, throttle)) = self.state.tracks_in.iter_mut().find(|(t, _)| t.mid == mid_in) else {
+            return;
+        };
+        if !throttle.allow(now) {
+            return;
+        }
+        self.mutate(sink, |rtc, _, _| {
+            if let Some(mut writer) = rtc.writer(mid_in) {
+                // Fails only when the track has no receive stream yet; nothing to ask then.
+                let _ = writer.request_keyframe(None, kind);
+            }
+        });
+    }
+}
+
+impl PeerState {
+    fn on_event(&mut self, event: RtcEvent, sink: &mut Sink) {
+        match event {
+            RtcEvent::Connected => sink.out.push_back(Output::Event(crate::api::Event::Connected(self.id))),
+            RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.failed.get_or_insert(RemoveReason::Disconnected);
+            }
+            RtcEvent::MediaAdded(added) if added.direction.is_receiving() => {
+                let track = Arc::new(TrackIn { origin: self.id, mid: added.mid, kind: added.kind });
+                sink.propagated.push_back((self.id, Propagated::TrackOpen(Arc::downgrade(&track))));
+                self.tracks_in.push((track, KeyframeThrottle::default()));
+            }
+            RtcEvent::MediaData(data) => {
+                if !data.contiguous {
+                    let req = Propagated::KeyframeRequest {
+                        origin: self.id,
+                        mid_in: data.mid,
+                        kind: KeyframeRequestKind::Fir,
+                    };
+                    sink.propagated.push_back((self.id, req));
+                }
+                sink.propagated.push_back((self.id, Propagated::MediaData(data)));
+            }
+            RtcEvent::KeyframeRequest(req) => {
+                let target =
+                    self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)).and_then(|t| t.track_in.upgrade());
+                if let Some(t) = target {
+                    let req = Propagated::KeyframeRequest { origin: t.origin, mid_in: t.mid, kind: req.kind };
+                    sink.propagated.push_back((self.id, req));
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The core: all participants of all rooms, the demux table, and the output queue.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal};
+use crate::demux::Demux;
+use crate::peer::{Peer, Propagated, Sink};
+
+/// The sans-IO SFU. Feed it [`Input`]s, then take [`Output`]s with [`Sfu::poll_output`] until
+/// `None`, then sleep until [`Sfu::poll_timeout`].
+#[derive(Debug)]
+pub struct Sfu {
+    /// The one UDP address all participants send to (the host candidate in every answer).
+    local: SocketAddr,
+    peers: HashMap<PeerId, Peer>,
+    rooms: HashMap<Arc<str>, HashSet<PeerId>>,
+    demux: Demux,
+    sink: Sink,
+}
+
+impl Sfu {
+    pub fn new(local: SocketAddr) -> Sfu {
+        Sfu { local, peers: HashMap::new(), rooms: HashMap::new(), demux: Demux::default(), sink: Sink::default() }
+    }
+
+    /// Handles one input. An `Err` concerns only the participant it names; the others are
+    /// unaffected and the core stays usable.
+    pub fn handle_input(&mut self, input: Input) -> Result<(), SfuError> {
+        let result = match input {
+            Input::Join { now, room, peer, offer_sdp } => self.join(now, room, peer, &offer_sdp),
+            Input::Leave { now, peer } => {
+                if !self.peers.contains_key(&peer) {
+                    return Err(SfuError::UnknownPeer(peer));
+                }
+                self.remove(now, peer, RemoveReason::Left);
+                Ok(())
+            }
+            Input::Answer { now, peer, sdp } => {
+                let result =
+                    self.with_peer(peer, |p, sink| p.answer(&sdp, sink)).unwrap_or(Err(SfuError::UnknownPeer(peer)));
+                self.settle(now);
+                result
+            }
+            Input::Packet { now, from, to, bytes } => {
+                let routed = self.demux.route(from, &bytes);
+                let accepted =
+                    routed.and_then(|id| self.with_peer(id, |p, sink| p.packet(now, from, to, &bytes, sink)));
+                if accepted != Some(true) {
+                    self.sink.out.push_back(Output::Event(Event::Dropped { from }));
+                }
+                self.settle(now);
+                Ok(())
+            }
+            Input::Timeout(now) => {
+                // A scan per timeout, not per packet; a deadline heap can replace it later.
+                let due: Vec<PeerId> =
+                    self.peers.iter().filter(|(_, p)| p.state.next_timeout <= now).map(|(id, _)| *id).collect();
+                for id in due {
+                    self.with_peer(id, |p, sink| p.timeout(now, sink));
+                }
+                self.settle(now);
+                Ok(())
+            }
+        };
+        result
+    }
+
+    /// The next output for the driver, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.sink.out.pop_front()
+    }
+
+    /// The earliest time any participant needs [`Input::Timeout`]; `None` with no participants.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.values().map(|p| p.state.next_timeout).min()
+    }
+
+    /// How many participants the core holds.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn join(&mut self, now: Instant, room: String, id: PeerId, offer_sdp: &str) -> Result<(), SfuError> {
+        if self.peers.contains_key(&id) {
+            return Err(SfuError::AlreadyJoined(id));
+        }
+        let room: Arc<str> =
+            self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
+        let local = self.local;
+        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, local, &mut self.sink));
+        let (mut peer, answer, ufrag) = match joined {
+            Some(result) => result?,
+            None => return Err(SfuError::SdpRefused { peer: id, reason: "panicked on the offer".into() }),
+        };
+        self.sink.out.push_back(Output::Signal { peer: id, signal: Signal::Answer(answer) });
+        // The newcomer receives every track already published in its room.
+        let members = self.rooms.entry(room).or_default();
+        for other in members.iter().filter_map(|m| self.peers.get(m)) {
+            for (track, _) in &other.state.tracks_in {
+                peer.add_track_out(Arc::downgrade(track));
+            }
+        }
+        members.insert(id);
+        self.demux.add_ufrag(ufrag, id);
+        self.peers.insert(id, peer);
+        self.settle(now);
+        Ok(())
+    }
+
+    /// Runs `f` on one participant with panics contained: a panic removes that participant only.
+    /// `None` when the participant is unknown or panicked.
+    fn with_peer<R>(&mut self, id: PeerId, f: impl FnOnce(&mut Peer, &mut Sink) -> R) -> Option<R> {
+        let peer = self.peers.get_mut(&id)?;
+        let sink = &mut self.sink;
+        match contained(|| f(peer, sink)) {
+            Some(r) => Some(r),
+            None => {
+                peer.state.failed.get_or_insert(RemoveReason::Panicked);
+                None
+            }
+        }
+    }
+
+    /// After any input: deliver what participants produced for each other, renegotiate where
+    /// tracks changed, and remove failed participants, until nothing is left to do.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            while let Some((from, p)) = self.sink.propagated.pop_front() {
+                self.propagate(now, from, p);
+            }
+            let failed: Vec<(PeerId, RemoveReason)> =
+                self.peers.iter().filter_map(|(id, p)| Some((*id, p.state.failed.clone()?))).collect();
+            for (id, reason) in failed {
+                self.remove(now, id, reason);
+            }
+            let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+            for id in ids {
+                self.with_peer(id, |p, sink| p.negotiate(sink));
+            }
+            if self.sink.propagated.is_empty() && self.peers.values().all(|p| p.state.failed.is_none()) {
+                break;
+            }
+        }
+    }
+
+    fn propagate(&mut self, now: Instant, from: PeerId, p: Propagated) {
+        if let Propagated::KeyframeRequest { origin, mid_in, kind } = p {
+            self.with_peer(origin, |peer, sink| peer.request_keyframe(now, mid_in, kind, sink));
+            return;
+        }
+        let Some(room) = self.peers.get(&from).map(|p| p.state.room.clone()) else { return };
+        let others: Vec<PeerId> =
+            self.rooms.get(&room).map(|m| m.iter().copied().filter(|id| *id != from).collect()).unwrap_or_default();
+        for id in others {
+            match &p {
+                Propagated::TrackOpen(track) => {
+                    self.with_peer(id, |peer, _| peer.add_track_out(track.clone()));
+                }
+                Propagated::MediaData(data) => {
+                    self.with_peer(id, |peer, sink| peer.forward(from, data, sink));
+                }
+                Propagated::KeyframeRequest { .. } => {}
+            }
+        }
+    }
+
+    fn remove(&mut self, _now: Instant, id: PeerId, reason: RemoveReason) {
+        let Some(peer) = self.peers.remove(&id) else { return };
+        // Dropping the peer drops its published tracks' only `Arc`s; subscribers see their
+        // `Weak`s die and stop those tracks in their next negotiation (in `settle`).
+        if let Some(members) = self.rooms.get_mut(&peer.state.room) {
+            members.remove(&id);
+            if members.is_empty() {
+                self.rooms.remove(&peer.state.room);
+            }
+        }
+        self.demux.remove_peer(id);
+        drop(peer);
+        self.sink.out.push_back(Output::Event(Event::Removed { peer: id, reason }));
+    }
+}
+
+/// Runs `f`, turning a panic into `None` (str0m's rule is "a panic is a bug"; one participant's
+/// bug must not take the others down).
+fn contained<R>(f: impl FnOnce() -> R) -> Option<R> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}

@@ -1,0 +1,315 @@
+//! The simulated network: str0m clients standing in for browsers, wired to the SFU core in
+//! memory, on a virtual clock, with optional loss. Nothing sleeps and nothing opens a socket.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use huddle_sfu::str0m::change::SdpPendingOffer;
+use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer};
+use huddle_sfu::str0m::format::Codec;
+use huddle_sfu::str0m::media::{Direction, MediaKind, Mid};
+use huddle_sfu::str0m::net::{Protocol, Receive};
+use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
+use huddle_sfu::{Event, Input, Output, PeerId, Sfu, Signal};
+
+pub const SFU_ADDR: &str = "10.0.0.1:3478";
+/// Frames are written every 20 ms by every publishing client.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// One-way delay of every datagram.
+pub const LATENCY: Duration = Duration::from_millis(5);
+
+/// A browser stand-in.
+pub struct Client {
+    pub id: PeerId,
+    pub addr: SocketAddr,
+    pub rtc: Rtc,
+    pub next_timeout: Instant,
+    pub connected: bool,
+    /// Our own sending m-lines.
+    pub sending: Vec<(Mid, MediaKind)>,
+    /// Frames received, per mid of ours (the mid the SFU chose for that track).
+    pub received: HashMap<Mid, usize>,
+    /// Media added by the SFU's offers, and whether it is still active.
+    pub incoming: HashMap<Mid, MediaKind>,
+    pending: Option<SdpPendingOffer>,
+    next_frame: Instant,
+    frame_count: u64,
+}
+
+struct InFlight {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// The whole simulated world.
+pub struct World {
+    pub start: Instant,
+    pub now: Instant,
+    pub sfu: Sfu,
+    pub sfu_addr: SocketAddr,
+    pub clients: Vec<Client>,
+    /// Every event the core reported.
+    pub events: Vec<Event>,
+    /// Fraction of datagrams lost, both directions (0.0..1.0).
+    pub loss: f64,
+    rng: u64,
+    flight: VecDeque<InFlight>,
+}
+
+impl World {
+    pub fn new() -> World {
+        let now = Instant::now();
+        let sfu_addr = SFU_ADDR.parse().expect("literal address");
+        World {
+            start: now,
+            now,
+            sfu: Sfu::new(sfu_addr),
+            sfu_addr,
+            clients: Vec::new(),
+            events: Vec::new(),
+            loss: 0.0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            flight: VecDeque::new(),
+        }
+    }
+
+    /// A client joins `room`, publishing one track of each `kind`. Returns the core's verdict.
+    pub fn join(&mut self, room: &str, id: u64, publish: &[MediaKind]) -> Result<(), huddle_sfu::SfuError> {
+        let addr: SocketAddr = format!("10.0.1.{}:5000", id).parse().expect("valid address");
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, Protocol::Udp).expect("host candidate"));
+        let mut change = rtc.sdp_api();
+        let sending: Vec<(Mid, MediaKind)> =
+            publish.iter().map(|k| (change.add_media(*k, Direction::SendOnly, None, None, None), *k)).collect();
+        if sending.is_empty() {
+            change.add_channel("huddle".into());
+        }
+        let (offer, pending) = change.apply().expect("an offer with changes");
+        let client = Client {
+            id: PeerId(id),
+            addr,
+            rtc,
+            next_timeout: self.now,
+            connected: false,
+            sending,
+            received: HashMap::new(),
+            incoming: HashMap::new(),
+            pending: Some(pending),
+            next_frame: self.now,
+            frame_count: 0,
+        };
+        self.clients.push(client);
+        let input =
+            Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp: offer.to_sdp_string() };
+        let result = self.sfu.handle_input(input);
+        self.drain_sfu();
+        result
+    }
+
+    pub fn leave(&mut self, id: u64) {
+        self.clients.retain(|c| c.id != PeerId(id));
+        self.sfu.handle_input(Input::Leave { now: self.now, peer: PeerId(id) }).expect("a known participant leaves");
+        self.drain_sfu();
+    }
+
+    pub fn client(&self, id: u64) -> &Client {
+        self.clients.iter().find(|c| c.id == PeerId(id)).expect("a client with this id")
+    }
+
+    /// Runs the world for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.progress();
+        }
+    }
+
+    /// Runs until `cond` holds, at most `limit` of virtual time; true when it held.
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&World) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if cond(self) {
+                return true;
+            }
+            self.progress();
+        }
+        cond(self)
+    }
+
+    /// One step: handle everything due now, then advance the clock to the earliest deadline
+    /// (at least 1 ms, so that a deadline in the past cannot stall the world).
+    pub fn progress(&mut self) {
+        let now = self.now;
+        while let Some(pos) = self.flight.iter().position(|p| p.at <= now) {
+            let p = self.flight.remove(pos).expect("position is in range");
+            self.deliver(p);
+        }
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            self.sfu.handle_input(Input::Timeout(now)).expect("timeouts never fail");
+            self.drain_sfu();
+        }
+        for i in 0..self.clients.len() {
+            if self.clients[i].next_timeout <= now {
+                let c = &mut self.clients[i];
+                c.rtc.handle_input(RtcInput::Timeout(now)).expect("client handles timeout");
+                self.drain_client(i);
+            }
+            self.write_frames(i);
+        }
+        let mut next = now + FRAME_INTERVAL;
+        next = next.min(self.sfu.poll_timeout().unwrap_or(next));
+        for c in &self.clients {
+            next = next.min(c.next_timeout).min(c.next_frame);
+        }
+        for p in &self.flight {
+            next = next.min(p.at);
+        }
+        self.now = next.max(now + Duration::from_millis(1));
+    }
+
+    fn lost(&mut self) -> bool {
+        if self.loss <= 0.0 {
+            return false;
+        }
+        // xorshift64: deterministic loss.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 10_000) as f64 / 10_000.0 < self.loss
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        if !self.lost() {
+            self.flight.push_back(InFlight { at: self.now + LATENCY, from, to, bytes });
+        }
+    }
+
+    /// Puts a raw datagram on the wire, as if sent from `from` (for bad-input tests).
+    pub fn inject(&mut self, from: SocketAddr, bytes: Vec<u8>) {
+        let to = self.sfu_addr;
+        self.flight.push_back(InFlight { at: self.now, from, to, bytes });
+    }
+
+    fn deliver(&mut self, p: InFlight) {
+        if p.to == self.sfu_addr {
+            let input = Input::Packet { now: self.now, from: p.from, to: p.to, bytes: p.bytes };
+            self.sfu.handle_input(input).expect("packets never fail");
+            self.drain_sfu();
+            return;
+        }
+        let Some(i) = self.clients.iter().position(|c| c.addr == p.to) else { return };
+        let Ok(contents) = p.bytes.as_slice().try_into() else { return };
+        let receive = Receive { proto: Protocol::Udp, source: p.from, destination: p.to, contents };
+        let now = self.now;
+        self.clients[i].rtc.handle_input(RtcInput::Receive(now, receive)).expect("client accepts the packet");
+        self.drain_client(i);
+    }
+
+    pub fn drain_sfu(&mut self) {
+        while let Some(out) = self.sfu.poll_output() {
+            match out {
+                Output::Transmit { from, to, bytes } => self.send(from, to, bytes),
+                Output::Signal { peer, signal } => self.signal(peer, signal),
+                Output::Event(e) => self.events.push(e),
+            }
+        }
+    }
+
+    fn signal(&mut self, peer: PeerId, signal: Signal) {
+        let Some(i) = self.clients.iter().position(|c| c.id == peer) else { return };
+        match signal {
+            Signal::Answer(sdp) => {
+                let answer = SdpAnswer::from_sdp_string(&sdp).expect("the core's answer parses");
+                let pending = self.clients[i].pending.take().expect("an offer was outstanding");
+                self.clients[i].rtc.sdp_api().accept_answer(pending, answer).expect("client accepts the answer");
+                self.drain_client(i);
+            }
+            Signal::Offer(sdp) => {
+                let offer = SdpOffer::from_sdp_string(&sdp).expect("the core's offer parses");
+                let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).expect("client accepts the offer");
+                self.drain_client(i);
+                let input = Input::Answer { now: self.now, peer, sdp: answer.to_sdp_string() };
+                self.sfu.handle_input(input).expect("the core accepts the answer");
+                self.drain_sfu();
+            }
+        }
+    }
+
+    fn drain_client(&mut self, i: usize) {
+        loop {
+            let out = self.clients[i].rtc.poll_output().expect("client poll_output");
+            match out {
+                RtcOutput::Timeout(t) => {
+                    self.clients[i].next_timeout = t;
+                    return;
+                }
+                RtcOutput::Transmit(t) => self.send(t.source, t.destination, t.contents.to_vec()),
+                RtcOutput::Event(e) => {
+                    let c = &mut self.clients[i];
+                    match e {
+                        RtcEvent::Connected => c.connected = true,
+                        RtcEvent::MediaAdded(m) if m.direction.is_receiving() => {
+                            c.incoming.insert(m.mid, m.kind);
+                        }
+                        RtcEvent::MediaData(d) => *c.received.entry(d.mid).or_default() += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one synthetic frame on each sending track when its time has come.
+    fn write_frames(&mut self, i: usize) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        if !c.connected || c.next_frame > now || c.sending.is_empty() {
+            return;
+        }
+        c.next_frame = now + FRAME_INTERVAL;
+        c.frame_count += 1;
+        let time = (now - self.start).into();
+        for (mid, kind) in c.sending.clone() {
+            let codec = if kind == MediaKind::Audio { Codec::Opus } else { Codec::Vp8 };
+            let pt = c.rtc.codec_config().find(|p| p.spec().codec == codec).map(|p| p.pt()).expect("codec configured");
+            let data = synthetic_frame(kind, c.frame_count);
+            if let Some(w) = c.rtc.writer(mid) {
+                w.write(pt, now, time, data).expect("client writes a frame");
+            }
+        }
+        self.drain_client(i);
+    }
+
+    /// Frames client `id` has received in total on tracks of `kind`.
+    pub fn frames_received(&self, id: u64, kind: MediaKind) -> usize {
+        let c = self.client(id);
+        c.received.iter().filter(|(mid, _)| c.incoming.get(mid) == Some(&kind)).map(|(_, n)| n).sum()
+    }
+
+    /// Snapshot of frames received per incoming mid.
+    pub fn received_snapshot(&self, id: u64) -> HashMap<Mid, usize> {
+        self.client(id).received.clone()
+    }
+
+    /// Whether the core reported `peer` removed.
+    pub fn removed(&self, id: u64) -> bool {
+        self.events.iter().any(|e| matches!(e, Event::Removed { peer, .. } if *peer == PeerId(id)))
+    }
+}
+
+/// Bytes that pass for a frame: a VP8 key frame header every 50 frames, else a delta frame.
+fn synthetic_frame(kind: MediaKind, n: u64) -> Vec<u8> {
+    match kind {
+        MediaKind::Audio => vec![(n % 251) as u8; 80],
+        MediaKind::Video => {
+            let key = n % 50 == 1;
+            let mut f = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00];
+            f.resize(1000, (n % 251) as u8);
+            f
+        }
+    }
+}
