@@ -161,6 +161,9 @@ pub enum ServerMsg {
     PeerLeft { id: PeerId, reason: LeaveReason },
     /// Someone's media state changed.
     PeerUpdated { peer: Peer },
+    /// The room's topology changed (in `auto` mode, from `p2p` to `sfu` when a third person
+    /// joins). Connect to the SFU, then close the peer-to-peer connections.
+    Topology { topology: Topology },
     /// A negotiation message relayed from another peer of the room.
     Signal { from: PeerId, payload: SignalPayload },
     /// A chat message.
@@ -241,12 +244,19 @@ pub struct ChatMessage {
     pub ts: u64,
 }
 
-/// How media flows in a room. Only `p2p` (a full mesh) exists today; the SFU adds `sfu`.
+/// How media flows in a room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Topology {
+    /// A full mesh: one `RTCPeerConnection` per pair of participants.
     P2p,
+    /// Every participant has one `RTCPeerConnection` to the server's SFU, the peer [`SFU_PEER_ID`].
+    Sfu,
 }
+
+/// The peer id of the server's own media endpoint in `sfu` rooms: `signal` messages to and from
+/// it negotiate the participant's one connection to the SFU. Participant ids never take this value.
+pub const SFU_PEER_ID: &str = "sfu";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -286,6 +296,8 @@ pub enum ErrorCode {
     RoomFull,
     TooManyRooms,
     UnknownPeer,
+    MediaRefused,
+    MediaFailed,
 }
 
 impl ErrorCode {
@@ -304,6 +316,8 @@ impl ErrorCode {
         ErrorCode::RoomFull,
         ErrorCode::TooManyRooms,
         ErrorCode::UnknownPeer,
+        ErrorCode::MediaRefused,
+        ErrorCode::MediaFailed,
     ];
 
     /// The English sentence sent with the code.
@@ -323,6 +337,8 @@ impl ErrorCode {
             ErrorCode::RoomFull => "This room is full.",
             ErrorCode::TooManyRooms => "The server has reached its limit of rooms; try an existing room.",
             ErrorCode::UnknownPeer => "That participant is not in your room.",
+            ErrorCode::MediaRefused => "The media server could not accept this offer or answer.",
+            ErrorCode::MediaFailed => "The connection to the media server was lost; send a new offer to reconnect.",
         }
     }
 }

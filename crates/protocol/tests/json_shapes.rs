@@ -50,6 +50,7 @@ fn every_documented_example_round_trips() {
         "peer_joined",
         "peer_left",
         "peer_updated",
+        "topology",
         "signal",
         "chat",
         "error",
