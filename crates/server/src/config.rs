@@ -4,7 +4,7 @@
 use clap::Parser;
 use huddle_protocol::{IceServer, Limits};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +25,18 @@ pub struct Cli {
     /// Most participants in one room [default: 6]
     #[arg(long, env = "HUDDLE_ROOM_CAPACITY", value_name = "N")]
     pub room_capacity: Option<u32>,
+    /// How media flows: `auto` (peer-to-peer for two people, the server's SFU from the third),
+    /// `p2p` (always a mesh) or `sfu` (always through the server) [default: auto]
+    #[arg(long, env = "HUDDLE_TOPOLOGY", value_name = "MODE")]
+    pub topology: Option<TopologyMode>,
+    /// UDP port of the SFU, shared by all participants [default: the HTTP port number, or any
+    /// free port if that one is taken]
+    #[arg(long, env = "HUDDLE_MEDIA_PORT", value_name = "PORT")]
+    pub media_port: Option<u16>,
+    /// Address announced to browsers for the SFU instead of the interface addresses, e.g. the
+    /// public IP of a server behind 1:1 NAT (repeatable)
+    #[arg(long = "media-public-ip", env = "HUDDLE_MEDIA_PUBLIC_IPS", value_delimiter = ',', value_name = "IP")]
+    pub media_public_ips: Vec<IpAddr>,
     /// Most rooms at once [default: 10000]
     #[arg(long, env = "HUDDLE_MAX_ROOMS", value_name = "N")]
     pub max_rooms: Option<u32>,
@@ -75,6 +87,9 @@ pub struct Cli {
 struct FileConfig {
     listen: Option<SocketAddr>,
     room_capacity: Option<u32>,
+    topology: Option<TopologyMode>,
+    media_port: Option<u16>,
+    media_public_ips: Option<Vec<IpAddr>>,
     max_rooms: Option<u32>,
     max_name_chars: Option<u32>,
     max_room_chars: Option<u32>,
@@ -90,11 +105,33 @@ struct FileConfig {
     web_dir: Option<PathBuf>,
 }
 
+/// How a room's media flows (`--topology`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyMode {
+    /// Peer-to-peer while two people are in a room, the SFU from the third person on.
+    #[default]
+    Auto,
+    /// Always a peer-to-peer mesh; the SFU is not started.
+    P2p,
+    /// Always through the server's SFU.
+    Sfu,
+}
+
+/// Room capacity when not configured: a mesh gets heavy beyond 6; the SFU takes 50.
+pub const DEFAULT_P2P_CAPACITY: u32 = 6;
+pub const DEFAULT_SFU_CAPACITY: u32 = 50;
+
 /// The server's settings, resolved.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub room_capacity: u32,
+    pub topology: TopologyMode,
+    /// `None`: the HTTP port number if free, else any.
+    pub media_port: Option<u16>,
+    /// Announced instead of interface addresses when not empty.
+    pub media_public_ips: Vec<IpAddr>,
     pub max_rooms: u32,
     pub max_name_chars: u32,
     pub max_room_chars: u32,
@@ -114,7 +151,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            room_capacity: 6,
+            room_capacity: DEFAULT_SFU_CAPACITY,
+            topology: TopologyMode::Auto,
+            media_port: None,
+            media_public_ips: Vec::new(),
             max_rooms: 10_000,
             max_name_chars: 32,
             max_room_chars: 64,
@@ -165,9 +205,22 @@ impl Config {
         } else {
             file.allowed_origins.unwrap_or(d.allowed_origins)
         };
+        let topology = cli.topology.or(file.topology).unwrap_or(d.topology);
+        let default_capacity = match topology {
+            TopologyMode::P2p => DEFAULT_P2P_CAPACITY,
+            TopologyMode::Auto | TopologyMode::Sfu => DEFAULT_SFU_CAPACITY,
+        };
+        let media_public_ips = if !cli.media_public_ips.is_empty() {
+            cli.media_public_ips
+        } else {
+            file.media_public_ips.unwrap_or(d.media_public_ips)
+        };
         let config = Config {
             listen: cli.listen.or(file.listen).unwrap_or(d.listen),
-            room_capacity: cli.room_capacity.or(file.room_capacity).unwrap_or(d.room_capacity),
+            room_capacity: cli.room_capacity.or(file.room_capacity).unwrap_or(default_capacity),
+            topology,
+            media_port: cli.media_port.or(file.media_port),
+            media_public_ips,
             max_rooms: cli.max_rooms.or(file.max_rooms).unwrap_or(d.max_rooms),
             max_name_chars: cli.max_name_chars.or(file.max_name_chars).unwrap_or(d.max_name_chars),
             max_room_chars: cli.max_room_chars.or(file.max_room_chars).unwrap_or(d.max_room_chars),
@@ -255,8 +308,11 @@ mod tests {
     fn defaults_need_no_file() {
         let c = Config::from_cli(parse(&[])).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.room_capacity, 6);
+        assert_eq!(c.room_capacity, DEFAULT_SFU_CAPACITY);
+        assert_eq!(c.topology, TopologyMode::Auto);
         assert!(c.ice_servers.is_empty(), "never a third-party STUN default");
+        let p2p = Config::from_cli(parse(&["--topology", "p2p"])).expect("valid");
+        assert_eq!(p2p.room_capacity, DEFAULT_P2P_CAPACITY, "a mesh defaults to a small room");
     }
 
     #[test]
@@ -282,6 +338,7 @@ mod tests {
         let d = Config::default();
         assert_eq!(file.listen, Some(d.listen));
         assert_eq!(file.room_capacity, Some(d.room_capacity));
+        assert_eq!(file.topology, Some(d.topology));
         assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
         assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
     }

@@ -9,11 +9,13 @@
 //! This is the seam for scale-out: a Redis-backed implementation would replace this task,
 //! behind the same `Command` interface, without touching the connection code.
 
-use crate::config::Config;
+use crate::config::{Config, TopologyMode};
+use crate::media::{MediaCommand, MediaEvent};
 use crate::room::{Room, RoomError};
 use crate::validate;
 use huddle_protocol::{
-    ByeReason, ClientMsg, ErrorCode, LeaveReason, Peer, PeerId, RoomSummary, ServerMsg, Topology, PROTOCOL_VERSION,
+    ByeReason, ClientMsg, ErrorCode, LeaveReason, Peer, PeerId, RoomSummary, SdpType, ServerMsg, SessionDescription,
+    SignalPayload, Topology, PROTOCOL_VERSION, SFU_PEER_ID,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub type Outbox = mpsc::Sender<Arc<ServerMsg>>;
 pub const ROOM_LIST_MAX: usize = 100;
 /// How often the room list is pushed to watchers at most.
 pub const ROOM_LIST_INTERVAL: Duration = Duration::from_millis(200);
+/// In `auto` mode, the head count at which a room moves from peer-to-peer to the SFU.
+pub const AUTO_SFU_FROM: usize = 3;
 
 /// Requests to the hub.
 #[derive(Debug)]
@@ -44,6 +48,8 @@ pub enum Command {
     Shutdown { done: oneshot::Sender<()> },
     /// Counters, for tests and monitoring.
     Stats { reply: oneshot::Sender<Stats> },
+    /// Something the SFU has for a participant.
+    Media(MediaEvent),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,6 +59,8 @@ pub struct Stats {
     pub participants: usize,
     pub evicted_too_slow: u64,
     pub rejected: u64,
+    /// Commands for the SFU dropped because its queue was full.
+    pub media_commands_dropped: u64,
 }
 
 struct Conn {
@@ -83,11 +91,15 @@ pub struct Hub {
     overflowed: Vec<PeerId>,
     shutdown: Option<oneshot::Sender<()>>,
     stats: Stats,
+    /// The SFU task; `None` when media never goes through the server (`--topology p2p`).
+    media: Option<mpsc::Sender<MediaCommand>>,
 }
 
 impl Hub {
+    /// A hub without an SFU: every room is peer-to-peer, whatever the configured topology.
     pub fn new(config: Arc<Config>) -> Hub {
         Hub {
+            media: None,
             config,
             conns: HashMap::new(),
             rooms: HashMap::new(),
@@ -97,6 +109,11 @@ impl Hub {
             shutdown: None,
             stats: Stats::default(),
         }
+    }
+
+    /// A hub whose `sfu` rooms are served by the SFU task behind `media`.
+    pub fn with_media(config: Arc<Config>, media: mpsc::Sender<MediaCommand>) -> Hub {
+        Hub { media: Some(media), ..Hub::new(config) }
     }
 
     /// Applies one command. Never blocks.
@@ -113,6 +130,7 @@ impl Hub {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Command::Media(event) => self.media_event(event),
         }
         self.evict_overflowed();
     }
@@ -180,6 +198,9 @@ impl Hub {
                 self.send(id, ServerMsg::Left { room: room.to_string() });
                 Ok(())
             }
+            (ClientMsg::Signal { to, payload }, Some(room)) if to.0 == SFU_PEER_ID => {
+                self.signal_sfu(id, &room, payload)
+            }
             (ClientMsg::Signal { to, payload }, Some(room)) => {
                 let same_room = to != *id && self.conns.get(&to).is_some_and(|c| c.room.as_ref() == Some(&room));
                 if same_room {
@@ -227,7 +248,9 @@ impl Hub {
             Some((key, _)) => key.clone(),
             None => Arc::from(room),
         };
-        let r = self.rooms.entry(room.clone()).or_insert_with(|| Room::new(capacity, history));
+        let has_sfu = self.media.is_some();
+        let initial = if has_sfu && self.config.topology == TopologyMode::Sfu { Topology::Sfu } else { Topology::P2p };
+        let r = self.rooms.entry(room.clone()).or_insert_with(|| Room::new(capacity, history, initial));
         let me = Peer { id: id.clone(), name: name.to_string(), audio, video, screen: false };
         let peers = match r.add(me.clone()) {
             Ok(peers) => peers,
@@ -235,12 +258,19 @@ impl Hub {
                 return Err(ErrorCode::RoomFull);
             }
         };
+        let switched = has_sfu
+            && self.config.topology == TopologyMode::Auto
+            && r.topology() == Topology::P2p
+            && r.len() >= AUTO_SFU_FROM;
+        if switched {
+            r.set_topology(Topology::Sfu);
+        }
         let joined = ServerMsg::Joined {
             room: room.to_string(),
             you: me.clone(),
             peers,
             chat: r.chat_history(),
-            topology: Topology::P2p,
+            topology: r.topology(),
             ice_servers: self.config.ice_servers.clone(),
         };
         if let Some(conn) = self.conns.get_mut(id) {
@@ -250,8 +280,51 @@ impl Hub {
         self.rooms_dirty = true;
         info!(peer = %id, participants = self.rooms.get(&room).map_or(0, Room::len), "joined a room");
         self.send(id, joined);
+        if switched {
+            info!(participants = AUTO_SFU_FROM, "room switched to the SFU");
+            self.broadcast(&room, Some(id), Arc::new(ServerMsg::Topology { topology: Topology::Sfu }));
+        }
         self.broadcast(&room, Some(id), Arc::new(ServerMsg::PeerJoined { peer: me }));
         Ok(())
+    }
+
+    /// A `signal` to the reserved peer `sfu`: offers and answers go to the SFU task; candidates
+    /// are not needed (the SFU is ICE-lite and learns addresses from the browser's checks).
+    fn signal_sfu(&mut self, id: &PeerId, room: &Arc<str>, payload: SignalPayload) -> Result<(), ErrorCode> {
+        let sfu_room = self.rooms.get(room).is_some_and(|r| r.topology() == Topology::Sfu);
+        let Some(media) = self.media.as_ref().filter(|_| sfu_room) else {
+            return Err(ErrorCode::UnknownPeer);
+        };
+        let cmd = match payload {
+            SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp } } => {
+                MediaCommand::Offer { peer: id.clone(), room: room.clone(), sdp }
+            }
+            SignalPayload::Description { description: SessionDescription { kind: SdpType::Answer, sdp } } => {
+                MediaCommand::Answer { peer: id.clone(), sdp }
+            }
+            // Candidates, and rollbacks/pranswers the SFU never asks for.
+            _ => return Ok(()),
+        };
+        if media.try_send(cmd).is_err() {
+            self.stats.media_commands_dropped += 1;
+            warn!(peer = %id, "SFU queue full; refusing a signal");
+            return Err(ErrorCode::MediaFailed);
+        }
+        Ok(())
+    }
+
+    /// Passes the SFU's SDP or error on, if the participant is still in an `sfu` room.
+    fn media_event(&mut self, event: MediaEvent) {
+        let (peer, msg) = match event {
+            MediaEvent::Signal { peer, payload } => {
+                (peer, ServerMsg::Signal { from: PeerId(SFU_PEER_ID.to_string()), payload })
+            }
+            MediaEvent::Error { peer, code, request } => (peer, ServerMsg::error(code, request)),
+        };
+        let room = self.conns.get(&peer).and_then(|c| c.room.as_ref());
+        if room.and_then(|r| self.rooms.get(r)).is_some_and(|r| r.topology() == Topology::Sfu) {
+            self.send(&peer, msg);
+        }
     }
 
     fn chat(&mut self, id: &PeerId, room: &str, text: &str) -> Result<(), ErrorCode> {
@@ -267,6 +340,15 @@ impl Hub {
         let Some(room) = self.conns.get_mut(id).and_then(|c| c.room.take()) else { return };
         let Some(r) = self.rooms.get_mut(&room) else { return };
         r.remove(id);
+        if r.topology() == Topology::Sfu {
+            if let Some(media) = &self.media {
+                if media.try_send(MediaCommand::Leave { peer: id.clone() }).is_err() {
+                    // Its SFU session then ends when its connection times out.
+                    self.stats.media_commands_dropped += 1;
+                    warn!(peer = %id, "SFU queue full; a leave was dropped");
+                }
+            }
+        }
         self.rooms_dirty = true;
         if r.is_empty() {
             self.rooms.remove(&room);

@@ -6,6 +6,8 @@
 //! - [`ws`] — one task per WebSocket: validates incoming frames, drains the connection's
 //!   bounded outbox into the socket, and keeps the heartbeat.
 //! - [`hub`] — the single owner of all rooms and outboxes, reached over a channel.
+//! - [`media`] — the SFU driver: one task owning the media UDP socket(s) and the sans-IO core
+//!   (`huddle-sfu`), reached from the hub over a channel.
 //! - [`room`] — one room's members and chat history (plain data, owned by the hub).
 //! - [`validate`] — checks for names, room names and chat text.
 //!
@@ -15,6 +17,7 @@
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod media;
 pub mod room;
 pub mod validate;
 pub mod ws;
@@ -53,7 +56,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
-    let hub_task = tokio::spawn(hub::run(hub::Hub::new(config.clone()), hub_rx));
+    let mut media_task = None;
+    let hub = if config.topology == config::TopologyMode::P2p {
+        hub::Hub::new(config.clone())
+    } else {
+        let media = media::Media::bind(&config, listener.local_addr()?).await?;
+        info!(addresses = ?media.addresses(), "SFU listening on UDP");
+        let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
+        media_task = Some(tokio::spawn(media.run(media_rx, hub_tx.clone())));
+        hub::Hub::with_media(config.clone(), media_tx)
+    };
+    let hub_task = tokio::spawn(hub::run(hub, hub_rx));
     let state = AppState { config, hub: hub_tx.clone(), next_id: Arc::new(AtomicU64::new(1)) };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let hub_for_shutdown = hub_tx.clone();
@@ -77,6 +90,9 @@ pub async fn serve(
     let _ = farewell.await;
     drop(hub_tx);
     hub_task.abort();
+    if let Some(task) = media_task {
+        task.abort();
+    }
     info!("stopped");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! One room's state: who is in it (in joining order) and its recent chat. Owned by the hub.
 
-use huddle_protocol::{ChatMessage, Peer, PeerId};
+use huddle_protocol::{ChatMessage, Peer, PeerId, Topology};
 use std::collections::VecDeque;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -14,11 +14,21 @@ pub struct Room {
     chat: VecDeque<ChatMessage>,
     history: usize,
     next_chat_id: u64,
+    topology: Topology,
 }
 
 impl Room {
-    pub fn new(capacity: usize, history: usize) -> Room {
-        Room { capacity, members: Vec::new(), chat: VecDeque::new(), history, next_chat_id: 1 }
+    pub fn new(capacity: usize, history: usize, topology: Topology) -> Room {
+        Room { capacity, members: Vec::new(), chat: VecDeque::new(), history, next_chat_id: 1, topology }
+    }
+
+    /// How media flows in this room now.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    pub fn set_topology(&mut self, topology: Topology) {
+        self.topology = topology;
     }
 
     pub fn len(&self) -> usize {
@@ -83,7 +93,7 @@ mod tests {
 
     #[test]
     fn capacity_is_enforced_and_order_kept() {
-        let mut r = Room::new(2, 10);
+        let mut r = Room::new(2, 10, Topology::P2p);
         assert_eq!(r.add(peer(1)), Ok(vec![]));
         assert_eq!(r.add(peer(2)), Ok(vec![peer(1)]));
         assert_eq!(r.add(peer(3)), Err(RoomError::Full));
@@ -93,7 +103,7 @@ mod tests {
 
     #[test]
     fn chat_ids_increase_and_strangers_cannot_post() {
-        let mut r = Room::new(2, 10);
+        let mut r = Room::new(2, 10, Topology::P2p);
         r.add(peer(1)).expect("room has space");
         assert_eq!(r.post_chat(&PeerId("p1".into()), "a", 1).map(|m| m.id), Some(1));
         assert_eq!(r.post_chat(&PeerId("p1".into()), "b", 2).map(|m| m.id), Some(2));
@@ -102,7 +112,7 @@ mod tests {
 
     #[test]
     fn media_state_is_updated() {
-        let mut r = Room::new(2, 10);
+        let mut r = Room::new(2, 10, Topology::P2p);
         r.add(peer(1)).expect("room has space");
         let p = r.set_media(&PeerId("p1".into()), false, false, true).expect("member");
         assert_eq!((p.audio, p.video, p.screen), (false, false, true));

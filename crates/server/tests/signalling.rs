@@ -20,7 +20,7 @@ async fn welcome_carries_id_limits_and_no_default_ice_servers() {
     match c.recv().await {
         ServerMsg::Welcome { id, limits, ice_servers, .. } => {
             assert!(!id.0.is_empty());
-            assert_eq!(limits.room_capacity, 6);
+            assert_eq!(limits.room_capacity, huddle_server::config::DEFAULT_SFU_CAPACITY);
             assert_eq!(limits.max_file_bytes, 100 * 1024 * 1024);
             assert!(ice_servers.is_empty(), "no third-party STUN by default");
         }
@@ -135,7 +135,7 @@ async fn room_list_is_live_and_empty_rooms_disappear() {
         match w.recv().await {
             ServerMsg::Rooms { rooms } if rooms.first().is_some_and(|r| r.participants == 2) => {
                 assert_eq!(rooms[0].name, "방");
-                assert_eq!(rooms[0].capacity, 6);
+                assert_eq!(rooms[0].capacity, huddle_server::config::DEFAULT_SFU_CAPACITY);
                 break;
             }
             ServerMsg::Rooms { .. } => continue,

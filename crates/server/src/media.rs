@@ -1,0 +1,400 @@
+//! The SFU driver: one task owns the media UDP socket(s) and the sans-IO core ([`huddle_sfu::Sfu`]).
+//!
+//! The hub talks to it over a bounded channel of [`MediaCommand`]s (offers, answers and leaves
+//! from participants of `sfu` rooms) and hears back through its own command channel
+//! ([`crate::hub::Command::Media`]): SDP for a participant, or an error to show it. Everything in
+//! between — ICE, DTLS, SRTP, forwarding — is the core's; this module only moves datagrams and
+//! time in and out of it:
+//!
+//! 1. wait for the first of: a command, a datagram on any socket, the core's next deadline;
+//! 2. feed it to the core (datagrams in a batch of up to [`RECV_BATCH`] without waiting again);
+//! 3. drain the core's outputs: datagrams go out with `try_send_to` (a full socket buffer drops
+//!    the datagram and counts it, as any UDP forwarder must), SDP and errors go to the hub with
+//!    `try_send`.
+//!
+//! All participants share one UDP port. On a wildcard listen address the port is bound once per
+//! interface address, so every datagram's destination is known without `IP_PKTINFO`; the core
+//! announces each address as a host candidate (or the configured public addresses instead).
+
+use crate::config::Config;
+use crate::hub;
+use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload};
+use huddle_sfu::{Event, Input, Output, RemoveReason, Sfu, SfuError, Signal};
+use std::future::poll_fn;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// Commands queued for the media task.
+pub const MEDIA_QUEUE: usize = 4096;
+/// Datagrams taken from the sockets in one go before outputs are flushed and commands looked at.
+pub const RECV_BATCH: usize = 64;
+/// Larger than any datagram a browser sends (MTU-sized SRTP, DTLS handshake records).
+const RECV_BUFFER: usize = 2048;
+
+/// What the hub asks of the SFU, for one participant (its signalling id).
+#[derive(Debug)]
+pub enum MediaCommand {
+    /// The participant's offer: joins `room` on the SFU, or starts its session over.
+    Offer { peer: PeerId, room: Arc<str>, sdp: String },
+    /// The participant's answer to the SFU's renegotiation offer.
+    Answer { peer: PeerId, sdp: String },
+    /// The participant left its room or disconnected.
+    Leave { peer: PeerId },
+    /// Counters, for tests and monitoring.
+    Stats { reply: oneshot::Sender<MediaStats> },
+}
+
+/// What the SFU tells the hub to pass on to one participant.
+#[derive(Debug)]
+pub enum MediaEvent {
+    /// SDP from the SFU: `signal {from: "sfu", payload}`.
+    Signal { peer: PeerId, payload: SignalPayload },
+    /// An error for the participant (`media_refused` for a `signal` it sent, `media_failed`
+    /// when the SFU lost its connection).
+    Error { peer: PeerId, code: ErrorCode, request: Option<&'static str> },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaStats {
+    pub participants: usize,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Datagrams nobody claimed (garbage, strangers).
+    pub datagrams_unclaimed: u64,
+    /// Datagrams dropped because the socket's send buffer was full.
+    pub send_dropped: u64,
+    /// Events for the hub dropped because its queue was full.
+    pub events_dropped: u64,
+}
+
+/// One bound socket and the address the core knows it by (its candidate address).
+struct Sock {
+    socket: UdpSocket,
+    alias: SocketAddr,
+}
+
+/// The media endpoint, bound and ready to run.
+pub struct Media {
+    socks: Vec<Sock>,
+}
+
+impl Media {
+    /// Binds the SFU's UDP port on the listen address of the HTTP server (`http`), or on every
+    /// interface address when that is a wildcard.
+    pub async fn bind(config: &Config, http: SocketAddr) -> anyhow::Result<Media> {
+        let ips = interface_ips(http.ip());
+        let Some(first) = ips.first().copied() else {
+            anyhow::bail!("no network interface address to bind the SFU's UDP port on");
+        };
+        let port = config.media_port.unwrap_or(http.port());
+        let first_socket = match UdpSocket::bind((first, port)).await {
+            Ok(s) => s,
+            // The default port (the HTTP port's number) is only a preference.
+            Err(e) if config.media_port.is_none() && e.kind() == io::ErrorKind::AddrInUse => {
+                UdpSocket::bind((first, 0)).await?
+            }
+            Err(e) => anyhow::bail!("cannot bind the SFU's UDP port {first}:{port}: {e}"),
+        };
+        let port = first_socket.local_addr()?.port();
+        let mut sockets = vec![first_socket];
+        for ip in &ips[1..] {
+            match UdpSocket::bind((*ip, port)).await {
+                Ok(s) => sockets.push(s),
+                Err(e) => warn!(%ip, port, error = %e, "cannot bind the SFU's UDP port on this address; skipped"),
+            }
+        }
+        let mut socks = Vec::new();
+        for socket in sockets {
+            let local = socket.local_addr()?;
+            let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
+            socks.push(Sock { socket, alias });
+        }
+        Ok(Media { socks })
+    }
+
+    /// The addresses announced to browsers (one host candidate each).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for s in &self.socks {
+            if !out.contains(&s.alias) {
+                out.push(s.alias);
+            }
+        }
+        out
+    }
+
+    /// Runs until the hub drops its command sender.
+    pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
+        let sfu = Sfu::new(self.socks[0].alias);
+        let mut driver = Driver { sfu, socks: self.socks, hub, stats: MediaStats::default() };
+        driver.run(commands).await;
+    }
+}
+
+/// Addresses to bind on: `ip` itself, or every usable interface address of its family when it
+/// is a wildcard (loopback included, for browsers on the same machine).
+fn interface_ips(ip: IpAddr) -> Vec<IpAddr> {
+    if !ip.is_unspecified() {
+        return vec![ip];
+    }
+    let mut ips: Vec<IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs
+            .into_iter()
+            .map(|i| i.ip())
+            .filter(|a| match (ip, a) {
+                (IpAddr::V4(_), IpAddr::V4(_)) => true,
+                // IPv6 link-local addresses need a scope id browsers rarely get right.
+                (IpAddr::V6(_), IpAddr::V6(v6)) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                (IpAddr::V6(_), IpAddr::V4(_)) => true,
+                _ => false,
+            })
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot list network interfaces; the SFU listens on loopback only");
+            Vec::new()
+        }
+    };
+    if ips.is_empty() {
+        ips.push(if ip.is_ipv4() { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]) });
+    }
+    // Non-loopback first, so the first (preferred) candidate is the one other machines can reach.
+    ips.sort_by_key(|a| a.is_loopback());
+    ips.dedup();
+    ips
+}
+
+/// The configured public address of the same family, for a socket on a non-loopback address.
+fn public_alias(public: &[IpAddr], local: SocketAddr) -> Option<SocketAddr> {
+    if local.ip().is_loopback() {
+        return None;
+    }
+    public.iter().find(|p| p.is_ipv4() == local.is_ipv4()).map(|ip| SocketAddr::new(*ip, local.port()))
+}
+
+/// The core's participant id for a signalling id (`p12` → 12). Ids are assigned by the server,
+/// so this only fails for ids the server did not make.
+fn core_id(peer: &PeerId) -> Option<huddle_sfu::PeerId> {
+    peer.0.strip_prefix('p')?.parse().ok().map(huddle_sfu::PeerId)
+}
+
+fn signal_id(peer: huddle_sfu::PeerId) -> PeerId {
+    PeerId(peer.to_string())
+}
+
+struct Driver {
+    sfu: Sfu,
+    socks: Vec<Sock>,
+    hub: mpsc::Sender<hub::Command>,
+    stats: MediaStats,
+}
+
+impl Driver {
+    async fn run(&mut self, mut commands: mpsc::Receiver<MediaCommand>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        info!(addresses = ?self.addresses_for_log(), "SFU ready");
+        loop {
+            let deadline = self
+                .sfu
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                (i, received) = recv_any(&self.socks, &mut buf) => {
+                    self.datagram(i, received, &buf);
+                    // More may be waiting: take them without another trip through the scheduler.
+                    for _ in 1..RECV_BATCH {
+                        let Some((i, received)) = try_recv_any(&self.socks, &mut buf) else { break };
+                        self.datagram(i, received, &buf);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            // Under a steady stream of datagrams the sleep branch may never win: check the
+            // deadline on every turn.
+            let now = Instant::now();
+            if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = self.sfu.handle_input(Input::Timeout(now));
+            }
+            self.flush();
+        }
+        debug!("SFU stopped");
+    }
+
+    fn addresses_for_log(&self) -> Vec<String> {
+        self.socks.iter().map(|s| s.alias.to_string()).collect()
+    }
+
+    fn datagram(&mut self, i: usize, received: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+        match received {
+            Ok((n, from)) => {
+                self.stats.datagrams_in += 1;
+                let input =
+                    Input::Packet { now: Instant::now(), from, to: self.socks[i].alias, bytes: buf[..n].to_vec() };
+                // Datagram errors concern one participant and are already events.
+                let _ = self.sfu.handle_input(input);
+            }
+            Err(e) => debug!(error = %e, "UDP receive error"),
+        }
+    }
+
+    fn command(&mut self, cmd: MediaCommand) {
+        let now = Instant::now();
+        match cmd {
+            MediaCommand::Offer { peer, room, sdp } => {
+                let Some(id) = core_id(&peer) else { return self.refuse(peer) };
+                let join = |sfu: &mut Sfu, sdp: String| {
+                    sfu.handle_input(Input::Join { now, room: room.to_string(), peer: id, offer_sdp: sdp })
+                };
+                let result = match join(&mut self.sfu, sdp.clone()) {
+                    // A new offer starts the participant's session over.
+                    Err(SfuError::AlreadyJoined(_)) => {
+                        let _ = self.sfu.handle_input(Input::Leave { now, peer: id });
+                        join(&mut self.sfu, sdp)
+                    }
+                    other => other,
+                };
+                if let Err(e) = result {
+                    info!(%peer, error = %e, "SFU refused an offer");
+                    self.refuse(peer);
+                }
+            }
+            MediaCommand::Answer { peer, sdp } => {
+                let Some(id) = core_id(&peer) else { return self.refuse(peer) };
+                if let Err(e) = self.sfu.handle_input(Input::Answer { now, peer: id, sdp }) {
+                    info!(%peer, error = %e, "SFU refused an answer");
+                    self.refuse(peer);
+                }
+            }
+            MediaCommand::Leave { peer } => {
+                if let Some(id) = core_id(&peer) {
+                    // Unknown to the core is fine: it may never have offered.
+                    let _ = self.sfu.handle_input(Input::Leave { now, peer: id });
+                }
+            }
+            MediaCommand::Stats { reply } => {
+                let _ = reply.send(MediaStats { participants: self.sfu.peer_count(), ..self.stats });
+            }
+        }
+    }
+
+    fn refuse(&mut self, peer: PeerId) {
+        self.tell_hub(MediaEvent::Error { peer, code: ErrorCode::MediaRefused, request: Some("signal") });
+    }
+
+    fn tell_hub(&mut self, event: MediaEvent) {
+        if self.hub.try_send(hub::Command::Media(event)).is_err() {
+            self.stats.events_dropped += 1;
+            warn!("hub queue full; an SFU message for a participant was dropped");
+        }
+    }
+
+    /// Drains the core: datagrams to the network, SDP and failures to the hub.
+    fn flush(&mut self) {
+        while let Some(out) = self.sfu.poll_output() {
+            match out {
+                Output::Transmit { from, to, bytes } => {
+                    let Some(sock) = self.socks.iter().find(|s| s.alias == from) else {
+                        debug!(%from, "no socket for a transmit address");
+                        continue;
+                    };
+                    match sock.socket.try_send_to(&bytes, to) {
+                        Ok(_) => self.stats.datagrams_out += 1,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.send_dropped += 1,
+                        Err(e) => debug!(%to, error = %e, "UDP send error"),
+                    }
+                }
+                Output::Signal { peer, signal } => {
+                    let (kind, sdp) = match signal {
+                        Signal::Answer(sdp) => (SdpType::Answer, sdp),
+                        Signal::Offer(sdp) => (SdpType::Offer, sdp),
+                    };
+                    let payload = SignalPayload::Description { description: SessionDescription { kind, sdp } };
+                    self.tell_hub(MediaEvent::Signal { peer: signal_id(peer), payload });
+                }
+                Output::Event(Event::Connected(peer)) => debug!(%peer, "SFU connected"),
+                Output::Event(Event::Removed { peer, reason }) => {
+                    if reason != RemoveReason::Left {
+                        info!(%peer, ?reason, "SFU lost a participant");
+                        let peer = signal_id(peer);
+                        self.tell_hub(MediaEvent::Error { peer, code: ErrorCode::MediaFailed, request: None });
+                    }
+                }
+                Output::Event(Event::Dropped { .. }) => self.stats.datagrams_unclaimed += 1,
+                #[allow(unreachable_patterns)]
+                Output::Event(_) => {}
+            }
+        }
+    }
+}
+
+/// Waits for a datagram on any socket.
+async fn recv_any(socks: &[Sock], buf: &mut [u8]) -> (usize, io::Result<(usize, SocketAddr)>) {
+    poll_fn(|cx| {
+        for (i, s) in socks.iter().enumerate() {
+            let mut rb = ReadBuf::new(buf);
+            if let Poll::Ready(r) = s.socket.poll_recv_from(cx, &mut rb) {
+                let n = rb.filled().len();
+                return Poll::Ready((i, r.map(|from| (n, from))));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A datagram already waiting on any socket, without waiting.
+fn try_recv_any(socks: &[Sock], buf: &mut [u8]) -> Option<(usize, io::Result<(usize, SocketAddr)>)> {
+    for (i, s) in socks.iter().enumerate() {
+        match s.socket.try_recv_from(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return Some((i, r)),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signalling_ids_map_to_core_ids_and_back() {
+        let id = core_id(&PeerId("p42".into())).expect("server-made id");
+        assert_eq!(id, huddle_sfu::PeerId(42));
+        assert_eq!(signal_id(id), PeerId("p42".into()));
+        assert_eq!(core_id(&PeerId("sfu".into())), None);
+        assert_eq!(core_id(&PeerId("p".into())), None);
+        assert_eq!(core_id(&PeerId("p-1".into())), None);
+    }
+
+    #[test]
+    fn public_addresses_replace_lan_addresses_of_the_same_family() {
+        let public = [IpAddr::from([203, 0, 113, 7])];
+        let lan: SocketAddr = "192.168.1.20:8080".parse().expect("addr");
+        let lo: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let v6: SocketAddr = "[2001:db8::1]:8080".parse().expect("addr");
+        assert_eq!(public_alias(&public, lan), Some("203.0.113.7:8080".parse().expect("addr")));
+        assert_eq!(public_alias(&public, lo), None, "loopback stays loopback");
+        assert_eq!(public_alias(&public, v6), None);
+    }
+
+    #[test]
+    fn a_specific_listen_address_is_used_as_is() {
+        assert_eq!(interface_ips(IpAddr::from([127, 0, 0, 1])), vec![IpAddr::from([127, 0, 0, 1])]);
+        let all = interface_ips(IpAddr::from([0, 0, 0, 0]));
+        assert!(all.iter().all(|ip| ip.is_ipv4()));
+        assert!(all.iter().any(|ip| ip.is_loopback()), "loopback is always there: {all:?}");
+    }
+}

@@ -1,0 +1,320 @@
+//! The SFU through the real server: WebSocket signalling to the reserved peer `sfu`, media over
+//! real UDP on loopback, and str0m clients standing in for browsers.
+
+mod common;
+
+use common::{join, Client, TestServer, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use huddle_protocol::{
+    ClientMsg, ErrorCode, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, SFU_PEER_ID,
+};
+use huddle_server::config::TopologyMode;
+use huddle_server::Config;
+use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use huddle_sfu::str0m::format::Codec;
+use huddle_sfu::str0m::media::{Direction, MediaKind, Mid};
+use huddle_sfu::str0m::net::{Protocol, Receive};
+use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// How long media may take to show up everywhere (ICE, DTLS, renegotiation, first keyframe).
+const MEDIA_WAIT: Duration = Duration::from_secs(15);
+
+fn sfu_config(topology: TopologyMode) -> Config {
+    Config { topology, ..Config::default() }
+}
+
+fn sfu() -> PeerId {
+    PeerId(SFU_PEER_ID.to_string())
+}
+
+fn description(kind: SdpType, sdp: String) -> SignalPayload {
+    SignalPayload::Description { description: SessionDescription { kind, sdp } }
+}
+
+/// "`receiver` got `kind` media carrying `sender`'s tag".
+type Sighting = (u8, u8, MediaKind);
+
+/// A str0m participant: joins over the WebSocket, offers to the SFU, answers its offers, sends
+/// an audio and a video frame every 20 ms whose last byte is its `tag`, and reports every
+/// (sender tag, kind) it receives once.
+async fn media_participant(
+    mut ws: Client,
+    room: &str,
+    tag: u8,
+    sightings: mpsc::UnboundedSender<Sighting>,
+    mut stop: watch::Receiver<bool>,
+) -> Client {
+    match ws.join(room, &format!("bot {tag}")).await {
+        ServerMsg::Joined { topology: Topology::Sfu, .. } => {}
+        other => panic!("expected an sfu room, got {other:?}"),
+    }
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind a client UDP port");
+    let local = socket.local_addr().expect("bound address");
+    let start = Instant::now();
+    let mut rtc = Rtc::builder().build(start);
+    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).expect("host candidate"));
+    let mut change = rtc.sdp_api();
+    let sending: Vec<(Mid, MediaKind)> = [MediaKind::Audio, MediaKind::Video]
+        .into_iter()
+        .map(|k| (change.add_media(k, Direction::SendOnly, None, None, None), k))
+        .collect();
+    let (offer, pending) = change.apply().expect("an offer with two m-lines");
+    let mut pending: Option<SdpPendingOffer> = Some(pending);
+    ws.send(&ClientMsg::Signal { to: sfu(), payload: description(SdpType::Offer, offer.to_sdp_string()) }).await;
+
+    let mut connected = false;
+    let mut seen: HashSet<(u8, MediaKind)> = HashSet::new();
+    let mut incoming: HashMap<Mid, MediaKind> = HashMap::new();
+    let mut next_timeout;
+    let mut next_frame = start;
+    let mut frames = 0u64;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        // Drain str0m after every input (its drain rule).
+        loop {
+            match rtc.poll_output().expect("client poll_output") {
+                RtcOutput::Timeout(t) => {
+                    next_timeout = t;
+                    break;
+                }
+                RtcOutput::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                RtcOutput::Event(RtcEvent::Connected) => connected = true,
+                RtcOutput::Event(RtcEvent::MediaAdded(m)) => {
+                    incoming.insert(m.mid, m.kind);
+                }
+                RtcOutput::Event(RtcEvent::MediaData(d)) => {
+                    let kind = incoming.get(&d.mid).copied().unwrap_or(MediaKind::Audio);
+                    if let Some(&from) = d.data.last() {
+                        if from != tag && seen.insert((from, kind)) {
+                            let _ = sightings.send((tag, from, kind));
+                        }
+                    }
+                }
+                RtcOutput::Event(_) => {}
+            }
+        }
+        let wake = next_timeout.min(next_frame).max(Instant::now());
+        tokio::select! {
+            _ = stop.changed() => return ws,
+            frame = ws.ws.next() => {
+                let Some(Ok(frame)) = frame else { panic!("bot {tag}: signalling closed") };
+                let text = match frame {
+                    Message::Text(t) => t,
+                    Message::Ping(_) => { ws.ws.flush().await.expect("pong"); continue }
+                    _ => continue,
+                };
+                let msg: ServerMsg = serde_json::from_str(&text).expect("server JSON");
+                match msg {
+                    ServerMsg::Signal { from, payload: SignalPayload::Description { description: desc } } => {
+                        assert_eq!(from, sfu(), "bot {tag}: only the SFU signals in an sfu room");
+                        match desc.kind {
+                            SdpType::Answer => {
+                                let answer = SdpAnswer::from_sdp_string(&desc.sdp).expect("SFU answer parses");
+                                let pending = pending.take().expect("an offer was outstanding");
+                                rtc.sdp_api().accept_answer(pending, answer).expect("client accepts the answer");
+                            }
+                            SdpType::Offer => {
+                                let offer = SdpOffer::from_sdp_string(&desc.sdp).expect("SFU offer parses");
+                                let answer = rtc.sdp_api().accept_offer(offer).expect("client accepts the offer");
+                                let payload = description(SdpType::Answer, answer.to_sdp_string());
+                                let reply = ClientMsg::Signal { to: sfu(), payload };
+                                ws.send(&reply).await;
+                            }
+                            other => panic!("bot {tag}: unexpected {other:?} from the SFU"),
+                        }
+                    }
+                    ServerMsg::Error { code, .. } => panic!("bot {tag}: server error {code}"),
+                    _ => {}
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                let (n, source) = received.expect("UDP receive");
+                let contents = buf[..n].try_into().expect("the SFU sends only WebRTC datagrams");
+                let receive = Receive { proto: Protocol::Udp, source, destination: local, contents };
+                rtc.handle_input(RtcInput::Receive(Instant::now(), receive)).expect("client takes the datagram");
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                rtc.handle_input(RtcInput::Timeout(now)).expect("client timeout");
+                if connected && now >= next_frame {
+                    next_frame = now + FRAME_INTERVAL;
+                    frames += 1;
+                    for (mid, kind) in &sending {
+                        let codec = if *kind == MediaKind::Audio { Codec::Opus } else { Codec::Vp8 };
+                        let Some(pt) = rtc.codec_config().find(|p| p.spec().codec == codec).map(|p| p.pt()) else {
+                            continue;
+                        };
+                        let data = frame(*kind, frames, tag);
+                        if let Some(w) = rtc.writer(*mid) {
+                            w.write(pt, now, (now - start).into(), data).expect("client writes a frame");
+                        }
+                    }
+                } else if now >= next_frame {
+                    next_frame = now + FRAME_INTERVAL;
+                }
+            }
+        }
+    }
+}
+
+/// A synthetic frame whose last byte is the sender's tag; VP8 key frames every 25 frames.
+fn frame(kind: MediaKind, n: u64, tag: u8) -> Vec<u8> {
+    let mut f = match kind {
+        MediaKind::Audio => vec![0xfc; 80],
+        MediaKind::Video => {
+            let key = n % 25 == 1;
+            let mut f = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00];
+            f.resize(600, (n % 251) as u8);
+            f
+        }
+    };
+    f.push(tag);
+    f
+}
+
+/// Waits until every (receiver, sender, kind) in `want` has been reported.
+async fn wait_for(rx: &mut mpsc::UnboundedReceiver<Sighting>, got: &mut HashSet<Sighting>, want: &[Sighting]) {
+    let deadline = tokio::time::Instant::now() + MEDIA_WAIT;
+    while !want.iter().all(|w| got.contains(w)) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(s)) => {
+                got.insert(s);
+            }
+            _ => {
+                let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
+                panic!("media did not arrive within {MEDIA_WAIT:?}; missing (receiver, sender, kind): {missing:?}");
+            }
+        }
+    }
+}
+
+fn everyone_sees_everyone(tags: &[u8]) -> Vec<Sighting> {
+    let mut want = Vec::new();
+    for &r in tags {
+        for &s in tags.iter().filter(|&&s| s != r) {
+            want.push((r, s, MediaKind::Audio));
+            want.push((r, s, MediaKind::Video));
+        }
+    }
+    want
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_of_an_sfu_room_receive_each_other_through_the_server_including_a_late_joiner() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [1u8, 2] {
+        let ws = Client::connect(&server).await;
+        tasks.push(tokio::spawn(media_participant(ws, "sfu room", tag, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+
+    // A late joiner: the server renegotiates with the two already there, and the newcomer gets
+    // their tracks in its own renegotiation.
+    let ws = Client::connect(&server).await;
+    tasks.push(tokio::spawn(media_participant(ws, "sfu room", 3, tx.clone(), stop.clone())));
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2, 3])).await;
+
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn auto_rooms_switch_to_the_sfu_at_the_third_person() {
+    let server = TestServer::start(sfu_config(TopologyMode::Auto)).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    let mut c = Client::connect(&server).await;
+    assert!(matches!(a.join("auto", "A").await, ServerMsg::Joined { topology: Topology::P2p, .. }));
+    assert!(matches!(b.join("auto", "B").await, ServerMsg::Joined { topology: Topology::P2p, .. }));
+    assert!(matches!(a.recv().await, ServerMsg::PeerJoined { .. }));
+    // While peer-to-peer there is no SFU to talk to.
+    let offer = ClientMsg::Signal { to: sfu(), payload: description(SdpType::Offer, "v=0".into()) };
+    a.send(&offer).await;
+    a.expect_error(ErrorCode::UnknownPeer).await;
+
+    assert!(matches!(c.join("auto", "C").await, ServerMsg::Joined { topology: Topology::Sfu, .. }));
+    for x in [&mut a, &mut b] {
+        assert_eq!(x.recv().await, ServerMsg::Topology { topology: Topology::Sfu }, "topology comes first");
+        assert!(matches!(x.recv().await, ServerMsg::PeerJoined { .. }));
+    }
+    // The room stays on the SFU when it shrinks back to two.
+    c.send(&ClientMsg::Leave).await;
+    assert!(matches!(c.recv().await, ServerMsg::Left { .. }));
+    assert!(matches!(a.recv().await, ServerMsg::PeerLeft { .. }));
+    let mut d = Client::connect(&server).await;
+    assert!(matches!(d.join("auto", "D").await, ServerMsg::Joined { topology: Topology::Sfu, .. }));
+    // A fresh room starts peer-to-peer again.
+    assert!(matches!(c.join("another", "C").await, ServerMsg::Joined { topology: Topology::P2p, .. }));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn p2p_servers_never_offer_the_sfu() {
+    let server = TestServer::start(sfu_config(TopologyMode::P2p)).await;
+    let mut clients = Vec::new();
+    for n in 0..3 {
+        let mut c = Client::connect(&server).await;
+        assert!(matches!(c.join("mesh", &format!("n{n}")).await, ServerMsg::Joined { topology: Topology::P2p, .. }));
+        clients.push(c);
+    }
+    let offer = ClientMsg::Signal { to: sfu(), payload: description(SdpType::Offer, "v=0".into()) };
+    clients[0].send(&offer).await;
+    // Drain the peer_joined messages first.
+    loop {
+        match clients[0].recv().await {
+            ServerMsg::PeerJoined { .. } => continue,
+            ServerMsg::Error { code, .. } => {
+                assert_eq!(code, ErrorCode::UnknownPeer);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_sdp_for_the_sfu_is_refused_and_the_connection_carries_on() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let mut a = Client::connect(&server).await;
+    a.send(&join("sfu bad", "A")).await;
+    assert!(matches!(a.recv().await, ServerMsg::Joined { topology: Topology::Sfu, .. }));
+    let cases = [
+        description(SdpType::Offer, "not sdp at all".into()),
+        description(SdpType::Offer, "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n".into()),
+        // An answer when the SFU has no offer outstanding (and no session at all).
+        description(SdpType::Answer, "v=0\r\n".into()),
+    ];
+    for payload in cases {
+        a.send(&ClientMsg::Signal { to: sfu(), payload }).await;
+        match a.recv().await {
+            ServerMsg::Error { code: ErrorCode::MediaRefused, request, .. } => {
+                assert_eq!(request.as_deref(), Some("signal"))
+            }
+            other => panic!("expected media_refused, got {other:?}"),
+        }
+    }
+    // Candidates for the SFU are accepted and ignored (it is ICE-lite).
+    a.send(&ClientMsg::Signal { to: sfu(), payload: SignalPayload::Candidate { candidate: None } }).await;
+    a.barrier().await;
+    // The connection and the room still work.
+    a.send(&ClientMsg::Chat { text: "still here".into() }).await;
+    assert!(matches!(a.recv().await, ServerMsg::Chat { .. }));
+    server.shutdown().await;
+}
