@@ -60,12 +60,23 @@ pub enum ClientMsg {
     WatchRooms,
     /// Stop receiving room list updates.
     UnwatchRooms,
+    /// Share a file with the room through the server (`sfu` rooms, where there is no peer-to-peer
+    /// data channel). Answered by [`ServerMsg::FileUpload`]; the bytes go over HTTP.
+    FileOffer {
+        name: String,
+        size: u64,
+        /// The declared media type, for the receivers' information only.
+        #[serde(default)]
+        mime: String,
+        /// Lower-case hex SHA-256 of the bytes; the server checks it before anyone is told.
+        sha256: String,
+    },
 }
 
 impl ClientMsg {
     /// Every `type` tag a client may send, for telling an unknown type from a malformed one.
     pub const TYPES: &'static [&'static str] =
-        &["join", "leave", "signal", "chat", "media", "watch_rooms", "unwatch_rooms"];
+        &["join", "leave", "signal", "chat", "media", "watch_rooms", "unwatch_rooms", "file_offer"];
 
     /// The `type` tag of this message.
     pub fn type_name(&self) -> &'static str {
@@ -77,6 +88,7 @@ impl ClientMsg {
             ClientMsg::Media { .. } => "media",
             ClientMsg::WatchRooms => "watch_rooms",
             ClientMsg::UnwatchRooms => "unwatch_rooms",
+            ClientMsg::FileOffer { .. } => "file_offer",
         }
     }
 }
@@ -168,6 +180,10 @@ pub enum ServerMsg {
     Signal { from: PeerId, payload: SignalPayload },
     /// A chat message.
     Chat { message: ChatMessage },
+    /// Answer to `file_offer`: `PUT` the file's bytes to `url` (same origin).
+    FileUpload { id: String, url: String },
+    /// A file shared with the room is ready to download (sent to everyone, the sender included).
+    File { file: SharedFile },
     /// A request could not be carried out. The connection stays open unless a `bye` follows.
     Error {
         code: ErrorCode,
@@ -230,6 +246,21 @@ pub struct Peer {
     pub video: bool,
     /// Sharing the screen.
     pub screen: bool,
+}
+
+/// A file kept by the server for the room's members.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharedFile {
+    pub id: String,
+    pub from: PeerId,
+    /// The sender's name when it was shared.
+    pub sender: String,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+    /// Where to `GET` it (same origin).
+    pub url: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -298,6 +329,8 @@ pub enum ErrorCode {
     UnknownPeer,
     MediaRefused,
     MediaFailed,
+    InvalidFile,
+    FileStorageFull,
 }
 
 impl ErrorCode {
@@ -318,6 +351,8 @@ impl ErrorCode {
         ErrorCode::UnknownPeer,
         ErrorCode::MediaRefused,
         ErrorCode::MediaFailed,
+        ErrorCode::InvalidFile,
+        ErrorCode::FileStorageFull,
     ];
 
     /// The English sentence sent with the code.
@@ -339,6 +374,8 @@ impl ErrorCode {
             ErrorCode::UnknownPeer => "That participant is not in your room.",
             ErrorCode::MediaRefused => "The media server could not accept this offer or answer.",
             ErrorCode::MediaFailed => "The connection to the media server was lost; send a new offer to reconnect.",
+            ErrorCode::InvalidFile => "The file name, size or checksum is not acceptable.",
+            ErrorCode::FileStorageFull => "The server is holding too many files; try again later.",
         }
     }
 }

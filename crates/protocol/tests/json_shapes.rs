@@ -53,6 +53,8 @@ fn every_documented_example_round_trips() {
         "topology",
         "signal",
         "chat",
+        "file_upload",
+        "file",
         "error",
         "bye",
     ]

@@ -55,6 +55,14 @@ pub struct Cli {
     /// Largest file pages may send each other, in bytes [default: 104857600 (100 MB)]
     #[arg(long, env = "HUDDLE_MAX_FILE_BYTES", value_name = "BYTES")]
     pub max_file_bytes: Option<u64>,
+    /// Total bytes of files the server keeps for rooms at once (files shared in sfu rooms go
+    /// through the server) [default: 1073741824]
+    #[arg(long, env = "HUDDLE_FILE_STORAGE_BYTES", value_name = "BYTES")]
+    pub file_storage_bytes: Option<u64>,
+    /// Directory for files shared through the server [default: a new directory under the
+    /// system's temporary directory]
+    #[arg(long, env = "HUDDLE_FILE_DIR", value_name = "DIR")]
+    pub file_dir: Option<PathBuf>,
     /// Largest signalling message, in bytes [default: 65536]
     #[arg(long, env = "HUDDLE_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<u32>,
@@ -96,6 +104,8 @@ struct FileConfig {
     max_chat_chars: Option<u32>,
     chat_history: Option<u32>,
     max_file_bytes: Option<u64>,
+    file_storage_bytes: Option<u64>,
+    file_dir: Option<PathBuf>,
     max_frame_bytes: Option<u32>,
     outbox_capacity: Option<usize>,
     ice_servers: Option<Vec<IceServer>>,
@@ -138,6 +148,9 @@ pub struct Config {
     pub max_chat_chars: u32,
     pub chat_history: u32,
     pub max_file_bytes: u64,
+    pub file_storage_bytes: u64,
+    /// `None`: a directory under the system's temporary directory, named after the process.
+    pub file_dir: Option<PathBuf>,
     pub max_frame_bytes: u32,
     pub outbox_capacity: usize,
     pub ice_servers: Vec<IceServer>,
@@ -161,6 +174,8 @@ impl Default for Config {
             max_chat_chars: 2000,
             chat_history: 100,
             max_file_bytes: 100 * 1024 * 1024,
+            file_storage_bytes: 1024 * 1024 * 1024,
+            file_dir: None,
             max_frame_bytes: 64 * 1024,
             outbox_capacity: 256,
             ice_servers: Vec::new(),
@@ -227,6 +242,8 @@ impl Config {
             max_chat_chars: cli.max_chat_chars.or(file.max_chat_chars).unwrap_or(d.max_chat_chars),
             chat_history: cli.chat_history.or(file.chat_history).unwrap_or(d.chat_history),
             max_file_bytes: cli.max_file_bytes.or(file.max_file_bytes).unwrap_or(d.max_file_bytes),
+            file_storage_bytes: cli.file_storage_bytes.or(file.file_storage_bytes).unwrap_or(d.file_storage_bytes),
+            file_dir: cli.file_dir.or(file.file_dir),
             max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
             outbox_capacity: cli.outbox_capacity.or(file.outbox_capacity).unwrap_or(d.outbox_capacity),
             ice_servers,

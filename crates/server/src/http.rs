@@ -1,6 +1,8 @@
-//! The HTTP edge: the page (embedded in the binary), `/r/<room>`, `/healthz` and `/ws`.
+//! The HTTP edge: the page (embedded in the binary), `/r/<room>`, `/healthz`, `/ws` and
+//! `/files/<id>` (files shared through the server, see [`crate::files`]).
 
 use crate::AppState;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/ws", get(crate::ws::upgrade))
         .route("/r/{*room}", get(room_page))
+        // The upload handler enforces the offered size itself while streaming.
+        .route("/files/{id}", get(crate::files::download).put(crate::files::upload).layer(DefaultBodyLimit::disable()))
         .fallback(get(asset))
         .with_state(state)
 }

@@ -10,6 +10,7 @@
 //! behind the same `Command` interface, without touching the connection code.
 
 use crate::config::{Config, TopologyMode};
+use crate::files::{FileCommand, FileStore};
 use crate::media::{MediaCommand, MediaEvent};
 use crate::room::{Room, RoomError};
 use crate::validate;
@@ -50,6 +51,8 @@ pub enum Command {
     Stats { reply: oneshot::Sender<Stats> },
     /// Something the SFU has for a participant.
     Media(MediaEvent),
+    /// From the file upload and download handlers.
+    Files(FileCommand),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,13 +96,20 @@ pub struct Hub {
     stats: Stats,
     /// The SFU task; `None` when media never goes through the server (`--topology p2p`).
     media: Option<mpsc::Sender<MediaCommand>>,
+    /// Files shared through the server.
+    files: FileStore,
 }
 
 impl Hub {
     /// A hub without an SFU: every room is peer-to-peer, whatever the configured topology.
     pub fn new(config: Arc<Config>) -> Hub {
+        let dir = config
+            .file_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("huddle-files-{}", std::process::id())));
         Hub {
             media: None,
+            files: FileStore::new(dir, config.file_storage_bytes),
             config,
             conns: HashMap::new(),
             rooms: HashMap::new(),
@@ -131,6 +141,7 @@ impl Hub {
                 let _ = reply.send(self.stats());
             }
             Command::Media(event) => self.media_event(event),
+            Command::Files(cmd) => self.file_command(cmd),
         }
         self.evict_overflowed();
     }
@@ -211,6 +222,9 @@ impl Hub {
                 }
             }
             (ClientMsg::Chat { text }, Some(room)) => self.chat(id, &room, &text),
+            (ClientMsg::FileOffer { name, size, mime, sha256 }, Some(room)) => {
+                self.file_offer(id, &room, &name, size, &mime, &sha256)
+            }
             (ClientMsg::Media { audio, video, screen }, Some(room)) => {
                 if let Some(peer) = self.rooms.get_mut(&room).and_then(|r| r.set_media(id, audio, video, screen)) {
                     let msg = Arc::new(ServerMsg::PeerUpdated { peer });
@@ -313,6 +327,44 @@ impl Hub {
         Ok(())
     }
 
+    fn file_offer(
+        &mut self,
+        id: &PeerId,
+        room: &Arc<str>,
+        name: &str,
+        size: u64,
+        mime: &str,
+        sha256: &str,
+    ) -> Result<(), ErrorCode> {
+        let sender = self.rooms.get(room).and_then(|r| r.member(id)).map(|p| p.name.clone());
+        let sender = sender.ok_or(ErrorCode::NotInRoom)?;
+        let max = self.config.max_file_bytes;
+        let (file_id, url) = self.files.offer(room, id, &sender, name, size, mime, sha256, max)?;
+        self.send(id, ServerMsg::FileUpload { id: file_id, url });
+        Ok(())
+    }
+
+    fn file_command(&mut self, cmd: FileCommand) {
+        match cmd {
+            FileCommand::BeginUpload { id, key, reply } => {
+                let _ = reply.send(self.files.begin_upload(&id, &key));
+            }
+            FileCommand::EndUpload { id, ok } => {
+                if let Some((room, file)) = self.files.end_upload(&id, ok) {
+                    if self.rooms.contains_key(&room) {
+                        self.broadcast(&room, None, Arc::new(ServerMsg::File { file }));
+                    } else {
+                        // The room emptied during the upload.
+                        self.files.room_closed(&room);
+                    }
+                }
+            }
+            FileCommand::Download { id, reply } => {
+                let _ = reply.send(self.files.download(&id));
+            }
+        }
+    }
+
     /// Passes the SFU's SDP or error on, if the participant is still in an `sfu` room.
     fn media_event(&mut self, event: MediaEvent) {
         let (peer, msg) = match event {
@@ -338,6 +390,8 @@ impl Hub {
     /// Takes `id` out of its room, tells the others, and drops the room when it empties.
     fn leave_room(&mut self, id: &PeerId, reason: LeaveReason) {
         let Some(room) = self.conns.get_mut(id).and_then(|c| c.room.take()) else { return };
+        // Offers it never started uploading go with it.
+        self.files.owner_left(id);
         let Some(r) = self.rooms.get_mut(&room) else { return };
         r.remove(id);
         if r.topology() == Topology::Sfu {
@@ -352,6 +406,7 @@ impl Hub {
         self.rooms_dirty = true;
         if r.is_empty() {
             self.rooms.remove(&room);
+            self.files.room_closed(&room);
             debug!("room closed");
         } else {
             self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
@@ -427,6 +482,7 @@ impl Hub {
     fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
         info!(connections = self.conns.len(), "saying goodbye to every connection");
         let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
+        self.files.clear();
         for conn in self.conns.values_mut() {
             // Dropping the outbox after `bye` lets the connection task write it, then close.
             if let Some(outbox) = conn.outbox.take() {

@@ -9,12 +9,15 @@
 //! - [`media`] — the SFU driver: one task owning the media UDP socket(s) and the sans-IO core
 //!   (`huddle-sfu`), reached from the hub over a channel.
 //! - [`room`] — one room's members and chat history (plain data, owned by the hub).
+//! - [`files`] — files shared through the server (sfu rooms): the store the hub owns, and the
+//!   HTTP upload/download handlers.
 //! - [`validate`] — checks for names, room names and chat text.
 //!
 //! `docs/architecture.md` explains how a message flows through these.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod hub;
 pub mod media;

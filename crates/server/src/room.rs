@@ -43,6 +43,10 @@ impl Room {
         &self.members
     }
 
+    pub fn member(&self, id: &PeerId) -> Option<&Peer> {
+        self.members.iter().find(|p| &p.id == id)
+    }
+
     /// Adds `peer`; returns who was already there.
     pub fn add(&mut self, peer: Peer) -> Result<Vec<Peer>, RoomError> {
         if self.members.len() >= self.capacity {
