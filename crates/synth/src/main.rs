@@ -1,0 +1,300 @@
+//! huddle-synth: synthetic participants for a huddle room.
+//!
+//! Each participant is a str0m WebRTC client that joins through the real signalling (WebSocket
+//! `join`, then `signal` to the reserved peer `sfu`), connects to the SFU over UDP, receives
+//! everyone's media like a browser does, and — if it is one of the `--talkers` — sends an Opus
+//! frame every 20 ms. They join with the camera off, so pages show them as named tiles with
+//! initials. Used by the browser test of a 50-person room, and by hand to fill a room:
+//!
+//! ```sh
+//! cargo run --release -p huddle-synth -- --url ws://127.0.0.1:8080/ws --room demo --count 20 --talkers 2
+//! ```
+//!
+//! stdout gets one JSON line when every participant is connected to the SFU
+//! (`{"ready":true,...}`) and one when they stop (after `--seconds`, on Ctrl-C, or when stdin
+//! closes if `--until-stdin-closes`). Progress and errors go to stderr.
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use huddle_protocol::{
+    ClientMsg, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, SFU_PEER_ID,
+};
+use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer};
+use huddle_sfu::str0m::format::Codec;
+use huddle_sfu::str0m::media::{Direction, MediaKind};
+use huddle_sfu::str0m::net::{Protocol, Receive};
+use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug)]
+#[command(name = "huddle-synth", version, about = "Synthetic participants for a huddle room")]
+struct Args {
+    /// The server's WebSocket URL, e.g. ws://127.0.0.1:8080/ws
+    #[arg(long)]
+    url: String,
+    /// The room to join
+    #[arg(long)]
+    room: String,
+    /// How many participants
+    #[arg(long, default_value_t = 10)]
+    count: usize,
+    /// How many of them talk (an Opus frame every 20 ms); the others are muted
+    #[arg(long, default_value_t = 0)]
+    talkers: usize,
+    /// Name prefix; participants are called "<prefix> 1", "<prefix> 2", …
+    #[arg(long, default_value = "Bot")]
+    name: String,
+    /// Stop after this many seconds
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Also stop when standard input closes (for test harnesses)
+    #[arg(long)]
+    until_stdin_closes: bool,
+    /// Give up if not every participant is connected to the SFU within this many seconds
+    #[arg(long, default_value_t = 60)]
+    connect_timeout_secs: u64,
+}
+
+/// Counters shared by all participants.
+#[derive(Default)]
+struct Totals {
+    joined: AtomicUsize,
+    connected: AtomicUsize,
+    frames_received: AtomicU64,
+    frames_sent: AtomicU64,
+}
+
+/// An Opus packet of 20 ms of silence (TOC byte: CELT-only, fullband, 20 ms, one frame) that
+/// every decoder accepts.
+const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
+const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.count == 0 || args.count > 500 {
+        bail!("--count must be between 1 and 500");
+    }
+    // One thread: synthetic participants should not compete with the browsers they accompany.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let totals = Arc::new(Totals::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..args.count {
+        let name = format!("{} {}", args.name, i + 1);
+        let talker = i < args.talkers;
+        let (url, room, totals, stop) = (args.url.clone(), args.room.clone(), totals.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = participant(&url, &room, &name, talker, &totals, stop).await;
+            if let Err(e) = &r {
+                eprintln!("huddle-synth: {name}: {e:#}");
+            }
+            r
+        }));
+    }
+
+    let started = Instant::now();
+    let connect_deadline = started + Duration::from_secs(args.connect_timeout_secs);
+    loop {
+        let connected = totals.connected.load(Ordering::Relaxed);
+        if connected == args.count {
+            break;
+        }
+        if Instant::now() >= connect_deadline || tasks.iter().all(|t| t.is_finished()) {
+            let _ = stop_tx.send(true);
+            bail!("only {connected} of {} participants connected to the SFU", args.count);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "ready": true,
+            "participants": args.count,
+            "connected": args.count,
+            "connect_ms": started.elapsed().as_millis() as u64,
+        })
+    );
+
+    let stdin_closed = async {
+        if args.until_stdin_closes {
+            let _ = tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(args.seconds)) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = stdin_closed => {}
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "ready": false,
+            "participants": args.count,
+            "joined": totals.joined.load(Ordering::Relaxed),
+            "frames_received": totals.frames_received.load(Ordering::Relaxed),
+            "frames_sent": totals.frames_sent.load(Ordering::Relaxed),
+        })
+    );
+    Ok(())
+}
+
+fn signal(kind: SdpType, sdp: String) -> ClientMsg {
+    ClientMsg::Signal {
+        to: PeerId(SFU_PEER_ID.to_string()),
+        payload: SignalPayload::Description { description: SessionDescription { kind, sdp } },
+    }
+}
+
+async fn participant(
+    url: &str,
+    room: &str,
+    name: &str,
+    talker: bool,
+    totals: &Totals,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.context("WebSocket connect")?;
+    let send = |msg: &ClientMsg| Message::text(serde_json::to_string(msg).unwrap_or_default());
+    let join = ClientMsg::Join {
+        protocol: PROTOCOL_VERSION,
+        room: room.to_string(),
+        name: name.to_string(),
+        audio: talker,
+        video: false,
+    };
+    ws.send(send(&join)).await?;
+
+    // Wait until the room is an SFU room (at once, or when an `auto` room switches).
+    loop {
+        match next_msg(&mut ws).await? {
+            ServerMsg::Joined { topology: Topology::Sfu, .. } | ServerMsg::Topology { topology: Topology::Sfu } => {
+                break
+            }
+            ServerMsg::Error { code, message, .. } => bail!("refused: {code} ({message})"),
+            _ => {}
+        }
+    }
+    totals.joined.fetch_add(1, Ordering::Relaxed);
+
+    let socket = UdpSocket::bind(("127.0.0.1", 0)).await?;
+    let local = socket.local_addr()?;
+    let start = Instant::now();
+    let mut rtc = Rtc::builder().build(start);
+    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).map_err(|e| anyhow!("candidate: {e}"))?);
+    let mut change = rtc.sdp_api();
+    let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("no offer"))?;
+    let mut pending = Some(pending);
+    ws.send(send(&signal(SdpType::Offer, offer.to_sdp_string()))).await?;
+
+    let mut connected = false;
+    let mut next_timeout;
+    let mut next_frame = start;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        // str0m's drain rule: after every input, poll until it asks for a timeout.
+        loop {
+            match rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
+                RtcOutput::Timeout(t) => {
+                    next_timeout = t;
+                    break;
+                }
+                RtcOutput::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                RtcOutput::Event(RtcEvent::Connected) => {
+                    connected = true;
+                    totals.connected.fetch_add(1, Ordering::Relaxed);
+                }
+                RtcOutput::Event(RtcEvent::MediaData(_)) => {
+                    totals.frames_received.fetch_add(1, Ordering::Relaxed);
+                }
+                RtcOutput::Event(_) => {}
+            }
+        }
+        if !rtc.is_alive() {
+            bail!("the SFU connection closed");
+        }
+        let wake = next_timeout.min(next_frame).max(Instant::now());
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = ws.send(send(&ClientMsg::Leave)).await;
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            msg = next_msg(&mut ws) => match msg? {
+                ServerMsg::Signal { from, payload: SignalPayload::Description { description } }
+                    if from.0 == SFU_PEER_ID =>
+                {
+                    match description.kind {
+                        SdpType::Answer => {
+                            let answer = SdpAnswer::from_sdp_string(&description.sdp)?;
+                            let pending = pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
+                            rtc.sdp_api().accept_answer(pending, answer)?;
+                        }
+                        SdpType::Offer => {
+                            let offer = SdpOffer::from_sdp_string(&description.sdp)?;
+                            let answer = rtc.sdp_api().accept_offer(offer)?;
+                            ws.send(send(&signal(SdpType::Answer, answer.to_sdp_string()))).await?;
+                        }
+                        _ => {}
+                    }
+                }
+                ServerMsg::Error { code, message, .. } => eprintln!("huddle-synth: {name}: server said {code}: {message}"),
+                ServerMsg::Bye { reason } => bail!("server said bye ({reason:?})"),
+                _ => {}
+            },
+            received = socket.recv_from(&mut buf) => {
+                let (n, source) = received?;
+                let Ok(contents) = buf[..n].try_into() else { continue };
+                let receive = Receive { proto: Protocol::Udp, source, destination: local, contents };
+                rtc.handle_input(RtcInput::Receive(Instant::now(), receive))?;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                rtc.handle_input(RtcInput::Timeout(now))?;
+                if now >= next_frame {
+                    next_frame = now + FRAME_INTERVAL;
+                    if talker && connected {
+                        let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt());
+                        if let (Some(pt), Some(w)) = (pt, rtc.writer(audio)) {
+                            w.write(pt, now, (now - start).into(), OPUS_SILENCE.to_vec())?;
+                            totals.frames_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next protocol message; pings are answered on the way.
+async fn next_msg(ws: &mut Ws) -> anyhow::Result<ServerMsg> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(Message::Ping(_))) => ws.flush().await?,
+            Some(Ok(Message::Close(_))) | None => bail!("the server closed the connection"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
