@@ -6,7 +6,8 @@
 //! between — ICE, DTLS, SRTP, forwarding — is the core's; this module only moves datagrams and
 //! time in and out of it:
 //!
-//! 1. wait for the first of: a command, a datagram on any socket, the core's next deadline;
+//! 1. wait for the first of: a command, a datagram on any socket, the core's next deadline
+//!    (coalesced to a [`TIMER_TICK`]);
 //! 2. feed it to the core (datagrams in a batch of up to [`RECV_BATCH`] without waiting again);
 //! 3. drain the core's outputs: datagrams go out with `try_send_to` (a full socket buffer drops
 //!    the datagram and counts it, as any UDP forwarder must), SDP and errors go to the hub with
@@ -37,6 +38,13 @@ pub const MEDIA_QUEUE: usize = 4096;
 pub const RECV_BATCH: usize = 64;
 /// Larger than any datagram a browser sends (MTU-sized SRTP, DTLS handshake records).
 const RECV_BUFFER: usize = 2048;
+/// Timer coalescing: the core's deadlines are served at most this often. Every str0m session
+/// asks for a wake-up about every 9 ms (measured: RTCP feedback, NACK, TWCC, reordering), each at
+/// its own moment, and each wake-up costs a pass over all the session's streams (~30 µs with 46
+/// streams). Served on a shared tick, each pass covers everything due by then. Measured with 46
+/// participants and 4 talkers: server CPU 151 → 141 → 114 ticks per 4 s with no tick, 5 ms and
+/// 20 ms. 10 ms keeps the added delay for a reordered or lost packet below a video frame time.
+pub const TIMER_TICK: Duration = Duration::from_millis(10);
 
 /// What the hub asks of the SFU, for one participant (its signalling id).
 #[derive(Debug)]
@@ -199,11 +207,12 @@ impl Driver {
     async fn run(&mut self, mut commands: mpsc::Receiver<MediaCommand>) {
         let mut buf = vec![0u8; RECV_BUFFER];
         info!(addresses = ?self.addresses_for_log(), "SFU ready");
+        let mut next_tick = Instant::now();
         loop {
             let deadline = self
                 .sfu
                 .poll_timeout()
-                .map(tokio::time::Instant::from_std)
+                .map(|t| tokio::time::Instant::from_std(t.max(next_tick)))
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
@@ -224,8 +233,9 @@ impl Driver {
             // Under a steady stream of datagrams the sleep branch may never win: check the
             // deadline on every turn.
             let now = Instant::now();
-            if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            if now >= next_tick && self.sfu.poll_timeout().is_some_and(|t| t <= now) {
                 let _ = self.sfu.handle_input(Input::Timeout(now));
+                next_tick = now + TIMER_TICK;
             }
             self.flush();
         }
