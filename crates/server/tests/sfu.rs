@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// The audio level every participant's audio carries (-dBov).
+const AUDIO_LEVEL: i8 = -25;
 /// How long media may take to show up everywhere (ICE, DTLS, renegotiation, first keyframe).
 const MEDIA_WAIT: Duration = Duration::from_secs(15);
 
@@ -41,8 +43,8 @@ fn description(kind: SdpType, sdp: String) -> SignalPayload {
 type Sighting = (u8, u8, MediaKind);
 
 /// A str0m participant: joins over the WebSocket, offers to the SFU, answers its offers, sends
-/// an audio and a video frame every 20 ms whose last byte is its `tag`, and reports every
-/// (sender tag, kind) it receives once.
+/// an audio (with an audio level) and a video frame every 20 ms whose last byte is its `tag`,
+/// and reports every (sender tag, kind) it receives once.
 async fn media_participant(
     mut ws: Client,
     room: &str,
@@ -92,7 +94,10 @@ async fn media_participant(
                 }
                 RtcOutput::Event(RtcEvent::MediaData(d)) => {
                     let kind = incoming.get(&d.mid).copied().unwrap_or(MediaKind::Audio);
-                    if let Some(&from) = d.data.last() {
+                    // Audio counts only with the publisher's audio level passed on (browsers
+                    // read it for the speaking indicator).
+                    let level_ok = kind != MediaKind::Audio || d.ext_vals.audio_level == Some(AUDIO_LEVEL);
+                    if let Some(&from) = d.data.last().filter(|_| level_ok) {
                         if from != tag && seen.insert((from, kind)) {
                             let _ = sightings.send((tag, from, kind));
                         }
@@ -153,7 +158,10 @@ async fn media_participant(
                             continue;
                         };
                         let data = frame(*kind, frames, tag);
-                        if let Some(w) = rtc.writer(*mid) {
+                        if let Some(mut w) = rtc.writer(*mid) {
+                            if *kind == MediaKind::Audio {
+                                w = w.audio_level(AUDIO_LEVEL, true);
+                            }
                             w.write(pt, now, (now - start).into(), data).expect("client writes a frame");
                         }
                     }

@@ -233,8 +233,16 @@ impl Peer {
         });
         let Some(mid) = mid else { return };
         self.mutate(sink, |rtc, state, _| {
-            let Some(writer) = rtc.writer(mid) else { return };
+            let Some(mut writer) = rtc.writer(mid) else { return };
             let Some(pt) = writer.match_params(data.params) else { return };
+            // Pass on what the receiving browser needs from the publisher's header extensions:
+            // the audio level (its active-speaker detection reads it) and the camera rotation.
+            if let Some(level) = data.ext_vals.audio_level {
+                writer = writer.audio_level(level, data.ext_vals.voice_activity.unwrap_or(false));
+            }
+            if let Some(orientation) = data.ext_vals.video_orientation {
+                writer = writer.video_orientation(orientation);
+            }
             if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
                 state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
             }
