@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::hub;
 use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload};
 use huddle_sfu::{Event, Input, Output, RemoveReason, Sfu, SfuError, Signal};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -45,6 +46,9 @@ const RECV_BUFFER: usize = 2048;
 /// participants and 4 talkers: server CPU 151 → 141 → 114 ticks per 4 s with no tick, 5 ms and
 /// 20 ms. 10 ms keeps the added delay for a reordered or lost packet below a video frame time.
 pub const TIMER_TICK: Duration = Duration::from_millis(10);
+/// The shortest time between two sessions of one participant: a new offer restarts its session,
+/// which renegotiates with everyone in the room, so a page must not be able to loop on it.
+pub const RESTART_MIN_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What the hub asks of the SFU, for one participant (its signalling id).
 #[derive(Debug)]
@@ -141,7 +145,7 @@ impl Media {
     /// Runs until the hub drops its command sender.
     pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
         let sfu = Sfu::new(self.socks[0].alias);
-        let mut driver = Driver { sfu, socks: self.socks, hub, stats: MediaStats::default() };
+        let mut driver = Driver { sfu, socks: self.socks, hub, stats: MediaStats::default(), sessions: HashMap::new() };
         driver.run(commands).await;
     }
 }
@@ -201,6 +205,8 @@ struct Driver {
     socks: Vec<Sock>,
     hub: mpsc::Sender<hub::Command>,
     stats: MediaStats,
+    /// When each participant's current session started (for [`RESTART_MIN_INTERVAL`]).
+    sessions: HashMap<huddle_sfu::PeerId, Instant>,
 }
 
 impl Driver {
@@ -264,6 +270,10 @@ impl Driver {
         match cmd {
             MediaCommand::Offer { peer, room, sdp } => {
                 let Some(id) = core_id(&peer) else { return self.refuse(peer) };
+                if self.sessions.get(&id).is_some_and(|t| now.duration_since(*t) < RESTART_MIN_INTERVAL) {
+                    info!(%peer, "SFU refused a restart that came too soon");
+                    return self.refuse(peer);
+                }
                 let join = |sfu: &mut Sfu, sdp: String| {
                     sfu.handle_input(Input::Join { now, room: room.to_string(), peer: id, offer_sdp: sdp })
                 };
@@ -275,9 +285,14 @@ impl Driver {
                     }
                     other => other,
                 };
-                if let Err(e) = result {
-                    info!(%peer, error = %e, "SFU refused an offer");
-                    self.refuse(peer);
+                match result {
+                    Ok(()) => {
+                        self.sessions.insert(id, now);
+                    }
+                    Err(e) => {
+                        info!(%peer, error = %e, "SFU refused an offer");
+                        self.refuse(peer);
+                    }
                 }
             }
             MediaCommand::Answer { peer, sdp } => {
@@ -291,6 +306,7 @@ impl Driver {
                 if let Some(id) = core_id(&peer) {
                     // Unknown to the core is fine: it may never have offered.
                     let _ = self.sfu.handle_input(Input::Leave { now, peer: id });
+                    self.sessions.remove(&id);
                 }
             }
             MediaCommand::Stats { reply } => {
@@ -336,6 +352,7 @@ impl Driver {
                 Output::Event(Event::Connected(peer)) => debug!(%peer, "SFU connected"),
                 Output::Event(Event::Removed { peer, reason }) => {
                     if reason != RemoveReason::Left {
+                        self.sessions.remove(&peer);
                         info!(%peer, ?reason, "SFU lost a participant");
                         let peer = signal_id(peer);
                         self.tell_hub(MediaEvent::Error { peer, code: ErrorCode::MediaFailed, request: None });

@@ -326,3 +326,24 @@ async fn bad_sdp_for_the_sfu_is_refused_and_the_connection_carries_on() {
     assert!(matches!(a.recv().await, ServerMsg::Chat { .. }));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_page_cannot_loop_on_restarting_its_session() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let mut a = Client::connect(&server).await;
+    a.send(&join("restarts", "A")).await;
+    assert!(matches!(a.recv().await, ServerMsg::Joined { topology: Topology::Sfu, .. }));
+    let offer = || {
+        let mut rtc = Rtc::builder().build(Instant::now());
+        let mut change = rtc.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, _) = change.apply().expect("an offer");
+        ClientMsg::Signal { to: sfu(), payload: description(SdpType::Offer, offer.to_sdp_string()) }
+    };
+    a.send(&offer()).await;
+    assert!(matches!(a.recv().await, ServerMsg::Signal { payload: SignalPayload::Description { .. }, .. }));
+    // A second offer at once would restart the session (and renegotiate the whole room).
+    a.send(&offer()).await;
+    a.expect_error(ErrorCode::MediaRefused).await;
+    server.shutdown().await;
+}
