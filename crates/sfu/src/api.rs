@@ -27,6 +27,21 @@ pub enum Input {
     Packet { now: Instant, from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
     /// The deadline from [`crate::Sfu::poll_timeout`] has passed.
     Timeout(Instant),
+    /// How much of `publisher`'s video the participant `peer` wants (its tile is hidden, small or
+    /// large). Kept even before the publisher's tracks exist; `High` until said otherwise.
+    Receive { now: Instant, peer: PeerId, publisher: PeerId, video: VideoQuality },
+}
+
+/// How much of one publisher's video a subscriber wants. With one layer per track, `Off` pauses
+/// forwarding and the others all mean "forward"; with simulcast they choose the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum VideoQuality {
+    /// Not shown (off-screen, minimised): nothing is forwarded.
+    Off,
+    Low,
+    Medium,
+    #[default]
+    High,
 }
 
 /// SDP the core hands to one participant.

@@ -56,7 +56,7 @@ mod peer;
 mod sfu;
 pub mod track;
 
-pub use api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal};
+pub use api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};
 pub use sfu::Sfu;
 /// The str0m version the core is built on, re-exported for the harness and the driver.
 pub use str0m;

@@ -1,17 +1,17 @@
 //! One participant: its str0m `Rtc`, the tracks it publishes and the tracks it receives.
 //! Every mutation of the `Rtc` goes through [`Peer::mutate`], the one place the drain rule lives.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
 
-use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal};
+use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};
 use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
 
 /// What one participant's handling produced for the others in its room.
@@ -47,6 +47,8 @@ pub(crate) struct PeerState {
     pub tracks_out: Vec<TrackOut>,
     /// Set when the participant must be removed.
     pub failed: Option<RemoveReason>,
+    /// How much of each publisher's video it wants ([`VideoQuality::High`] when absent).
+    pub wanted: HashMap<PeerId, VideoQuality>,
 }
 
 #[derive(Debug)]
@@ -84,6 +86,7 @@ impl Peer {
                 tracks_in: Vec::new(),
                 tracks_out: Vec::new(),
                 failed: None,
+                wanted: HashMap::new(),
             },
         };
         let answer = peer
@@ -225,13 +228,29 @@ impl Peer {
         });
     }
 
-    /// Writes `origin`'s frame to the matching open outgoing track, if this participant has one.
+    /// Records how much of `publisher`'s video this participant wants; true when that turns
+    /// forwarding back on (the publisher should then send a keyframe).
+    pub(crate) fn set_wanted(&mut self, publisher: PeerId, video: VideoQuality) -> bool {
+        let before = self.state.wanted.insert(publisher, video).unwrap_or_default();
+        before == VideoQuality::Off && video != VideoQuality::Off
+    }
+
+    /// The mids of the tracks of `kind` this participant publishes.
+    pub(crate) fn published(&self, kind: MediaKind) -> Vec<Mid> {
+        self.state.tracks_in.iter().filter(|(t, _)| t.kind == kind).map(|(t, _)| t.mid).collect()
+    }
+
+    /// Writes `origin`'s frame to the matching open outgoing track, if this participant has one
+    /// and wants it.
     pub(crate) fn forward(&mut self, origin: PeerId, data: &MediaData, sink: &mut Sink) {
-        let mid = self.state.tracks_out.iter().find_map(|o| {
+        let found = self.state.tracks_out.iter().find_map(|o| {
             let t = o.track_in.upgrade()?;
-            (t.origin == origin && t.mid == data.mid).then_some(o.open_mid()).flatten()
+            (t.origin == origin && t.mid == data.mid).then_some(o.open_mid().map(|m| (m, t.kind))).flatten()
         });
-        let Some(mid) = mid else { return };
+        let Some((mid, kind)) = found else { return };
+        if kind == MediaKind::Video && self.state.wanted.get(&origin) == Some(&VideoQuality::Off) {
+            return;
+        }
         self.mutate(sink, |rtc, state, _| {
             let Some(mut writer) = rtc.writer(mid) else { return };
             let Some(pt) = writer.match_params(data.params) else { return };

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal};
 use crate::demux::Demux;
 use crate::peer::{Peer, Propagated, Sink};
+use str0m::media::{KeyframeRequestKind, MediaKind};
 
 /// The sans-IO SFU. Feed it [`Input`]s, then take [`Output`]s with [`Sfu::poll_output`] until
 /// `None`, then sleep until [`Sfu::poll_timeout`].
@@ -51,6 +52,20 @@ impl Sfu {
                     routed.and_then(|id| self.with_peer(id, |p, sink| p.packet(now, from, to, &bytes, sink)));
                 if accepted != Some(true) {
                     self.sink.out.push_back(Output::Event(Event::Dropped { from }));
+                }
+                self.settle(now);
+                Ok(())
+            }
+            Input::Receive { now, peer, publisher, video } => {
+                let resumed =
+                    self.with_peer(peer, |p, _| p.set_wanted(publisher, video)).ok_or(SfuError::UnknownPeer(peer))?;
+                if resumed {
+                    // Its decoder restarts from a keyframe.
+                    let mids = self.peers.get(&publisher).map(|p| p.published(MediaKind::Video)).unwrap_or_default();
+                    for mid in mids {
+                        let kind = KeyframeRequestKind::Pli;
+                        self.with_peer(publisher, |p, sink| p.request_keyframe(now, mid, kind, sink));
+                    }
                 }
                 self.settle(now);
                 Ok(())
