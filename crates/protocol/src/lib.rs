@@ -60,6 +60,9 @@ pub enum ClientMsg {
     WatchRooms,
     /// Stop receiving room list updates.
     UnwatchRooms,
+    /// `sfu` rooms: how much of `peer`'s video this client wants (adaptive stream: `off` for a
+    /// hidden or off-screen tile). Ignored in `p2p` rooms.
+    Receive { peer: PeerId, video: VideoQuality },
     /// Share a file with the room through the server (`sfu` rooms, where there is no peer-to-peer
     /// data channel). Answered by [`ServerMsg::FileUpload`]; the bytes go over HTTP.
     FileOffer {
@@ -76,7 +79,7 @@ pub enum ClientMsg {
 impl ClientMsg {
     /// Every `type` tag a client may send, for telling an unknown type from a malformed one.
     pub const TYPES: &'static [&'static str] =
-        &["join", "leave", "signal", "chat", "media", "watch_rooms", "unwatch_rooms", "file_offer"];
+        &["join", "leave", "signal", "chat", "media", "watch_rooms", "unwatch_rooms", "receive", "file_offer"];
 
     /// The `type` tag of this message.
     pub fn type_name(&self) -> &'static str {
@@ -88,6 +91,7 @@ impl ClientMsg {
             ClientMsg::Media { .. } => "media",
             ClientMsg::WatchRooms => "watch_rooms",
             ClientMsg::UnwatchRooms => "unwatch_rooms",
+            ClientMsg::Receive { .. } => "receive",
             ClientMsg::FileOffer { .. } => "file_offer",
         }
     }
@@ -273,6 +277,19 @@ pub struct ChatMessage {
     pub text: String,
     /// Milliseconds since the Unix epoch, server clock.
     pub ts: u64,
+}
+
+/// How much of one participant's video a client wants to receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoQuality {
+    /// Nothing (the tile is hidden or off-screen).
+    Off,
+    /// A small tile.
+    Low,
+    Medium,
+    /// A large tile (the speaker, or pinned); the default.
+    High,
 }
 
 /// How media flows in a room.

@@ -222,6 +222,20 @@ impl Hub {
                 }
             }
             (ClientMsg::Chat { text }, Some(room)) => self.chat(id, &room, &text),
+            (ClientMsg::Receive { peer, video }, Some(room)) => {
+                let same_room = peer != *id && self.conns.get(&peer).is_some_and(|c| c.room.as_ref() == Some(&room));
+                if !same_room {
+                    Err(ErrorCode::UnknownPeer)
+                } else {
+                    let sfu_room = self.rooms.get(&room).is_some_and(|r| r.topology() == Topology::Sfu);
+                    if let Some(media) = self.media.as_ref().filter(|_| sfu_room) {
+                        if media.try_send(MediaCommand::Receive { peer: id.clone(), publisher: peer, video }).is_err() {
+                            self.stats.media_commands_dropped += 1;
+                        }
+                    }
+                    Ok(())
+                }
+            }
             (ClientMsg::FileOffer { name, size, mime, sha256 }, Some(room)) => {
                 self.file_offer(id, &room, &name, size, &mime, &sha256)
             }
@@ -546,6 +560,39 @@ mod tests {
         let mut c = Client { id, rx, kick: krx };
         assert!(matches!(c.next(), ServerMsg::Welcome { .. }));
         c
+    }
+
+    #[test]
+    fn sfu_rooms_pass_offers_and_tile_preferences_to_the_media_task() {
+        let c = Config { topology: TopologyMode::Sfu, ..Config::default() };
+        let (media_tx, mut media_rx) = mpsc::channel(16);
+        let mut hub = Hub::with_media(Arc::new(c), media_tx);
+        let mut a = connect(&mut hub, 1, 16);
+        let mut b = connect(&mut hub, 2, 16);
+        assert!(matches!(join(&mut hub, &mut a, "r"), ServerMsg::Joined { topology: Topology::Sfu, .. }));
+        assert!(matches!(join(&mut hub, &mut b, "r"), ServerMsg::Joined { topology: Topology::Sfu, .. }));
+        let offer =
+            SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp: "v=0".into() } };
+        let to_sfu = ClientMsg::Signal { to: PeerId(SFU_PEER_ID.into()), payload: offer };
+        hub.handle(Command::Client { id: a.id.clone(), msg: to_sfu });
+        assert!(matches!(media_rx.try_recv(), Ok(MediaCommand::Offer { peer, .. }) if peer == a.id));
+        let hide = ClientMsg::Receive { peer: b.id.clone(), video: huddle_protocol::VideoQuality::Off };
+        hub.handle(Command::Client { id: a.id.clone(), msg: hide });
+        assert!(matches!(
+            media_rx.try_recv(),
+            Ok(MediaCommand::Receive { peer, publisher, video: huddle_protocol::VideoQuality::Off })
+                if peer == a.id && publisher == b.id
+        ));
+        // Not about yourself, nor about strangers.
+        for target in [a.id.clone(), PeerId("p99".into())] {
+            let msg = ClientMsg::Receive { peer: target, video: huddle_protocol::VideoQuality::High };
+            hub.handle(Command::Client { id: a.id.clone(), msg });
+            assert!(matches!(a.drain().last(), Some(ServerMsg::Error { code: ErrorCode::UnknownPeer, .. })));
+        }
+        assert!(media_rx.try_recv().is_err(), "nothing else reached the media task");
+        // Leaving tells the SFU.
+        hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Leave });
+        assert!(matches!(media_rx.try_recv(), Ok(MediaCommand::Leave { peer }) if peer == a.id));
     }
 
     fn join(hub: &mut Hub, c: &mut Client, room: &str) -> ServerMsg {

@@ -19,7 +19,7 @@
 
 use crate::config::Config;
 use crate::hub;
-use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload};
+use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload, VideoQuality};
 use huddle_sfu::{Event, Input, Output, RemoveReason, Sfu, SfuError, Signal};
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -59,6 +59,8 @@ pub enum MediaCommand {
     Answer { peer: PeerId, sdp: String },
     /// The participant left its room or disconnected.
     Leave { peer: PeerId },
+    /// How much of `publisher`'s video `peer` wants.
+    Receive { peer: PeerId, publisher: PeerId, video: VideoQuality },
     /// Counters, for tests and monitoring.
     Stats { reply: oneshot::Sender<MediaStats> },
 }
@@ -308,6 +310,17 @@ impl Driver {
                     let _ = self.sfu.handle_input(Input::Leave { now, peer: id });
                     self.sessions.remove(&id);
                 }
+            }
+            MediaCommand::Receive { peer, publisher, video } => {
+                let (Some(id), Some(publisher)) = (core_id(&peer), core_id(&publisher)) else { return };
+                let video = match video {
+                    VideoQuality::Off => huddle_sfu::VideoQuality::Off,
+                    VideoQuality::Low => huddle_sfu::VideoQuality::Low,
+                    VideoQuality::Medium => huddle_sfu::VideoQuality::Medium,
+                    VideoQuality::High => huddle_sfu::VideoQuality::High,
+                };
+                // Unknown to the core: the page said it before offering; it will say it again.
+                let _ = self.sfu.handle_input(Input::Receive { now, peer: id, publisher, video });
             }
             MediaCommand::Stats { reply } => {
                 let _ = reply.send(MediaStats { participants: self.sfu.peer_count(), ..self.stats });

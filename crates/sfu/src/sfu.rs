@@ -189,6 +189,11 @@ impl Sfu {
         // `Weak`s die and stop those tracks in their next negotiation (in `settle`).
         if let Some(members) = self.rooms.get_mut(&peer.state.room) {
             members.remove(&id);
+            for m in members.iter() {
+                if let Some(p) = self.peers.get_mut(m) {
+                    p.state.wanted.remove(&id);
+                }
+            }
             if members.is_empty() {
                 self.rooms.remove(&peer.state.room);
             }
