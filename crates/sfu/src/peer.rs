@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
 
@@ -16,13 +16,16 @@ use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
 
 /// What one participant's handling produced for the others in its room.
 #[derive(Debug)]
+// Nearly every entry is a frame; boxing it would add an allocation per frame to the hot path.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Propagated {
     /// A new published track; every other member should receive it.
     TrackOpen(Weak<TrackIn>),
     /// A frame of a published track.
     MediaData(MediaData),
     /// A subscriber wants a keyframe of `origin`'s track `mid_in`.
-    KeyframeRequest { origin: PeerId, mid_in: Mid, kind: KeyframeRequestKind },
+    /// `rid`: the simulcast layer, or `None` without simulcast.
+    KeyframeRequest { origin: PeerId, mid_in: Mid, rid: Option<Rid>, kind: KeyframeRequestKind },
 }
 
 /// Where drained output goes: outputs for the driver, propagations for the room.
@@ -167,11 +170,14 @@ impl Peer {
             for track in &mut state.tracks_out {
                 if let TrackOutState::Negotiating(m) = track.state {
                     track.state = TrackOutState::Open(m);
-                    // A new subscriber needs a keyframe to start decoding.
+                    // A new subscriber needs a keyframe to start decoding (of the layer it
+                    // will get, for simulcast).
                     if let Some(t) = track.track_in.upgrade() {
+                        let rid = t.layer_for(state.wanted.get(&t.origin).copied().unwrap_or_default());
                         let req = Propagated::KeyframeRequest {
                             origin: t.origin,
                             mid_in: t.mid,
+                            rid,
                             kind: KeyframeRequestKind::Pli,
                         };
                         sink.propagated.push_back((id, req));
@@ -184,7 +190,12 @@ impl Peer {
     }
 
     pub(crate) fn add_track_out(&mut self, track_in: Weak<TrackIn>) {
-        self.state.tracks_out.push(TrackOut { track_in, state: TrackOutState::ToOpen });
+        self.state.tracks_out.push(TrackOut {
+            track_in,
+            state: TrackOutState::ToOpen,
+            layer: None,
+            ts: Default::default(),
+        });
     }
 
     /// Sends an offer when tracks wait to be opened or stopped and no offer is outstanding.
@@ -232,25 +243,55 @@ impl Peer {
     /// forwarding back on (the publisher should then send a keyframe).
     pub(crate) fn set_wanted(&mut self, publisher: PeerId, video: VideoQuality) -> bool {
         let before = self.state.wanted.insert(publisher, video).unwrap_or_default();
+        if video == VideoQuality::Off {
+            // Resuming starts over from a keyframe of whichever layer is wanted then.
+            for out in &mut self.state.tracks_out {
+                if out.track_in.upgrade().is_some_and(|t| t.origin == publisher) {
+                    out.layer = None;
+                }
+            }
+        }
         before == VideoQuality::Off && video != VideoQuality::Off
     }
 
-    /// The mids of the tracks of `kind` this participant publishes.
-    pub(crate) fn published(&self, kind: MediaKind) -> Vec<Mid> {
-        self.state.tracks_in.iter().filter(|(t, _)| t.kind == kind).map(|(t, _)| t.mid).collect()
+    /// The mids of the tracks of `kind` this participant publishes without simulcast (simulcast
+    /// subscribers ask for the keyframe of their own layer when they need one).
+    pub(crate) fn published_single_layer(&self, kind: MediaKind) -> Vec<Mid> {
+        self.state.tracks_in.iter().filter(|(t, _)| t.kind == kind && t.layers.is_empty()).map(|(t, _)| t.mid).collect()
     }
 
     /// Writes `origin`'s frame to the matching open outgoing track, if this participant has one
-    /// and wants it.
+    /// and wants it. For a simulcast track only the chosen layer's frames go out: the wanted layer
+    /// takes over at its next keyframe (asked for until it comes), with timestamps kept continuous.
     pub(crate) fn forward(&mut self, origin: PeerId, data: &MediaData, sink: &mut Sink) {
-        let found = self.state.tracks_out.iter().find_map(|o| {
+        let id = self.state.id;
+        let wanted = self.state.wanted.get(&origin).copied().unwrap_or_default();
+        let found = self.state.tracks_out.iter().enumerate().find_map(|(i, o)| {
             let t = o.track_in.upgrade()?;
-            (t.origin == origin && t.mid == data.mid).then_some(o.open_mid().map(|m| (m, t.kind))).flatten()
+            (t.origin == origin && t.mid == data.mid).then_some(o.open_mid().map(|m| (i, m, t))).flatten()
         });
-        let Some((mid, kind)) = found else { return };
-        if kind == MediaKind::Video && self.state.wanted.get(&origin) == Some(&VideoQuality::Off) {
+        let Some((i, mid, track)) = found else { return };
+        if track.kind == MediaKind::Video && wanted == VideoQuality::Off {
             return;
         }
+        let out = &mut self.state.tracks_out[i];
+        if let Some(target) = track.layer_for(wanted) {
+            let Some(rid) = data.rid else { return };
+            if out.layer != Some(target) && rid == target {
+                if data.is_keyframe() {
+                    out.ts.switch(data.time, data.network_time);
+                    out.layer = Some(target);
+                } else {
+                    let kind = KeyframeRequestKind::Pli;
+                    let req = Propagated::KeyframeRequest { origin, mid_in: data.mid, rid: Some(target), kind };
+                    sink.propagated.push_back((id, req));
+                }
+            }
+            if out.layer != Some(rid) {
+                return;
+            }
+        }
+        let time = out.ts.map(data.time, data.network_time);
         self.mutate(sink, |rtc, state, _| {
             let Some(mut writer) = rtc.writer(mid) else { return };
             let Some(pt) = writer.match_params(data.params) else { return };
@@ -262,24 +303,32 @@ impl Peer {
             if let Some(orientation) = data.ext_vals.video_orientation {
                 writer = writer.video_orientation(orientation);
             }
-            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
+            if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
                 state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
             }
         });
     }
 
-    /// A subscriber asked for a keyframe of our track `mid_in`; throttled per track.
-    pub(crate) fn request_keyframe(&mut self, now: Instant, mid_in: Mid, kind: KeyframeRequestKind, sink: &mut Sink) {
+    /// A subscriber asked for a keyframe of our track `mid_in` (layer `rid`); throttled per
+    /// track and layer.
+    pub(crate) fn request_keyframe(
+        &mut self,
+        now: Instant,
+        mid_in: Mid,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
+        sink: &mut Sink,
+    ) {
         let Some((_, throttle)) = self.state.tracks_in.iter_mut().find(|(t, _)| t.mid == mid_in) else {
             return;
         };
-        if !throttle.allow(now) {
+        if !throttle.allow(now, rid) {
             return;
         }
         self.mutate(sink, |rtc, _, _| {
             if let Some(mut writer) = rtc.writer(mid_in) {
                 // Fails only when the track has no receive stream yet; nothing to ask then.
-                let _ = writer.request_keyframe(None, kind);
+                let _ = writer.request_keyframe(rid, kind);
             }
         });
     }
@@ -293,7 +342,14 @@ impl PeerState {
                 self.failed.get_or_insert(RemoveReason::Disconnected);
             }
             RtcEvent::MediaAdded(added) if added.direction.is_receiving() => {
-                let track = Arc::new(TrackIn { origin: self.id, mid: added.mid, kind: added.kind });
+                // The browser offers `a=simulcast:send` with its rids, lowest quality first.
+                let layers = added
+                    .simulcast
+                    .as_ref()
+                    .map(|s| if s.recv.is_empty() { &s.send } else { &s.recv })
+                    .map(|l| l.iter().map(|l| l.rid).collect())
+                    .unwrap_or_default();
+                let track = Arc::new(TrackIn { origin: self.id, mid: added.mid, kind: added.kind, layers });
                 sink.propagated.push_back((self.id, Propagated::TrackOpen(Arc::downgrade(&track))));
                 self.tracks_in.push((track, KeyframeThrottle::default()));
             }
@@ -302,6 +358,7 @@ impl PeerState {
                     let req = Propagated::KeyframeRequest {
                         origin: self.id,
                         mid_in: data.mid,
+                        rid: data.rid,
                         kind: KeyframeRequestKind::Fir,
                     };
                     sink.propagated.push_back((self.id, req));
@@ -309,10 +366,13 @@ impl PeerState {
                 sink.propagated.push_back((self.id, Propagated::MediaData(data)));
             }
             RtcEvent::KeyframeRequest(req) => {
-                let target =
-                    self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)).and_then(|t| t.track_in.upgrade());
-                if let Some(t) = target {
-                    let req = Propagated::KeyframeRequest { origin: t.origin, mid_in: t.mid, kind: req.kind };
+                let target = self
+                    .tracks_out
+                    .iter()
+                    .find(|t| t.mid() == Some(req.mid))
+                    .and_then(|t| Some((t.track_in.upgrade()?, t.layer)));
+                if let Some((t, rid)) = target {
+                    let req = Propagated::KeyframeRequest { origin: t.origin, mid_in: t.mid, rid, kind: req.kind };
                     sink.propagated.push_back((self.id, req));
                 }
             }

@@ -61,10 +61,14 @@ impl Sfu {
                     self.with_peer(peer, |p, _| p.set_wanted(publisher, video)).ok_or(SfuError::UnknownPeer(peer))?;
                 if resumed {
                     // Its decoder restarts from a keyframe.
-                    let mids = self.peers.get(&publisher).map(|p| p.published(MediaKind::Video)).unwrap_or_default();
+                    let mids = self
+                        .peers
+                        .get(&publisher)
+                        .map(|p| p.published_single_layer(MediaKind::Video))
+                        .unwrap_or_default();
                     for mid in mids {
                         let kind = KeyframeRequestKind::Pli;
-                        self.with_peer(publisher, |p, sink| p.request_keyframe(now, mid, kind, sink));
+                        self.with_peer(publisher, |p, sink| p.request_keyframe(now, mid, None, kind, sink));
                     }
                 }
                 self.settle(now);
@@ -163,8 +167,8 @@ impl Sfu {
     }
 
     fn propagate(&mut self, now: Instant, from: PeerId, p: Propagated) {
-        if let Propagated::KeyframeRequest { origin, mid_in, kind } = p {
-            self.with_peer(origin, |peer, sink| peer.request_keyframe(now, mid_in, kind, sink));
+        if let Propagated::KeyframeRequest { origin, mid_in, rid, kind } = p {
+            self.with_peer(origin, |peer, sink| peer.request_keyframe(now, mid_in, rid, kind, sink));
             return;
         }
         let Some(room) = self.peers.get(&from).map(|p| p.state.room.clone()) else { return };

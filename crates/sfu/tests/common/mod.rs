@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use huddle_sfu::str0m::change::SdpPendingOffer;
 use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer};
 use huddle_sfu::str0m::format::Codec;
-use huddle_sfu::str0m::media::{Direction, MediaKind, Mid};
+use huddle_sfu::str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
 use huddle_sfu::str0m::net::{Protocol, Receive};
 use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
 use huddle_sfu::{Event, Input, Output, PeerId, Sfu, Signal};
@@ -33,6 +33,14 @@ pub struct Client {
     pub received: HashMap<Mid, usize>,
     /// Media added by the SFU's offers, and whether it is still active.
     pub incoming: HashMap<Mid, MediaKind>,
+    /// Simulcast layers of its video, lowest first (empty: no simulcast).
+    pub layers: Vec<Rid>,
+    /// Video frames received per (incoming mid, last payload byte: the sender's layer tag).
+    pub video_tags: HashMap<(Mid, u8), usize>,
+    /// The last frame's tag per incoming video mid, and how often a frame's time went backwards.
+    pub last_tag: HashMap<Mid, u8>,
+    last_time: HashMap<Mid, MediaTime>,
+    pub time_backwards: usize,
     pending: Option<SdpPendingOffer>,
     next_frame: Instant,
     frame_count: u64,
@@ -79,12 +87,36 @@ impl World {
 
     /// A client joins `room`, publishing one track of each `kind`. Returns the core's verdict.
     pub fn join(&mut self, room: &str, id: u64, publish: &[MediaKind]) -> Result<(), huddle_sfu::SfuError> {
+        self.join_with_layers(room, id, publish, &[])
+    }
+
+    /// Like [`World::join`], with its video sent as simulcast `layers` (lowest first). Each
+    /// layer's frames end with the layer's number (1 for the lowest).
+    pub fn join_with_layers(
+        &mut self,
+        room: &str,
+        id: u64,
+        publish: &[MediaKind],
+        layers: &[&str],
+    ) -> Result<(), huddle_sfu::SfuError> {
         let addr: SocketAddr = format!("10.0.1.{}:5000", id).parse().expect("valid address");
         let mut rtc = Rtc::builder().build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, Protocol::Udp).expect("host candidate"));
         let mut change = rtc.sdp_api();
-        let sending: Vec<(Mid, MediaKind)> =
-            publish.iter().map(|k| (change.add_media(*k, Direction::SendOnly, None, None, None), *k)).collect();
+        let simulcast = || {
+            let mut s = Simulcast::new();
+            for l in layers {
+                s.add_send_layer(SimulcastLayer::new(l));
+            }
+            s
+        };
+        let sending: Vec<(Mid, MediaKind)> = publish
+            .iter()
+            .map(|k| {
+                let sc = (*k == MediaKind::Video && !layers.is_empty()).then(simulcast);
+                (change.add_media(*k, Direction::SendOnly, None, None, sc), *k)
+            })
+            .collect();
         if sending.is_empty() {
             change.add_channel("huddle".into());
         }
@@ -98,6 +130,11 @@ impl World {
             sending,
             received: HashMap::new(),
             incoming: HashMap::new(),
+            layers: layers.iter().map(|l| Rid::from(*l)).collect(),
+            video_tags: HashMap::new(),
+            last_tag: HashMap::new(),
+            last_time: HashMap::new(),
+            time_backwards: 0,
             pending: Some(pending),
             next_frame: self.now,
             frame_count: 0,
@@ -255,7 +292,17 @@ impl World {
                         RtcEvent::MediaAdded(m) if m.direction.is_receiving() => {
                             c.incoming.insert(m.mid, m.kind);
                         }
-                        RtcEvent::MediaData(d) => *c.received.entry(d.mid).or_default() += 1,
+                        RtcEvent::MediaData(d) => {
+                            *c.received.entry(d.mid).or_default() += 1;
+                            if c.incoming.get(&d.mid) == Some(&MediaKind::Video) {
+                                let tag = d.data.last().copied().unwrap_or(0);
+                                *c.video_tags.entry((d.mid, tag)).or_default() += 1;
+                                c.last_tag.insert(d.mid, tag);
+                                if c.last_time.insert(d.mid, d.time).is_some_and(|t| t.numer() > d.time.numer()) {
+                                    c.time_backwards += 1;
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -276,6 +323,16 @@ impl World {
         for (mid, kind) in c.sending.clone() {
             let codec = if kind == MediaKind::Audio { Codec::Opus } else { Codec::Vp8 };
             let pt = c.rtc.codec_config().find(|p| p.spec().codec == codec).map(|p| p.pt()).expect("codec configured");
+            if kind == MediaKind::Video && !c.layers.is_empty() {
+                for (i, rid) in c.layers.clone().into_iter().enumerate() {
+                    let mut data = synthetic_frame(kind, c.frame_count);
+                    data.push(i as u8 + 1);
+                    if let Some(w) = c.rtc.writer(mid) {
+                        w.rid(rid).write(pt, now, time, data).expect("client writes a layer's frame");
+                    }
+                }
+                continue;
+            }
             let data = synthetic_frame(kind, c.frame_count);
             if let Some(w) = c.rtc.writer(mid) {
                 w.write(pt, now, time, data).expect("client writes a frame");
