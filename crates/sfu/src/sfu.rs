@@ -21,11 +21,23 @@ pub struct Sfu {
     rooms: HashMap<Arc<str>, HashSet<PeerId>>,
     demux: Demux,
     sink: Sink,
+    /// Participants whose outgoing tracks may have changed since their last negotiation.
+    dirty: HashSet<PeerId>,
+    /// Participants whose handling set `failed` since the last settle.
+    failing: Vec<PeerId>,
 }
 
 impl Sfu {
     pub fn new(local: SocketAddr) -> Sfu {
-        Sfu { local, peers: HashMap::new(), rooms: HashMap::new(), demux: Demux::default(), sink: Sink::default() }
+        Sfu {
+            local,
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            demux: Demux::default(),
+            sink: Sink::default(),
+            dirty: HashSet::new(),
+            failing: Vec::new(),
+        }
     }
 
     /// Handles one input. An `Err` concerns only the participant it names; the others are
@@ -38,11 +50,15 @@ impl Sfu {
                     return Err(SfuError::UnknownPeer(peer));
                 }
                 self.remove(now, peer, RemoveReason::Left);
+                // The others stop its tracks now, not at their next datagram.
+                self.settle(now);
                 Ok(())
             }
             Input::Answer { now, peer, sdp } => {
                 let result =
                     self.with_peer(peer, |p, sink| p.answer(&sdp, sink)).unwrap_or(Err(SfuError::UnknownPeer(peer)));
+                // Tracks that waited for this answer can go into the next offer.
+                self.dirty.insert(peer);
                 self.settle(now);
                 result
             }
@@ -126,6 +142,7 @@ impl Sfu {
         members.insert(id);
         self.demux.add_ufrag(ufrag, id);
         self.peers.insert(id, peer);
+        self.dirty.insert(id);
         self.settle(now);
         Ok(())
     }
@@ -135,32 +152,33 @@ impl Sfu {
     fn with_peer<R>(&mut self, id: PeerId, f: impl FnOnce(&mut Peer, &mut Sink) -> R) -> Option<R> {
         let peer = self.peers.get_mut(&id)?;
         let sink = &mut self.sink;
-        match contained(|| f(peer, sink)) {
-            Some(r) => Some(r),
-            None => {
-                peer.state.failed.get_or_insert(RemoveReason::Panicked);
-                None
-            }
+        let result = contained(|| f(peer, sink));
+        if result.is_none() {
+            peer.state.failed.get_or_insert(RemoveReason::Panicked);
         }
+        if peer.state.failed.is_some() {
+            self.failing.push(id);
+        }
+        result
     }
 
-    /// After any input: deliver what participants produced for each other, renegotiate where
-    /// tracks changed, and remove failed participants, until nothing is left to do.
+    /// After any input: deliver what participants produced for each other, remove failed
+    /// participants, and renegotiate where tracks changed, until nothing is left to do. Only the
+    /// participants concerned are visited (`failing`, `dirty`), never all of them per datagram.
     fn settle(&mut self, now: Instant) {
         loop {
             while let Some((from, p)) = self.sink.propagated.pop_front() {
                 self.propagate(now, from, p);
             }
-            let failed: Vec<(PeerId, RemoveReason)> =
-                self.peers.iter().filter_map(|(id, p)| Some((*id, p.state.failed.clone()?))).collect();
-            for (id, reason) in failed {
-                self.remove(now, id, reason);
+            for id in std::mem::take(&mut self.failing) {
+                if let Some(reason) = self.peers.get(&id).and_then(|p| p.state.failed.clone()) {
+                    self.remove(now, id, reason);
+                }
             }
-            let ids: Vec<PeerId> = self.peers.keys().copied().collect();
-            for id in ids {
+            for id in std::mem::take(&mut self.dirty) {
                 self.with_peer(id, |p, sink| p.negotiate(sink));
             }
-            if self.sink.propagated.is_empty() && self.peers.values().all(|p| p.state.failed.is_none()) {
+            if self.sink.propagated.is_empty() && self.failing.is_empty() && self.dirty.is_empty() {
                 break;
             }
         }
@@ -178,6 +196,7 @@ impl Sfu {
             match &p {
                 Propagated::TrackOpen(track) => {
                     self.with_peer(id, |peer, _| peer.add_track_out(track.clone()));
+                    self.dirty.insert(id);
                 }
                 Propagated::MediaData(data) => {
                     self.with_peer(id, |peer, sink| peer.forward(from, data, sink));
@@ -196,6 +215,8 @@ impl Sfu {
             for m in members.iter() {
                 if let Some(p) = self.peers.get_mut(m) {
                     p.state.wanted.remove(&id);
+                    // Its tracks of the one who left must be stopped.
+                    self.dirty.insert(*m);
                 }
             }
             if members.is_empty() {

@@ -292,6 +292,10 @@ impl World {
                         RtcEvent::MediaAdded(m) if m.direction.is_receiving() => {
                             c.incoming.insert(m.mid, m.kind);
                         }
+                        RtcEvent::MediaChanged(m) if !m.direction.is_receiving() => {
+                            // The SFU stopped this track (its publisher left).
+                            c.incoming.remove(&m.mid);
+                        }
                         RtcEvent::MediaData(d) => {
                             *c.received.entry(d.mid).or_default() += 1;
                             if c.incoming.get(&d.mid) == Some(&MediaKind::Video) {
