@@ -23,7 +23,8 @@ pub enum Input {
     Leave { now: Instant, peer: PeerId },
     /// The participant's answer to an offer the core sent it ([`Signal::Offer`]).
     Answer { now: Instant, peer: PeerId, sdp: String },
-    /// One UDP datagram that arrived at the core's port `to` from `from`.
+    /// One UDP datagram that arrived at the core's address `to` (one of those given to
+    /// [`crate::Sfu::with_addresses`]) from `from`.
     Packet { now: Instant, from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
     /// The deadline from [`crate::Sfu::poll_timeout`] has passed.
     Timeout(Instant),
@@ -82,7 +83,7 @@ pub enum RemoveReason {
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send `bytes` from the core's address `from` to `to`.
+    /// Send `bytes` from the core's address `from` (the one `to` sent its datagrams to) to `to`.
     Transmit { from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
     /// Send this SDP to the participant over signalling.
     Signal { peer: PeerId, signal: Signal },

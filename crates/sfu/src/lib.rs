@@ -1,7 +1,7 @@
 //! huddle's SFU core: a sans-IO selective forwarding unit on [str0m].
 //!
-//! No tokio, no sockets, no clock reads. The caller (later, a thin tokio driver that owns the
-//! one UDP socket) feeds [`Input`]s to [`Sfu::handle_input`] — joins with SDP offers, answers,
+//! No tokio, no sockets, no clock reads. The caller (a thin tokio driver that owns the UDP
+//! socket, or one socket per interface address on the same port: [`Sfu::with_addresses`]) feeds [`Input`]s to [`Sfu::handle_input`] — joins with SDP offers, answers,
 //! datagrams and the current time — then takes [`Output`]s from [`Sfu::poll_output`]
 //! (datagrams to send, SDP for a participant, events) until `None`, and sleeps until
 //! [`Sfu::poll_timeout`] or the next datagram or command.

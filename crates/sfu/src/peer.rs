@@ -67,7 +67,7 @@ impl Peer {
         id: PeerId,
         room: Arc<str>,
         offer_sdp: &str,
-        local: SocketAddr,
+        locals: &[SocketAddr],
         sink: &mut Sink,
     ) -> Result<(Peer, String, String), SfuError> {
         let offer =
@@ -75,9 +75,11 @@ impl Peer {
         // ICE-lite: the browser runs the checks, we answer them; accepting the offer makes us
         // the DTLS server (answerer with a=setup:passive).
         let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
-        let candidate = Candidate::host(local, Protocol::Udp)
-            .map_err(|e| SfuError::SdpRefused { peer: id, reason: e.to_string() })?;
-        rtc.add_local_candidate(candidate);
+        for local in locals {
+            let candidate = Candidate::host(*local, Protocol::Udp)
+                .map_err(|e| SfuError::SdpRefused { peer: id, reason: format!("candidate {local}: {e}") })?;
+            rtc.add_local_candidate(candidate);
+        }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let mut peer = Peer {
             rtc,

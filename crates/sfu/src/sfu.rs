@@ -15,8 +15,10 @@ use str0m::media::{KeyframeRequestKind, MediaKind};
 /// `None`, then sleep until [`Sfu::poll_timeout`].
 #[derive(Debug)]
 pub struct Sfu {
-    /// The one UDP address all participants send to (the host candidate in every answer).
-    local: SocketAddr,
+    /// The UDP addresses participants send to, one host candidate each in every answer (a server
+    /// bound on several interfaces, all on the same port). Each reply goes out from the address
+    /// the participant talks to.
+    locals: Vec<SocketAddr>,
     peers: HashMap<PeerId, Peer>,
     rooms: HashMap<Arc<str>, HashSet<PeerId>>,
     demux: Demux,
@@ -28,9 +30,25 @@ pub struct Sfu {
 }
 
 impl Sfu {
+    /// A core announcing one address: `with_addresses(vec![local])`.
     pub fn new(local: SocketAddr) -> Sfu {
+        Sfu::with_addresses(vec![local])
+    }
+
+    /// A core announcing one host candidate per address, in this order (the first is the
+    /// preferred one). Datagrams come in with `to` set to one of them, and each
+    /// [`Output::Transmit`] names in `from` the address that participant talks to. Duplicates
+    /// are ignored; an address str0m refuses as a candidate (unspecified, port 0) makes every
+    /// join fail with [`SfuError::SdpRefused`].
+    pub fn with_addresses(addrs: Vec<SocketAddr>) -> Sfu {
+        let mut locals: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            if !locals.contains(&a) {
+                locals.push(a);
+            }
+        }
         Sfu {
-            local,
+            locals,
             peers: HashMap::new(),
             rooms: HashMap::new(),
             demux: Demux::default(),
@@ -125,8 +143,8 @@ impl Sfu {
         }
         let room: Arc<str> =
             self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
-        let local = self.local;
-        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, local, &mut self.sink));
+        let locals = &self.locals;
+        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, &mut self.sink));
         let (mut peer, answer, ufrag) = match joined {
             Some(result) => result?,
             None => return Err(SfuError::SdpRefused { peer: id, reason: "panicked on the offer".into() }),

@@ -58,7 +58,14 @@ pub struct World {
     pub start: Instant,
     pub now: Instant,
     pub sfu: Sfu,
+    /// The core's first (preferred) address.
     pub sfu_addr: SocketAddr,
+    /// Every address the core announces.
+    pub sfu_addrs: Vec<SocketAddr>,
+    /// Datagrams the core sent, per (its source address, destination).
+    pub sfu_sent: HashMap<(SocketAddr, SocketAddr), usize>,
+    /// Links that drop everything, both ways: (client address, core address).
+    pub blocked: Vec<(SocketAddr, SocketAddr)>,
     pub clients: Vec<Client>,
     /// Every event the core reported.
     pub events: Vec<Event>,
@@ -70,13 +77,23 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        let sfu_addr: SocketAddr = SFU_ADDR.parse().expect("literal address");
+        let mut w = World::with_addresses(vec![sfu_addr]);
+        w.sfu = Sfu::new(sfu_addr);
+        w
+    }
+
+    /// A world whose core announces several addresses (a server on several interfaces).
+    pub fn with_addresses(sfu_addrs: Vec<SocketAddr>) -> World {
         let now = Instant::now();
-        let sfu_addr = SFU_ADDR.parse().expect("literal address");
         World {
             start: now,
             now,
-            sfu: Sfu::new(sfu_addr),
-            sfu_addr,
+            sfu: Sfu::with_addresses(sfu_addrs.clone()),
+            sfu_addr: sfu_addrs[0],
+            sfu_addrs,
+            sfu_sent: HashMap::new(),
+            blocked: Vec::new(),
             clients: Vec::new(),
             events: Vec::new(),
             loss: 0.0,
@@ -220,6 +237,9 @@ impl World {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        if self.blocked.iter().any(|(c, s)| (*c, *s) == (from, to) || (*s, *c) == (from, to)) {
+            return;
+        }
         if !self.lost() {
             self.flight.push_back(InFlight { at: self.now + LATENCY, from, to, bytes });
         }
@@ -232,7 +252,7 @@ impl World {
     }
 
     fn deliver(&mut self, p: InFlight) {
-        if p.to == self.sfu_addr {
+        if self.sfu_addrs.contains(&p.to) {
             let input = Input::Packet { now: self.now, from: p.from, to: p.to, bytes: p.bytes };
             self.sfu.handle_input(input).expect("packets never fail");
             self.drain_sfu();
@@ -249,7 +269,10 @@ impl World {
     pub fn drain_sfu(&mut self) {
         while let Some(out) = self.sfu.poll_output() {
             match out {
-                Output::Transmit { from, to, bytes } => self.send(from, to, bytes),
+                Output::Transmit { from, to, bytes } => {
+                    *self.sfu_sent.entry((from, to)).or_default() += 1;
+                    self.send(from, to, bytes)
+                }
                 Output::Signal { peer, signal } => self.signal(peer, signal),
                 Output::Event(e) => self.events.push(e),
             }
