@@ -33,6 +33,8 @@ pub struct Client {
     pub received: HashMap<Mid, usize>,
     /// Media added by the SFU's offers, and whether it is still active.
     pub incoming: HashMap<Mid, MediaKind>,
+    /// The publisher of each incoming mid, from its stream id (`p<id>`, as the core names it).
+    pub origin: HashMap<Mid, u64>,
     /// Simulcast layers of its video, lowest first (empty: no simulcast).
     pub layers: Vec<Rid>,
     /// Video frames received per (incoming mid, last payload byte: the sender's layer tag).
@@ -147,6 +149,7 @@ impl World {
             sending,
             received: HashMap::new(),
             incoming: HashMap::new(),
+            origin: HashMap::new(),
             layers: layers.iter().map(|l| Rid::from(*l)).collect(),
             video_tags: HashMap::new(),
             last_tag: HashMap::new(),
@@ -314,6 +317,10 @@ impl World {
                         RtcEvent::Connected => c.connected = true,
                         RtcEvent::MediaAdded(m) if m.direction.is_receiving() => {
                             c.incoming.insert(m.mid, m.kind);
+                            let stream = c.rtc.media(m.mid).map(|media| media.stream_id().to_string());
+                            if let Some(p) = stream.and_then(|s| s.strip_prefix('p')?.parse().ok()) {
+                                c.origin.insert(m.mid, p);
+                            }
                         }
                         RtcEvent::MediaChanged(m) if !m.direction.is_receiving() => {
                             // The SFU stopped this track (its publisher left).
@@ -372,6 +379,16 @@ impl World {
     pub fn frames_received(&self, id: u64, kind: MediaKind) -> usize {
         let c = self.client(id);
         c.received.iter().filter(|(mid, _)| c.incoming.get(mid) == Some(&kind)).map(|(_, n)| n).sum()
+    }
+
+    /// Frames client `id` has received from `publisher`'s tracks of `kind`.
+    pub fn frames_from(&self, id: u64, publisher: u64, kind: MediaKind) -> usize {
+        let c = self.client(id);
+        c.received
+            .iter()
+            .filter(|(mid, _)| c.incoming.get(*mid) == Some(&kind) && c.origin.get(*mid) == Some(&publisher))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Snapshot of frames received per incoming mid.
