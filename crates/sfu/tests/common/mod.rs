@@ -173,6 +173,14 @@ impl World {
         self.drain_sfu();
     }
 
+    /// Client `id` vanishes from the network without a word to the core (its machine slept, its
+    /// Wi-Fi dropped): it is gone from the world and nothing it sent or would send arrives.
+    pub fn go_silent(&mut self, id: u64) {
+        let Some(i) = self.clients.iter().position(|c| c.id == PeerId(id)) else { return };
+        let addr = self.clients.remove(i).addr;
+        self.flight.retain(|p| p.from != addr);
+    }
+
     pub fn client(&self, id: u64) -> &Client {
         self.clients.iter().find(|c| c.id == PeerId(id)).expect("a client with this id")
     }
