@@ -94,9 +94,18 @@ impl Peer {
                 wanted: HashMap::new(),
             },
         };
+        let mids: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
         let answer = peer
             .mutate(sink, |rtc, _, _| rtc.sdp_api().accept_offer(offer))
             .map_err(|e| SfuError::SdpRefused { peer: id, reason: e.to_string() })?;
+        // str0m rejects an m-line none of whose codecs it knows (port 0 in the answer). If that
+        // left nothing of the audio and video offered, the page would connect to no media at all:
+        // better to say so now. (Data-channel-only offers have no such m-line and are fine.)
+        let media: Vec<bool> = mids.iter().filter_map(|m| peer.rtc.media(*m)).map(|m| m.disabled()).collect();
+        if !media.is_empty() && media.iter().all(|disabled| *disabled) {
+            let reason = "no usable codec in any audio or video m-line".to_string();
+            return Err(SfuError::SdpRefused { peer: id, reason });
+        }
         Ok((peer, answer.to_sdp_string(), ufrag))
     }
 

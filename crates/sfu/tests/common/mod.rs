@@ -33,6 +33,8 @@ pub struct Client {
     pub received: HashMap<Mid, usize>,
     /// Media added by the SFU's offers, and whether it is still active.
     pub incoming: HashMap<Mid, MediaKind>,
+    /// The core's ICE ufrag for this client (from its answer).
+    pub sfu_ufrag: String,
     /// The publisher of each incoming mid, from its stream id (`p<id>`, as the core names it).
     pub origin: HashMap<Mid, u64>,
     /// Simulcast layers of its video, lowest first (empty: no simulcast).
@@ -150,6 +152,7 @@ impl World {
             received: HashMap::new(),
             incoming: HashMap::new(),
             origin: HashMap::new(),
+            sfu_ufrag: String::new(),
             layers: layers.iter().map(|l| Rid::from(*l)).collect(),
             video_tags: HashMap::new(),
             last_tag: HashMap::new(),
@@ -163,6 +166,15 @@ impl World {
         let input =
             Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp: offer.to_sdp_string() };
         let result = self.sfu.handle_input(input);
+        self.drain_sfu();
+        result
+    }
+
+    /// Hands the core a `Join` with this SDP as the offer, for a participant with no client in
+    /// the world (bad-input tests). Returns the core's verdict.
+    pub fn join_sdp(&mut self, room: &str, id: u64, offer_sdp: String) -> Result<(), huddle_sfu::SfuError> {
+        let result =
+            self.sfu.handle_input(Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp });
         self.drain_sfu();
         result
     }
@@ -294,6 +306,8 @@ impl World {
         let Some(i) = self.clients.iter().position(|c| c.id == peer) else { return };
         match signal {
             Signal::Answer(sdp) => {
+                let ufrag = sdp.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).unwrap_or_default();
+                self.clients[i].sfu_ufrag = ufrag.trim().to_string();
                 let answer = SdpAnswer::from_sdp_string(&sdp).expect("the core's answer parses");
                 let pending = self.clients[i].pending.take().expect("an offer was outstanding");
                 self.clients[i].rtc.sdp_api().accept_answer(pending, answer).expect("client accepts the answer");
@@ -408,6 +422,19 @@ impl World {
     pub fn removed(&self, id: u64) -> bool {
         self.events.iter().any(|e| matches!(e, Event::Removed { peer, .. } if *peer == PeerId(id)))
     }
+}
+
+/// The SDP offer a browser stand-in would send to publish `publish` (thrown away after).
+pub fn offer_sdp(publish: &[MediaKind]) -> String {
+    let now = Instant::now();
+    let mut rtc = Rtc::builder().build(now);
+    rtc.add_local_candidate(Candidate::host("10.0.9.9:5000".parse().expect("literal"), Protocol::Udp).expect("host"));
+    let mut change = rtc.sdp_api();
+    for k in publish {
+        change.add_media(*k, Direction::SendOnly, None, None, None);
+    }
+    let (offer, _) = change.apply().expect("an offer with changes");
+    offer.to_sdp_string()
 }
 
 /// Bytes that pass for a frame: a VP8 key frame header every 50 frames, else a delta frame.
