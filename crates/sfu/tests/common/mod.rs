@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use huddle_sfu::str0m::change::SdpPendingOffer;
 use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer};
 use huddle_sfu::str0m::format::Codec;
-use huddle_sfu::str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
+use huddle_sfu::str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use huddle_sfu::str0m::net::{Protocol, Receive};
 use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
 use huddle_sfu::{Event, Input, Output, PeerId, Sfu, Signal};
@@ -45,6 +47,17 @@ pub struct Client {
     pub last_tag: HashMap<Mid, u8>,
     last_time: HashMap<Mid, MediaTime>,
     pub time_backwards: usize,
+    /// Like a browser whose decoder lost track: ask for a keyframe (PLI) on every video frame
+    /// that does not follow the previous one.
+    pub asks_keyframes: bool,
+    /// Keyframe requests this client sent as a subscriber (PLI on a gap).
+    pub keyframe_requests_sent: usize,
+    /// Keyframe requests it received as a publisher, from the core: (when, its mid, kind).
+    pub keyframe_requests: Vec<(Instant, Mid, KeyframeRequestKind)>,
+    /// Video keyframes received.
+    pub keyframes_received: usize,
+    /// The next video frame it sends is a keyframe (a request came in).
+    force_keyframe: bool,
     pending: Option<SdpPendingOffer>,
     next_frame: Instant,
     frame_count: u64,
@@ -75,6 +88,8 @@ pub struct World {
     pub events: Vec<Event>,
     /// Fraction of datagrams lost, both directions (0.0..1.0).
     pub loss: f64,
+    /// Extra loss on the datagrams sent to one address (a subscriber's downlink), on top of `loss`.
+    pub loss_to: HashMap<SocketAddr, f64>,
     rng: u64,
     flight: VecDeque<InFlight>,
 }
@@ -101,6 +116,7 @@ impl World {
             clients: Vec::new(),
             events: Vec::new(),
             loss: 0.0,
+            loss_to: HashMap::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
             flight: VecDeque::new(),
         }
@@ -158,6 +174,11 @@ impl World {
             last_tag: HashMap::new(),
             last_time: HashMap::new(),
             time_backwards: 0,
+            asks_keyframes: false,
+            keyframe_requests_sent: 0,
+            keyframe_requests: Vec::new(),
+            keyframes_received: 0,
+            force_keyframe: false,
             pending: Some(pending),
             next_frame: self.now,
             frame_count: 0,
@@ -248,22 +269,23 @@ impl World {
         self.now = next.max(now + Duration::from_millis(1));
     }
 
-    fn lost(&mut self) -> bool {
-        if self.loss <= 0.0 {
+    fn lost(&mut self, to: SocketAddr) -> bool {
+        let loss = self.loss.max(self.loss_to.get(&to).copied().unwrap_or(0.0));
+        if loss <= 0.0 {
             return false;
         }
         // xorshift64: deterministic loss.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        (self.rng % 10_000) as f64 / 10_000.0 < self.loss
+        (self.rng % 10_000) as f64 / 10_000.0 < loss
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         if self.blocked.iter().any(|(c, s)| (*c, *s) == (from, to) || (*s, *c) == (from, to)) {
             return;
         }
-        if !self.lost() {
+        if !self.lost(to) {
             self.flight.push_back(InFlight { at: self.now + LATENCY, from, to, bytes });
         }
     }
@@ -325,6 +347,7 @@ impl World {
     }
 
     fn drain_client(&mut self, i: usize) {
+        let now = self.now;
         loop {
             let out = self.clients[i].rtc.poll_output().expect("client poll_output");
             match out {
@@ -348,7 +371,23 @@ impl World {
                             // The SFU stopped this track (its publisher left).
                             c.incoming.remove(&m.mid);
                         }
+                        RtcEvent::KeyframeRequest(r) => {
+                            c.keyframe_requests.push((now, r.mid, r.kind));
+                            c.force_keyframe = true;
+                        }
                         RtcEvent::MediaData(d) => {
+                            if c.incoming.get(&d.mid) == Some(&MediaKind::Video) {
+                                if d.data.first().is_some_and(|b| b & 0x01 == 0) {
+                                    c.keyframes_received += 1;
+                                }
+                                if !d.contiguous && c.asks_keyframes {
+                                    if let Some(mut w) = c.rtc.writer(d.mid) {
+                                        if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                                            c.keyframe_requests_sent += 1;
+                                        }
+                                    }
+                                }
+                            }
                             *c.received.entry(d.mid).or_default() += 1;
                             if c.incoming.get(&d.mid) == Some(&MediaKind::Video) {
                                 let tag = d.data.last().copied().unwrap_or(0);
@@ -381,7 +420,7 @@ impl World {
             let pt = c.rtc.codec_config().find(|p| p.spec().codec == codec).map(|p| p.pt()).expect("codec configured");
             if kind == MediaKind::Video && !c.layers.is_empty() {
                 for (i, rid) in c.layers.clone().into_iter().enumerate() {
-                    let mut data = synthetic_frame(kind, c.frame_count);
+                    let mut data = synthetic_frame(kind, c.frame_count, c.force_keyframe);
                     data.push(i as u8 + 1);
                     if let Some(w) = c.rtc.writer(mid) {
                         w.rid(rid).write(pt, now, time, data).expect("client writes a layer's frame");
@@ -389,11 +428,12 @@ impl World {
                 }
                 continue;
             }
-            let data = synthetic_frame(kind, c.frame_count);
+            let data = synthetic_frame(kind, c.frame_count, c.force_keyframe);
             if let Some(w) = c.rtc.writer(mid) {
                 w.write(pt, now, time, data).expect("client writes a frame");
             }
         }
+        c.force_keyframe = false;
         self.drain_client(i);
     }
 
@@ -437,12 +477,13 @@ pub fn offer_sdp(publish: &[MediaKind]) -> String {
     offer.to_sdp_string()
 }
 
-/// Bytes that pass for a frame: a VP8 key frame header every 50 frames, else a delta frame.
-fn synthetic_frame(kind: MediaKind, n: u64) -> Vec<u8> {
+/// Bytes that pass for a frame: a VP8 key frame header every 50 frames (or when asked), else a
+/// delta frame.
+fn synthetic_frame(kind: MediaKind, n: u64, force_key: bool) -> Vec<u8> {
     match kind {
         MediaKind::Audio => vec![(n % 251) as u8; 80],
         MediaKind::Video => {
-            let key = n % 50 == 1;
+            let key = n % 50 == 1 || force_key;
             let mut f = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00];
             f.resize(1000, (n % 251) as u8);
             f
