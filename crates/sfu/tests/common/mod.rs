@@ -83,6 +83,11 @@ pub struct World {
     pub sfu_sent: HashMap<(SocketAddr, SocketAddr), usize>,
     /// Links that drop everything, both ways: (client address, core address).
     pub blocked: Vec<(SocketAddr, SocketAddr)>,
+    /// Wall time spent inside the core's `handle_input`.
+    pub core_wall: Duration,
+    /// The same, and the number of inputs, split into timeouts, datagrams and the rest.
+    pub core_wall_by: [Duration; 3],
+    pub core_calls_by: [usize; 3],
     pub clients: Vec<Client>,
     /// Every event the core reported.
     pub events: Vec<Event>,
@@ -113,6 +118,9 @@ impl World {
             sfu_addrs,
             sfu_sent: HashMap::new(),
             blocked: Vec::new(),
+            core_wall: Duration::ZERO,
+            core_wall_by: [Duration::ZERO; 3],
+            core_calls_by: [0; 3],
             clients: Vec::new(),
             events: Vec::new(),
             loss: 0.0,
@@ -186,7 +194,7 @@ impl World {
         self.clients.push(client);
         let input =
             Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp: offer.to_sdp_string() };
-        let result = self.sfu.handle_input(input);
+        let result = self.core(input);
         self.drain_sfu();
         result
     }
@@ -194,15 +202,14 @@ impl World {
     /// Hands the core a `Join` with this SDP as the offer, for a participant with no client in
     /// the world (bad-input tests). Returns the core's verdict.
     pub fn join_sdp(&mut self, room: &str, id: u64, offer_sdp: String) -> Result<(), huddle_sfu::SfuError> {
-        let result =
-            self.sfu.handle_input(Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp });
+        let result = self.core(Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp });
         self.drain_sfu();
         result
     }
 
     pub fn leave(&mut self, id: u64) {
         self.clients.retain(|c| c.id != PeerId(id));
-        self.sfu.handle_input(Input::Leave { now: self.now, peer: PeerId(id) }).expect("a known participant leaves");
+        self.core(Input::Leave { now: self.now, peer: PeerId(id) }).expect("a known participant leaves");
         self.drain_sfu();
     }
 
@@ -212,6 +219,22 @@ impl World {
         let Some(i) = self.clients.iter().position(|c| c.id == PeerId(id)) else { return };
         let addr = self.clients.remove(i).addr;
         self.flight.retain(|p| p.from != addr);
+    }
+
+    /// Hands the core one input, counting the wall time it takes (the core's own cost, apart
+    /// from the simulated clients').
+    pub fn core(&mut self, input: Input) -> Result<(), huddle_sfu::SfuError> {
+        let kind = match &input {
+            Input::Timeout(_) => 0,
+            Input::Packet { .. } => 1,
+            _ => 2,
+        };
+        let t = std::time::Instant::now();
+        let r = self.sfu.handle_input(input);
+        self.core_wall += t.elapsed();
+        self.core_wall_by[kind] += t.elapsed();
+        self.core_calls_by[kind] += 1;
+        r
     }
 
     pub fn client(&self, id: u64) -> &Client {
@@ -247,7 +270,7 @@ impl World {
             self.deliver(p);
         }
         if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
-            self.sfu.handle_input(Input::Timeout(now)).expect("timeouts never fail");
+            self.core(Input::Timeout(now)).expect("timeouts never fail");
             self.drain_sfu();
         }
         for i in 0..self.clients.len() {
@@ -299,7 +322,7 @@ impl World {
     fn deliver(&mut self, p: InFlight) {
         if self.sfu_addrs.contains(&p.to) {
             let input = Input::Packet { now: self.now, from: p.from, to: p.to, bytes: p.bytes };
-            self.sfu.handle_input(input).expect("packets never fail");
+            self.core(input).expect("packets never fail");
             self.drain_sfu();
             return;
         }
@@ -340,7 +363,7 @@ impl World {
                 let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).expect("client accepts the offer");
                 self.drain_client(i);
                 let input = Input::Answer { now: self.now, peer, sdp: answer.to_sdp_string() };
-                self.sfu.handle_input(input).expect("the core accepts the answer");
+                self.core(input).expect("the core accepts the answer");
                 self.drain_sfu();
             }
         }
