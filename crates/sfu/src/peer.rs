@@ -175,9 +175,18 @@ impl Peer {
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
         let pending = self.state.pending.take().ok_or(SfuError::UnexpectedAnswer(id))?;
         self.mutate(sink, |rtc, state, sink| {
-            rtc.sdp_api()
-                .accept_answer(pending, answer)
-                .map_err(|e| SfuError::SdpRefused { peer: id, reason: e.to_string() })?;
+            if let Err(e) = rtc.sdp_api().accept_answer(pending, answer) {
+                // The offer is spent either way: what it carried goes into the next one, or those
+                // tracks would wait for an answer that can no longer come.
+                for track in &mut state.tracks_out {
+                    track.state = match track.state {
+                        TrackOutState::Negotiating(_) => TrackOutState::ToOpen,
+                        TrackOutState::NegotiatingStop(m) => TrackOutState::ToStop(m),
+                        other => other,
+                    };
+                }
+                return Err(SfuError::SdpRefused { peer: id, reason: e.to_string() });
+            }
             for track in &mut state.tracks_out {
                 if let TrackOutState::Negotiating(m) = track.state {
                     track.state = TrackOutState::Open(m);

@@ -56,6 +56,13 @@ pub struct Client {
     pub keyframe_requests: Vec<(Instant, Mid, KeyframeRequestKind)>,
     /// Video keyframes received.
     pub keyframes_received: usize,
+    /// Keep the core's offers unanswered until [`World::answer_held`] (a slow page).
+    pub hold_offers: bool,
+    /// Offers from the core not answered yet, oldest first.
+    pub held: Vec<String>,
+    /// Offers received from the core in all, and the most ever unanswered at once.
+    pub offers_received: usize,
+    pub most_held: usize,
     /// The next video frame it sends is a keyframe (a request came in).
     force_keyframe: bool,
     pending: Option<SdpPendingOffer>,
@@ -187,6 +194,10 @@ impl World {
             keyframe_requests: Vec::new(),
             keyframes_received: 0,
             force_keyframe: false,
+            hold_offers: false,
+            held: Vec::new(),
+            offers_received: 0,
+            most_held: 0,
             pending: Some(pending),
             next_frame: self.now,
             frame_count: 0,
@@ -359,14 +370,37 @@ impl World {
                 self.drain_client(i);
             }
             Signal::Offer(sdp) => {
-                let offer = SdpOffer::from_sdp_string(&sdp).expect("the core's offer parses");
-                let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).expect("client accepts the offer");
-                self.drain_client(i);
-                let input = Input::Answer { now: self.now, peer, sdp: answer.to_sdp_string() };
-                self.core(input).expect("the core accepts the answer");
-                self.drain_sfu();
+                let c = &mut self.clients[i];
+                c.offers_received += 1;
+                if c.hold_offers || !c.held.is_empty() {
+                    c.held.push(sdp);
+                    c.most_held = c.most_held.max(c.held.len());
+                    return;
+                }
+                self.answer_offer(i, sdp);
             }
         }
+    }
+
+    /// Client `id` answers the oldest offer it held back. False when it held none.
+    pub fn answer_held(&mut self, id: u64) -> bool {
+        let Some(i) = self.clients.iter().position(|c| c.id == PeerId(id)) else { return false };
+        if self.clients[i].held.is_empty() {
+            return false;
+        }
+        let sdp = self.clients[i].held.remove(0);
+        self.answer_offer(i, sdp);
+        true
+    }
+
+    fn answer_offer(&mut self, i: usize, sdp: String) {
+        let peer = self.clients[i].id;
+        let offer = SdpOffer::from_sdp_string(&sdp).expect("the core's offer parses");
+        let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).expect("client accepts the offer");
+        self.drain_client(i);
+        let input = Input::Answer { now: self.now, peer, sdp: answer.to_sdp_string() };
+        self.core(input).expect("the core accepts the answer");
+        self.drain_sfu();
     }
 
     fn drain_client(&mut self, i: usize) {
