@@ -1,9 +1,17 @@
 //! Which participant a datagram belongs to: first by its remote address, then, for a STUN
 //! binding request from an address not seen yet, by the core's ICE ufrag in its USERNAME.
 //! Both are hash lookups; nothing scans all participants per packet.
+//!
+//! An address is (re)assigned to a participant only by a STUN request that passes that
+//! participant's MESSAGE-INTEGRITY check (HMAC-SHA1 with our ICE password, the check str0m makes
+//! too). Otherwise one forged or broken datagram naming someone's ufrag, sent from a third
+//! participant's address, would divert that participant's media until its next consent check.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+
+use str0m::crypto::Sha1HmacProvider;
+use str0m::ice::StunMessage;
 
 use crate::api::PeerId;
 
@@ -11,34 +19,64 @@ const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_HEADER_LEN: usize = 20;
 const ATTR_USERNAME: u16 = 0x0006;
 
-/// The demux table. Addresses are learnt from STUN requests that named a known ufrag.
-#[derive(Debug, Default)]
+/// The demux table. Addresses are learnt from STUN requests that named a known ufrag and
+/// passed its integrity check.
 pub(crate) struct Demux {
     by_addr: HashMap<SocketAddr, PeerId>,
-    by_ufrag: HashMap<String, PeerId>,
+    /// Our ufrag → the participant, and our ICE password for it.
+    by_ufrag: HashMap<String, (PeerId, String)>,
+    hmac: &'static dyn Sha1HmacProvider,
+}
+
+impl std::fmt::Debug for Demux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demux").field("addresses", &self.by_addr.len()).field("ufrags", &self.by_ufrag.len()).finish()
+    }
+}
+
+impl Default for Demux {
+    fn default() -> Self {
+        Demux {
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            // The provider str0m itself uses (chosen by its crypto feature).
+            hmac: str0m::crypto::from_feature_flags().sha1_hmac_provider,
+        }
+    }
 }
 
 impl Demux {
-    pub(crate) fn add_ufrag(&mut self, ufrag: String, peer: PeerId) {
-        self.by_ufrag.insert(ufrag, peer);
+    pub(crate) fn add_ufrag(&mut self, ufrag: String, pass: String, peer: PeerId) {
+        self.by_ufrag.insert(ufrag, (peer, pass));
     }
 
     /// Forget everything that points at `peer`.
     pub(crate) fn remove_peer(&mut self, peer: PeerId) {
         self.by_addr.retain(|_, p| *p != peer);
-        self.by_ufrag.retain(|_, p| *p != peer);
+        self.by_ufrag.retain(|_, (p, _)| *p != peer);
     }
 
     /// The participant this datagram is for, learning `from` when a STUN request names a ufrag.
     pub(crate) fn route(&mut self, from: SocketAddr, bytes: &[u8]) -> Option<PeerId> {
-        if let Some(ufrag) = stun_local_ufrag(bytes) {
-            let peer = *self.by_ufrag.get(ufrag)?;
-            // A known ufrag from a new address (a new candidate pair or a moved client): the
-            // address now belongs to this participant. str0m still checks the STUN integrity.
-            self.by_addr.insert(from, peer);
-            return Some(peer);
+        let known = self.by_addr.get(&from).copied();
+        let Some(ufrag) = stun_local_ufrag(bytes) else { return known };
+        let (peer, pass) = self.by_ufrag.get(ufrag)?;
+        if known == Some(*peer) {
+            // Its usual address: str0m checks the integrity as for any request.
+            return known;
         }
-        self.by_addr.get(&from).copied()
+        // A new address for this participant (a new candidate pair, a moved client), or an
+        // address that belongs to someone else: only a request that proves it knows the
+        // participant's password may claim it.
+        let hmac = self.hmac;
+        let verified = StunMessage::parse(bytes)
+            .is_ok_and(|m| m.is_binding_request() && m.verify(pass.as_bytes(), |k, d| hmac.sha1_hmac(k, d)));
+        if !verified {
+            return None;
+        }
+        let peer = *peer;
+        self.by_addr.insert(from, peer);
+        Some(peer)
     }
 }
 
@@ -66,6 +104,7 @@ pub(crate) fn stun_local_ufrag(bytes: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use str0m::ice::{StunMessage, TransId};
 
     fn stun_with_username(username: &str) -> Vec<u8> {
         let mut attr = Vec::new();
@@ -83,9 +122,20 @@ mod tests {
         msg
     }
 
+    /// A binding request as a browser sends it, signed with `pass`.
+    fn signed_request(username: &str, pass: &str) -> Vec<u8> {
+        let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+        let msg = StunMessage::binding_request(username, TransId::new(), true, 1, 100, false);
+        let mut buf = vec![0; 1500];
+        let n = msg.to_bytes(Some(pass.as_bytes()), &mut buf, |k, d| hmac.sha1_hmac(k, d)).expect("fits");
+        buf.truncate(n);
+        buf
+    }
+
     #[test]
     fn reads_our_ufrag_from_a_binding_request() {
         assert_eq!(stun_local_ufrag(&stun_with_username("abcd:wxyz")), Some("abcd"));
+        assert_eq!(stun_local_ufrag(&signed_request("abcd:wxyz", "secret")), Some("abcd"));
     }
 
     #[test]
@@ -98,15 +148,36 @@ mod tests {
     }
 
     #[test]
-    fn learns_the_address_from_stun_then_routes_by_address() {
+    fn learns_the_address_from_a_signed_request_then_routes_by_address() {
         let mut demux = Demux::default();
-        demux.add_ufrag("abcd".into(), PeerId(1));
+        demux.add_ufrag("abcd".into(), "secret".into(), PeerId(1));
         let from: SocketAddr = "10.0.0.1:5000".parse().expect("literal address");
         assert_eq!(demux.route(from, b"\x80rtp"), None);
-        assert_eq!(demux.route(from, &stun_with_username("abcd:wxyz")), Some(PeerId(1)));
+        assert_eq!(demux.route(from, &stun_with_username("abcd:wxyz")), None, "unsigned: not learnt");
+        assert_eq!(demux.route(from, &signed_request("abcd:wxyz", "wrong")), None, "wrong password");
+        assert_eq!(demux.route(from, b"\x80rtp"), None);
+        assert_eq!(demux.route(from, &signed_request("abcd:wxyz", "secret")), Some(PeerId(1)));
         assert_eq!(demux.route(from, b"\x80rtp"), Some(PeerId(1)));
         assert_eq!(demux.route(from, &stun_with_username("nope:wxyz")), None);
         demux.remove_peer(PeerId(1));
         assert_eq!(demux.route(from, b"\x80rtp"), None);
+    }
+
+    #[test]
+    fn an_address_is_not_taken_from_its_participant_without_the_password() {
+        let mut demux = Demux::default();
+        demux.add_ufrag("aaaa".into(), "pass-a".into(), PeerId(1));
+        demux.add_ufrag("bbbb".into(), "pass-b".into(), PeerId(2));
+        let one: SocketAddr = "10.0.0.1:5000".parse().expect("literal address");
+        assert_eq!(demux.route(one, &signed_request("aaaa:x", "pass-a")), Some(PeerId(1)));
+        // Forged or broken requests naming 2 from 1's address: dropped, 1 keeps its address.
+        assert_eq!(demux.route(one, &stun_with_username("bbbb:x")), None);
+        assert_eq!(demux.route(one, &signed_request("bbbb:x", "pass-a")), None);
+        assert_eq!(demux.route(one, b"\x80rtp"), Some(PeerId(1)));
+        // 1's own unsigned-looking requests still reach its str0m, which checks them.
+        assert_eq!(demux.route(one, &stun_with_username("aaaa:x")), Some(PeerId(1)));
+        // A genuine move (the address now used by 2, proven by its password) is followed.
+        assert_eq!(demux.route(one, &signed_request("bbbb:x", "pass-b")), Some(PeerId(2)));
+        assert_eq!(demux.route(one, b"\x80rtp"), Some(PeerId(2)));
     }
 }

@@ -24,7 +24,8 @@
 //!   throttled to one per [`track::KEYFRAME_REQUEST_INTERVAL`].
 //! - `demux.rs` — which participant a datagram is for: by remote address, else (a STUN
 //!   binding request from a new address) by our ICE ufrag in its USERNAME. Hash lookups; no
-//!   scan of all participants per packet.
+//!   scan of all participants per packet. An address changes hands only on a request that
+//!   passes that participant's STUN integrity check.
 //!
 //! # Roles
 //!

@@ -9,7 +9,7 @@ use std::time::Instant;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
+use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput, Output as RtcOutput, Rtc};
 
 use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};
 use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
@@ -69,7 +69,7 @@ impl Peer {
         offer_sdp: &str,
         locals: &[SocketAddr],
         sink: &mut Sink,
-    ) -> Result<(Peer, String, String), SfuError> {
+    ) -> Result<(Peer, String, IceCreds), SfuError> {
         let offer =
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
         // ICE-lite: the browser runs the checks, we answer them; accepting the offer makes us
@@ -80,7 +80,7 @@ impl Peer {
                 .map_err(|e| SfuError::SdpRefused { peer: id, reason: format!("candidate {local}: {e}") })?;
             rtc.add_local_candidate(candidate);
         }
-        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let creds = rtc.direct_api().local_ice_credentials();
         let mut peer = Peer {
             rtc,
             state: PeerState {
@@ -106,7 +106,7 @@ impl Peer {
             let reason = "no usable codec in any audio or video m-line".to_string();
             return Err(SfuError::SdpRefused { peer: id, reason });
         }
-        Ok((peer, answer.to_sdp_string(), ufrag))
+        Ok((peer, answer.to_sdp_string(), creds))
     }
 
     /// THE DRAIN RULE: run one mutation of the `Rtc`, then poll its output until `Timeout`.

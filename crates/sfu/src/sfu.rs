@@ -145,7 +145,7 @@ impl Sfu {
             self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
         let locals = &self.locals;
         let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, &mut self.sink));
-        let (mut peer, answer, ufrag) = match joined {
+        let (mut peer, answer, creds) = match joined {
             Some(result) => result?,
             None => return Err(SfuError::SdpRefused { peer: id, reason: "panicked on the offer".into() }),
         };
@@ -158,7 +158,7 @@ impl Sfu {
             }
         }
         members.insert(id);
-        self.demux.add_ufrag(ufrag, id);
+        self.demux.add_ufrag(creds.ufrag, creds.pass, id);
         self.peers.insert(id, peer);
         self.dirty.insert(id);
         self.settle(now);

@@ -200,3 +200,39 @@ fn garbage_datagrams_never_panic_nor_disturb_anyone() {
     assert_eq!(w.sfu.peer_count(), 2);
     assert_undisturbed(&mut w);
 }
+
+/// A well-formed binding request for `username`, padded, with no MESSAGE-INTEGRITY.
+fn unsigned_stun(username: &str) -> Vec<u8> {
+    let mut attr = vec![0x00, 0x06];
+    attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attr.extend_from_slice(username.as_bytes());
+    while attr.len() % 4 != 0 {
+        attr.push(0);
+    }
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    m.extend_from_slice(&[5; 12]);
+    m.extend_from_slice(&attr);
+    m
+}
+
+#[test]
+fn a_stun_message_naming_someone_else_does_not_divert_a_known_address() {
+    let mut w = two_talking();
+    let one = w.client(1).addr;
+    let ufrag2 = w.client(2).sfu_ufrag.clone();
+    // From 1's address (spoofed, or a confused NAT): requests naming 2's ufrag that cannot
+    // prove they know 2's password — whole but unsigned, and truncated.
+    w.inject(one, unsigned_stun(&format!("{ufrag2}:them")));
+    for cut in [20, 24, 28, 40] {
+        w.inject(one, truncated_stun(&format!("{ufrag2}:them"), cut));
+    }
+    // 1's media keeps reaching 2 without a gap (it would wait for 1's next consent check if
+    // 1's address had been handed to 2).
+    let before = w.frames_from(2, 1, MediaKind::Audio);
+    w.run_for(Duration::from_millis(300));
+    let got = w.frames_from(2, 1, MediaKind::Audio) - before;
+    assert!(got >= 12, "1's audio reaches 2 right after ({got} frames in 300 ms)");
+    assert_undisturbed(&mut w);
+}
