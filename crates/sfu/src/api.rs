@@ -65,6 +65,10 @@ pub enum Event {
     Removed { peer: PeerId, reason: RemoveReason },
     /// A datagram nobody claimed (garbage, or from an unknown address with no known ufrag).
     Dropped { from: SocketAddr },
+    /// The active speaker of `room` changed to `peer`: the loudest one by the audio level its
+    /// packets carry, smoothed, with hysteresis; at most one change per second per room, and
+    /// silence keeps the last speaker (see [`crate::speaker`]).
+    ActiveSpeaker { room: String, peer: PeerId },
 }
 
 /// Why a participant was removed.

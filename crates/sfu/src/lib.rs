@@ -22,6 +22,9 @@
 //!   `ToOpen → Negotiating → Open`, and once the publisher is gone
 //!   `→ NegotiatingStop → (removed)`. Keyframe requests towards a publisher's track are
 //!   throttled to one per [`track::KEYFRAME_REQUEST_INTERVAL`].
+//! - [`speaker`] — active-speaker detection per room from the RTP audio level (RFC 6464) each
+//!   publisher's packets carry: smoothed levels, a speech threshold, a margin and a minimum hold,
+//!   reported as [`Event::ActiveSpeaker`] at most once per second per room.
 //! - `demux.rs` — which participant a datagram is for: by remote address, else (a STUN
 //!   binding request from a new address) by our ICE ufrag in its USERNAME. Hash lookups; no
 //!   scan of all participants per packet. An address changes hands only on a request that
@@ -55,6 +58,7 @@ pub mod api;
 mod demux;
 mod peer;
 mod sfu;
+pub mod speaker;
 pub mod track;
 
 pub use api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal};
 use crate::demux::Demux;
 use crate::peer::{Peer, Propagated, Sink};
+use crate::speaker::Speakers;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 
 /// The sans-IO SFU. Feed it [`Input`]s, then take [`Output`]s with [`Sfu::poll_output`] until
@@ -27,6 +28,8 @@ pub struct Sfu {
     dirty: HashSet<PeerId>,
     /// Participants whose handling set `failed` since the last settle.
     failing: Vec<PeerId>,
+    /// Active-speaker detection per room (rooms where someone sent an audio level).
+    speakers: HashMap<Arc<str>, Speakers>,
 }
 
 impl Sfu {
@@ -55,6 +58,7 @@ impl Sfu {
             sink: Sink::default(),
             dirty: HashSet::new(),
             failing: Vec::new(),
+            speakers: HashMap::new(),
         }
     }
 
@@ -208,6 +212,15 @@ impl Sfu {
             return;
         }
         let Some(room) = self.peers.get(&from).map(|p| p.state.room.clone()) else { return };
+        if let Propagated::MediaData(data) = &p {
+            if let Some(level) = data.ext_vals.audio_level {
+                let speakers = self.speakers.entry(room.clone()).or_default();
+                if let Some(peer) = speakers.observe(now, from, level, data.ext_vals.voice_activity) {
+                    let event = Event::ActiveSpeaker { room: room.to_string(), peer };
+                    self.sink.out.push_back(Output::Event(event));
+                }
+            }
+        }
         let others: Vec<PeerId> =
             self.rooms.get(&room).map(|m| m.iter().copied().filter(|id| *id != from).collect()).unwrap_or_default();
         for id in others {
@@ -239,6 +252,12 @@ impl Sfu {
             }
             if members.is_empty() {
                 self.rooms.remove(&peer.state.room);
+            }
+        }
+        if let Some(speakers) = self.speakers.get_mut(&peer.state.room) {
+            speakers.remove(id);
+            if speakers.is_empty() || !self.rooms.contains_key(&peer.state.room) {
+                self.speakers.remove(&peer.state.room);
             }
         }
         self.demux.remove_peer(id);

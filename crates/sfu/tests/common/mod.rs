@@ -56,6 +56,11 @@ pub struct Client {
     pub keyframe_requests: Vec<(Instant, Mid, KeyframeRequestKind)>,
     /// Video keyframes received.
     pub keyframes_received: usize,
+    /// The audio level (dBov) its audio frames carry, like a browser's microphone; `None`: no
+    /// level extension written.
+    pub audio_level: Option<i8>,
+    /// The last audio level received per incoming mid.
+    pub levels_received: HashMap<Mid, i8>,
     /// Keep the core's offers unanswered until [`World::answer_held`] (a slow page).
     pub hold_offers: bool,
     /// Offers from the core not answered yet, oldest first.
@@ -195,6 +200,8 @@ impl World {
             keyframes_received: 0,
             force_keyframe: false,
             hold_offers: false,
+            audio_level: None,
+            levels_received: HashMap::new(),
             held: Vec::new(),
             offers_received: 0,
             most_held: 0,
@@ -433,6 +440,9 @@ impl World {
                             c.force_keyframe = true;
                         }
                         RtcEvent::MediaData(d) => {
+                            if let Some(level) = d.ext_vals.audio_level {
+                                c.levels_received.insert(d.mid, level);
+                            }
                             if c.incoming.get(&d.mid) == Some(&MediaKind::Video) {
                                 if d.data.first().is_some_and(|b| b & 0x01 == 0) {
                                     c.keyframes_received += 1;
@@ -486,7 +496,10 @@ impl World {
                 continue;
             }
             let data = synthetic_frame(kind, c.frame_count, c.force_keyframe);
-            if let Some(w) = c.rtc.writer(mid) {
+            if let Some(mut w) = c.rtc.writer(mid) {
+                if let (MediaKind::Audio, Some(level)) = (kind, c.audio_level) {
+                    w = w.audio_level(level, level > -50);
+                }
                 w.write(pt, now, time, data).expect("client writes a frame");
             }
         }
