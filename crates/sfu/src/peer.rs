@@ -74,7 +74,16 @@ impl Peer {
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
         // ICE-lite: the browser runs the checks, we answer them; accepting the offer makes us
         // the DTLS server (answerer with a=setup:passive).
-        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let mut config = Rtc::builder().set_ice_lite(true).clear_codecs().enable_opus(true, false).enable_vp8(true);
+        // H.264 constrained baseline and baseline, packetization mode 1 (what every browser can
+        // send and receive), with their usual payload types. Not str0m's whole default list: every
+        // subscriber's SDP carries each forwarded video m-line with all the codecs configured, so
+        // 24 payload types per video m-line made a 50-person room's renegotiations several times
+        // larger (and slower to write and parse) for codecs the core does not need to offer.
+        for (pt, rtx, profile) in [(108u8, 109u8, 0x42e01f), (127, 121, 0x42001f)] {
+            config.codec_config().add_h264(pt.into(), Some(rtx.into()), true, profile);
+        }
+        let mut rtc = config.build(now);
         for local in locals {
             let candidate = Candidate::host(*local, Protocol::Udp)
                 .map_err(|e| SfuError::SdpRefused { peer: id, reason: format!("candidate {local}: {e}") })?;
