@@ -4,9 +4,20 @@
 //! re-executed as `huddle-bench serve <huddle args…>`), drives it over 127.0.0.1 with many
 //! WebSocket clients in many rooms, and prints one JSON line with the results on stdout.
 //! Progress goes to stderr.
+//!
+//! `huddle-bench sfu [options]` does the same for media: synthetic str0m publishers and
+//! subscribers join one room through the real signalling and exchange simulcast video and audio
+//! through the server's SFU; the result is compared with a plain UDP relay measured in the same
+//! run.
+
+// The `sfu` report is one large `json!` literal.
+#![recursion_limit = "256"]
 
 mod procfs;
+mod relay;
 mod server;
+mod sfu;
+mod sfu_peer;
 mod signal;
 
 use clap::{Parser, Subcommand};
@@ -23,7 +34,9 @@ struct Cli {
 enum Cmd {
     /// Signalling benchmark: many clients in many rooms relaying `signal` messages.
     Signal(signal::SignalArgs),
-    /// Run the huddle server (used by `signal`, which re-executes this binary).
+    /// SFU benchmark: str0m publishers and subscribers in one room, forwarded by the server's SFU.
+    Sfu(sfu::SfuArgs),
+    /// Run the huddle server (used by `signal` and `sfu`, which re-execute this binary).
     #[command(hide = true)]
     Serve {
         /// Arguments for the server, as `huddle` takes them.
@@ -36,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Signal(args) => signal::run(args),
+        Cmd::Sfu(args) => sfu::run(args),
         Cmd::Serve { args } => server::serve(args),
     }
 }

@@ -201,14 +201,14 @@ impl Shared {
 /// The load generator's threads. Each runs a single-threaded runtime, so a client's timer,
 /// socket and task never wake another thread (cheaper than a work-stealing runtime when, as
 /// here, the work is thousands of small independent tasks).
-struct Workers {
-    handles: Vec<tokio::runtime::Handle>,
+pub(crate) struct Workers {
+    pub(crate) handles: Vec<tokio::runtime::Handle>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
-    fn start(n: usize) -> anyhow::Result<Workers> {
+    pub(crate) fn start(n: usize) -> anyhow::Result<Workers> {
         let mut w = Workers { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
         for k in 0..n.max(1) {
             let rt = if n == 0 {

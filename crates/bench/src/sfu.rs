@@ -1,0 +1,634 @@
+//! `huddle-bench sfu`: the SFU benchmark.
+//!
+//! 1. Start the server (a child process, `--topology sfu`) on 127.0.0.1.
+//! 2. Join `--publishers` synthetic str0m participants that publish audio and simulcast video
+//!    (and receive the other publishers, like any meeting participant), wait until each is
+//!    connected to the SFU; then join `--subscribers` receive-only participants. Wait until every
+//!    participant receives audio and the wanted video layer from every publisher but itself.
+//! 3. Warm up, then measure one window of `--seconds` at the configured rate.
+//! 4. Unless `--saturate false`: raise the video frame rate step by step (`--step-secs` each)
+//!    until the loss goes above `--saturation-loss-pct` or the forwarded rate stops growing.
+//! 5. Stop the server and measure the plain UDP relay ([`crate::relay`]) with the same fanout
+//!    and packet size, and print one JSON line on stdout.
+//!
+//! Every phase is bounded in time; all traffic is on 127.0.0.1.
+
+use crate::procfs;
+use crate::relay;
+use crate::server::ServerProcess;
+use crate::sfu_peer::{self, PeerResult, Role};
+use crate::signal::Workers;
+use anyhow::{bail, Context};
+use huddle_protocol::VideoQuality;
+use serde_json::{json, Value};
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// Measurement windows at most (the main one and the saturation steps).
+pub const MAX_WINDOWS: usize = 16;
+/// Frame-rate multipliers of the saturation steps.
+const STEPS: [f64; 7] = [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0];
+/// Subscribers joining at once.
+const JOIN_BATCH: usize = 25;
+/// Pause after each window before its loss is read (frames still under way).
+const SETTLE: Duration = Duration::from_millis(400);
+/// Simulcast layers (lowest first) and their bitrates as a share of `--video-kbps`, roughly
+/// what a browser sends for a 720p camera with `scaleResolutionDownBy` 4, 2, 1.
+const SIMULCAST: [(&str, f64); 3] = [("q", 0.1), ("h", 0.3), ("f", 1.0)];
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quality {
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SfuArgs {
+    /// Participants that publish audio and video (and receive the other publishers) [default: 10, 1 with --webinar]
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Receive-only participants [default: 10, 200 with --webinar]
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// The webinar preset: 1 publisher, 200 subscribers (unless given)
+    #[arg(long)]
+    pub webinar: bool,
+    /// Length of the measured window at the configured rate, in seconds
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Time between everyone receiving and the measured window, in seconds
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    /// Bitrate of the top video layer (the only layer without simulcast), kbit/s
+    #[arg(long, default_value_t = 1500.0)]
+    pub video_kbps: f64,
+    /// Video frames per second (every layer)
+    #[arg(long, default_value_t = 30.0)]
+    pub fps: f64,
+    /// Publishers also send audio: an 80-byte Opus-like frame every 20 ms
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub audio: bool,
+    /// Three simulcast layers (rids q, h, f at 10 %, 30 % and 100 % of --video-kbps); false: one layer
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub simulcast: bool,
+    /// The video quality every participant asks for (`receive`): with simulcast, the layer it gets
+    #[arg(long, value_enum, default_value_t = Quality::High)]
+    pub quality: Quality,
+    /// Seconds between periodic keyframes (besides those the SFU asks for)
+    #[arg(long, default_value_t = 3.0)]
+    pub keyframe_secs: f64,
+    /// After the measured window, raise the frame rate step by step to find the saturation point
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub saturate: bool,
+    /// Length of each saturation step, in seconds
+    #[arg(long, default_value_t = 3.0)]
+    pub step_secs: f64,
+    /// A step with more loss than this (percent) is past saturation
+    #[arg(long, default_value_t = 1.0)]
+    pub saturation_loss_pct: f64,
+    /// Length of the plain-relay measurement, in seconds
+    #[arg(long, default_value_t = 3.0)]
+    pub relay_secs: f64,
+    /// Longest time for everyone to join and receive every publisher, in seconds
+    #[arg(long, default_value_t = 60.0)]
+    pub connect_timeout_secs: f64,
+    /// Load-generator threads, each running its share of the participants on its own
+    /// single-threaded runtime
+    #[arg(long, default_value_t = 1)]
+    pub loadgen_threads: usize,
+    /// Pin the server (and later the plain relay) to CPU 0 and the load generator to the others
+    #[arg(long)]
+    pub pin: bool,
+    /// Extra argument for the server (repeatable), e.g. --server-arg=--outbox-capacity=64
+    #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub server_args: Vec<String>,
+}
+
+impl SfuArgs {
+    fn counts(&self) -> (usize, usize) {
+        let (p, s) = if self.webinar { (1, 200) } else { (10, 10) };
+        (self.publishers.unwrap_or(p), self.subscribers.unwrap_or(s))
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let (p, s) = self.counts();
+        if p == 0 || p > 200 {
+            bail!("--publishers must be between 1 and 200");
+        }
+        if s > 2000 {
+            bail!("--subscribers must be at most 2000");
+        }
+        if p + s < 2 {
+            bail!("nobody would receive anything: add a publisher or a subscriber");
+        }
+        for (name, v, lo, hi) in [
+            ("--seconds", self.seconds, 0.5, 3600.0),
+            ("--warmup-secs", self.warmup_secs, 0.0, 600.0),
+            ("--video-kbps", self.video_kbps, 10.0, 50_000.0),
+            ("--fps", self.fps, 1.0, 120.0),
+            ("--keyframe-secs", self.keyframe_secs, 0.1, 3600.0),
+            ("--step-secs", self.step_secs, 0.5, 600.0),
+            ("--saturation-loss-pct", self.saturation_loss_pct, 0.0, 100.0),
+            ("--relay-secs", self.relay_secs, 0.5, 600.0),
+            ("--connect-timeout-secs", self.connect_timeout_secs, 1.0, 3600.0),
+        ] {
+            if !(v >= lo && v <= hi) {
+                bail!("{name} must be between {lo} and {hi}");
+            }
+        }
+        if self.loadgen_threads == 0 || self.loadgen_threads > 64 {
+            bail!("--loadgen-threads must be between 1 and 64");
+        }
+        Ok(())
+    }
+}
+
+/// One video layer as the publishers send it.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The simulcast rid; `None` without simulcast.
+    pub rid: Option<String>,
+    pub kbps: f64,
+    pub frame_bytes: usize,
+}
+
+/// What every participant knows, fixed before they start.
+pub struct Plan {
+    /// Send times in frames are nanoseconds since this instant.
+    pub epoch: Instant,
+    pub port: u16,
+    pub room: String,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub audio: bool,
+    pub audio_bytes: usize,
+    /// Lowest first.
+    pub layers: Vec<Layer>,
+    /// The layer every receiver should get (index into `layers`).
+    pub wanted_layer: usize,
+    pub quality: VideoQuality,
+    pub frame_interval: Duration,
+    pub keyframe_interval: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Plan {
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// Frames of one measurement window.
+#[derive(Default)]
+pub struct WindowCounts {
+    /// Frames that should arrive: each audio frame and each wanted-layer video frame sent in
+    /// the window, once per participant that should receive it.
+    pub expected: AtomicU64,
+    /// Of those, frames that did arrive.
+    pub received: AtomicU64,
+}
+
+/// What the participants and the benchmark share while running.
+#[derive(Default)]
+pub struct Live {
+    pub stop: AtomicBool,
+    /// Publishers send while set.
+    pub sending: AtomicBool,
+    /// The measurement window frames are sent in now (0: none).
+    pub window: AtomicU8,
+    /// Video frame-rate multiplier, in thousandths.
+    mult_milli: AtomicU32,
+    pub joined: AtomicUsize,
+    pub connected: AtomicUsize,
+    pub ready: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub errors: AtomicU64,
+    pub reported: AtomicU64,
+    /// RTP datagrams (and their bytes) that reached a participant: what the SFU forwarded.
+    pub forwarded_rtp: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    /// RTP datagrams the publishers sent.
+    pub published_rtp: AtomicU64,
+    /// Datagrams participants could not send (socket buffer full).
+    pub send_dropped: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub unparsed_frames: AtomicU64,
+    pub wrong_layer_frames: AtomicU64,
+    /// Frames a publisher skipped because it was more than 100 ms behind its schedule.
+    pub late_frames: AtomicU64,
+    /// Indexed by window (0 unused).
+    pub windows: [WindowCounts; MAX_WINDOWS + 1],
+}
+
+impl Live {
+    pub fn mult(&self) -> f64 {
+        (self.mult_milli.load(Relaxed) as f64 / 1000.0).max(0.001)
+    }
+
+    fn set_mult(&self, m: f64) {
+        self.mult_milli.store((m * 1000.0).round() as u32, Relaxed);
+    }
+}
+
+pub fn run(args: SfuArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let (publishers, subscribers) = args.counts();
+    let ncpu = procfs::cpus();
+    let participants = publishers + subscribers;
+    // Each participant: a TCP connection and a UDP socket; the server has the other ends.
+    let nofile = procfs::raise_nofile(4 * participants as u64 + 1024)?;
+    if nofile < 4 * participants as u64 + 64 {
+        eprintln!("warning: the open-file limit is {nofile}, maybe too low for {participants} participants");
+    }
+    let mut server_args: Vec<OsString> =
+        vec!["--listen".into(), "127.0.0.1:0".into(), "--topology".into(), "sfu".into()];
+    let given = |flag: &str| args.server_args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if !given("--room-capacity") {
+        server_args.extend(["--room-capacity".into(), participants.to_string().into()]);
+    }
+    server_args.extend(args.server_args.iter().map(OsString::from));
+    eprintln!(
+        "starting the server: serve {}",
+        server_args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    );
+    let pin = args.pin && ncpu >= 2;
+    if args.pin && !pin {
+        eprintln!("warning: --pin needs at least two CPUs; not pinning");
+    }
+    let server_cpus = [0usize];
+    let mut server = ServerProcess::start(&server_args, pin.then_some(&server_cpus[..]), Duration::from_secs(30))?;
+    eprintln!("server pid {} on 127.0.0.1:{}", server.pid(), server.port);
+    if pin {
+        procfs::pin_to_cpus(&(1..ncpu).collect::<Vec<_>>())?;
+        eprintln!("server pinned to CPU 0, load generator to CPUs 1..{}", ncpu - 1);
+    }
+
+    let plan = Arc::new(make_plan(&args, server.port));
+    let live = Arc::new(Live::default());
+    live.set_mult(1.0);
+    live.sending.store(true, Relaxed);
+    let workers = Workers::start(args.loadgen_threads)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let result = rt.block_on(drive(&args, &plan, &live, &mut server, &workers));
+    live.stop.store(true, Relaxed);
+    drop(workers);
+    drop(rt);
+    drop(server);
+    let mut report = result?;
+
+    // The plain relay, with the server gone: the same fanout and packet size as the SFU's.
+    let fanout = publishers - 1 + subscribers;
+    let bytes = report["forwarded_packet_bytes"].as_f64().filter(|b| b.is_finite() && *b > 0.0).unwrap_or(1100.0);
+    eprintln!("plain UDP relay: fanout {fanout}, {bytes:.0}-byte datagrams, {:.1} s", args.relay_secs);
+    let r = relay::measure(fanout, bytes.round() as usize, args.relay_secs, pin.then_some(&server_cpus[..]))?;
+    eprintln!(
+        "plain relay: {:.0} datagrams/s delivered ({:.0} sent, relay thread at {:.0}% CPU, {:.2}% lost)",
+        r.delivered_pps, r.sent_pps, r.relay_cpu_pct, r.loss_pct
+    );
+    let saturation_pps = report["saturation_forwarded_pps"].as_f64().unwrap_or(f64::NAN);
+    report["plain_relay_pps"] = json!(r3(r.delivered_pps));
+    report["ratio_to_plain_relay"] = json!(r3(saturation_pps / r.delivered_pps));
+    report["plain_relay"] = serde_json::to_value(&r)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn make_plan(args: &SfuArgs, port: u16) -> Plan {
+    let (publishers, subscribers) = args.counts();
+    let layer = |rid: Option<&str>, share: f64| {
+        let kbps = args.video_kbps * share;
+        Layer { rid: rid.map(str::to_string), kbps, frame_bytes: (kbps * 1000.0 / 8.0 / args.fps).round() as usize }
+    };
+    let layers: Vec<Layer> = if args.simulcast {
+        SIMULCAST.iter().map(|(rid, share)| layer(Some(rid), *share)).collect()
+    } else {
+        vec![layer(None, 1.0)]
+    };
+    // As the core chooses (huddle_sfu::track::TrackIn::layer_for).
+    let n = layers.len();
+    let wanted_layer = match args.quality {
+        Quality::Low => 0,
+        Quality::Medium => ((n - 1) / 2 + usize::from(n == 2)).min(n - 1),
+        Quality::High => n - 1,
+    };
+    Plan {
+        epoch: Instant::now(),
+        port,
+        room: "bench-sfu".to_string(),
+        publishers,
+        subscribers,
+        audio: args.audio,
+        audio_bytes: 80,
+        layers,
+        wanted_layer,
+        quality: match args.quality {
+            Quality::Low => VideoQuality::Low,
+            Quality::Medium => VideoQuality::Medium,
+            Quality::High => VideoQuality::High,
+        },
+        frame_interval: Duration::from_secs_f64(1.0 / args.fps),
+        keyframe_interval: Duration::from_secs_f64(args.keyframe_secs),
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout_secs),
+    }
+}
+
+/// Readings at one instant.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    server_cpu: f64,
+    self_cpu: f64,
+    machine_busy: f64,
+    forwarded: u64,
+    forwarded_bytes: u64,
+    published: u64,
+}
+
+fn sample(pid: u32, live: &Live) -> anyhow::Result<Sample> {
+    Ok(Sample {
+        at: Instant::now(),
+        server_cpu: procfs::cpu_secs(Some(pid))?,
+        self_cpu: procfs::cpu_secs(None)?,
+        machine_busy: procfs::machine_busy_secs()?,
+        forwarded: live.forwarded_rtp.load(Relaxed),
+        forwarded_bytes: live.forwarded_bytes.load(Relaxed),
+        published: live.published_rtp.load(Relaxed),
+    })
+}
+
+/// One measured window.
+struct Window {
+    index: usize,
+    mult: f64,
+    a: Sample,
+    b: Sample,
+}
+
+impl Window {
+    fn secs(&self) -> f64 {
+        (self.b.at - self.a.at).as_secs_f64()
+    }
+    fn forwarded(&self) -> u64 {
+        self.b.forwarded - self.a.forwarded
+    }
+    fn forwarded_pps(&self) -> f64 {
+        self.forwarded() as f64 / self.secs()
+    }
+    fn server_cpu_pct(&self) -> f64 {
+        (self.b.server_cpu - self.a.server_cpu) / self.secs() * 100.0
+    }
+    fn loadgen_cpu_pct(&self) -> f64 {
+        (self.b.self_cpu - self.a.self_cpu) / self.secs() * 100.0
+    }
+    fn other_cpu_pct(&self) -> f64 {
+        let all = (self.b.machine_busy - self.a.machine_busy) / self.secs() * 100.0;
+        (all - self.server_cpu_pct() - self.loadgen_cpu_pct()).max(0.0)
+    }
+    fn server_us_per_packet(&self) -> f64 {
+        (self.b.server_cpu - self.a.server_cpu) * 1e6 / self.forwarded() as f64
+    }
+    fn loss_pct(&self, live: &Live) -> f64 {
+        let c = &live.windows[self.index];
+        let (e, r) = (c.expected.load(Relaxed), c.received.load(Relaxed));
+        if e == 0 {
+            return f64::NAN;
+        }
+        (e.saturating_sub(r)) as f64 / e as f64 * 100.0
+    }
+    fn report(&self, live: &Live, lat: &[u32], fps: f64) -> Value {
+        let c = &live.windows[self.index];
+        json!({
+            "mult": self.mult,
+            "fps": r3(fps * self.mult),
+            "seconds": r3(self.secs()),
+            "forwarded_pps": r3(self.forwarded_pps()),
+            "published_pps": r3((self.b.published - self.a.published) as f64 / self.secs()),
+            "loss_pct": r3(self.loss_pct(live)),
+            "frames_expected": c.expected.load(Relaxed),
+            "frames_received": c.received.load(Relaxed),
+            "p50_ms": r3(pct(lat, 0.50)),
+            "p99_ms": r3(pct(lat, 0.99)),
+            "server_cpu_pct": r3(self.server_cpu_pct()),
+            "server_cpu_us_per_packet": r3(self.server_us_per_packet()),
+            "loadgen_cpu_pct": r3(self.loadgen_cpu_pct()),
+            "other_cpu_pct": r3(self.other_cpu_pct()),
+        })
+    }
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Percentile of sorted µs values, in ms.
+fn pct(v: &[u32], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * v.len() as f64) as usize).min(v.len() - 1);
+    v[i] as f64 / 1000.0
+}
+
+/// Waits until `done` holds or `deadline` passes (or every task ended); false on the latter.
+async fn wait_for(deadline: Instant, tasks: &[JoinHandle<PeerResult>], done: impl Fn() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline || tasks.iter().all(|t| t.is_finished()) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn drive(
+    args: &SfuArgs,
+    plan: &Arc<Plan>,
+    live: &Arc<Live>,
+    server: &mut ServerProcess,
+    workers: &Workers,
+) -> anyhow::Result<Value> {
+    let pid = server.pid();
+    let (np, ns) = (plan.publishers, plan.subscribers);
+    let started = Instant::now();
+    let deadline = started + plan.connect_timeout;
+    let mut tasks: Vec<JoinHandle<PeerResult>> = Vec::new();
+    let mut next_worker = 0usize;
+    let mut spawn = |role: Role, tasks: &mut Vec<JoinHandle<PeerResult>>| {
+        let h = &workers.handles[next_worker % workers.handles.len()];
+        next_worker += 1;
+        tasks.push(h.spawn(sfu_peer::run(role, plan.clone(), live.clone())));
+    };
+
+    // Publishers first, all connected, then the subscribers in batches.
+    eprintln!("joining {np} publishers");
+    for i in 0..np {
+        spawn(Role::Publisher(i), &mut tasks);
+    }
+    if !wait_for(deadline, &tasks, || live.connected.load(Relaxed) >= np).await {
+        bail!(
+            "only {} of {np} publishers connected to the SFU ({} failed)",
+            live.connected.load(Relaxed),
+            live.failed.load(Relaxed)
+        );
+    }
+    eprintln!("joining {ns} subscribers");
+    for j in 0..ns {
+        spawn(Role::Subscriber(j), &mut tasks);
+        if (j + 1) % JOIN_BATCH == 0 || j + 1 == ns {
+            let want = np + j + 1;
+            if !wait_for(deadline, &tasks, || live.connected.load(Relaxed) >= want).await {
+                bail!(
+                    "only {} of {} participants connected to the SFU ({} failed)",
+                    live.connected.load(Relaxed),
+                    want,
+                    live.failed.load(Relaxed)
+                );
+            }
+        }
+    }
+    if !wait_for(deadline, &tasks, || live.ready.load(Relaxed) >= np + ns).await {
+        bail!(
+            "only {} of {} participants receive every publisher ({} failed)",
+            live.ready.load(Relaxed),
+            np + ns,
+            live.failed.load(Relaxed)
+        );
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    eprintln!("all {} participants receive every publisher after {connect_s:.1} s; warming up", np + ns);
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
+    let rss_idle = procfs::rss_kb(pid)?;
+
+    let mut windows: Vec<Window> = Vec::new();
+    let mut saturation_reached = false;
+    let mults: Vec<f64> =
+        std::iter::once(1.0).chain(if args.saturate { STEPS.to_vec() } else { Vec::new() }).take(MAX_WINDOWS).collect();
+    for (k, &mult) in mults.iter().enumerate() {
+        let index = k + 1;
+        let secs = if k == 0 { args.seconds } else { args.step_secs };
+        live.set_mult(mult);
+        live.window.store(index as u8, Relaxed);
+        let a = sample(pid, live)?;
+        let end = a.at + Duration::from_secs_f64(secs);
+        let mut prev = a;
+        eprintln!("window {index}: video at {:.0} fps for {secs:.1} s", args.fps * mult);
+        loop {
+            let next = (prev.at + Duration::from_secs(1)).min(end);
+            tokio::time::sleep_until(next.into()).await;
+            let s = sample(pid, live)?;
+            let w = Window { index, mult, a: prev, b: s };
+            eprintln!(
+                "  {:>5.1}s forwarded {:>7.0} pkt/s, published {:>6.0} pkt/s, server CPU {:>3.0}%, load generator {:>3.0}%",
+                (s.at - a.at).as_secs_f64(),
+                w.forwarded_pps(),
+                (s.published - prev.published) as f64 / w.secs(),
+                w.server_cpu_pct(),
+                w.loadgen_cpu_pct()
+            );
+            prev = s;
+            if !server.alive() {
+                bail!("the server process exited during the measurement");
+            }
+            if s.at >= end {
+                break;
+            }
+        }
+        live.window.store(0, Relaxed);
+        let w = Window { index, mult, a, b: prev };
+        tokio::time::sleep(SETTLE).await;
+        let loss = w.loss_pct(live);
+        eprintln!(
+            "window {index}: {:.0} pkt/s forwarded, loss {loss:.3}%, server {:.2} µs CPU per forwarded packet",
+            w.forwarded_pps(),
+            w.server_us_per_packet()
+        );
+        let grew = windows.last().is_none_or(|p| w.forwarded_pps() > p.forwarded_pps() * 1.02);
+        windows.push(w);
+        if k > 0 && (loss > args.saturation_loss_pct || !grew) {
+            saturation_reached = true;
+            break;
+        }
+    }
+    live.sending.store(false, Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_final = procfs::rss_kb(pid)?;
+    live.stop.store(true, Relaxed);
+
+    let mut lat: Vec<Vec<u32>> = vec![Vec::new(); MAX_WINDOWS + 1];
+    let collect = async {
+        for t in tasks {
+            if let Ok(r) = t.await {
+                for (w, l) in r.latencies.into_iter().enumerate() {
+                    lat[w].extend_from_slice(&l);
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), collect).await.is_err() {
+        eprintln!("warning: some participants did not stop within 5 s; their latencies are left out");
+    }
+    for l in &mut lat {
+        l.sort_unstable();
+    }
+
+    let main = &windows[0];
+    let main_lat = &lat[main.index];
+    // Saturation: the most forwarded among the windows whose loss stayed within the threshold.
+    let clean = windows.iter().filter(|w| w.loss_pct(live) <= args.saturation_loss_pct);
+    let best = clean.max_by(|a, b| a.forwarded_pps().total_cmp(&b.forwarded_pps()));
+    let saturation_pps = best.map_or(f64::NAN, |w| w.forwarded_pps());
+    let steps: Vec<Value> = windows.iter().map(|w| w.report(live, &lat[w.index], args.fps)).collect();
+    let fwd = main.forwarded();
+    let fwd_bytes = main.b.forwarded_bytes - main.a.forwarded_bytes;
+    Ok(json!({
+        "bench": "sfu",
+        "publishers": np,
+        "subscribers": ns,
+        "receivers_per_publisher": np - 1 + ns,
+        "failed": live.failed.load(Relaxed),
+        "audio": plan.audio,
+        "simulcast": plan.layers.iter().filter_map(|l| l.rid.clone()).collect::<Vec<_>>(),
+        "layer_kbps": plan.layers.iter().map(|l| r3(l.kbps)).collect::<Vec<_>>(),
+        "layer_frame_bytes": plan.layers.iter().map(|l| l.frame_bytes).collect::<Vec<_>>(),
+        "received_layer": plan.layers[plan.wanted_layer].rid.clone(),
+        "fps": args.fps,
+        "seconds": r3(main.secs()),
+        "forwarded_pps": r3(main.forwarded_pps()),
+        "forwarded_packets": fwd,
+        "forwarded_packet_bytes": r3(fwd_bytes as f64 / fwd.max(1) as f64),
+        "forwarded_mbps": r3(fwd_bytes as f64 * 8.0 / 1e6 / main.secs()),
+        "published_pps": r3((main.b.published - main.a.published) as f64 / main.secs()),
+        "server_cpu_us_per_packet": r3(main.server_us_per_packet()),
+        "server_cpu_pct": r3(main.server_cpu_pct()),
+        "loadgen_cpu_pct": r3(main.loadgen_cpu_pct()),
+        "other_cpu_pct": r3(main.other_cpu_pct()),
+        "loss_pct": r3(main.loss_pct(live)),
+        "frames_expected": live.windows[main.index].expected.load(Relaxed),
+        "frames_received": live.windows[main.index].received.load(Relaxed),
+        "p50_ms": r3(pct(main_lat, 0.50)),
+        "p90_ms": r3(pct(main_lat, 0.90)),
+        "p99_ms": r3(pct(main_lat, 0.99)),
+        "max_ms": r3(main_lat.last().map_or(f64::NAN, |&l| l as f64 / 1000.0)),
+        "saturation_forwarded_pps": r3(saturation_pps),
+        "saturation_reached": saturation_reached,
+        "windows": steps,
+        "wrong_layer_frames": live.wrong_layer_frames.load(Relaxed),
+        "unparsed_frames": live.unparsed_frames.load(Relaxed),
+        "late_frames": live.late_frames.load(Relaxed),
+        "send_dropped": live.send_dropped.load(Relaxed),
+        "errors": live.errors.load(Relaxed),
+        "server_rss_idle_kb": rss_idle,
+        "server_rss_kb": rss_final,
+        "cpus": procfs::cpus(),
+        "pinned": args.pin && procfs::cpus() >= 2,
+        "loadgen_threads": args.loadgen_threads,
+        "connect_s": r3(connect_s),
+    }))
+}

@@ -1,0 +1,648 @@
+//! One synthetic participant of the `sfu` benchmark: a str0m client that joins through the real
+//! signalling (WebSocket `join`, then SDP with the reserved peer `sfu`), connects to the SFU over
+//! its own UDP socket on 127.0.0.1, and either publishes (audio, and video in up to three simulcast
+//! layers, and receives the other publishers like any meeting participant) or only receives (a
+//! data-channel-only offer, like a page with neither microphone nor camera).
+//!
+//! Every frame a publisher writes starts with a codec-looking prefix (an Opus TOC byte, or a
+//! VP8 frame tag: str0m's VP8 depacketizer and the SFU's simulcast switching read its keyframe
+//! bit) followed by a [`Stamp`]: who sent it, which track, which measurement window, a sequence
+//! number and the send time. The SFU forwards frames byte for byte, so receivers read the stamp
+//! back from each frame they get.
+
+use crate::sfu::{Live, Plan, MAX_WINDOWS};
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use huddle_protocol::{
+    ClientMsg, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, VideoQuality, PROTOCOL_VERSION,
+    SFU_PEER_ID,
+};
+use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use huddle_sfu::str0m::format::Codec;
+use huddle_sfu::str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast, SimulcastLayer};
+use huddle_sfu::str0m::net::{Protocol, Receive};
+use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Marks a benchmark frame.
+const MAGIC: [u8; 4] = *b"HUDB";
+/// Bytes of a [`Stamp`] in a frame.
+const STAMP_LEN: usize = 20;
+/// The start of a VP8 key frame (frame tag with the key-frame bit clear, start code, 320×240).
+/// Delta frames use the same bytes with the bit set (0x11): the SFU only reads that bit.
+const VP8_PREFIX: [u8; 10] = [0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00];
+/// Opus TOC byte: CELT-only, fullband, 20 ms, one frame.
+const OPUS_TOC: u8 = 0xf8;
+/// Audio frame interval (Opus's usual 20 ms).
+pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest a participant sleeps without looking at the stop flag.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// A send more than this late is skipped (counted in `late_frames`) instead of caught up.
+const MAX_LAG: Duration = Duration::from_millis(100);
+/// Datagrams taken from the socket per wake-up before timers get a look in.
+const RECV_BATCH: usize = 64;
+/// Problems shown on stderr; more are only counted.
+const REPORT_MAX: u64 = 10;
+
+/// What every benchmark frame carries after its codec prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Index of the publisher (0-based).
+    pub publisher: u16,
+    /// 0 audio, 1 + layer index for video (1 is the lowest simulcast layer).
+    pub kind: u8,
+    /// Measurement window the frame was sent in (1-based; 0: not measured).
+    pub window: u8,
+    /// Per publisher and kind.
+    pub seq: u32,
+    /// Nanoseconds since [`Plan::epoch`].
+    pub send_ns: u64,
+}
+
+impl Stamp {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&self.publisher.to_le_bytes());
+        out.push(self.kind);
+        out.push(self.window);
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.send_ns.to_le_bytes());
+    }
+
+    /// The stamp in a frame written by [`audio_frame`] or [`video_frame`].
+    pub fn read(frame: &[u8]) -> Option<Stamp> {
+        let at = |offset: usize| -> Option<Stamp> {
+            let s = frame.get(offset..offset + STAMP_LEN)?;
+            if s[..4] != MAGIC {
+                return None;
+            }
+            Some(Stamp {
+                publisher: u16::from_le_bytes([s[4], s[5]]),
+                kind: s[6],
+                window: s[7],
+                seq: u32::from_le_bytes(s[8..12].try_into().ok()?),
+                send_ns: u64::from_le_bytes(s[12..20].try_into().ok()?),
+            })
+        };
+        at(1).or_else(|| at(VP8_PREFIX.len()))
+    }
+}
+
+/// An Opus-looking frame of `size` bytes (at least the prefix and stamp).
+pub fn audio_frame(stamp: &Stamp, size: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(size.max(1 + STAMP_LEN));
+    f.push(OPUS_TOC);
+    stamp.write(&mut f);
+    f.resize(size.max(f.len()), 0x55);
+    f
+}
+
+/// A VP8-looking frame of `size` bytes (at least the prefix and stamp).
+pub fn video_frame(stamp: &Stamp, key: bool, size: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(size.max(VP8_PREFIX.len() + STAMP_LEN));
+    f.extend_from_slice(&VP8_PREFIX);
+    if !key {
+        f[0] |= 0x01;
+    }
+    stamp.write(&mut f);
+    f.resize(size.max(f.len()), (stamp.seq % 251) as u8);
+    f
+}
+
+/// An RTP (not RTCP, STUN or DTLS) datagram. The RTP header stays in the clear under SRTP.
+pub fn is_rtp(b: &[u8]) -> bool {
+    // RFC 5761: RTCP packet types 192..=223 in the second byte; RTP version 2.
+    b.len() >= 12 && b[0] >> 6 == 2 && !(192..=223).contains(&b[1])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher(usize),
+    Subscriber(usize),
+}
+
+impl Role {
+    pub fn name(&self) -> String {
+        match self {
+            Role::Publisher(i) => format!("pub-{i}"),
+            Role::Subscriber(i) => format!("sub-{i}"),
+        }
+    }
+}
+
+/// What a participant hands back when it stops.
+#[derive(Default)]
+pub struct PeerResult {
+    /// Added latency of every measured frame it received (µs), per window (index 0 unused).
+    pub latencies: Vec<Vec<u32>>,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Runs one participant until [`Live::stop`]. Errors are counted in [`Live::failed`] and shown.
+pub async fn run(role: Role, plan: Arc<Plan>, live: Arc<Live>) -> PeerResult {
+    match participant(role, &plan, &live).await {
+        Ok(r) => r,
+        Err(e) => {
+            live.failed.fetch_add(1, Relaxed);
+            note(&live, &role.name(), format!("{e:#}"));
+            PeerResult::default()
+        }
+    }
+}
+
+fn note(live: &Live, who: &str, what: impl std::fmt::Display) {
+    let n = live.reported.fetch_add(1, Relaxed);
+    if n < REPORT_MAX {
+        eprintln!("{who}: {what}");
+    } else if n == REPORT_MAX {
+        eprintln!("(further participant problems are counted, not shown)");
+    }
+}
+
+fn text(msg: &ClientMsg) -> anyhow::Result<Message> {
+    Ok(Message::text(serde_json::to_string(msg)?))
+}
+
+fn sdp_msg(kind: SdpType, sdp: String) -> ClientMsg {
+    ClientMsg::Signal {
+        to: PeerId(SFU_PEER_ID.to_string()),
+        payload: SignalPayload::Description { description: SessionDescription { kind, sdp } },
+    }
+}
+
+/// The next protocol message (pings are answered on the way).
+async fn next_msg(ws: &mut Ws) -> anyhow::Result<ServerMsg> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).context("unreadable server message"),
+            Some(Ok(Message::Ping(_))) => ws.flush().await?,
+            Some(Ok(Message::Close(_))) | None => bail!("the server closed the connection"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e).context("WebSocket read"),
+        }
+    }
+}
+
+/// Connects, joins the benchmark room and waits for `joined` (the room must be an `sfu` room).
+/// Returns the socket and the publishers already in the room.
+async fn join(plan: &Plan, role: Role) -> anyhow::Result<(Ws, Vec<(PeerId, String)>)> {
+    let tcp = TcpStream::connect(("127.0.0.1", plan.port)).await.context("TCP connect")?;
+    tcp.set_nodelay(true)?;
+    let url = format!("ws://127.0.0.1:{}/ws", plan.port);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.context("WebSocket handshake")?;
+    let publisher = matches!(role, Role::Publisher(_));
+    let join = ClientMsg::Join {
+        protocol: PROTOCOL_VERSION,
+        room: plan.room.clone(),
+        name: role.name(),
+        audio: publisher && plan.audio,
+        video: publisher,
+    };
+    ws.send(text(&join)?).await.context("sending join")?;
+    loop {
+        match next_msg(&mut ws).await? {
+            ServerMsg::Joined { topology: Topology::Sfu, peers, .. } => {
+                return Ok((ws, peers.into_iter().map(|p| (p.id, p.name)).collect()))
+            }
+            ServerMsg::Joined { topology, .. } => bail!("the room's topology is {topology:?}, not sfu"),
+            ServerMsg::Error { code, message, .. } => bail!("join refused: {code} ({message})"),
+            ServerMsg::Bye { reason } => bail!("bye: {reason:?}"),
+            _ => {}
+        }
+    }
+}
+
+struct Participant<'a> {
+    role: Role,
+    plan: &'a Plan,
+    live: &'a Live,
+    rtc: Rtc,
+    start: Instant,
+    local: SocketAddr,
+    socket: UdpSocket,
+    next_timeout: Instant,
+    connected: bool,
+    pending: Option<SdpPendingOffer>,
+    audio_mid: Option<Mid>,
+    video_mid: Option<Mid>,
+    rids: Vec<Rid>,
+    opus_pt: Option<Pt>,
+    vp8_pt: Option<Pt>,
+    /// Per video layer: the next frame is a keyframe (asked for, or due).
+    force_key: Vec<bool>,
+    last_key: Instant,
+    next_audio: Instant,
+    next_video: Instant,
+    seq_audio: u32,
+    seq_video: Vec<u32>,
+    /// Per publisher: bit 0 audio seen, bit 1 wanted video layer seen (for readiness).
+    seen: Vec<u8>,
+    ready: bool,
+    result: PeerResult,
+}
+
+async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<PeerResult> {
+    let (mut ws, peers) =
+        tokio::time::timeout(plan.connect_timeout, join(plan, role)).await.map_err(|_| anyhow!("join timed out"))??;
+    live.joined.fetch_add(1, Relaxed);
+    // Everyone receives the publishers' video at the quality asked for (`high` is the default).
+    if plan.quality != VideoQuality::High {
+        for (id, name) in &peers {
+            if name.starts_with("pub-") {
+                ws.send(text(&ClientMsg::Receive { peer: id.clone(), video: plan.quality })?).await?;
+            }
+        }
+    }
+
+    let std_socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("binding a UDP socket")?;
+    std_socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(std_socket)?;
+    let local = socket.local_addr()?;
+    let start = Instant::now();
+    let mut rtc = Rtc::builder().build(start);
+    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).map_err(|e| anyhow!("candidate: {e}"))?);
+    let mut change = rtc.sdp_api();
+    let (mut audio_mid, mut video_mid) = (None, None);
+    let rids: Vec<Rid> = plan.layers.iter().filter_map(|l| l.rid.as_deref()).map(Rid::from).collect();
+    match role {
+        Role::Publisher(_) => {
+            if plan.audio {
+                audio_mid = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            }
+            let simulcast = (!rids.is_empty()).then(|| {
+                let mut s = Simulcast::new();
+                for rid in &rids {
+                    s.add_send_layer(SimulcastLayer::new(rid));
+                }
+                s
+            });
+            video_mid = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast));
+        }
+        Role::Subscriber(_) => {
+            // Nothing to publish: an offer needs something, and a data channel adds no track
+            // for the SFU to forward to everyone else.
+            change.add_channel("bench".into());
+        }
+    }
+    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
+    ws.send(text(&sdp_msg(SdpType::Offer, offer.to_sdp_string()))?).await?;
+
+    let layers = plan.layers.len();
+    let mut p = Participant {
+        role,
+        plan,
+        live,
+        rtc,
+        start,
+        local,
+        socket,
+        next_timeout: start,
+        connected: false,
+        pending: Some(pending),
+        audio_mid,
+        video_mid,
+        rids,
+        opus_pt: None,
+        vp8_pt: None,
+        force_key: vec![true; layers],
+        last_key: start,
+        next_audio: start,
+        next_video: start,
+        seq_audio: 0,
+        seq_video: vec![0; layers],
+        seen: vec![0; plan.publishers],
+        ready: false,
+        result: PeerResult { latencies: vec![Vec::new(); MAX_WINDOWS + 1] },
+    };
+    p.check_ready();
+    p.drain()?;
+    p.run(&mut ws).await?;
+    let _ = tokio::time::timeout(Duration::from_millis(200), ws.send(text(&ClientMsg::Leave)?)).await;
+    Ok(p.result)
+}
+
+impl Participant<'_> {
+    fn publisher(&self) -> Option<usize> {
+        match self.role {
+            Role::Publisher(i) => Some(i),
+            Role::Subscriber(_) => None,
+        }
+    }
+
+    async fn run(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 2048];
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        loop {
+            if self.live.stop.load(Relaxed) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= self.next_timeout {
+                self.rtc.handle_input(RtcInput::Timeout(now)).map_err(|e| anyhow!("str0m timeout: {e}"))?;
+                self.drain()?;
+            }
+            self.publish(now)?;
+            if !self.rtc.is_alive() {
+                bail!("the SFU connection closed");
+            }
+            let mut wake = self.next_timeout.min(now + MAX_SLEEP);
+            if self.connected && self.publisher().is_some() {
+                if self.audio_mid.is_some() {
+                    wake = wake.min(self.next_audio);
+                }
+                wake = wake.min(self.next_video);
+            }
+            sleep.as_mut().reset(tokio::time::Instant::from_std(wake.max(now)));
+            tokio::select! {
+                biased;
+                r = self.socket.readable() => {
+                    r.context("UDP socket")?;
+                    for _ in 0..RECV_BATCH {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => self.datagram(&buf[..n], source)?,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e).context("UDP receive"),
+                        }
+                    }
+                }
+                msg = next_msg(ws) => self.server_msg(ws, msg?).await?,
+                _ = &mut sleep => {}
+            }
+        }
+    }
+
+    async fn server_msg(&mut self, ws: &mut Ws, msg: ServerMsg) -> anyhow::Result<()> {
+        match msg {
+            ServerMsg::Signal { from, payload: SignalPayload::Description { description } }
+                if from.0 == SFU_PEER_ID =>
+            {
+                match description.kind {
+                    SdpType::Answer => {
+                        let answer = SdpAnswer::from_sdp_string(&description.sdp).context("the SFU's answer")?;
+                        let pending = self.pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
+                        self.rtc.sdp_api().accept_answer(pending, answer).context("accepting the SFU's answer")?;
+                        self.drain()?;
+                    }
+                    SdpType::Offer => {
+                        let offer = SdpOffer::from_sdp_string(&description.sdp).context("the SFU's offer")?;
+                        let answer = self.rtc.sdp_api().accept_offer(offer).context("accepting the SFU's offer")?;
+                        self.drain()?;
+                        ws.send(text(&sdp_msg(SdpType::Answer, answer.to_sdp_string()))?).await?;
+                    }
+                    _ => {}
+                }
+            }
+            ServerMsg::PeerJoined { peer }
+                if self.plan.quality != VideoQuality::High && peer.name.starts_with("pub-") =>
+            {
+                ws.send(text(&ClientMsg::Receive { peer: peer.id, video: self.plan.quality })?).await?;
+            }
+            ServerMsg::Error { code, message, .. } => {
+                self.live.errors.fetch_add(1, Relaxed);
+                note(self.live, &self.role.name(), format!("server error {code}: {message}"));
+            }
+            ServerMsg::Bye { reason } => bail!("the server said bye ({reason:?})"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// One datagram from the network.
+    fn datagram(&mut self, bytes: &[u8], source: SocketAddr) -> anyhow::Result<()> {
+        if is_rtp(bytes) {
+            self.live.forwarded_rtp.fetch_add(1, Relaxed);
+            self.live.forwarded_bytes.fetch_add(bytes.len() as u64, Relaxed);
+        }
+        let Ok(contents) = bytes.try_into() else { return Ok(()) };
+        let receive = Receive { proto: Protocol::Udp, source, destination: self.local, contents };
+        self.rtc.handle_input(RtcInput::Receive(Instant::now(), receive)).map_err(|e| anyhow!("str0m receive: {e}"))?;
+        self.drain()
+    }
+
+    /// str0m's drain rule: after every input, poll until it asks for a timeout.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        loop {
+            match self.rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
+                RtcOutput::Timeout(t) => {
+                    self.next_timeout = t;
+                    return Ok(());
+                }
+                RtcOutput::Transmit(t) => {
+                    if is_rtp(&t.contents) {
+                        self.live.published_rtp.fetch_add(1, Relaxed);
+                    }
+                    match self.socket.try_send_to(&t.contents, t.destination) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            self.live.send_dropped.fetch_add(1, Relaxed);
+                        }
+                        Err(e) => return Err(e).context("UDP send"),
+                    }
+                }
+                RtcOutput::Event(e) => self.event(e),
+            }
+        }
+    }
+
+    fn event(&mut self, e: RtcEvent) {
+        match e {
+            RtcEvent::Connected if !self.connected => {
+                self.connected = true;
+                self.live.connected.fetch_add(1, Relaxed);
+                let now = Instant::now();
+                // Spread the publishers' frames over one frame interval.
+                let stagger = |i: usize, d: Duration| d.mul_f64(i as f64 / self.plan.publishers.max(1) as f64);
+                let i = self.publisher().unwrap_or(0);
+                self.next_audio = now + stagger(i, AUDIO_INTERVAL);
+                self.next_video = now + stagger(i, self.plan.frame_interval);
+                self.last_key = now;
+                self.opus_pt = self.rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt());
+                self.vp8_pt = self.rtc.codec_config().find(|p| p.spec().codec == Codec::Vp8).map(|p| p.pt());
+            }
+            RtcEvent::MediaData(d) => self.frame(&d.data),
+            RtcEvent::KeyframeRequest(r) if Some(r.mid) == self.video_mid => {
+                match r.rid.and_then(|rid| self.rids.iter().position(|x| *x == rid)) {
+                    Some(i) => self.force_key[i] = true,
+                    None => self.force_key.iter_mut().for_each(|k| *k = true),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A frame received from the SFU.
+    fn frame(&mut self, data: &[u8]) {
+        let now_ns = self.plan.now_ns();
+        self.live.frames_received.fetch_add(1, Relaxed);
+        let Some(s) = Stamp::read(data) else {
+            self.live.unparsed_frames.fetch_add(1, Relaxed);
+            return;
+        };
+        let publisher = s.publisher as usize;
+        if publisher >= self.plan.publishers || Some(publisher) == self.publisher() {
+            self.live.unparsed_frames.fetch_add(1, Relaxed);
+            return;
+        }
+        let wanted = s.kind == 0 || s.kind as usize == 1 + self.plan.wanted_layer;
+        if !wanted {
+            // With simulcast a receiver gets one layer per publisher: another one is a bug.
+            self.live.wrong_layer_frames.fetch_add(1, Relaxed);
+            return;
+        }
+        if !self.ready {
+            self.seen[publisher] |= if s.kind == 0 { 1 } else { 2 };
+            self.check_ready();
+        }
+        let w = s.window as usize;
+        if w == 0 || w > MAX_WINDOWS {
+            return;
+        }
+        self.live.windows[w].received.fetch_add(1, Relaxed);
+        let us = (now_ns.saturating_sub(s.send_ns) / 1000).min(u32::MAX as u64) as u32;
+        self.result.latencies[w].push(us);
+    }
+
+    fn check_ready(&mut self) {
+        if self.ready {
+            return;
+        }
+        let need = if self.plan.audio { 3 } else { 2 };
+        let me = self.publisher();
+        let all = (0..self.plan.publishers).filter(|p| Some(*p) != me).all(|p| self.seen[p] & need == need);
+        if all {
+            self.ready = true;
+            self.live.ready.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Writes the frames that are due.
+    fn publish(&mut self, now: Instant) -> anyhow::Result<()> {
+        let Some(me) = self.publisher() else { return Ok(()) };
+        if !self.connected {
+            return Ok(());
+        }
+        let sending = self.live.sending.load(Relaxed);
+        let window = self.live.window.load(Relaxed);
+        // Every other participant should get each audio frame and each frame of the wanted layer.
+        let receivers = (self.plan.publishers - 1 + self.plan.subscribers) as u64;
+        if self.audio_mid.is_some() && now >= self.next_audio {
+            self.next_audio += AUDIO_INTERVAL;
+            if now.saturating_duration_since(self.next_audio) > MAX_LAG {
+                self.live.late_frames.fetch_add(1, Relaxed);
+                self.next_audio = now + AUDIO_INTERVAL;
+            }
+            if sending {
+                self.write_audio(me, window, receivers)?;
+            }
+        }
+        if now >= self.next_video {
+            let mult = self.live.mult();
+            self.next_video += self.plan.frame_interval.div_f64(mult);
+            if now.saturating_duration_since(self.next_video) > MAX_LAG {
+                self.live.late_frames.fetch_add(1, Relaxed);
+                self.next_video = now + self.plan.frame_interval.div_f64(mult);
+            }
+            if sending {
+                self.write_video(me, window, receivers, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_audio(&mut self, me: usize, window: u8, receivers: u64) -> anyhow::Result<()> {
+        let (Some(mid), Some(pt)) = (self.audio_mid, self.opus_pt) else { return Ok(()) };
+        let stamp = Stamp { publisher: me as u16, kind: 0, window, seq: self.seq_audio, send_ns: self.plan.now_ns() };
+        self.seq_audio = self.seq_audio.wrapping_add(1);
+        let data = audio_frame(&stamp, self.plan.audio_bytes);
+        let now = Instant::now();
+        let time = MediaTime::from(now - self.start);
+        if let Some(w) = self.rtc.writer(mid) {
+            w.write(pt, now, time, data).map_err(|e| anyhow!("writing audio: {e}"))?;
+            self.count_sent(window, receivers);
+        }
+        self.drain()
+    }
+
+    fn write_video(&mut self, me: usize, window: u8, receivers: u64, now: Instant) -> anyhow::Result<()> {
+        let (Some(mid), Some(pt)) = (self.video_mid, self.vp8_pt) else { return Ok(()) };
+        if now.saturating_duration_since(self.last_key) >= self.plan.keyframe_interval {
+            self.force_key.iter_mut().for_each(|k| *k = true);
+            self.last_key = now;
+        }
+        for l in 0..self.plan.layers.len() {
+            let stamp = Stamp {
+                publisher: me as u16,
+                kind: 1 + l as u8,
+                window,
+                seq: self.seq_video[l],
+                send_ns: self.plan.now_ns(),
+            };
+            self.seq_video[l] = self.seq_video[l].wrapping_add(1);
+            let data = video_frame(&stamp, self.force_key[l], self.plan.layers[l].frame_bytes);
+            self.force_key[l] = false;
+            let now = Instant::now();
+            let time = MediaTime::from(now - self.start);
+            let Some(mut w) = self.rtc.writer(mid) else { return Ok(()) };
+            if let Some(rid) = self.rids.get(l) {
+                w = w.rid(*rid);
+            }
+            w.write(pt, now, time, data).map_err(|e| anyhow!("writing video: {e}"))?;
+            if l == self.plan.wanted_layer {
+                self.count_sent(window, receivers);
+            }
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    /// One frame every other participant should receive went out.
+    fn count_sent(&self, window: u8, receivers: u64) {
+        self.live.frames_sent.fetch_add(1, Relaxed);
+        let w = window as usize;
+        if w > 0 && w <= MAX_WINDOWS {
+            self.live.windows[w].expected.fetch_add(receivers, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_in_both_kinds_of_frame() {
+        let s = Stamp { publisher: 7, kind: 3, window: 2, seq: 123_456, send_ns: 9_876_543_210 };
+        let v = video_frame(&s, true, 6000);
+        assert_eq!(v.len(), 6000);
+        assert_eq!(v[0] & 1, 0, "a key frame");
+        assert_eq!(Stamp::read(&v), Some(s));
+        assert_eq!(video_frame(&s, false, 100)[0] & 1, 1, "a delta frame");
+        let a = audio_frame(&Stamp { kind: 0, ..s }, 80);
+        assert_eq!(a.len(), 80);
+        assert_eq!(Stamp::read(&a), Some(Stamp { kind: 0, ..s }));
+        assert_eq!(Stamp::read(&a[..10]), None);
+        assert_eq!(Stamp::read(b"garbage garbage garbage garbage"), None);
+    }
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        let mut rtp = [0u8; 20];
+        rtp[0] = 0x80;
+        rtp[1] = 96;
+        assert!(is_rtp(&rtp));
+        rtp[1] = 0x80 | 111; // marker bit set
+        assert!(is_rtp(&rtp));
+        rtp[1] = 200; // sender report
+        assert!(!is_rtp(&rtp));
+        assert!(!is_rtp(&[0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])); // STUN
+        assert!(!is_rtp(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0])); // DTLS
+    }
+}
