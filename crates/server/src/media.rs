@@ -146,7 +146,7 @@ impl Media {
 
     /// Runs until the hub drops its command sender.
     pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
-        let sfu = Sfu::new(self.socks[0].alias);
+        let sfu = Sfu::with_addresses(self.addresses());
         let mut driver = Driver { sfu, socks: self.socks, hub, stats: MediaStats::default(), sessions: HashMap::new() };
         driver.run(commands).await;
     }

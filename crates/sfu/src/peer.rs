@@ -52,6 +52,8 @@ pub(crate) struct PeerState {
     pub failed: Option<RemoveReason>,
     /// How much of each publisher's video it wants ([`VideoQuality::High`] when absent).
     pub wanted: HashMap<PeerId, VideoQuality>,
+    /// When it joined: the time base of its tracks' layer activity.
+    pub epoch: Instant,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,7 @@ impl Peer {
                 tracks_out: Vec::new(),
                 failed: None,
                 wanted: HashMap::new(),
+                epoch: now,
             },
         };
         let mids: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
@@ -178,7 +181,7 @@ impl Peer {
     }
 
     /// The participant's answer to our renegotiation offer.
-    pub(crate) fn answer(&mut self, sdp: &str, sink: &mut Sink) -> Result<(), SfuError> {
+    pub(crate) fn answer(&mut self, now: Instant, sdp: &str, sink: &mut Sink) -> Result<(), SfuError> {
         let id = self.state.id;
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
@@ -202,7 +205,7 @@ impl Peer {
                     // A new subscriber needs a keyframe to start decoding (of the layer it
                     // will get, for simulcast).
                     if let Some(t) = track.track_in.upgrade() {
-                        let rid = t.layer_for(state.wanted.get(&t.origin).copied().unwrap_or_default());
+                        let rid = t.layer_for(state.wanted.get(&t.origin).copied().unwrap_or_default(), now);
                         let req = Propagated::KeyframeRequest {
                             origin: t.origin,
                             mid_in: t.mid,
@@ -304,7 +307,7 @@ impl Peer {
             return;
         }
         let out = &mut self.state.tracks_out[i];
-        if let Some(target) = track.layer_for(wanted) {
+        if let Some(target) = track.layer_for(wanted, data.network_time) {
             let Some(rid) = data.rid else { return };
             if out.layer != Some(target) && rid == target {
                 if data.is_keyframe() {
@@ -378,11 +381,16 @@ impl PeerState {
                     .map(|s| if s.recv.is_empty() { &s.send } else { &s.recv })
                     .map(|l| l.iter().map(|l| l.rid).collect())
                     .unwrap_or_default();
-                let track = Arc::new(TrackIn { origin: self.id, mid: added.mid, kind: added.kind, layers });
+                let track = Arc::new(TrackIn::new(self.id, added.mid, added.kind, layers, self.epoch));
                 sink.propagated.push_back((self.id, Propagated::TrackOpen(Arc::downgrade(&track))));
                 self.tracks_in.push((track, KeyframeThrottle::default()));
             }
             RtcEvent::MediaData(data) => {
+                if data.rid.is_some() {
+                    if let Some((t, _)) = self.tracks_in.iter().find(|(t, _)| t.mid == data.mid) {
+                        t.saw(data.rid, data.network_time);
+                    }
+                }
                 if !data.contiguous {
                     let req = Propagated::KeyframeRequest {
                         origin: self.id,

@@ -1,5 +1,6 @@
 //! Tracks: incoming ones owned by their publisher, outgoing ones holding them weakly.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,12 @@ use crate::api::PeerId;
 /// The shortest gap between two keyframe requests sent to one publisher's track.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A simulcast layer counts as sent while its frames are at most this far apart. Browsers stop
+/// sending their upper layers when the camera's picture is small or bandwidth or CPU runs short
+/// (Chromium sends one layer for a 320×240 camera); a subscriber wanting such a layer gets the
+/// best one still arriving instead of a frozen picture.
+pub const LAYER_ACTIVE_WINDOW: Duration = Duration::from_millis(1500);
+
 /// A track a participant publishes. Only its publisher's `Peer` holds the `Arc`; when the
 /// publisher goes, every subscriber's `Weak` dies and its outgoing track is stopped.
 #[derive(Debug)]
@@ -22,22 +29,56 @@ pub(crate) struct TrackIn {
     /// Simulcast layers the publisher sends, lowest quality first (as it declared them); empty
     /// without simulcast.
     pub layers: Vec<Rid>,
+    /// When each layer's last frame arrived, in microseconds after `epoch` plus one (0: never).
+    /// Written by the publisher's frames, read by every subscriber's layer choice.
+    seen: Vec<AtomicU64>,
+    epoch: Instant,
 }
 
 impl TrackIn {
+    pub(crate) fn new(origin: PeerId, mid: Mid, kind: MediaKind, layers: Vec<Rid>, epoch: Instant) -> TrackIn {
+        let seen = layers.iter().map(|_| AtomicU64::new(0)).collect();
+        TrackIn { origin, mid, kind, layers, seen, epoch }
+    }
+
+    /// Notes that a frame of layer `rid` arrived at `now`.
+    pub(crate) fn saw(&self, rid: Option<Rid>, now: Instant) {
+        let Some(rid) = rid else { return };
+        if let Some(i) = self.layers.iter().position(|r| *r == rid) {
+            let us = now.saturating_duration_since(self.epoch).as_micros() as u64 + 1;
+            self.seen[i].store(us, Ordering::Relaxed);
+        }
+    }
+
+    fn active(&self, i: usize, now: Instant) -> bool {
+        let us = self.seen[i].load(Ordering::Relaxed);
+        if us == 0 {
+            return false;
+        }
+        let last = self.epoch + Duration::from_micros(us - 1);
+        now.saturating_duration_since(last) <= LAYER_ACTIVE_WINDOW
+    }
+
     /// The layer to forward for a wanted quality: `Low` the lowest, `High` the highest, `Medium`
-    /// the middle one. `None` without simulcast.
-    pub(crate) fn layer_for(&self, quality: VideoQuality) -> Option<Rid> {
+    /// the middle one — or, when that layer is not arriving, the best one below it that is (else
+    /// the nearest above). `None` without simulcast.
+    pub(crate) fn layer_for(&self, quality: VideoQuality, now: Instant) -> Option<Rid> {
         let n = self.layers.len();
         if n == 0 {
             return None;
         }
-        let i = match quality {
+        let want = match quality {
             VideoQuality::Off | VideoQuality::Low => 0,
             VideoQuality::Medium => (n - 1) / 2 + usize::from(n == 2),
             VideoQuality::High => n - 1,
-        };
-        self.layers.get(i.min(n - 1)).copied()
+        }
+        .min(n - 1);
+        let i = (0..=want)
+            .rev()
+            .find(|&i| self.active(i, now))
+            .or_else(|| (want + 1..n).find(|&i| self.active(i, now)))
+            .unwrap_or(want);
+        self.layers.get(i).copied()
     }
 }
 
@@ -143,19 +184,49 @@ mod tests {
 
     #[test]
     fn layers_are_chosen_by_quality() {
-        let t = |layers: &[&str]| TrackIn {
-            origin: PeerId(1),
-            mid: Mid::from("0"),
-            kind: MediaKind::Video,
-            layers: layers.iter().map(|r| Rid::from(*r)).collect(),
+        let t0 = Instant::now();
+        let t = |layers: &[&str]| {
+            TrackIn::new(
+                PeerId(1),
+                Mid::from("0"),
+                MediaKind::Video,
+                layers.iter().map(|r| Rid::from(*r)).collect(),
+                t0,
+            )
         };
         let three = t(&["q", "h", "f"]);
-        assert_eq!(three.layer_for(VideoQuality::Low), Some(Rid::from("q")));
-        assert_eq!(three.layer_for(VideoQuality::Medium), Some(Rid::from("h")));
-        assert_eq!(three.layer_for(VideoQuality::High), Some(Rid::from("f")));
+        assert_eq!(three.layer_for(VideoQuality::Low, t0), Some(Rid::from("q")));
+        assert_eq!(three.layer_for(VideoQuality::Medium, t0), Some(Rid::from("h")));
+        assert_eq!(three.layer_for(VideoQuality::High, t0), Some(Rid::from("f")));
         let two = t(&["q", "f"]);
-        assert_eq!(two.layer_for(VideoQuality::Medium), Some(Rid::from("f")));
-        assert_eq!(t(&[]).layer_for(VideoQuality::High), None);
+        assert_eq!(two.layer_for(VideoQuality::Medium, t0), Some(Rid::from("f")));
+        assert_eq!(t(&[]).layer_for(VideoQuality::High, t0), None);
+    }
+
+    #[test]
+    fn a_layer_that_is_not_arriving_is_replaced_by_the_best_one_that_is() {
+        let t0 = Instant::now();
+        let layers = ["q", "h", "f"].iter().map(|r| Rid::from(*r)).collect();
+        let track = TrackIn::new(PeerId(1), Mid::from("0"), MediaKind::Video, layers, t0);
+        // Only the lowest layer arrives (a small camera): everyone gets it.
+        track.saw(Some(Rid::from("q")), t0);
+        assert_eq!(track.layer_for(VideoQuality::High, t0), Some(Rid::from("q")));
+        assert_eq!(track.layer_for(VideoQuality::Medium, t0), Some(Rid::from("q")));
+        // The middle one starts: High falls back to it, Low keeps the lowest.
+        track.saw(Some(Rid::from("h")), t0 + Duration::from_millis(100));
+        let t1 = t0 + Duration::from_millis(200);
+        assert_eq!(track.layer_for(VideoQuality::High, t1), Some(Rid::from("h")));
+        assert_eq!(track.layer_for(VideoQuality::Low, t1), Some(Rid::from("q")));
+        // The lowest stops: Low takes the nearest layer above.
+        let t2 = t0 + LAYER_ACTIVE_WINDOW + Duration::from_millis(50);
+        track.saw(Some(Rid::from("h")), t2);
+        assert_eq!(track.layer_for(VideoQuality::Low, t2), Some(Rid::from("h")));
+        // All of them arrive again: each quality has its own layer.
+        for r in ["q", "f"] {
+            track.saw(Some(Rid::from(r)), t2);
+        }
+        assert_eq!(track.layer_for(VideoQuality::High, t2), Some(Rid::from("f")));
+        assert_eq!(track.layer_for(VideoQuality::Low, t2), Some(Rid::from("q")));
     }
 
     #[test]

@@ -259,6 +259,11 @@ impl World {
         self.clients.iter().find(|c| c.id == PeerId(id)).expect("a client with this id")
     }
 
+    #[allow(dead_code)] // not every scenario changes its clients
+    pub fn client_mut(&mut self, id: u64) -> &mut Client {
+        self.clients.iter_mut().find(|c| c.id == PeerId(id)).expect("a client with this id")
+    }
+
     /// Runs the world for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
