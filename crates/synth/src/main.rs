@@ -18,13 +18,15 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use huddle_protocol::{
-    ClientMsg, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, SFU_PEER_ID,
+    ClientMsg, ErrorCode, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, VideoQuality,
+    PROTOCOL_VERSION, SFU_PEER_ID,
 };
-use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer};
+use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use huddle_sfu::str0m::format::Codec;
-use huddle_sfu::str0m::media::{Direction, MediaKind};
+use huddle_sfu::str0m::media::{Direction, MediaKind, Mid};
 use huddle_sfu::str0m::net::{Protocol, Receive};
 use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +58,15 @@ struct Args {
     /// Also stop when standard input closes (for test harnesses)
     #[arg(long)]
     until_stdin_closes: bool,
+    /// Also receive the others' video (by default a synthetic participant asks the server for
+    /// none of it with `receive off`, as a page does for tiles off screen: it renders nothing,
+    /// and decrypting every camera 46 times over would starve the browsers it accompanies)
+    #[arg(long)]
+    watch_video: bool,
+    /// Pause between two participants' arrivals, in milliseconds (people trickle into a
+    /// meeting; 46 joins in the same instant make every DTLS handshake wait on the others)
+    #[arg(long, default_value_t = 100)]
+    join_interval_ms: u64,
     /// Give up if not every participant is connected to the SFU within this many seconds
     #[arg(long, default_value_t = 60)]
     connect_timeout_secs: u64,
@@ -68,6 +79,8 @@ struct Totals {
     connected: AtomicUsize,
     frames_received: AtomicU64,
     frames_sent: AtomicU64,
+    /// Sessions started over after the server or str0m lost one.
+    restarts: AtomicU64,
 }
 
 /// An Opus packet of 20 ms of silence (TOC byte: CELT-only, fullband, 20 ms, one frame) that
@@ -88,13 +101,18 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let totals = Arc::new(Totals::default());
     let (stop_tx, stop) = watch::channel(false);
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.count {
+        if i > 0 && args.join_interval_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.join_interval_ms)).await;
+        }
         let name = format!("{} {}", args.name, i + 1);
         let talker = i < args.talkers;
+        let watch_video = args.watch_video;
         let (url, room, totals, stop) = (args.url.clone(), args.room.clone(), totals.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let r = participant(&url, &room, &name, talker, &totals, stop).await;
+            let r = participant(&url, &room, &name, talker, watch_video, &totals, stop).await;
             if let Err(e) = &r {
                 eprintln!("huddle-synth: {name}: {e:#}");
             }
@@ -102,7 +120,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }));
     }
 
-    let started = Instant::now();
     let connect_deadline = started + Duration::from_secs(args.connect_timeout_secs);
     loop {
         let connected = totals.connected.load(Ordering::Relaxed);
@@ -149,6 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "joined": totals.joined.load(Ordering::Relaxed),
             "frames_received": totals.frames_received.load(Ordering::Relaxed),
             "frames_sent": totals.frames_sent.load(Ordering::Relaxed),
+            "restarts": totals.restarts.load(Ordering::Relaxed),
         })
     );
     Ok(())
@@ -166,6 +184,7 @@ async fn participant(
     room: &str,
     name: &str,
     talker: bool,
+    watch_video: bool,
     totals: &Totals,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -181,11 +200,19 @@ async fn participant(
     ws.send(send(&join)).await?;
 
     // Wait until the room is an SFU room (at once, or when an `auto` room switches).
+    // Everyone else in the room, for `receive off`; those already told.
+    let mut others: Vec<PeerId> = Vec::new();
+    let mut told = 0;
     loop {
         match next_msg(&mut ws).await? {
-            ServerMsg::Joined { topology: Topology::Sfu, .. } | ServerMsg::Topology { topology: Topology::Sfu } => {
-                break
+            ServerMsg::Joined { topology, peers, .. } => {
+                others.extend(peers.into_iter().map(|p| p.id));
+                if topology == Topology::Sfu {
+                    break;
+                }
             }
+            ServerMsg::PeerJoined { peer } => others.push(peer.id),
+            ServerMsg::Topology { topology: Topology::Sfu } => break,
             ServerMsg::Error { code, message, .. } => bail!("refused: {code} ({message})"),
             _ => {}
         }
@@ -195,43 +222,71 @@ async fn participant(
     let socket = UdpSocket::bind(("127.0.0.1", 0)).await?;
     let local = socket.local_addr()?;
     let start = Instant::now();
-    let mut rtc = Rtc::builder().build(start);
-    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).map_err(|e| anyhow!("candidate: {e}"))?);
-    let mut change = rtc.sdp_api();
-    let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("no offer"))?;
-    let mut pending = Some(pending);
-    ws.send(send(&signal(SdpType::Offer, offer.to_sdp_string()))).await?;
+    let (mut rtc, mut audio, mut pending) = offer_to_sfu(&mut ws, local, start).await?;
+    let mut session_started = Instant::now();
+    // Set when the session must start over (the server lost it, or our DTLS gave up): when.
+    let mut restart_at: Option<Instant> = None;
 
+    let mut ever_connected = false;
     let mut connected = false;
-    let mut next_timeout;
+    let mut next_timeout = start;
     let mut next_frame = start;
     let mut buf = vec![0u8; 2048];
+    let mut answer_out: Option<String> = None;
     loop {
-        // str0m's drain rule: after every input, poll until it asks for a timeout.
-        loop {
-            match rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
-                RtcOutput::Timeout(t) => {
-                    next_timeout = t;
-                    break;
-                }
-                RtcOutput::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
-                }
-                RtcOutput::Event(RtcEvent::Connected) => {
-                    connected = true;
-                    totals.connected.fetch_add(1, Ordering::Relaxed);
-                }
-                RtcOutput::Event(RtcEvent::MediaData(_)) => {
-                    totals.frames_received.fetch_add(1, Ordering::Relaxed);
-                }
-                RtcOutput::Event(_) => {}
+        if let Some(at) = restart_at {
+            if Instant::now() >= at {
+                // Like the page: a fresh offer replaces the session (at most one per 2 s).
+                restart_at = None;
+                connected = false;
+                (rtc, audio, pending) = offer_to_sfu(&mut ws, local, start).await?;
+                session_started = Instant::now();
+                totals.restarts.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !rtc.is_alive() {
-            bail!("the SFU connection closed");
+        // str0m's drain rule: after every input, poll until it asks for a timeout.
+        let drained = loop {
+            match rtc.poll_output() {
+                Err(e) => break Err(e),
+                Ok(RtcOutput::Timeout(t)) => {
+                    next_timeout = t;
+                    break Ok(());
+                }
+                Ok(RtcOutput::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(RtcOutput::Event(RtcEvent::Connected)) => {
+                    connected = true;
+                    if !ever_connected {
+                        ever_connected = true;
+                        totals.connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(RtcOutput::Event(RtcEvent::MediaData(_))) => {
+                    totals.frames_received.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(RtcOutput::Event(_)) => {}
+            }
+        };
+        if let Err(e) = drained {
+            eprintln!("huddle-synth: {name}: str0m: {e}; starting over");
+            restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
+            rtc.disconnect();
         }
-        let wake = next_timeout.min(next_frame).max(Instant::now());
+        if !rtc.is_alive() && restart_at.is_none() {
+            restart_at = Some(session_started + RESTART_MIN_INTERVAL);
+        }
+        // The server knows our session once it is connected; from then on, no video please.
+        while connected && !watch_video && told < others.len() {
+            let msg = ClientMsg::Receive { peer: others[told].clone(), video: VideoQuality::Off };
+            ws.send(send(&msg)).await?;
+            told += 1;
+        }
+        let mut wake = next_timeout.min(next_frame);
+        if let Some(at) = restart_at {
+            wake = wake.min(at);
+        }
+        let wake = wake.max(Instant::now());
         tokio::select! {
             _ = stop.changed() => {
                 let _ = ws.send(send(&ClientMsg::Leave)).await;
@@ -242,19 +297,35 @@ async fn participant(
                 ServerMsg::Signal { from, payload: SignalPayload::Description { description } }
                     if from.0 == SFU_PEER_ID =>
                 {
-                    match description.kind {
-                        SdpType::Answer => {
-                            let answer = SdpAnswer::from_sdp_string(&description.sdp)?;
-                            let pending = pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
-                            rtc.sdp_api().accept_answer(pending, answer)?;
+                    let handled: anyhow::Result<()> = (|| {
+                        match description.kind {
+                            SdpType::Answer => {
+                                let answer = SdpAnswer::from_sdp_string(&description.sdp)?;
+                                let pending = pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
+                                rtc.sdp_api().accept_answer(pending, answer)?;
+                                Ok(())
+                            }
+                            SdpType::Offer => {
+                                let offer = SdpOffer::from_sdp_string(&description.sdp)?;
+                                let answer = rtc.sdp_api().accept_offer(offer)?;
+                                answer_out = Some(answer.to_sdp_string());
+                                Ok(())
+                            }
+                            _ => Ok(()),
                         }
-                        SdpType::Offer => {
-                            let offer = SdpOffer::from_sdp_string(&description.sdp)?;
-                            let answer = rtc.sdp_api().accept_offer(offer)?;
-                            ws.send(send(&signal(SdpType::Answer, answer.to_sdp_string()))).await?;
-                        }
-                        _ => {}
+                    })();
+                    if let Err(e) = handled {
+                        eprintln!("huddle-synth: {name}: {e:#}; starting over");
+                        restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
                     }
+                    if let Some(sdp) = answer_out.take() {
+                        ws.send(send(&signal(SdpType::Answer, sdp))).await?;
+                    }
+                }
+                ServerMsg::PeerJoined { peer } => others.push(peer.id),
+                ServerMsg::Error { code, .. } if code == ErrorCode::MediaFailed => {
+                    // The server dropped our session (its ICE consent timed out): offer again.
+                    restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
                 }
                 ServerMsg::Error { code, message, .. } => eprintln!("huddle-synth: {name}: server said {code}: {message}"),
                 ServerMsg::Bye { reason } => bail!("server said bye ({reason:?})"),
@@ -264,24 +335,49 @@ async fn participant(
                 let (n, source) = received?;
                 let Ok(contents) = buf[..n].try_into() else { continue };
                 let receive = Receive { proto: Protocol::Udp, source, destination: local, contents };
-                rtc.handle_input(RtcInput::Receive(Instant::now(), receive))?;
+                if let Err(e) = rtc.handle_input(RtcInput::Receive(Instant::now(), receive)) {
+                    eprintln!("huddle-synth: {name}: str0m: {e}; starting over");
+                    restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
+                }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
-                rtc.handle_input(RtcInput::Timeout(now))?;
+                if rtc.handle_input(RtcInput::Timeout(now)).is_err() {
+                    restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
+                }
                 if now >= next_frame {
                     next_frame = now + FRAME_INTERVAL;
                     if talker && connected {
                         let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt());
                         if let (Some(pt), Some(w)) = (pt, rtc.writer(audio)) {
-                            w.write(pt, now, (now - start).into(), OPUS_SILENCE.to_vec())?;
-                            totals.frames_sent.fetch_add(1, Ordering::Relaxed);
+                            if w.write(pt, now, (now - start).into(), OPUS_SILENCE.to_vec()).is_ok() {
+                                totals.frames_sent.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The server refuses a new session sooner than this after the last (docs/protocol.md).
+const RESTART_MIN_INTERVAL: Duration = Duration::from_millis(2100);
+
+/// A fresh str0m session publishing one audio track, offered to the SFU.
+async fn offer_to_sfu(
+    ws: &mut Ws,
+    local: SocketAddr,
+    start: Instant,
+) -> anyhow::Result<(Rtc, Mid, Option<SdpPendingOffer>)> {
+    let mut rtc = Rtc::builder().build(start);
+    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).map_err(|e| anyhow!("candidate: {e}"))?);
+    let mut change = rtc.sdp_api();
+    let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("no offer"))?;
+    let msg = signal(SdpType::Offer, offer.to_sdp_string());
+    ws.send(Message::text(serde_json::to_string(&msg)?)).await?;
+    Ok((rtc, audio, Some(pending)))
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
