@@ -323,7 +323,7 @@ async fn participant(
                     }
                 }
                 ServerMsg::PeerJoined { peer } => others.push(peer.id),
-                ServerMsg::Error { code, .. } if code == ErrorCode::MediaFailed => {
+                ServerMsg::Error { code: ErrorCode::MediaFailed, .. } => {
                     // The server dropped our session (its ICE consent timed out): offer again.
                     restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
                 }
