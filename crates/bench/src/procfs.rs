@@ -46,6 +46,21 @@ pub fn machine_busy_secs() -> anyhow::Result<f64> {
     Ok(busy as f64 / clock_ticks_per_sec())
 }
 
+/// Datagrams the kernel dropped on each UDP socket of this network namespace for want of room
+/// in its receive buffer, by local port (from the `drops` column of `/proc/net/udp`).
+pub fn udp_drops_by_port() -> anyhow::Result<Vec<(u16, u64)>> {
+    let table = std::fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
+    Ok(table.lines().skip(1).filter_map(parse_udp_line).collect())
+}
+
+/// `(local port, drops)` of one line of `/proc/net/udp`.
+fn parse_udp_line(line: &str) -> Option<(u16, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let port = u16::from_str_radix(fields.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+    let drops = fields.last()?.parse().ok()?;
+    Some((port, drops))
+}
+
 /// Number of CPUs this process could use when it started (before any pinning).
 pub fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -99,4 +114,14 @@ pub fn pin_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
 /// Parses a CPU list such as `0` or `1,2,3`.
 pub fn parse_cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
     s.split(',').map(|c| c.trim().parse().with_context(|| format!("bad CPU number {c:?}"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_a_line_of_proc_net_udp() {
+        let line = "  237: 0100007F:BAD0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 52383 2 00000000dcd744d2 17";
+        assert_eq!(super::parse_udp_line(line), Some((0xBAD0, 17)));
+        assert_eq!(super::parse_udp_line("garbage"), None);
+    }
 }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use huddle_protocol::VideoQuality;
 use serde_json::{json, Value};
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -185,8 +185,8 @@ impl Plan {
 /// Frames of one measurement window.
 #[derive(Default)]
 pub struct WindowCounts {
-    /// Frames that should arrive: each audio frame and each wanted-layer video frame sent in
-    /// the window, once per participant that should receive it.
+    /// Frames that should arrive: each audio frame and each video frame time (all layers of one
+    /// moment count once) sent in the window, once per participant that should receive it.
     pub expected: AtomicU64,
     /// Of those, frames that did arrive.
     pub received: AtomicU64,
@@ -202,11 +202,15 @@ pub struct Live {
     pub window: AtomicU8,
     /// Video frame-rate multiplier, in thousandths.
     mult_milli: AtomicU32,
+    /// The SFU's UDP port, from its answers.
+    pub sfu_port: AtomicU16,
     pub joined: AtomicUsize,
     pub connected: AtomicUsize,
     pub ready: AtomicUsize,
     pub failed: AtomicUsize,
     pub errors: AtomicU64,
+    /// New sessions started after a session with the SFU failed.
+    pub restarts: AtomicU64,
     pub reported: AtomicU64,
     /// RTP datagrams (and their bytes) that reached a participant: what the SFU forwarded.
     pub forwarded_rtp: AtomicU64,
@@ -218,7 +222,13 @@ pub struct Live {
     pub frames_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub unparsed_frames: AtomicU64,
-    pub wrong_layer_frames: AtomicU64,
+    /// Video frames received in another simulcast layer than the one asked for (counted, for
+    /// the SFU may fall back to a layer that arrives), and repeats of a frame time already
+    /// received in another layer (not counted).
+    pub other_layer_frames: AtomicU64,
+    pub repeated_frames: AtomicU64,
+    /// Frames that arrived after a newer one of the same track (counted as received).
+    pub out_of_order_frames: AtomicU64,
     /// Frames a publisher skipped because it was more than 100 ms behind its schedule.
     pub late_frames: AtomicU64,
     /// Indexed by window (0 unused).
@@ -347,10 +357,18 @@ struct Sample {
     forwarded: u64,
     forwarded_bytes: u64,
     published: u64,
+    /// Datagrams dropped by the kernel for want of receive-buffer room: on the SFU's socket, and
+    /// on all UDP sockets (the participants' are the others).
+    server_drops: u64,
+    all_drops: u64,
 }
 
 fn sample(pid: u32, live: &Live) -> anyhow::Result<Sample> {
+    let drops = procfs::udp_drops_by_port()?;
+    let sfu_port = live.sfu_port.load(Relaxed);
     Ok(Sample {
+        server_drops: drops.iter().filter(|(p, _)| *p == sfu_port).map(|(_, d)| d).sum(),
+        all_drops: drops.iter().map(|(_, d)| d).sum(),
         at: Instant::now(),
         server_cpu: procfs::cpu_secs(Some(pid))?,
         self_cpu: procfs::cpu_secs(None)?,
@@ -392,6 +410,12 @@ impl Window {
     fn server_us_per_packet(&self) -> f64 {
         (self.b.server_cpu - self.a.server_cpu) * 1e6 / self.forwarded() as f64
     }
+    fn server_drops(&self) -> u64 {
+        self.b.server_drops.saturating_sub(self.a.server_drops)
+    }
+    fn participant_drops(&self) -> u64 {
+        self.b.all_drops.saturating_sub(self.a.all_drops).saturating_sub(self.server_drops())
+    }
     fn loss_pct(&self, live: &Live) -> f64 {
         let c = &live.windows[self.index];
         let (e, r) = (c.expected.load(Relaxed), c.received.load(Relaxed));
@@ -417,6 +441,8 @@ impl Window {
             "server_cpu_us_per_packet": r3(self.server_us_per_packet()),
             "loadgen_cpu_pct": r3(self.loadgen_cpu_pct()),
             "other_cpu_pct": r3(self.other_cpu_pct()),
+            "server_socket_drops": self.server_drops(),
+            "participant_socket_drops": self.participant_drops(),
         })
     }
 }
@@ -545,9 +571,12 @@ async fn drive(
         tokio::time::sleep(SETTLE).await;
         let loss = w.loss_pct(live);
         eprintln!(
-            "window {index}: {:.0} pkt/s forwarded, loss {loss:.3}%, server {:.2} µs CPU per forwarded packet",
+            "window {index}: {:.0} pkt/s forwarded, loss {loss:.3}%, server {:.2} µs CPU per forwarded packet, \
+             datagrams dropped by full socket buffers: {} at the SFU, {} at participants",
             w.forwarded_pps(),
-            w.server_us_per_packet()
+            w.server_us_per_packet(),
+            w.server_drops(),
+            w.participant_drops()
         );
         let grew = windows.last().is_none_or(|p| w.forwarded_pps() > p.forwarded_pps() * 1.02);
         windows.push(w);
@@ -562,11 +591,15 @@ async fn drive(
     live.stop.store(true, Relaxed);
 
     let mut lat: Vec<Vec<u32>> = vec![Vec::new(); MAX_WINDOWS + 1];
+    let mut audio_lat: Vec<Vec<u32>> = vec![Vec::new(); MAX_WINDOWS + 1];
     let collect = async {
         for t in tasks {
             if let Ok(r) = t.await {
                 for (w, l) in r.latencies.into_iter().enumerate() {
                     lat[w].extend_from_slice(&l);
+                }
+                for (w, l) in r.audio_latencies.into_iter().enumerate() {
+                    audio_lat[w].extend_from_slice(&l);
                 }
             }
         }
@@ -574,7 +607,7 @@ async fn drive(
     if tokio::time::timeout(Duration::from_secs(5), collect).await.is_err() {
         eprintln!("warning: some participants did not stop within 5 s; their latencies are left out");
     }
-    for l in &mut lat {
+    for l in lat.iter_mut().chain(audio_lat.iter_mut()) {
         l.sort_unstable();
     }
 
@@ -616,14 +649,21 @@ async fn drive(
         "p90_ms": r3(pct(main_lat, 0.90)),
         "p99_ms": r3(pct(main_lat, 0.99)),
         "max_ms": r3(main_lat.last().map_or(f64::NAN, |&l| l as f64 / 1000.0)),
+        "audio_p50_ms": r3(pct(&audio_lat[main.index], 0.50)),
+        "audio_p99_ms": r3(pct(&audio_lat[main.index], 0.99)),
         "saturation_forwarded_pps": r3(saturation_pps),
         "saturation_reached": saturation_reached,
         "windows": steps,
-        "wrong_layer_frames": live.wrong_layer_frames.load(Relaxed),
+        "other_layer_frames": live.other_layer_frames.load(Relaxed),
+        "repeated_frames": live.repeated_frames.load(Relaxed),
+        "out_of_order_frames": live.out_of_order_frames.load(Relaxed),
         "unparsed_frames": live.unparsed_frames.load(Relaxed),
         "late_frames": live.late_frames.load(Relaxed),
+        "server_socket_drops": main.server_drops(),
+        "participant_socket_drops": main.participant_drops(),
         "send_dropped": live.send_dropped.load(Relaxed),
         "errors": live.errors.load(Relaxed),
+        "restarts": live.restarts.load(Relaxed),
         "server_rss_idle_kb": rss_idle,
         "server_rss_kb": rss_final,
         "cpus": procfs::cpus(),

@@ -14,8 +14,8 @@ use crate::sfu::{Live, Plan, MAX_WINDOWS};
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use huddle_protocol::{
-    ClientMsg, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, VideoQuality, PROTOCOL_VERSION,
-    SFU_PEER_ID,
+    ClientMsg, ErrorCode, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, VideoQuality,
+    PROTOCOL_VERSION, SFU_PEER_ID,
 };
 use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use huddle_sfu::str0m::format::Codec;
@@ -47,6 +47,14 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 const MAX_LAG: Duration = Duration::from_millis(100);
 /// Datagrams taken from the socket per wake-up before timers get a look in.
 const RECV_BATCH: usize = 64;
+/// Receive buffer asked for each participant's socket (the kernel caps it at `net.core.rmem_max`):
+/// room for a few hundred datagrams, so that a moment when the load generator's thread is not
+/// running does not show up as loss of the SFU.
+const RECV_BUFFER_BYTES: usize = 1 << 20;
+/// New sessions a participant may start after its session with the SFU failed.
+const MAX_RESTARTS: u32 = 5;
+/// The server refuses a new session sooner than 2 s after the last (a little more, for safety).
+const RESTART_INTERVAL: Duration = Duration::from_millis(2100);
 /// Problems shown on stderr; more are only counted.
 const REPORT_MAX: u64 = 10;
 
@@ -59,7 +67,8 @@ pub struct Stamp {
     pub kind: u8,
     /// Measurement window the frame was sent in (1-based; 0: not measured).
     pub window: u8,
-    /// Per publisher and kind.
+    /// Per publisher: audio frames, or video frame times (every layer's frame of one moment has
+    /// the same number).
     pub seq: u32,
     /// Nanoseconds since [`Plan::epoch`].
     pub send_ns: u64,
@@ -141,6 +150,8 @@ impl Role {
 pub struct PeerResult {
     /// Added latency of every measured frame it received (µs), per window (index 0 unused).
     pub latencies: Vec<Vec<u32>>,
+    /// The same, of audio frames only.
+    pub audio_latencies: Vec<Vec<u32>>,
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -225,10 +236,18 @@ struct Participant<'a> {
     live: &'a Live,
     rtc: Rtc,
     start: Instant,
+    /// When the current session's offer went out.
+    session_started: Instant,
+    /// False from a failure of the session until the next one starts.
+    alive: bool,
+    /// When to start a new session.
+    restart_at: Option<Instant>,
+    restarts: u32,
     local: SocketAddr,
     socket: UdpSocket,
     next_timeout: Instant,
     connected: bool,
+    ever_connected: bool,
     pending: Option<SdpPendingOffer>,
     audio_mid: Option<Mid>,
     video_mid: Option<Mid>,
@@ -241,11 +260,52 @@ struct Participant<'a> {
     next_audio: Instant,
     next_video: Instant,
     seq_audio: u32,
-    seq_video: Vec<u32>,
+    seq_video: u32,
     /// Per publisher: bit 0 audio seen, bit 1 wanted video layer seen (for readiness).
     seen: Vec<u8>,
+    /// Per publisher: audio and video frames received (video by frame time, whatever the layer).
+    arrivals: Vec<[Arrivals; 2]>,
     ready: bool,
     result: PeerResult,
+}
+
+/// A str0m session with the SFU, and our offer for it.
+struct Session {
+    rtc: Rtc,
+    audio_mid: Option<Mid>,
+    video_mid: Option<Mid>,
+    pending: SdpPendingOffer,
+    offer: String,
+}
+
+/// A new session: audio and (simulcast) video to send for a publisher, a data channel only for a
+/// subscriber (an offer needs something, and a data channel adds no track for the SFU to forward
+/// to everyone else).
+fn new_session(role: Role, plan: &Plan, local: SocketAddr, rids: &[Rid]) -> anyhow::Result<Session> {
+    let mut rtc = Rtc::builder().build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).map_err(|e| anyhow!("candidate: {e}"))?);
+    let mut change = rtc.sdp_api();
+    let (mut audio_mid, mut video_mid) = (None, None);
+    match role {
+        Role::Publisher(_) => {
+            if plan.audio {
+                audio_mid = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            }
+            let simulcast = (!rids.is_empty()).then(|| {
+                let mut s = Simulcast::new();
+                for rid in rids {
+                    s.add_send_layer(SimulcastLayer::new(rid));
+                }
+                s
+            });
+            video_mid = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast));
+        }
+        Role::Subscriber(_) => {
+            change.add_channel("bench".into());
+        }
+    }
+    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
+    Ok(Session { rtc, audio_mid, video_mid, pending, offer: offer.to_sdp_string() })
 }
 
 async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<PeerResult> {
@@ -263,51 +323,33 @@ async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<Pee
 
     let std_socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("binding a UDP socket")?;
     std_socket.set_nonblocking(true)?;
+    set_recv_buffer(&std_socket, RECV_BUFFER_BYTES);
     let socket = UdpSocket::from_std(std_socket)?;
     let local = socket.local_addr()?;
-    let start = Instant::now();
-    let mut rtc = Rtc::builder().build(start);
-    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).map_err(|e| anyhow!("candidate: {e}"))?);
-    let mut change = rtc.sdp_api();
-    let (mut audio_mid, mut video_mid) = (None, None);
     let rids: Vec<Rid> = plan.layers.iter().filter_map(|l| l.rid.as_deref()).map(Rid::from).collect();
-    match role {
-        Role::Publisher(_) => {
-            if plan.audio {
-                audio_mid = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            }
-            let simulcast = (!rids.is_empty()).then(|| {
-                let mut s = Simulcast::new();
-                for rid in &rids {
-                    s.add_send_layer(SimulcastLayer::new(rid));
-                }
-                s
-            });
-            video_mid = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast));
-        }
-        Role::Subscriber(_) => {
-            // Nothing to publish: an offer needs something, and a data channel adds no track
-            // for the SFU to forward to everyone else.
-            change.add_channel("bench".into());
-        }
-    }
-    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
-    ws.send(text(&sdp_msg(SdpType::Offer, offer.to_sdp_string()))?).await?;
+    let session = new_session(role, plan, local, &rids)?;
+    ws.send(text(&sdp_msg(SdpType::Offer, session.offer))?).await?;
 
+    let start = Instant::now();
     let layers = plan.layers.len();
     let mut p = Participant {
         role,
         plan,
         live,
-        rtc,
+        rtc: session.rtc,
         start,
+        session_started: start,
+        alive: true,
+        restart_at: None,
+        restarts: 0,
         local,
         socket,
         next_timeout: start,
         connected: false,
-        pending: Some(pending),
-        audio_mid,
-        video_mid,
+        ever_connected: false,
+        pending: Some(session.pending),
+        audio_mid: session.audio_mid,
+        video_mid: session.video_mid,
         rids,
         opus_pt: None,
         vp8_pt: None,
@@ -316,13 +358,19 @@ async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<Pee
         next_audio: start,
         next_video: start,
         seq_audio: 0,
-        seq_video: vec![0; layers],
+        seq_video: 0,
         seen: vec![0; plan.publishers],
+        arrivals: vec![[Arrivals::default(); 2]; plan.publishers],
         ready: false,
-        result: PeerResult { latencies: vec![Vec::new(); MAX_WINDOWS + 1] },
+        result: PeerResult {
+            latencies: vec![Vec::new(); MAX_WINDOWS + 1],
+            audio_latencies: vec![Vec::new(); MAX_WINDOWS + 1],
+        },
     };
     p.check_ready();
-    p.drain()?;
+    if let Err(e) = p.drain() {
+        p.media_failed(e)?;
+    }
     p.run(&mut ws).await?;
     let _ = tokio::time::timeout(Duration::from_millis(200), ws.send(text(&ClientMsg::Leave)?)).await;
     Ok(p.result)
@@ -336,6 +384,56 @@ impl Participant<'_> {
         }
     }
 
+    /// The session with the SFU failed (str0m gave up, or the server said `media_failed`):
+    /// start a new one, as a page does, once the server's restart interval has passed. Gives up
+    /// after [`MAX_RESTARTS`].
+    fn media_failed(&mut self, e: anyhow::Error) -> anyhow::Result<()> {
+        if !self.alive {
+            return Ok(());
+        }
+        if self.restarts >= MAX_RESTARTS {
+            return Err(e.context(format!("giving up after {MAX_RESTARTS} new sessions")));
+        }
+        note(self.live, &self.role.name(), format!("{e:#}; starting a new session"));
+        self.restarts += 1;
+        self.live.restarts.fetch_add(1, Relaxed);
+        self.alive = false;
+        self.connected = false;
+        self.restart_at = Some((self.session_started + RESTART_INTERVAL).max(Instant::now()));
+        Ok(())
+    }
+
+    async fn restart(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
+        let session = new_session(self.role, self.plan, self.local, &self.rids)?;
+        ws.send(text(&sdp_msg(SdpType::Offer, session.offer))?).await?;
+        self.rtc = session.rtc;
+        self.audio_mid = session.audio_mid;
+        self.video_mid = session.video_mid;
+        self.pending = Some(session.pending);
+        self.session_started = Instant::now();
+        self.next_timeout = self.session_started;
+        self.alive = true;
+        self.restart_at = None;
+        self.force_key.iter_mut().for_each(|k| *k = true);
+        if let Err(e) = self.drain() {
+            self.media_failed(e)?;
+        }
+        Ok(())
+    }
+
+    /// Timers: str0m's, and the frames due.
+    fn tick(&mut self, now: Instant) -> anyhow::Result<()> {
+        if now >= self.next_timeout {
+            self.rtc.handle_input(RtcInput::Timeout(now)).map_err(|e| anyhow!("str0m timeout: {e}"))?;
+            self.drain()?;
+        }
+        self.publish(now)?;
+        if !self.rtc.is_alive() {
+            bail!("the SFU connection closed");
+        }
+        Ok(())
+    }
+
     async fn run(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 2048];
         let sleep = tokio::time::sleep(Duration::ZERO);
@@ -345,15 +443,21 @@ impl Participant<'_> {
                 return Ok(());
             }
             let now = Instant::now();
-            if now >= self.next_timeout {
-                self.rtc.handle_input(RtcInput::Timeout(now)).map_err(|e| anyhow!("str0m timeout: {e}"))?;
-                self.drain()?;
+            if self.restart_at.is_some_and(|t| now >= t) {
+                self.restart(ws).await?;
             }
-            self.publish(now)?;
-            if !self.rtc.is_alive() {
-                bail!("the SFU connection closed");
+            if self.alive {
+                if let Err(e) = self.tick(now) {
+                    self.media_failed(e)?;
+                }
             }
-            let mut wake = self.next_timeout.min(now + MAX_SLEEP);
+            let mut wake = now + MAX_SLEEP;
+            if self.alive {
+                wake = wake.min(self.next_timeout);
+            }
+            if let Some(t) = self.restart_at {
+                wake = wake.min(t);
+            }
             if self.connected && self.publisher().is_some() {
                 if self.audio_mid.is_some() {
                     wake = wake.min(self.next_audio);
@@ -367,7 +471,14 @@ impl Participant<'_> {
                     r.context("UDP socket")?;
                     for _ in 0..RECV_BATCH {
                         match self.socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => self.datagram(&buf[..n], source)?,
+                            Ok((n, source)) => {
+                                if !self.alive {
+                                    continue;
+                                }
+                                if let Err(e) = self.datagram(&buf[..n], source) {
+                                    self.media_failed(e)?;
+                                }
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                             Err(e) => return Err(e).context("UDP receive"),
                         }
@@ -382,22 +493,10 @@ impl Participant<'_> {
     async fn server_msg(&mut self, ws: &mut Ws, msg: ServerMsg) -> anyhow::Result<()> {
         match msg {
             ServerMsg::Signal { from, payload: SignalPayload::Description { description } }
-                if from.0 == SFU_PEER_ID =>
+                if from.0 == SFU_PEER_ID && self.alive =>
             {
-                match description.kind {
-                    SdpType::Answer => {
-                        let answer = SdpAnswer::from_sdp_string(&description.sdp).context("the SFU's answer")?;
-                        let pending = self.pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
-                        self.rtc.sdp_api().accept_answer(pending, answer).context("accepting the SFU's answer")?;
-                        self.drain()?;
-                    }
-                    SdpType::Offer => {
-                        let offer = SdpOffer::from_sdp_string(&description.sdp).context("the SFU's offer")?;
-                        let answer = self.rtc.sdp_api().accept_offer(offer).context("accepting the SFU's offer")?;
-                        self.drain()?;
-                        ws.send(text(&sdp_msg(SdpType::Answer, answer.to_sdp_string()))?).await?;
-                    }
-                    _ => {}
+                if let Err(e) = self.description(ws, description).await {
+                    self.media_failed(e)?;
                 }
             }
             ServerMsg::PeerJoined { peer }
@@ -405,11 +504,39 @@ impl Participant<'_> {
             {
                 ws.send(text(&ClientMsg::Receive { peer: peer.id, video: self.plan.quality })?).await?;
             }
+            ServerMsg::Error { code: code @ (ErrorCode::MediaFailed | ErrorCode::MediaRefused), .. } => {
+                self.media_failed(anyhow!("the server said {code}"))?;
+            }
             ServerMsg::Error { code, message, .. } => {
                 self.live.errors.fetch_add(1, Relaxed);
                 note(self.live, &self.role.name(), format!("server error {code}: {message}"));
             }
             ServerMsg::Bye { reason } => bail!("the server said bye ({reason:?})"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// SDP from the SFU: the answer to our offer, or a renegotiation offer to answer.
+    async fn description(&mut self, ws: &mut Ws, description: SessionDescription) -> anyhow::Result<()> {
+        match description.kind {
+            SdpType::Answer => {
+                if let Some(port) = candidate_port(&description.sdp) {
+                    self.live.sfu_port.store(port, Relaxed);
+                }
+                let answer = SdpAnswer::from_sdp_string(&description.sdp).context("the SFU's answer")?;
+                let pending = self.pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
+                self.rtc.sdp_api().accept_answer(pending, answer).context("accepting the SFU's answer")?;
+                self.drain()?;
+            }
+            // While our own offer is outstanding we are the polite side: the server drops its
+            // offer when it takes ours.
+            SdpType::Offer if self.pending.is_none() => {
+                let offer = SdpOffer::from_sdp_string(&description.sdp).context("the SFU's offer")?;
+                let answer = self.rtc.sdp_api().accept_offer(offer).context("accepting the SFU's offer")?;
+                self.drain()?;
+                ws.send(text(&sdp_msg(SdpType::Answer, answer.to_sdp_string()))?).await?;
+            }
             _ => {}
         }
         Ok(())
@@ -456,7 +583,10 @@ impl Participant<'_> {
         match e {
             RtcEvent::Connected if !self.connected => {
                 self.connected = true;
-                self.live.connected.fetch_add(1, Relaxed);
+                if !self.ever_connected {
+                    self.ever_connected = true;
+                    self.live.connected.fetch_add(1, Relaxed);
+                }
                 let now = Instant::now();
                 // Spread the publishers' frames over one frame interval.
                 let stagger = |i: usize, d: Duration| d.mul_f64(i as f64 / self.plan.publishers.max(1) as f64);
@@ -491,14 +621,30 @@ impl Participant<'_> {
             self.live.unparsed_frames.fetch_add(1, Relaxed);
             return;
         }
-        let wanted = s.kind == 0 || s.kind as usize == 1 + self.plan.wanted_layer;
-        if !wanted {
-            // With simulcast a receiver gets one layer per publisher: another one is a bug.
-            self.live.wrong_layer_frames.fetch_add(1, Relaxed);
-            return;
+        // A receiver gets one video layer per publisher, the one it asked for unless the SFU
+        // falls back to another (when the wanted one stops arriving). A frame time counts once,
+        // in whatever layer it came; a repeat (around a layer switch) does not count again.
+        let video = s.kind > 0;
+        let arrival = self.arrivals[publisher][usize::from(video)].record(s.seq);
+        let measured = s.window > 0;
+        match arrival {
+            Arrival::Repeat => {
+                if measured {
+                    self.live.repeated_frames.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            Arrival::Late if measured => {
+                self.live.out_of_order_frames.fetch_add(1, Relaxed);
+            }
+            _ => {}
         }
-        if !self.ready {
-            self.seen[publisher] |= if s.kind == 0 { 1 } else { 2 };
+        if video && s.kind as usize != 1 + self.plan.wanted_layer {
+            if measured {
+                self.live.other_layer_frames.fetch_add(1, Relaxed);
+            }
+        } else if !self.ready {
+            self.seen[publisher] |= if video { 2 } else { 1 };
             self.check_ready();
         }
         let w = s.window as usize;
@@ -508,6 +654,9 @@ impl Participant<'_> {
         self.live.windows[w].received.fetch_add(1, Relaxed);
         let us = (now_ns.saturating_sub(s.send_ns) / 1000).min(u32::MAX as u64) as u32;
         self.result.latencies[w].push(us);
+        if s.kind == 0 {
+            self.result.audio_latencies[w].push(us);
+        }
     }
 
     fn check_ready(&mut self) {
@@ -531,7 +680,7 @@ impl Participant<'_> {
         }
         let sending = self.live.sending.load(Relaxed);
         let window = self.live.window.load(Relaxed);
-        // Every other participant should get each audio frame and each frame of the wanted layer.
+        // Every other participant should get each audio frame and each video frame time (in one layer).
         let receivers = (self.plan.publishers - 1 + self.plan.subscribers) as u64;
         if self.audio_mid.is_some() && now >= self.next_audio {
             self.next_audio += AUDIO_INTERVAL;
@@ -577,15 +726,10 @@ impl Participant<'_> {
             self.force_key.iter_mut().for_each(|k| *k = true);
             self.last_key = now;
         }
+        let seq = self.seq_video;
+        self.seq_video = self.seq_video.wrapping_add(1);
         for l in 0..self.plan.layers.len() {
-            let stamp = Stamp {
-                publisher: me as u16,
-                kind: 1 + l as u8,
-                window,
-                seq: self.seq_video[l],
-                send_ns: self.plan.now_ns(),
-            };
-            self.seq_video[l] = self.seq_video[l].wrapping_add(1);
+            let stamp = Stamp { publisher: me as u16, kind: 1 + l as u8, window, seq, send_ns: self.plan.now_ns() };
             let data = video_frame(&stamp, self.force_key[l], self.plan.layers[l].frame_bytes);
             self.force_key[l] = false;
             let now = Instant::now();
@@ -595,11 +739,10 @@ impl Participant<'_> {
                 w = w.rid(*rid);
             }
             w.write(pt, now, time, data).map_err(|e| anyhow!("writing video: {e}"))?;
-            if l == self.plan.wanted_layer {
-                self.count_sent(window, receivers);
-            }
             self.drain()?;
         }
+        // One frame time, which each receiver should get in one layer.
+        self.count_sent(window, receivers);
         Ok(())
     }
 
@@ -610,6 +753,73 @@ impl Participant<'_> {
         if w > 0 && w <= MAX_WINDOWS {
             self.live.windows[w].expected.fetch_add(receivers, Relaxed);
         }
+    }
+}
+
+/// How a frame arrived, by its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Newer than any before.
+    New,
+    /// Older than one already received, but not received before.
+    Late,
+    /// Received before.
+    Repeat,
+}
+
+/// The sequence numbers received lately from one track (the last 128).
+#[derive(Debug, Clone, Copy, Default)]
+struct Arrivals {
+    last: Option<u32>,
+    /// Bit i: `last - i` was received.
+    seen: u128,
+}
+
+impl Arrivals {
+    fn record(&mut self, seq: u32) -> Arrival {
+        let Some(last) = self.last else {
+            self.last = Some(seq);
+            self.seen = 1;
+            return Arrival::New;
+        };
+        let ahead = seq.wrapping_sub(last) as i32;
+        if ahead > 0 {
+            self.seen = if ahead >= 128 { 1 } else { (self.seen << ahead) | 1 };
+            self.last = Some(seq);
+            return Arrival::New;
+        }
+        let behind = ahead.unsigned_abs();
+        if behind >= 128 {
+            return Arrival::Late;
+        }
+        if self.seen & (1u128 << behind) != 0 {
+            return Arrival::Repeat;
+        }
+        self.seen |= 1u128 << behind;
+        Arrival::Late
+    }
+}
+
+/// The port of the first host candidate in an SDP (the SFU's UDP port).
+fn candidate_port(sdp: &str) -> Option<u16> {
+    // a=candidate:<foundation> <component> udp <priority> <address> <port> typ host
+    let line = sdp.lines().find(|l| l.starts_with("a=candidate:") && l.contains(" typ host"))?;
+    line.split_whitespace().nth(5)?.parse().ok()
+}
+
+/// Asks for a larger receive buffer; the kernel may grant less (no error then).
+fn set_recv_buffer(socket: &std::net::UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from the pointer we pass, which points at `v`.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
@@ -644,5 +854,33 @@ mod tests {
         assert!(!is_rtp(&rtp));
         assert!(!is_rtp(&[0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])); // STUN
         assert!(!is_rtp(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0])); // DTLS
+    }
+
+    #[test]
+    fn arrivals_tell_new_late_and_repeated_frames() {
+        let mut a = Arrivals::default();
+        assert_eq!(a.record(10), Arrival::New);
+        assert_eq!(a.record(10), Arrival::Repeat);
+        assert_eq!(a.record(13), Arrival::New);
+        assert_eq!(a.record(11), Arrival::Late);
+        assert_eq!(a.record(11), Arrival::Repeat);
+        assert_eq!(a.record(12), Arrival::Late);
+        assert_eq!(a.record(13), Arrival::Repeat);
+        assert_eq!(a.record(1000), Arrival::New);
+        assert_eq!(a.record(13), Arrival::Late, "too old to tell");
+        assert_eq!(a.record(999), Arrival::Late);
+        assert_eq!(a.record(u32::MAX), Arrival::Late);
+        let mut w = Arrivals::default();
+        assert_eq!(w.record(u32::MAX), Arrival::New);
+        assert_eq!(w.record(0), Arrival::New, "wraps");
+        assert_eq!(w.record(u32::MAX), Arrival::Repeat);
+    }
+
+    #[test]
+    fn finds_the_sfu_port_in_an_answer() {
+        let sdp =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 1 udp 2130706175 127.0.0.1 40123 typ host\r\n";
+        assert_eq!(candidate_port(sdp), Some(40123));
+        assert_eq!(candidate_port("v=0\r\n"), None);
     }
 }
