@@ -63,7 +63,8 @@ pub struct Cli {
     /// system's temporary directory]
     #[arg(long, env = "HUDDLE_FILE_DIR", value_name = "DIR")]
     pub file_dir: Option<PathBuf>,
-    /// Largest signalling message, in bytes [default: 65536]
+    /// Largest signalling message, in bytes [default: 65536, plus 4096 per seat of a room when the
+    /// SFU is used (a browser's SDP answer grows with every participant it receives)]
     #[arg(long, env = "HUDDLE_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<u32>,
     /// Messages queued for one connection before it counts as too slow and is dropped [default: 256]
@@ -176,7 +177,7 @@ impl Default for Config {
             max_file_bytes: 100 * 1024 * 1024,
             file_storage_bytes: 1024 * 1024 * 1024,
             file_dir: None,
-            max_frame_bytes: 64 * 1024,
+            max_frame_bytes: default_max_frame_bytes(TopologyMode::Auto, DEFAULT_SFU_CAPACITY),
             outbox_capacity: 256,
             ice_servers: Vec::new(),
             allowed_origins: Vec::new(),
@@ -195,6 +196,21 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What a browser's SDP answer may add per participant it receives through the SFU (an audio and
+/// a video m-line of about 1 KB each, JSON-escaped), with room to spare.
+pub const SDP_BYTES_PER_SEAT: u32 = 4096;
+
+/// The frame limit when none is configured: 64 KiB, or enough for the SDP of a full SFU room.
+fn default_max_frame_bytes(topology: TopologyMode, room_capacity: u32) -> u32 {
+    let base = 64 * 1024;
+    match topology {
+        TopologyMode::P2p => base,
+        TopologyMode::Auto | TopologyMode::Sfu => base
+            .saturating_add(room_capacity.saturating_mul(SDP_BYTES_PER_SEAT))
+            .min(crate::ws::HARD_MAX_FRAME_BYTES as u32),
+    }
 }
 
 impl Config {
@@ -244,7 +260,10 @@ impl Config {
             max_file_bytes: cli.max_file_bytes.or(file.max_file_bytes).unwrap_or(d.max_file_bytes),
             file_storage_bytes: cli.file_storage_bytes.or(file.file_storage_bytes).unwrap_or(d.file_storage_bytes),
             file_dir: cli.file_dir.or(file.file_dir),
-            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
+            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or_else(|| {
+                let capacity = cli.room_capacity.or(file.room_capacity).unwrap_or(default_capacity);
+                default_max_frame_bytes(topology, capacity)
+            }),
             outbox_capacity: cli.outbox_capacity.or(file.outbox_capacity).unwrap_or(d.outbox_capacity),
             ice_servers,
             allowed_origins,
@@ -330,6 +349,13 @@ mod tests {
         assert!(c.ice_servers.is_empty(), "never a third-party STUN default");
         let p2p = Config::from_cli(parse(&["--topology", "p2p"])).expect("valid");
         assert_eq!(p2p.room_capacity, DEFAULT_P2P_CAPACITY, "a mesh defaults to a small room");
+        // A browser's SDP answer in a full SFU room of 50 is well over 64 KiB.
+        assert_eq!(c.max_frame_bytes, 64 * 1024 + DEFAULT_SFU_CAPACITY * SDP_BYTES_PER_SEAT);
+        assert_eq!(p2p.max_frame_bytes, 64 * 1024);
+        let big = Config::from_cli(parse(&["--room-capacity", "1000"])).expect("valid");
+        assert_eq!(big.max_frame_bytes as usize, crate::ws::HARD_MAX_FRAME_BYTES, "capped");
+        let set = Config::from_cli(parse(&["--max-frame-bytes", "100000"])).expect("valid");
+        assert_eq!(set.max_frame_bytes, 100_000, "a configured limit wins");
     }
 
     #[test]

@@ -126,8 +126,9 @@ async fn chat_limits_are_enforced() {
 async fn large_frames_are_refused_and_huge_ones_close_only_that_connection() {
     let server = TestServer::default().await;
     let (mut good, mut bad) = pair(&server).await;
-    // Over the 64 KiB limit: refused, connection kept.
-    let big = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(70 * 1024));
+    // Over the configured limit: refused, connection kept.
+    let limit = Config::default().max_frame_bytes as usize;
+    let big = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(limit + 1024));
     bad.send_raw(Message::text(big)).await;
     bad.expect_error(ErrorCode::FrameTooLarge).await;
     still_fine(&mut good, &mut bad).await;
