@@ -73,6 +73,8 @@ pub enum MediaEvent {
     /// An error for the participant (`media_refused` for a `signal` it sent, `media_failed`
     /// when the SFU lost its connection).
     Error { peer: PeerId, code: ErrorCode, request: Option<&'static str> },
+    /// The SFU heard a new main speaker in `room`: `active_speaker` to everyone there.
+    ActiveSpeaker { room: String, peer: PeerId },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,6 +128,7 @@ impl Media {
         }
         let mut socks = Vec::new();
         for socket in sockets {
+            grow_buffers(&socket);
             let local = socket.local_addr()?;
             let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
             socks.push(Sock { socket, alias });
@@ -150,6 +153,19 @@ impl Media {
         let mut driver = Driver { sfu, socks: self.socks, hub, stats: MediaStats::default(), sessions: HashMap::new() };
         driver.run(commands).await;
     }
+}
+
+/// Socket buffers for the SFU's port. The kernel's default (about 208 KiB) holds a few hundred
+/// datagrams; one busy moment of the driver (a join renegotiating a room of 50) is enough to
+/// overflow it and lose media and ICE checks. Linux caps the request at `net.core.rmem_max` /
+/// `wmem_max` (raise those on a busy server); what the kernel granted is logged.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+fn grow_buffers(socket: &UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    debug!(recv = ?s.recv_buffer_size().ok(), send = ?s.send_buffer_size().ok(), "SFU socket buffers");
 }
 
 /// Addresses to bind on: `ip` itself, or every usable interface address of its family when it
@@ -372,6 +388,9 @@ impl Driver {
                     }
                 }
                 Output::Event(Event::Dropped { .. }) => self.stats.datagrams_unclaimed += 1,
+                Output::Event(Event::ActiveSpeaker { room, peer }) => {
+                    self.tell_hub(MediaEvent::ActiveSpeaker { room, peer: signal_id(peer) });
+                }
                 #[allow(unreachable_patterns)]
                 Output::Event(_) => {}
             }
