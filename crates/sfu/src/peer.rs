@@ -9,7 +9,9 @@ use std::time::Instant;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput, Output as RtcOutput, Rtc};
+use str0m::{
+    Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput, Output as RtcOutput, Rtc, RtcError,
+};
 
 use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};
 use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
@@ -54,6 +56,8 @@ pub(crate) struct PeerState {
     pub wanted: HashMap<PeerId, VideoQuality>,
     /// When it joined: the time base of its tracks' layer activity.
     pub epoch: Instant,
+    /// Its DTLS is up: frames written before that would only pile up inside str0m.
+    pub connected: bool,
 }
 
 #[derive(Debug)]
@@ -104,6 +108,7 @@ impl Peer {
                 failed: None,
                 wanted: HashMap::new(),
                 epoch: now,
+                connected: false,
             },
         };
         let mids: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
@@ -296,6 +301,11 @@ impl Peer {
     /// and wants it. For a simulcast track only the chosen layer's frames go out: the wanted layer
     /// takes over at its next keyframe (asked for until it comes), with timestamps kept continuous.
     pub(crate) fn forward(&mut self, origin: PeerId, data: &MediaData, sink: &mut Sink) {
+        if !self.state.connected {
+            // Until its DTLS is up str0m can only queue what we write (and refuses more than 512
+            // frames per track); its first picture starts from the keyframe asked for on connect.
+            return;
+        }
         let id = self.state.id;
         let wanted = self.state.wanted.get(&origin).copied().unwrap_or_default();
         let found = self.state.tracks_out.iter().enumerate().find_map(|(i, o)| {
@@ -335,8 +345,14 @@ impl Peer {
             if let Some(orientation) = data.ext_vals.video_orientation {
                 writer = writer.video_orientation(orientation);
             }
-            if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
-                state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+            match writer.write(pt, data.network_time, time, data.data.clone()) {
+                Ok(()) => {}
+                // A subscriber whose queue is full (str0m could not send for a while) misses this
+                // frame; a lost frame is repaired by a keyframe, a removed participant is not.
+                Err(RtcError::WriteWithoutPoll) => {}
+                Err(e) => {
+                    state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+                }
             }
         });
     }
@@ -369,7 +385,25 @@ impl Peer {
 impl PeerState {
     fn on_event(&mut self, event: RtcEvent, sink: &mut Sink) {
         match event {
-            RtcEvent::Connected => sink.out.push_back(Output::Event(crate::api::Event::Connected(self.id))),
+            RtcEvent::Connected => {
+                self.connected = true;
+                sink.out.push_back(Output::Event(crate::api::Event::Connected(self.id)));
+                // Nothing was forwarded before: every video it already subscribes to starts
+                // from a fresh keyframe.
+                for out in &self.tracks_out {
+                    let Some(t) = out.track_in.upgrade() else { continue };
+                    if t.kind == MediaKind::Video && out.open_mid().is_some() {
+                        let rid = t.layer_for(self.wanted.get(&t.origin).copied().unwrap_or_default(), self.epoch);
+                        let req = Propagated::KeyframeRequest {
+                            origin: t.origin,
+                            mid_in: t.mid,
+                            rid,
+                            kind: KeyframeRequestKind::Pli,
+                        };
+                        sink.propagated.push_back((self.id, req));
+                    }
+                }
+            }
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.failed.get_or_insert(RemoveReason::Disconnected);
             }
