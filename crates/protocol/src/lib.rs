@@ -180,6 +180,9 @@ pub enum ServerMsg {
     /// The room's topology changed (in `auto` mode, from `p2p` to `sfu` when a third person
     /// joins). Connect to the SFU, then close the peer-to-peer connections.
     Topology { topology: Topology },
+    /// `sfu` rooms: the SFU heard a new main speaker (from the RTP audio levels; at most one change
+    /// a second per room). Sent to everyone in the room, the speaker included.
+    ActiveSpeaker { peer: PeerId },
     /// A negotiation message relayed from another peer of the room.
     Signal { from: PeerId, payload: SignalPayload },
     /// A chat message.

@@ -51,6 +51,7 @@ fn every_documented_example_round_trips() {
         "peer_left",
         "peer_updated",
         "topology",
+        "active_speaker",
         "signal",
         "chat",
         "file_upload",

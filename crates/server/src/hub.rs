@@ -386,6 +386,17 @@ impl Hub {
                 (peer, ServerMsg::Signal { from: PeerId(SFU_PEER_ID.to_string()), payload })
             }
             MediaEvent::Error { peer, code, request } => (peer, ServerMsg::error(code, request)),
+            MediaEvent::ActiveSpeaker { room, peer } => {
+                // Only while the speaker is still there (the event may trail a leave).
+                let here = self
+                    .rooms
+                    .get(room.as_str())
+                    .is_some_and(|r| r.topology() == Topology::Sfu && r.member(&peer).is_some());
+                if here {
+                    self.broadcast(&room, None, Arc::new(ServerMsg::ActiveSpeaker { peer }));
+                }
+                return;
+            }
         };
         let room = self.conns.get(&peer).and_then(|c| c.room.as_ref());
         if room.and_then(|r| self.rooms.get(r)).is_some_and(|r| r.topology() == Topology::Sfu) {
@@ -593,6 +604,32 @@ mod tests {
         // Leaving tells the SFU.
         hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Leave });
         assert!(matches!(media_rx.try_recv(), Ok(MediaCommand::Leave { peer }) if peer == a.id));
+    }
+
+    #[test]
+    fn the_sfu_names_the_active_speaker_to_the_whole_room_only_while_they_are_in_it() {
+        let c = Config { topology: TopologyMode::Sfu, ..Config::default() };
+        let (media_tx, _media_rx) = mpsc::channel(16);
+        let mut hub = Hub::with_media(Arc::new(c), media_tx);
+        let mut a = connect(&mut hub, 1, 16);
+        let mut b = connect(&mut hub, 2, 16);
+        let mut x = connect(&mut hub, 3, 16);
+        join(&mut hub, &mut a, "r");
+        join(&mut hub, &mut b, "r");
+        join(&mut hub, &mut x, "elsewhere");
+        a.drain();
+        let speaker = |peer: &PeerId| MediaEvent::ActiveSpeaker { room: "r".into(), peer: peer.clone() };
+        hub.handle(Command::Media(speaker(&b.id)));
+        let b_id = b.id.clone();
+        for c in [&mut a, &mut b] {
+            assert!(matches!(c.drain().as_slice(), [ServerMsg::ActiveSpeaker { peer }] if *peer == b_id));
+        }
+        assert!(x.drain().is_empty(), "other rooms hear nothing");
+        // An event that trails the speaker's leave is dropped.
+        hub.handle(Command::Client { id: b.id.clone(), msg: ClientMsg::Leave });
+        a.drain();
+        hub.handle(Command::Media(speaker(&b.id)));
+        assert!(a.drain().is_empty());
     }
 
     fn join(hub: &mut Hub, c: &mut Client, room: &str) -> ServerMsg {
