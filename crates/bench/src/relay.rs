@@ -33,6 +33,8 @@ pub struct RelayResult {
     pub seconds: f64,
     /// The relay thread's own CPU over the window (100 = one core).
     pub relay_cpu_pct: f64,
+    /// CPU used by other processes meanwhile (100 = one core).
+    pub other_cpu_pct: f64,
 }
 
 #[derive(Default)]
@@ -152,9 +154,11 @@ pub fn measure(fanout: usize, bytes: usize, seconds: f64, relay_cpu: Option<&[us
             c.relay_cpu_ns.load(Relaxed),
         )
     };
+    let cpu_a = (crate::procfs::cpu_secs(None)?, crate::procfs::machine_busy_secs()?);
     let a = snap(&c);
     std::thread::sleep(Duration::from_secs_f64(seconds));
     let b = snap(&c);
+    let cpu_b = (crate::procfs::cpu_secs(None)?, crate::procfs::machine_busy_secs()?);
     c.stop.store(true, Relaxed);
     let relay_result = relay_thread.join();
     let _ = sender_thread.join();
@@ -175,6 +179,7 @@ pub fn measure(fanout: usize, bytes: usize, seconds: f64, relay_cpu: Option<&[us
         bytes,
         seconds: secs,
         relay_cpu_pct: (b.4 - a.4) as f64 / 1e9 / secs * 100.0,
+        other_cpu_pct: (((cpu_b.1 - cpu_a.1) - (cpu_b.0 - cpu_a.0)) / secs * 100.0).max(0.0),
     })
 }
 
