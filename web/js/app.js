@@ -283,6 +283,13 @@ function wireSignalling() {
   });
   sig.on('peer_updated', (m) => call.onPeerUpdated(m.peer));
   sig.on('signal', (m) => call.onSignal(m));
+  sig.on('topology', (m) => {
+    call.onTopology(m);
+    notice(t('notice.topologySfu'));
+  });
+  sig.on('active_speaker', (m) => call.onActiveSpeaker(m));
+  sig.on('file_upload', (m) => call.onFileUpload(m));
+  sig.on('file', (m) => call.onSharedFile(m));
   sig.on('chat', (m) => call.onChat(m.message));
   sig.on('error', (m) => {
     if (m.request === 'join') {
@@ -290,6 +297,8 @@ function wireSignalling() {
       /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
     }
     if (m.code === 'unknown_peer') return; // a peer left while we were still signalling to it
+    if (m.code === 'media_failed') { call.onMediaFailed(); return; } // reconnects by itself
+    if (m.request === 'file_offer') call.onFileOfferRefused();
     showError(m.code, errorVars(m.code), m.message);
   });
   sig.on('bye', (m) => {
@@ -374,6 +383,7 @@ function wireControls() {
     try { await navigator.clipboard.writeText(url); notice(t('notice.copied')); } catch { notice(url); }
   });
   $('#chat-button').addEventListener('click', () => call.togglePanel('chat'));
+  $('#layout-button').addEventListener('click', () => call.toggleSpeakerView());
   $('#people-button').addEventListener('click', () => call.togglePanel('people'));
   for (const b of document.querySelectorAll('.panel-close')) b.addEventListener('click', () => call.setPanel(''));
 

@@ -1,18 +1,27 @@
 // The room: peers and their connections, tiles, the control bar, chat, files, panels.
 import { t } from './i18n.js';
-import { sig, media, S, errorVars } from './core.js';
+import { sig, media, S, errorVars, setSfuPcGetter } from './core.js';
 import { PeerLink } from './peer.js';
+import { SfuLink } from './sfu.js';
+import { SFU_PEER_ID } from './protocol.js';
 import { LevelMeter } from './media.js';
 import { FileChannel, sha256Hex, FileItem } from './files.js';
 import { $, Tile, layoutTiles, notice, showError, chatMessage, initials, colourFor } from './ui.js';
 
 /** @type {Tile|null} */
 let selfTile = null;
+
+setSfuPcGetter(() => (sfu ? sfu.pc : null));
 let busyCam = false;
 
 const tilesEl = () => $('#tiles');
 
-export function relayout() { layoutTiles(tilesEl()); }
+export function relayout() {
+  const el = tilesEl();
+  if (speakerView && S.inRoom) arrangeSpeaker(el);
+  else arrangeGrid(el);
+  updateReceiveAll();
+}
 
 // ---------------------------------------------------------------- outgoing media
 
@@ -24,7 +33,7 @@ export function outgoingVideo() {
 
 /** @param {'audio'|'video'} kind @param {MediaStreamTrack|null} track */
 export async function replaceAll(kind, track) {
-  await Promise.all([...S.peers.values()].map((p) => p.link?.replaceTrack(kind, track)));
+  await Promise.all([...[...S.peers.values()].map((p) => p.link?.replaceTrack(kind, track)), sfu?.replaceTrack(kind, track)]);
 }
 
 export function mediaState() {
@@ -121,6 +130,7 @@ export async function toggleShare() {
   }
   S.sharing = true;
   tr.onended = () => { stopShare(); }; // the browser's own "stop sharing"
+  await sfu?.setScreen(true);
   await replaceAll('video', tr);
   tuneVideo();
   announce();
@@ -130,6 +140,7 @@ export async function stopShare() {
   if (!S.sharing) return;
   S.sharing = false;
   media.stopScreen();
+  await sfu?.setScreen(false);
   await replaceAll('video', outgoingVideo());
   tuneVideo();
   announce();
@@ -147,12 +158,13 @@ export function addRemote(p, initiator) {
   /** @type {import('./core.js').RemotePeer} */
   const rec = {
     id: p.id, name: p.name, audio: p.audio, video: p.video, screen: p.screen,
-    link: null, tile: null, files: null, meter: null,
+    link: null, tile: null, files: null, meter: null, viaSfu: false,
     get pc() { return this.link ? this.link.pc : null; },
   };
   S.peers.set(p.id, rec);
   ensureTile(rec);
-  if (initiator) connect(rec, true);
+  if (S.topology === 'sfu') useSfuStream(rec);
+  else if (initiator) connect(rec, true);
   renderPeople();
   return rec;
 }
@@ -164,11 +176,30 @@ function ensureTile(rec) {
   tile.setName(rec.name);
   tile.setState(rec);
   if (rec.link) tile.setStream(rec.link.stream);
+  else if (rec.viaSfu && sfu) tile.setStream(sfu.streamOf(rec.id));
   tile.setSink(media.speakerId);
+  if (tile.pinEl) tile.pinEl.onclick = () => togglePin(rec.id);
+  tile.setPinned(pinned === rec.id);
+  tile.el.dataset.activeSpeaker = String(activeSpeaker === rec.id);
   rec.tile = tile;
   tilesEl().append(tile.el);
+  watchTile(rec);
   relayout();
   return tile;
+}
+
+/** Speaking indicator from this audio track. @param {import('./core.js').RemotePeer} rec @param {MediaStreamTrack} track */
+function meterOn(rec, track) {
+  rec.meter?.detach();
+  rec.meter = new LevelMeter((level) => {
+    rec.tile?.el.classList.toggle('speaking', level > 0.45);
+    // Peer-to-peer rooms have no server to pick the speaker: a clearly loud voice takes the
+    // floor, at most once a second (sfu rooms get `active_speaker` instead).
+    if (S.topology === 'p2p' && level > 0.6 && activeSpeaker !== rec.id && Date.now() - speakerSince > 1000) {
+      setActiveSpeaker(rec.id);
+    }
+  });
+  rec.meter.attach(track);
 }
 
 /** @param {import('./core.js').RemotePeer} rec @param {boolean} initiator */
@@ -179,16 +210,15 @@ export function connect(rec, initiator) {
     signal: (payload) => { sig.signal(rec.id, payload); },
     tracks: { audio: media.micTrack, video: outgoingVideo() },
     onTrack: (stream, track) => {
+      if (rec.viaSfu) return; // the SFU has taken over this participant
       rec.tile?.setStream(stream);
-      if (track.kind === 'audio') {
-        rec.meter?.detach();
-        rec.meter = new LevelMeter((level) => { rec.tile?.el.classList.toggle('speaking', level > 0.45); });
-        rec.meter.attach(track);
-      }
+      if (track.kind === 'audio') meterOn(rec, track);
     },
     onState: (state) => {
       if (state === 'connected') tuneVideo();
       if ((state === 'failed' || state === 'closed') && rec.link === link && S.peers.get(rec.id) === rec) {
+        // After a switch to the SFU the other side closes its end: the SFU carries them now.
+        if (S.topology === 'sfu') { switchToSfu(rec); return; }
         if (state === 'failed') showError('peer_failed', { name: rec.name });
         drop(rec);
       }
@@ -212,6 +242,8 @@ export function connect(rec, initiator) {
 
 /** Closes the connection and removes the tile, keeping the person in the list. @param {import('./core.js').RemotePeer} rec */
 function drop(rec) {
+  if (rec.tile) tileObserver?.unobserve(rec.tile.el);
+  visible.delete(rec.id);
   rec.meter?.detach();
   rec.meter = null;
   rec.link?.close();
@@ -224,9 +256,11 @@ function drop(rec) {
 
 /** A relayed signal. @param {import('./protocol.js').RelayedSignalMsg} msg */
 export function onSignal(msg) {
+  if (msg.from === SFU_PEER_ID) { sfu?.handleSignal(msg.payload); return; }
   const rec = S.peers.get(msg.from);
   if (!rec) return;
   if (!rec.link) {
+    if (S.topology === 'sfu') return; // no new peer-to-peer connections in an sfu room
     // The first signal from a newcomer (or a fresh offer after a failed connection).
     if (msg.payload.kind !== 'description' || msg.payload.description.type !== 'offer') return;
     connect(rec, false);
@@ -249,7 +283,10 @@ export function removeRemote(id) {
   const rec = S.peers.get(id);
   if (!rec) return null;
   drop(rec);
+  wanted.delete(id);
+  if (pinned === id) pinned = '';
   S.peers.delete(id);
+  sfu?.streams.delete(id);
   renderPeople();
   tuneVideo();
   return rec;
@@ -265,6 +302,7 @@ export function enterCall(msg) {
   S.name = msg.you.name;
   S.iceServers = msg.iceServers || [];
   S.unread = 0;
+  setTopology(msg.topology === 'sfu' ? 'sfu' : 'p2p');
   tilesEl().replaceChildren();
   selfTile = new Tile(msg.you.id, true);
   selfTile.setName(msg.you.name);
@@ -272,6 +310,7 @@ export function enterCall(msg) {
   $('#chat-log').replaceChildren(...msg.chat.map((m) => chatMessage(m, m.from === S.selfId)));
   $('#room-name').textContent = msg.room;
   for (const p of msg.peers) addRemote(p, true);
+  if (S.topology === 'sfu') startSfu();
   updateSelf();
   updateUnread();
   relayout();
@@ -281,6 +320,11 @@ export function enterCall(msg) {
 export function teardownCall() {
   for (const rec of S.peers.values()) { rec.meter?.detach(); rec.link?.close(); rec.tile?.remove(); }
   S.peers.clear();
+  stopSfu();
+  pinned = activeSpeaker = lastMain = '';
+  for (const up of uploads) up.abort();
+  uploads.length = 0;
+  setTopology('p2p');
   selfTile?.remove();
   selfTile = null;
   if (S.sharing) { S.sharing = false; media.stopScreen(); }
@@ -396,6 +440,13 @@ export async function sendFiles(files) {
       showError('file_too_large', { ...errorVars('file_too_large'), file: file.name });
       continue;
     }
+    if (S.topology === 'sfu') {
+      if (!S.peers.size) { notice(t('files.nobody')); continue; }
+      if (S.panel !== 'chat') setPanel('chat');
+      const sha = await sha256Hex(file);
+      offerToServer(file, sha);
+      continue;
+    }
     const targets = [...S.peers.values()].filter((p) => p.files && p.files.ch.readyState === 'open');
     if (!targets.length) { notice(t('files.nobody')); continue; }
     if (S.panel !== 'chat') setPanel('chat');
@@ -409,4 +460,338 @@ export function rerenderCall() {
   for (const item of FileItem.all) item.render();
   if (selfTile) selfTile.setName(S.name);
   for (const rec of S.peers.values()) { rec.tile?.setName(rec.name); rec.tile?.setState(rec); }
+  renderTopology();
+}
+
+// ---------------------------------------------------------------- the SFU (sfu rooms)
+
+/** Our one connection to the server's SFU in an `sfu` room. @type {SfuLink|null} */
+let sfu = null;
+/** The wait before the next restart of the SFU connection (doubles up to 30 s). */
+let sfuRetryMs = 2000;
+/** @type {ReturnType<typeof setTimeout>|null} */
+let sfuRetryTimer = null;
+let sfuStartedAt = 0;
+/** Closes what is left of the peer-to-peer connections some time after a switch. @type {ReturnType<typeof setTimeout>|null} */
+let switchTimer = null;
+/** The server refuses a new session sooner than this after the last (docs/protocol.md). */
+const SFU_RESTART_MIN_MS = 2100;
+/** A connection to the SFU not connected after this long is started over. */
+const SFU_CONNECT_TIMEOUT_MS = 20000;
+/** After a switch, peer-to-peer pictures stay at most this long while the SFU's arrive. */
+const SWITCH_FALLBACK_MS = 6000;
+
+/** @param {import('./protocol.js').Topology} topology */
+function setTopology(topology) {
+  S.topology = topology;
+  $('#topology').dataset.topology = topology;
+  renderTopology();
+}
+
+function renderTopology() {
+  const el = $('#topology');
+  el.textContent = t(`topology.${S.topology}`);
+  el.title = t(`topology.${S.topology}.title`);
+}
+
+/** The room switched to the SFU (an `auto` room got its third person). @param {import('./protocol.js').TopologyMsg} msg */
+export function onTopology(msg) {
+  if (!S.inRoom || msg.topology !== 'sfu' || S.topology === 'sfu') return;
+  setTopology('sfu');
+  startSfu();
+  // Everyone stays on their peer-to-peer picture until the same person arrives through the SFU.
+  if (switchTimer) clearTimeout(switchTimer);
+  switchTimer = setTimeout(() => {
+    switchTimer = null;
+    for (const rec of S.peers.values()) if (!rec.viaSfu) switchToSfu(rec);
+  }, SWITCH_FALLBACK_MS);
+}
+
+function startSfu() {
+  sfu?.close();
+  wanted.clear(); // a new session on the server starts with everything at `high`
+  const link = new SfuLink({
+    iceServers: S.iceServers,
+    signal: (payload) => { sig.signal(SFU_PEER_ID, payload); },
+    tracks: { audio: media.micTrack, video: outgoingVideo() },
+    onTrack: (peerId, stream, track) => {
+      const rec = S.peers.get(peerId);
+      if (!rec || !rec.viaSfu) return;
+      rec.tile?.setStream(stream);
+      if (track.kind === 'audio') meterOn(rec, track);
+    },
+    onMedia: (peerId, track) => {
+      const rec = S.peers.get(peerId);
+      if (!rec || rec.viaSfu) return;
+      // The SFU carries this person now: their video if they send any, else their sound.
+      if (track.kind === 'video' || !(rec.video || rec.screen)) switchToSfu(rec);
+    },
+    onState: (state) => {
+      if (link !== sfu) return;
+      if (state === 'connected') {
+        sfuRetryMs = 2000;
+        updateReceiveAll();
+      } else if (state === 'failed') {
+        restartSfu();
+      }
+    },
+  });
+  sfu = link;
+  sfuStartedAt = Date.now();
+  link.start().then(() => { if (S.sharing) link.setScreen(true); });
+  // A connection still not up after a while will not come up: start over.
+  setTimeout(() => {
+    if (link === sfu && link.pc.connectionState !== 'connected') restartSfu();
+  }, SFU_CONNECT_TIMEOUT_MS);
+}
+
+/** Starts a fresh session with the SFU after a failure, with a growing pause. */
+function restartSfu() {
+  if (!S.inRoom || S.topology !== 'sfu' || sfuRetryTimer) return;
+  const wait = Math.max(sfuRetryMs, SFU_RESTART_MIN_MS - (Date.now() - sfuStartedAt));
+  sfuRetryMs = Math.min(sfuRetryMs * 2, 30000);
+  notice(t('notice.mediaReconnecting'));
+  sfuRetryTimer = setTimeout(() => {
+    sfuRetryTimer = null;
+    if (S.inRoom && S.topology === 'sfu') startSfu();
+  }, wait);
+}
+
+/** The server lost our media connection (`error media_failed`): start over. */
+export function onMediaFailed() { restartSfu(); }
+
+function stopSfu() {
+  if (sfuRetryTimer) clearTimeout(sfuRetryTimer);
+  if (switchTimer) clearTimeout(switchTimer);
+  sfuRetryTimer = switchTimer = null;
+  sfu?.close();
+  sfu = null;
+  sfuRetryMs = 2000;
+  wanted.clear();
+}
+
+/**
+ * Hands a participant over from its peer-to-peer connection to the SFU.
+ * @param {import('./core.js').RemotePeer} rec
+ */
+function switchToSfu(rec) {
+  if (rec.viaSfu) return;
+  const link = rec.link;
+  rec.link = null;
+  rec.files = null;
+  useSfuStream(rec);
+  link?.close();
+}
+
+/** Shows what the SFU has of this participant (maybe nothing yet). @param {import('./core.js').RemotePeer} rec */
+function useSfuStream(rec) {
+  rec.viaSfu = true;
+  const stream = sfu?.streamOf(rec.id) ?? null;
+  rec.meter?.detach();
+  rec.meter = null;
+  rec.tile?.setStream(stream);
+  const audio = stream?.getAudioTracks()[0];
+  if (audio) meterOn(rec, audio);
+}
+
+// ---------------------------------------------------------------- adaptive stream (sfu rooms)
+
+/** The quality we last asked the server for, per participant (absent: `high`, the default). @type {Map<string, import('./protocol.js').VideoQuality>} */
+const wanted = new Map();
+/** Whether each remote tile is on screen. @type {Map<string, boolean>} */
+const visible = new Map();
+/** @type {IntersectionObserver|null} */
+let tileObserver = null;
+
+/** @param {import('./core.js').RemotePeer} rec */
+function watchTile(rec) {
+  if (!rec.tile || typeof IntersectionObserver === 'undefined') return;
+  tileObserver ??= new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const id = /** @type {HTMLElement} */ (e.target).dataset.peerId;
+      if (id) visible.set(id, e.isIntersecting);
+    }
+    updateReceiveAll();
+  });
+  tileObserver.observe(rec.tile.el);
+}
+
+/**
+ * What a tile needs: nothing while hidden (off screen, or the page in the background), else
+ * the simulcast layer that fits its width.
+ * @param {import('./core.js').RemotePeer} rec
+ * @returns {import('./protocol.js').VideoQuality}
+ */
+function qualityFor(rec) {
+  const el = rec.tile?.el;
+  if (!el || document.hidden || visible.get(rec.id) === false) return 'off';
+  const w = el.clientWidth;
+  return w >= 480 ? 'high' : w >= 200 ? 'medium' : 'low';
+}
+
+/** Tells the server about every tile whose need changed (sfu rooms, once connected). */
+export function updateReceiveAll() {
+  if (!S.inRoom || S.topology !== 'sfu' || !sfu?.answered) return;
+  for (const rec of S.peers.values()) {
+    const q = qualityFor(rec);
+    if ((wanted.get(rec.id) ?? 'high') === q) continue;
+    wanted.set(rec.id, q);
+    sig.receive(rec.id, q);
+  }
+}
+document.addEventListener('visibilitychange', () => updateReceiveAll());
+
+// ---------------------------------------------------------------- files through the server (sfu rooms)
+
+/** Our offers waiting for their `file_upload`, in the order sent. @type {{file: File, item: FileItem}[]} */
+const offered = [];
+/** Uploads under way or waiting for the room's `file`, by file id. @type {Map<string, {file: File, item: FileItem, xhr: XMLHttpRequest}>} */
+const uploading = new Map();
+/** @type {{abort: () => void}[]} */
+const uploads = [];
+
+/** @param {File} file @param {string} sha */
+function offerToServer(file, sha) {
+  const item = new FileItem($('#files'), { name: file.name, size: file.size, direction: 'sending', peerName: '', toAll: true });
+  const mime = (file.type || 'application/octet-stream').slice(0, 100);
+  if (!sig.fileOffer(file.name, file.size, mime, sha)) { item.fail(); return; }
+  offered.push({ file, item });
+}
+
+/** The server refused our oldest waiting offer (`error` for `file_offer`). */
+export function onFileOfferRefused() {
+  offered.shift()?.item.fail();
+}
+
+/** Where to upload the file we offered first. @param {import('./protocol.js').FileUploadMsg} msg */
+export function onFileUpload(msg) {
+  const o = offered.shift();
+  if (!o) return;
+  const xhr = new XMLHttpRequest();
+  const up = { ...o, xhr };
+  uploading.set(msg.id, up);
+  const abort = { abort: () => xhr.abort() };
+  uploads.push(abort);
+  const done = () => { const i = uploads.indexOf(abort); if (i >= 0) uploads.splice(i, 1); };
+  xhr.open('PUT', msg.url);
+  xhr.upload.onprogress = (e) => o.item.setProgress(e.loaded);
+  xhr.onload = () => {
+    done();
+    if (xhr.status === 204) return; // the room's `file` message marks it sent
+    uploading.delete(msg.id);
+    o.item.fail();
+    showError('file_failed', { file: o.file.name });
+  };
+  xhr.onerror = () => {
+    done();
+    uploading.delete(msg.id);
+    o.item.fail();
+    showError('file_failed', { file: o.file.name });
+  };
+  xhr.send(o.file);
+}
+
+/** A file shared in the room is ready to download. @param {import('./protocol.js').FileMsg} msg */
+export function onSharedFile(msg) {
+  const f = msg.file;
+  const mine = uploading.get(f.id);
+  if (mine) {
+    uploading.delete(f.id);
+    mine.item.done('');
+    return;
+  }
+  if (f.from === S.selfId) return;
+  // The server checked the size and the SHA-256 before announcing it; the browser downloads it.
+  const item = new FileItem($('#files'), { name: f.name, size: f.size, direction: 'receiving', peerName: f.sender });
+  item.done(f.url);
+  notice(t('notice.file', { name: f.sender, file: f.name }));
+  if (S.panel !== 'chat') bumpUnread();
+}
+
+// ---------------------------------------------------------------- speaker view
+
+/** Whether the speaker view is on (the user's choice, kept between calls). */
+let speakerView = false;
+/** Who the SFU (or, peer-to-peer, the level meters) hears most, and since when. */
+let activeSpeaker = '';
+let speakerSince = 0;
+/** The person the user pinned to the big tile, if any. */
+let pinned = '';
+/** Who had the big tile last (kept while we ourselves talk). */
+let lastMain = '';
+
+/** @param {import('./protocol.js').ActiveSpeakerMsg} msg */
+export function onActiveSpeaker(msg) { setActiveSpeaker(msg.peer); }
+
+/** @param {string} id */
+function setActiveSpeaker(id) {
+  activeSpeaker = id;
+  speakerSince = Date.now();
+  for (const rec of S.peers.values()) if (rec.tile) rec.tile.el.dataset.activeSpeaker = String(rec.id === id);
+  if (speakerView) relayout();
+}
+
+/** Pins someone to the big tile (switching to the speaker view), or unpins them. @param {string} id */
+export function togglePin(id) {
+  pinned = pinned === id ? '' : id;
+  for (const rec of S.peers.values()) rec.tile?.setPinned(rec.id === pinned);
+  if (pinned && !speakerView) setSpeakerView(true);
+  else relayout();
+}
+
+/** @param {boolean} on */
+export function setSpeakerView(on) {
+  speakerView = on;
+  $('#layout-button').setAttribute('aria-pressed', String(on));
+  relayout();
+}
+
+export function toggleSpeakerView() { setSpeakerView(!speakerView); }
+
+/** Every tile in grid order: ours first, then everyone in joining order. */
+function allTiles() {
+  return [selfTile, ...[...S.peers.values()].map((r) => r.tile)].filter((x) => !!x);
+}
+
+/** The pinned person, else the active speaker (not ourselves), else whoever had it, else the first. */
+function mainTileId() {
+  if (pinned && S.peers.has(pinned)) return pinned;
+  if (activeSpeaker && activeSpeaker !== S.selfId && S.peers.has(activeSpeaker)) return activeSpeaker;
+  if (lastMain && S.peers.has(lastMain)) return lastMain;
+  return S.peers.keys().next().value ?? S.selfId;
+}
+
+/** Big tile in `.spotlight`, the others in `.filmstrip` (moved within one task, so videos keep playing). @param {HTMLElement} el */
+function arrangeSpeaker(el) {
+  let spot = /** @type {HTMLElement|null} */ (el.querySelector(':scope > .spotlight'));
+  let strip = /** @type {HTMLElement|null} */ (el.querySelector(':scope > .filmstrip'));
+  if (!spot || !strip) {
+    spot = document.createElement('div');
+    spot.className = 'spotlight';
+    strip = document.createElement('div');
+    strip.className = 'filmstrip';
+    strip.setAttribute('role', 'presentation');
+    spot.setAttribute('role', 'presentation');
+    el.prepend(spot, strip);
+  }
+  el.dataset.layout = 'speaker';
+  const id = mainTileId();
+  lastMain = id;
+  const tiles = allTiles();
+  const main = tiles.find((x) => x.id === id);
+  if (main && main.el.parentElement !== spot) spot.append(main.el);
+  // The rest in grid order (appending moves them, the old big tile included).
+  const rest = tiles.filter((x) => x !== main).map((x) => x.el);
+  if (rest.length !== strip.children.length || rest.some((e, i) => strip.children[i] !== e)) strip.append(...rest);
+}
+
+/** Every tile back in #tiles, sized by layoutTiles. @param {HTMLElement} el */
+function arrangeGrid(el) {
+  if (el.dataset.layout === 'speaker') {
+    el.dataset.layout = 'grid';
+    el.append(...allTiles().map((x) => x.el));
+    el.querySelector(':scope > .spotlight')?.remove();
+    el.querySelector(':scope > .filmstrip')?.remove();
+  }
+  layoutTiles(el);
 }

@@ -5,6 +5,10 @@ import { LocalMedia } from './media.js';
 import { formatBytes } from './i18n.js';
 
 export const sig = new SignalingClient();
+/** Set by call.js: the SFU's RTCPeerConnection, for the debug handle. @type {() => RTCPeerConnection|null} */
+let sfuPc = () => null;
+/** @param {() => RTCPeerConnection|null} fn */
+export function setSfuPcGetter(fn) { sfuPc = fn; }
 export const media = new LocalMedia();
 
 /**
@@ -18,6 +22,7 @@ export const media = new LocalMedia();
  * @property {import('./ui.js').Tile|null} tile
  * @property {import('./files.js').FileChannel|null} files
  * @property {import('./media.js').LevelMeter|null} meter  speaking indicator
+ * @property {boolean} [viaSfu]  their media comes through the SFU (sfu rooms), not `link`
  * @property {RTCPeerConnection|null} pc  (getter, for window.__huddle)
  */
 
@@ -35,6 +40,8 @@ export const S = {
   /** @type {Map<string, RemotePeer>} remote peers in joining order */
   peers: new Map(),
   sharing: false,
+  /** @type {import('./protocol.js').Topology} the room's media topology */
+  topology: 'p2p',
   /** @type {''|'chat'|'people'} */
   panel: '',
   unread: 0,
@@ -68,9 +75,11 @@ export function exposeDebugHandle() {
       return {
         view: S.view, connected: sig.isOpen, room: S.room, inRoom: S.inRoom,
         audio: media.micOn && !!media.micTrack, video: media.camOn && !!media.camTrack, screen: S.sharing,
-        camError: media.camError, micError: media.micError,
+        camError: media.camError, micError: media.micError, topology: S.topology,
       };
     },
+    /** the RTCPeerConnection to the SFU in sfu rooms, else null */
+    get sfu() { return sfuPc(); },
     sig, media,
   };
 }

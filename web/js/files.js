@@ -31,7 +31,8 @@ export class FileItem {
 
   /**
    * @param {HTMLElement} list  #files
-   * @param {{name:string, size:number, direction:'sending'|'receiving', peerName:string}} o
+   * @param {{name:string, size:number, direction:'sending'|'receiving', peerName:string, toAll?:boolean}} o
+   *   `toAll`: sent to the whole room through the server (`sfu` rooms)
    */
   constructor(list, o) {
     this.o = o;
@@ -100,7 +101,8 @@ export class FileItem {
   }
 
   render() {
-    const who = t(this.o.direction === 'sending' ? 'files.to' : 'files.from', { name: this.o.peerName });
+    const who = this.o.toAll ? t('files.toAll')
+      : t(this.o.direction === 'sending' ? 'files.to' : 'files.from', { name: this.o.peerName });
     const what = this.status === 'failed' ? t('files.failed')
       : this.status === 'done' ? t(this.o.direction === 'sending' ? 'files.sent' : 'files.done')
         : t(this.o.direction === 'sending' ? 'files.sending' : 'files.receiving');

@@ -2,6 +2,8 @@
 // client. No UI code in here. See docs/protocol.md.
 
 export const PROTOCOL_VERSION = 1;
+/** The reserved peer id of the server's SFU in `signal` messages (`sfu` rooms). */
+export const SFU_PEER_ID = 'sfu';
 
 /** @typedef {string} PeerId */
 
@@ -70,7 +72,8 @@ export const PROTOCOL_VERSION = 1;
 /**
  * @typedef {'bad_json'|'bad_message'|'unknown_type'|'binary_frame'|'frame_too_large'
  *   |'unsupported_protocol'|'not_in_room'|'already_in_room'|'invalid_name'|'invalid_room'
- *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'} ErrorCode
+ *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'|'media_refused'|'media_failed'
+ *   |'invalid_file'|'file_storage_full'} ErrorCode
  */
 
 /** @typedef {'left'|'disconnected'|'too_slow'} LeaveReason */
@@ -83,16 +86,25 @@ export const PROTOCOL_VERSION = 1;
  * @typedef {{type:'signal', to:PeerId, payload:SignalPayload}} SignalMsg
  * @typedef {{type:'chat', text:string}} ChatMsg
  * @typedef {{type:'media', audio:boolean, video:boolean, screen:boolean}} MediaMsg
+ * @typedef {'off'|'low'|'medium'|'high'} VideoQuality
+ * @typedef {{type:'receive', peer:PeerId, video:VideoQuality}} ReceiveMsg
+ * @typedef {{type:'file_offer', name:string, size:number, mime:string, sha256:string}} FileOfferMsg
  * @typedef {{type:'watch_rooms'}} WatchRoomsMsg
  * @typedef {{type:'unwatch_rooms'}} UnwatchRoomsMsg
- * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|WatchRoomsMsg|UnwatchRoomsMsg} ClientMsg
+ * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg} ClientMsg
  */
 
 // ---- server → client ----
 /**
  * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[]}} WelcomeMsg
  * @typedef {{type:'rooms', rooms:RoomSummary[]}} RoomsMsg
- * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:'p2p', iceServers:IceServer[]}} JoinedMsg
+ * @typedef {'p2p'|'sfu'} Topology
+ * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[]}} JoinedMsg
+ * @typedef {{type:'topology', topology:Topology}} TopologyMsg
+ * @typedef {{type:'active_speaker', peer:PeerId}} ActiveSpeakerMsg
+ * @typedef {{type:'file_upload', id:string, url:string}} FileUploadMsg
+ * @typedef {{id:string, from:PeerId, sender:string, name:string, size:number, mime:string, sha256:string, url:string}} SharedFile
+ * @typedef {{type:'file', file:SharedFile}} FileMsg
  * @typedef {{type:'left', room:string}} LeftMsg
  * @typedef {{type:'peer_joined', peer:Peer}} PeerJoinedMsg
  * @typedef {{type:'peer_left', id:PeerId, reason:LeaveReason}} PeerLeftMsg
@@ -101,8 +113,8 @@ export const PROTOCOL_VERSION = 1;
  * @typedef {{type:'chat', message:ChatMessage}} ChatRelayMsg
  * @typedef {{type:'error', code:ErrorCode, message:string, request?:string}} ErrorMsg
  * @typedef {{type:'bye', reason:ByeReason}} ByeMsg
- * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg
- *   |RelayedSignalMsg|ChatRelayMsg|ErrorMsg|ByeMsg} ServerMsg
+ * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
+ *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg} ServerMsg
  */
 
 /** Default limits, used until `welcome` arrives. @type {Limits} */
@@ -234,6 +246,10 @@ export class SignalingClient {
   chat(text) { return this.send({ type: 'chat', text }); }
   /** @param {boolean} audio @param {boolean} video @param {boolean} screen */
   media(audio, video, screen) { return this.send({ type: 'media', audio, video, screen }); }
+  /** @param {PeerId} peer @param {VideoQuality} video */
+  receive(peer, video) { return this.send({ type: 'receive', peer, video }); }
+  /** @param {string} name @param {number} size @param {string} mime @param {string} sha256 */
+  fileOffer(name, size, mime, sha256) { return this.send({ type: 'file_offer', name, size, mime, sha256 }); }
   watchRooms() { return this.send({ type: 'watch_rooms' }); }
   unwatchRooms() { return this.send({ type: 'unwatch_rooms' }); }
 }

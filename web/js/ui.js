@@ -9,6 +9,7 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 /** Material-style 24×24 paths. */
 const ICONS = {
   micOff: 'M19 11h-1.7c0 .74-.16 1.43-.43 2.05l1.23 1.23c.56-.98.9-2.09.9-3.28zm-4.02.17c0-.06.02-.11.02-.17V5c0-1.66-1.34-3-3-3S9 3.34 9 5v.18l5.98 5.99zM4.27 3L3 4.27l6.01 6.01V11c0 1.66 1.33 3 2.99 3 .22 0 .44-.03.65-.08l1.66 1.66c-.71.33-1.5.52-2.31.52-2.76 0-5.3-2.1-5.3-5.1H5c0 3.41 2.72 6.23 6 6.72V21h2v-3.28c.91-.13 1.77-.45 2.54-.9L19.73 21 21 19.73 4.27 3z',
+  pin: 'M16 9V4h1c.55 0 1-.45 1-1s-.45-1-1-1H7c-.55 0-1 .45-1 1s.45 1 1 1h1v5c0 1.66-1.34 3-3 3v2h5.97v7l1 1 1-1v-7H19v-2c-1.66 0-3-1.34-3-3z',
   screen: 'M20 18c1.1 0 1.99-.9 1.99-2L22 6c0-1.11-.9-2-2-2H4c-1.11 0-2 .89-2 2v10c0 1.1.89 2 2 2H0v2h24v-2h-4zm-7-3.53v-2.19c-2.78 0-4.61.85-6 2.72.56-2.67 2.11-5.33 6-5.87V7l4 3.73-4 3.74z',
 };
 
@@ -83,6 +84,17 @@ export class Tile {
     this.muteEl.append(icon('micOff'));
 
     el.append(v, avatar, label, this.muteEl);
+    /** Pins this person to the speaker view (remote tiles only; call.js sets `onclick`). */
+    this.pinEl = null;
+    if (!self) {
+      const pin = document.createElement('button');
+      pin.type = 'button';
+      pin.className = 'tile-pin';
+      pin.setAttribute('aria-pressed', 'false');
+      pin.append(icon('pin'));
+      this.pinEl = pin;
+      el.append(pin);
+    }
     this.el = el;
     this.name = '';
     this.state = { audio: false, video: false, screen: false };
@@ -95,6 +107,7 @@ export class Tile {
     this.initialsEl.textContent = initials(name);
     this.initialsEl.style.backgroundColor = colourFor(name + this.id);
     this.el.setAttribute('aria-label', this.self ? `${name} (${t('tile.you')})` : name);
+    this.setPinned(this.pinEl?.getAttribute('aria-pressed') === 'true');
   }
 
   /** @param {{audio:boolean, video:boolean, screen:boolean}} s */
@@ -107,6 +120,15 @@ export class Tile {
     this.presentEl.title = t('tile.presenting', { name: this.name });
     // The self view is mirrored like a mirror; a screen share never is.
     this.el.classList.toggle('mirrored', this.self && !s.screen);
+  }
+
+  /** @param {boolean} on */
+  setPinned(on) {
+    if (!this.pinEl) return;
+    this.pinEl.setAttribute('aria-pressed', String(on));
+    const label = t(on ? 'tile.unpin' : 'tile.pin', { name: this.name });
+    this.pinEl.setAttribute('aria-label', label);
+    this.pinEl.title = label;
   }
 
   /** @param {MediaStream|null} stream */
