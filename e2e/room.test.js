@@ -26,7 +26,8 @@ let tmp, clips;
 
 before(async () => {
   tmp = makeTempDir();
-  [sc.server, clips] = await Promise.all([startServer(), makeClips(tmp.dir, 3)]);
+  // The peer-to-peer scenario (a mesh of three); sfu.test.js and auto-switch.test.js cover the SFU.
+  [sc.server, clips] = await Promise.all([startServer({ args: ['--topology', 'p2p'] }), makeClips(tmp.dir, 3)]);
   // A also shares its screen later: let Chromium pick the screen without a picker.
   [A, B, C] = await Promise.all(clips.map((clip, i) => launchParticipant({
     who: `${clip.label}-${clip.colour}`, clip: clip.path,

@@ -1,7 +1,7 @@
 // Fake-camera clips: one Y4M per participant, each a distinct colour and letter.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { FAKE_CAMERA } from './env.js';
@@ -75,4 +75,38 @@ export function nearestClip(rgb, clips) {
     if (!best || d < best.distance) best = { clip, distance: d };
   }
   return best;
+}
+
+/**
+ * A "voice" for --use-file-for-fake-audio-capture: 4 s of a buzzy 130 Hz tone (25 harmonics, like
+ * a voiced vowel) whose loudness swings four times a second like syllables, 48 kHz mono 16-bit WAV.
+ * Chromium's own fake microphone only beeps briefly every half second, too quiet on average (and
+ * not voice-like enough for its voice activity detector) to count as someone speaking.
+ */
+export function writeVoiceWav(dir, name = 'voice.wav') {
+  const rate = 48000, seconds = 4, n = rate * seconds;
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write('RIFF', 0); buf.writeUInt32LE(36 + n * 2, 4); buf.write('WAVE', 8);
+  buf.write('fmt ', 12); buf.writeUInt32LE(16, 16); buf.writeUInt16LE(1, 20); buf.writeUInt16LE(1, 22);
+  buf.writeUInt32LE(rate, 24); buf.writeUInt32LE(rate * 2, 28); buf.writeUInt16LE(2, 32); buf.writeUInt16LE(16, 34);
+  buf.write('data', 36); buf.writeUInt32LE(n * 2, 40);
+  let seed = 1;
+  const noise = () => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed / 0x7fffffff - 0.5; };
+  for (let i = 0; i < n; i++) {
+    const t = i / rate;
+    const pitch = 130 * (1 + 0.08 * Math.sin(2 * Math.PI * 0.7 * t));
+    let v = 0;
+    for (let k = 1; k <= 25; k++) {
+      // Two formant-like bumps (around 700 Hz and 1200 Hz) over a falling slope.
+      const f = k * pitch;
+      const formant = 1 + 3 * Math.exp(-(((f - 700) / 250) ** 2)) + 2 * Math.exp(-(((f - 1200) / 300) ** 2));
+      v += (formant / k) * Math.sin(2 * Math.PI * k * pitch * t);
+    }
+    const syllable = 0.6 + 0.4 * Math.sin(2 * Math.PI * 3.5 * t); // never quite silent, like running speech
+    const sample = 0.12 * syllable * v + 0.01 * noise();
+    buf.writeInt16LE(Math.max(-32767, Math.min(32767, Math.round(32767 * sample))), 44 + i * 2);
+  }
+  const file = path.join(dir, name);
+  writeFileSync(file, buf);
+  return file;
 }

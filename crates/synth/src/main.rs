@@ -278,6 +278,12 @@ async fn participant(
         if !rtc.is_alive() && restart_at.is_none() {
             restart_at = Some(session_started + RESTART_MIN_INTERVAL);
         }
+        // A handshake that has not finished after a while will not (str0m waits much longer
+        // before it gives up): start over, as a browser's `failed` state makes the page do.
+        if !connected && restart_at.is_none() && session_started.elapsed() > CONNECT_WATCHDOG {
+            eprintln!("huddle-synth: {name}: not connected after {CONNECT_WATCHDOG:?}; starting over");
+            restart_at = Some(Instant::now());
+        }
         // The server knows our session once it is connected; from then on, no video please.
         while connected && !watch_video && told < others.len() {
             let msg = ClientMsg::Receive { peer: others[told].clone(), video: VideoQuality::Off };
@@ -307,6 +313,9 @@ async fn participant(
                                 rtc.sdp_api().accept_answer(pending, answer)?;
                                 Ok(())
                             }
+                            // Our own offer is outstanding (a restart): we are the polite side and
+                            // keep it; the server drops its offer when it takes ours.
+                            SdpType::Offer if pending.is_some() => Ok(()),
                             SdpType::Offer => {
                                 let offer = SdpOffer::from_sdp_string(&description.sdp)?;
                                 let answer = rtc.sdp_api().accept_offer(offer)?;
@@ -328,6 +337,11 @@ async fn participant(
                 ServerMsg::Error { code: ErrorCode::MediaFailed, .. } => {
                     // The server dropped our session (its ICE consent timed out): offer again.
                     restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
+                }
+                ServerMsg::Error { code: ErrorCode::MediaRefused, request, .. } if !connected => {
+                    // A restart that came too soon (or an SDP the SFU did not take): try again.
+                    eprintln!("huddle-synth: {name}: the SFU refused our {request:?}; trying again");
+                    restart_at.get_or_insert(Instant::now() + RESTART_MIN_INTERVAL);
                 }
                 ServerMsg::Error { code, message, .. } => eprintln!("huddle-synth: {name}: server said {code}: {message}"),
                 ServerMsg::Bye { reason } => bail!("server said bye ({reason:?})"),
@@ -365,6 +379,8 @@ async fn participant(
 
 /// The server refuses a new session sooner than this after the last (docs/protocol.md).
 const RESTART_MIN_INTERVAL: Duration = Duration::from_millis(2100);
+/// A session not connected after this long is started over.
+const CONNECT_WATCHDOG: Duration = Duration::from_secs(20);
 
 /// A fresh str0m session publishing one audio track, offered to the SFU.
 async fn offer_to_sfu(
