@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
@@ -58,7 +58,24 @@ pub(crate) struct PeerState {
     pub epoch: Instant,
     /// Its DTLS is up: frames written before that would only pile up inside str0m.
     pub connected: bool,
+    /// The most video quality its downlink carries without loss (`High`: no limit); see
+    /// [`PeerState::congestion`].
+    pub cap: VideoQuality,
+    /// When `cap` last changed, and when its receiver last reported loss above [`CLEAN_LOSS`].
+    pub cap_changed: Option<Instant>,
+    pub last_lossy: Option<Instant>,
 }
+
+/// How often str0m reports each outgoing track's statistics (receiver-report loss).
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// Loss a subscriber's browser reports on a video track above which its video steps down one
+/// simulcast layer (every publisher's), at most once per [`CAP_STEP_DOWN_INTERVAL`].
+pub const CONGESTED_LOSS: f32 = 0.05;
+pub const CAP_STEP_DOWN_INTERVAL: Duration = Duration::from_secs(2);
+/// Loss at or below which a downlink counts as clean; after [`CAP_STEP_UP_AFTER`] clean (and
+/// unchanged) the cap steps up again.
+pub const CLEAN_LOSS: f32 = 0.01;
+pub const CAP_STEP_UP_AFTER: Duration = Duration::from_secs(8);
 
 #[derive(Debug)]
 pub(crate) struct Peer {
@@ -80,7 +97,13 @@ impl Peer {
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
         // ICE-lite: the browser runs the checks, we answer them; accepting the offer makes us
         // the DTLS server (answerer with a=setup:passive).
-        let mut config = Rtc::builder().set_ice_lite(true).clear_codecs().enable_opus(true, false).enable_vp8(true);
+        let mut config = Rtc::builder()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            // Receiver-report loss per outgoing track, for the congestion cap.
+            .set_stats_interval(Some(STATS_INTERVAL));
         // H.264 constrained baseline and baseline, packetization mode 1 (what every browser can
         // send and receive), with their usual payload types. Not str0m's whole default list: every
         // subscriber's SDP carries each forwarded video m-line with all the codecs configured, so
@@ -109,6 +132,9 @@ impl Peer {
                 wanted: HashMap::new(),
                 epoch: now,
                 connected: false,
+                cap: VideoQuality::High,
+                cap_changed: None,
+                last_lossy: None,
             },
         };
         let mids: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
@@ -204,13 +230,15 @@ impl Peer {
                 }
                 return Err(SfuError::SdpRefused { peer: id, reason: e.to_string() });
             }
+            let (wanted, cap) = (&state.wanted, state.cap);
             for track in &mut state.tracks_out {
                 if let TrackOutState::Negotiating(m) = track.state {
                     track.state = TrackOutState::Open(m);
                     // A new subscriber needs a keyframe to start decoding (of the layer it
                     // will get, for simulcast).
                     if let Some(t) = track.track_in.upgrade() {
-                        let rid = t.layer_for(state.wanted.get(&t.origin).copied().unwrap_or_default(), now);
+                        let quality = wanted.get(&t.origin).copied().unwrap_or_default().min(cap);
+                        let rid = t.layer_for(quality, now);
                         let req = Propagated::KeyframeRequest {
                             origin: t.origin,
                             mid_in: t.mid,
@@ -307,7 +335,7 @@ impl Peer {
             return;
         }
         let id = self.state.id;
-        let wanted = self.state.wanted.get(&origin).copied().unwrap_or_default();
+        let wanted = self.state.effective(origin);
         let found = self.state.tracks_out.iter().enumerate().find_map(|(i, o)| {
             let t = o.track_in.upgrade()?;
             (t.origin == origin && t.mid == data.mid).then_some(o.open_mid().map(|m| (i, m, t))).flatten()
@@ -383,8 +411,44 @@ impl Peer {
 }
 
 impl PeerState {
+    /// What it gets of `publisher`'s video: what it asked for, within the congestion cap.
+    pub(crate) fn effective(&self, publisher: PeerId) -> VideoQuality {
+        self.wanted.get(&publisher).copied().unwrap_or_default().min(self.cap)
+    }
+
+    /// A receiver report on one of its video tracks: a lossy downlink steps every video it gets
+    /// down a layer (a subscriber that cannot keep up gets less instead of a frozen picture, and
+    /// the others are not affected); a clean one steps back up after a while.
+    pub(crate) fn congestion(&mut self, now: Instant, loss: f32) {
+        let since_change = self.cap_changed.map(|t| now.saturating_duration_since(t));
+        if loss > CLEAN_LOSS {
+            self.last_lossy = Some(now);
+        }
+        if loss > CONGESTED_LOSS {
+            if self.cap > VideoQuality::Low && since_change.is_none_or(|d| d >= CAP_STEP_DOWN_INTERVAL) {
+                self.cap = if self.cap == VideoQuality::High { VideoQuality::Medium } else { VideoQuality::Low };
+                self.cap_changed = Some(now);
+            }
+            return;
+        }
+        let clean_for = self.last_lossy.map(|t| now.saturating_duration_since(t));
+        let settled = |d: Option<Duration>| d.is_none_or(|d| d >= CAP_STEP_UP_AFTER);
+        if self.cap < VideoQuality::High && settled(since_change) && settled(clean_for) {
+            self.cap = if self.cap == VideoQuality::Low { VideoQuality::Medium } else { VideoQuality::High };
+            self.cap_changed = Some(now);
+        }
+    }
+
     fn on_event(&mut self, event: RtcEvent, sink: &mut Sink) {
         match event {
+            RtcEvent::MediaEgressStats(stats) => {
+                let video = self.tracks_out.iter().any(|t| {
+                    t.mid() == Some(stats.mid) && t.track_in.upgrade().is_some_and(|t| t.kind == MediaKind::Video)
+                });
+                if let (true, Some(loss)) = (video, stats.loss) {
+                    self.congestion(stats.timestamp, loss);
+                }
+            }
             RtcEvent::Connected => {
                 self.connected = true;
                 sink.out.push_back(Output::Event(crate::api::Event::Connected(self.id)));
@@ -393,7 +457,7 @@ impl PeerState {
                 for out in &self.tracks_out {
                     let Some(t) = out.track_in.upgrade() else { continue };
                     if t.kind == MediaKind::Video && out.open_mid().is_some() {
-                        let rid = t.layer_for(self.wanted.get(&t.origin).copied().unwrap_or_default(), self.epoch);
+                        let rid = t.layer_for(self.effective(t.origin), self.epoch);
                         let req = Propagated::KeyframeRequest {
                             origin: t.origin,
                             mid_in: t.mid,
