@@ -17,6 +17,7 @@
 //! interface address, so every datagram's destination is known without `IP_PKTINFO`; the core
 //! announces each address as a host candidate (or the configured public addresses instead).
 
+use crate::batch;
 use crate::config::Config;
 use crate::hub;
 use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload, VideoQuality};
@@ -150,7 +151,17 @@ impl Media {
     /// Runs until the hub drops its command sender.
     pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
         let sfu = Sfu::with_addresses(self.addresses());
-        let mut driver = Driver { sfu, socks: self.socks, hub, stats: MediaStats::default(), sessions: HashMap::new() };
+        let outgoing = self.socks.iter().map(|_| Vec::new()).collect();
+        let batch = std::env::var("HUDDLE_SFU_SENDMMSG").map_or(true, |v| v != "0");
+        let mut driver = Driver {
+            sfu,
+            socks: self.socks,
+            hub,
+            stats: MediaStats::default(),
+            sessions: HashMap::new(),
+            outgoing,
+            batch,
+        };
         driver.run(commands).await;
     }
 }
@@ -225,6 +236,11 @@ struct Driver {
     stats: MediaStats,
     /// When each participant's current session started (for [`RESTART_MIN_INTERVAL`]).
     sessions: HashMap<huddle_sfu::PeerId, Instant>,
+    /// Datagrams of one flush, per socket, handed to the kernel together.
+    outgoing: Vec<Vec<(SocketAddr, Vec<u8>)>>,
+    /// `sendmmsg` (default) or one `send_to` per datagram (`HUDDLE_SFU_SENDMMSG=0`, to measure
+    /// the difference).
+    batch: bool,
 }
 
 impl Driver {
@@ -360,15 +376,11 @@ impl Driver {
         while let Some(out) = self.sfu.poll_output() {
             match out {
                 Output::Transmit { from, to, bytes } => {
-                    let Some(sock) = self.socks.iter().find(|s| s.alias == from) else {
+                    let Some(i) = self.socks.iter().position(|s| s.alias == from) else {
                         debug!(%from, "no socket for a transmit address");
                         continue;
                     };
-                    match sock.socket.try_send_to(&bytes, to) {
-                        Ok(_) => self.stats.datagrams_out += 1,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.send_dropped += 1,
-                        Err(e) => debug!(%to, error = %e, "UDP send error"),
-                    }
+                    self.outgoing[i].push((to, bytes));
                 }
                 Output::Signal { peer, signal } => {
                     let (kind, sdp) = match signal {
@@ -394,6 +406,19 @@ impl Driver {
                 #[allow(unreachable_patterns)]
                 Output::Event(_) => {}
             }
+        }
+        for (sock, datagrams) in self.socks.iter().zip(self.outgoing.iter_mut()) {
+            if datagrams.is_empty() {
+                continue;
+            }
+            let sent = if self.batch {
+                batch::send_all(&sock.socket, datagrams)
+            } else {
+                batch::one_by_one(&sock.socket, datagrams)
+            };
+            self.stats.datagrams_out += sent.sent;
+            self.stats.send_dropped += sent.dropped;
+            datagrams.clear();
         }
     }
 }
