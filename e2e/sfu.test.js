@@ -200,16 +200,25 @@ sc.step('screenshot of the sfu room', async () => {
   await P[0].page.screenshot({ path: path.join(artifactsDir(), 'sfu-room-4.png') });
 });
 
-sc.step('speaker view: the big tile follows the pin, the strip keeps everyone else playing', async (t) => {
+sc.step('speaking ring from the forwarded audio levels; speaker view: the big tile follows the pin, the strip keeps playing', async (t) => {
   const [A, B, C, D] = P;
   // Only A's microphone stays on (a speech-like sound); the SFU reads the audio levels. Whether
   // Chromium's processed fake microphone counts as speech varies from run to run on a loaded
   // machine, so the detection itself is reported here and asserted in the core's tests
   // (crates/sfu/tests/active_speaker.rs) and the hub's (active_speaker to the room).
   for (const p of [B, C, D]) await button(p.page, 'Microphone').click();
+  // The speaking ring comes from the audio levels the SFU forwards (RTP audio-level extension):
+  // on A's tile, not on the muted C's.
+  const ring = await pollUntil(async () => {
+    const r = await B.page.evaluate(({ a, c }) => ({
+      a: document.querySelector(`#tiles .tile[data-peer-id="${a}"]`)?.classList.contains('speaking'),
+      c: document.querySelector(`#tiles .tile[data-peer-id="${c}"]`)?.classList.contains('speaking'),
+    }), { a: A.id, c: C.id });
+    return r.a && !r.c ? r : { ok: false, ...r };
+  }, { timeoutMs: T.media, intervalMs: 100, what: 'B: the speaking ring on A\'s tile and not on the muted C\'s' });
   const detected = await B.page.locator(`#tiles .tile[data-peer-id="${A.id}"][data-active-speaker="true"]`)
     .waitFor({ state: 'attached', timeout: 8000 }).then(() => true, () => false);
-  t.diagnostic(`the SFU named A the active speaker within 8 s of the others muting: ${detected}`);
+  t.diagnostic(`speaking ring ${JSON.stringify(ring)}; the SFU named A the active speaker within 8 s of the others muting: ${detected}`);
   try {
     await button(B.page, 'Speaker view').click();
     const spotlight = async () => B.page.evaluate(() => ({

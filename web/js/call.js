@@ -514,11 +514,10 @@ function startSfu() {
     iceServers: S.iceServers,
     signal: (payload) => { sig.signal(SFU_PEER_ID, payload); },
     tracks: { audio: media.micTrack, video: outgoingVideo() },
-    onTrack: (peerId, stream, track) => {
+    onTrack: (peerId, stream) => {
       const rec = S.peers.get(peerId);
       if (!rec || !rec.viaSfu) return;
       rec.tile?.setStream(stream);
-      if (track.kind === 'audio') meterOn(rec, track);
     },
     onMedia: (peerId, track) => {
       const rec = S.peers.get(peerId);
@@ -538,6 +537,7 @@ function startSfu() {
   });
   sfu = link;
   sfuStartedAt = Date.now();
+  if (!levelTimer) levelTimer = setInterval(pollLevels, 150);
   link.start().then(() => { if (S.sharing) link.setScreen(true); });
   // A connection still not up after a while will not come up: start over.
   setTimeout(() => {
@@ -568,6 +568,9 @@ function stopSfu() {
   sfu = null;
   sfuRetryMs = 2000;
   wanted.clear();
+  if (levelTimer) clearInterval(levelTimer);
+  levelTimer = null;
+  loudAt.clear();
 }
 
 /**
@@ -587,11 +590,28 @@ function switchToSfu(rec) {
 function useSfuStream(rec) {
   rec.viaSfu = true;
   const stream = sfu?.streamOf(rec.id) ?? null;
-  rec.meter?.detach();
+  rec.meter?.detach(); // the SFU's audio levels drive the speaking ring from now on
   rec.meter = null;
   rec.tile?.setStream(stream);
-  const audio = stream?.getAudioTracks()[0];
-  if (audio) meterOn(rec, audio);
+}
+
+/** Speaking rings in sfu rooms, from the audio levels the SFU forwards (one timer for everyone). */
+let levelTimer = /** @type {ReturnType<typeof setInterval>|null} */ (null);
+/** When each participant was last loud enough to count as speaking. @type {Map<string, number>} */
+const loudAt = new Map();
+/** About -34 dBov: a voice, not a room's hum. */
+const SPEAKING_LEVEL = 0.02;
+/** The ring stays this long after the voice, so it does not flicker between syllables. */
+const SPEAKING_HOLD_MS = 500;
+
+function pollLevels() {
+  if (!sfu) return;
+  const now = Date.now();
+  for (const [id, level] of sfu.audioLevels()) if (level >= SPEAKING_LEVEL) loudAt.set(id, now);
+  for (const rec of S.peers.values()) {
+    if (!rec.viaSfu || !rec.tile) continue;
+    rec.tile.el.classList.toggle('speaking', now - (loudAt.get(rec.id) ?? 0) < SPEAKING_HOLD_MS);
+  }
 }
 
 // ---------------------------------------------------------------- adaptive stream (sfu rooms)

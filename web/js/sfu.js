@@ -35,6 +35,8 @@ export class SfuLink {
     this.closed = false;
     /** @type {Map<string, MediaStream>} one stream per publishing participant */
     this.streams = new Map();
+    /** @type {WeakMap<MediaStreamTrack, string>} whose each received track is */
+    this.owners = new WeakMap();
     /** Signals are handled one at a time, in order. */
     this.chain = Promise.resolve();
     /** true while our own offer waits for the server's answer */
@@ -57,6 +59,7 @@ export class SfuLink {
         if (old.kind === track.kind && old !== track) stream.removeTrack(old);
       }
       if (!stream.getTracks().includes(track)) stream.addTrack(track);
+      this.owners.set(track, peerId);
       // A receiver's track is muted until its first packet arrives, and again when the server
       // stops the media section (the participant left or stopped publishing).
       track.addEventListener('unmute', () => { if (!this.closed) o.onMedia(peerId, track); });
@@ -138,6 +141,23 @@ export class SfuLink {
 
   /** @param {string} peerId */
   streamOf(peerId) { return this.streams.get(peerId) || null; }
+
+  /**
+   * Each participant's audio level as the SFU forwarded it in the RTP audio-level header
+   * extension (0..1, 1 = 0 dBov): no decoding or analysing on our side, however many people.
+   * @returns {Map<string, number>}
+   */
+  audioLevels() {
+    const out = new Map();
+    for (const r of this.pc.getReceivers()) {
+      if (r.track.kind !== 'audio') continue;
+      const id = this.owners.get(r.track);
+      if (!id) continue;
+      const level = r.getSynchronizationSources()[0]?.audioLevel ?? 0;
+      out.set(id, Math.max(level, out.get(id) ?? 0));
+    }
+    return out;
+  }
 
   close() {
     if (this.closed) return;
