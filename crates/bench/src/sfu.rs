@@ -31,6 +31,8 @@ use tokio::task::JoinHandle;
 pub const MAX_WINDOWS: usize = 16;
 /// Frame-rate multipliers of the saturation steps.
 const STEPS: [f64; 7] = [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0];
+/// Pause at the base rate after a disturbed window, before measuring again.
+const RECOVER: Duration = Duration::from_secs(2);
 /// Times a window disturbed by other processes is measured again.
 const MAX_RETRIES: usize = 2;
 /// Subscribers joining at once.
@@ -92,6 +94,9 @@ pub struct SfuArgs {
     /// A step with more loss than this (percent) is past saturation
     #[arg(long, default_value_t = 1.0)]
     pub saturation_loss_pct: f64,
+    /// A window whose p99 latency is above this (ms) does not count as keeping up, whatever its loss
+    #[arg(long, default_value_t = 100.0)]
+    pub saturation_p99_ms: f64,
     /// A window during which other processes used more CPU than this (100 = one core) is measured
     /// again, at most twice (the plain relay too)
     #[arg(long, default_value_t = 20.0)]
@@ -140,6 +145,7 @@ impl SfuArgs {
             ("--step-secs", self.step_secs, 0.5, 600.0),
             ("--saturation-loss-pct", self.saturation_loss_pct, 0.0, 100.0),
             ("--disturbed-cpu-pct", self.disturbed_cpu_pct, 0.0, 10_000.0),
+            ("--saturation-p99-ms", self.saturation_p99_ms, 1.0, 100_000.0),
             ("--relay-secs", self.relay_secs, 0.5, 600.0),
             ("--connect-timeout-secs", self.connect_timeout_secs, 1.0, 3600.0),
         ] {
@@ -302,20 +308,28 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     let fanout = publishers - 1 + subscribers;
     let bytes = report["forwarded_packet_bytes"].as_f64().filter(|b| b.is_finite() && *b > 0.0).unwrap_or(1100.0);
     eprintln!("plain UDP relay: fanout {fanout}, {bytes:.0}-byte datagrams, {:.1} s", args.relay_secs);
-    let mut attempt = 0;
-    let r = loop {
+    // Other processes can only slow the relay down: of several attempts, the fastest is the
+    // best estimate of the limit.
+    let mut best: Option<relay::RelayResult> = None;
+    for attempt in 0..=MAX_RETRIES {
         let r = relay::measure(fanout, bytes.round() as usize, args.relay_secs, pin.then_some(&server_cpus[..]))?;
         eprintln!(
             "plain relay: {:.0} datagrams/s delivered ({:.0} sent, relay thread at {:.0}% CPU, {:.2}% lost, \
              other processes {:.0}% CPU)",
             r.delivered_pps, r.sent_pps, r.relay_cpu_pct, r.loss_pct, r.other_cpu_pct
         );
-        attempt += 1;
-        if r.other_cpu_pct <= args.disturbed_cpu_pct || attempt > MAX_RETRIES {
-            break r;
+        let disturbed = r.other_cpu_pct > args.disturbed_cpu_pct;
+        if best.as_ref().is_none_or(|b| r.delivered_pps > b.delivered_pps) {
+            best = Some(r);
         }
-        eprintln!("plain relay: disturbed by other processes; measuring again");
-    };
+        if !disturbed {
+            break;
+        }
+        if attempt < MAX_RETRIES {
+            eprintln!("plain relay: disturbed by other processes; measuring again");
+        }
+    }
+    let Some(r) = best else { bail!("no plain relay measurement") };
     let saturation_pps = report["saturation_forwarded_pps"].as_f64().unwrap_or(f64::NAN);
     report["plain_relay_pps"] = json!(r3(r.delivered_pps));
     report["ratio_to_plain_relay"] = json!(r3(saturation_pps / r.delivered_pps));
@@ -625,6 +639,9 @@ async fn drive(
             if windows[windows.len() - 1].disturbed {
                 if attempt < MAX_RETRIES {
                     eprintln!("window {index}: other processes used {other:.0}% CPU meanwhile; measuring again");
+                    // Let what piled up meanwhile drain first, at the base rate.
+                    live.set_mult(1.0);
+                    tokio::time::sleep(RECOVER).await;
                     continue;
                 }
                 if k > 0 {
@@ -677,8 +694,11 @@ async fn drive(
     // Saturation: the most forwarded among the windows whose loss stayed within the threshold.
     // Windows disturbed by other processes only count when every window was.
     let all_disturbed = windows.iter().all(|w| w.disturbed);
-    let clean =
-        windows.iter().filter(|w| w.loss_pct(live) <= args.saturation_loss_pct && (all_disturbed || !w.disturbed));
+    let clean = windows.iter().filter(|w| {
+        w.loss_pct(live) <= args.saturation_loss_pct
+            && pct(&lat[w.index], 0.99) <= args.saturation_p99_ms
+            && (all_disturbed || !w.disturbed)
+    });
     let best = clean.max_by(|a, b| a.forwarded_pps().total_cmp(&b.forwarded_pps()));
     let saturation_pps = best.map_or(f64::NAN, |w| w.forwarded_pps());
     let steps: Vec<Value> = windows.iter().map(|w| w.report(live, &lat[w.index], args.fps)).collect();
