@@ -1,4 +1,4 @@
-//! The huddle server: one binary serving the page, WebSocket signalling and (later) media.
+//! The huddle server: one binary serving the page, WebSocket signalling and the SFU's media.
 //!
 //! # Layout
 //! - [`config`] — flags, environment and TOML file resolved once into a [`Config`].
@@ -8,6 +8,7 @@
 //! - [`hub`] — the single owner of all rooms and outboxes, reached over a channel.
 //! - [`media`] — the SFU driver: one task owning the media UDP socket(s) and the sans-IO core
 //!   (`huddle-sfu`), reached from the hub over a channel.
+//! - [`batch`] — many datagrams per system call (`sendmmsg`), for the driver.
 //! - [`room`] — one room's members and chat history (plain data, owned by the hub).
 //! - [`files`] — files shared through the server (sfu rooms): the store the hub owns, and the
 //!   HTTP upload/download handlers.
