@@ -1,4 +1,5 @@
-//! Sending many datagrams with one system call: Linux's `sendmmsg`, elsewhere one `send_to` each.
+//! Sending many datagrams with one system call: Linux's `sendmmsg`, elsewhere one `send_to` each;
+//! and socket buffers large enough for a busy SFU.
 //!
 //! The SFU forwards each packet to every subscriber, so one publisher's frame becomes dozens of
 //! datagrams at once; `sendmmsg` hands up to [`BATCH`] of them to the kernel per call instead of
@@ -52,12 +53,31 @@ pub fn one_by_one(socket: &UdpSocket, datagrams: &[(SocketAddr, Vec<u8>)]) -> Se
     out
 }
 
-// The only unsafe code in the server: building `mmsghdr`s and calling `sendmmsg`.
+// The only unsafe code in the server: building `mmsghdr`s and calling `sendmmsg`, and
+// `setsockopt` for the forced buffer sizes.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod linux {
     use super::{debug, io, Sent, SocketAddr, UdpSocket, BATCH};
     use std::os::fd::AsRawFd;
+
+    /// `SO_RCVBUFFORCE` and `SO_SNDBUFFORCE`; false when refused (no `CAP_NET_ADMIN`).
+    pub fn force_buffers(socket: &UdpSocket, bytes: usize) -> bool {
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE].iter().all(|&opt| {
+            // SAFETY: a plain setsockopt on our own open socket with a c_int value of the right size.
+            let r = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &value as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            r == 0
+        })
+    }
 
     pub fn send_all(socket: &UdpSocket, datagrams: &[(SocketAddr, Vec<u8>)]) -> Sent {
         let mut out = Sent::default();
@@ -115,6 +135,18 @@ mod linux {
         }
         out
     }
+}
+
+/// Asks for socket buffers of `bytes` each way: past `net.core.rmem_max`/`wmem_max` when the
+/// process may (`SO_RCVBUFFORCE`, Linux, with `CAP_NET_ADMIN`), else as far as those limits allow.
+pub fn grow_buffers(socket: &UdpSocket, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    if linux::force_buffers(socket, bytes) {
+        return;
+    }
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_recv_buffer_size(bytes);
+    let _ = s.set_send_buffer_size(bytes);
 }
 
 #[cfg(test)]

@@ -174,14 +174,23 @@ impl Media {
 /// Socket buffers for the SFU's port. The kernel's default (about 208 KiB) holds a few hundred
 /// datagrams; one busy moment of the driver (a join renegotiating a room of 50) is enough to
 /// overflow it and lose media and ICE checks. Linux caps the request at `net.core.rmem_max` /
-/// `wmem_max` (raise those on a busy server); what the kernel granted is logged.
+/// `wmem_max` unless the process may force it (`CAP_NET_ADMIN`); a smaller grant is warned about.
 pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 fn grow_buffers(socket: &UdpSocket) {
+    batch::grow_buffers(socket, SOCKET_BUFFER_BYTES);
     let s = socket2::SockRef::from(socket);
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-    let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-    debug!(recv = ?s.recv_buffer_size().ok(), send = ?s.send_buffer_size().ok(), "SFU socket buffers");
+    let (recv, send) = (s.recv_buffer_size().unwrap_or(0), s.send_buffer_size().unwrap_or(0));
+    // Linux reports twice what was granted (the other half is its bookkeeping).
+    if recv < SOCKET_BUFFER_BYTES {
+        warn!(
+            recv,
+            send,
+            "the SFU's socket buffers are smaller than asked for; raise net.core.rmem_max and wmem_max for big rooms"
+        );
+    } else {
+        debug!(recv, send, "SFU socket buffers");
+    }
 }
 
 /// Addresses to bind on: `ip` itself, or every usable interface address of its family when it
