@@ -221,7 +221,7 @@ async fn participant(
 
     let socket = UdpSocket::bind(("127.0.0.1", 0)).await?;
     // Room for a second of everyone's audio while this thread is busy with someone's SDP.
-    let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(1024 * 1024);
+    huddle_server::batch::grow_buffers(&socket, 1024 * 1024);
     let local = socket.local_addr()?;
     let start = Instant::now();
     let (mut rtc, mut audio, mut pending) = offer_to_sfu(&mut ws, local, start).await?;
