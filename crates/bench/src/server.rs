@@ -36,9 +36,36 @@ pub struct ServerProcess {
     child: Child,
     /// The port it listens on, on 127.0.0.1.
     pub port: u16,
+    /// Pinned to CPU 0, the load generator to the others ([`ServerProcess::start_for_bench`]).
+    pub pinned: bool,
 }
 
+/// The CPUs a pinned server runs on.
+pub const SERVER_CPUS: [usize; 1] = [0];
+
 impl ServerProcess {
+    /// Logs and starts the server with `args`; with `pin` (and two CPUs or more) the server runs
+    /// on CPU 0 and this process, the load generator, on the others.
+    pub fn start_for_bench(args: &[OsString], pin: bool) -> anyhow::Result<ServerProcess> {
+        eprintln!(
+            "starting the server: serve {}",
+            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        );
+        let ncpu = crate::procfs::cpus();
+        let pin_now = pin && ncpu >= 2;
+        if pin && !pin_now {
+            eprintln!("warning: --pin needs at least two CPUs; not pinning");
+        }
+        let mut server = ServerProcess::start(args, pin_now.then_some(&SERVER_CPUS[..]), Duration::from_secs(30))?;
+        server.pinned = pin_now;
+        eprintln!("server pid {} on 127.0.0.1:{}", server.pid(), server.port);
+        if pin_now {
+            crate::procfs::pin_to_cpus(&(1..ncpu).collect::<Vec<_>>())?;
+            eprintln!("server pinned to CPU 0, load generator to CPUs 1..{}", ncpu - 1);
+        }
+        Ok(server)
+    }
+
     /// Starts `huddle-bench serve <args>` and waits (up to `timeout`) for the line announcing
     /// `http://127.0.0.1:PORT/` on its standard output. Its later output goes to our stderr.
     pub fn start(args: &[OsString], cpus: Option<&[usize]>, timeout: Duration) -> anyhow::Result<ServerProcess> {
@@ -66,7 +93,7 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the server process")?;
-        let mut server = ServerProcess { child, port: 0 };
+        let mut server = ServerProcess { child, port: 0, pinned: false };
         let stdout = server.child.stdout.take().ok_or_else(|| anyhow!("no stdout from the server"))?;
         let (tx, rx) = mpsc::channel::<u16>();
         std::thread::spawn(move || {

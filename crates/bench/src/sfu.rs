@@ -15,7 +15,7 @@
 
 use crate::procfs;
 use crate::relay;
-use crate::server::ServerProcess;
+use crate::server::{ServerProcess, SERVER_CPUS};
 use crate::sfu_peer::{self, PeerResult, Role};
 use crate::signal::Workers;
 use anyhow::{bail, Context};
@@ -261,7 +261,6 @@ impl Live {
 pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     args.check()?;
     let (publishers, subscribers) = args.counts();
-    let ncpu = procfs::cpus();
     let participants = publishers + subscribers;
     // Each participant: a TCP connection and a UDP socket; the server has the other ends.
     let nofile = procfs::raise_nofile(4 * participants as u64 + 1024)?;
@@ -275,21 +274,8 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
         server_args.extend(["--room-capacity".into(), participants.to_string().into()]);
     }
     server_args.extend(args.server_args.iter().map(OsString::from));
-    eprintln!(
-        "starting the server: serve {}",
-        server_args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-    );
-    let pin = args.pin && ncpu >= 2;
-    if args.pin && !pin {
-        eprintln!("warning: --pin needs at least two CPUs; not pinning");
-    }
-    let server_cpus = [0usize];
-    let mut server = ServerProcess::start(&server_args, pin.then_some(&server_cpus[..]), Duration::from_secs(30))?;
-    eprintln!("server pid {} on 127.0.0.1:{}", server.pid(), server.port);
-    if pin {
-        procfs::pin_to_cpus(&(1..ncpu).collect::<Vec<_>>())?;
-        eprintln!("server pinned to CPU 0, load generator to CPUs 1..{}", ncpu - 1);
-    }
+    let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
+    let pinned = server.pinned;
 
     let plan = Arc::new(make_plan(&args, server.port));
     let live = Arc::new(Live::default());
@@ -312,7 +298,7 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     // best estimate of the limit.
     let mut best: Option<relay::RelayResult> = None;
     for attempt in 0..=MAX_RETRIES {
-        let r = relay::measure(fanout, bytes.round() as usize, args.relay_secs, pin.then_some(&server_cpus[..]))?;
+        let r = relay::measure(fanout, bytes.round() as usize, args.relay_secs, pinned.then_some(&SERVER_CPUS[..]))?;
         eprintln!(
             "plain relay: {:.0} datagrams/s delivered ({:.0} sent, relay thread at {:.0}% CPU, {:.2}% lost, \
              other processes {:.0}% CPU)",

@@ -99,7 +99,6 @@ impl SignalArgs {
 
 pub fn run(args: SignalArgs) -> anyhow::Result<()> {
     args.check()?;
-    let ncpu = procfs::cpus();
     let nofile = procfs::raise_nofile(args.clients as u64 + 1024)?;
     if nofile < args.clients as u64 + 64 {
         eprintln!("warning: the open-file limit is {nofile}, too low for {} clients", args.clients);
@@ -114,21 +113,7 @@ pub fn run(args: SignalArgs) -> anyhow::Result<()> {
         server_args.extend(["--max-rooms".into(), args.rooms.to_string().into()]);
     }
     server_args.extend(args.server_args.iter().map(OsString::from));
-    eprintln!(
-        "starting the server: serve {}",
-        server_args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-    );
-    let pin = args.pin && ncpu >= 2;
-    if args.pin && !pin {
-        eprintln!("warning: --pin needs at least two CPUs; not pinning");
-    }
-    let server_cpus = [0usize];
-    let mut server = ServerProcess::start(&server_args, pin.then_some(&server_cpus[..]), Duration::from_secs(30))?;
-    eprintln!("server pid {} on 127.0.0.1:{}", server.pid(), server.port);
-    if pin {
-        procfs::pin_to_cpus(&(1..ncpu).collect::<Vec<_>>())?;
-        eprintln!("server pinned to CPU 0, load generator to CPUs 1..{}", ncpu - 1);
-    }
+    let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
 
     let threads = args.loadgen_threads.unwrap_or(0).min(64);
     let workers = Workers::start(threads)?;
