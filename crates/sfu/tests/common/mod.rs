@@ -259,6 +259,15 @@ impl World {
         self.clients.iter().find(|c| c.id == PeerId(id)).expect("a client with this id")
     }
 
+    /// The simulcast layer tag of the last video frame client `id` received (its first
+    /// incoming video), for scenarios about layer choice.
+    #[allow(dead_code)] // used by the simulcast scenarios only
+    pub fn last_video_tag(&self, id: u64) -> Option<u8> {
+        let c = self.client(id);
+        let mid = c.incoming.iter().find(|(_, k)| **k == MediaKind::Video).map(|(m, _)| *m)?;
+        c.last_tag.get(&mid).copied()
+    }
+
     #[allow(dead_code)] // not every scenario changes its clients
     pub fn client_mut(&mut self, id: u64) -> &mut Client {
         self.clients.iter_mut().find(|c| c.id == PeerId(id)).expect("a client with this id")
