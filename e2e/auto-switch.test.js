@@ -6,13 +6,12 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { startServer } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
-import { makeTempDir, makeClips, nearestClip } from './lib/camera.js';
-import { joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, meanColour, expectFramesAdvance, pollUntil } from './lib/huddle.js';
+import { makeTempDir, makeClips } from './lib/camera.js';
+import { joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, waitForColour, expectFramesAdvance, pollUntil } from './lib/huddle.js';
 import { Scenario } from './lib/scenario.js';
 import { artifactsDir, T } from './lib/env.js';
 
 const ROOM = `e2e-auto-${crypto.randomBytes(3).toString('hex')}`;
-const COLOUR_TOLERANCE = 70;
 /** The longest pause in A's picture of B that still counts as "video kept flowing". */
 const MAX_GAP_MS = 1500;
 
@@ -49,11 +48,7 @@ function recordFrames(page, peerId) {
 
 async function seesInColour(viewer, peer) {
   await waitForRemoteVideo(viewer.page, peer.id);
-  return pollUntil(async () => {
-    const rgb = await meanColour(viewer.page, peer.id);
-    const near = nearestClip(rgb, clips);
-    return { ok: near.clip === peer.clip && near.distance <= COLOUR_TOLERANCE, rgb, nearest: near.clip.colour };
-  }, { timeoutMs: T.media, what: `${viewer.who}: ${peer.who}'s picture in ${peer.clip.colour}` });
+  return waitForColour(viewer.page, peer.id, peer.clip, clips, { what: `${viewer.who} watching ${peer.who}` });
 }
 
 sc.step('two people meet peer-to-peer', async () => {

@@ -9,16 +9,14 @@ import { startServer } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClips, nearestClip } from './lib/camera.js';
 import {
-  joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, meanColour, expectFramesAdvance,
-  tile, button, gotoLanding, pollUntil,
+  joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, waitForColour, meanColour, expectFramesAdvance,
+  tile, button, gotoLanding, pollUntil, COLOUR_TOLERANCE,
 } from './lib/huddle.js';
 import { Scenario } from './lib/scenario.js';
 import { artifactsDir, T } from './lib/env.js';
 
 const HOSTILE = '<img src=x onerror=alert(1)>';
 const ROOM = `e2e-room-${crypto.randomBytes(3).toString('hex')}`;
-/** Largest distance between a tile's mean colour and its clip's own mean colour. */
-const COLOUR_TOLERANCE = 70;
 
 const sc = new Scenario('room');
 let tmp, clips;
@@ -113,13 +111,7 @@ sc.step('each sees the other two in their own colours, with frames advancing', a
       checks.push((async () => {
         const what = `${viewer.who} watching ${peer.who}`;
         await waitForRemoteVideo(viewer.page, peer.id).catch((e) => { throw new Error(`${what}: ${e.message}`); });
-        // The first frames can be dark or blurry while the encoder ramps up: poll for the colour.
-        const seen = await pollUntil(async () => {
-          const rgb = await meanColour(viewer.page, peer.id);
-          const near = nearestClip(rgb, clips);
-          const ok = near.clip === peer.clip && near.distance <= COLOUR_TOLERANCE;
-          return { ok, rgb, nearest: near.clip.colour, distance: Math.round(near.distance) };
-        }, { timeoutMs: T.media, what: `${what}: mean colour near ${peer.clip.colour} ${JSON.stringify(peer.clip.mean)}` });
+        const seen = await waitForColour(viewer.page, peer.id, peer.clip, clips, { what });
         const frames = await expectFramesAdvance(viewer.page, peer.id, { who: what });
         t.diagnostic(`${what}: rgb ${JSON.stringify(seen.rgb)} (${seen.nearest}, distance ${seen.distance}); frames ${frames.from}->${frames.to} in ${frames.ms} ms via ${frames.source}`);
       })());
@@ -220,11 +212,7 @@ sc.step('unmute and camera-on bring B\'s picture back for the others', async () 
     await p.page.locator(`#tiles .tile[data-peer-id="${B.id}"][data-audio="on"][data-video="on"]`).waitFor({ timeout: T.ui })
       .catch(() => { throw new Error(`${p.who}: B's tile did not return to data-audio="on" data-video="on"`); });
     await waitForRemoteVideo(p.page, B.id);
-    await pollUntil(async () => {
-      const rgb = await meanColour(p.page, B.id);
-      const near = nearestClip(rgb, clips);
-      return { ok: near.clip === B.clip && near.distance <= COLOUR_TOLERANCE, rgb };
-    }, { timeoutMs: T.media, what: `${p.who}: B's tile green again` });
+    await waitForColour(p.page, B.id, B.clip, clips, { what: `${p.who}: B's tile again` });
     await expectFramesAdvance(p.page, B.id, { who: `${p.who} watching B after camera on` });
   }));
 });
@@ -258,11 +246,7 @@ sc.step('screen share replaces A\'s camera for everyone, and stopping it from th
   await Promise.all(others(A).map(async (p) => {
     await p.page.locator(`#tiles .tile[data-peer-id="${A.id}"][data-screen="off"]`).waitFor({ timeout: T.ui })
       .catch(() => { throw new Error(`${p.who}: A's tile did not return to data-screen="off"`); });
-    await pollUntil(async () => {
-      const rgb = await meanColour(p.page, A.id);
-      const near = nearestClip(rgb, clips);
-      return { ok: near.clip === A.clip && near.distance <= COLOUR_TOLERANCE, rgb };
-    }, { timeoutMs: T.media, what: `${p.who}: A's tile red again after the share stopped` });
+    await waitForColour(p.page, A.id, A.clip, clips, { what: `${p.who}: A's tile after the share stopped` });
     await expectFramesAdvance(p.page, A.id, { who: `${p.who} watching A's camera again` });
   }));
   assert.equal(await share.getAttribute('aria-pressed'), 'false', 'A: "Share screen" is released');

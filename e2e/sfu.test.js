@@ -7,16 +7,15 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { startServer } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
-import { makeTempDir, makeClip, PALETTE, nearestClip, writeVoiceWav } from './lib/camera.js';
+import { makeTempDir, makeClip, PALETTE, writeVoiceWav } from './lib/camera.js';
 import {
-  joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, meanColour, expectFramesAdvance, pollUntil, button,
+  joinViaLanding, waitForRemoteTiles, waitForRemoteVideo, waitForColour, expectFramesAdvance, pollUntil, button,
 } from './lib/huddle.js';
 import { startSynth } from './lib/synth.js';
 import { Scenario } from './lib/scenario.js';
 import { artifactsDir, T } from './lib/env.js';
 
 const ROOM = `e2e-sfu-${crypto.randomBytes(3).toString('hex')}`;
-const COLOUR_TOLERANCE = 70;
 
 const sc = new Scenario('sfu');
 let tmp, clips;
@@ -100,11 +99,7 @@ sc.step('each sees the other three in their own colours, with frames advancing',
       checks.push((async () => {
         const what = `${viewer.who} watching ${peer.who}`;
         await waitForRemoteVideo(viewer.page, peer.id).catch((e) => { throw new Error(`${what}: ${e.message}`); });
-        const seen = await pollUntil(async () => {
-          const rgb = await meanColour(viewer.page, peer.id);
-          const near = nearestClip(rgb, clips);
-          return { ok: near.clip === peer.clip && near.distance <= COLOUR_TOLERANCE, rgb, nearest: near.clip.colour, distance: Math.round(near.distance) };
-        }, { timeoutMs: T.media, what: `${what}: mean colour near ${peer.clip.colour} ${JSON.stringify(peer.clip.mean)}` });
+        const seen = await waitForColour(viewer.page, peer.id, peer.clip, clips, { what });
         const frames = await expectFramesAdvance(viewer.page, peer.id, { who: what });
         t.diagnostic(`${what}: rgb ${JSON.stringify(seen.rgb)} (${seen.nearest}, distance ${seen.distance}); frames ${frames.from}->${frames.to} in ${frames.ms} ms`);
       })());
@@ -236,11 +231,7 @@ sc.step('speaking ring from the forwarded audio levels; speaker view: the big ti
     v = await spotlight();
     assert.deepEqual(v.main, [C.id], `after pinning C, B's spotlight holds ${JSON.stringify(v.main)}`);
     assert.equal(await B.page.locator(`#tiles .tile[data-peer-id="${C.id}"] .tile-pin`).getAttribute('aria-pressed'), 'true');
-    const rgb = await pollUntil(async () => {
-      const c = await meanColour(B.page, C.id);
-      const near = nearestClip(c, clips);
-      return near.clip === C.clip && near.distance <= COLOUR_TOLERANCE ? c : { ok: false, c };
-    }, { timeoutMs: T.media, what: 'B: the pinned C in blue' });
+    const { rgb } = await waitForColour(B.page, C.id, C.clip, clips, { what: 'B: the pinned C' });
     for (const p of [C, A, D]) await expectFramesAdvance(B.page, p.id, { who: `B watching ${p.who} in the speaker view` });
     await B.page.screenshot({ path: path.join(artifactsDir(), 'sfu-speaker-view.png') });
     t.diagnostic(`pinned C shows ${JSON.stringify(rgb)}`);

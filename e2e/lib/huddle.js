@@ -1,5 +1,9 @@
 // Page flows and media checks against docs/dom-contract.md.
 import { T } from './env.js';
+import { nearestClip } from './camera.js';
+
+/** Largest distance between a tile's mean colour and its clip's own mean colour. */
+export const COLOUR_TOLERANCE = 70;
 
 /** Poll `fn` (async, node side) until it returns a truthy value; fail with `what` and the last value. */
 export async function pollUntil(fn, { timeoutMs = T.ui, intervalMs = 250, what = 'condition' } = {}) {
@@ -133,6 +137,19 @@ export async function meanColour(page, peerId, { samples = 3 } = {}) {
     }
     return acc.map((x) => Math.round(x / samples));
   }, { id: peerId, samples });
+}
+
+/**
+ * Poll until `peerId`'s tile shows `clip`'s colour (the first frames can be dark or blurry while
+ * the encoder ramps up). Returns the last reading: `{rgb, nearest, distance}`.
+ */
+export async function waitForColour(page, peerId, clip, clips, { what = peerId, timeoutMs = T.media } = {}) {
+  return pollUntil(async () => {
+    const rgb = await meanColour(page, peerId);
+    const near = nearestClip(rgb, clips);
+    const ok = near.clip === clip && near.distance <= COLOUR_TOLERANCE;
+    return { ok, rgb, nearest: near.clip.colour, distance: Math.round(near.distance) };
+  }, { timeoutMs, what: `${what}: mean colour near ${clip.colour} ${JSON.stringify(clip.mean)}` });
 }
 
 /**
