@@ -39,8 +39,6 @@ export class SfuLink {
     this.owners = new WeakMap();
     /** Signals are handled one at a time, in order. */
     this.chain = Promise.resolve();
-    /** true while our own offer waits for the server's answer */
-    this.offering = false;
     /** true once the server has answered our offer (it knows this session) */
     this.answered = false;
 
@@ -48,7 +46,8 @@ export class SfuLink {
     this.pc = pc;
     this.audioTx = pc.addTransceiver(o.tracks.audio || 'audio', { direction: 'sendonly' });
     this.videoTx = pc.addTransceiver(o.tracks.video || 'video', { direction: 'sendonly', sendEncodings: SIMULCAST });
-    this.limit = { screen: false };
+    /** sending a screen share (one sharp layer) rather than a camera (three layers) */
+    this.screen = false;
 
     pc.ontrack = ({ track, streams }) => {
       const peerId = streams[0]?.id;
@@ -74,7 +73,6 @@ export class SfuLink {
   start() {
     this.chain = this.chain.then(async () => {
       if (this.closed) return;
-      this.offering = true;
       await this.pc.setLocalDescription();
       const d = this.pc.localDescription;
       if (d && !this.closed) this.o.signal({ kind: 'description', description: /** @type {any} */ (d.toJSON()) });
@@ -98,7 +96,6 @@ export class SfuLink {
     if (d.type === 'answer') {
       if (pc.signalingState !== 'have-local-offer') return;
       await pc.setRemoteDescription(/** @type {RTCSessionDescriptionInit} */ (d));
-      this.offering = false;
       this.answered = true;
     } else if (d.type === 'offer') {
       // We are the polite side only in name: the server never offers while our first offer is
@@ -128,8 +125,8 @@ export class SfuLink {
    * @param {boolean} screen
    */
   async setScreen(screen) {
-    if (this.closed || this.limit.screen === screen) return;
-    this.limit.screen = screen;
+    if (this.closed || this.screen === screen) return;
+    this.screen = screen;
     const p = this.videoTx.sender.getParameters();
     if (!p.encodings || p.encodings.length !== SIMULCAST.length) return;
     p.encodings.forEach((e, i) => {

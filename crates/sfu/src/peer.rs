@@ -451,10 +451,16 @@ impl PeerState {
     fn on_event(&mut self, event: RtcEvent, sink: &mut Sink) {
         match event {
             RtcEvent::MediaEgressStats(stats) => {
+                // Every outgoing track reports once a second: look the track up only when the
+                // report can change something (loss, or a cap that may step back up).
+                let Some(loss) = stats.loss else { return };
+                if loss <= CLEAN_LOSS && self.cap == VideoQuality::High {
+                    return;
+                }
                 let video = self.tracks_out.iter().any(|t| {
                     t.mid() == Some(stats.mid) && t.track_in.upgrade().is_some_and(|t| t.kind == MediaKind::Video)
                 });
-                if let (true, Some(loss)) = (video, stats.loss) {
+                if video {
                     self.congestion(stats.timestamp, loss);
                 }
             }
@@ -462,15 +468,15 @@ impl PeerState {
                 self.connected = true;
                 sink.out.push_back(Output::Event(crate::api::Event::Connected(self.id)));
                 // Nothing was forwarded before: every video it already subscribes to starts
-                // from a fresh keyframe.
+                // from a fresh keyframe. Simulcast tracks need no request here: `forward` asks
+                // for the chosen layer's keyframe at that layer's first frame.
                 for out in &self.tracks_out {
                     let Some(t) = out.track_in.upgrade() else { continue };
-                    if t.kind == MediaKind::Video && out.open_mid().is_some() {
-                        let rid = t.layer_for(self.effective(t.origin), self.epoch);
+                    if t.kind == MediaKind::Video && t.layers.is_empty() && out.open_mid().is_some() {
                         let req = Propagated::KeyframeRequest {
                             origin: t.origin,
                             mid_in: t.mid,
-                            rid,
+                            rid: None,
                             kind: KeyframeRequestKind::Pli,
                         };
                         sink.propagated.push_back((self.id, req));
