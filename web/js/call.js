@@ -322,8 +322,9 @@ export function teardownCall() {
   S.peers.clear();
   stopSfu();
   pinned = activeSpeaker = lastMain = '';
-  for (const up of uploads) up.abort();
-  uploads.length = 0;
+  for (const up of uploading.values()) up.xhr.abort();
+  uploading.clear();
+  offered.length = 0;
   setTopology('p2p');
   selfTile?.remove();
   selfTile = null;
@@ -667,8 +668,6 @@ document.addEventListener('visibilitychange', () => updateReceiveAll());
 const offered = [];
 /** Uploads under way or waiting for the room's `file`, by file id. @type {Map<string, {file: File, item: FileItem, xhr: XMLHttpRequest}>} */
 const uploading = new Map();
-/** @type {{abort: () => void}[]} */
-const uploads = [];
 
 /** @param {File} file @param {string} sha */
 function offerToServer(file, sha) {
@@ -688,26 +687,17 @@ export function onFileUpload(msg) {
   const o = offered.shift();
   if (!o) return;
   const xhr = new XMLHttpRequest();
-  const up = { ...o, xhr };
-  uploading.set(msg.id, up);
-  const abort = { abort: () => xhr.abort() };
-  uploads.push(abort);
-  const done = () => { const i = uploads.indexOf(abort); if (i >= 0) uploads.splice(i, 1); };
+  uploading.set(msg.id, { ...o, xhr });
+  const failed = () => {
+    uploading.delete(msg.id);
+    o.item.fail();
+    showError('file_failed', { file: o.file.name });
+  };
   xhr.open('PUT', msg.url);
   xhr.upload.onprogress = (e) => o.item.setProgress(e.loaded);
-  xhr.onload = () => {
-    done();
-    if (xhr.status === 204) return; // the room's `file` message marks it sent
-    uploading.delete(msg.id);
-    o.item.fail();
-    showError('file_failed', { file: o.file.name });
-  };
-  xhr.onerror = () => {
-    done();
-    uploading.delete(msg.id);
-    o.item.fail();
-    showError('file_failed', { file: o.file.name });
-  };
+  // On 204 the room's `file` message marks it sent.
+  xhr.onload = () => { if (xhr.status !== 204) failed(); };
+  xhr.onerror = failed;
   xhr.send(o.file);
 }
 
