@@ -15,13 +15,15 @@
 //!   renegotiates where tracks changed.
 //! - `peer.rs` — one participant: its str0m `Rtc`, the tracks it publishes and those it
 //!   receives. Its `Peer::mutate` is **the drain rule**, in exactly one function: every
-//!   mutation of an `Rtc` (offer/answer, a datagram, a timeout, writing a frame, asking for a
+//!   mutation of an `Rtc` (offer/answer, a datagram, a timeout, writing a packet, asking for a
 //!   keyframe, renegotiating) runs inside it, and it polls `poll_output` until `Timeout`.
 //! - `track.rs` — tracks. A published track (`TrackIn`) is owned by its publisher's `Arc`
 //!   only; subscribers hold `Weak`s. Each outgoing track has an explicit state:
 //!   `ToOpen → Negotiating → Open`, and once the publisher is gone
 //!   `→ NegotiatingStop → (removed)`. Keyframe requests towards a publisher's track are
 //!   throttled to one per [`track::KEYFRAME_REQUEST_INTERVAL`].
+//! - `rtp.rs` — what forwarding needs of a packet (`RtpIn`) and the per-subscriber header
+//!   rewriting that keeps a track continuous (`Continuity`).
 //! - [`speaker`] — active-speaker detection per room from the RTP audio level (RFC 6464) each
 //!   publisher's packets carry: smoothed levels, a speech threshold, a margin and a minimum hold,
 //!   reported as [`Event::ActiveSpeaker`] at most once per second per room.
@@ -37,13 +39,19 @@
 //! are added by the core's own renegotiation offers ([`Signal::Offer`]), which the participant
 //! answers ([`Input::Answer`]); one offer is outstanding per participant at a time.
 //!
-//! # Forwarding: frames, not RTP (for now)
+//! # Forwarding: RTP packets, not frames
 //!
-//! This step forwards at frame level through str0m's sample API (`Event::MediaData` in,
-//! `Writer::write` out): str0m depacketizes, reorders and handles NACK/RTX per leg, and each
-//! subscriber leg gets its own sequence numbers and SSRCs for free. It costs a depacketize and
-//! packetize per frame and adds up to a frame of latency; RTP mode (forwarding packets with
-//! rewritten sequence numbers, needed for simulcast layer switching) is a later step.
+//! Every `Rtc` runs in str0m's RTP mode: a publisher's packets arrive as `Event::RtpPacket`
+//! (SRTP removed, RTX repairs already turned back into the packet they repair), are tagged with
+//! their track, layer and codec once (`rtp.rs`: `RtpIn`, with the keyframe test and VP8's
+//! payload descriptor parsed once for everyone), and each subscriber writes the same payload —
+//! shared by reference, never depacketised or repacketised — with `StreamTx::write_rtp`. Only
+//! the header changes per subscriber: its own SSRC and payload type, and a sequence number,
+//! timestamp and VP8 picture id kept continuous across layer switches and pauses
+//! (`rtp::Continuity`). Video starts, and changes simulcast layer, only at the first packet of a
+//! keyframe. str0m answers each subscriber's NACKs from that subscriber's own history
+//! (`SEND_BUFFER_VIDEO` packets, sharing the payloads) and sends its receiver reports; a
+//! subscriber's PLI/FIR goes to the publisher of the layer it receives, throttled per layer.
 //!
 //! # Failure containment
 //!
@@ -57,6 +65,7 @@
 pub mod api;
 mod demux;
 mod peer;
+mod rtp;
 mod sfu;
 pub mod speaker;
 pub mod track;

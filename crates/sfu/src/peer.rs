@@ -7,24 +7,24 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::{
-    Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput, Output as RtcOutput, Rtc, RtcError,
-};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput, Output as RtcOutput, Rtc};
 
 use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};
+use crate::rtp::RtpIn;
 use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
 
 /// What one participant's handling produced for the others in its room.
 #[derive(Debug)]
-// Nearly every entry is a frame; boxing it would add an allocation per frame to the hot path.
+// Nearly every entry is a packet; boxing it would add an allocation per packet to the hot path.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Propagated {
     /// A new published track; every other member should receive it.
     TrackOpen(Weak<TrackIn>),
-    /// A frame of a published track.
-    MediaData(MediaData),
+    /// A packet of a published track.
+    Rtp(RtpIn),
     /// A subscriber wants a keyframe of `origin`'s track `mid_in`.
     /// `rid`: the simulcast layer, or `None` without simulcast.
     KeyframeRequest { origin: PeerId, mid_in: Mid, rid: Option<Rid>, kind: KeyframeRequestKind },
@@ -56,7 +56,7 @@ pub(crate) struct PeerState {
     pub wanted: HashMap<PeerId, VideoQuality>,
     /// When it joined: the time base of its tracks' layer activity.
     pub epoch: Instant,
-    /// Its DTLS is up: frames written before that would only pile up inside str0m.
+    /// Its DTLS is up: packets written before that would only pile up inside str0m.
     pub connected: bool,
     /// The most video quality its downlink carries without loss (`High`: no limit); see
     /// [`PeerState::congestion`].
@@ -66,12 +66,11 @@ pub(crate) struct PeerState {
     pub last_lossy: Option<Instant>,
 }
 
-/// Packets of history str0m keeps per outgoing video track, for retransmissions (NACK) and for
-/// the packets of one frame between `write` and sending. str0m's default, 1000, is kept by every
-/// subscriber for every video it receives: about 12 MB per subscriber in a 10×10 room once the
-/// buffers have filled (measured: the server grew to 518 MB with 20 participants), and a room of
-/// 50 would hold gigabytes. 400 packets are over a second of a 2.5 Mbit/s screen share — more
-/// than a retransmission can still be useful for — and more than the largest keyframe.
+/// Packets of history str0m keeps per outgoing video track, for retransmissions (NACK). str0m's
+/// default, 1000, kept by every subscriber for every video it receives, grew the 10×10 benchmark
+/// server to 518 MB when frames were repacketised per subscriber; the entries now share the
+/// publisher's payload, but a room of 50 still holds 2 450 such histories. 400 packets are over a
+/// second of a 2.5 Mbit/s screen share — more than a retransmission can still be useful for.
 pub const SEND_BUFFER_VIDEO: usize = 400;
 
 /// How often str0m reports each outgoing track's statistics (receiver-report loss).
@@ -84,6 +83,9 @@ pub const CAP_STEP_DOWN_INTERVAL: Duration = Duration::from_secs(2);
 /// unchanged) the cap steps up again.
 pub const CLEAN_LOSS: f32 = 0.01;
 pub const CAP_STEP_UP_AFTER: Duration = Duration::from_secs(8);
+/// While a subscription waits for a keyframe (to start, or to change layer), how often it asks
+/// again; the publisher's own throttle ([`crate::track::KEYFRAME_REQUEST_INTERVAL`]) still applies.
+pub const KEYFRAME_WAIT_ASK: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub(crate) struct Peer {
@@ -107,6 +109,9 @@ impl Peer {
         // the DTLS server (answerer with a=setup:passive).
         let mut config = Rtc::builder()
             .set_ice_lite(true)
+            // Packets in, packets out: no depacketising, reordering or repacketising per frame
+            // (see `rtp.rs`); str0m still answers each subscriber's NACKs from its own history.
+            .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
@@ -175,11 +180,13 @@ impl Peer {
                     self.state.next_timeout = t;
                     break;
                 }
+                // str0m's datagram is a Vec already: moved, not copied.
                 Ok(RtcOutput::Transmit(t)) => sink.out.push_back(Output::Transmit {
                     from: t.source,
                     to: t.destination,
-                    bytes: t.contents.to_vec(),
+                    bytes: t.contents.into(),
                 }),
+                Ok(RtcOutput::Event(RtcEvent::RtpPacket(p))) => self.state.on_rtp(&mut self.rtc, p, sink),
                 Ok(RtcOutput::Event(e)) => self.state.on_event(e, sink),
                 Err(e) => {
                     self.state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
@@ -221,12 +228,12 @@ impl Peer {
     }
 
     /// The participant's answer to our renegotiation offer.
-    pub(crate) fn answer(&mut self, now: Instant, sdp: &str, sink: &mut Sink) -> Result<(), SfuError> {
+    pub(crate) fn answer(&mut self, sdp: &str, sink: &mut Sink) -> Result<(), SfuError> {
         let id = self.state.id;
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
         let pending = self.state.pending.take().ok_or(SfuError::UnexpectedAnswer(id))?;
-        self.mutate(sink, |rtc, state, sink| {
+        self.mutate(sink, |rtc, state, _| {
             if let Err(e) = rtc.sdp_api().accept_answer(pending, answer) {
                 // The offer is spent either way: what it carried goes into the next one, or those
                 // tracks would wait for an answer that can no longer come.
@@ -239,23 +246,11 @@ impl Peer {
                 }
                 return Err(SfuError::SdpRefused { peer: id, reason: e.to_string() });
             }
-            let (wanted, cap) = (&state.wanted, state.cap);
+            // Each new track's video starts at a keyframe, which `forward` asks for at its first
+            // packet.
             for track in &mut state.tracks_out {
                 if let TrackOutState::Negotiating(m) = track.state {
                     track.state = TrackOutState::Open(m);
-                    // A new subscriber needs a keyframe to start decoding (of the layer it
-                    // will get, for simulcast).
-                    if let Some(t) = track.track_in.upgrade() {
-                        let quality = wanted.get(&t.origin).copied().unwrap_or_default().min(cap);
-                        let rid = t.layer_for(quality, now);
-                        let req = Propagated::KeyframeRequest {
-                            origin: t.origin,
-                            mid_in: t.mid,
-                            rid,
-                            kind: KeyframeRequestKind::Pli,
-                        };
-                        sink.propagated.push_back((id, req));
-                    }
                 }
             }
             state.tracks_out.retain(|t| !matches!(t.state, TrackOutState::NegotiatingStop(_)));
@@ -267,8 +262,10 @@ impl Peer {
         self.state.tracks_out.push(TrackOut {
             track_in,
             state: TrackOutState::ToOpen,
-            layer: None,
-            ts: Default::default(),
+            sending: None,
+            continuity: Default::default(),
+            pt: None,
+            asked: None,
         });
     }
 
@@ -313,84 +310,94 @@ impl Peer {
         });
     }
 
-    /// Records how much of `publisher`'s video this participant wants; true when that turns
-    /// forwarding back on (the publisher should then send a keyframe).
-    pub(crate) fn set_wanted(&mut self, publisher: PeerId, video: VideoQuality) -> bool {
-        let before = self.state.wanted.insert(publisher, video).unwrap_or_default();
+    /// Records how much of `publisher`'s video this participant wants.
+    pub(crate) fn set_wanted(&mut self, publisher: PeerId, video: VideoQuality) {
+        self.state.wanted.insert(publisher, video);
         if video == VideoQuality::Off {
             // Resuming starts over from a keyframe of whichever layer is wanted then.
             for out in &mut self.state.tracks_out {
-                if out.track_in.upgrade().is_some_and(|t| t.origin == publisher) {
-                    out.layer = None;
+                if out.track_in.upgrade().is_some_and(|t| t.origin == publisher && t.kind == MediaKind::Video) {
+                    out.sending = None;
                 }
             }
         }
-        before == VideoQuality::Off && video != VideoQuality::Off
     }
 
-    /// The mids of the tracks of `kind` this participant publishes without simulcast (simulcast
-    /// subscribers ask for the keyframe of their own layer when they need one).
-    pub(crate) fn published_single_layer(&self, kind: MediaKind) -> Vec<Mid> {
-        self.state.tracks_in.iter().filter(|(t, _)| t.kind == kind && t.layers.is_empty()).map(|(t, _)| t.mid).collect()
-    }
-
-    /// Writes `origin`'s frame to the matching open outgoing track, if this participant has one
-    /// and wants it. For a simulcast track only the chosen layer's frames go out: the wanted layer
-    /// takes over at its next keyframe (asked for until it comes), with timestamps kept continuous.
-    pub(crate) fn forward(&mut self, origin: PeerId, data: &MediaData, sink: &mut Sink) {
+    /// Sends `origin`'s packet on the matching open outgoing track, if this participant has one
+    /// and wants it. Video starts (and simulcast changes layer) only at the first packet of a
+    /// keyframe, asked for until it comes; [`crate::rtp::Continuity`] keeps the numbering seamless.
+    pub(crate) fn forward(&mut self, origin: PeerId, p: &RtpIn, sink: &mut Sink) {
         if !self.state.connected {
-            // Until its DTLS is up str0m can only queue what we write (and refuses more than 512
-            // frames per track); its first picture starts from the keyframe asked for on connect.
+            // Until its DTLS is up str0m can only queue what we write; each video starts after
+            // it, at a keyframe asked for then.
             return;
         }
         let id = self.state.id;
         let wanted = self.state.effective(origin);
         let found = self.state.tracks_out.iter().enumerate().find_map(|(i, o)| {
             let t = o.track_in.upgrade()?;
-            (t.origin == origin && t.mid == data.mid).then_some(o.open_mid().map(|m| (i, m, t))).flatten()
+            (t.origin == origin && t.mid == p.mid).then_some(o.open_mid().map(|m| (i, m, t))).flatten()
         });
         let Some((i, mid, track)) = found else { return };
-        if track.kind == MediaKind::Video && wanted == VideoQuality::Off {
-            return;
-        }
+        let video = track.kind == MediaKind::Video;
         let out = &mut self.state.tracks_out[i];
-        if let Some(target) = track.layer_for(wanted, data.network_time) {
-            let Some(rid) = data.rid else { return };
-            if out.layer != Some(target) && rid == target {
-                if data.is_keyframe() {
-                    out.ts.switch(data.time, data.network_time);
-                    out.layer = Some(target);
-                } else {
-                    let kind = KeyframeRequestKind::Pli;
-                    let req = Propagated::KeyframeRequest { origin, mid_in: data.mid, rid: Some(target), kind };
+        if video {
+            if wanted == VideoQuality::Off {
+                return;
+            }
+            let target = track.layer_for(wanted, p.arrived);
+            if out.sending != Some(target) && p.rid == target {
+                if p.keyframe {
+                    out.continuity.start(p);
+                    out.sending = Some(target);
+                    out.asked = None;
+                } else if out.asked.is_none_or(|t| p.arrived.saturating_duration_since(t) >= KEYFRAME_WAIT_ASK) {
+                    out.asked = Some(p.arrived);
+                    let req = Propagated::KeyframeRequest {
+                        origin,
+                        mid_in: p.mid,
+                        rid: target,
+                        kind: KeyframeRequestKind::Pli,
+                    };
                     sink.propagated.push_back((id, req));
                 }
             }
-            if out.layer != Some(rid) {
+            if out.sending != Some(p.rid) {
                 return;
             }
+        } else if out.sending.is_none() {
+            out.continuity.start(p);
+            out.sending = Some(p.rid);
         }
-        let time = out.ts.map(data.time, data.network_time);
+        let Some((seq, time, patch)) = out.continuity.map(p) else { return };
         self.mutate(sink, |rtc, state, _| {
-            let Some(mut writer) = rtc.writer(mid) else { return };
-            let Some(pt) = writer.match_params(data.params) else { return };
-            // Pass on what the receiving browser needs from the publisher's header extensions:
-            // the audio level (its active-speaker detection reads it) and the camera rotation.
-            if let Some(level) = data.ext_vals.audio_level {
-                writer = writer.audio_level(level, data.ext_vals.voice_activity.unwrap_or(false));
-            }
-            if let Some(orientation) = data.ext_vals.video_orientation {
-                writer = writer.video_orientation(orientation);
-            }
-            match writer.write(pt, data.network_time, time, data.data.clone()) {
-                Ok(()) => {}
-                // A subscriber whose queue is full (str0m could not send for a while) misses this
-                // frame; a lost frame is repaired by a keyframe, a removed participant is not.
-                Err(RtcError::WriteWithoutPoll) => {}
-                Err(e) => {
-                    state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+            let out = &mut state.tracks_out[i];
+            let pt = match out.pt {
+                Some((pt_in, pt_out)) if pt_in == p.params.pt() => pt_out,
+                _ => {
+                    let Some(local) = rtc.codec_config().match_params(p.params) else { return };
+                    out.pt = Some((p.params.pt(), local.pt()));
+                    local.pt()
                 }
+            };
+            let mut direct = rtc.direct_api();
+            let Some(stream) = direct.stream_tx_by_mid(mid, None) else { return };
+            // Pass on what the receiving browser needs from the publisher's header extensions:
+            // the audio level (its active-speaker detection reads it), the camera rotation and
+            // whether this is a screen share.
+            let ext = ExtensionValues {
+                audio_level: p.audio_level,
+                voice_activity: p.voice_activity,
+                video_orientation: p.video_orientation,
+                video_content_type: p.video_content_type,
+                ..Default::default()
+            };
+            let mut write =
+                RtpWrite::new(pt, seq, time, p.arrived, p.payload.clone()).marker(p.marker).ext_vals(ext).nackable(video);
+            if let Some(patch) = patch {
+                write = write.vp8_patch(patch);
             }
+            stream.write_rtp(write);
         });
     }
 
@@ -411,9 +418,9 @@ impl Peer {
             return;
         }
         self.mutate(sink, |rtc, _, _| {
-            if let Some(mut writer) = rtc.writer(mid_in) {
-                // Fails only when the track has no receive stream yet; nothing to ask then.
-                let _ = writer.request_keyframe(rid, kind);
+            // No receive stream yet (no packet of that layer so far): nothing to ask then.
+            if let Some(stream) = rtc.direct_api().stream_rx_by_mid(mid_in, rid) {
+                stream.request_keyframe(kind);
             }
         });
     }
@@ -448,6 +455,21 @@ impl PeerState {
         }
     }
 
+    /// A packet from the participant: note its layer as arriving and hand it to the room.
+    fn on_rtp(&mut self, rtc: &mut Rtc, packet: RtpPacket, sink: &mut Sink) {
+        let ssrc = packet.header.ssrc;
+        let Some((mid, rid)) = rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else { return };
+        let pt = packet.header.payload_type;
+        let Some(params) = rtc.codec_config().find(|c| c.pt() == pt).copied() else { return };
+        let p = RtpIn::new(packet, mid, rid, params);
+        if rid.is_some() {
+            if let Some((t, _)) = self.tracks_in.iter().find(|(t, _)| t.mid == mid) {
+                t.saw(rid, p.arrived);
+            }
+        }
+        sink.propagated.push_back((self.id, Propagated::Rtp(p)));
+    }
+
     fn on_event(&mut self, event: RtcEvent, sink: &mut Sink) {
         match event {
             RtcEvent::MediaEgressStats(stats) => {
@@ -466,22 +488,8 @@ impl PeerState {
             }
             RtcEvent::Connected => {
                 self.connected = true;
+                // Nothing was forwarded before: each video starts at a keyframe `forward` asks for.
                 sink.out.push_back(Output::Event(crate::api::Event::Connected(self.id)));
-                // Nothing was forwarded before: every video it already subscribes to starts
-                // from a fresh keyframe. Simulcast tracks need no request here: `forward` asks
-                // for the chosen layer's keyframe at that layer's first frame.
-                for out in &self.tracks_out {
-                    let Some(t) = out.track_in.upgrade() else { continue };
-                    if t.kind == MediaKind::Video && t.layers.is_empty() && out.open_mid().is_some() {
-                        let req = Propagated::KeyframeRequest {
-                            origin: t.origin,
-                            mid_in: t.mid,
-                            rid: None,
-                            kind: KeyframeRequestKind::Pli,
-                        };
-                        sink.propagated.push_back((self.id, req));
-                    }
-                }
             }
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.failed.get_or_insert(RemoveReason::Disconnected);
@@ -498,30 +506,13 @@ impl PeerState {
                 sink.propagated.push_back((self.id, Propagated::TrackOpen(Arc::downgrade(&track))));
                 self.tracks_in.push((track, KeyframeThrottle::default()));
             }
-            RtcEvent::MediaData(data) => {
-                if data.rid.is_some() {
-                    if let Some((t, _)) = self.tracks_in.iter().find(|(t, _)| t.mid == data.mid) {
-                        t.saw(data.rid, data.network_time);
-                    }
-                }
-                if !data.contiguous {
-                    let req = Propagated::KeyframeRequest {
-                        origin: self.id,
-                        mid_in: data.mid,
-                        rid: data.rid,
-                        kind: KeyframeRequestKind::Fir,
-                    };
-                    sink.propagated.push_back((self.id, req));
-                }
-                sink.propagated.push_back((self.id, Propagated::MediaData(data)));
-            }
             RtcEvent::KeyframeRequest(req) => {
                 let target = self
                     .tracks_out
                     .iter()
                     .find(|t| t.mid() == Some(req.mid))
-                    .and_then(|t| Some((t.track_in.upgrade()?, t.layer)));
-                if let Some((t, rid)) = target {
+                    .and_then(|t| Some((t.track_in.upgrade()?, t.sending)));
+                if let Some((t, rid)) = target.map(|(t, sending)| (t, sending.flatten())) {
                     let req = Propagated::KeyframeRequest { origin: t.origin, mid_in: t.mid, rid, kind: req.kind };
                     sink.propagated.push_back((self.id, req));
                 }

@@ -10,7 +10,6 @@ use crate::api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal};
 use crate::demux::Demux;
 use crate::peer::{Peer, Propagated, Sink};
 use crate::speaker::Speakers;
-use str0m::media::{KeyframeRequestKind, MediaKind};
 
 /// The sans-IO SFU. Feed it [`Input`]s, then take [`Output`]s with [`Sfu::poll_output`] until
 /// `None`, then sleep until [`Sfu::poll_timeout`].
@@ -30,6 +29,8 @@ pub struct Sfu {
     failing: Vec<PeerId>,
     /// Active-speaker detection per room (rooms where someone sent an audio level).
     speakers: HashMap<Arc<str>, Speakers>,
+    /// Reused by `propagate` for the list of a room's other members.
+    scratch: Vec<PeerId>,
 }
 
 impl Sfu {
@@ -59,6 +60,7 @@ impl Sfu {
             dirty: HashSet::new(),
             failing: Vec::new(),
             speakers: HashMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -78,7 +80,7 @@ impl Sfu {
             }
             Input::Answer { now, peer, sdp } => {
                 let result = self
-                    .with_peer(peer, |p, sink| p.answer(now, &sdp, sink))
+                    .with_peer(peer, |p, sink| p.answer(&sdp, sink))
                     .unwrap_or(Err(SfuError::UnknownPeer(peer)));
                 // Tracks that waited for this answer can go into the next offer.
                 self.dirty.insert(peer);
@@ -96,20 +98,8 @@ impl Sfu {
                 Ok(())
             }
             Input::Receive { now, peer, publisher, video } => {
-                let resumed =
-                    self.with_peer(peer, |p, _| p.set_wanted(publisher, video)).ok_or(SfuError::UnknownPeer(peer))?;
-                if resumed {
-                    // Its decoder restarts from a keyframe.
-                    let mids = self
-                        .peers
-                        .get(&publisher)
-                        .map(|p| p.published_single_layer(MediaKind::Video))
-                        .unwrap_or_default();
-                    for mid in mids {
-                        let kind = KeyframeRequestKind::Pli;
-                        self.with_peer(publisher, |p, sink| p.request_keyframe(now, mid, None, kind, sink));
-                    }
-                }
+                // A resumed video restarts at a keyframe, asked for by its next packet.
+                self.with_peer(peer, |p, _| p.set_wanted(publisher, video)).ok_or(SfuError::UnknownPeer(peer))?;
                 self.settle(now);
                 Ok(())
             }
@@ -213,29 +203,34 @@ impl Sfu {
             return;
         }
         let Some(room) = self.peers.get(&from).map(|p| p.state.room.clone()) else { return };
-        if let Propagated::MediaData(data) = &p {
-            if let Some(level) = data.ext_vals.audio_level {
+        if let Propagated::Rtp(packet) = &p {
+            if let Some(level) = packet.audio_level {
                 let speakers = self.speakers.entry(room.clone()).or_default();
-                if let Some(peer) = speakers.observe(now, from, level, data.ext_vals.voice_activity) {
+                if let Some(peer) = speakers.observe(now, from, level, packet.voice_activity) {
                     let event = Event::ActiveSpeaker { room: room.to_string(), peer };
                     self.sink.out.push_back(Output::Event(event));
                 }
             }
         }
-        let others: Vec<PeerId> =
-            self.rooms.get(&room).map(|m| m.iter().copied().filter(|id| *id != from).collect()).unwrap_or_default();
-        for id in others {
+        // The room's other members, in a buffer kept between packets (no allocation per packet).
+        let mut others = std::mem::take(&mut self.scratch);
+        others.clear();
+        if let Some(members) = self.rooms.get(&room) {
+            others.extend(members.iter().copied().filter(|id| *id != from));
+        }
+        for &id in &others {
             match &p {
                 Propagated::TrackOpen(track) => {
                     self.with_peer(id, |peer, _| peer.add_track_out(track.clone()));
                     self.dirty.insert(id);
                 }
-                Propagated::MediaData(data) => {
-                    self.with_peer(id, |peer, sink| peer.forward(from, data, sink));
+                Propagated::Rtp(packet) => {
+                    self.with_peer(id, |peer, sink| peer.forward(from, packet, sink));
                 }
                 Propagated::KeyframeRequest { .. } => {}
             }
         }
+        self.scratch = others;
     }
 
     fn remove(&mut self, _now: Instant, id: PeerId, reason: RemoveReason) {

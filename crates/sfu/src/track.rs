@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use str0m::media::{MediaKind, MediaTime, Mid, Rid};
+use str0m::media::{MediaKind, MediaTime, Mid, Pt, Rid};
+
+use crate::rtp::Continuity;
 
 use crate::api::VideoQuality;
 
@@ -94,10 +96,13 @@ pub(crate) struct TsRewrite {
 }
 
 impl TsRewrite {
-    /// The output time for a frame of the current layer.
-    pub(crate) fn map(&mut self, time: MediaTime, arrived: Instant) -> MediaTime {
+    /// The output time for a packet of the current layer; `newest`: it is the latest in sequence
+    /// so far (a late retransmission must not move the base a switch continues from).
+    pub(crate) fn map(&mut self, time: MediaTime, arrived: Instant, newest: bool) -> MediaTime {
         let out = (time.numer() as i64).saturating_add(self.offset).max(0) as u64;
-        self.last = Some((out, arrived));
+        if newest {
+            self.last = Some((out, arrived));
+        }
         MediaTime::new(out, time.frequency())
     }
 
@@ -154,9 +159,14 @@ pub(crate) enum TrackOutState {
 pub(crate) struct TrackOut {
     pub track_in: Weak<TrackIn>,
     pub state: TrackOutState,
-    /// The simulcast layer being forwarded (`None` until the first keyframe of one arrives).
-    pub layer: Option<Rid>,
-    pub ts: TsRewrite,
+    /// What is being forwarded: `None` until a start (for video, the first packet of a
+    /// keyframe), then the layer (`Some(None)` without simulcast).
+    pub sending: Option<Option<Rid>>,
+    pub continuity: Continuity,
+    /// The last payload type seen from the publisher and the subscriber's one for that codec.
+    pub pt: Option<(Pt, Pt)>,
+    /// When this subscription last asked for the keyframe it waits for.
+    pub asked: Option<Instant>,
 }
 
 impl TrackOut {
@@ -234,15 +244,15 @@ mod tests {
         let hz = str0m::media::Frequency::NINETY_KHZ;
         let t0 = Instant::now();
         let mut ts = TsRewrite::default();
-        assert_eq!(ts.map(MediaTime::new(1_000_000, hz), t0).numer(), 1_000_000, "no offset before a switch");
+        assert_eq!(ts.map(MediaTime::new(1_000_000, hz), t0, true).numer(), 1_000_000, "no offset before a switch");
         let t1 = t0 + Duration::from_millis(33);
-        assert_eq!(ts.map(MediaTime::new(1_003_000, hz), t1).numer(), 1_003_000);
+        assert_eq!(ts.map(MediaTime::new(1_003_000, hz), t1, true).numer(), 1_003_000);
         // The new layer's clock is somewhere else entirely.
         let t2 = t1 + Duration::from_millis(33);
         ts.switch(MediaTime::new(7_000, hz), t2);
-        let out = ts.map(MediaTime::new(7_000, hz), t2).numer();
+        let out = ts.map(MediaTime::new(7_000, hz), t2, true).numer();
         assert_eq!(out, 1_003_000 + 2_970, "continues 33 ms after the last frame");
-        assert_eq!(ts.map(MediaTime::new(10_000, hz), t2 + Duration::from_millis(33)).numer(), out + 3_000);
+        assert_eq!(ts.map(MediaTime::new(10_000, hz), t2 + Duration::from_millis(33), true).numer(), out + 3_000);
     }
 
     #[test]

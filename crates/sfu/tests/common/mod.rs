@@ -47,6 +47,9 @@ pub struct Client {
     pub last_tag: HashMap<Mid, u8>,
     last_time: HashMap<Mid, MediaTime>,
     pub time_backwards: usize,
+    /// Video frames that did not follow the previous one (a gap in the sequence numbers, as the
+    /// client's depacketizer saw it).
+    pub video_gaps: usize,
     /// Like a browser whose decoder lost track: ask for a keyframe (PLI) on every video frame
     /// that does not follow the previous one.
     pub asks_keyframes: bool,
@@ -194,6 +197,7 @@ impl World {
             last_tag: HashMap::new(),
             last_time: HashMap::new(),
             time_backwards: 0,
+            video_gaps: 0,
             asks_keyframes: false,
             keyframe_requests_sent: 0,
             keyframe_requests: Vec::new(),
@@ -474,8 +478,12 @@ impl World {
                                 let tag = d.data.last().copied().unwrap_or(0);
                                 *c.video_tags.entry((d.mid, tag)).or_default() += 1;
                                 c.last_tag.insert(d.mid, tag);
-                                if c.last_time.insert(d.mid, d.time).is_some_and(|t| t.numer() > d.time.numer()) {
+                                let first = c.last_time.insert(d.mid, d.time);
+                                if first.is_some_and(|t| t.numer() > d.time.numer()) {
                                     c.time_backwards += 1;
+                                }
+                                if first.is_some() && !d.contiguous {
+                                    c.video_gaps += 1;
                                 }
                             }
                         }
