@@ -181,11 +181,9 @@ impl Peer {
                     break;
                 }
                 // str0m's datagram is a Vec already: moved, not copied.
-                Ok(RtcOutput::Transmit(t)) => sink.out.push_back(Output::Transmit {
-                    from: t.source,
-                    to: t.destination,
-                    bytes: t.contents.into(),
-                }),
+                Ok(RtcOutput::Transmit(t)) => {
+                    sink.out.push_back(Output::Transmit { from: t.source, to: t.destination, bytes: t.contents.into() })
+                }
                 Ok(RtcOutput::Event(RtcEvent::RtpPacket(p))) => self.state.on_rtp(&mut self.rtc, p, sink),
                 Ok(RtcOutput::Event(e)) => self.state.on_event(e, sink),
                 Err(e) => {
@@ -392,8 +390,10 @@ impl Peer {
                 video_content_type: p.video_content_type,
                 ..Default::default()
             };
-            let mut write =
-                RtpWrite::new(pt, seq, time, p.arrived, p.payload.clone()).marker(p.marker).ext_vals(ext).nackable(video);
+            let mut write = RtpWrite::new(pt, seq, time, p.arrived, p.payload.clone())
+                .marker(p.marker)
+                .ext_vals(ext)
+                .nackable(video);
             if let Some(patch) = patch {
                 write = write.vp8_patch(patch);
             }

@@ -48,9 +48,7 @@ impl RtpIn {
                 Ok(d) => (d.starts_keyframe(&payload), Some(d)),
                 Err(_) => (false, None),
             },
-            Codec::H264 => {
-                (detect_h264_nalu(&payload, H264_SPS) || detect_h264_nalu(&payload, H264_IDR), None)
-            }
+            Codec::H264 => (detect_h264_nalu(&payload, H264_SPS) || detect_h264_nalu(&payload, H264_IDR), None),
             _ => (false, None),
         };
         let ext = &packet.header.ext_vals;
@@ -216,7 +214,8 @@ mod tests {
         let first = packet(1_000, 90_000, t0, 300, 40, true);
         c.start(&first);
         for i in 0..3u64 {
-            let p = packet(1_000 + i, 90_000 + i * 3_000, t0 + Duration::from_millis(33 * i), 300 + i as u16, 40, false);
+            let p =
+                packet(1_000 + i, 90_000 + i * 3_000, t0 + Duration::from_millis(33 * i), 300 + i as u16, 40, false);
             c.map(&p).expect("same layer");
         }
         // Another layer: its own numbering everywhere, starting with a keyframe 33 ms later.

@@ -79,9 +79,8 @@ impl Sfu {
                 Ok(())
             }
             Input::Answer { now, peer, sdp } => {
-                let result = self
-                    .with_peer(peer, |p, sink| p.answer(&sdp, sink))
-                    .unwrap_or(Err(SfuError::UnknownPeer(peer)));
+                let result =
+                    self.with_peer(peer, |p, sink| p.answer(&sdp, sink)).unwrap_or(Err(SfuError::UnknownPeer(peer)));
                 // Tracks that waited for this answer can go into the next offer.
                 self.dirty.insert(peer);
                 self.settle(now);

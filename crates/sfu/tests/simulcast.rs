@@ -84,4 +84,3 @@ fn each_subscriber_gets_one_layer_and_switches_at_keyframes() {
         assert_eq!(c.video_gaps, 0, "{id}: no gap in the sequence numbers across switches");
     }
 }
-
