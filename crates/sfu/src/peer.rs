@@ -339,6 +339,11 @@ impl Peer {
         let Some((i, mid, track)) = found else { return };
         let video = track.kind == MediaKind::Video;
         let out = &mut self.state.tracks_out[i];
+        if out.sending == Some(p.rid) && !out.continuity.follows(p) {
+            // The publisher's browser changed this layer's SSRC (new numbering from scratch):
+            // start over as for a new subscriber — audio at once, video at a keyframe.
+            out.sending = None;
+        }
         if video {
             if wanted == VideoQuality::Off {
                 return;

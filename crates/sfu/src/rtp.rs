@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use str0m::format::{detect_h264_nalu, Codec, PayloadParams};
 use str0m::media::{MediaTime, Mid, Rid};
-use str0m::rtp::{RtpPacket, SeqNo, VideoOrientation, Vp8Descriptor, Vp8Patch};
+use str0m::rtp::{RtpPacket, SeqNo, Ssrc, VideoOrientation, Vp8Descriptor, Vp8Patch};
 
 use crate::track::TsRewrite;
 
@@ -19,6 +19,8 @@ pub(crate) struct RtpIn {
     /// The simulcast layer (`None` without simulcast).
     pub rid: Option<Rid>,
     pub params: PayloadParams,
+    /// The publisher's SSRC for this track and layer (a browser may change it mid-call).
+    pub ssrc: Ssrc,
     /// Extended sequence number (RTX repairs already turned back into the packet they repair).
     pub seq: u64,
     /// Extended RTP time in the codec's clock.
@@ -56,6 +58,7 @@ impl RtpIn {
             mid,
             rid,
             params,
+            ssrc: packet.header.ssrc,
             seq: *packet.seq_no,
             time: packet.time,
             arrived: packet.timestamp,
@@ -81,6 +84,9 @@ const PICTURE_ID_MODULO: u32 = 1 << 15;
 /// and no picture that looks older than the one it just decoded.
 #[derive(Debug, Default)]
 pub(crate) struct Continuity {
+    /// The source the output follows since the last start: its sequence numbers mean nothing for
+    /// another SSRC.
+    source: Option<Ssrc>,
     /// Added (wrapping) to the input sequence number.
     seq_offset: u64,
     /// Input packets before this one precede the current start and are not sent.
@@ -101,6 +107,7 @@ impl Continuity {
     pub(crate) fn start(&mut self, p: &RtpIn) {
         // The first packet keeps its own low 16 bits: a fresh SRTP receiver expects rollover 0.
         let next = self.last_seq.map_or(p.seq & 0xffff, |s| s + 1);
+        self.source = Some(p.ssrc);
         self.seq_offset = next.wrapping_sub(p.seq);
         self.seq_from = p.seq;
         self.ts.switch(p.time, p.arrived);
@@ -114,10 +121,15 @@ impl Continuity {
         }
     }
 
+    /// Whether `p` comes from the source of the last start.
+    pub(crate) fn follows(&self, p: &RtpIn) -> bool {
+        self.source == Some(p.ssrc)
+    }
+
     /// The output sequence number, RTP time and VP8 patch for `p`, or `None` for a packet from
-    /// before the current start.
+    /// before the current start (or from another source).
     pub(crate) fn map(&mut self, p: &RtpIn) -> Option<(SeqNo, u32, Option<Vp8Patch>)> {
-        if p.seq < self.seq_from {
+        if p.seq < self.seq_from || !self.follows(p) {
             return None;
         }
         let seq = p.seq.wrapping_add(self.seq_offset);
@@ -170,6 +182,7 @@ mod tests {
         RtpIn {
             mid: Mid::from("0"),
             rid: None,
+            ssrc: 1.into(),
             params: str0m::format::CodecConfig::new_with_defaults()
                 .find(|p| p.spec().codec == Codec::Vp8)
                 .copied()
@@ -249,5 +262,22 @@ mod tests {
         let (seq, time, _) = c.map(&key).expect("sent");
         assert_eq!(*seq, 12);
         assert_eq!(time, 3_000 + 2_970);
+    }
+
+    #[test]
+    fn another_source_is_not_sent_until_it_starts() {
+        let t0 = Instant::now();
+        let mut c = Continuity::default();
+        let p = packet(40_000, 0, t0, 1, 0, true);
+        c.start(&p);
+        c.map(&p);
+        // The publisher's browser changed the SSRC: a new numbering, here far below the old one.
+        let mut other = packet(200, 90_000, t0 + Duration::from_millis(33), 1, 0, true);
+        other.ssrc = 2.into();
+        assert!(!c.follows(&other));
+        assert!(c.map(&other).is_none(), "not mixed into the old numbering");
+        c.start(&other);
+        let (seq, _, _) = c.map(&other).expect("sent after its start");
+        assert_eq!(*seq, (40_000 & 0xffff) + 1, "continuing the subscriber's numbering");
     }
 }
