@@ -201,6 +201,14 @@ mod tests {
         }
     }
 
+    /// A continuity started with `p`, `p` sent.
+    fn started_with(p: &RtpIn) -> Continuity {
+        let mut c = Continuity::default();
+        c.start(p);
+        c.map(p).expect("a start is sent");
+        c
+    }
+
     #[test]
     fn a_vp8_keyframe_start_is_recognised() {
         let t = Instant::now();
@@ -223,10 +231,8 @@ mod tests {
     #[test]
     fn a_layer_switch_continues_sequence_time_and_picture_ids() {
         let t0 = Instant::now();
-        let mut c = Continuity::default();
-        let first = packet(1_000, 90_000, t0, 300, 40, true);
-        c.start(&first);
-        for i in 0..3u64 {
+        let mut c = started_with(&packet(1_000, 90_000, t0, 300, 40, true));
+        for i in 1..3u64 {
             let p =
                 packet(1_000 + i, 90_000 + i * 3_000, t0 + Duration::from_millis(33 * i), 300 + i as u16, 40, false);
             c.map(&p).expect("same layer");
@@ -250,10 +256,7 @@ mod tests {
     #[test]
     fn a_retransmission_does_not_pull_the_time_base_back() {
         let t0 = Instant::now();
-        let mut c = Continuity::default();
-        let p = packet(10, 0, t0, 1, 0, true);
-        c.start(&p);
-        c.map(&p);
+        let mut c = started_with(&packet(10, 0, t0, 1, 0, true));
         c.map(&packet(11, 3_000, t0 + Duration::from_millis(33), 2, 0, false));
         // The repair of packet 10 arrives late; a switch right after must still continue from 3000.
         c.map(&packet(10, 0, t0 + Duration::from_millis(60), 1, 0, false));
@@ -267,10 +270,7 @@ mod tests {
     #[test]
     fn another_source_is_not_sent_until_it_starts() {
         let t0 = Instant::now();
-        let mut c = Continuity::default();
-        let p = packet(40_000, 0, t0, 1, 0, true);
-        c.start(&p);
-        c.map(&p);
+        let mut c = started_with(&packet(40_000, 0, t0, 1, 0, true));
         // The publisher's browser changed the SSRC: a new numbering, here far below the old one.
         let mut other = packet(200, 90_000, t0 + Duration::from_millis(33), 1, 0, true);
         other.ssrc = 2.into();
