@@ -187,6 +187,27 @@ export async function expectFramesAdvance(page, peerId, { minFrames = 10, timeou
   return { from: start.frames, to: end.frames, ms: Date.now() - t0, source: end.source };
 }
 
+/**
+ * Every participant sees every other one in their own colour, with frames advancing (all pairs at
+ * once). `note` gets a line per pair; throws one error naming every pair that failed.
+ */
+export async function expectEveryoneSeesEveryone(people, clips, note = () => {}) {
+  const checks = [];
+  for (const viewer of people) {
+    for (const peer of people.filter((q) => q !== viewer)) {
+      checks.push((async () => {
+        const what = `${viewer.who} watching ${peer.who}`;
+        await waitForRemoteVideo(viewer.page, peer.id).catch((e) => { throw new Error(`${what}: ${e.message}`); });
+        const seen = await waitForColour(viewer.page, peer.id, peer.clip, clips, { what });
+        const frames = await expectFramesAdvance(viewer.page, peer.id, { who: what });
+        note(`${what}: rgb ${JSON.stringify(seen.rgb)} (${seen.nearest}, distance ${seen.distance}); frames ${frames.from}->${frames.to} in ${frames.ms} ms via ${frames.source}`);
+      })());
+    }
+  }
+  const failures = (await Promise.allSettled(checks)).filter((r) => r.status === 'rejected').map((r) => r.reason.message);
+  if (failures.length) throw new Error(`video checks failed:\n${failures.join('\n')}`);
+}
+
 /** Click a room-bar button by its accessible name. */
 export function button(page, name) {
   return page.getByRole('button', { name, exact: true });
