@@ -37,6 +37,11 @@ pub struct Cli {
     /// public IP of a server behind 1:1 NAT (repeatable)
     #[arg(long = "media-public-ip", env = "HUDDLE_MEDIA_PUBLIC_IPS", value_delimiter = ',', value_name = "IP")]
     pub media_public_ips: Vec<IpAddr>,
+    /// Estimate each SFU participant's downlink bandwidth (str0m's BWE, from the browser's
+    /// congestion feedback) and send it the video layers that fit; `false` leaves only the
+    /// loss-based cap and saves CPU per forwarded packet [default: true]
+    #[arg(long, env = "HUDDLE_BANDWIDTH_ESTIMATION", value_name = "BOOL")]
+    pub bandwidth_estimation: Option<bool>,
     /// Most rooms at once [default: 10000]
     #[arg(long, env = "HUDDLE_MAX_ROOMS", value_name = "N")]
     pub max_rooms: Option<u32>,
@@ -99,6 +104,7 @@ struct FileConfig {
     topology: Option<TopologyMode>,
     media_port: Option<u16>,
     media_public_ips: Option<Vec<IpAddr>>,
+    bandwidth_estimation: Option<bool>,
     max_rooms: Option<u32>,
     max_name_chars: Option<u32>,
     max_room_chars: Option<u32>,
@@ -143,6 +149,8 @@ pub struct Config {
     pub media_port: Option<u16>,
     /// Announced instead of interface addresses when not empty.
     pub media_public_ips: Vec<IpAddr>,
+    /// str0m's bandwidth estimate per SFU participant, for its video layers.
+    pub bandwidth_estimation: bool,
     pub max_rooms: u32,
     pub max_name_chars: u32,
     pub max_room_chars: u32,
@@ -169,6 +177,7 @@ impl Default for Config {
             topology: TopologyMode::Auto,
             media_port: None,
             media_public_ips: Vec::new(),
+            bandwidth_estimation: true,
             max_rooms: 10_000,
             max_name_chars: 32,
             max_room_chars: 64,
@@ -252,6 +261,10 @@ impl Config {
             topology,
             media_port: cli.media_port.or(file.media_port),
             media_public_ips,
+            bandwidth_estimation: cli
+                .bandwidth_estimation
+                .or(file.bandwidth_estimation)
+                .unwrap_or(d.bandwidth_estimation),
             max_rooms: cli.max_rooms.or(file.max_rooms).unwrap_or(d.max_rooms),
             max_name_chars: cli.max_name_chars.or(file.max_name_chars).unwrap_or(d.max_name_chars),
             max_room_chars: cli.max_room_chars.or(file.max_room_chars).unwrap_or(d.max_room_chars),
@@ -347,6 +360,9 @@ mod tests {
         assert_eq!(c.room_capacity, DEFAULT_SFU_CAPACITY);
         assert_eq!(c.topology, TopologyMode::Auto);
         assert!(c.ice_servers.is_empty(), "never a third-party STUN default");
+        assert!(c.bandwidth_estimation, "on by default");
+        let off = Config::from_cli(parse(&["--bandwidth-estimation", "false"])).expect("valid");
+        assert!(!off.bandwidth_estimation);
         let p2p = Config::from_cli(parse(&["--topology", "p2p"])).expect("valid");
         assert_eq!(p2p.room_capacity, DEFAULT_P2P_CAPACITY, "a mesh defaults to a small room");
         // A browser's SDP answer in a full SFU room of 50 is well over 64 KiB.
@@ -382,6 +398,7 @@ mod tests {
         assert_eq!(file.listen, Some(d.listen));
         assert_eq!(file.room_capacity, Some(d.room_capacity));
         assert_eq!(file.topology, Some(d.topology));
+        assert_eq!(file.bandwidth_estimation, Some(d.bandwidth_estimation));
         assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
         assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
     }

@@ -105,6 +105,7 @@ struct Sock {
 /// The media endpoint, bound and ready to run.
 pub struct Media {
     socks: Vec<Sock>,
+    bandwidth_estimation: bool,
 }
 
 impl Media {
@@ -139,7 +140,7 @@ impl Media {
             let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
             socks.push(Sock { socket, alias });
         }
-        Ok(Media { socks })
+        Ok(Media { socks, bandwidth_estimation: config.bandwidth_estimation })
     }
 
     /// The addresses announced to browsers (one host candidate each).
@@ -155,7 +156,8 @@ impl Media {
 
     /// Runs until the hub drops its command sender.
     pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
-        let sfu = Sfu::with_addresses(self.addresses());
+        let mut sfu = Sfu::with_addresses(self.addresses());
+        sfu.set_bandwidth_estimation(self.bandwidth_estimation);
         let outgoing = self.socks.iter().map(|_| Vec::new()).collect();
         let batch = std::env::var("HUDDLE_SFU_SENDMMSG").map_or(true, |v| v != "0");
         let mut driver = Driver {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
@@ -64,6 +65,15 @@ pub(crate) struct PeerState {
     /// When `cap` last changed, and when its receiver last reported loss above [`CLEAN_LOSS`].
     pub cap_changed: Option<Instant>,
     pub last_lossy: Option<Instant>,
+    /// The most video quality its bandwidth estimate carries (`High`: no limit), when it last
+    /// changed, and the estimate itself (bit/s); see [`PeerState::bandwidth`].
+    pub bwe_cap: VideoQuality,
+    pub bwe_changed: Option<Instant>,
+    /// When the cap was last fitted to the estimate.
+    pub bwe_fitted: Option<Instant>,
+    pub estimate: Option<u64>,
+    /// The time of the input being handled (str0m's events carry none).
+    pub clock: Instant,
 }
 
 /// Packets of history str0m keeps per outgoing video track, for retransmissions (NACK). str0m's
@@ -86,11 +96,29 @@ pub const CAP_STEP_UP_AFTER: Duration = Duration::from_secs(8);
 /// While a subscription waits for a keyframe (to start, or to change layer), how often it asks
 /// again; the publisher's own throttle ([`crate::track::KEYFRAME_REQUEST_INTERVAL`]) still applies.
 pub const KEYFRAME_WAIT_ASK: Duration = Duration::from_millis(500);
+/// How far ahead a timeout str0m asks for counts as "now" in [`Peer::mutate`]: its pacer asks for
+/// the next packet 1 µs after the last.
+const PACER_STEP: Duration = Duration::from_micros(1);
+/// Bounds the packets the pacer can release within one input (a queue builds only while a
+/// subscriber's DTLS is not up or its estimate is far below what it gets).
+const MAX_PACED_PER_INPUT: usize = 4096;
+/// The bandwidth estimate a subscriber's downlink starts from (str0m's BWE then probes upwards).
+pub const INITIAL_ESTIMATE_BPS: u64 = 2_500_000;
+/// A subscriber's video steps down a quality when what it receives needs more than this share of
+/// its estimate, and up when the next quality needs at most [`BWE_UP`] of it (and the last change
+/// is [`BWE_STEP_UP_AFTER`] old): the gap keeps it from flapping on a noisy estimate.
+pub const BWE_DOWN: f64 = 0.95;
+pub const BWE_UP: f64 = 0.8;
+pub const BWE_STEP_UP_AFTER: Duration = Duration::from_secs(2);
+/// What str0m is asked to probe for is rounded up to this many bit/s.
+const BWE_ROUNDING: f64 = 100_000.0;
 
 #[derive(Debug)]
 pub(crate) struct Peer {
     rtc: Rtc,
     pub state: PeerState,
+    /// str0m's bandwidth estimate, and with it its pacer, is on: see [`Peer::drain`].
+    paced: bool,
 }
 
 impl Peer {
@@ -101,6 +129,7 @@ impl Peer {
         room: Arc<str>,
         offer_sdp: &str,
         locals: &[SocketAddr],
+        bwe: bool,
         sink: &mut Sink,
     ) -> Result<(Peer, String, IceCreds), SfuError> {
         let offer =
@@ -117,6 +146,9 @@ impl Peer {
             .enable_vp8(true)
             // Receiver-report loss per outgoing track, for the congestion cap.
             .set_stats_interval(Some(STATS_INTERVAL))
+            // A bandwidth estimate per subscriber (TWCC feedback from its browser), for the
+            // layers it gets; see `PeerState::bandwidth`.
+            .enable_bwe(bwe.then_some(Bitrate::bps(INITIAL_ESTIMATE_BPS)))
             .set_send_buffer_video(SEND_BUFFER_VIDEO);
         // H.264 constrained baseline and baseline, packetization mode 1 (what every browser can
         // send and receive), with their usual payload types. Not str0m's whole default list: every
@@ -135,6 +167,7 @@ impl Peer {
         let creds = rtc.direct_api().local_ice_credentials();
         let mut peer = Peer {
             rtc,
+            paced: bwe,
             state: PeerState {
                 id,
                 room,
@@ -149,6 +182,11 @@ impl Peer {
                 cap: VideoQuality::High,
                 cap_changed: None,
                 last_lossy: None,
+                bwe_cap: VideoQuality::High,
+                bwe_changed: None,
+                bwe_fitted: None,
+                estimate: None,
+                clock: now,
             },
         };
         let mids: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
@@ -170,12 +208,35 @@ impl Peer {
     /// No other code in this crate calls `poll_output` or mutates the `Rtc` outside `f`.
     pub(crate) fn mutate<R>(&mut self, sink: &mut Sink, f: impl FnOnce(&mut Rtc, &mut PeerState, &mut Sink) -> R) -> R {
         let result = f(&mut self.rtc, &mut self.state, sink);
+        self.drain(sink, self.paced);
+        result
+    }
+
+    /// Polls the `Rtc`'s output until `Timeout`. `release`: a timeout due now is handled on the
+    /// spot, until none is.
+    fn drain(&mut self, sink: &mut Sink, release: bool) {
+        let mut paced = 0;
         loop {
             if !self.rtc.is_alive() {
                 self.state.failed.get_or_insert(RemoveReason::Disconnected);
                 break;
             }
             match self.rtc.poll_output() {
+                // str0m's pacer (it comes with the bandwidth estimate) lets only one packet out
+                // per timeout and asks for the next a microsecond later; its probes want that
+                // timing too. So with it, what is due goes out at once, on the timer and after
+                // every write. Without it, written packets wait for the driver's next tick,
+                // which saves a pass over all the session's streams per forwarded packet.
+                Ok(RtcOutput::Timeout(t))
+                    if release && t <= self.state.clock + PACER_STEP && paced < MAX_PACED_PER_INPUT =>
+                {
+                    paced += 1;
+                    if let Err(e) = self.rtc.handle_input(RtcInput::Timeout(self.state.clock)) {
+                        self.state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+                        self.rtc.disconnect();
+                        break;
+                    }
+                }
                 Ok(RtcOutput::Timeout(t)) => {
                     self.state.next_timeout = t;
                     break;
@@ -185,6 +246,9 @@ impl Peer {
                     sink.out.push_back(Output::Transmit { from: t.source, to: t.destination, bytes: t.contents.into() })
                 }
                 Ok(RtcOutput::Event(RtcEvent::RtpPacket(p))) => self.state.on_rtp(&mut self.rtc, p, sink),
+                Ok(RtcOutput::Event(RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }))) => {
+                    self.state.bandwidth(&mut self.rtc, estimate.as_u64())
+                }
                 Ok(RtcOutput::Event(e)) => self.state.on_event(e, sink),
                 Err(e) => {
                     self.state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
@@ -193,7 +257,6 @@ impl Peer {
                 }
             }
         }
-        result
     }
 
     /// A datagram routed to this participant. False when str0m cannot even parse it.
@@ -209,6 +272,7 @@ impl Peer {
             return false;
         };
         let receive = Receive { proto: Protocol::Udp, source: from, destination: to, contents };
+        self.state.clock = self.state.clock.max(now);
         self.mutate(sink, |rtc, state, _| {
             if let Err(e) = rtc.handle_input(RtcInput::Receive(now, receive)) {
                 state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
@@ -218,11 +282,11 @@ impl Peer {
     }
 
     pub(crate) fn timeout(&mut self, now: Instant, sink: &mut Sink) {
-        self.mutate(sink, |rtc, state, _| {
-            if let Err(e) = rtc.handle_input(RtcInput::Timeout(now)) {
-                state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
-            }
-        });
+        self.state.clock = self.state.clock.max(now);
+        if let Err(e) = self.rtc.handle_input(RtcInput::Timeout(now)) {
+            self.state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+        }
+        self.drain(sink, true);
     }
 
     /// The participant's answer to our renegotiation offer.
@@ -249,6 +313,12 @@ impl Peer {
             for track in &mut state.tracks_out {
                 if let TrackOutState::Negotiating(m) = track.state {
                     track.state = TrackOutState::Open(m);
+                    // Forwarded as it comes: str0m's pacer would hold back whatever exceeds the
+                    // estimate (up to seconds for a video that has no smaller layer); the
+                    // estimate picks the layers instead (`PeerState::bandwidth`).
+                    if let Some(stream) = rtc.direct_api().stream_tx_by_mid(m, None) {
+                        stream.set_unpaced(true);
+                    }
                 }
             }
             state.tracks_out.retain(|t| !matches!(t.state, TrackOutState::NegotiatingStop(_)));
@@ -373,6 +443,7 @@ impl Peer {
             out.sending = Some(p.rid);
         }
         let Some((seq, time, patch)) = out.continuity.map(p) else { return };
+        self.state.clock = self.state.clock.max(p.arrived);
         self.mutate(sink, |rtc, state, _| {
             let out = &mut state.tracks_out[i];
             let pt = match out.pt {
@@ -432,9 +503,75 @@ impl Peer {
 }
 
 impl PeerState {
-    /// What it gets of `publisher`'s video: what it asked for, within the congestion cap.
+    /// What it gets of `publisher`'s video: what it asked for, within the congestion and
+    /// bandwidth caps.
     pub(crate) fn effective(&self, publisher: PeerId) -> VideoQuality {
-        self.wanted.get(&publisher).copied().unwrap_or_default().min(self.cap)
+        self.wanted.get(&publisher).copied().unwrap_or_default().min(self.cap).min(self.bwe_cap)
+    }
+
+    /// The bitrate (bit/s) of everything it would receive with its video capped at `quality`
+    /// (within what it asked for and the loss cap): the layers' rates as they arrive.
+    fn needs(&self, quality: VideoQuality, now: Instant) -> u64 {
+        self.tracks_out
+            .iter()
+            .filter(|o| o.open_mid().is_some())
+            .filter_map(|o| o.track_in.upgrade())
+            .map(|t| {
+                if t.kind != MediaKind::Video {
+                    return t.bitrate(None);
+                }
+                let q = self.wanted.get(&t.origin).copied().unwrap_or_default().min(self.cap).min(quality);
+                if q == VideoQuality::Off {
+                    return 0;
+                }
+                t.bitrate(t.layer_for(q, now))
+            })
+            .sum()
+    }
+
+    /// A new bandwidth estimate for its downlink: the video quality it gets follows it
+    /// ([`PeerState::fit_bandwidth`]), and str0m is told what to probe for.
+    fn bandwidth(&mut self, rtc: &mut Rtc, estimate: u64) {
+        let now = self.clock;
+        self.estimate = Some(estimate);
+        self.fit_bandwidth(now);
+        // str0m probes towards the desired rate: what everything it asked for needs, plus the
+        // headroom a step up requires ([`BWE_UP`]); nothing once that fits at the top (probes
+        // only cost bandwidth). No padding to a minimum: while the media sends less than the
+        // estimate, str0m probes now and then by itself. Rounded, so that a layer's rate moving
+        // a little does not count as a new desire (each rise can start a probe).
+        let all = self.needs(VideoQuality::High, now) as f64 / BWE_UP;
+        let desired = if self.bwe_cap == VideoQuality::High && all <= estimate as f64 {
+            0
+        } else {
+            (all / BWE_ROUNDING).ceil() as u64 * BWE_ROUNDING as u64
+        };
+        rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
+    }
+
+    /// Caps its video (every publisher's) at the best quality its bandwidth estimate carries:
+    /// down as soon as what it gets needs more than [`BWE_DOWN`] of the estimate, up (to the best
+    /// quality that needs at most [`BWE_UP`] of it) once the last change is
+    /// [`BWE_STEP_UP_AFTER`] old. Run on each new estimate and on each receiver report, since the
+    /// layers' rates move while the estimate stands still.
+    fn fit_bandwidth(&mut self, now: Instant) {
+        let Some(estimate) = self.estimate else { return };
+        self.bwe_fitted = Some(now);
+        let e = estimate as f64;
+        let qualities = [VideoQuality::High, VideoQuality::Medium, VideoQuality::Low];
+        let cap = self.bwe_cap;
+        if cap > VideoQuality::Low && self.needs(cap, now) as f64 > e * BWE_DOWN {
+            let fits = qualities.into_iter().find(|q| *q < cap && self.needs(*q, now) as f64 <= e * BWE_DOWN);
+            self.bwe_cap = fits.unwrap_or(VideoQuality::Low);
+            self.bwe_changed = Some(now);
+        } else if cap < VideoQuality::High
+            && self.bwe_changed.is_none_or(|t| now.saturating_duration_since(t) >= BWE_STEP_UP_AFTER)
+        {
+            if let Some(q) = qualities.into_iter().find(|q| *q > cap && self.needs(*q, now) as f64 <= e * BWE_UP) {
+                self.bwe_cap = q;
+                self.bwe_changed = Some(now);
+            }
+        }
     }
 
     /// A receiver report on one of its video tracks: a lossy downlink steps every video it gets
@@ -467,10 +604,8 @@ impl PeerState {
         let pt = packet.header.payload_type;
         let Some(params) = rtc.codec_config().find(|c| c.pt() == pt).copied() else { return };
         let p = RtpIn::new(packet, mid, rid, params);
-        if rid.is_some() {
-            if let Some((t, _)) = self.tracks_in.iter().find(|(t, _)| t.mid == mid) {
-                t.saw(rid, p.arrived);
-            }
+        if let Some((t, _)) = self.tracks_in.iter().find(|(t, _)| t.mid == mid) {
+            t.saw(rid, p.arrived, p.payload.len());
         }
         sink.propagated.push_back((self.id, Propagated::Rtp(p)));
     }
@@ -478,6 +613,13 @@ impl PeerState {
     fn on_event(&mut self, event: RtcEvent, sink: &mut Sink) {
         match event {
             RtcEvent::MediaEgressStats(stats) => {
+                // The estimate may stand still while the layers' rates move (a capped video can
+                // step back up): look again, at most once per report round.
+                if self.bwe_cap < VideoQuality::High
+                    && self.bwe_fitted.is_none_or(|t| stats.timestamp.saturating_duration_since(t) >= STATS_INTERVAL)
+                {
+                    self.fit_bandwidth(stats.timestamp);
+                }
                 // Every outgoing track reports once a second: look the track up only when the
                 // report can change something (loss, or a cap that may step back up).
                 let Some(loss) = stats.loss else { return };

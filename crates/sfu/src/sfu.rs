@@ -31,6 +31,9 @@ pub struct Sfu {
     speakers: HashMap<Arc<str>, Speakers>,
     /// Reused by `propagate` for the list of a room's other members.
     scratch: Vec<PeerId>,
+    /// Whether new participants get str0m's bandwidth estimate; see
+    /// [`Sfu::set_bandwidth_estimation`].
+    bwe: bool,
 }
 
 impl Sfu {
@@ -61,7 +64,17 @@ impl Sfu {
             failing: Vec::new(),
             speakers: HashMap::new(),
             scratch: Vec::new(),
+            bwe: true,
         }
+    }
+
+    /// On (the default): each participant who joins from now on gets str0m's bandwidth estimate
+    /// of its downlink (from its browser's transport-wide congestion feedback), and the video
+    /// layers it receives follow it besides the loss cap. Off: only the loss cap, and each
+    /// forwarded packet costs less CPU, since str0m's pacer, which comes with the estimate,
+    /// releases one packet per timeout (see the README's benchmark figures).
+    pub fn set_bandwidth_estimation(&mut self, on: bool) {
+        self.bwe = on;
     }
 
     /// Handles one input. An `Err` concerns only the participant it names; the others are
@@ -126,6 +139,12 @@ impl Sfu {
         self.peers.values().map(|p| p.state.next_timeout).min()
     }
 
+    /// The latest estimate (bit/s) of what `peer`'s downlink carries, from its browser's
+    /// transport-wide congestion feedback; `None` before the first one or for an unknown peer.
+    pub fn downlink_estimate(&self, peer: PeerId) -> Option<u64> {
+        self.peers.get(&peer)?.state.estimate
+    }
+
     /// How many participants the core holds.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
@@ -138,7 +157,7 @@ impl Sfu {
         let room: Arc<str> =
             self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
         let locals = &self.locals;
-        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, &mut self.sink));
+        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, self.bwe, &mut self.sink));
         let (mut peer, answer, creds) = match joined {
             Some(result) => result?,
             None => return Err(SfuError::SdpRefused { peer: id, reason: "panicked on the offer".into() }),

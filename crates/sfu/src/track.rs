@@ -21,6 +21,9 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 /// best one still arriving instead of a frozen picture.
 pub const LAYER_ACTIVE_WINDOW: Duration = Duration::from_millis(1500);
 
+/// A layer's bitrate is measured over windows of this length (the last complete one counts).
+pub const RATE_WINDOW: Duration = Duration::from_millis(500);
+
 /// A track a participant publishes. Only its publisher's `Peer` holds the `Arc`; when the
 /// publisher goes, every subscriber's `Weak` dies and its outgoing track is stopped.
 #[derive(Debug)]
@@ -34,22 +37,64 @@ pub(crate) struct TrackIn {
     /// When each layer's last frame arrived, in microseconds after `epoch` plus one (0: never).
     /// Written by the publisher's frames, read by every subscriber's layer choice.
     seen: Vec<AtomicU64>,
+    /// Each layer's bitrate (one entry without simulcast), for subscribers' bandwidth choices.
+    rates: Vec<Rate>,
     epoch: Instant,
+}
+
+/// Payload bytes counted over [`RATE_WINDOW`]s; atomics for the same reason as `TrackIn::seen`.
+#[derive(Debug, Default)]
+struct Rate {
+    /// Start of the current window (µs after the track's epoch) and payload bytes in it.
+    start: AtomicU64,
+    bytes: AtomicU64,
+    /// Bit/s over the last complete window.
+    bps: AtomicU64,
 }
 
 impl TrackIn {
     pub(crate) fn new(origin: PeerId, mid: Mid, kind: MediaKind, layers: Vec<Rid>, epoch: Instant) -> TrackIn {
         let seen = layers.iter().map(|_| AtomicU64::new(0)).collect();
-        TrackIn { origin, mid, kind, layers, seen, epoch }
+        let rates = (0..layers.len().max(1)).map(|_| Rate::default()).collect();
+        TrackIn { origin, mid, kind, layers, seen, rates, epoch }
     }
 
-    /// Notes that a frame of layer `rid` arrived at `now`.
-    pub(crate) fn saw(&self, rid: Option<Rid>, now: Instant) {
-        let Some(rid) = rid else { return };
-        if let Some(i) = self.layers.iter().position(|r| *r == rid) {
-            let us = now.saturating_duration_since(self.epoch).as_micros() as u64 + 1;
-            self.seen[i].store(us, Ordering::Relaxed);
+    /// Notes that a packet of layer `rid` with `bytes` of payload arrived at `now`.
+    pub(crate) fn saw(&self, rid: Option<Rid>, now: Instant, bytes: usize) {
+        let us = now.saturating_duration_since(self.epoch).as_micros() as u64 + 1;
+        let i = match rid {
+            Some(rid) => match self.layers.iter().position(|r| *r == rid) {
+                Some(i) => i,
+                None => return,
+            },
+            None => 0,
+        };
+        if let Some(seen) = self.seen.get(i) {
+            seen.store(us, Ordering::Relaxed);
         }
+        let Some(rate) = self.rates.get(i) else { return };
+        let start = rate.start.load(Ordering::Relaxed);
+        let window = RATE_WINDOW.as_micros() as u64;
+        if us.saturating_sub(start) >= window {
+            let bits = rate.bytes.load(Ordering::Relaxed) * 8;
+            // A gap of more than one window means nothing arrived in between.
+            let elapsed = us.saturating_sub(start).min(2 * window).max(1);
+            rate.bps.store(if start == 0 { 0 } else { bits * 1_000_000 / elapsed }, Ordering::Relaxed);
+            rate.start.store(us, Ordering::Relaxed);
+            rate.bytes.store(bytes as u64, Ordering::Relaxed);
+        } else {
+            rate.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The bitrate (bit/s of payload) of layer `rid` (`None`: the track without simulcast) over
+    /// the last complete [`RATE_WINDOW`]; 0 before one has passed.
+    pub(crate) fn bitrate(&self, rid: Option<Rid>) -> u64 {
+        let i = match rid {
+            Some(rid) => self.layers.iter().position(|r| *r == rid),
+            None => Some(0),
+        };
+        i.and_then(|i| self.rates.get(i)).map_or(0, |r| r.bps.load(Ordering::Relaxed))
     }
 
     fn active(&self, i: usize, now: Instant) -> bool {
@@ -219,21 +264,21 @@ mod tests {
         let layers = ["q", "h", "f"].iter().map(|r| Rid::from(*r)).collect();
         let track = TrackIn::new(PeerId(1), Mid::from("0"), MediaKind::Video, layers, t0);
         // Only the lowest layer arrives (a small camera): everyone gets it.
-        track.saw(Some(Rid::from("q")), t0);
+        track.saw(Some(Rid::from("q")), t0, 0);
         assert_eq!(track.layer_for(VideoQuality::High, t0), Some(Rid::from("q")));
         assert_eq!(track.layer_for(VideoQuality::Medium, t0), Some(Rid::from("q")));
         // The middle one starts: High falls back to it, Low keeps the lowest.
-        track.saw(Some(Rid::from("h")), t0 + Duration::from_millis(100));
+        track.saw(Some(Rid::from("h")), t0 + Duration::from_millis(100), 0);
         let t1 = t0 + Duration::from_millis(200);
         assert_eq!(track.layer_for(VideoQuality::High, t1), Some(Rid::from("h")));
         assert_eq!(track.layer_for(VideoQuality::Low, t1), Some(Rid::from("q")));
         // The lowest stops: Low takes the nearest layer above.
         let t2 = t0 + LAYER_ACTIVE_WINDOW + Duration::from_millis(50);
-        track.saw(Some(Rid::from("h")), t2);
+        track.saw(Some(Rid::from("h")), t2, 0);
         assert_eq!(track.layer_for(VideoQuality::Low, t2), Some(Rid::from("h")));
         // All of them arrive again: each quality has its own layer.
         for r in ["q", "f"] {
-            track.saw(Some(Rid::from(r)), t2);
+            track.saw(Some(Rid::from(r)), t2, 0);
         }
         assert_eq!(track.layer_for(VideoQuality::High, t2), Some(Rid::from("f")));
         assert_eq!(track.layer_for(VideoQuality::Low, t2), Some(Rid::from("q")));

@@ -21,6 +21,9 @@ pub const SFU_ADDR: &str = "10.0.0.1:3478";
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
 /// One-way delay of every datagram.
 pub const LATENCY: Duration = Duration::from_millis(5);
+/// The most a rate-limited link ([`World::rate_to`]) queues before it drops, like a router's
+/// buffer in front of a slow line.
+pub const LINK_QUEUE: Duration = Duration::from_millis(1000);
 
 /// A browser stand-in.
 pub struct Client {
@@ -41,6 +44,9 @@ pub struct Client {
     pub origin: HashMap<Mid, u64>,
     /// Simulcast layers of its video, lowest first (empty: no simulcast).
     pub layers: Vec<Rid>,
+    /// Each layer's frame size in bytes, lowest first, like a real encoder's layers (empty: all
+    /// the size of [`synthetic_frame`]'s).
+    pub layer_bytes: Vec<usize>,
     /// Video frames received per (incoming mid, last payload byte: the sender's layer tag).
     pub video_tags: HashMap<(Mid, u8), usize>,
     /// The last frame's tag per incoming video mid, and how often a frame's time went backwards.
@@ -110,6 +116,12 @@ pub struct World {
     pub loss: f64,
     /// Extra loss on the datagrams sent to one address (a subscriber's downlink), on top of `loss`.
     pub loss_to: HashMap<SocketAddr, f64>,
+    /// A bottleneck on the datagrams sent to one address (a subscriber's downlink), in bit/s:
+    /// they leave one after another at this rate, queue up to [`LINK_QUEUE`], and beyond it are
+    /// dropped (counted in `link_drops`).
+    pub rate_to: HashMap<SocketAddr, u64>,
+    pub link_drops: usize,
+    busy_until: HashMap<SocketAddr, Instant>,
     rng: u64,
     flight: VecDeque<InFlight>,
 }
@@ -140,6 +152,9 @@ impl World {
             events: Vec::new(),
             loss: 0.0,
             loss_to: HashMap::new(),
+            rate_to: HashMap::new(),
+            link_drops: 0,
+            busy_until: HashMap::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
             flight: VecDeque::new(),
         }
@@ -193,6 +208,7 @@ impl World {
             origin: HashMap::new(),
             sfu_ufrag: String::new(),
             layers: layers.iter().map(|l| Rid::from(*l)).collect(),
+            layer_bytes: Vec::new(),
             video_tags: HashMap::new(),
             last_tag: HashMap::new(),
             last_time: HashMap::new(),
@@ -344,9 +360,25 @@ impl World {
         if self.blocked.iter().any(|(c, s)| (*c, *s) == (from, to) || (*s, *c) == (from, to)) {
             return;
         }
-        if !self.lost(to) {
-            self.flight.push_back(InFlight { at: self.now + LATENCY, from, to, bytes });
+        if self.lost(to) {
+            return;
         }
+        let mut at = self.now + LATENCY;
+        if let Some(&rate) = self.rate_to.get(&to) {
+            let start = self.busy_until.get(&to).copied().unwrap_or(self.now).max(self.now);
+            if start.saturating_duration_since(self.now) > LINK_QUEUE {
+                self.link_drops += 1;
+                return;
+            }
+            // IP and UDP headers count too.
+            let bits = (bytes.len() as u64 + 28) * 8;
+            let done = start + Duration::from_micros(bits * 1_000_000 / rate.max(1));
+            self.busy_until.insert(to, done);
+            at = done + LATENCY;
+        }
+        // Kept in order of arrival: `progress` delivers the first due.
+        let pos = self.flight.iter().rposition(|p| p.at <= at).map_or(0, |i| i + 1);
+        self.flight.insert(pos, InFlight { at, from, to, bytes });
     }
 
     /// Puts a raw datagram on the wire, as if sent from `from` (for bad-input tests).
@@ -510,6 +542,9 @@ impl World {
             if kind == MediaKind::Video && !c.layers.is_empty() {
                 for (i, rid) in c.layers.clone().into_iter().enumerate() {
                     let mut data = synthetic_frame(kind, c.frame_count, c.force_keyframe);
+                    if let Some(&n) = c.layer_bytes.get(i) {
+                        data.resize(n.max(10), data[data.len() - 1]);
+                    }
                     data.push(i as u8 + 1);
                     if let Some(w) = c.rtc.writer(mid) {
                         w.rid(rid).write(pt, now, time, data).expect("client writes a layer's frame");
