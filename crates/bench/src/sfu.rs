@@ -39,6 +39,10 @@ const MAX_RETRIES: usize = 2;
 const JOIN_BATCH: usize = 25;
 /// Pause after each window before its loss is read (frames still under way).
 const SETTLE: Duration = Duration::from_millis(400);
+/// Before measuring, no participant may have received a frame of a layer it did not ask for
+/// during this long (with the server's bandwidth estimate on, a subscriber may start above what
+/// its estimate carries, step down, and climb back as str0m probes).
+const LAYERS_STEADY: Duration = Duration::from_secs(2);
 /// Simulcast layers (lowest first) and their bitrates as a share of `--video-kbps`, roughly
 /// what a browser sends for a 720p camera with `scaleResolutionDownBy` 4, 2, 1.
 const SIMULCAST: [(&str, f64); 3] = [("q", 0.1), ("h", 0.3), ("f", 1.0)];
@@ -600,8 +604,24 @@ async fn drive(
             live.failed.load(Relaxed)
         );
     }
-    let connect_s = started.elapsed().as_secs_f64();
-    eprintln!("all {} participants receive every publisher after {connect_s:.1} s; warming up", np + ns);
+    let mut other = live.other_layer_frames.load(Relaxed);
+    let mut steady_since = Instant::now();
+    while steady_since.elapsed() < LAYERS_STEADY {
+        if Instant::now() >= deadline {
+            bail!("participants still receive layers they did not ask for ({other} frames so far)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = live.other_layer_frames.load(Relaxed);
+        if now != other {
+            other = now;
+            steady_since = Instant::now();
+        }
+    }
+    let connect_s = started.elapsed().as_secs_f64() - LAYERS_STEADY.as_secs_f64();
+    eprintln!(
+        "all {} participants receive every publisher in the layer they asked for after {connect_s:.1} s; warming up",
+        np + ns
+    );
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
     let rss_idle = procfs::rss_kb(pid)?;
 

@@ -117,7 +117,7 @@ const BWE_ROUNDING: f64 = 100_000.0;
 pub(crate) struct Peer {
     rtc: Rtc,
     pub state: PeerState,
-    /// str0m's bandwidth estimate, and with it its pacer, is on: see [`Peer::drain`].
+    /// str0m's bandwidth estimate, and with it its pacer, is on: see [`Peer::mutate_with`].
     paced: bool,
 }
 
@@ -207,14 +207,18 @@ impl Peer {
     /// THE DRAIN RULE: run one mutation of the `Rtc`, then poll its output until `Timeout`.
     /// No other code in this crate calls `poll_output` or mutates the `Rtc` outside `f`.
     pub(crate) fn mutate<R>(&mut self, sink: &mut Sink, f: impl FnOnce(&mut Rtc, &mut PeerState, &mut Sink) -> R) -> R {
-        let result = f(&mut self.rtc, &mut self.state, sink);
-        self.drain(sink, self.paced);
-        result
+        self.mutate_with(self.paced, sink, f)
     }
 
-    /// Polls the `Rtc`'s output until `Timeout`. `release`: a timeout due now is handled on the
-    /// spot, until none is.
-    fn drain(&mut self, sink: &mut Sink, release: bool) {
+    /// [`Peer::mutate`]; `release`: a timeout that is due while polling is handled on the spot,
+    /// until none is (see the comment in the loop).
+    fn mutate_with<R>(
+        &mut self,
+        release: bool,
+        sink: &mut Sink,
+        f: impl FnOnce(&mut Rtc, &mut PeerState, &mut Sink) -> R,
+    ) -> R {
+        let result = f(&mut self.rtc, &mut self.state, sink);
         let mut paced = 0;
         loop {
             if !self.rtc.is_alive() {
@@ -257,6 +261,7 @@ impl Peer {
                 }
             }
         }
+        result
     }
 
     /// A datagram routed to this participant. False when str0m cannot even parse it.
@@ -283,10 +288,11 @@ impl Peer {
 
     pub(crate) fn timeout(&mut self, now: Instant, sink: &mut Sink) {
         self.state.clock = self.state.clock.max(now);
-        if let Err(e) = self.rtc.handle_input(RtcInput::Timeout(now)) {
-            self.state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
-        }
-        self.drain(sink, true);
+        self.mutate_with(true, sink, |rtc, state, _| {
+            if let Err(e) = rtc.handle_input(RtcInput::Timeout(now)) {
+                state.failed.get_or_insert(RemoveReason::Failed(e.to_string()));
+            }
+        });
     }
 
     /// The participant's answer to our renegotiation offer.
@@ -613,9 +619,9 @@ impl PeerState {
     fn on_event(&mut self, event: RtcEvent, sink: &mut Sink) {
         match event {
             RtcEvent::MediaEgressStats(stats) => {
-                // The estimate may stand still while the layers' rates move (a capped video can
-                // step back up): look again, at most once per report round.
-                if self.bwe_cap < VideoQuality::High
+                // The estimate may stand still while what it gets moves (new tracks, layers'
+                // rates): look again, at most once per report round.
+                if self.estimate.is_some()
                     && self.bwe_fitted.is_none_or(|t| stats.timestamp.saturating_duration_since(t) >= STATS_INTERVAL)
                 {
                     self.fit_bandwidth(stats.timestamp);

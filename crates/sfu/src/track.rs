@@ -67,7 +67,9 @@ impl TrackIn {
                 Some(i) => i,
                 None => return,
             },
-            None => 0,
+            // Without simulcast: the one entry. (A simulcast packet without its rid is not counted.)
+            None if self.layers.is_empty() => 0,
+            None => return,
         };
         if let Some(seen) = self.seen.get(i) {
             seen.store(us, Ordering::Relaxed);
@@ -77,9 +79,11 @@ impl TrackIn {
         let window = RATE_WINDOW.as_micros() as u64;
         if us.saturating_sub(start) >= window {
             let bits = rate.bytes.load(Ordering::Relaxed) * 8;
-            // A gap of more than one window means nothing arrived in between.
-            let elapsed = us.saturating_sub(start).min(2 * window).max(1);
-            rate.bps.store(if start == 0 { 0 } else { bits * 1_000_000 / elapsed }, Ordering::Relaxed);
+            let elapsed = us.saturating_sub(start);
+            // The first window, or one after a pause (the layer stopped for a while): no rate
+            // until a whole window has been seen.
+            let bps = if start == 0 || elapsed > 2 * window { 0 } else { bits * 1_000_000 / elapsed };
+            rate.bps.store(bps, Ordering::Relaxed);
             rate.start.store(us, Ordering::Relaxed);
             rate.bytes.store(bytes as u64, Ordering::Relaxed);
         } else {
@@ -87,8 +91,8 @@ impl TrackIn {
         }
     }
 
-    /// The bitrate (bit/s of payload) of layer `rid` (`None`: the track without simulcast) over
-    /// the last complete [`RATE_WINDOW`]; 0 before one has passed.
+    /// The bitrate (bit/s of payload, as str0m's estimate counts) of layer `rid` (`None`: the
+    /// track without simulcast) over the last complete [`RATE_WINDOW`]; 0 before one has passed.
     pub(crate) fn bitrate(&self, rid: Option<Rid>) -> u64 {
         let i = match rid {
             Some(rid) => self.layers.iter().position(|r| *r == rid),
@@ -282,6 +286,30 @@ mod tests {
         }
         assert_eq!(track.layer_for(VideoQuality::High, t2), Some(Rid::from("f")));
         assert_eq!(track.layer_for(VideoQuality::Low, t2), Some(Rid::from("q")));
+    }
+
+    #[test]
+    fn each_layer_has_its_own_bitrate_over_the_last_window() {
+        let t0 = Instant::now();
+        let layers = ["q", "f"].iter().map(|r| Rid::from(*r)).collect();
+        let track = TrackIn::new(PeerId(1), Mid::from("0"), MediaKind::Video, layers, t0);
+        let (q, f) = (Some(Rid::from("q")), Some(Rid::from("f")));
+        // 100 packets a second for 1.2 s: 100 bytes on q (80 kbit/s), 1000 bytes on f (800 kbit/s).
+        for i in 0..=120u64 {
+            let t = t0 + Duration::from_millis(10 * i);
+            track.saw(q, t, 100);
+            track.saw(f, t, 1000);
+        }
+        assert_eq!(track.bitrate(q), 80_000);
+        assert_eq!(track.bitrate(f), 800_000);
+        assert_eq!(track.bitrate(Some(Rid::from("x"))), 0, "not a layer of this track");
+        // A packet without its rid on a simulcast track counts for no layer.
+        track.saw(None, t0 + Duration::from_millis(1300), 50_000);
+        assert_eq!(track.bitrate(q), 80_000);
+        // After a pause longer than two windows a layer has no rate until it has a window again.
+        let later = t0 + Duration::from_secs(5);
+        track.saw(q, later, 100);
+        assert_eq!(track.bitrate(q), 0);
     }
 
     #[test]

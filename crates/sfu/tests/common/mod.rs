@@ -1,5 +1,6 @@
 //! The simulated network: str0m clients standing in for browsers, wired to the SFU core in
-//! memory, on a virtual clock, with optional loss. Nothing sleeps and nothing opens a socket.
+//! memory, on a virtual clock, with optional loss and rate-limited links. Nothing sleeps and
+//! nothing opens a socket.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
