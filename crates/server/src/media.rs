@@ -46,8 +46,9 @@ const RECV_BUFFER: usize = 2048;
 /// streams). Served on a shared tick, each pass covers everything due by then. Measured with 46
 /// participants and 4 talkers: server CPU 151 → 141 → 114 ticks per 4 s with no tick, 5 ms and
 /// 20 ms. 10 ms keeps the added delay for a reordered or lost packet below a video frame time.
-/// It also delays forwarding: str0m packetizes a written frame at its next timeout, so a frame
-/// waits up to one tick. Measured with `huddle-bench sfu` (10×10 video): p50/p99 added latency
+/// It also delays forwarding: str0m sends a written packet at its next timeout, so a packet
+/// waits up to one tick — unless the bandwidth estimate is on (the default), whose pacer makes the
+/// core release what is due after every write (`Peer::mutate` in huddle-sfu), at a CPU cost. Measured with `huddle-bench sfu` (10×10 video): p50/p99 added latency
 /// 7.7/16 ms at 10 ms, 5.8/10.5 ms at 5 ms, 3.6/7.5 ms at 2 ms, for the same CPU per packet; but
 /// with 46 participants and 4 talkers a 2 ms tick costs 20–30 % more CPU (28.8–32.7 against
 /// 23.9–24.7 µs per forwarded packet). CPU per packet is the target we are furthest from, so 10 ms.

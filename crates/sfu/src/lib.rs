@@ -53,6 +53,15 @@
 //! (`SEND_BUFFER_VIDEO` packets, sharing the payloads) and sends its receiver reports; a
 //! subscriber's PLI/FIR goes to the publisher of the layer it receives, throttled per layer.
 //!
+//! # Which layer a subscriber gets
+//!
+//! The quality it asked for per publisher (its tile size), within two caps: the loss its
+//! browser's receiver reports show (`PeerState::congestion`), and — unless
+//! [`Sfu::set_bandwidth_estimation`] turned it off — str0m's estimate of its downlink from the
+//! browser's transport-wide congestion feedback (`PeerState::fit_bandwidth`, against each layer's
+//! measured bitrate). With the estimate comes str0m's pacer, which releases one packet per
+//! timeout: `Peer::mutate` then handles a timeout that is due at once, after every write.
+//!
 //! # Failure containment
 //!
 //! Nothing in the core unwraps remote input: malformed SDP is an [`SfuError`] for that
