@@ -22,6 +22,17 @@ pub struct Cli {
     /// TOML configuration file
     #[arg(long, short = 'c', env = "HUDDLE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// HTTPS: `self-signed` makes a certificate at start for every address huddle listens on
+    /// (browsers warn once; phones on the LAN need HTTPS for the camera), `off` is plain HTTP.
+    /// With --tls-cert and --tls-key HTTPS uses that certificate instead [default: off]
+    #[arg(long, env = "HUDDLE_TLS", value_name = "MODE")]
+    pub tls: Option<TlsMode>,
+    /// PEM certificate chain for HTTPS (e.g. Let's Encrypt's fullchain.pem); needs --tls-key
+    #[arg(long, env = "HUDDLE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (e.g. privkey.pem)
+    #[arg(long, env = "HUDDLE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Most participants in one room [default: 6]
     #[arg(long, env = "HUDDLE_ROOM_CAPACITY", value_name = "N")]
     pub room_capacity: Option<u32>,
@@ -100,6 +111,9 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    tls: Option<TlsMode>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     room_capacity: Option<u32>,
     topology: Option<TopologyMode>,
     media_port: Option<u16>,
@@ -120,6 +134,30 @@ struct FileConfig {
     ping_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     web_dir: Option<PathBuf>,
+}
+
+/// `--tls`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain HTTP (or HTTPS from --tls-cert and --tls-key).
+    #[default]
+    Off,
+    /// A certificate made at start for every address huddle listens on.
+    SelfSigned,
+}
+
+/// HTTPS, resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Tls {
+    #[default]
+    Off,
+    SelfSigned,
+    /// A certificate chain and its key, PEM files.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 /// How a room's media flows (`--topology`).
@@ -143,6 +181,7 @@ pub const DEFAULT_SFU_CAPACITY: u32 = 50;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub tls: Tls,
     pub room_capacity: u32,
     pub topology: TopologyMode,
     /// `None`: the HTTP port number if free, else any.
@@ -173,6 +212,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: Tls::Off,
             room_capacity: DEFAULT_SFU_CAPACITY,
             topology: TopologyMode::Auto,
             media_port: None,
@@ -255,8 +295,21 @@ impl Config {
         } else {
             file.media_public_ips.unwrap_or(d.media_public_ips)
         };
+        let tls_files = (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key));
+        let tls = match (cli.tls.or(file.tls), tls_files) {
+            (Some(TlsMode::SelfSigned), (None, None)) => Tls::SelfSigned,
+            (Some(TlsMode::SelfSigned), _) => {
+                return Err(ConfigError::Invalid(
+                    "--tls self-signed and --tls-cert/--tls-key are alternatives: choose one".into(),
+                ))
+            }
+            (_, (Some(cert), Some(key))) => Tls::Files { cert, key },
+            (_, (None, None)) => Tls::Off,
+            (_, _) => return Err(ConfigError::Invalid("--tls-cert and --tls-key go together".into())),
+        };
         let config = Config {
             listen: cli.listen.or(file.listen).unwrap_or(d.listen),
+            tls,
             room_capacity: cli.room_capacity.or(file.room_capacity).unwrap_or(default_capacity),
             topology,
             media_port: cli.media_port.or(file.media_port),
@@ -398,9 +451,24 @@ mod tests {
         assert_eq!(file.listen, Some(d.listen));
         assert_eq!(file.room_capacity, Some(d.room_capacity));
         assert_eq!(file.topology, Some(d.topology));
+        assert_eq!(file.tls, Some(TlsMode::Off));
+        assert_eq!(d.tls, Tls::Off);
         assert_eq!(file.bandwidth_estimation, Some(d.bandwidth_estimation));
         assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
         assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
+    }
+
+    #[test]
+    fn tls_modes() {
+        assert_eq!(Config::from_cli(parse(&[])).expect("valid").tls, Tls::Off);
+        assert_eq!(Config::from_cli(parse(&["--tls", "self-signed"])).expect("valid").tls, Tls::SelfSigned);
+        let files = Config::from_cli(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])).expect("valid");
+        assert_eq!(files.tls, Tls::Files { cert: "c.pem".into(), key: "k.pem".into() });
+        let e = Config::from_cli(parse(&["--tls-cert", "c.pem"])).expect_err("refused").to_string();
+        assert!(e.contains("go together"), "{e}");
+        let both = parse(&["--tls", "self-signed", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert!(Config::from_cli(both).expect_err("refused").to_string().contains("alternatives"));
+        assert!(Cli::try_parse_from(["huddle", "--tls", "on"]).is_err(), "only off and self-signed");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`files`] — files shared through the server (sfu rooms): the store the hub owns, and the
 //!   HTTP upload/download handlers.
 //! - [`validate`] — checks for names, room names and chat text.
+//! - [`tls`] — HTTPS: the certificate (files or self-signed) and the TLS listener.
 //!
 //! `docs/architecture.md` explains how a message flows through these.
 #![deny(unsafe_code)] // one exception: `batch`, the `sendmmsg` call
@@ -24,6 +25,7 @@ pub mod http;
 pub mod hub;
 pub mod media;
 pub mod room;
+pub mod tls;
 pub mod validate;
 pub mod ws;
 
@@ -54,9 +56,22 @@ pub struct AppState {
 }
 
 /// Serves until `shutdown` completes, then tells every client and waits (briefly) for them.
+/// HTTPS when the configuration says so, with a certificate made or loaded here.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let names = certificate_names(listener.local_addr()?);
+    let tls = tls::setup(&config.tls, &names)?;
+    serve_with(config, listener, tls, shutdown).await
+}
+
+/// [`serve`] with the TLS setup already made (`None`: plain HTTP).
+pub async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    tls: Option<tls::TlsSetup>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -83,15 +98,22 @@ pub async fn serve(
         }
         let _ = stop_tx.send(());
     });
-    // Signalling messages are small and latency-sensitive: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        })
-        .await?;
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls.config)?;
+            axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
+        }
+        None => {
+            // Signalling messages are small and latency-sensitive: no Nagle delay.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
+        }
+    }
     let _ = farewell.await;
     drop(hub_tx);
     hub_task.abort();
@@ -112,18 +134,83 @@ pub async fn run_cli(args: Vec<OsString>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let shown = if addr.ip().is_unspecified() {
-        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-    } else {
-        addr
-    };
+    let tls = tls::setup(&config.tls, &certificate_names(addr))?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "huddle listening on http://{shown}/")?;
+        out.write_all(banner(addr, tls.as_ref()).as_bytes())?;
         out.flush()?;
     }
     info!(%addr, "listening");
-    serve(config, listener, shutdown_signal()).await
+    serve_with(config, listener, tls, shutdown_signal()).await
+}
+
+/// What a self-signed certificate is made for: `localhost` and every address huddle can be
+/// reached at on `addr` (all interface addresses for a wildcard).
+fn certificate_names(addr: std::net::SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    for ip in media::interface_ips(addr.ip()) {
+        let ip = ip.to_string();
+        if !names.contains(&ip) {
+            names.push(ip);
+        }
+    }
+    names
+}
+
+/// The startup text: the URL on this machine first (tests and tools read that line), then the
+/// URLs other devices on the network can use with a QR code of the first, and for HTTPS the
+/// certificate's fingerprint.
+pub fn banner(addr: std::net::SocketAddr, tls: Option<&tls::TlsSetup>) -> String {
+    use std::fmt::Write as _;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = |ip: std::net::IpAddr| format!("{scheme}://{}/", std::net::SocketAddr::new(ip, addr.port()));
+    let here = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
+    let mut out = format!("huddle listening on {}\n", url(here));
+    let lan: Vec<String> = if addr.ip().is_unspecified() {
+        media::interface_ips(addr.ip()).into_iter().filter(|ip| !ip.is_loopback()).map(url).collect()
+    } else if !addr.ip().is_loopback() {
+        vec![url(addr.ip())]
+    } else {
+        Vec::new()
+    };
+    if lan.is_empty() && !addr.ip().is_unspecified() {
+        let _ =
+            writeln!(out, "  only this machine can connect; --listen 0.0.0.0:{} opens it to the network", addr.port());
+    }
+    for u in &lan {
+        let _ = writeln!(out, "  on your network: {u}");
+    }
+    if let Some(first) = lan.first() {
+        if let Ok(code) = qrcode::QrCode::new(first.as_bytes()) {
+            // Light modules drawn, dark ones blank: right on the usual dark terminal.
+            let qr = code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build();
+            let _ = writeln!(out, "  scan to join from a phone:");
+            for line in qr.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        if tls.is_none() {
+            let _ = writeln!(
+                out,
+                "  phones and other computers get the camera only over HTTPS: add --tls self-signed (or --tls-cert/--tls-key)"
+            );
+        }
+    }
+    if let Some(tls) = tls {
+        let _ = writeln!(out, "  certificate SHA-256 fingerprint: {}", tls.fingerprint);
+        if let Some(spki) = &tls.spki_sha256 {
+            let _ = writeln!(out, "  its public key's SHA-256 (base64, for pinning): {spki}");
+            let _ = writeln!(
+                out,
+                "  self-signed: browsers warn that they do not know who signed it; check the fingerprint above in the browser's certificate view, then continue"
+            );
+        }
+    }
+    out
 }
 
 fn init_tracing() {

@@ -198,7 +198,7 @@ fn grow_buffers(socket: &UdpSocket) {
 
 /// Addresses to bind on: `ip` itself, or every usable interface address of its family when it
 /// is a wildcard (loopback included, for browsers on the same machine).
-fn interface_ips(ip: IpAddr) -> Vec<IpAddr> {
+pub(crate) fn interface_ips(ip: IpAddr) -> Vec<IpAddr> {
     if !ip.is_unspecified() {
         return vec![ip];
     }

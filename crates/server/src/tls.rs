@@ -1,0 +1,234 @@
+//! HTTPS: the certificate (from files, or generated for LAN use) and a TLS listener for axum.
+//!
+//! Browsers give camera and microphone only to secure pages: `https://`, or plain HTTP on
+//! `localhost`. A phone on the same Wi-Fi reaches huddle by its LAN address, so without TLS it
+//! can open the page but not the camera. `--tls self-signed` makes a certificate at start for
+//! every address huddle is reachable at; browsers warn about it once (it is signed by nobody they
+//! know), and the banner prints its fingerprint so the user can check it is ours. `--tls-cert` and
+//! `--tls-key` take a real certificate (e.g. Let's Encrypt's `fullchain.pem` and `privkey.pem`).
+//!
+//! The listener does the TLS handshakes in their own tasks (a slow or silent client cannot hold
+//! up everyone else's accept), bounded in number and time, and hands finished connections to
+//! `axum::serve`, which then serves them exactly as plain TCP ones (graceful shutdown included).
+
+use crate::config::Tls;
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+/// A client has this long to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; more connections wait in the kernel's backlog.
+pub const MAX_HANDSHAKES: usize = 256;
+/// How long a self-signed certificate is valid.
+const SELF_SIGNED_DAYS: i64 = 365;
+
+/// The server side of TLS, ready to use.
+pub struct TlsSetup {
+    pub config: Arc<ServerConfig>,
+    /// SHA-256 of the certificate (the leaf), as browsers show it: `AB:CD:…`.
+    pub fingerprint: String,
+    /// For a certificate generated at start (`--tls self-signed`): base64 SHA-256 of its public
+    /// key (SubjectPublicKeyInfo), what Chromium's `--ignore-certificate-errors-spki-list` takes
+    /// to trust exactly this key. `None` for a certificate from files.
+    pub spki_sha256: Option<String>,
+}
+
+/// The TLS setup for `tls`, or `None` for plain HTTP. `names`: the host names and addresses
+/// a self-signed certificate is made for.
+pub fn setup(tls: &Tls, names: &[String]) -> anyhow::Result<Option<TlsSetup>> {
+    let (chain, key, spki) = match tls {
+        Tls::Off => return Ok(None),
+        Tls::SelfSigned => {
+            let (cert, key, spki) = self_signed_certificate(names)?;
+            (vec![cert], key, Some(spki))
+        }
+        Tls::Files { cert, key } => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<_, _>>())
+                .map_err(|e| anyhow::anyhow!("cannot read the TLS certificate {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                anyhow::bail!("no certificate in {}", cert.display());
+            }
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("cannot read the TLS key {}: {e}", key.display()))?;
+            (chain, key, None)
+        }
+    };
+    let leaf = chain[0].clone();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow::anyhow!("the TLS certificate and key do not go together: {e}"))?;
+    // HTTP/1.1 only: browsers then open the WebSocket on its own connection the usual way.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsSetup {
+        config: Arc::new(config),
+        fingerprint: fingerprint(leaf.as_ref()),
+        spki_sha256: spki
+            .map(|spki| base64::engine::general_purpose::STANDARD.encode(digest::digest(&digest::SHA256, &spki))),
+    }))
+}
+
+/// A certificate for `names` (DNS names and IP addresses), signed by its own key; with the key
+/// and the key's SubjectPublicKeyInfo.
+fn self_signed_certificate(
+    names: &[String],
+) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>, Vec<u8>)> {
+    use rcgen::PublicKeyData as _;
+    let key = rcgen::KeyPair::generate().map_err(|e| anyhow::anyhow!("cannot make a key: {e}"))?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| anyhow::anyhow!("cannot make a certificate for {names:?}: {e}"))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "huddle (self-signed)");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(SELF_SIGNED_DAYS);
+    let cert = params.self_signed(&key).map_err(|e| anyhow::anyhow!("cannot sign the certificate: {e}"))?;
+    let spki = key.subject_public_key_info();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok((cert.der().clone(), key, spki))
+}
+
+/// `AB:CD:…`: SHA-256 of `der`, as browsers show a certificate's fingerprint.
+pub fn fingerprint(der: &[u8]) -> String {
+    let hash = digest::digest(&digest::SHA256, der);
+    hash.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// Accepts TCP connections and hands out those whose TLS handshake finished.
+pub struct TlsListener {
+    local: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let accepting = tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let (stream, from) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little instead of spinning.
+                        warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Signalling messages are small and latency-sensitive: no Nagle delay.
+                let _ = stream.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, from)).await;
+                        }
+                        // Plain HTTP to the HTTPS port, a browser refusing our certificate, a scanner.
+                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { local, ready, accepting })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task is gone (only when dropped): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_self_signed_certificate_names_every_address_and_has_both_fingerprints() {
+        let names = vec!["localhost".to_string(), "192.168.1.23".to_string(), "::1".to_string()];
+        let tls = setup(&Tls::SelfSigned, &names).expect("generated").expect("on");
+        assert_eq!(tls.fingerprint.len(), 32 * 3 - 1, "{}", tls.fingerprint);
+        assert!(tls.fingerprint.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok()));
+        let spki = tls.spki_sha256.as_deref().expect("a generated key's hash");
+        let spki = base64::engine::general_purpose::STANDARD.decode(spki).expect("base64");
+        assert_eq!(spki.len(), 32);
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        // Another start makes another key.
+        let again = setup(&Tls::SelfSigned, &names).expect("generated").expect("on");
+        assert_ne!(again.spki_sha256, tls.spki_sha256);
+    }
+
+    #[test]
+    fn missing_or_broken_files_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("huddle-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = Tls::Files { cert: dir.join("none.pem"), key: dir.join("none-key.pem") };
+        let e = setup(&missing, &[]).err().expect("refused").to_string();
+        assert!(e.contains("cannot read the TLS certificate") && e.contains("none.pem"), "{e}");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let e = setup(&Tls::Files { cert: junk.clone(), key: junk }, &[]).err().expect("refused").to_string();
+        assert!(e.contains("no certificate"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn certificate_and_key_from_pem_files() {
+        let dir = std::env::temp_dir().join(format!("huddle-tls-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["meet.example.org".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (cert_path, key_path) = (dir.join("fullchain.pem"), dir.join("privkey.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        let tls = setup(&Tls::Files { cert: cert_path.clone(), key: key_path }, &[]).expect("loads").expect("on");
+        assert_eq!(tls.spki_sha256, None);
+        assert_eq!(tls.fingerprint, fingerprint(cert.der()));
+        // A key that is not the certificate's is refused.
+        let other = dir.join("other-key.pem");
+        std::fs::write(&other, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
+        let e = setup(&Tls::Files { cert: cert_path, key: other }, &[]).err().expect("refused").to_string();
+        assert!(e.contains("do not go together"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
