@@ -5,6 +5,7 @@
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import path from 'node:path';
 import { startServer } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClips } from './lib/camera.js';
@@ -17,12 +18,14 @@ const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
 const FINGERPRINT = /certificate SHA-256 fingerprint: ((?:[0-9A-F]{2}:){31}[0-9A-F]{2})/;
 
 const sc = new Scenario('https');
+/** The server's flags: its own certificate, kept in the test's temporary directory. */
+const serverArgs = () => ['--tls', 'self-signed', '--topology', 'p2p', '--data-dir', path.join(tmp.dir, 'data')];
 let tmp, clips, spki;
 /** @type {import('./lib/browser.js').Participant} */ let A, B;
 
 before(async () => {
   tmp = makeTempDir();
-  [sc.server, clips] = await Promise.all([startServer({ args: ['--tls', 'self-signed', '--topology', 'p2p'] }), makeClips(tmp.dir, 2)]);
+  [sc.server, clips] = await Promise.all([startServer({ args: serverArgs() }), makeClips(tmp.dir, 2)]);
   spki = PINNED.exec(sc.server.output())?.[1];
 });
 
@@ -62,3 +65,15 @@ sc.step('two browsers that pinned its key meet over HTTPS: secure page, camera, 
   }
   await expectEveryoneSeesEveryone([A, B], clips, (line) => A.note(line));
 }, { timeout: 120_000 });
+
+sc.step('a restart with the same data directory keeps the certificate (browsers are not asked again)', async () => {
+  const before = FINGERPRINT.exec(sc.server.output())?.[1];
+  assert.match(sc.server.output(), /kept in \S+ for the next start/);
+  const again = await startServer({ args: serverArgs() });
+  try {
+    assert.equal(FINGERPRINT.exec(again.output())?.[1], before, `another certificate after the restart:\n${again.output()}`);
+    assert.equal(PINNED.exec(again.output())?.[1], spki);
+  } finally {
+    await again.stop();
+  }
+});

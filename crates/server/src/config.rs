@@ -33,6 +33,10 @@ pub struct Cli {
     /// PEM private key of --tls-cert (e.g. privkey.pem)
     #[arg(long, env = "HUDDLE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Where huddle keeps what must survive a restart (the self-signed certificate)
+    /// [default: $XDG_DATA_HOME/huddle, else ~/.local/share/huddle]
+    #[arg(long, env = "HUDDLE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Most participants in one room [default: 6]
     #[arg(long, env = "HUDDLE_ROOM_CAPACITY", value_name = "N")]
     pub room_capacity: Option<u32>,
@@ -114,6 +118,7 @@ struct FileConfig {
     tls: Option<TlsMode>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     room_capacity: Option<u32>,
     topology: Option<TopologyMode>,
     media_port: Option<u16>,
@@ -134,6 +139,13 @@ struct FileConfig {
     ping_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     web_dir: Option<PathBuf>,
+}
+
+/// `$XDG_DATA_HOME/huddle`, else `$HOME/.local/share/huddle`; `None` without either.
+fn default_data_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let home = || std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".local/share"));
+    xdg.or_else(home).map(|d| d.join("huddle"))
 }
 
 /// `--tls`.
@@ -182,6 +194,8 @@ pub const DEFAULT_SFU_CAPACITY: u32 = 50;
 pub struct Config {
     pub listen: SocketAddr,
     pub tls: Tls,
+    /// `None`: nothing is kept across restarts.
+    pub data_dir: Option<PathBuf>,
     pub room_capacity: u32,
     pub topology: TopologyMode,
     /// `None`: the HTTP port number if free, else any.
@@ -213,6 +227,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: Tls::Off,
+            data_dir: None,
             room_capacity: DEFAULT_SFU_CAPACITY,
             topology: TopologyMode::Auto,
             media_port: None,
@@ -310,6 +325,7 @@ impl Config {
         let config = Config {
             listen: cli.listen.or(file.listen).unwrap_or(d.listen),
             tls,
+            data_dir: cli.data_dir.or(file.data_dir).or_else(default_data_dir),
             room_capacity: cli.room_capacity.or(file.room_capacity).unwrap_or(default_capacity),
             topology,
             media_port: cli.media_port.or(file.media_port),
@@ -469,6 +485,8 @@ mod tests {
         let both = parse(&["--tls", "self-signed", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
         assert!(Config::from_cli(both).expect_err("refused").to_string().contains("alternatives"));
         assert!(Cli::try_parse_from(["huddle", "--tls", "on"]).is_err(), "only off and self-signed");
+        let kept = Config::from_cli(parse(&["--data-dir", "/srv/huddle"])).expect("valid");
+        assert_eq!(kept.data_dir, Some(PathBuf::from("/srv/huddle")));
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let names = certificate_names(listener.local_addr()?);
-    let tls = tls::setup(&config.tls, &names)?;
+    let tls = tls::setup(&config.tls, &names, config.data_dir.as_deref())?;
     serve_with(config, listener, tls, shutdown).await
 }
 
@@ -134,7 +134,7 @@ pub async fn run_cli(args: Vec<OsString>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let tls = tls::setup(&config.tls, &certificate_names(addr))?;
+    let tls = tls::setup(&config.tls, &certificate_names(addr), config.data_dir.as_deref())?;
     {
         let mut out = std::io::stdout().lock();
         out.write_all(banner(addr, tls.as_ref()).as_bytes())?;
@@ -208,6 +208,18 @@ pub fn banner(addr: std::net::SocketAddr, tls: Option<&tls::TlsSetup>) -> String
                 out,
                 "  self-signed: browsers warn that they do not know who signed it; check the fingerprint above in the browser's certificate view, then continue"
             );
+            match &tls.kept_in {
+                Some(dir) => {
+                    let _ = writeln!(
+                        out,
+                        "  kept in {} for the next start: a browser that accepted it is not asked again",
+                        dir.display()
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  made for this run only: browsers ask again after a restart");
+                }
+            }
         }
     }
     out

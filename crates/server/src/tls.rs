@@ -16,6 +16,7 @@ use aws_lc_rs::digest;
 use base64::Engine as _;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +26,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// A client has this long to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +34,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HANDSHAKES: usize = 256;
 /// How long a self-signed certificate is valid.
 const SELF_SIGNED_DAYS: i64 = 365;
+/// A kept self-signed certificate is replaced this long before it expires.
+const RENEW_BEFORE: time::Duration = time::Duration::days(30);
 
 /// The server side of TLS, ready to use.
 pub struct TlsSetup {
@@ -43,15 +46,41 @@ pub struct TlsSetup {
     /// key (SubjectPublicKeyInfo), what Chromium's `--ignore-certificate-errors-spki-list` takes
     /// to trust exactly this key. `None` for a certificate from files.
     pub spki_sha256: Option<String>,
+    /// Where a self-signed certificate is kept across restarts, if it is.
+    pub kept_in: Option<std::path::PathBuf>,
 }
 
 /// The TLS setup for `tls`, or `None` for plain HTTP. `names`: the host names and addresses
-/// a self-signed certificate is made for.
-pub fn setup(tls: &Tls, names: &[String]) -> anyhow::Result<Option<TlsSetup>> {
+/// a self-signed certificate is made for. `store`: where a self-signed certificate is kept
+/// (`tls/` under it), so that browsers that accepted it once are not asked again after a
+/// restart; `None`: a new one each time.
+pub fn setup(tls: &Tls, names: &[String], store: Option<&Path>) -> anyhow::Result<Option<TlsSetup>> {
+    let mut kept_in = None;
     let (chain, key, spki) = match tls {
         Tls::Off => return Ok(None),
         Tls::SelfSigned => {
-            let (cert, key, spki) = self_signed_certificate(names)?;
+            let dir = store.map(|d| d.join("tls"));
+            let (cert, key, spki) = match dir.as_deref().and_then(|d| load_self_signed(d, names)) {
+                Some(kept) => {
+                    kept_in = dir;
+                    kept
+                }
+                None => {
+                    let made = self_signed_certificate(names)?;
+                    if let Some(dir) = dir {
+                        match keep_self_signed(&dir, names, &made) {
+                            Ok(()) => {
+                                info!(dir = %dir.display(), "made a self-signed certificate and kept it");
+                                kept_in = Some(dir);
+                            }
+                            Err(e) => {
+                                warn!(dir = %dir.display(), error = %e, "cannot keep the self-signed certificate; a new one comes at the next start")
+                            }
+                        }
+                    }
+                    made
+                }
+            };
             (vec![cert], key, Some(spki))
         }
         Tls::Files { cert, key } => {
@@ -80,14 +109,71 @@ pub fn setup(tls: &Tls, names: &[String]) -> anyhow::Result<Option<TlsSetup>> {
         fingerprint: fingerprint(leaf.as_ref()),
         spki_sha256: spki
             .map(|spki| base64::engine::general_purpose::STANDARD.encode(digest::digest(&digest::SHA256, &spki))),
+        kept_in,
     }))
+}
+
+/// A certificate, its key and the key's SubjectPublicKeyInfo.
+type SelfSigned = (CertificateDer<'static>, PrivateKeyDer<'static>, Vec<u8>);
+
+/// A kept certificate still right for `names` and not about to expire (else `None`: make one).
+/// The files: `cert.pem`, `key.pem` and `names` (the expiry in Unix seconds on the first line,
+/// then one name per line).
+fn load_self_signed(dir: &Path, names: &[String]) -> Option<SelfSigned> {
+    use rcgen::PublicKeyData as _;
+    let listed = std::fs::read_to_string(dir.join("names")).ok()?;
+    let mut lines = listed.lines();
+    let expires: i64 = lines.next()?.trim().parse().ok()?;
+    let kept: Vec<&str> = lines.collect();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if expires < now + RENEW_BEFORE.whole_seconds() || !names.iter().all(|n| kept.contains(&n.as_str())) {
+        return None;
+    }
+    let cert = CertificateDer::from_pem_file(dir.join("cert.pem")).ok()?;
+    let key_pem = std::fs::read_to_string(dir.join("key.pem")).ok()?;
+    let pair = rcgen::KeyPair::from_pem(&key_pem).ok()?;
+    let spki = pair.subject_public_key_info();
+    // The key must be the certificate's (its public key is inside the certificate).
+    if !cert.as_ref().windows(spki.len()).any(|w| w == spki.as_slice()) {
+        return None;
+    }
+    Some((cert, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pair.serialize_der())), spki))
+}
+
+/// Writes what [`load_self_signed`] reads; the key readable by its owner only.
+fn keep_self_signed(dir: &Path, names: &[String], made: &SelfSigned) -> io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    // `names` goes first and comes back last: a set half replaced is never taken for a whole one;
+    // the key file is made anew, so that it is created readable by its owner only.
+    for file in ["names", "key.pem"] {
+        match std::fs::remove_file(dir.join(file)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let (cert, key, _) = made;
+    let PrivateKeyDer::Pkcs8(pkcs8) = key else {
+        return Err(io::Error::other("not a PKCS#8 key"));
+    };
+    let pem = |label: &str, der: &[u8]| {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
+        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(dir.join("key.pem"))?.write_all(pem("PRIVATE KEY", pkcs8.secret_pkcs8_der()).as_bytes())?;
+    std::fs::write(dir.join("cert.pem"), pem("CERTIFICATE", cert.as_ref()))?;
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(SELF_SIGNED_DAYS)).unix_timestamp();
+    std::fs::write(dir.join("names"), format!("{expires}\n{}\n", names.join("\n")))
 }
 
 /// A certificate for `names` (DNS names and IP addresses), signed by its own key; with the key
 /// and the key's SubjectPublicKeyInfo.
-fn self_signed_certificate(
-    names: &[String],
-) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>, Vec<u8>)> {
+fn self_signed_certificate(names: &[String]) -> anyhow::Result<SelfSigned> {
     use rcgen::PublicKeyData as _;
     let key = rcgen::KeyPair::generate().map_err(|e| anyhow::anyhow!("cannot make a key: {e}"))?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())
@@ -183,7 +269,7 @@ mod tests {
     #[test]
     fn a_self_signed_certificate_names_every_address_and_has_both_fingerprints() {
         let names = vec!["localhost".to_string(), "192.168.1.23".to_string(), "::1".to_string()];
-        let tls = setup(&Tls::SelfSigned, &names).expect("generated").expect("on");
+        let tls = setup(&Tls::SelfSigned, &names, None).expect("generated").expect("on");
         assert_eq!(tls.fingerprint.len(), 32 * 3 - 1, "{}", tls.fingerprint);
         assert!(tls.fingerprint.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok()));
         let spki = tls.spki_sha256.as_deref().expect("a generated key's hash");
@@ -191,8 +277,44 @@ mod tests {
         assert_eq!(spki.len(), 32);
         assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
         // Another start makes another key.
-        let again = setup(&Tls::SelfSigned, &names).expect("generated").expect("on");
+        let again = setup(&Tls::SelfSigned, &names, None).expect("generated").expect("on");
         assert_ne!(again.spki_sha256, tls.spki_sha256);
+    }
+
+    #[test]
+    fn a_kept_self_signed_certificate_is_used_again_while_it_fits() {
+        let dir = std::env::temp_dir().join(format!("huddle-tls-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let names = vec!["localhost".to_string(), "192.168.1.23".to_string()];
+        let first = setup(&Tls::SelfSigned, &names, Some(&dir)).expect("made").expect("on");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.join("tls/key.pem")).expect("kept key").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
+        }
+        assert_eq!(first.kept_in.as_deref(), Some(dir.join("tls").as_path()));
+        let again = setup(&Tls::SelfSigned, &names, Some(&dir)).expect("loaded").expect("on");
+        assert_eq!(again.fingerprint, first.fingerprint, "the same certificate after a restart");
+        assert_eq!(again.spki_sha256, first.spki_sha256);
+        // Fewer names: still covered.
+        let fewer = setup(&Tls::SelfSigned, &names[..1], Some(&dir)).expect("loaded").expect("on");
+        assert_eq!(fewer.fingerprint, first.fingerprint);
+        // A new address (another network): a new certificate, kept in its place.
+        let more = [names.clone(), vec!["10.0.0.5".to_string()]].concat();
+        let moved = setup(&Tls::SelfSigned, &more, Some(&dir)).expect("made").expect("on");
+        assert_ne!(moved.fingerprint, first.fingerprint);
+        let kept = setup(&Tls::SelfSigned, &more, Some(&dir)).expect("loaded").expect("on");
+        assert_eq!(kept.fingerprint, moved.fingerprint);
+        // Broken files, or a key that is not the certificate's, are replaced, not fatal.
+        std::fs::write(dir.join("tls/cert.pem"), "garbage").expect("write");
+        let fresh = setup(&Tls::SelfSigned, &more, Some(&dir)).expect("made").expect("on");
+        assert_ne!(fresh.fingerprint, moved.fingerprint);
+        std::fs::write(dir.join("tls/key.pem"), rcgen::KeyPair::generate().expect("key").serialize_pem())
+            .expect("write");
+        let other = setup(&Tls::SelfSigned, &more, Some(&dir)).expect("made").expect("on");
+        assert_ne!(other.fingerprint, fresh.fingerprint);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -200,11 +322,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("huddle-tls-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let missing = Tls::Files { cert: dir.join("none.pem"), key: dir.join("none-key.pem") };
-        let e = setup(&missing, &[]).err().expect("refused").to_string();
+        let e = setup(&missing, &[], None).err().expect("refused").to_string();
         assert!(e.contains("cannot read the TLS certificate") && e.contains("none.pem"), "{e}");
         let junk = dir.join("junk.pem");
         std::fs::write(&junk, "not a certificate").expect("write");
-        let e = setup(&Tls::Files { cert: junk.clone(), key: junk }, &[]).err().expect("refused").to_string();
+        let e = setup(&Tls::Files { cert: junk.clone(), key: junk }, &[], None).err().expect("refused").to_string();
         assert!(e.contains("no certificate"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -221,13 +343,13 @@ mod tests {
         let (cert_path, key_path) = (dir.join("fullchain.pem"), dir.join("privkey.pem"));
         std::fs::write(&cert_path, cert.pem()).expect("write cert");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        let tls = setup(&Tls::Files { cert: cert_path.clone(), key: key_path }, &[]).expect("loads").expect("on");
+        let tls = setup(&Tls::Files { cert: cert_path.clone(), key: key_path }, &[], None).expect("loads").expect("on");
         assert_eq!(tls.spki_sha256, None);
         assert_eq!(tls.fingerprint, fingerprint(cert.der()));
         // A key that is not the certificate's is refused.
         let other = dir.join("other-key.pem");
         std::fs::write(&other, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
-        let e = setup(&Tls::Files { cert: cert_path, key: other }, &[]).err().expect("refused").to_string();
+        let e = setup(&Tls::Files { cert: cert_path, key: other }, &[], None).err().expect("refused").to_string();
         assert!(e.contains("do not go together"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -92,7 +92,7 @@ async fn the_page_and_the_websocket_over_https_with_a_self_signed_certificate() 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let setup = tls::setup(&Tls::SelfSigned, &names).expect("certificate").expect("TLS on");
+    let setup = tls::setup(&Tls::SelfSigned, &names, None).expect("certificate").expect("TLS on");
     let fingerprint = setup.fingerprint.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let config = Config { tls: Tls::SelfSigned, ..Config::default() };
@@ -109,7 +109,7 @@ async fn the_page_and_the_websocket_over_https_with_a_self_signed_certificate() 
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain HTTP was served: {:?}", String::from_utf8_lossy(&answer));
 
     // A client that expects another certificate does not get through.
-    let other = tls::setup(&Tls::SelfSigned, &names).expect("certificate").expect("TLS on");
+    let other = tls::setup(&Tls::SelfSigned, &names, None).expect("certificate").expect("TLS on");
     assert!(tls_to(addr, &pinned(&other.fingerprint)).await.is_err(), "another certificate was accepted");
 
     // The page's health check over HTTPS.
@@ -140,7 +140,7 @@ async fn the_page_and_the_websocket_over_https_with_a_self_signed_certificate() 
 
 #[test]
 fn the_banner_names_the_network_urls_and_the_fingerprint() {
-    let setup = tls::setup(&Tls::SelfSigned, &["localhost".to_string()]).expect("certificate").expect("TLS on");
+    let setup = tls::setup(&Tls::SelfSigned, &["localhost".to_string()], None).expect("certificate").expect("TLS on");
     let local: SocketAddr = "127.0.0.1:8443".parse().expect("address");
     let text = huddle_server::banner(local, Some(&setup));
     assert!(text.starts_with("huddle listening on https://127.0.0.1:8443/\n"), "{text}");
