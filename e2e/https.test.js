@@ -66,6 +66,15 @@ sc.step('two browsers that pinned its key meet over HTTPS: secure page, camera, 
   await expectEveryoneSeesEveryone([A, B], clips, (line) => A.note(line));
 }, { timeout: 120_000 });
 
+sc.step('an address typed without https:// lands on the HTTPS page', async () => {
+  const page = await A.newPage({ tag: 'typed' });
+  const typed = `${sc.server.url.replace('https://', 'http://')}/r/${ROOM}`;
+  await page.goto(typed, { waitUntil: 'domcontentloaded' });
+  const landed = new URL(page.url());
+  assert.equal(`${landed.protocol}//${landed.host}${landed.pathname}`, `${sc.server.url}/r/${ROOM}`, `from ${typed}`);
+  await page.close();
+});
+
 sc.step('a restart with the same data directory keeps the certificate (browsers are not asked again)', async () => {
   const before = FINGERPRINT.exec(sc.server.output())?.[1];
   assert.match(sc.server.output(), /kept in \S+ for the next start/);

@@ -224,11 +224,22 @@ impl TlsListener {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                    let handshake = async {
+                        // A TLS connection starts with a handshake record (22); anything else is
+                        // someone typing the address without https://: send them there.
+                        let mut first = [0u8; 1];
+                        if stream.peek(&mut first).await? == 1 && first[0] != 22 {
+                            redirect_to_https(stream).await?;
+                            return Ok(None);
+                        }
+                        acceptor.accept(stream).await.map(Some)
+                    };
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(Some(tls))) => {
                             let _ = tx.send((tls, from)).await;
                         }
-                        // Plain HTTP to the HTTPS port, a browser refusing our certificate, a scanner.
+                        Ok(Ok(None)) => {}
+                        // A browser refusing our certificate, a scanner, a closed connection.
                         Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                         Err(_) => debug!("TLS handshake timed out"),
                     }
@@ -237,6 +248,57 @@ impl TlsListener {
         });
         Ok(TlsListener { local, ready, accepting })
     }
+}
+
+/// The most of a plain-HTTP request head read before answering it.
+const MAX_PLAIN_REQUEST: usize = 8192;
+
+/// Answers a plain-HTTP request on the HTTPS port with a redirect to the same address and path
+/// over HTTPS (308, so a method and body would be kept), or 400 when the request names no usable
+/// host or path. Reads at most [`MAX_PLAIN_REQUEST`] bytes; the caller bounds the time.
+async fn redirect_to_https(mut stream: TcpStream) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_PLAIN_REQUEST {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let answer = match https_location(&head) {
+        Some(location) => format!(
+            "HTTP/1.1 308 Permanent Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        None => {
+            let body = "This address speaks HTTPS only.";
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+    };
+    stream.write_all(answer.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// `https://<Host><path>` for a plain-HTTP request head, when its Host and path are plain
+/// (host name or address characters, a path of visible ASCII starting with `/`).
+fn https_location(head: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut request = lines.next()?.split(' ');
+    let (_method, path) = (request.next()?, request.next()?);
+    let path_ok = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic());
+    let host = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("host").then(|| value.trim())
+    })?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    (path_ok && host_ok).then(|| format!("https://{host}{path}"))
 }
 
 impl Drop for TlsListener {
@@ -315,6 +377,20 @@ mod tests {
         let other = setup(&Tls::SelfSigned, &more, Some(&dir)).expect("made").expect("on");
         assert_ne!(other.fingerprint, fresh.fingerprint);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn plain_http_is_sent_to_the_same_place_over_https() {
+        let head = b"GET /r/team%20room?x=1 HTTP/1.1\r\nHost: 192.168.1.23:8443\r\nAccept: */*\r\n\r\n";
+        assert_eq!(https_location(head).as_deref(), Some("https://192.168.1.23:8443/r/team%20room?x=1"));
+        let v6 = b"GET / HTTP/1.1\r\nhost: [fe80::1]:8443\r\n\r\n";
+        assert_eq!(https_location(v6).as_deref(), Some("https://[fe80::1]:8443/"));
+        // Nothing that could inject a header or point elsewhere.
+        assert_eq!(https_location(b"GET / HTTP/1.1\r\nHost: evil.example\rX: y\r\n\r\n"), None);
+        assert_eq!(https_location(b"GET //evil.example/ HTTP/1.1\r\nHost: a@b\r\n\r\n"), None);
+        assert_eq!(https_location(b"GET http://x/ HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+        assert_eq!(https_location(b"GET / HTTP/1.1\r\n\r\n"), None, "no Host");
+        assert_eq!(https_location(b"\xff\xfe"), None);
     }
 
     #[test]

@@ -101,12 +101,23 @@ async fn the_page_and_the_websocket_over_https_with_a_self_signed_certificate() 
     }));
     let connector = pinned(&fingerprint);
 
-    // Plain HTTP to the HTTPS port gets no page (the handshake fails), and hurts nobody else.
+    // Plain HTTP to the HTTPS port (an address typed without https://) is sent over to HTTPS.
     let mut plain = TcpStream::connect(addr).await.expect("connect");
-    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let host = format!("localhost:{}", addr.port());
+    let request = format!("GET /r/team?x=1 HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    plain.write_all(request.as_bytes()).await.expect("write");
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer)).await.expect("closed in time");
-    assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain HTTP was served: {:?}", String::from_utf8_lossy(&answer));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    assert!(answer.contains(&format!("\r\nLocation: https://{host}/r/team?x=1\r\n")), "{answer}");
+    // A request without a usable Host gets a plain refusal; garbage and silence cost nothing.
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer)).await.expect("closed in time");
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    let _silent = TcpStream::connect(addr).await.expect("connect");
 
     // A client that expects another certificate does not get through.
     let other = tls::setup(&Tls::SelfSigned, &names, None).expect("certificate").expect("TLS on");
