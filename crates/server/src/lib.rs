@@ -212,7 +212,7 @@ pub fn banner(addr: std::net::SocketAddr, tls: Option<&tls::TlsSetup>) -> String
                 Some(dir) => {
                     let _ = writeln!(
                         out,
-                        "  kept in {} for the next start: a browser that accepted it is not asked again",
+                        "  kept in {} for the next start: browsers that accepted it keep accepting it",
                         dir.display()
                     );
                 }
