@@ -243,6 +243,8 @@ pub struct Live {
     /// the SFU may fall back to a layer that arrives), and repeats of a frame time already
     /// received in another layer (not counted).
     pub other_layer_frames: AtomicU64,
+    /// The same, counted outside the measured windows too (for the wait before measuring).
+    pub other_layer_frames_any: AtomicU64,
     pub repeated_frames: AtomicU64,
     /// Frames that arrived after a newer one of the same track (counted as received).
     pub out_of_order_frames: AtomicU64,
@@ -604,14 +606,14 @@ async fn drive(
             live.failed.load(Relaxed)
         );
     }
-    let mut other = live.other_layer_frames.load(Relaxed);
+    let mut other = live.other_layer_frames_any.load(Relaxed);
     let mut steady_since = Instant::now();
     while steady_since.elapsed() < LAYERS_STEADY {
         if Instant::now() >= deadline {
             bail!("participants still receive layers they did not ask for ({other} frames so far)");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = live.other_layer_frames.load(Relaxed);
+        let now = live.other_layer_frames_any.load(Relaxed);
         if now != other {
             other = now;
             steady_since = Instant::now();

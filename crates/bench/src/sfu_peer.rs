@@ -234,6 +234,8 @@ struct Participant<'a> {
     role: Role,
     plan: &'a Plan,
     live: &'a Live,
+    /// The publishers in the room, whose video quality it asks for (`--quality`).
+    publishers_seen: Vec<PeerId>,
     rtc: Rtc,
     start: Instant,
     /// When the current session's offer went out.
@@ -312,14 +314,11 @@ async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<Pee
     let (mut ws, peers) =
         tokio::time::timeout(plan.connect_timeout, join(plan, role)).await.map_err(|_| anyhow!("join timed out"))??;
     live.joined.fetch_add(1, Relaxed);
-    // Everyone receives the publishers' video at the quality asked for (`high` is the default).
-    if plan.quality != VideoQuality::High {
-        for (id, name) in &peers {
-            if name.starts_with("pub-") {
-                ws.send(text(&ClientMsg::Receive { peer: id.clone(), video: plan.quality })?).await?;
-            }
-        }
-    }
+    // Everyone receives the publishers' video at the quality asked for (`high` is the default),
+    // said once the SFU has answered (before, it does not know us yet and drops it, as a page
+    // would find).
+    let publishers_seen: Vec<PeerId> =
+        peers.iter().filter(|(_, name)| name.starts_with("pub-")).map(|(id, _)| id.clone()).collect();
 
     let std_socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("binding a UDP socket")?;
     std_socket.set_nonblocking(true)?;
@@ -336,6 +335,7 @@ async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<Pee
         role,
         plan,
         live,
+        publishers_seen,
         rtc: session.rtc,
         start,
         session_started: start,
@@ -499,10 +499,12 @@ impl Participant<'_> {
                     self.media_failed(e)?;
                 }
             }
-            ServerMsg::PeerJoined { peer }
-                if self.plan.quality != VideoQuality::High && peer.name.starts_with("pub-") =>
-            {
-                ws.send(text(&ClientMsg::Receive { peer: peer.id, video: self.plan.quality })?).await?;
+            ServerMsg::PeerJoined { peer } if peer.name.starts_with("pub-") => {
+                // Once the SFU has answered, say it now; else with the answer.
+                if self.pending.is_none() {
+                    self.ask_quality(ws, &peer.id).await?;
+                }
+                self.publishers_seen.push(peer.id);
             }
             ServerMsg::Error { code: code @ (ErrorCode::MediaFailed | ErrorCode::MediaRefused), .. } => {
                 self.media_failed(anyhow!("the server said {code}"))?;
@@ -513,6 +515,14 @@ impl Participant<'_> {
             }
             ServerMsg::Bye { reason } => bail!("the server said bye ({reason:?})"),
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Asks for `--quality` of `publisher`'s video (nothing to say for the default, `high`).
+    async fn ask_quality(&self, ws: &mut Ws, publisher: &PeerId) -> anyhow::Result<()> {
+        if self.plan.quality != VideoQuality::High {
+            ws.send(text(&ClientMsg::Receive { peer: publisher.clone(), video: self.plan.quality })?).await?;
         }
         Ok(())
     }
@@ -528,6 +538,9 @@ impl Participant<'_> {
                 let pending = self.pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
                 self.rtc.sdp_api().accept_answer(pending, answer).context("accepting the SFU's answer")?;
                 self.drain()?;
+                for id in self.publishers_seen.clone() {
+                    self.ask_quality(ws, &id).await?;
+                }
             }
             // While our own offer is outstanding we are the polite side: the server drops its
             // offer when it takes ours.
@@ -640,6 +653,7 @@ impl Participant<'_> {
             _ => {}
         }
         if video && s.kind as usize != 1 + self.plan.wanted_layer {
+            self.live.other_layer_frames_any.fetch_add(1, Relaxed);
             if measured {
                 self.live.other_layer_frames.fetch_add(1, Relaxed);
             }
