@@ -66,9 +66,9 @@ pub fn setup(tls: &Tls, names: &[String], store: Option<&Path>) -> anyhow::Resul
                     kept
                 }
                 None => {
-                    let made = self_signed_certificate(names)?;
+                    let (cert, pair) = self_signed_certificate(names)?;
                     if let Some(dir) = dir {
-                        match keep_self_signed(&dir, names, &made) {
+                        match keep_self_signed(&dir, names, &cert, &pair) {
                             Ok(()) => {
                                 info!(dir = %dir.display(), "made a self-signed certificate and kept it");
                                 kept_in = Some(dir);
@@ -78,7 +78,7 @@ pub fn setup(tls: &Tls, names: &[String], store: Option<&Path>) -> anyhow::Resul
                             }
                         }
                     }
-                    made
+                    self_signed_der(cert.der().clone(), &pair)
                 }
             };
             (vec![cert], key, Some(spki))
@@ -120,7 +120,6 @@ type SelfSigned = (CertificateDer<'static>, PrivateKeyDer<'static>, Vec<u8>);
 /// The files: `cert.pem`, `key.pem` and `names` (the expiry in Unix seconds on the first line,
 /// then one name per line).
 fn load_self_signed(dir: &Path, names: &[String]) -> Option<SelfSigned> {
-    use rcgen::PublicKeyData as _;
     let listed = std::fs::read_to_string(dir.join("names")).ok()?;
     let mut lines = listed.lines();
     let expires: i64 = lines.next()?.trim().parse().ok()?;
@@ -132,16 +131,22 @@ fn load_self_signed(dir: &Path, names: &[String]) -> Option<SelfSigned> {
     let cert = CertificateDer::from_pem_file(dir.join("cert.pem")).ok()?;
     let key_pem = std::fs::read_to_string(dir.join("key.pem")).ok()?;
     let pair = rcgen::KeyPair::from_pem(&key_pem).ok()?;
-    let spki = pair.subject_public_key_info();
+    let kept = self_signed_der(cert, &pair);
     // The key must be the certificate's (its public key is inside the certificate).
-    if !cert.as_ref().windows(spki.len()).any(|w| w == spki.as_slice()) {
-        return None;
-    }
-    Some((cert, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pair.serialize_der())), spki))
+    let (cert, _, spki) = &kept;
+    cert.as_ref().windows(spki.len()).any(|w| w == spki.as_slice()).then_some(kept)
+}
+
+/// The certificate, `pair`'s private key and its SubjectPublicKeyInfo, as rustls and the
+/// fingerprints take them.
+fn self_signed_der(cert: CertificateDer<'static>, pair: &rcgen::KeyPair) -> SelfSigned {
+    use rcgen::PublicKeyData as _;
+    let spki = pair.subject_public_key_info();
+    (cert, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pair.serialize_der())), spki)
 }
 
 /// Writes what [`load_self_signed`] reads; the key readable by its owner only.
-fn keep_self_signed(dir: &Path, names: &[String], made: &SelfSigned) -> io::Result<()> {
+fn keep_self_signed(dir: &Path, names: &[String], cert: &rcgen::Certificate, pair: &rcgen::KeyPair) -> io::Result<()> {
     use std::io::Write as _;
     std::fs::create_dir_all(dir)?;
     // `names` goes first and comes back last: a set half replaced is never taken for a whole one;
@@ -152,29 +157,18 @@ fn keep_self_signed(dir: &Path, names: &[String], made: &SelfSigned) -> io::Resu
             _ => {}
         }
     }
-    let (cert, key, _) = made;
-    let PrivateKeyDer::Pkcs8(pkcs8) = key else {
-        return Err(io::Error::other("not a PKCS#8 key"));
-    };
-    let pem = |label: &str, der: &[u8]| {
-        let body = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = body.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
-        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
-    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(dir.join("key.pem"))?.write_all(pem("PRIVATE KEY", pkcs8.secret_pkcs8_der()).as_bytes())?;
-    std::fs::write(dir.join("cert.pem"), pem("CERTIFICATE", cert.as_ref()))?;
+    options.open(dir.join("key.pem"))?.write_all(pair.serialize_pem().as_bytes())?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
     let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(SELF_SIGNED_DAYS)).unix_timestamp();
     std::fs::write(dir.join("names"), format!("{expires}\n{}\n", names.join("\n")))
 }
 
-/// A certificate for `names` (DNS names and IP addresses), signed by its own key; with the key
-/// and the key's SubjectPublicKeyInfo.
-fn self_signed_certificate(names: &[String]) -> anyhow::Result<SelfSigned> {
-    use rcgen::PublicKeyData as _;
+/// A certificate for `names` (DNS names and IP addresses), signed by its own key.
+fn self_signed_certificate(names: &[String]) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
     let key = rcgen::KeyPair::generate().map_err(|e| anyhow::anyhow!("cannot make a key: {e}"))?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())
         .map_err(|e| anyhow::anyhow!("cannot make a certificate for {names:?}: {e}"))?;
@@ -183,9 +177,7 @@ fn self_signed_certificate(names: &[String]) -> anyhow::Result<SelfSigned> {
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + time::Duration::days(SELF_SIGNED_DAYS);
     let cert = params.self_signed(&key).map_err(|e| anyhow::anyhow!("cannot sign the certificate: {e}"))?;
-    let spki = key.subject_public_key_info();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    Ok((cert.der().clone(), key, spki))
+    Ok((cert, key))
 }
 
 /// `AB:CD:…`: SHA-256 of `der`, as browsers show a certificate's fingerprint.

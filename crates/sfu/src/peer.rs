@@ -512,7 +512,12 @@ impl PeerState {
     /// What it gets of `publisher`'s video: what it asked for, within the congestion and
     /// bandwidth caps.
     pub(crate) fn effective(&self, publisher: PeerId) -> VideoQuality {
-        self.wanted.get(&publisher).copied().unwrap_or_default().min(self.cap).min(self.bwe_cap)
+        self.within_loss_cap(publisher).min(self.bwe_cap)
+    }
+
+    /// What it asked for of `publisher`'s video, within the congestion cap only.
+    fn within_loss_cap(&self, publisher: PeerId) -> VideoQuality {
+        self.wanted.get(&publisher).copied().unwrap_or_default().min(self.cap)
     }
 
     /// The bitrate (bit/s) of everything it would receive with its video capped at `quality`
@@ -526,7 +531,7 @@ impl PeerState {
                 if t.kind != MediaKind::Video {
                     return t.bitrate(None);
                 }
-                let q = self.wanted.get(&t.origin).copied().unwrap_or_default().min(self.cap).min(quality);
+                let q = self.within_loss_cap(t.origin).min(quality);
                 if q == VideoQuality::Off {
                     return 0;
                 }
@@ -664,8 +669,8 @@ impl PeerState {
                     .tracks_out
                     .iter()
                     .find(|t| t.mid() == Some(req.mid))
-                    .and_then(|t| Some((t.track_in.upgrade()?, t.sending)));
-                if let Some((t, rid)) = target.map(|(t, sending)| (t, sending.flatten())) {
+                    .and_then(|t| Some((t.track_in.upgrade()?, t.sending.flatten())));
+                if let Some((t, rid)) = target {
                     let req = Propagated::KeyframeRequest { origin: t.origin, mid_in: t.mid, rid, kind: req.kind };
                     sink.propagated.push_back((self.id, req));
                 }

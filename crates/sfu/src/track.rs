@@ -59,18 +59,19 @@ impl TrackIn {
         TrackIn { origin, mid, kind, layers, seen, rates, epoch }
     }
 
+    /// The entry of layer `rid` in `seen` and `rates`: `None` (no simulcast) is the one entry
+    /// of a track without layers, and nothing for a simulcast track.
+    fn index(&self, rid: Option<Rid>) -> Option<usize> {
+        match rid {
+            Some(rid) => self.layers.iter().position(|r| *r == rid),
+            None => self.layers.is_empty().then_some(0),
+        }
+    }
+
     /// Notes that a packet of layer `rid` with `bytes` of payload arrived at `now`.
     pub(crate) fn saw(&self, rid: Option<Rid>, now: Instant, bytes: usize) {
         let us = now.saturating_duration_since(self.epoch).as_micros() as u64 + 1;
-        let i = match rid {
-            Some(rid) => match self.layers.iter().position(|r| *r == rid) {
-                Some(i) => i,
-                None => return,
-            },
-            // Without simulcast: the one entry. (A simulcast packet without its rid is not counted.)
-            None if self.layers.is_empty() => 0,
-            None => return,
-        };
+        let Some(i) = self.index(rid) else { return };
         if let Some(seen) = self.seen.get(i) {
             seen.store(us, Ordering::Relaxed);
         }
@@ -94,11 +95,7 @@ impl TrackIn {
     /// The bitrate (bit/s of payload, as str0m's estimate counts) of layer `rid` (`None`: the
     /// track without simulcast) over the last complete [`RATE_WINDOW`]; 0 before one has passed.
     pub(crate) fn bitrate(&self, rid: Option<Rid>) -> u64 {
-        let i = match rid {
-            Some(rid) => self.layers.iter().position(|r| *r == rid),
-            None => Some(0),
-        };
-        i.and_then(|i| self.rates.get(i)).map_or(0, |r| r.bps.load(Ordering::Relaxed))
+        self.index(rid).and_then(|i| self.rates.get(i)).map_or(0, |r| r.bps.load(Ordering::Relaxed))
     }
 
     fn active(&self, i: usize, now: Instant) -> bool {
