@@ -428,6 +428,7 @@ impl Server {
                 }
                 let unknown = msg.unknown_required();
                 if !unknown.is_empty() {
+                    debug!(?unknown, method = msg.method, "request with unknown comprehension-required attributes");
                     let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
                     let b = Builder::new(msg.method, Class::Error, msg.transaction)
                         .error(420, "Unknown Attribute")
@@ -785,7 +786,8 @@ impl Server {
             Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
             _ => return Err(refuse(400, "Bad Request")),
         };
-        if !(0x4000..=0x4FFF).contains(&number) {
+        // RFC 8656 narrowed the range to 0x4000-0x4FFF; RFC 5766 clients (coturn's) use up to 0x7FFE.
+        if !(0x4000..=0x7FFE).contains(&number) {
             return Err(refuse(400, "Bad Request"));
         }
         let Some(peer) = msg.get(attr::XOR_PEER_ADDRESS).and_then(|raw| decode_peer(raw, msg)) else {
