@@ -623,6 +623,60 @@ mod tests {
         assert_eq!(file.bandwidth_estimation, Some(d.bandwidth_estimation));
         assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
         assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
+        assert_eq!(file.turn, Some(d.turn));
+        assert_eq!(file.turn_port, Some(crate::turn::DEFAULT_PORT));
+        assert_eq!(
+            file.turn_relay_ports.as_deref().map(parse_port_range).and_then(Result::ok),
+            Some(d.turn_relay_ports)
+        );
+        assert_eq!(file.turn_user_quota, Some(d.turn_user_quota));
+        assert_eq!(file.turn_user_bandwidth, Some(d.turn_user_bandwidth));
+        assert_eq!(file.turn_credential_ttl_secs, Some(d.turn_credential_ttl.as_secs()));
+        assert_eq!(file.ice_transport_policy, Some(d.ice_transport_policy));
+    }
+
+    #[test]
+    fn turn_options() {
+        let d = Config::from_cli(parse(&[])).expect("valid");
+        assert!(d.turn, "on by default");
+        assert_eq!(
+            (d.turn_port, d.turn_secret.as_deref(), d.ice_transport_policy),
+            (None, None, IceTransportPolicy::All)
+        );
+        let c = Config::from_cli(parse(&[
+            "--turn-port",
+            "3479",
+            "--turn-secret",
+            "0123456789abcdef",
+            "--turn-allow-peer",
+            "10.0.0.0/8,127.0.0.1",
+            "--turn-relay-ports",
+            "40000-40100",
+            "--turn-host",
+            "turn.example.org",
+            "--ice-transport-policy",
+            "relay",
+        ]))
+        .expect("valid");
+        assert_eq!(c.turn_port, Some(3479));
+        assert_eq!(c.turn_allow_peers.len(), 2);
+        assert!(c.turn_allow_peers[0].contains(&"10.9.8.7".parse().unwrap()));
+        assert_eq!(c.turn_relay_ports, (40000, 40100));
+        assert_eq!(c.ice_transport_policy, IceTransportPolicy::Relay);
+        for bad in [
+            &["--turn-secret", "short"][..],
+            &["--turn-relay-ports", "5000"],
+            &["--turn-relay-ports", "6000-5000"],
+            &["--turn-relay-ports", "5000-5001"],
+            &["--turn-host", "evil.org:80"],
+            &["--turn-host", "a/b"],
+            &["--turn-user-quota", "0"],
+            &["--turn", "false", "--ice-transport-policy", "relay"],
+        ] {
+            assert!(Config::from_cli(parse(bad)).is_err(), "{bad:?} must be refused");
+        }
+        assert!(Cli::try_parse_from(["huddle", "--turn-allow-peer", "not-an-ip"]).is_err());
+        assert!(Cli::try_parse_from(["huddle", "--ice-transport-policy", "none"]).is_err());
     }
 
     #[test]
