@@ -259,7 +259,7 @@ sc.step('a p2p call between two homes that both block UDP and TCP to the TURN po
   await shot(people[1].page, 'check-call-diagnosis-phone.png');
 }, { timeout: 150_000 });
 
-sc.step('a server without a relay (--turn false) says calls need networks that reach each other', async (t) => {
+sc.step('a server without a relay (--turn false) says calls need networks that reach each other; a server gone, that it cannot be reached', async (t) => {
   if (skip) return t.skip(skip);
   gone.push(...sc.participants);
   await sc.closeAll();
@@ -273,6 +273,14 @@ sc.step('a server without a relay (--turn false) says calls need networks that r
     assert.equal(got.verdict, 'no_relay', JSON.stringify(got));
     assert.deepEqual(got.steps, { ws: 'ok', turn: 'none' });
     assert.equal(got.summary, EN.noRelay);
+    // The server goes away: "Run again" says the server cannot be reached.
+    await plain.stop();
+    await p.page.waitForFunction(() => !window.__huddle.state.connected, null, { timeout: T.ui });
+    await p.page.locator('#check-again').click();
+    await p.page.waitForSelector('#check-result[data-verdict="ws_failed"]', { state: 'attached', timeout: T.ui });
+    const down = await finishedCheck(p.page, '#check-result');
+    assert.equal(down.steps.ws, 'failed', JSON.stringify(down));
+    assert.equal(down.summary, 'Cannot reach the huddle server. Retrying…');
   } finally {
     writeLogs('check-no-relay', [], plain);
     await plain.stop();

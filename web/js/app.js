@@ -147,8 +147,8 @@ function showCheck() {
 function renderChecks() {
   check.renderCheck($('#prejoin-check'));
   check.renderCheck($('#check-result'));
-  const again = /** @type {HTMLButtonElement} */ ($('#check-again'));
-  again.disabled = $('#check-result').dataset.state === 'running' && sig.isOpen;
+  // "Run again" stays enabled (and focused) while a check runs: a click then waits for that one.
+  $('#check-result').setAttribute('aria-busy', String($('#check-result').dataset.state === 'running'));
   // On pre-join, the steps open by themselves when something is wrong.
   const details = /** @type {HTMLDetailsElement} */ ($('#prejoin-check .check-details'));
   const v = $('#prejoin-check').dataset.verdict;
