@@ -259,6 +259,32 @@ sc.step('a p2p call between two homes that both block UDP and TCP to the TURN po
   await shot(people[1].page, 'check-call-diagnosis-phone.png');
 }, { timeout: 150_000 });
 
+sc.step('in an sfu room, a home that blocks UDP and TCP to the TURN port is told why in the banner', async (t) => {
+  if (skip) return t.skip(skip);
+  gone.push(...sc.participants);
+  await sc.closeAll();
+  // A second server, for sfu rooms, with its TURN server on a port of its own; home 0 drops that too.
+  const sfuTurnPort = turnPort + 1;
+  net.nft('r0', `add rule inet filter forward_filter iifname "${net.ns('l0')}" tcp dport ${sfuTurnPort} drop`);
+  const sfuServer = await startServer({
+    listen: `${PUBLIC_SERVER_IP}:0`,
+    wrap: net.wrap('wan'),
+    args: ['--topology', 'sfu', '--turn-port', String(sfuTurnPort), '--tls', 'self-signed', '--data-dir', path.join(tmp.dir, 'data')],
+  });
+  try {
+    const p = await browserAt(0, 'sfu-home0');
+    await joinViaLanding(p, sfuServer.url, { name: 'Home 0', room: `e2e-check-sfu-${crypto.randomBytes(3).toString('hex')}` });
+    await p.page.waitForSelector('#error-banner[data-code="media_unreachable"]:not([hidden])', { state: 'attached', timeout: DIAGNOSIS_MS });
+    const text = (await p.page.locator('#error-text').innerText()).trim();
+    assert.equal(text, `Audio and video cannot reach the server: your network blocks UDP and TCP to it (port ${sfuTurnPort}). Try another network (e.g. a phone hotspot), or ask the network’s administrator to allow port ${sfuTurnPort}.`);
+    await shot(p.page, 'check-sfu-diagnosis.png');
+  } finally {
+    writeLogs('check-sfu', [], sfuServer);
+    await sc.closeAll();
+    await sfuServer.stop();
+  }
+}, { timeout: 90_000 });
+
 sc.step('a server without a relay (--turn false) says calls need networks that reach each other; a server gone, that it cannot be reached', async (t) => {
   if (skip) return t.skip(skip);
   gone.push(...sc.participants);
