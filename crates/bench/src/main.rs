@@ -9,6 +9,10 @@
 //! subscribers join one room through the real signalling and exchange simulcast video and audio
 //! through the server's SFU; the result is compared with a plain UDP relay measured in the same
 //! run.
+//!
+//! `huddle-bench turn [options]` measures huddle's built-in TURN server: pairs of TURN clients
+//! relaying ChannelData to each other through two relays, with coturn measured the same way and
+//! the plain UDP relay in the same run.
 
 // The `sfu` report is one large `json!` literal.
 #![recursion_limit = "256"]
@@ -19,6 +23,8 @@ mod server;
 mod sfu;
 mod sfu_peer;
 mod signal;
+mod turn;
+mod turn_client;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -36,7 +42,9 @@ enum Cmd {
     Signal(signal::SignalArgs),
     /// SFU benchmark: str0m publishers and subscribers in one room, forwarded by the server's SFU.
     Sfu(sfu::SfuArgs),
-    /// Run the huddle server (used by `signal` and `sfu`, which re-execute this binary).
+    /// TURN benchmark: client pairs relaying ChannelData through huddle's TURN server (and coturn).
+    Turn(turn::TurnArgs),
+    /// Run the huddle server (used by `signal`, `sfu` and `turn`, which re-execute this binary).
     #[command(hide = true)]
     Serve {
         /// Arguments for the server, as `huddle` takes them.
@@ -50,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Signal(args) => signal::run(args),
         Cmd::Sfu(args) => sfu::run(args),
+        Cmd::Turn(args) => turn::run(args),
         Cmd::Serve { args } => server::serve(args),
     }
 }
