@@ -362,8 +362,9 @@ fn measure_server(
 struct Fleet {
     conns: Arc<Vec<Conn>>,
     transport: Transport,
-    /// The TURN port (UDP) and every relay port: the server's side.
-    server_ports: Vec<u16>,
+    /// The TURN port (UDP; none over TCP) and the relay ports: the server's side.
+    turn_ports: Vec<u16>,
+    relay_ports: Vec<u16>,
     client_ports: Vec<u16>,
 }
 
@@ -383,20 +384,19 @@ impl Fleet {
         for (i, c) in clients.iter_mut().enumerate() {
             c.bind(relays[i ^ 1]).with_context(|| format!("client {i}: binding its partner's relay"))?;
         }
-        let mut server_ports: Vec<u16> = relays.iter().map(|r| r.port()).collect();
-        if args.transport == Transport::Udp {
-            server_ports.push(addr.port());
-        }
+        let relay_ports: Vec<u16> = relays.iter().map(|r| r.port()).collect();
+        let turn_ports = if args.transport == Transport::Udp { vec![addr.port()] } else { Vec::new() };
         let client_ports = clients.iter().map(|c| c.conn.local_port()).collect();
         let conns = clients.into_iter().map(Client::into_load).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Fleet { conns: Arc::new(conns), transport: args.transport, server_ports, client_ports })
+        Ok(Fleet { conns: Arc::new(conns), transport: args.transport, turn_ports, relay_ports, client_ports })
     }
 
-    /// Kernel drops (receive buffer full) so far on the server's and the clients' UDP sockets.
-    fn drops(&self) -> (u64, u64) {
-        let Ok(table) = procfs::udp_drops_by_port() else { return (0, 0) };
+    /// Kernel drops (receive buffer full) so far on the server's TURN port, its relays and the
+    /// clients' UDP sockets.
+    fn drops(&self) -> [u64; 3] {
+        let Ok(table) = procfs::udp_drops_by_port() else { return [0; 3] };
         let sum = |ports: &[u16]| table.iter().filter(|(p, _)| ports.contains(p)).map(|(_, d)| d).sum::<u64>();
-        (sum(&self.server_ports), sum(&self.client_ports))
+        [sum(&self.turn_ports), sum(&self.relay_ports), sum(&self.client_ports)]
     }
 }
 
@@ -408,6 +408,10 @@ struct Shared {
     win_start: AtomicU64,
     win_end: AtomicU64,
     received: AtomicU64,
+    /// Packets sent at or after `phase_start` received (the closed loop's count: packets held
+    /// up from an overloaded window before must not open its window).
+    phase_start: AtomicU64,
+    received_in_phase: AtomicU64,
     received_in_window: AtomicU64,
     unparsed: AtomicU64,
     hist: Box<[AtomicU64]>,
@@ -421,6 +425,8 @@ impl Shared {
             win_start: AtomicU64::new(u64::MAX),
             win_end: AtomicU64::new(u64::MAX),
             received: AtomicU64::new(0),
+            phase_start: AtomicU64::new(u64::MAX),
+            received_in_phase: AtomicU64::new(0),
             received_in_window: AtomicU64::new(0),
             unparsed: AtomicU64::new(0),
             hist: (0..HIST_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -438,6 +444,9 @@ impl Shared {
             return;
         };
         self.received.fetch_add(1, Relaxed);
+        if stamp >= self.phase_start.load(Relaxed) {
+            self.received_in_phase.fetch_add(1, Relaxed);
+        }
         if stamp >= self.win_start.load(Relaxed) && stamp < self.win_end.load(Relaxed) {
             self.received_in_window.fetch_add(1, Relaxed);
             self.hist[bucket(now.saturating_sub(stamp) / 1000)].fetch_add(1, Relaxed);
@@ -580,7 +589,7 @@ fn send(
             }
         }
         Load::Closed(inflight) => {
-            let base = sh.received.load(Relaxed);
+            let base = sh.received_in_phase.load(Relaxed);
             let (mut k, mut given_up) = (0u64, 0u64);
             let (mut last_seen, mut last_change) = (base, Instant::now());
             loop {
@@ -588,7 +597,7 @@ fn send(
                 if now >= end {
                     break;
                 }
-                let back = sh.received.load(Relaxed) - base;
+                let back = sh.received_in_phase.load(Relaxed) - base;
                 let under_way = st.sent.saturating_sub(back + given_up);
                 if under_way < inflight {
                     for _ in 0..(inflight - under_way).min(16) {
@@ -760,6 +769,7 @@ fn window(
     }
     sh.received_in_window.store(0, Relaxed);
     let start = sh.now_ns() + 20_000_000;
+    sh.phase_start.store(start, Relaxed);
     let ws = start + (args.warmup_secs * 1e9) as u64;
     let we = ws + (seconds * 1e9) as u64;
     sh.win_start.store(ws, Relaxed);
@@ -825,8 +835,9 @@ fn window(
         "server_us_per_delivered_packet": r3(2.0 * us_per),
         "loadgen_cpu_pct": r3(loadgen_cpu / secs * 100.0),
         "other_cpu_pct": r3(other_cpu / secs * 100.0),
-        "server_socket_drops": drops_b.0.saturating_sub(drops_a.0),
-        "client_socket_drops": drops_b.1.saturating_sub(drops_a.1),
+        "turn_port_drops": drops_b[0].saturating_sub(drops_a[0]),
+        "relay_socket_drops": drops_b[1].saturating_sub(drops_a[1]),
+        "client_socket_drops": drops_b[2].saturating_sub(drops_a[2]),
         "send_errors": st.send_errors,
         "late_pct": r3(if st.sent > 0 { st.late as f64 / st.sent as f64 * 100.0 } else { 0.0 }),
         "max_send_lag_ms": r3(st.max_lag_ns as f64 / 1e6),
