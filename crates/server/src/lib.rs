@@ -139,8 +139,9 @@ pub async fn serve_with(
         task.abort();
     }
     if let Some((task, commands)) = turn_task {
+        // Closing its command channel stops it (it logs its counters on the way out).
         drop(commands);
-        task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
     info!("stopped");
     Ok(())

@@ -22,6 +22,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -226,13 +227,20 @@ impl Turn {
     /// Runs until `commands` closes.
     pub async fn run(mut self, mut commands: mpsc::Receiver<TurnCommand>) {
         let (events_tx, mut events) = mpsc::channel(STREAM_EVENTS);
+        let events_dropped = Arc::new(AtomicU64::new(0));
         let limit = Arc::new(Semaphore::new(MAX_STREAM_CLIENTS));
         let mut acceptors = Vec::new();
         for l in std::mem::take(&mut self.tcp) {
-            acceptors.push(tokio::spawn(accept(l, None, events_tx.clone(), limit.clone())));
+            acceptors.push(tokio::spawn(accept(l, None, events_tx.clone(), limit.clone(), events_dropped.clone())));
         }
         if let Some((l, acceptor)) = self.tls.take() {
-            acceptors.push(tokio::spawn(accept(l, Some(acceptor), events_tx.clone(), limit.clone())));
+            acceptors.push(tokio::spawn(accept(
+                l,
+                Some(acceptor),
+                events_tx.clone(),
+                limit.clone(),
+                events_dropped.clone(),
+            )));
         }
         drop(events_tx);
         info!(addresses = ?self.addresses(), tls_port = ?self.handle.tls_port, "TURN ready");
@@ -242,7 +250,7 @@ impl Turn {
             relays: self.relays,
             streams: HashMap::new(),
             stats: TurnStats::default(),
-            events_dropped: 0,
+            events_dropped,
             out: Vec::with_capacity(RECV_BUFFER),
         };
         let mut buf = vec![0u8; RECV_BUFFER];
@@ -275,7 +283,7 @@ impl Turn {
         for a in acceptors {
             a.abort();
         }
-        debug!("TURN stopped");
+        info!(stats = ?d.stats(), "TURN stopped");
     }
 }
 
@@ -414,7 +422,8 @@ struct Driver {
     /// Stream clients by connection number: their outbox.
     streams: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     stats: TurnStats,
-    events_dropped: u64,
+    /// Stream frames the stream tasks could not queue (shared with them).
+    events_dropped: Arc<AtomicU64>,
     /// Scratch buffer for messages to clients.
     out: Vec<u8>,
 }
@@ -424,7 +433,7 @@ impl Driver {
         TurnStats {
             core: self.core.stats(),
             stream_clients: self.streams.len(),
-            events_dropped: self.events_dropped,
+            events_dropped: self.events_dropped.load(Ordering::Relaxed),
             ..self.stats
         }
     }
@@ -537,7 +546,7 @@ async fn ready_any(socks: &[Listener]) -> usize {
     .await
 }
 
-static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts stream clients on `listener` (TLS with `acceptor`), one task each.
 async fn accept(
@@ -545,6 +554,7 @@ async fn accept(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     events: mpsc::Sender<StreamEvent>,
     limit: Arc<Semaphore>,
+    dropped: Arc<AtomicU64>,
 ) {
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -561,20 +571,21 @@ async fn accept(
         };
         let Ok(local) = tcp.local_addr() else { continue };
         let _ = tcp.set_nodelay(true);
-        let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let events = events.clone();
         let acceptor = acceptor.clone();
+        let dropped = dropped.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match acceptor {
                 None => {
                     let key = ClientKey { transport: Transport::Tcp, conn, local, remote };
-                    stream_client(tcp, key, events).await;
+                    stream_client(tcp, key, events, dropped).await;
                 }
                 Some(acceptor) => {
                     let key = ClientKey { transport: Transport::Tls, conn, local, remote };
                     match tokio::time::timeout(STREAM_FIRST_MESSAGE, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => stream_client(tls, key, events).await,
+                        Ok(Ok(tls)) => stream_client(tls, key, events, dropped).await,
                         _ => debug!(%remote, "TURN TLS handshake failed"),
                     }
                 }
@@ -590,6 +601,7 @@ async fn stream_client<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     key: ClientKey,
     events: mpsc::Sender<StreamEvent>,
+    dropped: Arc<AtomicU64>,
 ) {
     let (outbox, mut outbox_rx) = mpsc::channel::<Vec<u8>>(STREAM_OUTBOX);
     if events.send(StreamEvent::Opened { key, outbox }).await.is_err() {
@@ -622,7 +634,7 @@ async fn stream_client<S: AsyncRead + AsyncWrite + Unpin>(
                     let data: Vec<u8> = buf.drain(..len).collect();
                     deadline = tokio::time::Instant::now() + STREAM_IDLE;
                     if events.try_send(StreamEvent::Frame { key, data }).is_err() {
-                        debug!("TURN queue full; a stream client's message was dropped");
+                        dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 if bad {

@@ -420,7 +420,7 @@ impl Server {
                     let mut b = Builder::new(method::BINDING, Class::Success, msg.transaction)
                         .xor_address(attr::XOR_MAPPED_ADDRESS, client.remote)
                         .address(attr::MAPPED_ADDRESS, client.remote);
-                    if msg.get(attr::FINGERPRINT).is_some() || msg.raw().len() > stun::HEADER_LEN {
+                    if msg.has_fingerprint() {
                         b = b.fingerprint();
                     }
                     self.out.push_back(Transmit { to: client, data: b.finish() });
@@ -493,7 +493,7 @@ impl Server {
             method::CHANNEL_BIND => self.channel_bind(now, client, msg, username),
             _ => Err(refuse(400, "Bad Request")),
         };
-        let fingerprint = msg.get(attr::FINGERPRINT).is_some();
+        let fingerprint = msg.has_fingerprint();
         let data = match result {
             Ok(b) => b,
             Err(r) => {

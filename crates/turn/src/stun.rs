@@ -160,6 +160,8 @@ pub struct Message<'a> {
     count: usize,
     /// Offset of the MESSAGE-INTEGRITY attribute's header, if any.
     integrity_at: Option<usize>,
+    /// Whether it ended with a (correct) FINGERPRINT.
+    fingerprint: bool,
 }
 
 impl<'a> Message<'a> {
@@ -189,6 +191,7 @@ impl<'a> Message<'a> {
             attrs: [(0, 0, 0); MAX_ATTRIBUTES],
             count: 0,
             integrity_at: None,
+            fingerprint: false,
         };
         let mut at = HEADER_LEN;
         let mut fingerprint_seen = false;
@@ -216,6 +219,7 @@ impl<'a> Message<'a> {
                     return Err(ParseError::BadFingerprint);
                 }
                 fingerprint_seen = true;
+                m.fingerprint = true;
             } else if m.integrity_at.is_none() {
                 // Attributes after MESSAGE-INTEGRITY (other than FINGERPRINT) are ignored (§14.5).
                 if m.count == MAX_ATTRIBUTES {
@@ -263,6 +267,11 @@ impl<'a> Message<'a> {
             }
         }
         out
+    }
+
+    /// Whether the message carried a FINGERPRINT (answers then carry one too).
+    pub fn has_fingerprint(&self) -> bool {
+        self.fingerprint
     }
 
     pub fn has_integrity(&self) -> bool {
@@ -544,6 +553,8 @@ mod tests {
         assert_eq!(m.text(attr::USERNAME), Some("evtj:h6vY"));
         assert_eq!(m.text(attr::SOFTWARE), Some("STUN test client"));
         assert!(m.check_integrity(b"VOkJxbRl1RmTxUk/WvJxBt"), "short-term key from the RFC");
+        assert!(m.has_fingerprint());
+        assert!(m.get(attr::FINGERPRINT).is_none(), "checked while parsing, not kept as an attribute");
         assert!(!m.check_integrity(b"wrong"));
     }
 
