@@ -27,8 +27,9 @@ export const BASE_ARGS = [
  * @param {string[]} [opts.args] extra flags
  * @param {boolean} [opts.grantMedia] false: no auto-accepted permission prompt, so camera and
  *   microphone requests are refused as if the user had clicked "Block"
+ * @param {string} [opts.executablePath] another Chromium (or a script that execs it)
  */
-export async function launchParticipant({ who, clip, fakeDevice, lang = 'en-US', viewport = { width: 1280, height: 800 }, args = [], grantMedia = true }) {
+export async function launchParticipant({ who, clip, fakeDevice, lang = 'en-US', viewport = { width: 1280, height: 800 }, args = [], grantMedia = true, executablePath = CHROMIUM }) {
   const flags = [
     ...BASE_ARGS.filter((f) => grantMedia || f !== '--use-fake-ui-for-media-stream'),
     fakeDevice ? `--use-fake-device-for-media-stream=${fakeDevice}` : '--use-fake-device-for-media-stream',
@@ -36,7 +37,7 @@ export async function launchParticipant({ who, clip, fakeDevice, lang = 'en-US',
     ...(clip ? [`--use-file-for-fake-video-capture=${clip}`] : []),
     ...args,
   ];
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: flags, timeout: T.navigation });
+  const browser = await chromium.launch({ executablePath, args: flags, timeout: T.navigation });
   const p = new Participant(who, browser, flags);
   await p.newPage({ viewport, locale: lang });
   return p;

@@ -7,17 +7,20 @@ const LISTENING = /huddle listening on (https?:\/\/\S+?)\/?\s*$/;
 
 /**
  * Start `huddle --listen 127.0.0.1:0 ...extraArgs` and wait for its "huddle listening on" line.
- * @param {{args?: string[], timeoutMs?: number}} [opts]
+ * `wrap`: a command that runs huddle (given as its last arguments) and must exec it, keeping its
+ * pid — e.g. to start it in a network namespace of its own (lib/netns.js).
+ * @param {{args?: string[], timeoutMs?: number, wrap?: string[]}} [opts]
  * @returns {Promise<{url: string, wsUrl: string, host: string, port: number,
  *   proc: import('node:child_process').ChildProcess, output: () => string, stop: () => Promise<void>}>}
  */
-export async function startServer({ args = [], timeoutMs = T.serverStart } = {}) {
+export async function startServer({ args = [], timeoutMs = T.serverStart, wrap = [] } = {}) {
   if (!existsSync(HUDDLE_BIN)) {
     throw new Error(`huddle binary not found at ${HUDDLE_BIN}: run \`cargo build --release\` first or set HUDDLE_BIN`);
   }
   const argv = ['--listen', '127.0.0.1:0', ...args];
   if (HUDDLE_WEB_DIR && !args.includes('--web-dir')) argv.push('--web-dir', HUDDLE_WEB_DIR);
-  const proc = spawn(HUDDLE_BIN, argv, {
+  const [cmd, ...cmdArgs] = [...wrap, HUDDLE_BIN, ...argv];
+  const proc = spawn(cmd, cmdArgs, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: serverEnv(),
   });

@@ -86,7 +86,7 @@ pub async fn serve_with(
         hub::Hub::new(config.clone())
     } else {
         let media = media::Media::bind(&config, listener.local_addr()?).await?;
-        info!(addresses = ?media.addresses(), tcp = ?media.tcp_addresses(), "SFU listening on UDP (and TCP)");
+        info!(udp = ?media.addresses(), ice_tcp = ?media.tcp_addresses(), "SFU listening");
         ice_tcp = media.http_ice_tcp();
         let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
         media_task = Some(tokio::spawn(media.run(media_rx, hub_tx.clone())));

@@ -1,0 +1,157 @@
+// ICE over TCP: a browser whose UDP to the server is blocked still meets others through the SFU,
+// over a TCP connection to the HTTP(S) port (RFC 6544 passive candidates, RFC 4571 framing).
+//
+// UDP is really blocked: each server runs in a network namespace of its own (only `lo`), its two
+// Chromiums are started inside the same namespace, and for the blocked cases an nftables rule
+// there drops every UDP datagram to the SFU's port before the browsers start. The control
+// (no rule) shows the same setup uses UDP. Needs root (CI runs as root).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { startServer } from './lib/server.js';
+import { launchParticipant, writeLogs, dumpDiagnostics, withTimeout } from './lib/browser.js';
+import { makeTempDir, makeClips } from './lib/camera.js';
+import { joinViaLanding, expectEveryoneSeesEveryone, waitForRemoteVideo, pollUntil } from './lib/huddle.js';
+import { NETNS_WRAP, chromiumInNetns, dropUdpTo, droppedUdp, ruleset, netnsUsable } from './lib/netns.js';
+import { T } from './lib/env.js';
+
+const SFU_LISTENING = /SFU listening udp=\[([^\]]*)\] ice_tcp=\[([^\]]*)\]/;
+const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
+
+let tmp = null;
+let clips = null;
+
+async function setup() {
+  if (!tmp) {
+    tmp = makeTempDir('huddle-e2e-icetcp-');
+    clips = await makeClips(tmp.dir, 2);
+  }
+}
+
+after(() => tmp?.cleanup());
+
+/** The SFU's connection: state, its candidates and the selected pair, from getStats(). */
+async function sfuTransport(page) {
+  return page.evaluate(async () => {
+    const pc = window.__huddle?.sfu;
+    if (!pc) return { pc: false };
+    const stats = await pc.getStats();
+    const out = { pc: true, connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState, candidates: [], pair: null };
+    const cand = (c) => c && { protocol: c.protocol, address: c.address, port: c.port, type: c.candidateType, tcpType: c.tcpType ?? null };
+    stats.forEach((s) => {
+      if (s.type === 'local-candidate' || s.type === 'remote-candidate') out.candidates.push(`${s.type} ${s.protocol} ${s.address}:${s.port} ${s.candidateType} ${s.tcpType ?? ''}`.trim());
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        const pair = stats.get(s.selectedCandidatePairId);
+        if (pair) out.pair = { state: pair.state, local: cand(stats.get(pair.localCandidateId)), remote: cand(stats.get(pair.remoteCandidateId)), rtt: pair.currentRoundTripTime };
+      }
+    });
+    return out;
+  });
+}
+
+/**
+ * One call of two browsers in an sfu room, in a namespace of its own; `blockUdp` drops UDP to the
+ * SFU's port first. Returns what the pages selected, for the caller's assertions.
+ */
+async function callInNamespace(t, label, { blockUdp, tls = false }) {
+  await setup();
+  const P = [];
+  let server = null;
+  let pid = null;
+  const diag = [];
+  try {
+    const args = ['--topology', 'sfu'];
+    if (tls) args.push('--tls', 'self-signed', '--data-dir', path.join(tmp.dir, `data-${label}`));
+    server = await startServer({ args, wrap: NETNS_WRAP });
+    pid = server.proc.pid;
+    // Logged on stderr around the time of the banner: wait for it.
+    const m = await pollUntil(() => SFU_LISTENING.exec(server.output()), { timeoutMs: T.ui, what: `"SFU listening" in the server's output:\n${server.output()}` });
+    const udpPorts = [...new Set(m[1].split(',').map((a) => Number(a.trim().split(':').pop())))];
+    const tcp = m[2].split(',').map((a) => a.trim()).filter(Boolean);
+    t.diagnostic(`${label}: ${server.url}, SFU UDP ports ${udpPorts.join(',')}, ICE-TCP candidates ${tcp.join(',')}`);
+    assert.deepEqual(tcp, [`127.0.0.1:${server.port}`], 'ICE-TCP is announced on the HTTP port');
+    if (blockUdp) await dropUdpTo(pid, udpPorts);
+
+    const extra = [];
+    if (tls) {
+      const spki = PINNED.exec(server.output())?.[1];
+      assert.ok(spki, `no public key hash in:\n${server.output()}`);
+      extra.push(`--ignore-certificate-errors-spki-list=${spki}`);
+    }
+    const chromium = chromiumInNetns(tmp.dir, pid);
+    P.push(...await Promise.all(clips.map((clip) => launchParticipant({
+      who: `${label}-${clip.label}-${clip.colour}`, clip: clip.path, executablePath: chromium, args: extra,
+    }))));
+    P.forEach((p, i) => { p.clip = clips[i]; });
+
+    const room = `e2e-icetcp-${crypto.randomBytes(3).toString('hex')}`;
+    const t0 = Date.now();
+    await withTimeout(joinViaLanding(P[0], server.url, { name: 'Alice', room }), T.navigation + T.media, `${P[0].who} joins`);
+    const t1 = Date.now();
+    await withTimeout(joinViaLanding(P[1], server.url, { name: 'Bob', room }), T.navigation + T.media, `${P[1].who} joins`);
+    const joined = Date.now();
+    await Promise.all([
+      waitForRemoteVideo(P[0].page, P[1].id).catch((e) => { throw new Error(`${P[0].who}: ${e.message}`); }),
+      waitForRemoteVideo(P[1].page, P[0].id).catch((e) => { throw new Error(`${P[1].who}: ${e.message}`); }),
+    ]);
+    const firstVideo = Date.now();
+    // Connected to the SFU, with a selected pair, on both pages.
+    const transports = await Promise.all(P.map((p) => pollUntil(async () => {
+      const s = await sfuTransport(p.page);
+      return s.connectionState === 'connected' && s.pair ? s : { ok: false, ...s };
+    }, { timeoutMs: T.media, what: `${p.who}: the SFU connection is connected with a selected candidate pair` })));
+    t.diagnostic(`${label}: first remote video ${firstVideo - joined} ms after the second Join (joins took ${t1 - t0} and ${joined - t1} ms)`);
+    await expectEveryoneSeesEveryone(P, clips, (line) => t.diagnostic(line));
+    for (const [i, s] of transports.entries()) t.diagnostic(`${P[i].who}: selected ${JSON.stringify(s.pair)}; candidates ${JSON.stringify(s.candidates)}`);
+    const dropped = blockUdp ? await droppedUdp(pid) : 0;
+    if (blockUdp) t.diagnostic(`${label}: UDP datagrams dropped by the rule: ${dropped}`);
+    return { transports, dropped, server };
+  } catch (e) {
+    for (const p of P) {
+      diag.push(`${p.who}: ${JSON.stringify(await withTimeout(sfuTransport(p.page), 5_000, 'sfuTransport').catch((x) => String(x)))}`);
+    }
+    if (pid) diag.push(`nft ruleset:\n${await ruleset(pid).catch((x) => String(x))}`);
+    const file = await dumpDiagnostics(`ice-tcp-${label}`, P, server);
+    e.message += `\n${diag.join('\n')}\n(diagnostics: ${file})`;
+    throw e;
+  } finally {
+    writeLogs(`ice-tcp-${label}`, P, server);
+    await Promise.all(P.map((p) => p.close()));
+    await server?.stop();
+  }
+}
+
+const usable = await netnsUsable();
+const skip = usable.ok ? false : `network namespaces are not usable here (root, unshare, ip and nft needed): ${usable.why}`;
+// As root (CI) the namespaces must work: a failure there is an error, not a reason to skip.
+if (skip && (process.env.CI || process.getuid?.() === 0)) throw new Error(skip);
+
+test('control: with UDP open, the SFU connection uses UDP', { timeout: 90_000, skip }, async (t) => {
+  const { transports } = await callInNamespace(t, 'udp-open', { blockUdp: false });
+  for (const s of transports) {
+    assert.equal(s.pair.local.protocol, 'udp', `local candidate: ${JSON.stringify(s.pair)}`);
+    assert.equal(s.pair.remote.protocol, 'udp', `remote candidate: ${JSON.stringify(s.pair)}`);
+  }
+});
+
+test('UDP to the SFU dropped: the call connects over ICE-TCP on the HTTP port, video both ways', { timeout: 90_000, skip }, async (t) => {
+  const { transports, dropped, server } = await callInNamespace(t, 'udp-blocked', { blockUdp: true });
+  for (const s of transports) {
+    assert.equal(s.pair.local.protocol, 'tcp', `local candidate: ${JSON.stringify(s.pair)}`);
+    assert.equal(s.pair.remote.protocol, 'tcp', `remote candidate: ${JSON.stringify(s.pair)}`);
+    assert.equal(s.pair.remote.port, server.port, `the SFU is reached on the HTTP port: ${JSON.stringify(s.pair)}`);
+    assert.equal(s.pair.remote.tcpType, 'passive', `the SFU's candidate is passive: ${JSON.stringify(s.pair)}`);
+  }
+  assert.ok(dropped > 0, 'the browsers did try UDP first (the drop rule counted nothing)');
+});
+
+test('UDP dropped, HTTPS: ICE-TCP shares the HTTPS port too', { timeout: 90_000, skip }, async (t) => {
+  const { transports, server } = await callInNamespace(t, 'udp-blocked-https', { blockUdp: true, tls: true });
+  assert.match(server.url, /^https:/);
+  for (const s of transports) {
+    assert.equal(s.pair.local.protocol, 'tcp', `local candidate: ${JSON.stringify(s.pair)}`);
+    assert.equal(s.pair.remote.protocol, 'tcp', `remote candidate: ${JSON.stringify(s.pair)}`);
+    assert.equal(s.pair.remote.port, server.port, `the SFU is reached on the HTTPS port: ${JSON.stringify(s.pair)}`);
+  }
+});
