@@ -214,16 +214,23 @@ pub struct IceTcp {
     events: mpsc::Sender<TcpEvent>,
     slots: Arc<Semaphore>,
     pub counters: Arc<TcpCounters>,
+    /// [`ANSWER_TIMEOUT`] and [`IDLE_TIMEOUT`] (shorter in tests).
+    timeouts: (Duration, Duration),
 }
 
 impl IceTcp {
     /// The handle, and the receiving end for the media task.
     pub fn channel() -> (IceTcp, mpsc::Receiver<TcpEvent>) {
+        IceTcp::with_timeouts(ANSWER_TIMEOUT, IDLE_TIMEOUT)
+    }
+
+    fn with_timeouts(answer: Duration, idle: Duration) -> (IceTcp, mpsc::Receiver<TcpEvent>) {
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         let handle = IceTcp {
             events,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             counters: Arc::new(TcpCounters::default()),
+            timeouts: (answer, idle),
         };
         (handle, rx)
     }
@@ -251,11 +258,12 @@ impl IceTcp {
         };
         let _ = stream.set_nodelay(true);
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        let (events, counters) = (self.events.clone(), self.counters.clone());
+        let (events, counters, timeouts) = (self.events.clone(), self.counters.clone(), self.timeouts);
+        let remote = canonical(remote);
+        debug!(%remote, %local, "ICE-TCP connection");
         tokio::spawn(async move {
             let _slot = slot;
-            let remote = canonical(remote);
-            let why = connection(stream, local, remote, events, &counters).await;
+            let why = connection(stream, local, remote, events, &counters, timeouts).await;
             debug!(%remote, %local, why, "ICE-TCP connection closed");
         });
     }
@@ -274,6 +282,7 @@ async fn connection(
     remote: SocketAddr,
     events: mpsc::Sender<TcpEvent>,
     counters: &TcpCounters,
+    (answer_timeout, idle_timeout): (Duration, Duration),
 ) -> &'static str {
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     if events.try_send(TcpEvent::Open { local, remote, out: out_tx }).is_err() {
@@ -289,16 +298,16 @@ async fn connection(
         let mut buf = vec![0u8; 4096];
         let mut last_read = opened;
         loop {
-            let mut deadline = last_read + IDLE_TIMEOUT;
+            let mut deadline = last_read + idle_timeout;
             if !answered.load(Ordering::Relaxed) {
-                deadline = deadline.min(opened + ANSWER_TIMEOUT);
+                deadline = deadline.min(opened + answer_timeout);
             }
             let n = match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
                 Ok(Ok(0)) => return "closed by the peer",
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return "read error",
                 // The answer may have come while waiting: look again.
-                Err(_) if answered.load(Ordering::Relaxed) && Instant::now() < last_read + IDLE_TIMEOUT => continue,
+                Err(_) if answered.load(Ordering::Relaxed) && Instant::now() < last_read + idle_timeout => continue,
                 Err(_) if answered.load(Ordering::Relaxed) => return "idle",
                 Err(_) => return "not answered by the SFU in time",
             };
@@ -562,6 +571,71 @@ mod tests {
         assert!(out.is_empty());
         assert!(frame_into(&mut out, &[9; 3]));
         assert_eq!(out, [0, 3, 9, 9, 9]);
+    }
+
+    /// A connected pair on loopback: (the client's end, the server's end, the client's address).
+    async fn pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, from) = listener.accept().await.expect("accept");
+        (client, server, from)
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_sfu_never_answers_is_closed_and_an_answered_one_lives_until_idle() {
+        // The real timeouts, shorter: 10 s becomes 300 ms, 30 s becomes 600 ms.
+        let (answer_timeout, idle_timeout) = (Duration::from_millis(300), Duration::from_millis(600));
+        let (ice, mut events) = IceTcp::with_timeouts(answer_timeout, idle_timeout);
+        let (mut client, server, from) = pair().await;
+        let started = Instant::now();
+        ice.take(server, from);
+        client.write_all(&stun_frame(4)).await.expect("write");
+        // The media task keeps the queue (dropping it would close the connection) and never
+        // answers.
+        let Some(TcpEvent::Open { out: _kept, .. }) = events.recv().await else { panic!("no Open") };
+        assert!(matches!(events.recv().await, Some(TcpEvent::Frame { bytes, .. }) if bytes.len() == 24));
+        assert_eq!(ice.open(), 1);
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.expect("closed"), 0, "nothing was sent");
+        let closed = started.elapsed();
+        assert!(closed >= answer_timeout && closed < idle_timeout, "closed after {closed:?}");
+        tokio::task::yield_now().await;
+        assert_eq!(ice.open(), 0, "its slot is free again");
+
+        // Answered (the media task queues a frame for it): it stays open while the browser talks,
+        // and closes once it has been silent for IDLE_TIMEOUT.
+        let (mut client, server, from) = pair().await;
+        ice.take(server, from);
+        client.write_all(&stun_frame(4)).await.expect("write");
+        let Some(TcpEvent::Open { out, .. }) = events.recv().await else { panic!("no Open") };
+        out.try_send(vec![5; 10]).expect("queued");
+        let mut got = [0u8; 12];
+        client.read_exact(&mut got).await.expect("the answer");
+        assert_eq!(got, [0, 10, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5], "framed");
+        let talking = Instant::now();
+        for _ in 0..3 {
+            tokio::time::sleep(idle_timeout / 2).await;
+            client.write_all(&stun_frame(4)).await.expect("still open");
+        }
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
+        let closed = talking.elapsed();
+        assert!(closed >= idle_timeout * 2, "closed after {closed:?}: it was talking");
+        assert!(out.is_closed(), "its queue is gone with it");
+    }
+
+    #[tokio::test]
+    async fn at_most_max_connections_are_open() {
+        let (ice, _events) = IceTcp::channel();
+        let held: Vec<_> =
+            (0..MAX_CONNECTIONS).map(|_| ice.slots.clone().try_acquire_owned().expect("a slot")).collect();
+        let (mut client, server, from) = pair().await;
+        ice.take(server, from);
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.expect("closed at once"), 0);
+        assert_eq!(ice.counters.refused.load(Ordering::Relaxed), 1);
+        drop(held);
+        assert_eq!(ice.open(), 0);
     }
 
     #[tokio::test]

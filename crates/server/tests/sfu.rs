@@ -347,6 +347,41 @@ async fn participants_without_udp_reach_the_sfu_over_tcp_on_the_http_port() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_media_tcp_port_ice_tcp_has_a_port_of_its_own() {
+    // A port that was free a moment ago.
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
+    let config = Config { media_tcp_port: Some(port), ..sfu_config(TopologyMode::Sfu) };
+    let server = TestServer::start(config).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [1u8, 2] {
+        let ws = Client::connect(&server).await;
+        let link = if tag == 1 { Link::tcp(SocketAddr::from(([127, 0, 0, 1], port))).await } else { Link::udp().await };
+        tasks.push(tokio::spawn(media_participant(ws, "own port", tag, link, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+    // The HTTP port is HTTP only now (hyper answers the bytes with 400), and the ICE-TCP port
+    // closes what is not ICE-TCP without a word.
+    for (addr, http) in [(server.addr, true), (SocketAddr::from(([127, 0, 0, 1], port)), false)] {
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        let bytes: &[u8] = if http { &stranger_stun_frame() } else { b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" };
+        c.write_all(bytes).await.expect("write");
+        c.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut answer)).await.expect("in time");
+        assert_eq!(answer.starts_with(b"HTTP/1.1 400"), http, "{addr}: {}", String::from_utf8_lossy(&answer));
+    }
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
+    server.shutdown().await;
+}
+
 /// A frame that looks like ICE-TCP (a STUN Binding request) naming nobody the SFU knows.
 fn stranger_stun_frame() -> Vec<u8> {
     let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xA4, 0x42];
