@@ -31,6 +31,22 @@ async function setup() {
 
 after(() => tmp?.cleanup());
 
+/** Records when each RTCPeerConnection was made and when it became connected (window.__pcTimes). */
+const TIME_PCS = () => {
+  const Native = window.RTCPeerConnection;
+  window.__pcTimes = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) {
+      super(...args);
+      const t = { created: performance.now(), connected: null };
+      window.__pcTimes.push(t);
+      this.addEventListener('connectionstatechange', () => {
+        if (this.connectionState === 'connected' && t.connected === null) t.connected = performance.now();
+      });
+    }
+  };
+};
+
 /** The SFU's connection: state, its candidates and the selected pair, from getStats(). */
 async function sfuTransport(page) {
   return page.evaluate(async () => {
@@ -84,6 +100,7 @@ async function callInNamespace(t, label, { blockUdp, tls = false }) {
       who: `${label}-${clip.label}-${clip.colour}`, clip: clip.path, executablePath: chromium, args: extra,
     }))));
     P.forEach((p, i) => { p.clip = clips[i]; });
+    for (const p of P) await p.page.addInitScript(TIME_PCS);
 
     const room = `e2e-icetcp-${crypto.randomBytes(3).toString('hex')}`;
     const t0 = Date.now();
@@ -102,6 +119,8 @@ async function callInNamespace(t, label, { blockUdp, tls = false }) {
       return s.connectionState === 'connected' && s.pair ? s : { ok: false, ...s };
     }, { timeoutMs: T.media, what: `${p.who}: the SFU connection is connected with a selected candidate pair` })));
     t.diagnostic(`${label}: first remote video ${firstVideo - joined} ms after the second Join (joins took ${t1 - t0} and ${joined - t1} ms)`);
+    const setup = await Promise.all(P.map((p) => p.page.evaluate(() => window.__pcTimes.map((x) => (x.connected === null ? null : Math.round(x.connected - x.created))))));
+    t.diagnostic(`${label}: SFU connection set up (RTCPeerConnection made → connected, ICE and DTLS) in ${setup.map((s) => `${s.join('/')} ms`).join(' and ')}`);
     await expectEveryoneSeesEveryone(P, clips, (line) => t.diagnostic(line));
     for (const [i, s] of transports.entries()) t.diagnostic(`${P[i].who}: selected ${JSON.stringify(s.pair)}; candidates ${JSON.stringify(s.candidates)}`);
     const dropped = blockUdp ? await droppedUdp(pid) : 0;
