@@ -393,6 +393,11 @@ impl Config {
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > crate::ws::HARD_MAX_FRAME_BYTES as u32 {
             return bad("max_frame_bytes must be between 1024 and 1048576");
         }
+        if self.media_tcp_port.is_some_and(|p| p != 0 && p == self.listen.port()) {
+            return bad(
+                "media_tcp_port is the HTTP port, which carries ICE over TCP anyway: leave media_tcp_port unset",
+            );
+        }
         if self.outbox_capacity < 8 {
             return bad("outbox_capacity must be at least 8");
         }
@@ -518,6 +523,8 @@ mod tests {
         let own = Config::from_cli(parse(&["--media-tcp-port", "8443"])).expect("valid");
         assert_eq!(own.media_tcp_port, Some(8443));
         assert!(Cli::try_parse_from(["huddle", "--media-tcp-port", "70000"]).is_err());
+        let same = Config::from_cli(parse(&["--listen", "0.0.0.0:8443", "--media-tcp-port", "8443"]));
+        assert!(same.expect_err("refused").to_string().contains("leave media_tcp_port unset"));
         assert!(Cli::try_parse_from(["huddle", "--ice-tcp", "maybe"]).is_err());
 
         let dir = std::env::temp_dir().join(format!("huddle-cfg-tcp-{}", std::process::id()));

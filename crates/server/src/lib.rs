@@ -81,13 +81,13 @@ pub async fn serve_with(
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let mut media_task = None;
     // Where the HTTP listener sends ICE-TCP connections (`None`: not on this port).
-    let mut ice_tcp = None;
+    let mut http_ice = None;
     let hub = if config.topology == config::TopologyMode::P2p {
         hub::Hub::new(config.clone())
     } else {
         let media = media::Media::bind(&config, listener.local_addr()?).await?;
         info!(udp = ?media.addresses(), ice_tcp = ?media.tcp_addresses(), "SFU listening");
-        ice_tcp = media.http_ice_tcp();
+        http_ice = media.http_ice_tcp();
         let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
         media_task = Some(tokio::spawn(media.run(media_rx, hub_tx.clone())));
         hub::Hub::with_media(config.clone(), media_tx)
@@ -107,7 +107,7 @@ pub async fn serve_with(
     let stopped = async move {
         let _ = stop_rx.await;
     };
-    match (tls, ice_tcp) {
+    match (tls, http_ice) {
         (Some(tls), ice) => {
             let listener = tls::TlsListener::new(listener, tls.config, ice)?;
             axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
