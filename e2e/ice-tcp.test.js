@@ -1,10 +1,10 @@
 // ICE over TCP: a browser whose UDP to the server is blocked still meets others through the SFU,
 // over a TCP connection to the HTTP(S) port (RFC 6544 passive candidates, RFC 4571 framing).
 //
-// UDP is really blocked: each server runs in a network namespace of its own (only `lo`), its two
-// Chromiums are started inside the same namespace, and for the blocked cases an nftables rule
-// there drops every UDP datagram to the SFU's port before the browsers start. The control
-// (no rule) shows the same setup uses UDP. Needs root (CI runs as root).
+// UDP is really blocked: each server runs in a network namespace of its own (only `lo`,
+// lib/netns.js), its two Chromiums are started inside the same namespace, and for the blocked
+// cases an nftables rule there drops every UDP datagram to the SFU's port before the browsers
+// start. The control (no rule) shows the same setup uses UDP. Needs root (CI runs as root).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -13,7 +13,7 @@ import { startServer } from './lib/server.js';
 import { launchParticipant, writeLogs, dumpDiagnostics, withTimeout } from './lib/browser.js';
 import { makeTempDir, makeClips } from './lib/camera.js';
 import { joinViaLanding, expectEveryoneSeesEveryone, waitForRemoteVideo, pollUntil } from './lib/huddle.js';
-import { NETNS_WRAP, chromiumInNetns, dropUdpTo, droppedUdp, ruleset, netnsUsable } from './lib/netns.js';
+import { loopbackNetwork, netnsAvailable } from './lib/netns.js';
 import { T } from './lib/env.js';
 
 const SFU_LISTENING = /SFU listening udp=\[([^\]]*)\] ice_tcp=\[([^\]]*)\]/;
@@ -47,6 +47,22 @@ const TIME_PCS = () => {
   };
 };
 
+/** An nftables rule set that drops (and counts) every UDP datagram to these ports. */
+const dropUdpTo = (ports) => `
+table inet huddle_icetcp {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    udp dport { ${ports.join(', ')} } counter drop
+  }
+}
+`;
+
+/** Datagrams the drop rule counted in namespace `srv` of `net`. */
+function droppedUdp(net) {
+  const m = /counter packets (\d+) bytes \d+ drop/.exec(net.in('srv', 'nft', 'list', 'ruleset'));
+  return m ? Number(m[1]) : 0;
+}
+
 /** The SFU's connection: state, its candidates and the selected pair, from getStats(). */
 async function sfuTransport(page) {
   return page.evaluate(async () => {
@@ -74,20 +90,20 @@ async function callInNamespace(t, label, { blockUdp, tls = false }) {
   await setup();
   const P = [];
   let server = null;
-  let pid = null;
+  let net = null;
   const diag = [];
   try {
+    net = loopbackNetwork();
     const args = ['--topology', 'sfu'];
     if (tls) args.push('--tls', 'self-signed', '--data-dir', path.join(tmp.dir, `data-${label}`));
-    server = await startServer({ args, wrap: NETNS_WRAP });
-    pid = server.proc.pid;
+    server = await startServer({ args, wrap: net.wrap('srv') });
     // Logged on stderr around the time of the banner: wait for it.
     const m = await pollUntil(() => SFU_LISTENING.exec(server.output()), { timeoutMs: T.ui, what: `"SFU listening" in the server's output:\n${server.output()}` });
     const udpPorts = [...new Set(m[1].split(',').map((a) => Number(a.trim().split(':').pop())))];
     const tcp = m[2].split(',').map((a) => a.trim()).filter(Boolean);
     t.diagnostic(`${label}: ${server.url}, SFU UDP ports ${udpPorts.join(',')}, ICE-TCP candidates ${tcp.join(',')}`);
     assert.deepEqual(tcp, [`127.0.0.1:${server.port}`], 'ICE-TCP is announced on the HTTP port');
-    if (blockUdp) await dropUdpTo(pid, udpPorts);
+    if (blockUdp) net.nft('srv', dropUdpTo(udpPorts));
 
     const extra = [];
     if (tls) {
@@ -95,7 +111,7 @@ async function callInNamespace(t, label, { blockUdp, tls = false }) {
       assert.ok(spki, `no public key hash in:\n${server.output()}`);
       extra.push(`--ignore-certificate-errors-spki-list=${spki}`);
     }
-    const chromium = chromiumInNetns(tmp.dir, pid);
+    const chromium = net.chromiumIn('srv', tmp.dir);
     P.push(...await Promise.all(clips.map((clip) => launchParticipant({
       who: `${label}-${clip.label}-${clip.colour}`, clip: clip.path, executablePath: chromium, args: extra,
     }))));
@@ -123,14 +139,16 @@ async function callInNamespace(t, label, { blockUdp, tls = false }) {
     t.diagnostic(`${label}: SFU connection set up (RTCPeerConnection made → connected, ICE and DTLS) in ${setup.map((s) => `${s.join('/')} ms`).join(' and ')}`);
     await expectEveryoneSeesEveryone(P, clips, (line) => t.diagnostic(line));
     for (const [i, s] of transports.entries()) t.diagnostic(`${P[i].who}: selected ${JSON.stringify(s.pair)}; candidates ${JSON.stringify(s.candidates)}`);
-    const dropped = blockUdp ? await droppedUdp(pid) : 0;
+    const dropped = blockUdp ? droppedUdp(net) : 0;
     if (blockUdp) t.diagnostic(`${label}: UDP datagrams dropped by the rule: ${dropped}`);
     return { transports, dropped, server };
   } catch (e) {
     for (const p of P) {
       diag.push(`${p.who}: ${JSON.stringify(await withTimeout(sfuTransport(p.page), 5_000, 'sfuTransport').catch((x) => String(x)))}`);
     }
-    if (pid) diag.push(`nft ruleset:\n${await ruleset(pid).catch((x) => String(x))}`);
+    if (net) {
+      try { diag.push(`nft ruleset:\n${net.in('srv', 'nft', 'list', 'ruleset')}`); } catch (x) { diag.push(String(x)); }
+    }
     const file = await dumpDiagnostics(`ice-tcp-${label}`, P, server);
     e.message += `\n${diag.join('\n')}\n(diagnostics: ${file})`;
     throw e;
@@ -138,11 +156,12 @@ async function callInNamespace(t, label, { blockUdp, tls = false }) {
     writeLogs(`ice-tcp-${label}`, P, server);
     await Promise.all(P.map((p) => p.close()));
     await server?.stop();
+    net?.destroy();
   }
 }
 
-const usable = await netnsUsable();
-const skip = usable.ok ? false : `network namespaces are not usable here (root, unshare, ip and nft needed): ${usable.why}`;
+const usable = netnsAvailable();
+const skip = usable === true ? false : `network namespaces are not usable here (root, ip and nft needed): ${usable}`;
 // As root (CI) the namespaces must work: a failure there is an error, not a reason to skip.
 if (skip && (process.env.CI || process.getuid?.() === 0)) throw new Error(skip);
 

@@ -25,6 +25,8 @@ export const BASE_ARGS = [
  * @param {string} [opts.lang]  e.g. "en-US" (default) or "ko-KR"
  * @param {{width:number,height:number}} [opts.viewport]
  * @param {string[]} [opts.args] extra flags
+ * @param {string} [opts.executablePath] another way to start Chromium (e.g. inside a network
+ *   namespace, see netns.js)
  * @param {boolean} [opts.grantMedia] false: no auto-accepted permission prompt, so camera and
  *   microphone requests are refused as if the user had clicked "Block"
  * @param {string} [opts.executablePath] another Chromium (or a script that execs it)

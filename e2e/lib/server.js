@@ -7,19 +7,19 @@ const LISTENING = /huddle listening on (https?:\/\/\S+?)\/?\s*$/;
 
 /**
  * Start `huddle --listen 127.0.0.1:0 ...extraArgs` and wait for its "huddle listening on" line.
- * `wrap`: a command that runs huddle (given as its last arguments) and must exec it, keeping its
- * pid — e.g. to start it in a network namespace of its own (lib/netns.js).
- * @param {{args?: string[], timeoutMs?: number, wrap?: string[]}} [opts]
+ * `listen` replaces the listen address; `wrap` runs it through a command prefix, e.g.
+ * `['ip', ['netns', 'exec', ns]]` (see netns.js).
+ * @param {{args?: string[], timeoutMs?: number, listen?: string, wrap?: [string, string[]]}} [opts]
  * @returns {Promise<{url: string, wsUrl: string, host: string, port: number,
  *   proc: import('node:child_process').ChildProcess, output: () => string, stop: () => Promise<void>}>}
  */
-export async function startServer({ args = [], timeoutMs = T.serverStart, wrap = [] } = {}) {
+export async function startServer({ args = [], timeoutMs = T.serverStart, listen = '127.0.0.1:0', wrap = null } = {}) {
   if (!existsSync(HUDDLE_BIN)) {
     throw new Error(`huddle binary not found at ${HUDDLE_BIN}: run \`cargo build --release\` first or set HUDDLE_BIN`);
   }
-  const argv = ['--listen', '127.0.0.1:0', ...args];
+  const argv = ['--listen', listen, ...args];
   if (HUDDLE_WEB_DIR && !args.includes('--web-dir')) argv.push('--web-dir', HUDDLE_WEB_DIR);
-  const [cmd, ...cmdArgs] = [...wrap, HUDDLE_BIN, ...argv];
+  const [cmd, cmdArgs] = wrap ? [wrap[0], [...wrap[1], HUDDLE_BIN, ...argv]] : [HUDDLE_BIN, argv];
   const proc = spawn(cmd, cmdArgs, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: serverEnv(),

@@ -206,7 +206,7 @@ function meterOn(rec, track) {
 export function connect(rec, initiator) {
   ensureTile(rec);
   const link = new PeerLink({
-    selfId: S.selfId, peerId: rec.id, iceServers: S.iceServers, initiator,
+    selfId: S.selfId, peerId: rec.id, iceServers: S.iceServers, iceTransportPolicy: S.iceTransportPolicy, initiator,
     signal: (payload) => { sig.signal(rec.id, payload); },
     tracks: { audio: media.micTrack, video: outgoingVideo() },
     onTrack: (stream, track) => {
@@ -301,6 +301,7 @@ export function enterCall(msg) {
   S.room = msg.room;
   S.name = msg.you.name;
   S.iceServers = msg.iceServers || [];
+  S.iceTransportPolicy = msg.iceTransportPolicy === 'relay' ? 'relay' : 'all';
   S.unread = 0;
   setTopology(msg.topology === 'sfu' ? 'sfu' : 'p2p');
   tilesEl().replaceChildren();
@@ -512,7 +513,7 @@ function startSfu() {
   sfu?.close();
   wanted.clear(); // a new session on the server starts with everything at `high`
   const link = new SfuLink({
-    iceServers: S.iceServers,
+    iceServers: S.iceServers, iceTransportPolicy: S.iceTransportPolicy,
     signal: (payload) => { sig.signal(SFU_PEER_ID, payload); },
     tracks: { audio: media.micTrack, video: outgoingVideo() },
     onTrack: (peerId, stream) => {

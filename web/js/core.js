@@ -37,6 +37,8 @@ export const S = {
   selfId: '',
   /** @type {import('./protocol.js').IceServer[]} */
   iceServers: [],
+  /** @type {RTCIceTransportPolicy} `relay` when the server says so */
+  iceTransportPolicy: 'all',
   /** @type {Map<string, RemotePeer>} remote peers in joining order */
   peers: new Map(),
   sharing: false,

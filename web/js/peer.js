@@ -10,6 +10,7 @@
  * @property {string} selfId
  * @property {string} peerId
  * @property {IceServer[]} iceServers
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy]
  * @property {boolean} initiator  true for the newcomer, which sends the first offer
  * @property {(payload: SignalPayload) => void} signal
  * @property {{audio: MediaStreamTrack|null, video: MediaStreamTrack|null}} tracks  what to send now
@@ -45,7 +46,7 @@ export class PeerLink {
     /** @type {RTCRtpTransceiver|null} */ this.videoTx = null;
     /** @type {RTCDataChannel|null} */ this.channel = null;
 
-    const pc = new RTCPeerConnection({ iceServers: o.iceServers || [] });
+    const pc = new RTCPeerConnection({ iceServers: o.iceServers || [], iceTransportPolicy: o.iceTransportPolicy || 'all' });
     this.pc = pc;
 
     pc.onnegotiationneeded = async () => {

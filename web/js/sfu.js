@@ -20,6 +20,7 @@ export const SIMULCAST = [
 /**
  * @typedef {Object} SfuLinkOptions
  * @property {IceServer[]} iceServers
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy]
  * @property {(payload: SignalPayload) => void} signal  to the reserved peer `sfu`
  * @property {{audio: MediaStreamTrack|null, video: MediaStreamTrack|null}} tracks  what to send now
  * @property {(peerId: string, stream: MediaStream, track: MediaStreamTrack) => void} onTrack
@@ -42,7 +43,9 @@ export class SfuLink {
     /** true once the server has answered our offer (it knows this session) */
     this.answered = false;
 
-    const pc = new RTCPeerConnection({ iceServers: o.iceServers || [], bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({
+      iceServers: o.iceServers || [], iceTransportPolicy: o.iceTransportPolicy || 'all', bundlePolicy: 'max-bundle',
+    });
     this.pc = pc;
     this.audioTx = pc.addTransceiver(o.tracks.audio || 'audio', { direction: 'sendonly' });
     this.videoTx = pc.addTransceiver(o.tracks.video || 'video', { direction: 'sendonly', sendEncodings: SIMULCAST });

@@ -150,6 +150,9 @@ pub enum ServerMsg {
         limits: Limits,
         /// ICE servers for `RTCPeerConnection` (`RTCIceServer` dictionaries).
         ice_servers: Vec<IceServer>,
+        /// `relay`: use only the relay candidates of `ice_servers`. Absent means `all`.
+        #[serde(default, skip_serializing_if = "IceTransportPolicy::is_all")]
+        ice_transport_policy: IceTransportPolicy,
     },
     /// The public room list (answer to `watch_rooms`, then on every change, at most a few times
     /// a second).
@@ -168,6 +171,9 @@ pub enum ServerMsg {
         topology: Topology,
         /// ICE servers for this room's connections.
         ice_servers: Vec<IceServer>,
+        /// As in `welcome`.
+        #[serde(default, skip_serializing_if = "IceTransportPolicy::is_all")]
+        ice_transport_policy: IceTransportPolicy,
     },
     /// Answer to `leave`.
     Left { room: String },
@@ -222,6 +228,22 @@ pub struct Limits {
     pub chat_history: u32,
     /// The largest file a page may offer over a data channel.
     pub max_file_bytes: u64,
+}
+
+/// `RTCConfiguration.iceTransportPolicy`: `relay` when the server wants every connection to go
+/// through a TURN relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IceTransportPolicy {
+    #[default]
+    All,
+    Relay,
+}
+
+impl IceTransportPolicy {
+    pub fn is_all(&self) -> bool {
+        *self == IceTransportPolicy::All
+    }
 }
 
 /// An `RTCIceServer` dictionary.

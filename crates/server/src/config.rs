@@ -2,7 +2,7 @@
 //! [`Config`] and passed down (never global). Precedence: flag > environment > file > default.
 
 use clap::Parser;
-use huddle_protocol::{IceServer, Limits};
+use huddle_protocol::{IceServer, IceTransportPolicy, Limits};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -65,6 +65,48 @@ pub struct Cli {
     /// loss-based cap and saves CPU per forwarded packet [default: true]
     #[arg(long, env = "HUDDLE_BANDWIDTH_ESTIMATION", value_name = "BOOL")]
     pub bandwidth_estimation: Option<bool>,
+    /// The built-in STUN/TURN server, which gets calls through NATs and firewalls: credentials
+    /// are handed to each page when it connects [default: true]
+    #[arg(long, env = "HUDDLE_TURN", value_name = "BOOL")]
+    pub turn: Option<bool>,
+    /// UDP and TCP port of the built-in STUN/TURN server [default: 3478, or any free port if
+    /// that one is taken]
+    #[arg(long, env = "HUDDLE_TURN_PORT", value_name = "PORT")]
+    pub turn_port: Option<u16>,
+    /// TURN over TLS port, used with --tls-cert/--tls-key (browsers cannot be told to accept a
+    /// self-signed certificate for TURN) [default: 5349, or any free port if taken]
+    #[arg(long, env = "HUDDLE_TURN_TLS_PORT", value_name = "PORT")]
+    pub turn_tls_port: Option<u16>,
+    /// Shared secret of the TURN REST credentials (coturn's `static-auth-secret`); set it to
+    /// let another service hand out credentials for this server [default: random at each start]
+    #[arg(long, env = "HUDDLE_TURN_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Name or address browsers use to reach the TURN server [default: the first
+    /// --media-public-ip, else the host name the page was loaded from]
+    #[arg(long, env = "HUDDLE_TURN_HOST", value_name = "HOST")]
+    pub turn_host: Option<String>,
+    /// Address range TURN may relay to although it is loopback, private or otherwise special
+    /// (refused by default, so the relay is no way into your own network), e.g. 10.0.0.0/8
+    /// (repeatable or comma-separated)
+    #[arg(long = "turn-allow-peer", env = "HUDDLE_TURN_ALLOW_PEERS", value_delimiter = ',', value_name = "CIDR")]
+    pub turn_allow_peers: Vec<huddle_turn::IpNet>,
+    /// Port range of TURN relay sockets, one port per allocation [default: 49152-65535]
+    #[arg(long, env = "HUDDLE_TURN_RELAY_PORTS", value_name = "LOW-HIGH")]
+    pub turn_relay_ports: Option<String>,
+    /// TURN allocations one participant may hold at once [default: 64]
+    #[arg(long, env = "HUDDLE_TURN_USER_QUOTA", value_name = "N")]
+    pub turn_user_quota: Option<u32>,
+    /// Bits per second one participant may relay through TURN, both directions together; 0: no
+    /// limit [default: 50000000]
+    #[arg(long, env = "HUDDLE_TURN_USER_BANDWIDTH", value_name = "BITS")]
+    pub turn_user_bandwidth: Option<u64>,
+    /// How long the TURN credentials handed to a page stay valid [default: 86400]
+    #[arg(long, env = "HUDDLE_TURN_CREDENTIAL_TTL_SECS", value_name = "SECS")]
+    pub turn_credential_ttl_secs: Option<u64>,
+    /// `relay` makes browsers use only TURN relays (hides their addresses from each other, and
+    /// tests the relay); `all` lets ICE pick the best path [default: all]
+    #[arg(long, env = "HUDDLE_ICE_TRANSPORT_POLICY", value_name = "POLICY", value_parser = parse_ice_transport_policy)]
+    pub ice_transport_policy: Option<IceTransportPolicy>,
     /// Most rooms at once [default: 10000]
     #[arg(long, env = "HUDDLE_MAX_ROOMS", value_name = "N")]
     pub max_rooms: Option<u32>,
@@ -134,6 +176,17 @@ struct FileConfig {
     ice_tcp: Option<bool>,
     media_tcp_port: Option<u16>,
     bandwidth_estimation: Option<bool>,
+    turn: Option<bool>,
+    turn_port: Option<u16>,
+    turn_tls_port: Option<u16>,
+    turn_secret: Option<String>,
+    turn_host: Option<String>,
+    turn_allow_peers: Option<Vec<String>>,
+    turn_relay_ports: Option<String>,
+    turn_user_quota: Option<u32>,
+    turn_user_bandwidth: Option<u64>,
+    turn_credential_ttl_secs: Option<u64>,
+    ice_transport_policy: Option<IceTransportPolicy>,
     max_rooms: Option<u32>,
     max_name_chars: Option<u32>,
     max_room_chars: Option<u32>,
@@ -182,6 +235,25 @@ pub enum Tls {
     },
 }
 
+fn parse_ice_transport_policy(s: &str) -> Result<IceTransportPolicy, String> {
+    match s {
+        "all" => Ok(IceTransportPolicy::All),
+        "relay" => Ok(IceTransportPolicy::Relay),
+        _ => Err("`all` or `relay`".into()),
+    }
+}
+
+/// `LOW-HIGH`, e.g. `49152-65535`.
+fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let bad = || ConfigError::Invalid(format!("turn_relay_ports {s:?} must be LOW-HIGH, e.g. 49152-65535"));
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?);
+    if lo == 0 || lo > hi || hi - lo < 15 {
+        return Err(ConfigError::Invalid(format!("turn_relay_ports {s:?} must span at least 16 ports above 0")));
+    }
+    Ok((lo, hi))
+}
+
 /// How a room's media flows (`--topology`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -218,6 +290,22 @@ pub struct Config {
     pub media_tcp_port: Option<u16>,
     /// str0m's bandwidth estimate per SFU participant, for its video layers.
     pub bandwidth_estimation: bool,
+    /// The built-in STUN/TURN server.
+    pub turn: bool,
+    /// `None`: 3478 if free, else any.
+    pub turn_port: Option<u16>,
+    /// `None`: 5349 if free, else any (only with a certificate from files).
+    pub turn_tls_port: Option<u16>,
+    /// `None`: random at each start.
+    pub turn_secret: Option<String>,
+    pub turn_host: Option<String>,
+    pub turn_allow_peers: Vec<huddle_turn::IpNet>,
+    pub turn_relay_ports: (u16, u16),
+    pub turn_user_quota: u32,
+    /// Bits per second; 0: no limit.
+    pub turn_user_bandwidth: u64,
+    pub turn_credential_ttl: Duration,
+    pub ice_transport_policy: IceTransportPolicy,
     pub max_rooms: u32,
     pub max_name_chars: u32,
     pub max_room_chars: u32,
@@ -249,6 +337,17 @@ impl Default for Config {
             ice_tcp: true,
             media_tcp_port: None,
             bandwidth_estimation: true,
+            turn: true,
+            turn_port: None,
+            turn_tls_port: None,
+            turn_secret: None,
+            turn_host: None,
+            turn_allow_peers: Vec::new(),
+            turn_relay_ports: (49152, 65535),
+            turn_user_quota: 64,
+            turn_user_bandwidth: 50_000_000,
+            turn_credential_ttl: Duration::from_secs(86_400),
+            ice_transport_policy: IceTransportPolicy::All,
             max_rooms: 10_000,
             max_name_chars: 32,
             max_room_chars: 64,
@@ -326,6 +425,19 @@ impl Config {
         } else {
             file.media_public_ips.unwrap_or(d.media_public_ips)
         };
+        let turn_allow_peers = if !cli.turn_allow_peers.is_empty() {
+            cli.turn_allow_peers
+        } else {
+            file.turn_allow_peers
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.parse::<huddle_turn::IpNet>().map_err(ConfigError::Invalid))
+                .collect::<Result<_, _>>()?
+        };
+        let turn_relay_ports = match cli.turn_relay_ports.or(file.turn_relay_ports) {
+            Some(r) => parse_port_range(&r)?,
+            None => d.turn_relay_ports,
+        };
         let tls_files = (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key));
         let tls = match (cli.tls.or(file.tls), tls_files) {
             (Some(TlsMode::SelfSigned), (None, None)) => Tls::SelfSigned,
@@ -352,6 +464,24 @@ impl Config {
                 .bandwidth_estimation
                 .or(file.bandwidth_estimation)
                 .unwrap_or(d.bandwidth_estimation),
+            turn: cli.turn.or(file.turn).unwrap_or(d.turn),
+            turn_port: cli.turn_port.or(file.turn_port),
+            turn_tls_port: cli.turn_tls_port.or(file.turn_tls_port),
+            turn_secret: cli.turn_secret.or(file.turn_secret),
+            turn_host: cli.turn_host.or(file.turn_host),
+            turn_allow_peers,
+            turn_relay_ports,
+            turn_user_quota: cli.turn_user_quota.or(file.turn_user_quota).unwrap_or(d.turn_user_quota),
+            turn_user_bandwidth: cli.turn_user_bandwidth.or(file.turn_user_bandwidth).unwrap_or(d.turn_user_bandwidth),
+            turn_credential_ttl: cli
+                .turn_credential_ttl_secs
+                .or(file.turn_credential_ttl_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.turn_credential_ttl),
+            ice_transport_policy: cli
+                .ice_transport_policy
+                .or(file.ice_transport_policy)
+                .unwrap_or(d.ice_transport_policy),
             max_rooms: cli.max_rooms.or(file.max_rooms).unwrap_or(d.max_rooms),
             max_name_chars: cli.max_name_chars.or(file.max_name_chars).unwrap_or(d.max_name_chars),
             max_room_chars: cli.max_room_chars.or(file.max_room_chars).unwrap_or(d.max_room_chars),
@@ -403,6 +533,27 @@ impl Config {
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return bad("idle_timeout_secs must be longer than ping_secs, and both above zero");
+        }
+        if self.turn_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return bad("turn_secret must be at least 16 characters");
+        }
+        if self
+            .turn_host
+            .as_deref()
+            .is_some_and(|h| crate::turn::host_of(h).as_deref() != Some(&*h.to_ascii_lowercase()))
+        {
+            return bad("turn_host must be a host name or an IP address, without a port");
+        }
+        if self.turn_user_quota < 1 {
+            return bad("turn_user_quota must be at least 1");
+        }
+        if self.turn_credential_ttl < Duration::from_secs(60) {
+            return bad("turn_credential_ttl_secs must be at least 60");
+        }
+        if self.ice_transport_policy == IceTransportPolicy::Relay && !self.turn && self.ice_servers.is_empty() {
+            return bad(
+                "ice_transport_policy = relay needs a TURN server: the built-in one (turn = true) or ice_servers",
+            );
         }
         for s in &self.ice_servers {
             if s.urls.is_empty() {
@@ -496,6 +647,60 @@ mod tests {
         assert_eq!(file.ice_tcp, Some(d.ice_tcp));
         assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
         assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
+        assert_eq!(file.turn, Some(d.turn));
+        assert_eq!(file.turn_port, Some(crate::turn::DEFAULT_PORT));
+        assert_eq!(
+            file.turn_relay_ports.as_deref().map(parse_port_range).and_then(Result::ok),
+            Some(d.turn_relay_ports)
+        );
+        assert_eq!(file.turn_user_quota, Some(d.turn_user_quota));
+        assert_eq!(file.turn_user_bandwidth, Some(d.turn_user_bandwidth));
+        assert_eq!(file.turn_credential_ttl_secs, Some(d.turn_credential_ttl.as_secs()));
+        assert_eq!(file.ice_transport_policy, Some(d.ice_transport_policy));
+    }
+
+    #[test]
+    fn turn_options() {
+        let d = Config::from_cli(parse(&[])).expect("valid");
+        assert!(d.turn, "on by default");
+        assert_eq!(
+            (d.turn_port, d.turn_secret.as_deref(), d.ice_transport_policy),
+            (None, None, IceTransportPolicy::All)
+        );
+        let c = Config::from_cli(parse(&[
+            "--turn-port",
+            "3479",
+            "--turn-secret",
+            "0123456789abcdef",
+            "--turn-allow-peer",
+            "10.0.0.0/8,127.0.0.1",
+            "--turn-relay-ports",
+            "40000-40100",
+            "--turn-host",
+            "turn.example.org",
+            "--ice-transport-policy",
+            "relay",
+        ]))
+        .expect("valid");
+        assert_eq!(c.turn_port, Some(3479));
+        assert_eq!(c.turn_allow_peers.len(), 2);
+        assert!(c.turn_allow_peers[0].contains(&"10.9.8.7".parse().unwrap()));
+        assert_eq!(c.turn_relay_ports, (40000, 40100));
+        assert_eq!(c.ice_transport_policy, IceTransportPolicy::Relay);
+        for bad in [
+            &["--turn-secret", "short"][..],
+            &["--turn-relay-ports", "5000"],
+            &["--turn-relay-ports", "6000-5000"],
+            &["--turn-relay-ports", "5000-5001"],
+            &["--turn-host", "evil.org:80"],
+            &["--turn-host", "a/b"],
+            &["--turn-user-quota", "0"],
+            &["--turn", "false", "--ice-transport-policy", "relay"],
+        ] {
+            assert!(Config::from_cli(parse(bad)).is_err(), "{bad:?} must be refused");
+        }
+        assert!(Cli::try_parse_from(["huddle", "--turn-allow-peer", "not-an-ip"]).is_err());
+        assert!(Cli::try_parse_from(["huddle", "--ice-transport-policy", "none"]).is_err());
     }
 
     #[test]

@@ -13,10 +13,11 @@ use crate::config::{Config, TopologyMode};
 use crate::files::{FileCommand, FileStore};
 use crate::media::{MediaCommand, MediaEvent};
 use crate::room::{Room, RoomError};
+use crate::turn::TurnHandle;
 use crate::validate;
 use huddle_protocol::{
-    ByeReason, ClientMsg, ErrorCode, LeaveReason, Peer, PeerId, RoomSummary, SdpType, ServerMsg, SessionDescription,
-    SignalPayload, Topology, PROTOCOL_VERSION, SFU_PEER_ID,
+    ByeReason, ClientMsg, ErrorCode, IceServer, LeaveReason, Peer, PeerId, RoomSummary, SdpType, ServerMsg,
+    SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, SFU_PEER_ID,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,8 +38,9 @@ pub const AUTO_SFU_FROM: usize = 3;
 /// Requests to the hub.
 #[derive(Debug)]
 pub enum Command {
-    /// A connection opened. `kick` fires if the hub disconnects it.
-    Connect { id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason> },
+    /// A connection opened. `kick` fires if the hub disconnects it. `host`: the host name the
+    /// page reached the server by (from `Host`, checked), for the TURN URLs handed to it.
+    Connect { id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String> },
     /// A connection ended.
     Disconnect { id: PeerId, reason: LeaveReason },
     /// A valid message from a connection.
@@ -72,6 +74,7 @@ struct Conn {
     kick: Option<oneshot::Sender<ByeReason>>,
     /// Shared with the `rooms` key, so the per-message room check clones a pointer, not a string.
     room: Option<Arc<str>>,
+    host: Option<String>,
 }
 
 impl Conn {
@@ -98,6 +101,8 @@ pub struct Hub {
     media: Option<mpsc::Sender<MediaCommand>>,
     /// Files shared through the server.
     files: FileStore,
+    /// The built-in TURN server, whose credentials every connection gets.
+    turn: Option<TurnHandle>,
 }
 
 impl Hub {
@@ -118,7 +123,25 @@ impl Hub {
             overflowed: Vec::new(),
             shutdown: None,
             stats: Stats::default(),
+            turn: None,
         }
+    }
+
+    /// Hands out credentials of the built-in TURN server with the ICE servers.
+    pub fn set_turn(&mut self, turn: TurnHandle) {
+        self.turn = Some(turn);
+    }
+
+    /// The configured ICE servers, then the built-in STUN/TURN server with credentials for `id`.
+    fn ice_servers(&self, id: &PeerId) -> Vec<IceServer> {
+        let mut out = self.config.ice_servers.clone();
+        if let Some(turn) = &self.turn {
+            let host = self.conns.get(id).and_then(|c| c.host.as_deref());
+            let listen = self.config.listen.ip();
+            let fallback = if listen.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen };
+            out.push(turn.ice_servers(&id.0, host, fallback));
+        }
+        out
     }
 
     /// A hub whose `sfu` rooms are served by the SFU task behind `media`.
@@ -129,7 +152,7 @@ impl Hub {
     /// Applies one command. Never blocks.
     pub fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { id, outbox, kick } => self.connect(id, outbox, kick),
+            Command::Connect { id, outbox, kick, host } => self.connect(id, outbox, kick, host),
             Command::Disconnect { id, reason } => self.disconnect(&id, reason),
             Command::Client { id, msg } => self.client(&id, msg),
             Command::Reject { id, code, request } => {
@@ -155,19 +178,20 @@ impl Hub {
         }
     }
 
-    fn connect(&mut self, id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>) {
+    fn connect(&mut self, id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String>) {
         if self.shutdown.is_some() {
             let _ = kick.send(ByeReason::ServerShutdown);
             return;
         }
+        self.conns.insert(id.clone(), Conn { outbox: Some(outbox), kick: Some(kick), room: None, host });
         let welcome = ServerMsg::Welcome {
             protocol: PROTOCOL_VERSION,
             id: id.clone(),
             server: concat!("huddle/", env!("CARGO_PKG_VERSION")).to_string(),
             limits: self.config.limits(),
-            ice_servers: self.config.ice_servers.clone(),
+            ice_servers: self.ice_servers(&id),
+            ice_transport_policy: self.config.ice_transport_policy,
         };
-        self.conns.insert(id.clone(), Conn { outbox: Some(outbox), kick: Some(kick), room: None });
         self.send(&id, welcome);
     }
 
@@ -276,6 +300,7 @@ impl Hub {
             Some((key, _)) => key.clone(),
             None => Arc::from(room),
         };
+        let ice_servers = self.ice_servers(id);
         let has_sfu = self.media.is_some();
         let initial = if has_sfu && self.config.topology == TopologyMode::Sfu { Topology::Sfu } else { Topology::P2p };
         let r = self.rooms.entry(room.clone()).or_insert_with(|| Room::new(capacity, history, initial));
@@ -299,7 +324,8 @@ impl Hub {
             peers,
             chat: r.chat_history(),
             topology: r.topology(),
-            ice_servers: self.config.ice_servers.clone(),
+            ice_servers,
+            ice_transport_policy: self.config.ice_transport_policy,
         };
         if let Some(conn) = self.conns.get_mut(id) {
             conn.room = Some(room.clone());
@@ -567,7 +593,7 @@ mod tests {
         let id = PeerId(format!("p{n}"));
         let (tx, rx) = mpsc::channel(cap);
         let (ktx, krx) = oneshot::channel();
-        hub.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx });
+        hub.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx, host: None });
         let mut c = Client { id, rx, kick: krx };
         assert!(matches!(c.next(), ServerMsg::Welcome { .. }));
         c

@@ -16,6 +16,8 @@
 //!   HTTP upload/download handlers.
 //! - [`validate`] — checks for names, room names and chat text.
 //! - [`tls`] — HTTPS: the certificate (files or self-signed) and the TLS listener.
+//! - [`turn`] — the built-in STUN/TURN server's driver: one task owning its sockets and the
+//!   sans-IO core (`huddle-turn`); the hub hands out its credentials.
 //!
 //! `docs/architecture.md` explains how a message flows through these.
 #![deny(unsafe_code)] // one exception: `batch`, the `sendmmsg` call
@@ -29,6 +31,7 @@ pub mod ice_tcp;
 pub mod media;
 pub mod room;
 pub mod tls;
+pub mod turn;
 pub mod validate;
 pub mod ws;
 
@@ -82,16 +85,31 @@ pub async fn serve_with(
     let mut media_task = None;
     // Where the HTTP listener sends ICE-TCP connections (`None`: not on this port).
     let mut http_ice = None;
-    let hub = if config.topology == config::TopologyMode::P2p {
+    let mut sfu_addresses = Vec::new();
+    let mut hub = if config.topology == config::TopologyMode::P2p {
         hub::Hub::new(config.clone())
     } else {
         let media = media::Media::bind(&config, listener.local_addr()?).await?;
         info!(udp = ?media.addresses(), ice_tcp = ?media.tcp_addresses(), "SFU listening");
+        sfu_addresses = media.local_and_announced();
         http_ice = media.http_ice_tcp();
         let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
         media_task = Some(tokio::spawn(media.run(media_rx, hub_tx.clone())));
         hub::Hub::with_media(config.clone(), media_tx)
     };
+    // TURN over TLS only with a certificate browsers trust without being asked.
+    let turn_tls = match (&config.tls, &tls) {
+        (config::Tls::Files { .. }, Some(setup)) => Some(setup.config.clone()),
+        _ => None,
+    };
+    let mut turn_task = None;
+    if config.turn {
+        let turn = turn::Turn::bind(&config, listener.local_addr()?, sfu_addresses, turn_tls).await?;
+        info!(addresses = ?turn.addresses(), "STUN/TURN listening on UDP and TCP");
+        hub.set_turn(turn.handle());
+        let (turn_tx, turn_rx) = mpsc::channel(16);
+        turn_task = Some((tokio::spawn(turn.run(turn_rx)), turn_tx));
+    }
     let hub_task = tokio::spawn(hub::run(hub, hub_rx));
     let state = AppState { config, hub: hub_tx.clone(), next_id: Arc::new(AtomicU64::new(1)) };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -128,6 +146,10 @@ pub async fn serve_with(
     drop(hub_tx);
     hub_task.abort();
     if let Some(task) = media_task {
+        task.abort();
+    }
+    if let Some((task, commands)) = turn_task {
+        drop(commands);
         task.abort();
     }
     info!("stopped");

@@ -196,6 +196,19 @@ impl Media {
         out
     }
 
+    /// Every address the SFU can be reached at: bound and announced (TURN relays may send there).
+    pub fn local_and_announced(&self) -> Vec<SocketAddr> {
+        let mut out = self.addresses();
+        for s in &self.socks {
+            if let Ok(local) = s.socket.local_addr() {
+                if !out.contains(&local) {
+                    out.push(local);
+                }
+            }
+        }
+        out
+    }
+
     /// Runs until the hub drops its command sender.
     pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
         let mut sfu = Sfu::with_addresses(self.addresses());
@@ -321,7 +334,7 @@ pub(crate) fn interface_ips(ip: IpAddr) -> Vec<IpAddr> {
 }
 
 /// The configured public address of the same family, for a socket on a non-loopback address.
-fn public_alias(public: &[IpAddr], local: SocketAddr) -> Option<SocketAddr> {
+pub(crate) fn public_alias(public: &[IpAddr], local: SocketAddr) -> Option<SocketAddr> {
     if local.ip().is_loopback() {
         return None;
     }

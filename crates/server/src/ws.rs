@@ -32,6 +32,7 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>, headers:
         return (StatusCode::FORBIDDEN, "This server does not accept WebSocket connections from that site.")
             .into_response();
     }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(crate::turn::host_of);
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(2 * HARD_MAX_FRAME_BYTES)
@@ -41,7 +42,7 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>, headers:
             let n = app.next_id.fetch_add(1, Ordering::Relaxed);
             let id = PeerId(format!("p{n}"));
             let span = info_span!("conn", peer = %id);
-            connection(socket, app, id).instrument(span)
+            connection(socket, app, id, host).instrument(span)
         })
 }
 
@@ -63,10 +64,10 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// One task per connection: a single loop over the socket, the outbox, the kick signal and the
 /// heartbeat tick (no split socket, no second task).
-async fn connection(mut socket: WebSocket, app: AppState, id: PeerId) {
+async fn connection(mut socket: WebSocket, app: AppState, id: PeerId, host: Option<String>) {
     let (outbox, mut outbox_rx) = mpsc::channel(app.config.outbox_capacity);
     let (kick_tx, mut kick_rx) = oneshot::channel();
-    if app.hub.send(Command::Connect { id: id.clone(), outbox, kick: kick_tx }).await.is_err() {
+    if app.hub.send(Command::Connect { id: id.clone(), outbox, kick: kick_tx, host }).await.is_err() {
         return;
     }
     debug!("connected");

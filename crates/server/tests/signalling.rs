@@ -22,7 +22,10 @@ async fn welcome_carries_id_limits_and_no_default_ice_servers() {
             assert!(!id.0.is_empty());
             assert_eq!(limits.room_capacity, huddle_server::config::DEFAULT_SFU_CAPACITY);
             assert_eq!(limits.max_file_bytes, 100 * 1024 * 1024);
-            assert!(ice_servers.is_empty(), "no third-party STUN by default");
+            assert!(
+                ice_servers.iter().all(|s| s.urls.iter().all(|u| u.contains("127.0.0.1"))),
+                "no third-party STUN by default, only our own: {ice_servers:?}"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -1,0 +1,694 @@
+//! The built-in STUN/TURN server's driver: one task owns the core ([`huddle_turn::Server`]), the
+//! UDP sockets of the TURN port and every relay socket; stream clients (TCP, and TLS when a
+//! certificate is configured) each have a small task that frames messages and hands them over a
+//! bounded channel.
+//!
+//! The hot paths stay in that one task without copies or hand-offs: a client's ChannelData
+//! arrives on a TURN socket, the core finds the channel and its peer, and the payload goes out
+//! of the relay socket straight from the receive buffer; a peer's datagram arrives on a relay
+//! socket (each is polled through its own readiness future in a `FuturesUnordered`, so only
+//! sockets with data are looked at), the core frames it, and it goes out of the TURN socket.
+//!
+//! Credentials are the TURN REST API's: the hub hands each client `expiry:peer-id` and its
+//! HMAC, made with the same secret (see [`TurnHandle::ice_servers`]).
+
+use crate::config::Config;
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use huddle_protocol::IceServer;
+use huddle_turn::{ClientKey, Relays, Secret, Server, Transport};
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, info, warn};
+
+/// The TURN port when none is configured (IANA's STUN/TURN port).
+pub const DEFAULT_PORT: u16 = 3478;
+/// The TURN-over-TLS port when none is configured.
+pub const DEFAULT_TLS_PORT: u16 = 5349;
+/// The realm in every challenge.
+pub const REALM: &str = "huddle";
+/// Datagrams taken from one socket before looking at the others.
+const RECV_BATCH: usize = 64;
+/// Larger than any datagram a TURN client or peer sends over UDP.
+const RECV_BUFFER: usize = 2048;
+/// Largest framed message accepted from a stream client (a ChannelData of a full-size datagram
+/// plus headers; STUN requests are far smaller).
+const MAX_STREAM_FRAME: usize = 4096;
+/// Stream connections at once; more are closed on accept.
+const MAX_STREAM_CLIENTS: usize = 1024;
+/// A stream client that sends nothing for this long is closed (clients refresh every few minutes).
+const STREAM_IDLE: Duration = Duration::from_secs(600);
+/// The TLS handshake and the first message must come within this.
+const STREAM_FIRST_MESSAGE: Duration = Duration::from_secs(10);
+/// Messages queued for one stream client; beyond, they are dropped (it is too slow).
+const STREAM_OUTBOX: usize = 256;
+/// Frames from all stream clients queued for the TURN task.
+const STREAM_EVENTS: usize = 4096;
+/// Relay sockets' buffers (a relay carries one client's media).
+const RELAY_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// What the hub needs to hand out credentials, and the addresses to announce.
+#[derive(Clone, Debug)]
+pub struct TurnHandle {
+    pub secret: Secret,
+    pub port: u16,
+    pub tls_port: Option<u16>,
+    /// Announced instead of the host the page was loaded from (`--turn-host`, else the first
+    /// `--media-public-ip`).
+    pub host: Option<String>,
+    pub credential_ttl: Duration,
+}
+
+impl TurnHandle {
+    /// The ICE servers for `user` (its peer id), reaching us at `host` (the page's `Host` header
+    /// without the port; `None`: the listen address).
+    pub fn ice_servers(&self, user: &str, host: Option<&str>, fallback: IpAddr) -> IceServer {
+        let host = match (&self.host, host) {
+            (Some(h), _) => h.clone(),
+            (None, Some(h)) => h.to_string(),
+            (None, None) => fallback.to_string(),
+        };
+        let host = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => host,
+        };
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let creds = self.secret.issue(user, now, self.credential_ttl.as_secs());
+        let mut urls = vec![
+            format!("stun:{host}:{}", self.port),
+            format!("turn:{host}:{}?transport=udp", self.port),
+            format!("turn:{host}:{}?transport=tcp", self.port),
+        ];
+        if let Some(p) = self.tls_port {
+            urls.push(format!("turns:{host}:{p}?transport=tcp"));
+        }
+        IceServer { urls, username: Some(creds.username), credential: Some(creds.password) }
+    }
+}
+
+/// The host part of a `Host` header, if it is a plain name or address (anything else is not
+/// put into a URL).
+pub fn host_of(header: &str) -> Option<String> {
+    if let Some(rest) = header.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let port_ok =
+            after.is_empty() || after.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        return (port_ok && v6.parse::<std::net::Ipv6Addr>().is_ok()).then(|| v6.to_ascii_lowercase());
+    }
+    let host = match header.split_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some(_) => return None,
+        None => header,
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    ok.then(|| host.to_ascii_lowercase())
+}
+
+/// Counters for tests and monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnStats {
+    pub core: huddle_turn::Stats,
+    /// Datagrams dropped because a socket's send buffer was full.
+    pub send_dropped: u64,
+    /// Messages for stream clients dropped because their queue was full.
+    pub stream_dropped: u64,
+    /// Stream frames dropped because the TURN task's queue was full.
+    pub events_dropped: u64,
+    pub stream_clients: usize,
+}
+
+/// Asks of the TURN task.
+#[derive(Debug)]
+pub enum TurnCommand {
+    Stats { reply: oneshot::Sender<TurnStats> },
+}
+
+/// From stream client tasks to the TURN task.
+enum StreamEvent {
+    Opened { key: ClientKey, outbox: mpsc::Sender<Vec<u8>> },
+    Frame { key: ClientKey, data: Vec<u8> },
+    Closed { key: ClientKey },
+}
+
+struct Listener {
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+}
+
+/// The TURN server, bound and ready to run.
+pub struct Turn {
+    udp: Vec<Listener>,
+    tcp: Vec<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    core: Server,
+    relays: RelayTable,
+    handle: TurnHandle,
+}
+
+impl Turn {
+    /// Binds the TURN port (UDP and TCP, same number) on the HTTP listen address (every
+    /// interface address for a wildcard), and the TLS port when `tls` is a real certificate.
+    /// `sfu`: the SFU's addresses, which relays may always reach.
+    pub async fn bind(
+        config: &Config,
+        http: SocketAddr,
+        sfu: Vec<SocketAddr>,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> anyhow::Result<Turn> {
+        let ips = crate::media::interface_ips(http.ip());
+        let first = *ips.first().ok_or_else(|| anyhow::anyhow!("no network interface address for TURN"))?;
+        let (udp, tcp) = bind_pair(config.turn_port, first, &ips).await?;
+        let port = udp[0].local.port();
+        let tls = match tls {
+            Some(cfg) => {
+                let want = config.turn_tls_port.unwrap_or(DEFAULT_TLS_PORT);
+                let listener = match TcpListener::bind((http.ip(), want)).await {
+                    Ok(l) => l,
+                    Err(e) if config.turn_tls_port.is_none() && e.kind() == io::ErrorKind::AddrInUse => {
+                        TcpListener::bind((http.ip(), 0)).await?
+                    }
+                    Err(e) => anyhow::bail!("cannot bind the TURN TLS port {want}: {e}"),
+                };
+                let mut cfg = (*cfg).clone();
+                // TURN clients send no ALPN, or "stun.turn"; accept either.
+                cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
+                Some((listener, tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
+            }
+            None => None,
+        };
+        let tls_port = match &tls {
+            Some((l, _)) => Some(l.local_addr()?.port()),
+            None => None,
+        };
+        let secret = match &config.turn_secret {
+            Some(s) => Secret::new(s.as_bytes()),
+            None => Secret::new(&random_bytes()),
+        };
+        let mut cfg = huddle_turn::Config::new(REALM, secret.clone(), random_bytes().to_vec());
+        cfg.policy.allow = config.turn_allow_peers.clone();
+        cfg.trusted_peers = sfu;
+        cfg.user_allocations = config.turn_user_quota;
+        cfg.user_bytes_per_sec = config.turn_user_bandwidth / 8;
+        let now = Instant::now();
+        let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let host = config.turn_host.clone().or_else(|| config.media_public_ips.first().map(|ip| ip.to_string()));
+        let handle = TurnHandle { secret, port, tls_port, host, credential_ttl: config.turn_credential_ttl };
+        Ok(Turn {
+            udp,
+            tcp,
+            tls,
+            core: Server::new(cfg, now, unix),
+            relays: RelayTable::new(config.turn_relay_ports, config.media_public_ips.clone()),
+            handle,
+        })
+    }
+
+    pub fn handle(&self) -> TurnHandle {
+        self.handle.clone()
+    }
+
+    /// The UDP addresses it listens on.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.udp.iter().map(|l| l.local).collect()
+    }
+
+    /// Runs until `commands` closes.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<TurnCommand>) {
+        let (events_tx, mut events) = mpsc::channel(STREAM_EVENTS);
+        let limit = Arc::new(Semaphore::new(MAX_STREAM_CLIENTS));
+        let mut acceptors = Vec::new();
+        for l in std::mem::take(&mut self.tcp) {
+            acceptors.push(tokio::spawn(accept(l, None, events_tx.clone(), limit.clone())));
+        }
+        if let Some((l, acceptor)) = self.tls.take() {
+            acceptors.push(tokio::spawn(accept(l, Some(acceptor), events_tx.clone(), limit.clone())));
+        }
+        drop(events_tx);
+        info!(addresses = ?self.addresses(), tls_port = ?self.handle.tls_port, "TURN ready");
+        let mut d = Driver {
+            core: self.core,
+            udp: self.udp,
+            relays: self.relays,
+            streams: HashMap::new(),
+            stats: TurnStats::default(),
+            events_dropped: 0,
+            out: Vec::with_capacity(RECV_BUFFER),
+        };
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(TurnCommand::Stats { reply }) => {
+                        let _ = reply.send(d.stats());
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => d.core.handle_timeout(Instant::now(), &mut d.relays),
+                ev = events.recv() => {
+                    if let Some(ev) = ev {
+                        d.stream_event(ev);
+                    }
+                }
+                i = ready_any(&d.udp) => d.drain_client_socket(i, &mut buf),
+                Some(ready) = d.relays.ready.next() => {
+                    if let Ok(relay) = ready {
+                        d.drain_relay(relay, &mut buf);
+                    }
+                }
+            }
+            d.flush();
+        }
+        for a in acceptors {
+            a.abort();
+        }
+        debug!("TURN stopped");
+    }
+}
+
+/// Binds UDP and TCP on the same port number: the configured one, or the default if free, else
+/// any port free for both.
+async fn bind_pair(
+    configured: Option<u16>,
+    first: IpAddr,
+    ips: &[IpAddr],
+) -> anyhow::Result<(Vec<Listener>, Vec<TcpListener>)> {
+    let wanted = configured.unwrap_or(DEFAULT_PORT);
+    let mut attempt = 0;
+    loop {
+        let port = if attempt == 0 { wanted } else { 0 };
+        attempt += 1;
+        let result: io::Result<(Vec<Listener>, Vec<TcpListener>)> = async {
+            let first_udp = UdpSocket::bind((first, port)).await?;
+            let port = first_udp.local_addr()?.port();
+            let mut udp = vec![first_udp];
+            for ip in &ips[1..] {
+                match UdpSocket::bind((*ip, port)).await {
+                    Ok(s) => udp.push(s),
+                    Err(e) => warn!(%ip, port, error = %e, "cannot bind the TURN port on this address; skipped"),
+                }
+            }
+            let mut tcp = Vec::new();
+            for s in &udp {
+                tcp.push(TcpListener::bind(s.local_addr()?).await?);
+            }
+            let udp = udp
+                .into_iter()
+                .map(|s| {
+                    crate::batch::grow_buffers(&s, crate::media::SOCKET_BUFFER_BYTES);
+                    let local = s.local_addr()?;
+                    Ok(Listener { socket: Arc::new(s), local })
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            Ok((udp, tcp))
+        }
+        .await;
+        match result {
+            Ok(pair) => return Ok(pair),
+            Err(e) if configured.is_none() && e.kind() == io::ErrorKind::AddrInUse && attempt < 8 => {
+                if attempt == 1 {
+                    info!(port = wanted, "the TURN port is taken; using another");
+                }
+            }
+            Err(e) => anyhow::bail!("cannot bind the TURN port {first}:{port}: {e}"),
+        }
+    }
+}
+
+fn random_bytes() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).expect("the system random number generator works");
+    b
+}
+
+/// The relay sockets, opened and closed at the core's request.
+struct RelayTable {
+    socks: HashMap<SocketAddr, (Arc<UdpSocket>, AbortHandle)>,
+    ready: FuturesUnordered<Abortable<Pin<Box<dyn Future<Output = SocketAddr> + Send>>>>,
+    range: (u16, u16),
+    public_ips: Vec<IpAddr>,
+    seed: u32,
+}
+
+impl RelayTable {
+    fn new(range: (u16, u16), public_ips: Vec<IpAddr>) -> RelayTable {
+        let seed = u32::from_le_bytes(random_bytes()[..4].try_into().expect("4 bytes")) | 1;
+        RelayTable { socks: HashMap::new(), ready: FuturesUnordered::new(), range, public_ips, seed }
+    }
+
+    fn next_random(&mut self) -> u32 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 17;
+        self.seed ^= self.seed << 5;
+        self.seed
+    }
+
+    /// Waits (once) for `addr`'s socket to become readable.
+    fn arm(&mut self, addr: SocketAddr) {
+        let Some((sock, _)) = self.socks.get(&addr) else { return };
+        let sock = sock.clone();
+        let (handle, registration) = AbortHandle::new_pair();
+        let fut: Pin<Box<dyn Future<Output = SocketAddr> + Send>> = Box::pin(async move {
+            let _ = sock.readable().await;
+            addr
+        });
+        self.ready.push(Abortable::new(fut, registration));
+        if let Some(entry) = self.socks.get_mut(&addr) {
+            entry.1 = handle;
+        }
+    }
+}
+
+impl Relays for RelayTable {
+    fn open(&mut self, ip: IpAddr, even_port: bool) -> io::Result<(SocketAddr, SocketAddr)> {
+        let (lo, hi) = self.range;
+        let span = u32::from(hi - lo) + 1;
+        for _ in 0..64 {
+            let mut port = lo as u32 + self.next_random() % span;
+            if even_port && port % 2 == 1 {
+                port = if port > lo as u32 { port - 1 } else { port + 1 };
+            }
+            let Ok(port) = u16::try_from(port) else { continue };
+            let std = match std::net::UdpSocket::bind((ip, port)) {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            };
+            std.set_nonblocking(true)?;
+            let sock = UdpSocket::from_std(std)?;
+            crate::batch::grow_buffers(&sock, RELAY_BUFFER_BYTES);
+            let bound = sock.local_addr()?;
+            let announced = crate::media::public_alias(&self.public_ips, bound).unwrap_or(bound);
+            let (placeholder, _) = AbortHandle::new_pair();
+            self.socks.insert(bound, (Arc::new(sock), placeholder));
+            self.arm(bound);
+            return Ok((bound, announced));
+        }
+        Err(io::Error::new(io::ErrorKind::AddrInUse, "no free relay port"))
+    }
+
+    fn close(&mut self, bound: SocketAddr) {
+        if let Some((_, handle)) = self.socks.remove(&bound) {
+            handle.abort();
+        }
+    }
+}
+
+struct Driver {
+    core: Server,
+    udp: Vec<Listener>,
+    relays: RelayTable,
+    /// Stream clients by connection number: their outbox.
+    streams: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    stats: TurnStats,
+    events_dropped: u64,
+    /// Scratch buffer for messages to clients.
+    out: Vec<u8>,
+}
+
+impl Driver {
+    fn stats(&self) -> TurnStats {
+        TurnStats {
+            core: self.core.stats(),
+            stream_clients: self.streams.len(),
+            events_dropped: self.events_dropped,
+            ..self.stats
+        }
+    }
+
+    fn drain_client_socket(&mut self, i: usize, buf: &mut [u8]) {
+        let now = Instant::now();
+        for _ in 0..RECV_BATCH {
+            let Some(l) = self.udp.get(i) else { return };
+            let (n, from) = match l.socket.try_recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here; nothing to do.
+                    debug!(error = %e, "TURN receive error");
+                    continue;
+                }
+            };
+            let key = ClientKey::udp(l.local, from);
+            if let Some(f) = self.core.from_client(now, key, &buf[..n], &mut self.relays) {
+                self.to_peer(f.relay, f.peer, &buf[f.payload]);
+            }
+        }
+    }
+
+    fn drain_relay(&mut self, relay: SocketAddr, buf: &mut [u8]) {
+        let Some((sock, _)) = self.relays.socks.get(&relay) else { return };
+        let sock = sock.clone();
+        let now = Instant::now();
+        for _ in 0..RECV_BATCH {
+            let (n, peer) = match sock.try_recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "relay receive error");
+                    continue;
+                }
+            };
+            let mut out = std::mem::take(&mut self.out);
+            if let Some(to) = self.core.from_peer(now, relay, peer, &buf[..n], &mut out) {
+                self.to_client(to, &out);
+            }
+            self.out = out;
+        }
+        self.relays.arm(relay);
+    }
+
+    fn to_peer(&mut self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+        let Some((sock, _)) = self.relays.socks.get(&relay) else { return };
+        match sock.try_send_to(payload, peer) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.send_dropped += 1,
+            Err(e) => debug!(error = %e, "relay send error"),
+        }
+    }
+
+    fn to_client(&mut self, to: ClientKey, data: &[u8]) {
+        match to.transport {
+            Transport::Udp => {
+                let Some(l) = self.udp.iter().find(|l| l.local == to.local) else { return };
+                match l.socket.try_send_to(data, to.remote) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.send_dropped += 1,
+                    Err(e) => debug!(error = %e, "TURN send error"),
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                let Some(tx) = self.streams.get(&to.conn) else { return };
+                if tx.try_send(data.to_vec()).is_err() {
+                    self.stats.stream_dropped += 1;
+                }
+            }
+        }
+    }
+
+    fn stream_event(&mut self, ev: StreamEvent) {
+        match ev {
+            StreamEvent::Opened { key, outbox } => {
+                self.streams.insert(key.conn, outbox);
+            }
+            StreamEvent::Frame { key, data } => {
+                if let Some(f) = self.core.from_client(Instant::now(), key, &data, &mut self.relays) {
+                    self.to_peer(f.relay, f.peer, &data[f.payload]);
+                }
+            }
+            StreamEvent::Closed { key } => {
+                self.streams.remove(&key.conn);
+                self.core.client_gone(&key, &mut self.relays);
+            }
+        }
+    }
+
+    /// Sends the core's answers.
+    fn flush(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            self.to_client(t.to, &t.data);
+        }
+    }
+}
+
+/// Waits until a TURN UDP socket is readable; returns its index.
+async fn ready_any(socks: &[Listener]) -> usize {
+    poll_fn(|cx| {
+        for (i, l) in socks.iter().enumerate() {
+            if l.socket.poll_recv_ready(cx).is_ready() {
+                return Poll::Ready(i);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Accepts stream clients on `listener` (TLS with `acceptor`), one task each.
+async fn accept(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    events: mpsc::Sender<StreamEvent>,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "TURN accept error");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!("too many TURN stream clients; closed one");
+            continue;
+        };
+        let Ok(local) = tcp.local_addr() else { continue };
+        let _ = tcp.set_nodelay(true);
+        let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let events = events.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                None => {
+                    let key = ClientKey { transport: Transport::Tcp, conn, local, remote };
+                    stream_client(tcp, key, events).await;
+                }
+                Some(acceptor) => {
+                    let key = ClientKey { transport: Transport::Tls, conn, local, remote };
+                    match tokio::time::timeout(STREAM_FIRST_MESSAGE, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => stream_client(tls, key, events).await,
+                        _ => debug!(%remote, "TURN TLS handshake failed"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One stream client: splits the byte stream into STUN and ChannelData messages for the TURN
+/// task and writes what it sends back. Ends on EOF, an error, a malformed or oversized frame, or
+/// silence.
+async fn stream_client<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    key: ClientKey,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let (outbox, mut outbox_rx) = mpsc::channel::<Vec<u8>>(STREAM_OUTBOX);
+    if events.send(StreamEvent::Opened { key, outbox }).await.is_err() {
+        return;
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_STREAM_FRAME);
+    let mut chunk = [0u8; MAX_STREAM_FRAME];
+    let mut deadline = tokio::time::Instant::now() + STREAM_FIRST_MESSAGE;
+    loop {
+        tokio::select! {
+            read = stream.read(&mut chunk) => {
+                let n = match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut bad = false;
+                while buf.len() >= 4 {
+                    let Some(len) = huddle_turn::stun::stream_frame_len(&buf) else {
+                        bad = true;
+                        break;
+                    };
+                    if len > MAX_STREAM_FRAME {
+                        bad = true;
+                        break;
+                    }
+                    if buf.len() < len {
+                        break;
+                    }
+                    let data: Vec<u8> = buf.drain(..len).collect();
+                    deadline = tokio::time::Instant::now() + STREAM_IDLE;
+                    if events.try_send(StreamEvent::Frame { key, data }).is_err() {
+                        debug!("TURN queue full; a stream client's message was dropped");
+                    }
+                }
+                if bad {
+                    debug!(remote = %key.remote, "TURN stream client sent a malformed frame; closed");
+                    break;
+                }
+            }
+            msg = outbox_rx.recv() => {
+                let Some(msg) = msg else { break };
+                if stream.write_all(&msg).await.is_err() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let _ = stream.shutdown().await;
+    let _ = events.send(StreamEvent::Closed { key }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_become_url_hosts_or_nothing() {
+        assert_eq!(host_of("meet.example.org"), Some("meet.example.org".into()));
+        assert_eq!(host_of("Meet.Example.org:8443"), Some("meet.example.org".into()));
+        assert_eq!(host_of("192.168.1.5:8080"), Some("192.168.1.5".into()));
+        assert_eq!(host_of("[::1]:8080"), Some("::1".into()));
+        assert_eq!(host_of("[fe80::1]"), Some("fe80::1".into()));
+        for bad in ["", "a b", "x/y", "evil?transport=tcp", "[::1", "a@b", "host:80:90x"] {
+            assert_eq!(host_of(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ice_servers_carry_rest_credentials_the_core_accepts() {
+        let secret = Secret::new(b"s");
+        let h = TurnHandle {
+            secret: secret.clone(),
+            port: 3478,
+            tls_port: Some(5349),
+            host: None,
+            credential_ttl: Duration::from_secs(60),
+        };
+        let s = h.ice_servers("p7", Some("::1"), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            s.urls,
+            [
+                "stun:[::1]:3478",
+                "turn:[::1]:3478?transport=udp",
+                "turn:[::1]:3478?transport=tcp",
+                "turns:[::1]:5349?transport=tcp"
+            ]
+        );
+        let username = s.username.expect("a username");
+        assert!(username.ends_with(":p7"));
+        assert_eq!(s.credential.as_deref(), Some(secret.password(&username).as_str()));
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert!(secret.key_for(&username, REALM, now).is_some(), "valid now");
+        assert!(secret.key_for(&username, REALM, now + 61).is_none(), "expires with the TTL");
+        let fixed = TurnHandle { host: Some("turn.example.org".into()), tls_port: None, ..h };
+        assert_eq!(
+            fixed.ice_servers("p1", Some("other"), IpAddr::from([127, 0, 0, 1])).urls[0],
+            "stun:turn.example.org:3478"
+        );
+    }
+}
