@@ -22,12 +22,17 @@ let tmp, clips;
 /** @type {import('./lib/browser.js').Participant[]} */ let P = [];
 /** @type {Awaited<ReturnType<typeof startSynth>>|null} */ let synth = null;
 
-/** Counts the RTCPeerConnections a page creates (window.__pcCount). */
+/**
+ * Counts the RTCPeerConnections a page creates for media (window.__pcCount): those with
+ * transceivers. The connectivity check's probes (a data channel each, closed after a few
+ * seconds, see web/js/check.js) carry no media and are not counted.
+ */
 const COUNT_PCS = () => {
   const Native = window.RTCPeerConnection;
-  window.__pcCount = 0;
+  const all = [];
+  Object.defineProperty(window, '__pcCount', { get: () => all.filter((pc) => pc.getTransceivers().length > 0).length });
   window.RTCPeerConnection = class extends Native {
-    constructor(...args) { super(...args); window.__pcCount++; }
+    constructor(...args) { super(...args); all.push(this); }
   };
 };
 

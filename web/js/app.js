@@ -6,6 +6,7 @@ import { LevelMeter, mediaAvailable } from './media.js';
 import { sig, media, S, errorVars, exposeDebugHandle } from './core.js';
 import { $, notice, showError, hideError, bannerCode, renderBanner, initials, colourFor } from './ui.js';
 import * as call from './call.js';
+import * as check from './check.js';
 import { initDevices, fillDevices } from './devices.js';
 
 const NAME_KEY = 'huddle.name';
@@ -35,12 +36,12 @@ let prejoinNotes = /** @type {string[]} */ ([]);
 
 // ---------------------------------------------------------------- views and routing
 
-/** @param {'landing'|'prejoin'|'room'} view */
+/** @param {'landing'|'prejoin'|'room'|'check'} view */
 function setView(view) {
   S.view = view;
   document.body.dataset.view = view;
-  $('#topbar-room').textContent = view === 'landing' ? '' : S.room;
-  document.title = view === 'landing' ? 'huddle' : `${S.room} · huddle`;
+  $('#topbar-room').textContent = view === 'landing' || view === 'check' ? '' : S.room;
+  document.title = view === 'landing' ? 'huddle' : view === 'check' ? `${t('check.title')} · huddle` : `${S.room} · huddle`;
 }
 
 function roomFromPath() {
@@ -52,6 +53,7 @@ function roomFromPath() {
 function route() {
   const room = roomFromPath();
   if (room) openPrejoin(room);
+  else if (location.pathname === '/check') showCheck();
   else showLanding();
 }
 
@@ -130,6 +132,31 @@ function renderRooms() {
   if (!same) list.replaceChildren(...items);
 }
 
+// ---------------------------------------------------------------- connectivity check
+
+/** The standalone check (`/check`): the same check as on pre-join, with every step shown. */
+function showCheck() {
+  stopPreview();
+  media.stopAll();
+  setView('check');
+  hideError([...MEDIA_CODES, ...JOIN_CODES]);
+  renderChecks();
+  if (sig.isOpen) check.startCheck({ force: true });
+}
+
+function renderChecks() {
+  check.renderCheck($('#prejoin-check'));
+  check.renderCheck($('#check-result'));
+  // "Run again" stays enabled (and focused) while a check runs: a click then waits for that one.
+  $('#check-result').setAttribute('aria-busy', String($('#check-result').dataset.state === 'running'));
+  // On pre-join, the steps open by themselves when something is wrong.
+  const details = /** @type {HTMLDetailsElement} */ ($('#prejoin-check .check-details'));
+  const v = $('#prejoin-check').dataset.verdict;
+  if (v && v !== 'running' && v !== 'ready' && v !== shownVerdict) details.open = true;
+  shownVerdict = v ?? '';
+}
+let shownVerdict = '';
+
 // ---------------------------------------------------------------- pre-join
 
 /** Who is already in the room, from the public room list. */
@@ -158,6 +185,9 @@ async function openPrejoin(room) {
   media.camOn = !startCamOff;
   media.setMicOn(!startMuted);
   setPrejoinNotes(['prejoin.checking']);
+  // The connection check runs beside the camera prompt and never holds up "Join".
+  renderChecks();
+  if (sig.isOpen) check.startCheck();
   if (startCamOff) {
     // Ask only for the microphone; the camera stays dark until turned on.
     if (!media.micTrack && mediaAvailable) await media.openMic(media.micId).catch(() => {});
@@ -257,6 +287,7 @@ function wireSignalling() {
     S.byeReason = '';
     if (S.view === 'landing' || S.view === 'prejoin') sig.watchRooms();
     renderRooms();
+    if (S.view === 'prejoin' || S.view === 'check') check.ensureCheck();
   });
   sig.on('rooms', (m) => {
     lastRooms = m.rooms;
@@ -315,6 +346,8 @@ function wireSignalling() {
       openPrejoin(S.room);
     }
     renderRooms();
+    // A check that could not start says so (the server is unreachable), instead of spinning.
+    if ((S.view === 'prejoin' || S.view === 'check') && !check.lastResult()) check.startCheck();
     if (reconnectTimer) clearTimeout(reconnectTimer);
     reconnectTimer = setTimeout(() => { reconnectTimer = null; sig.connect(); }, reconnectDelay);
     reconnectDelay = Math.min(reconnectDelay * 2, 10000);
@@ -342,6 +375,25 @@ function wireControls() {
     renderPresence();
     fillDevices();
     call.rerenderCall();
+    renderChecks();
+    if (S.view === 'check') setView('check'); // the title
+  });
+  check.onCheckChange(renderChecks);
+  $('#check-again').addEventListener('click', () => { check.startCheck({ force: true }); });
+  // Links to /check inside the page open the check view without a reload; its Back returns.
+  for (const a of document.querySelectorAll('a[href="/check"]')) {
+    a.addEventListener('click', (e) => {
+      if (S.inRoom) return;
+      e.preventDefault();
+      history.pushState({ back: true }, '', '/check');
+      showCheck();
+    });
+  }
+  $('#check-home').addEventListener('click', (e) => {
+    e.preventDefault();
+    if (history.state && history.state.back) { history.back(); return; }
+    history.pushState({}, '', '/');
+    showLanding();
   });
 
   $('#error-close').addEventListener('click', () => hideError());

@@ -6,7 +6,8 @@ import { SfuLink } from './sfu.js';
 import { SFU_PEER_ID } from './protocol.js';
 import { LevelMeter } from './media.js';
 import { FileChannel, sha256Hex, FileItem } from './files.js';
-import { $, Tile, layoutTiles, notice, showError, chatMessage, initials, colourFor } from './ui.js';
+import { $, Tile, layoutTiles, notice, showError, hideError, bannerCode, chatMessage, initials, colourFor } from './ui.js';
+import * as check from './check.js';
 
 /** @type {Tile|null} */
 let selfTile = null;
@@ -158,7 +159,7 @@ export function addRemote(p, initiator) {
   /** @type {import('./core.js').RemotePeer} */
   const rec = {
     id: p.id, name: p.name, audio: p.audio, video: p.video, screen: p.screen,
-    link: null, tile: null, files: null, meter: null, viaSfu: false,
+    link: null, tile: null, files: null, meter: null, viaSfu: false, problem: '',
     get pc() { return this.link ? this.link.pc : null; },
   };
   S.peers.set(p.id, rec);
@@ -215,11 +216,14 @@ export function connect(rec, initiator) {
       if (track.kind === 'audio') meterOn(rec, track);
     },
     onState: (state) => {
-      if (state === 'connected') tuneVideo();
+      if (state === 'connected') {
+        tuneVideo();
+        if (rec.link === link) setProblem(rec, '');
+      }
       if ((state === 'failed' || state === 'closed') && rec.link === link && S.peers.get(rec.id) === rec) {
         // After a switch to the SFU the other side closes its end: the SFU carries them now.
         if (S.topology === 'sfu') { switchToSfu(rec); return; }
-        if (state === 'failed') showError('peer_failed', { name: rec.name });
+        if (state === 'failed') { linkFailed(rec); return; }
         drop(rec);
       }
     },
@@ -237,7 +241,59 @@ export function connect(rec, initiator) {
     },
   });
   rec.link = link;
+  // Not connected after a while: say why on the tile (the connection keeps trying).
+  setTimeout(() => {
+    if (rec.link === link && S.peers.get(rec.id) === rec && link.pc.connectionState !== 'connected' && !rec.problem) {
+      setProblem(rec, 'slow');
+    }
+  }, CONNECT_PATIENCE_MS);
   return link;
+}
+
+/** How long a connection may take to come up before its tile explains why it does not. */
+const CONNECT_PATIENCE_MS = 15000;
+
+/**
+ * The connection to this person failed: close it, but keep their tile, which now says which step
+ * failed and what to try (from our connectivity check), as does the banner.
+ * @param {import('./core.js').RemotePeer} rec
+ */
+function linkFailed(rec) {
+  rec.meter?.detach();
+  rec.meter = null;
+  rec.link?.close();
+  rec.link = null;
+  rec.files = null;
+  rec.tile?.setStream(null);
+  setProblem(rec, 'failed');
+}
+
+/**
+ * Shows (or, with '', clears) why the connection to `rec` is not up, running the connectivity
+ * check first if it has not run yet.
+ * @param {import('./core.js').RemotePeer} rec
+ * @param {''|'slow'|'failed'} why
+ */
+function setProblem(rec, why) {
+  rec.problem = why;
+  renderProblem(rec);
+  if (!why) return;
+  check.ensureCheck().then(() => {
+    if (S.peers.get(rec.id) !== rec || rec.problem !== why) return;
+    renderProblem(rec);
+    if (why === 'failed') {
+      const d = check.diagnosisOf(check.lastResult(), rec.name);
+      showError('peer_failed', d.vars, '', d.key);
+    }
+  });
+}
+
+/** @param {import('./core.js').RemotePeer} rec */
+function renderProblem(rec) {
+  if (!rec.tile) return;
+  if (!rec.problem) { rec.tile.setProblem(''); return; }
+  const d = check.diagnosisOf(check.lastResult(), rec.name);
+  rec.tile.setProblem(rec.problem, d.key.replace(/^diag\.peer\./, ''), t(d.key, d.vars));
 }
 
 /** Closes the connection and removes the tile, keeping the person in the list. @param {import('./core.js').RemotePeer} rec */
@@ -461,7 +517,7 @@ export function rerenderCall() {
   renderPeople();
   for (const item of FileItem.all) item.render();
   if (selfTile) selfTile.setName(S.name);
-  for (const rec of S.peers.values()) { rec.tile?.setName(rec.name); rec.tile?.setState(rec); }
+  for (const rec of S.peers.values()) { rec.tile?.setName(rec.name); rec.tile?.setState(rec); renderProblem(rec); }
   renderTopology();
 }
 
@@ -532,7 +588,10 @@ function startSfu() {
       if (state === 'connected') {
         sfuRetryMs = 2000;
         updateReceiveAll();
+        sfuProblem = false;
+        hideError(['media_unreachable']);
       } else if (state === 'failed') {
+        sfuTrouble();
         restartSfu();
       }
     },
@@ -541,10 +600,27 @@ function startSfu() {
   sfuStartedAt = Date.now();
   if (!levelTimer) levelTimer = setInterval(pollLevels, 150);
   link.start().then(() => { if (S.sharing) link.setScreen(true); });
-  // A connection still not up after a while will not come up: start over.
+  // A connection still not up after a while will not come up: say why, and start over.
+  setTimeout(() => {
+    if (link === sfu && link.pc.connectionState !== 'connected') sfuTrouble();
+  }, CONNECT_PATIENCE_MS);
   setTimeout(() => {
     if (link === sfu && link.pc.connectionState !== 'connected') restartSfu();
   }, SFU_CONNECT_TIMEOUT_MS);
+}
+
+/** Whether the banner explains a media connection to the SFU that does not come up. */
+let sfuProblem = false;
+
+/** The SFU connection failed or is slow: the banner says which step fails and what to try. */
+function sfuTrouble() {
+  if (sfuProblem) return;
+  sfuProblem = true;
+  check.ensureCheck().then((r) => {
+    if (!sfuProblem || !S.inRoom || S.topology !== 'sfu') return;
+    const d = check.diagnosisOf(r, '');
+    showError('media_unreachable', d.vars, '', d.key);
+  });
 }
 
 /** Starts a fresh session with the SFU after a failure, with a growing pause. */
@@ -569,6 +645,8 @@ function stopSfu() {
   sfu?.close();
   sfu = null;
   sfuRetryMs = 2000;
+  if (sfuProblem && bannerCode() === 'media_unreachable') hideError(['media_unreachable']);
+  sfuProblem = false;
   wanted.clear();
   if (levelTimer) clearInterval(levelTimer);
   levelTimer = null;

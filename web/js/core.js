@@ -23,11 +23,12 @@ export const media = new LocalMedia();
  * @property {import('./files.js').FileChannel|null} files
  * @property {import('./media.js').LevelMeter|null} meter  speaking indicator
  * @property {boolean} [viaSfu]  their media comes through the SFU (sfu rooms), not `link`
+ * @property {''|'slow'|'failed'} [problem]  the connection to them is not up after a while, or failed
  * @property {RTCPeerConnection|null} pc  (getter, for window.__huddle)
  */
 
 export const S = {
-  /** @type {'loading'|'landing'|'prejoin'|'room'} */
+  /** @type {'loading'|'landing'|'prejoin'|'room'|'check'} */
   view: 'loading',
   /** the room of the pre-join step or the call */
   room: '',

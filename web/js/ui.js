@@ -10,6 +10,7 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 const ICONS = {
   micOff: 'M19 11h-1.7c0 .74-.16 1.43-.43 2.05l1.23 1.23c.56-.98.9-2.09.9-3.28zm-4.02.17c0-.06.02-.11.02-.17V5c0-1.66-1.34-3-3-3S9 3.34 9 5v.18l5.98 5.99zM4.27 3L3 4.27l6.01 6.01V11c0 1.66 1.33 3 2.99 3 .22 0 .44-.03.65-.08l1.66 1.66c-.71.33-1.5.52-2.31.52-2.76 0-5.3-2.1-5.3-5.1H5c0 3.41 2.72 6.23 6 6.72V21h2v-3.28c.91-.13 1.77-.45 2.54-.9L19.73 21 21 19.73 4.27 3z',
   pin: 'M16 9V4h1c.55 0 1-.45 1-1s-.45-1-1-1H7c-.55 0-1 .45-1 1s.45 1 1 1h1v5c0 1.66-1.34 3-3 3v2h5.97v7l1 1 1-1v-7H19v-2c-1.66 0-3-1.34-3-3z',
+  warn: 'M1 21h22L12 2 1 21zm12-3h-2v-2h2v2zm0-4h-2v-4h2v4z',
   screen: 'M20 18c1.1 0 1.99-.9 1.99-2L22 6c0-1.11-.9-2-2-2H4c-1.11 0-2 .89-2 2v10c0 1.1.89 2 2 2H0v2h24v-2h-4zm-7-3.53v-2.19c-2.78 0-4.61.85-6 2.72.56-2.67 2.11-5.33 6-5.87V7l4 3.73-4 3.74z',
 };
 
@@ -96,6 +97,8 @@ export class Tile {
       el.append(pin);
     }
     this.el = el;
+    /** @type {HTMLElement|null} why the connection is not up (see setProblem) */
+    this.problemEl = null;
     this.name = '';
     this.state = { audio: false, video: false, screen: false };
   }
@@ -129,6 +132,37 @@ export class Tile {
     const label = t(on ? 'tile.unpin' : 'tile.pin', { name: this.name });
     this.pinEl.setAttribute('aria-label', label);
     this.pinEl.title = label;
+  }
+
+  /**
+   * Shows why the connection to this person does not come up, over the (black) picture; an
+   * empty `why` removes it. See docs/dom-contract.md (`data-problem`, `data-diagnosis`).
+   * @param {''|'slow'|'failed'} why
+   * @param {string} diagnosis  which sentence: checking, blocked, refused, no_relay, elsewhere, …
+   * @param {string} text
+   */
+  setProblem(why, diagnosis = '', text = '') {
+    if (!why) {
+      this.problemEl?.remove();
+      this.problemEl = null;
+      delete this.el.dataset.problem;
+      delete this.el.dataset.diagnosis;
+      return;
+    }
+    if (!this.problemEl) {
+      const box = document.createElement('div');
+      box.className = 'tile-problem';
+      const p = document.createElement('p');
+      p.className = 'tile-problem-text';
+      box.append(icon('warn'), p);
+      this.problemEl = box;
+      // Under the name label and the buttons, over the picture.
+      this.el.insertBefore(box, this.el.querySelector('.tile-label'));
+    }
+    this.el.dataset.problem = why;
+    this.el.dataset.diagnosis = diagnosis;
+    /** @type {HTMLElement} */ (this.problemEl.querySelector('.tile-problem-text')).textContent = text;
+    this.problemEl.title = text; // the text is hidden on the smallest tiles
   }
 
   /** @param {MediaStream|null} stream */

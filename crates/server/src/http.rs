@@ -1,4 +1,4 @@
-//! The HTTP edge: the page (embedded in the binary), `/r/<room>`, `/healthz`, `/ws` and
+//! The HTTP edge: the page (embedded in the binary), `/r/<room>`, `/check`, `/healthz`, `/ws` and
 //! `/files/<id>` (files shared through the server, see [`crate::files`]).
 
 use crate::AppState;
@@ -23,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/ws", get(crate::ws::upgrade))
         .route("/r/{*room}", get(room_page))
+        // The connectivity check: the same page, which shows its check view at this path.
+        .route("/check", get(check_page))
         // The upload handler enforces the offered size itself while streaming.
         .route("/files/{id}", get(crate::files::download).put(crate::files::upload).layer(DefaultBodyLimit::disable()))
         .fallback(get(asset))
@@ -31,6 +33,10 @@ pub fn router(state: AppState) -> Router {
 
 async fn room_page(State(app): State<AppState>, Path(_room): Path<String>) -> Response {
     // The page reads the room from its own URL.
+    serve(&app, "/index.html").await
+}
+
+async fn check_page(State(app): State<AppState>) -> Response {
     serve(&app, "/index.html").await
 }
 
