@@ -264,12 +264,14 @@ sc.step('in an sfu room, a home that blocks UDP and TCP to the TURN port is told
   gone.push(...sc.participants);
   await sc.closeAll();
   // A second server, for sfu rooms, with its TURN server on a port of its own; home 0 drops that too.
+  // Without ICE over TCP: with it, the SFU is reached over TCP on the HTTPS port, which the page
+  // came through, so the call would connect (e2e/ice-tcp.test.js).
   const sfuTurnPort = turnPort + 1;
   net.nft('r0', `add rule inet filter forward_filter iifname "${net.ns('l0')}" tcp dport ${sfuTurnPort} drop`);
   const sfuServer = await startServer({
     listen: `${PUBLIC_SERVER_IP}:0`,
     wrap: net.wrap('wan'),
-    args: ['--topology', 'sfu', '--turn-port', String(sfuTurnPort), '--tls', 'self-signed', '--data-dir', path.join(tmp.dir, 'data')],
+    args: ['--topology', 'sfu', '--ice-tcp', 'false', '--turn-port', String(sfuTurnPort), '--tls', 'self-signed', '--data-dir', path.join(tmp.dir, 'data')],
   });
   try {
     const p = await browserAt(0, 'sfu-home0');

@@ -29,6 +29,7 @@ export const BASE_ARGS = [
  *   namespace, see netns.js)
  * @param {boolean} [opts.grantMedia] false: no auto-accepted permission prompt, so camera and
  *   microphone requests are refused as if the user had clicked "Block"
+ * @param {string} [opts.executablePath] another Chromium (or a script that execs it)
  */
 export async function launchParticipant({ who, clip, fakeDevice, lang = 'en-US', viewport = { width: 1280, height: 800 }, args = [], grantMedia = true, executablePath = CHROMIUM }) {
   const flags = [

@@ -161,3 +161,18 @@ export function lanNetwork({ clients = 2 } = {}) {
   }
   return net;
 }
+
+/**
+ * One namespace (`srv`) with only `lo`: a server and its browsers on one machine, cut off from
+ * everything else, where nftables rules (`net.nft('srv', …)`) touch nothing outside.
+ */
+export function loopbackNetwork() {
+  const net = new Network();
+  try {
+    net.add('srv');
+  } catch (e) {
+    net.destroy();
+    throw e;
+  }
+  return net;
+}

@@ -52,6 +52,14 @@ pub struct Cli {
     /// public IP of a server behind 1:1 NAT (repeatable)
     #[arg(long = "media-public-ip", env = "HUDDLE_MEDIA_PUBLIC_IPS", value_delimiter = ',', value_name = "IP")]
     pub media_public_ips: Vec<IpAddr>,
+    /// ICE over TCP to the SFU, for browsers whose UDP to the server is blocked (RFC 6544: the
+    /// SFU offers passive TCP candidates, less preferred than UDP) [default: true]
+    #[arg(long, env = "HUDDLE_ICE_TCP", value_name = "BOOL")]
+    pub ice_tcp: Option<bool>,
+    /// TCP port of a listener for ICE over TCP only (e.g. behind a reverse proxy that takes the
+    /// HTTP port) [default: none: ICE over TCP comes to the HTTP port itself]
+    #[arg(long, env = "HUDDLE_MEDIA_TCP_PORT", value_name = "PORT")]
+    pub media_tcp_port: Option<u16>,
     /// Estimate each SFU participant's downlink bandwidth (str0m's BWE, from the browser's
     /// congestion feedback) and send it the video layers that fit; `false` leaves only the
     /// loss-based cap and saves CPU per forwarded packet [default: true]
@@ -165,6 +173,8 @@ struct FileConfig {
     topology: Option<TopologyMode>,
     media_port: Option<u16>,
     media_public_ips: Option<Vec<IpAddr>>,
+    ice_tcp: Option<bool>,
+    media_tcp_port: Option<u16>,
     bandwidth_estimation: Option<bool>,
     turn: Option<bool>,
     turn_port: Option<u16>,
@@ -274,6 +284,10 @@ pub struct Config {
     pub media_port: Option<u16>,
     /// Announced instead of interface addresses when not empty.
     pub media_public_ips: Vec<IpAddr>,
+    /// ICE over TCP to the SFU.
+    pub ice_tcp: bool,
+    /// `None`: ICE over TCP shares the HTTP port.
+    pub media_tcp_port: Option<u16>,
     /// str0m's bandwidth estimate per SFU participant, for its video layers.
     pub bandwidth_estimation: bool,
     /// The built-in STUN/TURN server.
@@ -320,6 +334,8 @@ impl Default for Config {
             topology: TopologyMode::Auto,
             media_port: None,
             media_public_ips: Vec::new(),
+            ice_tcp: true,
+            media_tcp_port: None,
             bandwidth_estimation: true,
             turn: true,
             turn_port: None,
@@ -442,6 +458,8 @@ impl Config {
             topology,
             media_port: cli.media_port.or(file.media_port),
             media_public_ips,
+            ice_tcp: cli.ice_tcp.or(file.ice_tcp).unwrap_or(d.ice_tcp),
+            media_tcp_port: cli.media_tcp_port.or(file.media_tcp_port),
             bandwidth_estimation: cli
                 .bandwidth_estimation
                 .or(file.bandwidth_estimation)
@@ -504,6 +522,11 @@ impl Config {
         }
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > crate::ws::HARD_MAX_FRAME_BYTES as u32 {
             return bad("max_frame_bytes must be between 1024 and 1048576");
+        }
+        if self.media_tcp_port.is_some_and(|p| p != 0 && p == self.listen.port()) {
+            return bad(
+                "media_tcp_port is the HTTP port, which carries ICE over TCP anyway: leave media_tcp_port unset",
+            );
         }
         if self.outbox_capacity < 8 {
             return bad("outbox_capacity must be at least 8");
@@ -621,6 +644,7 @@ mod tests {
         assert_eq!(file.tls, Some(TlsMode::Off));
         assert_eq!(d.tls, Tls::Off);
         assert_eq!(file.bandwidth_estimation, Some(d.bandwidth_estimation));
+        assert_eq!(file.ice_tcp, Some(d.ice_tcp));
         assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
         assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
         assert_eq!(file.turn, Some(d.turn));
@@ -692,6 +716,33 @@ mod tests {
         assert!(Cli::try_parse_from(["huddle", "--tls", "on"]).is_err(), "only off and self-signed");
         let kept = Config::from_cli(parse(&["--data-dir", "/srv/huddle"])).expect("valid");
         assert_eq!(kept.data_dir, Some(PathBuf::from("/srv/huddle")));
+    }
+
+    #[test]
+    fn ice_over_tcp_is_on_by_default_on_the_http_port() {
+        let c = Config::from_cli(parse(&[])).expect("valid");
+        assert!(c.ice_tcp);
+        assert_eq!(c.media_tcp_port, None);
+        let off = Config::from_cli(parse(&["--ice-tcp", "false"])).expect("valid");
+        assert!(!off.ice_tcp);
+        let own = Config::from_cli(parse(&["--media-tcp-port", "8443"])).expect("valid");
+        assert_eq!(own.media_tcp_port, Some(8443));
+        assert!(Cli::try_parse_from(["huddle", "--media-tcp-port", "70000"]).is_err());
+        let same = Config::from_cli(parse(&["--listen", "0.0.0.0:8443", "--media-tcp-port", "8443"]));
+        assert!(same.expect_err("refused").to_string().contains("leave media_tcp_port unset"));
+        assert!(Cli::try_parse_from(["huddle", "--ice-tcp", "maybe"]).is_err());
+
+        let dir = std::env::temp_dir().join(format!("huddle-cfg-tcp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("huddle.toml");
+        std::fs::write(&path, "ice_tcp = false\nmedia_tcp_port = 3479\n").expect("write config");
+        let file = Config::from_cli(parse(&["--config", path.to_str().expect("utf-8 path")])).expect("valid");
+        assert!(!file.ice_tcp);
+        assert_eq!(file.media_tcp_port, Some(3479));
+        let flag = Config::from_cli(parse(&["--config", path.to_str().expect("utf-8 path"), "--ice-tcp", "true"]))
+            .expect("valid");
+        assert!(flag.ice_tcp, "the flag wins over the file");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

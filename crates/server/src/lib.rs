@@ -9,6 +9,8 @@
 //! - [`media`] — the SFU driver: one task owning the media UDP socket(s) and the sans-IO core
 //!   (`huddle-sfu`), reached from the hub over a channel.
 //! - [`batch`] — many datagrams per system call (`sendmmsg`), for the driver.
+//! - [`ice_tcp`] — ICE over TCP for the SFU: telling ICE-TCP connections on the HTTP port from
+//!   HTTP, RFC 4571 framing, one task per connection.
 //! - [`room`] — one room's members and chat history (plain data, owned by the hub).
 //! - [`files`] — files shared through the server (sfu rooms): the store the hub owns, and the
 //!   HTTP upload/download handlers.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod files;
 pub mod http;
 pub mod hub;
+pub mod ice_tcp;
 pub mod media;
 pub mod room;
 pub mod tls;
@@ -80,13 +83,16 @@ pub async fn serve_with(
     let config = Arc::new(config);
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let mut media_task = None;
+    // Where the HTTP listener sends ICE-TCP connections (`None`: not on this port).
+    let mut http_ice = None;
     let mut sfu_addresses = Vec::new();
     let mut hub = if config.topology == config::TopologyMode::P2p {
         hub::Hub::new(config.clone())
     } else {
         let media = media::Media::bind(&config, listener.local_addr()?).await?;
-        info!(addresses = ?media.addresses(), "SFU listening on UDP");
+        info!(udp = ?media.addresses(), ice_tcp = ?media.tcp_addresses(), "SFU listening");
         sfu_addresses = media.local_and_announced();
+        http_ice = media.http_ice_tcp();
         let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
         media_task = Some(tokio::spawn(media.run(media_rx, hub_tx.clone())));
         hub::Hub::with_media(config.clone(), media_tx)
@@ -119,12 +125,16 @@ pub async fn serve_with(
     let stopped = async move {
         let _ = stop_rx.await;
     };
-    match tls {
-        Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls.config)?;
+    match (tls, http_ice) {
+        (Some(tls), ice) => {
+            let listener = tls::TlsListener::new(listener, tls.config, ice)?;
             axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
         }
-        None => {
+        (None, Some(ice)) => {
+            let listener = ice_tcp::SniffingListener::new(listener, ice)?;
+            axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
+        }
+        (None, None) => {
             // Signalling messages are small and latency-sensitive: no Nagle delay.
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);

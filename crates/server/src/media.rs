@@ -16,12 +16,19 @@
 //! All participants share one UDP port. On a wildcard listen address the port is bound once per
 //! interface address, so every datagram's destination is known without `IP_PKTINFO`; the core
 //! announces each address as a host candidate (or the configured public addresses instead).
+//!
+//! ICE over TCP (on by default, [`crate::ice_tcp`]): the core also announces a passive TCP
+//! candidate per address, on the HTTP port (or `--media-tcp-port`). Each connection has its own
+//! task; their packets come in over one more bounded channel ([`TcpEvent`]) and go to the core
+//! tagged [`Transport::Tcp`], and the core's TCP transmits go to the queue of the connection with
+//! the same (local, remote) addresses — dropped and counted when there is none or it is full.
 
 use crate::batch;
 use crate::config::Config;
 use crate::hub;
+use crate::ice_tcp::{IceTcp, TcpEvent};
 use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload, VideoQuality};
-use huddle_sfu::{Event, Input, Output, RemoveReason, Sfu, SfuError, Signal};
+use huddle_sfu::{Event, Input, Output, RemoveReason, Sfu, SfuError, Signal, Transport};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
@@ -30,7 +37,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::ReadBuf;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -95,6 +102,15 @@ pub struct MediaStats {
     pub send_dropped: u64,
     /// Events for the hub dropped because its queue was full.
     pub events_dropped: u64,
+    /// ICE-TCP connections open.
+    pub tcp_connections: usize,
+    /// Packets that arrived over ICE-TCP (counted in `datagrams_in` too once the core has them).
+    pub tcp_frames_in: u64,
+    /// Packets queued to ICE-TCP connections (counted in `datagrams_out` too).
+    pub tcp_frames_out: u64,
+    /// ICE-TCP packets dropped: the media task's queue or a connection's queue was full, or the
+    /// core sent to a connection that is gone.
+    pub tcp_dropped: u64,
 }
 
 /// One bound socket and the address the core knows it by (its candidate address).
@@ -103,9 +119,21 @@ struct Sock {
     alias: SocketAddr,
 }
 
+/// ICE over TCP, set up.
+struct TcpSetup {
+    ice: IceTcp,
+    events: mpsc::Receiver<TcpEvent>,
+    /// `--media-tcp-port`'s listener; `None`: ICE-TCP shares the HTTP port.
+    dedicated: Option<TcpListener>,
+    /// The passive candidates announced (public aliases applied).
+    addresses: Vec<SocketAddr>,
+}
+
 /// The media endpoint, bound and ready to run.
 pub struct Media {
     socks: Vec<Sock>,
+    tcp: Option<TcpSetup>,
+    public_ips: Vec<IpAddr>,
     bandwidth_estimation: bool,
 }
 
@@ -141,7 +169,20 @@ impl Media {
             let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
             socks.push(Sock { socket, alias });
         }
-        Ok(Media { socks, bandwidth_estimation: config.bandwidth_estimation })
+        let tcp = if config.ice_tcp { Some(bind_tcp(config, http, &ips).await?) } else { None };
+        let public_ips = config.media_public_ips.clone();
+        Ok(Media { socks, tcp, public_ips, bandwidth_estimation: config.bandwidth_estimation })
+    }
+
+    /// Where the HTTP listener sends the ICE-TCP connections it finds: `Some` when ICE-TCP is on
+    /// and shares the HTTP port (no `--media-tcp-port`).
+    pub fn http_ice_tcp(&self) -> Option<IceTcp> {
+        self.tcp.as_ref().filter(|t| t.dedicated.is_none()).map(|t| t.ice.clone())
+    }
+
+    /// The addresses announced for ICE over TCP (one passive candidate each); empty when off.
+    pub fn tcp_addresses(&self) -> Vec<SocketAddr> {
+        self.tcp.as_ref().map(|t| t.addresses.clone()).unwrap_or_default()
     }
 
     /// The addresses announced to browsers (one host candidate each).
@@ -171,9 +212,19 @@ impl Media {
     /// Runs until the hub drops its command sender.
     pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
         let mut sfu = Sfu::with_addresses(self.addresses());
+        sfu.set_tcp_addresses(self.tcp_addresses());
         sfu.set_bandwidth_estimation(self.bandwidth_estimation);
         let outgoing = self.socks.iter().map(|_| Vec::new()).collect();
         let batch = std::env::var("HUDDLE_SFU_SENDMMSG").map_or(true, |v| v != "0");
+        let (mut tcp_events, mut ice, mut _dedicated) = (None, None, None);
+        if let Some(tcp) = self.tcp {
+            if let Some(listener) = tcp.dedicated {
+                _dedicated =
+                    Some(AbortOnDrop(tokio::spawn(crate::ice_tcp::serve_dedicated(listener, tcp.ice.clone()))));
+            }
+            tcp_events = Some(tcp.events);
+            ice = Some(tcp.ice);
+        }
         let mut driver = Driver {
             sfu,
             socks: self.socks,
@@ -182,10 +233,51 @@ impl Media {
             sessions: HashMap::new(),
             outgoing,
             batch,
+            tcp_events,
+            ice,
+            tcp_conns: HashMap::new(),
+            public_ips: self.public_ips,
         };
         driver.run(commands).await;
     }
 }
+
+/// Aborts the task when dropped (the dedicated ICE-TCP listener ends with the media task).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// ICE over TCP: the channel for the connection tasks, the dedicated listener if
+/// `--media-tcp-port` is set, and the candidate addresses (every address `ips` of the HTTP
+/// listener, on the TCP port, with public aliases applied like UDP's).
+async fn bind_tcp(config: &Config, http: SocketAddr, ips: &[IpAddr]) -> anyhow::Result<TcpSetup> {
+    let (ice, events) = IceTcp::channel();
+    let (dedicated, port) = match config.media_tcp_port {
+        Some(port) => {
+            let listener = TcpListener::bind((http.ip(), port))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for ICE over TCP on {}:{port}: {e}", http.ip()))?;
+            let port = listener.local_addr()?.port();
+            (Some(listener), port)
+        }
+        None => (None, http.port()),
+    };
+    let mut addresses = Vec::new();
+    for ip in ips {
+        let local = SocketAddr::new(*ip, port);
+        let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
+        if !addresses.contains(&alias) {
+            addresses.push(alias);
+        }
+    }
+    Ok(TcpSetup { ice, events, dedicated, addresses })
+}
+
+impl Media {}
 
 /// Socket buffers for the SFU's port. The kernel's default (about 208 KiB) holds a few hundred
 /// datagrams; one busy moment of the driver (a join renegotiating a room of 50) is enough to
@@ -271,6 +363,14 @@ struct Driver {
     /// `sendmmsg` (default) or one `send_to` per datagram (`HUDDLE_SFU_SENDMMSG=0`, to measure
     /// the difference).
     batch: bool,
+    /// Packets from the ICE-TCP connection tasks (`None`: ICE-TCP is off).
+    tcp_events: Option<mpsc::Receiver<TcpEvent>>,
+    /// The handle the listeners hold too (for its counters).
+    ice: Option<IceTcp>,
+    /// Each ICE-TCP connection's queue, by (our candidate address, the browser's address).
+    tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Vec<u8>>>,
+    /// `--media-public-ip`: the candidate address of a connection to a LAN address.
+    public_ips: Vec<IpAddr>,
 }
 
 impl Driver {
@@ -298,6 +398,17 @@ impl Driver {
                         self.datagram(i, received, &buf);
                     }
                 }
+                event = recv_tcp(&mut self.tcp_events) => match event {
+                    Some(event) => {
+                        self.tcp_event(event);
+                        for _ in 1..RECV_BATCH {
+                            let Some(event) = self.tcp_events.as_mut().and_then(|rx| rx.try_recv().ok()) else { break };
+                            self.tcp_event(event);
+                        }
+                    }
+                    // Every listener is gone (shutting down): nothing more comes.
+                    None => self.tcp_events = None,
+                },
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             // Under a steady stream of datagrams the sleep branch may never win: check the
@@ -320,12 +431,51 @@ impl Driver {
         match received {
             Ok((n, from)) => {
                 self.stats.datagrams_in += 1;
-                let input =
-                    Input::Packet { now: Instant::now(), from, to: self.socks[i].alias, bytes: buf[..n].to_vec() };
+                let (proto, to, bytes) = (Transport::Udp, self.socks[i].alias, buf[..n].to_vec());
+                let input = Input::Packet { now: Instant::now(), proto, from, to, bytes };
                 // Datagram errors concern one participant and are already events.
                 let _ = self.sfu.handle_input(input);
             }
             Err(e) => debug!(error = %e, "UDP receive error"),
+        }
+    }
+
+    /// A connection opened, or a packet from one.
+    fn tcp_event(&mut self, event: TcpEvent) {
+        match event {
+            TcpEvent::Open { local, remote, out } => {
+                // Closed connections leave their queue behind: sweep them out now and then.
+                if self.tcp_conns.len() >= 64 && self.tcp_conns.len().is_power_of_two() {
+                    self.tcp_conns.retain(|_, q| !q.is_closed());
+                }
+                let local = public_alias(&self.public_ips, local).unwrap_or(local);
+                self.tcp_conns.insert((local, remote), out);
+            }
+            TcpEvent::Frame { local, remote, bytes } => {
+                self.stats.datagrams_in += 1;
+                let to = public_alias(&self.public_ips, local).unwrap_or(local);
+                let input = Input::Packet { now: Instant::now(), proto: Transport::Tcp, from: remote, to, bytes };
+                let _ = self.sfu.handle_input(input);
+            }
+        }
+    }
+
+    /// A packet for an ICE-TCP connection: into its queue, or dropped.
+    fn transmit_tcp(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        let Some(queue) = self.tcp_conns.get(&(from, to)) else {
+            self.stats.tcp_dropped += 1;
+            return;
+        };
+        match queue.try_send(bytes) {
+            Ok(()) => {
+                self.stats.tcp_frames_out += 1;
+                self.stats.datagrams_out += 1;
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.stats.tcp_dropped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.stats.tcp_dropped += 1;
+                self.tcp_conns.remove(&(from, to));
+            }
         }
     }
 
@@ -385,7 +535,14 @@ impl Driver {
                 let _ = self.sfu.handle_input(Input::Receive { now, peer: id, publisher, video });
             }
             MediaCommand::Stats { reply } => {
-                let _ = reply.send(MediaStats { participants: self.sfu.peer_count(), ..self.stats });
+                let mut stats = MediaStats { participants: self.sfu.peer_count(), ..self.stats };
+                if let Some(ice) = &self.ice {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    stats.tcp_connections = ice.open();
+                    stats.tcp_frames_in = ice.counters.frames_in.load(Relaxed);
+                    stats.tcp_dropped += ice.counters.dropped_in.load(Relaxed);
+                }
+                let _ = reply.send(stats);
             }
         }
     }
@@ -405,7 +562,8 @@ impl Driver {
     fn flush(&mut self) {
         while let Some(out) = self.sfu.poll_output() {
             match out {
-                Output::Transmit { from, to, bytes } => {
+                Output::Transmit { proto: Transport::Tcp, from, to, bytes } => self.transmit_tcp(from, to, bytes),
+                Output::Transmit { proto: Transport::Udp, from, to, bytes } => {
                     let Some(i) = self.socks.iter().position(|s| s.alias == from) else {
                         debug!(%from, "no socket for a transmit address");
                         continue;
@@ -450,6 +608,14 @@ impl Driver {
             self.stats.send_dropped += sent.dropped;
             datagrams.clear();
         }
+    }
+}
+
+/// Waits for an ICE-TCP event; never, when ICE-TCP is off.
+async fn recv_tcp(events: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

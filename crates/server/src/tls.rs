@@ -10,8 +10,11 @@
 //! The listener does the TLS handshakes in their own tasks (a slow or silent client cannot hold
 //! up everyone else's accept), bounded in number and time, and hands finished connections to
 //! `axum::serve`, which then serves them exactly as plain TCP ones (graceful shutdown included).
+//! When ICE over TCP shares the port, connections that start with an ICE-TCP frame go to the SFU
+//! instead ([`crate::ice_tcp`]).
 
 use crate::config::Tls;
+use crate::ice_tcp::{self, IceTcp, Peeked};
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use std::io;
@@ -194,7 +197,9 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+    /// `ice`: where connections that start with an ICE-TCP frame go (`None`: ICE-TCP is not on
+    /// this port).
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>, ice: Option<IceTcp>) -> io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
@@ -213,10 +218,16 @@ impl TlsListener {
                 };
                 // Signalling messages are small and latency-sensitive: no Nagle delay.
                 let _ = stream.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (acceptor, tx, ice) = (acceptor.clone(), tx.clone(), ice.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
                     let handshake = async {
+                        if let Some(ice) = ice {
+                            if ice_tcp::sniff(&stream).await? == Peeked::IceTcp {
+                                ice.take(stream, from);
+                                return Ok(None);
+                            }
+                        }
                         // A TLS connection starts with a handshake record (22); anything else is
                         // someone typing the address without https://: send them there.
                         let mut first = [0u8; 1];

@@ -118,6 +118,15 @@ async fn the_page_and_the_websocket_over_https_with_a_self_signed_certificate() 
     let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer)).await.expect("closed in time");
     assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
     let _silent = TcpStream::connect(addr).await.expect("connect");
+    // ICE over TCP shares the port: a connection that starts with an RFC 4571 frame holding a
+    // STUN Binding request goes to the SFU, which does not answer a stranger (no 400, no TLS).
+    let mut ice = TcpStream::connect(addr).await.expect("connect");
+    let stun = [&[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42][..], &[7; 12]].concat();
+    ice.write_all(&[&(stun.len() as u16).to_be_bytes()[..], &stun].concat()).await.expect("write");
+    ice.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, ice.read_to_end(&mut answer)).await.expect("closed in time");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 
     // A client that expects another certificate does not get through.
     let other = tls::setup(&Tls::SelfSigned, &names, None).expect("certificate").expect("TLS on");

@@ -1,5 +1,6 @@
 //! The SFU through the real server: WebSocket signalling to the reserved peer `sfu`, media over
-//! real UDP on loopback, and str0m clients standing in for browsers.
+//! real UDP on loopback — or ICE over TCP to the HTTP port — and str0m clients standing in for
+//! browsers.
 
 mod common;
 
@@ -9,6 +10,7 @@ use huddle_protocol::{
     ClientMsg, ErrorCode, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, SFU_PEER_ID,
 };
 use huddle_server::config::TopologyMode;
+use huddle_server::ice_tcp::{frame_into, Deframer, MAX_FRAME};
 use huddle_server::Config;
 use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use huddle_sfu::str0m::format::Codec;
@@ -16,8 +18,11 @@ use huddle_sfu::str0m::media::{Direction, MediaKind, Mid};
 use huddle_sfu::str0m::net::{Protocol, Receive};
 use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -42,6 +47,75 @@ fn description(kind: SdpType, sdp: String) -> SignalPayload {
 /// "`receiver` got `kind` media carrying `sender`'s tag".
 type Sighting = (u8, u8, MediaKind);
 
+/// How a participant's packets travel: UDP, or ICE over TCP only (a browser whose UDP is
+/// blocked), on one connection to the server's HTTP port, framed as RFC 4571 says.
+enum Link {
+    Udp(UdpSocket),
+    Tcp { rd: OwnedReadHalf, wr: OwnedWriteHalf, server: SocketAddr, deframer: Deframer, buf: Vec<u8> },
+}
+
+impl Link {
+    async fn udp() -> Link {
+        Link::Udp(UdpSocket::bind("127.0.0.1:0").await.expect("bind a client UDP port"))
+    }
+
+    /// A TCP connection to the server's port (the HTTP port: ICE-TCP shares it).
+    async fn tcp(server: SocketAddr) -> Link {
+        let stream = TcpStream::connect(server).await.expect("connect over TCP");
+        stream.set_nodelay(true).expect("nodelay");
+        let (rd, wr) = stream.into_split();
+        Link::Tcp { rd, wr, server, deframer: Deframer::new(MAX_FRAME), buf: vec![0; 4096] }
+    }
+
+    fn local(&self) -> SocketAddr {
+        match self {
+            Link::Udp(s) => s.local_addr(),
+            Link::Tcp { wr, .. } => wr.local_addr(),
+        }
+        .expect("bound address")
+    }
+
+    /// The client's only candidate.
+    fn candidate(&self) -> Candidate {
+        let proto = if matches!(self, Link::Udp(_)) { Protocol::Udp } else { Protocol::Tcp };
+        Candidate::host(self.local(), proto).expect("host candidate")
+    }
+
+    async fn send(&mut self, proto: Protocol, to: SocketAddr, bytes: &[u8]) {
+        match self {
+            Link::Udp(s) => {
+                assert_eq!(proto, Protocol::Udp);
+                let _ = s.send_to(bytes, to).await;
+            }
+            Link::Tcp { wr, server, .. } => {
+                assert_eq!((proto, to), (Protocol::Tcp, *server), "a TCP-only client sends only on its connection");
+                let mut frame = Vec::new();
+                assert!(frame_into(&mut frame, bytes));
+                wr.write_all(&frame).await.expect("write a frame");
+            }
+        }
+    }
+
+    /// The next packet and where it came from (cancel-safe: partial frames stay in the deframer).
+    async fn recv(&mut self, buf: &mut [u8]) -> (Protocol, usize, SocketAddr) {
+        match self {
+            Link::Udp(s) => {
+                let (n, from) = s.recv_from(buf).await.expect("UDP receive");
+                (Protocol::Udp, n, from)
+            }
+            Link::Tcp { rd, server, deframer, buf: chunk, .. } => loop {
+                if let Some(packet) = deframer.next_frame().expect("the server sends valid frames") {
+                    buf[..packet.len()].copy_from_slice(packet);
+                    return (Protocol::Tcp, packet.len(), *server);
+                }
+                let n = rd.read(chunk).await.expect("TCP receive");
+                assert!(n > 0, "the server closed the ICE-TCP connection");
+                deframer.push(&chunk[..n]);
+            },
+        }
+    }
+}
+
 /// A str0m participant: joins over the WebSocket, offers to the SFU, answers its offers, sends
 /// an audio (with an audio level) and a video frame every 20 ms whose last byte is its `tag`,
 /// and reports every (sender tag, kind) it receives once.
@@ -49,6 +123,7 @@ async fn media_participant(
     mut ws: Client,
     room: &str,
     tag: u8,
+    mut link: Link,
     sightings: mpsc::UnboundedSender<Sighting>,
     mut stop: watch::Receiver<bool>,
 ) -> Client {
@@ -56,11 +131,10 @@ async fn media_participant(
         ServerMsg::Joined { topology: Topology::Sfu, .. } => {}
         other => panic!("expected an sfu room, got {other:?}"),
     }
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind a client UDP port");
-    let local = socket.local_addr().expect("bound address");
+    let local = link.local();
     let start = Instant::now();
     let mut rtc = Rtc::builder().build(start);
-    rtc.add_local_candidate(Candidate::host(local, Protocol::Udp).expect("host candidate"));
+    rtc.add_local_candidate(link.candidate());
     let mut change = rtc.sdp_api();
     let sending: Vec<(Mid, MediaKind)> = [MediaKind::Audio, MediaKind::Video]
         .into_iter()
@@ -85,9 +159,7 @@ async fn media_participant(
                     next_timeout = t;
                     break;
                 }
-                RtcOutput::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
-                }
+                RtcOutput::Transmit(t) => link.send(t.proto, t.destination, &t.contents).await,
                 RtcOutput::Event(RtcEvent::Connected) => connected = true,
                 RtcOutput::Event(RtcEvent::MediaAdded(m)) => {
                     incoming.insert(m.mid, m.kind);
@@ -140,10 +212,9 @@ async fn media_participant(
                     _ => {}
                 }
             }
-            received = socket.recv_from(&mut buf) => {
-                let (n, source) = received.expect("UDP receive");
+            (proto, n, source) = link.recv(&mut buf) => {
                 let contents = buf[..n].try_into().expect("the SFU sends only WebRTC datagrams");
-                let receive = Receive { proto: Protocol::Udp, source, destination: local, contents };
+                let receive = Receive { proto, source, destination: local, contents };
                 rtc.handle_input(RtcInput::Receive(Instant::now(), receive)).expect("client takes the datagram");
             }
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -223,7 +294,8 @@ async fn participants_of_an_sfu_room_receive_each_other_through_the_server_inclu
     let mut tasks = Vec::new();
     for tag in [1u8, 2] {
         let ws = Client::connect(&server).await;
-        tasks.push(tokio::spawn(media_participant(ws, "sfu room", tag, tx.clone(), stop.clone())));
+        let link = Link::udp().await;
+        tasks.push(tokio::spawn(media_participant(ws, "sfu room", tag, link, tx.clone(), stop.clone())));
     }
     let mut got = HashSet::new();
     wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
@@ -231,7 +303,8 @@ async fn participants_of_an_sfu_room_receive_each_other_through_the_server_inclu
     // A late joiner: the server renegotiates with the two already there, and the newcomer gets
     // their tracks in its own renegotiation.
     let ws = Client::connect(&server).await;
-    tasks.push(tokio::spawn(media_participant(ws, "sfu room", 3, tx.clone(), stop.clone())));
+    let link = Link::udp().await;
+    tasks.push(tokio::spawn(media_participant(ws, "sfu room", 3, link, tx.clone(), stop.clone())));
     wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2, 3])).await;
 
     stop_tx.send(true).expect("participants listen");
@@ -240,6 +313,138 @@ async fn participants_of_an_sfu_room_receive_each_other_through_the_server_inclu
         ws.send(&ClientMsg::Leave).await;
     }
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_without_udp_reach_the_sfu_over_tcp_on_the_http_port() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // 1 and 3 have only a TCP candidate and a TCP connection to the HTTP port; 2 has UDP.
+    let started = Instant::now();
+    for tag in [1u8, 2, 3] {
+        let ws = Client::connect(&server).await;
+        let link = if tag == 2 { Link::udp().await } else { Link::tcp(server.addr).await };
+        tasks.push(tokio::spawn(media_participant(ws, "tcp room", tag, link, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2, 3])).await;
+    eprintln!("media between TCP and UDP participants in {:?}", started.elapsed());
+
+    // The HTTP port still serves HTTP, and the WebSocket connections carry on.
+    let mut http = TcpStream::connect(server.addr).await.expect("connect");
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, http.read_to_end(&mut answer)).await.expect("in time").expect("read");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_media_tcp_port_ice_tcp_has_a_port_of_its_own() {
+    // A port that was free a moment ago.
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
+    let config = Config { media_tcp_port: Some(port), ..sfu_config(TopologyMode::Sfu) };
+    let server = TestServer::start(config).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [1u8, 2] {
+        let ws = Client::connect(&server).await;
+        let link = if tag == 1 { Link::tcp(SocketAddr::from(([127, 0, 0, 1], port))).await } else { Link::udp().await };
+        tasks.push(tokio::spawn(media_participant(ws, "own port", tag, link, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+    // The HTTP port is HTTP only now (hyper answers the bytes with 400), and the ICE-TCP port
+    // closes what is not ICE-TCP without a word.
+    for (addr, http) in [(server.addr, true), (SocketAddr::from(([127, 0, 0, 1], port)), false)] {
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        let bytes: &[u8] = if http { &stranger_stun_frame() } else { b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" };
+        c.write_all(bytes).await.expect("write");
+        c.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut answer)).await.expect("in time");
+        assert_eq!(answer.starts_with(b"HTTP/1.1 400"), http, "{addr}: {}", String::from_utf8_lossy(&answer));
+    }
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
+    server.shutdown().await;
+}
+
+/// A frame that looks like ICE-TCP (a STUN Binding request) naming nobody the SFU knows.
+fn stranger_stun_frame() -> Vec<u8> {
+    let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend_from_slice(&[9; 12]);
+    // USERNAME "nobody:x" (8 bytes).
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x08]);
+    stun.extend_from_slice(b"nobody:x");
+    let mut frame = Vec::new();
+    assert!(frame_into(&mut frame, &stun));
+    frame
+}
+
+#[tokio::test]
+async fn broken_or_unknown_ice_tcp_connections_are_closed_and_the_server_carries_on() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let mut a = Client::connect(&server).await;
+    a.join("tcp garbage", "A").await;
+    // An oversized frame after a valid first one: closed at once, nothing answered.
+    let mut c = TcpStream::connect(server.addr).await.expect("connect");
+    c.write_all(&stranger_stun_frame()).await.expect("write");
+    c.write_all(&[0xff, 0xff, 1, 2, 3]).await.expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await.expect("closed in time");
+    assert!(read.map_or(true, |n| n == 0), "nothing is answered: {rest:?}");
+    // An empty frame: the same.
+    let mut c = TcpStream::connect(server.addr).await.expect("connect");
+    c.write_all(&stranger_stun_frame()).await.expect("write");
+    c.write_all(&[0x00, 0x00]).await.expect("write");
+    let read = tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await.expect("closed in time");
+    assert!(read.map_or(true, |n| n == 0), "nothing is answered: {rest:?}");
+    // A stranger's well-formed check is not answered (str0m knows no such ufrag).
+    let mut c = TcpStream::connect(server.addr).await.expect("connect");
+    c.write_all(&stranger_stun_frame()).await.expect("write");
+    let mut one = [0u8; 1];
+    let silent = tokio::time::timeout(Duration::from_millis(500), c.read(&mut one)).await;
+    assert!(silent.is_err(), "a stranger gets no answer: {silent:?}");
+    // The page's connection and the HTTP port are fine.
+    a.send(&ClientMsg::Chat { text: "still here".into() }).await;
+    assert!(matches!(a.recv().await, ServerMsg::Chat { .. }));
+    Client::connect(&server).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_ice_tcp_off_the_http_port_is_http_only() {
+    let server = TestServer::start(Config { ice_tcp: false, ..sfu_config(TopologyMode::Sfu) }).await;
+    let mut c = TcpStream::connect(server.addr).await.expect("connect");
+    c.write_all(&stranger_stun_frame()).await.expect("write");
+    c.shutdown().await.expect("half-close");
+    // HTTP's answer to bytes that are no request (hyper: 400), where ICE-TCP would say nothing.
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut answer)).await.expect("in time");
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    // With ICE-TCP on, the same bytes get no HTTP answer.
+    let on = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let mut c = TcpStream::connect(on.addr).await.expect("connect");
+    c.write_all(&stranger_stun_frame()).await.expect("write");
+    c.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut answer)).await.expect("in time");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    server.shutdown().await;
+    on.shutdown().await;
 }
 
 #[tokio::test]

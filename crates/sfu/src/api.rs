@@ -13,6 +13,16 @@ impl std::fmt::Display for PeerId {
     }
 }
 
+/// How a datagram travels between a participant and the core: a UDP datagram, or one frame of
+/// an ICE-TCP connection (RFC 6544, framed as RFC 4571: the driver adds and removes the 2-byte
+/// length; the core sees the same packets either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
 /// Everything the core reacts to. Time only ever comes in through these values.
 #[derive(Debug)]
 pub enum Input {
@@ -23,9 +33,11 @@ pub enum Input {
     Leave { now: Instant, peer: PeerId },
     /// The participant's answer to an offer the core sent it ([`Signal::Offer`]).
     Answer { now: Instant, peer: PeerId, sdp: String },
-    /// One UDP datagram that arrived at the core's address `to` (one of those given to
-    /// [`crate::Sfu::with_addresses`]) from `from`.
-    Packet { now: Instant, from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
+    /// One datagram that arrived at the core's address `to` (one of those given to
+    /// [`crate::Sfu::with_addresses`], or for [`Transport::Tcp`] to
+    /// [`crate::Sfu::set_tcp_addresses`]) from `from`: a UDP datagram, or one deframed packet of
+    /// the ICE-TCP connection between `from` and `to`.
+    Packet { now: Instant, proto: Transport, from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
     /// The deadline from [`crate::Sfu::poll_timeout`] has passed.
     Timeout(Instant),
     /// How much of `publisher`'s video the participant `peer` wants (its tile is hidden, small or
@@ -64,7 +76,7 @@ pub enum Event {
     /// input failed. The signalling layer should tell its page.
     Removed { peer: PeerId, reason: RemoveReason },
     /// A datagram nobody claimed (garbage, or from an unknown address with no known ufrag).
-    Dropped { from: SocketAddr },
+    Dropped { proto: Transport, from: SocketAddr },
     /// The active speaker of `room` changed to `peer`: the loudest one by the audio level its
     /// packets carry, smoothed, with hysteresis; at most one change per second per room, and
     /// silence keeps the last speaker (see [`crate::speaker`]).
@@ -87,8 +99,10 @@ pub enum RemoveReason {
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send `bytes` from the core's address `from` (the one `to` sent its datagrams to) to `to`.
-    Transmit { from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
+    /// Send `bytes` from the core's address `from` (the one `to` sent its datagrams to) to `to`,
+    /// over `proto`: a UDP datagram, or a frame on the ICE-TCP connection between `from` and `to`
+    /// (the driver drops it when there is no such connection).
+    Transmit { proto: Transport, from: SocketAddr, to: SocketAddr, bytes: Vec<u8> },
     /// Send this SDP to the participant over signalling.
     Signal { peer: PeerId, signal: Signal },
     /// See [`Event`].

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use str0m::crypto::Sha1HmacProvider;
 use str0m::ice::StunMessage;
 
-use crate::api::PeerId;
+use crate::api::{PeerId, Transport};
 
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_HEADER_LEN: usize = 20;
@@ -22,7 +22,8 @@ const ATTR_USERNAME: u16 = 0x0006;
 /// The demux table. Addresses are learnt from STUN requests that named a known ufrag and
 /// passed its integrity check.
 pub(crate) struct Demux {
-    by_addr: HashMap<SocketAddr, PeerId>,
+    /// By transport too: a participant's UDP and TCP ports may have the same number.
+    by_addr: HashMap<(Transport, SocketAddr), PeerId>,
     /// Our ufrag → the participant, and our ICE password for it.
     by_ufrag: HashMap<String, (PeerId, String)>,
     hmac: &'static dyn Sha1HmacProvider,
@@ -57,8 +58,8 @@ impl Demux {
     }
 
     /// The participant this datagram is for, learning `from` when a STUN request names a ufrag.
-    pub(crate) fn route(&mut self, from: SocketAddr, bytes: &[u8]) -> Option<PeerId> {
-        let known = self.by_addr.get(&from).copied();
+    pub(crate) fn route(&mut self, proto: Transport, from: SocketAddr, bytes: &[u8]) -> Option<PeerId> {
+        let known = self.by_addr.get(&(proto, from)).copied();
         let Some(ufrag) = stun_local_ufrag(bytes) else { return known };
         let (peer, pass) = self.by_ufrag.get(ufrag)?;
         if known == Some(*peer) {
@@ -75,7 +76,7 @@ impl Demux {
             return None;
         }
         let peer = *peer;
-        self.by_addr.insert(from, peer);
+        self.by_addr.insert((proto, from), peer);
         Some(peer)
     }
 }
@@ -152,15 +153,15 @@ mod tests {
         let mut demux = Demux::default();
         demux.add_ufrag("abcd".into(), "secret".into(), PeerId(1));
         let from: SocketAddr = "10.0.0.1:5000".parse().expect("literal address");
-        assert_eq!(demux.route(from, b"\x80rtp"), None);
-        assert_eq!(demux.route(from, &stun_with_username("abcd:wxyz")), None, "unsigned: not learnt");
-        assert_eq!(demux.route(from, &signed_request("abcd:wxyz", "wrong")), None, "wrong password");
-        assert_eq!(demux.route(from, b"\x80rtp"), None);
-        assert_eq!(demux.route(from, &signed_request("abcd:wxyz", "secret")), Some(PeerId(1)));
-        assert_eq!(demux.route(from, b"\x80rtp"), Some(PeerId(1)));
-        assert_eq!(demux.route(from, &stun_with_username("nope:wxyz")), None);
+        assert_eq!(demux.route(Transport::Udp, from, b"\x80rtp"), None);
+        assert_eq!(demux.route(Transport::Udp, from, &stun_with_username("abcd:wxyz")), None, "unsigned: not learnt");
+        assert_eq!(demux.route(Transport::Udp, from, &signed_request("abcd:wxyz", "wrong")), None, "wrong password");
+        assert_eq!(demux.route(Transport::Udp, from, b"\x80rtp"), None);
+        assert_eq!(demux.route(Transport::Udp, from, &signed_request("abcd:wxyz", "secret")), Some(PeerId(1)));
+        assert_eq!(demux.route(Transport::Udp, from, b"\x80rtp"), Some(PeerId(1)));
+        assert_eq!(demux.route(Transport::Udp, from, &stun_with_username("nope:wxyz")), None);
         demux.remove_peer(PeerId(1));
-        assert_eq!(demux.route(from, b"\x80rtp"), None);
+        assert_eq!(demux.route(Transport::Udp, from, b"\x80rtp"), None);
     }
 
     #[test]
@@ -169,15 +170,26 @@ mod tests {
         demux.add_ufrag("aaaa".into(), "pass-a".into(), PeerId(1));
         demux.add_ufrag("bbbb".into(), "pass-b".into(), PeerId(2));
         let one: SocketAddr = "10.0.0.1:5000".parse().expect("literal address");
-        assert_eq!(demux.route(one, &signed_request("aaaa:x", "pass-a")), Some(PeerId(1)));
+        assert_eq!(demux.route(Transport::Udp, one, &signed_request("aaaa:x", "pass-a")), Some(PeerId(1)));
         // Forged or broken requests naming 2 from 1's address: dropped, 1 keeps its address.
-        assert_eq!(demux.route(one, &stun_with_username("bbbb:x")), None);
-        assert_eq!(demux.route(one, &signed_request("bbbb:x", "pass-a")), None);
-        assert_eq!(demux.route(one, b"\x80rtp"), Some(PeerId(1)));
+        assert_eq!(demux.route(Transport::Udp, one, &stun_with_username("bbbb:x")), None);
+        assert_eq!(demux.route(Transport::Udp, one, &signed_request("bbbb:x", "pass-a")), None);
+        assert_eq!(demux.route(Transport::Udp, one, b"\x80rtp"), Some(PeerId(1)));
         // 1's own unsigned-looking requests still reach its str0m, which checks them.
-        assert_eq!(demux.route(one, &stun_with_username("aaaa:x")), Some(PeerId(1)));
+        assert_eq!(demux.route(Transport::Udp, one, &stun_with_username("aaaa:x")), Some(PeerId(1)));
         // A genuine move (the address now used by 2, proven by its password) is followed.
-        assert_eq!(demux.route(one, &signed_request("bbbb:x", "pass-b")), Some(PeerId(2)));
-        assert_eq!(demux.route(one, b"\x80rtp"), Some(PeerId(2)));
+        assert_eq!(demux.route(Transport::Udp, one, &signed_request("bbbb:x", "pass-b")), Some(PeerId(2)));
+        assert_eq!(demux.route(Transport::Udp, one, b"\x80rtp"), Some(PeerId(2)));
+    }
+
+    #[test]
+    fn udp_and_tcp_addresses_are_told_apart() {
+        let mut demux = Demux::default();
+        demux.add_ufrag("aaaa".into(), "pass-a".into(), PeerId(1));
+        let same: SocketAddr = "10.0.0.1:5000".parse().expect("literal address");
+        assert_eq!(demux.route(Transport::Tcp, same, &signed_request("aaaa:x", "pass-a")), Some(PeerId(1)));
+        assert_eq!(demux.route(Transport::Tcp, same, b"\x80rtp"), Some(PeerId(1)));
+        // The same address and port over UDP is another path, not yet proven.
+        assert_eq!(demux.route(Transport::Udp, same, b"\x80rtp"), None);
     }
 }

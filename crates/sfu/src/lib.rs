@@ -1,7 +1,9 @@
 //! huddle's SFU core: a sans-IO selective forwarding unit on [str0m].
 //!
 //! No tokio, no sockets, no clock reads. The caller (a thin tokio driver that owns the UDP
-//! socket, or one socket per interface address on the same port: [`Sfu::with_addresses`]) feeds [`Input`]s to [`Sfu::handle_input`] — joins with SDP offers, answers,
+//! socket, or one socket per interface address on the same port: [`Sfu::with_addresses`], and
+//! the ICE-TCP connections, if any: [`Sfu::set_tcp_addresses`], each datagram tagged with its
+//! [`Transport`]) feeds [`Input`]s to [`Sfu::handle_input`] — joins with SDP offers, answers,
 //! datagrams and the current time — then takes [`Output`]s from [`Sfu::poll_output`]
 //! (datagrams to send, SDP for a participant, events) until `None`, and sleeps until
 //! [`Sfu::poll_timeout`] or the next datagram or command.
@@ -79,7 +81,7 @@ mod sfu;
 pub mod speaker;
 pub mod track;
 
-pub use api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};
+pub use api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
 pub use sfu::Sfu;
 /// The str0m version the core is built on, re-exported for the harness and the driver.
 pub use str0m;

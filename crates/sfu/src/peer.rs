@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput, Output as RtcOutput, Rtc};
 
-use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal, VideoQuality};
+use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
 use crate::rtp::RtpIn;
 use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
 
@@ -121,6 +121,13 @@ pub(crate) struct Peer {
     paced: bool,
 }
 
+/// The core's addresses, one host candidate each: UDP ones, and passive TCP ones for ICE-TCP.
+#[derive(Clone, Copy)]
+pub(crate) struct Locals<'a> {
+    pub(crate) udp: &'a [SocketAddr],
+    pub(crate) tcp: &'a [SocketAddr],
+}
+
 impl Peer {
     /// Accepts the participant's first offer; returns the participant and the SDP answer.
     pub(crate) fn join(
@@ -128,7 +135,7 @@ impl Peer {
         id: PeerId,
         room: Arc<str>,
         offer_sdp: &str,
-        locals: &[SocketAddr],
+        locals: Locals<'_>,
         bwe: bool,
         sink: &mut Sink,
     ) -> Result<(Peer, String, IceCreds), SfuError> {
@@ -159,9 +166,20 @@ impl Peer {
             config.codec_config().add_h264(pt.into(), Some(rtx.into()), true, profile);
         }
         let mut rtc = config.build(now);
-        for local in locals {
+        for local in locals.udp {
             let candidate = Candidate::host(*local, Protocol::Udp)
                 .map_err(|e| SfuError::SdpRefused { peer: id, reason: format!("candidate {local}: {e}") })?;
+            rtc.add_local_candidate(candidate);
+        }
+        // ICE-TCP: the browser connects to us (it is active, we are passive). str0m gives TCP host
+        // candidates a lower priority than UDP ones, so browsers use them only when UDP fails.
+        for local in locals.tcp {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(*local)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| SfuError::SdpRefused { peer: id, reason: format!("TCP candidate {local}: {e}") })?;
             rtc.add_local_candidate(candidate);
         }
         let creds = rtc.direct_api().local_ice_credentials();
@@ -247,7 +265,10 @@ impl Peer {
                 }
                 // str0m's datagram is a Vec already: moved, not copied.
                 Ok(RtcOutput::Transmit(t)) => {
-                    sink.out.push_back(Output::Transmit { from: t.source, to: t.destination, bytes: t.contents.into() })
+                    // Only what we gave str0m as candidates: UDP, or TCP for ICE-TCP.
+                    let proto = if t.proto == Protocol::Udp { Transport::Udp } else { Transport::Tcp };
+                    let bytes = t.contents.into();
+                    sink.out.push_back(Output::Transmit { proto, from: t.source, to: t.destination, bytes })
                 }
                 Ok(RtcOutput::Event(RtcEvent::RtpPacket(p))) => self.state.on_rtp(&mut self.rtc, p, sink),
                 Ok(RtcOutput::Event(RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }))) => {
@@ -268,6 +289,7 @@ impl Peer {
     pub(crate) fn packet(
         &mut self,
         now: Instant,
+        proto: Transport,
         from: SocketAddr,
         to: SocketAddr,
         bytes: &[u8],
@@ -276,7 +298,11 @@ impl Peer {
         let Ok(contents) = bytes.try_into() else {
             return false;
         };
-        let receive = Receive { proto: Protocol::Udp, source: from, destination: to, contents };
+        let proto = match proto {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        };
+        let receive = Receive { proto, source: from, destination: to, contents };
         self.state.clock = self.state.clock.max(now);
         self.mutate(sink, |rtc, state, _| {
             if let Err(e) = rtc.handle_input(RtcInput::Receive(now, receive)) {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal};
 use crate::demux::Demux;
-use crate::peer::{Peer, Propagated, Sink};
+use crate::peer::{Locals, Peer, Propagated, Sink};
 use crate::speaker::Speakers;
 
 /// The sans-IO SFU. Feed it [`Input`]s, then take [`Output`]s with [`Sfu::poll_output`] until
@@ -19,6 +19,9 @@ pub struct Sfu {
     /// bound on several interfaces, all on the same port). Each reply goes out from the address
     /// the participant talks to.
     locals: Vec<SocketAddr>,
+    /// The addresses participants may open ICE-TCP connections to (RFC 6544 passive host
+    /// candidates, less preferred than UDP); empty: UDP only.
+    tcp_locals: Vec<SocketAddr>,
     peers: HashMap<PeerId, Peer>,
     rooms: HashMap<Arc<str>, HashSet<PeerId>>,
     demux: Demux,
@@ -56,6 +59,7 @@ impl Sfu {
         }
         Sfu {
             locals,
+            tcp_locals: Vec::new(),
             peers: HashMap::new(),
             rooms: HashMap::new(),
             demux: Demux::default(),
@@ -65,6 +69,20 @@ impl Sfu {
             speakers: HashMap::new(),
             scratch: Vec::new(),
             bwe: true,
+        }
+    }
+
+    /// Announces, to participants who join from now on, a passive TCP host candidate (RFC 6544,
+    /// `tcptype passive`) per address besides the UDP ones: for browsers whose UDP to the server
+    /// is blocked. The driver accepts the connections, deframes them (RFC 4571) and feeds each
+    /// packet as [`Input::Packet`] with [`crate::Transport::Tcp`] and `to` one of these; replies come as
+    /// [`Output::Transmit`] with [`crate::Transport::Tcp`]. Empty (the default): UDP only.
+    pub fn set_tcp_addresses(&mut self, addrs: Vec<SocketAddr>) {
+        self.tcp_locals.clear();
+        for a in addrs {
+            if !self.tcp_locals.contains(&a) {
+                self.tcp_locals.push(a);
+            }
         }
     }
 
@@ -99,12 +117,12 @@ impl Sfu {
                 self.settle(now);
                 result
             }
-            Input::Packet { now, from, to, bytes } => {
-                let routed = self.demux.route(from, &bytes);
+            Input::Packet { now, proto, from, to, bytes } => {
+                let routed = self.demux.route(proto, from, &bytes);
                 let accepted =
-                    routed.and_then(|id| self.with_peer(id, |p, sink| p.packet(now, from, to, &bytes, sink)));
+                    routed.and_then(|id| self.with_peer(id, |p, sink| p.packet(now, proto, from, to, &bytes, sink)));
                 if accepted != Some(true) {
-                    self.sink.out.push_back(Output::Event(Event::Dropped { from }));
+                    self.sink.out.push_back(Output::Event(Event::Dropped { proto, from }));
                 }
                 self.settle(now);
                 Ok(())
@@ -156,7 +174,7 @@ impl Sfu {
         }
         let room: Arc<str> =
             self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
-        let locals = &self.locals;
+        let locals = Locals { udp: &self.locals, tcp: &self.tcp_locals };
         let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, self.bwe, &mut self.sink));
         let (mut peer, answer, creds) = match joined {
             Some(result) => result?,

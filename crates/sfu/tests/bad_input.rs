@@ -194,7 +194,7 @@ fn garbage_datagrams_never_panic_nor_disturb_anyone() {
         w.inject(stranger, truncated_stun(&format!("{ufrag}:them"), cut));
     }
     assert!(
-        w.events.iter().any(|e| matches!(e, huddle_sfu::Event::Dropped { from } if *from == stranger)),
+        w.events.iter().any(|e| matches!(e, huddle_sfu::Event::Dropped { from, .. } if *from == stranger)),
         "the stranger's datagrams were dropped"
     );
     assert_eq!(w.sfu.peer_count(), 2);

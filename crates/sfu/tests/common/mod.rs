@@ -15,7 +15,7 @@ use huddle_sfu::str0m::media::{
 };
 use huddle_sfu::str0m::net::{Protocol, Receive};
 use huddle_sfu::str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
-use huddle_sfu::{Event, Input, Output, PeerId, Sfu, Signal};
+use huddle_sfu::{Event, Input, Output, PeerId, Sfu, Signal, Transport};
 
 pub const SFU_ADDR: &str = "10.0.0.1:3478";
 /// Frames are written every 20 ms by every publishing client.
@@ -41,6 +41,8 @@ pub struct Client {
     pub incoming: HashMap<Mid, MediaKind>,
     /// The core's ICE ufrag for this client (from its answer).
     pub sfu_ufrag: String,
+    /// The core's answer to its join offer.
+    pub sfu_answer: String,
     /// The publisher of each incoming mid, from its stream id (`p<id>`, as the core names it).
     pub origin: HashMap<Mid, u64>,
     /// Simulcast layers of its video, lowest first (empty: no simulcast).
@@ -87,6 +89,9 @@ pub struct Client {
 
 struct InFlight {
     at: Instant,
+    /// UDP, or one frame of an ICE-TCP connection (the simulation needs no connection: the
+    /// frames carry the same packets, tagged).
+    proto: Transport,
     from: SocketAddr,
     to: SocketAddr,
     bytes: Vec<u8>,
@@ -101,6 +106,12 @@ pub struct World {
     pub sfu_addr: SocketAddr,
     /// Every address the core announces.
     pub sfu_addrs: Vec<SocketAddr>,
+    /// The core's ICE-TCP addresses ([`World::with_tcp`]); empty: UDP only.
+    pub sfu_tcp_addrs: Vec<SocketAddr>,
+    /// Clients (by id) that join with a TCP candidate only, as a browser whose UDP is blocked.
+    pub tcp_clients: Vec<u64>,
+    /// Datagrams the core sent over ICE-TCP.
+    pub sfu_sent_tcp: usize,
     /// Datagrams the core sent, per (its source address, destination).
     pub sfu_sent: HashMap<(SocketAddr, SocketAddr), usize>,
     /// Links that drop everything, both ways: (client address, core address).
@@ -144,6 +155,9 @@ impl World {
             sfu: Sfu::with_addresses(sfu_addrs.clone()),
             sfu_addr: sfu_addrs[0],
             sfu_addrs,
+            sfu_tcp_addrs: Vec::new(),
+            tcp_clients: Vec::new(),
+            sfu_sent_tcp: 0,
             sfu_sent: HashMap::new(),
             blocked: Vec::new(),
             core_wall: Duration::ZERO,
@@ -159,6 +173,13 @@ impl World {
             rng: 0x9E37_79B9_7F4A_7C15,
             flight: VecDeque::new(),
         }
+    }
+
+    /// The core also announces ICE-TCP (passive) candidates on these addresses.
+    pub fn with_tcp(mut self, addrs: Vec<SocketAddr>) -> World {
+        self.sfu.set_tcp_addresses(addrs.clone());
+        self.sfu_tcp_addrs = addrs;
+        self
     }
 
     /// A client joins `room`, publishing one track of each `kind`. Returns the core's verdict.
@@ -177,7 +198,8 @@ impl World {
     ) -> Result<(), huddle_sfu::SfuError> {
         let addr: SocketAddr = format!("10.0.1.{}:5000", id).parse().expect("valid address");
         let mut rtc = Rtc::builder().build(self.now);
-        rtc.add_local_candidate(Candidate::host(addr, Protocol::Udp).expect("host candidate"));
+        let proto = if self.tcp_clients.contains(&id) { Protocol::Tcp } else { Protocol::Udp };
+        rtc.add_local_candidate(Candidate::host(addr, proto).expect("host candidate"));
         let mut change = rtc.sdp_api();
         let simulcast = || {
             let mut s = Simulcast::new();
@@ -208,6 +230,7 @@ impl World {
             incoming: HashMap::new(),
             origin: HashMap::new(),
             sfu_ufrag: String::new(),
+            sfu_answer: String::new(),
             layers: layers.iter().map(|l| Rid::from(*l)).collect(),
             layer_bytes: Vec::new(),
             video_tags: HashMap::new(),
@@ -357,7 +380,7 @@ impl World {
         (self.rng % 10_000) as f64 / 10_000.0 < loss
     }
 
-    fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+    fn send(&mut self, proto: Transport, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         if self.blocked.iter().any(|(c, s)| (*c, *s) == (from, to) || (*s, *c) == (from, to)) {
             return;
         }
@@ -379,25 +402,30 @@ impl World {
         }
         // Kept in order of arrival: `progress` delivers the first due.
         let pos = self.flight.iter().rposition(|p| p.at <= at).map_or(0, |i| i + 1);
-        self.flight.insert(pos, InFlight { at, from, to, bytes });
+        self.flight.insert(pos, InFlight { at, proto, from, to, bytes });
     }
 
     /// Puts a raw datagram on the wire, as if sent from `from` (for bad-input tests).
     pub fn inject(&mut self, from: SocketAddr, bytes: Vec<u8>) {
         let to = self.sfu_addr;
-        self.flight.push_back(InFlight { at: self.now, from, to, bytes });
+        self.flight.push_back(InFlight { at: self.now, proto: Transport::Udp, from, to, bytes });
     }
 
     fn deliver(&mut self, p: InFlight) {
-        if self.sfu_addrs.contains(&p.to) {
-            let input = Input::Packet { now: self.now, from: p.from, to: p.to, bytes: p.bytes };
+        let to_sfu = match p.proto {
+            Transport::Udp => self.sfu_addrs.contains(&p.to),
+            Transport::Tcp => self.sfu_tcp_addrs.contains(&p.to),
+        };
+        if to_sfu {
+            let input = Input::Packet { now: self.now, proto: p.proto, from: p.from, to: p.to, bytes: p.bytes };
             self.core(input).expect("packets never fail");
             self.drain_sfu();
             return;
         }
         let Some(i) = self.clients.iter().position(|c| c.addr == p.to) else { return };
         let Ok(contents) = p.bytes.as_slice().try_into() else { return };
-        let receive = Receive { proto: Protocol::Udp, source: p.from, destination: p.to, contents };
+        let proto = if p.proto == Transport::Tcp { Protocol::Tcp } else { Protocol::Udp };
+        let receive = Receive { proto, source: p.from, destination: p.to, contents };
         let now = self.now;
         self.clients[i].rtc.handle_input(RtcInput::Receive(now, receive)).expect("client accepts the packet");
         self.drain_client(i);
@@ -406,9 +434,12 @@ impl World {
     pub fn drain_sfu(&mut self) {
         while let Some(out) = self.sfu.poll_output() {
             match out {
-                Output::Transmit { from, to, bytes } => {
+                Output::Transmit { proto, from, to, bytes } => {
                     *self.sfu_sent.entry((from, to)).or_default() += 1;
-                    self.send(from, to, bytes)
+                    if proto == Transport::Tcp {
+                        self.sfu_sent_tcp += 1;
+                    }
+                    self.send(proto, from, to, bytes)
                 }
                 Output::Signal { peer, signal } => self.signal(peer, signal),
                 Output::Event(e) => self.events.push(e),
@@ -422,6 +453,7 @@ impl World {
             Signal::Answer(sdp) => {
                 let ufrag = sdp.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).unwrap_or_default();
                 self.clients[i].sfu_ufrag = ufrag.trim().to_string();
+                self.clients[i].sfu_answer = sdp.clone();
                 let answer = SdpAnswer::from_sdp_string(&sdp).expect("the core's answer parses");
                 let pending = self.clients[i].pending.take().expect("an offer was outstanding");
                 self.clients[i].rtc.sdp_api().accept_answer(pending, answer).expect("client accepts the answer");
@@ -470,7 +502,10 @@ impl World {
                     self.clients[i].next_timeout = t;
                     return;
                 }
-                RtcOutput::Transmit(t) => self.send(t.source, t.destination, t.contents.to_vec()),
+                RtcOutput::Transmit(t) => {
+                    let proto = if t.proto == Protocol::Udp { Transport::Udp } else { Transport::Tcp };
+                    self.send(proto, t.source, t.destination, t.contents.to_vec())
+                }
                 RtcOutput::Event(e) => {
                     let c = &mut self.clients[i];
                     match e {
