@@ -247,7 +247,7 @@ async fn healthz_answers_and_the_page_has_a_csp() {
         }
     };
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
-    for path in ["/", "/r/%EC%A3%BC%EA%B0%84%20%ED%9A%8C%EC%9D%98"] {
+    for path in ["/", "/r/%EC%A3%BC%EA%B0%84%20%ED%9A%8C%EC%9D%98", "/check"] {
         let page = get(path).await;
         assert!(page.starts_with("HTTP/1.1 200"), "{path}: {page}");
         assert!(page.to_ascii_lowercase().contains("content-security-policy: default-src 'self'"), "{path}");
