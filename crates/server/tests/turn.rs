@@ -38,7 +38,15 @@ async fn turn_from_welcome(server: &TestServer) -> (u16, String, String, IceServ
 /// One side of a TURN client's transport: UDP datagrams or framed TCP.
 enum Link {
     Udp(UdpSocket),
-    Tcp(TcpStream, Vec<u8>),
+    /// TCP or TLS, with the bytes read but not yet framed.
+    Stream(Box<dyn ByteStream>, Vec<u8>),
+}
+
+trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
+
+fn stream(s: impl ByteStream + 'static) -> Link {
+    Link::Stream(Box::new(s), Vec::new())
 }
 
 impl Link {
@@ -47,7 +55,7 @@ impl Link {
             Link::Udp(s) => {
                 s.send(data).await.expect("send");
             }
-            Link::Tcp(s, _) => s.write_all(data).await.expect("write"),
+            Link::Stream(s, _) => s.write_all(data).await.expect("write"),
         }
     }
 
@@ -59,7 +67,7 @@ impl Link {
                 buf.truncate(n);
                 buf
             }
-            Link::Tcp(s, pending) => loop {
+            Link::Stream(s, pending) => loop {
                 if let Some(len) = stun::stream_frame_len(pending) {
                     if pending.len() >= len {
                         return pending.drain(..len).collect();
@@ -210,7 +218,7 @@ async fn welcome_credentials_allocate_and_relay_over_tcp() {
     let (port, user, pass, turn) = turn_from_welcome(&server).await;
     assert!(turn.urls.contains(&format!("turn:127.0.0.1:{port}?transport=tcp")), "{:?}", turn.urls);
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    relay_round_trip(TurnClient::new(Link::Tcp(tcp, Vec::new()), &user, &pass), true).await;
+    relay_round_trip(TurnClient::new(stream(tcp), &user, &pass), true).await;
     server.shutdown().await;
 }
 
@@ -269,7 +277,7 @@ async fn garbage_on_the_tcp_port_closes_that_connection_only() {
     let n = timeout(WAIT, big.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
     assert_eq!(n, 0);
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    relay_round_trip(TurnClient::new(Link::Tcp(tcp, Vec::new()), &user, &pass), true).await;
+    relay_round_trip(TurnClient::new(stream(tcp), &user, &pass), true).await;
     server.shutdown().await;
 }
 
@@ -399,4 +407,49 @@ async fn coturn_uclient_is_refused_a_loopback_peer_without_permission() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("403"), "uclient must be refused with 403 Forbidden:\n{text}");
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_a_real_certificate_turn_also_runs_over_tls() {
+    use huddle_server::config::Tls;
+    let dir = std::env::temp_dir().join(format!("huddle-turn-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let config = Config { tls: Tls::Files { cert, key }, ..relaying_to_loopback() };
+    let setup = huddle_server::tls::setup(&config.tls, &[], None).expect("certificate files").expect("TLS on");
+    let connector = common::tls::pinned(&setup.fingerprint);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(huddle_server::serve_with(config, listener, Some(setup), async move {
+        let _ = stopped.await;
+    }));
+
+    // welcome over wss names a turns: URL (the page's host, the TLS port) with the credentials.
+    let tls = common::tls::tls_to(addr, &connector).await.expect("TLS to the page's port");
+    let (ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", addr.port()), tls).await.unwrap();
+    let mut ws = ws;
+    let first = timeout(WAIT, futures_util::StreamExt::next(&mut ws)).await.expect("welcome in time").unwrap().unwrap();
+    let msg: ServerMsg = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    let ServerMsg::Welcome { ice_servers, .. } = msg else { panic!("expected welcome, got {msg:?}") };
+    let turn = ice_servers.iter().find(|s| s.urls.iter().any(|u| u.starts_with("turns:"))).expect("a turns: URL");
+    let url = turn.urls.iter().find(|u| u.starts_with("turns:")).unwrap();
+    let port: u16 = url
+        .trim_start_matches("turns:localhost:")
+        .trim_end_matches("?transport=tcp")
+        .parse()
+        .unwrap_or_else(|_| panic!("turns:localhost:<port>?transport=tcp, not {url}"));
+    assert_ne!(port, addr.port());
+
+    // Allocate and relay over TLS to that port, trusting only that certificate.
+    let tls = common::tls::tls_to(SocketAddr::from(([127, 0, 0, 1], port)), &connector).await.expect("TLS to TURN");
+    let client = TurnClient::new(stream(tls), turn.username.as_deref().unwrap(), turn.credential.as_deref().unwrap());
+    relay_round_trip(client, true).await;
+
+    let _ = stop.send(());
+    timeout(std::time::Duration::from_secs(10), server).await.expect("stops").expect("no panic").expect("Ok");
+    let _ = std::fs::remove_dir_all(&dir);
 }

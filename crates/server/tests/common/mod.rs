@@ -1,6 +1,8 @@
 //! Test harness: the real server on 127.0.0.1:0 and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use futures_util::{SinkExt, StreamExt};
 use huddle_protocol::{ClientMsg, ErrorCode, PeerId, ServerMsg};
 use huddle_server::Config;
