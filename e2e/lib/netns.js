@@ -48,6 +48,10 @@ class Network {
     const ns = this.ns(name);
     run('ip', ['netns', 'add', ns]);
     this.namespaces.push(ns);
+    // IPv4 only: otherwise each interface gains an IPv6 link-local address a moment after it
+    // comes up, which Chromium sees as a network change and aborts a page load with
+    // ERR_NETWORK_CHANGED (seen once in nat.test.js).
+    this.in(name, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1');
     this.in(name, 'ip', 'link', 'set', 'lo', 'up');
     return ns;
   }

@@ -104,11 +104,10 @@ pub async fn serve_with(
     };
     let mut turn_task = None;
     if config.turn {
-        let turn = turn::Turn::bind(&config, listener.local_addr()?, sfu_addresses, turn_tls).await?;
-        info!(addresses = ?turn.addresses(), "STUN/TURN listening on UDP and TCP");
-        hub.set_turn(turn.handle());
-        let (turn_tx, turn_rx) = mpsc::channel(16);
-        turn_task = Some((tokio::spawn(turn.run(turn_rx)), turn_tx));
+        let turn = turn::start(config.clone(), listener.local_addr()?, sfu_addresses, turn_tls).await?;
+        info!(addresses = ?turn.addresses, "STUN/TURN listening on UDP and TCP");
+        hub.set_turn(turn.handle.clone());
+        turn_task = Some(turn);
     }
     let hub_task = tokio::spawn(hub::run(hub, hub_rx));
     let state = AppState { config, hub: hub_tx.clone(), next_id: Arc::new(AtomicU64::new(1)) };
@@ -148,10 +147,11 @@ pub async fn serve_with(
     if let Some(task) = media_task {
         task.abort();
     }
-    if let Some((task, commands)) = turn_task {
+    if let Some(turn) = turn_task {
         // Closing its command channel stops it (it logs its counters on the way out).
-        drop(commands);
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        drop(turn.commands);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), tokio::task::spawn_blocking(move || turn.thread.join())).await;
     }
     info!("stopped");
     Ok(())

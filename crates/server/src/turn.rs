@@ -54,8 +54,10 @@ const STREAM_FIRST_MESSAGE: Duration = Duration::from_secs(10);
 const STREAM_OUTBOX: usize = 256;
 /// Frames from all stream clients queued for the TURN task.
 const STREAM_EVENTS: usize = 4096;
-/// Relay sockets' buffers (a relay carries one client's media).
-const RELAY_BUFFER_BYTES: usize = 1024 * 1024;
+/// Relay sockets' buffers (a relay carries one client's media). Small on purpose: under
+/// overload, what cannot be relayed soon should be dropped, not queued for seconds
+/// (`huddle-bench turn` saw 1 MiB relay buffers hold up to 1.8 s of traffic).
+const RELAY_BUFFER_BYTES: usize = 256 * 1024;
 
 /// What the hub needs to hand out credentials, and the addresses to announce.
 #[derive(Clone, Debug)]
@@ -145,6 +147,54 @@ enum StreamEvent {
 struct Listener {
     socket: Arc<UdpSocket>,
     local: SocketAddr,
+}
+
+/// A TURN server running on its own thread.
+pub struct Running {
+    pub handle: TurnHandle,
+    /// The UDP addresses it listens on.
+    pub addresses: Vec<SocketAddr>,
+    /// Dropping it stops the server.
+    pub commands: mpsc::Sender<TurnCommand>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Binds and runs the TURN server on a thread of its own with a single-threaded runtime, which
+/// also runs its stream clients' tasks. On the server's shared multi-threaded runtime every
+/// datagram sent woke another worker (write readiness) and each TCP frame crossed threads twice:
+/// `huddle-bench turn` measured 22 % more relayed packets per second at saturation, 25 % less CPU
+/// per packet and p99 at 100k relayed/s down from 87–187 ms to about 1 ms on one thread.
+pub async fn start(
+    config: Arc<Config>,
+    http: SocketAddr,
+    sfu: Vec<SocketAddr>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> anyhow::Result<Running> {
+    let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<(TurnHandle, Vec<SocketAddr>)>>();
+    let (commands, rx) = mpsc::channel(16);
+    let thread = std::thread::Builder::new().name("huddle-turn".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(anyhow::anyhow!("cannot start the TURN thread's runtime: {e}")));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            match Turn::bind(&config, http, sfu, tls).await {
+                Ok(turn) => {
+                    let _ = ready_tx.send(Ok((turn.handle(), turn.addresses())));
+                    turn.run(rx).await;
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+    })?;
+    let (handle, addresses) =
+        ready_rx.await.map_err(|_| anyhow::anyhow!("the TURN thread ended before it was ready"))??;
+    Ok(Running { handle, addresses, commands, thread })
 }
 
 /// The TURN server, bound and ready to run.
@@ -271,12 +321,14 @@ impl Turn {
                         d.stream_event(ev);
                     }
                 }
-                i = ready_any(&d.udp) => d.drain_client_socket(i, &mut buf),
+                // Relays before the TURN port: what was taken in is sent on before more comes in,
+                // so an overload drops at the door instead of after half the work.
                 Some(ready) = d.relays.ready.next() => {
                     if let Ok(relay) = ready {
                         d.drain_relay(relay, &mut buf);
                     }
                 }
+                i = ready_any(&d.udp) => d.drain_client_socket(i, &mut buf),
             }
             d.flush();
         }
