@@ -1,7 +1,7 @@
 //! The built-in STUN/TURN server's driver: one task owns the core ([`huddle_turn::Server`]), the
 //! UDP sockets of the TURN port and every relay socket; stream clients (TCP, and TLS when a
 //! certificate is configured) each have a small task that frames messages and hands them over a
-//! bounded channel.
+//! bounded channel. All of them run on a thread of their own ([`start`]).
 //!
 //! The hot paths stay in that one task without copies or hand-offs: a client's ChannelData
 //! arrives on a TURN socket, the core finds the channel and its peer, and the payload goes out
