@@ -18,6 +18,7 @@
 #![recursion_limit = "256"]
 
 mod procfs;
+mod recv_batch;
 mod relay;
 mod server;
 mod sfu;

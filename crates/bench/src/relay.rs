@@ -8,6 +8,7 @@
 //! destination sockets with `poll(2)` and `recvmmsg(2)`. The figure is datagrams the receivers got
 //! per second.
 
+use crate::recv_batch::{RecvBatch, BATCH};
 use anyhow::Context;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -134,7 +135,7 @@ pub fn measure(fanout: usize, bytes: usize, seconds: f64, relay_cpu: Option<&[us
                         continue;
                     }
                     for _ in 0..8 {
-                        let n = batch.recv(s);
+                        let n = batch.recv(s.as_raw_fd());
                         got += n as u64;
                         if n < BATCH {
                             break;
@@ -183,50 +184,6 @@ pub fn measure(fanout: usize, bytes: usize, seconds: f64, relay_cpu: Option<&[us
         relay_cpu_pct: (b.4 - a.4) as f64 / 1e9 / secs * 100.0,
         other_cpu_pct: (((cpu_b.1 - cpu_a.1) - (cpu_b.0 - cpu_a.0)) / secs * 100.0).max(0.0),
     })
-}
-
-/// Datagrams taken per `recvmmsg(2)` by the receiver.
-const BATCH: usize = 64;
-
-/// Buffers for `recvmmsg(2)`: the receiver should cost the machine as little as possible, so that
-/// the relay thread is what runs out first.
-/// The raw pointers in `iovs` and `msgs` point into `bufs` and `iovs`, whose contents never move.
-struct RecvBatch {
-    bufs: Vec<[u8; 2048]>,
-    iovs: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
-}
-
-impl RecvBatch {
-    fn new() -> RecvBatch {
-        let mut b = RecvBatch { bufs: vec![[0u8; 2048]; BATCH], iovs: Vec::with_capacity(BATCH), msgs: Vec::new() };
-        for buf in &mut b.bufs {
-            b.iovs.push(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() });
-        }
-        for iov in &mut b.iovs {
-            // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no control data).
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            b.msgs.push(m);
-        }
-        b
-    }
-
-    /// Datagrams waiting on `socket` (non-blocking), up to [`BATCH`]; 0 on none or an error.
-    fn recv(&mut self, socket: &UdpSocket) -> usize {
-        // SAFETY: `msgs` holds BATCH headers whose iovecs point at BATCH live buffers.
-        let n = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                self.msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        n.max(0) as usize
-    }
 }
 
 /// CPU time of the calling thread, in ns.

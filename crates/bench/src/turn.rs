@@ -27,6 +27,7 @@
 //! Every phase is bounded in time.
 
 use crate::procfs;
+use crate::recv_batch::{RecvBatch, BATCH};
 use crate::relay;
 use crate::server::{ServerProcess, SERVER_CPUS};
 use crate::turn_client::{self, Client, Conn, Transport, CHANNEL};
@@ -56,8 +57,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const FINE_US: u64 = 10_000;
 const COARSE_US: u64 = 100;
 const HIST_BUCKETS: usize = FINE_US as usize + 100_000;
-/// Datagrams taken per `recvmmsg(2)` by the receiver.
-const BATCH: usize = 64;
 /// Times a window disturbed by other processes is measured again.
 const MAX_RETRIES: usize = 2;
 /// Default coturn binary (Debian's `coturn` package).
@@ -713,44 +712,6 @@ impl Drop for CloseFd {
     fn drop(&mut self) {
         // SAFETY: we own the descriptor.
         unsafe { libc::close(self.0) };
-    }
-}
-
-/// Buffers for `recvmmsg(2)`. The raw pointers in `iovs` and `msgs` point into `bufs` and
-/// `iovs`, whose contents never move.
-struct RecvBatch {
-    bufs: Vec<[u8; 2048]>,
-    iovs: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
-}
-
-impl RecvBatch {
-    fn new() -> RecvBatch {
-        let mut b = RecvBatch { bufs: vec![[0u8; 2048]; BATCH], iovs: Vec::with_capacity(BATCH), msgs: Vec::new() };
-        for buf in &mut b.bufs {
-            b.iovs.push(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() });
-        }
-        for iov in &mut b.iovs {
-            // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no control data).
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            b.msgs.push(m);
-        }
-        b
-    }
-
-    /// Datagrams waiting on `fd` (non-blocking), up to [`BATCH`]; 0 on none or an error.
-    fn recv(&mut self, fd: libc::c_int) -> usize {
-        // SAFETY: `msgs` holds BATCH headers whose iovecs point at BATCH live buffers.
-        let n = unsafe {
-            libc::recvmmsg(fd, self.msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
-        };
-        n.max(0) as usize
-    }
-
-    fn datagram(&self, j: usize) -> &[u8] {
-        &self.bufs[j][..(self.msgs[j].msg_len as usize).min(2048)]
     }
 }
 
