@@ -50,6 +50,44 @@ struct Counters {
 
 /// Runs the relay for `seconds` (after a short warm-up) with datagrams of `bytes` bytes, each
 /// forwarded to `fanout` sockets. `relay_cpu`: CPUs to pin the relay thread to.
+/// [`measure`] again while other processes used more than `disturbed_cpu_pct` of the CPUs (at
+/// most `retries` more times): other processes can only slow the relay down, so of several
+/// attempts the fastest is the best estimate of the limit. Progress goes to stderr.
+pub fn measure_best(
+    fanout: usize,
+    bytes: usize,
+    seconds: f64,
+    relay_cpu: Option<&[usize]>,
+    disturbed_cpu_pct: f64,
+    retries: usize,
+) -> anyhow::Result<RelayResult> {
+    let mut best: Option<RelayResult> = None;
+    for attempt in 0..=retries {
+        let r = measure(fanout, bytes, seconds, relay_cpu)?;
+        eprintln!(
+            "plain relay: {:.0} datagrams/s delivered ({:.0} sent, relay thread at {:.0}% CPU, {:.2} µs per packet \
+             in, {:.2}% lost, other processes {:.0}% CPU)",
+            r.delivered_pps,
+            r.sent_pps,
+            r.relay_cpu_pct,
+            r.relay_cpu_pct / 100.0 / r.in_pps * 1e6,
+            r.loss_pct,
+            r.other_cpu_pct
+        );
+        let disturbed = r.other_cpu_pct > disturbed_cpu_pct;
+        if best.as_ref().is_none_or(|b| r.delivered_pps > b.delivered_pps) {
+            best = Some(r);
+        }
+        if !disturbed {
+            break;
+        }
+        if attempt < retries {
+            eprintln!("plain relay: disturbed by other processes; measuring again");
+        }
+    }
+    best.context("no plain relay measurement")
+}
+
 pub fn measure(fanout: usize, bytes: usize, seconds: f64, relay_cpu: Option<&[usize]>) -> anyhow::Result<RelayResult> {
     let fanout = fanout.clamp(1, 1000);
     let bytes = bytes.clamp(12, 1400);

@@ -300,28 +300,14 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     let fanout = publishers - 1 + subscribers;
     let bytes = report["forwarded_packet_bytes"].as_f64().filter(|b| b.is_finite() && *b > 0.0).unwrap_or(1100.0);
     eprintln!("plain UDP relay: fanout {fanout}, {bytes:.0}-byte datagrams, {:.1} s", args.relay_secs);
-    // Other processes can only slow the relay down: of several attempts, the fastest is the
-    // best estimate of the limit.
-    let mut best: Option<relay::RelayResult> = None;
-    for attempt in 0..=MAX_RETRIES {
-        let r = relay::measure(fanout, bytes.round() as usize, args.relay_secs, pinned.then_some(&SERVER_CPUS[..]))?;
-        eprintln!(
-            "plain relay: {:.0} datagrams/s delivered ({:.0} sent, relay thread at {:.0}% CPU, {:.2}% lost, \
-             other processes {:.0}% CPU)",
-            r.delivered_pps, r.sent_pps, r.relay_cpu_pct, r.loss_pct, r.other_cpu_pct
-        );
-        let disturbed = r.other_cpu_pct > args.disturbed_cpu_pct;
-        if best.as_ref().is_none_or(|b| r.delivered_pps > b.delivered_pps) {
-            best = Some(r);
-        }
-        if !disturbed {
-            break;
-        }
-        if attempt < MAX_RETRIES {
-            eprintln!("plain relay: disturbed by other processes; measuring again");
-        }
-    }
-    let Some(r) = best else { bail!("no plain relay measurement") };
+    let r = relay::measure_best(
+        fanout,
+        bytes.round() as usize,
+        args.relay_secs,
+        pinned.then_some(&SERVER_CPUS[..]),
+        args.disturbed_cpu_pct,
+        MAX_RETRIES,
+    )?;
     let saturation_pps = report["saturation_forwarded_pps"].as_f64().unwrap_or(f64::NAN);
     report["plain_relay_pps"] = json!(r3(r.delivered_pps));
     report["ratio_to_plain_relay"] = json!(r3(saturation_pps / r.delivered_pps));

@@ -226,34 +226,16 @@ pub fn run(args: TurnArgs) -> anyhow::Result<()> {
 
     let plain = if args.relay_secs > 0.0 {
         eprintln!("plain UDP relay: fanout 1, {}-byte datagrams, {:.1} s", args.bytes + 4, args.relay_secs);
-        // Other processes can only slow the relay down: of several attempts, the fastest is the
-        // best estimate of the limit.
-        let mut best: Option<relay::RelayResult> = None;
-        for attempt in 0..=MAX_RETRIES {
-            let r = relay::measure(1, args.bytes + 4, args.relay_secs, pinned.then_some(&SERVER_CPUS[..]))?;
-            eprintln!(
-                "plain relay: {:.0} datagrams/s delivered, relay thread at {:.0}% CPU ({:.2} µs per packet), \
-                 other processes {:.0}% CPU",
-                r.delivered_pps,
-                r.relay_cpu_pct,
-                r.relay_cpu_pct / 100.0 / r.in_pps * 1e6,
-                r.other_cpu_pct
-            );
-            let disturbed = r.other_cpu_pct > args.disturbed_cpu_pct;
-            if best.as_ref().is_none_or(|b| r.delivered_pps > b.delivered_pps) {
-                best = Some(r);
-            }
-            if !disturbed {
-                break;
-            }
-            if attempt < MAX_RETRIES {
-                eprintln!("plain relay: disturbed by other processes; measuring again");
-            }
-        }
-        best.map(|r| {
-            let us = r.relay_cpu_pct / 100.0 / r.in_pps * 1e6;
-            (r, us)
-        })
+        let r = relay::measure_best(
+            1,
+            args.bytes + 4,
+            args.relay_secs,
+            pinned.then_some(&SERVER_CPUS[..]),
+            args.disturbed_cpu_pct,
+            MAX_RETRIES,
+        )?;
+        let us = r.relay_cpu_pct / 100.0 / r.in_pps * 1e6;
+        Some((r, us))
     } else {
         None
     };
