@@ -6,7 +6,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { startServer } from './lib/server.js';
+import { startServer, pinnedKey } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir } from './lib/camera.js';
 import { joinViaLanding, waitForRemoteTiles, tile } from './lib/huddle.js';
@@ -14,7 +14,6 @@ import { natNetwork, netnsAvailable, PUBLIC_SERVER_IP } from './lib/netns.js';
 import { Scenario } from './lib/scenario.js';
 import { T, artifactsDir } from './lib/env.js';
 
-const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
 const usable = netnsAvailable();
 const skip = usable === true ? null : `needs root with ip and nft (${usable})`;
 const sc = new Scenario('check');
@@ -48,7 +47,7 @@ before(async () => {
     wrap: net.wrap('wan'),
     args: ['--topology', 'p2p', '--tls', 'self-signed', '--data-dir', path.join(tmp.dir, 'data')],
   });
-  spki = PINNED.exec(sc.server.output())?.[1];
+  spki = pinnedKey(sc.server);
 });
 
 after(async () => {

@@ -6,7 +6,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { startServer } from './lib/server.js';
+import { startServer, pinnedKey } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClips } from './lib/camera.js';
 import { joinViaLanding, expectEveryoneSeesEveryone } from './lib/huddle.js';
@@ -14,7 +14,6 @@ import { Scenario } from './lib/scenario.js';
 import { T } from './lib/env.js';
 
 const ROOM = `e2e-https-${crypto.randomBytes(3).toString('hex')}`;
-const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
 const FINGERPRINT = /certificate SHA-256 fingerprint: ((?:[0-9A-F]{2}:){31}[0-9A-F]{2})/;
 
 const sc = new Scenario('https');
@@ -26,7 +25,7 @@ let tmp, clips, spki;
 before(async () => {
   tmp = makeTempDir();
   [sc.server, clips] = await Promise.all([startServer({ args: serverArgs() }), makeClips(tmp.dir, 2)]);
-  spki = PINNED.exec(sc.server.output())?.[1];
+  spki = pinnedKey(sc.server);
 });
 
 after(async () => {
@@ -81,7 +80,7 @@ sc.step('a restart with the same data directory keeps the certificate (browsers 
   const again = await startServer({ args: serverArgs() });
   try {
     assert.equal(FINGERPRINT.exec(again.output())?.[1], before, `another certificate after the restart:\n${again.output()}`);
-    assert.equal(PINNED.exec(again.output())?.[1], spki);
+    assert.equal(pinnedKey(again), spki);
   } finally {
     await again.stop();
   }

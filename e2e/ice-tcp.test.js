@@ -11,7 +11,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { startServer } from './lib/server.js';
+import { startServer, pinnedKey } from './lib/server.js';
 import { launchParticipant, writeLogs, dumpDiagnostics, withTimeout } from './lib/browser.js';
 import { makeTempDir, makeClips } from './lib/camera.js';
 import { joinViaLanding, expectEveryoneSeesEveryone, waitForRemoteVideo, pollUntil } from './lib/huddle.js';
@@ -20,7 +20,6 @@ import { T } from './lib/env.js';
 
 const SFU_LISTENING = /SFU listening udp=\[([^\]]*)\] ice_tcp=\[([^\]]*)\]/;
 const TURN_LISTENING = /STUN\/TURN listening on UDP and TCP addresses=\[[^\]]*:(\d+)\]/;
-const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
 
 let tmp = null;
 let clips = null;
@@ -120,7 +119,7 @@ async function callInNamespace(t, label, { blockUdp, tls = false, nat = false })
 
     const extra = [];
     if (tls) {
-      const spki = PINNED.exec(server.output())?.[1];
+      const spki = pinnedKey(server);
       assert.ok(spki, `no public key hash in:\n${server.output()}`);
       extra.push(`--ignore-certificate-errors-spki-list=${spki}`);
     }

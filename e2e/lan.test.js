@@ -7,14 +7,13 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { startServer } from './lib/server.js';
+import { startServer, pinnedKey } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClips } from './lib/camera.js';
 import { joinViaLanding, expectEveryoneSeesEveryone } from './lib/huddle.js';
 import { lanNetwork, netnsAvailable, LAN_SERVER_IP } from './lib/netns.js';
 import { Scenario } from './lib/scenario.js';
 
-const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
 const LAN_URL = /on your network: (https:\/\/\S+)/;
 const usable = netnsAvailable();
 const skip = usable === true ? null : `needs root with ip and nft (${usable})`;
@@ -31,7 +30,7 @@ before(async () => {
     wrap: net.wrap('srv'),
     args: ['--tls', 'self-signed', '--data-dir', path.join(tmp.dir, 'data')],
   });
-  spki = PINNED.exec(sc.server.output())?.[1];
+  spki = pinnedKey(sc.server);
   lanUrl = LAN_URL.exec(sc.server.output())?.[1];
 });
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { startServer } from './lib/server.js';
+import { startServer, pinnedKey } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClips } from './lib/camera.js';
 import { joinViaLanding, expectEveryoneSeesEveryone, pollUntil } from './lib/huddle.js';
@@ -16,7 +16,6 @@ import { selectedPairs } from './lib/ice.js';
 import { Scenario } from './lib/scenario.js';
 import { T } from './lib/env.js';
 
-const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
 const usable = netnsAvailable();
 const sc = new Scenario('nat');
 let tmp, clips, net, spki;
@@ -35,7 +34,7 @@ before(async () => {
     wrap: net.wrap('wan'),
     args: ['--topology', 'p2p', '--tls', 'self-signed', '--data-dir', path.join(tmp.dir, 'data')],
   });
-  spki = PINNED.exec(sc.server.output())?.[1];
+  spki = pinnedKey(sc.server);
 });
 
 after(async () => {

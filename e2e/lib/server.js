@@ -4,6 +4,16 @@ import { existsSync } from 'node:fs';
 import { HUDDLE_BIN, HUDDLE_WEB_DIR, T } from './env.js';
 
 const LISTENING = /huddle listening on (https?:\/\/\S+?)\/?\s*$/;
+const PINNED = /its public key's SHA-256 \(base64, for pinning\): (\S+)/;
+
+/**
+ * The self-signed certificate's public key hash from a server's banner (what Chromium's
+ * --ignore-certificate-errors-spki-list takes), or undefined.
+ * @param {{output: () => string}} server
+ */
+export function pinnedKey(server) {
+  return PINNED.exec(server.output())?.[1];
+}
 
 /**
  * Start `huddle --listen 127.0.0.1:0 ...extraArgs` and wait for its "huddle listening on" line.

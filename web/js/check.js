@@ -4,6 +4,7 @@
 // `relay`), and sums it up in one sentence. (A STUN "srflx" answer is no UDP test: Chromium drops
 // a server-reflexive candidate equal to a host candidate, as on a LAN; an allocation is.)
 import { t } from './i18n.js';
+import { icon } from './ui.js';
 import { sig, S } from './core.js';
 
 /**
@@ -278,36 +279,16 @@ export function stepText(step, r) {
 
 // ---------------------------------------------------------------- rendering
 
-const SVG_NS = 'http://www.w3.org/2000/svg';
-const STATUS_ICONS = {
-  ok: 'M9 16.17L4.83 12l-1.42 1.41L9 19 21 7l-1.41-1.41z',
-  bad: 'M19 6.41L17.59 5 12 10.59 6.41 5 5 6.41 10.59 12 5 17.59 6.41 19 12 13.41 17.59 19 19 17.59 13.41 12z',
-  warn: 'M1 21h22L12 2 1 21zm12-3h-2v-2h2v2zm0-4h-2v-4h2v4z',
-  info: 'M11 7h2v2h-2zm0 4h2v6h-2zm1-9C6.48 2 2 6.48 2 12s4.48 10 10 10 10-4.48 10-10S17.52 2 12 2zm0 18c-4.41 0-8-3.59-8-8s3.59-8 8-8 8 3.59 8 8-3.59 8-8 8z',
-};
-
-/** @param {string} tone @returns {keyof typeof STATUS_ICONS|''} */
-function iconFor(tone) {
-  return tone === 'ok' ? 'ok' : tone === 'bad' ? 'bad' : tone === 'warn' ? 'warn' : tone === 'info' ? 'info' : '';
-}
-
 /** A status icon (or a spinner while running). @param {string} tone */
 export function statusIcon(tone) {
-  const name = iconFor(tone);
-  if (!name) {
+  if (tone !== 'ok' && tone !== 'bad' && tone !== 'warn' && tone !== 'info') {
     const s = document.createElement('span');
     s.className = 'check-spinner';
     s.setAttribute('aria-hidden', 'true');
     return s;
   }
-  const svg = document.createElementNS(SVG_NS, 'svg');
-  svg.setAttribute('viewBox', '0 0 24 24');
-  svg.setAttribute('aria-hidden', 'true');
-  svg.setAttribute('focusable', 'false');
+  const svg = icon(/** @type {'ok'|'bad'|'warn'|'info'} */ (tone));
   svg.classList.add('check-icon');
-  const p = document.createElementNS(SVG_NS, 'path');
-  p.setAttribute('d', STATUS_ICONS[name]);
-  svg.append(p);
   return svg;
 }
 
