@@ -32,7 +32,22 @@ export const SFU_PEER_ID = 'sfu';
  * @property {boolean} audio  microphone unmuted
  * @property {boolean} video  camera on
  * @property {boolean} screen sharing the screen
+ * @property {Role} role
+ * @property {boolean} hand   hand raised
  */
+
+/** @typedef {'host'|'cohost'|'participant'} Role */
+/** @typedef {'mute'|'stop_video'|'stop_screen'|'lower_hand'|'remove'|'ban'} ModAction */
+/**
+ * @typedef {Object} RoomSettings
+ * @property {boolean} locked
+ * @property {boolean} waitingRoom
+ * @property {boolean} allowUnmute
+ * @property {boolean} hasPassword
+ */
+/** @typedef {{id:PeerId, name:string}} Knocker */
+/** The reactions the server accepts. */
+export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
 
 /**
  * @typedef {Object} ChatMessage
@@ -73,15 +88,17 @@ export const SFU_PEER_ID = 'sfu';
  * @typedef {'bad_json'|'bad_message'|'unknown_type'|'binary_frame'|'frame_too_large'
  *   |'unsupported_protocol'|'not_in_room'|'already_in_room'|'invalid_name'|'invalid_room'
  *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'|'media_refused'|'media_failed'
- *   |'invalid_file'|'file_storage_full'} ErrorCode
+ *   |'invalid_file'|'file_storage_full'|'not_allowed'|'password_required'|'wrong_password'|'room_locked'
+ *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
+ *   |'invalid_reaction'} ErrorCode
  */
 
-/** @typedef {'left'|'disconnected'|'too_slow'} LeaveReason */
-/** @typedef {'server_shutdown'|'too_slow'|'timed_out'|'frame_too_large'} ByeReason */
+/** @typedef {'left'|'disconnected'|'too_slow'|'removed'} LeaveReason */
+/** @typedef {'server_shutdown'|'too_slow'|'timed_out'|'frame_too_large'|'replaced'} ByeReason */
 
 // ---- client → server ----
 /**
- * @typedef {{type:'join', protocol:number, room:string, name:string, audio:boolean, video:boolean}} JoinMsg
+ * @typedef {{type:'join', protocol:number, room:string, name:string, audio:boolean, video:boolean, password?:string, token?:string}} JoinMsg
  * @typedef {{type:'leave'}} LeaveMsg
  * @typedef {{type:'signal', to:PeerId, payload:SignalPayload}} SignalMsg
  * @typedef {{type:'chat', text:string}} ChatMsg
@@ -91,15 +108,33 @@ export const SFU_PEER_ID = 'sfu';
  * @typedef {{type:'file_offer', name:string, size:number, mime:string, sha256:string}} FileOfferMsg
  * @typedef {{type:'watch_rooms'}} WatchRoomsMsg
  * @typedef {{type:'unwatch_rooms'}} UnwatchRoomsMsg
- * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg} ClientMsg
+ * @typedef {{type:'hand', raised:boolean}} HandMsg
+ * @typedef {{type:'react', emoji:string}} ReactMsg
+ * @typedef {{type:'settings', locked?:boolean, waitingRoom?:boolean, allowUnmute?:boolean, password?:string}} SettingsMsg
+ * @typedef {{type:'moderate', peer:PeerId, action:ModAction}} ModerateMsg
+ * @typedef {{type:'set_role', peer:PeerId, role:Role}} SetRoleMsg
+ * @typedef {{type:'admit', peer:PeerId}|{type:'deny', peer:PeerId}|{type:'admit_all'}|{type:'end_meeting'}} WaitingRoomMsg
+ * @typedef {{type:'invite', ttlSecs?:number}} InviteMsg
+ * @typedef {{type:'ping'}} PingMsg
+ * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg
+ *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg} ClientMsg
  */
 
 // ---- server → client ----
 /**
- * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay'}} WelcomeMsg
+ * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', resume:string, resumeGraceSecs:number, resumed?:boolean}} WelcomeMsg
  * @typedef {{type:'rooms', rooms:RoomSummary[]}} RoomsMsg
  * @typedef {'p2p'|'sfu'} Topology
- * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay'}} JoinedMsg
+ * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', settings:RoomSettings, waiting?:Knocker[]}} JoinedMsg
+ * @typedef {{type:'waiting', room:string}} WaitingMsg
+ * @typedef {{type:'waiting_list', waiting:Knocker[]}} WaitingListMsg
+ * @typedef {{type:'room_settings', settings:RoomSettings}} SettingsChangedMsg
+ * @typedef {{type:'moderated', action:ModAction, by:PeerId}} ModeratedMsg
+ * @typedef {{type:'removed', room:string, ban:boolean}} RemovedMsg
+ * @typedef {{type:'ended', room:string}} EndedMsg
+ * @typedef {{type:'reaction', from:PeerId, emoji:string}} ReactionMsg
+ * @typedef {{type:'invite_token', token:string, expires:number}} InviteTokenMsg
+ * @typedef {{type:'pong'}} PongMsg
  * @typedef {{type:'topology', topology:Topology}} TopologyMsg
  * @typedef {{type:'active_speaker', peer:PeerId}} ActiveSpeakerMsg
  * @typedef {{type:'file_upload', id:string, url:string}} FileUploadMsg
@@ -114,7 +149,8 @@ export const SFU_PEER_ID = 'sfu';
  * @typedef {{type:'error', code:ErrorCode, message:string, request?:string}} ErrorMsg
  * @typedef {{type:'bye', reason:ByeReason}} ByeMsg
  * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
- *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg} ServerMsg
+ *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg|WaitingMsg|WaitingListMsg|SettingsChangedMsg
+ *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|PongMsg} ServerMsg
  */
 
 /** Default limits, used until `welcome` arrives. @type {Limits} */
@@ -144,9 +180,20 @@ export function cleanName(s, max) {
   return t;
 }
 
+/** The close code that keeps this session's place on the server (docs/protocol.md, "Resuming"). */
+export const RECONNECTING = 4000;
+/** Silence after which the client asks the server for a `pong`, and after which it gives up. */
+const QUIET_MS = 10000;
+const DEAD_MS = 20000;
+
 /**
  * A WebSocket speaking the huddle protocol. Handlers: `on(type, fn)` for every server message
- * `type`, plus the pseudo types `open` (after `welcome`) and `close` (`{code, reason, wasOpen}`).
+ * `type`, plus the pseudo types `open` (after `welcome`; `msg.resumed` says whether the session
+ * carried on) and `close` (`{code, reason, wasOpen}`).
+ *
+ * It counts the messages of its session so that a new connection can resume it
+ * (`connect({resume: true})`), and notices a dead connection itself: after `QUIET_MS` without a
+ * message it sends `ping`, after `DEAD_MS` it closes with `RECONNECTING` (then `close` fires).
  */
 export class SignalingClient {
   /** @param {string} [url] */
@@ -163,6 +210,11 @@ export class SignalingClient {
     /** @type {IceServer[]} */
     this.iceServers = [];
     this.server = '';
+    /** The session to resume: its id and secret, and messages received (welcomes not counted). */
+    this.session = { id: '', secret: '', graceMs: 0, seen: 0, lostAt: 0 };
+    this.lastHeard = 0;
+    /** @type {ReturnType<typeof setInterval>|null} */
+    this.liveness = null;
   }
 
   /**
@@ -184,10 +236,19 @@ export class SignalingClient {
 
   get isOpen() { return !!this.ws && this.ws.readyState === WebSocket.OPEN; }
 
-  /** Opens the connection (closing an earlier one). */
-  connect() {
+  /**
+   * Opens the connection (closing an earlier one). With `resume`, asks to carry on the current
+   * session if there is one and its grace period may not be over.
+   * @param {{resume?: boolean}} [opts]
+   */
+  connect(opts = {}) {
     this.close();
-    const ws = new WebSocket(this.url);
+    const s = this.session;
+    const canResume = opts.resume && s.id && s.secret && (!s.lostAt || Date.now() - s.lostAt < s.graceMs);
+    const url = canResume
+      ? `${this.url}?session=${encodeURIComponent(s.id)}&resume=${encodeURIComponent(s.secret)}&seen=${s.seen}`
+      : this.url;
+    const ws = new WebSocket(url);
     this.ws = ws;
     let wasOpen = false;
     ws.onopen = () => { wasOpen = true; };
@@ -197,11 +258,16 @@ export class SignalingClient {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { console.warn('huddle: bad JSON from server'); return; }
       if (!msg || typeof msg.type !== 'string') return;
+      this.lastHeard = Date.now();
       if (msg.type === 'welcome') {
         this.id = msg.id;
         this.limits = { ...DEFAULT_LIMITS, ...msg.limits };
         this.iceServers = msg.iceServers ?? [];
         this.server = msg.server;
+        if (!msg.resumed) this.session.seen = 0;
+        this.session = { ...this.session, id: msg.id, secret: msg.resume ?? '', graceMs: (msg.resumeGraceSecs ?? 0) * 1000, lostAt: 0 };
+      } else {
+        this.session.seen += 1;
       }
       this.emit(msg.type, msg);
       if (msg.type === 'welcome') this.emit('open', msg);
@@ -210,15 +276,47 @@ export class SignalingClient {
       if (this.ws !== ws) return;
       this.ws = null;
       this.id = null;
+      this.stopLiveness();
+      if (!this.session.lostAt) this.session.lostAt = Date.now();
       this.emit('close', { code: ev.code, reason: ev.reason, wasOpen });
     };
+    this.lastHeard = Date.now();
+    this.stopLiveness();
+    this.liveness = setInterval(() => this.checkLiveness(), 2000);
     ws.onerror = () => { /* onclose follows */ };
   }
 
-  /** Closes without firing `close` handlers. */
+  checkLiveness() {
+    if (!this.ws) return;
+    const quiet = Date.now() - this.lastHeard;
+    if (quiet > DEAD_MS) this.drop();
+    else if (quiet > QUIET_MS && this.isOpen) this.send({ type: 'ping' });
+  }
+
+  stopLiveness() {
+    if (this.liveness) clearInterval(this.liveness);
+    this.liveness = null;
+  }
+
+  /**
+   * Drops the connection as if it had broken (the server keeps the session's place): `close`
+   * handlers run, and they reconnect with `resume`. For network changes and dead connections.
+   */
+  drop() {
+    const ws = this.ws;
+    if (!ws) return;
+    try { ws.close(RECONNECTING, 'reconnecting'); } catch { /* already closed */ }
+    // Do not wait for the closing handshake over a network that may be gone.
+    const onclose = ws.onclose;
+    ws.onclose = ws.onmessage = ws.onopen = ws.onerror = null;
+    if (onclose) onclose.call(ws, new CloseEvent('close', { code: RECONNECTING, reason: 'reconnecting' }));
+  }
+
+  /** Closes without firing `close` handlers, ending the session. */
   close() {
     const ws = this.ws;
     this.ws = null;
+    this.stopLiveness();
     if (ws) {
       ws.onclose = ws.onmessage = ws.onopen = ws.onerror = null;
       try { ws.close(1000); } catch { /* already closed */ }
@@ -235,9 +333,16 @@ export class SignalingClient {
     return true;
   }
 
-  /** @param {string} room @param {string} name @param {boolean} audio @param {boolean} video */
-  join(room, name, audio, video) {
-    return this.send({ type: 'join', protocol: PROTOCOL_VERSION, room, name, audio, video });
+  /**
+   * @param {string} room @param {string} name @param {boolean} audio @param {boolean} video
+   * @param {{password?: string, token?: string}} [auth]
+   */
+  join(room, name, audio, video, auth = {}) {
+    /** @type {JoinMsg} */
+    const msg = { type: 'join', protocol: PROTOCOL_VERSION, room, name, audio, video };
+    if (auth.password) msg.password = auth.password;
+    if (auth.token) msg.token = auth.token;
+    return this.send(msg);
   }
   leave() { return this.send({ type: 'leave' }); }
   /** @param {PeerId} to @param {SignalPayload} payload */
@@ -252,4 +357,22 @@ export class SignalingClient {
   fileOffer(name, size, mime, sha256) { return this.send({ type: 'file_offer', name, size, mime, sha256 }); }
   watchRooms() { return this.send({ type: 'watch_rooms' }); }
   unwatchRooms() { return this.send({ type: 'unwatch_rooms' }); }
+  /** @param {boolean} raised */
+  hand(raised) { return this.send({ type: 'hand', raised }); }
+  /** @param {string} emoji */
+  react(emoji) { return this.send({ type: 'react', emoji }); }
+  /** @param {{locked?:boolean, waitingRoom?:boolean, allowUnmute?:boolean, password?:string}} changes */
+  settings(changes) { return this.send({ type: 'settings', ...changes }); }
+  /** @param {PeerId} peer @param {ModAction} action */
+  moderate(peer, action) { return this.send({ type: 'moderate', peer, action }); }
+  /** @param {PeerId} peer @param {Role} role */
+  setRole(peer, role) { return this.send({ type: 'set_role', peer, role }); }
+  /** @param {PeerId} peer */
+  admit(peer) { return this.send({ type: 'admit', peer }); }
+  /** @param {PeerId} peer */
+  deny(peer) { return this.send({ type: 'deny', peer }); }
+  admitAll() { return this.send({ type: 'admit_all' }); }
+  endMeeting() { return this.send({ type: 'end_meeting' }); }
+  /** @param {number} [ttlSecs] */
+  invite(ttlSecs) { return this.send(ttlSecs ? { type: 'invite', ttlSecs } : { type: 'invite' }); }
 }

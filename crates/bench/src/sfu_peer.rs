@@ -215,6 +215,8 @@ async fn join(plan: &Plan, role: Role) -> anyhow::Result<(Ws, Vec<(PeerId, Strin
         name: role.name(),
         audio: publisher && plan.audio,
         video: publisher,
+        password: None,
+        token: None,
     };
     ws.send(text(&join)?).await.context("sending join")?;
     loop {

@@ -627,6 +627,8 @@ async fn connect_and_join(shared: &Shared, i: usize, room: usize) -> anyhow::Res
         name: format!("c{i}"),
         audio: false,
         video: false,
+        password: None,
+        token: None,
     };
     ws.send(Message::text(serde_json::to_string(&join)?)).await.context("sending join")?;
     loop {

@@ -45,6 +45,13 @@ pub enum ClientMsg {
         /// Whether the camera starts on.
         #[serde(default)]
         video: bool,
+        /// The room's password, when it has one (see [`RoomSettings::has_password`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        /// A signed access token: an invite link's token (skips the password) or one issued by
+        /// the operator's integration (see `docs/protocol.md`, "Tokens").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Leave the current room. Answered by [`ServerMsg::Left`]; the connection stays open and
     /// may join again.
@@ -74,12 +81,136 @@ pub enum ClientMsg {
         /// Lower-case hex SHA-256 of the bytes; the server checks it before anyone is told.
         sha256: String,
     },
+    /// Raise or lower this participant's hand.
+    Hand { raised: bool },
+    /// A short-lived reaction shown on the sender's tile (one of [`REACTIONS`]).
+    React { emoji: String },
+    /// Hosts: change the room's settings. Absent fields stay as they are; `password: ""` removes
+    /// the password.
+    #[serde(rename_all = "camelCase")]
+    Settings {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting_room: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allow_unmute: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+    },
+    /// Hosts: act on one participant.
+    Moderate { peer: PeerId, action: ModAction },
+    /// Hosts: give `peer` a role. Making someone `host` hands the role over (the giver becomes a
+    /// co-host); only the host may do that.
+    SetRole { peer: PeerId, role: Role },
+    /// Hosts: let someone waiting in the waiting room in.
+    Admit { peer: PeerId },
+    /// Hosts: turn someone waiting away.
+    Deny { peer: PeerId },
+    /// Hosts: let everyone waiting in.
+    AdmitAll,
+    /// Hosts: end the meeting for everyone.
+    EndMeeting,
+    /// Asks for a `pong`: a page that has heard nothing for a while checks its connection is alive.
+    Ping,
+    /// Hosts: ask for an invite token (answered by [`ServerMsg::InviteToken`]), for a link that lets
+    /// its holder in without the password until it expires.
+    #[serde(rename_all = "camelCase")]
+    Invite {
+        /// Lifetime in seconds; the server caps it (default one day).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u32>,
+    },
+}
+
+/// The reactions a participant may send.
+pub const REACTIONS: &[&str] = &["👍", "👏", "😂", "😮", "❤️", "🎉"];
+
+/// What a host can do to one participant ([`ClientMsg::Moderate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModAction {
+    /// Turn their microphone off; they may turn it on again only if the room allows unmuting.
+    Mute,
+    /// Turn their camera off (same rule).
+    StopVideo,
+    /// Stop their screen share (same rule).
+    StopScreen,
+    /// Lower their raised hand.
+    LowerHand,
+    /// Take them out of the room.
+    Remove,
+    /// Take them out of the room and refuse their return while the room lasts.
+    Ban,
+}
+
+/// A participant's role in a room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Participant,
+    /// May do everything the host does except hand on the host role or change co-hosts.
+    Cohost,
+    /// Whoever opened the room (or was handed the role). Exactly one per room.
+    Host,
+}
+
+impl Role {
+    pub fn is_participant(&self) -> bool {
+        *self == Role::Participant
+    }
+    /// Host or co-host.
+    pub fn moderates(self) -> bool {
+        self != Role::Participant
+    }
+}
+
+/// A room's settings, shown to everyone in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomSettings {
+    /// Nobody new may enter (hosts and host tokens excepted).
+    pub locked: bool,
+    /// Newcomers knock and wait for a host to let them in.
+    pub waiting_room: bool,
+    /// Participants a host muted may unmute themselves.
+    pub allow_unmute: bool,
+    /// Entering needs the password (or an invite token).
+    pub has_password: bool,
+}
+
+/// Someone in the waiting room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Knocker {
+    pub id: PeerId,
+    pub name: String,
 }
 
 impl ClientMsg {
     /// Every `type` tag a client may send, for telling an unknown type from a malformed one.
-    pub const TYPES: &'static [&'static str] =
-        &["join", "leave", "signal", "chat", "media", "watch_rooms", "unwatch_rooms", "receive", "file_offer"];
+    pub const TYPES: &'static [&'static str] = &[
+        "join",
+        "leave",
+        "signal",
+        "chat",
+        "media",
+        "watch_rooms",
+        "unwatch_rooms",
+        "receive",
+        "file_offer",
+        "hand",
+        "react",
+        "settings",
+        "moderate",
+        "set_role",
+        "admit",
+        "deny",
+        "admit_all",
+        "end_meeting",
+        "invite",
+        "ping",
+    ];
 
     /// The `type` tag of this message.
     pub fn type_name(&self) -> &'static str {
@@ -93,6 +224,17 @@ impl ClientMsg {
             ClientMsg::UnwatchRooms => "unwatch_rooms",
             ClientMsg::Receive { .. } => "receive",
             ClientMsg::FileOffer { .. } => "file_offer",
+            ClientMsg::Hand { .. } => "hand",
+            ClientMsg::React { .. } => "react",
+            ClientMsg::Settings { .. } => "settings",
+            ClientMsg::Moderate { .. } => "moderate",
+            ClientMsg::SetRole { .. } => "set_role",
+            ClientMsg::Admit { .. } => "admit",
+            ClientMsg::Deny { .. } => "deny",
+            ClientMsg::AdmitAll => "admit_all",
+            ClientMsg::EndMeeting => "end_meeting",
+            ClientMsg::Invite { .. } => "invite",
+            ClientMsg::Ping => "ping",
         }
     }
 }
@@ -153,6 +295,15 @@ pub enum ServerMsg {
         /// `relay`: use only the relay candidates of `ice_servers`. Absent means `all`.
         #[serde(default, skip_serializing_if = "IceTransportPolicy::is_all")]
         ice_transport_policy: IceTransportPolicy,
+        /// This session's secret: after a dropped connection, reconnect to
+        /// `/ws?session=<id>&resume=<resume>&seen=<messages received>` within
+        /// `resumeGraceSecs` to carry on as the same participant.
+        resume: String,
+        resume_grace_secs: u32,
+        /// `true` when this connection took over an existing session (same id, same room); the
+        /// messages the page missed follow.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     /// The public room list (answer to `watch_rooms`, then on every change, at most a few times
     /// a second).
@@ -174,7 +325,32 @@ pub enum ServerMsg {
         /// As in `welcome`.
         #[serde(default, skip_serializing_if = "IceTransportPolicy::is_all")]
         ice_transport_policy: IceTransportPolicy,
+        settings: RoomSettings,
+        /// Hosts: who is in the waiting room.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        waiting: Vec<Knocker>,
     },
+    /// Answer to `join` when the room has a waiting room: wait for a host. `joined` follows when
+    /// a host admits you; an `error` with code `knock_denied` when one turns you away.
+    Waiting { room: String },
+    /// Hosts: the waiting room's list changed.
+    WaitingList { waiting: Vec<Knocker> },
+    /// The room's settings changed.
+    RoomSettings { settings: RoomSettings },
+    /// A host acted on you (`mute`, `stop_video`, `stop_screen`, `lower_hand`): the page turns
+    /// that off. `remove`/`ban` arrive as `removed` instead.
+    Moderated { action: ModAction, by: PeerId },
+    /// A host took you out of the room (`ban`: you may not come back while the room lasts). The
+    /// connection stays open, as after `left`.
+    Removed { room: String, ban: bool },
+    /// A host ended the meeting; you are out of the room (the connection stays open).
+    Ended { room: String },
+    /// Someone reacted (sent to everyone, the sender included).
+    Reaction { from: PeerId, emoji: String },
+    /// Answer to `invite`.
+    InviteToken { token: String, expires: u64 },
+    /// Answer to `ping`.
+    Pong,
     /// Answer to `leave`.
     Left { room: String },
     /// Someone entered the room.
@@ -275,6 +451,9 @@ pub struct Peer {
     pub video: bool,
     /// Sharing the screen.
     pub screen: bool,
+    pub role: Role,
+    /// Hand raised.
+    pub hand: bool,
 }
 
 /// A file kept by the server for the room's members.
@@ -340,6 +519,8 @@ pub enum LeaveReason {
     Disconnected,
     /// The server disconnected it because it could not keep up with its messages.
     TooSlow,
+    /// A host removed them.
+    Removed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +530,8 @@ pub enum ByeReason {
     TooSlow,
     TimedOut,
     FrameTooLarge,
+    /// The session was resumed on another connection.
+    Replaced,
 }
 
 /// Stable error codes. Pages translate these; the `message` is a fallback for other clients.
@@ -373,6 +556,17 @@ pub enum ErrorCode {
     MediaFailed,
     InvalidFile,
     FileStorageFull,
+    NotAllowed,
+    PasswordRequired,
+    WrongPassword,
+    RoomLocked,
+    KnockDenied,
+    Banned,
+    TokenRequired,
+    InvalidToken,
+    TokenExpired,
+    MutedByHost,
+    InvalidReaction,
 }
 
 impl ErrorCode {
@@ -395,6 +589,17 @@ impl ErrorCode {
         ErrorCode::MediaFailed,
         ErrorCode::InvalidFile,
         ErrorCode::FileStorageFull,
+        ErrorCode::NotAllowed,
+        ErrorCode::PasswordRequired,
+        ErrorCode::WrongPassword,
+        ErrorCode::RoomLocked,
+        ErrorCode::KnockDenied,
+        ErrorCode::Banned,
+        ErrorCode::TokenRequired,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::MutedByHost,
+        ErrorCode::InvalidReaction,
     ];
 
     /// The English sentence sent with the code.
@@ -418,6 +623,17 @@ impl ErrorCode {
             ErrorCode::MediaFailed => "The connection to the media server was lost; send a new offer to reconnect.",
             ErrorCode::InvalidFile => "The file name, size or checksum is not acceptable.",
             ErrorCode::FileStorageFull => "The server is holding too many files; try again later.",
+            ErrorCode::NotAllowed => "Only the room's hosts may do that.",
+            ErrorCode::PasswordRequired => "This room needs a password.",
+            ErrorCode::WrongPassword => "That password is not right.",
+            ErrorCode::RoomLocked => "The host has locked this room.",
+            ErrorCode::KnockDenied => "A host did not let you in.",
+            ErrorCode::Banned => "A host removed you from this room; you cannot come back.",
+            ErrorCode::TokenRequired => "This server admits only people with an access link or token.",
+            ErrorCode::InvalidToken => "The access token is not valid for this room.",
+            ErrorCode::TokenExpired => "The access link or token has expired.",
+            ErrorCode::MutedByHost => "A host turned this off; you cannot turn it back on yourself.",
+            ErrorCode::InvalidReaction => "That reaction is not one of the allowed ones.",
         }
     }
 }

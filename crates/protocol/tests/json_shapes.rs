@@ -58,6 +58,15 @@ fn every_documented_example_round_trips() {
         "file",
         "error",
         "bye",
+        "waiting",
+        "waiting_list",
+        "room_settings",
+        "moderated",
+        "removed",
+        "ended",
+        "reaction",
+        "invite_token",
+        "pong",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -78,7 +87,18 @@ fn shapes_are_pinned() {
     // A few shapes spelled out, so a rename shows up here even if the document changes with it.
     let join: ClientMsg =
         serde_json::from_str(r#"{"type":"join","protocol":1,"room":"r","name":"n"}"#).expect("join parses");
-    assert_eq!(join, ClientMsg::Join { protocol: 1, room: "r".into(), name: "n".into(), audio: false, video: false });
+    assert_eq!(
+        join,
+        ClientMsg::Join {
+            protocol: 1,
+            room: "r".into(),
+            name: "n".into(),
+            audio: false,
+            video: false,
+            password: None,
+            token: None
+        }
+    );
     let err = ServerMsg::error(huddle_protocol::ErrorCode::RoomFull, Some("join"));
     assert_eq!(
         serde_json::to_string(&err).expect("serialises"),
@@ -87,4 +107,18 @@ fn shapes_are_pinned() {
     let leave: ClientMsg =
         serde_json::from_str(r#"{"type":"leave","extra":true}"#).expect("unknown fields are ignored");
     assert_eq!(leave, ClientMsg::Leave);
+    let moderate: ClientMsg =
+        serde_json::from_str(r#"{"type":"moderate","peer":"p4","action":"stop_video"}"#).expect("moderate parses");
+    assert_eq!(
+        moderate,
+        ClientMsg::Moderate {
+            peer: huddle_protocol::PeerId("p4".into()),
+            action: huddle_protocol::ModAction::StopVideo
+        }
+    );
+    let settings = huddle_protocol::RoomSettings { waiting_room: true, ..Default::default() };
+    assert_eq!(
+        serde_json::to_string(&ServerMsg::RoomSettings { settings }).expect("serialises"),
+        r#"{"type":"room_settings","settings":{"locked":false,"waitingRoom":true,"allowUnmute":false,"hasPassword":false}}"#
+    );
 }

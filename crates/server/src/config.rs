@@ -107,6 +107,21 @@ pub struct Cli {
     /// tests the relay); `all` lets ICE pick the best path [default: all]
     #[arg(long, env = "HUDDLE_ICE_TRANSPORT_POLICY", value_name = "POLICY", value_parser = parse_ice_transport_policy)]
     pub ice_transport_policy: Option<IceTransportPolicy>,
+    /// Shared secret (at least 32 bytes) of the HS256 access tokens your own service signs for
+    /// embedding huddle (claims: room, exp, name, role, sub; see the README)
+    #[arg(long, env = "HUDDLE_TOKEN_SECRET", value_name = "SECRET")]
+    pub token_secret: Option<String>,
+    /// Ed25519 public key (base64 of the 32 bytes, or PEM) of the EdDSA access tokens your own
+    /// service signs
+    #[arg(long, env = "HUDDLE_TOKEN_PUBLIC_KEY", value_name = "KEY")]
+    pub token_public_key: Option<String>,
+    /// Admit only people with an access token (yours, or a host's invite link) [default: false]
+    #[arg(long, env = "HUDDLE_REQUIRE_TOKEN", value_name = "BOOL")]
+    pub require_token: Option<bool>,
+    /// How long a participant whose connection dropped keeps their place (same id, room, role,
+    /// raised hand) for the page to reconnect; 0 turns resuming off [default: 30]
+    #[arg(long, env = "HUDDLE_RESUME_GRACE_SECS", value_name = "SECS")]
+    pub resume_grace_secs: Option<u64>,
     /// Most rooms at once [default: 10000]
     #[arg(long, env = "HUDDLE_MAX_ROOMS", value_name = "N")]
     pub max_rooms: Option<u32>,
@@ -187,6 +202,10 @@ struct FileConfig {
     turn_user_bandwidth: Option<u64>,
     turn_credential_ttl_secs: Option<u64>,
     ice_transport_policy: Option<IceTransportPolicy>,
+    token_secret: Option<String>,
+    token_public_key: Option<String>,
+    require_token: Option<bool>,
+    resume_grace_secs: Option<u64>,
     max_rooms: Option<u32>,
     max_name_chars: Option<u32>,
     max_room_chars: Option<u32>,
@@ -306,6 +325,11 @@ pub struct Config {
     pub turn_user_bandwidth: u64,
     pub turn_credential_ttl: Duration,
     pub ice_transport_policy: IceTransportPolicy,
+    pub token_secret: Option<String>,
+    /// The raw 32 bytes of the Ed25519 key of operator tokens.
+    pub token_public_key: Option<Vec<u8>>,
+    pub require_token: bool,
+    pub resume_grace: Duration,
     pub max_rooms: u32,
     pub max_name_chars: u32,
     pub max_room_chars: u32,
@@ -348,6 +372,10 @@ impl Default for Config {
             turn_user_bandwidth: 50_000_000,
             turn_credential_ttl: Duration::from_secs(86_400),
             ice_transport_policy: IceTransportPolicy::All,
+            token_secret: None,
+            token_public_key: None,
+            require_token: false,
+            resume_grace: Duration::from_secs(30),
             max_rooms: 10_000,
             max_name_chars: 32,
             max_room_chars: 64,
@@ -482,6 +510,21 @@ impl Config {
                 .ice_transport_policy
                 .or(file.ice_transport_policy)
                 .unwrap_or(d.ice_transport_policy),
+            token_secret: cli.token_secret.or(file.token_secret),
+            token_public_key: match cli.token_public_key.or(file.token_public_key) {
+                Some(text) => Some(crate::tokens::parse_ed25519_public_key(&text).ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "token_public_key must be an Ed25519 public key: base64 of 32 bytes, or PEM".into(),
+                    )
+                })?),
+                None => None,
+            },
+            require_token: cli.require_token.or(file.require_token).unwrap_or(d.require_token),
+            resume_grace: cli
+                .resume_grace_secs
+                .or(file.resume_grace_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.resume_grace),
             max_rooms: cli.max_rooms.or(file.max_rooms).unwrap_or(d.max_rooms),
             max_name_chars: cli.max_name_chars.or(file.max_name_chars).unwrap_or(d.max_name_chars),
             max_room_chars: cli.max_room_chars.or(file.max_room_chars).unwrap_or(d.max_room_chars),
@@ -549,6 +592,15 @@ impl Config {
         }
         if self.turn_credential_ttl < Duration::from_secs(60) {
             return bad("turn_credential_ttl_secs must be at least 60");
+        }
+        if self.token_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return bad("token_secret must be at least 32 bytes");
+        }
+        if self.require_token && self.token_secret.is_none() && self.token_public_key.is_none() {
+            return bad("require_token needs token_secret or token_public_key (else nobody could enter)");
+        }
+        if self.resume_grace > Duration::from_secs(600) {
+            return bad("resume_grace_secs must be at most 600");
         }
         if self.ice_transport_policy == IceTransportPolicy::Relay && !self.turn && self.ice_servers.is_empty() {
             return bad(
@@ -656,6 +708,8 @@ mod tests {
         assert_eq!(file.turn_user_quota, Some(d.turn_user_quota));
         assert_eq!(file.turn_user_bandwidth, Some(d.turn_user_bandwidth));
         assert_eq!(file.turn_credential_ttl_secs, Some(d.turn_credential_ttl.as_secs()));
+        assert_eq!(file.require_token, Some(d.require_token));
+        assert_eq!(file.resume_grace_secs, Some(d.resume_grace.as_secs()));
         assert_eq!(file.ice_transport_policy, Some(d.ice_transport_policy));
     }
 

@@ -12,16 +12,19 @@
 use crate::config::{Config, TopologyMode};
 use crate::files::{FileCommand, FileStore};
 use crate::media::{MediaCommand, MediaEvent};
-use crate::room::{Room, RoomError};
+use crate::room::{Held, Room, Waiter};
+use crate::tokens::Tokens;
 use crate::turn::TurnHandle;
 use crate::validate;
 use huddle_protocol::{
-    ByeReason, ClientMsg, ErrorCode, IceServer, LeaveReason, Peer, PeerId, RoomSummary, SdpType, ServerMsg,
-    SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, SFU_PEER_ID,
+    ByeReason, ClientMsg, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role, RoomSummary,
+    SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+// The runtime's clock, so that grace periods follow a paused clock in tests.
+use tokio::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -35,14 +38,21 @@ pub const ROOM_LIST_INTERVAL: Duration = Duration::from_millis(200);
 /// In `auto` mode, the head count at which a room moves from peer-to-peer to the SFU.
 pub const AUTO_SFU_FROM: usize = 3;
 
+/// Messages kept per in-room session for replay when it resumes on a new connection.
+pub const RESUME_BUFFER: usize = 128;
+/// The longest invite a host may ask for.
+pub const MAX_INVITE_SECS: u32 = 7 * 86_400;
+/// The default lifetime of an invite.
+pub const DEFAULT_INVITE_SECS: u32 = 86_400;
+
 /// Requests to the hub.
 #[derive(Debug)]
 pub enum Command {
-    /// A connection opened. `kick` fires if the hub disconnects it. `host`: the host name the
-    /// page reached the server by (from `Host`, checked), for the TURN URLs handed to it.
-    Connect { id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String> },
-    /// A connection ended.
-    Disconnect { id: PeerId, reason: LeaveReason },
+    /// A connection opened (see [`Connect`]).
+    Connect(Connect),
+    /// A connection ended. `conn` tells a stale connection of a resumed session from the current;
+    /// `resumable: false` (the peer broke the protocol) ends the session without a grace period.
+    Disconnect { id: PeerId, conn: u64, reason: LeaveReason, resumable: bool },
     /// A valid message from a connection.
     Client { id: PeerId, msg: ClientMsg },
     /// A connection sent something unacceptable; answer with this error.
@@ -57,6 +67,33 @@ pub enum Command {
     Files(FileCommand),
 }
 
+/// A connection opened.
+#[derive(Debug)]
+pub struct Connect {
+    /// A number unique to this connection.
+    pub conn: u64,
+    /// The id it gets unless it resumes a session.
+    pub id: PeerId,
+    pub outbox: Outbox,
+    /// Fires if the hub disconnects it.
+    pub kick: oneshot::Sender<ByeReason>,
+    /// The host name the page reached the server by (from `Host`, checked), for TURN URLs.
+    pub host: Option<String>,
+    /// The session it asks to take over.
+    pub resume: Option<Resume>,
+    /// Answered with the session id the connection speaks for from now on.
+    pub session: oneshot::Sender<PeerId>,
+}
+
+/// `/ws?session=<id>&resume=<secret>&seen=<n>`: carry on session `id`, whose page has received
+/// `seen` messages (not counting `welcome`s).
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub id: PeerId,
+    pub secret: String,
+    pub seen: u64,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub connections: usize,
@@ -66,20 +103,48 @@ pub struct Stats {
     pub rejected: u64,
     /// Commands for the SFU dropped because its queue was full.
     pub media_commands_dropped: u64,
+    /// Sessions without a connection, waiting to be resumed.
+    pub suspended: usize,
+    /// People in waiting rooms.
+    pub waiting: usize,
+    pub resumed: u64,
+    /// Resumes refused (unknown session, wrong secret, too much missed).
+    pub resume_failed: u64,
 }
 
 struct Conn {
-    /// `None` once shutdown has closed it.
+    /// `None` once shutdown has closed it, or while the session is suspended.
     outbox: Option<Outbox>,
     kick: Option<oneshot::Sender<ByeReason>>,
     /// Shared with the `rooms` key, so the per-message room check clones a pointer, not a string.
     room: Option<Arc<str>>,
+    /// The room whose waiting room it is in.
+    waiting_in: Option<Arc<str>>,
     host: Option<String>,
+    /// The attached connection's number.
+    conn: u64,
+    /// The secret that resumes this session.
+    secret: String,
+    /// Messages offered to this session, `welcome`s not counted.
+    sent: u64,
+    /// The last messages offered while in a room (at most [`RESUME_BUFFER`]).
+    recent: VecDeque<Arc<ServerMsg>>,
+    /// While the session has no connection: when it gives up its place.
+    suspended: Option<Instant>,
+    /// What would ban it from a room (`sub:<token subject>`, `ip:<address>`).
+    keys: Vec<String>,
 }
 
 impl Conn {
     /// Queues `msg` without waiting; `false` when the outbox is full (the client is too slow).
-    fn offer(&self, msg: Arc<ServerMsg>) -> bool {
+    fn offer(&mut self, msg: Arc<ServerMsg>) -> bool {
+        self.sent += 1;
+        if self.room.is_some() || self.waiting_in.is_some() {
+            if self.recent.len() == RESUME_BUFFER {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(msg.clone());
+        }
         match &self.outbox {
             Some(outbox) => !matches!(outbox.try_send(msg), Err(mpsc::error::TrySendError::Full(_))),
             None => true,
@@ -103,6 +168,8 @@ pub struct Hub {
     files: FileStore,
     /// The built-in TURN server, whose credentials every connection gets.
     turn: Option<TurnHandle>,
+    tokens: Tokens,
+    rng: aws_lc_rs::rand::SystemRandom,
 }
 
 impl Hub {
@@ -115,6 +182,7 @@ impl Hub {
         Hub {
             media: None,
             files: FileStore::new(dir, config.file_storage_bytes),
+            tokens: Tokens::new(config.token_secret.as_deref().map(str::as_bytes), config.token_public_key.clone()),
             config,
             conns: HashMap::new(),
             rooms: HashMap::new(),
@@ -124,6 +192,7 @@ impl Hub {
             shutdown: None,
             stats: Stats::default(),
             turn: None,
+            rng: aws_lc_rs::rand::SystemRandom::new(),
         }
     }
 
@@ -152,8 +221,16 @@ impl Hub {
     /// Applies one command. Never blocks.
     pub fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { id, outbox, kick, host } => self.connect(id, outbox, kick, host),
-            Command::Disconnect { id, reason } => self.disconnect(&id, reason),
+            Command::Connect(c) => self.connect(c),
+            Command::Disconnect { id, conn, reason, resumable } => {
+                if self.conns.get(&id).is_some_and(|c| c.conn == conn) {
+                    if resumable {
+                        self.disconnected(&id, reason);
+                    } else {
+                        self.disconnect(&id, reason);
+                    }
+                }
+            }
             Command::Client { id, msg } => self.client(&id, msg),
             Command::Reject { id, code, request } => {
                 self.stats.rejected += 1;
@@ -174,29 +251,169 @@ impl Hub {
             connections: self.conns.len(),
             rooms: self.rooms.len(),
             participants: self.rooms.values().map(Room::len).sum(),
+            suspended: self.conns.values().filter(|c| c.suspended.is_some()).count(),
+            waiting: self.conns.values().filter(|c| c.waiting_in.is_some()).count(),
             ..self.stats
         }
     }
 
-    fn connect(&mut self, id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String>) {
-        if self.shutdown.is_some() {
-            let _ = kick.send(ByeReason::ServerShutdown);
-            return;
-        }
-        self.conns.insert(id.clone(), Conn { outbox: Some(outbox), kick: Some(kick), room: None, host });
-        let welcome = ServerMsg::Welcome {
+    fn new_secret(&self) -> String {
+        let mut bytes = [0u8; 16];
+        // The system's random source does not fail on the platforms huddle runs on.
+        aws_lc_rs::rand::SecureRandom::fill(&self.rng, &mut bytes).expect("the system's random source works");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn welcome(&self, id: &PeerId, resumed: bool) -> Arc<ServerMsg> {
+        Arc::new(ServerMsg::Welcome {
             protocol: PROTOCOL_VERSION,
             id: id.clone(),
             server: concat!("huddle/", env!("CARGO_PKG_VERSION")).to_string(),
             limits: self.config.limits(),
-            ice_servers: self.ice_servers(&id),
+            ice_servers: self.ice_servers(id),
             ice_transport_policy: self.config.ice_transport_policy,
-        };
-        self.send(&id, welcome);
+            resume: self.conns.get(id).map(|c| c.secret.clone()).unwrap_or_default(),
+            resume_grace_secs: self.config.resume_grace.as_secs() as u32,
+            resumed,
+        })
+    }
+
+    fn connect(&mut self, c: Connect) {
+        if self.shutdown.is_some() {
+            let _ = c.kick.send(ByeReason::ServerShutdown);
+            return;
+        }
+        if let Some(resume) = &c.resume {
+            match self.can_resume(resume) {
+                Ok(missed) => return self.resume(c, missed),
+                Err(give_up) => {
+                    self.stats.resume_failed += 1;
+                    info!(session = %resume.id, "could not resume a session; starting a new one");
+                    if give_up {
+                        // Its page starts over: its old place must not linger as a ghost.
+                        self.disconnect(&resume.id.clone(), LeaveReason::Disconnected);
+                    }
+                }
+            }
+        }
+        let secret = self.new_secret();
+        let id = c.id.clone();
+        self.conns.insert(
+            id.clone(),
+            Conn {
+                outbox: Some(c.outbox),
+                kick: Some(c.kick),
+                room: None,
+                waiting_in: None,
+                host: c.host,
+                conn: c.conn,
+                secret,
+                sent: 0,
+                recent: VecDeque::new(),
+                suspended: None,
+                keys: Vec::new(),
+            },
+        );
+        let _ = c.session.send(id.clone());
+        let welcome = self.welcome(&id, false);
+        self.send_uncounted(&id, welcome);
+    }
+
+    /// How many kept messages a resume replays; `Err(true)` when the session exists but cannot be
+    /// resumed (its page will start over), `Err(false)` when there is nothing to resume.
+    fn can_resume(&self, r: &Resume) -> Result<usize, bool> {
+        let Some(conn) = self.conns.get(&r.id) else { return Err(false) };
+        let secret_ok =
+            aws_lc_rs::constant_time::verify_slices_are_equal(conn.secret.as_bytes(), r.secret.as_bytes()).is_ok();
+        if !secret_ok || self.config.resume_grace.is_zero() || conn.outbox.is_none() && conn.suspended.is_none() {
+            // A wrong secret says nothing about the session (and must not end it).
+            return Err(false);
+        }
+        let missed = conn.sent.checked_sub(r.seen).ok_or(true)?;
+        if missed as usize > conn.recent.len() || (conn.room.is_none() && conn.waiting_in.is_none()) {
+            return Err(true);
+        }
+        Ok(missed as usize)
+    }
+
+    /// Attaches connection `c` to the existing session `c.resume.id`, replaying what it missed.
+    fn resume(&mut self, c: Connect, missed: usize) {
+        let Some(resume) = c.resume else { return };
+        let id = resume.id;
+        let welcome;
+        {
+            let Some(conn) = self.conns.get_mut(&id) else { return };
+            if let Some(old) = conn.kick.take() {
+                // A connection the server still thought alive (the page saw it die first).
+                let _ = old.send(ByeReason::Replaced);
+            }
+            conn.outbox = Some(c.outbox);
+            conn.kick = Some(c.kick);
+            conn.conn = c.conn;
+            conn.host = c.host;
+            conn.suspended = None;
+            welcome = self.welcome(&id, true);
+        }
+        self.stats.resumed += 1;
+        let _ = c.session.send(id.clone());
+        info!(peer = %id, missed, "resumed a session");
+        self.send_uncounted(&id, welcome);
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let from = conn.recent.len() - missed;
+        let replay: Vec<Arc<ServerMsg>> = conn.recent.iter().skip(from).cloned().collect();
+        if let Some(outbox) = &conn.outbox {
+            for msg in replay {
+                if outbox.try_send(msg).is_err() {
+                    self.overflowed.push(id.clone());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The connection of `id` ended: a participant in a room keeps its place for the grace
+    /// period (unless it said goodbye); everyone else leaves now.
+    fn disconnected(&mut self, id: &PeerId, reason: LeaveReason) {
+        let grace = self.config.resume_grace;
+        let keep = reason == LeaveReason::Disconnected
+            && !grace.is_zero()
+            && self.shutdown.is_none()
+            && self.conns.get(id).is_some_and(|c| c.room.is_some());
+        if keep {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.outbox = None;
+                conn.kick = None;
+                conn.suspended = Some(Instant::now() + grace);
+                info!(peer = %id, "connection lost; keeping the place for a resume");
+            }
+            return;
+        }
+        self.disconnect(id, reason);
+    }
+
+    /// Ends the sessions whose grace period is over.
+    pub fn expire(&mut self, now: Instant) {
+        let expired: Vec<PeerId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.suspended.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            info!(peer = %id, "not resumed in time");
+            self.disconnect(&id, LeaveReason::Disconnected);
+        }
+        self.evict_overflowed();
+    }
+
+    /// When the next suspended session expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.conns.values().filter_map(|c| c.suspended).min()
     }
 
     fn disconnect(&mut self, id: &PeerId, reason: LeaveReason) {
         self.leave_room(id, reason);
+        self.leave_waiting_room(id);
         self.watchers.remove(id);
         self.conns.remove(id);
         if self.conns.is_empty() {
@@ -212,9 +429,12 @@ impl Hub {
             return;
         };
         let request = msg.type_name();
+        let waiting = conn.waiting_in.clone();
         let result = match (msg, conn.room.clone()) {
-            (ClientMsg::Join { protocol, room, name, audio, video }, None) => {
-                self.join(id, protocol, &room, &name, audio, video)
+            (ClientMsg::Join { .. }, _) if waiting.is_some() => Err(ErrorCode::AlreadyInRoom),
+            (ClientMsg::Join { protocol, room, name, audio, video, password, token }, None) => {
+                let req = JoinRequest { protocol, room, name, audio, video, password, token };
+                self.join(id, req)
             }
             (ClientMsg::Join { .. }, Some(_)) => Err(ErrorCode::AlreadyInRoom),
             (ClientMsg::WatchRooms, _) => {
@@ -225,6 +445,16 @@ impl Hub {
             }
             (ClientMsg::UnwatchRooms, _) => {
                 self.watchers.remove(id);
+                Ok(())
+            }
+            (ClientMsg::Ping, _) => {
+                self.send(id, ServerMsg::Pong);
+                Ok(())
+            }
+            (ClientMsg::Leave, None) if waiting.is_some() => {
+                self.leave_waiting_room(id);
+                let room = waiting.map(|r| r.to_string()).unwrap_or_default();
+                self.send(id, ServerMsg::Left { room });
                 Ok(())
             }
             (_, None) => Err(ErrorCode::NotInRoom),
@@ -264,12 +494,31 @@ impl Hub {
                 self.file_offer(id, &room, &name, size, &mime, &sha256)
             }
             (ClientMsg::Media { audio, video, screen }, Some(room)) => {
-                if let Some(peer) = self.rooms.get_mut(&room).and_then(|r| r.set_media(id, audio, video, screen)) {
-                    let msg = Arc::new(ServerMsg::PeerUpdated { peer });
-                    self.broadcast(&room, Some(id), msg);
+                match self.rooms.get_mut(&room).map(|r| r.set_media(id, audio, video, screen)) {
+                    Some(Ok(Some(peer))) => {
+                        let msg = Arc::new(ServerMsg::PeerUpdated { peer });
+                        self.broadcast(&room, Some(id), msg);
+                        Ok(())
+                    }
+                    Some(Err(_)) => Err(ErrorCode::MutedByHost),
+                    _ => Ok(()),
+                }
+            }
+            (ClientMsg::Hand { raised }, Some(room)) => {
+                if let Some(peer) = self.rooms.get_mut(&room).and_then(|r| r.set_hand(id, raised)) {
+                    self.broadcast(&room, None, Arc::new(ServerMsg::PeerUpdated { peer }));
                 }
                 Ok(())
             }
+            (ClientMsg::React { emoji }, Some(room)) => {
+                if REACTIONS.contains(&emoji.as_str()) {
+                    self.broadcast(&room, None, Arc::new(ServerMsg::Reaction { from: id.clone(), emoji }));
+                    Ok(())
+                } else {
+                    Err(ErrorCode::InvalidReaction)
+                }
+            }
+            (msg, Some(room)) => self.host_command(id, &room, msg),
         };
         if let Err(code) = result {
             debug!(peer = %id, %code, request, "request refused");
@@ -277,39 +526,118 @@ impl Hub {
         }
     }
 
-    fn join(
-        &mut self,
-        id: &PeerId,
-        protocol: u32,
-        room: &str,
-        name: &str,
-        audio: bool,
-        video: bool,
-    ) -> Result<(), ErrorCode> {
-        if protocol != PROTOCOL_VERSION {
+    fn join(&mut self, id: &PeerId, req: JoinRequest) -> Result<(), ErrorCode> {
+        if req.protocol != PROTOCOL_VERSION {
             return Err(ErrorCode::UnsupportedProtocol);
         }
-        let room = validate::label(room, self.config.max_room_chars).ok_or(ErrorCode::InvalidRoom)?;
-        let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?;
-        if !self.rooms.contains_key(room) && self.rooms.len() >= self.config.max_rooms as usize {
-            return Err(ErrorCode::TooManyRooms);
-        }
-        let capacity = self.config.room_capacity as usize;
-        let history = self.config.chat_history as usize;
-        let room: Arc<str> = match self.rooms.get_key_value(room) {
-            Some((key, _)) => key.clone(),
-            None => Arc::from(room),
+        let room = validate::label(&req.room, self.config.max_room_chars).ok_or(ErrorCode::InvalidRoom)?;
+        let grant = match &req.token {
+            Some(token) if !token.is_empty() => Some(self.tokens.verify(token, room, unix_secs())?),
+            _ => None,
         };
+        if self.config.require_token && grant.is_none() {
+            return Err(ErrorCode::TokenRequired);
+        }
+        let grant = grant.unwrap_or_default();
+        let name = grant.name.as_deref().unwrap_or(&req.name);
+        let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?.to_string();
+        let mut keys: Vec<String> = grant.sub.iter().map(|s| format!("sub:{s}")).collect();
+        keys.push(format!("id:{id}"));
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.keys = keys.clone();
+        }
+        let room_key: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((key, r)) => {
+                let role = grant.role.unwrap_or(Role::Participant);
+                if r.is_banned(&keys) {
+                    return Err(ErrorCode::Banned);
+                }
+                if !role.moderates() {
+                    if r.settings.locked {
+                        return Err(ErrorCode::RoomLocked);
+                    }
+                    if !grant.invite && !grant.operator {
+                        r.password_matches(req.password.as_deref())?;
+                    }
+                }
+                if r.settings.waiting_room && !role.moderates() {
+                    let key = key.clone();
+                    return self.knock(id, &key, name, req.audio, req.video, keys);
+                }
+                if r.is_full() {
+                    return Err(ErrorCode::RoomFull);
+                }
+                key.clone()
+            }
+            None => {
+                if self.rooms.len() >= self.config.max_rooms as usize {
+                    return Err(ErrorCode::TooManyRooms);
+                }
+                let key: Arc<str> = Arc::from(room);
+                let has_sfu = self.media.is_some();
+                let initial =
+                    if has_sfu && self.config.topology == TopologyMode::Sfu { Topology::Sfu } else { Topology::P2p };
+                let capacity = self.config.room_capacity as usize;
+                self.rooms.insert(key.clone(), Room::new(capacity, self.config.chat_history as usize, initial));
+                key
+            }
+        };
+        // Whoever opens a room hosts it, unless their token says otherwise.
+        let opening = self.rooms.get(&room_key).is_some_and(Room::is_empty);
+        let role = grant.role.unwrap_or(if opening { Role::Host } else { Role::Participant });
+        self.enter(id, &room_key, name, req.audio, req.video, role);
+        Ok(())
+    }
+
+    /// Puts `id` in the waiting room of `room` and tells the hosts.
+    fn knock(
+        &mut self,
+        id: &PeerId,
+        room: &Arc<str>,
+        name: String,
+        audio: bool,
+        video: bool,
+        keys: Vec<String>,
+    ) -> Result<(), ErrorCode> {
+        let waiter = Waiter { knocker: Knocker { id: id.clone(), name }, audio, video, keys };
+        let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
+        r.knock(waiter).map_err(|_| ErrorCode::RoomFull)?;
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.waiting_in = Some(room.clone());
+        }
+        self.watchers.remove(id);
+        info!(peer = %id, "knocked at a waiting room");
+        self.send(id, ServerMsg::Waiting { room: room.to_string() });
+        self.tell_hosts_waiting(room);
+        Ok(())
+    }
+
+    fn tell_hosts_waiting(&mut self, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let msg = Arc::new(ServerMsg::WaitingList { waiting: r.waiting() });
+        let hosts: Vec<PeerId> = r.members().filter(|p| p.role.moderates()).map(|p| p.id.clone()).collect();
+        for h in hosts {
+            self.send_arc(&h, msg.clone());
+        }
+    }
+
+    /// Takes `id` out of the waiting room it is in, if any, and tells the hosts.
+    fn leave_waiting_room(&mut self, id: &PeerId) -> Option<Waiter> {
+        let room = self.conns.get_mut(id).and_then(|c| c.waiting_in.take())?;
+        let waiter = self.rooms.get_mut(&room).and_then(|r| r.unknock(id));
+        self.tell_hosts_waiting(&room);
+        waiter
+    }
+
+    /// Adds `id` to `room` (which exists and has space) and tells everyone.
+    fn enter(&mut self, id: &PeerId, room: &Arc<str>, name: String, audio: bool, video: bool, role: Role) {
         let ice_servers = self.ice_servers(id);
         let has_sfu = self.media.is_some();
-        let initial = if has_sfu && self.config.topology == TopologyMode::Sfu { Topology::Sfu } else { Topology::P2p };
-        let r = self.rooms.entry(room.clone()).or_insert_with(|| Room::new(capacity, history, initial));
-        let me = Peer { id: id.clone(), name: name.to_string(), audio, video, screen: false };
-        let peers = match r.add(me.clone()) {
-            Ok(peers) => peers,
-            Err(RoomError::Full) => {
-                return Err(ErrorCode::RoomFull);
-            }
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let me = Peer { id: id.clone(), name, audio, video, screen: false, role, hand: false };
+        let Ok(peers) = r.add(me.clone()) else {
+            self.send(id, ServerMsg::error(ErrorCode::RoomFull, Some("join")));
+            return;
         };
         let switched = has_sfu
             && self.config.topology == TopologyMode::Auto
@@ -326,20 +654,202 @@ impl Hub {
             topology: r.topology(),
             ice_servers,
             ice_transport_policy: self.config.ice_transport_policy,
+            settings: r.settings,
+            waiting: if role.moderates() { r.waiting() } else { Vec::new() },
         };
+        let participants = r.len();
         if let Some(conn) = self.conns.get_mut(id) {
             conn.room = Some(room.clone());
         }
         self.watchers.remove(id);
         self.rooms_dirty = true;
-        info!(peer = %id, participants = self.rooms.get(&room).map_or(0, Room::len), "joined a room");
+        info!(peer = %id, participants, ?role, "joined a room");
         self.send(id, joined);
         if switched {
             info!(participants = AUTO_SFU_FROM, "room switched to the SFU");
-            self.broadcast(&room, Some(id), Arc::new(ServerMsg::Topology { topology: Topology::Sfu }));
+            self.broadcast(room, Some(id), Arc::new(ServerMsg::Topology { topology: Topology::Sfu }));
         }
-        self.broadcast(&room, Some(id), Arc::new(ServerMsg::PeerJoined { peer: me }));
+        self.broadcast(room, Some(id), Arc::new(ServerMsg::PeerJoined { peer: me }));
+    }
+
+    /// Commands only hosts (and co-hosts) may give.
+    fn host_command(&mut self, id: &PeerId, room: &Arc<str>, msg: ClientMsg) -> Result<(), ErrorCode> {
+        let me = self.rooms.get(room).and_then(|r| r.role(id)).ok_or(ErrorCode::NotInRoom)?;
+        if !me.moderates() {
+            return Err(ErrorCode::NotAllowed);
+        }
+        match msg {
+            ClientMsg::Settings { locked, waiting_room, allow_unmute, password } => {
+                let password = match password {
+                    None => None,
+                    Some(p) if p.is_empty() => Some(None),
+                    Some(p) => {
+                        let p = validate::label(&p, PASSWORD_MAX_CHARS).ok_or(ErrorCode::BadMessage)?;
+                        Some(Some(p.to_string()))
+                    }
+                };
+                let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
+                if let Some(v) = locked {
+                    r.settings.locked = v;
+                }
+                if let Some(v) = waiting_room {
+                    r.settings.waiting_room = v;
+                }
+                if let Some(v) = allow_unmute {
+                    r.settings.allow_unmute = v;
+                }
+                if let Some(p) = password {
+                    r.set_password(p);
+                }
+                let settings = r.settings;
+                info!(peer = %id, ?settings, "room settings changed");
+                self.broadcast(room, None, Arc::new(ServerMsg::RoomSettings { settings }));
+                if !settings.waiting_room {
+                    self.admit_all(room);
+                }
+                Ok(())
+            }
+            ClientMsg::Moderate { peer, action } => self.moderate(id, me, room, &peer, action),
+            ClientMsg::SetRole { peer, role } => {
+                // Only the host hands on the host role or changes co-hosts.
+                if me != Role::Host {
+                    return Err(ErrorCode::NotAllowed);
+                }
+                if peer == *id {
+                    return Err(ErrorCode::NotAllowed);
+                }
+                let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
+                let target = r.set_role(&peer, role).ok_or(ErrorCode::UnknownPeer)?;
+                let mut changed = vec![target];
+                if role == Role::Host {
+                    changed.extend(r.set_role(id, Role::Cohost));
+                }
+                info!(peer = %id, target = %peer, ?role, "role changed");
+                for p in changed {
+                    self.broadcast(room, None, Arc::new(ServerMsg::PeerUpdated { peer: p }));
+                }
+                self.tell_hosts_waiting(room);
+                Ok(())
+            }
+            ClientMsg::Admit { peer } => {
+                let waiting_here = self.conns.get(&peer).is_some_and(|c| c.waiting_in.as_ref() == Some(room));
+                if !waiting_here {
+                    return Err(ErrorCode::UnknownPeer);
+                }
+                self.admit(room, &peer);
+                Ok(())
+            }
+            ClientMsg::Deny { peer } => {
+                let waiting_here = self.conns.get(&peer).is_some_and(|c| c.waiting_in.as_ref() == Some(room));
+                if !waiting_here {
+                    return Err(ErrorCode::UnknownPeer);
+                }
+                self.leave_waiting_room(&peer);
+                info!(peer = %id, target = %peer, "turned away from the waiting room");
+                self.send(&peer, ServerMsg::error(ErrorCode::KnockDenied, Some("join")));
+                Ok(())
+            }
+            ClientMsg::AdmitAll => {
+                self.admit_all(room);
+                Ok(())
+            }
+            ClientMsg::EndMeeting => {
+                if me != Role::Host {
+                    return Err(ErrorCode::NotAllowed);
+                }
+                info!(peer = %id, "meeting ended by the host");
+                self.end_meeting(room);
+                Ok(())
+            }
+            ClientMsg::Invite { ttl_secs } => {
+                let ttl = ttl_secs.unwrap_or(DEFAULT_INVITE_SECS).clamp(60, MAX_INVITE_SECS);
+                let expires = unix_secs() + u64::from(ttl);
+                let token = self.tokens.invite(room, expires);
+                self.send(id, ServerMsg::InviteToken { token, expires });
+                Ok(())
+            }
+            // Everything else is handled before this is called.
+            _ => Err(ErrorCode::BadMessage),
+        }
+    }
+
+    fn moderate(
+        &mut self,
+        id: &PeerId,
+        me: Role,
+        room: &Arc<str>,
+        peer: &PeerId,
+        action: ModAction,
+    ) -> Result<(), ErrorCode> {
+        let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
+        let target = r.role(peer).ok_or(ErrorCode::UnknownPeer)?;
+        // Nobody acts on someone above them; nobody removes themselves this way.
+        if target > me || (peer == id && matches!(action, ModAction::Remove | ModAction::Ban)) {
+            return Err(ErrorCode::NotAllowed);
+        }
+        info!(peer = %id, target = %peer, ?action, "host action");
+        let updated = match action {
+            ModAction::Mute => r.hold(peer, Held { audio: true, ..Held::default() }),
+            ModAction::StopVideo => r.hold(peer, Held { video: true, ..Held::default() }),
+            ModAction::StopScreen => r.hold(peer, Held { screen: true, ..Held::default() }),
+            ModAction::LowerHand => r.set_hand(peer, false),
+            ModAction::Remove | ModAction::Ban => {
+                if action == ModAction::Ban {
+                    let keys = self.conns.get(peer).map(|c| c.keys.clone()).unwrap_or_default();
+                    if let Some(r) = self.rooms.get_mut(room) {
+                        r.ban(&keys);
+                    }
+                }
+                self.leave_room(peer, LeaveReason::Removed);
+                self.send(peer, ServerMsg::Removed { room: room.to_string(), ban: action == ModAction::Ban });
+                return Ok(());
+            }
+        };
+        if let Some(p) = updated {
+            self.broadcast(room, Some(peer), Arc::new(ServerMsg::PeerUpdated { peer: p }));
+            self.send(peer, ServerMsg::Moderated { action, by: id.clone() });
+        }
         Ok(())
+    }
+
+    fn admit(&mut self, room: &Arc<str>, peer: &PeerId) {
+        let Some(w) = self.leave_waiting_room(peer) else { return };
+        if self.rooms.get(room).is_some_and(Room::is_full) {
+            self.send(peer, ServerMsg::error(ErrorCode::RoomFull, Some("join")));
+            return;
+        }
+        info!(target = %peer, "admitted from the waiting room");
+        let role = if self.rooms.get(room).is_some_and(Room::is_empty) { Role::Host } else { Role::Participant };
+        self.enter(peer, room, w.knocker.name, w.audio, w.video, role);
+    }
+
+    fn admit_all(&mut self, room: &Arc<str>) {
+        let waiting: Vec<PeerId> =
+            self.rooms.get(room.as_ref()).map(|r| r.waiting().into_iter().map(|k| k.id).collect()).unwrap_or_default();
+        for peer in waiting {
+            self.admit(room, &peer);
+        }
+    }
+
+    /// Everyone out, the waiting room too; the room closes.
+    fn end_meeting(&mut self, room: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let waiters = r.take_waiters();
+        let members: Vec<PeerId> = r.members().map(|p| p.id.clone()).collect();
+        for w in waiters {
+            if let Some(conn) = self.conns.get_mut(&w.knocker.id) {
+                conn.waiting_in = None;
+            }
+            self.send(&w.knocker.id, ServerMsg::Ended { room: room.to_string() });
+        }
+        let ended = Arc::new(ServerMsg::Ended { room: room.to_string() });
+        for m in &members {
+            self.send_arc(m, ended.clone());
+        }
+        for m in &members {
+            // Quietly: everyone is told `ended`, not who left.
+            self.leave_room_quietly(m);
+        }
     }
 
     /// A `signal` to the reserved peer `sfu`: offers and answers go to the SFU task; candidates
@@ -440,10 +950,49 @@ impl Hub {
 
     /// Takes `id` out of its room, tells the others, and drops the room when it empties.
     fn leave_room(&mut self, id: &PeerId, reason: LeaveReason) {
-        let Some(room) = self.conns.get_mut(id).and_then(|c| c.room.take()) else { return };
+        let Some(room) = self.take_out(id) else { return };
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if r.is_empty() {
+            if r.has_waiters() {
+                // Nobody is left to let them in: the first in line opens the room again.
+                self.admit_all(&room);
+            } else {
+                self.rooms.remove(&room);
+                self.files.room_closed(&room);
+                debug!("room closed");
+            }
+        } else {
+            let new_host = r.ensure_host();
+            self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
+            if let Some(peer) = new_host {
+                info!(peer = %peer.id, "became the host");
+                self.broadcast(&room, None, Arc::new(ServerMsg::PeerUpdated { peer }));
+                if self.rooms.get(&room).is_some_and(Room::has_waiters) {
+                    self.tell_hosts_waiting(&room);
+                }
+            }
+        }
+        info!(peer = %id, ?reason, "left a room");
+    }
+
+    /// Takes `id` out of its room without telling anyone (the meeting ended); closes the room
+    /// after the last one.
+    fn leave_room_quietly(&mut self, id: &PeerId) {
+        let Some(room) = self.take_out(id) else { return };
+        if self.rooms.get(&room).is_some_and(Room::is_empty) {
+            self.rooms.remove(&room);
+            self.files.room_closed(&room);
+        }
+    }
+
+    /// The part of leaving every way shares: out of the room's list, the SFU told.
+    fn take_out(&mut self, id: &PeerId) -> Option<Arc<str>> {
+        let conn = self.conns.get_mut(id)?;
+        let room = conn.room.take()?;
+        conn.recent.clear();
         // Offers it never started uploading go with it.
         self.files.owner_left(id);
-        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let r = self.rooms.get_mut(&room)?;
         r.remove(id);
         if r.topology() == Topology::Sfu {
             if let Some(media) = &self.media {
@@ -455,14 +1004,7 @@ impl Hub {
             }
         }
         self.rooms_dirty = true;
-        if r.is_empty() {
-            self.rooms.remove(&room);
-            self.files.room_closed(&room);
-            debug!("room closed");
-        } else {
-            self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
-        }
-        info!(peer = %id, ?reason, "left a room");
+        Some(room)
     }
 
     fn broadcast(&mut self, room: &str, except: Option<&PeerId>, msg: Arc<ServerMsg>) {
@@ -471,14 +1013,26 @@ impl Hub {
             if Some(&peer.id) == except {
                 continue;
             }
-            if self.conns.get(&peer.id).is_some_and(|conn| !conn.offer(msg.clone())) {
+            if self.conns.get_mut(&peer.id).is_some_and(|conn| !conn.offer(msg.clone())) {
                 self.overflowed.push(peer.id.clone());
             }
         }
     }
 
     fn send(&mut self, id: &PeerId, msg: ServerMsg) {
-        if self.conns.get(id).is_some_and(|conn| !conn.offer(Arc::new(msg))) {
+        self.send_arc(id, Arc::new(msg));
+    }
+
+    fn send_arc(&mut self, id: &PeerId, msg: Arc<ServerMsg>) {
+        if self.conns.get_mut(id).is_some_and(|conn| !conn.offer(msg)) {
+            self.overflowed.push(id.clone());
+        }
+    }
+
+    /// Sends a `welcome`, which resumes do not count or replay.
+    fn send_uncounted(&mut self, id: &PeerId, msg: Arc<ServerMsg>) {
+        let Some(outbox) = self.conns.get(id).and_then(|c| c.outbox.as_ref()) else { return };
+        if outbox.try_send(msg).is_err() {
             self.overflowed.push(id.clone());
         }
     }
@@ -509,8 +1063,8 @@ impl Hub {
             return;
         }
         let msg = Arc::new(self.room_list());
-        let conns = &self.conns;
-        let slow = self.watchers.iter().filter(|id| conns.get(*id).is_some_and(|conn| !conn.offer(msg.clone())));
+        let conns = &mut self.conns;
+        let slow = self.watchers.iter().filter(|id| conns.get_mut(*id).is_some_and(|conn| !conn.offer(msg.clone())));
         self.overflowed.extend(slow.cloned());
         self.evict_overflowed();
     }
@@ -534,6 +1088,8 @@ impl Hub {
         info!(connections = self.conns.len(), "saying goodbye to every connection");
         let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
         self.files.clear();
+        // Sessions without a connection have nobody to say goodbye to.
+        self.conns.retain(|_, c| c.suspended.is_none());
         for conn in self.conns.values_mut() {
             // Dropping the outbox after `bye` lets the connection task write it, then close.
             if let Some(outbox) = conn.outbox.take() {
@@ -548,19 +1104,46 @@ impl Hub {
     }
 }
 
-/// The hub task: applies commands in order and pushes the room list on a timer.
+/// The hub task: applies commands in order, pushes the room list on a timer and ends the
+/// sessions not resumed in time.
 pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>) {
     let mut tick = tokio::time::interval(ROOM_LIST_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let expiry = hub.next_expiry();
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(cmd) => hub.handle(cmd),
                 None => break,
             },
             _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
+            _ = sleep_until(expiry), if expiry.is_some() => hub.expire(Instant::now()),
         }
     }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t).await;
+    }
+}
+
+/// Longest room password, in characters.
+pub const PASSWORD_MAX_CHARS: u32 = 64;
+
+/// A `join`'s fields.
+struct JoinRequest {
+    protocol: u32,
+    room: String,
+    name: String,
+    audio: bool,
+    video: bool,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -590,13 +1173,22 @@ mod tests {
     }
 
     fn connect(hub: &mut Hub, n: u32, cap: usize) -> Client {
-        let id = PeerId(format!("p{n}"));
+        connect_as(hub, n, cap, None).0
+    }
+
+    /// Connection number `n`, optionally resuming; returns the client and its `welcome`.
+    fn connect_as(hub: &mut Hub, n: u32, cap: usize, resume: Option<Resume>) -> (Client, ServerMsg) {
         let (tx, rx) = mpsc::channel(cap);
         let (ktx, krx) = oneshot::channel();
-        hub.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx, host: None });
+        let (stx, mut srx) = oneshot::channel();
+        let id = PeerId(format!("p{n}"));
+        let c = Connect { conn: n.into(), id, outbox: tx, kick: ktx, host: None, resume, session: stx };
+        hub.handle(Command::Connect(c));
+        let id = srx.try_recv().expect("the hub names the session");
         let mut c = Client { id, rx, kick: krx };
-        assert!(matches!(c.next(), ServerMsg::Welcome { .. }));
-        c
+        let welcome = c.next();
+        assert!(matches!(welcome, ServerMsg::Welcome { .. }));
+        (c, welcome)
     }
 
     #[test]
@@ -665,6 +1257,8 @@ mod tests {
             name: format!("name {}", c.id),
             audio: true,
             video: true,
+            password: None,
+            token: None,
         };
         hub.handle(Command::Client { id: c.id.clone(), msg });
         c.next()
@@ -789,7 +1383,7 @@ mod tests {
             ServerMsg::Rooms { rooms } => assert_eq!((rooms[0].name.as_str(), rooms[0].participants), ("한국어 방", 1)),
             other => panic!("{other:?}"),
         }
-        hub.handle(Command::Disconnect { id: a.id.clone(), reason: LeaveReason::Disconnected });
+        hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Left, resumable: true });
         assert_eq!(hub.stats().rooms, 0);
         assert!(hub.rooms_dirty());
         hub.publish_rooms();
@@ -829,7 +1423,297 @@ mod tests {
         assert!(matches!(a.next(), ServerMsg::Bye { reason: ByeReason::ServerShutdown }));
         assert!(matches!(a.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)), "outbox closed");
         assert!(done_rx.try_recv().is_err());
-        hub.handle(Command::Disconnect { id: a.id.clone(), reason: LeaveReason::Left });
+        hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Left, resumable: true });
         assert_eq!(done_rx.try_recv(), Ok(()));
+    }
+    fn send(hub: &mut Hub, c: &Client, msg: ClientMsg) {
+        hub.handle(Command::Client { id: c.id.clone(), msg });
+    }
+
+    fn join_with(hub: &mut Hub, c: &mut Client, room: &str, password: Option<&str>, token: Option<&str>) -> ServerMsg {
+        let msg = ClientMsg::Join {
+            protocol: 1,
+            room: room.into(),
+            name: format!("name {}", c.id),
+            audio: true,
+            video: true,
+            password: password.map(str::to_string),
+            token: token.map(str::to_string),
+        };
+        hub.handle(Command::Client { id: c.id.clone(), msg });
+        c.next()
+    }
+
+    fn role_of(m: &ServerMsg) -> Role {
+        match m {
+            ServerMsg::Joined { you, .. } => you.role,
+            other => panic!("expected joined, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_opener_hosts_and_participants_cannot_give_host_commands() {
+        let mut hub = hub_with(|_| {});
+        let mut host = connect(&mut hub, 1, 64);
+        let mut guest = connect(&mut hub, 2, 64);
+        assert_eq!(role_of(&join(&mut hub, &mut host, "r")), Role::Host);
+        assert_eq!(role_of(&join(&mut hub, &mut guest, "r")), Role::Participant);
+        host.drain();
+        let host_id = host.id.clone();
+        let forbidden = [
+            ClientMsg::Settings { locked: Some(true), waiting_room: None, allow_unmute: None, password: None },
+            ClientMsg::Moderate { peer: host_id.clone(), action: ModAction::Mute },
+            ClientMsg::Moderate { peer: host_id.clone(), action: ModAction::Remove },
+            ClientMsg::SetRole { peer: guest.id.clone(), role: Role::Host },
+            ClientMsg::Admit { peer: PeerId("p9".into()) },
+            ClientMsg::AdmitAll,
+            ClientMsg::EndMeeting,
+            ClientMsg::Invite { ttl_secs: None },
+        ];
+        for msg in forbidden {
+            send(&mut hub, &guest, msg);
+            assert_eq!(error_code(guest.next()), ErrorCode::NotAllowed);
+        }
+        assert!(host.drain().is_empty(), "nothing reached the host");
+        assert_eq!(hub.rooms.get("r").map(|r| r.settings), Some(Default::default()), "nothing changed");
+        assert_eq!(hub.rooms.get("r").and_then(|r| r.role(&host_id)), Some(Role::Host));
+    }
+
+    #[test]
+    fn the_waiting_room_holds_newcomers_until_a_host_decides() {
+        let mut hub = hub_with(|_| {});
+        let mut host = connect(&mut hub, 1, 64);
+        join(&mut hub, &mut host, "r");
+        let on = ClientMsg::Settings { locked: None, waiting_room: Some(true), allow_unmute: None, password: None };
+        send(&mut hub, &host, on);
+        assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.waiting_room));
+        let mut a = connect(&mut hub, 2, 64);
+        let mut b = connect(&mut hub, 3, 64);
+        assert!(matches!(join(&mut hub, &mut a, "r"), ServerMsg::Waiting { .. }));
+        assert!(matches!(host.next(), ServerMsg::WaitingList { waiting } if waiting.len() == 1));
+        // Waiting is not being in: no chat, no signalling, no second knock.
+        send(&mut hub, &a, ClientMsg::Chat { text: "let me in".into() });
+        assert_eq!(error_code(a.next()), ErrorCode::NotInRoom);
+        send(
+            &mut hub,
+            &a,
+            ClientMsg::Signal { to: host.id.clone(), payload: SignalPayload::Candidate { candidate: None } },
+        );
+        assert_eq!(error_code(a.next()), ErrorCode::NotInRoom);
+        assert_eq!(error_code(join(&mut hub, &mut a, "r")), ErrorCode::AlreadyInRoom);
+        assert!(host.drain().is_empty());
+        assert!(matches!(join(&mut hub, &mut b, "r"), ServerMsg::Waiting { .. }));
+        assert!(matches!(host.next(), ServerMsg::WaitingList { waiting } if waiting.len() == 2));
+        // Deny b, admit a.
+        send(&mut hub, &host, ClientMsg::Deny { peer: b.id.clone() });
+        assert_eq!(error_code(b.next()), ErrorCode::KnockDenied);
+        send(&mut hub, &host, ClientMsg::Admit { peer: a.id.clone() });
+        assert!(matches!(a.next(), ServerMsg::Joined { .. }));
+        let got = host.drain();
+        assert!(got.iter().any(|m| matches!(m, ServerMsg::PeerJoined { peer } if peer.id == a.id)));
+        assert_eq!(hub.stats().participants, 2);
+        assert_eq!(hub.stats().waiting, 0);
+        // Admitting someone who is not waiting is refused.
+        send(&mut hub, &host, ClientMsg::Admit { peer: b.id.clone() });
+        assert_eq!(error_code(host.drain().pop().expect("an answer")), ErrorCode::UnknownPeer);
+    }
+
+    #[test]
+    fn passwords_invites_and_tokens() {
+        let mut hub = hub_with(|_| {});
+        let mut host = connect(&mut hub, 1, 64);
+        join(&mut hub, &mut host, "r");
+        let set = ClientMsg::Settings {
+            locked: None,
+            waiting_room: None,
+            allow_unmute: None,
+            password: Some("open sesame".into()),
+        };
+        send(&mut hub, &host, set);
+        assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.has_password));
+        let mut g = connect(&mut hub, 2, 64);
+        assert_eq!(error_code(join_with(&mut hub, &mut g, "r", None, None)), ErrorCode::PasswordRequired);
+        assert_eq!(error_code(join_with(&mut hub, &mut g, "r", Some("open"), None)), ErrorCode::WrongPassword);
+        // Tokens: mis-signed, and a real invite.
+        let forged = "eyJhbGciOiJIUzI1NiJ9.eyJyb29tIjoiciIsImV4cCI6OTk5OTk5OTk5OSwiaW52Ijp0cnVlfQ.AAAA";
+        assert_eq!(error_code(join_with(&mut hub, &mut g, "r", None, Some(forged))), ErrorCode::InvalidToken);
+        send(&mut hub, &host, ClientMsg::Invite { ttl_secs: Some(600) });
+        let ServerMsg::InviteToken { token, .. } = host.next() else { panic!("an invite") };
+        assert_eq!(error_code(join_with(&mut hub, &mut g, "other room", None, Some(&token))), ErrorCode::InvalidToken);
+        assert_eq!(hub.stats().participants, 1, "nobody got in");
+        assert!(matches!(join_with(&mut hub, &mut g, "r", None, Some(&token)), ServerMsg::Joined { .. }));
+        let mut h = connect(&mut hub, 3, 64);
+        assert!(matches!(join_with(&mut hub, &mut h, "r", Some("open sesame"), None), ServerMsg::Joined { .. }));
+        // Locked: even the password does not help.
+        let lock = ClientMsg::Settings { locked: Some(true), waiting_room: None, allow_unmute: None, password: None };
+        send(&mut hub, &host, lock);
+        let mut late = connect(&mut hub, 4, 64);
+        assert_eq!(error_code(join_with(&mut hub, &mut late, "r", Some("open sesame"), None)), ErrorCode::RoomLocked);
+    }
+
+    #[test]
+    fn operator_tokens_are_required_when_configured_and_give_their_role() {
+        let secret = "an operator secret of enough length!";
+        let mut hub = hub_with(|c| {
+            c.token_secret = Some(secret.into());
+            c.require_token = true;
+        });
+        let mut a = connect(&mut hub, 1, 64);
+        assert_eq!(error_code(join(&mut hub, &mut a, "r")), ErrorCode::TokenRequired);
+        let claims = |role: &str, exp: u64| serde_json::json!({"room": "r", "exp": exp, "role": role, "name": "Ops"});
+        let expired = crate::tokens::tests::operator_hs256(secret.as_bytes(), &claims("host", 1000));
+        assert_eq!(error_code(join_with(&mut hub, &mut a, "r", None, Some(&expired))), ErrorCode::TokenExpired);
+        let guest = crate::tokens::tests::operator_hs256(secret.as_bytes(), &claims("participant", unix_secs() + 60));
+        match join_with(&mut hub, &mut a, "r", None, Some(&guest)) {
+            ServerMsg::Joined { you, .. } => assert_eq!((you.role, you.name.as_str()), (Role::Participant, "Ops")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hosts_mute_remove_and_ban_and_the_role_passes_on() {
+        let mut hub = hub_with(|_| {});
+        let mut host = connect(&mut hub, 1, 64);
+        let mut co = connect(&mut hub, 2, 64);
+        let mut g = connect(&mut hub, 3, 64);
+        join(&mut hub, &mut host, "r");
+        join(&mut hub, &mut co, "r");
+        join(&mut hub, &mut g, "r");
+        send(&mut hub, &host, ClientMsg::SetRole { peer: co.id.clone(), role: Role::Cohost });
+        co.drain();
+        g.drain();
+        // A co-host mutes g; g may not unmute until the room allows it.
+        send(&mut hub, &co, ClientMsg::Moderate { peer: g.id.clone(), action: ModAction::Mute });
+        assert!(matches!(g.next(), ServerMsg::Moderated { action: ModAction::Mute, .. }));
+        send(&mut hub, &g, ClientMsg::Media { audio: true, video: true, screen: false });
+        assert_eq!(error_code(g.next()), ErrorCode::MutedByHost);
+        assert!(!hub.rooms["r"].member(&g.id).expect("member").audio);
+        // A co-host cannot act on the host.
+        send(&mut hub, &co, ClientMsg::Moderate { peer: host.id.clone(), action: ModAction::Remove });
+        assert!(matches!(co.drain().last(), Some(ServerMsg::Error { code: ErrorCode::NotAllowed, .. })));
+        // Ban g: out, and not back in.
+        send(&mut hub, &host, ClientMsg::Moderate { peer: g.id.clone(), action: ModAction::Ban });
+        assert!(matches!(g.drain().last(), Some(ServerMsg::Removed { ban: true, .. })));
+        assert!(co.drain().iter().any(|m| matches!(m, ServerMsg::PeerLeft { reason: LeaveReason::Removed, .. })));
+        assert_eq!(error_code(join(&mut hub, &mut g, "r")), ErrorCode::Banned);
+        // The host leaves: the co-host becomes host.
+        send(&mut hub, &host, ClientMsg::Leave);
+        let co_id = co.id.clone();
+        assert!(co
+            .drain()
+            .iter()
+            .any(|m| matches!(m, ServerMsg::PeerUpdated { peer } if peer.id == co_id && peer.role == Role::Host)));
+    }
+
+    #[test]
+    fn ending_the_meeting_empties_the_room() {
+        let mut hub = hub_with(|_| {});
+        let mut host = connect(&mut hub, 1, 64);
+        let mut g = connect(&mut hub, 2, 64);
+        join(&mut hub, &mut host, "r");
+        join(&mut hub, &mut g, "r");
+        g.drain();
+        send(&mut hub, &host, ClientMsg::EndMeeting);
+        assert!(matches!(g.drain().as_slice(), [ServerMsg::Ended { .. }]), "ended, without a stream of leaves");
+        assert_eq!((hub.stats().rooms, hub.stats().participants), (0, 0));
+        send(&mut hub, &g, ClientMsg::Chat { text: "x".into() });
+        assert_eq!(error_code(g.next()), ErrorCode::NotInRoom);
+    }
+
+    #[test]
+    fn hands_and_reactions_reach_everyone() {
+        let mut hub = hub_with(|_| {});
+        let mut a = connect(&mut hub, 1, 64);
+        let mut b = connect(&mut hub, 2, 64);
+        join(&mut hub, &mut a, "r");
+        join(&mut hub, &mut b, "r");
+        a.drain();
+        send(&mut hub, &b, ClientMsg::Hand { raised: true });
+        assert!(matches!(a.next(), ServerMsg::PeerUpdated { peer } if peer.hand));
+        send(&mut hub, &b, ClientMsg::React { emoji: "🎉".into() });
+        assert!(matches!(a.next(), ServerMsg::Reaction { emoji, .. } if emoji == "🎉"));
+        send(&mut hub, &b, ClientMsg::React { emoji: "<script>".into() });
+        assert!(matches!(b.drain().last(), Some(ServerMsg::Error { code: ErrorCode::InvalidReaction, .. })));
+        // A latecomer sees the raised hand.
+        let mut c = connect(&mut hub, 3, 64);
+        match join(&mut hub, &mut c, "r") {
+            ServerMsg::Joined { peers, .. } => assert!(peers.iter().any(|p| p.hand)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn resume_of(welcome: &ServerMsg, id: &PeerId, seen: u64) -> Resume {
+        match welcome {
+            ServerMsg::Welcome { resume, .. } => Resume { id: id.clone(), secret: resume.clone(), seen },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_resumes_the_same_session_with_what_it_missed() {
+        let mut hub = hub_with(|_| {});
+        let (mut a, welcome) = connect_as(&mut hub, 1, 64, None);
+        let mut b = connect(&mut hub, 2, 64);
+        join(&mut hub, &mut a, "r");
+        join(&mut hub, &mut b, "r");
+        send(&mut hub, &a, ClientMsg::Hand { raised: true });
+        let seen = 1 + a.drain().len() as u64; // joined, then the rest
+        hub.handle(Command::Disconnect {
+            id: a.id.clone(),
+            conn: 1,
+            reason: LeaveReason::Disconnected,
+            resumable: true,
+        });
+        assert_eq!(hub.stats().suspended, 1);
+        for i in 0..3 {
+            send(&mut hub, &b, ClientMsg::Chat { text: format!("while away {i}") });
+        }
+        assert!(!b.drain().iter().any(|m| matches!(m, ServerMsg::PeerLeft { .. })), "no leave seen");
+        // A wrong secret gets a new session and leaves the old one alone.
+        let mut wrong = resume_of(&welcome, &a.id, seen);
+        wrong.secret = "00".repeat(16);
+        let (x, _) = connect_as(&mut hub, 5, 64, Some(wrong));
+        assert_ne!(x.id, a.id);
+        assert_eq!(hub.stats().suspended, 1);
+        // The right one: same id, welcome says resumed, then the three chats, once each.
+        let (mut a2, w2) = connect_as(&mut hub, 6, 64, Some(resume_of(&welcome, &a.id, seen)));
+        assert_eq!(a2.id, a.id);
+        assert!(matches!(w2, ServerMsg::Welcome { resumed: true, .. }));
+        let replay = a2.drain();
+        assert_eq!(replay.len(), 3, "{replay:?}");
+        assert!(replay.iter().all(|m| matches!(m, ServerMsg::Chat { .. })));
+        assert!(hub.rooms["r"].member(&a.id).expect("still in").hand, "hand kept");
+        // The old connection's late disconnect does not end the resumed session.
+        hub.handle(Command::Disconnect {
+            id: a.id.clone(),
+            conn: 1,
+            reason: LeaveReason::Disconnected,
+            resumable: true,
+        });
+        assert_eq!((hub.stats().suspended, hub.stats().participants), (0, 2));
+    }
+
+    #[test]
+    fn a_session_not_resumed_in_time_leaves() {
+        let mut hub = hub_with(|c| c.resume_grace = Duration::from_secs(5));
+        let mut a = connect(&mut hub, 1, 64);
+        let mut b = connect(&mut hub, 2, 64);
+        join(&mut hub, &mut a, "r");
+        join(&mut hub, &mut b, "r");
+        b.drain();
+        hub.handle(Command::Disconnect {
+            id: a.id.clone(),
+            conn: 1,
+            reason: LeaveReason::Disconnected,
+            resumable: true,
+        });
+        hub.expire(Instant::now());
+        assert!(b.drain().is_empty(), "not yet");
+        hub.expire(Instant::now() + Duration::from_secs(6));
+        assert!(matches!(b.drain().first(), Some(ServerMsg::PeerLeft { reason: LeaveReason::Disconnected, .. })));
+        assert_eq!((hub.stats().connections, hub.stats().suspended), (1, 0));
+        // A page that said goodbye leaves at once.
+        hub.handle(Command::Disconnect { id: b.id.clone(), conn: 2, reason: LeaveReason::Left, resumable: true });
+        assert_eq!(hub.stats().rooms, 0);
     }
 }

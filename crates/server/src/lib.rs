@@ -15,6 +15,7 @@
 //! - [`files`] — files shared through the server (sfu rooms): the store the hub owns, and the
 //!   HTTP upload/download handlers.
 //! - [`validate`] — checks for names, room names and chat text.
+//! - [`tokens`] — signed access tokens: hosts' invite links and the operator's JWTs.
 //! - [`tls`] — HTTPS: the certificate (files or self-signed) and the TLS listener.
 //! - [`turn`] — the built-in STUN/TURN server's driver: one task owning its sockets and the
 //!   sans-IO core (`huddle-turn`); the hub hands out its credentials.
@@ -31,6 +32,7 @@ pub mod ice_tcp;
 pub mod media;
 pub mod room;
 pub mod tls;
+pub mod tokens;
 pub mod turn;
 pub mod validate;
 pub mod ws;

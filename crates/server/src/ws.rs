@@ -2,10 +2,10 @@
 //! to the hub, drains the connection's bounded outbox into the socket, and keeps the heartbeat.
 //! It owns no room state.
 
-use crate::hub::Command;
+use crate::hub::{Command, Connect, Resume};
 use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
@@ -20,13 +20,20 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Frames above this close the connection (1009). Frames between `max_frame_bytes` and this are
 /// answered with `frame_too_large` and the connection stays.
 pub const HARD_MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// The close code a page sends when it drops a connection to resume on a new one.
+pub const RECONNECTING: u16 = 4000;
 /// Messages written before flushing the socket once.
 const WRITE_BATCH: usize = 64;
 /// How often a connection checks its heartbeat: a silent connection is dropped at most this long
 /// after `idle_timeout`.
 const HEARTBEAT_CHECK: Duration = Duration::from_secs(5);
 
-pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     if !origin_allowed(&headers, &app.config.allowed_origins) {
         info!("refused a cross-origin WebSocket");
         return (StatusCode::FORBIDDEN, "This server does not accept WebSocket connections from that site.")
@@ -40,10 +47,30 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>, headers:
         .max_frame_size(HARD_MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             let n = app.next_id.fetch_add(1, Ordering::Relaxed);
-            let id = PeerId(format!("p{n}"));
-            let span = info_span!("conn", peer = %id);
-            connection(socket, app, id, host).instrument(span)
+            let resume = query.as_deref().and_then(parse_resume);
+            let span = info_span!("conn", n);
+            connection(socket, app, n, host, resume).instrument(span)
         })
+}
+
+/// `session=<id>&resume=<secret>&seen=<n>` (see [`Resume`]); anything malformed is ignored (the
+/// connection then starts a new session).
+pub fn parse_resume(query: &str) -> Option<Resume> {
+    if query.len() > 256 {
+        return None;
+    }
+    let (mut id, mut secret, mut seen) = (None, None, None);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("session", v)) => id = Some(v),
+            Some(("resume", v)) => secret = Some(v),
+            Some(("seen", v)) => seen = v.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    let id = id.filter(|v| v.len() <= 24 && v.bytes().all(|b| b.is_ascii_alphanumeric()))?;
+    let secret = secret.filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    Some(Resume { id: PeerId(id.to_string()), secret: secret.to_string(), seen: seen? })
 }
 
 /// A browser must come from our own origin (or one the operator allowed); this stops other
@@ -64,13 +91,23 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// One task per connection: a single loop over the socket, the outbox, the kick signal and the
 /// heartbeat tick (no split socket, no second task).
-async fn connection(mut socket: WebSocket, app: AppState, id: PeerId, host: Option<String>) {
+async fn connection(mut socket: WebSocket, app: AppState, n: u64, host: Option<String>, resume: Option<Resume>) {
     let (outbox, mut outbox_rx) = mpsc::channel(app.config.outbox_capacity);
     let (kick_tx, mut kick_rx) = oneshot::channel();
-    if app.hub.send(Command::Connect { id: id.clone(), outbox, kick: kick_tx, host }).await.is_err() {
+    let (session_tx, session_rx) = oneshot::channel();
+    let connect =
+        Connect { conn: n, id: PeerId(format!("p{n}")), outbox, kick: kick_tx, host, resume, session: session_tx };
+    if app.hub.send(Command::Connect(connect)).await.is_err() {
         return;
     }
-    debug!("connected");
+    // The hub answers with the session this connection speaks for (a resumed one, or its own);
+    // no answer means it refused the connection (shutting down).
+    let Ok(id) = session_rx.await else {
+        let close = CloseFrame { code: 1001, reason: Utf8Bytes::from_static("server shutting down") };
+        let _ = socket.send(Message::Close(Some(close))).await;
+        return;
+    };
+    debug!(peer = %id, "connected");
     let cfg = &app.config;
     let max_frame = cfg.max_frame_bytes as usize;
     // Liveness is a timestamp checked on a coarse tick, not a timer re-armed for every frame.
@@ -79,6 +116,7 @@ async fn connection(mut socket: WebSocket, app: AppState, id: PeerId, host: Opti
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut last_ping = Instant::now();
+    let mut resumable = true;
     let reason = loop {
         tokio::select! {
             kicked = &mut kick_rx => {
@@ -103,8 +141,14 @@ async fn connection(mut socket: WebSocket, app: AppState, id: PeerId, host: Opti
                     None => break LeaveReason::Left,
                     Some(Err(e)) => {
                         debug!(error = %e, "WebSocket read failed");
+                        // A broken network may be resumed from; a broken protocol (a frame over
+                        // the hard limit, bad framing) ends the session now.
+                        resumable = is_io_error(&e);
                         break LeaveReason::Disconnected;
                     }
+                    // The page closes with RECONNECTING when it starts over on a new connection
+                    // (a network change): keep its place as for a lost connection.
+                    Some(Ok(Message::Close(Some(frame)))) if frame.code == RECONNECTING => break LeaveReason::Disconnected,
                     Some(Ok(Message::Close(_))) => break LeaveReason::Left,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Binary(_))) => reject(&id, ErrorCode::BinaryFrame, None),
@@ -136,8 +180,20 @@ async fn connection(mut socket: WebSocket, app: AppState, id: PeerId, host: Opti
             }
         }
     };
-    let _ = app.hub.send(Command::Disconnect { id, reason }).await;
+    let _ = app.hub.send(Command::Disconnect { id, conn: n, reason, resumable }).await;
     debug!(?reason, "closed");
+}
+
+/// Whether a WebSocket error came from the network (as opposed to the peer breaking the protocol).
+fn is_io_error(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<std::io::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Sends `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with one flush.

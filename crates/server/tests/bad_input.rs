@@ -92,7 +92,16 @@ async fn joining_twice_wrong_version_and_bad_names_are_refused() {
     bad.expect_error(ErrorCode::AlreadyInRoom).await;
 
     let mut c = Client::connect(&server).await;
-    c.send(&ClientMsg::Join { protocol: 99, room: "r".into(), name: "n".into(), audio: false, video: false }).await;
+    c.send(&ClientMsg::Join {
+        protocol: 99,
+        room: "r".into(),
+        name: "n".into(),
+        audio: false,
+        video: false,
+        password: None,
+        token: None,
+    })
+    .await;
     c.expect_error(ErrorCode::UnsupportedProtocol).await;
     for (room, name, code) in [
         ("r", "", ErrorCode::InvalidName),

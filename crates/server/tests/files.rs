@@ -117,6 +117,8 @@ async fn a_file_is_uploaded_once_checked_and_downloaded_by_the_room() {
     b.send(&ClientMsg::Leave).await;
     assert!(matches!(a.recv().await, ServerMsg::Left { .. }));
     assert!(matches!(b.recv().await, ServerMsg::PeerLeft { .. }));
+    // b became the host when a left.
+    assert!(matches!(b.recv().await, ServerMsg::PeerUpdated { .. }));
     assert!(matches!(b.recv().await, ServerMsg::Left { .. }));
     assert_eq!(http(server.addr, "GET", &download, b"").await.status, 404);
     server.shutdown().await;
@@ -179,7 +181,7 @@ async fn the_storage_limit_holds() {
     loop {
         match b.recv().await {
             ServerMsg::FileUpload { .. } => break,
-            ServerMsg::PeerLeft { .. } => continue,
+            ServerMsg::PeerLeft { .. } | ServerMsg::PeerUpdated { .. } => continue,
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -45,7 +45,7 @@ async fn tick() {
 }
 
 #[tokio::test]
-async fn a_silent_connection_is_dropped_within_45_seconds() {
+async fn a_silent_connection_leaves_after_the_heartbeat_timeout_and_the_resume_grace() {
     let server = TestServer::default().await;
     let mut alive = Client::connect(&server).await;
     let mut silent = Client::connect(&server).await;
@@ -64,10 +64,11 @@ async fn a_silent_connection_is_dropped_within_45_seconds() {
         if let Ok(msg) = alive.try_recv() {
             break msg;
         }
-        assert!(seconds < 60, "the silent peer was not dropped within 60 s");
+        assert!(seconds < 90, "the silent peer was not dropped within 90 s");
     };
     assert_eq!(left, ServerMsg::PeerLeft { id: silent.id.clone(), reason: LeaveReason::Disconnected });
-    assert!((30..=45).contains(&seconds), "dropped after {seconds} s");
+    // 40 s without an answer to pings, checked every 5 s; then its place is kept 30 s for a resume.
+    assert!((60..=75).contains(&seconds), "dropped after {seconds} s");
 
     // The browser-like connection answered every ping: still there several timeouts later.
     for _ in 0..120 {

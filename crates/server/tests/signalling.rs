@@ -145,7 +145,7 @@ async fn room_list_is_live_and_empty_rooms_disappear() {
             other => panic!("{other:?}"),
         }
     }
-    drop(a);
+    a.ws.close(None).await.expect("close");
     b.send(&ClientMsg::Leave).await;
     loop {
         match w.recv().await {

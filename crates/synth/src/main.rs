@@ -196,6 +196,8 @@ async fn participant(
         name: name.to_string(),
         audio: talker,
         video: false,
+        password: None,
+        token: None,
     };
     ws.send(send(&join)).await?;
 

@@ -145,5 +145,13 @@ impl Client {
 }
 
 pub fn join(room: &str, name: &str) -> ClientMsg {
-    ClientMsg::Join { protocol: 1, room: room.into(), name: name.into(), audio: true, video: true }
+    ClientMsg::Join {
+        protocol: 1,
+        room: room.into(),
+        name: name.into(),
+        audio: true,
+        video: true,
+        password: None,
+        token: None,
+    }
 }
