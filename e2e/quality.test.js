@@ -3,8 +3,8 @@
 // fake cameras: every indicator reaches `good` and the panel shows plausible figures while
 // frames decode; screenshots in English and Korean, wide and phone-size. Then a degraded network:
 // one participant's Chromium in a network namespace of its own that drops 15 % of its UDP (an
-// nftables rule: this kernel has no netem qdisc, see below); the other side's bars for that
-// person turn poor, and good again once the rule is gone.
+// nftables rule on its port of the LAN's bridge: this kernel has no netem qdisc, see below); the
+// other side's bars for that person turn poor, and good again once the rule is gone.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -279,8 +279,8 @@ sc.step('sfu: done', async () => { await endCall(); }, { always: true });
 // ---------------------------------------------------------------- a degraded network
 
 // This kernel has no netem qdisc (`tc qdisc add … netem` answers "Specified qdisc kind is
-// unknown"), so the loss comes from nftables: a rule in Bob's namespace drops 15 % of the UDP
-// packets leaving and entering it (numgen random). No delay is added (nothing here can delay
+// unknown"), so the loss comes from nftables: a rule on the LAN's bridge drops 15 % of the UDP
+// packets from and to Bob's port (numgen random). No delay is added (nothing here can delay
 // packets without netem); the loss alone is past the `poor` limit.
 const usable = netnsAvailable();
 const skip = usable === true ? null : `needs root with ip and nft (${usable})`;
@@ -310,14 +310,20 @@ sc.step('degraded: Bob\'s network drops 15 % of its UDP; Alice\'s bars for Bob t
   const before = await waitLevel(A, B.id, ['good']);
   t.diagnostic(`before: ${before.label}`);
 
+  // On the LAN's bridge, at Bob's port: as if Bob's Wi-Fi lost packets. (Not in Bob's own
+  // output chain: a packet dropped there fails Chromium's send, which sends it again.)
+  const port = net.ns('p1');
   const drop = (on) => {
     const rules = on ? `
-table inet quality_loss {
-  chain out { type filter hook output priority 0; policy accept; meta l4proto udp numgen random mod 100 < 15 drop; }
-  chain in { type filter hook input priority 0; policy accept; meta l4proto udp numgen random mod 100 < 15 drop; }
+table bridge quality_loss {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    iifname "${port}" meta l4proto udp numgen random mod 100 < 15 drop
+    oifname "${port}" meta l4proto udp numgen random mod 100 < 15 drop
+  }
 }
-` : 'delete table inet quality_loss\n';
-    execFileSync('ip', ['netns', 'exec', net.ns('d1'), 'nft', '-f', '-'], { input: rules });
+` : 'delete table bridge quality_loss\n';
+    execFileSync('ip', ['netns', 'exec', net.ns('srv'), 'nft', '-f', '-'], { input: rules });
   };
   drop(true);
   try {
@@ -327,7 +333,11 @@ table inet quality_loss {
     assert.ok(bad.figures.lossPct > 10, `loss ${bad.figures.lossPct} %`);
     const bobSees = await waitLevel(B, A.id, ['poor'], { what: 'Alice, seen from the lossy side' });
     t.diagnostic(`Bob's view: ${bobSees.label}`);
+    await tile(A.page, B.id).locator('.tile-quality').click();
+    await A.page.locator('#stats-panel').waitFor({ state: 'visible', timeout: T.ui });
+    await A.page.waitForTimeout(300);
     await A.page.screenshot({ path: path.join(SHOTS, 'quality-loss-en.png') });
+    await A.page.keyboard.press('Escape');
   } finally {
     drop(false);
   }

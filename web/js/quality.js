@@ -466,14 +466,16 @@ function renderTile(tile, key, f) {
     b.addEventListener('click', (e) => { e.stopPropagation(); openPanel(key, /** @type {HTMLElement} */ (e.currentTarget)); });
     el.append(b);
   }
-  el.dataset.quality = f.level;
-  b.dataset.level = f.level;
+  if (el.dataset.quality !== f.level) el.dataset.quality = f.level;
+  if (b.dataset.level !== f.level) b.dataset.level = f.level;
   const level = t(`quality.${f.level}`);
   const head = key === 'self' ? t('quality.tileSelf', { level }) : t('quality.tile', { name: tile.name, level });
   const figures = f.level === 'connecting' ? '' : summary(f);
   const label = figures ? `${head}. ${figures}` : head;
-  b.setAttribute('aria-label', label);
-  b.title = label;
+  if (b.title !== label) {
+    b.setAttribute('aria-label', label);
+    b.title = label;
+  }
 }
 
 function renderTiles() {
