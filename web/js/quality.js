@@ -148,14 +148,16 @@ export function panelShown(open) {
 
 /**
  * Opens the panel, scrolled to one person's connection (or to the top).
- * @param {string} focusId  a person's id, `self`, or ''
+ * @param {string} focusId  a person's id, `self` (our own tile), or ''
  * @param {HTMLElement|null} from
  */
 export function openPanel(focusId, from) {
   opener = from;
   hooks?.showPanel(true);
   renderPanel();
-  const sec = focusId ? /** @type {HTMLElement|null} */ ($('#stats-list').querySelector(`[data-conn="${CSS.escape(focusId)}"]`)) : null;
+  // Our own tile stands for the connection to the server (sfu rooms) or all of them (p2p).
+  const key = focusId === 'self' ? 'server' : focusId;
+  const sec = key ? /** @type {HTMLElement|null} */ ($('#stats-list').querySelector(`[data-conn="${CSS.escape(key)}"]`)) : null;
   for (const s of /** @type {NodeListOf<HTMLElement>} */ ($('#stats-list').querySelectorAll('.stats-conn'))) s.classList.toggle('focused', s === sec);
   if (sec) { sec.scrollIntoView({ block: 'nearest' }); sec.focus({ preventScroll: true }); }
 }
@@ -178,15 +180,13 @@ async function tick() {
     }));
     if (!S.inRoom) return;
     const next = new Map();
-    if (S.topology === 'sfu' || sfu) {
-      if (sfu && snaps.has(sfu.pc)) {
-        next.set('server', figuresOf(sfu.pc, null, true));
-        next.set('self', next.get('server'));
-        const owners = ownersByMid(sfu);
-        for (const rec of S.peers.values()) {
-          if (!rec.viaSfu) continue;
-          next.set(rec.id, figuresOf(sfu.pc, (s) => s.mid !== null && owners.get(s.mid) === rec.id, false, rec.audio));
-        }
+    if (sfu && snaps.has(sfu.pc)) {
+      next.set('server', figuresOf(sfu.pc, null, true));
+      next.set('self', next.get('server'));
+      const owners = ownersByMid(sfu);
+      for (const rec of S.peers.values()) {
+        if (!rec.viaSfu) continue;
+        next.set(rec.id, figuresOf(sfu.pc, (s) => s.mid !== null && owners.get(s.mid) === rec.id, false, rec.audio));
       }
     }
     for (const rec of S.peers.values()) {
