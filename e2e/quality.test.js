@@ -259,7 +259,10 @@ sc.step('screenshots: the sfu room with the bars and the panel, English and Kore
     await shot('quality-phone-en.png');
     await page.locator('#lang-select').selectOption('ko');
     await shot('quality-phone-ko.png');
-    await tile(page, P[2].id).locator('.tile-quality').click();
+    await page.locator('#people-button').click();
+    await shot('quality-phone-people-ko.png');
+    await page.locator('#quality-open').click();
+    await page.locator('#stats-panel').waitFor({ state: 'visible', timeout: T.ui });
     await shot('quality-phone-panel-ko.png');
     // The panel's figures in Korean, e.g. "왕복 지연 1ms, 손실 0.0%, 지터 2ms" on the bars.
     const label = await tile(page, P[2].id).locator('.tile-quality').getAttribute('aria-label');
