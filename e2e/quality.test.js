@@ -316,13 +316,14 @@ sc.step('degraded: Bob\'s network drops 15 % of its UDP; Alice\'s bars for Bob t
   // On the LAN's bridge, at Bob's port: as if Bob's Wi-Fi lost packets. (Not in Bob's own
   // output chain: a packet dropped there fails Chromium's send, which sends it again.)
   const port = net.ns('p1');
-  const drop = (on) => {
+  const drop = (on, pct = 15) => {
+    const share = pct >= 100 ? '' : `numgen random mod 100 < ${pct} `;
     const rules = on ? `
 table bridge quality_loss {
   chain forward {
     type filter hook forward priority 0; policy accept;
-    iifname "${port}" meta l4proto udp numgen random mod 100 < 15 drop
-    oifname "${port}" meta l4proto udp numgen random mod 100 < 15 drop
+    iifname "${port}" meta l4proto udp ${share}drop
+    oifname "${port}" meta l4proto udp ${share}drop
   }
 }
 ` : 'delete table bridge quality_loss\n';
@@ -347,4 +348,18 @@ table bridge quality_loss {
   const after = await waitLevel(A, B.id, ['good'], { what: 'Bob (loss removed)' });
   t.diagnostic(`after: ${after.label}`);
   await expectFramesAdvance(A.page, B.id, { who: 'Alice watching Bob after the loss' });
+
+  // All of Bob's UDP gone for a moment: his bars say `lost` (nothing arrives from someone whose
+  // microphone is on), and come back when the packets do, before ICE gives up on the connection.
+  drop(true, 100);
+  try {
+    const lost = await waitLevel(A, B.id, ['lost'], { what: 'Bob (all UDP dropped)', timeoutMs: T.ui });
+    t.diagnostic(`blackout: ${lost.label} (${lost.figures.state})`);
+    assert.equal(lost.label, 'Connection to Bob: Lost. Nothing has arrived for a few seconds');
+  } finally {
+    drop(false);
+  }
+  const back = await waitLevel(A, B.id, ['good'], { what: 'Bob (UDP back)' });
+  t.diagnostic(`back: ${back.label}`);
+  await expectFramesAdvance(A.page, B.id, { who: 'Alice watching Bob after the blackout' });
 }, { timeout: 150_000 });

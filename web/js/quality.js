@@ -470,7 +470,8 @@ function renderTile(tile, key, f) {
   if (b.dataset.level !== f.level) b.dataset.level = f.level;
   const level = t(`quality.${f.level}`);
   const head = key === 'self' ? t('quality.tileSelf', { level }) : t('quality.tile', { name: tile.name, level });
-  const figures = f.level === 'connecting' ? '' : summary(f);
+  // Lost: the last figures are stale (no packet, no loss counted), so say what happened instead.
+  const figures = f.level === 'connecting' ? '' : f.level === 'lost' ? t('quality.lostWhy') : summary(f);
   const label = figures ? `${head}. ${figures}` : head;
   if (b.title !== label) {
     b.setAttribute('aria-label', label);
