@@ -4,7 +4,8 @@
 // frames decode; screenshots in English and Korean, wide and phone-size. Then a degraded network:
 // one participant's Chromium in a network namespace of its own that drops 15 % of its UDP (an
 // nftables rule on its port of the LAN's bridge: this kernel has no netem qdisc, see below); the
-// other side's bars for that person turn poor, and good again once the rule is gone.
+// other side's bars for that person turn poor, and good again once the rule is gone; a moment
+// with all of its UDP dropped shows `lost`, then good again.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
