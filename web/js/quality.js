@@ -265,8 +265,7 @@ function figuresOf(pc, mine, whole, talking = false) {
   const prev = list.length > 1 ? list[list.length - 2] : null;
   // The oldest snapshot inside the window.
   const old = list.find((s) => now.t - s.t <= THRESHOLDS.windowS * 1000 + 500) ?? now;
-  const pick = (/** @type {Snapshot} */ snap) => [...snap.inbound.entries()].filter(([, s]) => !mine || mine(s));
-  const mineNow = pick(now);
+  const mineNow = [...now.inbound.entries()].filter(([, s]) => !mine || mine(s));
   const sent = outbound(now.report);
   const pair = selectedPair(now.report);
   /** @type {Figures} */
@@ -318,12 +317,12 @@ function figuresOf(pc, mine, whole, talking = false) {
   for (const [, s] of mineNow) if (s.codec && s.packets > 0) codecs.add(s.codec);
   if (whole) for (const c of sent.codecs) codecs.add(c);
   f.codecs = [...codecs].sort((a, b) => (a === 'opus' ? 1 : 0) - (b === 'opus' ? 1 : 0));
-  // Silence from someone who talks: nothing arrived over the last seconds.
+  // Silence from someone who talks: nothing arrived over the last `lostAfterMs`.
   let silent = false;
-  if (talking && now.t - old.t >= THRESHOLDS.lostAfterMs - 500) {
-    const got = mineNow.reduce((n, [id, s]) => n + s.packets - (old.inbound.get(id)?.packets ?? s.packets), 0);
-    const had = mineNow.some(([id]) => old.inbound.has(id));
-    silent = had && got === 0;
+  const since = list.find((s) => now.t - s.t <= THRESHOLDS.lostAfterMs + 500);
+  if (talking && since && now.t - since.t >= THRESHOLDS.lostAfterMs - 500) {
+    const got = mineNow.reduce((n, [id, s]) => n + s.packets - (since.inbound.get(id)?.packets ?? s.packets), 0);
+    silent = mineNow.some(([id]) => since.inbound.has(id)) && got === 0;
   }
   f.level = levelOf(f, pc.connectionState, silent);
   return f;
