@@ -314,8 +314,10 @@ sc.step('degraded: Bob\'s network drops 15 % of its UDP; Alice\'s bars for Bob t
   const before = await waitLevel(A, B.id, ['good']);
   t.diagnostic(`before: ${before.label}`);
 
-  // On the LAN's bridge, at Bob's port: as if Bob's Wi-Fi lost packets. (Not in Bob's own
-  // output chain: a packet dropped there fails Chromium's send, which sends it again.)
+  // On the LAN's bridge, at Bob's port: as if Bob's Wi-Fi lost packets, to Alice (forward) and to
+  // the server and its relay (input, output: without these, ICE moved the call to the relay and
+  // away from the loss). Not in Bob's own output chain: a packet dropped there fails Chromium's
+  // send, which sends it again.
   const port = net.ns('p1');
   const drop = (on, pct = 15) => {
     // All: TCP too, or ICE carries on through the relay over TCP (it does, seen here).
@@ -327,6 +329,8 @@ table bridge quality_loss {
     iifname "${port}" ${what}drop
     oifname "${port}" ${what}drop
   }
+  chain input { type filter hook input priority 0; policy accept; iifname "${port}" ${what}drop; }
+  chain output { type filter hook output priority 0; policy accept; oifname "${port}" ${what}drop; }
 }
 ` : 'delete table bridge quality_loss\n';
     execFileSync('ip', ['netns', 'exec', net.ns('srv'), 'nft', '-f', '-'], { input: rules });
