@@ -8,11 +8,13 @@ import { LevelMeter } from './media.js';
 import { FileChannel, sha256Hex, FileItem } from './files.js';
 import { $, Tile, layoutTiles, notice, showError, hideError, bannerCode, chatMessage, initials, colourFor } from './ui.js';
 import * as check from './check.js';
+import * as quality from './quality.js';
 
 /** @type {Tile|null} */
 let selfTile = null;
 
 setSfuPcGetter(() => (sfu ? sfu.pc : null));
+quality.init({ sfu: () => sfu, selfTile: () => selfTile, showPanel: (open) => setPanel(open ? 'stats' : '') });
 let busyCam = false;
 
 const tilesEl = () => $('#tiles');
@@ -371,10 +373,12 @@ export function enterCall(msg) {
   updateSelf();
   updateUnread();
   relayout();
+  quality.start();
 }
 
 /** Closes every connection and clears the room view (local media stays as it is). */
 export function teardownCall() {
+  quality.stop();
   for (const rec of S.peers.values()) { rec.meter?.detach(); rec.link?.close(); rec.tile?.remove(); }
   S.peers.clear();
   stopSfu();
@@ -437,13 +441,14 @@ export function renderPeople() {
 
 // ---------------------------------------------------------------- panels, chat, files
 
-/** @param {''|'chat'|'people'} which */
+/** @param {''|'chat'|'people'|'stats'} which */
 export function setPanel(which) {
   const was = S.panel;
   const hadFocus = !!was && !!document.activeElement && $(`#${was}-panel`).contains(document.activeElement);
   S.panel = which;
   $('#chat-panel').hidden = which !== 'chat';
   $('#people-panel').hidden = which !== 'people';
+  $('#stats-panel').hidden = which !== 'stats';
   $('#chat-button').setAttribute('aria-pressed', String(which === 'chat'));
   $('#people-button').setAttribute('aria-pressed', String(which === 'people'));
   document.body.dataset.panel = which;
@@ -453,11 +458,12 @@ export function setPanel(which) {
     scrollChat();
     if (window.matchMedia('(min-width: 700px)').matches) $('#chat-input').focus();
   }
-  if (hadFocus && which !== was) $(`#${was}-button`).focus(); // focus back to the toggle
+  if (which === 'stats' || was === 'stats') quality.panelShown(which === 'stats');
+  if (hadFocus && which !== was) (was === 'stats' ? quality.openerEl() : $(`#${was}-button`)).focus(); // focus back to the toggle
   requestAnimationFrame(relayout);
 }
 
-/** @param {''|'chat'|'people'} which */
+/** @param {''|'chat'|'people'|'stats'} which */
 export function togglePanel(which) { setPanel(S.panel === which ? '' : which); }
 
 function bumpUnread() { S.unread++; updateUnread(); }

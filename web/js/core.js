@@ -9,6 +9,10 @@ export const sig = new SignalingClient();
 let sfuPc = () => null;
 /** @param {() => RTCPeerConnection|null} fn */
 export function setSfuPcGetter(fn) { sfuPc = fn; }
+/** Set by quality.js: the connection figures of the last sample, for the debug handle. @type {() => Record<string, any>} */
+let qualityFigures = () => ({});
+/** @param {() => Record<string, any>} fn */
+export function setQualityGetter(fn) { qualityFigures = fn; }
 export const media = new LocalMedia();
 
 /**
@@ -45,7 +49,7 @@ export const S = {
   sharing: false,
   /** @type {import('./protocol.js').Topology} the room's media topology */
   topology: 'p2p',
-  /** @type {''|'chat'|'people'} */
+  /** @type {''|'chat'|'people'|'stats'} */
   panel: '',
   unread: 0,
   everConnected: false,
@@ -83,6 +87,8 @@ export function exposeDebugHandle() {
     },
     /** the RTCPeerConnection to the SFU in sfu rooms, else null */
     get sfu() { return sfuPc(); },
+    /** connection figures per person id, `self` and `server` (quality.js), sampled once a second */
+    get quality() { return qualityFigures(); },
     sig, media,
   };
 }
