@@ -29,6 +29,8 @@ const meter = new LevelMeter((level) => {
 /** @type {import('./protocol.js').RoomSummary[]} */
 let lastRooms = [];
 let reconnectDelay = 500;
+/** The network changed since signalling was last up: restart ICE on every connection. */
+let networkChanged = false;
 /** @type {ReturnType<typeof setTimeout>|null} */
 let reconnectTimer = null;
 /** sentences (i18n keys) shown in #prejoin-notice */
@@ -271,14 +273,36 @@ async function join() {
   S.joining = true;
   /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = true;
   hideError(JOIN_CODES);
-  sig.join(S.room, name, st.audio, st.video);
+  sig.join(S.room, name, st.audio, st.video, S.auth);
 }
 
 // ---------------------------------------------------------------- signalling
 
 function wireSignalling() {
-  sig.on('open', () => {
+  sig.on('open', (/** @type {import('./protocol.js').WelcomeMsg} */ m) => {
     reconnectDelay = 500;
+    if (S.reconnecting) {
+      S.reconnecting = false;
+      call.setReconnecting(false);
+      if (CONNECTION_CODES.includes(bannerCode())) hideError();
+      if (m.resumed) {
+        // Same session, same room: the messages we missed follow. Media may have broken with
+        // the network: restart ICE where it did (everywhere after a network change).
+        notice(t('notice.resumed'));
+        call.restartIce(networkChanged);
+        networkChanged = false;
+        return;
+      }
+      if (S.inRoom) {
+        // The session is gone (the server restarted, or we were away too long): join again.
+        const st = call.mediaState();
+        call.teardownCall();
+        S.rejoining = true;
+        call.setReconnecting(true);
+        sig.join(S.room, S.name, st.audio, st.video, S.auth);
+        return;
+      }
+    }
     if (CONNECTION_CODES.includes(bannerCode())) {
       hideError();
       if (S.everConnected) notice(t('notice.reconnected'));
@@ -296,6 +320,11 @@ function wireSignalling() {
   });
   sig.on('joined', (m) => {
     S.joining = false;
+    if (S.rejoining) {
+      S.rejoining = false;
+      call.setReconnecting(false);
+      notice(t('notice.rejoined'));
+    }
     meter.attach(media.micTrack);
     preview.srcObject = null;
     hideError([...JOIN_CODES, ...MEDIA_CODES, 'not_in_room']); // the red buttons say the rest
@@ -323,6 +352,12 @@ function wireSignalling() {
   sig.on('file', (m) => call.onSharedFile(m));
   sig.on('chat', (m) => call.onChat(m.message));
   sig.on('error', (m) => {
+    if (m.request === 'join' && S.rejoining) {
+      // Could not get back in (locked now, full, …): back to the pre-join step, which says why.
+      S.rejoining = false;
+      call.setReconnecting(false);
+      openPrejoin(S.room);
+    }
     if (m.request === 'join') {
       S.joining = false;
       /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
@@ -338,13 +373,19 @@ function wireSignalling() {
   });
   sig.on('close', (ev) => {
     const code = S.byeReason || (ev.wasOpen ? 'ws_closed' : 'ws_failed');
-    showError(code, errorVars(code));
     S.joining = false;
-    if (S.inRoom) {
-      // The server has dropped us from the room: back to the pre-join step of the same room.
-      call.teardownCall();
-      openPrejoin(S.room);
+    if (S.inRoom || S.rejoining) {
+      // Keep the call on screen and get the session back (docs/protocol.md, "Resuming a
+      // session"); if it cannot be resumed, `open` joins the room again.
+      const wait = S.reconnecting ? reconnectDelay : 250;
+      S.reconnecting = true;
+      call.setReconnecting(true);
+      if (reconnectTimer) clearTimeout(reconnectTimer);
+      reconnectTimer = setTimeout(() => { reconnectTimer = null; sig.connect({ resume: true }); }, wait);
+      reconnectDelay = Math.min(reconnectDelay * 2, 5000);
+      return;
     }
+    showError(code, errorVars(code));
     renderRooms();
     // A check that could not start says so (the server is unreachable), instead of spinning.
     if ((S.view === 'prejoin' || S.view === 'check') && !check.lastResult()) check.startCheck();
@@ -354,8 +395,21 @@ function wireSignalling() {
   });
 }
 
+/**
+ * The device's network changed (Wi-Fi to mobile data, a new address, back online): the
+ * WebSocket and the media paths may be dead without knowing it yet. Start over on the new
+ * network at once, keeping the session; ICE restarts once signalling is back.
+ */
+function onNetworkChange() {
+  if (!S.inRoom || S.reconnecting) return;
+  networkChanged = true;
+  sig.drop();
+}
+
 function leave() {
   if (S.inRoom) sig.leave();
+  S.reconnecting = S.rejoining = false;
+  call.setReconnecting(false);
   call.teardownCall();
   history.pushState({}, '', '/');
   showLanding();
@@ -505,6 +559,8 @@ function boot() {
   exposeDebugHandle();
   wireControls();
   wireSignalling();
+  window.addEventListener('online', onNetworkChange);
+  /** @type {any} */ (navigator).connection?.addEventListener?.('change', onNetworkChange);
   if (!window.isSecureContext || !mediaAvailable) console.warn('huddle: camera and microphone need HTTPS or localhost');
   sig.connect();
   route();

@@ -222,10 +222,21 @@ export function connect(rec, initiator) {
         tuneVideo();
         if (rec.link === link) setProblem(rec, '');
       }
+      if (state === 'disconnected' && rec.link === link) {
+        // Often a network change: if it does not come back by itself soon, restart ICE.
+        setTimeout(() => {
+          if (rec.link === link && link.pc.connectionState === 'disconnected') link.restartIce();
+        }, DISCONNECTED_PATIENCE_MS);
+      }
       if ((state === 'failed' || state === 'closed') && rec.link === link && S.peers.get(rec.id) === rec) {
         // After a switch to the SFU the other side closes its end: the SFU carries them now.
         if (S.topology === 'sfu') { switchToSfu(rec); return; }
-        if (state === 'failed') { linkFailed(rec); return; }
+        if (state === 'failed') {
+          // One ICE restart first (new candidates, maybe a new network); a second failure stays.
+          if (Date.now() - link.restartedAt > ICE_RESTART_WINDOW_MS) { link.restartIce(); return; }
+          linkFailed(rec);
+          return;
+        }
         drop(rec);
       }
     },
@@ -254,6 +265,37 @@ export function connect(rec, initiator) {
 
 /** How long a connection may take to come up before its tile explains why it does not. */
 const CONNECT_PATIENCE_MS = 15000;
+/** How long a `disconnected` connection may take to recover by itself before ICE restarts. */
+const DISCONNECTED_PATIENCE_MS = 3000;
+/** A connection that fails again within this long after an ICE restart is given up. */
+const ICE_RESTART_WINDOW_MS = 20000;
+
+/**
+ * The network may have changed (or the signalling connection came back after a gap): restart ICE
+ * on every peer-to-peer connection that is not up, and renegotiate with the SFU if that one is not.
+ * With `all`, restart every connection (the old paths may be gone although ICE has not noticed).
+ * @param {boolean} [all]
+ */
+export function restartIce(all = false) {
+  if (!S.inRoom) return;
+  for (const rec of S.peers.values()) {
+    const pc = rec.link?.pc;
+    if (pc && (all || pc.connectionState === 'disconnected' || pc.connectionState === 'failed')) rec.link?.restartIce();
+  }
+  if (S.topology === 'sfu' && sfu && (all || sfu.pc.connectionState !== 'connected')) restartSfu();
+}
+
+/**
+ * Shows (or clears) the "reconnecting…" state of the call: the signalling connection is gone
+ * and the page is getting it back. Tiles stay; they are dimmed and say so.
+ * @param {boolean} on
+ */
+export function setReconnecting(on) {
+  const view = document.getElementById('view-room');
+  if (view) view.classList.toggle('reconnecting', on);
+  const el = document.getElementById('reconnecting');
+  if (el) el.hidden = !on;
+}
 
 /**
  * The connection to this person failed: close it, but keep their tile, which now says which step

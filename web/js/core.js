@@ -54,6 +54,12 @@ export const S = {
   unread: 0,
   everConnected: false,
   byeReason: '',
+  /** the signalling connection dropped during a call and the page is getting it back */
+  reconnecting: false,
+  /** the call is being joined again after the session could not be resumed (a server restart) */
+  rejoining: false,
+  /** what the last join carried besides the name, for joining again @type {{password?: string, token?: string}} */
+  auth: {},
 };
 
 /**

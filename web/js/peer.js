@@ -32,6 +32,8 @@ export class PeerLink {
     /** One stream per peer, holding its audio and video tracks. */
     this.stream = new MediaStream();
     this.closed = false;
+    /** When ICE was last restarted (ms), 0 if never. */
+    this.restartedAt = 0;
 
     // Perfect negotiation state.
     this.makingOffer = false;
@@ -131,6 +133,16 @@ export class PeerLink {
     e.maxBitrate = maxBitrate;
     e.scaleResolutionDownBy = scale;
     try { await tx.sender.setParameters(p); } catch (err) { console.debug('huddle: setParameters', err); }
+  }
+
+  /**
+   * Gathers new ICE candidates and renegotiates (after a network change, or a connection that
+   * went `disconnected`/`failed`); perfect negotiation sends the offer through `signal`.
+   */
+  restartIce() {
+    if (this.closed) return;
+    this.restartedAt = Date.now();
+    try { this.pc.restartIce(); } catch (e) { console.warn(`huddle: ICE restart to ${this.peerId} failed`, e); }
   }
 
   /** Handles a relayed signal from this peer. @param {SignalPayload} payload */

@@ -185,6 +185,8 @@ export const RECONNECTING = 4000;
 /** Silence after which the client asks the server for a `pong`, and after which it gives up. */
 const QUIET_MS = 10000;
 const DEAD_MS = 20000;
+/** Most messages kept while the connection is down. */
+const MAX_PENDING = 256;
 
 /**
  * A WebSocket speaking the huddle protocol. Handlers: `on(type, fn)` for every server message
@@ -213,6 +215,8 @@ export class SignalingClient {
     /** The session to resume: its id and secret, and messages received (welcomes not counted). */
     this.session = { id: '', secret: '', graceMs: 0, seen: 0, lostAt: 0 };
     this.lastHeard = 0;
+    /** Messages sent while the connection was down, for the resumed session. @type {ClientMsg[]} */
+    this.pending = [];
     /** @type {ReturnType<typeof setInterval>|null} */
     this.liveness = null;
   }
@@ -264,13 +268,19 @@ export class SignalingClient {
         this.limits = { ...DEFAULT_LIMITS, ...msg.limits };
         this.iceServers = msg.iceServers ?? [];
         this.server = msg.server;
-        if (!msg.resumed) this.session.seen = 0;
+        if (!msg.resumed) { this.session.seen = 0; this.pending = []; }
         this.session = { ...this.session, id: msg.id, secret: msg.resume ?? '', graceMs: (msg.resumeGraceSecs ?? 0) * 1000, lostAt: 0 };
       } else {
         this.session.seen += 1;
       }
       this.emit(msg.type, msg);
-      if (msg.type === 'welcome') this.emit('open', msg);
+      if (msg.type === 'welcome') {
+        // What was said during the gap goes out now, after the messages we missed came in.
+        const pending = msg.resumed ? this.pending : [];
+        this.pending = [];
+        queueMicrotask(() => { for (const m of pending) this.send(m); });
+        this.emit('open', msg);
+      }
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
@@ -328,7 +338,14 @@ export class SignalingClient {
    * @param {ClientMsg} msg
    */
   send(msg) {
-    if (!this.isOpen || !this.ws) return false;
+    if (!this.isOpen || !this.ws) {
+      // Between a lost connection and its resume: keep it for the same session (bounded).
+      if (this.session.lostAt && this.session.secret && this.pending.length < MAX_PENDING) {
+        this.pending.push(msg);
+        return true;
+      }
+      return false;
+    }
     this.ws.send(JSON.stringify(msg));
     return true;
   }
