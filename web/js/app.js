@@ -288,6 +288,7 @@ function wireSignalling() {
       if (m.resumed) {
         // Same session, same room: the messages we missed follow. Media may have broken with
         // the network: restart ICE where it did (everywhere after a network change).
+        S.resumes += 1;
         notice(t('notice.resumed'));
         call.restartIce(networkChanged);
         networkChanged = false;
@@ -298,6 +299,7 @@ function wireSignalling() {
         const st = call.mediaState();
         call.teardownCall();
         S.rejoining = true;
+        S.rejoins += 1;
         call.setReconnecting(true);
         sig.join(S.room, S.name, st.audio, st.video, S.auth);
         return;

@@ -58,6 +58,9 @@ export const S = {
   reconnecting: false,
   /** the call is being joined again after the session could not be resumed (a server restart) */
   rejoining: false,
+  /** sessions resumed, and rooms joined again after a session was lost (for tests) */
+  resumes: 0,
+  rejoins: 0,
   /** what the last join carried besides the name, for joining again @type {{password?: string, token?: string}} */
   auth: {},
 };
@@ -89,6 +92,7 @@ export function exposeDebugHandle() {
         view: S.view, connected: sig.isOpen, room: S.room, inRoom: S.inRoom,
         audio: media.micOn && !!media.micTrack, video: media.camOn && !!media.camTrack, screen: S.sharing,
         camError: media.camError, micError: media.micError, topology: S.topology,
+        reconnecting: S.reconnecting, resumes: S.resumes, rejoins: S.rejoins,
       };
     },
     /** the RTCPeerConnection to the SFU in sfu rooms, else null */

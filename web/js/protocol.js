@@ -122,7 +122,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
 
 // ---- server → client ----
 /**
- * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', resume:string, resumeGraceSecs:number, resumed?:boolean}} WelcomeMsg
+ * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', resume:string, resumeGraceSecs:number, resumed?:boolean, received?:number}} WelcomeMsg
  * @typedef {{type:'rooms', rooms:RoomSummary[]}} RoomsMsg
  * @typedef {'p2p'|'sfu'} Topology
  * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', settings:RoomSettings, waiting?:Knocker[]}} JoinedMsg
@@ -185,8 +185,8 @@ export const RECONNECTING = 4000;
 /** Silence after which the client asks the server for a `pong`, and after which it gives up. */
 const QUIET_MS = 10000;
 const DEAD_MS = 20000;
-/** Most messages kept while the connection is down. */
-const MAX_PENDING = 256;
+/** Most sent messages kept for sending again after a resume. */
+const MAX_LOG = 256;
 
 /**
  * A WebSocket speaking the huddle protocol. Handlers: `on(type, fn)` for every server message
@@ -215,8 +215,13 @@ export class SignalingClient {
     /** The session to resume: its id and secret, and messages received (welcomes not counted). */
     this.session = { id: '', secret: '', graceMs: 0, seen: 0, lostAt: 0 };
     this.lastHeard = 0;
-    /** Messages sent while the connection was down, for the resumed session. @type {ClientMsg[]} */
-    this.pending = [];
+    /**
+     * The last messages of this session, sent or waiting for a connection, to send again after a
+     * resume those the server did not take (`welcome.received`). `sent` counts them all.
+     * @type {{seq: number, msg: ClientMsg}[]}
+     */
+    this.log = [];
+    this.sent = 0;
     /** @type {ReturnType<typeof setInterval>|null} */
     this.liveness = null;
   }
@@ -268,17 +273,19 @@ export class SignalingClient {
         this.limits = { ...DEFAULT_LIMITS, ...msg.limits };
         this.iceServers = msg.iceServers ?? [];
         this.server = msg.server;
-        if (!msg.resumed) { this.session.seen = 0; this.pending = []; }
+        if (!msg.resumed) { this.session.seen = 0; this.log = []; this.sent = 0; }
         this.session = { ...this.session, id: msg.id, secret: msg.resume ?? '', graceMs: (msg.resumeGraceSecs ?? 0) * 1000, lostAt: 0 };
       } else {
         this.session.seen += 1;
       }
       this.emit(msg.type, msg);
       if (msg.type === 'welcome') {
-        // What was said during the gap goes out now, after the messages we missed came in.
-        const pending = msg.resumed ? this.pending : [];
-        this.pending = [];
-        queueMicrotask(() => { for (const m of pending) this.send(m); });
+        // What the server did not get (lost with the old connection, or said during the gap)
+        // goes out again now, in order.
+        if (msg.resumed) {
+          const taken = msg.received ?? 0;
+          for (const { seq, msg: m } of this.log) if (seq >= taken) this.write(m);
+        }
         this.emit('open', msg);
       }
     };
@@ -338,16 +345,19 @@ export class SignalingClient {
    * @param {ClientMsg} msg
    */
   send(msg) {
-    if (!this.isOpen || !this.ws) {
-      // Between a lost connection and its resume: keep it for the same session (bounded).
-      if (this.session.lostAt && this.session.secret && this.pending.length < MAX_PENDING) {
-        this.pending.push(msg);
-        return true;
-      }
-      return false;
-    }
-    this.ws.send(JSON.stringify(msg));
+    const open = this.isOpen && !!this.ws;
+    // Between a lost connection and its resume, messages wait for the same session.
+    const waiting = !open && !!this.session.lostAt && !!this.session.secret;
+    if (!open && !waiting) return false;
+    this.log.push({ seq: this.sent++, msg });
+    if (this.log.length > MAX_LOG) this.log.shift();
+    if (open) this.write(msg);
     return true;
+  }
+
+  /** @param {ClientMsg} msg */
+  write(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
   /**

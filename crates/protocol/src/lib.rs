@@ -304,6 +304,10 @@ pub enum ServerMsg {
         /// messages the page missed follow.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         resumed: bool,
+        /// With `resumed`: how many messages of this session the server has taken; the client
+        /// sends again, in order, those it sent after the first `received`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        received: u64,
     },
     /// The public room list (answer to `watch_rooms`, then on every change, at most a few times
     /// a second).
@@ -384,6 +388,10 @@ pub enum ServerMsg {
     },
     /// The server is closing this connection; the WebSocket close follows.
     Bye { reason: ByeReason },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ServerMsg {

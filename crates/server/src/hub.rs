@@ -24,8 +24,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 // The runtime's clock, so that grace periods follow a paused clock in tests.
-use tokio::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// What a connection task receives to write to its socket.
@@ -127,6 +127,8 @@ struct Conn {
     secret: String,
     /// Messages offered to this session, `welcome`s not counted.
     sent: u64,
+    /// Messages taken from this session's connections (valid or refused).
+    received: u64,
     /// The last messages offered while in a room (at most [`RESUME_BUFFER`]).
     recent: VecDeque<Arc<ServerMsg>>,
     /// While the session has no connection: when it gives up its place.
@@ -231,8 +233,12 @@ impl Hub {
                     }
                 }
             }
-            Command::Client { id, msg } => self.client(&id, msg),
+            Command::Client { id, msg } => {
+                self.count_received(&id);
+                self.client(&id, msg)
+            }
             Command::Reject { id, code, request } => {
+                self.count_received(&id);
                 self.stats.rejected += 1;
                 self.send(&id, ServerMsg::error(code, request.as_deref()));
             }
@@ -257,6 +263,12 @@ impl Hub {
         }
     }
 
+    fn count_received(&mut self, id: &PeerId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.received += 1;
+        }
+    }
+
     fn new_secret(&self) -> String {
         let mut bytes = [0u8; 16];
         // The system's random source does not fail on the platforms huddle runs on.
@@ -275,6 +287,7 @@ impl Hub {
             resume: self.conns.get(id).map(|c| c.secret.clone()).unwrap_or_default(),
             resume_grace_secs: self.config.resume_grace.as_secs() as u32,
             resumed,
+            received: if resumed { self.conns.get(id).map_or(0, |c| c.received) } else { 0 },
         })
     }
 
@@ -309,6 +322,7 @@ impl Hub {
                 conn: c.conn,
                 secret,
                 sent: 0,
+                received: 0,
                 recent: VecDeque::new(),
                 suspended: None,
                 keys: Vec::new(),
@@ -1678,7 +1692,8 @@ mod tests {
         // The right one: same id, welcome says resumed, then the three chats, once each.
         let (mut a2, w2) = connect_as(&mut hub, 6, 64, Some(resume_of(&welcome, &a.id, seen)));
         assert_eq!(a2.id, a.id);
-        assert!(matches!(w2, ServerMsg::Welcome { resumed: true, .. }));
+        // The server took a's join and hand: the page resends nothing older.
+        assert!(matches!(w2, ServerMsg::Welcome { resumed: true, received: 2, .. }));
         let replay = a2.drain();
         assert_eq!(replay.len(), 3, "{replay:?}");
         assert!(replay.iter().all(|m| matches!(m, ServerMsg::Chat { .. })));
