@@ -184,8 +184,14 @@ async fn connection(mut socket: WebSocket, app: AppState, n: u64, host: Option<S
     debug!(?reason, "closed");
 }
 
-/// Whether a WebSocket error came from the network (as opposed to the peer breaking the protocol).
+/// Whether a WebSocket error came from the network — a reset, a timeout, or a TCP close without
+/// a WebSocket close (a device dropping its connections on a network change) — as opposed to the
+/// peer breaking the protocol. (tungstenite's error types are not ours to name, hence the text;
+/// `tests/enforcement.rs` pins it.)
 fn is_io_error(e: &axum::Error) -> bool {
+    if e.to_string().contains("without closing handshake") {
+        return true;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if err.is::<std::io::Error>() {

@@ -7,6 +7,7 @@ use huddle_protocol::{
     ClientMsg, ErrorCode, IceCandidate, LeaveReason, SdpType, ServerMsg, SessionDescription, SignalPayload,
 };
 use huddle_server::Config;
+use std::time::Duration;
 
 fn offer() -> SignalPayload {
     SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp: "v=0\r\n".into() } }
@@ -158,6 +159,7 @@ async fn room_list_is_live_and_empty_rooms_disappear() {
 
 #[tokio::test]
 async fn closing_the_socket_leaves_the_room() {
+    // A WebSocket close is a goodbye: the room hears at once.
     let server = TestServer::default().await;
     let mut a = Client::connect(&server).await;
     let mut b = Client::connect(&server).await;
@@ -165,11 +167,22 @@ async fn closing_the_socket_leaves_the_room() {
     b.join("r", "B").await;
     a.recv().await;
     let b_id = b.id.clone();
+    b.ws.close(None).await.expect("close");
+    assert!(matches!(a.recv().await, ServerMsg::PeerLeft { id, reason: LeaveReason::Left } if id == b_id));
+    // A connection that just goes away (no close) keeps its place for the grace period, then leaves.
+    let server = TestServer::start(Config { resume_grace: Duration::from_secs(1), ..Config::default() }).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.join("r", "A").await;
+    b.join("r", "B").await;
+    a.recv().await;
+    let b_id = b.id.clone();
+    let gone = std::time::Instant::now();
     drop(b);
     match a.recv().await {
         ServerMsg::PeerLeft { id, reason } => {
-            assert_eq!(id, b_id);
-            assert!(matches!(reason, LeaveReason::Left | LeaveReason::Disconnected));
+            assert_eq!((id, reason), (b_id, LeaveReason::Disconnected));
+            assert!(gone.elapsed() >= Duration::from_millis(900), "left only after the grace period");
         }
         other => panic!("{other:?}"),
     }
