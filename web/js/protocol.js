@@ -73,11 +73,11 @@ export const SFU_PEER_ID = 'sfu';
  * @typedef {'bad_json'|'bad_message'|'unknown_type'|'binary_frame'|'frame_too_large'
  *   |'unsupported_protocol'|'not_in_room'|'already_in_room'|'invalid_name'|'invalid_room'
  *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'|'media_refused'|'media_failed'
- *   |'invalid_file'|'file_storage_full'} ErrorCode
+ *   |'invalid_file'|'file_storage_full'|'rate_limited'|'too_many_connections'} ErrorCode
  */
 
 /** @typedef {'left'|'disconnected'|'too_slow'} LeaveReason */
-/** @typedef {'server_shutdown'|'too_slow'|'timed_out'|'frame_too_large'} ByeReason */
+/** @typedef {'server_shutdown'|'too_slow'|'timed_out'|'frame_too_large'|'flooding'|'too_many_connections'} ByeReason */
 
 // ---- client → server ----
 /**

@@ -349,6 +349,10 @@ pub enum ByeReason {
     TooSlow,
     TimedOut,
     FrameTooLarge,
+    /// The connection kept sending faster than the server's rate limits allow.
+    Flooding,
+    /// The server or this address has as many connections as it accepts.
+    TooManyConnections,
 }
 
 /// Stable error codes. Pages translate these; the `message` is a fallback for other clients.
@@ -373,6 +377,8 @@ pub enum ErrorCode {
     MediaFailed,
     InvalidFile,
     FileStorageFull,
+    RateLimited,
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -395,6 +401,8 @@ impl ErrorCode {
         ErrorCode::MediaFailed,
         ErrorCode::InvalidFile,
         ErrorCode::FileStorageFull,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyConnections,
     ];
 
     /// The English sentence sent with the code.
@@ -418,6 +426,8 @@ impl ErrorCode {
             ErrorCode::MediaFailed => "The connection to the media server was lost; send a new offer to reconnect.",
             ErrorCode::InvalidFile => "The file name, size or checksum is not acceptable.",
             ErrorCode::FileStorageFull => "The server is holding too many files; try again later.",
+            ErrorCode::RateLimited => "Too many messages too quickly; this one was not sent. Slow down.",
+            ErrorCode::TooManyConnections => "The server has too many connections right now; try again later.",
         }
     }
 }
