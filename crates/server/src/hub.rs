@@ -20,6 +20,7 @@ use huddle_protocol::{
     SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, SFU_PEER_ID,
 };
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -39,8 +40,9 @@ pub const AUTO_SFU_FROM: usize = 3;
 #[derive(Debug)]
 pub enum Command {
     /// A connection opened. `kick` fires if the hub disconnects it. `host`: the host name the
-    /// page reached the server by (from `Host`, checked), for the TURN URLs handed to it.
-    Connect { id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String> },
+    /// page reached the server by (from `Host`, checked), for the TURN URLs handed to it. `ip`:
+    /// the client's address (behind a trusted proxy, the one it names); never logged above debug.
+    Connect { id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String>, ip: IpAddr },
     /// A connection ended.
     Disconnect { id: PeerId, reason: LeaveReason },
     /// A valid message from a connection.
@@ -75,6 +77,9 @@ struct Conn {
     /// Shared with the `rooms` key, so the per-message room check clones a pointer, not a string.
     room: Option<Arc<str>>,
     host: Option<String>,
+    /// The client's IP address.
+    #[allow(dead_code)] // for room bans, next
+    ip: IpAddr,
 }
 
 impl Conn {
@@ -152,7 +157,7 @@ impl Hub {
     /// Applies one command. Never blocks.
     pub fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { id, outbox, kick, host } => self.connect(id, outbox, kick, host),
+            Command::Connect { id, outbox, kick, host, ip } => self.connect(id, outbox, kick, host, ip),
             Command::Disconnect { id, reason } => self.disconnect(&id, reason),
             Command::Client { id, msg } => self.client(&id, msg),
             Command::Reject { id, code, request } => {
@@ -178,12 +183,19 @@ impl Hub {
         }
     }
 
-    fn connect(&mut self, id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String>) {
+    fn connect(
+        &mut self,
+        id: PeerId,
+        outbox: Outbox,
+        kick: oneshot::Sender<ByeReason>,
+        host: Option<String>,
+        ip: IpAddr,
+    ) {
         if self.shutdown.is_some() {
             let _ = kick.send(ByeReason::ServerShutdown);
             return;
         }
-        self.conns.insert(id.clone(), Conn { outbox: Some(outbox), kick: Some(kick), room: None, host });
+        self.conns.insert(id.clone(), Conn { outbox: Some(outbox), kick: Some(kick), room: None, host, ip });
         let welcome = ServerMsg::Welcome {
             protocol: PROTOCOL_VERSION,
             id: id.clone(),
@@ -593,7 +605,8 @@ mod tests {
         let id = PeerId(format!("p{n}"));
         let (tx, rx) = mpsc::channel(cap);
         let (ktx, krx) = oneshot::channel();
-        hub.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx, host: None });
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        hub.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx, host: None, ip });
         let mut c = Client { id, rx, kick: krx };
         assert!(matches!(c.next(), ServerMsg::Welcome { .. }));
         c
