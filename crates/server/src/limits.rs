@@ -118,7 +118,7 @@ pub struct MessageRates {
 impl MessageRates {
     /// The defaults times `scale` (0: off).
     ///
-    /// - `join`: 5 at once, then one every 2 s (joining and leaving in a loop costs the room
+    /// - `join`: 10 at once, then one every 2 s (joining and leaving in a loop costs the room
     ///   two broadcasts each).
     /// - `chat`: 20 at once, then 2 a second (fast typists send one every second or two).
     /// - `signal`/`receive`/`media`: 300 at once, then 100 a second. A browser trickles about 20
@@ -129,7 +129,7 @@ impl MessageRates {
     /// - others (`leave`, `watch_rooms`, … and malformed frames): 50 at once, then 10 a second.
     pub fn scaled(scale: f64) -> MessageRates {
         let base = [
-            Rate::new(5.0, 0.5),
+            Rate::new(10.0, 0.5),
             Rate::new(20.0, 2.0),
             Rate::new(300.0, 100.0),
             Rate::new(10.0, 0.2),
