@@ -146,33 +146,39 @@ async fn connection(mut socket: WebSocket, app: AppState, id: PeerId, host: Opti
                     Some(Ok(Message::Text(text))) => serde_json::from_str::<ClientMsg>(&text).map_err(|_| classify(&text)),
                 };
                 let now = std::time::Instant::now();
-                let (class, request) = match &parsed {
+                let class = match &parsed {
                     Ok(msg) => {
                         app.counters.message_in(msg);
-                        (class_of(msg), Some(msg.type_name().to_string()))
+                        class_of(msg)
                     }
-                    Err((_, request)) => (Class::Other, request.clone()),
+                    Err(_) => Class::Other,
                 };
                 let mut verdict = limiter.check(class, now);
                 if verdict == Verdict::Pass && class == Class::Join && !app.admission.join(ip, now) {
                     verdict = limiter.refuse(now);
                 }
-                let cmd = match (verdict, parsed) {
-                    (Verdict::Pass, Ok(msg)) => Command::Client { id: id.clone(), msg },
-                    (Verdict::Pass, Err((code, request))) => {
-                        app.counters.refused(code);
-                        reject(&id, code, request)
-                    }
-                    (Verdict::Refuse { reply }, _) => {
+                let cmd = match verdict {
+                    Verdict::Pass => match parsed {
+                        Ok(msg) => Command::Client { id: id.clone(), msg },
+                        Err((code, request)) => {
+                            app.counters.refused(code);
+                            reject(&id, code, request)
+                        }
+                    },
+                    Verdict::Refuse { reply } => {
                         app.counters.refused(ErrorCode::RateLimited);
                         if !reply {
                             app.counters.replies_suppressed.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
+                        let request = match parsed {
+                            Ok(msg) => Some(msg.type_name().to_string()),
+                            Err((_, request)) => request,
+                        };
                         debug!(request = request.as_deref().unwrap_or("-"), "rate limited");
                         Command::Reject { id: id.clone(), code: ErrorCode::RateLimited, request }
                     }
-                    (Verdict::Flooding, _) => {
+                    Verdict::Flooding => {
                         app.counters.refused(ErrorCode::RateLimited);
                         app.counters.closed_flooding.fetch_add(1, Ordering::Relaxed);
                         info!("closing a connection that keeps flooding");
