@@ -112,8 +112,9 @@ async fn a_chat_flood_is_refused_and_the_rest_of_the_room_is_unaffected() {
     let answers = until_barrier(&mut flooder).await;
     let echoed: Vec<&str> = answers.iter().filter_map(chat_text).collect();
     let refusals: Vec<&ServerMsg> = answers.iter().filter(|m| matches!(m, ServerMsg::Error { .. })).collect();
-    assert!((20..50).contains(&echoed.len()), "the burst passed, the rest did not: {}", echoed.len());
-    assert!(!refusals.is_empty() && refusals.len() <= 2, "about one answer a second: {refusals:?}");
+    // The burst of 20 passes, then 2 a second: the rest is refused, with about one answer a second.
+    assert!((20..60).contains(&echoed.len()), "the burst passed, the rest did not: {}", echoed.len());
+    assert!((1..=5).contains(&refusals.len()), "about one answer a second: {refusals:?}");
     for r in refusals {
         assert!(
             matches!(r, ServerMsg::Error { code: ErrorCode::RateLimited, request: Some(t), .. } if t == "chat"),
