@@ -10,7 +10,7 @@ import * as check from './check.js';
 import { initDevices, fillDevices } from './devices.js';
 
 const NAME_KEY = 'huddle.name';
-const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large'];
+const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large', 'flooding', 'too_many_connections'];
 const MEDIA_CODES = ['camera_denied', 'mic_denied', 'media_denied', 'no_camera', 'no_mic', 'no_devices', 'camera_busy', 'mic_busy', 'media_unavailable'];
 const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol'];
 

@@ -90,11 +90,11 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'|'media_refused'|'media_failed'
  *   |'invalid_file'|'file_storage_full'|'not_allowed'|'password_required'|'wrong_password'|'room_locked'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
- *   |'invalid_reaction'} ErrorCode
+ *   |'invalid_reaction'|'rate_limited'|'too_many_connections'} ErrorCode
  */
 
 /** @typedef {'left'|'disconnected'|'too_slow'|'removed'} LeaveReason */
-/** @typedef {'server_shutdown'|'too_slow'|'timed_out'|'frame_too_large'|'replaced'} ByeReason */
+/** @typedef {'server_shutdown'|'too_slow'|'timed_out'|'frame_too_large'|'flooding'|'too_many_connections'|'replaced'} ByeReason */
 
 // ---- client → server ----
 /**

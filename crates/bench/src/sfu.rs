@@ -279,6 +279,12 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     if !given("--room-capacity") {
         server_args.extend(["--room-capacity".into(), participants.to_string().into()]);
     }
+    // Every simulated client comes from 127.0.0.1: no per-IP limits.
+    for flag in ["--max-connections-per-ip", "--ip-joins-per-minute"] {
+        if !given(flag) {
+            server_args.extend([flag.into(), "0".into()]);
+        }
+    }
     server_args.extend(args.server_args.iter().map(OsString::from));
     let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
     let pinned = server.pinned;

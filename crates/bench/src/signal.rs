@@ -112,6 +112,15 @@ pub fn run(args: SignalArgs) -> anyhow::Result<()> {
     if !given("--max-rooms") && args.rooms > 10_000 {
         server_args.extend(["--max-rooms".into(), args.rooms.to_string().into()]);
     }
+    if !given("--max-connections") && args.clients > 10_000 {
+        server_args.extend(["--max-connections".into(), args.clients.to_string().into()]);
+    }
+    // Every simulated client comes from 127.0.0.1: no per-IP limits.
+    for flag in ["--max-connections-per-ip", "--ip-joins-per-minute"] {
+        if !given(flag) {
+            server_args.extend([flag.into(), "0".into()]);
+        }
+    }
     server_args.extend(args.server_args.iter().map(OsString::from));
     let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
 

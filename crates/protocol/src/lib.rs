@@ -540,6 +540,10 @@ pub enum ByeReason {
     FrameTooLarge,
     /// The session was resumed on another connection.
     Replaced,
+    /// The connection kept sending faster than the server's rate limits allow.
+    Flooding,
+    /// The server or this address has as many connections as it accepts.
+    TooManyConnections,
 }
 
 /// Stable error codes. Pages translate these; the `message` is a fallback for other clients.
@@ -575,6 +579,8 @@ pub enum ErrorCode {
     TokenExpired,
     MutedByHost,
     InvalidReaction,
+    RateLimited,
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -608,6 +614,8 @@ impl ErrorCode {
         ErrorCode::TokenExpired,
         ErrorCode::MutedByHost,
         ErrorCode::InvalidReaction,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyConnections,
     ];
 
     /// The English sentence sent with the code.
@@ -642,6 +650,8 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "The access link or token has expired.",
             ErrorCode::MutedByHost => "A host turned this off; you cannot turn it back on yourself.",
             ErrorCode::InvalidReaction => "That reaction is not one of the allowed ones.",
+            ErrorCode::RateLimited => "Too many messages too quickly; this one was not sent. Slow down.",
+            ErrorCode::TooManyConnections => "The server has too many connections right now; try again later.",
         }
     }
 }

@@ -121,4 +121,19 @@ fn shapes_are_pinned() {
         serde_json::to_string(&ServerMsg::RoomSettings { settings }).expect("serialises"),
         r#"{"type":"room_settings","settings":{"locked":false,"waitingRoom":true,"allowUnmute":false,"hasPassword":false}}"#
     );
+    let limited = ServerMsg::error(huddle_protocol::ErrorCode::RateLimited, Some("chat"));
+    assert_eq!(
+        serde_json::to_string(&limited).expect("serialises"),
+        r#"{"type":"error","code":"rate_limited","message":"Too many messages too quickly; this one was not sent. Slow down.","request":"chat"}"#
+    );
+    let busy = ServerMsg::error(huddle_protocol::ErrorCode::TooManyConnections, None);
+    assert!(serde_json::to_string(&busy)
+        .expect("serialises")
+        .starts_with(r#"{"type":"error","code":"too_many_connections","#));
+    for (reason, json) in [
+        (huddle_protocol::ByeReason::Flooding, r#"{"type":"bye","reason":"flooding"}"#),
+        (huddle_protocol::ByeReason::TooManyConnections, r#"{"type":"bye","reason":"too_many_connections"}"#),
+    ] {
+        assert_eq!(serde_json::to_string(&ServerMsg::Bye { reason }).expect("serialises"), json);
+    }
 }

@@ -173,6 +173,35 @@ pub struct Cli {
     /// working on the page)
     #[arg(long, env = "HUDDLE_WEB_DIR", value_name = "DIR")]
     pub web_dir: Option<PathBuf>,
+    /// Reverse proxies whose X-Forwarded-For header names the client (repeatable or
+    /// comma-separated), e.g. 127.0.0.1/32 for a proxy on the same machine. Default: none (the
+    /// client is the TCP peer, and X-Forwarded-For is ignored)
+    #[arg(long = "trusted-proxies", env = "HUDDLE_TRUSTED_PROXIES", value_delimiter = ',', value_name = "CIDR")]
+    pub trusted_proxies: Vec<huddle_turn::IpNet>,
+    /// WebSocket connections at once, server-wide [default: 10000]
+    #[arg(long, env = "HUDDLE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// WebSocket connections at once from one IP address (an office behind one NAT address
+    /// counts once per person); 0: no limit [default: 64]
+    #[arg(long, env = "HUDDLE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Room joins per minute from one IP address, all its connections together (up to this many
+    /// at once); 0: no limit [default: 120]
+    #[arg(long, env = "HUDDLE_IP_JOINS_PER_MINUTE", value_name = "N")]
+    pub ip_joins_per_minute: Option<u32>,
+    /// Multiplies every per-connection message rate limit (chat, signalling, joins, files,
+    /// other); 2 doubles them, 0 turns them off [default: 1]
+    #[arg(long, env = "HUDDLE_MESSAGE_RATE_SCALE", value_name = "FACTOR")]
+    pub message_rate_scale: Option<f64>,
+    /// Serve Prometheus metrics at /metrics [default: true]
+    #[arg(long, env = "HUDDLE_METRICS", value_name = "BOOL")]
+    pub metrics: Option<bool>,
+    /// Bearer token /metrics requires (`Authorization: Bearer TOKEN`) [default: none: open]
+    #[arg(long, env = "HUDDLE_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Log lines as `text` or `json` (one JSON object per line) [default: text]
+    #[arg(long, env = "HUDDLE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The TOML file: the same settings as [`Cli`], plus ICE servers with credentials.
@@ -221,6 +250,14 @@ struct FileConfig {
     ping_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     web_dir: Option<PathBuf>,
+    trusted_proxies: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<u32>,
+    ip_joins_per_minute: Option<u32>,
+    message_rate_scale: Option<f64>,
+    metrics: Option<bool>,
+    metrics_token: Option<String>,
+    log_format: Option<LogFormat>,
 }
 
 /// `$XDG_DATA_HOME/huddle`, else `$HOME/.local/share/huddle`; `None` without either.
@@ -271,6 +308,17 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
         return Err(ConfigError::Invalid(format!("turn_relay_ports {s:?} must span at least 16 ports above 0")));
     }
     Ok((lo, hi))
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 /// How a room's media flows (`--topology`).
@@ -346,6 +394,18 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub web_dir: Option<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<huddle_turn::IpNet>,
+    pub max_connections: usize,
+    /// 0: no limit.
+    pub max_connections_per_ip: u32,
+    /// 0: no limit.
+    pub ip_joins_per_minute: u32,
+    /// Multiplies the per-connection message limits; 0: none.
+    pub message_rate_scale: f64,
+    pub metrics: bool,
+    pub metrics_token: Option<String>,
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -391,6 +451,14 @@ impl Default for Config {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(40),
             web_dir: None,
+            trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            ip_joins_per_minute: 120,
+            message_rate_scale: 1.0,
+            metrics: true,
+            metrics_token: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -457,6 +525,15 @@ impl Config {
             cli.turn_allow_peers
         } else {
             file.turn_allow_peers
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.parse::<huddle_turn::IpNet>().map_err(ConfigError::Invalid))
+                .collect::<Result<_, _>>()?
+        };
+        let trusted_proxies = if !cli.trusted_proxies.is_empty() {
+            cli.trusted_proxies
+        } else {
+            file.trusted_proxies
                 .unwrap_or_default()
                 .iter()
                 .map(|s| s.parse::<huddle_turn::IpNet>().map_err(ConfigError::Invalid))
@@ -547,6 +624,17 @@ impl Config {
                 .map(Duration::from_secs)
                 .unwrap_or(d.idle_timeout),
             web_dir: cli.web_dir.or(file.web_dir),
+            trusted_proxies,
+            max_connections: cli.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            max_connections_per_ip: cli
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
+            ip_joins_per_minute: cli.ip_joins_per_minute.or(file.ip_joins_per_minute).unwrap_or(d.ip_joins_per_minute),
+            message_rate_scale: cli.message_rate_scale.or(file.message_rate_scale).unwrap_or(d.message_rate_scale),
+            metrics: cli.metrics.or(file.metrics).unwrap_or(d.metrics),
+            metrics_token: cli.metrics_token.or(file.metrics_token),
+            log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
         };
         config.validate()?;
         Ok(config)
@@ -587,6 +675,15 @@ impl Config {
         {
             return bad("turn_host must be a host name or an IP address, without a port");
         }
+        if self.max_connections < 1 {
+            return bad("max_connections must be at least 1");
+        }
+        if !(self.message_rate_scale.is_finite() && (0.0..=1000.0).contains(&self.message_rate_scale)) {
+            return bad("message_rate_scale must be between 0 and 1000");
+        }
+        if self.metrics_token.as_deref().is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic())) {
+            return bad("metrics_token must be at least 16 printable characters without spaces");
+        }
         if self.turn_user_quota < 1 {
             return bad("turn_user_quota must be at least 1");
         }
@@ -624,6 +721,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The per-connection message budgets.
+    pub fn message_rates(&self) -> crate::limits::MessageRates {
+        crate::limits::MessageRates::scaled(self.message_rate_scale)
+    }
+
+    /// The server-wide and per-IP connection limits.
+    pub fn admission_limits(&self) -> crate::limits::AdmissionLimits {
+        let per_minute = f64::from(self.ip_joins_per_minute);
+        crate::limits::AdmissionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            ip_joins: (self.ip_joins_per_minute > 0).then(|| crate::limits::Rate::new(per_minute, per_minute / 60.0)),
+        }
     }
 
     /// The limits announced to clients.
@@ -711,6 +823,13 @@ mod tests {
         assert_eq!(file.require_token, Some(d.require_token));
         assert_eq!(file.resume_grace_secs, Some(d.resume_grace.as_secs()));
         assert_eq!(file.ice_transport_policy, Some(d.ice_transport_policy));
+        assert_eq!(file.trusted_proxies, Some(Vec::new()));
+        assert_eq!(file.max_connections, Some(d.max_connections));
+        assert_eq!(file.max_connections_per_ip, Some(d.max_connections_per_ip));
+        assert_eq!(file.ip_joins_per_minute, Some(d.ip_joins_per_minute));
+        assert_eq!(file.message_rate_scale, Some(d.message_rate_scale));
+        assert_eq!(file.metrics, Some(d.metrics));
+        assert_eq!(file.log_format, Some(d.log_format));
     }
 
     #[test]
@@ -797,6 +916,49 @@ mod tests {
             .expect("valid");
         assert!(flag.ice_tcp, "the flag wins over the file");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn operations_options() {
+        let d = Config::from_cli(parse(&[])).expect("valid");
+        assert!(d.trusted_proxies.is_empty() && d.metrics && d.metrics_token.is_none());
+        assert_eq!((d.max_connections, d.max_connections_per_ip, d.ip_joins_per_minute), (10_000, 64, 120));
+        assert_eq!(d.log_format, LogFormat::Text);
+        let c = Config::from_cli(parse(&[
+            "--trusted-proxies",
+            "10.0.0.0/8,::1",
+            "--max-connections",
+            "5",
+            "--max-connections-per-ip",
+            "0",
+            "--ip-joins-per-minute",
+            "0",
+            "--message-rate-scale",
+            "2.5",
+            "--metrics",
+            "false",
+            "--metrics-token",
+            "0123456789abcdef",
+            "--log-format",
+            "json",
+        ]))
+        .expect("valid");
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[0].contains(&"10.1.2.3".parse().unwrap()));
+        assert_eq!(c.admission_limits().ip_joins, None);
+        assert_eq!(c.admission_limits().max_connections, 5);
+        assert!(!c.metrics);
+        assert_eq!(c.log_format, LogFormat::Json);
+        for bad in [
+            &["--max-connections", "0"][..],
+            &["--message-rate-scale=-1"],
+            &["--message-rate-scale", "NaN"],
+            &["--metrics-token", "short"],
+        ] {
+            assert!(Config::from_cli(parse(bad)).is_err(), "{bad:?} must be refused");
+        }
+        assert!(Cli::try_parse_from(["huddle", "--trusted-proxies", "proxy.example"]).is_err());
+        assert!(Cli::try_parse_from(["huddle", "--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! The HTTP edge: the page (embedded in the binary), `/r/<room>`, `/check`, `/healthz`, `/ws` and
-//! `/files/<id>` (files shared through the server, see [`crate::files`]).
+//! The HTTP edge: the page (embedded in the binary), `/r/<room>`, `/check`, `/healthz`, `/ws`,
+//! `/metrics` (see [`crate::metrics`]) and `/files/<id>` (files shared through the server, see
+//! [`crate::files`]).
 
+use crate::client_ip::PeerAddr;
 use crate::AppState;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
@@ -18,8 +21,17 @@ mod embedded {
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
 media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
+/// The router as served: with each connection's TCP peer address ([`PeerAddr`]) for the handlers.
+pub fn app(state: AppState) -> IntoMakeServiceWithConnectInfo<Router, PeerAddr> {
+    router(state).into_make_service_with_connect_info::<PeerAddr>()
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let metrics = state.config.metrics;
+    let router = Router::new();
+    // Off: /metrics is an unknown path like any other.
+    let router = if metrics { router.route("/metrics", get(crate::metrics::handler)) } else { router };
+    router
         .route("/healthz", get(|| async { "ok" }))
         .route("/ws", get(crate::ws::upgrade))
         .route("/r/{*room}", get(room_page))

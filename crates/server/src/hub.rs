@@ -21,6 +21,7 @@ use huddle_protocol::{
     SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 // The runtime's clock, so that grace periods follow a paused clock in tests.
@@ -55,6 +56,9 @@ pub enum Command {
     Disconnect { id: PeerId, conn: u64, reason: LeaveReason, resumable: bool },
     /// A valid message from a connection.
     Client { id: PeerId, msg: ClientMsg },
+    /// A connection sent something the rate limits dropped without an answer (counted for
+    /// `welcome.received`).
+    Ignored { id: PeerId },
     /// A connection sent something unacceptable; answer with this error.
     Reject { id: PeerId, code: ErrorCode, request: Option<String> },
     /// Say goodbye to everyone and close all outboxes; `done` fires when every connection is gone.
@@ -79,6 +83,9 @@ pub struct Connect {
     pub kick: oneshot::Sender<ByeReason>,
     /// The host name the page reached the server by (from `Host`, checked), for TURN URLs.
     pub host: Option<String>,
+    /// The client's address (behind a trusted proxy, the one it names); for bans, never logged
+    /// above debug.
+    pub ip: IpAddr,
     /// The session it asks to take over.
     pub resume: Option<Resume>,
     /// Answered with the session id the connection speaks for from now on.
@@ -133,8 +140,10 @@ struct Conn {
     recent: VecDeque<Arc<ServerMsg>>,
     /// While the session has no connection: when it gives up its place.
     suspended: Option<Instant>,
-    /// What would ban it from a room (`sub:<token subject>`, `ip:<address>`).
+    /// What would ban it from a room (`id:<peer id>`, `ip:<address>`, `sub:<token subject>`).
     keys: Vec<String>,
+    /// The client's address, as of its latest connection.
+    ip: IpAddr,
 }
 
 impl Conn {
@@ -237,6 +246,7 @@ impl Hub {
                 self.count_received(&id);
                 self.client(&id, msg)
             }
+            Command::Ignored { id } => self.count_received(&id),
             Command::Reject { id, code, request } => {
                 self.count_received(&id);
                 self.stats.rejected += 1;
@@ -326,6 +336,7 @@ impl Hub {
                 recent: VecDeque::new(),
                 suspended: None,
                 keys: Vec::new(),
+                ip: c.ip,
             },
         );
         let _ = c.session.send(id.clone());
@@ -365,6 +376,7 @@ impl Hub {
             conn.kick = Some(c.kick);
             conn.conn = c.conn;
             conn.host = c.host;
+            conn.ip = c.ip;
             conn.suspended = None;
             welcome = self.welcome(&id, true);
         }
@@ -557,6 +569,12 @@ impl Hub {
         let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?.to_string();
         let mut keys: Vec<String> = grant.sub.iter().map(|s| format!("sub:{s}")).collect();
         keys.push(format!("id:{id}"));
+        if let Some(ip) = self.conns.get(id).map(|c| c.ip) {
+            // Everyone from the address of someone banned: without accounts, the best handle
+            // there is (people behind one NAT share it; the host can lift nothing but the room
+            // ends with its last member).
+            keys.push(format!("ip:{ip}"));
+        }
         if let Some(conn) = self.conns.get_mut(id) {
             conn.keys = keys.clone();
         }
@@ -1196,7 +1214,8 @@ mod tests {
         let (ktx, krx) = oneshot::channel();
         let (stx, mut srx) = oneshot::channel();
         let id = PeerId(format!("p{n}"));
-        let c = Connect { conn: n.into(), id, outbox: tx, kick: ktx, host: None, resume, session: stx };
+        let ip = std::net::Ipv4Addr::new(10, 0, 0, n as u8).into();
+        let c = Connect { conn: n.into(), id, outbox: tx, kick: ktx, host: None, ip, resume, session: stx };
         hub.handle(Command::Connect(c));
         let id = srx.try_recv().expect("the hub names the session");
         let mut c = Client { id, rx, kick: krx };

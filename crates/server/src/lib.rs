@@ -19,17 +19,24 @@
 //! - [`tls`] — HTTPS: the certificate (files or self-signed) and the TLS listener.
 //! - [`turn`] — the built-in STUN/TURN server's driver: one task owning its sockets and the
 //!   sans-IO core (`huddle-turn`); the hub hands out its credentials.
+//! - [`limits`] — rate limits and connection caps, applied by the connection tasks.
+//! - [`client_ip`] — the client's IP address (the TCP peer, or a trusted proxy's
+//!   `X-Forwarded-For`).
+//! - [`metrics`] — `/metrics` (Prometheus): the edge's counters and each task's stats.
 //!
 //! `docs/architecture.md` explains how a message flows through these.
-#![deny(unsafe_code)] // one exception: `batch`, the `sendmmsg` call
+#![deny(unsafe_code)] // two exceptions: `batch`, the `sendmmsg` call; `metrics`, the `getrusage` call
 
 pub mod batch;
+pub mod client_ip;
 pub mod config;
 pub mod files;
 pub mod http;
 pub mod hub;
 pub mod ice_tcp;
+pub mod limits;
 pub mod media;
+pub mod metrics;
 pub mod room;
 pub mod tls;
 pub mod tokens;
@@ -61,6 +68,13 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub hub: mpsc::Sender<hub::Command>,
     pub next_id: Arc<AtomicU64>,
+    /// What the connection tasks count, for `/metrics`.
+    pub counters: Arc<metrics::Counters>,
+    /// Connection caps and per-IP joins, shared by the connection tasks.
+    pub admission: Arc<limits::Admission>,
+    /// The SFU and TURN tasks, for their stats (weak: they stop when their owners drop them).
+    pub media: Option<mpsc::WeakSender<media::MediaCommand>>,
+    pub turn: Option<mpsc::WeakSender<turn::TurnCommand>>,
 }
 
 /// Serves until `shutdown` completes, then tells every client and waits (briefly) for them.
@@ -85,6 +99,7 @@ pub async fn serve_with(
     let config = Arc::new(config);
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let mut media_task = None;
+    let mut media_stats = None;
     // Where the HTTP listener sends ICE-TCP connections (`None`: not on this port).
     let mut http_ice = None;
     let mut sfu_addresses = Vec::new();
@@ -96,6 +111,7 @@ pub async fn serve_with(
         sfu_addresses = media.local_and_announced();
         http_ice = media.http_ice_tcp();
         let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
+        media_stats = Some(media_tx.downgrade());
         media_task = Some(tokio::spawn(media.run(media_rx, hub_tx.clone())));
         hub::Hub::with_media(config.clone(), media_tx)
     };
@@ -112,7 +128,15 @@ pub async fn serve_with(
         turn_task = Some(turn);
     }
     let hub_task = tokio::spawn(hub::run(hub, hub_rx));
-    let state = AppState { config, hub: hub_tx.clone(), next_id: Arc::new(AtomicU64::new(1)) };
+    let state = AppState {
+        admission: Arc::new(limits::Admission::new(config.admission_limits())),
+        config,
+        hub: hub_tx.clone(),
+        next_id: Arc::new(AtomicU64::new(1)),
+        counters: Arc::new(metrics::Counters::default()),
+        media: media_stats,
+        turn: turn_task.as_ref().map(|t: &turn::Running| t.commands.downgrade()),
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let hub_for_shutdown = hub_tx.clone();
     let farewell = tokio::spawn(async move {
@@ -129,18 +153,15 @@ pub async fn serve_with(
     match (tls, http_ice) {
         (Some(tls), ice) => {
             let listener = tls::TlsListener::new(listener, tls.config, ice)?;
-            axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
+            axum::serve(listener, http::app(state)).with_graceful_shutdown(stopped).await?;
         }
         (None, Some(ice)) => {
             let listener = ice_tcp::SniffingListener::new(listener, ice)?;
-            axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
+            axum::serve(listener, http::app(state)).with_graceful_shutdown(stopped).await?;
         }
         (None, None) => {
-            // Signalling messages are small and latency-sensitive: no Nagle delay.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, http::router(state)).with_graceful_shutdown(stopped).await?;
+            let listener = client_ip::NoDelayListener(listener);
+            axum::serve(listener, http::app(state)).with_graceful_shutdown(stopped).await?;
         }
     }
     let _ = farewell.await;
@@ -164,7 +185,7 @@ pub async fn serve_with(
 pub async fn run_cli(args: Vec<OsString>) -> anyhow::Result<()> {
     let cli = Cli::parse_from(std::iter::once(OsString::from("huddle")).chain(args));
     let config = Config::from_cli(cli)?;
-    init_tracing();
+    init_tracing(config.log_format);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -260,14 +281,14 @@ pub fn banner(addr: std::net::SocketAddr, tls: Option<&tls::TlsSetup>) -> String
     out
 }
 
-fn init_tracing() {
+fn init_tracing(format: config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        config::LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 async fn shutdown_signal() {

@@ -111,6 +111,9 @@ pub struct MediaStats {
     /// ICE-TCP packets dropped: the media task's queue or a connection's queue was full, or the
     /// core sent to a connection that is gone.
     pub tcp_dropped: u64,
+    /// RTP packets forwarded to subscribers (one per subscriber), and their payload bytes.
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
 }
 
 /// One bound socket and the address the core knows it by (its candidate address).
@@ -504,7 +507,9 @@ impl Driver {
                         self.sessions.insert(id, now);
                     }
                     Err(e) => {
-                        info!(%peer, error = %e, "SFU refused an offer");
+                        // The error may quote the SDP, which holds the client's addresses: debug only.
+                        info!(%peer, "SFU refused an offer");
+                        debug!(%peer, error = %e, "SFU refused an offer");
                         self.refuse(peer);
                     }
                 }
@@ -512,7 +517,8 @@ impl Driver {
             MediaCommand::Answer { peer, sdp } => {
                 let Some(id) = core_id(&peer) else { return self.refuse(peer) };
                 if let Err(e) = self.sfu.handle_input(Input::Answer { now, peer: id, sdp }) {
-                    info!(%peer, error = %e, "SFU refused an answer");
+                    info!(%peer, "SFU refused an answer");
+                    debug!(%peer, error = %e, "SFU refused an answer");
                     self.refuse(peer);
                 }
             }
@@ -535,7 +541,13 @@ impl Driver {
                 let _ = self.sfu.handle_input(Input::Receive { now, peer: id, publisher, video });
             }
             MediaCommand::Stats { reply } => {
-                let mut stats = MediaStats { participants: self.sfu.peer_count(), ..self.stats };
+                let (forwarded_packets, forwarded_bytes) = self.sfu.forwarded();
+                let mut stats = MediaStats {
+                    participants: self.sfu.peer_count(),
+                    forwarded_packets,
+                    forwarded_bytes,
+                    ..self.stats
+                };
                 if let Some(ice) = &self.ice {
                     use std::sync::atomic::Ordering::Relaxed;
                     stats.tcp_connections = ice.open();
@@ -582,7 +594,9 @@ impl Driver {
                 Output::Event(Event::Removed { peer, reason }) => {
                     if reason != RemoveReason::Left {
                         self.sessions.remove(&peer);
-                        info!(%peer, ?reason, "SFU lost a participant");
+                        // A str0m error's text may hold addresses: debug only.
+                        info!(%peer, "SFU lost a participant");
+                        debug!(%peer, ?reason, "SFU lost a participant");
                         let peer = signal_id(peer);
                         self.tell_hub(MediaEvent::Error { peer, code: ErrorCode::MediaFailed, request: None });
                     }

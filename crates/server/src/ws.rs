@@ -1,15 +1,18 @@
-//! One WebSocket connection: one task that parses and validates incoming frames and hands them
-//! to the hub, drains the connection's bounded outbox into the socket, and keeps the heartbeat.
-//! It owns no room state.
+//! One WebSocket connection: one task that parses and validates incoming frames, applies the rate
+//! limits ([`crate::limits`]) and hands them to the hub, drains the connection's bounded outbox
+//! into the socket, and keeps the heartbeat. It owns no room state.
 
+use crate::client_ip::{client_ip, PeerAddr};
 use crate::hub::{Command, Connect, Resume};
+use crate::limits::{class_of, Class, ConnLimiter, Refused, Verdict};
 use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use huddle_protocol::{ByeReason, ClientMsg, ErrorCode, LeaveReason, PeerId, ServerMsg};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +31,15 @@ const WRITE_BATCH: usize = 64;
 /// after `idle_timeout`.
 const HEARTBEAT_CHECK: Duration = Duration::from_secs(5);
 
+/// Close code for `bye` `flooding` (policy violation).
+const CLOSE_POLICY: u16 = 1008;
+/// Close code for `bye` `too_many_connections` ("try again later").
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -40,6 +49,7 @@ pub async fn upgrade(
             .into_response();
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(crate::turn::host_of);
+    let ip = client_ip(peer.ip(), &headers, &app.config.trusted_proxies);
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(2 * HARD_MAX_FRAME_BYTES)
@@ -49,10 +59,9 @@ pub async fn upgrade(
             let n = app.next_id.fetch_add(1, Ordering::Relaxed);
             let resume = query.as_deref().and_then(parse_resume);
             let span = info_span!("conn", n);
-            connection(socket, app, n, host, resume).instrument(span)
+            connection(socket, app, n, host, ip, resume).instrument(span)
         })
 }
-
 /// `session=<id>&resume=<secret>&seen=<n>` (see [`Resume`]); anything malformed is ignored (the
 /// connection then starts a new session).
 pub fn parse_resume(query: &str) -> Option<Resume> {
@@ -91,12 +100,35 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// One task per connection: a single loop over the socket, the outbox, the kick signal and the
 /// heartbeat tick (no split socket, no second task).
-async fn connection(mut socket: WebSocket, app: AppState, n: u64, host: Option<String>, resume: Option<Resume>) {
+async fn connection(
+    mut socket: WebSocket,
+    app: AppState,
+    n: u64,
+    host: Option<String>,
+    ip: IpAddr,
+    resume: Option<Resume>,
+) {
+    // Held until the connection ends: its place under the caps.
+    let _ticket = match app.admission.admit(ip, std::time::Instant::now()) {
+        Ok(ticket) => ticket,
+        Err(cap) => {
+            let counter = match cap {
+                Refused::Server => &app.counters.refused_server_cap,
+                Refused::Ip => &app.counters.refused_ip_cap,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            debug!(?cap, %ip, "refused a connection over the cap");
+            let error = ServerMsg::error(ErrorCode::TooManyConnections, None);
+            let bye = ServerMsg::Bye { reason: ByeReason::TooManyConnections };
+            say_goodbye(&mut socket, &[error, bye], CLOSE_TRY_AGAIN_LATER, "too many connections").await;
+            return;
+        }
+    };
     let (outbox, mut outbox_rx) = mpsc::channel(app.config.outbox_capacity);
     let (kick_tx, mut kick_rx) = oneshot::channel();
     let (session_tx, session_rx) = oneshot::channel();
     let connect =
-        Connect { conn: n, id: PeerId(format!("p{n}")), outbox, kick: kick_tx, host, resume, session: session_tx };
+        Connect { conn: n, id: PeerId(format!("p{n}")), outbox, kick: kick_tx, host, ip, resume, session: session_tx };
     if app.hub.send(Command::Connect(connect)).await.is_err() {
         return;
     }
@@ -107,7 +139,8 @@ async fn connection(mut socket: WebSocket, app: AppState, n: u64, host: Option<S
         let _ = socket.send(Message::Close(Some(close))).await;
         return;
     };
-    debug!(peer = %id, "connected");
+    debug!(peer = %id, %ip, "connected");
+    let mut limiter = ConnLimiter::new(app.config.message_rates(), std::time::Instant::now());
     let cfg = &app.config;
     let max_frame = cfg.max_frame_bytes as usize;
     // Liveness is a timestamp checked on a coarse tick, not a timer re-armed for every frame.
@@ -116,6 +149,7 @@ async fn connection(mut socket: WebSocket, app: AppState, n: u64, host: Option<S
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut last_ping = Instant::now();
+    // Whether the session may be resumed after this connection ends.
     let mut resumable = true;
     let reason = loop {
         tokio::select! {
@@ -131,13 +165,16 @@ async fn connection(mut socket: WebSocket, app: AppState, n: u64, host: Option<S
                     let _ = socket.send(Message::Close(Some(close))).await;
                     break LeaveReason::Left;
                 };
-                if write_batch(&mut socket, &msg, &mut outbox_rx).await.is_err() {
-                    break LeaveReason::Disconnected;
+                match write_batch(&mut socket, &msg, &mut outbox_rx).await {
+                    Ok(n) => {
+                        app.counters.messages_out.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => break LeaveReason::Disconnected,
                 }
             }
             frame = socket.recv() => {
                 last_seen = Instant::now();
-                let cmd = match frame {
+                let parsed = match frame {
                     None => break LeaveReason::Left,
                     Some(Err(e)) => {
                         debug!(error = %e, "WebSocket read failed");
@@ -151,15 +188,54 @@ async fn connection(mut socket: WebSocket, app: AppState, n: u64, host: Option<S
                     Some(Ok(Message::Close(Some(frame)))) if frame.code == RECONNECTING => break LeaveReason::Disconnected,
                     Some(Ok(Message::Close(_))) => break LeaveReason::Left,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Binary(_))) => reject(&id, ErrorCode::BinaryFrame, None),
-                    Some(Ok(Message::Text(text))) if text.len() > max_frame => reject(&id, ErrorCode::FrameTooLarge, None),
-                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMsg>(&text) {
+                    Some(Ok(Message::Binary(_))) => Err((ErrorCode::BinaryFrame, None)),
+                    Some(Ok(Message::Text(text))) if text.len() > max_frame => Err((ErrorCode::FrameTooLarge, None)),
+                    Some(Ok(Message::Text(text))) => serde_json::from_str::<ClientMsg>(&text).map_err(|_| classify(&text)),
+                };
+                let now = std::time::Instant::now();
+                let class = match &parsed {
+                    Ok(msg) => {
+                        app.counters.message_in(msg);
+                        class_of(msg)
+                    }
+                    Err(_) => Class::Other,
+                };
+                let mut verdict = limiter.check(class, now);
+                if verdict == Verdict::Pass && class == Class::Join && !app.admission.join(ip, now) {
+                    verdict = limiter.refuse(now);
+                }
+                let cmd = match verdict {
+                    Verdict::Pass => match parsed {
                         Ok(msg) => Command::Client { id: id.clone(), msg },
-                        Err(_) => {
-                            let (code, request) = classify(&text);
+                        Err((code, request)) => {
+                            app.counters.refused(code);
                             reject(&id, code, request)
                         }
                     },
+                    Verdict::Refuse { reply } => {
+                        app.counters.refused(ErrorCode::RateLimited);
+                        if !reply {
+                            app.counters.replies_suppressed.fetch_add(1, Ordering::Relaxed);
+                            // Still counted as taken, for a resume (`welcome.received`).
+                            Command::Ignored { id: id.clone() }
+                        } else {
+                        let request = match parsed {
+                            Ok(msg) => Some(msg.type_name().to_string()),
+                            Err((_, request)) => request,
+                        };
+                        debug!(request = request.as_deref().unwrap_or("-"), "rate limited");
+                        Command::Reject { id: id.clone(), code: ErrorCode::RateLimited, request }
+                        }
+                    }
+                    Verdict::Flooding => {
+                        app.counters.refused(ErrorCode::RateLimited);
+                        app.counters.closed_flooding.fetch_add(1, Ordering::Relaxed);
+                        info!("closing a connection that keeps flooding");
+                        let bye = ServerMsg::Bye { reason: ByeReason::Flooding };
+                        say_goodbye(&mut socket, &[bye], CLOSE_POLICY, "flooding").await;
+                        resumable = false;
+                        break LeaveReason::Disconnected;
+                    }
                 };
                 // If the hub is busy this waits, which pauses reading from this socket only.
                 if app.hub.send(cmd).await.is_err() {
@@ -202,18 +278,35 @@ fn is_io_error(e: &axum::Error) -> bool {
     false
 }
 
-/// Sends `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with one flush.
+/// Sends `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with one flush;
+/// how many it sent.
 async fn write_batch(
     socket: &mut WebSocket,
     first: &ServerMsg,
     outbox: &mut mpsc::Receiver<Arc<ServerMsg>>,
-) -> Result<(), axum::Error> {
+) -> Result<u64, axum::Error> {
     feed(socket, first).await?;
+    let mut sent = 1;
     for _ in 1..WRITE_BATCH {
         let Ok(msg) = outbox.try_recv() else { break };
         feed(socket, &msg).await?;
+        sent += 1;
     }
-    socket.flush().await
+    socket.flush().await?;
+    Ok(sent)
+}
+
+/// Writes `msgs` and a close frame straight to the socket (bounded in time: the client may not
+/// be reading), for a connection the server ends by itself.
+async fn say_goodbye(socket: &mut WebSocket, msgs: &[ServerMsg], code: u16, reason: &'static str) {
+    let write = async {
+        for msg in msgs {
+            feed(socket, msg).await?;
+        }
+        let close = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        socket.send(Message::Close(Some(close))).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
 fn reject(id: &PeerId, code: ErrorCode, request: Option<String>) -> Command {

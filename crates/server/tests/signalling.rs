@@ -270,7 +270,8 @@ async fn healthz_answers_and_the_page_has_a_csp() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_and_the_room_carries_on() {
-    let server = TestServer::start(Config { outbox_capacity: 16, ..Config::default() }).await;
+    // The talker chats far faster than a person: no rate limits here (tests/limits.rs has those).
+    let server = TestServer::start(Config { outbox_capacity: 16, message_rate_scale: 0.0, ..Config::default() }).await;
     let mut talker = Client::connect(&server).await;
     let mut stuck = Client::connect(&server).await;
     talker.join("r", "talker").await;

@@ -36,6 +36,9 @@ pub(crate) enum Propagated {
 pub(crate) struct Sink {
     pub out: VecDeque<Output>,
     pub propagated: VecDeque<(PeerId, Propagated)>,
+    /// RTP packets handed to subscribers' str0m streams, and their payload bytes.
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
 }
 
 /// The participant's state apart from its `Rtc`, so that [`Peer::mutate`] can lend both.
@@ -476,7 +479,7 @@ impl Peer {
         }
         let Some((seq, time, patch)) = out.continuity.map(p) else { return };
         self.state.clock = self.state.clock.max(p.arrived);
-        self.mutate(sink, |rtc, state, _| {
+        self.mutate(sink, |rtc, state, sink| {
             let out = &mut state.tracks_out[i];
             let pt = match out.pt {
                 Some((pt_in, pt_out)) if pt_in == p.params.pt() => pt_out,
@@ -505,7 +508,10 @@ impl Peer {
             if let Some(patch) = patch {
                 write = write.vp8_patch(patch);
             }
+            let bytes = p.payload.len() as u64;
             stream.write_rtp(write);
+            sink.forwarded_packets += 1;
+            sink.forwarded_bytes += bytes;
         });
     }
 

@@ -163,6 +163,12 @@ impl Sfu {
         self.peers.get(&peer)?.state.estimate
     }
 
+    /// RTP packets forwarded to subscribers since the start (one per subscriber), and their
+    /// payload bytes.
+    pub fn forwarded(&self) -> (u64, u64) {
+        (self.sink.forwarded_packets, self.sink.forwarded_bytes)
+    }
+
     /// How many participants the core holds.
     pub fn peer_count(&self) -> usize {
         self.peers.len()

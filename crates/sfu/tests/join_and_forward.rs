@@ -28,6 +28,9 @@ fn two_publishers_receive_each_others_audio_and_video() {
     }
     assert!(w.events.contains(&Event::Connected(huddle_sfu::PeerId(1))));
     assert!(!w.events.iter().any(|e| matches!(e, Event::Removed { .. })));
+    // The core counts what it forwarded (for the server's /metrics): at least the 80 frames above.
+    let (packets, bytes) = w.sfu.forwarded();
+    assert!(packets >= 80 && bytes > packets, "forwarded {packets} packets, {bytes} bytes");
 }
 
 #[test]
