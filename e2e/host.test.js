@@ -226,6 +226,8 @@ sc.step('screenshots: the host with a knocker, the waiting view, the password pr
       await A.page.locator(`#tiles .tile[data-peer-id="${B.id}"] .tile-reaction`).first().waitFor();
       await A.page.screenshot({ path: path.join(shotsDir, `tiles-hand-reaction-${lang}-${tag}.png`) });
       await guest.screenshot({ path: path.join(shotsDir, `password-${lang}-${tag}.png`) });
+      const o2 = await guest.evaluate(() => [document.documentElement.scrollWidth - window.innerWidth, document.scrollingElement.scrollLeft, document.body.scrollLeft, document.querySelector('main').scrollLeft]);
+      assert.ok(o2[0] <= 1 && !o2[1] && !o2[2] && !o2[3], `the password prompt scrolls sideways: ${JSON.stringify(o2)} (${lang} ${tag})`);
     }
   }
   // The waiting view (the password is right this time).

@@ -3,7 +3,7 @@
 import { t, onLangChange } from './i18n.js';
 import { REACTIONS } from './protocol.js';
 import { sig, S } from './core.js';
-import { $, notice } from './ui.js';
+import { $, icon, notice } from './ui.js';
 
 /** How long a reaction stays on a tile. */
 const REACTION_MS = 3000;
@@ -99,7 +99,7 @@ function decorateTiles() {
       hand = document.createElement('span');
       hand.className = 'tile-hand';
       hand.setAttribute('role', 'img');
-      hand.textContent = '✋';
+      hand.append(icon('hand'));
       el.append(hand);
     }
     if (!up) hand?.remove();
@@ -157,7 +157,7 @@ function handRow(li, p) {
   h.setAttribute('role', 'img');
   h.setAttribute('aria-label', t('hand.raised'));
   h.title = t('hand.raised');
-  h.textContent = '✋';
+  h.append(icon('hand'));
   li.querySelector('.person-name')?.after(h);
 }
 
