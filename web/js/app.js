@@ -175,6 +175,7 @@ function renderPresence() {
 /** @param {string} room */
 async function openPrejoin(room) {
   S.room = room;
+  host.prejoinOpened(room);
   $('#prejoin-room').textContent = room;
   $('#prejoin-name-slot').append($('#name-field'));
   $('#device-home').append($('#device-settings'));

@@ -53,8 +53,17 @@ const menu = () => $('#react-menu');
 
 /** @param {boolean} open @param {boolean} [focusFirst] */
 function setMenu(open, focusFirst = false) {
-  menu().hidden = !open;
-  $('#react-button').setAttribute('aria-expanded', String(open));
+  const m = menu();
+  m.hidden = !open;
+  const rb = $('#react-button');
+  rb.setAttribute('aria-expanded', String(open));
+  if (open) {
+    // Fixed above the button (the control bar scrolls sideways on phones, and would clip it).
+    const r = rb.getBoundingClientRect();
+    const w = m.offsetWidth;
+    m.style.left = `${Math.max(8, Math.min(r.left + r.width / 2 - w / 2, window.innerWidth - w - 8))}px`;
+    m.style.bottom = `${window.innerHeight - r.top + 10}px`;
+  }
   if (open && focusFirst) /** @type {HTMLElement|null} */ (menu().querySelector('button'))?.focus();
 }
 
@@ -192,6 +201,7 @@ export function init() {
   rb.addEventListener('click', () => setMenu(menu().hidden !== false));
   rb.addEventListener('keydown', (e) => {
     if (e.key === 'ArrowUp' || e.key === 'ArrowDown') { e.preventDefault(); setMenu(true, true); }
+    else if (e.key === 'Escape' && !menu().hidden) { e.preventDefault(); e.stopPropagation(); setMenu(false); }
   });
   menu().addEventListener('keydown', (e) => {
     const items = /** @type {HTMLElement[]} */ ([...menu().querySelectorAll('button')]);
@@ -207,6 +217,7 @@ export function init() {
     const target = /** @type {Node} */ (e.target);
     if (!menu().contains(target) && !rb.contains(target)) setMenu(false);
   });
+  window.addEventListener('resize', () => { if (!menu().hidden) setMenu(false); });
   sig.on('reaction', showReaction);
   sig.on('peer_updated', (m) => peerUpdated(m.peer));
   // Keyboard: Ctrl/Cmd+Alt+H raises or lowers the hand (beside Ctrl+D and Ctrl+E).

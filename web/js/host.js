@@ -23,6 +23,10 @@ let waiting = [];
 const held = { audio: false, video: false, screen: false };
 /** The token from the address (`#invite=`, `#token=` or `?token=`), sent with every join. */
 let token = '';
+/** An invite is for one room (the one in the address it came with); an operator's token may be for any. */
+let tokenRoom = '';
+/** The room whose join asked for the password shown. */
+let passwordRoom = '';
 /** The last invite link made here. */
 let inviteLink = '';
 /** @type {{setView: (v: 'prejoin'|'waiting') => void, toPrejoin: () => void}} */
@@ -46,9 +50,14 @@ function nameOf(id) {
 function takeTokenFromUrl() {
   const hash = new URLSearchParams(location.hash.replace(/^#/, ''));
   const query = new URLSearchParams(location.search);
-  const found = hash.get('invite') || hash.get('token') || query.get('token') || '';
+  const invite = hash.get('invite');
+  const found = invite || hash.get('token') || query.get('token') || '';
   if (!found) return;
   token = found.trim();
+  if (invite) {
+    const m = /^\/r\/(.+)$/.exec(location.pathname);
+    try { tokenRoom = m ? decodeURIComponent(m[1]).trim() : ''; } catch { tokenRoom = m ? m[1].trim() : ''; }
+  }
   query.delete('token');
   const q = query.toString();
   history.replaceState(history.state, '', `${location.pathname}${q ? `?${q}` : ''}`);
@@ -60,8 +69,8 @@ export function joinAuth() {
   const pw = /** @type {HTMLInputElement} */ ($('#password-input')).value;
   /** @type {{password?: string, token?: string}} */
   const auth = {};
-  if (!field.hidden && pw) auth.password = pw;
-  if (token) auth.token = token;
+  if (!field.hidden && pw && passwordRoom === S.room) auth.password = pw;
+  if (token && (!tokenRoom || tokenRoom === S.room)) auth.token = token;
   return auth;
 }
 
@@ -77,6 +86,7 @@ function showPasswordField(code) {
   }
   field.hidden = false;
   field.dataset.code = code;
+  passwordRoom = S.room;
   renderPasswordHint();
   if (code === 'wrong_password') input.select();
   input.focus();
@@ -109,6 +119,11 @@ export function onError(m) {
     call.announce();
   }
   return false;
+}
+
+/** The pre-join step opened for `room`: a password asked for another room goes away. @param {string} room */
+export function prejoinOpened(room) {
+  if (passwordRoom !== room) showPasswordField('');
 }
 
 /** @param {import('./protocol.js').WaitingMsg} m */
@@ -371,6 +386,7 @@ function applySettings(s) {
   renderSettings();
   if (!S.inRoom) return;
   if (old.locked !== s.locked) notice(t(s.locked ? 'settings.lockedNotice' : 'settings.unlockedNotice'));
+  if (s.allowUnmute) hideError(['muted_by_host']);
   if (old.allowUnmute !== s.allowUnmute && !isMod()) notice(t(s.allowUnmute ? 'settings.unmuteAllowedNotice' : 'settings.unmuteOffNotice'));
 }
 
@@ -485,6 +501,8 @@ export function init(deps) {
   sig.on('ended', () => thrownOut('ended'));
   sig.on('invite_token', onInviteToken);
   sig.on('joined', () => { hideError(['knock_denied', 'removed', 'ended']); });
+  // The connection broke while waiting: back to pre-join, where Join knocks again.
+  sig.on('close', () => { if (S.view === 'waiting') { app.setView('prejoin'); /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false; } });
 
   $('#waiting-cancel').addEventListener('click', cancelWaiting);
   $('#password-input').addEventListener('keydown', (e) => {
