@@ -195,6 +195,21 @@ sc.step('(d) a raised hand and a reaction show on the other side', async () => {
   await B.page.locator('#tiles .tile[data-self="true"] .tile-reaction[data-emoji="👏"]').waitFor({ timeout: T.ui });
 });
 
+sc.step('the host makes a guest co-host, who then gets the host controls, and back', async () => {
+  await moderate(A.page, B.id, 'role_cohost');
+  await A.page.locator(`#participant-list li[data-peer-id="${B.id}"][data-role="cohost"] .person-role`).waitFor();
+  await lastNotice(B.page, /You are now a co-host/, 'B');
+  await openPeople(B.page);
+  await B.page.locator('#meeting-settings').waitFor({ state: 'visible' });
+  assert.ok(await B.page.locator('#end-meeting').isHidden(), 'a co-host is offered "End meeting for all"');
+  assert.equal(await B.page.locator(`#participant-list li[data-peer-id="${A.id}"] .person-more`).count(), 0, 'a co-host has a menu for the host');
+  await B.page.locator(`#participant-list li[data-peer-id="${C.id}"] .person-more`).waitFor();
+  await B.page.locator(`#tiles .tile[data-self="true"] .tile-role[data-role="cohost"]`).waitFor();
+  await moderate(A.page, B.id, 'role_participant');
+  await B.page.locator('#meeting-settings').waitFor({ state: 'hidden' });
+  await B.page.locator('#people-panel .panel-close').click();
+});
+
 sc.step('screenshots: the host with a knocker, the waiting view, the password prompt (English, Korean; wide, phone)', async () => {
   // A protocol-level guest knocks while the waiting room is on.
   await setSwitch(A.page, 'setting-waiting-room', true);

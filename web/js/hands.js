@@ -174,11 +174,9 @@ function handRow(li, p) {
 
 /** @param {import('./protocol.js').Peer} p  a `peer_updated` about ourselves */
 export function selfUpdated(p) {
-  const was = S.hand;
   S.hand = p.hand;
   noteHand(p.id, p.hand);
   renderHandButton();
-  if (was && !p.hand) notice(t('hand.loweredNotice'));
 }
 
 /** Whose hands we have announced as raised. @type {Set<string>} */

@@ -461,7 +461,8 @@ function enter(msg) {
   /** @type {HTMLInputElement} */ ($('#invite-link')).hidden = true;
   renderWaiting();
   renderSettings();
-  if (isMod() && waiting.length) notice(t('waiting.knockMany', { n: waiting.length }));
+  if (isMod() && waiting.length === 1) notice(t('waiting.knock', { name: waiting[0].name }));
+  else if (isMod() && waiting.length) notice(t('waiting.knockMany', { n: waiting.length }));
 }
 
 function teardown() {
