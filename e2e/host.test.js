@@ -157,8 +157,28 @@ sc.step('(b) a password: asked for, a wrong one refused, the right one and an in
   assert.ok(await C.page.locator('#password-field').isHidden(), 'C was asked for the password despite the invite');
 }, { critical: true });
 
+/** The audio energy A has received from `id` so far (inbound-rtp totalAudioEnergy on the peer-to-peer connection). */
+async function audioEnergy(page, id) {
+  return page.evaluate(async (id) => {
+    const pc = window.__huddle.peers.get(id)?.pc;
+    if (!pc) return null;
+    let e = null;
+    (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'audio') e = s.totalAudioEnergy ?? null; });
+    return e;
+  }, id);
+}
+
+/** Whether `id`'s sound reaches `page`: its received audio energy grows within about 1.5 s. */
+async function audible(page, id) {
+  const a = await audioEnergy(page, id);
+  await new Promise((r) => setTimeout(r, 1500));
+  const b = await audioEnergy(page, id);
+  return a !== null && b !== null && b - a > 1e-6;
+}
+
 sc.step('(c) the host mutes a guest, who cannot unmute until the host allows it', async () => {
   await tile(A.page, B.id).and(A.page.locator('[data-audio="on"]')).waitFor();
+  await pollUntil(() => audible(A.page, B.id), { timeoutMs: T.media, what: "A: B's sound arrives (audio energy grows)" });
   await moderate(A.page, B.id, 'mute');
   await B.page.locator('#mic-button[aria-pressed="false"]').waitFor();
   await lastNotice(B.page, /Dana muted you/, 'B');
@@ -166,6 +186,7 @@ sc.step('(c) the host mutes a guest, who cannot unmute until the host allows it'
   assert.equal(await B.page.evaluate(() => window.__huddle.state.audio), false);
   // The microphone track sends silence now: nothing enabled.
   assert.equal(await B.page.evaluate(() => window.__huddle.media.micTrack?.enabled ?? false), false);
+  await pollUntil(async () => !(await audible(A.page, B.id)), { timeoutMs: T.ui, what: "A: B's sound stops (audio energy stays)" });
 
   await button(B.page, 'Microphone').click();
   const text = await banner(B.page, 'muted_by_host', 'B');
@@ -177,6 +198,7 @@ sc.step('(c) the host mutes a guest, who cannot unmute until the host allows it'
   await button(B.page, 'Microphone').click();
   await B.page.locator('#mic-button[aria-pressed="true"]').waitFor();
   await A.page.locator(`#tiles .tile[data-peer-id="${B.id}"][data-audio="on"]`).waitFor();
+  await pollUntil(() => audible(A.page, B.id), { timeoutMs: T.media, what: "A: B's sound arrives again" });
 });
 
 sc.step('(d) a raised hand and a reaction show on the other side', async () => {
