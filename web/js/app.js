@@ -8,11 +8,13 @@ import { $, notice, showError, hideError, bannerCode, renderBanner, initials, co
 import * as call from './call.js';
 import * as check from './check.js';
 import { initDevices, fillDevices } from './devices.js';
+import * as host from './host.js';
 
 const NAME_KEY = 'huddle.name';
 const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large', 'flooding', 'too_many_connections'];
 const MEDIA_CODES = ['camera_denied', 'mic_denied', 'media_denied', 'no_camera', 'no_mic', 'no_devices', 'camera_busy', 'mic_busy', 'media_unavailable'];
-const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol'];
+const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol',
+  'room_locked', 'banned', 'knock_denied', 'token_required', 'invalid_token', 'token_expired', 'removed', 'removed_ban', 'ended'];
 
 const nameInput = /** @type {HTMLInputElement} */ ($('#name-input'));
 const roomInput = /** @type {HTMLInputElement} */ ($('#room-input'));
@@ -38,7 +40,7 @@ let prejoinNotes = /** @type {string[]} */ ([]);
 
 // ---------------------------------------------------------------- views and routing
 
-/** @param {'landing'|'prejoin'|'room'|'check'} view */
+/** @param {'landing'|'prejoin'|'waiting'|'room'|'check'} view */
 function setView(view) {
   S.view = view;
   document.body.dataset.view = view;
@@ -175,6 +177,7 @@ function renderPresence() {
 /** @param {string} room */
 async function openPrejoin(room) {
   S.room = room;
+  host.prejoinOpened(room);
   $('#prejoin-room').textContent = room;
   $('#prejoin-name-slot').append($('#name-field'));
   $('#device-home').append($('#device-settings'));
@@ -273,7 +276,7 @@ async function join() {
   S.joining = true;
   /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = true;
   hideError(JOIN_CODES);
-  sig.join(S.room, name, st.audio, st.video, S.auth);
+  sig.join(S.room, name, st.audio, st.video, host.joinAuth());
 }
 
 // ---------------------------------------------------------------- signalling
@@ -301,7 +304,7 @@ function wireSignalling() {
         S.rejoining = true;
         S.rejoins += 1;
         call.setReconnecting(true);
-        sig.join(S.room, S.name, st.audio, st.video, S.auth);
+        sig.join(S.room, S.name, st.audio, st.video, host.joinAuth());
         return;
       }
     }
@@ -366,6 +369,7 @@ function wireSignalling() {
     }
     if (m.code === 'unknown_peer') return; // a peer left while we were still signalling to it
     if (m.code === 'media_failed') { call.onMediaFailed(); return; } // reconnects by itself
+    if (host.onError(m)) return; // the password field says it
     if (m.request === 'file_offer') call.onFileOfferRefused();
     showError(m.code, errorVars(m.code), m.message);
   });
@@ -563,6 +567,7 @@ function boot() {
   wireSignalling();
   window.addEventListener('online', onNetworkChange);
   /** @type {any} */ (navigator).connection?.addEventListener?.('change', onNetworkChange);
+  host.init({ setView, toPrejoin: () => { call.teardownCall(); openPrejoin(S.room); } });
   if (!window.isSecureContext || !mediaAvailable) console.warn('huddle: camera and microphone need HTTPS or localhost');
   sig.connect();
   route();

@@ -17,6 +17,28 @@ setSfuPcGetter(() => (sfu ? sfu.pc : null));
 quality.init({ sfu: () => sfu, selfTile: () => selfTile, showPanel: (open) => setPanel(open ? 'stats' : '') });
 let busyCam = false;
 
+/**
+ * Hooks for the modules built on the room (hands.js: raised hands and reactions; host.js: roles,
+ * host controls, the waiting room). Each is set once at start; the defaults do nothing.
+ */
+export const hooks = {
+  /** a `peer_updated` about ourselves @type {(p: import('./protocol.js').Peer) => void} */
+  self: (p) => { void p; },
+  /** may we turn this on? (false: a host turned it off) @type {(what: 'audio'|'video'|'screen') => boolean} */
+  mayTurnOn: (what) => { void what; return true; },
+  /** the people list's order @type {(people: PersonRow[]) => PersonRow[]} */
+  order: (people) => people,
+  /** adds to one row of the people list @type {(li: HTMLLIElement, p: PersonRow) => void} */
+  row: (li, p) => { void li; void p; },
+  /** the people list or a tile changed: redraw what sits on the tiles @type {() => void} */
+  decorate: () => {},
+  /** @type {(msg: import('./protocol.js').JoinedMsg) => void} */
+  enter: (msg) => { void msg; },
+  teardown: () => {},
+};
+
+/** @typedef {{id: string, name: string, audio: boolean, video: boolean, screen: boolean, role?: import('./protocol.js').Role, hand?: boolean}} PersonRow */
+
 const tilesEl = () => $('#tiles');
 
 export function relayout() {
@@ -81,6 +103,7 @@ export function updateSelf() {
 
 export async function toggleMic() {
   const on = !(media.micOn && media.micTrack);
+  if (on && !hooks.mayTurnOn('audio')) return;
   if (on && !media.micTrack) {
     media.micOn = true;
     try {
@@ -99,6 +122,7 @@ export async function toggleMic() {
 
 export async function toggleCamera() {
   if (busyCam) return;
+  if (!(media.camOn && media.camTrack) && !hooks.mayTurnOn('video')) return;
   busyCam = true;
   try {
     if (media.camOn && media.camTrack) {
@@ -124,6 +148,7 @@ export async function toggleCamera() {
 
 export async function toggleShare() {
   if (S.sharing) { await stopShare(); return; }
+  if (!hooks.mayTurnOn('screen')) return;
   let tr;
   try {
     tr = await media.startScreen();
@@ -160,7 +185,7 @@ export function watchEnded(tr) {
 export function addRemote(p, initiator) {
   /** @type {import('./core.js').RemotePeer} */
   const rec = {
-    id: p.id, name: p.name, audio: p.audio, video: p.video, screen: p.screen,
+    id: p.id, name: p.name, audio: p.audio, video: p.video, screen: p.screen, role: p.role, hand: p.hand,
     link: null, tile: null, files: null, meter: null, viaSfu: false, problem: '',
     get pc() { return this.link ? this.link.pc : null; },
   };
@@ -188,6 +213,7 @@ function ensureTile(rec) {
   tilesEl().append(tile.el);
   watchTile(rec);
   relayout();
+  hooks.decorate();
   return tile;
 }
 
@@ -370,9 +396,10 @@ export function onSignal(msg) {
 
 /** @param {import('./protocol.js').Peer} p */
 export function onPeerUpdated(p) {
+  if (p.id === S.selfId && S.inRoom) { hooks.self(p); renderPeople(); return; }
   const rec = S.peers.get(p.id);
   if (!rec) return;
-  Object.assign(rec, { name: p.name, audio: p.audio, video: p.video, screen: p.screen });
+  Object.assign(rec, { name: p.name, audio: p.audio, video: p.video, screen: p.screen, role: p.role, hand: p.hand });
   rec.tile?.setName(p.name);
   rec.tile?.setState(rec);
   renderPeople();
@@ -410,6 +437,7 @@ export function enterCall(msg) {
   tilesEl().append(selfTile.el);
   $('#chat-log').replaceChildren(...msg.chat.map((m) => chatMessage(m, m.from === S.selfId)));
   $('#room-name').textContent = msg.room;
+  hooks.enter(msg);
   for (const p of msg.peers) addRemote(p, true);
   if (S.topology === 'sfu') startSfu();
   updateSelf();
@@ -420,6 +448,7 @@ export function enterCall(msg) {
 
 /** Closes every connection and clears the room view (local media stays as it is). */
 export function teardownCall() {
+  hooks.teardown();
   quality.stop();
   for (const rec of S.peers.values()) { rec.meter?.detach(); rec.link?.close(); rec.tile?.remove(); }
   S.peers.clear();
@@ -451,8 +480,9 @@ export function renderPeople() {
   $('#participant-count').textContent = String(n);
   $('#people-count').textContent = `(${n})`;
   if (!S.inRoom) { $('#participant-list').replaceChildren(); return; }
-  const me = { id: S.selfId, name: S.name, ...mediaState() };
-  const rows = [me, ...S.peers.values()].map((p) => {
+  /** @type {PersonRow} */
+  const me = { id: S.selfId, name: S.name, ...mediaState(), role: S.role, hand: S.hand };
+  const rows = hooks.order([me, ...S.peers.values()]).map((p) => {
     const li = document.createElement('li');
     li.dataset.peerId = p.id;
     const av = document.createElement('span');
@@ -476,9 +506,11 @@ export function renderPeople() {
     li.append(st);
     li.dataset.audio = p.audio ? 'on' : 'off';
     li.dataset.video = p.video ? 'on' : 'off';
+    hooks.row(li, p);
     return li;
   });
   $('#participant-list').replaceChildren(...rows);
+  hooks.decorate();
 }
 
 // ---------------------------------------------------------------- panels, chat, files

@@ -22,6 +22,8 @@ export const media = new LocalMedia();
  * @property {boolean} audio
  * @property {boolean} video
  * @property {boolean} screen
+ * @property {import('./protocol.js').Role} [role]  host, cohost or participant
+ * @property {boolean} [hand]  hand raised
  * @property {import('./peer.js').PeerLink|null} link
  * @property {import('./ui.js').Tile|null} tile
  * @property {import('./files.js').FileChannel|null} files
@@ -32,7 +34,7 @@ export const media = new LocalMedia();
  */
 
 export const S = {
-  /** @type {'loading'|'landing'|'prejoin'|'room'|'check'} */
+  /** @type {'loading'|'landing'|'prejoin'|'waiting'|'room'|'check'} */
   view: 'loading',
   /** the room of the pre-join step or the call */
   room: '',
@@ -61,8 +63,10 @@ export const S = {
   /** sessions resumed, and rooms joined again after a session was lost (for tests) */
   resumes: 0,
   rejoins: 0,
-  /** what the last join carried besides the name, for joining again @type {{password?: string, token?: string}} */
-  auth: {},
+  /** @type {import('./protocol.js').Role} our role in the room (host.js) */
+  role: /** @type {import('./protocol.js').Role} */ ('participant'),
+  /** our hand is raised (hands.js) */
+  hand: false,
 };
 
 /**
