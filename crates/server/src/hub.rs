@@ -96,6 +96,9 @@ pub struct Hub {
     /// Connections whose outbox overflowed during the current command; evicted after it.
     overflowed: Vec<PeerId>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Set by `Shutdown` for good: connections opening afterwards are turned away, even once
+    /// `shutdown` has fired and is gone.
+    closing: bool,
     stats: Stats,
     /// The SFU task; `None` when media never goes through the server (`--topology p2p`).
     media: Option<mpsc::Sender<MediaCommand>>,
@@ -122,6 +125,7 @@ impl Hub {
             rooms_dirty: false,
             overflowed: Vec::new(),
             shutdown: None,
+            closing: false,
             stats: Stats::default(),
             turn: None,
         }
@@ -179,7 +183,7 @@ impl Hub {
     }
 
     fn connect(&mut self, id: PeerId, outbox: Outbox, kick: oneshot::Sender<ByeReason>, host: Option<String>) {
-        if self.shutdown.is_some() {
+        if self.closing {
             let _ = kick.send(ByeReason::ServerShutdown);
             return;
         }
@@ -533,6 +537,7 @@ impl Hub {
     fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
         info!(connections = self.conns.len(), "saying goodbye to every connection");
         let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
+        self.closing = true;
         self.files.clear();
         for conn in self.conns.values_mut() {
             // Dropping the outbox after `bye` lets the connection task write it, then close.
@@ -831,5 +836,28 @@ mod tests {
         assert!(done_rx.try_recv().is_err());
         hub.handle(Command::Disconnect { id: a.id.clone(), reason: LeaveReason::Left });
         assert_eq!(done_rx.try_recv(), Ok(()));
+    }
+
+    /// Found by the `room_state` fuzz target: once shutdown had completed (at once when nobody
+    /// was connected, or when the last connection left) the hub forgot it and welcomed new
+    /// connections into a server about to stop.
+    #[test]
+    fn connections_after_shutdown_are_turned_away_even_once_it_completed() {
+        for connected_before in [false, true] {
+            let mut hub = hub_with(|_| {});
+            let a = connected_before.then(|| connect(&mut hub, 1, 16));
+            let (done_tx, mut done_rx) = oneshot::channel();
+            hub.handle(Command::Shutdown { done: done_tx });
+            if let Some(a) = a {
+                hub.handle(Command::Disconnect { id: a.id, reason: LeaveReason::Left });
+            }
+            assert_eq!(done_rx.try_recv(), Ok(()));
+            let (tx, mut rx) = mpsc::channel(16);
+            let (ktx, mut krx) = oneshot::channel();
+            hub.handle(Command::Connect { id: PeerId("p2".into()), outbox: tx, kick: ktx, host: None });
+            assert_eq!(krx.try_recv(), Ok(ByeReason::ServerShutdown));
+            assert!(rx.try_recv().is_err(), "no welcome");
+            assert_eq!(hub.stats().connections, 0);
+        }
     }
 }
