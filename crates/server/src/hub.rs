@@ -551,6 +551,67 @@ impl Hub {
             self.shutdown = Some(done);
         }
     }
+
+    /// Checks that the hub's tables agree with each other, and says what is wrong if not. Cheap
+    /// enough to call after every command; the `room_state` fuzz target (`fuzz/`) does. Holds
+    /// between commands: no room is empty or over capacity; a connection's room and that room's
+    /// member list agree both ways, and every member and every watcher is a live connection;
+    /// the participant count is the number of connections in a room; no eviction is left
+    /// pending; a room uses the SFU only when there is one; a pending shutdown has connections
+    /// left to wait for.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.rooms.len() > self.config.max_rooms as usize {
+            return Err(format!("{} rooms, more than the limit of {}", self.rooms.len(), self.config.max_rooms));
+        }
+        for (name, room) in &self.rooms {
+            if room.is_empty() {
+                return Err(format!("room {name:?} is empty but still listed"));
+            }
+            if room.len() > self.config.room_capacity as usize {
+                return Err(format!("room {name:?} holds {} people, over its capacity", room.len()));
+            }
+            if room.topology() == Topology::Sfu && self.media.is_none() {
+                return Err(format!("room {name:?} uses the SFU but the hub has none"));
+            }
+            let mut seen = HashSet::new();
+            for peer in room.members() {
+                if !seen.insert(&peer.id) {
+                    return Err(format!("{} is listed twice in room {name:?}", peer.id));
+                }
+                match self.conns.get(&peer.id) {
+                    None => return Err(format!("{} is in room {name:?} but not connected", peer.id)),
+                    Some(conn) if conn.room.as_ref() != Some(name) => {
+                        return Err(format!("{} is in room {name:?} but its connection says {:?}", peer.id, conn.room));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for (id, conn) in &self.conns {
+            if let Some(room) = &conn.room {
+                if !self.rooms.get(room).is_some_and(|r| r.member(id).is_some()) {
+                    return Err(format!("{id} thinks it is in room {room:?}, which does not list it"));
+                }
+            }
+        }
+        if let Some(id) = self.watchers.iter().find(|id| !self.conns.contains_key(*id)) {
+            return Err(format!("watcher {id} is not connected"));
+        }
+        let in_rooms = self.conns.values().filter(|c| c.room.is_some()).count();
+        if self.stats().participants != in_rooms {
+            return Err(format!(
+                "{} participants counted, {in_rooms} connections in a room",
+                self.stats().participants
+            ));
+        }
+        if !self.overflowed.is_empty() {
+            return Err(format!("evictions left pending: {:?}", self.overflowed));
+        }
+        if self.shutdown.is_some() && self.conns.is_empty() {
+            return Err("shutdown still waits though every connection is gone".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// The hub task: applies commands in order and pushes the room list on a timer.
