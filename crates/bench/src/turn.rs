@@ -935,7 +935,7 @@ mod tests {
         assert_eq!(quantile(&hist, 0.5), Some(10));
         assert_eq!(quantile(&hist, 0.99), Some(20));
         assert_eq!(quantile(&hist, 1.0), Some(50_000));
-        assert_eq!(quantile(&vec![0; 4], 0.5), None);
+        assert_eq!(quantile(&[0; 4], 0.5), None);
     }
 
     #[test]

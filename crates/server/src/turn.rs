@@ -505,7 +505,7 @@ impl Driver {
             };
             let key = ClientKey::udp(l.local, from);
             if let Some(f) = self.core.from_client(now, key, &buf[..n], &mut self.relays) {
-                self.to_peer(f.relay, f.peer, &buf[f.payload]);
+                self.send_to_peer(f.relay, f.peer, &buf[f.payload]);
             }
         }
     }
@@ -525,14 +525,14 @@ impl Driver {
             };
             let mut out = std::mem::take(&mut self.out);
             if let Some(to) = self.core.from_peer(now, relay, peer, &buf[..n], &mut out) {
-                self.to_client(to, &out);
+                self.send_to_client(to, &out);
             }
             self.out = out;
         }
         self.relays.arm(relay);
     }
 
-    fn to_peer(&mut self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+    fn send_to_peer(&mut self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
         let Some((sock, _)) = self.relays.socks.get(&relay) else { return };
         match sock.try_send_to(payload, peer) {
             Ok(_) => {}
@@ -541,7 +541,7 @@ impl Driver {
         }
     }
 
-    fn to_client(&mut self, to: ClientKey, data: &[u8]) {
+    fn send_to_client(&mut self, to: ClientKey, data: &[u8]) {
         match to.transport {
             Transport::Udp => {
                 let Some(l) = self.udp.iter().find(|l| l.local == to.local) else { return };
@@ -567,7 +567,7 @@ impl Driver {
             }
             StreamEvent::Frame { key, data } => {
                 if let Some(f) = self.core.from_client(Instant::now(), key, &data, &mut self.relays) {
-                    self.to_peer(f.relay, f.peer, &data[f.payload]);
+                    self.send_to_peer(f.relay, f.peer, &data[f.payload]);
                 }
             }
             StreamEvent::Closed { key } => {
@@ -580,7 +580,7 @@ impl Driver {
     /// Sends the core's answers.
     fn flush(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
-            self.to_client(t.to, &t.data);
+            self.send_to_client(t.to, &t.data);
         }
     }
 }

@@ -103,7 +103,7 @@ impl Nonces {
         }
         let expires = u64::from_str_radix(&nonce[..16], 16).map_err(|_| false)?;
         let want = self.tag(client, expires);
-        if aws_lc_rs::constant_time::verify_slices_are_equal(want.as_bytes(), nonce[16..].as_bytes()).is_err() {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(want.as_bytes(), &nonce.as_bytes()[16..]).is_err() {
             return Err(false);
         }
         if expires <= now {

@@ -176,7 +176,7 @@ impl<'a> Message<'a> {
             return Err(ParseError::NotStun);
         }
         let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-        if len % 4 != 0 || buf.len() < HEADER_LEN + len {
+        if !len.is_multiple_of(4) || buf.len() < HEADER_LEN + len {
             return Err(ParseError::BadLength);
         }
         let raw = &buf[..HEADER_LEN + len];

@@ -173,7 +173,7 @@ impl World {
         Some(ind[f.payload].to_vec())
     }
 
-    fn from_peer(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<(ClientKey, Vec<u8>)> {
+    fn peer_sends(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<(ClientKey, Vec<u8>)> {
         let mut out = Vec::new();
         let to = self.server.from_peer(self.now, relay, peer, data, &mut out)?;
         Some((to, out))
@@ -297,14 +297,14 @@ fn data_flows_only_to_permitted_peers_by_indication_and_channel() {
 
     // Nothing without a permission, either way.
     assert_eq!(w.send_indication(&mut c, peer, b"hi"), None);
-    assert_eq!(w.from_peer(relay, peer, b"hello"), None);
+    assert_eq!(w.peer_sends(relay, peer, b"hello"), None);
     assert_eq!(w.server.stats().dropped_no_permission, 2);
 
     assert_eq!(w.permit(&mut c, peer), None);
     assert_eq!(w.send_indication(&mut c, peer, b"hi").as_deref(), Some(&b"hi"[..]));
     // Permissions are per address: another port of the same peer is fine.
     let other_port = addr("93.184.216.34:7001");
-    let (to, ind) = w.from_peer(relay, other_port, b"hello").expect("permitted address");
+    let (to, ind) = w.peer_sends(relay, other_port, b"hello").expect("permitted address");
     assert_eq!(to, c.key);
     let m = Message::parse(&ind).unwrap();
     assert_eq!((m.method, m.class), (method::DATA, Class::Indication));
@@ -317,7 +317,7 @@ fn data_flows_only_to_permitted_peers_by_indication_and_channel() {
     stun::write_channel_data(&mut cd, 0x4001, b"media", false);
     let f = w.send(&c, &cd).expect("relayed");
     assert_eq!((f.peer, f.relay, &cd[f.payload.clone()]), (peer, relay, &b"media"[..]));
-    let (_, back) = w.from_peer(relay, peer, b"reply").unwrap();
+    let (_, back) = w.peer_sends(relay, peer, b"reply").unwrap();
     assert_eq!(stun::parse_channel_data(&back), Some((0x4001, &b"reply"[..])));
     // Unbound channel numbers relay nothing.
     stun::write_channel_data(&mut cd, 0x4002, b"media", false);
@@ -342,7 +342,7 @@ fn stream_clients_get_padded_channel_data() {
     let relay = w.allocate(&mut c);
     let peer = addr("93.184.216.34:7000");
     assert_eq!(w.bind(&mut c, 0x4000, peer), None);
-    let (_, back) = w.from_peer(relay, peer, b"12345").unwrap();
+    let (_, back) = w.peer_sends(relay, peer, b"12345").unwrap();
     assert_eq!(back.len(), 12, "4 + 5 bytes rounded up to 4");
     assert_eq!(stun::stream_frame_len(&back), Some(12));
     w.server.client_gone(&c.key, &mut w.relays);
@@ -394,8 +394,8 @@ fn our_own_relays_and_the_sfu_are_reachable_at_exactly_their_addresses() {
     assert!(w.send_indication(&mut a, relay_b, b"x").is_some());
     assert!(w.send_indication(&mut a, sfu, b"x").is_some());
     assert_eq!(w.send_indication(&mut a, addr("127.0.0.1:22"), b"x"), None);
-    assert!(w.from_peer(relay_a, relay_b, b"y").is_some());
-    assert_eq!(w.from_peer(relay_a, addr("127.0.0.1:22"), b"y"), None);
+    assert!(w.peer_sends(relay_a, relay_b, b"y").is_some());
+    assert_eq!(w.peer_sends(relay_a, addr("127.0.0.1:22"), b"y"), None);
     // When b's allocation goes, its old address is no longer reachable through a's permission.
     let a2 = w.ask(&mut b, method::REFRESH, |x| x.u32_attr(attr::LIFETIME, 0));
     assert_eq!(Message::parse(&a2).unwrap().class, Class::Success);
@@ -411,12 +411,12 @@ fn permissions_channels_and_allocations_expire() {
     assert_eq!(w.permit(&mut c, p1), None);
     assert_eq!(w.bind(&mut c, 0x4000, p2), None);
     w.pass(Duration::from_secs(299));
-    assert!(w.from_peer(relay, p1, b"x").is_some());
+    assert!(w.peer_sends(relay, p1, b"x").is_some());
     w.pass(Duration::from_secs(2));
-    assert_eq!(w.from_peer(relay, p1, b"x"), None, "permission lifetime is 300 s");
+    assert_eq!(w.peer_sends(relay, p1, b"x"), None, "permission lifetime is 300 s");
     // The channel's permission lapsed too (a channel does not refresh it): nothing flows, though
     // the binding itself lives 600 s.
-    assert_eq!(w.from_peer(relay, p2, b"x"), None);
+    assert_eq!(w.peer_sends(relay, p2, b"x"), None);
     // Refresh keeps the allocation; without it, it goes after its lifetime.
     let a = w.ask(&mut c, method::REFRESH, |b| b.u32_attr(attr::LIFETIME, 60));
     let m = Message::parse(&a).unwrap();
@@ -478,7 +478,7 @@ fn a_user_bandwidth_quota_drops_what_exceeds_it() {
     stun::write_channel_data(&mut cd, 0x4000, &[0u8; 1000], false);
     let sent = (0..20).filter(|_| w.send(&c, &cd).is_some()).count();
     assert_eq!(sent, 10, "a second's worth of burst");
-    assert!(w.from_peer(relay, peer, &[0u8; 1000]).is_none(), "both directions count");
+    assert!(w.peer_sends(relay, peer, &[0u8; 1000]).is_none(), "both directions count");
     w.now += Duration::from_millis(500);
     let sent = (0..20).filter(|_| w.send(&c, &cd).is_some()).count();
     assert_eq!(sent, 5, "refilled at the rate");
@@ -529,7 +529,7 @@ fn garbage_from_clients_and_peers_is_counted_and_dropped() {
         }
         let _ = w.send(&c, &pkt);
         while w.server.poll_transmit().is_some() {}
-        let _ = w.from_peer(relay, addr("93.184.216.34:1"), &pkt);
+        let _ = w.peer_sends(relay, addr("93.184.216.34:1"), &pkt);
     }
     assert!(w.server.stats().malformed > 0);
     assert_eq!(w.server.stats().allocations, 1, "still serving");
