@@ -47,7 +47,7 @@ fn check_chat(raw: &str, max: u32) {
 fn check_trimmed(raw: &str, s: &str, max: u32) {
     assert_eq!(s, raw.trim());
     let n = s.chars().count();
-    assert!(n >= 1 && n <= max as usize, "{n} characters accepted with a limit of {max}");
+    assert!((1..=max as usize).contains(&n), "{n} characters accepted with a limit of {max}");
 }
 
 fn check_file_offer(name: &str, size: u64, mime: &str, sha256: &str) {
@@ -59,7 +59,7 @@ fn check_file_offer(name: &str, size: u64, mime: &str, sha256: &str) {
         Ok((id, url)) => {
             let kept = validate::label(name, MAX_FILE_NAME_CHARS).expect("a valid name");
             assert!(!kept.contains(['/', '\\']), "a path in a file name: {kept:?}");
-            assert!(size >= 1 && size <= MAX_FILE_BYTES);
+            assert!((1..=MAX_FILE_BYTES).contains(&size));
             assert!(sha256.len() == 64 && sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
             assert!(!mime.chars().any(char::is_control));
             assert!(url.starts_with(&format!("/files/{id}?key=")));

@@ -589,7 +589,7 @@ impl Hub {
         }
         for (id, conn) in &self.conns {
             if let Some(room) = &conn.room {
-                if !self.rooms.get(room).is_some_and(|r| r.member(id).is_some()) {
+                if self.rooms.get(room).is_none_or(|r| r.member(id).is_none()) {
                     return Err(format!("{id} thinks it is in room {room:?}, which does not list it"));
                 }
             }
