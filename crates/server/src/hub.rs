@@ -172,6 +172,9 @@ pub struct Hub {
     /// Connections whose outbox overflowed during the current command; evicted after it.
     overflowed: Vec<PeerId>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Set by `Shutdown` for good: connections opening afterwards are turned away, even once
+    /// `shutdown` has fired and is gone.
+    closing: bool,
     stats: Stats,
     /// The SFU task; `None` when media never goes through the server (`--topology p2p`).
     media: Option<mpsc::Sender<MediaCommand>>,
@@ -201,6 +204,7 @@ impl Hub {
             rooms_dirty: false,
             overflowed: Vec::new(),
             shutdown: None,
+            closing: false,
             stats: Stats::default(),
             turn: None,
             rng: aws_lc_rs::rand::SystemRandom::new(),
@@ -302,7 +306,7 @@ impl Hub {
     }
 
     fn connect(&mut self, c: Connect) {
-        if self.shutdown.is_some() {
+        if self.closing {
             let _ = c.kick.send(ByeReason::ServerShutdown);
             return;
         }
@@ -1119,6 +1123,7 @@ impl Hub {
     fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
         info!(connections = self.conns.len(), "saying goodbye to every connection");
         let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
+        self.closing = true;
         self.files.clear();
         // Sessions without a connection have nobody to say goodbye to.
         self.conns.retain(|_, c| c.suspended.is_none());
@@ -1133,6 +1138,100 @@ impl Hub {
         } else {
             self.shutdown = Some(done);
         }
+    }
+
+    /// Checks that the hub's tables agree with each other, and says what is wrong if not. Cheap
+    /// enough to call after every command; the `room_state` fuzz target (`fuzz/`) does. Holds
+    /// between commands: no room is empty or over capacity; a connection's room and that room's
+    /// member list agree both ways, and every member and every watcher is a live connection;
+    /// the participant count is the number of connections in a room; no eviction is left
+    /// pending; a room uses the SFU only when there is one; a pending shutdown has connections
+    /// left to wait for.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.rooms.len() > self.config.max_rooms as usize {
+            return Err(format!("{} rooms, more than the limit of {}", self.rooms.len(), self.config.max_rooms));
+        }
+        for (name, room) in &self.rooms {
+            if room.is_empty() {
+                return Err(format!("room {name:?} is empty but still listed"));
+            }
+            if room.len() > self.config.room_capacity as usize {
+                return Err(format!("room {name:?} holds {} people, over its capacity", room.len()));
+            }
+            if room.topology() == Topology::Sfu && self.media.is_none() {
+                return Err(format!("room {name:?} uses the SFU but the hub has none"));
+            }
+            let mut seen = HashSet::new();
+            for peer in room.members() {
+                if !seen.insert(&peer.id) {
+                    return Err(format!("{} is listed twice in room {name:?}", peer.id));
+                }
+                match self.conns.get(&peer.id) {
+                    None => return Err(format!("{} is in room {name:?} but not connected", peer.id)),
+                    Some(conn) if conn.room.as_ref() != Some(name) => {
+                        return Err(format!("{} is in room {name:?} but its connection says {:?}", peer.id, conn.room));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for (id, conn) in &self.conns {
+            if let Some(room) = &conn.room {
+                if self.rooms.get(room).is_none_or(|r| r.member(id).is_none()) {
+                    return Err(format!("{id} thinks it is in room {room:?}, which does not list it"));
+                }
+            }
+        }
+        if let Some(id) = self.watchers.iter().find(|id| !self.conns.contains_key(*id)) {
+            return Err(format!("watcher {id} is not connected"));
+        }
+        let tokens_may_set_roles = self.config.token_secret.is_some() || self.config.token_public_key.is_some();
+        for (name, room) in &self.rooms {
+            let hosts = room.members().filter(|p| p.role == Role::Host).count();
+            // Operator tokens may make everyone a participant, or bring a second host.
+            if !tokens_may_set_roles && hosts != 1 {
+                return Err(format!("room {name:?} has {hosts} hosts"));
+            }
+            for k in room.waiting() {
+                match self.conns.get(&k.id) {
+                    Some(c) if c.waiting_in.as_ref() == Some(name) && c.room.is_none() => {}
+                    other => {
+                        return Err(format!(
+                            "{} waits in {name:?} but its connection is {:?}",
+                            k.id,
+                            other.map(|c| (&c.room, &c.waiting_in))
+                        ))
+                    }
+                }
+            }
+        }
+        for (id, conn) in &self.conns {
+            if let Some(room) = &conn.waiting_in {
+                if self.rooms.get(room).is_none_or(|r| !r.waiting().iter().any(|k| &k.id == id)) {
+                    return Err(format!("{id} thinks it waits at {room:?}, which does not list it"));
+                }
+            }
+            if conn.suspended.is_some() && (conn.outbox.is_some() || conn.room.is_none()) {
+                return Err(format!("{id} is suspended but has a connection or no room"));
+            }
+            if conn.recent.len() > RESUME_BUFFER {
+                return Err(format!("{id} keeps {} messages for a resume", conn.recent.len()));
+            }
+        }
+        let in_rooms = self.conns.values().filter(|c| c.room.is_some()).count();
+        if self.stats().participants != in_rooms {
+            return Err(format!(
+                "{} participants counted, {in_rooms} connections in a room",
+                self.stats().participants
+            ));
+        }
+        if !self.overflowed.is_empty() {
+            return Err(format!("evictions left pending: {:?}", self.overflowed));
+        }
+        if self.shutdown.is_some() && self.conns.is_empty() {
+            return Err("shutdown still waits though every connection is gone".to_string());
+        }
+        Ok(())
     }
 }
 
@@ -1749,5 +1848,40 @@ mod tests {
         // A page that said goodbye leaves at once.
         hub.handle(Command::Disconnect { id: b.id.clone(), conn: 2, reason: LeaveReason::Left, resumable: true });
         assert_eq!(hub.stats().rooms, 0);
+    }
+
+    /// Found by the `room_state` fuzz target: once shutdown had completed (at once when nobody
+    /// was connected, or when the last connection left) the hub forgot it and welcomed new
+    /// connections into a server about to stop.
+    #[test]
+    fn connections_after_shutdown_are_turned_away_even_once_it_completed() {
+        for connected_before in [false, true] {
+            let mut hub = hub_with(|_| {});
+            let a = connected_before.then(|| connect(&mut hub, 1, 16));
+            let (done_tx, mut done_rx) = oneshot::channel();
+            hub.handle(Command::Shutdown { done: done_tx });
+            if let Some(a) = a {
+                hub.handle(Command::Disconnect { id: a.id, conn: 1, reason: LeaveReason::Left, resumable: true });
+            }
+            assert_eq!(done_rx.try_recv(), Ok(()));
+            let (tx, mut rx) = mpsc::channel(16);
+            let (ktx, mut krx) = oneshot::channel();
+            let (stx, _srx) = oneshot::channel();
+            let ip = std::net::Ipv4Addr::LOCALHOST.into();
+            let c = Connect {
+                conn: 2,
+                id: PeerId("p2".into()),
+                outbox: tx,
+                kick: ktx,
+                host: None,
+                ip,
+                resume: None,
+                session: stx,
+            };
+            hub.handle(Command::Connect(c));
+            assert_eq!(krx.try_recv(), Ok(ByeReason::ServerShutdown));
+            assert!(rx.try_recv().is_err(), "no welcome");
+            assert_eq!(hub.stats().connections, 0);
+        }
     }
 }

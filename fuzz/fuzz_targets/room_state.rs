@@ -1,0 +1,611 @@
+//! Random command sequences against the hub, the state machine that owns every room and
+//! connection, driven through `Hub::handle` exactly as the connection tasks, the SFU task, the
+//! file handlers and the room-list timer drive it. The commands are built structurally from small
+//! vocabularies (five connection slots, room names that trim to the same room, invalid names and
+//! texts, peer ids of members, strangers and the reserved `sfu`) so short inputs reach deep
+//! states: full rooms, the `auto` switch to the SFU, slow readers evicted, shutdown with people
+//! still inside. Half the runs have a media channel (`Hub::with_media`), sometimes left full.
+//!
+//! Invariants, after every command:
+//! - `Hub::check_invariants` holds (rooms, members, connections and watchers agree);
+//! - every client's messages make sense in order: `welcome` first and once, no `joined` twice
+//!   without a `left` between, `peer_joined`/`peer_left`/`peer_updated` keep its view of the
+//!   room consistent, `chat` and `signal` only from the people in its room (or `sfu` in an `sfu`
+//!   room), chat ids strictly increasing, `rooms` only while watching, nothing after `bye`;
+//! - a client is disconnected (`kick`) only because its outbox was full or the server shuts down,
+//!   and `bye` is only ever `server_shutdown`;
+//! - when every client has read its messages, each one's view of its room is exactly who the
+//!   hub has there, and the hub's counters match the clients';
+//! - what reaches the SFU task is about members of `sfu` rooms, and shutdown completes exactly
+//!   when the last connection is gone.
+#![no_main]
+
+use huddle_protocol::{
+    ByeReason, ClientMsg, ErrorCode, IceCandidate, LeaveReason, PeerId, SdpType, ServerMsg, SessionDescription,
+    SignalPayload, Topology, VideoQuality, PROTOCOL_VERSION, SFU_PEER_ID,
+};
+use huddle_server::config::{Config, TopologyMode};
+use huddle_server::files::FileCommand;
+use huddle_server::hub::{Command, Hub};
+use huddle_server::media::{MediaCommand, MediaEvent};
+use libfuzzer_sys::arbitrary::{self, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Connection slots; a slot that reconnects gets a fresh id, as the server never reuses one.
+const SLOTS: usize = 5;
+/// Commands per input at most.
+const MAX_STEPS: usize = 300;
+
+const MAX_NAME: u32 = 6;
+const MAX_ROOM: u32 = 8;
+const MAX_CHAT: u32 = 10;
+const MAX_FILE: u64 = 1000;
+
+/// Three real rooms (`" r "` is `"r"` once trimmed) and invalid names.
+const ROOMS: &[&str] = &["r", "한국어 방", "lobby", " r ", "", "   ", "a\nb", "evil\u{202E}x", "longer than 8"];
+const NAMES: &[&str] = &["Ann", " Bo ", "민지", "", "\t", "x\u{7}y", "seven c", "<b>"];
+const TEXTS: &[&str] =
+    &["hi", " hi ", "a\nb\tc", "", "  ", "bell\u{7}", "eleven char", "열 글자 넘는 한국어 문장", "😀"];
+const FILE_NAMES: &[&str] = &["a.txt", " b ", "../x", "a/b", "c\\d", "", "\u{202E}exe"];
+const SHA_OK: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+const SHAS: &[&str] = &[SHA_OK, "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855", "abc", ""];
+const MIMES: &[&str] = &["", "text/plain", "a\u{0}b"];
+const SDPS: &[&str] = &["v=0\r\n", "", "garbage"];
+
+/// The number of `ClientMsg` variants `client_msg` generates; `covered` must agree.
+const CLIENT_MSG_VARIANTS: u32 = 9;
+
+/// Makes one client message. One arm per variant, numbered as in [`covered`].
+fn client_msg(u: &mut Unstructured, peers: &[PeerId]) -> arbitrary::Result<ClientMsg> {
+    let pick = u.int_in_range(0..=CLIENT_MSG_VARIANTS - 1)?;
+    let msg = match pick {
+        0 => ClientMsg::Join {
+            protocol: if u.ratio(1, 16)? { PROTOCOL_VERSION + 1 } else { PROTOCOL_VERSION },
+            room: u.choose(ROOMS)?.to_string(),
+            name: u.choose(NAMES)?.to_string(),
+            audio: u.arbitrary()?,
+            video: u.arbitrary()?,
+        },
+        1 => ClientMsg::Leave,
+        2 => ClientMsg::Signal { to: u.choose(peers)?.clone(), payload: signal_payload(u)? },
+        3 => ClientMsg::Chat { text: u.choose(TEXTS)?.to_string() },
+        4 => ClientMsg::Media { audio: u.arbitrary()?, video: u.arbitrary()?, screen: u.arbitrary()? },
+        5 => ClientMsg::WatchRooms,
+        6 => ClientMsg::UnwatchRooms,
+        7 => ClientMsg::Receive {
+            peer: u.choose(peers)?.clone(),
+            video: *u.choose(&[VideoQuality::Off, VideoQuality::Low, VideoQuality::Medium, VideoQuality::High])?,
+        },
+        _ => ClientMsg::FileOffer {
+            name: u.choose(FILE_NAMES)?.to_string(),
+            size: *u.choose(&[0, 1, 500, MAX_FILE, MAX_FILE + 1, u64::MAX])?,
+            mime: u.choose(MIMES)?.to_string(),
+            sha256: u.choose(SHAS)?.to_string(),
+        },
+    };
+    assert_eq!(covered(&msg), pick, "client_msg and covered number the variants alike");
+    Ok(msg)
+}
+
+/// The arm of [`client_msg`] that makes `m`. No wildcard: a new `ClientMsg` variant does not
+/// compile until it is numbered here and generated there.
+fn covered(m: &ClientMsg) -> u32 {
+    match m {
+        ClientMsg::Join { .. } => 0,
+        ClientMsg::Leave => 1,
+        ClientMsg::Signal { .. } => 2,
+        ClientMsg::Chat { .. } => 3,
+        ClientMsg::Media { .. } => 4,
+        ClientMsg::WatchRooms => 5,
+        ClientMsg::UnwatchRooms => 6,
+        ClientMsg::Receive { .. } => 7,
+        ClientMsg::FileOffer { .. } => 8,
+    }
+}
+
+fn signal_payload(u: &mut Unstructured) -> arbitrary::Result<SignalPayload> {
+    Ok(if u.arbitrary()? {
+        let kind = *u.choose(&[SdpType::Offer, SdpType::Answer, SdpType::Pranswer, SdpType::Rollback])?;
+        SignalPayload::Description { description: SessionDescription { kind, sdp: u.choose(SDPS)?.to_string() } }
+    } else {
+        let candidate = u.arbitrary::<bool>()?.then(|| IceCandidate {
+            candidate: "candidate:1 1 udp 1 192.0.2.1 9 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        });
+        SignalPayload::Candidate { candidate }
+    })
+}
+
+/// One connection as its client sees it, built from the messages it read.
+struct Client {
+    id: PeerId,
+    rx: mpsc::Receiver<Arc<ServerMsg>>,
+    kick: oneshot::Receiver<ByeReason>,
+    cap: usize,
+    /// Not reading its outbox for now (a slow client).
+    paused: bool,
+    /// Connected after shutdown began: the hub turns it away at once.
+    late: bool,
+    /// Its connection task told the hub it ended.
+    hung_up: bool,
+    welcomed: bool,
+    said_bye: bool,
+    room: Option<String>,
+    topology: Topology,
+    peers: HashSet<PeerId>,
+    last_chat: u64,
+    watching: bool,
+    /// Messages read so far.
+    read_count: usize,
+    /// `watch_rooms`/`unwatch_rooms` sent, with how many messages had been queued before it:
+    /// they take effect at that point of the stream, not when the (maybe paused) client reads.
+    watch_marks: VecDeque<(usize, bool)>,
+    /// Upload ids and keys from `file_upload` messages.
+    uploads: Vec<(String, String)>,
+}
+
+impl Client {
+    /// Reads and checks everything in the outbox.
+    fn read(&mut self, w: &World) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => {
+                    self.apply_watch_marks(self.read_count);
+                    self.check(&m, w);
+                    self.read_count += 1;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // The hub closes outboxes at shutdown, and drops them with the connection.
+                    let gone = w.shutdown || self.late || self.hung_up || w.evicted.contains(&self.id);
+                    assert!(gone, "{} lost its outbox", self.id);
+                    break;
+                }
+            }
+        }
+        self.apply_watch_marks(usize::MAX);
+    }
+
+    fn apply_watch_marks(&mut self, upto: usize) {
+        while let Some(&(_, watching)) = self.watch_marks.front().filter(|(at, _)| *at <= upto) {
+            self.watching = watching;
+            self.watch_marks.pop_front();
+        }
+    }
+
+    fn check(&mut self, m: &ServerMsg, w: &World) {
+        let me = &self.id;
+        assert!(!self.said_bye, "{me} got {m:?} after bye");
+        assert!(!self.late, "{me}, turned away at shutdown, got {m:?}");
+        if !self.welcomed {
+            assert!(matches!(m, ServerMsg::Welcome { id, .. } if id == me), "{me}: the first message is welcome");
+            self.welcomed = true;
+            return;
+        }
+        let in_room = |what: &str| assert!(self.room.is_some(), "{me} got {what} outside a room");
+        match m {
+            ServerMsg::Welcome { .. } => panic!("{me} welcomed twice"),
+            ServerMsg::Rooms { rooms } => {
+                assert!(self.watching, "{me} got the room list without watching");
+                assert!(rooms.iter().all(|r| r.participants >= 1 && r.participants <= r.capacity), "{rooms:?}");
+                let order = rooms.windows(2).all(|p| {
+                    let (a, b) = (&p[0], &p[1]);
+                    a.participants > b.participants || (a.participants == b.participants && a.name < b.name)
+                });
+                assert!(order, "room list out of order: {rooms:?}");
+            }
+            ServerMsg::Joined { room, you, peers, chat, topology, .. } => {
+                assert!(self.room.is_none(), "{me} joined {room:?} while in {:?}", self.room);
+                assert_eq!(&you.id, me);
+                assert!(!peers.iter().any(|p| &p.id == me), "{me} listed among the peers already there");
+                assert!(chat.windows(2).all(|c| c[0].id < c[1].id), "chat history out of order");
+                self.room = Some(room.clone());
+                self.topology = *topology;
+                self.peers = peers.iter().map(|p| p.id.clone()).collect();
+                assert_eq!(self.peers.len(), peers.len(), "a peer listed twice");
+                self.last_chat = chat.last().map_or(0, |c| c.id);
+                self.watching = false;
+            }
+            ServerMsg::Left { room } => {
+                assert_eq!(self.room.as_ref(), Some(room), "{me} left a room it was not in");
+                self.room = None;
+                self.peers.clear();
+            }
+            ServerMsg::PeerJoined { peer } => {
+                in_room("peer_joined");
+                assert!(&peer.id != me && self.peers.insert(peer.id.clone()), "{me}: {} joined twice", peer.id);
+            }
+            ServerMsg::PeerLeft { id, reason } => {
+                in_room("peer_left");
+                assert!(self.peers.remove(id), "{me}: {id} left but was not there");
+                // (One evicted after leaving by itself left for that reason.)
+                let evicted = w.evicted.contains(id);
+                assert!(*reason != LeaveReason::TooSlow || evicted, "{me}: {id} left too slow, never evicted");
+            }
+            ServerMsg::PeerUpdated { peer } => {
+                in_room("peer_updated");
+                assert!(self.peers.contains(&peer.id), "{me}: update about {}, not in the room", peer.id);
+            }
+            ServerMsg::Topology { topology } => {
+                in_room("topology");
+                assert!(w.media, "a topology change without an SFU");
+                self.topology = *topology;
+            }
+            ServerMsg::ActiveSpeaker { peer } => {
+                in_room("active_speaker");
+                assert_eq!(self.topology, Topology::Sfu, "{me}: active speaker in a p2p room");
+                assert!(peer == me || self.peers.contains(peer), "{me}: active speaker {peer} is not here");
+            }
+            ServerMsg::Signal { from, .. } => {
+                in_room("signal");
+                if from.0 == SFU_PEER_ID {
+                    assert_eq!(self.topology, Topology::Sfu, "{me}: signal from the SFU in a p2p room");
+                } else {
+                    assert!(self.peers.contains(from), "{me}: signal from {from}, not in its room");
+                }
+            }
+            ServerMsg::Chat { message } => {
+                in_room("chat");
+                assert!(&message.from == me || self.peers.contains(&message.from), "{me}: chat from a stranger");
+                assert!(message.id > self.last_chat, "{me}: chat id {} after {}", message.id, self.last_chat);
+                assert!(message.text.chars().count() <= MAX_CHAT as usize && message.text.trim() == message.text);
+                self.last_chat = message.id;
+            }
+            ServerMsg::FileUpload { id, url } => {
+                in_room("file_upload");
+                let key = url.split_once("?key=").map(|(_, k)| k.to_string());
+                self.uploads.push((id.clone(), key.expect("the upload URL carries its key")));
+            }
+            ServerMsg::File { .. } => in_room("file"),
+            ServerMsg::Error { code, request, .. } => {
+                let known = request.as_deref().is_none_or(|r| ClientMsg::TYPES.contains(&r));
+                assert!(known, "{me}: error about an unknown request {request:?} ({code})");
+            }
+            ServerMsg::Bye { reason } => {
+                assert!(w.shutdown && *reason == ByeReason::ServerShutdown, "{me}: bye {reason:?}");
+                self.said_bye = true;
+            }
+        }
+    }
+}
+
+/// What the test knows beyond the clients: the commands it sent.
+#[derive(Default)]
+struct World {
+    media: bool,
+    shutdown: bool,
+    /// Ids the hub disconnected for being too slow.
+    evicted: HashSet<PeerId>,
+}
+
+struct Run {
+    hub: Hub,
+    world: World,
+    slots: [Option<Client>; SLOTS],
+    /// Every id handed out, for picking strangers and leavers too.
+    ids: Vec<PeerId>,
+    next_id: u32,
+    media_rx: Option<mpsc::Receiver<MediaCommand>>,
+    /// The SFU task is not reading its queue.
+    media_stalled: bool,
+    /// The SFU queue may hold commands from earlier steps, which need not match the clients now.
+    media_backlog: bool,
+    shutdown_done: Option<oneshot::Receiver<()>>,
+    /// Upload ids and keys from `file_upload` messages.
+    uploads: Vec<(String, String)>,
+    trace: bool,
+}
+
+impl Run {
+    fn new(u: &mut Unstructured) -> arbitrary::Result<Run> {
+        let config = Config {
+            room_capacity: u.int_in_range(1..=4)?,
+            max_rooms: u.int_in_range(1..=3)?,
+            chat_history: u.int_in_range(0..=3)?,
+            topology: *u.choose(&[TopologyMode::Auto, TopologyMode::P2p, TopologyMode::Sfu])?,
+            max_name_chars: MAX_NAME,
+            max_room_chars: MAX_ROOM,
+            max_chat_chars: MAX_CHAT,
+            max_file_bytes: MAX_FILE,
+            file_storage_bytes: 2 * MAX_FILE,
+            file_dir: Some(std::env::temp_dir().join(format!("huddle-fuzz-files-{}", std::process::id()))),
+            ..Config::default()
+        };
+        let config = Arc::new(config);
+        let (hub, media_rx) = if u.arbitrary()? {
+            let (tx, rx) = mpsc::channel(u.int_in_range(1..=4)?);
+            (Hub::with_media(config, tx), Some(rx))
+        } else {
+            (Hub::new(config), None)
+        };
+        let world = World { media: media_rx.is_some(), ..World::default() };
+        Ok(Run {
+            hub,
+            world,
+            slots: Default::default(),
+            ids: Vec::new(),
+            next_id: 1,
+            media_rx,
+            media_stalled: false,
+            media_backlog: false,
+            shutdown_done: None,
+            uploads: Vec::new(),
+            trace: std::env::var_os("HUDDLE_FUZZ_TRACE").is_some(),
+        })
+    }
+
+    /// Peer ids to address: everyone ever connected, a stranger, the SFU, nobody.
+    fn peer_vocabulary(&self) -> Vec<PeerId> {
+        let mut v = self.ids.clone();
+        v.extend(["p999", SFU_PEER_ID, ""].map(|s| PeerId(s.to_string())));
+        v
+    }
+
+    fn id_of(&self, u: &mut Unstructured) -> arbitrary::Result<PeerId> {
+        let slot = u.choose_index(SLOTS)?;
+        Ok(match &self.slots[slot] {
+            Some(c) => c.id.clone(),
+            None => self.peer_vocabulary()[u.choose_index(self.ids.len() + 3)?].clone(),
+        })
+    }
+
+    /// Hands one command to the hub; `HUDDLE_FUZZ_TRACE=1` prints it (for reading a reproducer).
+    fn handle(&mut self, cmd: Command) {
+        if self.trace {
+            match &cmd {
+                Command::Connect { id, outbox, host, .. } => {
+                    eprintln!("Connect {id} ({} slots, {host:?})", outbox.max_capacity())
+                }
+                other => eprintln!("{other:?}"),
+            }
+        }
+        self.hub.handle(cmd);
+    }
+
+    fn step(&mut self, u: &mut Unstructured) -> arbitrary::Result<()> {
+        let evicted_before = self.hub.stats().evicted_too_slow;
+        match u.int_in_range(0..=19)? {
+            0..=2 => {
+                let slot = u.choose_index(SLOTS)?;
+                if self.slots[slot].is_some() {
+                    return Ok(());
+                }
+                let id = PeerId(format!("p{}", self.next_id));
+                self.next_id += 1;
+                let cap = u.int_in_range(1..=8)?;
+                let (tx, rx) = mpsc::channel(cap);
+                let (ktx, krx) = oneshot::channel();
+                let host = u.arbitrary::<bool>()?.then(|| "meet.example".to_string());
+                self.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx, host });
+                self.ids.push(id.clone());
+                self.slots[slot] = Some(Client {
+                    id,
+                    rx,
+                    kick: krx,
+                    cap,
+                    paused: false,
+                    late: self.world.shutdown,
+                    hung_up: false,
+                    welcomed: false,
+                    said_bye: false,
+                    room: None,
+                    topology: Topology::P2p,
+                    peers: HashSet::new(),
+                    last_chat: 0,
+                    watching: false,
+                    read_count: 0,
+                    watch_marks: VecDeque::new(),
+                    uploads: Vec::new(),
+                });
+            }
+            3..=10 => {
+                let id = self.id_of(u)?;
+                let msg = client_msg(u, &self.peer_vocabulary())?;
+                let watch = match msg {
+                    ClientMsg::WatchRooms => Some(true),
+                    ClientMsg::UnwatchRooms => Some(false),
+                    _ => None,
+                };
+                if let (Some(w), Some(c)) = (watch, self.slots.iter_mut().flatten().find(|c| c.id == id)) {
+                    c.watch_marks.push_back((c.read_count + c.rx.len(), w));
+                }
+                self.handle(Command::Client { id, msg });
+            }
+            11 => {
+                let slot = u.choose_index(SLOTS)?;
+                let reason = *u.choose(&[LeaveReason::Left, LeaveReason::Disconnected])?;
+                if let Some(mut c) = self.slots[slot].take() {
+                    self.handle(Command::Disconnect { id: c.id.clone(), reason });
+                    // What it had not read yet was sent before it went.
+                    c.hung_up = true;
+                    if !c.late {
+                        c.read(&self.world);
+                    }
+                } else {
+                    // A stranger: a connection long gone, or one the hub never heard of.
+                    let live: Vec<&PeerId> = self.slots.iter().flatten().map(|c| &c.id).collect();
+                    let strangers: Vec<PeerId> =
+                        self.peer_vocabulary().into_iter().filter(|id| !live.contains(&id)).collect();
+                    let id = u.choose(&strangers)?.clone();
+                    self.handle(Command::Disconnect { id, reason });
+                }
+            }
+            12 => {
+                let id = self.id_of(u)?;
+                let code = *u.choose(ErrorCode::ALL)?;
+                let request = if u.arbitrary()? { Some(u.choose(ClientMsg::TYPES)?.to_string()) } else { None };
+                self.handle(Command::Reject { id, code, request });
+            }
+            13 => {
+                if self.trace {
+                    eprintln!("publish_rooms");
+                }
+                self.hub.publish_rooms();
+            }
+            14 => {
+                let (reply, mut rx) = oneshot::channel();
+                self.handle(Command::Stats { reply });
+                assert_eq!(rx.try_recv().ok(), Some(self.hub.stats()), "stats answered at once");
+            }
+            15 => {
+                if self.shutdown_done.is_none() {
+                    let (done, rx) = oneshot::channel();
+                    self.world.shutdown = true;
+                    self.handle(Command::Shutdown { done });
+                    self.shutdown_done = Some(rx);
+                }
+            }
+            16 => {
+                if let Some(c) = self.slots[u.choose_index(SLOTS)?].as_mut() {
+                    c.paused = !c.paused;
+                }
+            }
+            17 => {
+                if !self.world.media {
+                    return Ok(());
+                }
+                let peer = self.id_of(u)?;
+                let event = match u.int_in_range(0..=2)? {
+                    0 => MediaEvent::Signal { peer, payload: signal_payload(u)? },
+                    1 => MediaEvent::Error {
+                        peer,
+                        code: *u.choose(&[ErrorCode::MediaRefused, ErrorCode::MediaFailed])?,
+                        request: *u.choose(&[None, Some("signal")])?,
+                    },
+                    _ => MediaEvent::ActiveSpeaker { room: u.choose(ROOMS)?.to_string(), peer },
+                };
+                self.handle(Command::Media(event));
+            }
+            18 => self.media_stalled = !self.media_stalled,
+            _ => {
+                let (id, key) = match u.choose(&self.uploads) {
+                    Ok((id, key)) => (id.clone(), if u.ratio(1, 8)? { "wrong".to_string() } else { key.clone() }),
+                    Err(_) => ("nope".to_string(), "nope".to_string()),
+                };
+                let cmd = match u.int_in_range(0..=2)? {
+                    0 => FileCommand::BeginUpload { id, key, reply: oneshot::channel().0 },
+                    1 => FileCommand::EndUpload { id, ok: u.arbitrary()? },
+                    _ => FileCommand::Download { id, reply: oneshot::channel().0 },
+                };
+                self.handle(Command::Files(cmd));
+            }
+        }
+        self.after_command(evicted_before);
+        Ok(())
+    }
+
+    /// Reads what the clients and the SFU got, and checks everything.
+    fn after_command(&mut self, evicted_before: u64) {
+        if let Err(e) = self.hub.check_invariants() {
+            panic!("hub invariant broken: {e}");
+        }
+        // Kicks first: the hub tells a connection to go before telling its room.
+        let mut evictions = 0;
+        for slot in 0..SLOTS {
+            let Some(c) = self.slots[slot].as_mut() else { continue };
+            match c.kick.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Ok(ByeReason::TooSlow) => {
+                    assert!(!c.late);
+                    assert_eq!(c.rx.len(), c.cap, "{} evicted with room in its outbox", c.id);
+                    self.world.evicted.insert(c.id.clone());
+                    evictions += 1;
+                }
+                Ok(ByeReason::ServerShutdown) => {
+                    assert!(c.late, "{} turned away though connected before shutdown", c.id)
+                }
+                Ok(other) => panic!("{} kicked for {other:?}", c.id),
+                Err(oneshot::error::TryRecvError::Closed) => panic!("the hub dropped {} without a word", c.id),
+            }
+        }
+        assert_eq!(self.hub.stats().evicted_too_slow - evicted_before, evictions, "every eviction kicked once");
+        for slot in 0..SLOTS {
+            let Some(c) = self.slots[slot].as_mut() else { continue };
+            let gone = c.late || self.world.evicted.contains(&c.id);
+            if gone || !c.paused {
+                c.read(&self.world);
+                self.uploads.append(&mut c.uploads);
+            }
+            if gone {
+                assert!(c.late || c.rx.is_closed() || self.world.shutdown);
+                self.slots[slot] = None;
+            }
+        }
+        self.read_media();
+        if let Some(done) = self.shutdown_done.as_mut() {
+            match done.try_recv() {
+                Ok(()) => assert_eq!(self.hub.stats().connections, 0, "shutdown done with connections left"),
+                Err(oneshot::error::TryRecvError::Empty) => assert!(self.hub.stats().connections > 0),
+                Err(oneshot::error::TryRecvError::Closed) => {} // already reported
+            }
+        }
+        self.check_views();
+    }
+
+    /// What the SFU task got must be about members of `sfu` rooms.
+    fn read_media(&mut self) {
+        if self.media_stalled {
+            self.media_backlog = true;
+            return;
+        }
+        let Some(rx) = self.media_rx.as_mut() else { return };
+        // After shutdown the clients hear nothing more, so their view says nothing about now.
+        let fresh = !std::mem::take(&mut self.media_backlog) && !self.world.shutdown;
+        while let Ok(cmd) = rx.try_recv() {
+            let client = |id: &PeerId| self.slots.iter().flatten().find(|c| fresh && &c.id == id && !c.paused);
+            match cmd {
+                MediaCommand::Offer { peer, room, .. } => {
+                    if let Some(c) = client(&peer) {
+                        assert_eq!(c.room.as_deref(), Some(&*room), "offer for {peer} about another room");
+                        assert_eq!(c.topology, Topology::Sfu, "offer to the SFU from a p2p room");
+                    }
+                }
+                MediaCommand::Answer { peer, .. } => {
+                    if let Some(c) = client(&peer) {
+                        assert_eq!(c.topology, Topology::Sfu, "answer to the SFU from a p2p room");
+                    }
+                }
+                MediaCommand::Receive { peer, publisher, .. } => {
+                    if let Some(c) = client(&peer) {
+                        assert!(c.peers.contains(&publisher), "{peer} asked for {publisher}, not in its room");
+                    }
+                }
+                MediaCommand::Leave { .. } | MediaCommand::Stats { .. } => {}
+            }
+        }
+    }
+
+    /// When everyone has read everything, each client's idea of its room is what the hub has.
+    fn check_views(&self) {
+        let live: Vec<&Client> = self.slots.iter().flatten().collect();
+        if self.world.shutdown || live.iter().any(|c| c.paused) {
+            return;
+        }
+        for c in &live {
+            let Some(room) = &c.room else { continue };
+            let others: HashSet<PeerId> =
+                live.iter().filter(|d| d.id != c.id && d.room.as_ref() == Some(room)).map(|d| d.id.clone()).collect();
+            assert_eq!(c.peers, others, "{} sees the wrong people in {room:?}", c.id);
+        }
+        let stats = self.hub.stats();
+        assert_eq!(stats.connections, live.len(), "connections");
+        assert_eq!(stats.participants, live.iter().filter(|c| c.room.is_some()).count(), "participants");
+        let rooms: HashSet<&String> = live.iter().filter_map(|c| c.room.as_ref()).collect();
+        assert_eq!(stats.rooms, rooms.len(), "rooms");
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(mut run) = Run::new(&mut u) else { return };
+    for _ in 0..MAX_STEPS {
+        if u.is_empty() || run.step(&mut u).is_err() {
+            break;
+        }
+    }
+});
