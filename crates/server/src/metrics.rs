@@ -175,6 +175,20 @@ pub fn render(s: &Snapshot) -> String {
             "Commands for the SFU dropped because its queue was full.",
             h.media_commands_dropped,
         );
+        t.one("huddle_waiting", "gauge", "People in waiting rooms.", h.waiting);
+        t.one(
+            "huddle_suspended_sessions",
+            "gauge",
+            "Sessions whose connection dropped, kept for a resume.",
+            h.suspended,
+        );
+        t.one("huddle_resumed_total", "counter", "Sessions resumed on a new connection.", h.resumed);
+        t.one(
+            "huddle_resume_failed_total",
+            "counter",
+            "Resumes refused (unknown session, wrong secret, too much missed); the page starts over.",
+            h.resume_failed,
+        );
     }
     if let Some(c) = s.counters {
         t.family("huddle_ws_messages_in_total", "counter", "Client messages received, by type.");
@@ -356,6 +370,7 @@ mod tests {
         assert!(text.contains("huddle_ws_messages_in_total{type=\"chat\"} 1\n"));
         assert!(text.contains("huddle_ws_refused_messages_total{reason=\"rate_limited\"} 1\n"));
         assert!(text.contains("huddle_participants 2\n"));
+        assert!(text.contains("huddle_suspended_sessions 0\n"));
         assert!(text.contains("huddle_sfu_cpu_seconds_per_forwarded_packet 0.05\n"));
         assert!(text.contains("process_resident_memory_bytes 1048576\n"));
     }
