@@ -524,8 +524,13 @@ impl Hub {
                 self.file_offer(id, &room, &name, size, &mime, &sha256)
             }
             (ClientMsg::Media { audio, video, screen }, Some(room)) => {
+                let was_held = self.rooms.get(&room).is_some_and(|r| r.held(id).audio);
                 match self.rooms.get_mut(&room).map(|r| r.set_media(id, audio, video, screen)) {
                     Some(Ok(Some(peer))) => {
+                        if was_held && peer.audio {
+                            // Allowed to unmute: the SFU forwards its sound again.
+                            self.hold_audio(id, false);
+                        }
                         let msg = Arc::new(ServerMsg::PeerUpdated { peer });
                         self.broadcast(&room, Some(id), msg);
                         Ok(())
@@ -825,7 +830,11 @@ impl Hub {
         }
         info!(peer = %id, target = %peer, ?action, "host action");
         let updated = match action {
-            ModAction::Mute => r.hold(peer, Held { audio: true, ..Held::default() }),
+            ModAction::Mute => {
+                let p = r.hold(peer, Held { audio: true, ..Held::default() });
+                self.hold_audio(peer, true);
+                p
+            }
             ModAction::StopVideo => r.hold(peer, Held { video: true, ..Held::default() }),
             ModAction::StopScreen => r.hold(peer, Held { screen: true, ..Held::default() }),
             ModAction::LowerHand => r.set_hand(peer, false),
@@ -846,6 +855,19 @@ impl Hub {
             self.send(peer, ServerMsg::Moderated { action, by: id.clone() });
         }
         Ok(())
+    }
+
+    /// Tells the SFU to stop (or resume) forwarding `peer`'s audio, in `sfu` rooms.
+    fn hold_audio(&mut self, peer: &PeerId, held: bool) {
+        let Some(room) = self.conns.get(peer).and_then(|c| c.room.clone()) else { return };
+        if self.rooms.get(&room).is_none_or(|r| r.topology() != Topology::Sfu) {
+            return;
+        }
+        if let Some(media) = &self.media {
+            if media.try_send(MediaCommand::HoldAudio { peer: peer.clone(), held }).is_err() {
+                self.stats.media_commands_dropped += 1;
+            }
+        }
     }
 
     fn admit(&mut self, room: &Arc<str>, peer: &PeerId) {
@@ -895,8 +917,10 @@ impl Hub {
         let Some(media) = self.media.as_ref().filter(|_| sfu_room) else {
             return Err(ErrorCode::UnknownPeer);
         };
+        let mut offer = false;
         let cmd = match payload {
             SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp } } => {
+                offer = true;
                 MediaCommand::Offer { peer: id.clone(), room: room.clone(), sdp }
             }
             SignalPayload::Description { description: SessionDescription { kind: SdpType::Answer, sdp } } => {
@@ -909,6 +933,10 @@ impl Hub {
             self.stats.media_commands_dropped += 1;
             warn!(peer = %id, "SFU queue full; refusing a signal");
             return Err(ErrorCode::MediaFailed);
+        }
+        // A (new) SFU session starts unheld: a muted participant stays muted on it.
+        if offer && self.rooms.get(room).is_some_and(|r| r.held(id).audio) {
+            self.hold_audio(id, true);
         }
         Ok(())
     }

@@ -75,6 +75,8 @@ pub enum MediaCommand {
     Leave { peer: PeerId },
     /// How much of `publisher`'s video `peer` wants.
     Receive { peer: PeerId, publisher: PeerId, video: VideoQuality },
+    /// A host muted `peer` (`held`), or it may speak again: its audio is not forwarded meanwhile.
+    HoldAudio { peer: PeerId, held: bool },
     /// Counters, for tests and monitoring.
     Stats { reply: oneshot::Sender<MediaStats> },
 }
@@ -539,6 +541,12 @@ impl Driver {
                 };
                 // Unknown to the core: the page said it before offering; it will say it again.
                 let _ = self.sfu.handle_input(Input::Receive { now, peer: id, publisher, video });
+            }
+            MediaCommand::HoldAudio { peer, held } => {
+                // Unknown to the core: it has not offered yet; the hub says it again after the offer.
+                if let Some(id) = core_id(&peer) {
+                    let _ = self.sfu.handle_input(Input::HoldAudio { peer: id, held });
+                }
             }
             MediaCommand::Stats { reply } => {
                 let (forwarded_packets, forwarded_bytes) = self.sfu.forwarded();

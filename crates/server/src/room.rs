@@ -148,6 +148,11 @@ impl Room {
         Ok(Some(m.peer.clone()))
     }
 
+    /// What a host switched off for `id` (nothing for strangers).
+    pub fn held(&self, id: &PeerId) -> Held {
+        self.members.iter().find(|m| &m.peer.id == id).map_or(Held::default(), |m| m.held)
+    }
+
     /// A host switches something off for `id`; returns the member as it now is.
     pub fn hold(&mut self, id: &PeerId, held: Held) -> Option<Peer> {
         let m = self.member_mut(id)?;

@@ -116,6 +116,15 @@ impl Link {
     }
 }
 
+/// Audio frames each (receiver tag, sender tag) has received so far, over every test of this file
+/// (tests that read it use tags of their own).
+static HEARD: std::sync::Mutex<std::collections::BTreeMap<(u8, u8), u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn heard(receiver: u8, sender: u8) -> u64 {
+    HEARD.lock().expect("not poisoned").get(&(receiver, sender)).copied().unwrap_or(0)
+}
+
 /// A str0m participant: joins over the WebSocket, offers to the SFU, answers its offers, sends
 /// an audio (with an audio level) and a video frame every 20 ms whose last byte is its `tag`,
 /// and reports every (sender tag, kind) it receives once.
@@ -170,6 +179,9 @@ async fn media_participant(
                     // read it for the speaking indicator).
                     let level_ok = kind != MediaKind::Audio || d.ext_vals.audio_level == Some(AUDIO_LEVEL);
                     if let Some(&from) = d.data.last().filter(|_| level_ok) {
+                        if kind == MediaKind::Audio {
+                            *HEARD.lock().expect("not poisoned").entry((tag, from)).or_default() += 1;
+                        }
                         if from != tag && seen.insert((from, kind)) {
                             let _ = sightings.send((tag, from, kind));
                         }
@@ -550,5 +562,46 @@ async fn a_page_cannot_loop_on_restarting_its_session() {
     // A second offer at once would restart the session (and renegotiate the whole room).
     a.send(&offer()).await;
     a.expect_error(ErrorCode::MediaRefused).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_the_host_muted_is_not_heard_through_the_sfu_whatever_it_sends() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    // The host opens the room (signalling only); bot 41 talks, bot 42 listens.
+    let mut host = Client::connect(&server).await;
+    host.join("mute room", "Host").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [41u8, 42] {
+        let ws = Client::connect(&server).await;
+        let link = Link::udp().await;
+        tasks.push(tokio::spawn(media_participant(ws, "mute room", tag, link, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[41, 42])).await;
+    let talker = loop {
+        match host.recv().await {
+            ServerMsg::PeerJoined { peer } if peer.name == "bot 41" => break peer.id,
+            _ => continue,
+        }
+    };
+    host.send(&ClientMsg::Moderate { peer: talker, action: huddle_protocol::ModAction::Mute }).await;
+    // The bot's page ignores `moderated` and keeps sending: the SFU drops its audio. (Packets
+    // already on their way may still land: let them, then count.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = heard(42, 41);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(heard(42, 41), before, "muted audio still forwarded");
+    // Video still flows, and the listener's own audio still reaches the talker.
+    let talker_hears = heard(41, 42);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(heard(41, 42) > talker_hears, "the other direction goes on");
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
     server.shutdown().await;
 }

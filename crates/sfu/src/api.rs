@@ -43,6 +43,10 @@ pub enum Input {
     /// How much of `publisher`'s video the participant `peer` wants (its tile is hidden, small or
     /// large). Kept even before the publisher's tracks exist; `High` until said otherwise.
     Receive { now: Instant, peer: PeerId, publisher: PeerId, video: VideoQuality },
+    /// A host muted the participant (`held: true`) or it may speak again (`false`): while held,
+    /// its audio is forwarded to no one, whatever its browser sends. Kept only while it is in the
+    /// core (a new session starts unheld; the signalling layer says it again).
+    HoldAudio { peer: PeerId, held: bool },
 }
 
 /// How much of one publisher's video a subscriber wants. With one layer per track, `Off` pauses

@@ -62,6 +62,8 @@ pub(crate) struct PeerState {
     pub epoch: Instant,
     /// Its DTLS is up: packets written before that would only pile up inside str0m.
     pub connected: bool,
+    /// A host muted it: its audio is not forwarded ([`crate::Input::HoldAudio`]).
+    pub audio_held: bool,
     /// The most video quality its downlink carries without loss (`High`: no limit); see
     /// [`PeerState::congestion`].
     pub cap: VideoQuality,
@@ -200,6 +202,7 @@ impl Peer {
                 wanted: HashMap::new(),
                 epoch: now,
                 connected: false,
+                audio_held: false,
                 cap: VideoQuality::High,
                 cap_changed: None,
                 last_lossy: None,
@@ -648,6 +651,10 @@ impl PeerState {
         let Some(params) = rtc.codec_config().find(|c| c.pt() == pt).copied() else { return };
         let p = RtpIn::new(packet, mid, rid, params);
         if let Some((t, _)) = self.tracks_in.iter().find(|(t, _)| t.mid == mid) {
+            if self.audio_held && t.kind == MediaKind::Audio {
+                // A host muted this participant: its sound goes no further, whatever its page does.
+                return;
+            }
             t.saw(rid, p.arrived, p.payload.len());
         }
         sink.propagated.push_back((self.id, Propagated::Rtp(p)));

@@ -133,6 +133,11 @@ impl Sfu {
                 self.settle(now);
                 Ok(())
             }
+            Input::HoldAudio { peer, held } => {
+                let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+                p.state.audio_held = held;
+                Ok(())
+            }
             Input::Timeout(now) => {
                 // A scan per timeout, not per packet; a deadline heap can replace it later.
                 let due: Vec<PeerId> =
