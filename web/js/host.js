@@ -224,19 +224,17 @@ function renderWaiting() {
     const name = document.createElement('span');
     name.className = 'person-name';
     name.textContent = k.name;
-    const admit = document.createElement('button');
-    admit.type = 'button';
-    admit.className = 'btn small primary admit';
-    admit.textContent = t('waiting.admit');
-    admit.setAttribute('aria-label', t('waiting.admitName', { name: k.name }));
-    admit.addEventListener('click', () => sig.admit(k.id));
-    const deny = document.createElement('button');
-    deny.type = 'button';
-    deny.className = 'btn small ghost deny';
-    deny.textContent = t('waiting.deny');
-    deny.setAttribute('aria-label', t('waiting.denyName', { name: k.name }));
-    deny.addEventListener('click', () => sig.deny(k.id));
-    li.append(name, admit, deny);
+    /** @param {string} cls @param {string} key @param {() => void} act */
+    const action = (cls, key, act) => {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = `btn small ${cls}`;
+      b.textContent = t(`waiting.${key}`);
+      b.setAttribute('aria-label', t(`waiting.${key}Name`, { name: k.name }));
+      b.addEventListener('click', act);
+      return b;
+    };
+    li.append(name, action('primary admit', 'admit', () => sig.admit(k.id)), action('ghost deny', 'deny', () => sig.deny(k.id)));
     return li;
   }));
 }

@@ -1411,17 +1411,7 @@ mod tests {
     }
 
     fn join(hub: &mut Hub, c: &mut Client, room: &str) -> ServerMsg {
-        let msg = ClientMsg::Join {
-            protocol: 1,
-            room: room.into(),
-            name: format!("name {}", c.id),
-            audio: true,
-            video: true,
-            password: None,
-            token: None,
-        };
-        hub.handle(Command::Client { id: c.id.clone(), msg });
-        c.next()
+        join_with(hub, c, room, None, None)
     }
 
     fn error_code(m: ServerMsg) -> ErrorCode {
