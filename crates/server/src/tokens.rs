@@ -112,10 +112,10 @@ impl Tokens {
         if claims.room != room && (invite || claims.room != "*") {
             return Err(ErrorCode::InvalidToken);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
             return Err(ErrorCode::InvalidToken);
         }
-        if claims.exp + LEEWAY_SECS < now {
+        if claims.exp.saturating_add(LEEWAY_SECS) < now {
             return Err(ErrorCode::TokenExpired);
         }
         Ok(Grant {
@@ -216,6 +216,11 @@ pub mod tests {
         assert_eq!(t.verify(&as_invite, "r", 1000), Err(ErrorCode::InvalidToken));
         let early = operator_hs256(SECRET, &serde_json::json!({"room": "r", "exp": 9000, "nbf": 5000}));
         assert_eq!(t.verify(&early, "r", 1000), Err(ErrorCode::InvalidToken));
+        // Extreme times do not overflow.
+        let forever = operator_hs256(SECRET, &serde_json::json!({"room": "r", "exp": u64::MAX, "nbf": u64::MAX}));
+        assert_eq!(t.verify(&forever, "r", u64::MAX - 100), Err(ErrorCode::InvalidToken), "not before the end of time");
+        let forever = operator_hs256(SECRET, &serde_json::json!({"room": "r", "exp": u64::MAX}));
+        assert!(t.verify(&forever, "r", u64::MAX).is_ok());
         // Without a configured secret, no HS256 operator token is accepted.
         assert_eq!(Tokens::new(None, None).verify(&good, "r", 1000), Err(ErrorCode::InvalidToken));
     }
