@@ -1,9 +1,10 @@
 //! `huddle-bench soak`: a bounded load run that checks that nothing leaks and that no chat
 //! message is lost or delivered twice, across leaves, rejoins and resumed sessions.
 //!
-//! 1. Start the server (a child process). Warm up: every client connects, joins, chats once,
-//!    leaves and closes; once the room list is empty the server's memory, open files and
-//!    threads are the baseline (the allocator has then already grown to the run's size).
+//! 1. Start the server (a child process). Warm up: the same life as the run (below) for a fifth
+//!    of `--duration-secs` (at most 60 s), then everyone leaves; once the grace period is over
+//!    and the room list is empty the server's memory, open files and threads are the baseline
+//!    (the allocator has then already grown to this kind of load).
 //! 2. For `--duration-secs`, every client lives a seeded random life: it joins a room, chats
 //!    (each text unique: `c<client>-<seq>`), raises and lowers its hand, reacts, leaves and
 //!    joins another room, and drops its connection abruptly (TCP reset, or close code 4000) to
@@ -180,6 +181,9 @@ struct Shared {
     reported: AtomicU64,
     /// Only the warm-up: its figures are not checked.
     warmup: bool,
+    /// The server process, and its `VmRSS` sampled during the run: `(seconds, KiB)`.
+    pid: u32,
+    rss: Mutex<Vec<(f64, u64)>>,
 }
 
 const REPORT_MAX: u64 = 12;
@@ -647,19 +651,8 @@ impl Client {
         Ok(())
     }
 
-    /// The warm-up life: connect, join, chat once, leave, close.
-    async fn warm_up(&mut self) -> anyhow::Result<()> {
-        self.connect_new().await?;
-        self.join(Some(self.i)).await?;
-        self.send(&ClientMsg::Chat { text: format!("warm-up {}", self.i) }).await?;
-        self.leave().await?;
-        self.close().await;
-        Ok(())
-    }
-
     async fn run(mut self, start: Instant) {
-        let result = if self.sh.warmup { self.warm_up().await } else { self.live(start).await };
-        if let Err(e) = result {
+        if let Err(e) = self.live(start).await {
             self.declare_end();
             let id = self.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
             self.sh.note(&self.sh.c.client_failures, self.i, format_args!("{id}: failed: {e:#}"));
@@ -697,7 +690,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shared(args: &SoakArgs, port: u16, end: Instant, warmup: bool) -> Arc<Shared> {
+fn shared(args: &SoakArgs, port: u16, pid: u32, end: Instant, warmup: bool) -> Arc<Shared> {
     Arc::new(Shared {
         port,
         rooms: args.rooms,
@@ -718,6 +711,8 @@ fn shared(args: &SoakArgs, port: u16, end: Instant, warmup: bool) -> Arc<Shared>
         witnessed: Mutex::new(Vec::new()),
         reported: AtomicU64::new(0),
         warmup,
+        pid,
+        rss: Mutex::new(Vec::new()),
     })
 }
 
@@ -745,8 +740,10 @@ async fn run_clients(sh: &Arc<Shared>, clients: usize, seed: u64, stagger: Durat
         if !sh.warmup && last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
             let c = &sh.c;
+            let rss = procfs::rss_kb(sh.pid).unwrap_or(0);
+            lock(&sh.rss).push((t0.elapsed().as_secs_f64().round(), rss));
             eprintln!(
-                "t={:>5.0}s running {} chats {} reconnects {} resumes {} rejoins {} lost {} dup {} unexpected {} failures {}",
+                "t={:>5.0}s RSS {rss} KiB running {} chats {} reconnects {} resumes {} rejoins {} lost {} dup {} unexpected {} failures {}",
                 t0.elapsed().as_secs_f64(),
                 tasks.len(),
                 c.chats.load(Relaxed),
@@ -820,6 +817,14 @@ fn nonzero_gauges(m: &HashMap<String, f64>) -> Vec<String> {
         .collect()
 }
 
+/// At most `n` of `samples`, evenly spread, the last one included.
+fn thin(samples: &[(f64, u64)], n: usize) -> Vec<(f64, u64)> {
+    let step = samples.len().div_ceil(n.max(1)).max(1);
+    let mut out: Vec<_> = samples.iter().rev().step_by(step).copied().collect();
+    out.reverse();
+    out
+}
+
 struct ProcSample {
     rss_kb: u64,
     fds: usize,
@@ -836,15 +841,21 @@ async fn drive(args: &SoakArgs, server: &mut ServerProcess) -> anyhow::Result<se
     let mut reasons: Vec<String> = Vec::new();
     let connect_limit = Duration::from_secs(60) + Duration::from_millis(20 * args.clients as u64);
 
-    // 1. Warm-up and baseline.
-    let warm = shared(args, server.port, Instant::now(), true);
+    // 1. Warm-up (the same life, shorter) and baseline.
+    let warm_secs = (args.duration_secs / 5.0).min(60.0);
+    let warm_stagger = Duration::from_secs_f64(warm_secs / 4.0);
     let t = Instant::now();
-    let unfinished = run_clients(&warm, args.clients, args.seed, Duration::ZERO, connect_limit).await;
+    let warm_end = t + warm_stagger + Duration::from_secs_f64(warm_secs);
+    let warm = shared(args, server.port, pid, warm_end, true);
+    let limit = (warm_end - t) + grace * 2 + connect_limit;
+    let unfinished = run_clients(&warm, args.clients, args.seed ^ 0x5EED, warm_stagger, limit).await;
     let warm_failed = warm.c.client_failures.load(Relaxed) as usize + unfinished;
     eprintln!("warm-up: {} clients in {:.1} s, {warm_failed} failed", args.clients, t.elapsed().as_secs_f64());
     if warm_failed > 0 {
         reasons.push(format!("{warm_failed} clients failed in the warm-up"));
     }
+    // Sessions given up in the warm-up end after the grace period.
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
     let rooms = rooms_left(&warm, Duration::from_secs(10)).await?;
     if rooms != 0 {
         reasons.push(format!("{rooms} rooms left after the warm-up"));
@@ -857,7 +868,7 @@ async fn drive(args: &SoakArgs, server: &mut ServerProcess) -> anyhow::Result<se
     let stagger = Duration::from_secs_f64((args.duration_secs / 4.0).min(10.0));
     let t0 = Instant::now();
     let end = t0 + stagger + Duration::from_secs_f64(args.duration_secs);
-    let sh = shared(args, server.port, end, false);
+    let sh = shared(args, server.port, pid, end, false);
     eprintln!(
         "soak: {} clients in {} rooms for {:.0} s (seed {}, an action every {:.1} s, grace {} s)",
         args.clients, args.rooms, args.duration_secs, args.seed, args.action_secs, args.resume_grace_secs
@@ -978,6 +989,7 @@ async fn drive(args: &SoakArgs, server: &mut ServerProcess) -> anyhow::Result<se
         "rss_baseline_kb": base.rss_kb,
         "rss_end_kb": fin.rss_kb,
         "rss_peak_kb": rss_peak_kb,
+        "rss_during_run_kb": thin(&lock(&sh.rss), 12),
         "fds_baseline": base.fds,
         "fds_end": fin.fds,
         "threads_baseline": base.threads,

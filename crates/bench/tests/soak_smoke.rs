@@ -1,5 +1,5 @@
 //! `huddle-bench soak` end to end, briefly: the real server, 80 clients in 8 rooms acting
-//! every half second for 10 s (chats, hands, reactions, leaving and joining, dropped and resumed
+//! every half second for 8 s (after a 1.6 s warm-up) (chats, hands, reactions, leaving and joining, dropped and resumed
 //! connections, sessions given up), with a 2 s grace period. The JSON line on stdout must say
 //! `ok`: nothing lost, duplicated or out of order, no stray `peer_left`/`peer_joined`, no rooms
 //! left, memory and open files back near the baseline.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 fn soak_run_loses_nothing_and_leaks_nothing() {
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_huddle-bench"))
-        .args(["soak", "--clients", "80", "--rooms", "8", "--duration-secs", "10", "--action-secs", "0.5"])
+        .args(["soak", "--clients", "80", "--rooms", "8", "--duration-secs", "8", "--action-secs", "0.5"])
         .args(["--resume-grace-secs", "2", "--seed", "7"])
         .output()
         .expect("huddle-bench runs");
