@@ -1,6 +1,6 @@
 //! `huddle-bench soak` end to end, briefly: the real server, 80 clients in 8 rooms acting
-//! every half second for 8 s (after a 1.6 s warm-up) (chats, hands, reactions, leaving and joining, dropped and resumed
-//! connections, sessions given up), with a 2 s grace period. The JSON line on stdout must say
+//! every half second for 8 s after a 1.6 s warm-up (chats, hands, reactions, leaving and
+//! joining, dropped and resumed connections, sessions given up), with a 2 s grace period. The JSON line on stdout must say
 //! `ok`: nothing lost, duplicated or out of order, no stray `peer_left`/`peer_joined`, no rooms
 //! left, memory and open files back near the baseline.
 
@@ -29,5 +29,7 @@ fn soak_run_loses_nothing_and_leaks_nothing() {
         assert!(r[key].as_u64().unwrap_or(0) > 0, "no {key}: {r}");
     }
     assert!(r["rss_end_kb"].as_u64().unwrap() > 0 && r["fds_end"].as_u64().unwrap() > 0, "{r}");
-    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+    // About 20 s on a quiet 2-core machine (27 s with a 2000-client soak beside it); every wait
+    // in the harness is bounded, this only catches a hang.
+    assert!(t.elapsed() < Duration::from_secs(90), "took {:?}", t.elapsed());
 }
