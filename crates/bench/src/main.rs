@@ -13,6 +13,10 @@
 //! `huddle-bench turn [options]` measures huddle's built-in TURN server: pairs of TURN clients
 //! relaying ChannelData to each other through two relays, with coturn measured the same way and
 //! the plain UDP relay in the same run.
+//!
+//! `huddle-bench soak [options]` runs many clients for a while (chatting, moving between rooms,
+//! dropping and resuming their connections) and checks that no chat message is lost or
+//! delivered twice and that the server's memory, open files and rooms come back at the end.
 
 // The `sfu` report is one large `json!` literal.
 #![recursion_limit = "256"]
@@ -24,6 +28,7 @@ mod server;
 mod sfu;
 mod sfu_peer;
 mod signal;
+mod soak;
 mod turn;
 mod turn_client;
 
@@ -45,7 +50,10 @@ enum Cmd {
     Sfu(sfu::SfuArgs),
     /// TURN benchmark: client pairs relaying ChannelData through huddle's TURN server (and coturn).
     Turn(turn::TurnArgs),
-    /// Run the huddle server (used by `signal`, `sfu` and `turn`, which re-execute this binary).
+    /// Soak run: clients chat, move between rooms and resume dropped connections for a while;
+    /// checks that no message is lost or duplicated and that nothing leaks.
+    Soak(soak::SoakArgs),
+    /// Run the huddle server (used by `signal`, `sfu`, `turn` and `soak`, which re-execute this binary).
     #[command(hide = true)]
     Serve {
         /// Arguments for the server, as `huddle` takes them.
@@ -60,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Signal(args) => signal::run(args),
         Cmd::Sfu(args) => sfu::run(args),
         Cmd::Turn(args) => turn::run(args),
+        Cmd::Soak(args) => soak::run(args),
         Cmd::Serve { args } => server::serve(args),
     }
 }

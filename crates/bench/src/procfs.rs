@@ -14,6 +14,31 @@ pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// Peak resident set size (`VmHWM`) of a process, in KiB.
+pub fn rss_peak_kb(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmHWM:")
+}
+
+/// Threads of a process.
+pub fn threads(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "Threads:")
+}
+
+fn status_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
+pub fn fd_count(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("reading /proc/{pid}/fd"))?.count())
+}
+
 /// User + system CPU time of a process (all its threads), in seconds.
 pub fn cpu_secs(pid: Option<u32>) -> anyhow::Result<f64> {
     let path = match pid {

@@ -1,0 +1,1027 @@
+//! `huddle-bench soak`: a bounded load run that checks that nothing leaks and that no chat
+//! message is lost or delivered twice, across leaves, rejoins and resumed sessions.
+//!
+//! 1. Start the server (a child process). Warm up: the same life as the run (below) for a fifth
+//!    of `--duration-secs` (at most 60 s), then everyone leaves; once the grace period is over
+//!    and the room list is empty the server's memory, open files and threads are the baseline
+//!    (the allocator has then already grown to this kind of load).
+//! 2. For `--duration-secs`, every client lives a seeded random life: it joins a room, chats
+//!    (each text unique: `c<client>-<seq>`), raises and lowers its hand, reacts, leaves and
+//!    joins another room, and drops its connection abruptly (TCP reset, or close code 4000) to
+//!    resume the session on a new one with `session`/`resume`/`seen`. A few drop and come back
+//!    after the grace period or with a wrong secret: they must get a new session and join again.
+//! 3. Every client leaves and closes; after the grace period the room list must be empty, the
+//!    `/metrics` gauges (when the server has them) zero, and the memory, open files and threads
+//!    back near the baseline.
+//!
+//! The delivery check, per membership (one session's stay in one room, from `joined` to
+//! `left` or to giving the session up; a resume within the grace period does not end it):
+//! chat ids are per room and increase by one per message, so the chats a member receives must
+//! be exactly the ids following the last one in `joined.chat`, each once, in order. A gap is
+//! *lost* (unless the missing id turns up later: *out of order*), a repeat *duplicated*. And
+//! when a member leaves, every other member that sees its `peer_left` records the last chat id
+//! it had itself received by then: the one who left must have received at least that far
+//! (anything short is lost too). Seeing `peer_left` or `peer_joined` for a session whose owner
+//! did not leave, give up or join that room (e.g. one that resumed in time) is
+//! `unexpected_leave_join`.
+//!
+//! Every phase is bounded in time; all traffic is on 127.0.0.1.
+
+use crate::procfs;
+use crate::server::ServerProcess;
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use huddle_protocol::{ClientMsg, LeaveReason, ServerMsg, PROTOCOL_VERSION};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// WebSocket clients living at the same time
+    #[arg(long, default_value_t = 2000)]
+    pub clients: usize,
+    /// Rooms the clients move between (`soak-0` … `soak-<R-1>`)
+    #[arg(long, default_value_t = 200)]
+    pub rooms: usize,
+    /// Length of the run, in seconds (the warm-up and the end checks come on top)
+    #[arg(long, default_value_t = 600.0)]
+    pub duration_secs: f64,
+    /// Seed of every client's random life (the same seed gives the same plan)
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Mean time between two actions of one client, in seconds
+    #[arg(long, default_value_t = 3.0)]
+    pub action_secs: f64,
+    /// The server's resume grace period (`--resume-grace-secs`), unless given in --server-arg
+    #[arg(long, default_value_t = 10)]
+    pub resume_grace_secs: u64,
+    /// Clients connecting at the same time
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Allowed growth of the server's resident memory from the baseline to the end, in percent
+    /// of the baseline (plus --rss-slack-kb)
+    #[arg(long, default_value_t = 25.0)]
+    pub rss_slack_pct: f64,
+    /// Allowed growth of the server's resident memory, in KiB (plus --rss-slack-pct)
+    #[arg(long, default_value_t = 8192)]
+    pub rss_slack_kb: u64,
+    /// Also drop connections with a plain TCP close (FIN) and no close frame, and expect those
+    /// to resume too
+    #[arg(long)]
+    pub fin_drops: bool,
+    /// Extra argument for the server (repeatable), e.g. --server-arg=--outbox-capacity=64
+    #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub server_args: Vec<String>,
+}
+
+impl SoakArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.clients < 2 || self.clients > 50_000 {
+            bail!("--clients must be between 2 and 50000");
+        }
+        if self.rooms < 2 || self.rooms > self.clients {
+            bail!("--rooms must be between 2 and --clients");
+        }
+        if !(self.duration_secs >= 1.0 && self.duration_secs <= 86_400.0) {
+            bail!("--duration-secs must be between 1 and 86400");
+        }
+        if !(self.action_secs >= 0.01 && self.action_secs <= 3600.0) {
+            bail!("--action-secs must be between 0.01 and 3600");
+        }
+        if self.resume_grace_secs == 0 || self.resume_grace_secs > 600 {
+            bail!("--resume-grace-secs must be between 1 and 600");
+        }
+        if self.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// A small seeded generator (SplitMix64): the same seed gives every client the same life.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Counters every client adds to.
+#[derive(Default)]
+struct Counts {
+    joins: AtomicU64,
+    leaves: AtomicU64,
+    chats: AtomicU64,
+    hands: AtomicU64,
+    reacts: AtomicU64,
+    reconnects: AtomicU64,
+    resumes: AtomicU64,
+    /// New sessions that joined again after a resume was (rightly) refused.
+    rejoins: AtomicU64,
+    expired: AtomicU64,
+    wrong_secret: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    lost: AtomicU64,
+    duplicated: AtomicU64,
+    out_of_order: AtomicU64,
+    unexpected_leave_join: AtomicU64,
+    /// Resumes within the grace period that the server refused, or late ones it accepted.
+    resume_wrong: AtomicU64,
+    /// Chats posted while their receiver was disconnected and replayed on its resume.
+    gap_chats: AtomicU64,
+    server_errors: AtomicU64,
+    client_failures: AtomicU64,
+}
+
+/// What every client shares.
+struct Shared {
+    port: u16,
+    rooms: usize,
+    grace: Duration,
+    action_secs: f64,
+    fin_drops: bool,
+    end: Instant,
+    ws_config: WebSocketConfig,
+    connect_slots: Semaphore,
+    c: Counts,
+    /// Memberships `(session, room)` whose owner said it joins.
+    joining: Mutex<HashSet<(String, usize)>>,
+    /// Memberships `(session, room)` whose owner left or gave the session up.
+    ended: Mutex<HashSet<(String, usize)>>,
+    /// `(session, room) → the last chat id it had` when it got `left`.
+    left_at: Mutex<HashMap<(String, usize), u64>>,
+    /// `(session, room, the last chat id a witness had)` when the witness saw its `peer_left`.
+    witnessed: Mutex<Vec<(String, usize, u64)>>,
+    reported: AtomicU64,
+    /// Only the warm-up: its figures are not checked.
+    warmup: bool,
+    /// The server process, and its `VmRSS` sampled during the run: `(seconds, KiB)`.
+    pid: u32,
+    rss: Mutex<Vec<(f64, u64)>>,
+}
+
+const REPORT_MAX: u64 = 12;
+/// Longest wait for one answer from the server.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Shared {
+    fn note(&self, counter: &AtomicU64, client: usize, detail: impl std::fmt::Display) {
+        self.note_n(counter, 1, client, detail);
+    }
+
+    fn note_n(&self, counter: &AtomicU64, n: u64, client: usize, detail: impl std::fmt::Display) {
+        counter.fetch_add(n, Relaxed);
+        if self.warmup {
+            return;
+        }
+        let n = self.reported.fetch_add(1, Relaxed);
+        if n < REPORT_MAX {
+            eprintln!("client {client}: {detail}");
+        } else if n == REPORT_MAX {
+            eprintln!("(further problems are counted, not shown)");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Session {
+    id: String,
+    secret: String,
+    /// Messages received on this session, `welcome`s not counted.
+    seen: u64,
+}
+
+/// One session's stay in one room.
+struct Membership {
+    room: usize,
+    /// The last chat id received (at first the last one of `joined.chat`, or 0).
+    last: u64,
+    /// Ids skipped over, in case they arrive late.
+    gaps: BTreeSet<u64>,
+    /// The other members, as this client sees them.
+    members: HashSet<String>,
+    /// Wall-clock milliseconds when the last resume's `welcome` arrived.
+    resumed_ms: Option<u64>,
+}
+
+struct Client {
+    i: usize,
+    sh: Arc<Shared>,
+    rng: Rng,
+    ws: Option<Ws>,
+    session: Option<Session>,
+    member: Option<Membership>,
+    /// Rooms this session has been in: a session never goes back to one (so that a
+    /// `(session, room)` pair names one membership).
+    visited: HashSet<usize>,
+    /// The room of the `join` under way.
+    pending_room: Option<usize>,
+    chat_seq: u64,
+    hand: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Client {
+    async fn send(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
+        let ws = self.ws.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        ws.send(Message::text(serde_json::to_string(msg)?)).await.context("WebSocket send")?;
+        self.sh.c.sent.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// The next server message, handled (counted and checked); `None` at `until`.
+    async fn recv(&mut self, until: Instant) -> anyhow::Result<Option<ServerMsg>> {
+        loop {
+            let ws = self.ws.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+            let frame = match tokio::time::timeout_at(until, ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(f) => f,
+            };
+            let text = match frame {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(frame))) => bail!("closed by the server: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e).context("WebSocket read"),
+                None => bail!("connection ended"),
+            };
+            let msg: ServerMsg = serde_json::from_str(&text).context("unreadable server message")?;
+            self.sh.c.received.fetch_add(1, Relaxed);
+            self.handle(&msg);
+            return Ok(Some(msg));
+        }
+    }
+
+    /// Reads until `pick` accepts a message (handling everything before it), for at most
+    /// [`ANSWER_TIMEOUT`].
+    async fn answer<T>(&mut self, what: &str, mut pick: impl FnMut(&ServerMsg) -> Option<T>) -> anyhow::Result<T> {
+        let until = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            match self.recv(until).await? {
+                Some(msg) => {
+                    if let Some(t) = pick(&msg) {
+                        return Ok(t);
+                    }
+                    if let ServerMsg::Error { code, request, .. } = &msg {
+                        bail!("error {code} (request {request:?}) while waiting for {what}");
+                    }
+                }
+                None => bail!("no {what} within {ANSWER_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: &ServerMsg) {
+        if matches!(msg, ServerMsg::Welcome { .. }) {
+            return;
+        }
+        if let Some(s) = &mut self.session {
+            s.seen += 1;
+        }
+        let me = self.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+        match msg {
+            ServerMsg::Joined { chat, peers, .. } => {
+                self.member = None;
+                if let Some(room) = self.pending_room.take() {
+                    self.member = Some(Membership {
+                        room,
+                        last: chat.last().map_or(0, |m| m.id),
+                        gaps: BTreeSet::new(),
+                        members: peers.iter().map(|p| p.id.0.clone()).collect(),
+                        resumed_ms: None,
+                    });
+                }
+            }
+            ServerMsg::Chat { message } => {
+                let Some(m) = &mut self.member else {
+                    self.sh.note(&self.sh.c.server_errors, self.i, format_args!("chat outside a room: {message:?}"));
+                    return;
+                };
+                let c = &self.sh.c;
+                let id = message.id;
+                if id == m.last + 1 {
+                    m.last = id;
+                } else if id > m.last {
+                    let missing = id - m.last - 1;
+                    if m.gaps.len() < 10_000 {
+                        m.gaps.extend(m.last + 1..id);
+                    }
+                    self.sh.note_n(
+                        &c.lost,
+                        missing,
+                        self.i,
+                        format_args!("{me} in soak-{}: chat {id} after {} ({missing} lost)", m.room, m.last),
+                    );
+                    m.last = id;
+                } else if m.gaps.remove(&id) {
+                    c.lost.fetch_sub(1, Relaxed);
+                    self.sh.note(&c.out_of_order, self.i, format_args!("{me}: chat {id} after {}", m.last));
+                } else {
+                    self.sh.note(&c.duplicated, self.i, format_args!("{me}: chat {id} again (last {})", m.last));
+                }
+                if m.resumed_ms.is_some_and(|t| message.ts <= t) && message.from.0 != me {
+                    c.gap_chats.fetch_add(1, Relaxed);
+                }
+            }
+            ServerMsg::PeerJoined { peer } => {
+                let Some(m) = &mut self.member else { return };
+                let declared = lock(&self.sh.joining).contains(&(peer.id.0.clone(), m.room));
+                if !m.members.insert(peer.id.0.clone()) || !declared {
+                    self.sh.note(
+                        &self.sh.c.unexpected_leave_join,
+                        self.i,
+                        format_args!("{me} in soak-{}: unexpected peer_joined {}", m.room, peer.id),
+                    );
+                }
+            }
+            ServerMsg::PeerLeft { id, reason } => {
+                let Some(m) = &mut self.member else { return };
+                let key = (id.0.clone(), m.room);
+                let declared = lock(&self.sh.ended).contains(&key);
+                if !m.members.remove(&id.0) || !declared {
+                    self.sh.note(
+                        &self.sh.c.unexpected_leave_join,
+                        self.i,
+                        format_args!("{me} in soak-{}: unexpected peer_left {id} ({reason:?})", m.room),
+                    );
+                }
+                if *reason == LeaveReason::Left {
+                    lock(&self.sh.witnessed).push((key.0, key.1, m.last));
+                }
+            }
+            ServerMsg::Left { .. } => {
+                if let (Some(m), Some(s)) = (self.member.take(), &self.session) {
+                    lock(&self.sh.left_at).insert((s.id.clone(), m.room), m.last);
+                }
+            }
+            ServerMsg::Error { code, request, .. } => {
+                self.sh.note(&self.sh.c.server_errors, self.i, format_args!("{me}: error {code} ({request:?})"));
+            }
+            ServerMsg::Bye { reason } => {
+                self.sh.note(&self.sh.c.server_errors, self.i, format_args!("{me}: bye {reason:?}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How a client drops its connection to resume later.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// A TCP reset (`SO_LINGER` 0): no close frame.
+    Reset,
+    /// A close frame with code 4000 ("reconnecting, keep my place").
+    Close4000,
+    /// The TCP connection closed normally (FIN) with no close frame, as when a process dies.
+    Fin,
+}
+
+impl Client {
+    fn new(i: usize, sh: Arc<Shared>, seed: u64) -> Client {
+        let rng = Rng(seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+        Client {
+            i,
+            sh,
+            rng,
+            ws: None,
+            session: None,
+            member: None,
+            visited: HashSet::new(),
+            pending_room: None,
+            chat_seq: 0,
+            hand: false,
+        }
+    }
+
+    /// Opens a WebSocket (with `query`, to resume) and reads `welcome`: `(id, secret, resumed)`.
+    async fn open(&mut self, query: Option<String>) -> anyhow::Result<(String, String, bool)> {
+        let sh = self.sh.clone();
+        let _slot = sh.connect_slots.acquire().await.context("connect slots")?;
+        let tcp = timeout(ANSWER_TIMEOUT, TcpStream::connect(("127.0.0.1", sh.port)))
+            .await
+            .context("TCP connect timed out")?
+            .context("TCP connect")?;
+        tcp.set_nodelay(true)?;
+        let url = format!("ws://127.0.0.1:{}/ws{}", sh.port, query.map(|q| format!("?{q}")).unwrap_or_default());
+        let (ws, _) =
+            timeout(ANSWER_TIMEOUT, tokio_tungstenite::client_async_with_config(url, tcp, Some(sh.ws_config)))
+                .await
+                .context("WebSocket handshake timed out")?
+                .context("WebSocket handshake")?;
+        self.ws = Some(ws);
+        match self.recv(Instant::now() + ANSWER_TIMEOUT).await? {
+            Some(ServerMsg::Welcome { id, resume, resumed, .. }) => Ok((id.0, resume, resumed)),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// A new session.
+    async fn connect_new(&mut self) -> anyhow::Result<()> {
+        let (id, secret, _) = self.open(None).await?;
+        self.new_session(id, secret);
+        Ok(())
+    }
+
+    fn new_session(&mut self, id: String, secret: String) {
+        self.session = Some(Session { id, secret, seen: 0 });
+        self.member = None;
+        self.visited.clear();
+        self.hand = false;
+    }
+
+    fn session_id(&self) -> anyhow::Result<String> {
+        self.session.as_ref().map(|s| s.id.clone()).ok_or_else(|| anyhow!("no session"))
+    }
+
+    /// Joins a room this session has not been in.
+    async fn join(&mut self, room: Option<usize>) -> anyhow::Result<()> {
+        let rooms = self.sh.rooms;
+        if self.visited.len() >= rooms {
+            // Been everywhere: start over with a new session.
+            self.close().await;
+            self.connect_new().await?;
+        }
+        let mut room = room.unwrap_or_else(|| self.rng.below(rooms as u64) as usize) % rooms;
+        for _ in 0..rooms {
+            if !self.visited.contains(&room) {
+                break;
+            }
+            room = (room + 1) % rooms;
+        }
+        self.visited.insert(room);
+        let id = self.session_id()?;
+        lock(&self.sh.joining).insert((id, room));
+        self.pending_room = Some(room);
+        let join = ClientMsg::Join {
+            protocol: PROTOCOL_VERSION,
+            room: format!("soak-{room}"),
+            name: format!("c{}", self.i),
+            audio: false,
+            video: false,
+            password: None,
+            token: None,
+        };
+        self.send(&join).await?;
+        self.answer("joined", |m| matches!(m, ServerMsg::Joined { .. }).then_some(())).await?;
+        self.sh.c.joins.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Declares that this session's current membership ends (before it does).
+    fn declare_end(&self) {
+        if let (Some(s), Some(m)) = (&self.session, &self.member) {
+            lock(&self.sh.ended).insert((s.id.clone(), m.room));
+        }
+    }
+
+    async fn leave(&mut self) -> anyhow::Result<()> {
+        self.declare_end();
+        self.send(&ClientMsg::Leave).await?;
+        self.answer("left", |m| matches!(m, ServerMsg::Left { .. }).then_some(())).await?;
+        self.sh.c.leaves.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Closes the connection politely (close code 1000), waiting a little for the answer.
+    async fn close(&mut self) {
+        if let Some(mut ws) = self.ws.take() {
+            let _ = timeout(Duration::from_secs(2), async {
+                ws.close(None).await?;
+                while ws.next().await.is_some() {}
+                Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+            })
+            .await;
+        }
+    }
+
+    /// Drops the connection abruptly.
+    async fn drop_connection(&mut self, how: Cut) {
+        let Some(mut ws) = self.ws.take() else { return };
+        self.sh.c.reconnects.fetch_add(1, Relaxed);
+        match how {
+            Cut::Reset => {
+                let _ = ws.get_ref().set_zero_linger();
+            }
+            Cut::Fin => {}
+            Cut::Close4000 => {
+                let frame = CloseFrame { code: CloseCode::from(4000), reason: "reconnecting".into() };
+                let _ = timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+            }
+        }
+    }
+
+    /// Reconnects asking to resume the session with `secret`; true when it was resumed, else
+    /// the client now has a new session (not in a room).
+    async fn resume(&mut self, secret: String) -> anyhow::Result<bool> {
+        let s = self.session.as_ref().ok_or_else(|| anyhow!("no session"))?;
+        let old = s.id.clone();
+        let query = format!("session={}&resume={secret}&seen={}", s.id, s.seen);
+        let (id, secret, resumed) = self.open(Some(query)).await?;
+        if resumed && id == old {
+            if let Some(m) = &mut self.member {
+                m.resumed_ms = Some(now_ms());
+            }
+            return Ok(true);
+        }
+        self.new_session(id, secret);
+        Ok(false)
+    }
+
+    async fn act(&mut self) -> anyhow::Result<()> {
+        if self.member.is_none() {
+            return self.join(None).await;
+        }
+        let r = self.rng.unit();
+        if r < 0.55 {
+            self.chat_seq += 1;
+            let text = format!("c{}-{}", self.i, self.chat_seq);
+            self.send(&ClientMsg::Chat { text }).await?;
+            self.sh.c.chats.fetch_add(1, Relaxed);
+        } else if r < 0.70 {
+            self.hand = !self.hand;
+            self.send(&ClientMsg::Hand { raised: self.hand }).await?;
+            self.sh.c.hands.fetch_add(1, Relaxed);
+        } else if r < 0.82 {
+            const EMOJI: [&str; 3] = ["👍", "👏", "🎉"];
+            let emoji = EMOJI[self.rng.below(3) as usize].to_string();
+            self.send(&ClientMsg::React { emoji }).await?;
+            self.sh.c.reacts.fetch_add(1, Relaxed);
+        } else if r < 0.88 {
+            self.leave().await?;
+            self.join(None).await?;
+        } else if r < 0.97 {
+            // Drop and resume within the grace period.
+            let how = match self.rng.below(if self.sh.fin_drops { 3 } else { 2 }) {
+                0 => Cut::Reset,
+                1 => Cut::Close4000,
+                _ => Cut::Fin,
+            };
+            self.drop_connection(how).await;
+            let gap_ms = self.rng.below((self.sh.grace.as_millis() as u64 / 3).clamp(1, 1500));
+            tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+            let secret = self.session.as_ref().map(|s| s.secret.clone()).unwrap_or_default();
+            let old = self.session_id()?;
+            if self.resume(secret).await? {
+                self.sh.c.resumes.fetch_add(1, Relaxed);
+            } else {
+                let c = &self.sh.c.resume_wrong;
+                self.sh.note(c, self.i, format_args!("{old}: resume after {gap_ms} ms ({how:?}) refused"));
+                self.join(None).await?;
+                self.sh.c.rejoins.fetch_add(1, Relaxed);
+            }
+        } else {
+            // Give the session up: come back after the grace period, or with a wrong secret.
+            let late = r < 0.985;
+            self.declare_end();
+            self.drop_connection(Cut::Reset).await;
+            let mut secret = self.session.as_ref().map(|s| s.secret.clone()).unwrap_or_default();
+            if late {
+                self.sh.c.expired.fetch_add(1, Relaxed);
+                tokio::time::sleep(self.sh.grace + Duration::from_millis(1500)).await;
+            } else {
+                self.sh.c.wrong_secret.fetch_add(1, Relaxed);
+                secret = secret.chars().map(|c| if c == '0' { '1' } else { '0' }).collect();
+            }
+            let old = self.session_id()?;
+            if self.resume(secret).await? {
+                let c = &self.sh.c.resume_wrong;
+                self.sh.note(
+                    c,
+                    self.i,
+                    format_args!("{old}: resumed {}", if late { "late" } else { "with a wrong secret" }),
+                );
+                self.leave().await?;
+            }
+            self.join(None).await?;
+            self.sh.c.rejoins.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn live(&mut self, start: Instant) -> anyhow::Result<()> {
+        tokio::time::sleep_until(start).await;
+        self.connect_new().await?;
+        self.join(None).await?;
+        let end = self.sh.end;
+        loop {
+            let wait = Duration::from_secs_f64(self.sh.action_secs * (0.5 + self.rng.unit()));
+            let next = Instant::now() + wait;
+            if next >= end {
+                break;
+            }
+            while self.recv(next).await?.is_some() {}
+            self.act().await?;
+        }
+        while self.recv(end).await?.is_some() {}
+        if self.member.is_some() {
+            self.leave().await?;
+        }
+        self.close().await;
+        Ok(())
+    }
+
+    async fn run(mut self, start: Instant) {
+        if let Err(e) = self.live(start).await {
+            self.declare_end();
+            let id = self.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            self.sh.note(&self.sh.c.client_failures, self.i, format_args!("{id}: failed: {e:#}"));
+        }
+    }
+}
+
+pub fn run(args: SoakArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let nofile = procfs::raise_nofile(args.clients as u64 + 1024)?;
+    if nofile < args.clients as u64 + 64 {
+        eprintln!("warning: the open-file limit is {nofile}, too low for {} clients", args.clients);
+    }
+    let given = |flag: &str| args.server_args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let mut server_args: Vec<OsString> = vec!["--listen".into(), "127.0.0.1:0".into()];
+    // Moving clients crowd some rooms for a while: room for four times the average.
+    if !given("--room-capacity") {
+        let cap = (args.clients.div_ceil(args.rooms) * 4).max(16);
+        server_args.extend(["--room-capacity".into(), cap.to_string().into()]);
+    }
+    if !given("--resume-grace-secs") {
+        server_args.extend(["--resume-grace-secs".into(), args.resume_grace_secs.to_string().into()]);
+    }
+    server_args.extend(args.server_args.iter().map(OsString::from));
+    let mut server = ServerProcess::start_for_bench(&server_args, false)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let result = rt.block_on(drive(&args, &mut server));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    drop(server);
+    let report = result?;
+    println!("{report}");
+    if report["ok"] != serde_json::Value::Bool(true) {
+        bail!("the soak run found problems: {}", report["reasons"]);
+    }
+    Ok(())
+}
+
+fn shared(args: &SoakArgs, port: u16, pid: u32, end: Instant, warmup: bool) -> Arc<Shared> {
+    Arc::new(Shared {
+        port,
+        rooms: args.rooms,
+        grace: Duration::from_secs(args.resume_grace_secs),
+        action_secs: args.action_secs,
+        fin_drops: args.fin_drops,
+        end,
+        ws_config: WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(1024 * 1024))
+            .max_frame_size(Some(1024 * 1024)),
+        connect_slots: Semaphore::new(args.connect_concurrency),
+        c: Counts::default(),
+        joining: Mutex::new(HashSet::new()),
+        ended: Mutex::new(HashSet::new()),
+        left_at: Mutex::new(HashMap::new()),
+        witnessed: Mutex::new(Vec::new()),
+        reported: AtomicU64::new(0),
+        warmup,
+        pid,
+        rss: Mutex::new(Vec::new()),
+    })
+}
+
+/// Runs every client of `sh` to its end, for at most `limit`; returns how many did not finish.
+async fn run_clients(sh: &Arc<Shared>, clients: usize, seed: u64, stagger: Duration, limit: Duration) -> usize {
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let start = t0 + stagger.mul_f64(i as f64 / clients as f64);
+        tasks.spawn(Client::new(i, sh.clone(), seed).run(start));
+    }
+    let deadline = t0 + limit;
+    let mut last_print = Instant::now();
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline.min(Instant::now() + Duration::from_secs(1)), tasks.join_next()).await {
+            Ok(_) => {}
+            Err(_) if Instant::now() >= deadline => {
+                let left = tasks.len();
+                eprintln!("{left} clients still running after {limit:?}; stopping them");
+                tasks.abort_all();
+                return left;
+            }
+            Err(_) => {}
+        }
+        if !sh.warmup && last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            let c = &sh.c;
+            let rss = procfs::rss_kb(sh.pid).unwrap_or(0);
+            lock(&sh.rss).push((t0.elapsed().as_secs_f64().round(), rss));
+            eprintln!(
+                "t={:>5.0}s RSS {rss} KiB running {} chats {} reconnects {} resumes {} rejoins {} lost {} dup {} unexpected {} failures {}",
+                t0.elapsed().as_secs_f64(),
+                tasks.len(),
+                c.chats.load(Relaxed),
+                c.reconnects.load(Relaxed),
+                c.resumes.load(Relaxed),
+                c.rejoins.load(Relaxed),
+                c.lost.load(Relaxed),
+                c.duplicated.load(Relaxed),
+                c.unexpected_leave_join.load(Relaxed),
+                c.client_failures.load(Relaxed),
+            );
+        }
+    }
+    0
+}
+
+/// Watches the room list until it is empty (or `limit` passes); the number of rooms last seen.
+async fn rooms_left(sh: &Arc<Shared>, limit: Duration) -> anyhow::Result<usize> {
+    let mut c = Client::new(usize::MAX, sh.clone(), 0);
+    c.connect_new().await?;
+    c.send(&ClientMsg::WatchRooms).await?;
+    let deadline = Instant::now() + limit;
+    let mut last = usize::MAX;
+    while let Some(msg) = c.recv(deadline).await? {
+        if let ServerMsg::Rooms { rooms } = msg {
+            last = rooms.len();
+            if last == 0 {
+                break;
+            }
+        }
+    }
+    c.close().await;
+    Ok(last)
+}
+
+/// `GET /metrics`: `None` when the server has none (404), else its gauges by name.
+async fn metrics(port: u16) -> anyhow::Result<Option<HashMap<String, f64>>> {
+    let mut tcp = timeout(Duration::from_secs(5), TcpStream::connect(("127.0.0.1", port))).await??;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await?;
+    let mut body = Vec::new();
+    timeout(Duration::from_secs(5), (&mut tcp).take(4 << 20).read_to_end(&mut body)).await??;
+    let text = String::from_utf8_lossy(&body);
+    let status = text.split_whitespace().nth(1).unwrap_or("");
+    if status == "404" {
+        return Ok(None);
+    }
+    if status != "200" {
+        bail!("GET /metrics answered {status}");
+    }
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok(Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.trim().to_string(), value.trim().parse().ok()?))
+            })
+            .collect(),
+    ))
+}
+
+/// The gauges that must be zero when nobody is connected.
+fn nonzero_gauges(m: &HashMap<String, f64>) -> Vec<String> {
+    m.iter()
+        .filter(|(name, v)| {
+            let base = name.split('{').next().unwrap_or(name);
+            ["connections", "rooms", "participants", "suspended"].iter().any(|g| base.ends_with(&format!("_{g}")))
+                && **v != 0.0
+        })
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect()
+}
+
+/// At most `n` of `samples`, evenly spread, the last one included.
+fn thin(samples: &[(f64, u64)], n: usize) -> Vec<(f64, u64)> {
+    let step = samples.len().div_ceil(n.max(1)).max(1);
+    let mut out: Vec<_> = samples.iter().rev().step_by(step).copied().collect();
+    out.reverse();
+    out
+}
+
+struct ProcSample {
+    rss_kb: u64,
+    fds: usize,
+    threads: u64,
+}
+
+fn sample(pid: u32) -> anyhow::Result<ProcSample> {
+    Ok(ProcSample { rss_kb: procfs::rss_kb(pid)?, fds: procfs::fd_count(pid)?, threads: procfs::threads(pid)? })
+}
+
+async fn drive(args: &SoakArgs, server: &mut ServerProcess) -> anyhow::Result<serde_json::Value> {
+    let pid = server.pid();
+    let grace = Duration::from_secs(args.resume_grace_secs);
+    let mut reasons: Vec<String> = Vec::new();
+    let connect_limit = Duration::from_secs(60) + Duration::from_millis(20 * args.clients as u64);
+
+    // 1. Warm-up (the same life, shorter) and baseline.
+    let warm_secs = (args.duration_secs / 5.0).min(60.0);
+    let warm_stagger = Duration::from_secs_f64(warm_secs / 4.0);
+    let t = Instant::now();
+    let warm_end = t + warm_stagger + Duration::from_secs_f64(warm_secs);
+    let warm = shared(args, server.port, pid, warm_end, true);
+    let limit = (warm_end - t) + grace * 2 + connect_limit;
+    let unfinished = run_clients(&warm, args.clients, args.seed ^ 0x5EED, warm_stagger, limit).await;
+    let warm_failed = warm.c.client_failures.load(Relaxed) as usize + unfinished;
+    eprintln!("warm-up: {} clients in {:.1} s, {warm_failed} failed", args.clients, t.elapsed().as_secs_f64());
+    if warm_failed > 0 {
+        reasons.push(format!("{warm_failed} clients failed in the warm-up"));
+    }
+    // Sessions given up in the warm-up end after the grace period.
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    let rooms = rooms_left(&warm, Duration::from_secs(10)).await?;
+    if rooms != 0 {
+        reasons.push(format!("{rooms} rooms left after the warm-up"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = sample(pid)?;
+    eprintln!("baseline: RSS {} KiB, {} open files, {} threads", base.rss_kb, base.fds, base.threads);
+
+    // 2. The run.
+    let stagger = Duration::from_secs_f64((args.duration_secs / 4.0).min(10.0));
+    let t0 = Instant::now();
+    let end = t0 + stagger + Duration::from_secs_f64(args.duration_secs);
+    let sh = shared(args, server.port, pid, end, false);
+    eprintln!(
+        "soak: {} clients in {} rooms for {:.0} s (seed {}, an action every {:.1} s, grace {} s)",
+        args.clients, args.rooms, args.duration_secs, args.seed, args.action_secs, args.resume_grace_secs
+    );
+    let limit = (end - t0) + grace * 2 + connect_limit;
+    let unfinished = run_clients(&sh, args.clients, args.seed, stagger, limit).await;
+    let run_secs = t0.elapsed().as_secs_f64();
+    if !server.alive() {
+        bail!("the server process exited during the run");
+    }
+
+    // 3. After the grace period: empty, and back to the baseline.
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    let rooms_end = rooms_left(&sh, Duration::from_secs(10)).await?;
+    let mut gauges = serde_json::Value::Null;
+    for _ in 0..10 {
+        match metrics(server.port).await {
+            Ok(None) => break,
+            Ok(Some(m)) => {
+                let bad = nonzero_gauges(&m);
+                gauges = serde_json::json!(bad);
+                if bad.is_empty() {
+                    break;
+                }
+            }
+            Err(e) => {
+                gauges = serde_json::json!([format!("GET /metrics failed: {e:#}")]);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fin = sample(pid)?;
+    let rss_peak_kb = procfs::rss_peak_kb(pid)?;
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    // The tail check: whoever left had every chat its witnesses saw before its `peer_left`.
+    let (mut tail_lost, mut tail_checked) = (0u64, 0u64);
+    {
+        let left_at = lock(&sh.left_at);
+        for (session, room, k) in lock(&sh.witnessed).iter() {
+            if let Some(&had) = left_at.get(&(session.clone(), *room)) {
+                tail_checked += 1;
+                if had < *k {
+                    tail_lost += k - had;
+                    sh.note_n(
+                        &AtomicU64::new(0),
+                        0,
+                        usize::MAX,
+                        format_args!("{session} left soak-{room} with chat {had}, a witness had {k}"),
+                    );
+                }
+            }
+        }
+    }
+    let c = &sh.c;
+    let n = |a: &AtomicU64| a.load(Relaxed);
+    let lost = n(&c.lost) + tail_lost;
+    for (what, v) in [
+        ("lost", lost),
+        ("duplicated", n(&c.duplicated)),
+        ("out_of_order", n(&c.out_of_order)),
+        ("unexpected_leave_join", n(&c.unexpected_leave_join)),
+        ("resume_wrong", n(&c.resume_wrong)),
+        ("server_errors", n(&c.server_errors)),
+        ("client_failures", n(&c.client_failures) + unfinished as u64),
+    ] {
+        if v > 0 {
+            reasons.push(format!("{what}: {v}"));
+        }
+    }
+    if rooms_end != 0 {
+        reasons.push(format!("{rooms_end} rooms at the end"));
+    }
+    if let Some(bad) = gauges.as_array().filter(|b| !b.is_empty()) {
+        reasons.push(format!("/metrics at the end: {bad:?}"));
+    }
+    let rss_max = base.rss_kb + (base.rss_kb as f64 * args.rss_slack_pct / 100.0) as u64 + args.rss_slack_kb;
+    if fin.rss_kb > rss_max {
+        reasons.push(format!("RSS grew from {} KiB to {} KiB (allowed {rss_max})", base.rss_kb, fin.rss_kb));
+    }
+    if fin.fds > base.fds + 2 {
+        reasons.push(format!("open files grew from {} to {}", base.fds, fin.fds));
+    }
+    if fin.threads > base.threads + 8 {
+        reasons.push(format!("threads grew from {} to {}", base.threads, fin.threads));
+    }
+    let ok = reasons.is_empty();
+    Ok(serde_json::json!({
+        "mode": "soak",
+        "clients": args.clients,
+        "rooms": args.rooms,
+        "duration_secs": args.duration_secs,
+        "run_secs": (run_secs * 10.0).round() / 10.0,
+        "seed": args.seed,
+        "resume_grace_secs": args.resume_grace_secs,
+        "joins": n(&c.joins),
+        "leaves": n(&c.leaves),
+        "chats": n(&c.chats),
+        "hands": n(&c.hands),
+        "reacts": n(&c.reacts),
+        "reconnects": n(&c.reconnects),
+        "resumes": n(&c.resumes),
+        "rejoins": n(&c.rejoins),
+        "expired": n(&c.expired),
+        "wrong_secret": n(&c.wrong_secret),
+        "messages_sent": n(&c.sent),
+        "messages_received": n(&c.received),
+        "gap_chats_replayed": n(&c.gap_chats),
+        "lost": lost,
+        "duplicated": n(&c.duplicated),
+        "out_of_order": n(&c.out_of_order),
+        "unexpected_leave_join": n(&c.unexpected_leave_join),
+        "resume_wrong": n(&c.resume_wrong),
+        "tail_checks": tail_checked,
+        "server_errors": n(&c.server_errors),
+        "client_failures": n(&c.client_failures) + unfinished as u64,
+        "rss_baseline_kb": base.rss_kb,
+        "rss_end_kb": fin.rss_kb,
+        "rss_peak_kb": rss_peak_kb,
+        "rss_during_run_kb": thin(&lock(&sh.rss), 12),
+        "fds_baseline": base.fds,
+        "fds_end": fin.fds,
+        "threads_baseline": base.threads,
+        "threads_end": fin.threads,
+        "rooms_end": rooms_end,
+        "metrics_nonzero": gauges,
+        "loadavg": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        "ok": ok,
+        "reasons": reasons,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generator_is_seeded() {
+        let (mut a, mut b) = (Rng(7), Rng(7));
+        assert_eq!((a.next(), a.next()), (b.next(), b.next()));
+        assert!((0..1000).all(|_| a.unit() < 1.0 && a.below(5) < 5));
+    }
+
+    #[test]
+    fn gauges_that_must_be_zero() {
+        let m: HashMap<String, f64> = [
+            ("huddle_connections".to_string(), 0.0),
+            ("huddle_rooms".to_string(), 2.0),
+            ("huddle_messages_total".to_string(), 9.0),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(nonzero_gauges(&m), vec!["huddle_rooms=2".to_string()]);
+    }
+}
