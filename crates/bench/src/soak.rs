@@ -676,6 +676,15 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     if !given("--resume-grace-secs") {
         server_args.extend(["--resume-grace-secs".into(), args.resume_grace_secs.to_string().into()]);
     }
+    // Every simulated client comes from 127.0.0.1: no per-IP limits (per-connection ones stay).
+    for flag in ["--max-connections-per-ip", "--ip-joins-per-minute"] {
+        if !given(flag) {
+            server_args.extend([flag.into(), "0".into()]);
+        }
+    }
+    if !given("--max-connections") && args.clients > 10_000 {
+        server_args.extend(["--max-connections".into(), args.clients.to_string().into()]);
+    }
     server_args.extend(args.server_args.iter().map(OsString::from));
     let mut server = ServerProcess::start_for_bench(&server_args, false)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
