@@ -21,23 +21,28 @@
 #![no_main]
 
 use huddle_protocol::{
-    ByeReason, ClientMsg, ErrorCode, IceCandidate, LeaveReason, PeerId, SdpType, ServerMsg, SessionDescription,
-    SignalPayload, Topology, VideoQuality, PROTOCOL_VERSION, SFU_PEER_ID,
+    ByeReason, ClientMsg, ErrorCode, IceCandidate, LeaveReason, ModAction, PeerId, Role, SdpType, ServerMsg,
+    SessionDescription, SignalPayload, Topology, VideoQuality, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
 };
 use huddle_server::config::{Config, TopologyMode};
 use huddle_server::files::FileCommand;
-use huddle_server::hub::{Command, Hub};
+use huddle_server::hub::{Command, Connect, Hub, Resume};
 use huddle_server::media::{MediaCommand, MediaEvent};
 use libfuzzer_sys::arbitrary::{self, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Connection slots; a slot that reconnects gets a fresh id, as the server never reuses one.
 const SLOTS: usize = 5;
 /// Commands per input at most.
 const MAX_STEPS: usize = 300;
+/// Messages a client remembers, for checking a replay from a stale `seen`.
+const KEPT: usize = 4;
 
 const MAX_NAME: u32 = 6;
 const MAX_ROOM: u32 = 8;
@@ -56,10 +61,25 @@ const MIMES: &[&str] = &["", "text/plain", "a\u{0}b"];
 const SDPS: &[&str] = &["v=0\r\n", "", "garbage"];
 
 /// The number of `ClientMsg` variants `client_msg` generates; `covered` must agree.
-const CLIENT_MSG_VARIANTS: u32 = 9;
+const CLIENT_MSG_VARIANTS: u32 = 20;
+
+const EMOJI_JUNK: &[&str] = &["", "x", "👍👍", "🤮"];
+const PASSWORDS: &[&str] = &["secret", "wrong", ""];
+const MOD_ACTIONS: &[ModAction] = &[
+    ModAction::Mute,
+    ModAction::StopVideo,
+    ModAction::StopScreen,
+    ModAction::LowerHand,
+    ModAction::Remove,
+    ModAction::Ban,
+];
+const ROLES: &[Role] = &[Role::Participant, Role::Cohost, Role::Host];
 
 /// Makes one client message. One arm per variant, numbered as in [`covered`].
-fn client_msg(u: &mut Unstructured, peers: &[PeerId]) -> arbitrary::Result<ClientMsg> {
+fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbitrary::Result<ClientMsg> {
+    let password = |u: &mut Unstructured| -> arbitrary::Result<Option<String>> {
+        Ok(if u.arbitrary()? { Some(u.choose(PASSWORDS)?.to_string()) } else { None })
+    };
     let pick = u.int_in_range(0..=CLIENT_MSG_VARIANTS - 1)?;
     let msg = match pick {
         0 => ClientMsg::Join {
@@ -68,6 +88,12 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId]) -> arbitrary::Result<Clien
             name: u.choose(NAMES)?.to_string(),
             audio: u.arbitrary()?,
             video: u.arbitrary()?,
+            password: password(u)?,
+            token: match u.int_in_range(0..=3)? {
+                0 | 1 => None,
+                2 => Some("junk.token.here".to_string()),
+                _ => u.choose(tokens).ok().cloned(),
+            },
         },
         1 => ClientMsg::Leave,
         2 => ClientMsg::Signal { to: u.choose(peers)?.clone(), payload: signal_payload(u)? },
@@ -79,12 +105,30 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId]) -> arbitrary::Result<Clien
             peer: u.choose(peers)?.clone(),
             video: *u.choose(&[VideoQuality::Off, VideoQuality::Low, VideoQuality::Medium, VideoQuality::High])?,
         },
-        _ => ClientMsg::FileOffer {
+        8 => ClientMsg::FileOffer {
             name: u.choose(FILE_NAMES)?.to_string(),
             size: *u.choose(&[0, 1, 500, MAX_FILE, MAX_FILE + 1, u64::MAX])?,
             mime: u.choose(MIMES)?.to_string(),
             sha256: u.choose(SHAS)?.to_string(),
         },
+        9 => ClientMsg::Hand { raised: u.arbitrary()? },
+        10 => ClientMsg::React {
+            emoji: if u.ratio(3, 4)? { u.choose(REACTIONS)? } else { u.choose(EMOJI_JUNK)? }.to_string(),
+        },
+        11 => ClientMsg::Settings {
+            locked: u.arbitrary()?,
+            waiting_room: u.arbitrary()?,
+            allow_unmute: u.arbitrary()?,
+            password: password(u)?,
+        },
+        12 => ClientMsg::Moderate { peer: u.choose(peers)?.clone(), action: *u.choose(MOD_ACTIONS)? },
+        13 => ClientMsg::SetRole { peer: u.choose(peers)?.clone(), role: *u.choose(ROLES)? },
+        14 => ClientMsg::Admit { peer: u.choose(peers)?.clone() },
+        15 => ClientMsg::Deny { peer: u.choose(peers)?.clone() },
+        16 => ClientMsg::AdmitAll,
+        17 => ClientMsg::EndMeeting,
+        18 => ClientMsg::Ping,
+        _ => ClientMsg::Invite { ttl_secs: *u.choose(&[None, Some(0), Some(60), Some(u32::MAX)])? },
     };
     assert_eq!(covered(&msg), pick, "client_msg and covered number the variants alike");
     Ok(msg)
@@ -103,6 +147,17 @@ fn covered(m: &ClientMsg) -> u32 {
         ClientMsg::UnwatchRooms => 6,
         ClientMsg::Receive { .. } => 7,
         ClientMsg::FileOffer { .. } => 8,
+        ClientMsg::Hand { .. } => 9,
+        ClientMsg::React { .. } => 10,
+        ClientMsg::Settings { .. } => 11,
+        ClientMsg::Moderate { .. } => 12,
+        ClientMsg::SetRole { .. } => 13,
+        ClientMsg::Admit { .. } => 14,
+        ClientMsg::Deny { .. } => 15,
+        ClientMsg::AdmitAll => 16,
+        ClientMsg::EndMeeting => 17,
+        ClientMsg::Ping => 18,
+        ClientMsg::Invite { .. } => 19,
     }
 }
 
@@ -124,6 +179,23 @@ fn signal_payload(u: &mut Unstructured) -> arbitrary::Result<SignalPayload> {
 /// One connection as its client sees it, built from the messages it read.
 struct Client {
     id: PeerId,
+    /// The connection number the hub knows it by.
+    conn: u64,
+    /// The session secret from its `welcome`.
+    secret: String,
+    /// Counted messages read (all but `welcome`): what a resume reports as `seen`.
+    counted: u64,
+    /// This connection resumed a session: its `welcome` must say so.
+    resuming: bool,
+    /// The last counted messages read, newest last (at most [`KEPT`]).
+    last: VecDeque<Arc<ServerMsg>>,
+    /// Resumed with a `seen` behind what it read: the replay starts with these again, the very
+    /// messages, and then goes on with what it never read (exactly once, in order).
+    again: VecDeque<Arc<ServerMsg>>,
+    /// In a waiting room (answered `waiting`).
+    waiting: Option<String>,
+    /// Its role in its room, from `joined` and `peer_updated` about itself.
+    role: Role,
     rx: mpsc::Receiver<Arc<ServerMsg>>,
     kick: oneshot::Receiver<ByeReason>,
     cap: usize,
@@ -147,6 +219,8 @@ struct Client {
     watch_marks: VecDeque<(usize, bool)>,
     /// Upload ids and keys from `file_upload` messages.
     uploads: Vec<(String, String)>,
+    /// Invite tokens from `invite_token` messages.
+    tokens: Vec<String>,
 }
 
 impl Client {
@@ -156,7 +230,20 @@ impl Client {
             match self.rx.try_recv() {
                 Ok(m) => {
                     self.apply_watch_marks(self.read_count);
+                    if self.welcomed {
+                        if let Some(again) = self.again.pop_front() {
+                            assert!(Arc::ptr_eq(&again, &m), "{}: replayed {m:?}, not {again:?}", self.id);
+                            self.read_count += 1;
+                            continue;
+                        }
+                    }
                     self.check(&m, w);
+                    if !matches!(*m, ServerMsg::Welcome { .. }) {
+                        if self.last.len() == KEPT {
+                            self.last.pop_front();
+                        }
+                        self.last.push_back(m);
+                    }
                     self.read_count += 1;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -183,10 +270,14 @@ impl Client {
         assert!(!self.said_bye, "{me} got {m:?} after bye");
         assert!(!self.late, "{me}, turned away at shutdown, got {m:?}");
         if !self.welcomed {
-            assert!(matches!(m, ServerMsg::Welcome { id, .. } if id == me), "{me}: the first message is welcome");
+            let ServerMsg::Welcome { id, resume, resumed, .. } = m else { panic!("{me}: the first message is {m:?}") };
+            assert_eq!(id, me, "welcome to someone else");
+            assert_eq!(*resumed, self.resuming, "{me}: welcome.resumed");
+            self.secret = resume.clone();
             self.welcomed = true;
             return;
         }
+        self.counted += 1;
         let in_room = |what: &str| assert!(self.room.is_some(), "{me} got {what} outside a room");
         match m {
             ServerMsg::Welcome { .. } => panic!("{me} welcomed twice"),
@@ -201,6 +292,8 @@ impl Client {
             }
             ServerMsg::Joined { room, you, peers, chat, topology, .. } => {
                 assert!(self.room.is_none(), "{me} joined {room:?} while in {:?}", self.room);
+                self.waiting = None;
+                self.role = you.role;
                 assert_eq!(&you.id, me);
                 assert!(!peers.iter().any(|p| &p.id == me), "{me} listed among the peers already there");
                 assert!(chat.windows(2).all(|c| c[0].id < c[1].id), "chat history out of order");
@@ -212,7 +305,10 @@ impl Client {
                 self.watching = false;
             }
             ServerMsg::Left { room } => {
-                assert_eq!(self.room.as_ref(), Some(room), "{me} left a room it was not in");
+                // (`leave` from a waiting room answers `left` too.)
+                let here = self.room.as_ref() == Some(room) || self.waiting.as_ref() == Some(room);
+                assert!(here, "{me} left {room:?}, not there (in {:?})", self.room);
+                self.waiting = None;
                 self.room = None;
                 self.peers.clear();
             }
@@ -229,7 +325,11 @@ impl Client {
             }
             ServerMsg::PeerUpdated { peer } => {
                 in_room("peer_updated");
-                assert!(self.peers.contains(&peer.id), "{me}: update about {}, not in the room", peer.id);
+                let known = &peer.id == me || self.peers.contains(&peer.id);
+                assert!(known, "{me}: update about {}, not in the room", peer.id);
+                if &peer.id == me {
+                    self.role = peer.role;
+                }
             }
             ServerMsg::Topology { topology } => {
                 in_room("topology");
@@ -266,6 +366,43 @@ impl Client {
                 let known = request.as_deref().is_none_or(|r| ClientMsg::TYPES.contains(&r));
                 assert!(known, "{me}: error about an unknown request {request:?} ({code})");
             }
+            ServerMsg::Waiting { room } => {
+                assert!(self.room.is_none(), "{me} waiting for {room:?} while in {:?}", self.room);
+                self.waiting = Some(room.clone());
+            }
+            ServerMsg::WaitingList { .. } => {
+                assert!(self.room.is_some(), "{me} got the waiting list outside a room");
+                assert!(self.role.moderates(), "{me} got the waiting list as a {:?}", self.role);
+            }
+            ServerMsg::RoomSettings { .. } => {}
+            ServerMsg::Moderated { by, .. } => {
+                in_room("moderated");
+                assert!(by == me || self.peers.contains(by), "{me} moderated by {by}, not in its room");
+            }
+            ServerMsg::Removed { room, .. } => {
+                let here = self.room.as_ref() == Some(room) || self.waiting.as_ref() == Some(room);
+                assert!(here, "{me} removed from {room:?}, not there");
+                self.room = None;
+                self.waiting = None;
+                self.peers.clear();
+            }
+            ServerMsg::Ended { room } => {
+                let here = self.room.as_ref() == Some(room) || self.waiting.as_ref() == Some(room);
+                assert!(here, "{me}: {room:?} ended, not there");
+                self.room = None;
+                self.waiting = None;
+                self.peers.clear();
+            }
+            ServerMsg::Reaction { from, emoji } => {
+                in_room("reaction");
+                assert!(from == me || self.peers.contains(from), "{me}: reaction from a stranger");
+                assert!(REACTIONS.contains(&emoji.as_str()), "{me}: reaction {emoji:?}");
+            }
+            ServerMsg::InviteToken { token, .. } => {
+                in_room("invite_token");
+                self.tokens.push(token.clone());
+            }
+            ServerMsg::Pong => {}
             ServerMsg::Bye { reason } => {
                 assert!(w.shutdown && *reason == ByeReason::ServerShutdown, "{me}: bye {reason:?}");
                 self.said_bye = true;
@@ -298,6 +435,14 @@ struct Run {
     shutdown_done: Option<oneshot::Receiver<()>>,
     /// Upload ids and keys from `file_upload` messages.
     uploads: Vec<(String, String)>,
+    /// Invite tokens hosts received.
+    tokens: Vec<String>,
+    /// Sessions whose connection was lost while in a room (maybe kept for a resume).
+    lost: Vec<Client>,
+    next_conn: u64,
+    /// Virtual time: `Hub::expire` gets `base + elapsed`.
+    base: Instant,
+    elapsed: Duration,
     trace: bool,
 }
 
@@ -313,6 +458,7 @@ impl Run {
             max_chat_chars: MAX_CHAT,
             max_file_bytes: MAX_FILE,
             file_storage_bytes: 2 * MAX_FILE,
+            resume_grace: Duration::from_secs(*u.choose(&[0, 10, 30])?),
             file_dir: Some(std::env::temp_dir().join(format!("huddle-fuzz-files-{}", std::process::id()))),
             ..Config::default()
         };
@@ -335,6 +481,11 @@ impl Run {
             media_backlog: false,
             shutdown_done: None,
             uploads: Vec::new(),
+            tokens: Vec::new(),
+            lost: Vec::new(),
+            next_conn: 1,
+            base: Instant::now(),
+            elapsed: Duration::ZERO,
             trace: std::env::var_os("HUDDLE_FUZZ_TRACE").is_some(),
         })
     }
@@ -350,7 +501,13 @@ impl Run {
         let slot = u.choose_index(SLOTS)?;
         Ok(match &self.slots[slot] {
             Some(c) => c.id.clone(),
-            None => self.peer_vocabulary()[u.choose_index(self.ids.len() + 3)?].clone(),
+            // Not a session kept for a resume: its connection task has ended, and so have its
+            // commands (they come before its `Disconnect`).
+            None => {
+                let v: Vec<PeerId> =
+                    self.peer_vocabulary().into_iter().filter(|id| !self.lost.iter().any(|l| &l.id == id)).collect();
+                u.choose(&v)?.clone()
+            }
         })
     }
 
@@ -358,8 +515,8 @@ impl Run {
     fn handle(&mut self, cmd: Command) {
         if self.trace {
             match &cmd {
-                Command::Connect { id, outbox, host, .. } => {
-                    eprintln!("Connect {id} ({} slots, {host:?})", outbox.max_capacity())
+                Command::Connect(Connect { id, conn, outbox, host, resume, .. }) => {
+                    eprintln!("Connect {id} #{conn} ({} slots, {host:?}, {resume:?})", outbox.max_capacity())
                 }
                 other => eprintln!("{other:?}"),
             }
@@ -377,14 +534,64 @@ impl Run {
                 }
                 let id = PeerId(format!("p{}", self.next_id));
                 self.next_id += 1;
+                let conn = self.next_conn;
+                self.next_conn += 1;
                 let cap = u.int_in_range(1..=8)?;
                 let (tx, rx) = mpsc::channel(cap);
                 let (ktx, krx) = oneshot::channel();
+                let (stx, mut srx) = oneshot::channel();
                 let host = u.arbitrary::<bool>()?.then(|| "meet.example".to_string());
-                self.handle(Command::Connect { id: id.clone(), outbox: tx, kick: ktx, host });
+                // A session lost earlier: resumed with what it saw, a wrong secret or a `seen`
+                // ahead of what the hub sent.
+                let mut old = None;
+                let mut resume = None;
+                if !self.lost.is_empty() && u.arbitrary()? {
+                    let c = self.lost.remove(u.choose_index(self.lost.len())?);
+                    let mut c = c;
+                    let behind = if u.ratio(1, 4)? { u.int_in_range(0..=c.last.len())? } else { 0 };
+                    let secret = if u.ratio(1, 6)? { "wrong".to_string() } else { c.secret.clone() };
+                    let seen = c.counted - behind as u64;
+                    c.again = c.last.iter().skip(c.last.len() - behind).cloned().collect();
+                    resume = Some(Resume { id: c.id.clone(), secret, seen });
+                    old = Some(c);
+                }
+                let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, u.int_in_range(1..=3)?));
+                let connect = Connect { conn, id: id.clone(), outbox: tx, kick: ktx, host, ip, resume, session: stx };
+                self.handle(Command::Connect(connect));
+                let session = srx.try_recv().ok();
+                if let (Some(mut c), Some(session)) = (old, session.as_ref()) {
+                    if *session == c.id {
+                        // Resumed: the same session on a new connection; its stream goes on.
+                        c.rx = rx;
+                        c.kick = krx;
+                        c.cap = cap;
+                        c.conn = conn;
+                        c.paused = false;
+                        c.hung_up = false;
+                        c.welcomed = false;
+                        c.resuming = true;
+                        c.read_count = 0;
+                        c.watch_marks.clear();
+                        self.slots[slot] = Some(c);
+                        self.after_command(evicted_before);
+                        return Ok(());
+                    }
+                    // Not resumed: with a wrong secret the session is still kept.
+                    c.again.clear();
+                    self.lost.push(c);
+                }
+                assert!(self.world.shutdown || session.as_ref() == Some(&id), "the hub named no session");
                 self.ids.push(id.clone());
                 self.slots[slot] = Some(Client {
                     id,
+                    conn,
+                    secret: String::new(),
+                    counted: 0,
+                    resuming: false,
+                    last: VecDeque::new(),
+                    again: VecDeque::new(),
+                    waiting: None,
+                    role: Role::Participant,
                     rx,
                     kick: krx,
                     cap,
@@ -401,11 +608,12 @@ impl Run {
                     read_count: 0,
                     watch_marks: VecDeque::new(),
                     uploads: Vec::new(),
+                    tokens: Vec::new(),
                 });
             }
             3..=10 => {
                 let id = self.id_of(u)?;
-                let msg = client_msg(u, &self.peer_vocabulary())?;
+                let msg = client_msg(u, &self.peer_vocabulary(), &self.tokens)?;
                 let watch = match msg {
                     ClientMsg::WatchRooms => Some(true),
                     ClientMsg::UnwatchRooms => Some(false),
@@ -419,12 +627,21 @@ impl Run {
             11 => {
                 let slot = u.choose_index(SLOTS)?;
                 let reason = *u.choose(&[LeaveReason::Left, LeaveReason::Disconnected])?;
-                if let Some(mut c) = self.slots[slot].take() {
-                    self.handle(Command::Disconnect { id: c.id.clone(), reason });
+                let resumable = u.arbitrary()?;
+                let stale = u.ratio(1, 8)?;
+                if let Some(c) = self.slots[slot].as_ref().filter(|_| stale) {
+                    // A connection that ended after another took over its session: ignored.
+                    let (id, conn) = (c.id.clone(), c.conn.saturating_sub(1));
+                    self.handle(Command::Disconnect { id, conn, reason, resumable });
+                } else if let Some(mut c) = self.slots[slot].take() {
+                    self.handle(Command::Disconnect { id: c.id.clone(), conn: c.conn, reason, resumable });
                     // What it had not read yet was sent before it went.
                     c.hung_up = true;
                     if !c.late {
                         c.read(&self.world);
+                    }
+                    if c.welcomed && !c.late {
+                        self.lost.push(c);
                     }
                 } else {
                     // A stranger: a connection long gone, or one the hub never heard of.
@@ -432,7 +649,8 @@ impl Run {
                     let strangers: Vec<PeerId> =
                         self.peer_vocabulary().into_iter().filter(|id| !live.contains(&id)).collect();
                     let id = u.choose(&strangers)?.clone();
-                    self.handle(Command::Disconnect { id, reason });
+                    let conn = u.int_in_range(0..=self.next_conn)?;
+                    self.handle(Command::Disconnect { id, conn, reason, resumable });
                 }
             }
             12 => {
@@ -481,7 +699,25 @@ impl Run {
                 };
                 self.handle(Command::Media(event));
             }
-            18 => self.media_stalled = !self.media_stalled,
+            18 => match u.int_in_range(0..=3)? {
+                0 => self.media_stalled = !self.media_stalled,
+                1 => {
+                    let id = self.id_of(u)?;
+                    self.handle(Command::Ignored { id });
+                }
+                _ => {
+                    // Time passes (virtually): a little, or past the grace period.
+                    self.elapsed += Duration::from_secs(*u.choose(&[1, 9, 31, 3600])?);
+                    let now = self.base + self.elapsed;
+                    if self.trace {
+                        eprintln!("expire at +{:?}", self.elapsed);
+                    }
+                    self.hub.expire(now);
+                    if let Some(next) = self.hub.next_expiry() {
+                        assert!(next > now, "a session left unexpired");
+                    }
+                }
+            },
             _ => {
                 let (id, key) = match u.choose(&self.uploads) {
                     Ok((id, key)) => (id.clone(), if u.ratio(1, 8)? { "wrong".to_string() } else { key.clone() }),
@@ -530,6 +766,7 @@ impl Run {
             if gone || !c.paused {
                 c.read(&self.world);
                 self.uploads.append(&mut c.uploads);
+                self.tokens.append(&mut c.tokens);
             }
             if gone {
                 assert!(c.late || c.rx.is_closed() || self.world.shutdown);
@@ -590,13 +827,15 @@ impl Run {
             let Some(room) = &c.room else { continue };
             let others: HashSet<PeerId> =
                 live.iter().filter(|d| d.id != c.id && d.room.as_ref() == Some(room)).map(|d| d.id.clone()).collect();
-            assert_eq!(c.peers, others, "{} sees the wrong people in {room:?}", c.id);
+            // Beyond the live ones: sessions whose connection was lost, kept for a resume.
+            let kept = |id: &PeerId| self.lost.iter().any(|l| &l.id == id && l.room.as_ref() == Some(room));
+            let right = others.is_subset(&c.peers) && c.peers.iter().all(|p| others.contains(p) || kept(p));
+            assert!(right, "{} sees the wrong people in {room:?}: {:?}, live {others:?}", c.id, c.peers);
         }
         let stats = self.hub.stats();
-        assert_eq!(stats.connections, live.len(), "connections");
-        assert_eq!(stats.participants, live.iter().filter(|c| c.room.is_some()).count(), "participants");
-        let rooms: HashSet<&String> = live.iter().filter_map(|c| c.room.as_ref()).collect();
-        assert_eq!(stats.rooms, rooms.len(), "rooms");
+        assert_eq!(stats.connections, live.len() + stats.suspended, "connections");
+        let members = live.iter().filter(|c| c.room.is_some()).count();
+        assert!(stats.participants >= members && stats.participants <= members + stats.suspended, "participants");
     }
 }
 

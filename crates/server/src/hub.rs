@@ -847,6 +847,7 @@ impl Hub {
                 }
                 self.leave_room(peer, LeaveReason::Removed);
                 self.send(peer, ServerMsg::Removed { room: room.to_string(), ban: action == ModAction::Ban });
+                self.end_if_suspended(peer);
                 return Ok(());
             }
         };
@@ -907,6 +908,14 @@ impl Hub {
         for m in &members {
             // Quietly: everyone is told `ended`, not who left.
             self.leave_room_quietly(m);
+            self.end_if_suspended(m);
+        }
+    }
+
+    /// A session kept for a resume that is out of its room now can never resume: it ends.
+    fn end_if_suspended(&mut self, id: &PeerId) {
+        if self.conns.get(id).is_some_and(|c| c.suspended.is_some()) {
+            self.disconnect(id, LeaveReason::Disconnected);
         }
     }
 
@@ -1153,8 +1162,13 @@ impl Hub {
         let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
         self.closing = true;
         self.files.clear();
-        // Sessions without a connection have nobody to say goodbye to.
-        self.conns.retain(|_, c| c.suspended.is_none());
+        // Sessions without a connection have nobody to say goodbye to; they leave their rooms
+        // (and waiting rooms) as a lost connection would, so no member is left without one.
+        let suspended: Vec<PeerId> =
+            self.conns.iter().filter(|(_, c)| c.suspended.is_some()).map(|(id, _)| id.clone()).collect();
+        for id in suspended {
+            self.disconnect(&id, LeaveReason::Disconnected);
+        }
         for conn in self.conns.values_mut() {
             // Dropping the outbox after `bye` lets the connection task write it, then close.
             if let Some(outbox) = conn.outbox.take() {
@@ -1901,5 +1915,44 @@ mod tests {
             assert!(rx.try_recv().is_err(), "no welcome");
             assert_eq!(hub.stats().connections, 0);
         }
+    }
+
+    #[test]
+    fn shutdown_with_a_session_kept_for_a_resume_leaves_no_ghost_in_its_room() {
+        let mut hub = hub_with(|_| {});
+        let mut a = connect(&mut hub, 1, 64);
+        let mut b = connect(&mut hub, 2, 64);
+        join(&mut hub, &mut a, "r");
+        join(&mut hub, &mut b, "r");
+        b.drain();
+        let (id, reason) = (a.id.clone(), LeaveReason::Disconnected);
+        hub.handle(Command::Disconnect { id, conn: 1, reason, resumable: true });
+        assert_eq!(hub.stats().suspended, 1);
+        let (done, mut done_rx) = oneshot::channel();
+        hub.handle(Command::Shutdown { done });
+        hub.check_invariants().expect("no member without a connection");
+        assert_eq!((hub.stats().connections, hub.stats().participants), (1, 1));
+        let to_b = b.drain();
+        assert!(to_b.iter().any(|m| matches!(m, ServerMsg::PeerLeft { id, .. } if *id == a.id)), "{to_b:?}");
+        assert!(matches!(to_b.last(), Some(ServerMsg::Bye { .. })), "{to_b:?}");
+        let (id, reason) = (b.id.clone(), LeaveReason::Disconnected);
+        hub.handle(Command::Disconnect { id, conn: 2, reason, resumable: true });
+        assert_eq!(done_rx.try_recv(), Ok(()));
+        assert_eq!((hub.stats().connections, hub.stats().rooms), (0, 0));
+    }
+
+    #[test]
+    fn a_session_kept_for_a_resume_ends_with_its_meeting() {
+        let mut hub = hub_with(|_| {});
+        let mut host = connect(&mut hub, 1, 64);
+        let mut a = connect(&mut hub, 2, 64);
+        join(&mut hub, &mut host, "r");
+        join(&mut hub, &mut a, "r");
+        let (id, reason) = (a.id.clone(), LeaveReason::Disconnected);
+        hub.handle(Command::Disconnect { id, conn: 2, reason, resumable: true });
+        assert_eq!(hub.stats().suspended, 1);
+        send(&mut hub, &host, ClientMsg::EndMeeting);
+        hub.check_invariants().expect("no suspended session outside a room");
+        assert_eq!((hub.stats().suspended, hub.stats().connections), (0, 1));
     }
 }
