@@ -458,6 +458,11 @@ impl Hub {
             // A message racing its own disconnect; nothing to answer.
             return;
         };
+        if conn.suspended.is_some() {
+            // From a connection already gone (its session waits for a resume): nobody speaks for
+            // the session until one takes it over.
+            return;
+        }
         let request = msg.type_name();
         let waiting = conn.waiting_in.clone();
         let result = match (msg, conn.room.clone()) {
