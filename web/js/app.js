@@ -297,12 +297,12 @@ function wireSignalling() {
         networkChanged = false;
         return;
       }
-      if (S.inRoom) {
+      if (S.inRoom || S.rejoining) {
         // The session is gone (the server restarted, or we were away too long): join again.
         const st = call.mediaState();
         call.teardownCall();
+        if (!S.rejoining) S.rejoins += 1;
         S.rejoining = true;
-        S.rejoins += 1;
         call.setReconnecting(true);
         sig.join(S.room, S.name, st.audio, st.video, host.joinAuth());
         return;
