@@ -160,22 +160,12 @@ async fn room_list_is_live_and_empty_rooms_disappear() {
 #[tokio::test]
 async fn closing_the_socket_leaves_the_room() {
     // A WebSocket close is a goodbye: the room hears at once.
-    let server = TestServer::default().await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
-    a.join("r", "A").await;
-    b.join("r", "B").await;
-    a.recv().await;
+    let (_server, mut a, mut b) = two_in_a_room(Config::default()).await;
     let b_id = b.id.clone();
     b.ws.close(None).await.expect("close");
     assert!(matches!(a.recv().await, ServerMsg::PeerLeft { id, reason: LeaveReason::Left } if id == b_id));
     // A connection that just goes away (no close) keeps its place for the grace period, then leaves.
-    let server = TestServer::start(Config { resume_grace: Duration::from_secs(1), ..Config::default() }).await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
-    a.join("r", "A").await;
-    b.join("r", "B").await;
-    a.recv().await;
+    let (_server, mut a, b) = two_in_a_room(Config { resume_grace: Duration::from_secs(1), ..Config::default() }).await;
     let b_id = b.id.clone();
     let gone = std::time::Instant::now();
     drop(b);
@@ -186,6 +176,17 @@ async fn closing_the_socket_leaves_the_room() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A server, and A and B in room "r" (A has read B's arrival).
+async fn two_in_a_room(config: Config) -> (TestServer, Client, Client) {
+    let server = TestServer::start(config).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.join("r", "A").await;
+    b.join("r", "B").await;
+    a.recv().await;
+    (server, a, b)
 }
 
 #[tokio::test]
