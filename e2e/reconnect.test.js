@@ -3,14 +3,19 @@
 // than the page's liveness check (nft drops everything), while Alice keeps chatting. Each time
 // Bob's page resumes the same session: same id, same tiles, every chat message exactly once,
 // nobody sees him leave or join, and the video flows both ways again. Then the server restarts
-// on the same port and both pages come back into the room by themselves.
+// on the same port: it handed every session to its next start, so both pages resume theirs in
+// the same way (same ids and tiles, Alice still the host, no leave/join, chats exactly once).
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { startServer } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
+import path from 'node:path';
 import { makeTempDir, makeClips } from './lib/camera.js';
-import { joinViaLanding, expectEveryoneSeesEveryone, pollUntil, button } from './lib/huddle.js';
+import { joinViaLanding, expectEveryoneSeesEveryone, pollUntil } from './lib/huddle.js';
+import {
+  snapshot, markTiles, recordNotices, sendChat, expectChatsExactlyOnce, expectSessionResumed,
+} from './lib/resume.js';
 import { lanNetwork, netnsAvailable, LAN_SERVER_IP } from './lib/netns.js';
 import { Scenario } from './lib/scenario.js';
 import { T } from './lib/env.js';
@@ -28,7 +33,7 @@ before(async () => {
   tmp = makeTempDir();
   net = lanNetwork({ clients: 2 });
   clips = await makeClips(tmp.dir, 2);
-  sc.server = await startServer({ listen: '0.0.0.0:0', wrap: net.wrap('srv') });
+  sc.server = await startServer({ listen: '0.0.0.0:0', wrap: net.wrap('srv'), args: ['--data-dir', dataDir()] });
   port = sc.server.port;
   base = `http://${LAN_SERVER_IP}:${port}`;
 });
@@ -41,79 +46,13 @@ after(async () => {
   tmp?.cleanup();
 });
 
-/** What the page says about itself, and a mark on each remote tile element (to tell a new one). */
-async function snapshot(p) {
-  return p.page.evaluate(() => {
-    const h = /** @type {any} */ (window).__huddle;
-    const tiles = [...document.querySelectorAll('#tiles .tile:not([data-self="true"])')];
-    return {
-      id: h.id,
-      room: h.room,
-      tiles: tiles.map((t) => `${t.dataset.peerId}:${t.dataset.mark ?? ''}`).sort(),
-      reconnecting: !document.getElementById('reconnecting').hidden,
-      resumes: h.state.resumes,
-      rejoins: h.state.rejoins,
-    };
-  });
-}
+/** The server's data directory, which it saves its sessions to when it stops. */
+const dataDir = () => path.join(tmp.dir, 'data');
 
-async function markTiles(p, mark) {
-  await p.page.evaluate((mark) => {
-    for (const t of document.querySelectorAll('#tiles .tile:not([data-self="true"])')) t.dataset.mark = mark;
-  }, mark);
-}
-
-/** Every notice the page shows from now on. */
-async function recordNotices(p) {
-  await p.page.evaluate(() => {
-    const w = /** @type {any} */ (window);
-    w.__notices = [];
-    new MutationObserver(() => {
-      for (const n of document.querySelectorAll('#notices > *')) {
-        if (!n.dataset.seen) { n.dataset.seen = '1'; w.__notices.push(n.textContent.trim()); }
-      }
-    }).observe(document.getElementById('notices'), { childList: true, subtree: true });
-  });
-}
-
-async function chatTexts(p) {
-  return p.page.evaluate(() => [...document.querySelectorAll('#chat-log .chat-msg .chat-text')].map((m) => m.textContent.trim()));
-}
-
-async function sendChat(p, text) {
-  if (!(await p.page.locator('#chat-input').isVisible())) await button(p.page, 'Chat').click();
-  await p.page.getByLabel('Message', { exact: true }).fill(text);
-  await button(p.page, 'Send').click();
-}
-
-/** Waits until each text is in the page's chat log, then checks each is there exactly once, in order. */
-async function expectChatsOnce(p, texts) {
-  await pollUntil(async () => {
-    const log = await chatTexts(p);
-    return { ok: texts.every((t) => log.includes(t)), log };
-  }, { timeoutMs: RECOVERY_MS, what: `${p.who}: chat messages ${JSON.stringify(texts)}` });
-  const log = await chatTexts(p);
-  for (const t of texts) assert.equal(log.filter((x) => x === t).length, 1, `${p.who}: "${t}" exactly once in ${JSON.stringify(log)}`);
-  const order = texts.map((t) => log.indexOf(t));
-  assert.deepEqual(order, [...order].sort((a, b) => a - b), `${p.who}: in order: ${JSON.stringify(log)}`);
-}
-
-async function expectResumed(before, p, other) {
-  await pollUntil(async () => {
-    const s = await snapshot(p);
-    return { ok: !s.reconnecting, s };
-  }, { timeoutMs: RECOVERY_MS, what: `${p.who}: "Reconnecting…" goes away` });
-  const after = await snapshot(p);
-  assert.equal(after.resumes, before.resumes + 1, `${p.who} resumed its session once`);
-  assert.equal(after.rejoins, 0, `${p.who} did not have to join again`);
-  assert.equal(after.id, before.id, `${p.who} kept its id`);
-  assert.equal(after.room, room);
-  assert.deepEqual(after.tiles, before.tiles, `${p.who}: the same tile elements (nobody left and came back)`);
-  const otherNow = await snapshot(other);
-  assert.deepEqual(otherNow.tiles, [`${before.id}:m`], `${other.who} still has the same tile for ${p.who}`);
-  const notices = await other.page.evaluate(() => /** @type {any} */ (window).__notices);
-  assert.ok(!notices.some((n) => /left|joined|나갔|들어왔/.test(n)), `${other.who} saw no leave/join: ${JSON.stringify(notices)}`);
-}
+/** @param {any} before @param {any} p @param {any} other */
+const expectResumed = (before, p, other) => expectSessionResumed(before, p, other, { room, timeoutMs: RECOVERY_MS });
+/** @param {any} p @param {string[]} texts */
+const expectChatsOnce = (p, texts) => expectChatsExactlyOnce(p, texts, RECOVERY_MS);
 
 sc.step('Alice and Bob meet on the LAN', async (t) => {
   if (skip) return t.skip(skip);
@@ -171,21 +110,24 @@ sc.step('Bob\'s network goes dark for 25 s: both sides carry on as before, chats
   await expectEveryoneSeesEveryone([A, B], clips, (line) => B.note(line));
 }, { timeout: 120_000 });
 
-sc.step('the server restarts: both pages come back into the room by themselves', async (t) => {
+sc.step('the server restarts: both pages resume their sessions, Alice still hosts, chats exactly once', async (t) => {
   if (skip) return t.skip(skip);
   const firstRun = sc.server.output();
   assert.equal((firstRun.match(/resumed a session/g) || []).length, 2, 'the server resumed Bob\'s session twice');
   assert.ok(!/left a room/.test(firstRun), 'nobody left the room on the first server');
+  const [beforeA, beforeB] = [await snapshot(A), await snapshot(B)];
+  assert.equal(beforeA.role, 'host', 'Alice opened the room: she hosts it');
   await sc.server.stop();
-  sc.server = await startServer({ listen: `0.0.0.0:${port}`, wrap: net.wrap('srv') });
-  for (const [p, other] of [[A, B], [B, A]]) {
-    await pollUntil(async () => {
-      const s = await snapshot(p);
-      return { ok: s.room === room && !s.reconnecting && s.tiles.length === 1 && s.rejoins === 1, s };
-    }, { timeoutMs: RECOVERY_MS, what: `${p.who}: back in ${room} with ${other.who}` });
-  }
-  const [a, b] = [await snapshot(A), await snapshot(B)];
-  assert.deepEqual(a.tiles, [`${b.id}:`], 'Alice shows Bob (a new tile: the server forgot everyone)');
-  [A.id, B.id] = [a.id, b.id];
+  assert.match(sc.server.output(), /sessions saved for the restart/);
+  sc.server = await startServer({ listen: `0.0.0.0:${port}`, wrap: net.wrap('srv'), args: ['--data-dir', dataDir()] });
+  await expectResumed(beforeB, B, A);
+  await expectResumed(beforeA, A, B);
+  assert.match(sc.server.output(), /sessions kept over the restart wait for their pages/);
+  assert.equal((await snapshot(A)).role, 'host', 'Alice still hosts');
+  const stamp = crypto.randomBytes(3).toString('hex');
+  await sendChat(A, `after the restart from Alice ${stamp}`);
+  await sendChat(B, `after the restart from Bob ${stamp}`);
+  for (const p of [A, B]) await expectChatsOnce(p, [`after the restart from Alice ${stamp}`, `after the restart from Bob ${stamp}`]);
+  assert.ok(!/left a room/.test(sc.server.output()), 'nobody left the room on the second server');
   await expectEveryoneSeesEveryone([A, B], clips, (line) => A.note(line));
 }, { timeout: 120_000 });

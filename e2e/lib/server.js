@@ -1,6 +1,8 @@
 // Starts the real huddle binary on a free port and stops it again.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { HUDDLE_BIN, HUDDLE_WEB_DIR, T } from './env.js';
 
 const LISTENING = /huddle listening on (https?:\/\/\S+?)\/?\s*$/;
@@ -28,6 +30,10 @@ export async function startServer({ args = [], timeoutMs = T.serverStart, listen
     throw new Error(`huddle binary not found at ${HUDDLE_BIN}: run \`cargo build --release\` first or set HUDDLE_BIN`);
   }
   const argv = ['--listen', listen, ...args];
+  // A data directory of its own unless the test gives one (a restart that should find what the
+  // previous server saved): nothing one test's server keeps reaches another's.
+  const ownDataDir = args.includes('--data-dir') ? null : mkdtempSync(path.join(os.tmpdir(), 'huddle-e2e-data-'));
+  if (ownDataDir) argv.push('--data-dir', ownDataDir);
   if (HUDDLE_WEB_DIR && !args.includes('--web-dir')) argv.push('--web-dir', HUDDLE_WEB_DIR);
   const [cmd, cmdArgs] = wrap ? [wrap[0], [...wrap[1], HUDDLE_BIN, ...argv]] : [HUDDLE_BIN, argv];
   const proc = spawn(cmd, cmdArgs, {
@@ -77,12 +83,14 @@ export async function startServer({ args = [], timeoutMs = T.serverStart, listen
     proc,
     output,
     async stop() {
-      if (exited) return;
-      const gone = new Promise((resolve) => proc.once('exit', resolve));
-      proc.kill('SIGTERM');
-      const timer = setTimeout(() => { if (!exited) proc.kill('SIGKILL'); }, 5_000);
-      await gone;
-      clearTimeout(timer);
+      if (!exited) {
+        const gone = new Promise((resolve) => proc.once('exit', resolve));
+        proc.kill('SIGTERM');
+        const timer = setTimeout(() => { if (!exited) proc.kill('SIGKILL'); }, 5_000);
+        await gone;
+        clearTimeout(timer);
+      }
+      if (ownDataDir) rmSync(ownDataDir, { recursive: true, force: true });
     },
   };
 }

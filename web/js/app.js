@@ -291,10 +291,13 @@ function wireSignalling() {
       if (m.resumed) {
         // Same session, same room: the messages we missed follow. Media may have broken with
         // the network: restart ICE where it did (everywhere after a network change).
+        // After `bye server_shutdown` the server handed our session to its next start
+        // (docs/protocol.md, "Server restarts"); its SFU starts afresh.
         S.resumes += 1;
         notice(t('notice.resumed'));
-        call.restartIce(networkChanged);
+        call.restartIce(networkChanged, S.byeReason === 'server_shutdown');
         networkChanged = false;
+        S.byeReason = '';
         return;
       }
       if (S.inRoom || S.rejoining) {

@@ -299,16 +299,26 @@ const ICE_RESTART_WINDOW_MS = 20000;
 /**
  * The network may have changed (or the signalling connection came back after a gap): restart ICE
  * on every peer-to-peer connection that is not up, and renegotiate with the SFU if that one is not.
- * With `all`, restart every connection (the old paths may be gone although ICE has not noticed).
+ * With `all`, restart every connection (the old paths may be gone although ICE has not noticed);
+ * with `serverRestarted`, the server is a new process and the SFU session starts over at once.
  * @param {boolean} [all]
+ * @param {boolean} [serverRestarted]
  */
-export function restartIce(all = false) {
+export function restartIce(all = false, serverRestarted = false) {
   if (!S.inRoom) return;
   for (const rec of S.peers.values()) {
     const pc = rec.link?.pc;
     if (pc && (all || pc.connectionState === 'disconnected' || pc.connectionState === 'failed')) rec.link?.restartIce();
   }
-  if (S.topology === 'sfu' && sfu && (all || sfu.pc.connectionState !== 'connected')) restartSfu();
+  if (S.topology !== 'sfu') return;
+  if (serverRestarted) {
+    // A new server process: its SFU has no session of ours (nor a history of restarts to
+    // pace); start one now instead of waiting for the old one to fail.
+    if (sfuRetryTimer) { clearTimeout(sfuRetryTimer); sfuRetryTimer = null; }
+    startSfu();
+  } else if (sfu && (all || sfu.pc.connectionState !== 'connected')) {
+    restartSfu();
+  }
 }
 
 /**

@@ -96,7 +96,7 @@ export function exposeDebugHandle() {
         view: S.view, connected: sig.isOpen, room: S.room, inRoom: S.inRoom,
         audio: media.micOn && !!media.micTrack, video: media.camOn && !!media.camTrack, screen: S.sharing,
         camError: media.camError, micError: media.micError, topology: S.topology,
-        reconnecting: S.reconnecting, resumes: S.resumes, rejoins: S.rejoins,
+        reconnecting: S.reconnecting, resumes: S.resumes, rejoins: S.rejoins, role: S.role,
       };
     },
     /** the RTCPeerConnection to the SFU in sfu rooms, else null */

@@ -275,7 +275,8 @@ export class SignalingClient {
         this.server = msg.server;
         if (!msg.resumed) { this.session.seen = 0; this.log = []; this.sent = 0; }
         this.session = { ...this.session, id: msg.id, secret: msg.resume ?? '', graceMs: (msg.resumeGraceSecs ?? 0) * 1000, lostAt: 0 };
-      } else {
+      } else if (msg.type !== 'bye') {
+        // `welcome` and `bye` belong to one connection; every other message counts toward `seen`.
         this.session.seen += 1;
       }
       this.emit(msg.type, msg);

@@ -33,8 +33,9 @@ pub struct Cli {
     /// PEM private key of --tls-cert (e.g. privkey.pem)
     #[arg(long, env = "HUDDLE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// Where huddle keeps what must survive a restart (the self-signed certificate)
-    /// [default: $XDG_DATA_HOME/huddle, else ~/.local/share/huddle]
+    /// Where huddle keeps what must survive a restart: the self-signed certificate, the keys of
+    /// invite links and TURN credentials, and (from a graceful stop to the next start) the
+    /// sessions in rooms [default: $XDG_DATA_HOME/huddle, else ~/.local/share/huddle]
     #[arg(long, env = "HUDDLE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Most participants in one room [default: 6]
@@ -78,7 +79,8 @@ pub struct Cli {
     #[arg(long, env = "HUDDLE_TURN_TLS_PORT", value_name = "PORT")]
     pub turn_tls_port: Option<u16>,
     /// Shared secret of the TURN REST credentials (coturn's `static-auth-secret`); set it to
-    /// let another service hand out credentials for this server [default: random at each start]
+    /// let another service hand out credentials for this server [default: a random key kept in
+    /// the data directory]
     #[arg(long, env = "HUDDLE_TURN_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
     /// Name or address browsers use to reach the TURN server [default: the first

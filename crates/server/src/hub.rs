@@ -101,6 +101,34 @@ pub struct Resume {
     pub seen: u64,
 }
 
+/// The format of [`Hub::save_for_restart`]; a file of another version is not read.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// What a restart hands over: rooms (`R`: the room, or a reference to it while saving) and the
+/// sessions in them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedHub<R> {
+    version: u32,
+    /// Seconds since the epoch.
+    saved_at: u64,
+    sessions: Vec<SavedSession>,
+    rooms: Vec<(String, R)>,
+}
+
+/// One in-room session as [`Conn`] holds it, less its connection.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSession {
+    id: PeerId,
+    secret: String,
+    room: String,
+    sent: u64,
+    received: u64,
+    recent: Vec<ServerMsg>,
+    keys: Vec<String>,
+    ip: IpAddr,
+    host: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub connections: usize,
@@ -184,6 +212,8 @@ pub struct Hub {
     turn: Option<TurnHandle>,
     tokens: Tokens,
     rng: aws_lc_rs::rand::SystemRandom,
+    /// The sessions were saved for a restart ([`Hub::save_for_restart`]).
+    saved: bool,
 }
 
 impl Hub {
@@ -208,6 +238,7 @@ impl Hub {
             stats: Stats::default(),
             turn: None,
             rng: aws_lc_rs::rand::SystemRandom::new(),
+            saved: false,
         }
     }
 
@@ -436,6 +467,105 @@ impl Hub {
     /// When the next suspended session expires.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.conns.values().filter_map(|c| c.suspended).min()
+    }
+
+    /// Everything a restart needs to hand every in-room session back to its page: the rooms
+    /// (settings, password, bans, roles, chat) and each session's secret, counters and replay
+    /// buffer. Sessions outside rooms are not kept (their pages start over cheaply). From now
+    /// on shutdown tells nobody that anyone left, so that what the pages received is exactly
+    /// what was saved.
+    pub fn save_for_restart(&mut self) -> Vec<u8> {
+        self.saved = true;
+        let sessions = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| {
+                Some(SavedSession {
+                    id: id.clone(),
+                    secret: c.secret.clone(),
+                    room: c.room.as_deref()?.to_string(),
+                    sent: c.sent,
+                    received: c.received,
+                    recent: c.recent.iter().map(|m| (**m).clone()).collect(),
+                    keys: c.keys.clone(),
+                    ip: c.ip,
+                    host: c.host.clone(),
+                })
+            })
+            .collect();
+        let rooms = self.rooms.iter().map(|(name, r)| (name.to_string(), r)).collect();
+        let saved = SavedHub { version: SNAPSHOT_VERSION, saved_at: unix_secs(), sessions, rooms };
+        // Plain data with string keys only: serialising it cannot fail.
+        serde_json::to_vec(&saved).expect("the hub's saved state serialises")
+    }
+
+    /// Takes back what [`Hub::save_for_restart`] kept (ignored if it is older than the grace
+    /// period, or from another version): every session waits for its page to resume it, as
+    /// after a lost connection, for the grace period from `now`. Members without a session, and
+    /// rooms left empty, are dropped. Returns the highest connection number the sessions' ids
+    /// use, so that new connections are numbered above it.
+    pub fn restore(&mut self, saved: &[u8], now: Instant) -> Result<u64, String> {
+        let saved: SavedHub<Room> = serde_json::from_slice(saved).map_err(|e| e.to_string())?;
+        let grace = self.config.resume_grace;
+        if saved.version != SNAPSHOT_VERSION {
+            return Err(format!("saved by another version ({})", saved.version));
+        }
+        let age = unix_secs().saturating_sub(saved.saved_at);
+        if grace.is_zero() || age > grace.as_secs() {
+            return Err(format!("saved {age} s ago, longer than the grace period"));
+        }
+        let SavedHub { sessions, rooms, .. } = saved;
+        let sessions: HashMap<PeerId, SavedSession> = sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let mut highest = 0;
+        for (name, mut room) in rooms {
+            if self.rooms.len() >= self.config.max_rooms as usize {
+                break;
+            }
+            let name: Arc<str> = name.into();
+            let in_room = |id: &PeerId| sessions.get(id).is_some_and(|s| *s.room == *name);
+            room.restored(self.config.room_capacity as usize, self.config.chat_history as usize, in_room);
+            if room.is_empty() {
+                continue;
+            }
+            if room.topology() == Topology::Sfu && self.media.is_none() {
+                room.set_topology(Topology::P2p);
+            }
+            room.ensure_host();
+            for peer in room.members() {
+                let Some(s) = sessions.get(&peer.id) else { continue };
+                highest = highest.max(s.id.0.strip_prefix('p').and_then(|n| n.parse().ok()).unwrap_or(0));
+                let recent = s.recent.iter().rev().take(RESUME_BUFFER).rev().cloned().map(Arc::new).collect();
+                let conn = Conn {
+                    outbox: None,
+                    kick: None,
+                    room: Some(name.clone()),
+                    waiting_in: None,
+                    host: s.host.clone(),
+                    conn: 0,
+                    secret: s.secret.clone(),
+                    sent: s.sent,
+                    received: s.received,
+                    recent,
+                    suspended: Some(now + grace),
+                    keys: s.keys.clone(),
+                    ip: s.ip,
+                };
+                self.conns.insert(peer.id.clone(), conn);
+            }
+            self.rooms.insert(name, room);
+        }
+        self.rooms_dirty = true;
+        info!(
+            rooms = self.rooms.len(),
+            sessions = self.conns.len(),
+            "sessions kept over the restart wait for their pages"
+        );
+        Ok(highest)
+    }
+
+    /// Uses `key` for invite links, so that links handed out survive a restart.
+    pub fn set_invite_key(&mut self, key: &[u8]) {
+        self.tokens.set_invite_key(key);
     }
 
     fn disconnect(&mut self, id: &PeerId, reason: LeaveReason) {
@@ -1171,7 +1301,14 @@ impl Hub {
         let suspended: Vec<PeerId> =
             self.conns.iter().filter(|(_, c)| c.suspended.is_some()).map(|(id, _)| id.clone()).collect();
         for id in suspended {
-            self.disconnect(&id, LeaveReason::Disconnected);
+            if self.saved {
+                // Saved for the restart: its room must not hear it left.
+                self.leave_room_quietly(&id);
+                self.leave_waiting_room(&id);
+                self.conns.remove(&id);
+            } else {
+                self.disconnect(&id, LeaveReason::Disconnected);
+            }
         }
         for conn in self.conns.values_mut() {
             // Dropping the outbox after `bye` lets the connection task write it, then close.
@@ -1283,13 +1420,24 @@ impl Hub {
 
 /// The hub task: applies commands in order, pushes the room list on a timer and ends the
 /// sessions not resumed in time.
-pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>) {
+///
+/// With `save_to`, shutdown first writes the sessions there for the next start
+/// ([`Hub::save_for_restart`]).
+pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_to: Option<std::path::PathBuf>) {
     let mut tick = tokio::time::interval(ROOM_LIST_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let expiry = hub.next_expiry();
         tokio::select! {
             cmd = commands.recv() => match cmd {
+                Some(cmd @ Command::Shutdown { .. }) => {
+                    if let Some(path) = save_to.take() {
+                        let saved = hub.save_for_restart();
+                        // One write as the server stops; nothing else is waiting on the hub.
+                        crate::persist::save_sessions(&path, &saved);
+                    }
+                    hub.handle(cmd);
+                }
                 Some(cmd) => hub.handle(cmd),
                 None => break,
             },
@@ -1815,6 +1963,43 @@ mod tests {
             ServerMsg::Welcome { resume, .. } => Resume { id: id.clone(), secret: resume.clone(), seen },
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn saved_sessions_come_back_suspended_and_those_not_resumed_leave_after_the_grace_period() {
+        let mut hub = hub_with(|_| {});
+        let (mut a, wa) = connect_as(&mut hub, 1, 64, None);
+        let (mut b, _) = connect_as(&mut hub, 2, 64, None);
+        // Someone outside any room: not kept (its page starts over cheaply).
+        let _lobby = connect(&mut hub, 3, 64);
+        join(&mut hub, &mut a, "r");
+        join(&mut hub, &mut b, "r");
+        send(&mut hub, &b, ClientMsg::Hand { raised: true });
+        let seen = 1 + a.drain().len() as u64;
+        let saved = hub.save_for_restart();
+        let (done, _) = oneshot::channel();
+        hub.handle(Command::Shutdown { done });
+        assert!(!a.drain().iter().any(|m| matches!(m, ServerMsg::PeerLeft { .. })), "nobody is told of a leave");
+
+        let mut next = hub_with(|_| {});
+        let now = Instant::now();
+        assert_eq!(next.restore(&saved, now), Ok(2), "new connections are numbered above p2");
+        next.check_invariants().expect("consistent after a restore");
+        assert_eq!((next.stats().suspended, next.stats().participants, next.stats().connections), (2, 2, 2));
+        // Alice comes back; Bob never does.
+        let (mut a2, w) = connect_as(&mut next, 4, 64, Some(resume_of(&wa, &a.id, seen)));
+        assert!(matches!(w, ServerMsg::Welcome { resumed: true, .. }), "{w:?}");
+        assert_eq!(next.rooms["r"].role(&a.id), Some(Role::Host));
+        assert!(next.rooms["r"].member(&b.id).expect("kept").hand, "Bob's hand was kept");
+        assert!(a2.drain().is_empty(), "nothing missed");
+        next.expire(now + next.config.resume_grace - Duration::from_millis(1));
+        assert!(a2.drain().is_empty(), "not before the grace period ends");
+        next.expire(now + next.config.resume_grace);
+        assert!(matches!(&a2.drain()[..], [ServerMsg::PeerLeft { id, .. }] if *id == b.id));
+        next.check_invariants().expect("consistent");
+        // Something that is not a saved hub, or kept while resuming is off, is refused.
+        assert!(hub_with(|_| {}).restore(b"{}", now).is_err());
+        assert!(hub_with(|c| c.resume_grace = Duration::ZERO).restore(&saved, now).is_err());
     }
 
     #[test]

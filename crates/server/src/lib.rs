@@ -37,6 +37,7 @@ pub mod ice_tcp;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod persist;
 pub mod room;
 pub mod tls;
 pub mod tokens;
@@ -127,12 +128,29 @@ pub async fn serve_with(
         hub.set_turn(turn.handle.clone());
         turn_task = Some(turn);
     }
-    let hub_task = tokio::spawn(hub::run(hub, hub_rx));
+    // What the previous run on this port handed over (sessions to resume), and invite links
+    // that outlive restarts.
+    let sessions_file = persist::sessions_file(
+        config.data_dir.as_deref(),
+        listener.local_addr()?.port(),
+        config.resume_grace.as_secs(),
+    );
+    let mut first_id = 1;
+    if let Some(saved) = sessions_file.as_deref().and_then(persist::take_sessions) {
+        match hub.restore(&saved, tokio::time::Instant::now()) {
+            Ok(highest) => first_id = highest + 1,
+            Err(why) => info!(%why, "saved sessions not used"),
+        }
+    }
+    if let Some(key) = persist::key(config.data_dir.as_deref(), "invite.key") {
+        hub.set_invite_key(&key);
+    }
+    let hub_task = tokio::spawn(hub::run(hub, hub_rx, sessions_file));
     let state = AppState {
         admission: Arc::new(limits::Admission::new(config.admission_limits())),
         config,
         hub: hub_tx.clone(),
-        next_id: Arc::new(AtomicU64::new(1)),
+        next_id: Arc::new(AtomicU64::new(first_id)),
         counters: Arc::new(metrics::Counters::default()),
         media: media_stats,
         turn: turn_task.as_ref().map(|t: &turn::Running| t.commands.downgrade()),

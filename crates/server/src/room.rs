@@ -3,6 +3,7 @@
 //! do what live in the hub, which calls these.
 
 use huddle_protocol::{ChatMessage, Knocker, Peer, PeerId, Role, RoomSettings, Topology};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -12,13 +13,14 @@ pub enum RoomError {
 
 /// What a host switched off for a participant, which they may not switch on again themselves
 /// unless the room allows unmuting.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
     pub audio: bool,
     pub video: bool,
     pub screen: bool,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Member {
     peer: Peer,
     held: Held,
@@ -34,6 +36,9 @@ pub struct Waiter {
     pub keys: Vec<String>,
 }
 
+/// Serialised (without its waiting room, whose people are connections that cannot outlive the
+/// server) when the server saves its sessions for a restart.
+#[derive(Serialize, Deserialize)]
 pub struct Room {
     capacity: usize,
     members: Vec<Member>,
@@ -43,6 +48,7 @@ pub struct Room {
     topology: Topology,
     pub settings: RoomSettings,
     password: Option<String>,
+    #[serde(skip)]
     waiting: Vec<Waiter>,
     /// Ban keys: `ip:<address>`, `sub:<token subject>`.
     banned: HashSet<String>,
@@ -65,6 +71,22 @@ impl Room {
             waiting: Vec::new(),
             banned: HashSet::new(),
         }
+    }
+
+    /// A room read back after a restart, fitted to the (maybe changed) configuration: members
+    /// for whom `keep` says no are dropped, and so are those over `capacity`.
+    pub fn restored(&mut self, capacity: usize, history: usize, keep: impl Fn(&PeerId) -> bool) {
+        self.capacity = capacity;
+        self.history = history;
+        while self.chat.len() > history {
+            self.chat.pop_front();
+        }
+        let mut kept = 0;
+        self.members.retain(|m| {
+            let ok = kept < capacity && keep(&m.peer.id);
+            kept += usize::from(ok);
+            ok
+        });
     }
 
     /// How media flows in this room now.

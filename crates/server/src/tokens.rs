@@ -70,6 +70,12 @@ impl Tokens {
         Tokens { own, hs256: hs256.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k)), ed25519 }
     }
 
+    /// Signs invites with `key` from now on (kept in the data directory, so that invites
+    /// outlive a restart).
+    pub fn set_invite_key(&mut self, key: &[u8]) {
+        self.own = hmac::Key::new(hmac::HMAC_SHA256, key);
+    }
+
     /// An invite token for `room`, valid until `exp` (seconds since the epoch).
     pub fn invite(&self, room: &str, exp: u64) -> String {
         let claims = Claims { room: room.to_string(), exp, nbf: None, name: None, role: None, sub: None, inv: true };

@@ -242,9 +242,13 @@ impl Turn {
             Some((l, _)) => Some(l.local_addr()?.port()),
             None => None,
         };
+        // Kept in the data directory, so that credentials handed out outlive a restart.
         let secret = match &config.turn_secret {
             Some(s) => Secret::new(s.as_bytes()),
-            None => Secret::new(&random_bytes()),
+            None => match crate::persist::key(config.data_dir.as_deref(), "turn.key") {
+                Some(key) => Secret::new(&key),
+                None => Secret::new(&random_bytes()),
+            },
         };
         let mut cfg = huddle_turn::Config::new(REALM, secret.clone(), random_bytes().to_vec());
         cfg.policy.allow = config.turn_allow_peers.clone();

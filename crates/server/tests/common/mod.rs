@@ -33,6 +33,16 @@ impl TestServer {
         TestServer { addr, stop: Some(stop), task: Some(task) }
     }
 
+    /// Like [`TestServer::start`], on a given address (e.g. the port of a server that stopped).
+    pub async fn start_on(config: Config, addr: SocketAddr) -> TestServer {
+        let listener = TcpListener::bind(addr).await.expect("bind the address again");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(huddle_server::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, stop: Some(stop), task: Some(task) }
+    }
+
     pub async fn default() -> TestServer {
         TestServer::start(Config::default()).await
     }
