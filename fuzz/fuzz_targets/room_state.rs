@@ -17,7 +17,10 @@
 //! - when every client has read its messages, each one's view of its room is exactly who the
 //!   hub has there, and the hub's counters match the clients';
 //! - what reaches the SFU task is about members of `sfu` rooms, and shutdown completes exactly
-//!   when the last connection is gone.
+//!   when the last connection is gone;
+//! - a restart at any point (`Hub::snapshot` restored into a second hub) keeps the same rooms and
+//!   members, each session suspended, and every client in a room that has read everything takes
+//!   its session back there with its secret and `seen`, with nothing to replay.
 #![no_main]
 
 use huddle_protocol::{
@@ -26,7 +29,7 @@ use huddle_protocol::{
 };
 use huddle_server::config::{Config, TopologyMode};
 use huddle_server::files::FileCommand;
-use huddle_server::hub::{Command, Connect, Hub, Resume};
+use huddle_server::hub::{Command, Connect, Hub, Resume, RESUME_BUFFER};
 use huddle_server::media::{MediaCommand, MediaEvent};
 use libfuzzer_sys::arbitrary::{self, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -422,6 +425,7 @@ struct World {
 
 struct Run {
     hub: Hub,
+    config: Arc<Config>,
     world: World,
     slots: [Option<Client>; SLOTS],
     /// Every id handed out, for picking strangers and leavers too.
@@ -465,13 +469,14 @@ impl Run {
         let config = Arc::new(config);
         let (hub, media_rx) = if u.arbitrary()? {
             let (tx, rx) = mpsc::channel(u.int_in_range(1..=4)?);
-            (Hub::with_media(config, tx), Some(rx))
+            (Hub::with_media(config.clone(), tx), Some(rx))
         } else {
-            (Hub::new(config), None)
+            (Hub::new(config.clone()), None)
         };
         let world = World { media: media_rx.is_some(), ..World::default() };
         Ok(Run {
             hub,
+            config,
             world,
             slots: Default::default(),
             ids: Vec::new(),
@@ -699,12 +704,13 @@ impl Run {
                 };
                 self.handle(Command::Media(event));
             }
-            18 => match u.int_in_range(0..=3)? {
+            18 => match u.int_in_range(0..=4)? {
                 0 => self.media_stalled = !self.media_stalled,
                 1 => {
                     let id = self.id_of(u)?;
                     self.handle(Command::Ignored { id });
                 }
+                2 => self.check_restart(),
                 _ => {
                     // Time passes (virtually): a little, or past the grace period.
                     self.elapsed += Duration::from_secs(*u.choose(&[1, 9, 31, 3600])?);
@@ -821,6 +827,61 @@ impl Run {
                 }
                 MediaCommand::Leave { .. } | MediaCommand::Stats { .. } => {}
             }
+        }
+    }
+
+    /// The hub as a restart would save it, restored into a second hub: the same rooms and members,
+    /// every session there suspended, and each client in a room that has read everything resumes
+    /// it there (same id, `resumed`), with nothing to replay. The run goes on with the first hub.
+    fn check_restart(&mut self) {
+        if self.world.shutdown || self.config.resume_grace.is_zero() {
+            return;
+        }
+        let saved = self.hub.snapshot();
+        let mut next = if self.world.media {
+            Hub::with_media(self.config.clone(), mpsc::channel(64).0)
+        } else {
+            Hub::new(self.config.clone())
+        };
+        let now = self.base + self.elapsed;
+        if let Err(e) = next.restore(&saved, now) {
+            panic!("a fresh snapshot is refused: {e}");
+        }
+        if let Err(e) = next.check_invariants() {
+            panic!("restored hub: {e}");
+        }
+        let (before, after) = (self.hub.stats(), next.stats());
+        assert_eq!((before.rooms, before.participants), (after.rooms, after.participants), "rooms and members kept");
+        assert_eq!((after.suspended, after.connections), (after.participants, after.participants), "all suspended");
+        let mut n = 0;
+        for c in self.slots.iter().flatten() {
+            if c.room.is_none() || c.paused || c.late || c.said_bye || !c.welcomed || !c.rx.is_empty() {
+                continue;
+            }
+            n += 1;
+            let (tx, mut rx) = mpsc::channel(RESUME_BUFFER + 1);
+            let (kick, _kicked) = oneshot::channel();
+            let (session, mut named) = oneshot::channel();
+            let resume = Some(Resume { id: c.id.clone(), secret: c.secret.clone(), seen: c.counted });
+            let id = PeerId(format!("restart{n}"));
+            let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+            next.handle(Command::Connect(Connect {
+                conn: u64::MAX - n,
+                id,
+                outbox: tx,
+                kick,
+                host: None,
+                ip,
+                resume,
+                session,
+            }));
+            assert_eq!(named.try_recv().ok().as_ref(), Some(&c.id), "{} takes its session back after a restart", c.id);
+            let welcome = rx.try_recv().map(|m| (*m).clone());
+            assert!(matches!(welcome, Ok(ServerMsg::Welcome { resumed: true, .. })), "{}: {welcome:?}", c.id);
+            assert!(rx.try_recv().is_err(), "{}: nothing to replay, it had read everything", c.id);
+        }
+        if let Err(e) = next.check_invariants() {
+            panic!("restored hub after resumes: {e}");
         }
     }
 
