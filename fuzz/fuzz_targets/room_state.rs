@@ -13,7 +13,8 @@
 //!   room consistent, `chat` and `signal` only from the people in its room (or `sfu` in an `sfu`
 //!   room), chat ids strictly increasing, `rooms` only while watching, nothing after `bye`;
 //! - a client is disconnected (`kick`) only because its outbox was full or the server shuts down,
-//!   and `bye` is only ever `server_shutdown`;
+//!   or because its session was resumed on another connection (`replaced`, and that connection's
+//!   late goodbye changes nothing), and `bye` is only ever `server_shutdown`;
 //! - when every client has read its messages, each one's view of its room is exactly who the
 //!   hub has there, and the hub's counters match the clients';
 //! - what reaches the SFU task is about members of `sfu` rooms, and shutdown completes exactly
@@ -560,6 +561,27 @@ impl Run {
                     resume = Some(Resume { id: c.id.clone(), secret, seen });
                     old = Some(c);
                 }
+                // A session taken over while its old connection is still attached (the page saw
+                // that connection die before the server did): the old one is kicked `replaced`,
+                // and its late goodbye changes nothing.
+                let mut replaced = None;
+                if resume.is_none() && !self.world.shutdown && !self.config.resume_grace.is_zero() && u.ratio(1, 6)? {
+                    let live: Vec<usize> = (0..SLOTS)
+                        .filter(|&i| self.slots[i].as_ref().is_some_and(|c| c.welcomed && !c.late && c.room.is_some()))
+                        .collect();
+                    if let Ok(&from) = u.choose(&live) {
+                        if let Some(c) = self.slots[from].as_mut() {
+                            // Everything the old connection delivered is read first (it may say
+                            // the room is gone: then there is nothing to take over).
+                            c.read(&self.world);
+                        }
+                        if let Some(c) = self.slots[from].take_if(|c| c.room.is_some() && !c.said_bye) {
+                            resume = Some(Resume { id: c.id.clone(), secret: c.secret.clone(), seen: c.counted });
+                            replaced = Some(c.conn);
+                            old = Some(c);
+                        }
+                    }
+                }
                 let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, u.int_in_range(1..=3)?));
                 let connect = Connect { conn, id: id.clone(), outbox: tx, kick: ktx, host, ip, resume, session: stx };
                 self.handle(Command::Connect(connect));
@@ -567,6 +589,9 @@ impl Run {
                 if let (Some(mut c), Some(session)) = (old, session.as_ref()) {
                     if *session == c.id {
                         // Resumed: the same session on a new connection; its stream goes on.
+                        if replaced.is_some() {
+                            assert_eq!(c.kick.try_recv().ok(), Some(ByeReason::Replaced), "{}: old one kicked", c.id);
+                        }
                         c.rx = rx;
                         c.kick = krx;
                         c.cap = cap;
@@ -577,10 +602,20 @@ impl Run {
                         c.resuming = true;
                         c.read_count = 0;
                         c.watch_marks.clear();
+                        let id = c.id.clone();
                         self.slots[slot] = Some(c);
+                        if let Some(conn) = replaced {
+                            self.handle(Command::Disconnect {
+                                id,
+                                conn,
+                                reason: LeaveReason::Disconnected,
+                                resumable: true,
+                            });
+                        }
                         self.after_command(evicted_before);
                         return Ok(());
                     }
+                    assert!(replaced.is_none(), "{}: a live session with the right secret was not resumed", c.id);
                     // Not resumed: with a wrong secret the session is still kept.
                     c.again.clear();
                     self.lost.push(c);
