@@ -108,6 +108,13 @@ sc.step('Bob\'s network goes dark for 25 s: both sides carry on as before, chats
   await expectChatsOnce(B, [...fromAlice, fromBob]);
   await expectChatsOnce(A, [...fromAlice, fromBob]);
   await expectEveryoneSeesEveryone([A, B], clips, (line) => B.note(line));
+  // A call that failed during the blackout and came back says so no longer.
+  for (const p of [A, B]) {
+    await pollUntil(async () => {
+      const code = await p.page.evaluate(() => document.getElementById('error-banner')?.dataset.code ?? '');
+      return { ok: code !== 'peer_failed', code };
+    }, { timeoutMs: 5_000, what: `${p.who}: no "cannot connect" banner once the call is back` });
+  }
 }, { timeout: 120_000 });
 
 sc.step('the server restarts: both pages resume their sessions, Alice still hosts, chats exactly once', async (t) => {

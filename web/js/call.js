@@ -357,7 +357,13 @@ function linkFailed(rec) {
 function setProblem(rec, why) {
   rec.problem = why;
   renderProblem(rec);
-  if (!why) return;
+  if (!why) {
+    // "Cannot connect to …" goes once no connection is failed any more (an ICE restart or a new
+    // connection got through).
+    const failed = [...S.peers.values()].some((p) => p.problem === 'failed');
+    if (!failed && bannerCode() === 'peer_failed') hideError(['peer_failed']);
+    return;
+  }
   check.ensureCheck().then(() => {
     if (S.peers.get(rec.id) !== rec || rec.problem !== why) return;
     renderProblem(rec);
