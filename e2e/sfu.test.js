@@ -10,6 +10,7 @@ import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClip, PALETTE, writeVoiceWav } from './lib/camera.js';
 import {
   joinViaLanding, waitForRemoteTiles, waitForColour, expectFramesAdvance, expectEveryoneSeesEveryone, pollUntil, button,
+  framesDecoded,
 } from './lib/huddle.js';
 import { startSynth } from './lib/synth.js';
 import { Scenario } from './lib/scenario.js';
@@ -236,6 +237,40 @@ sc.step('speaking ring from the forwarded audio levels; speaker view: the big ti
   } finally {
     for (const p of [B, C, D]) await button(p.page, 'Microphone').click();
   }
+});
+
+sc.step('the SFU forwards video only while it is announced: a camera turned off and on, and a screen shared with the camera off, show at once', async (t) => {
+  const C = P[2];
+  const seeC = (attrs) => Promise.all(others(C).map((p) => p.page.locator(`#tiles .tile[data-peer-id="${C.id}"]${attrs}`)
+    .waitFor({ timeout: T.ui }).catch(() => { throw new Error(`${p.who}: C's tile did not get ${attrs}`); })));
+  /** Milliseconds from `t0` until every other page decodes a new frame from C. */
+  const firstFrames = (t0, what) => Promise.all(others(C).map(async (p) => {
+    const start = await framesDecoded(p.page, C.id);
+    await pollUntil(async () => {
+      const f = await framesDecoded(p.page, C.id);
+      return f.frames > start.frames ? f : { ok: false, ...f };
+    }, { timeoutMs: T.media, intervalMs: 50, what: `${p.who}: a frame from C ${what}` });
+    return Date.now() - t0;
+  }));
+  await button(C.page, 'Camera').click();
+  await seeC('[data-video="off"]');
+  // A screen share with the camera off: announced as `screen`, so forwarded.
+  let t0 = Date.now();
+  await button(C.page, 'Share screen').click();
+  await seeC('[data-screen="on"]');
+  const shared = await firstFrames(t0, 'sharing its screen');
+  await button(C.page, 'Share screen').click();
+  await seeC('[data-screen="off"][data-video="off"]');
+  // The camera again: the page sends it before it announces it; the SFU's first forwarded frame
+  // is a keyframe it asks for when the announcement lifts the hold.
+  t0 = Date.now();
+  await button(C.page, 'Camera').click();
+  const camera = await firstFrames(t0, 'after its camera came back');
+  for (const p of others(C)) {
+    await waitForColour(p.page, C.id, C.clip, clips, { what: `${p.who}: C's camera again` });
+    await expectFramesAdvance(p.page, C.id, { who: `${p.who} watching C after its camera came back` });
+  }
+  t.diagnostic(`first frame at the others, ms after the click: screen share ${JSON.stringify(shared)}, camera on ${JSON.stringify(camera)}`);
 });
 
 sc.step('46 synthetic participants fill the room to 50: the browsers keep their pictures and hear the talkers', async (t) => {

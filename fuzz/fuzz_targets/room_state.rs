@@ -853,11 +853,12 @@ impl Run {
                         assert!(c.peers.contains(&publisher), "{peer} asked for {publisher}, not in its room");
                     }
                 }
-                MediaCommand::HoldAudio { peer, .. } => {
-                    // Only about someone in an sfu room (a host's mute, or an allowed unmute).
+                MediaCommand::Hold { peer, .. } => {
+                    // Only about someone in an sfu room (after its offer, a host's action, a
+                    // `media` that changed what the SFU forwards).
                     if let Some(c) = client(&peer) {
-                        assert!(c.room.is_some(), "audio hold for {peer}, who is in no room");
-                        assert_eq!(c.topology, Topology::Sfu, "audio hold in a p2p room");
+                        assert!(c.room.is_some(), "media hold for {peer}, who is in no room");
+                        assert_eq!(c.topology, Topology::Sfu, "media hold in a p2p room");
                     }
                 }
                 MediaCommand::Leave { .. } | MediaCommand::Stats { .. } => {}

@@ -664,13 +664,11 @@ impl Hub {
                 self.file_offer(id, &room, &name, size, &mime, &sha256)
             }
             (ClientMsg::Media { audio, video, screen }, Some(room)) => {
-                let was_held = self.rooms.get(&room).is_some_and(|r| r.held(id).audio);
+                let before = self.sfu_hold(id);
                 match self.rooms.get_mut(&room).map(|r| r.set_media(id, audio, video, screen)) {
                     Some(Ok(Some(peer))) => {
-                        if was_held && peer.audio {
-                            // Allowed to unmute: the SFU forwards its sound again.
-                            self.hold_audio(id, false);
-                        }
+                        // An allowed unmute, a camera or screen on or off: the SFU follows.
+                        self.tell_sfu_hold(id, before);
                         let msg = Arc::new(ServerMsg::PeerUpdated { peer });
                         self.broadcast(&room, Some(id), msg);
                         Ok(())
@@ -962,6 +960,7 @@ impl Hub {
         peer: &PeerId,
         action: ModAction,
     ) -> Result<(), ErrorCode> {
+        let before = self.sfu_hold(peer);
         let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
         let target = r.role(peer).ok_or(ErrorCode::UnknownPeer)?;
         // Nobody acts on someone above them; nobody removes themselves this way.
@@ -970,11 +969,7 @@ impl Hub {
         }
         info!(peer = %id, target = %peer, ?action, "host action");
         let updated = match action {
-            ModAction::Mute => {
-                let p = r.hold(peer, Held { audio: true, ..Held::default() });
-                self.hold_audio(peer, true);
-                p
-            }
+            ModAction::Mute => r.hold(peer, Held { audio: true, ..Held::default() }),
             ModAction::StopVideo => r.hold(peer, Held { video: true, ..Held::default() }),
             ModAction::StopScreen => r.hold(peer, Held { screen: true, ..Held::default() }),
             ModAction::LowerHand => r.set_hand(peer, false),
@@ -992,20 +987,30 @@ impl Hub {
             }
         };
         if let Some(p) = updated {
+            // What a host turned off, the SFU no longer forwards, whatever the page sends.
+            self.tell_sfu_hold(peer, before);
             self.broadcast(room, Some(peer), Arc::new(ServerMsg::PeerUpdated { peer: p }));
             self.send(peer, ServerMsg::Moderated { action, by: id.clone() });
         }
         Ok(())
     }
 
-    /// Tells the SFU to stop (or resume) forwarding `peer`'s audio, in `sfu` rooms.
-    fn hold_audio(&mut self, peer: &PeerId, held: bool) {
-        let Some(room) = self.conns.get(peer).and_then(|c| c.room.clone()) else { return };
-        if self.rooms.get(&room).is_none_or(|r| r.topology() != Topology::Sfu) {
-            return;
-        }
+    /// What the SFU must not forward of `peer`'s media: its audio while a host has it muted, its
+    /// video while the room has neither its camera nor its screen on. `None` outside `sfu` rooms.
+    fn sfu_hold(&self, peer: &PeerId) -> Option<SfuHold> {
+        let room = self.conns.get(peer)?.room.as_ref()?;
+        let r = self.rooms.get(room).filter(|r| r.topology() == Topology::Sfu)?;
+        let p = r.member(peer)?;
+        Some(SfuHold { audio: r.held(peer).audio, video: !(p.video || p.screen) })
+    }
+
+    /// Tells the SFU what it must not forward of `peer`'s media, in `sfu` rooms, when that is not
+    /// `before` (what it was before a change; nothing held for a new SFU session).
+    fn tell_sfu_hold(&mut self, peer: &PeerId, before: Option<SfuHold>) {
+        let Some(hold) = self.sfu_hold(peer).filter(|h| Some(*h) != before) else { return };
         if let Some(media) = &self.media {
-            if media.try_send(MediaCommand::HoldAudio { peer: peer.clone(), held }).is_err() {
+            let cmd = MediaCommand::Hold { peer: peer.clone(), audio: hold.audio, video: hold.video };
+            if media.try_send(cmd).is_err() {
                 self.stats.media_commands_dropped += 1;
             }
         }
@@ -1083,9 +1088,10 @@ impl Hub {
             warn!(peer = %id, "SFU queue full; refusing a signal");
             return Err(ErrorCode::MediaFailed);
         }
-        // A (new) SFU session starts unheld: a muted participant stays muted on it.
-        if offer && self.rooms.get(room).is_some_and(|r| r.held(id).audio) {
-            self.hold_audio(id, true);
+        // A (new) SFU session starts with nothing held: a muted participant stays muted on it,
+        // and one whose camera and screen are off stays unseen.
+        if offer {
+            self.tell_sfu_hold(id, Some(SfuHold::default()));
         }
         Ok(())
     }
@@ -1462,6 +1468,13 @@ async fn sleep_until(t: Option<Instant>) {
 /// Longest room password, in characters.
 pub const PASSWORD_MAX_CHARS: u32 = 64;
 
+/// What the SFU forwards to no one of a participant's media ([`MediaCommand::Hold`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SfuHold {
+    audio: bool,
+    video: bool,
+}
+
 /// A `join`'s fields.
 struct JoinRequest {
     protocol: u32,
@@ -1554,6 +1567,47 @@ mod tests {
         // Leaving tells the SFU.
         hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Leave });
         assert!(matches!(media_rx.try_recv(), Ok(MediaCommand::Leave { peer }) if peer == a.id));
+    }
+
+    #[test]
+    fn the_sfu_is_told_what_it_must_not_forward_when_that_changes_and_after_each_offer() {
+        let c = Config { topology: TopologyMode::Sfu, ..Config::default() };
+        let (media_tx, mut media_rx) = mpsc::channel(16);
+        let mut hub = Hub::with_media(Arc::new(c), media_tx);
+        let (mut host, mut b) = (connect(&mut hub, 1, 64), connect(&mut hub, 2, 64));
+        join(&mut hub, &mut host, "r");
+        join(&mut hub, &mut b, "r");
+        let say = |hub: &mut Hub, id: &PeerId, msg| hub.handle(Command::Client { id: id.clone(), msg });
+        // (audio, video) held, in every `Hold` sent since the last look.
+        let mut holds = || -> Vec<(bool, bool)> {
+            std::iter::from_fn(|| media_rx.try_recv().ok())
+                .filter_map(|c| match c {
+                    MediaCommand::Hold { audio, video, .. } => Some((audio, video)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let media = |audio, video, screen| ClientMsg::Media { audio, video, screen };
+        say(&mut hub, &b.id, media(true, true, false));
+        assert_eq!(holds(), [], "nothing changed");
+        say(&mut hub, &b.id, media(true, false, true));
+        assert_eq!(holds(), [], "its screen is on instead of its camera: still seen");
+        say(&mut hub, &b.id, media(true, false, false));
+        assert_eq!(holds(), [(false, true)]);
+        let offer =
+            SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp: "v=0".into() } };
+        say(&mut hub, &b.id, ClientMsg::Signal { to: PeerId(SFU_PEER_ID.into()), payload: offer });
+        assert_eq!(holds(), [(false, true)], "a new session is told again");
+        say(&mut hub, &b.id, media(true, true, false));
+        assert_eq!(holds(), [(false, false)]);
+        let moderate = |action| ClientMsg::Moderate { peer: b.id.clone(), action };
+        say(&mut hub, &host.id, moderate(ModAction::StopVideo));
+        assert_eq!(holds(), [(false, true)], "a host stopped its camera");
+        say(&mut hub, &host.id, moderate(ModAction::Mute));
+        assert_eq!(holds(), [(true, true)]);
+        say(&mut hub, &b.id, media(false, true, false));
+        assert!(matches!(b.drain().last(), Some(ServerMsg::Error { code: ErrorCode::MutedByHost, .. })));
+        assert_eq!(holds(), [], "refused: nothing changes");
     }
 
     #[test]

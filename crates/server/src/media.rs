@@ -75,8 +75,9 @@ pub enum MediaCommand {
     Leave { peer: PeerId },
     /// How much of `publisher`'s video `peer` wants.
     Receive { peer: PeerId, publisher: PeerId, video: VideoQuality },
-    /// A host muted `peer` (`held`), or it may speak again: its audio is not forwarded meanwhile.
-    HoldAudio { peer: PeerId, held: bool },
+    /// What of `peer`'s media the SFU forwards to no one: `audio` while a host has it muted,
+    /// `video` while its room has its camera and screen off ([`huddle_sfu::Input::Hold`]).
+    Hold { peer: PeerId, audio: bool, video: bool },
     /// Counters, for tests and monitoring.
     Stats { reply: oneshot::Sender<MediaStats> },
 }
@@ -542,10 +543,10 @@ impl Driver {
                 // Unknown to the core: the page said it before offering; it will say it again.
                 let _ = self.sfu.handle_input(Input::Receive { now, peer: id, publisher, video });
             }
-            MediaCommand::HoldAudio { peer, held } => {
+            MediaCommand::Hold { peer, audio, video } => {
                 // Unknown to the core: it has not offered yet; the hub says it again after the offer.
                 if let Some(id) = core_id(&peer) {
-                    let _ = self.sfu.handle_input(Input::HoldAudio { peer: id, held });
+                    let _ = self.sfu.handle_input(Input::Hold { now, peer: id, audio, video });
                 }
             }
             MediaCommand::Stats { reply } => {

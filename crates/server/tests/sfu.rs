@@ -125,20 +125,46 @@ fn heard(receiver: u8, sender: u8) -> u64 {
     HEARD.lock().expect("not poisoned").get(&(receiver, sender)).copied().unwrap_or(0)
 }
 
+/// The same for video frames.
+static SAW: std::sync::Mutex<std::collections::BTreeMap<(u8, u8), u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn saw(receiver: u8, sender: u8) -> u64 {
+    SAW.lock().expect("not poisoned").get(&(receiver, sender)).copied().unwrap_or(0)
+}
+
 /// A str0m participant: joins over the WebSocket, offers to the SFU, answers its offers, sends
 /// an audio (with an audio level) and a video frame every 20 ms whose last byte is its `tag`,
 /// and reports every (sender tag, kind) it receives once.
 async fn media_participant(
+    ws: Client,
+    room: &str,
+    tag: u8,
+    link: Link,
+    sightings: mpsc::UnboundedSender<Sighting>,
+    stop: watch::Receiver<bool>,
+) -> Client {
+    let (_, nothing) = mpsc::unbounded_channel();
+    saying_participant(ws, room, tag, link, sightings, stop, nothing).await
+}
+
+/// [`media_participant`], which also sends what comes on `say` over its WebSocket (what is
+/// there when it has joined, before its offer), whatever it actually sends as media.
+async fn saying_participant(
     mut ws: Client,
     room: &str,
     tag: u8,
     mut link: Link,
     sightings: mpsc::UnboundedSender<Sighting>,
     mut stop: watch::Receiver<bool>,
+    mut say: mpsc::UnboundedReceiver<ClientMsg>,
 ) -> Client {
     match ws.join(room, &format!("bot {tag}")).await {
         ServerMsg::Joined { topology: Topology::Sfu, .. } => {}
         other => panic!("expected an sfu room, got {other:?}"),
+    }
+    while let Ok(msg) = say.try_recv() {
+        ws.send(&msg).await;
     }
     let local = link.local();
     let start = Instant::now();
@@ -179,9 +205,8 @@ async fn media_participant(
                     // read it for the speaking indicator).
                     let level_ok = kind != MediaKind::Audio || d.ext_vals.audio_level == Some(AUDIO_LEVEL);
                     if let Some(&from) = d.data.last().filter(|_| level_ok) {
-                        if kind == MediaKind::Audio {
-                            *HEARD.lock().expect("not poisoned").entry((tag, from)).or_default() += 1;
-                        }
+                        let count = if kind == MediaKind::Audio { &HEARD } else { &SAW };
+                        *count.lock().expect("not poisoned").entry((tag, from)).or_default() += 1;
                         if from != tag && seen.insert((from, kind)) {
                             let _ = sightings.send((tag, from, kind));
                         }
@@ -193,6 +218,8 @@ async fn media_participant(
         let wake = next_timeout.min(next_frame).max(Instant::now());
         tokio::select! {
             _ = stop.changed() => return ws,
+            // (Once `say` is closed this branch is off for each turn.)
+            Some(msg) = say.recv() => ws.send(&msg).await,
             frame = ws.ws.next() => {
                 let Some(Ok(frame)) = frame else { panic!("bot {tag}: signalling closed") };
                 let text = match frame {
@@ -598,6 +625,60 @@ async fn a_participant_the_host_muted_is_not_heard_through_the_sfu_whatever_it_s
     let talker_hears = heard(41, 42);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(heard(41, 42) > talker_hears, "the other direction goes on");
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_goes_through_the_sfu_only_while_the_room_has_the_camera_or_screen_on_whatever_is_sent() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    // The host opens the room (signalling only); bots 51 and 52 send audio and video all along,
+    // but 51 says, before its offer, that its camera and screen are off.
+    let mut host = Client::connect(&server).await;
+    host.join("video room", "Host").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let (say, said) = mpsc::unbounded_channel();
+    let media = |video| ClientMsg::Media { audio: true, video, screen: false };
+    say.send(media(false)).expect("bot 51 listens");
+    let mut tasks = Vec::new();
+    let ws = Client::connect(&server).await;
+    let link = Link::udp().await;
+    tasks.push(tokio::spawn(saying_participant(ws, "video room", 51, link, tx.clone(), stop.clone(), said)));
+    let ws = Client::connect(&server).await;
+    let link = Link::udp().await;
+    tasks.push(tokio::spawn(media_participant(ws, "video room", 52, link, tx.clone(), stop.clone())));
+    let mut got = HashSet::new();
+    let want = [(51, 52, MediaKind::Audio), (51, 52, MediaKind::Video), (52, 51, MediaKind::Audio)];
+    wait_for(&mut rx, &mut got, &want).await;
+    // 52 hears 51 and 51 sees 52, so 51's video has had every chance: none of it got through.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(saw(52, 51), 0, "video forwarded while its camera and screen are off");
+
+    // Its camera is on as far as the room knows: its video shows.
+    let announced = Instant::now();
+    say.send(media(true)).expect("bot 51 listens");
+    wait_for(&mut rx, &mut got, &[(52, 51, MediaKind::Video)]).await;
+    eprintln!("video arrived {:?} after announcing the camera", announced.elapsed());
+
+    // A host stops its camera; the bot ignores `moderated` and keeps sending: the SFU drops its
+    // video (packets already on their way may still land: let them, then count) but not its audio.
+    let bot = loop {
+        match host.recv().await {
+            ServerMsg::PeerJoined { peer } if peer.name == "bot 51" => break peer.id,
+            _ => continue,
+        }
+    };
+    host.send(&ClientMsg::Moderate { peer: bot, action: huddle_protocol::ModAction::StopVideo }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (video, audio) = (saw(52, 51), heard(52, 51));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(saw(52, 51), video, "video a host stopped still forwarded");
+    assert!(heard(52, 51) >= audio + 25, "its audio is not held");
     stop_tx.send(true).expect("participants listen");
     for t in tasks {
         let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");

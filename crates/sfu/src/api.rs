@@ -43,10 +43,15 @@ pub enum Input {
     /// How much of `publisher`'s video the participant `peer` wants (its tile is hidden, small or
     /// large). Kept even before the publisher's tracks exist; `High` until said otherwise.
     Receive { now: Instant, peer: PeerId, publisher: PeerId, video: VideoQuality },
-    /// A host muted the participant (`held: true`) or it may speak again (`false`): while held,
-    /// its audio is forwarded to no one, whatever its browser sends. Kept only while it is in the
-    /// core (a new session starts unheld; the signalling layer says it again).
-    HoldAudio { peer: PeerId, held: bool },
+    /// What of the participant's media is forwarded to no one, whatever its browser sends:
+    /// `audio` while held (a host muted it), `video` while held (the signalling layer does not
+    /// have its camera or screen on). While its video is held, its video packets go nowhere and
+    /// do not count as its layers arriving. When the video hold lifts, its browser is asked for a
+    /// keyframe of every layer at once, and each subscriber restarts its video at the next
+    /// keyframe (a browser's first keyframe may have come, and been dropped, before the lift).
+    /// Kept only while it is in the core: a new session starts with nothing held (the signalling
+    /// layer says it again).
+    Hold { now: Instant, peer: PeerId, audio: bool, video: bool },
 }
 
 /// How much of one publisher's video a subscriber wants. With one layer per track, `Off` pauses

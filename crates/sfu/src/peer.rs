@@ -62,8 +62,11 @@ pub(crate) struct PeerState {
     pub epoch: Instant,
     /// Its DTLS is up: packets written before that would only pile up inside str0m.
     pub connected: bool,
-    /// A host muted it: its audio is not forwarded ([`crate::Input::HoldAudio`]).
+    /// A host muted it: its audio is not forwarded ([`crate::Input::Hold`]).
     pub audio_held: bool,
+    /// Its camera and screen are off as far as the signalling layer knows: its video is not
+    /// forwarded ([`crate::Input::Hold`]).
+    pub video_held: bool,
     /// The most video quality its downlink carries without loss (`High`: no limit); see
     /// [`PeerState::congestion`].
     pub cap: VideoQuality,
@@ -203,6 +206,7 @@ impl Peer {
                 epoch: now,
                 connected: false,
                 audio_held: false,
+                video_held: false,
                 cap: VideoQuality::High,
                 cap_changed: None,
                 last_lossy: None,
@@ -421,12 +425,46 @@ impl Peer {
         self.state.wanted.insert(publisher, video);
         if video == VideoQuality::Off {
             // Resuming starts over from a keyframe of whichever layer is wanted then.
-            for out in &mut self.state.tracks_out {
-                if out.track_in.upgrade().is_some_and(|t| t.origin == publisher && t.kind == MediaKind::Video) {
-                    out.sending = None;
-                }
+            self.restart_video(publisher);
+        }
+    }
+
+    /// Its copy of `publisher`'s video starts over, at the next keyframe (asked for by the
+    /// next packet that finds it waiting).
+    pub(crate) fn restart_video(&mut self, publisher: PeerId) {
+        for out in &mut self.state.tracks_out {
+            if out.track_in.upgrade().is_some_and(|t| t.origin == publisher && t.kind == MediaKind::Video) {
+                out.sending = None;
             }
         }
+    }
+
+    /// Its video may be forwarded again after a hold: asks its browser for a keyframe of every
+    /// layer of every video track at once, past the throttle (which counts these requests), so
+    /// that subscribers, who restart at a keyframe, get a picture without waiting for the next
+    /// packet to ask. A layer with no packet so far has no stream to ask on: its first packets
+    /// start with a keyframe anyway, and a subscriber's `forward` asks otherwise.
+    pub(crate) fn refresh_video(&mut self, now: Instant, sink: &mut Sink) {
+        let mut asks: Vec<(Mid, Option<Rid>)> = Vec::new();
+        for (track, throttle) in &mut self.state.tracks_in {
+            if track.kind != MediaKind::Video {
+                continue;
+            }
+            let rids: Vec<Option<Rid>> =
+                if track.layers.is_empty() { vec![None] } else { track.layers.iter().copied().map(Some).collect() };
+            for rid in rids {
+                throttle.note(now, rid);
+                asks.push((track.mid, rid));
+            }
+        }
+        self.state.clock = self.state.clock.max(now);
+        self.mutate(sink, |rtc, _, _| {
+            for (mid, rid) in asks {
+                if let Some(stream) = rtc.direct_api().stream_rx_by_mid(mid, rid) {
+                    stream.request_keyframe(KeyframeRequestKind::Pli);
+                }
+            }
+        });
     }
 
     /// Sends `origin`'s packet on the matching open outgoing track, if this participant has one
@@ -651,8 +689,11 @@ impl PeerState {
         let Some(params) = rtc.codec_config().find(|c| c.pt() == pt).copied() else { return };
         let p = RtpIn::new(packet, mid, rid, params);
         if let Some((t, _)) = self.tracks_in.iter().find(|(t, _)| t.mid == mid) {
-            if self.audio_held && t.kind == MediaKind::Audio {
-                // A host muted this participant: its sound goes no further, whatever its page does.
+            let held = if t.kind == MediaKind::Audio { self.audio_held } else { self.video_held };
+            if held {
+                // A host muted this participant, or its camera and screen are off as far as the
+                // room knows: this goes no further, whatever its page does, and a held video
+                // layer does not count as arriving.
                 return;
             }
             t.saw(rid, p.arrived, p.payload.len());

@@ -133,9 +133,13 @@ impl Sfu {
                 self.settle(now);
                 Ok(())
             }
-            Input::HoldAudio { peer, held } => {
+            Input::Hold { now, peer, audio, video } => {
                 let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
-                p.state.audio_held = held;
+                p.state.audio_held = audio;
+                let lifted = std::mem::replace(&mut p.state.video_held, video) && !video;
+                if lifted {
+                    self.resume_video(now, peer);
+                }
                 Ok(())
             }
             Input::Timeout(now) => {
@@ -242,6 +246,23 @@ impl Sfu {
                 break;
             }
         }
+    }
+
+    /// `publisher`'s video hold lifted: every subscriber restarts its video at a keyframe, which
+    /// the publisher is asked for at once.
+    fn resume_video(&mut self, now: Instant, publisher: PeerId) {
+        let Some(room) = self.peers.get(&publisher).map(|p| p.state.room.clone()) else { return };
+        let mut others = std::mem::take(&mut self.scratch);
+        others.clear();
+        if let Some(members) = self.rooms.get(&room) {
+            others.extend(members.iter().copied().filter(|id| *id != publisher));
+        }
+        for &id in &others {
+            self.with_peer(id, |peer, _| peer.restart_video(publisher));
+        }
+        self.scratch = others;
+        self.with_peer(publisher, |peer, sink| peer.refresh_video(now, sink));
+        self.settle(now);
     }
 
     fn propagate(&mut self, now: Instant, from: PeerId, p: Propagated) {

@@ -183,6 +183,14 @@ impl KeyframeThrottle {
             }
         }
     }
+
+    /// Remembers a request for `rid` sent at `now` without asking (one that may not wait).
+    pub(crate) fn note(&mut self, now: Instant, rid: Option<Rid>) {
+        match self.last.iter_mut().find(|(r, _)| *r == rid) {
+            Some((_, t)) => *t = now,
+            None => self.last.push((rid, now)),
+        }
+    }
 }
 
 /// The life of one outgoing track in a subscriber's session.
