@@ -260,7 +260,7 @@ export function connect(rec, initiator) {
         if (state === 'failed') {
           // One ICE restart first (new candidates, maybe a new network); a second failure stays.
           if (Date.now() - link.restartedAt > ICE_RESTART_WINDOW_MS) { link.restartIce(); return; }
-          linkFailed(rec);
+          linkFailed(rec, link);
           return;
         }
         drop(rec);
@@ -293,8 +293,10 @@ export function connect(rec, initiator) {
 const CONNECT_PATIENCE_MS = 15000;
 /** How long a `disconnected` connection may take to recover by itself before ICE restarts. */
 const DISCONNECTED_PATIENCE_MS = 3000;
-/** A connection that fails again within this long after an ICE restart is given up. */
+/** A connection that fails again within this long after an ICE restart is reported as failed. */
 const ICE_RESTART_WINDOW_MS = 20000;
+/** How often a failed connection tries another ICE restart. */
+const ICE_RETRY_MS = 10000;
 
 /**
  * The network may have changed (or the signalling connection came back after a gap): restart ICE
@@ -334,18 +336,21 @@ export function setReconnecting(on) {
 }
 
 /**
- * The connection to this person failed: close it, but keep their tile, which now says which step
- * failed and what to try (from our connectivity check), as does the banner.
+ * The connection to this person failed again right after an ICE restart: their tile (and the
+ * banner) say which step failed and what to try (from our connectivity check), and the same
+ * connection keeps trying — another ICE restart every ICE_RETRY_MS — until it gets through or
+ * they leave. Keeping it (rather than closing it) matters when it failed because one side was
+ * offline for a while: the signalling both sides queued meanwhile then belongs to connections
+ * that still exist, and perfect negotiation sorts it out.
  * @param {import('./core.js').RemotePeer} rec
+ * @param {import('./peer.js').PeerLink} link
  */
-function linkFailed(rec) {
-  rec.meter?.detach();
-  rec.meter = null;
-  rec.link?.close();
-  rec.link = null;
-  rec.files = null;
-  rec.tile?.setStream(null);
+function linkFailed(rec, link) {
   setProblem(rec, 'failed');
+  setTimeout(() => {
+    const state = link.pc.connectionState;
+    if (rec.link === link && S.peers.get(rec.id) === rec && (state === 'failed' || state === 'disconnected')) link.restartIce();
+  }, ICE_RETRY_MS);
 }
 
 /**
