@@ -3,9 +3,9 @@
 
 use anyhow::{anyhow, bail, Context};
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// Set in the child's environment: exit when standard input closes, i.e. when the benchmark
@@ -14,21 +14,96 @@ const PARENT_PIPE_ENV: &str = "HUDDLE_BENCH_PARENT_PIPE";
 /// Set in the child's environment: the CPUs the server may run on (e.g. `0`).
 const CPUS_ENV: &str = "HUDDLE_BENCH_SERVER_CPUS";
 
+/// The start of a line the child writes on its standard output to answer a probe.
+const PROBE_REPLY: &str = "huddle-bench-probe ";
+
 /// `huddle-bench serve …`: runs the huddle server with these arguments.
+///
+/// With [`PARENT_PIPE_ENV`] set it reads its standard input line by line: `probe <n>` and
+/// `trim <n>` (which first hands the allocator's free memory back to the system) are answered on
+/// standard output with `huddle-bench-probe <n> <JSON of Probe>`; end of input ends the process.
 pub fn serve(args: Vec<OsString>) -> anyhow::Result<()> {
-    if std::env::var_os(PARENT_PIPE_ENV).is_some() {
-        std::thread::spawn(|| {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        });
-    }
     if let Some(cpus) = std::env::var_os(CPUS_ENV) {
         crate::procfs::pin_to_cpus(&crate::procfs::parse_cpu_list(&cpus.to_string_lossy())?)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    if std::env::var_os(PARENT_PIPE_ENV).is_some() {
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            let mut line = String::new();
+            // Lines are short; a longer one is not a probe and is skipped.
+            while matches!(stdin.lock().take(256).read_line(&mut line), Ok(n) if n > 0) {
+                answer_probe(line.trim(), &handle);
+                line.clear();
+            }
+            std::process::exit(0);
+        });
+    }
     rt.block_on(huddle_server::run_cli(args))
+}
+
+/// What the server process says about itself when probed (see [`ServerProcess::probe`]).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    /// Tasks alive in the server's runtime (connections, the hub, the media and TURN drivers…).
+    pub tasks: usize,
+    /// glibc's `mallinfo2`, in KiB (absent with another C library): bytes handed out and not
+    /// freed yet (`uordblks` + `hblkhd`), and free bytes in its arenas (`fordblks`; whole free
+    /// pages given back to the system by a trim still count).
+    pub heap_in_use_kb: Option<u64>,
+    pub heap_free_kb: Option<u64>,
+    /// `VmRSS`, read right after the rest (after the trim, for `trim`).
+    pub rss_kb: u64,
+}
+
+fn answer_probe(line: &str, rt: &tokio::runtime::Handle) {
+    let (trim, n) = match line.split_once(' ') {
+        Some(("probe", n)) => (false, n),
+        Some(("trim", n)) => (true, n),
+        _ => return,
+    };
+    let Ok(n) = n.parse::<u64>() else { return };
+    if trim {
+        heap::trim();
+    }
+    let (heap_in_use_kb, heap_free_kb) = heap::stats().unzip();
+    let probe = Probe {
+        tasks: rt.metrics().num_alive_tasks(),
+        heap_in_use_kb,
+        heap_free_kb,
+        rss_kb: crate::procfs::rss_kb(std::process::id()).unwrap_or(0),
+    };
+    if let Ok(json) = serde_json::to_string(&probe) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{PROBE_REPLY}{n} {json}");
+        let _ = out.flush();
+    }
+}
+
+/// The C library's allocator, where it can be asked (glibc).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod heap {
+    /// `(in use, free in its arenas)`, in KiB.
+    pub fn stats() -> Option<(u64, u64)> {
+        // SAFETY: mallinfo2 only reads the allocator's counters (taking its arena locks).
+        let m = unsafe { libc::mallinfo2() };
+        Some((((m.uordblks + m.hblkhd) / 1024) as u64, (m.fordblks / 1024) as u64))
+    }
+
+    /// Gives the free memory of every arena back to the system (`malloc_trim(0)`).
+    pub fn trim() {
+        // SAFETY: malloc_trim takes the arena locks itself; it frees nothing in use.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod heap {
+    pub fn stats() -> Option<(u64, u64)> {
+        None
+    }
+    pub fn trim() {}
 }
 
 /// A running server child. Killed when dropped (also on error or panic).
@@ -38,6 +113,38 @@ pub struct ServerProcess {
     pub port: u16,
     /// Pinned to CPU 0, the load generator to the others ([`ServerProcess::start_for_bench`]).
     pub pinned: bool,
+    prober: Arc<Prober>,
+}
+
+/// Asks the server process about itself (see [`Probe`]), over its standard input.
+pub struct Prober(Mutex<ProberState>);
+
+struct ProberState {
+    stdin: ChildStdin,
+    /// Answers, `<n> <JSON>`, from the thread reading the child's output.
+    replies: mpsc::Receiver<String>,
+    last: u64,
+}
+
+impl Prober {
+    /// The server's tasks, heap and memory; with `trim`, after it gave its allocator's free
+    /// memory back to the system. Blocks for at most 5 s.
+    pub fn probe(&self, trim: bool) -> anyhow::Result<Probe> {
+        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        st.last += 1;
+        let n = st.last;
+        writeln!(st.stdin, "{} {n}", if trim { "trim" } else { "probe" }).context("probing the server")?;
+        st.stdin.flush().context("probing the server")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let reply = st.replies.recv_timeout(left).map_err(|_| anyhow!("the server did not answer a probe"))?;
+            // A late answer to an earlier probe is skipped.
+            if let Some(json) = reply.strip_prefix(&format!("{n} ")) {
+                return serde_json::from_str(json).context("the server's probe answer");
+            }
+        }
+    }
 }
 
 /// The CPUs a pinned server runs on.
@@ -93,7 +200,11 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the server process")?;
-        let mut server = ServerProcess { child, port: 0, pinned: false };
+        let mut child = child;
+        let (probe_tx, replies) = mpsc::channel::<String>();
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin to the server"))?;
+        let prober = Arc::new(Prober(Mutex::new(ProberState { stdin, replies, last: 0 })));
+        let mut server = ServerProcess { child, port: 0, pinned: false, prober };
         let stdout = server.child.stdout.take().ok_or_else(|| anyhow!("no stdout from the server"))?;
         let (tx, rx) = mpsc::channel::<u16>();
         std::thread::spawn(move || {
@@ -106,6 +217,10 @@ impl ServerProcess {
                         let _ = tx.send(port);
                         continue;
                     }
+                }
+                if let Some(reply) = line.strip_prefix(PROBE_REPLY) {
+                    let _ = probe_tx.send(reply.to_string());
+                    continue;
                 }
                 eprintln!("[server] {line}");
             }
@@ -124,6 +239,11 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asks the server process about itself; shared, for sampling while clients run.
+    pub fn prober(&self) -> Arc<Prober> {
+        self.prober.clone()
     }
 
     /// True while the process runs.

@@ -3,16 +3,22 @@
 //!
 //! 1. Start the server (a child process). Warm up: the same life as the run (below) for a fifth
 //!    of `--duration-secs` (at most 60 s), then everyone leaves; once the grace period is over
-//!    and the room list is empty the server's memory, open files and threads are the baseline
-//!    (the allocator has then already grown to this kind of load).
-//! 2. For `--duration-secs`, every client lives a seeded random life: it joins a room, chats
-//!    (each text unique: `c<client>-<seq>`), raises and lowers its hand, reacts, leaves and
-//!    joins another room, and drops its connection abruptly (TCP reset, or close code 4000) to
-//!    resume the session on a new one with `session`/`resume`/`seen`. A few drop and come back
-//!    after the grace period or with a wrong secret: they must get a new session and join again.
-//! 3. Every client leaves and closes; after the grace period the room list must be empty, the
-//!    `/metrics` gauges (when the server has them) zero, and the memory, open files and threads
-//!    back near the baseline.
+//!    and the room list is empty the server is read at rest: the baseline.
+//! 2. Waves (`--waves`, 2 by default, sharing `--duration-secs`): every client lives a seeded
+//!    random life, the same in every wave: it joins a room, chats (each text unique:
+//!    `c<client>-<seq>`), raises and lowers its hand, reacts, leaves and joins another room, and
+//!    drops its connection abruptly (TCP reset, or close code 4000) to resume the session on a
+//!    new one with `session`/`resume`/`seen`. A few drop and come back after the grace period or
+//!    with a wrong secret: they must get a new session and join again.
+//! 3. After each wave every client has left and closed; after the grace period the room list
+//!    must be empty and the `/metrics` gauges (when the server has them) zero, and the server is
+//!    read at rest again.
+//!
+//! "Read at rest" asks the server process itself (see [`crate::server::Probe`]) for its tasks
+//! and glibc's count of heap bytes in use, then reads `VmRSS`, open files and threads, then has
+//! it trim its allocator and reads `VmRSS` again. A leak is heap still in use after a wave (the
+//! check against the baseline), or memory that grows with every wave (the check of the last
+//! wave against the first); memory the allocator keeps for reuse does neither.
 //!
 //! The delivery check, per membership (one session's stay in one room, from `joined` to
 //! `left` or to giving the session up; a resume within the grace period does not end it):
@@ -28,7 +34,7 @@
 //! Every phase is bounded in time; all traffic is on 127.0.0.1.
 
 use crate::procfs;
-use crate::server::ServerProcess;
+use crate::server::{Prober, ServerProcess};
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use huddle_protocol::{ClientMsg, LeaveReason, ServerMsg, PROTOCOL_VERSION};
@@ -56,9 +62,15 @@ pub struct SoakArgs {
     /// Rooms the clients move between (`soak-0` … `soak-<R-1>`)
     #[arg(long, default_value_t = 200)]
     pub rooms: usize,
-    /// Length of the run, in seconds (the warm-up and the end checks come on top)
+    /// Length of the run, in seconds, shared equally by the waves (the warm-up and the checks
+    /// after each wave come on top)
     #[arg(long, default_value_t = 600.0)]
     pub duration_secs: f64,
+    /// Waves: each is the same life (the same seed) and ends with everyone gone and the server
+    /// read at rest. A leak grows with every wave; allocator retention does not grow after the
+    /// first
+    #[arg(long, default_value_t = 2)]
+    pub waves: u32,
     /// Seed of every client's random life (the same seed gives the same plan)
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -71,13 +83,21 @@ pub struct SoakArgs {
     /// Clients connecting at the same time
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
-    /// Allowed growth of the server's resident memory from the baseline to the end, in percent
-    /// of the baseline (plus --rss-slack-kb)
-    #[arg(long, default_value_t = 25.0)]
+    /// Allowed growth of the server's resident memory from the end of the first wave to the end
+    /// of the last, in percent (plus --rss-slack-kb)
+    #[arg(long, default_value_t = 5.0)]
     pub rss_slack_pct: f64,
-    /// Allowed growth of the server's resident memory, in KiB (plus --rss-slack-pct)
-    #[arg(long, default_value_t = 8192)]
+    /// Allowed growth of the server's resident memory after the first wave, in KiB (plus
+    /// --rss-slack-pct)
+    #[arg(long, default_value_t = 4096)]
     pub rss_slack_kb: u64,
+    /// Allowed growth of the server's heap in use (glibc's count of bytes allocated and not
+    /// freed) from the baseline to the end of any wave, in percent (plus --heap-slack-kb)
+    #[arg(long, default_value_t = 10.0)]
+    pub heap_slack_pct: f64,
+    /// Allowed growth of the server's heap in use, in KiB (plus --heap-slack-pct)
+    #[arg(long, default_value_t = 2048)]
+    pub heap_slack_kb: u64,
     /// Also drop connections with a plain TCP close (FIN) and no close frame, and expect those
     /// to resume too
     #[arg(long)]
@@ -100,6 +120,9 @@ impl SoakArgs {
         }
         if !(self.action_secs >= 0.01 && self.action_secs <= 3600.0) {
             bail!("--action-secs must be between 0.01 and 3600");
+        }
+        if self.waves == 0 || self.waves > 10 {
+            bail!("--waves must be between 1 and 10");
         }
         if self.resume_grace_secs == 0 || self.resume_grace_secs > 600 {
             bail!("--resume-grace-secs must be between 1 and 600");
@@ -181,9 +204,10 @@ struct Shared {
     reported: AtomicU64,
     /// Only the warm-up: its figures are not checked.
     warmup: bool,
-    /// The server process, and its `VmRSS` sampled during the run: `(seconds, KiB)`.
-    pid: u32,
-    rss: Mutex<Vec<(f64, u64)>>,
+    /// The server process, and its memory sampled every 10 s of the run: `(seconds, VmRSS in
+    /// KiB, heap in use in KiB)`.
+    prober: Arc<Prober>,
+    memory: Mutex<Vec<(f64, u64, Option<u64>)>>,
 }
 
 const REPORT_MAX: u64 = 12;
@@ -699,9 +723,9 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shared(args: &SoakArgs, port: u16, pid: u32, end: Instant, warmup: bool) -> Arc<Shared> {
+fn shared(args: &SoakArgs, server: &ServerProcess, end: Instant, warmup: bool) -> Arc<Shared> {
     Arc::new(Shared {
-        port,
+        port: server.port,
         rooms: args.rooms,
         grace: Duration::from_secs(args.resume_grace_secs),
         action_secs: args.action_secs,
@@ -720,8 +744,8 @@ fn shared(args: &SoakArgs, port: u16, pid: u32, end: Instant, warmup: bool) -> A
         witnessed: Mutex::new(Vec::new()),
         reported: AtomicU64::new(0),
         warmup,
-        pid,
-        rss: Mutex::new(Vec::new()),
+        prober: server.prober(),
+        memory: Mutex::new(Vec::new()),
     })
 }
 
@@ -749,11 +773,13 @@ async fn run_clients(sh: &Arc<Shared>, clients: usize, seed: u64, stagger: Durat
         if !sh.warmup && last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
             let c = &sh.c;
-            let rss = procfs::rss_kb(sh.pid).unwrap_or(0);
-            lock(&sh.rss).push((t0.elapsed().as_secs_f64().round(), rss));
+            let probe = tokio::task::block_in_place(|| sh.prober.probe(false)).unwrap_or_default();
+            let (rss, heap) = (probe.rss_kb, probe.heap_in_use_kb);
+            lock(&sh.memory).push((t0.elapsed().as_secs_f64().round(), rss, heap));
             eprintln!(
-                "t={:>5.0}s RSS {rss} KiB running {} chats {} reconnects {} resumes {} rejoins {} lost {} dup {} unexpected {} failures {}",
+                "t={:>5.0}s RSS {rss} KiB heap in use {} KiB running {} chats {} reconnects {} resumes {} rejoins {} lost {} dup {} unexpected {} failures {}",
                 t0.elapsed().as_secs_f64(),
+                heap.unwrap_or(0),
                 tasks.len(),
                 c.chats.load(Relaxed),
                 c.reconnects.load(Relaxed),
@@ -827,71 +853,102 @@ fn nonzero_gauges(m: &HashMap<String, f64>) -> Vec<String> {
 }
 
 /// At most `n` of `samples`, evenly spread, the last one included.
-fn thin(samples: &[(f64, u64)], n: usize) -> Vec<(f64, u64)> {
+fn thin<T: Copy>(samples: &[T], n: usize) -> Vec<T> {
     let step = samples.len().div_ceil(n.max(1)).max(1);
     let mut out: Vec<_> = samples.iter().rev().step_by(step).copied().collect();
     out.reverse();
     out
 }
 
-struct ProcSample {
+/// The server at rest (nobody connected, grace periods over): the baseline after the warm-up,
+/// and again after each wave.
+#[derive(Clone, Copy, Debug)]
+struct Rest {
     rss_kb: u64,
+    /// `VmRSS` once the allocator has given its free memory back to the system (`malloc_trim`):
+    /// what the process really holds, retention aside.
+    rss_trimmed_kb: u64,
+    /// Heap handed out and not freed, and free heap the allocator keeps track of (glibc only;
+    /// free pages it gave back to the system still count here).
+    heap_in_use_kb: Option<u64>,
+    heap_free_kb: Option<u64>,
+    tasks: usize,
     fds: usize,
     threads: u64,
 }
 
-fn sample(pid: u32) -> anyhow::Result<ProcSample> {
-    Ok(ProcSample { rss_kb: procfs::rss_kb(pid)?, fds: procfs::fd_count(pid)?, threads: procfs::threads(pid)? })
+impl Rest {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rss_kb": self.rss_kb,
+            "rss_trimmed_kb": self.rss_trimmed_kb,
+            "heap_in_use_kb": self.heap_in_use_kb,
+            "heap_free_kb": self.heap_free_kb,
+            "tasks": self.tasks,
+            "fds": self.fds,
+            "threads": self.threads,
+        })
+    }
 }
 
-async fn drive(args: &SoakArgs, server: &mut ServerProcess) -> anyhow::Result<serde_json::Value> {
+/// Reads the server at rest. Connection tasks of clients that just closed may take a moment to
+/// end: with `tasks_at_most`, waits (up to 5 s) for the task count to come down to it.
+async fn at_rest(server: &ServerProcess, tasks_at_most: Option<usize>) -> anyhow::Result<Rest> {
     let pid = server.pid();
+    let prober = server.prober();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let probe = loop {
+        let p = tokio::task::block_in_place(|| prober.probe(false))?;
+        if tasks_at_most.is_none_or(|t| p.tasks <= t) || Instant::now() >= deadline {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (fds, threads) = (procfs::fd_count(pid)?, procfs::threads(pid)?);
+    let trimmed = tokio::task::block_in_place(|| prober.probe(true))?;
+    Ok(Rest {
+        rss_kb: probe.rss_kb,
+        rss_trimmed_kb: trimmed.rss_kb,
+        heap_in_use_kb: probe.heap_in_use_kb,
+        heap_free_kb: probe.heap_free_kb,
+        tasks: probe.tasks,
+        fds,
+        threads,
+    })
+}
+
+/// What one wave found at its end, besides its counters.
+struct WaveEnd {
+    secs: f64,
+    unfinished: usize,
+    rooms: usize,
+    /// The `/metrics` gauges that were not 0 (`null`: the server has no `/metrics`).
+    gauges: serde_json::Value,
+    rest: Rest,
+}
+
+/// One wave: every client lives its life (from `args.seed`) for `secs`, then everyone has left;
+/// after the grace period the server must have no rooms, its gauges must be 0, and it is read
+/// at rest.
+async fn wave(
+    args: &SoakArgs,
+    server: &mut ServerProcess,
+    sh: &Arc<Shared>,
+    t0: Instant,
+    stagger: Duration,
+    tasks_at_most: usize,
+) -> anyhow::Result<WaveEnd> {
     let grace = Duration::from_secs(args.resume_grace_secs);
-    let mut reasons: Vec<String> = Vec::new();
     let connect_limit = Duration::from_secs(60) + Duration::from_millis(20 * args.clients as u64);
-
-    // 1. Warm-up (the same life, shorter) and baseline.
-    let warm_secs = (args.duration_secs / 5.0).min(60.0);
-    let warm_stagger = Duration::from_secs_f64(warm_secs / 4.0);
-    let t = Instant::now();
-    let warm_end = t + warm_stagger + Duration::from_secs_f64(warm_secs);
-    let warm = shared(args, server.port, pid, warm_end, true);
-    let limit = (warm_end - t) + grace * 2 + connect_limit;
-    let unfinished = run_clients(&warm, args.clients, args.seed ^ 0x5EED, warm_stagger, limit).await;
-    let warm_failed = warm.c.client_failures.load(Relaxed) as usize + unfinished;
-    eprintln!("warm-up: {} clients in {:.1} s, {warm_failed} failed", args.clients, t.elapsed().as_secs_f64());
-    if warm_failed > 0 {
-        reasons.push(format!("{warm_failed} clients failed in the warm-up"));
-    }
-    // Sessions given up in the warm-up end after the grace period.
-    tokio::time::sleep(grace + Duration::from_secs(1)).await;
-    let rooms = rooms_left(&warm, Duration::from_secs(10)).await?;
-    if rooms != 0 {
-        reasons.push(format!("{rooms} rooms left after the warm-up"));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let base = sample(pid)?;
-    eprintln!("baseline: RSS {} KiB, {} open files, {} threads", base.rss_kb, base.fds, base.threads);
-
-    // 2. The run.
-    let stagger = Duration::from_secs_f64((args.duration_secs / 4.0).min(10.0));
-    let t0 = Instant::now();
-    let end = t0 + stagger + Duration::from_secs_f64(args.duration_secs);
-    let sh = shared(args, server.port, pid, end, false);
-    eprintln!(
-        "soak: {} clients in {} rooms for {:.0} s (seed {}, an action every {:.1} s, grace {} s)",
-        args.clients, args.rooms, args.duration_secs, args.seed, args.action_secs, args.resume_grace_secs
-    );
-    let limit = (end - t0) + grace * 2 + connect_limit;
-    let unfinished = run_clients(&sh, args.clients, args.seed, stagger, limit).await;
-    let run_secs = t0.elapsed().as_secs_f64();
+    let limit = (sh.end - t0) + grace * 2 + connect_limit;
+    let unfinished = run_clients(sh, args.clients, args.seed, stagger, limit).await;
+    let secs = t0.elapsed().as_secs_f64();
     if !server.alive() {
         bail!("the server process exited during the run");
     }
-
-    // 3. After the grace period: empty, and back to the baseline.
+    // Sessions given up at the end of the wave end after the grace period.
     tokio::time::sleep(grace + Duration::from_secs(1)).await;
-    let rooms_end = rooms_left(&sh, Duration::from_secs(10)).await?;
+    let rooms = rooms_left(sh, Duration::from_secs(10)).await?;
     let mut gauges = serde_json::Value::Null;
     for _ in 0..10 {
         match metrics(server.port).await {
@@ -910,101 +967,196 @@ async fn drive(args: &SoakArgs, server: &mut ServerProcess) -> anyhow::Result<se
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let fin = sample(pid)?;
-    let rss_peak_kb = procfs::rss_peak_kb(pid)?;
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let rest = at_rest(server, Some(tasks_at_most)).await?;
+    Ok(WaveEnd { secs, unfinished, rooms, gauges, rest })
+}
 
-    // The tail check: whoever left had every chat its witnesses saw before its `peer_left`.
-    let (mut tail_lost, mut tail_checked) = (0u64, 0u64);
-    {
-        let left_at = lock(&sh.left_at);
-        for (session, room, k) in lock(&sh.witnessed).iter() {
-            if let Some(&had) = left_at.get(&(session.clone(), *room)) {
-                tail_checked += 1;
-                if had < *k {
-                    tail_lost += k - had;
-                    sh.note_n(
-                        &AtomicU64::new(0),
-                        0,
-                        usize::MAX,
-                        format_args!("{session} left soak-{room} with chat {had}, a witness had {k}"),
-                    );
-                }
+/// The tail check of one wave: whoever left had every chat its witnesses saw before its
+/// `peer_left`. `(chats lost, checks made)`.
+fn tail_check(sh: &Shared) -> (u64, u64) {
+    let (mut lost, mut checked) = (0u64, 0u64);
+    let left_at = lock(&sh.left_at);
+    for (session, room, k) in lock(&sh.witnessed).iter() {
+        if let Some(&had) = left_at.get(&(session.clone(), *room)) {
+            checked += 1;
+            if had < *k {
+                lost += k - had;
+                sh.note_n(
+                    &AtomicU64::new(0),
+                    0,
+                    usize::MAX,
+                    format_args!("{session} left soak-{room} with chat {had}, a witness had {k}"),
+                );
             }
         }
     }
-    let c = &sh.c;
-    let n = |a: &AtomicU64| a.load(Relaxed);
-    let lost = n(&c.lost) + tail_lost;
+    (lost, checked)
+}
+
+/// Allowed growth over `base`: `pct` percent of it plus `kb`.
+fn allowed(base: u64, pct: f64, kb: u64) -> u64 {
+    base + (base as f64 * pct / 100.0) as u64 + kb
+}
+
+async fn drive(args: &SoakArgs, server: &mut ServerProcess) -> anyhow::Result<serde_json::Value> {
+    let pid = server.pid();
+    let grace = Duration::from_secs(args.resume_grace_secs);
+    let mut reasons: Vec<String> = Vec::new();
+    let connect_limit = Duration::from_secs(60) + Duration::from_millis(20 * args.clients as u64);
+
+    // 1. Warm-up (the same life, shorter) and baseline.
+    let warm_secs = (args.duration_secs / 5.0).min(60.0);
+    let warm_stagger = Duration::from_secs_f64(warm_secs / 4.0);
+    let t = Instant::now();
+    let warm_end = t + warm_stagger + Duration::from_secs_f64(warm_secs);
+    let warm = shared(args, server, warm_end, true);
+    let limit = (warm_end - t) + grace * 2 + connect_limit;
+    let unfinished = run_clients(&warm, args.clients, args.seed ^ 0x5EED, warm_stagger, limit).await;
+    let warm_failed = warm.c.client_failures.load(Relaxed) as usize + unfinished;
+    eprintln!("warm-up: {} clients in {:.1} s, {warm_failed} failed", args.clients, t.elapsed().as_secs_f64());
+    if warm_failed > 0 {
+        reasons.push(format!("{warm_failed} clients failed in the warm-up"));
+    }
+    // Sessions given up in the warm-up end after the grace period.
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    let rooms = rooms_left(&warm, Duration::from_secs(10)).await?;
+    if rooms != 0 {
+        reasons.push(format!("{rooms} rooms left after the warm-up"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = at_rest(server, None).await?;
+    eprintln!("baseline: {base:?}");
+
+    // 2. The waves, each the same life (the same seed) for an equal share of the run.
+    let wave_secs = args.duration_secs / args.waves as f64;
+    let stagger = Duration::from_secs_f64((wave_secs / 4.0).min(10.0));
+    eprintln!(
+        "soak: {} clients in {} rooms for {:.0} s in {} waves (seed {}, an action every {:.1} s, grace {} s)",
+        args.clients, args.rooms, args.duration_secs, args.waves, args.seed, args.action_secs, args.resume_grace_secs
+    );
+    let mut waves: Vec<(Arc<Shared>, WaveEnd)> = Vec::new();
+    for w in 1..=args.waves {
+        let t0 = Instant::now();
+        let sh = shared(args, server, t0 + stagger + Duration::from_secs_f64(wave_secs), false);
+        eprintln!("wave {w} of {}", args.waves);
+        let end = wave(args, server, &sh, t0, stagger, base.tasks).await?;
+        eprintln!("after wave {w}: {:?}", end.rest);
+        waves.push((sh, end));
+    }
+
+    // 3. The checks: nothing lost, nothing left; what each wave kept.
+    let total = |f: fn(&Counts) -> &AtomicU64| waves.iter().map(|(sh, _)| f(&sh.c).load(Relaxed)).sum::<u64>();
+    let (mut tail_lost, mut tail_checked) = (0, 0);
+    for (sh, _) in &waves {
+        let (lost, checked) = tail_check(sh);
+        tail_lost += lost;
+        tail_checked += checked;
+    }
+    let unfinished: u64 = waves.iter().map(|(_, e)| e.unfinished as u64).sum();
+    let lost = total(|c| &c.lost) + tail_lost;
+    let client_failures = total(|c| &c.client_failures) + unfinished;
     for (what, v) in [
         ("lost", lost),
-        ("duplicated", n(&c.duplicated)),
-        ("out_of_order", n(&c.out_of_order)),
-        ("unexpected_leave_join", n(&c.unexpected_leave_join)),
-        ("resume_wrong", n(&c.resume_wrong)),
-        ("server_errors", n(&c.server_errors)),
-        ("client_failures", n(&c.client_failures) + unfinished as u64),
+        ("duplicated", total(|c| &c.duplicated)),
+        ("out_of_order", total(|c| &c.out_of_order)),
+        ("unexpected_leave_join", total(|c| &c.unexpected_leave_join)),
+        ("resume_wrong", total(|c| &c.resume_wrong)),
+        ("server_errors", total(|c| &c.server_errors)),
+        ("client_failures", client_failures),
     ] {
         if v > 0 {
             reasons.push(format!("{what}: {v}"));
         }
     }
-    if rooms_end != 0 {
-        reasons.push(format!("{rooms_end} rooms at the end"));
+    for (w, (_, end)) in waves.iter().enumerate() {
+        let w = w + 1;
+        if end.rooms != 0 {
+            reasons.push(format!("{} rooms after wave {w}", end.rooms));
+        }
+        if let Some(bad) = end.gauges.as_array().filter(|b| !b.is_empty()) {
+            reasons.push(format!("/metrics after wave {w}: {bad:?}"));
+        }
+        let rest = &end.rest;
+        if rest.tasks > base.tasks {
+            reasons.push(format!("tasks grew from {} to {} (wave {w})", base.tasks, rest.tasks));
+        }
+        if rest.fds > base.fds + 2 {
+            reasons.push(format!("open files grew from {} to {} (wave {w})", base.fds, rest.fds));
+        }
+        if rest.threads > base.threads + 8 {
+            reasons.push(format!("threads grew from {} to {} (wave {w})", base.threads, rest.threads));
+        }
+        // A leak: heap still in use when everyone has gone.
+        if let (Some(b), Some(e)) = (base.heap_in_use_kb, rest.heap_in_use_kb) {
+            let max = allowed(b, args.heap_slack_pct, args.heap_slack_kb);
+            if e > max {
+                reasons.push(format!("heap in use grew from {b} KiB to {e} KiB (wave {w}, allowed {max})"));
+            }
+        }
     }
-    if let Some(bad) = gauges.as_array().filter(|b| !b.is_empty()) {
-        reasons.push(format!("/metrics at the end: {bad:?}"));
+    // Retention levels off; a leak grows with every wave: after the first wave, memory is reused.
+    let first = &waves[0].1.rest;
+    let last = &waves[waves.len() - 1].1.rest;
+    let rss_max = allowed(first.rss_kb, args.rss_slack_pct, args.rss_slack_kb);
+    if last.rss_kb > rss_max {
+        reasons.push(format!(
+            "RSS grew from {} KiB after the first wave to {} KiB after the last (allowed {rss_max})",
+            first.rss_kb, last.rss_kb
+        ));
     }
-    let rss_max = base.rss_kb + (base.rss_kb as f64 * args.rss_slack_pct / 100.0) as u64 + args.rss_slack_kb;
-    if fin.rss_kb > rss_max {
-        reasons.push(format!("RSS grew from {} KiB to {} KiB (allowed {rss_max})", base.rss_kb, fin.rss_kb));
-    }
-    if fin.fds > base.fds + 2 {
-        reasons.push(format!("open files grew from {} to {}", base.fds, fin.fds));
-    }
-    if fin.threads > base.threads + 8 {
-        reasons.push(format!("threads grew from {} to {}", base.threads, fin.threads));
-    }
+    let rss_peak_kb = procfs::rss_peak_kb(pid)?;
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let ok = reasons.is_empty();
+    let wave_json: Vec<serde_json::Value> = waves
+        .iter()
+        .map(|(sh, end)| {
+            let mut v = end.rest.json();
+            v["run_secs"] = serde_json::json!((end.secs * 10.0).round() / 10.0);
+            v["rooms_end"] = serde_json::json!(end.rooms);
+            v["metrics_nonzero"] = end.gauges.clone();
+            v["during_run"] = serde_json::json!(thin(&lock(&sh.memory), 6));
+            v
+        })
+        .collect();
+    let diff = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a as i64 - b as i64);
     Ok(serde_json::json!({
         "mode": "soak",
         "clients": args.clients,
         "rooms": args.rooms,
         "duration_secs": args.duration_secs,
-        "run_secs": (run_secs * 10.0).round() / 10.0,
+        "waves": args.waves,
+        "run_secs": (waves.iter().map(|(_, e)| e.secs).sum::<f64>() * 10.0).round() / 10.0,
         "seed": args.seed,
         "resume_grace_secs": args.resume_grace_secs,
-        "joins": n(&c.joins),
-        "leaves": n(&c.leaves),
-        "chats": n(&c.chats),
-        "hands": n(&c.hands),
-        "reacts": n(&c.reacts),
-        "reconnects": n(&c.reconnects),
-        "resumes": n(&c.resumes),
-        "rejoins": n(&c.rejoins),
-        "expired": n(&c.expired),
-        "wrong_secret": n(&c.wrong_secret),
-        "messages_sent": n(&c.sent),
-        "messages_received": n(&c.received),
-        "gap_chats_replayed": n(&c.gap_chats),
+        "joins": total(|c| &c.joins),
+        "leaves": total(|c| &c.leaves),
+        "chats": total(|c| &c.chats),
+        "hands": total(|c| &c.hands),
+        "reacts": total(|c| &c.reacts),
+        "reconnects": total(|c| &c.reconnects),
+        "resumes": total(|c| &c.resumes),
+        "rejoins": total(|c| &c.rejoins),
+        "expired": total(|c| &c.expired),
+        "wrong_secret": total(|c| &c.wrong_secret),
+        "messages_sent": total(|c| &c.sent),
+        "messages_received": total(|c| &c.received),
+        "gap_chats_replayed": total(|c| &c.gap_chats),
         "lost": lost,
-        "duplicated": n(&c.duplicated),
-        "out_of_order": n(&c.out_of_order),
-        "unexpected_leave_join": n(&c.unexpected_leave_join),
-        "resume_wrong": n(&c.resume_wrong),
+        "duplicated": total(|c| &c.duplicated),
+        "out_of_order": total(|c| &c.out_of_order),
+        "unexpected_leave_join": total(|c| &c.unexpected_leave_join),
+        "resume_wrong": total(|c| &c.resume_wrong),
         "tail_checks": tail_checked,
-        "server_errors": n(&c.server_errors),
-        "client_failures": n(&c.client_failures) + unfinished as u64,
+        "server_errors": total(|c| &c.server_errors),
+        "client_failures": client_failures,
+        "rooms_end": waves.iter().map(|(_, e)| e.rooms).max().unwrap_or(0),
+        "baseline": base.json(),
+        "after_wave": wave_json,
         "rss_baseline_kb": base.rss_kb,
-        "rss_end_kb": fin.rss_kb,
+        "rss_end_kb": last.rss_kb,
         "rss_peak_kb": rss_peak_kb,
-        "rss_during_run_kb": thin(&lock(&sh.rss), 12),
-        "fds_baseline": base.fds,
-        "fds_end": fin.fds,
-        "threads_baseline": base.threads,
-        "threads_end": fin.threads,
-        "rooms_end": rooms_end,
-        "metrics_nonzero": gauges,
+        "rss_growth_after_first_wave_kb": last.rss_kb as i64 - first.rss_kb as i64,
+        "heap_in_use_growth_kb": diff(last.heap_in_use_kb, base.heap_in_use_kb),
         "loadavg": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "ok": ok,
         "reasons": reasons,

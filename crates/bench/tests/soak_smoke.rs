@@ -1,8 +1,9 @@
 //! `huddle-bench soak` end to end, briefly: the real server, 80 clients in 8 rooms acting
-//! every half second for 8 s after a 1.6 s warm-up (chats, hands, reactions, leaving and
-//! joining, dropped and resumed connections, sessions given up), with a 2 s grace period. The JSON line on stdout must say
-//! `ok`: nothing lost, duplicated or out of order, no stray `peer_left`/`peer_joined`, no rooms
-//! left, memory and open files back near the baseline.
+//! every half second in two waves of 4 s after a 1.6 s warm-up (chats, hands, reactions, leaving
+//! and joining, dropped and resumed connections, sessions given up), with a 2 s grace period. The
+//! JSON line on stdout must say `ok`: nothing lost, duplicated or out of order, no stray
+//! `peer_left`/`peer_joined`, no rooms left, and after each wave the heap in use, tasks and open
+//! files back at the baseline.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,8 +29,19 @@ fn soak_run_loses_nothing_and_leaks_nothing() {
     for key in ["chats", "resumes", "rejoins", "leaves", "expired", "wrong_secret", "tail_checks"] {
         assert!(r[key].as_u64().unwrap_or(0) > 0, "no {key}: {r}");
     }
-    assert!(r["rss_end_kb"].as_u64().unwrap() > 0 && r["fds_end"].as_u64().unwrap() > 0, "{r}");
-    // About 20 s on a quiet 2-core machine (27 s with a 2000-client soak beside it); every wait
-    // in the harness is bounded, this only catches a hang.
+    // The server was read at rest after each wave, and the probe of its heap and tasks answered.
+    let waves = r["after_wave"].as_array().expect("after_wave");
+    assert_eq!(waves.len(), 2, "{r}");
+    for rest in waves.iter().chain([&r["baseline"]]) {
+        assert!(rest["rss_kb"].as_u64() > Some(0) && rest["fds"].as_u64() > Some(0), "{r}");
+        assert!(rest["tasks"].as_u64() > Some(0), "{r}");
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            assert!(rest["heap_in_use_kb"].as_u64() > Some(0), "{r}");
+        }
+    }
+    let tasks = r["baseline"]["tasks"].as_u64();
+    assert!(waves.iter().all(|w| w["tasks"].as_u64() <= tasks), "a task outlived its wave: {r}");
+    // About 35 s on a busy 2-core machine (two waves, each followed by the grace period and
+    // the checks); every wait in the harness is bounded, this only catches a hang.
     assert!(t.elapsed() < Duration::from_secs(90), "took {:?}", t.elapsed());
 }

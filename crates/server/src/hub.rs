@@ -41,6 +41,9 @@ pub const AUTO_SFU_FROM: usize = 3;
 
 /// Messages kept per in-room session for replay when it resumes on a new connection.
 pub const RESUME_BUFFER: usize = 128;
+/// At most one release of freed memory this often (see [`run`]): the first one after a crowd has
+/// left gives back nearly everything; a lone visitor coming and going does not trim every time.
+pub const MEMORY_RELEASE_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest invite a host may ask for.
 pub const MAX_INVITE_SECS: u32 = 7 * 86_400;
 /// The default lifetime of an invite.
@@ -145,6 +148,8 @@ pub struct Stats {
     pub resumed: u64,
     /// Resumes refused (unknown session, wrong secret, too much missed).
     pub resume_failed: u64,
+    /// Times the last session ended and the allocator's free memory went back to the system.
+    pub memory_releases: u64,
 }
 
 struct Conn {
@@ -1431,15 +1436,18 @@ impl Hub {
 }
 
 /// The hub task: applies commands in order, pushes the room list on a timer and ends the
-/// sessions not resumed in time.
+/// sessions not resumed in time. When the last session ends, the memory freed goes back to the
+/// system (see [`crate::memory`]), at most every [`MEMORY_RELEASE_INTERVAL`].
 ///
 /// With `save_to`, shutdown first writes the sessions there for the next start
 /// ([`Hub::save_for_restart`]).
 pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_to: Option<std::path::PathBuf>) {
     let mut tick = tokio::time::interval(ROOM_LIST_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut released: Option<Instant> = None;
     loop {
         let expiry = hub.next_expiry();
+        let had_sessions = !hub.conns.is_empty();
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(cmd @ Command::Shutdown { .. }) => {
@@ -1455,6 +1463,14 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
             },
             _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
             _ = sleep_until(expiry), if expiry.is_some() => hub.expire(Instant::now()),
+        }
+        let due = released.is_none_or(|t| t.elapsed() >= MEMORY_RELEASE_INTERVAL);
+        if had_sessions && hub.conns.is_empty() && due {
+            released = Some(Instant::now());
+            if let Some(took) = crate::memory::release_free_memory() {
+                hub.stats.memory_releases += 1;
+                debug!(?took, "nobody left: gave the allocator's free memory back");
+            }
         }
     }
 }
@@ -2203,5 +2219,68 @@ mod tests {
         send(&mut hub, &host, ClientMsg::EndMeeting);
         hub.check_invariants().expect("no suspended session outside a room");
         assert_eq!((hub.stats().suspended, hub.stats().connections), (0, 1));
+    }
+
+    /// The hub task, not just the hub: once the last session has ended (here one kept for a
+    /// resume, at the end of its grace period) the allocator's free memory goes back to the
+    /// system; not while any session remains, and not again within [`MEMORY_RELEASE_INTERVAL`].
+    #[tokio::test(start_paused = true)]
+    async fn the_hub_task_gives_freed_memory_back_when_the_last_session_ends() {
+        let hub = hub_with(|_| {});
+        let grace = hub.config.resume_grace;
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(run(hub, rx, None));
+        let stats = || async {
+            let (reply, answer) = oneshot::channel();
+            tx.send(Command::Stats { reply }).await.expect("the hub runs");
+            answer.await.expect("the hub answers")
+        };
+        // Session `n`, in room `r`; its receivers are kept open.
+        let mut open = Vec::new();
+        let mut enter = async |n: u32| {
+            let (outbox, messages) = mpsc::channel(64);
+            let (kick, kicked) = oneshot::channel();
+            let (session, named) = oneshot::channel();
+            let ip = std::net::Ipv4Addr::LOCALHOST.into();
+            let id = PeerId(format!("p{n}"));
+            let c = Connect { conn: n.into(), id, outbox, kick, host: None, ip, resume: None, session };
+            tx.send(Command::Connect(c)).await.expect("the hub runs");
+            let id = named.await.expect("the hub names the session");
+            let join = ClientMsg::Join {
+                protocol: PROTOCOL_VERSION,
+                room: "r".into(),
+                name: format!("n{n}"),
+                audio: false,
+                video: false,
+                password: None,
+                token: None,
+            };
+            tx.send(Command::Client { id: id.clone(), msg: join }).await.expect("the hub runs");
+            open.push((messages, kicked));
+            id
+        };
+        let (a, b) = (enter(1).await, enter(2).await);
+        assert_eq!((stats().await.participants, stats().await.memory_releases), (2, 0));
+        let leave =
+            |id: PeerId, conn: u64, reason: LeaveReason| Command::Disconnect { id, conn, reason, resumable: true };
+        tx.send(leave(b, 2, LeaveReason::Left)).await.expect("the hub runs");
+        tx.send(leave(a, 1, LeaveReason::Disconnected)).await.expect("the hub runs");
+        let s = stats().await;
+        assert_eq!((s.connections, s.suspended, s.memory_releases), (1, 1, 0));
+        // The paused clock jumps to the end of the grace period.
+        tokio::time::sleep(grace + Duration::from_secs(1)).await;
+        let s = stats().await;
+        let on_glibc = u64::from(cfg!(all(target_os = "linux", target_env = "gnu")));
+        assert_eq!((s.connections, s.rooms, s.memory_releases), (0, 0, on_glibc));
+        // Someone comes and goes at once: too soon for another release; later, one more.
+        let c = enter(3).await;
+        tx.send(leave(c, 3, LeaveReason::Left)).await.expect("the hub runs");
+        assert_eq!(stats().await.memory_releases, on_glibc);
+        tokio::time::sleep(MEMORY_RELEASE_INTERVAL).await;
+        let d = enter(4).await;
+        tx.send(leave(d, 4, LeaveReason::Left)).await.expect("the hub runs");
+        assert_eq!((stats().await.connections, stats().await.memory_releases), (0, 2 * on_glibc));
+        drop(tx);
+        task.await.expect("the hub task ends when its channel closes");
     }
 }

@@ -23,9 +23,12 @@
 //! - [`client_ip`] — the client's IP address (the TCP peer, or a trusted proxy's
 //!   `X-Forwarded-For`).
 //! - [`metrics`] — `/metrics` (Prometheus): the edge's counters and each task's stats.
+//! - [`memory`] — giving freed memory back to the system when the last session ends.
 //!
 //! `docs/architecture.md` explains how a message flows through these.
-#![deny(unsafe_code)] // two exceptions: `batch`, the `sendmmsg` call; `metrics`, the `getrusage` call
+// Three exceptions: `batch`, the `sendmmsg` call; `metrics`, the `getrusage` call; `memory`, the
+// `malloc_trim` call.
+#![deny(unsafe_code)]
 
 pub mod batch;
 pub mod client_ip;
@@ -36,6 +39,7 @@ pub mod hub;
 pub mod ice_tcp;
 pub mod limits;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod persist;
 pub mod room;

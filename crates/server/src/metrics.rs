@@ -189,6 +189,12 @@ pub fn render(s: &Snapshot) -> String {
             "Resumes refused (unknown session, wrong secret, too much missed); the page starts over.",
             h.resume_failed,
         );
+        t.one(
+            "huddle_memory_releases_total",
+            "counter",
+            "Times the last session ended and the allocator's free memory went back to the system.",
+            h.memory_releases,
+        );
     }
     if let Some(c) = s.counters {
         t.family("huddle_ws_messages_in_total", "counter", "Client messages received, by type.");
@@ -371,6 +377,7 @@ mod tests {
         assert!(text.contains("huddle_ws_refused_messages_total{reason=\"rate_limited\"} 1\n"));
         assert!(text.contains("huddle_participants 2\n"));
         assert!(text.contains("huddle_suspended_sessions 0\n"));
+        assert!(text.contains("huddle_memory_releases_total 0\n"));
         assert!(text.contains("huddle_sfu_cpu_seconds_per_forwarded_packet 0.05\n"));
         assert!(text.contains("process_resident_memory_bytes 1048576\n"));
     }
