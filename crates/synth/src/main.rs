@@ -301,6 +301,13 @@ async fn participant(
             _ = stop.changed() => {
                 let _ = ws.send(send(&ClientMsg::Leave)).await;
                 let _ = ws.close(None).await;
+                // Read on until the server closes too (bounded): a socket closed with unread data
+                // is reset, and a reset can lose the goodbye still on its way, which leaves this
+                // participant's place kept for a resume instead of gone.
+                let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
                 return Ok(());
             }
             msg = next_msg(&mut ws) => match msg? {
