@@ -325,6 +325,16 @@ fn everyone_sees_everyone(tags: &[u8]) -> Vec<Sighting> {
     want
 }
 
+/// Stops every media participant, has each leave, and shuts the server down.
+async fn stop_all(stop_tx: watch::Sender<bool>, tasks: Vec<tokio::task::JoinHandle<Client>>, server: TestServer) {
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participants_of_an_sfu_room_receive_each_other_through_the_server_including_a_late_joiner() {
     let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
@@ -346,12 +356,7 @@ async fn participants_of_an_sfu_room_receive_each_other_through_the_server_inclu
     tasks.push(tokio::spawn(media_participant(ws, "sfu room", 3, link, tx.clone(), stop.clone())));
     wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2, 3])).await;
 
-    stop_tx.send(true).expect("participants listen");
-    for t in tasks {
-        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
-        ws.send(&ClientMsg::Leave).await;
-    }
-    server.shutdown().await;
+    stop_all(stop_tx, tasks, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,12 +383,7 @@ async fn participants_without_udp_reach_the_sfu_over_tcp_on_the_http_port() {
     tokio::time::timeout(WAIT, http.read_to_end(&mut answer)).await.expect("in time").expect("read");
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 
-    stop_tx.send(true).expect("participants listen");
-    for t in tasks {
-        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
-        ws.send(&ClientMsg::Leave).await;
-    }
-    server.shutdown().await;
+    stop_all(stop_tx, tasks, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,12 +413,7 @@ async fn with_media_tcp_port_ice_tcp_has_a_port_of_its_own() {
         let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut answer)).await.expect("in time");
         assert_eq!(answer.starts_with(b"HTTP/1.1 400"), http, "{addr}: {}", String::from_utf8_lossy(&answer));
     }
-    stop_tx.send(true).expect("participants listen");
-    for t in tasks {
-        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
-        ws.send(&ClientMsg::Leave).await;
-    }
-    server.shutdown().await;
+    stop_all(stop_tx, tasks, server).await;
 }
 
 /// A frame that looks like ICE-TCP (a STUN Binding request) naming nobody the SFU knows.
@@ -625,12 +620,7 @@ async fn a_participant_the_host_muted_is_not_heard_through_the_sfu_whatever_it_s
     let talker_hears = heard(41, 42);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(heard(41, 42) > talker_hears, "the other direction goes on");
-    stop_tx.send(true).expect("participants listen");
-    for t in tasks {
-        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
-        ws.send(&ClientMsg::Leave).await;
-    }
-    server.shutdown().await;
+    stop_all(stop_tx, tasks, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,10 +669,5 @@ async fn video_goes_through_the_sfu_only_while_the_room_has_the_camera_or_screen
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(saw(52, 51), video, "video a host stopped still forwarded");
     assert!(heard(52, 51) >= audio + 25, "its audio is not held");
-    stop_tx.send(true).expect("participants listen");
-    for t in tasks {
-        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
-        ws.send(&ClientMsg::Leave).await;
-    }
-    server.shutdown().await;
+    stop_all(stop_tx, tasks, server).await;
 }
