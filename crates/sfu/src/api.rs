@@ -54,6 +54,21 @@ pub enum Input {
     Hold { now: Instant, peer: PeerId, audio: bool, video: bool },
 }
 
+impl Input {
+    /// The time this input carries.
+    pub fn now(&self) -> Instant {
+        match self {
+            Input::Join { now, .. }
+            | Input::Leave { now, .. }
+            | Input::Answer { now, .. }
+            | Input::Packet { now, .. }
+            | Input::Receive { now, .. }
+            | Input::Hold { now, .. } => *now,
+            Input::Timeout(now) => *now,
+        }
+    }
+}
+
 /// How much of one publisher's video a subscriber wants. With one layer per track, `Off` pauses
 /// forwarding and the others all mean "forward"; with simulcast they choose the layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

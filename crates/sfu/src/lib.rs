@@ -17,8 +17,11 @@
 //!   renegotiates where tracks changed.
 //! - `peer.rs` — one participant: its str0m `Rtc`, the tracks it publishes and those it
 //!   receives. Its `Peer::mutate` is **the drain rule**, in exactly one function: every
-//!   mutation of an `Rtc` (offer/answer, a datagram, a timeout, writing a packet, asking for a
-//!   keyframe, renegotiating) runs inside it, and it polls `poll_output` until `Timeout`.
+//!   mutation of an `Rtc` (offer/answer, a datagram, a timeout, asking for a keyframe,
+//!   renegotiating) runs inside it, and it polls `poll_output` until `Timeout`. Forwarded
+//!   packets are the exception: written at once, drained once per batch of inputs, when the
+//!   driver polls [`Sfu::poll_output`] (a drain visits every stream of the session, so one per
+//!   packet made forwarding cost O(room size) per packet and subscriber).
 //! - `track.rs` — tracks. A published track (`TrackIn`) is owned by its publisher's `Arc`
 //!   only; subscribers hold `Weak`s. Each outgoing track has an explicit state:
 //!   `ToOpen → Negotiating → Open`, and once the publisher is gone

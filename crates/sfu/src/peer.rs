@@ -39,6 +39,9 @@ pub(crate) struct Sink {
     /// RTP packets handed to subscribers' str0m streams, and their payload bytes.
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
+    /// Subscribers given packets since their `Rtc` was last drained ([`Peer::forward`] writes
+    /// without draining; [`crate::Sfu::poll_output`] drains each of them once).
+    pub undrained: Vec<PeerId>,
 }
 
 /// The participant's state apart from its `Rtc`, so that [`Peer::mutate`] can lend both.
@@ -48,6 +51,8 @@ pub(crate) struct PeerState {
     pub room: Arc<str>,
     /// The next time this `Rtc` wants `Input::Timeout`.
     pub next_timeout: Instant,
+    /// Packets were written to its streams since the last drain (it is in `Sink::undrained`).
+    pub undrained: bool,
     /// Our renegotiation offer the participant has not answered yet.
     pub pending: Option<SdpPendingOffer>,
     /// Tracks it publishes (the only strong references), with their keyframe throttles.
@@ -198,6 +203,7 @@ impl Peer {
                 id,
                 room,
                 next_timeout: now,
+                undrained: false,
                 pending: None,
                 tracks_in: Vec::new(),
                 tracks_out: Vec::new(),
@@ -247,6 +253,8 @@ impl Peer {
         f: impl FnOnce(&mut Rtc, &mut PeerState, &mut Sink) -> R,
     ) -> R {
         let result = f(&mut self.rtc, &mut self.state, sink);
+        // This drain takes out whatever earlier writes left too.
+        self.state.undrained = false;
         let mut paced = 0;
         loop {
             if !self.rtc.is_alive() {
@@ -520,7 +528,13 @@ impl Peer {
         }
         let Some((seq, time, patch)) = out.continuity.map(p) else { return };
         self.state.clock = self.state.clock.max(p.arrived);
-        self.mutate(sink, |rtc, state, sink| {
+        // Written now, drained later: str0m's drain (polling until it asks for a timeout) visits
+        // every stream of the session, so once per forwarded packet it cost O(room size) per
+        // packet and O(n²) per packet for the room. The core drains each subscriber once per
+        // batch of inputs instead ([`crate::Sfu::poll_output`]); a receive or timeout of this
+        // participant before then drains it on the way (the drain after any mutation takes all).
+        let (rtc, state) = (&mut self.rtc, &mut self.state);
+        {
             let out = &mut state.tracks_out[i];
             let pt = match out.pt {
                 Some((pt_in, pt_out)) if pt_in == p.params.pt() => pt_out,
@@ -553,7 +567,18 @@ impl Peer {
             stream.write_rtp(write);
             sink.forwarded_packets += 1;
             sink.forwarded_bytes += bytes;
-        });
+        }
+        if !state.undrained {
+            state.undrained = true;
+            sink.undrained.push(state.id);
+        }
+    }
+
+    /// Drains what [`Peer::forward`] wrote since the last drain, if anything.
+    pub(crate) fn drain(&mut self, sink: &mut Sink) {
+        if self.state.undrained {
+            self.mutate(sink, |_, _, _| ());
+        }
     }
 
     /// A subscriber asked for a keyframe of our track `mid_in` (layer `rid`); throttled per

@@ -34,6 +34,8 @@ pub struct Sfu {
     speakers: HashMap<Arc<str>, Speakers>,
     /// Reused by `propagate` for the list of a room's other members.
     scratch: Vec<PeerId>,
+    /// The latest time an input carried (for draining subscribers in `poll_output`).
+    latest: Option<Instant>,
     /// Whether new participants get str0m's bandwidth estimate; see
     /// [`Sfu::set_bandwidth_estimation`].
     bwe: bool,
@@ -68,6 +70,7 @@ impl Sfu {
             failing: Vec::new(),
             speakers: HashMap::new(),
             scratch: Vec::new(),
+            latest: None,
             bwe: true,
         }
     }
@@ -98,6 +101,8 @@ impl Sfu {
     /// Handles one input. An `Err` concerns only the participant it names; the others are
     /// unaffected and the core stays usable.
     pub fn handle_input(&mut self, input: Input) -> Result<(), SfuError> {
+        let now = input.now();
+        self.latest = Some(self.latest.map_or(now, |t| t.max(now)));
         let result = match input {
             Input::Join { now, room, peer, offer_sdp } => self.join(now, room, peer, &offer_sdp),
             Input::Leave { now, peer } => {
@@ -156,14 +161,37 @@ impl Sfu {
         result
     }
 
-    /// The next output for the driver, in order.
+    /// The next output for the driver, in order. Poll until `None` after a batch of inputs (one
+    /// or many): the packets forwarded to each subscriber during the batch go out then, in one
+    /// drain of its `Rtc` per batch rather than one per packet.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.sink.out.is_empty() && !self.sink.undrained.is_empty() {
+            self.drain_subscribers();
+        }
         self.sink.out.pop_front()
     }
 
     /// The earliest time any participant needs [`Input::Timeout`]; `None` with no participants.
+    /// Valid once [`Sfu::poll_output`] has returned `None`; before that, "now" if packets wait
+    /// to be drained.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().map(|p| p.state.next_timeout).min()
+        let next = self.peers.values().map(|p| p.state.next_timeout).min();
+        match (self.sink.undrained.is_empty(), self.latest) {
+            (false, Some(latest)) => next.map(|t| t.min(latest)),
+            _ => next,
+        }
+    }
+
+    /// Drains every subscriber [`crate::peer::Peer::forward`] wrote to since its last drain.
+    fn drain_subscribers(&mut self) {
+        let Some(now) = self.latest else { return };
+        while !self.sink.undrained.is_empty() {
+            for id in std::mem::take(&mut self.sink.undrained) {
+                self.with_peer(id, |p, sink| p.drain(sink));
+            }
+            // A drain can fail a participant or bring its keyframe requests out.
+            self.settle(now);
+        }
     }
 
     /// The latest estimate (bit/s) of what `peer`'s downlink carries, from its browser's

@@ -65,14 +65,16 @@ fn fifty_people_each_receive_everyone_else() {
     let joined_wall = wall.elapsed();
     eprintln!(
         "joining: {joined_wall:?} of wall time, {:?} of it in the core: {:?} in {} joins and answers, {:?} in {} \
-         datagrams, {:?} in {} timeouts",
+         datagrams, {:?} in {} timeouts, {:?} in {} polls for output",
         w.core_wall,
         w.core_wall_by[2],
         w.core_calls_by[2],
         w.core_wall_by[1],
         w.core_calls_by[1],
         w.core_wall_by[0],
-        w.core_calls_by[0]
+        w.core_calls_by[0],
+        w.core_wall_by[3],
+        w.core_calls_by[3]
     );
 
     // Virtual time bound: from the last join, everyone has everyone's first 10 frames within 5 s.
@@ -99,13 +101,15 @@ fn fifty_people_each_receive_everyone_else() {
     w.run_for(Duration::from_secs(2));
     eprintln!(
         "steady state: 2 s (virtual) of the full room took {:?} of wall time, {:?} of it in the core: \
-         {:?} in {} timeouts, {:?} in {} datagrams",
+         {:?} in {} timeouts, {:?} in {} datagrams, {:?} in {} polls for output",
         wall.elapsed() - wall_before,
         w.core_wall - core_before,
         w.core_wall_by[0] - by[0],
         w.core_calls_by[0] - calls[0],
         w.core_wall_by[1] - by[1],
         w.core_calls_by[1] - calls[1],
+        w.core_wall_by[3] - by[3],
+        w.core_calls_by[3] - calls[3],
     );
     let after = tally(&w);
     for id in 1..=PEOPLE {

@@ -116,11 +116,12 @@ pub struct World {
     pub sfu_sent: HashMap<(SocketAddr, SocketAddr), usize>,
     /// Links that drop everything, both ways: (client address, core address).
     pub blocked: Vec<(SocketAddr, SocketAddr)>,
-    /// Wall time spent inside the core's `handle_input`.
+    /// Wall time spent inside the core's `handle_input` and `poll_output`.
     pub core_wall: Duration,
-    /// The same, and the number of inputs, split into timeouts, datagrams and the rest.
-    pub core_wall_by: [Duration; 3],
-    pub core_calls_by: [usize; 3],
+    /// The same, and the number of calls, split into timeouts, datagrams, the other inputs and
+    /// `poll_output` (where the subscribers packets were forwarded to are drained).
+    pub core_wall_by: [Duration; 4],
+    pub core_calls_by: [usize; 4],
     pub clients: Vec<Client>,
     /// Every event the core reported.
     pub events: Vec<Event>,
@@ -161,8 +162,8 @@ impl World {
             sfu_sent: HashMap::new(),
             blocked: Vec::new(),
             core_wall: Duration::ZERO,
-            core_wall_by: [Duration::ZERO; 3],
-            core_calls_by: [0; 3],
+            core_wall_by: [Duration::ZERO; 4],
+            core_calls_by: [0; 4],
             clients: Vec::new(),
             events: Vec::new(),
             loss: 0.0,
@@ -341,10 +342,13 @@ impl World {
     /// (at least 1 ms, so that a deadline in the past cannot stall the world).
     pub fn progress(&mut self) {
         let now = self.now;
+        // Like the server's driver: every datagram that is due goes in, then the core is
+        // drained once (it drains each subscriber once per batch).
         while let Some(pos) = self.flight.iter().position(|p| p.at <= now) {
             let p = self.flight.remove(pos).expect("position is in range");
             self.deliver(p);
         }
+        self.drain_sfu();
         if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
             self.core(Input::Timeout(now)).expect("timeouts never fail");
             self.drain_sfu();
@@ -419,7 +423,6 @@ impl World {
         if to_sfu {
             let input = Input::Packet { now: self.now, proto: p.proto, from: p.from, to: p.to, bytes: p.bytes };
             self.core(input).expect("packets never fail");
-            self.drain_sfu();
             return;
         }
         let Some(i) = self.clients.iter().position(|c| c.addr == p.to) else { return };
@@ -432,7 +435,13 @@ impl World {
     }
 
     pub fn drain_sfu(&mut self) {
-        while let Some(out) = self.sfu.poll_output() {
+        loop {
+            let t = std::time::Instant::now();
+            let out = self.sfu.poll_output();
+            self.core_wall += t.elapsed();
+            self.core_wall_by[3] += t.elapsed();
+            self.core_calls_by[3] += 1;
+            let Some(out) = out else { break };
             match out {
                 Output::Transmit { proto, from, to, bytes } => {
                     *self.sfu_sent.entry((from, to)).or_default() += 1;
