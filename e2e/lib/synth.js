@@ -38,7 +38,11 @@ export async function startSynth({ wsUrl, room, count, talkers = 0, seconds = 30
         } catch { /* progress */ }
       }
     });
-    proc.on('exit', (code, signal) => { clearTimeout(timer); reject(new Error(`huddle-synth exited (${code ?? signal}) before it was ready\n${output()}`)); });
+    proc.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      // Its verdict (the last line) first: the lines before it can be many.
+      reject(new Error(`huddle-synth exited (${code ?? signal}) before it was ready: ${lines.at(-1) ?? ''}\n${output()}`));
+    });
   });
   return {
     ready,

@@ -29,7 +29,7 @@ use crate::hub;
 use crate::ice_tcp::{IceTcp, TcpEvent};
 use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload, VideoQuality};
 use huddle_sfu::{Event, Input, Output, RemoveReason, Sfu, SfuError, Signal, Transport};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -237,6 +237,7 @@ impl Media {
             hub,
             stats: MediaStats::default(),
             sessions: HashMap::new(),
+            lost: HashSet::new(),
             outgoing,
             batch,
             tcp_events,
@@ -364,6 +365,9 @@ struct Driver {
     stats: MediaStats,
     /// When each participant's current session started (for [`RESTART_MIN_INTERVAL`]).
     sessions: HashMap<huddle_sfu::PeerId, Instant>,
+    /// Participants whose session the SFU lost (told `media_failed`) and who have not offered
+    /// again or left since: their late answers are ignored, not refused.
+    lost: HashSet<huddle_sfu::PeerId>,
     /// Datagrams of one flush, per socket, handed to the kernel together.
     outgoing: Vec<Vec<(SocketAddr, Vec<u8>)>>,
     /// `sendmmsg` (default) or one `send_to` per datagram (`HUDDLE_SFU_SENDMMSG=0`, to measure
@@ -508,6 +512,7 @@ impl Driver {
                 match result {
                     Ok(()) => {
                         self.sessions.insert(id, now);
+                        self.lost.remove(&id);
                     }
                     Err(e) => {
                         // The error may quote the SDP, which holds the client's addresses: debug only.
@@ -519,10 +524,19 @@ impl Driver {
             }
             MediaCommand::Answer { peer, sdp } => {
                 let Some(id) = core_id(&peer) else { return self.refuse(peer) };
-                if let Err(e) = self.sfu.handle_input(Input::Answer { now, peer: id, sdp }) {
-                    info!(%peer, "SFU refused an answer");
-                    debug!(%peer, error = %e, "SFU refused an answer");
-                    self.refuse(peer);
+                match self.sfu.handle_input(Input::Answer { now, peer: id, sdp }) {
+                    Ok(()) => {}
+                    // An answer to an offer of a session the SFU has lost since: the participant
+                    // was told `media_failed` and starts over; a refusal now would read as one
+                    // of its new offer.
+                    Err(SfuError::UnknownPeer(_)) if self.lost.contains(&id) => {
+                        debug!(%peer, "an answer for a session the SFU lost")
+                    }
+                    Err(e) => {
+                        info!(%peer, "SFU refused an answer");
+                        debug!(%peer, error = %e, "SFU refused an answer");
+                        self.refuse(peer);
+                    }
                 }
             }
             MediaCommand::Leave { peer } => {
@@ -530,6 +544,7 @@ impl Driver {
                     // Unknown to the core is fine: it may never have offered.
                     let _ = self.sfu.handle_input(Input::Leave { now, peer: id });
                     self.sessions.remove(&id);
+                    self.lost.remove(&id);
                 }
             }
             MediaCommand::Receive { peer, publisher, video } => {
@@ -603,6 +618,7 @@ impl Driver {
                 Output::Event(Event::Removed { peer, reason }) => {
                     if reason != RemoveReason::Left {
                         self.sessions.remove(&peer);
+                        self.lost.insert(peer);
                         // A str0m error's text may hold addresses: debug only.
                         info!(%peer, "SFU lost a participant");
                         debug!(%peer, ?reason, "SFU lost a participant");

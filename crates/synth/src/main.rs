@@ -95,7 +95,12 @@ fn main() -> anyhow::Result<()> {
     }
     // One thread: synthetic participants should not compete with the browsers they accompany.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run(args))
+    if let Err(e) = rt.block_on(run(args)) {
+        // One line (no backtrace): harnesses show the last line as the verdict.
+        eprintln!("huddle-synth: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -127,7 +132,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             break;
         }
         if Instant::now() >= connect_deadline || tasks.iter().all(|t| t.is_finished()) {
+            // Everyone leaves properly even so: a participant dropped without a goodbye keeps its
+            // place for a resume, and the room stays full for whatever runs next.
             let _ = stop_tx.send(true);
+            for t in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            }
             bail!("only {connected} of {} participants connected to the SFU", args.count);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -228,6 +238,7 @@ async fn participant(
     let start = Instant::now();
     let (mut rtc, mut audio, mut pending) = offer_to_sfu(&mut ws, local, start).await?;
     let mut session_started = Instant::now();
+    let mut probe = SessionProbe::default();
     // Set when the session must start over (the server lost it, or our DTLS gave up): when.
     let mut restart_at: Option<Instant> = None;
 
@@ -245,6 +256,7 @@ async fn participant(
                 connected = false;
                 (rtc, audio, pending) = offer_to_sfu(&mut ws, local, start).await?;
                 session_started = Instant::now();
+                probe = SessionProbe::default();
                 totals.restarts.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -269,6 +281,7 @@ async fn participant(
                 Ok(RtcOutput::Event(RtcEvent::MediaData(_))) => {
                     totals.frames_received.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(RtcOutput::Event(RtcEvent::IceConnectionStateChange(state))) => probe.ice = Some(state),
                 Ok(RtcOutput::Event(_)) => {}
             }
         };
@@ -283,7 +296,7 @@ async fn participant(
         // A handshake that has not finished after a while will not (str0m waits much longer
         // before it gives up): start over, as a browser's `failed` state makes the page do.
         if !connected && restart_at.is_none() && session_started.elapsed() > CONNECT_WATCHDOG {
-            eprintln!("huddle-synth: {name}: not connected after {CONNECT_WATCHDOG:?}; starting over");
+            eprintln!("huddle-synth: {name}: not connected after {CONNECT_WATCHDOG:?} ({probe}); starting over");
             restart_at = Some(Instant::now());
         }
         // The server knows our session once it is connected; from then on, no video please.
@@ -317,6 +330,7 @@ async fn participant(
                     let handled: anyhow::Result<()> = (|| {
                         match description.kind {
                             SdpType::Answer => {
+                                probe.answers += 1;
                                 let answer = SdpAnswer::from_sdp_string(&description.sdp)?;
                                 let pending = pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
                                 rtc.sdp_api().accept_answer(pending, answer)?;
@@ -324,8 +338,12 @@ async fn participant(
                             }
                             // Our own offer is outstanding (a restart): we are the polite side and
                             // keep it; the server drops its offer when it takes ours.
-                            SdpType::Offer if pending.is_some() => Ok(()),
+                            SdpType::Offer if pending.is_some() => {
+                                probe.offers_ignored += 1;
+                                Ok(())
+                            }
                             SdpType::Offer => {
+                                probe.offers_taken += 1;
                                 let offer = SdpOffer::from_sdp_string(&description.sdp)?;
                                 let answer = rtc.sdp_api().accept_offer(offer)?;
                                 answer_out = Some(answer.to_sdp_string());
@@ -347,8 +365,9 @@ async fn participant(
                     // The server dropped our session (its ICE consent timed out): offer again.
                     restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
                 }
-                ServerMsg::Error { code: ErrorCode::MediaRefused, request, .. } if !connected => {
-                    // A restart that came too soon (or an SDP the SFU did not take): try again.
+                ServerMsg::Error { code: ErrorCode::MediaRefused, request, .. } if !connected && pending.is_some() => {
+                    // Our offer, unanswered still, was refused: a restart that came too soon (or
+                    // an SDP the SFU did not take). Try again.
                     eprintln!("huddle-synth: {name}: the SFU refused our {request:?}; trying again");
                     restart_at.get_or_insert(Instant::now() + RESTART_MIN_INTERVAL);
                 }
@@ -358,6 +377,7 @@ async fn participant(
             },
             received = socket.recv_from(&mut buf) => {
                 let (n, source) = received?;
+                probe.datagrams += 1;
                 let Ok(contents) = buf[..n].try_into() else { continue };
                 let receive = Receive { proto: Protocol::Udp, source, destination: local, contents };
                 if let Err(e) = rtc.handle_input(RtcInput::Receive(Instant::now(), receive)) {
@@ -383,6 +403,26 @@ async fn participant(
                 }
             }
         }
+    }
+}
+
+/// What one session got from the server, for the message when it does not connect.
+#[derive(Default)]
+struct SessionProbe {
+    answers: u32,
+    offers_taken: u32,
+    offers_ignored: u32,
+    datagrams: u64,
+    ice: Option<huddle_sfu::str0m::IceConnectionState>,
+}
+
+impl std::fmt::Display for SessionProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "answers {}, server offers taken {} and ignored {}, datagrams received {}, ICE {:?}",
+            self.answers, self.offers_taken, self.offers_ignored, self.datagrams, self.ice
+        )
     }
 }
 
