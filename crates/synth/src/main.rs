@@ -135,9 +135,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // Everyone leaves properly even so: a participant dropped without a goodbye keeps its
             // place for a resume, and the room stays full for whatever runs next.
             let _ = stop_tx.send(true);
-            for t in tasks {
-                let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-            }
+            leave_all(tasks).await;
             bail!("only {connected} of {} participants connected to the SFU", args.count);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -165,9 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = stdin_closed => {}
     }
     let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
+    leave_all(tasks).await;
     println!(
         "{}",
         serde_json::json!({
@@ -180,6 +176,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Waits (5 s at most, all together) for the participants told to stop to leave.
+async fn leave_all(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(tasks)).await;
 }
 
 fn signal(kind: SdpType, sdp: String) -> ClientMsg {
