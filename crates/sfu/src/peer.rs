@@ -377,8 +377,12 @@ impl Peer {
     }
 
     pub(crate) fn add_track_out(&mut self, track_in: Weak<TrackIn>) {
+        // A track gone already needs no subscription (`negotiate` would drop it unopened).
+        let Some((origin, mid_in)) = track_in.upgrade().map(|t| (t.origin, t.mid)) else { return };
         self.state.tracks_out.push(TrackOut {
             track_in,
+            origin,
+            mid_in,
             state: TrackOutState::ToOpen,
             sending: None,
             continuity: Default::default(),
@@ -487,8 +491,12 @@ impl Peer {
         let id = self.state.id;
         let wanted = self.state.effective(origin);
         let found = self.state.tracks_out.iter().enumerate().find_map(|(i, o)| {
+            if o.origin != origin || o.mid_in != p.mid {
+                return None;
+            }
+            // Same publisher and mid but gone (it started a new session) or not open: look on.
             let t = o.track_in.upgrade()?;
-            (t.origin == origin && t.mid == p.mid).then_some(o.open_mid().map(|m| (i, m, t))).flatten()
+            o.open_mid().map(|m| (i, m, t))
         });
         let Some((i, mid, track)) = found else { return };
         let video = track.kind == MediaKind::Video;

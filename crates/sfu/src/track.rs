@@ -212,6 +212,10 @@ pub(crate) enum TrackOutState {
 #[derive(Debug)]
 pub(crate) struct TrackOut {
     pub track_in: Weak<TrackIn>,
+    /// The publisher and the mid of its track, copied from `track_in`: forwarding finds a
+    /// packet's track by these without upgrading every subscription's `Weak`.
+    pub origin: PeerId,
+    pub mid_in: Mid,
     pub state: TrackOutState,
     /// What is being forwarded: `None` until a start (for video, the first packet of a
     /// keyframe), then the layer (`Some(None)` without simulcast).
