@@ -249,7 +249,7 @@ sc.step('screenshots: the host with a knocker, the waiting view, the password pr
   for (const lang of ['en', 'ko']) {
     for (const [w, h, tag] of [[1280, 800, 'wide'], [390, 844, 'phone']]) {
       await Promise.all([A.page, guest].map((p) => p.setViewportSize({ width: w, height: h })));
-      await Promise.all([A.page, guest].map((p) => p.locator('#lang-select').selectOption(lang)));
+      await Promise.all([A.page, B.page, guest].map((p) => p.locator('#lang-select').selectOption(lang)));
       await openPeople(A.page);
       await B.page.locator('#react-button').click();
       await B.page.locator('#react-menu button[data-emoji="🎉"]').click();
@@ -300,7 +300,7 @@ sc.step('screenshots: the host with a knocker, the waiting view, the password pr
   ws.close();
   await A.page.setViewportSize({ width: 1280, height: 800 });
   await B.page.setViewportSize({ width: 1280, height: 800 });
-  await A.page.locator('#lang-select').selectOption('en');
+  await Promise.all([A.page, B.page].map((p) => p.locator('#lang-select').selectOption('en')));
   await setSwitch(A.page, 'setting-waiting-room', false);
   await A.page.locator('#waiting-section').waitFor({ state: 'hidden' });
 });
