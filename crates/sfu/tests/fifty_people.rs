@@ -5,8 +5,8 @@
 //! subscriber (49 times) and the in-memory clients decrypt and depacketize, all on one thread of
 //! a 2-core CI machine. Fifty cameras would multiply the video work by five without exercising
 //! anything in the core that ten do not (the per-track fan-out is the same code); ten keeps the
-//! test at about 25-30 s of wall time in `cargo test --release` on that machine, half of it in
-//! the simulated clients. It prints where the time went, including the core's share.
+//! test at about 13-20 s of wall time in `cargo test --release` on that machine, more than half
+//! of it in the simulated clients. It prints where the time went, including the core's share.
 
 mod common;
 
@@ -130,6 +130,6 @@ fn fifty_people_each_receive_everyone_else() {
         w.now - w.start,
         w.core_wall
     );
-    // Wall-time bound, generous for a loaded 2-core machine (about 25-30 s when it is quiet).
+    // Wall-time bound, generous for a loaded 2-core machine (about 13-20 s when it is quiet).
     assert!(total < Duration::from_secs(60), "took {total:?} of wall time");
 }
