@@ -387,7 +387,8 @@ pub struct Config {
     pub chat_history: u32,
     pub max_file_bytes: u64,
     pub file_storage_bytes: u64,
-    /// `None`: a directory under the system's temporary directory, named after the process.
+    /// `None`: a directory under the system's temporary directory, named after the process (and
+    /// the hub, for several in one process).
     pub file_dir: Option<PathBuf>,
     pub max_frame_bytes: u32,
     pub outbox_capacity: usize,

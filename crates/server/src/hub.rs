@@ -224,10 +224,14 @@ pub struct Hub {
 impl Hub {
     /// A hub without an SFU: every room is peer-to-peer, whatever the configured topology.
     pub fn new(config: Arc<Config>) -> Hub {
-        let dir = config
-            .file_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("huddle-files-{}", std::process::id())));
+        // One directory per hub, not per process: a hub removes its directory when it stops, and
+        // the servers of one test binary share a process (one's shutdown removed the directory
+        // another was about to upload into, failing that upload with `storage`).
+        static HUBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = config.file_dir.clone().unwrap_or_else(|| {
+            let n = HUBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("huddle-files-{}-{n}", std::process::id()))
+        });
         Hub {
             media: None,
             files: FileStore::new(dir, config.file_storage_bytes),
