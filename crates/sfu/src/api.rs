@@ -63,8 +63,8 @@ impl Input {
             | Input::Answer { now, .. }
             | Input::Packet { now, .. }
             | Input::Receive { now, .. }
-            | Input::Hold { now, .. } => *now,
-            Input::Timeout(now) => *now,
+            | Input::Hold { now, .. }
+            | Input::Timeout(now) => *now,
         }
     }
 }

@@ -537,45 +537,41 @@ impl Peer {
         let Some((seq, time, patch)) = out.continuity.map(p) else { return };
         self.state.clock = self.state.clock.max(p.arrived);
         // Written now, drained later: str0m's drain (polling until it asks for a timeout) visits
-        // every stream of the session, so once per forwarded packet it cost O(room size) per
-        // packet and O(n²) per packet for the room. The core drains each subscriber once per
-        // batch of inputs instead ([`crate::Sfu::poll_output`]); a receive or timeout of this
+        // every stream of the session, so a drain per forwarded packet cost O(room size) per
+        // subscriber, O(n²) per incoming packet. The core drains each subscriber once per batch
+        // of inputs instead ([`crate::Sfu::poll_output`]); a receive or timeout of this
         // participant before then drains it on the way (the drain after any mutation takes all).
         let (rtc, state) = (&mut self.rtc, &mut self.state);
-        {
-            let out = &mut state.tracks_out[i];
-            let pt = match out.pt {
-                Some((pt_in, pt_out)) if pt_in == p.params.pt() => pt_out,
-                _ => {
-                    let Some(local) = rtc.codec_config().match_params(p.params) else { return };
-                    out.pt = Some((p.params.pt(), local.pt()));
-                    local.pt()
-                }
-            };
-            let mut direct = rtc.direct_api();
-            let Some(stream) = direct.stream_tx_by_mid(mid, None) else { return };
-            // Pass on what the receiving browser needs from the publisher's header extensions:
-            // the audio level (its active-speaker detection reads it), the camera rotation and
-            // whether this is a screen share.
-            let ext = ExtensionValues {
-                audio_level: p.audio_level,
-                voice_activity: p.voice_activity,
-                video_orientation: p.video_orientation,
-                video_content_type: p.video_content_type,
-                ..Default::default()
-            };
-            let mut write = RtpWrite::new(pt, seq, time, p.arrived, p.payload.clone())
-                .marker(p.marker)
-                .ext_vals(ext)
-                .nackable(video);
-            if let Some(patch) = patch {
-                write = write.vp8_patch(patch);
+        let out = &mut state.tracks_out[i];
+        let pt = match out.pt {
+            Some((pt_in, pt_out)) if pt_in == p.params.pt() => pt_out,
+            _ => {
+                let Some(local) = rtc.codec_config().match_params(p.params) else { return };
+                out.pt = Some((p.params.pt(), local.pt()));
+                local.pt()
             }
-            let bytes = p.payload.len() as u64;
-            stream.write_rtp(write);
-            sink.forwarded_packets += 1;
-            sink.forwarded_bytes += bytes;
+        };
+        let mut direct = rtc.direct_api();
+        let Some(stream) = direct.stream_tx_by_mid(mid, None) else { return };
+        // Pass on what the receiving browser needs from the publisher's header extensions:
+        // the audio level (its active-speaker detection reads it), the camera rotation and
+        // whether this is a screen share.
+        let ext = ExtensionValues {
+            audio_level: p.audio_level,
+            voice_activity: p.voice_activity,
+            video_orientation: p.video_orientation,
+            video_content_type: p.video_content_type,
+            ..Default::default()
+        };
+        let mut write =
+            RtpWrite::new(pt, seq, time, p.arrived, p.payload.clone()).marker(p.marker).ext_vals(ext).nackable(video);
+        if let Some(patch) = patch {
+            write = write.vp8_patch(patch);
         }
+        let bytes = p.payload.len() as u64;
+        stream.write_rtp(write);
+        sink.forwarded_packets += 1;
+        sink.forwarded_bytes += bytes;
         if !state.undrained {
             state.undrained = true;
             sink.undrained.push(state.id);
