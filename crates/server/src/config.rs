@@ -83,6 +83,10 @@ pub struct Cli {
     /// the data directory]
     #[arg(long, env = "HUDDLE_TURN_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
+    /// File holding --turn-secret (its first line), so the secret is not on the command line
+    /// where every local user can read it with `ps`
+    #[arg(long, env = "HUDDLE_TURN_SECRET_FILE", value_name = "FILE")]
+    pub turn_secret_file: Option<PathBuf>,
     /// Name or address browsers use to reach the TURN server [default: the first
     /// --media-public-ip, else the host name the page was loaded from]
     #[arg(long, env = "HUDDLE_TURN_HOST", value_name = "HOST")]
@@ -111,8 +115,11 @@ pub struct Cli {
     pub ice_transport_policy: Option<IceTransportPolicy>,
     /// Shared secret (at least 32 bytes) of the HS256 access tokens your own service signs for
     /// embedding huddle (claims: room, exp, name, role, sub; see the README)
-    #[arg(long, env = "HUDDLE_TOKEN_SECRET", value_name = "SECRET")]
+    #[arg(long, env = "HUDDLE_TOKEN_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// File holding --token-secret (its first line); better than the flag, which `ps` shows
+    #[arg(long, env = "HUDDLE_TOKEN_SECRET_FILE", value_name = "FILE")]
+    pub token_secret_file: Option<PathBuf>,
     /// Ed25519 public key (base64 of the 32 bytes, or PEM) of the EdDSA access tokens your own
     /// service signs
     #[arg(long, env = "HUDDLE_TOKEN_PUBLIC_KEY", value_name = "KEY")]
@@ -201,6 +208,9 @@ pub struct Cli {
     /// Bearer token /metrics requires (`Authorization: Bearer TOKEN`) [default: none: open]
     #[arg(long, env = "HUDDLE_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// File holding --metrics-token (its first line); better than the flag, which `ps` shows
+    #[arg(long, env = "HUDDLE_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Log lines as `text` or `json` (one JSON object per line) [default: text]
     #[arg(long, env = "HUDDLE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -226,6 +236,7 @@ struct FileConfig {
     turn_port: Option<u16>,
     turn_tls_port: Option<u16>,
     turn_secret: Option<String>,
+    turn_secret_file: Option<PathBuf>,
     turn_host: Option<String>,
     turn_allow_peers: Option<Vec<String>>,
     turn_relay_ports: Option<String>,
@@ -234,6 +245,7 @@ struct FileConfig {
     turn_credential_ttl_secs: Option<u64>,
     ice_transport_policy: Option<IceTransportPolicy>,
     token_secret: Option<String>,
+    token_secret_file: Option<PathBuf>,
     token_public_key: Option<String>,
     require_token: Option<bool>,
     resume_grace_secs: Option<u64>,
@@ -259,6 +271,7 @@ struct FileConfig {
     message_rate_scale: Option<f64>,
     metrics: Option<bool>,
     metrics_token: Option<String>,
+    metrics_token_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
 }
 
@@ -476,6 +489,38 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The names of the secrets that can also be read from a file (`--<name>-file`).
+pub const SECRET_OPTIONS: [&str; 3] = ["token_secret", "turn_secret", "metrics_token"];
+
+/// A secret given directly, or read from `file` (its first line, without the line ending): a flag
+/// is visible to every local user in `ps`, a file can be readable by huddle's user only (or come
+/// from systemd's `LoadCredential=`). Both at once is a mistake worth stopping for.
+fn secret(name: &str, value: Option<String>, file: Option<PathBuf>) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!("give {name} or {name}_file, not both"))),
+        (Some(v), None) => Ok(Some(v)),
+        (None, None) => Ok(None),
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
+            if first.is_empty() {
+                return Err(ConfigError::Invalid(format!("{name}_file {} is empty", path.display())));
+            }
+            Ok(Some(first.to_string()))
+        }
+    }
+}
+
+/// The secrets given as command-line flags (not from the environment or a file), which `ps`
+/// shows to everyone: the server warns about each.
+pub fn secrets_on_command_line(matches: &clap::ArgMatches) -> Vec<&'static str> {
+    SECRET_OPTIONS
+        .into_iter()
+        .filter(|id| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .collect()
+}
+
 /// What a browser's SDP answer may add per participant it receives through the SFU (an audio and
 /// a video m-line of about 1 KB each, JSON-escaped), with room to spare.
 pub const SDP_BYTES_PER_SEAT: u32 = 4096;
@@ -575,7 +620,11 @@ impl Config {
             turn: cli.turn.or(file.turn).unwrap_or(d.turn),
             turn_port: cli.turn_port.or(file.turn_port),
             turn_tls_port: cli.turn_tls_port.or(file.turn_tls_port),
-            turn_secret: cli.turn_secret.or(file.turn_secret),
+            turn_secret: secret(
+                "turn_secret",
+                cli.turn_secret.or(file.turn_secret),
+                cli.turn_secret_file.or(file.turn_secret_file),
+            )?,
             turn_host: cli.turn_host.or(file.turn_host),
             turn_allow_peers,
             turn_relay_ports,
@@ -590,7 +639,11 @@ impl Config {
                 .ice_transport_policy
                 .or(file.ice_transport_policy)
                 .unwrap_or(d.ice_transport_policy),
-            token_secret: cli.token_secret.or(file.token_secret),
+            token_secret: secret(
+                "token_secret",
+                cli.token_secret.or(file.token_secret),
+                cli.token_secret_file.or(file.token_secret_file),
+            )?,
             token_public_key: match cli.token_public_key.or(file.token_public_key) {
                 Some(text) => Some(crate::tokens::parse_ed25519_public_key(&text).ok_or_else(|| {
                     ConfigError::Invalid(
@@ -636,7 +689,11 @@ impl Config {
             ip_joins_per_minute: cli.ip_joins_per_minute.or(file.ip_joins_per_minute).unwrap_or(d.ip_joins_per_minute),
             message_rate_scale: cli.message_rate_scale.or(file.message_rate_scale).unwrap_or(d.message_rate_scale),
             metrics: cli.metrics.or(file.metrics).unwrap_or(d.metrics),
-            metrics_token: cli.metrics_token.or(file.metrics_token),
+            metrics_token: secret(
+                "metrics_token",
+                cli.metrics_token.or(file.metrics_token),
+                cli.metrics_token_file.or(file.metrics_token_file),
+            )?,
             log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
         };
         config.validate()?;
@@ -962,6 +1019,47 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["huddle", "--trusted-proxies", "proxy.example"]).is_err());
         assert!(Cli::try_parse_from(["huddle", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_and_flags_are_pointed_out() {
+        let dir = std::env::temp_dir().join(format!("huddle-cfg-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("write");
+        let turn = dir.join("turn");
+        std::fs::write(&turn, "turn-secret-from-a-file\r\nsecond line ignored\n").expect("write");
+        let metrics = dir.join("metrics");
+        std::fs::write(&metrics, "metrics-token-0123456789").expect("write");
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
+        let c = Config::from_cli(parse(&[
+            "--token-secret-file",
+            &path(&token),
+            "--turn-secret-file",
+            &path(&turn),
+            "--metrics-token-file",
+            &path(&metrics),
+        ]))
+        .expect("valid");
+        assert_eq!(c.token_secret.as_deref(), Some("0123456789abcdef0123456789abcdef"), "without the newline");
+        assert_eq!(c.turn_secret.as_deref(), Some("turn-secret-from-a-file"), "the first line only");
+        assert_eq!(c.metrics_token.as_deref(), Some("metrics-token-0123456789"));
+        // The file's secret is checked like the flag's.
+        std::fs::write(&token, "too short\n").expect("write");
+        assert!(Config::from_cli(parse(&["--token-secret-file", &path(&token)])).is_err());
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").expect("write");
+        assert!(Config::from_cli(parse(&["--metrics-token-file", &path(&empty)])).is_err());
+        assert!(Config::from_cli(parse(&["--turn-secret-file", &path(&dir.join("missing"))])).is_err());
+        let both = ["--turn-secret", "0123456789abcdef", "--turn-secret-file", &path(&turn)];
+        assert!(Config::from_cli(parse(&both)).expect_err("refused").to_string().contains("not both"));
+
+        use clap::CommandFactory as _;
+        let flags = Cli::command()
+            .try_get_matches_from(["huddle", "--turn-secret", "0123456789abcdef", "--metrics-token-file", "f"])
+            .expect("valid args");
+        assert_eq!(secrets_on_command_line(&flags), vec!["turn_secret"], "a file is not a flag");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

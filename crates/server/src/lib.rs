@@ -51,7 +51,7 @@ pub mod ws;
 
 pub use config::{Cli, Config};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::Write as _;
@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Commands queued for the hub before connection tasks wait.
 const HUB_QUEUE: usize = 8192;
@@ -205,9 +205,14 @@ pub async fn serve_with(
 /// The `huddle` command: parses `args` (without the program name), binds, prints the URL and
 /// serves until SIGINT or SIGTERM.
 pub async fn run_cli(args: Vec<OsString>) -> anyhow::Result<()> {
-    let cli = Cli::parse_from(std::iter::once(OsString::from("huddle")).chain(args));
+    let matches = Cli::command().get_matches_from(std::iter::once(OsString::from("huddle")).chain(args));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = Config::from_cli(cli)?;
     init_tracing(config.log_format);
+    for name in config::secrets_on_command_line(&matches) {
+        let flag = name.replace('_', "-");
+        warn!("--{flag} on the command line can be read by every user of this machine (ps); use --{flag}-file or HUDDLE_{} instead", name.to_ascii_uppercase());
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
