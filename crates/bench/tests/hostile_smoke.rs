@@ -12,7 +12,8 @@ fn hostile_run_exercises_every_attack() {
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_huddle-bench"))
         .args(["hostile", "--seconds", "4", "--ips", "1", "--quiet-secs", "2", "--cleanup-secs", "2"])
-        .args(["--rest-secs", "3", "--loris-per-ip", "8", "--idle-upgrades-per-ip", "4", "--buffer-holders-per-ip", "2"])
+        .args(["--rest-secs", "3", "--loris-per-ip", "8", "--idle-upgrades-per-ip", "4"])
+        .args(["--buffer-holders-per-ip", "2"])
         .args(["--victim-respawns", "1", "--file-secs", "2", "--newcomer-secs", "1", "--report-only"])
         .env_remove("HUDDLE_HOSTILE_SECONDS")
         .output()
