@@ -17,10 +17,16 @@
 //! `huddle-bench soak [options]` runs many clients for a while (chatting, moving between rooms,
 //! dropping and resuming their connections) and checks that no chat message is lost or
 //! delivered twice and that the server's memory, open files and rooms come back at the end.
+//!
+//! `huddle-bench hostile [options]` attacks the real server from many addresses at once (slow
+//! and non-reading clients, slowloris, floods, malformed and oversized frames, file offers never
+//! uploaded) while normal clients chat, and checks that they are always answered within 1 s
+//! and that the server lets go of everything once the attackers have gone.
 
 // The `sfu` report is one large `json!` literal.
 #![recursion_limit = "256"]
 
+mod hostile;
 mod procfs;
 mod recv_batch;
 mod relay;
@@ -53,7 +59,10 @@ enum Cmd {
     /// Soak run: clients chat, move between rooms and resume dropped connections for a while;
     /// checks that no message is lost or duplicated and that nothing leaks.
     Soak(soak::SoakArgs),
-    /// Run the huddle server (used by `signal`, `sfu`, `turn` and `soak`, which re-execute this binary).
+    /// Hostile clients from many addresses while normal clients chat: the normal clients are
+    /// always answered within 1 s, and the server lets go of everything once the attack ends.
+    Hostile(hostile::HostileArgs),
+    /// Run the huddle server (used by `signal`, `sfu`, `turn`, `soak` and `hostile`, which re-execute this binary).
     #[command(hide = true)]
     Serve {
         /// Arguments for the server, as `huddle` takes them.
@@ -69,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sfu(args) => sfu::run(args),
         Cmd::Turn(args) => turn::run(args),
         Cmd::Soak(args) => soak::run(args),
+        Cmd::Hostile(args) => hostile::run(args),
         Cmd::Serve { args } => server::serve(args),
     }
 }

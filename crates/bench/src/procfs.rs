@@ -86,6 +86,47 @@ fn parse_udp_line(line: &str) -> Option<(u16, u64)> {
     Some((port, drops))
 }
 
+/// A TCP socket of this network namespace whose local port is `port` (from `/proc/net/tcp`):
+/// the server's side of its connections, and those still in its accept queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSocket {
+    /// The kernel's state number: 1 ESTABLISHED, 10 LISTEN, … (`include/net/tcp_states.h`).
+    pub state: u8,
+    pub remote: std::net::Ipv4Addr,
+}
+
+/// TCP state number of an established connection.
+pub const TCP_ESTABLISHED: u8 = 1;
+
+/// The IPv4 TCP sockets whose local port is `port`.
+pub fn tcp_sockets_on_port(port: u16) -> anyhow::Result<Vec<TcpSocket>> {
+    let table = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    Ok(table.lines().skip(1).filter_map(parse_tcp_line).filter(|(p, _)| *p == port).map(|(_, s)| s).collect())
+}
+
+/// `(local port, socket)` of one line of `/proc/net/tcp`.
+fn parse_tcp_line(line: &str) -> Option<(u16, TcpSocket)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let port = u16::from_str_radix(fields.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+    let remote = u32::from_str_radix(fields.get(2)?.split_once(':')?.0, 16).ok()?;
+    let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+    // The address is printed as the kernel holds it: network order read as a little-endian word.
+    Some((port, TcpSocket { state, remote: std::net::Ipv4Addr::from(remote.swap_bytes()) }))
+}
+
+/// The soft and hard limits on open files of a process (`Max open files` in
+/// `/proc/<pid>/limits`; `None` for unlimited).
+pub fn nofile_limits(pid: u32) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .with_context(|| format!("reading /proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .ok_or_else(|| anyhow!("no open-file limit in /proc/{pid}/limits"))?;
+    let mut v = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Ok((v.next().flatten(), v.next().flatten()))
+}
+
 /// Number of CPUs this process could use when it started (before any pinning).
 pub fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -148,5 +189,17 @@ mod tests {
         let line = "  237: 0100007F:BAD0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 52383 2 00000000dcd744d2 17";
         assert_eq!(super::parse_udp_line(line), Some((0xBAD0, 17)));
         assert_eq!(super::parse_udp_line("garbage"), None);
+    }
+
+    #[test]
+    fn reads_a_line_of_proc_net_tcp() {
+        let line = "   3: 0100007F:8A3B 0200007F:D2F0 01 00000000:00000000 00:00000000 00000000  1000        0 918273 1 0000000000000000 20 4 30 10 -1";
+        let (port, s) = super::parse_tcp_line(line).expect("a socket");
+        assert_eq!(port, 0x8A3B);
+        assert_eq!(
+            s,
+            super::TcpSocket { state: super::TCP_ESTABLISHED, remote: std::net::Ipv4Addr::new(127, 0, 0, 2) }
+        );
+        assert_eq!(super::parse_tcp_line("  sl  local_address rem_address   st"), None);
     }
 }

@@ -177,23 +177,66 @@ impl ServerProcess {
     /// `http://127.0.0.1:PORT/` on its standard output. Its later output goes to our stderr.
     pub fn start(args: &[OsString], cpus: Option<&[usize]>, timeout: Duration) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("finding this executable")?;
-        let mut cmd = Command::new(exe);
-        // Only the arguments configure the server: no HUDDLE_* setting from our environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HUDDLE_") {
-                cmd.env_remove(key);
-            }
-        }
-        // One log line per join and leave of thousands of clients is noise here.
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn");
-        }
+        let mut cmd = server_command(&exe);
         if let Some(cpus) = cpus {
             cmd.env(CPUS_ENV, cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
         }
+        cmd.arg("serve").args(args);
+        ServerProcess::launch(cmd, timeout)
+    }
+
+    /// Starts the server as an operator would run it under systemd: the `huddle` binary at `bin`
+    /// (`None`: this executable's `serve`, the same server code) with `args`, its soft limit on
+    /// open files set to `nofile_soft` before it runs (the hard limit stays, as systemd's
+    /// `LimitNOFILE=1024:524288` leaves it). It is killed when this process dies, even by a
+    /// signal that runs no destructor (`PR_SET_PDEATHSIG`), so a benchmark killed by a CI
+    /// timeout leaves no server behind.
+    pub fn start_limited(
+        bin: Option<&std::path::Path>,
+        args: &[OsString],
+        nofile_soft: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<ServerProcess> {
+        let mut cmd = match bin {
+            Some(bin) => server_command(bin),
+            None => {
+                let mut cmd = server_command(&std::env::current_exe().context("finding this executable")?);
+                cmd.arg("serve");
+                cmd
+            }
+        };
+        cmd.args(args);
+        let parent = std::process::id();
+        // SAFETY: between fork and exec the closure only makes system calls that are
+        // async-signal-safe (setrlimit, prctl, getppid, _exit) on plain data it owns.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                lim.rlim_cur = nofile_soft.min(lim.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the line above: then nobody would kill us.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        ServerProcess::launch(cmd, timeout)
+    }
+
+    /// Spawns `cmd` (a server command from [`server_command`] with its arguments) and waits (up
+    /// to `timeout`) for it to announce its port.
+    fn launch(mut cmd: Command, timeout: Duration) -> anyhow::Result<ServerProcess> {
         let child = cmd
-            .arg("serve")
-            .args(args)
             .env(PARENT_PIPE_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -257,6 +300,22 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A command running `program` with the environment every server under test gets.
+fn server_command(program: &std::path::Path) -> Command {
+    let mut cmd = Command::new(program);
+    // Only the arguments configure the server: no HUDDLE_* setting from our environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HUDDLE_") {
+            cmd.env_remove(key);
+        }
+    }
+    // One log line per join and leave of thousands of clients is noise here.
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    cmd
 }
 
 /// The port in a line such as `huddle listening on http://127.0.0.1:PORT/`.
