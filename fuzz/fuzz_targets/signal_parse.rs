@@ -13,7 +13,7 @@
 #![no_main]
 
 use huddle_protocol::{ClientMsg, ErrorCode, PeerId};
-use huddle_server::files::{FileStore, MAX_FILE_NAME_CHARS};
+use huddle_server::files::{FileLimits, FileStore, MAX_FILE_NAME_CHARS};
 use huddle_server::{validate, ws};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
@@ -52,10 +52,22 @@ fn check_trimmed(raw: &str, s: &str, max: u32) {
 
 fn check_file_offer(name: &str, size: u64, mime: &str, sha256: &str) {
     let dir = std::env::temp_dir().join("huddle-fuzz-never-written");
-    let mut store = FileStore::new(dir, 10 * MAX_FILE_BYTES);
+    let total = 10 * MAX_FILE_BYTES;
+    let limits = FileLimits {
+        max_file: MAX_FILE_BYTES,
+        total,
+        per_connection: total,
+        per_ip: total,
+        per_room: total,
+        timeout: std::time::Duration::from_secs(30),
+        min_rate: 65536,
+    };
+    let mut store = FileStore::new(dir, limits);
     let room: Arc<str> = Arc::from("r");
     let from = PeerId("p1".into());
-    match store.offer(&room, &from, "sender", name, size, mime, sha256, MAX_FILE_BYTES) {
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let now = tokio::time::Instant::now();
+    match store.offer(&room, &from, ip, "sender", name, size, mime, sha256, now) {
         Ok((id, url)) => {
             let kept = validate::label(name, MAX_FILE_NAME_CHARS).expect("a valid name");
             assert!(!kept.contains(['/', '\\']), "a path in a file name: {kept:?}");

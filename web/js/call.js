@@ -868,16 +868,23 @@ export function onFileUpload(msg) {
   if (!o) return;
   const xhr = new XMLHttpRequest();
   uploading.set(msg.id, { ...o, xhr });
-  const failed = () => {
+  /** @param {string} code */
+  const failed = (code) => {
     uploading.delete(msg.id);
     o.item.fail();
-    showError('file_failed', { file: o.file.name });
+    showError(code, { file: o.file.name });
   };
   xhr.open('PUT', msg.url);
   xhr.upload.onprogress = (e) => o.item.setProgress(e.loaded);
-  // On 204 the room's `file` message marks it sent.
-  xhr.onload = () => { if (xhr.status !== 204) failed(); };
-  xhr.onerror = failed;
+  xhr.onload = () => {
+    // On 204 the room's `file` message marks it sent.
+    if (xhr.status === 204) return;
+    let code = '';
+    try { code = JSON.parse(xhr.responseText).code; } catch { /* not ours */ }
+    // The server gave up on a stalled or too slow upload (docs/protocol.md, `file_upload`).
+    failed(code === 'upload_too_slow' ? 'upload_too_slow' : 'file_failed');
+  };
+  xhr.onerror = () => failed('file_failed');
   xhr.send(o.file);
 }
 

@@ -88,7 +88,8 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {'bad_json'|'bad_message'|'unknown_type'|'binary_frame'|'frame_too_large'
  *   |'unsupported_protocol'|'not_in_room'|'already_in_room'|'invalid_name'|'invalid_room'
  *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'|'media_refused'|'media_failed'
- *   |'invalid_file'|'file_storage_full'|'not_allowed'|'password_required'|'wrong_password'|'room_locked'
+ *   |'invalid_file'|'file_storage_full'|'file_quota'|'not_sfu_room'|'not_allowed'|'password_required'
+ *   |'wrong_password'|'room_locked'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
  *   |'invalid_reaction'|'rate_limited'|'too_many_connections'} ErrorCode
  */

@@ -568,6 +568,8 @@ pub enum ErrorCode {
     MediaFailed,
     InvalidFile,
     FileStorageFull,
+    FileQuota,
+    NotSfuRoom,
     NotAllowed,
     PasswordRequired,
     WrongPassword,
@@ -603,6 +605,8 @@ impl ErrorCode {
         ErrorCode::MediaFailed,
         ErrorCode::InvalidFile,
         ErrorCode::FileStorageFull,
+        ErrorCode::FileQuota,
+        ErrorCode::NotSfuRoom,
         ErrorCode::NotAllowed,
         ErrorCode::PasswordRequired,
         ErrorCode::WrongPassword,
@@ -639,6 +643,10 @@ impl ErrorCode {
             ErrorCode::MediaFailed => "The connection to the media server was lost; send a new offer to reconnect.",
             ErrorCode::InvalidFile => "The file name, size or checksum is not acceptable.",
             ErrorCode::FileStorageFull => "The server is holding too many files; try again later.",
+            ErrorCode::FileQuota => {
+                "You have shared as much as one person, one address or one room may at once; wait for your uploads to finish or for the room's files to go."
+            }
+            ErrorCode::NotSfuRoom => "Files go through the server only in sfu rooms; in a p2p room send them over the data channel.",
             ErrorCode::NotAllowed => "Only the room's hosts may do that.",
             ErrorCode::PasswordRequired => "This room needs a password.",
             ErrorCode::WrongPassword => "That password is not right.",

@@ -157,6 +157,25 @@ pub struct Cli {
     /// system's temporary directory]
     #[arg(long, env = "HUDDLE_FILE_DIR", value_name = "DIR")]
     pub file_dir: Option<PathBuf>,
+    /// Bytes of files one participant may have on the server at once, offered, uploading or
+    /// shared [default: 268435456]
+    #[arg(long, env = "HUDDLE_FILE_CONNECTION_BYTES", value_name = "BYTES")]
+    pub file_connection_bytes: Option<u64>,
+    /// Bytes of files the participants of one IP address may have on the server at once
+    /// [default: 536870912]
+    #[arg(long, env = "HUDDLE_FILE_IP_BYTES", value_name = "BYTES")]
+    pub file_ip_bytes: Option<u64>,
+    /// Bytes of files one room may have on the server at once [default: 536870912]
+    #[arg(long, env = "HUDDLE_FILE_ROOM_BYTES", value_name = "BYTES")]
+    pub file_room_bytes: Option<u64>,
+    /// Seconds a file transfer through the server may wait: for the upload to start after the
+    /// offer, and for the next bytes of an upload or a download [default: 30]
+    #[arg(long, env = "HUDDLE_FILE_TRANSFER_TIMEOUT_SECS", value_name = "SECS")]
+    pub file_transfer_timeout_secs: Option<u64>,
+    /// The slowest average rate, in bytes a second, an upload or a download is given time for
+    /// (its deadline: the timeout plus its size at this rate) [default: 65536]
+    #[arg(long, env = "HUDDLE_FILE_MIN_RATE", value_name = "BYTES")]
+    pub file_min_rate: Option<u64>,
     /// Largest signalling message, in bytes [default: 65536, plus 4096 per seat of a room when the
     /// SFU is used (a browser's SDP answer grows with every participant it receives)]
     #[arg(long, env = "HUDDLE_MAX_FRAME_BYTES", value_name = "BYTES")]
@@ -257,6 +276,11 @@ struct FileConfig {
     max_file_bytes: Option<u64>,
     file_storage_bytes: Option<u64>,
     file_dir: Option<PathBuf>,
+    file_connection_bytes: Option<u64>,
+    file_ip_bytes: Option<u64>,
+    file_room_bytes: Option<u64>,
+    file_transfer_timeout_secs: Option<u64>,
+    file_min_rate: Option<u64>,
     max_frame_bytes: Option<u32>,
     outbox_capacity: Option<usize>,
     ice_servers: Option<Vec<IceServer>>,
@@ -403,6 +427,15 @@ pub struct Config {
     /// `None`: a directory under the system's temporary directory, named after the process (and
     /// the hub, for several in one process).
     pub file_dir: Option<PathBuf>,
+    /// Quotas of files through the server: per participant, per IP address, per room.
+    pub file_connection_bytes: u64,
+    pub file_ip_bytes: u64,
+    pub file_room_bytes: u64,
+    /// How long an offer waits for its upload, and an upload or a download for its next bytes.
+    pub file_transfer_timeout: Duration,
+    /// Bytes a second: a transfer of `n` bytes ends at the latest `n / file_min_rate` seconds
+    /// after the timeout.
+    pub file_min_rate: u64,
     pub max_frame_bytes: u32,
     pub outbox_capacity: usize,
     pub ice_servers: Vec<IceServer>,
@@ -460,6 +493,11 @@ impl Default for Config {
             max_file_bytes: 100 * 1024 * 1024,
             file_storage_bytes: 1024 * 1024 * 1024,
             file_dir: None,
+            file_connection_bytes: 256 * 1024 * 1024,
+            file_ip_bytes: 512 * 1024 * 1024,
+            file_room_bytes: 512 * 1024 * 1024,
+            file_transfer_timeout: Duration::from_secs(30),
+            file_min_rate: 64 * 1024,
             max_frame_bytes: default_max_frame_bytes(TopologyMode::Auto, DEFAULT_SFU_CAPACITY),
             outbox_capacity: 256,
             ice_servers: Vec::new(),
@@ -666,6 +704,18 @@ impl Config {
             max_file_bytes: cli.max_file_bytes.or(file.max_file_bytes).unwrap_or(d.max_file_bytes),
             file_storage_bytes: cli.file_storage_bytes.or(file.file_storage_bytes).unwrap_or(d.file_storage_bytes),
             file_dir: cli.file_dir.or(file.file_dir),
+            file_connection_bytes: cli
+                .file_connection_bytes
+                .or(file.file_connection_bytes)
+                .unwrap_or(d.file_connection_bytes),
+            file_ip_bytes: cli.file_ip_bytes.or(file.file_ip_bytes).unwrap_or(d.file_ip_bytes),
+            file_room_bytes: cli.file_room_bytes.or(file.file_room_bytes).unwrap_or(d.file_room_bytes),
+            file_transfer_timeout: cli
+                .file_transfer_timeout_secs
+                .or(file.file_transfer_timeout_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.file_transfer_timeout),
+            file_min_rate: cli.file_min_rate.or(file.file_min_rate).unwrap_or(d.file_min_rate),
             max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or_else(|| {
                 let capacity = cli.room_capacity.or(file.room_capacity).unwrap_or(default_capacity);
                 default_max_frame_bytes(topology, capacity)
@@ -721,6 +771,9 @@ impl Config {
         }
         if self.outbox_capacity < 8 {
             return bad("outbox_capacity must be at least 8");
+        }
+        if self.file_transfer_timeout.is_zero() || self.file_min_rate == 0 {
+            return bad("file_transfer_timeout_secs and file_min_rate must be at least 1");
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return bad("idle_timeout_secs must be longer than ping_secs, and both above zero");

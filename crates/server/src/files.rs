@@ -1,40 +1,110 @@
 //! Files shared through the server — for `sfu` rooms, where pages have no peer-to-peer data
-//! channel to send them over.
+//! channel to send them over (in `p2p` rooms the server refuses them: `not_sfu_room`).
 //!
 //! The flow (see `docs/protocol.md`): a member sends `file_offer` over the WebSocket; the hub
-//! validates it, reserves its size against the storage limit ([`FileStore::offer`]) and answers
+//! validates it, reserves its size against the quotas ([`FileStore::offer`]) and answers
 //! `file_upload` with a one-time upload URL. The page `PUT`s the bytes there; the upload handler
 //! ([`upload`]) streams them to a file while hashing, checks size and SHA-256, and only then tells
 //! the hub, which announces `file` to the room. Members `GET` it ([`download`]) as an attachment.
 //! Files are deleted when their room empties.
 //!
+//! What a client can make the server hold is bounded ([`FileLimits`]): bytes per participant,
+//! per IP address, per room and in all, and files per room and in all, counting offers not yet
+//! uploaded. Every stage has a deadline: an offer whose upload has not started within the timeout
+//! expires; an upload or a download that stalls for the timeout, or runs past the timeout plus
+//! its size at the minimum rate, is cut off; and one address has a bounded number of downloads
+//! at once. An upload whose file goes (its room closed, its time ran out) is called off at once.
+//!
 //! The [`FileStore`] (which files exist, their state, the bytes reserved) is owned by the hub like
 //! every other piece of room state; the HTTP handlers reach it with [`FileCommand`]s. Ids and
 //! upload keys are 128-bit random, so a URL is a capability only room members learn.
+//!
+//! On disk: each hub keeps its files in a directory of its own, `huddle-files-<pid>-<n>` under
+//! `--file-dir` or the system's temporary directory, readable by the server's user only, and
+//! removed when the server stops. A server that crashed cannot remove its directory; the next
+//! start does ([`remove_stale_dirs`]).
 
+use crate::client_ip::{client_ip, PeerAddr};
 use crate::hub::Command;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use huddle_protocol::{ErrorCode, PeerId, SharedFile};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Offers of one connection that may wait for their upload at once.
+/// Offers of one participant that may wait for their upload at once.
 pub const MAX_PENDING_PER_CONNECTION: usize = 2;
+/// Files one room may hold at once (so that tiny files cannot make an endless list).
+pub const MAX_FILES_PER_ROOM: usize = 256;
+/// Files the server holds at once.
+pub const MAX_FILES: usize = 16_384;
+/// Downloads from one IP address at once.
+pub const MAX_DOWNLOADS_PER_IP: usize = 32;
 /// The longest declared media type kept.
 pub const MAX_MIME_CHARS: usize = 100;
 /// The longest file name, in characters.
 pub const MAX_FILE_NAME_CHARS: u32 = 255;
 /// Download chunk size.
 const READ_CHUNK: usize = 64 * 1024;
+/// The start of the name of a hub's file directory.
+const DIR_PREFIX: &str = "huddle-files-";
+
+/// What files through the server may take, from the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLimits {
+    /// The largest file.
+    pub max_file: u64,
+    /// Bytes in all.
+    pub total: u64,
+    /// Bytes per participant (session), per IP address, per room.
+    pub per_connection: u64,
+    pub per_ip: u64,
+    pub per_room: u64,
+    /// How long an offer waits for its upload, and a transfer for its next bytes.
+    pub timeout: Duration,
+    /// Bytes a second a transfer is given time for (at least 1).
+    pub min_rate: u64,
+}
+
+impl From<&crate::Config> for FileLimits {
+    fn from(c: &crate::Config) -> FileLimits {
+        FileLimits {
+            max_file: c.max_file_bytes,
+            total: c.file_storage_bytes,
+            per_connection: c.file_connection_bytes,
+            per_ip: c.file_ip_bytes,
+            per_room: c.file_room_bytes,
+            timeout: c.file_transfer_timeout,
+            min_rate: c.file_min_rate.max(1),
+        }
+    }
+}
+
+impl FileLimits {
+    /// The longest a transfer of `size` bytes may take: the timeout, plus the size at the
+    /// minimum rate.
+    pub fn transfer_time(&self, size: u64) -> Duration {
+        self.timeout.saturating_add(Duration::from_secs(size / self.min_rate))
+    }
+}
+
+/// `now + d`, or as late as the clock can say.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
 
 /// What the HTTP handlers ask the hub.
 #[derive(Debug)]
@@ -44,8 +114,8 @@ pub enum FileCommand {
     /// The upload ended: `ok` when size and checksum matched (then the room is told), otherwise
     /// the file is dropped and its reservation freed.
     EndUpload { id: String, ok: bool },
-    /// Where a ready file is, for a download.
-    Download { id: String, reply: oneshot::Sender<Option<Download>> },
+    /// Where a ready file is, for a download by `ip`.
+    Download { id: String, ip: IpAddr, reply: oneshot::Sender<Result<Download, DownloadRefusal>> },
 }
 
 #[derive(Debug)]
@@ -53,11 +123,17 @@ pub struct UploadTicket {
     pub path: PathBuf,
     pub size: u64,
     pub sha256: String,
+    /// When the whole upload must be in.
+    pub deadline: Instant,
+    /// The longest wait for the next bytes.
+    pub stall: Duration,
+    /// Fires (its sender dropped) when the file goes while it is being uploaded.
+    pub called_off: oneshot::Receiver<()>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum UploadRefusal {
-    /// No such offer, or the key does not match.
+    /// No such offer (or it expired, or went with its owner or room), or the key does not match.
     Unknown,
     /// Already being uploaded or uploaded.
     Conflict,
@@ -70,36 +146,129 @@ pub struct Download {
     pub path: PathBuf,
     pub name: String,
     pub size: u64,
+    /// When the whole download must be out.
+    pub deadline: Instant,
+    /// The longest wait for the reader to take the next bytes.
+    pub stall: Duration,
+    /// Held while the download runs: counts against its address's downloads.
+    pub permit: DownloadPermit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One running download of an address ([`MAX_DOWNLOADS_PER_IP`]); dropping it ends the count.
+#[derive(Debug)]
+pub struct DownloadPermit(#[allow(dead_code)] Arc<()>);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DownloadRefusal {
+    /// No such file, or not uploaded yet.
+    Unknown,
+    /// The address has as many downloads running as it may.
+    Busy,
+}
+
+#[derive(Debug)]
 enum Stage {
-    Offered,
-    Uploading,
+    /// The upload must start by `until`.
+    Offered {
+        until: Instant,
+    },
+    /// The upload must be in by `until`; dropping `_cancel` calls it off.
+    Uploading {
+        until: Instant,
+        _cancel: oneshot::Sender<()>,
+    },
     Ready,
+}
+
+impl Stage {
+    fn until(&self) -> Option<Instant> {
+        match self {
+            Stage::Offered { until } | Stage::Uploading { until, .. } => Some(*until),
+            Stage::Ready => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     room: Arc<str>,
+    ip: IpAddr,
     key: String,
-    state: Stage,
+    stage: Stage,
     file: SharedFile,
+}
+
+/// Bytes and files held by one participant, address or room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    bytes: u64,
+    files: usize,
+}
+
+/// [`Tally`]s by key; a key holding nothing is not kept.
+#[derive(Debug)]
+struct Usage<K>(HashMap<K, Tally>);
+
+impl<K: Hash + Eq + Clone> Usage<K> {
+    fn new() -> Self {
+        Usage(HashMap::new())
+    }
+
+    fn of(&self, k: &K) -> Tally {
+        self.0.get(k).copied().unwrap_or_default()
+    }
+
+    fn add(&mut self, k: &K, bytes: u64) {
+        let t = self.0.entry(k.clone()).or_default();
+        t.bytes += bytes;
+        t.files += 1;
+    }
+
+    fn sub(&mut self, k: &K, bytes: u64) {
+        if let Some(t) = self.0.get_mut(k) {
+            t.bytes = t.bytes.saturating_sub(bytes);
+            t.files = t.files.saturating_sub(1);
+            if t.files == 0 {
+                self.0.remove(k);
+            }
+        }
+    }
 }
 
 /// Every shared file, owned by the hub.
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
-    limit: u64,
-    /// Bytes reserved by offers, uploads and ready files.
-    used: u64,
+    limits: FileLimits,
     files: HashMap<String, Entry>,
+    /// What files (in every stage) hold, in all and per participant, address and room.
+    used: Tally,
+    by_owner: Usage<PeerId>,
+    by_ip: Usage<IpAddr>,
+    by_room: Usage<Arc<str>>,
+    /// Files of each participant not uploaded yet.
+    pending: Usage<PeerId>,
+    /// When offers and uploads run out of time, earliest first; an entry whose file has since
+    /// moved on or gone is skipped when it comes up.
+    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Running downloads per address: the count is the number of [`DownloadPermit`]s out.
+    downloads: HashMap<IpAddr, Arc<()>>,
 }
 
 impl FileStore {
-    pub fn new(dir: PathBuf, limit: u64) -> FileStore {
-        FileStore { dir, limit, used: 0, files: HashMap::new() }
+    pub fn new(dir: PathBuf, limits: FileLimits) -> FileStore {
+        FileStore {
+            dir,
+            limits,
+            files: HashMap::new(),
+            used: Tally::default(),
+            by_owner: Usage::new(),
+            by_ip: Usage::new(),
+            by_room: Usage::new(),
+            pending: Usage::new(),
+            deadlines: BinaryHeap::new(),
+            downloads: HashMap::new(),
+        }
     }
 
     /// The directory files are written to (created on the first upload).
@@ -107,37 +276,32 @@ impl FileStore {
         &self.dir
     }
 
-    /// Validates an offer and reserves its size. Returns the id and the upload URL.
+    /// Validates an offer from `from` (at `ip`) in `room` and reserves its size. Returns the id
+    /// and the upload URL.
     #[allow(clippy::too_many_arguments)]
     pub fn offer(
         &mut self,
         room: &Arc<str>,
         from: &PeerId,
+        ip: IpAddr,
         sender: &str,
         name: &str,
         size: u64,
         mime: &str,
         sha256: &str,
-        max_size: u64,
+        now: Instant,
     ) -> Result<(String, String), ErrorCode> {
         let name = crate::validate::label(name, MAX_FILE_NAME_CHARS).ok_or(ErrorCode::InvalidFile)?;
         let sha_ok = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let mime_ok = mime.chars().count() <= MAX_MIME_CHARS && !mime.chars().any(char::is_control);
-        if name.contains(['/', '\\']) || size == 0 || size > max_size || !sha_ok || !mime_ok {
+        if name.contains(['/', '\\']) || size == 0 || size > self.limits.max_file || !sha_ok || !mime_ok {
             return Err(ErrorCode::InvalidFile);
         }
-        let pending = self.files.values().filter(|e| &e.file.from == from && e.state != Stage::Ready).count();
-        if pending >= MAX_PENDING_PER_CONNECTION {
-            return Err(ErrorCode::InvalidFile);
-        }
-        if self.used.saturating_add(size) > self.limit {
-            return Err(ErrorCode::FileStorageFull);
-        }
+        self.check_quotas(room, from, ip, size)?;
         let id = random_hex();
         let key = random_hex();
         let url = format!("/files/{id}");
         let upload_url = format!("{url}?key={key}");
-        self.used += size;
         let file = SharedFile {
             id: id.clone(),
             from: from.clone(),
@@ -148,44 +312,121 @@ impl FileStore {
             sha256: sha256.to_string(),
             url,
         };
-        self.files.insert(id.clone(), Entry { room: room.clone(), key, state: Stage::Offered, file });
+        let until = later(now, self.limits.timeout);
+        self.deadlines.push(Reverse((until, id.clone())));
+        self.used.bytes += size;
+        self.used.files += 1;
+        self.by_owner.add(from, size);
+        self.by_ip.add(&ip, size);
+        self.by_room.add(room, size);
+        self.pending.add(from, size);
+        let stage = Stage::Offered { until };
+        self.files.insert(id.clone(), Entry { room: room.clone(), ip, key, stage, file });
         Ok((id, upload_url))
     }
 
-    pub fn begin_upload(&mut self, id: &str, key: &str) -> Result<UploadTicket, UploadRefusal> {
+    /// Whether `size` more bytes fit: the participant's, address's and room's quotas first (a
+    /// refusal that is about the asker: `file_quota`), then the server's (`file_storage_full`).
+    fn check_quotas(&self, room: &Arc<str>, from: &PeerId, ip: IpAddr, size: u64) -> Result<(), ErrorCode> {
+        let l = &self.limits;
+        let fits = |t: Tally, limit: u64| t.bytes.saturating_add(size) <= limit;
+        let room_t = self.by_room.of(room);
+        if self.pending.of(from).files >= MAX_PENDING_PER_CONNECTION
+            || !fits(self.by_owner.of(from), l.per_connection)
+            || !fits(self.by_ip.of(&ip), l.per_ip)
+            || !fits(room_t, l.per_room)
+            || room_t.files >= MAX_FILES_PER_ROOM
+        {
+            return Err(ErrorCode::FileQuota);
+        }
+        if !fits(self.used, l.total) || self.used.files >= MAX_FILES {
+            return Err(ErrorCode::FileStorageFull);
+        }
+        Ok(())
+    }
+
+    pub fn begin_upload(&mut self, id: &str, key: &str, now: Instant) -> Result<UploadTicket, UploadRefusal> {
         let path = self.dir.join(id);
         let entry = self.files.get_mut(id).filter(|e| constant_time_eq(&e.key, key)).ok_or(UploadRefusal::Unknown)?;
-        if entry.state != Stage::Offered {
-            return Err(UploadRefusal::Conflict);
+        match entry.stage {
+            Stage::Offered { until } if until > now => {}
+            // Expired; the next `expire` removes it.
+            Stage::Offered { .. } => return Err(UploadRefusal::Unknown),
+            Stage::Uploading { .. } | Stage::Ready => return Err(UploadRefusal::Conflict),
         }
-        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+        if let Err(e) = crate::persist::create_private_dir(&self.dir) {
             warn!(dir = %self.dir.display(), error = %e, "cannot create the file directory");
             return Err(UploadRefusal::Storage);
         }
-        entry.state = Stage::Uploading;
-        Ok(UploadTicket { path, size: entry.file.size, sha256: entry.file.sha256.clone() })
+        let stall = self.limits.timeout;
+        let deadline = later(now, self.limits.transfer_time(entry.file.size));
+        // The handler keeps its own deadline; the hub's, a little later, is the backstop.
+        let until = later(deadline, stall);
+        let (cancel, called_off) = oneshot::channel();
+        entry.stage = Stage::Uploading { until, _cancel: cancel };
+        self.deadlines.push(Reverse((until, id.to_string())));
+        Ok(UploadTicket { path, size: entry.file.size, sha256: entry.file.sha256.clone(), deadline, stall, called_off })
     }
 
     /// Ends an upload; returns the room and the file to announce when it succeeded.
     pub fn end_upload(&mut self, id: &str, ok: bool) -> Option<(Arc<str>, SharedFile)> {
         let entry = self.files.get_mut(id)?;
-        if entry.state != Stage::Uploading {
+        if !matches!(entry.stage, Stage::Uploading { .. }) {
             return None;
         }
         if ok {
-            entry.state = Stage::Ready;
-            return Some((entry.room.clone(), entry.file.clone()));
+            entry.stage = Stage::Ready;
+            let (room, file) = (entry.room.clone(), entry.file.clone());
+            self.pending.sub(&file.from, file.size);
+            return Some((room, file));
         }
         self.remove(id);
         None
     }
 
-    pub fn download(&self, id: &str) -> Option<Download> {
-        let e = self.files.get(id).filter(|e| e.state == Stage::Ready)?;
-        Some(Download { path: self.dir.join(id), name: e.file.name.clone(), size: e.file.size })
+    /// A ready file for a download by `ip`, unless that address has as many running as it may.
+    pub fn download(&mut self, id: &str, ip: IpAddr, now: Instant) -> Result<Download, DownloadRefusal> {
+        let e = self.files.get(id).filter(|e| matches!(e.stage, Stage::Ready)).ok_or(DownloadRefusal::Unknown)?;
+        if self.downloads.len() > MAX_FILES {
+            // Forget the addresses with nothing running.
+            self.downloads.retain(|_, running| Arc::strong_count(running) > 1);
+        }
+        let running = self.downloads.entry(ip).or_default();
+        if Arc::strong_count(running) > MAX_DOWNLOADS_PER_IP {
+            return Err(DownloadRefusal::Busy);
+        }
+        Ok(Download {
+            path: self.dir.join(id),
+            name: e.file.name.clone(),
+            size: e.file.size,
+            deadline: later(now, self.limits.transfer_time(e.file.size)),
+            stall: self.limits.timeout,
+            permit: DownloadPermit(running.clone()),
+        })
     }
 
-    /// The room emptied: its files go.
+    /// Drops the offers whose upload did not start in time, and the uploads that did not end in
+    /// time (the upload handler has normally cut those off already).
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((until, _))) = self.deadlines.peek() {
+            if *until > now {
+                break;
+            }
+            let Some(Reverse((until, id))) = self.deadlines.pop() else { break };
+            if self.files.get(&id).is_some_and(|e| e.stage.until() == Some(until)) {
+                debug!("a file offer or upload ran out of time");
+                self.remove(&id);
+            }
+        }
+    }
+
+    /// When [`FileStore::expire`] has something to do next (perhaps nothing, for a deadline
+    /// whose file moved on).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((until, _))| *until)
+    }
+
+    /// The room emptied: its files go (uploads under way are called off).
     pub fn room_closed(&mut self, room: &str) {
         let ids: Vec<String> = self.files.iter().filter(|(_, e)| &*e.room == room).map(|(id, _)| id.clone()).collect();
         for id in ids {
@@ -195,10 +436,13 @@ impl FileStore {
 
     /// A connection went: offers it never started uploading are dropped.
     pub fn owner_left(&mut self, owner: &PeerId) {
+        if self.pending.of(owner).files == 0 {
+            return;
+        }
         let ids: Vec<String> = self
             .files
             .iter()
-            .filter(|(_, e)| &e.file.from == owner && e.state == Stage::Offered)
+            .filter(|(_, e)| &e.file.from == owner && matches!(e.stage, Stage::Offered { .. }))
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
@@ -208,15 +452,23 @@ impl FileStore {
 
     /// Bytes reserved now.
     pub fn used(&self) -> u64 {
-        self.used
+        self.used.bytes
     }
 
     fn remove(&mut self, id: &str) {
         let Some(e) = self.files.remove(id) else { return };
-        self.used = self.used.saturating_sub(e.file.size);
-        if e.state != Stage::Offered {
-            // An open download keeps reading an unlinked file; an upload in flight fails its
-            // checks or finds its entry gone.
+        let size = e.file.size;
+        self.used.bytes = self.used.bytes.saturating_sub(size);
+        self.used.files = self.used.files.saturating_sub(1);
+        self.by_owner.sub(&e.file.from, size);
+        self.by_ip.sub(&e.ip, size);
+        self.by_room.sub(&e.room, size);
+        if !matches!(e.stage, Stage::Ready) {
+            self.pending.sub(&e.file.from, size);
+        }
+        if !matches!(e.stage, Stage::Offered { .. }) {
+            // An open download keeps reading an unlinked file (until its deadline); an upload in
+            // flight is called off as its stage (with the sender) is dropped here.
             match std::fs::remove_file(self.dir.join(id)) {
                 Ok(()) => debug!("deleted a shared file"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -231,8 +483,84 @@ impl FileStore {
         for id in ids {
             self.remove(&id);
         }
-        let _ = std::fs::remove_dir(&self.dir);
+        // The hub's own directory: also whatever an upload called off left behind.
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(dir = %self.dir.display(), error = %e, "cannot remove the file directory"),
+        }
     }
+}
+
+/// The directory a new hub keeps its files in: `huddle-files-<pid>-<n>` under `file_dir` or the
+/// system's temporary directory. One per hub, not per process: a hub removes its directory when
+/// it stops, and the servers of one test binary share a process (one's shutdown removed the
+/// directory another was about to upload into, failing that upload with `storage`).
+pub fn hub_dir(file_dir: Option<&std::path::Path>) -> PathBuf {
+    static HUBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = HUBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let parent = file_dir.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    parent.join(format!("{DIR_PREFIX}{}-{n}", std::process::id()))
+}
+
+/// The process id in a hub directory's name (`huddle-files-<pid>-<n>`).
+fn pid_of_dir(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix(DIR_PREFIX)?.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
+/// A shared file's name: its 128-bit id in lower-case hex.
+fn is_file_id(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Removes what servers that did not stop cleanly left under `file_dir` (or the system's
+/// temporary directory): the directories `huddle-files-<pid>-<n>` of processes that no longer
+/// exist, and, in a `file_dir`, files an older huddle kept straight in it (named by their id).
+/// Only real directories and files owned by this user are touched; links, other names, and
+/// the directories of running processes (this one's included) are left alone. Needs `/proc`
+/// (Linux) to tell a running process; elsewhere nothing is removed.
+pub fn remove_stale_dirs(file_dir: Option<&std::path::Path>) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(me) = std::fs::metadata("/proc/self") else { return };
+        let parent = file_dir.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+        let Ok(entries) = std::fs::read_dir(&parent) else { return };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // Not followed: a link is neither a directory nor a file here.
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+            if meta.uid() != me.uid() {
+                continue;
+            }
+            let stale = match pid_of_dir(name) {
+                Some(pid) => {
+                    meta.is_dir()
+                        && pid != std::process::id()
+                        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                }
+                None => file_dir.is_some() && meta.is_file() && is_file_id(name),
+            };
+            if !stale {
+                continue;
+            }
+            let gone =
+                if meta.is_dir() { std::fs::remove_dir_all(entry.path()) } else { std::fs::remove_file(entry.path()) };
+            match gone {
+                Ok(()) => removed += 1,
+                Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove a stale shared file"),
+            }
+        }
+        if removed > 0 {
+            info!(dir = %parent.display(), removed, "removed shared files a server that did not stop left behind");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file_dir;
 }
 
 fn random_hex() -> String {
@@ -283,12 +611,23 @@ impl UploadGuard {
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         if !self.done {
-            // The client went away mid-upload. The hub deletes the partial file with the entry.
+            // The client went away mid-upload. The hub deletes the partial file with the entry,
+            // or at the entry's deadline if this message is lost.
             if self.hub.try_send(Command::Files(FileCommand::EndUpload { id: self.id.clone(), ok: false })).is_err() {
-                warn!("hub queue full; an abandoned upload stays reserved until its room empties");
+                warn!("hub queue full; an abandoned upload stays reserved until its deadline");
             }
         }
     }
+}
+
+/// How an upload's body ended.
+enum Received {
+    All,
+    CutOff,
+    TooMany,
+    TooSlow,
+    CalledOff,
+    Unwritable,
 }
 
 /// `PUT /files/{id}?key=…`: the bytes of an offered file.
@@ -315,7 +654,12 @@ pub async fn upload(
         }
     };
     let guard = UploadGuard { hub: app.hub.clone(), id, path: ticket.path.clone(), done: false };
-    let mut file = match tokio::fs::File::create(&ticket.path).await {
+    let mut options = tokio::fs::OpenOptions::new();
+    // A new file (the id is new), readable by the server's user only.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = match options.open(&ticket.path).await {
         Ok(f) => f,
         Err(e) => {
             warn!(error = %e, "cannot create an upload file");
@@ -324,29 +668,32 @@ pub async fn upload(
         }
     };
     let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut received: u64 = 0;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else {
-            debug!("an upload ended early");
-            guard.finish(false).await;
-            return refusal(StatusCode::BAD_REQUEST, "file_mismatch", "The upload was cut off.");
-        };
-        received += chunk.len() as u64;
-        if received > ticket.size {
-            guard.finish(false).await;
-            return refusal(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", "More bytes than offered.");
+    let UploadTicket { size, sha256, deadline, stall, called_off, .. } = ticket;
+    let (received, outcome) = receive(body, &mut file, &mut hash, (size, deadline, stall), called_off).await;
+    let answer = match outcome {
+        Received::All => None,
+        Received::CutOff => Some((StatusCode::BAD_REQUEST, "file_mismatch", "The upload was cut off.")),
+        Received::TooMany => Some((StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", "More bytes than offered.")),
+        Received::TooSlow => Some((
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_too_slow",
+            "The upload stalled or was too slow to finish in time; offer the file again.",
+        )),
+        Received::CalledOff => {
+            Some((StatusCode::NOT_FOUND, "unknown_file", "The upload was called off: its room closed."))
         }
-        hash.update(&chunk);
-        if let Err(e) = file.write_all(&chunk).await {
-            warn!(error = %e, "cannot write an upload");
-            guard.finish(false).await;
-            return refusal(StatusCode::INSUFFICIENT_STORAGE, "storage", "The server cannot store files now.");
+        Received::Unwritable => {
+            Some((StatusCode::INSUFFICIENT_STORAGE, "storage", "The server cannot store files now."))
         }
+    };
+    if let Some((status, code, message)) = answer {
+        debug!(code, "an upload failed");
+        guard.finish(false).await;
+        return refusal(status, code, message);
     }
     let flushed = file.flush().await.is_ok();
     let digest: String = hash.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    if !flushed || received != ticket.size || digest != ticket.sha256 {
+    if !flushed || received != size || digest != sha256 {
         guard.finish(false).await;
         return refusal(StatusCode::BAD_REQUEST, "file_mismatch", "The size or checksum does not match the offer.");
     }
@@ -355,28 +702,74 @@ pub async fn upload(
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// `GET /files/{id}`: a ready file, as an attachment that no browser will render.
-pub async fn download(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+/// Streams an upload's body to `file` and `hash` — at most `size` bytes, each within `stall` of
+/// the last and all by `deadline` — and stops as soon as the hub calls the upload off. Returns the
+/// bytes received and how it ended.
+async fn receive(
+    body: Body,
+    file: &mut tokio::fs::File,
+    hash: &mut aws_lc_rs::digest::Context,
+    (size, deadline, stall): (u64, Instant, Duration),
+    mut called_off: oneshot::Receiver<()>,
+) -> (u64, Received) {
+    let mut stream = body.into_data_stream();
+    let mut received: u64 = 0;
+    loop {
+        let until = deadline.min(Instant::now() + stall);
+        let chunk = tokio::select! {
+            // Never sent: the sender is dropped when the file goes.
+            _ = &mut called_off => return (received, Received::CalledOff),
+            next = tokio::time::timeout_at(until, stream.next()) => match next {
+                Err(_) => return (received, Received::TooSlow),
+                Ok(None) => return (received, Received::All),
+                Ok(Some(Err(_))) => return (received, Received::CutOff),
+                Ok(Some(Ok(chunk))) => chunk,
+            },
+        };
+        received += chunk.len() as u64;
+        if received > size {
+            return (received, Received::TooMany);
+        }
+        hash.update(&chunk);
+        if let Err(e) = file.write_all(&chunk).await {
+            warn!(error = %e, "cannot write an upload");
+            return (received, Received::Unwritable);
+        }
+    }
+}
+
+/// `GET /files/{id}`: a ready file, as an attachment that no browser will render. A reader that
+/// stops taking bytes for the timeout, or is still reading at the deadline, is cut off, and the
+/// file (perhaps deleted since) is closed at once; one address has at most
+/// [`MAX_DOWNLOADS_PER_IP`] downloads at once.
+pub async fn download(
+    State(app): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let ip = client_ip(peer.ip(), &headers, &app.config.trusted_proxies);
     let (reply, answer) = oneshot::channel();
     let not_found = || refusal(StatusCode::NOT_FOUND, "unknown_file", "No such file.");
-    if !ask_hub(&app.hub, FileCommand::Download { id, reply }).await {
+    if !ask_hub(&app.hub, FileCommand::Download { id, ip, reply }).await {
         return not_found();
     }
-    let Ok(Some(d)) = answer.await else { return not_found() };
-    let Ok(file) = tokio::fs::File::open(&d.path).await else { return not_found() };
-    let stream = futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; READ_CHUNK];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(buf), Some(file)))
-            }
-            Err(e) => Some((Err(e), None)),
+    let d = match answer.await {
+        Ok(Ok(d)) => d,
+        Ok(Err(DownloadRefusal::Busy)) => {
+            let mut res = refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_downloads",
+                "Too many downloads from this address at once; try again when one has finished.",
+            );
+            let wait = HeaderValue::from(app.config.file_transfer_timeout.as_secs());
+            res.headers_mut().insert(header::RETRY_AFTER, wait);
+            return res;
         }
-    });
-    let mut res = Body::from_stream(stream).into_response();
+        Ok(Err(DownloadRefusal::Unknown)) | Err(_) => return not_found(),
+    };
+    let Ok(file) = tokio::fs::File::open(&d.path).await else { return not_found() };
+    let mut res = Body::from_stream(send_file(file, d.deadline, d.stall, d.permit)).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(d.size));
@@ -387,6 +780,44 @@ pub async fn download(State(app): State<AppState>, Path(id): Path<String>) -> Re
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
     res
+}
+
+/// A download's body. The file is read by a task of its own that hands each chunk over within
+/// `stall` (and all by `deadline`), or gives up: a reader that stops reading stops polling the
+/// body, so only a task that is not waiting on it can let go of the file and the permit. The body
+/// then ends short of its `Content-Length`, which ends the connection.
+fn send_file(
+    mut file: tokio::fs::File,
+    deadline: Instant,
+    stall: Duration,
+    permit: DownloadPermit,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+    tokio::spawn(async move {
+        let _permit = permit;
+        loop {
+            let mut buf = vec![0u8; READ_CHUNK];
+            let chunk = match file.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            let until = deadline.min(Instant::now() + stall);
+            match tokio::time::timeout_at(until, tx.send(chunk)).await {
+                Ok(Ok(())) if !failed => {}
+                Ok(_) => return,
+                Err(_) => {
+                    debug!("a download stalled or ran out of time; closing its file");
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) })
 }
 
 /// `attachment` with an ASCII fallback name and the real name percent-encoded (RFC 6266/8187).
@@ -411,18 +842,36 @@ mod tests {
     use super::*;
 
     const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    fn store(limit: u64) -> FileStore {
-        FileStore::new(std::env::temp_dir().join(format!("huddle-files-test-{}", random_hex())), limit)
+    fn limits(total: u64) -> FileLimits {
+        FileLimits {
+            max_file: 600,
+            total,
+            per_connection: total,
+            per_ip: total,
+            per_room: total,
+            timeout: Duration::from_secs(30),
+            min_rate: 100,
+        }
+    }
+
+    fn store(limits: FileLimits) -> FileStore {
+        FileStore::new(std::env::temp_dir().join(format!("huddle-files-test-{}", random_hex())), limits)
+    }
+
+    fn key_of(url: &str) -> String {
+        url.split("key=").nth(1).expect("key in the url").to_string()
     }
 
     #[test]
     fn offers_are_validated_and_reserved() {
-        let mut s = store(1000);
+        let mut s = store(limits(1000));
         let room: Arc<str> = "r".into();
         let p = PeerId("p1".into());
+        let now = Instant::now();
         let ok =
-            |s: &mut FileStore, name: &str, size: u64, sha: &str| s.offer(&room, &p, "A", name, size, "", sha, 600);
+            |s: &mut FileStore, name: &str, size: u64, sha: &str| s.offer(&room, &p, IP, "A", name, size, "", sha, now);
         assert_eq!(ok(&mut s, "", 10, SHA), Err(ErrorCode::InvalidFile));
         assert_eq!(ok(&mut s, "../etc/passwd", 10, SHA), Err(ErrorCode::InvalidFile));
         assert_eq!(ok(&mut s, "a.txt", 0, SHA), Err(ErrorCode::InvalidFile));
@@ -432,45 +881,136 @@ mod tests {
         let (id, url) = ok(&mut s, "a.txt", 600, SHA).expect("valid offer");
         assert!(url.starts_with(&format!("/files/{id}?key=")));
         assert_eq!(s.used(), 600);
-        assert_eq!(ok(&mut s, "b.txt", 500, SHA), Err(ErrorCode::FileStorageFull));
+        assert_eq!(ok(&mut s, "b.txt", 500, SHA), Err(ErrorCode::FileQuota), "over this participant's share");
         ok(&mut s, "b.txt", 400, SHA).expect("fits");
-        assert_eq!(ok(&mut s, "c.txt", 1, SHA), Err(ErrorCode::InvalidFile), "two offers already wait");
+        assert_eq!(ok(&mut s, "c.txt", 1, SHA), Err(ErrorCode::FileQuota), "two offers already wait");
         s.owner_left(&p);
         assert_eq!(s.used(), 0, "offers never uploaded are dropped with their owner");
+        assert_eq!(s.by_owner.0.len() + s.by_ip.0.len() + s.by_room.0.len() + s.pending.0.len(), 0, "nothing tallied");
+    }
+
+    #[test]
+    fn quotas_count_per_participant_address_and_room_then_the_server() {
+        let l = FileLimits { per_connection: 300, per_ip: 500, per_room: 700, ..limits(1100) };
+        let mut s = store(l);
+        let (r1, r2): (Arc<str>, Arc<str>) = ("r1".into(), "r2".into());
+        let ip2: IpAddr = "127.0.0.2".parse().expect("ip");
+        let ip3: IpAddr = "127.0.0.3".parse().expect("ip");
+        let now = Instant::now();
+        let offer = |s: &mut FileStore, room: &Arc<str>, who: &str, ip: IpAddr, size: u64| {
+            s.offer(room, &PeerId(who.into()), ip, who, "f", size, "", SHA, now).map(|_| ())
+        };
+        offer(&mut s, &r1, "p1", IP, 300).expect("p1's whole share");
+        assert_eq!(offer(&mut s, &r1, "p1", IP, 1), Err(ErrorCode::FileQuota), "participant");
+        offer(&mut s, &r2, "p2", IP, 200).expect("the rest of the address's share");
+        assert_eq!(offer(&mut s, &r2, "p2", IP, 1), Err(ErrorCode::FileQuota), "address");
+        offer(&mut s, &r1, "p3", ip2, 300).expect("fits r1");
+        offer(&mut s, &r1, "p4", ip3, 100).expect("fills r1");
+        assert_eq!(offer(&mut s, &r1, "p4", ip3, 1), Err(ErrorCode::FileQuota), "room");
+        offer(&mut s, &r2, "p4", ip3, 200).expect("fills the server");
+        assert_eq!(offer(&mut s, &r2, "p5", ip2, 1), Err(ErrorCode::FileStorageFull), "server");
+        s.room_closed("r1");
+        assert_eq!(s.used(), 400);
+        offer(&mut s, &r1, "p1", IP, 300).expect("r1's files went, and with them what they counted");
+    }
+
+    #[test]
+    fn offers_and_uploads_run_out_of_time() {
+        let mut s = store(limits(1000));
+        let room: Arc<str> = "r".into();
+        let p = PeerId("p1".into());
+        let t0 = Instant::now();
+        let (id, url) = s.offer(&room, &p, IP, "A", "a.txt", 500, "", SHA, t0).expect("ok");
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(30)));
+        let late = t0 + Duration::from_secs(30);
+        assert_eq!(s.begin_upload(&id, &key_of(&url), late).err(), Some(UploadRefusal::Unknown), "too late");
+        s.expire(late);
+        assert_eq!(s.used(), 0, "an offer not uploaded in time is dropped");
+
+        let (id, url) = s.offer(&room, &p, IP, "A", "a.txt", 500, "", SHA, t0).expect("ok");
+        let mut ticket = s.begin_upload(&id, &key_of(&url), t0 + Duration::from_secs(1)).expect("in time");
+        // 30 s, plus 500 bytes at 100 a second.
+        assert_eq!(ticket.deadline, t0 + Duration::from_secs(36));
+        assert_eq!(ticket.stall, Duration::from_secs(30));
+        s.expire(t0 + Duration::from_secs(40));
+        assert_eq!(s.used(), 500, "the offer's old deadline no longer applies");
+        assert!(ticket.called_off.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        s.expire(ticket.deadline + ticket.stall);
+        assert_eq!(s.used(), 0, "the hub's backstop");
+        assert_eq!(ticket.called_off.try_recv(), Err(oneshot::error::TryRecvError::Closed), "called off");
+        assert_eq!(s.next_deadline(), None);
     }
 
     #[test]
     fn uploads_need_the_key_and_happen_once() {
-        let mut s = store(1000);
+        let mut s = store(limits(1000));
         let room: Arc<str> = "r".into();
-        let (id, url) = s.offer(&room, &PeerId("p1".into()), "A", "a.txt", 4, "text/plain", SHA, 100).expect("ok");
-        let key = url.split("key=").nth(1).expect("key in the url").to_string();
-        assert_eq!(s.begin_upload(&id, "wrong").err(), Some(UploadRefusal::Unknown));
-        assert!(s.download(&id).is_none(), "not downloadable before the upload");
-        let ticket = s.begin_upload(&id, &key).expect("right key");
+        let now = Instant::now();
+        let (id, url) = s.offer(&room, &PeerId("p1".into()), IP, "A", "a.txt", 4, "text/plain", SHA, now).expect("ok");
+        let key = key_of(&url);
+        assert_eq!(s.begin_upload(&id, "wrong", now).err(), Some(UploadRefusal::Unknown));
+        assert!(s.download(&id, IP, now).is_err(), "not downloadable before the upload");
+        let ticket = s.begin_upload(&id, &key, now).expect("right key");
         assert_eq!(ticket.size, 4);
-        assert_eq!(s.begin_upload(&id, &key).err(), Some(UploadRefusal::Conflict));
+        assert_eq!(s.begin_upload(&id, &key, now).err(), Some(UploadRefusal::Conflict));
         let (r, file) = s.end_upload(&id, true).expect("announced");
         assert_eq!(&*r, "r");
         assert_eq!(file.name, "a.txt");
-        assert!(s.download(&id).is_some());
+        assert!(s.download(&id, IP, now).is_ok());
+        let mut ticket = ticket;
         s.room_closed("r");
-        assert!(s.download(&id).is_none());
+        assert_eq!(s.download(&id, IP, now).err(), Some(DownloadRefusal::Unknown));
         assert_eq!(s.used(), 0);
+        assert!(ticket.called_off.try_recv().is_err());
+        s.clear();
+    }
+
+    #[test]
+    fn one_address_has_a_bounded_number_of_downloads() {
+        let mut s = store(limits(1000));
+        let room: Arc<str> = "r".into();
+        let now = Instant::now();
+        let (id, url) = s.offer(&room, &PeerId("p1".into()), IP, "A", "a.txt", 4, "", SHA, now).expect("ok");
+        s.begin_upload(&id, &key_of(&url), now).expect("begins");
+        s.end_upload(&id, true).expect("ready");
+        let running: Vec<Download> =
+            (0..MAX_DOWNLOADS_PER_IP).map(|_| s.download(&id, IP, now).expect("within the cap")).collect();
+        assert_eq!(s.download(&id, IP, now).err(), Some(DownloadRefusal::Busy));
+        let other: IpAddr = "127.0.0.2".parse().expect("ip");
+        assert!(s.download(&id, other, now).is_ok(), "another address is not affected");
+        drop(running);
+        assert!(s.download(&id, IP, now).is_ok(), "finished downloads no longer count");
         s.clear();
     }
 
     #[test]
     fn a_failed_upload_frees_its_reservation() {
-        let mut s = store(1000);
+        let mut s = store(limits(1000));
         let room: Arc<str> = "r".into();
-        let (id, url) = s.offer(&room, &PeerId("p1".into()), "A", "a.txt", 4, "", SHA, 100).expect("ok");
-        let key = url.split("key=").nth(1).expect("key").to_string();
-        s.begin_upload(&id, &key).expect("begins");
+        let now = Instant::now();
+        let (id, url) = s.offer(&room, &PeerId("p1".into()), IP, "A", "a.txt", 4, "", SHA, now).expect("ok");
+        let key = key_of(&url);
+        s.begin_upload(&id, &key, now).expect("begins");
         assert!(s.end_upload(&id, false).is_none());
         assert_eq!(s.used(), 0);
-        assert_eq!(s.begin_upload(&id, &key).err(), Some(UploadRefusal::Unknown));
+        assert_eq!(s.begin_upload(&id, &key, now).err(), Some(UploadRefusal::Unknown));
         s.clear();
+    }
+
+    #[test]
+    fn stale_directories_are_told_by_name() {
+        assert_eq!(pid_of_dir("huddle-files-1234-0"), Some(1234));
+        assert_eq!(pid_of_dir("huddle-files-1234-17"), Some(1234));
+        for other in ["huddle-files-1234", "huddle-files--0", "huddle-files-12a-0", "huddle-files-1-0-0", "x-1-0", ""] {
+            assert_eq!(pid_of_dir(other), None, "{other:?}");
+        }
+        assert!(is_file_id(&random_hex()));
+        assert!(!is_file_id("0123456789ABCDEF0123456789ABCDEF"));
+        assert!(!is_file_id("0123456789abcdef"));
+        let dir = hub_dir(None);
+        assert_eq!(dir.parent(), Some(std::env::temp_dir().as_path()));
+        let name = dir.file_name().and_then(|n| n.to_str()).expect("a name");
+        assert_eq!(pid_of_dir(name), Some(std::process::id()));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! behind the same `Command` interface, without touching the connection code.
 
 use crate::config::{Config, TopologyMode};
-use crate::files::{FileCommand, FileStore};
+use crate::files::{FileCommand, FileLimits, FileStore};
 use crate::media::{MediaCommand, MediaEvent};
 use crate::room::{Held, Room, Waiter};
 use crate::tokens::Tokens;
@@ -224,17 +224,10 @@ pub struct Hub {
 impl Hub {
     /// A hub without an SFU: every room is peer-to-peer, whatever the configured topology.
     pub fn new(config: Arc<Config>) -> Hub {
-        // One directory per hub, not per process: a hub removes its directory when it stops, and
-        // the servers of one test binary share a process (one's shutdown removed the directory
-        // another was about to upload into, failing that upload with `storage`).
-        static HUBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let dir = config.file_dir.clone().unwrap_or_else(|| {
-            let n = HUBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            std::env::temp_dir().join(format!("huddle-files-{}-{n}", std::process::id()))
-        });
+        let dir = crate::files::hub_dir(config.file_dir.as_deref());
         Hub {
             media: None,
-            files: FileStore::new(dir, config.file_storage_bytes),
+            files: FileStore::new(dir, FileLimits::from(&*config)),
             tokens: Tokens::new(config.token_secret.as_deref().map(str::as_bytes), config.token_public_key.clone()),
             config,
             conns: HashMap::new(),
@@ -460,6 +453,7 @@ impl Hub {
 
     /// Ends the sessions whose grace period is over.
     pub fn expire(&mut self, now: Instant) {
+        self.files.expire(now);
         let expired: Vec<PeerId> = self
             .conns
             .iter()
@@ -473,9 +467,9 @@ impl Hub {
         self.evict_overflowed();
     }
 
-    /// When the next suspended session expires.
+    /// When the next suspended session, file offer or upload expires.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.conns.values().filter_map(|c| c.suspended).min()
+        self.conns.values().filter_map(|c| c.suspended).chain(self.files.next_deadline()).min()
     }
 
     /// Everything a restart needs to hand every in-room session back to its page: the rooms
@@ -1116,8 +1110,13 @@ impl Hub {
     ) -> Result<(), ErrorCode> {
         let sender = self.rooms.get(room).and_then(|r| r.member(id)).map(|p| p.name.clone());
         let sender = sender.ok_or(ErrorCode::NotInRoom)?;
-        let max = self.config.max_file_bytes;
-        let (file_id, url) = self.files.offer(room, id, &sender, name, size, mime, sha256, max)?;
+        if self.rooms.get(room).is_none_or(|r| r.topology() != Topology::Sfu) {
+            // Pages in p2p rooms send files over their data channels: the server stores none.
+            return Err(ErrorCode::NotSfuRoom);
+        }
+        let ip = self.conns.get(id).map(|c| c.ip).ok_or(ErrorCode::NotInRoom)?;
+        let now = Instant::now();
+        let (file_id, url) = self.files.offer(room, id, ip, &sender, name, size, mime, sha256, now)?;
         self.send(id, ServerMsg::FileUpload { id: file_id, url });
         Ok(())
     }
@@ -1125,7 +1124,7 @@ impl Hub {
     fn file_command(&mut self, cmd: FileCommand) {
         match cmd {
             FileCommand::BeginUpload { id, key, reply } => {
-                let _ = reply.send(self.files.begin_upload(&id, &key));
+                let _ = reply.send(self.files.begin_upload(&id, &key, Instant::now()));
             }
             FileCommand::EndUpload { id, ok } => {
                 if let Some((room, file)) = self.files.end_upload(&id, ok) {
@@ -1137,8 +1136,8 @@ impl Hub {
                     }
                 }
             }
-            FileCommand::Download { id, reply } => {
-                let _ = reply.send(self.files.download(&id));
+            FileCommand::Download { id, ip, reply } => {
+                let _ = reply.send(self.files.download(&id, ip, Instant::now()));
             }
         }
     }

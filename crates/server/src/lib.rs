@@ -108,6 +108,8 @@ pub async fn serve_with(
     // Where the HTTP listener sends ICE-TCP connections (`None`: not on this port).
     let mut http_ice = None;
     let mut sfu_addresses = Vec::new();
+    // What a server that did not stop cleanly left of its shared files.
+    files::remove_stale_dirs(config.file_dir.as_deref());
     let mut hub = if config.topology == config::TopologyMode::P2p {
         hub::Hub::new(config.clone())
     } else {

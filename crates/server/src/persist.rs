@@ -23,11 +23,21 @@ pub fn sessions_file(data_dir: Option<&Path>, port: u16, resume_grace_secs: u64)
     (resume_grace_secs > 0).then(|| data_dir.map(|d| d.join(format!("sessions-{port}.json"))))?
 }
 
+/// Creates `dir`, and the directories above it that are missing, readable by their owner only
+/// (0700). A directory that exists already is left as it is.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Writes `bytes` to `path` readable by its owner only, whole or not at all (a temporary file
-/// renamed into place).
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// renamed into place); a missing directory is made private ([`create_private_dir`]).
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -108,6 +118,8 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(&path).expect("saved").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+            let mode = std::fs::metadata(&dir).expect("made").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "the data directory is its owner's only");
         }
         assert_eq!(take_sessions(&path).as_deref(), Some(&b"{\"x\":1}"[..]));
         assert_eq!(take_sessions(&path), None, "used once");

@@ -148,10 +148,10 @@ fn self_signed_der(cert: CertificateDer<'static>, pair: &rcgen::KeyPair) -> Self
     (cert, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pair.serialize_der())), spki)
 }
 
-/// Writes what [`load_self_signed`] reads; the key readable by its owner only.
+/// Writes what [`load_self_signed`] reads, readable by its owner only (the directory too).
 fn keep_self_signed(dir: &Path, names: &[String], cert: &rcgen::Certificate, pair: &rcgen::KeyPair) -> io::Result<()> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir)?;
+    crate::persist::create_private_dir(dir)?;
     // `names` goes first and comes back last: a set half replaced is never taken for a whole one;
     // the key file is made anew, so that it is created readable by its owner only.
     for file in ["names", "key.pem"] {
@@ -165,9 +165,9 @@ fn keep_self_signed(dir: &Path, names: &[String], cert: &rcgen::Certificate, pai
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(dir.join("key.pem"))?.write_all(pair.serialize_pem().as_bytes())?;
-    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    crate::persist::write_private(&dir.join("cert.pem"), cert.pem().as_bytes())?;
     let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(SELF_SIGNED_DAYS)).unix_timestamp();
-    std::fs::write(dir.join("names"), format!("{expires}\n{}\n", names.join("\n")))
+    crate::persist::write_private(&dir.join("names"), format!("{expires}\n{}\n", names.join("\n")).as_bytes())
 }
 
 /// A certificate for `names` (DNS names and IP addresses), signed by its own key.
@@ -355,8 +355,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(dir.join("tls/key.pem")).expect("kept key").permissions().mode();
-            assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
+            for kept in ["", "tls", "tls/key.pem", "tls/cert.pem", "tls/names"] {
+                let mode = std::fs::metadata(dir.join(kept)).expect("kept").permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{kept} is open to others: {mode:o}");
+            }
         }
         assert_eq!(first.kept_in.as_deref(), Some(dir.join("tls").as_path()));
         let again = setup(&Tls::SelfSigned, &names, Some(&dir)).expect("loaded").expect("on");

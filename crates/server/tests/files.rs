@@ -4,6 +4,7 @@ mod common;
 
 use common::{Client, TestServer};
 use huddle_protocol::{ClientMsg, ErrorCode, ServerMsg};
+use huddle_server::config::TopologyMode;
 use huddle_server::Config;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,6 +72,11 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Files go through the server in `sfu` rooms only.
+async fn sfu_server(config: Config) -> TestServer {
+    TestServer::start(Config { topology: TopologyMode::Sfu, ..config }).await
+}
+
 async fn upload_url(c: &mut Client) -> String {
     match c.recv().await {
         ServerMsg::FileUpload { url, .. } => url,
@@ -80,7 +86,7 @@ async fn upload_url(c: &mut Client) -> String {
 
 #[tokio::test]
 async fn a_file_is_uploaded_once_checked_and_downloaded_by_the_room() {
-    let server = TestServer::default().await;
+    let server = sfu_server(Config::default()).await;
     let mut a = Client::connect(&server).await;
     let mut b = Client::connect(&server).await;
     a.join("files", "Mina").await;
@@ -126,7 +132,7 @@ async fn a_file_is_uploaded_once_checked_and_downloaded_by_the_room() {
 
 #[tokio::test]
 async fn bad_uploads_are_refused_and_nobody_is_told() {
-    let server = TestServer::default().await;
+    let server = sfu_server(Config::default()).await;
     let mut a = Client::connect(&server).await;
     a.join("files", "Mina").await;
     let bytes = b"hello, huddle".to_vec();
@@ -165,7 +171,7 @@ async fn bad_uploads_are_refused_and_nobody_is_told() {
 
 #[tokio::test]
 async fn the_storage_limit_holds() {
-    let server = TestServer::start(Config { file_storage_bytes: 100, ..Config::default() }).await;
+    let server = sfu_server(Config { file_storage_bytes: 100, ..Config::default() }).await;
     let mut a = Client::connect(&server).await;
     let mut b = Client::connect(&server).await;
     a.join("files", "Mina").await;
