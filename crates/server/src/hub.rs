@@ -2250,6 +2250,67 @@ mod tests {
         assert_eq!(error_code(join_with(&mut hub, &mut late, "r", Some("open sesame"), None)), ErrorCode::RoomLocked);
     }
 
+    /// With password checks on other threads, a join's check can end after the room changed: a
+    /// check begun before a new password does not let the old one in, a second join waits for
+    /// the first, and a room that closed meanwhile answers `room_closed`.
+    #[tokio::test]
+    async fn a_password_check_counts_only_for_the_room_and_password_it_began_with() {
+        let mut hub = hub_with(|_| {});
+        let (tx, mut done) = mpsc::unbounded_channel();
+        hub.run_jobs_elsewhere(tx);
+        let mut host = connect(&mut hub, 1, 64);
+        join(&mut hub, &mut host, "r");
+        let set = |p: &str| ClientMsg::Settings {
+            locked: None,
+            waiting_room: None,
+            allow_unmute: None,
+            password: Some(p.into()),
+            listed: None,
+        };
+        send(&mut hub, &host, set("old"));
+        assert!(host.drain().is_empty(), "announced once hashed");
+        let hashed = done.recv().await.expect("hashed");
+        hub.job_done(hashed);
+        assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.has_password));
+        let mut g = connect(&mut hub, 2, 64);
+        let old = ClientMsg::Join {
+            protocol: 1,
+            room: "r".into(),
+            name: "G".into(),
+            audio: false,
+            video: false,
+            password: Some("old".into()),
+            token: None,
+        };
+        send(&mut hub, &g, old.clone());
+        assert!(g.drain().is_empty(), "the answer waits for the check");
+        send(&mut hub, &g, old.clone());
+        assert_eq!(error_code(g.next()), ErrorCode::AlreadyInRoom, "one join at a time");
+        // The host changes the password while the check runs; the check ends after that.
+        send(&mut hub, &host, set("new"));
+        let (first, second) = (done.recv().await.expect("checked"), done.recv().await.expect("hashed"));
+        let (check, hash) = if matches!(first.0, Done::Verified { .. }) { (first, second) } else { (second, first) };
+        hub.job_done(hash);
+        hub.job_done(check);
+        // Checked again against the new password, which "old" is not.
+        let again = done.recv().await.expect("checked again");
+        hub.job_done(again);
+        assert_eq!(error_code(g.next()), ErrorCode::WrongPassword);
+        assert_eq!(hub.stats().participants, 1);
+        // The room closes while a check runs.
+        let mut new = old;
+        if let ClientMsg::Join { password, .. } = &mut new {
+            *password = Some("new".into());
+        }
+        send(&mut hub, &g, new);
+        send(&mut hub, &host, ClientMsg::Leave);
+        let check = done.recv().await.expect("checked");
+        hub.job_done(check);
+        assert_eq!(error_code(g.next()), ErrorCode::RoomClosed);
+        assert_eq!(hub.stats().rooms, 0);
+        hub.check_invariants().expect("consistent");
+    }
+
     #[test]
     fn operator_tokens_are_required_when_configured_and_give_their_role() {
         let secret = "an operator secret of enough length!";

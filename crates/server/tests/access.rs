@@ -501,3 +501,37 @@ async fn the_chat_history_is_bounded_by_bytes() {
     }
     server.shutdown().await;
 }
+
+/// Password checks are slow on purpose (PBKDF2) and run off the hub's task: while fifty wrong
+/// guesses at ten rooms wait for their checks, everyone else is answered at once. Prints what it
+/// measured (`--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_password_checks_does_not_hold_up_the_hub() {
+    let server = TestServer::start(p2p(|_| {})).await;
+    let mut hosts = Vec::new();
+    for n in 0..10 {
+        let mut h = Client::connect(&server).await;
+        h.join(&format!("room {n}"), "Host").await;
+        set(&mut h, Set { password: Some("right"), ..Set::default() }).await;
+        hosts.push(h);
+    }
+    let mut guessers = Vec::new();
+    for n in 0..50 {
+        guessers.push(connect_from(&server, &format!("127.0.0.{}", 2 + n % 5)).await);
+    }
+    let mut bystander = Client::connect(&server).await;
+    let start = std::time::Instant::now();
+    for (n, g) in guessers.iter_mut().enumerate() {
+        g.send(&join_as(&format!("room {}", n % 10), "G", Some("wrong"), None)).await;
+    }
+    bystander.send(&ClientMsg::Ping).await;
+    assert!(matches!(bystander.recv().await, ServerMsg::Pong));
+    let pong = start.elapsed();
+    for g in &mut guessers {
+        assert_eq!(code_of(&g.recv().await), Some(ErrorCode::WrongPassword));
+    }
+    let all = start.elapsed();
+    println!("50 password checks answered in {all:?} ({:?} each); a ping meanwhile in {pong:?}", all / 50);
+    assert!(pong < all / 4, "the hub waited for the checks: ping {pong:?}, checks {all:?}");
+    server.shutdown().await;
+}
