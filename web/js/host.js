@@ -276,6 +276,8 @@ function personRow(li, p) {
 
 /** Whose menu is open. */
 let menuFor = '';
+/** Where the people panel was scrolled when the menu opened (a scroll away closes it). */
+let menuScrollTop = 0;
 
 /**
  * @param {string} id
@@ -318,6 +320,7 @@ function openMenu(id, opener) {
     return b;
   }));
   m.hidden = false;
+  menuScrollTop = $('#people-panel').querySelector('.panel-body')?.scrollTop ?? 0;
   // Under (or, near the bottom, above) the button, inside the window.
   const r = opener.getBoundingClientRect();
   const mh = m.offsetHeight, mw = m.offsetWidth;
@@ -580,7 +583,9 @@ export function init(deps) {
     const target = /** @type {HTMLElement} */ (e.target);
     if (!menu.hidden && !menu.contains(target) && !target.closest('.person-more')) closeMenu();
   });
-  $('#people-panel').querySelector('.panel-body')?.addEventListener('scroll', () => closeMenu());
+  // A scroll that ended just before the menu opened (its event comes a frame later) moves nothing.
+  const body = /** @type {HTMLElement} */ ($('#people-panel').querySelector('.panel-body'));
+  body?.addEventListener('scroll', () => { if (Math.abs(body.scrollTop - menuScrollTop) > 2) closeMenu(); });
 
   onLangChange(() => { renderPasswordHint(); renderWaiting(); renderSettings(); closeMenu(); });
   renderSettings();

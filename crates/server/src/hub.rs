@@ -891,14 +891,14 @@ impl Hub {
             Some((key, r)) => {
                 let key = key.clone();
                 let role = grant.role.unwrap_or(Role::Participant);
+                if r.is_banned(&keys) {
+                    return Err(ErrorCode::Banned);
+                }
                 if let Some((rid, gen)) = &grant.invite_for {
                     // Made in another opening of the room, before a new password, or revoked.
                     if r.invite_key() != (rid.as_str(), *gen) {
                         return Err(ErrorCode::InviteRevoked);
                     }
-                }
-                if r.is_banned(&keys) {
-                    return Err(ErrorCode::Banned);
                 }
                 if !role.moderates() {
                     if r.settings().locked {
