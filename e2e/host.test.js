@@ -344,6 +344,120 @@ sc.step('(h) private rooms stay off the list; revoked invites and wrong password
   await guest.locator('#join-button').click();
   await guest.locator('#password-field[data-code="password_required"]').waitFor({ state: 'visible' });
 
+  // Twelve wrong passwords at once (protocol-level guessers): the room's allowance of ten is
+  // spent, the hosts hear of it, and joins with a password — the right one too — are paused for a
+  // few seconds. (All at once, so that a slow machine cannot refill the allowance meanwhile.)
+  const guessers = [];
+  for (let i = 0; i < 12; i++) {
+    const g = await connectWs(sc.server.wsUrl, { origin: sc.server.url });
+    sockets.push(g);
+    await g.next('welcome');
+    guessers.push(g);
+  }
+  guessers.forEach((g, i) => g.send({ type: 'join', protocol: 1, room: ROOM, name: 'Guesser', audio: false, video: false, password: `guess ${i}` }));
+  await guest.locator('#password-input').fill(PASSWORD);
+  await guest.locator('#join-button').click();
+  const codes = await Promise.all(guessers.map((g) => g.next('error').then((m) => m.code)));
+  assert.ok(codes.every((c) => c === 'wrong_password' || c === 'too_many_attempts'), JSON.stringify(codes));
+  assert.ok(codes.filter((c) => c === 'wrong_password').length <= 10, `more than ten guesses checked: ${JSON.stringify(codes)}`);
+  for (const g of guessers) g.close();
+  await lastNotice(A.page, /Someone is guessing this meeting’s password \(wrong passwords: \d+\)/, 'A');
+  await A.page.locator('#password-attempts').waitFor({ state: 'visible' });
+  await guest.locator('#password-field[data-code="too_many_attempts"]').waitFor({ state: 'visible' });
+  assert.match(await guest.locator('#password-hint').innerText(), /Too many wrong passwords/);
+  for (const lang of ['en', 'ko']) {
+    for (const [w, h, tag] of [[1280, 800, 'wide'], [390, 844, 'phone']]) {
+      await Promise.all([A.page, guest].map((p) => p.setViewportSize({ width: w, height: h })));
+      await Promise.all([A.page, B.page, guest].map((p) => p.locator('#lang-select').selectOption(lang)));
+      await openPeople(A.page);
+      await B.page.locator('#react-button').click();
+      await B.page.locator('#react-menu button[data-emoji="🎉"]').click();
+      await A.page.locator(`#tiles .tile[data-peer-id="${B.id}"] .tile-reaction`).first().waitFor();
+      await A.page.screenshot({ path: path.join(shotsDir, `host-panel-${lang}-${tag}.png`) });
+      const overflow = await A.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `the host's page scrolls sideways by ${overflow}px (${lang} ${tag})`);
+      await A.page.locator(`#participant-list li[data-peer-id="${B.id}"] .person-more`).click();
+      await A.page.locator('#person-menu button[data-action="ban"]').waitFor();
+      await A.page.screenshot({ path: path.join(shotsDir, `person-menu-${lang}-${tag}.png`) });
+      await A.page.keyboard.press('Escape');
+      await A.page.locator('#person-menu').waitFor({ state: 'hidden' });
+      assert.ok(await A.page.locator('#people-panel').isVisible(), 'Escape in the menu closed the people panel too');
+      await A.page.locator('#people-panel .panel-close').click();
+      await B.page.locator('#react-button').click();
+      await B.page.locator('#react-menu button[data-emoji="❤️"]').click();
+      await A.page.locator(`#tiles .tile[data-peer-id="${B.id}"] .tile-reaction`).first().waitFor();
+      await A.page.screenshot({ path: path.join(shotsDir, `tiles-hand-reaction-${lang}-${tag}.png`) });
+      await B.page.setViewportSize({ width: w, height: h });
+      await B.page.locator('#react-button').click();
+      await B.page.screenshot({ path: path.join(shotsDir, `react-menu-${lang}-${tag}.png`) });
+      const menuBox = await B.page.locator('#react-menu').boundingBox();
+      assert.ok(menuBox && menuBox.x >= 0 && menuBox.x + menuBox.width <= w, `the reactions menu leaves the window: ${JSON.stringify(menuBox)} (${tag})`);
+      await B.page.keyboard.press('Escape');
+      await B.page.locator('#react-menu').waitFor({ state: 'hidden' });
+      await guest.screenshot({ path: path.join(shotsDir, `password-${lang}-${tag}.png`) });
+      const o2 = await guest.evaluate(() => [document.documentElement.scrollWidth - window.innerWidth, document.scrollingElement.scrollLeft, document.body.scrollLeft, document.querySelector('main').scrollLeft]);
+      assert.ok(o2[0] <= 1 && !o2[1] && !o2[2] && !o2[3], `the password prompt scrolls sideways: ${JSON.stringify(o2)} (${lang} ${tag})`);
+    }
+  }
+  // The waiting view (the password is right this time).
+  await guest.locator('#password-input').fill(PASSWORD);
+  await guest.locator('#join-button').click();
+  await waitForView(guest, 'waiting');
+  for (const lang of ['en', 'ko']) {
+    for (const [w, h, tag] of [[1280, 800, 'wide'], [390, 844, 'phone']]) {
+      await guest.setViewportSize({ width: w, height: h });
+      await guest.locator('#lang-select').selectOption(lang);
+      await guest.screenshot({ path: path.join(shotsDir, `waiting-${lang}-${tag}.png`) });
+      const overflow = await guest.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `the waiting view scrolls sideways by ${overflow}px (${lang} ${tag})`);
+    }
+  }
+  await guest.locator('#lang-select').selectOption('en');
+  await guest.locator('#waiting-cancel').click();
+  await waitForView(guest, 'prejoin');
+  await guest.context().close();
+  ws.close();
+  await A.page.setViewportSize({ width: 1280, height: 800 });
+  await B.page.setViewportSize({ width: 1280, height: 800 });
+  await Promise.all([A.page, B.page].map((p) => p.locator('#lang-select').selectOption('en')));
+  await setSwitch(A.page, 'setting-waiting-room', false);
+  await A.page.locator('#waiting-section').waitFor({ state: 'hidden' });
+});
+
+sc.step('(h) private rooms stay off the list; revoked invites and wrong passwords are explained', async () => {
+  // The room has a password: off the public list, and the switch says why it cannot be turned on.
+  await openPeople(A.page);
+  await A.page.locator('#meeting-settings[data-listed="false"]').waitFor({ state: 'attached' });
+  assert.ok(await A.page.locator('#setting-listed').isDisabled(), 'the list switch is enabled in a room with a password');
+  const watcher = await connectWs(sc.server.wsUrl, { origin: sc.server.url });
+  sockets.push(watcher);
+  await watcher.next('welcome');
+  watcher.send({ type: 'watch_rooms' });
+  const listed = await watcher.next('rooms');
+  assert.ok(!listed.rooms.some((r) => r.name === ROOM), `the room with a password is listed: ${JSON.stringify(listed.rooms)}`);
+  watcher.close();
+
+  // Revoking: the link C used in (b) no longer opens the room, and the page says so.
+  await A.page.locator('#invite-revoke').click();
+  await A.page.locator('#confirm-dialog[open]').waitFor();
+  await A.page.locator('#confirm-ok').click();
+  await lastNotice(A.page, /Invite links revoked/, 'A');
+  assert.ok(await A.page.locator('#invite-link').isHidden(), 'the revoked link is still shown');
+  const guest = await C.newPage({ viewport: { width: 1280, height: 800 }, tag: 'revoked' });
+  await guest.goto(firstInvite, { waitUntil: 'domcontentloaded' });
+  await waitForView(guest, 'prejoin');
+  await guest.locator('#name-input').fill('Mina');
+  await pressJoin(guest);
+  assert.match(await banner(guest, 'invite_revoked', 'guest'), /This invitation link no longer works/);
+  for (const lang of ['en', 'ko']) {
+    await guest.locator('#lang-select').selectOption(lang);
+    await guest.screenshot({ path: path.join(shotsDir, `invite-revoked-${lang}-wide.png`) });
+  }
+  await guest.locator('#lang-select').selectOption('en');
+  // Without the dead link, the page asks for the password, as for anyone.
+  await guest.locator('#join-button').click();
+  await guest.locator('#password-field[data-code="password_required"]').waitFor({ state: 'visible' });
+
   // Ten wrong passwords (a protocol-level guesser): the hosts hear of it, and the room pauses
   // joins with a password — the right one too — for a few seconds.
   const guesser = await connectWs(sc.server.wsUrl, { origin: sc.server.url });
@@ -355,7 +469,6 @@ sc.step('(h) private rooms stay off the list; revoked invites and wrong password
     assert.equal(m.code, 'wrong_password');
   }
   guesser.close();
-  // (At least ten: C's wrong password in (b) counts too.)
   await lastNotice(A.page, /\d+ wrong passwords were tried/, 'A');
   await A.page.locator('#password-attempts').waitFor({ state: 'visible' });
   await guest.locator('#password-input').fill(PASSWORD);
