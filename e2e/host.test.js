@@ -1,6 +1,8 @@
 // Hosting a meeting through the real page: the waiting room (admit, deny), a password and an
 // invite link that skips it, a host muting a guest (and allowing unmuting), raised hands and
-// reactions, removing and banning, ending the meeting; a Korean sentence; screenshots.
+// reactions, the public-list switch, revoking invite links, the notice of wrong passwords and the
+// pause they cause, removing and banning, ending the meeting, a waiting room whose meeting empties;
+// a Korean sentence; screenshots.
 // Three Chromiums: the host A (red camera), guests B (green) and C (blue).
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -25,6 +27,8 @@ const shotsDir = process.env.HOST_SHOTS_DIR || path.join(artifactsDir(), 'host')
 let tmp, clips;
 /** @type {import('./lib/browser.js').Participant} */ let A, B, C;
 const sockets = [];
+/** The invite link C used in (b). */
+let firstInvite = '';
 
 before(async () => {
   tmp = makeTempDir();
@@ -149,6 +153,7 @@ sc.step('(b) a password: asked for, a wrong one refused, the right one and an in
   await openPeople(A.page);
   await A.page.locator('#invite-copy').click();
   const link = await pollUntil(() => A.page.locator('#invite-link').inputValue(), { what: 'A: #invite-link filled' });
+  firstInvite = link;
   assert.match(link, new RegExp(`^${sc.server.url}/r/${encodeURIComponent(ROOM)}#invite=[\\w-]+\\.[\\w-]+\\.[\\w-]+$`));
   await C.page.goto(link, { waitUntil: 'domcontentloaded' });
   await waitForView(C.page, 'prejoin');
@@ -305,6 +310,79 @@ sc.step('screenshots: the host with a knocker, the waiting view, the password pr
   await A.page.locator('#waiting-section').waitFor({ state: 'hidden' });
 });
 
+sc.step('(h) private rooms stay off the list; revoked invites and wrong passwords are explained', async () => {
+  // The room has a password: off the public list, and the switch says why it cannot be turned on.
+  await openPeople(A.page);
+  await A.page.locator('#meeting-settings[data-listed="false"]').waitFor({ state: 'attached' });
+  assert.ok(await A.page.locator('#setting-listed').isDisabled(), 'the list switch is enabled in a room with a password');
+  const watcher = await connectWs(sc.server.wsUrl, { origin: sc.server.url });
+  sockets.push(watcher);
+  await watcher.next('welcome');
+  watcher.send({ type: 'watch_rooms' });
+  const listed = await watcher.next('rooms');
+  assert.ok(!listed.rooms.some((r) => r.name === ROOM), `the room with a password is listed: ${JSON.stringify(listed.rooms)}`);
+  watcher.close();
+
+  // Revoking: the link C used in (b) no longer opens the room, and the page says so.
+  await A.page.locator('#invite-revoke').click();
+  await A.page.locator('#confirm-dialog[open]').waitFor();
+  await A.page.locator('#confirm-ok').click();
+  await lastNotice(A.page, /Invite links revoked/, 'A');
+  assert.ok(await A.page.locator('#invite-link').isHidden(), 'the revoked link is still shown');
+  const guest = await C.newPage({ viewport: { width: 1280, height: 800 }, tag: 'revoked' });
+  await guest.goto(firstInvite, { waitUntil: 'domcontentloaded' });
+  await waitForView(guest, 'prejoin');
+  await guest.locator('#name-input').fill('Mina');
+  await pressJoin(guest);
+  assert.match(await banner(guest, 'invite_revoked', 'guest'), /This invitation link no longer works/);
+  for (const lang of ['en', 'ko']) {
+    await guest.locator('#lang-select').selectOption(lang);
+    await guest.screenshot({ path: path.join(shotsDir, `invite-revoked-${lang}-wide.png`) });
+  }
+  await guest.locator('#lang-select').selectOption('en');
+  // Without the dead link, the page asks for the password, as for anyone.
+  await guest.locator('#join-button').click();
+  await guest.locator('#password-field[data-code="password_required"]').waitFor({ state: 'visible' });
+
+  // Twelve wrong passwords at once (protocol-level guessers): the room's allowance of ten is
+  // spent, the hosts hear of it, and joins with a password — the right one too — are paused for a
+  // few seconds. (All at once, so that a slow machine cannot refill the allowance meanwhile.)
+  const guessers = [];
+  for (let i = 0; i < 12; i++) {
+    const g = await connectWs(sc.server.wsUrl, { origin: sc.server.url });
+    sockets.push(g);
+    await g.next('welcome');
+    guessers.push(g);
+  }
+  guessers.forEach((g, i) => g.send({ type: 'join', protocol: 1, room: ROOM, name: 'Guesser', audio: false, video: false, password: `guess ${i}` }));
+  await guest.locator('#password-input').fill(PASSWORD);
+  await guest.locator('#join-button').click();
+  const codes = await Promise.all(guessers.map((g) => g.next('error').then((m) => m.code)));
+  assert.ok(codes.every((c) => c === 'wrong_password' || c === 'too_many_attempts'), JSON.stringify(codes));
+  assert.ok(codes.filter((c) => c === 'wrong_password').length <= 10, `more than ten guesses checked: ${JSON.stringify(codes)}`);
+  for (const g of guessers) g.close();
+  await lastNotice(A.page, /Someone is guessing this meeting’s password \(wrong passwords: \d+\)/, 'A');
+  await A.page.locator('#password-attempts').waitFor({ state: 'visible' });
+  await guest.locator('#password-field[data-code="too_many_attempts"]').waitFor({ state: 'visible' });
+  assert.match(await guest.locator('#password-hint').innerText(), /Too many wrong passwords/);
+  for (const lang of ['en', 'ko']) {
+    for (const [w, h, tag] of [[1280, 800, 'wide'], [390, 844, 'phone']]) {
+      await Promise.all([A.page, guest].map((p) => p.setViewportSize({ width: w, height: h })));
+      await Promise.all([A.page, guest].map((p) => p.locator('#lang-select').selectOption(lang)));
+      await openPeople(A.page);
+      await A.page.locator('#password-attempts').scrollIntoViewIfNeeded();
+      await A.page.screenshot({ path: path.join(shotsDir, `host-settings-${lang}-${tag}.png`) });
+      const overflow = await A.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `the host's page scrolls sideways by ${overflow}px (${lang} ${tag})`);
+      await guest.screenshot({ path: path.join(shotsDir, `password-paused-${lang}-${tag}.png`) });
+    }
+  }
+  await guest.context().close();
+  await A.page.setViewportSize({ width: 1280, height: 800 });
+  await A.page.locator('#lang-select').selectOption('en');
+  await A.page.locator('#people-panel .panel-close').click();
+});
+
 sc.step('(e) the host removes and bans a guest, whose rejoin is refused', async () => {
   await moderate(A.page, C.id, 'ban');
   await A.page.locator('#confirm-dialog[open]').waitFor();
@@ -325,6 +403,23 @@ sc.step('(f) the host ends the meeting for everyone', async () => {
     assert.match(await banner(p.page, 'ended', who), /The host ended the meeting/);
     await waitForView(p.page, 'prejoin');
   }
+});
+
+sc.step('(i) a waiting room whose meeting empties: the guest is told, not let in as host', async () => {
+  await joinFromPrejoin(A.page);
+  await openPeople(A.page);
+  await setSwitch(A.page, 'setting-waiting-room', true);
+  await B.page.locator('#join-button').click();
+  await waitForView(B.page, 'waiting');
+  await A.page.locator('#waiting-list li', { hasText: 'Bob' }).waitFor();
+  await button(A.page, 'Leave').click();
+  assert.match(await banner(B.page, 'room_closed', 'B'), /Everyone left before a host let you in/);
+  await waitForView(B.page, 'prejoin');
+  for (const lang of ['en', 'ko']) {
+    await B.page.locator('#lang-select').selectOption(lang);
+    await B.page.screenshot({ path: path.join(shotsDir, `room-closed-${lang}-wide.png`) });
+  }
+  await B.page.locator('#lang-select').selectOption('en');
 });
 
 sc.step('no uncaught page errors', async () => {

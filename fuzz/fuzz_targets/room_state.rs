@@ -65,7 +65,7 @@ const MIMES: &[&str] = &["", "text/plain", "a\u{0}b"];
 const SDPS: &[&str] = &["v=0\r\n", "", "garbage"];
 
 /// The number of `ClientMsg` variants `client_msg` generates; `covered` must agree.
-const CLIENT_MSG_VARIANTS: u32 = 20;
+const CLIENT_MSG_VARIANTS: u32 = 21;
 
 const EMOJI_JUNK: &[&str] = &["", "x", "👍👍", "🤮"];
 const PASSWORDS: &[&str] = &["secret", "wrong", ""];
@@ -124,6 +124,7 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbi
             waiting_room: u.arbitrary()?,
             allow_unmute: u.arbitrary()?,
             password: password(u)?,
+            listed: u.arbitrary()?,
         },
         12 => ClientMsg::Moderate { peer: u.choose(peers)?.clone(), action: *u.choose(MOD_ACTIONS)? },
         13 => ClientMsg::SetRole { peer: u.choose(peers)?.clone(), role: *u.choose(ROLES)? },
@@ -132,6 +133,7 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbi
         16 => ClientMsg::AdmitAll,
         17 => ClientMsg::EndMeeting,
         18 => ClientMsg::Ping,
+        20 => ClientMsg::RevokeInvites,
         _ => ClientMsg::Invite { ttl_secs: *u.choose(&[None, Some(0), Some(60), Some(u32::MAX)])? },
     };
     assert_eq!(covered(&msg), pick, "client_msg and covered number the variants alike");
@@ -162,6 +164,7 @@ fn covered(m: &ClientMsg) -> u32 {
         ClientMsg::EndMeeting => 17,
         ClientMsg::Ping => 18,
         ClientMsg::Invite { .. } => 19,
+        ClientMsg::RevokeInvites => 20,
     }
 }
 
@@ -369,6 +372,20 @@ impl Client {
             ServerMsg::Error { code, request, .. } => {
                 let known = request.as_deref().is_none_or(|r| ClientMsg::TYPES.contains(&r));
                 assert!(known, "{me}: error about an unknown request {request:?} ({code})");
+                if *code == ErrorCode::RoomClosed {
+                    // Its waiting room's room emptied: nobody let it in, it is out.
+                    assert!(self.room.is_none(), "{me} told its room closed while in {:?}", self.room);
+                    self.waiting = None;
+                }
+            }
+            ServerMsg::InvitesRevoked { by } => {
+                in_room("invites_revoked");
+                assert!(self.role.moderates(), "{me} told of a revoke as a {:?}", self.role);
+                assert!(by == me || self.peers.contains(by), "{me}: invites revoked by {by}, not in its room");
+            }
+            ServerMsg::PasswordAttempts { .. } => {
+                in_room("password_attempts");
+                assert!(self.role.moderates(), "{me} told of password guesses as a {:?}", self.role);
             }
             ServerMsg::Waiting { room } => {
                 assert!(self.room.is_none(), "{me} waiting for {room:?} while in {:?}", self.room);

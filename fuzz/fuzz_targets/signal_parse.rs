@@ -7,8 +7,9 @@
 //! Invariants: no panic; a parsed message serialises and parses back to an equal value with its
 //! own `type` tag, which `ClientMsg::TYPES` lists; `classify` answers `bad_json` exactly for
 //! non-JSON, names the request for a known `type` tag and never calls it `unknown_type`; what a
-//! validator accepts is the input trimmed, non-empty, within the limit, free of the characters
-//! it refuses, accepted again unchanged and still accepted under a higher limit; an accepted
+//! validator accepts is the input cleaned (trimmed, invisible characters stripped), showing
+//! something, within the limit, free of the characters it refuses, accepted again unchanged and
+//! still accepted under a higher limit; an accepted
 //! file offer has a safe name, a size within the limit and a lower-case SHA-256.
 #![no_main]
 
@@ -22,15 +23,21 @@ use std::sync::Arc;
 const LIMITS: &[u32] = &[1, 3, 32, 64, 2000];
 const MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
 
+/// Characters that never survive into a name: controls, bidi controls and the invisible ones
+/// that are always stripped (the context-dependent joiners are checked by `validate`'s tests).
+fn never_in_a_label(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{200B}' | '\u{3164}' | '\u{2800}' | '\u{00AD}')
+}
+
 fn check_label(raw: &str, max: u32) {
     let Some(s) = validate::label(raw, max) else {
         return;
     };
-    check_trimmed(raw, s, max);
-    assert!(!s
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')));
-    assert_eq!(validate::label(s, max), Some(s), "accepted again unchanged");
+    check_cleaned(&s, max);
+    assert!(!s.chars().any(never_in_a_label), "{s:?}");
+    assert!(!s.contains("  "), "a run of spaces kept: {s:?}");
+    assert_eq!(validate::label(&s, max), Some(s.clone()), "accepted again unchanged");
     assert_eq!(validate::label(raw, max.saturating_add(1)), Some(s), "a higher limit accepts it too");
 }
 
@@ -38,16 +45,19 @@ fn check_chat(raw: &str, max: u32) {
     let Some(s) = validate::chat_text(raw, max) else {
         return;
     };
-    check_trimmed(raw, s, max);
+    check_cleaned(&s, max);
     assert!(!s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
-    assert_eq!(validate::chat_text(s, max), Some(s), "accepted again unchanged");
+    assert!(!s.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}')));
+    assert_eq!(validate::chat_text(&s, max), Some(s.clone()), "accepted again unchanged");
     assert_eq!(validate::chat_text(raw, max.saturating_add(1)), Some(s), "a higher limit accepts it too");
 }
 
-fn check_trimmed(raw: &str, s: &str, max: u32) {
-    assert_eq!(s, raw.trim());
+/// What a validator accepts is trimmed, within the limit, and shows something.
+fn check_cleaned(s: &str, max: u32) {
+    assert_eq!(s, s.trim());
     let n = s.chars().count();
     assert!((1..=max as usize).contains(&n), "{n} characters accepted with a limit of {max}");
+    assert!(s.chars().any(|c| !c.is_whitespace()), "nothing shows in {s:?}");
 }
 
 fn check_file_offer(name: &str, size: u64, mime: &str, sha256: &str) {
@@ -70,6 +80,7 @@ fn check_file_offer(name: &str, size: u64, mime: &str, sha256: &str) {
     match store.offer(&room, &from, ip, "sender", name, size, mime, sha256, now) {
         Ok((id, url)) => {
             let kept = validate::label(name, MAX_FILE_NAME_CHARS).expect("a valid name");
+            let kept = kept.as_str();
             assert!(!kept.contains(['/', '\\']), "a path in a file name: {kept:?}");
             assert!((1..=MAX_FILE_BYTES).contains(&size));
             assert!(sha256.len() == 64 && sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));

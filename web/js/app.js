@@ -14,7 +14,8 @@ const NAME_KEY = 'huddle.name';
 const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large', 'flooding', 'too_many_connections'];
 const MEDIA_CODES = ['camera_denied', 'mic_denied', 'media_denied', 'no_camera', 'no_mic', 'no_devices', 'camera_busy', 'mic_busy', 'media_unavailable'];
 const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol',
-  'room_locked', 'banned', 'knock_denied', 'token_required', 'invalid_token', 'token_expired', 'removed', 'removed_ban', 'ended'];
+  'room_locked', 'banned', 'knock_denied', 'token_required', 'invalid_token', 'token_expired', 'removed', 'removed_ban', 'ended',
+  'room_closed', 'invite_revoked', 'too_many_attempts'];
 
 const nameInput = /** @type {HTMLInputElement} */ ($('#name-input'));
 const roomInput = /** @type {HTMLInputElement} */ ($('#room-input'));
@@ -30,6 +31,8 @@ const meter = new LevelMeter((level) => {
 
 /** @type {import('./protocol.js').RoomSummary[]} */
 let lastRooms = [];
+/** The server lists no rooms to this page (it admits only people with a token). */
+let roomsHidden = false;
 let reconnectDelay = 500;
 /** The network changed since signalling was last up: restart ICE on every connection. */
 let networkChanged = false;
@@ -94,7 +97,8 @@ function saveName(name) {
 function renderRooms() {
   const list = $('#room-list');
   const status = $('#rooms-status');
-  status.textContent = !sig.isOpen ? t('rooms.connecting') : lastRooms.length ? '' : t('rooms.empty');
+  status.textContent = !sig.isOpen ? t('rooms.connecting') : roomsHidden ? t('rooms.tokenRequired') : lastRooms.length ? '' : t('rooms.empty');
+  status.dataset.state = !sig.isOpen ? 'connecting' : roomsHidden ? 'token_required' : lastRooms.length ? 'listed' : 'empty';
   status.hidden = !status.textContent;
   /** @type {Map<string, HTMLLIElement>} */
   const old = new Map();
@@ -168,7 +172,9 @@ function renderPresence() {
   const el = $('#prejoin-presence');
   if (!sig.isOpen) { el.textContent = ''; return; }
   const r = lastRooms.find((x) => x.name === S.room);
-  const n = r ? r.participants : 0;
+  // Only public rooms are listed: about one that is not, the list says nothing.
+  if (!r) { el.textContent = ''; return; }
+  const n = r.participants;
   el.textContent = !n ? t('prejoin.nobody')
     : r && n >= r.capacity ? t('prejoin.full', { n, cap: r.capacity })
       : n === 1 ? t('prejoin.one') : t('prejoin.many', { n });
@@ -360,6 +366,15 @@ function wireSignalling() {
   sig.on('file', (m) => call.onSharedFile(m));
   sig.on('chat', (m) => call.onChat(m.message));
   sig.on('error', (m) => {
+    if (m.request === 'watch_rooms') {
+      if (m.code !== 'token_required') return;
+      // No list for this page: the landing page says why instead.
+      roomsHidden = true;
+      lastRooms = [];
+      renderRooms();
+      renderPresence();
+      return;
+    }
     if (m.request === 'join' && S.rejoining) {
       // Could not get back in (locked now, full, …): back to the pre-join step, which says why.
       S.rejoining = false;

@@ -13,10 +13,10 @@ import * as hands from './hands.js';
 /** @typedef {import('./protocol.js').Role} Role */
 
 /** Errors that keep the person on the pre-join step with a password field. */
-const PASSWORD_CODES = ['password_required', 'wrong_password'];
+const PASSWORD_CODES = ['password_required', 'wrong_password', 'too_many_attempts'];
 
 /** The room's settings as the server last told us. @type {RoomSettings} */
-let settings = { locked: false, waitingRoom: false, allowUnmute: false, hasPassword: false };
+let settings = { locked: false, waitingRoom: false, allowUnmute: false, hasPassword: false, listed: false };
 /** Who waits to be let in (hosts and co-hosts only). @type {Knocker[]} */
 let waiting = [];
 /** What a host turned off for us, until we may and do turn it on again. */
@@ -103,6 +103,12 @@ function renderPasswordHint() {
  * @param {import('./protocol.js').ErrorMsg} m
  */
 export function onError(m) {
+  if (m.request === 'join' && m.code === 'invite_revoked') {
+    // The link's token opens nothing any more: the next join goes without it (with the password,
+    // or as anyone would); the banner says why.
+    token = '';
+    tokenRoom = '';
+  }
   if (m.request === 'join' && PASSWORD_CODES.includes(m.code)) {
     if (S.view === 'waiting') app.setView('prejoin');
     hideError();
@@ -270,6 +276,8 @@ function personRow(li, p) {
 
 /** Whose menu is open. */
 let menuFor = '';
+/** Where the people panel was scrolled when the menu opened (a scroll away closes it). */
+let menuScrollTop = 0;
 
 /**
  * @param {string} id
@@ -312,6 +320,7 @@ function openMenu(id, opener) {
     return b;
   }));
   m.hidden = false;
+  menuScrollTop = $('#people-panel').querySelector('.panel-body')?.scrollTop ?? 0;
   // Under (or, near the bottom, above) the button, inside the window.
   const r = opener.getBoundingClientRect();
   const mh = m.offsetHeight, mw = m.offsetWidth;
@@ -395,6 +404,11 @@ function renderSettings() {
   set('#setting-locked', settings.locked);
   set('#setting-waiting-room', settings.waitingRoom);
   set('#setting-allow-unmute', settings.allowUnmute);
+  set('#setting-listed', settings.listed);
+  // The server keeps a protected room off the list: the switch says so rather than bounce back.
+  /** @type {HTMLInputElement} */ ($('#setting-listed')).disabled = settings.locked || settings.waitingRoom || settings.hasPassword;
+  $('#meeting-settings').dataset.listed = String(settings.listed);
+  renderAttempts();
   $('#password-state').textContent = t(settings.hasPassword ? 'settings.passwordSet' : 'settings.passwordNone');
   $('#meeting-settings').dataset.hasPassword = String(settings.hasPassword);
   /** @type {HTMLButtonElement} */ ($('#password-remove')).hidden = !settings.hasPassword;
@@ -438,6 +452,31 @@ async function onInviteToken(m) {
   }
 }
 
+/** Wrong passwords tried at this meeting (hosts and co-hosts are told), for the meeting settings. */
+let attempts = 0;
+
+function renderAttempts() {
+  const el = $('#password-attempts');
+  el.hidden = !attempts;
+  el.textContent = attempts ? t('settings.passwordAttempts', { n: attempts }) : '';
+}
+
+/** @param {import('./protocol.js').PasswordAttemptsMsg} m */
+function onPasswordAttempts(m) {
+  attempts += m.failed;
+  renderAttempts();
+  notice(t('settings.passwordAttempts', { n: m.failed }));
+}
+
+/** @param {import('./protocol.js').InvitesRevokedMsg} m */
+function onInvitesRevoked(m) {
+  inviteLink = '';
+  const out = /** @type {HTMLInputElement} */ ($('#invite-link'));
+  out.value = '';
+  out.hidden = true;
+  notice(m.by === S.selfId ? t('settings.invitesRevoked') : t('settings.invitesRevokedBy', { name: nameOf(m.by) || t('role.host') }));
+}
+
 function renderHostUi() {
   renderWaiting();
   renderSettings();
@@ -454,6 +493,7 @@ function enter(msg) {
   waiting = msg.waiting ?? [];
   held.audio = held.video = held.screen = false;
   inviteLink = '';
+  attempts = 0;
   showPasswordField('');
   hands.enter(msg);
   /** @type {HTMLInputElement} */ ($('#invite-link')).hidden = true;
@@ -499,7 +539,9 @@ export function init(deps) {
   sig.on('removed', (m) => thrownOut(m.ban ? 'removed_ban' : 'removed'));
   sig.on('ended', () => thrownOut('ended'));
   sig.on('invite_token', onInviteToken);
-  sig.on('joined', () => { hideError(['knock_denied', 'removed', 'ended']); });
+  sig.on('invites_revoked', onInvitesRevoked);
+  sig.on('password_attempts', onPasswordAttempts);
+  sig.on('joined', () => { hideError(['knock_denied', 'removed', 'ended', 'room_closed', 'invite_revoked', 'too_many_attempts']); });
   // The connection broke while waiting: back to pre-join, where Join knocks again.
   sig.on('close', () => { if (S.view === 'waiting') { app.setView('prejoin'); /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false; } });
 
@@ -508,7 +550,7 @@ export function init(deps) {
     if (e.key === 'Enter' && !e.isComposing) { e.preventDefault(); /** @type {HTMLElement} */ ($('#join-button')).click(); }
   });
   $('#admit-all').addEventListener('click', () => sig.admitAll());
-  for (const [sel, key] of /** @type {const} */ ([['#setting-locked', 'locked'], ['#setting-waiting-room', 'waitingRoom'], ['#setting-allow-unmute', 'allowUnmute']])) {
+  for (const [sel, key] of /** @type {const} */ ([['#setting-locked', 'locked'], ['#setting-waiting-room', 'waitingRoom'], ['#setting-allow-unmute', 'allowUnmute'], ['#setting-listed', 'listed']])) {
     const box = /** @type {HTMLInputElement} */ ($(sel));
     box.addEventListener('change', () => {
       sig.settings({ [key]: box.checked });
@@ -518,6 +560,9 @@ export function init(deps) {
   $('#password-form').addEventListener('submit', (e) => { e.preventDefault(); savePassword(); });
   $('#password-remove').addEventListener('click', () => { sig.settings({ password: '' }); notice(t('settings.passwordRemoved')); });
   $('#invite-copy').addEventListener('click', () => { sig.invite(); });
+  $('#invite-revoke').addEventListener('click', async () => {
+    if (await confirmAction(t('settings.revokeConfirm'), t('settings.revoke'))) sig.revokeInvites();
+  });
   $('#end-meeting').addEventListener('click', async () => {
     if (await confirmAction(t('settings.endConfirm'), t('settings.end'))) sig.endMeeting();
   });
@@ -538,7 +583,9 @@ export function init(deps) {
     const target = /** @type {HTMLElement} */ (e.target);
     if (!menu.hidden && !menu.contains(target) && !target.closest('.person-more')) closeMenu();
   });
-  $('#people-panel').querySelector('.panel-body')?.addEventListener('scroll', () => closeMenu());
+  // A scroll that ended just before the menu opened (its event comes a frame later) moves nothing.
+  const body = /** @type {HTMLElement} */ ($('#people-panel').querySelector('.panel-body'));
+  body?.addEventListener('scroll', () => { if (Math.abs(body.scrollTop - menuScrollTop) > 2) closeMenu(); });
 
   onLangChange(() => { renderPasswordHint(); renderWaiting(); renderSettings(); closeMenu(); });
   renderSettings();

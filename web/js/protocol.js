@@ -44,6 +44,7 @@ export const SFU_PEER_ID = 'sfu';
  * @property {boolean} waitingRoom
  * @property {boolean} allowUnmute
  * @property {boolean} hasPassword
+ * @property {boolean} listed  on the public room list (never with a password, a lock or a waiting room)
  */
 /** @typedef {{id:PeerId, name:string}} Knocker */
 /** The reactions the server accepts. */
@@ -91,7 +92,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  *   |'invalid_file'|'file_storage_full'|'file_quota'|'not_sfu_room'|'not_allowed'|'password_required'
  *   |'wrong_password'|'room_locked'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
- *   |'invalid_reaction'|'rate_limited'|'too_many_connections'} ErrorCode
+ *   |'invalid_reaction'|'rate_limited'|'too_many_connections'|'room_closed'|'invite_revoked'|'too_many_attempts'} ErrorCode
  */
 
 /** @typedef {'left'|'disconnected'|'too_slow'|'removed'} LeaveReason */
@@ -111,14 +112,15 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'unwatch_rooms'}} UnwatchRoomsMsg
  * @typedef {{type:'hand', raised:boolean}} HandMsg
  * @typedef {{type:'react', emoji:string}} ReactMsg
- * @typedef {{type:'settings', locked?:boolean, waitingRoom?:boolean, allowUnmute?:boolean, password?:string}} SettingsMsg
+ * @typedef {{type:'settings', locked?:boolean, waitingRoom?:boolean, allowUnmute?:boolean, password?:string, listed?:boolean}} SettingsMsg
  * @typedef {{type:'moderate', peer:PeerId, action:ModAction}} ModerateMsg
  * @typedef {{type:'set_role', peer:PeerId, role:Role}} SetRoleMsg
  * @typedef {{type:'admit', peer:PeerId}|{type:'deny', peer:PeerId}|{type:'admit_all'}|{type:'end_meeting'}} WaitingRoomMsg
  * @typedef {{type:'invite', ttlSecs?:number}} InviteMsg
  * @typedef {{type:'ping'}} PingMsg
+ * @typedef {{type:'revoke_invites'}} RevokeInvitesMsg
  * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg
- *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg} ClientMsg
+ *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg|RevokeInvitesMsg} ClientMsg
  */
 
 // ---- server → client ----
@@ -135,6 +137,8 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'ended', room:string}} EndedMsg
  * @typedef {{type:'reaction', from:PeerId, emoji:string}} ReactionMsg
  * @typedef {{type:'invite_token', token:string, expires:number}} InviteTokenMsg
+ * @typedef {{type:'invites_revoked', by:PeerId}} InvitesRevokedMsg
+ * @typedef {{type:'password_attempts', failed:number}} PasswordAttemptsMsg
  * @typedef {{type:'pong'}} PongMsg
  * @typedef {{type:'topology', topology:Topology}} TopologyMsg
  * @typedef {{type:'active_speaker', peer:PeerId}} ActiveSpeakerMsg
@@ -151,7 +155,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'bye', reason:ByeReason}} ByeMsg
  * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
  *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg|WaitingMsg|WaitingListMsg|SettingsChangedMsg
- *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|PongMsg} ServerMsg
+ *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|InvitesRevokedMsg|PasswordAttemptsMsg|PongMsg} ServerMsg
  */
 
 /** Default limits, used until `welcome` arrives. @type {Limits} */
@@ -165,20 +169,85 @@ export function defaultUrl() {
   return (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host + '/ws';
 }
 
+// Characters that show nothing and only change what a name compares equal to: stripped from
+// names, room names and chat, as the server does (crates/server/src/validate.rs, same tables —
+// change both together). The joiners, selectors and tags stay where they join something.
+const INVISIBLE = /[\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u2060-\u2064\u206A-\u206F\u2800\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF9-\uFFFB\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0000}-\u{E0FFF}]/u;
+const BIDI = /[\u202A-\u202E\u2066-\u2069]/u;
+const TAG = /[\u{E0020}-\u{E007F}]/u;
+const EMOJI = /[\u00A9\u00AE\u203C\u2049\u2122\u2139\u2190-\u21FF\u2300-\u23FF\u24C2\u25A0-\u27BF\u2900-\u297F\u2B00-\u2BFF\u3030\u303D\u3297\u3299\u{1F000}-\u{1FAFF}]/u;
+const JOINING = /[\u0600-\u08FF\u0900-\u0DFF\uFB50-\uFDFF\uFE70-\uFEFC]/u;
+const COMBINING = /[\u0300-\u036F\u0483-\u0489\u0591-\u05BD\u05BF\u05C1\u05C2\u05C4\u05C5\u05C7\u0610-\u061A\u064B-\u065F\u0670\u06D6-\u06DC\u06DF-\u06E4\u06E7\u06E8\u06EA-\u06ED\u0E31\u0E34-\u0E3A\u0E47-\u0E4E\u0EB1\u0EB4-\u0EBC\u0EC8-\u0ECD\u1AB0-\u1AFF\u1DC0-\u1DFF\u20D0-\u20FF\u302A-\u302F\u3099\u309A\uFE20-\uFE2F]/u;
+const ALNUM = /[\p{Alphabetic}\p{Nd}\p{Nl}\p{No}]/u;
+const SPACE = /\p{White_Space}/u;
+const CONTROL = /\p{Cc}/u;
+
+/** @param {string|undefined} c */
+const joins = (c) => !!c && JOINING.test(c) && !INVISIBLE.test(c);
+
 /**
- * Checks a room or display name as the server does: 1..max Unicode scalar values after trimming
- * spaces, no control characters. Returns the trimmed value, or null when it is not acceptable.
+ * Drops the invisible characters of `chars`, keeping joiners where they join.
+ * @param {string[]} chars @param {boolean} chat  also drop bidi controls, keep U+2800
+ */
+function stripInvisible(chars, chat) {
+  let out = '';
+  /** @type {string|undefined} */
+  let prev;
+  chars.forEach((c, i) => {
+    const next = chars[i + 1];
+    let keep;
+    if (c === '\u200D') {
+      keep = (!!prev && (EMOJI.test(prev) || prev === '\uFE0F' || TAG.test(prev)) && !!next && EMOJI.test(next)) || (joins(prev) && joins(next));
+    } else if (c === '\u200C') keep = joins(prev) && joins(next);
+    else if (c === '\uFE0E' || c === '\uFE0F') keep = !!prev && (EMOJI.test(prev) || /^[0-9#*]$/.test(prev));
+    else if (TAG.test(c)) keep = prev === '\u{1F3F4}' || (!!prev && TAG.test(prev));
+    else if (c === '\u2800') keep = chat;
+    else if (BIDI.test(c)) keep = !chat;
+    else keep = !INVISIBLE.test(c);
+    if (keep) { out += c; prev = c; }
+  });
+  return out;
+}
+
+/** @param {string} c */
+function isVisible(c) {
+  return ALNUM.test(c) || !(SPACE.test(c) || CONTROL.test(c) || INVISIBLE.test(c) || BIDI.test(c) || c === '\u200C' || c === '\u200D' || COMBINING.test(c));
+}
+
+/** @param {string} t @param {number} max */
+function showsSomething(t, max) {
+  const chars = Array.from(t);
+  return chars.length >= 1 && chars.length <= max && chars.some(isVisible);
+}
+
+/**
+ * Cleans a room or display name as the server does: no control characters or bidi controls;
+ * the characters that show nothing stripped (emoji sequences kept); runs of spaces made one;
+ * trimmed; 1..max Unicode scalar values with at least one visible. Returns the cleaned name, or
+ * null when it is not acceptable.
  * @param {string} s
  * @param {number} max
  * @returns {string|null}
  */
 export function cleanName(s, max) {
-  const t = String(s ?? '').trim();
-  const n = Array.from(t).length;
-  if (n < 1 || n > max) return null;
-  // eslint-disable-next-line no-control-regex
-  if (/[\u0000-\u001f\u007f-\u009f]/.test(t)) return null;
-  return t;
+  const raw = String(s ?? '');
+  const chars = Array.from(raw);
+  if (chars.some((c) => CONTROL.test(c) || BIDI.test(c))) return null;
+  const t = stripInvisible(chars, false).split(/\p{White_Space}+/u).filter(Boolean).join(' ');
+  return showsSomething(t, max) ? t : null;
+}
+
+/**
+ * Cleans a chat message as the server does (line breaks and tabs allowed). Returns it, or null.
+ * @param {string} s
+ * @param {number} max
+ * @returns {string|null}
+ */
+export function cleanChat(s, max) {
+  const chars = Array.from(String(s ?? ''));
+  if (chars.some((c) => CONTROL.test(c) && c !== '\n' && c !== '\t')) return null;
+  const t = stripInvisible(chars, true).trim();
+  return showsSomething(t, max) ? t : null;
 }
 
 /** The close code that keeps this session's place on the server (docs/protocol.md, "Resuming"). */
@@ -390,7 +459,7 @@ export class SignalingClient {
   hand(raised) { return this.send({ type: 'hand', raised }); }
   /** @param {string} emoji */
   react(emoji) { return this.send({ type: 'react', emoji }); }
-  /** @param {{locked?:boolean, waitingRoom?:boolean, allowUnmute?:boolean, password?:string}} changes */
+  /** @param {{locked?:boolean, waitingRoom?:boolean, allowUnmute?:boolean, password?:string, listed?:boolean}} changes */
   settings(changes) { return this.send({ type: 'settings', ...changes }); }
   /** @param {PeerId} peer @param {ModAction} action */
   moderate(peer, action) { return this.send({ type: 'moderate', peer, action }); }
@@ -404,4 +473,5 @@ export class SignalingClient {
   endMeeting() { return this.send({ type: 'end_meeting' }); }
   /** @param {number} [ttlSecs] */
   invite(ttlSecs) { return this.send(ttlSecs ? { type: 'invite', ttlSecs } : { type: 'invite' }); }
+  revokeInvites() { return this.send({ type: 'revoke_invites' }); }
 }

@@ -97,6 +97,10 @@ pub enum ClientMsg {
         allow_unmute: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<String>,
+        /// Whether the room is on the public room list. Only an unprotected room can be listed:
+        /// a password, a lock or a waiting room turns it off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listed: Option<bool>,
     },
     /// Hosts: act on one participant.
     Moderate { peer: PeerId, action: ModAction },
@@ -121,6 +125,9 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_secs: Option<u32>,
     },
+    /// Hosts: void every invite link handed out so far (answered, to every host and co-host, by
+    /// [`ServerMsg::InvitesRevoked`]); links made afterwards work.
+    RevokeInvites,
 }
 
 /// The reactions a participant may send.
@@ -178,6 +185,9 @@ pub struct RoomSettings {
     pub allow_unmute: bool,
     /// Entering needs the password (or an invite token).
     pub has_password: bool,
+    /// The room is on the public room list (`rooms`). Never while it has a password, a lock or
+    /// a waiting room.
+    pub listed: bool,
 }
 
 /// Someone in the waiting room.
@@ -210,6 +220,7 @@ impl ClientMsg {
         "end_meeting",
         "invite",
         "ping",
+        "revoke_invites",
     ];
 
     /// The `type` tag of this message.
@@ -235,6 +246,7 @@ impl ClientMsg {
             ClientMsg::EndMeeting => "end_meeting",
             ClientMsg::Invite { .. } => "invite",
             ClientMsg::Ping => "ping",
+            ClientMsg::RevokeInvites => "revoke_invites",
         }
     }
 }
@@ -353,6 +365,11 @@ pub enum ServerMsg {
     Reaction { from: PeerId, emoji: String },
     /// Answer to `invite`.
     InviteToken { token: String, expires: u64 },
+    /// Hosts: `by` revoked the room's invite links; those made before no longer work.
+    InvitesRevoked { by: PeerId },
+    /// Hosts: `failed` wrong passwords were tried at the room (since the last such notice), and
+    /// joins with the password are paused for a moment (see `too_many_attempts`).
+    PasswordAttempts { failed: u32 },
     /// Answer to `ping`.
     Pong,
     /// Answer to `leave`.
@@ -583,6 +600,13 @@ pub enum ErrorCode {
     InvalidReaction,
     RateLimited,
     TooManyConnections,
+    /// The room emptied while you waited in its waiting room: nobody is left to let you in.
+    RoomClosed,
+    /// The invite link no longer works: its room closed, its password changed, or a host
+    /// revoked the room's invites.
+    InviteRevoked,
+    /// Too many wrong passwords were tried at this room; joins with the password are paused.
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -620,6 +644,9 @@ impl ErrorCode {
         ErrorCode::InvalidReaction,
         ErrorCode::RateLimited,
         ErrorCode::TooManyConnections,
+        ErrorCode::RoomClosed,
+        ErrorCode::InviteRevoked,
+        ErrorCode::TooManyAttempts,
     ];
 
     /// The English sentence sent with the code.
@@ -633,9 +660,9 @@ impl ErrorCode {
             ErrorCode::UnsupportedProtocol => "This page is out of date: reload it to talk to this server.",
             ErrorCode::NotInRoom => "Join a room first.",
             ErrorCode::AlreadyInRoom => "You are already in a room; leave it first.",
-            ErrorCode::InvalidName => "The name is empty, too long, or contains control characters.",
-            ErrorCode::InvalidRoom => "The room name is empty, too long, or contains control characters.",
-            ErrorCode::InvalidText => "The chat message is empty or too long.",
+            ErrorCode::InvalidName => "The name is empty, too long, invisible, or contains control characters.",
+            ErrorCode::InvalidRoom => "The room name is empty, too long, invisible, or contains control characters.",
+            ErrorCode::InvalidText => "The chat message is empty, invisible or too long.",
             ErrorCode::RoomFull => "This room is full.",
             ErrorCode::TooManyRooms => "The server has reached its limit of rooms; try an existing room.",
             ErrorCode::UnknownPeer => "That participant is not in your room.",
@@ -660,6 +687,13 @@ impl ErrorCode {
             ErrorCode::InvalidReaction => "That reaction is not one of the allowed ones.",
             ErrorCode::RateLimited => "Too many messages too quickly; this one was not sent. Slow down.",
             ErrorCode::TooManyConnections => "The server has too many connections right now; try again later.",
+            ErrorCode::RoomClosed => "Everyone left before a host let you in; this meeting is over.",
+            ErrorCode::InviteRevoked => {
+                "This invite link no longer works: its meeting ended, its password changed or a host revoked it."
+            }
+            ErrorCode::TooManyAttempts => {
+                "Too many wrong passwords were tried for this room; wait a few seconds, or use an invite link."
+            }
         }
     }
 }

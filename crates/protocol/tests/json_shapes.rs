@@ -66,6 +66,8 @@ fn every_documented_example_round_trips() {
         "ended",
         "reaction",
         "invite_token",
+        "invites_revoked",
+        "password_attempts",
         "pong",
     ]
     .iter()
@@ -119,7 +121,7 @@ fn shapes_are_pinned() {
     let settings = huddle_protocol::RoomSettings { waiting_room: true, ..Default::default() };
     assert_eq!(
         serde_json::to_string(&ServerMsg::RoomSettings { settings }).expect("serialises"),
-        r#"{"type":"room_settings","settings":{"locked":false,"waitingRoom":true,"allowUnmute":false,"hasPassword":false}}"#
+        r#"{"type":"room_settings","settings":{"locked":false,"waitingRoom":true,"allowUnmute":false,"hasPassword":false,"listed":false}}"#
     );
     let limited = ServerMsg::error(huddle_protocol::ErrorCode::RateLimited, Some("chat"));
     assert_eq!(

@@ -292,6 +292,7 @@ impl FileStore {
         now: Instant,
     ) -> Result<(String, String), ErrorCode> {
         let name = crate::validate::label(name, MAX_FILE_NAME_CHARS).ok_or(ErrorCode::InvalidFile)?;
+        let name = name.as_str();
         let sha_ok = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let mime_ok = mime.chars().count() <= MAX_MIME_CHARS && !mime.chars().any(char::is_control);
         if name.contains(['/', '\\']) || size == 0 || size > self.limits.max_file || !sha_ok || !mime_ok {

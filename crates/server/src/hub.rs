@@ -12,6 +12,7 @@
 use crate::config::{Config, TopologyMode};
 use crate::files::{FileCommand, FileLimits, FileStore};
 use crate::media::{MediaCommand, MediaEvent};
+use crate::room::password::PasswordHash;
 use crate::room::{Held, Room, Waiter};
 use crate::tokens::Tokens;
 use crate::turn::TurnHandle;
@@ -48,6 +49,50 @@ pub const MEMORY_RELEASE_INTERVAL: Duration = Duration::from_secs(10);
 pub const MAX_INVITE_SECS: u32 = 7 * 86_400;
 /// The default lifetime of an invite.
 pub const DEFAULT_INVITE_SECS: u32 = 86_400;
+/// Password hashes and checks queued or running at once (see [`Job`]); beyond, a join with a
+/// password or a new password is refused with `rate_limited`.
+pub const MAX_JOBS_IN_FLIGHT: usize = 64;
+
+/// Work too slow for the hub task, which runs every room: hashing a new room password and
+/// checking one a join gives (PBKDF2, milliseconds each; see [`crate::room::password`]). In the
+/// server they run one at a time on a blocking thread and come back to the hub as [`JobDone`]
+/// ([`run`]); a hub that was not given a place to run them ([`Hub::run_jobs_elsewhere`]: unit
+/// tests, the fuzz target) runs them at once, in the same order of events.
+enum Job {
+    /// Whether `req.password` is the password of `room` (opened as `instance`, at password
+    /// generation `gen`), for session `id`'s join.
+    Verify { id: PeerId, req: JoinRequest, room: Arc<str>, instance: String, gen: u32, hash: PasswordHash },
+    /// A host's new password for `room`, the `seq`-th change asked for.
+    Hash { room: Arc<str>, instance: String, seq: u64, password: String },
+}
+
+impl Job {
+    fn run(self) -> Done {
+        match self {
+            Job::Verify { id, req, room, instance, gen, hash } => {
+                let ok = hash.verify(req.password.as_deref().map(str::trim).unwrap_or_default());
+                Done::Verified { id, req, room, instance, gen, ok }
+            }
+            Job::Hash { room, instance, seq, password } => {
+                Done::Hashed { room, instance, seq, hash: PasswordHash::new(&password) }
+            }
+        }
+    }
+}
+
+/// A [`Job`] done, for [`Hub::job_done`].
+pub struct JobDone(Done);
+
+enum Done {
+    Verified { id: PeerId, req: JoinRequest, room: Arc<str>, instance: String, gen: u32, ok: bool },
+    Hashed { room: Arc<str>, instance: String, seq: u64, hash: PasswordHash },
+}
+
+/// Where the hub's [`Job`]s run: one at a time, each on a blocking thread.
+struct Jobs {
+    done: mpsc::UnboundedSender<JobDone>,
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
+}
 
 /// Requests to the hub.
 #[derive(Debug)]
@@ -104,8 +149,9 @@ pub struct Resume {
     pub seen: u64,
 }
 
-/// The format of [`Hub::save_for_restart`]; a file of another version is not read.
-const SNAPSHOT_VERSION: u32 = 1;
+/// The format of [`Hub::save_for_restart`]; a file of another version is not read. (2: room
+/// passwords as hashes, room instances and invite generations, `listed`.)
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// What a restart hands over: rooms (`R`: the room, or a reference to it while saving) and the
 /// sessions in them.
@@ -177,6 +223,8 @@ struct Conn {
     keys: Vec<String>,
     /// The client's address, as of its latest connection.
     ip: IpAddr,
+    /// Its join waits for a password check ([`Job::Verify`]).
+    checking: bool,
 }
 
 impl Conn {
@@ -219,6 +267,9 @@ pub struct Hub {
     rng: aws_lc_rs::rand::SystemRandom,
     /// The sessions were saved for a restart ([`Hub::save_for_restart`]).
     saved: bool,
+    /// Where password hashes and checks run; `None`: at once, on this task.
+    jobs: Option<Jobs>,
+    jobs_in_flight: usize,
 }
 
 impl Hub {
@@ -241,7 +292,99 @@ impl Hub {
             turn: None,
             rng: aws_lc_rs::rand::SystemRandom::new(),
             saved: false,
+            jobs: None,
+            jobs_in_flight: 0,
         }
+    }
+
+    /// Runs password hashes and checks on blocking threads, one at a time, and sends them back
+    /// through `done` (which [`run`] reads), instead of on the hub's own task.
+    pub fn run_jobs_elsewhere(&mut self, done: mpsc::UnboundedSender<JobDone>) {
+        self.jobs = Some(Jobs { done, one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)) });
+    }
+
+    /// Starts `job`, or runs it now when the hub has nowhere else to run it.
+    fn start_job(&mut self, job: Job) -> Result<(), ErrorCode> {
+        let Some(jobs) = &self.jobs else {
+            let done = job.run();
+            self.apply_job(done);
+            return Ok(());
+        };
+        if self.jobs_in_flight >= MAX_JOBS_IN_FLIGHT {
+            return Err(ErrorCode::RateLimited);
+        }
+        self.jobs_in_flight += 1;
+        let (done, one_at_a_time) = (jobs.done.clone(), jobs.one_at_a_time.clone());
+        tokio::spawn(async move {
+            // The semaphore is never closed; the permit only orders the jobs.
+            let _permit = one_at_a_time.acquire_owned().await;
+            if let Ok(result) = tokio::task::spawn_blocking(move || job.run()).await {
+                let _ = done.send(JobDone(result));
+            }
+        });
+        Ok(())
+    }
+
+    /// A job started elsewhere is done.
+    pub fn job_done(&mut self, done: JobDone) {
+        self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        self.apply_job(done.0);
+        self.evict_overflowed();
+    }
+
+    fn apply_job(&mut self, done: Done) {
+        match done {
+            Done::Verified { id, req, room, instance, gen, ok } => {
+                let Some(conn) = self.conns.get_mut(&id) else { return };
+                conn.checking = false;
+                if let Err(code) = self.password_checked(&id, req, &room, &instance, gen, ok) {
+                    debug!(peer = %id, %code, "join refused after the password check");
+                    self.send(&id, ServerMsg::error(code, Some("join")));
+                }
+            }
+            Done::Hashed { room, instance, seq, hash } => {
+                let Some(r) = self.rooms.get_mut(&room) else { return };
+                if r.instance() != instance || r.password_seq() != seq {
+                    // The room closed, or the password was changed again since.
+                    return;
+                }
+                r.set_password(Some(hash));
+                let settings = r.settings();
+                info!("room password set");
+                self.rooms_dirty = true;
+                self.broadcast(&room, None, Arc::new(ServerMsg::RoomSettings { settings }));
+            }
+        }
+    }
+
+    /// Carries on a join whose password was checked: in if it was right and everything else
+    /// still allows it; checked again if the password changed meanwhile.
+    fn password_checked(
+        &mut self,
+        id: &PeerId,
+        req: JoinRequest,
+        room: &Arc<str>,
+        instance: &str,
+        gen: u32,
+        ok: bool,
+    ) -> Result<(), ErrorCode> {
+        let Some(r) = self.rooms.get_mut(room).filter(|r| r.instance() == instance) else {
+            // The meeting ended while the password was being checked.
+            return Err(ErrorCode::RoomClosed);
+        };
+        if r.password_gen() != gen {
+            r.guesses().refund();
+            return self.join(id, req);
+        }
+        if ok {
+            r.guesses().refund();
+            return self.join_checked(id, req, Some(gen));
+        }
+        if let Some(failed) = r.guesses().failed(Instant::now()) {
+            warn!(failed, "wrong passwords keep coming at a room; joins with a password are paused");
+            self.tell_moderators(room, Arc::new(ServerMsg::PasswordAttempts { failed }));
+        }
+        Err(ErrorCode::WrongPassword)
     }
 
     /// Hands out credentials of the built-in TURN server with the ICE servers.
@@ -371,6 +514,7 @@ impl Hub {
                 suspended: None,
                 keys: Vec::new(),
                 ip: c.ip,
+                checking: false,
             },
         );
         let _ = c.session.send(id.clone());
@@ -558,6 +702,7 @@ impl Hub {
                     suspended: Some(now + grace),
                     keys: s.keys.clone(),
                     ip: s.ip,
+                    checking: false,
                 };
                 self.conns.insert(peer.id.clone(), conn);
             }
@@ -603,13 +748,16 @@ impl Hub {
         }
         let request = msg.type_name();
         let waiting = conn.waiting_in.clone();
+        let checking = conn.checking;
         let result = match (msg, conn.room.clone()) {
-            (ClientMsg::Join { .. }, _) if waiting.is_some() => Err(ErrorCode::AlreadyInRoom),
+            (ClientMsg::Join { .. }, _) if waiting.is_some() || checking => Err(ErrorCode::AlreadyInRoom),
             (ClientMsg::Join { protocol, room, name, audio, video, password, token }, None) => {
                 let req = JoinRequest { protocol, room, name, audio, video, password, token };
                 self.join(id, req)
             }
             (ClientMsg::Join { .. }, Some(_)) => Err(ErrorCode::AlreadyInRoom),
+            // Where only token holders may enter, nobody without one learns which rooms exist.
+            (ClientMsg::WatchRooms, _) if self.config.require_token => Err(ErrorCode::TokenRequired),
             (ClientMsg::WatchRooms, _) => {
                 self.watchers.insert(id.clone());
                 let list = self.room_list();
@@ -703,12 +851,17 @@ impl Hub {
     }
 
     fn join(&mut self, id: &PeerId, req: JoinRequest) -> Result<(), ErrorCode> {
+        self.join_checked(id, req, None)
+    }
+
+    /// `join`, with the room's password already found right at password generation `verified`.
+    fn join_checked(&mut self, id: &PeerId, req: JoinRequest, verified: Option<u32>) -> Result<(), ErrorCode> {
         if req.protocol != PROTOCOL_VERSION {
             return Err(ErrorCode::UnsupportedProtocol);
         }
         let room = validate::label(&req.room, self.config.max_room_chars).ok_or(ErrorCode::InvalidRoom)?;
         let grant = match &req.token {
-            Some(token) if !token.is_empty() => Some(self.tokens.verify(token, room, unix_secs())?),
+            Some(token) if !token.is_empty() => Some(self.tokens.verify(token, &room, unix_secs())?),
             _ => None,
         };
         if self.config.require_token && grant.is_none() {
@@ -716,7 +869,7 @@ impl Hub {
         }
         let grant = grant.unwrap_or_default();
         let name = grant.name.as_deref().unwrap_or(&req.name);
-        let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?.to_string();
+        let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?;
         let mut keys: Vec<String> = grant.sub.iter().map(|s| format!("sub:{s}")).collect();
         keys.push(format!("id:{id}"));
         if let Some(ip) = self.conns.get(id).map(|c| c.ip) {
@@ -728,39 +881,60 @@ impl Hub {
         if let Some(conn) = self.conns.get_mut(id) {
             conn.keys = keys.clone();
         }
-        let room_key: Arc<str> = match self.rooms.get_key_value(room) {
+        let room_key: Arc<str> = match self.rooms.get_key_value(room.as_str()) {
             Some((key, r)) => {
+                let key = key.clone();
                 let role = grant.role.unwrap_or(Role::Participant);
                 if r.is_banned(&keys) {
                     return Err(ErrorCode::Banned);
                 }
-                if !role.moderates() {
-                    if r.settings.locked {
-                        return Err(ErrorCode::RoomLocked);
-                    }
-                    if !grant.invite && !grant.operator {
-                        r.password_matches(req.password.as_deref())?;
+                if let Some((rid, gen)) = &grant.invite_for {
+                    // Made in another opening of the room, before a new password, or revoked.
+                    if r.invite_key() != (rid.as_str(), *gen) {
+                        return Err(ErrorCode::InviteRevoked);
                     }
                 }
-                if r.settings.waiting_room && !role.moderates() {
-                    let key = key.clone();
+                if !role.moderates() {
+                    if r.settings().locked {
+                        return Err(ErrorCode::RoomLocked);
+                    }
+                    let needs_password = !grant.invite && !grant.operator;
+                    if let Some((hash, gen)) = r.password().filter(|(_, gen)| needs_password && verified != Some(*gen))
+                    {
+                        let job = Job::Verify {
+                            id: id.clone(),
+                            room: key.clone(),
+                            instance: r.instance().to_string(),
+                            gen,
+                            hash: hash.clone(),
+                            req,
+                        };
+                        return self.check_password(id, &key, job);
+                    }
+                }
+                if r.settings().waiting_room && !role.moderates() {
                     return self.knock(id, &key, name, req.audio, req.video, keys);
                 }
                 if r.is_full() {
                     return Err(ErrorCode::RoomFull);
                 }
-                key.clone()
+                key
             }
             None => {
+                if grant.invite {
+                    // Its room is gone: a room of that name opened now is another meeting.
+                    return Err(ErrorCode::InviteRevoked);
+                }
                 if self.rooms.len() >= self.config.max_rooms as usize {
                     return Err(ErrorCode::TooManyRooms);
                 }
-                let key: Arc<str> = Arc::from(room);
+                let key: Arc<str> = Arc::from(room.as_str());
                 let has_sfu = self.media.is_some();
                 let initial =
                     if has_sfu && self.config.topology == TopologyMode::Sfu { Topology::Sfu } else { Topology::P2p };
                 let capacity = self.config.room_capacity as usize;
-                self.rooms.insert(key.clone(), Room::new(capacity, self.config.chat_history as usize, initial));
+                let room = Room::new(capacity, self.config.chat_history as usize, initial, self.new_secret());
+                self.rooms.insert(key.clone(), room);
                 key
             }
         };
@@ -769,6 +943,33 @@ impl Hub {
         let role = grant.role.unwrap_or(if opening { Role::Host } else { Role::Participant });
         self.enter(id, &room_key, name, req.audio, req.video, role);
         Ok(())
+    }
+
+    /// Starts checking a join's password (`job`), if the room's budget of guesses allows one
+    /// more now; the join carries on when the check is done ([`Hub::password_checked`]).
+    fn check_password(&mut self, id: &PeerId, room: &Arc<str>, job: Job) -> Result<(), ErrorCode> {
+        let Job::Verify { req, .. } = &job else { return Err(ErrorCode::BadMessage) };
+        if req.password.as_deref().is_none_or(|p| p.trim().is_empty()) {
+            return Err(ErrorCode::PasswordRequired);
+        }
+        let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
+        if !r.guesses().reserve(Instant::now()) {
+            debug!(peer = %id, "join with a password during a pause");
+            return Err(ErrorCode::TooManyAttempts);
+        }
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.checking = true;
+        }
+        let started = self.start_job(job);
+        if started.is_err() {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.checking = false;
+            }
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.guesses().refund();
+            }
+        }
+        started
     }
 
     /// Puts `id` in the waiting room of `room` and tells the hosts.
@@ -797,6 +998,12 @@ impl Hub {
     fn tell_hosts_waiting(&mut self, room: &str) {
         let Some(r) = self.rooms.get(room) else { return };
         let msg = Arc::new(ServerMsg::WaitingList { waiting: r.waiting() });
+        self.tell_moderators(room, msg);
+    }
+
+    /// Sends `msg` to the room's hosts and co-hosts.
+    fn tell_moderators(&mut self, room: &str, msg: Arc<ServerMsg>) {
+        let Some(r) = self.rooms.get(room) else { return };
         let hosts: Vec<PeerId> = r.members().filter(|p| p.role.moderates()).map(|p| p.id.clone()).collect();
         for h in hosts {
             self.send_arc(&h, msg.clone());
@@ -836,7 +1043,7 @@ impl Hub {
             topology: r.topology(),
             ice_servers,
             ice_transport_policy: self.config.ice_transport_policy,
-            settings: r.settings,
+            settings: r.settings(),
             waiting: if role.moderates() { r.waiting() } else { Vec::new() },
         };
         let participants = r.len();
@@ -861,33 +1068,62 @@ impl Hub {
             return Err(ErrorCode::NotAllowed);
         }
         match msg {
-            ClientMsg::Settings { locked, waiting_room, allow_unmute, password } => {
+            ClientMsg::Settings { locked, waiting_room, allow_unmute, password, listed } => {
                 let password = match password {
                     None => None,
                     Some(p) if p.is_empty() => Some(None),
                     Some(p) => {
-                        let p = validate::label(&p, PASSWORD_MAX_CHARS).ok_or(ErrorCode::BadMessage)?;
+                        let p = validate::password(&p, PASSWORD_MAX_CHARS).ok_or(ErrorCode::BadMessage)?;
                         Some(Some(p.to_string()))
                     }
                 };
                 let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
-                if let Some(v) = locked {
-                    r.settings.locked = v;
+                r.set_flags(|s| {
+                    if let Some(v) = locked {
+                        s.locked = v;
+                    }
+                    if let Some(v) = waiting_room {
+                        s.waiting_room = v;
+                    }
+                    if let Some(v) = allow_unmute {
+                        s.allow_unmute = v;
+                    }
+                    if let Some(v) = listed {
+                        // Stays off for a protected room (see `Room::set_flags`).
+                        s.listed = v;
+                    }
+                    if matches!(password, Some(Some(_))) {
+                        // Off the list at once, not when the hash is ready.
+                        s.listed = false;
+                    }
+                });
+                let seq = password.is_some().then(|| r.begin_password_change());
+                if password == Some(None) {
+                    r.set_password(None);
                 }
-                if let Some(v) = waiting_room {
-                    r.settings.waiting_room = v;
-                }
-                if let Some(v) = allow_unmute {
-                    r.settings.allow_unmute = v;
-                }
-                if let Some(p) = password {
-                    r.set_password(p);
-                }
-                let settings = r.settings;
+                let settings = r.settings();
+                let instance = r.instance().to_string();
+                self.rooms_dirty = true;
                 info!(peer = %id, ?settings, "room settings changed");
-                self.broadcast(room, None, Arc::new(ServerMsg::RoomSettings { settings }));
+                let only_new_password = matches!(password, Some(Some(_)))
+                    && locked.is_none()
+                    && waiting_room.is_none()
+                    && allow_unmute.is_none()
+                    && listed.is_none();
+                if !only_new_password {
+                    self.broadcast(room, None, Arc::new(ServerMsg::RoomSettings { settings }));
+                }
                 if !settings.waiting_room {
-                    self.admit_all(room);
+                    if settings.locked {
+                        // A lock lets nobody in, the people waiting neither.
+                        self.turn_away_waiters(room, ErrorCode::RoomLocked);
+                    } else {
+                        self.admit_all(room);
+                    }
+                }
+                if let (Some(Some(password)), Some(seq)) = (password, seq) {
+                    // Set (and announced) once hashed; the old password holds until then.
+                    self.start_job(Job::Hash { room: room.clone(), instance, seq, password })?;
                 }
                 Ok(())
             }
@@ -946,8 +1182,16 @@ impl Hub {
             ClientMsg::Invite { ttl_secs } => {
                 let ttl = ttl_secs.unwrap_or(DEFAULT_INVITE_SECS).clamp(60, MAX_INVITE_SECS);
                 let expires = unix_secs() + u64::from(ttl);
-                let token = self.tokens.invite(room, expires);
+                let r = self.rooms.get(room).ok_or(ErrorCode::NotInRoom)?;
+                let (rid, gen) = r.invite_key();
+                let token = self.tokens.invite(room, rid, gen, expires);
                 self.send(id, ServerMsg::InviteToken { token, expires });
+                Ok(())
+            }
+            ClientMsg::RevokeInvites => {
+                self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?.revoke_invites();
+                info!(peer = %id, "invites revoked");
+                self.tell_moderators(room, Arc::new(ServerMsg::InvitesRevoked { by: id.clone() }));
                 Ok(())
             }
             // Everything else is handled before this is called.
@@ -1019,15 +1263,48 @@ impl Hub {
         }
     }
 
+    /// A host lets `peer` in from the waiting room, as a participant: the waiting room never
+    /// makes anyone a host.
     fn admit(&mut self, room: &Arc<str>, peer: &PeerId) {
         let Some(w) = self.leave_waiting_room(peer) else { return };
-        if self.rooms.get(room).is_some_and(Room::is_full) {
-            self.send(peer, ServerMsg::error(ErrorCode::RoomFull, Some("join")));
+        let refused = match self.rooms.get(room) {
+            Some(r) if r.is_full() => Some(ErrorCode::RoomFull),
+            // Nobody is left who could have let them in (not reached: an empty room closes).
+            None => Some(ErrorCode::RoomClosed),
+            Some(r) if r.is_empty() => Some(ErrorCode::RoomClosed),
+            Some(_) => None,
+        };
+        if let Some(code) = refused {
+            self.send(peer, ServerMsg::error(code, Some("join")));
             return;
         }
         info!(target = %peer, "admitted from the waiting room");
-        let role = if self.rooms.get(room).is_some_and(Room::is_empty) { Role::Host } else { Role::Participant };
-        self.enter(peer, room, w.knocker.name, w.audio, w.video, role);
+        self.enter(peer, room, w.knocker.name, w.audio, w.video, Role::Participant);
+    }
+
+    /// Everyone waiting at `room` is turned away with `code`.
+    fn turn_away_waiters(&mut self, room: &Arc<str>, code: ErrorCode) {
+        let waiting: Vec<PeerId> =
+            self.rooms.get(room.as_ref()).map(|r| r.waiting().into_iter().map(|k| k.id).collect()).unwrap_or_default();
+        for peer in waiting {
+            self.leave_waiting_room(&peer);
+            self.send(&peer, ServerMsg::error(code, Some("join")));
+        }
+    }
+
+    /// The room's last member is gone: the room closes, and whoever still waits in its waiting
+    /// room is told (`room_closed`) — nobody is left to let them in.
+    fn close_room(&mut self, room: &Arc<str>) {
+        let Some(mut r) = self.rooms.remove(room) else { return };
+        for w in r.take_waiters() {
+            if let Some(conn) = self.conns.get_mut(&w.knocker.id) {
+                conn.waiting_in = None;
+            }
+            self.send(&w.knocker.id, ServerMsg::error(ErrorCode::RoomClosed, Some("join")));
+        }
+        self.files.room_closed(room);
+        self.rooms_dirty = true;
+        debug!("room closed");
     }
 
     fn admit_all(&mut self, room: &Arc<str>) {
@@ -1170,7 +1447,7 @@ impl Hub {
     fn chat(&mut self, id: &PeerId, room: &str, text: &str) -> Result<(), ErrorCode> {
         let text = validate::chat_text(text, self.config.max_chat_chars).ok_or(ErrorCode::InvalidText)?;
         let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let message = self.rooms.get_mut(room).and_then(|r| r.post_chat(id, text, ts)).ok_or(ErrorCode::NotInRoom)?;
+        let message = self.rooms.get_mut(room).and_then(|r| r.post_chat(id, &text, ts)).ok_or(ErrorCode::NotInRoom)?;
         self.broadcast(room, None, Arc::new(ServerMsg::Chat { message }));
         Ok(())
     }
@@ -1180,14 +1457,7 @@ impl Hub {
         let Some(room) = self.take_out(id) else { return };
         let Some(r) = self.rooms.get_mut(&room) else { return };
         if r.is_empty() {
-            if r.has_waiters() {
-                // Nobody is left to let them in: the first in line opens the room again.
-                self.admit_all(&room);
-            } else {
-                self.rooms.remove(&room);
-                self.files.room_closed(&room);
-                debug!("room closed");
-            }
+            self.close_room(&room);
         } else {
             let new_host = r.ensure_host();
             self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
@@ -1207,8 +1477,7 @@ impl Hub {
     fn leave_room_quietly(&mut self, id: &PeerId) {
         let Some(room) = self.take_out(id) else { return };
         if self.rooms.get(&room).is_some_and(Room::is_empty) {
-            self.rooms.remove(&room);
-            self.files.room_closed(&room);
+            self.close_room(&room);
         }
     }
 
@@ -1283,7 +1552,9 @@ impl Hub {
         self.rooms_dirty
     }
 
-    /// Sends the room list to every watcher (called at most every [`ROOM_LIST_INTERVAL`]).
+    /// Sends the list of public rooms to every watcher (called at most every
+    /// [`ROOM_LIST_INTERVAL`]). It is made afresh each time from the rooms as they are: a room
+    /// that stopped being public (settings mark the list dirty) is not in the next one.
     pub fn publish_rooms(&mut self) {
         self.rooms_dirty = false;
         if self.watchers.is_empty() {
@@ -1300,6 +1571,7 @@ impl Hub {
         let mut rooms: Vec<RoomSummary> = self
             .rooms
             .iter()
+            .filter(|(_, r)| r.is_listed())
             .map(|(name, r)| RoomSummary {
                 name: name.to_string(),
                 participants: r.len() as u32,
@@ -1363,6 +1635,13 @@ impl Hub {
             }
             if room.topology() == Topology::Sfu && self.media.is_none() {
                 return Err(format!("room {name:?} uses the SFU but the hub has none"));
+            }
+            let s = room.settings();
+            if s.listed && (s.locked || s.waiting_room || s.has_password) {
+                return Err(format!("room {name:?} is protected but listed: {s:?}"));
+            }
+            if s.has_password != room.password().is_some() {
+                return Err(format!("room {name:?} says has_password {} but has no hash", s.has_password));
             }
             let mut seen = HashSet::new();
             for peer in room.members() {
@@ -1445,6 +1724,9 @@ impl Hub {
 /// With `save_to`, shutdown first writes the sessions there for the next start
 /// ([`Hub::save_for_restart`]).
 pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_to: Option<std::path::PathBuf>) {
+    // Password hashes and checks come back here (at most MAX_JOBS_IN_FLIGHT at a time).
+    let (jobs_done, mut jobs) = mpsc::unbounded_channel();
+    hub.run_jobs_elsewhere(jobs_done);
     let mut tick = tokio::time::interval(ROOM_LIST_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut released: Option<Instant> = None;
@@ -1465,6 +1747,7 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
                 None => break,
             },
             _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
+            Some(done) = jobs.recv() => hub.job_done(done),
             _ = sleep_until(expiry), if expiry.is_some() => hub.expire(Instant::now()),
         }
         let due = released.is_none_or(|t| t.elapsed() >= MEMORY_RELEASE_INTERVAL);
@@ -1856,7 +2139,13 @@ mod tests {
         host.drain();
         let host_id = host.id.clone();
         let forbidden = [
-            ClientMsg::Settings { locked: Some(true), waiting_room: None, allow_unmute: None, password: None },
+            ClientMsg::Settings {
+                locked: Some(true),
+                waiting_room: None,
+                allow_unmute: None,
+                password: None,
+                listed: None,
+            },
             ClientMsg::Moderate { peer: host_id.clone(), action: ModAction::Mute },
             ClientMsg::Moderate { peer: host_id.clone(), action: ModAction::Remove },
             ClientMsg::SetRole { peer: guest.id.clone(), role: Role::Host },
@@ -1870,7 +2159,8 @@ mod tests {
             assert_eq!(error_code(guest.next()), ErrorCode::NotAllowed);
         }
         assert!(host.drain().is_empty(), "nothing reached the host");
-        assert_eq!(hub.rooms.get("r").map(|r| r.settings), Some(Default::default()), "nothing changed");
+        let fresh = huddle_protocol::RoomSettings { listed: true, ..Default::default() };
+        assert_eq!(hub.rooms.get("r").map(|r| r.settings()), Some(fresh), "nothing changed");
         assert_eq!(hub.rooms.get("r").and_then(|r| r.role(&host_id)), Some(Role::Host));
     }
 
@@ -1879,7 +2169,13 @@ mod tests {
         let mut hub = hub_with(|_| {});
         let mut host = connect(&mut hub, 1, 64);
         join(&mut hub, &mut host, "r");
-        let on = ClientMsg::Settings { locked: None, waiting_room: Some(true), allow_unmute: None, password: None };
+        let on = ClientMsg::Settings {
+            locked: None,
+            waiting_room: Some(true),
+            allow_unmute: None,
+            password: None,
+            listed: None,
+        };
         send(&mut hub, &host, on);
         assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.waiting_room));
         let mut a = connect(&mut hub, 2, 64);
@@ -1923,6 +2219,7 @@ mod tests {
             waiting_room: None,
             allow_unmute: None,
             password: Some("open sesame".into()),
+            listed: None,
         };
         send(&mut hub, &host, set);
         assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.has_password));
@@ -1940,10 +2237,77 @@ mod tests {
         let mut h = connect(&mut hub, 3, 64);
         assert!(matches!(join_with(&mut hub, &mut h, "r", Some("open sesame"), None), ServerMsg::Joined { .. }));
         // Locked: even the password does not help.
-        let lock = ClientMsg::Settings { locked: Some(true), waiting_room: None, allow_unmute: None, password: None };
+        let lock = ClientMsg::Settings {
+            locked: Some(true),
+            waiting_room: None,
+            allow_unmute: None,
+            password: None,
+            listed: None,
+        };
         send(&mut hub, &host, lock);
         let mut late = connect(&mut hub, 4, 64);
         assert_eq!(error_code(join_with(&mut hub, &mut late, "r", Some("open sesame"), None)), ErrorCode::RoomLocked);
+    }
+
+    /// With password checks on other threads, a join's check can end after the room changed: a
+    /// check begun before a new password does not let the old one in, a second join waits for
+    /// the first, and a room that closed meanwhile answers `room_closed`.
+    #[tokio::test]
+    async fn a_password_check_counts_only_for_the_room_and_password_it_began_with() {
+        let mut hub = hub_with(|_| {});
+        let (tx, mut done) = mpsc::unbounded_channel();
+        hub.run_jobs_elsewhere(tx);
+        let mut host = connect(&mut hub, 1, 64);
+        join(&mut hub, &mut host, "r");
+        let set = |p: &str| ClientMsg::Settings {
+            locked: None,
+            waiting_room: None,
+            allow_unmute: None,
+            password: Some(p.into()),
+            listed: None,
+        };
+        send(&mut hub, &host, set("old"));
+        assert!(host.drain().is_empty(), "announced once hashed");
+        let hashed = done.recv().await.expect("hashed");
+        hub.job_done(hashed);
+        assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.has_password));
+        let mut g = connect(&mut hub, 2, 64);
+        let old = ClientMsg::Join {
+            protocol: 1,
+            room: "r".into(),
+            name: "G".into(),
+            audio: false,
+            video: false,
+            password: Some("old".into()),
+            token: None,
+        };
+        send(&mut hub, &g, old.clone());
+        assert!(g.drain().is_empty(), "the answer waits for the check");
+        send(&mut hub, &g, old.clone());
+        assert_eq!(error_code(g.next()), ErrorCode::AlreadyInRoom, "one join at a time");
+        // The host changes the password while the check runs; the check ends after that.
+        send(&mut hub, &host, set("new"));
+        let (first, second) = (done.recv().await.expect("checked"), done.recv().await.expect("hashed"));
+        let (check, hash) = if matches!(first.0, Done::Verified { .. }) { (first, second) } else { (second, first) };
+        hub.job_done(hash);
+        hub.job_done(check);
+        // Checked again against the new password, which "old" is not.
+        let again = done.recv().await.expect("checked again");
+        hub.job_done(again);
+        assert_eq!(error_code(g.next()), ErrorCode::WrongPassword);
+        assert_eq!(hub.stats().participants, 1);
+        // The room closes while a check runs.
+        let mut new = old;
+        if let ClientMsg::Join { password, .. } = &mut new {
+            *password = Some("new".into());
+        }
+        send(&mut hub, &g, new);
+        send(&mut hub, &host, ClientMsg::Leave);
+        let check = done.recv().await.expect("checked");
+        hub.job_done(check);
+        assert_eq!(error_code(g.next()), ErrorCode::RoomClosed);
+        assert_eq!(hub.stats().rooms, 0);
+        hub.check_invariants().expect("consistent");
     }
 
     #[test]

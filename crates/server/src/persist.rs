@@ -6,7 +6,8 @@
 //! start on the same port reads the file once, deletes it, and keeps those sessions for their
 //! pages to resume within the grace period, as after a lost connection. A crash saves nothing:
 //! pages then join their rooms again as new participants. Both files hold secrets (session
-//! secrets, room passwords, the invite key) and are readable by their owner only.
+//! secrets, the invite key; room passwords only as salted hashes) and are readable by their
+//! owner only.
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};

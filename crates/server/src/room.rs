@@ -1,8 +1,12 @@
 //! One room's state: who is in it (in joining order) with their roles, who is waiting to be let
-//! in, its settings, bans and recent chat. Plain data owned by the hub; the rules about who may
-//! do what live in the hub, which calls these.
+//! in, its settings, bans and recent chat, its password (as a hash) and what invites must carry
+//! to open it. Plain data owned by the hub; the rules about who may do what live in the hub,
+//! which calls these.
+
+pub mod password;
 
 use huddle_protocol::{ChatMessage, Knocker, Peer, PeerId, Role, RoomSettings, Topology};
+use password::{Guesses, PasswordHash};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 
@@ -46,19 +50,45 @@ pub struct Room {
     history: usize,
     next_chat_id: u64,
     topology: Topology,
-    pub settings: RoomSettings,
-    password: Option<String>,
+    /// Change through the methods that keep `listed` false for a protected room
+    /// ([`Room::set_flags`]).
+    settings: RoomSettings,
+    password: Option<PasswordHash>,
     #[serde(skip)]
     waiting: Vec<Waiter>,
     /// Ban keys: `ip:<address>`, `sub:<token subject>`.
     banned: HashSet<String>,
+    /// Random, made when the room opens and kept over a restart: an invite names it, so that it
+    /// opens this room and not a later one of the same name.
+    instance: String,
+    /// Goes up whenever the password changes or a host revokes the invites: an invite carries
+    /// the value it was made at and works only while it is current.
+    invite_gen: u32,
+    /// Goes up whenever the password changes: a check that began before it no longer counts.
+    password_gen: u32,
+    /// The budget of wrong password guesses (starts full after a restart).
+    #[serde(skip)]
+    guesses: Guesses,
+    /// Bytes of `chat` (texts and names), kept under [`CHAT_HISTORY_BYTES`].
+    #[serde(skip)]
+    chat_bytes: usize,
+    /// Password changes asked for: a new password is hashed off the hub's task, and only the
+    /// latest change asked for may land.
+    #[serde(skip)]
+    password_seq: u64,
 }
+
+/// Most bytes of chat (text and sender names) a room keeps for latecomers, besides the count
+/// (`--chat-history`): at the limits a hundred messages would be about 0.5 MiB per room.
+pub const CHAT_HISTORY_BYTES: usize = 32 * 1024;
 
 /// Most bans one room keeps.
 const MAX_BANS: usize = 1024;
 
 impl Room {
-    pub fn new(capacity: usize, history: usize, topology: Topology) -> Room {
+    /// A room that just opened: unprotected, hence listed. `instance` is random (see
+    /// [`Room::instance`]).
+    pub fn new(capacity: usize, history: usize, topology: Topology, instance: String) -> Room {
         Room {
             capacity,
             members: Vec::new(),
@@ -66,10 +96,16 @@ impl Room {
             history,
             next_chat_id: 1,
             topology,
-            settings: RoomSettings::default(),
+            settings: RoomSettings { listed: true, ..RoomSettings::default() },
             password: None,
             waiting: Vec::new(),
             banned: HashSet::new(),
+            instance,
+            invite_gen: 0,
+            password_gen: 0,
+            guesses: Guesses::default(),
+            chat_bytes: 0,
+            password_seq: 0,
         }
     }
 
@@ -78,9 +114,9 @@ impl Room {
     pub fn restored(&mut self, capacity: usize, history: usize, keep: impl Fn(&PeerId) -> bool) {
         self.capacity = capacity;
         self.history = history;
-        while self.chat.len() > history {
-            self.chat.pop_front();
-        }
+        self.chat_bytes = self.chat.iter().map(chat_bytes).sum();
+        self.trim_chat();
+        self.set_flags(|_| {});
         let mut kept = 0;
         self.members.retain(|m| {
             let ok = kept < capacity && keep(&m.peer.id);
@@ -217,26 +253,77 @@ impl Room {
         Some(self.members[at].peer.clone())
     }
 
-    /// Sets or removes (`None`) the password.
-    pub fn set_password(&mut self, password: Option<String>) {
-        self.settings.has_password = password.is_some();
-        self.password = password;
+    pub fn settings(&self) -> RoomSettings {
+        self.settings
     }
 
-    /// Whether `given` is the room's password (compared in constant time). A room without a
-    /// password accepts anything.
-    pub fn password_matches(&self, given: Option<&str>) -> Result<(), huddle_protocol::ErrorCode> {
-        use huddle_protocol::ErrorCode;
-        let Some(expected) = &self.password else { return Ok(()) };
-        let given = given.ok_or(ErrorCode::PasswordRequired)?;
-        if given.is_empty() {
-            return Err(ErrorCode::PasswordRequired);
+    /// Changes the settings' flags; a room with a password, a lock or a waiting room is never
+    /// listed, whatever `change` asked. (`has_password` follows [`Room::set_password`] only.)
+    pub fn set_flags(&mut self, change: impl FnOnce(&mut RoomSettings)) {
+        let has_password = self.settings.has_password;
+        change(&mut self.settings);
+        let s = &mut self.settings;
+        s.has_password = has_password;
+        if s.locked || s.waiting_room || s.has_password {
+            s.listed = false;
         }
-        if aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), given.as_bytes()).is_ok() {
-            Ok(())
-        } else {
-            Err(ErrorCode::WrongPassword)
-        }
+    }
+
+    /// On the public room list.
+    pub fn is_listed(&self) -> bool {
+        self.settings.listed
+    }
+
+    /// Sets or removes (`None`) the password. Invites made before stop working, and password
+    /// checks still running no longer count.
+    pub fn set_password(&mut self, password: Option<PasswordHash>) {
+        self.settings.has_password = password.is_some();
+        self.password = password;
+        self.password_gen = self.password_gen.wrapping_add(1);
+        self.invite_gen = self.invite_gen.wrapping_add(1);
+        self.set_flags(|_| {});
+    }
+
+    /// The password's hash, and its generation (see [`Room::set_password`]).
+    pub fn password(&self) -> Option<(&PasswordHash, u32)> {
+        self.password.as_ref().map(|p| (p, self.password_gen))
+    }
+
+    pub fn password_gen(&self) -> u32 {
+        self.password_gen
+    }
+
+    /// A host asked to change the password: returns the change's number. A hash of an earlier
+    /// change that lands later is dropped (see [`Room::password_seq`]).
+    pub fn begin_password_change(&mut self) -> u64 {
+        self.password_seq += 1;
+        self.password_seq
+    }
+
+    /// The number of the latest password change asked for.
+    pub fn password_seq(&self) -> u64 {
+        self.password_seq
+    }
+
+    /// The budget of wrong password guesses.
+    pub fn guesses(&mut self) -> &mut Guesses {
+        &mut self.guesses
+    }
+
+    /// What an invite must name to open this room: its instance and the current invite
+    /// generation.
+    pub fn invite_key(&self) -> (&str, u32) {
+        (&self.instance, self.invite_gen)
+    }
+
+    /// Every invite made so far stops working.
+    pub fn revoke_invites(&mut self) {
+        self.invite_gen = self.invite_gen.wrapping_add(1);
+    }
+
+    /// This opening of the room (a later room of the same name has another).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn waiting(&self) -> Vec<Knocker> {
@@ -278,23 +365,35 @@ impl Room {
         keys.iter().any(|k| self.banned.contains(k))
     }
 
-    /// Records a chat message from a member; `None` if `from` is not in the room.
+    /// Records a chat message from a member; `None` if `from` is not in the room. The history
+    /// keeps the newest `history` messages that fit in [`CHAT_HISTORY_BYTES`].
     pub fn post_chat(&mut self, from: &PeerId, text: &str, ts: u64) -> Option<ChatMessage> {
         let name = self.member(from)?.name.clone();
         let message = ChatMessage { id: self.next_chat_id, from: from.clone(), name, text: text.to_string(), ts };
         self.next_chat_id += 1;
         if self.history > 0 {
-            if self.chat.len() == self.history {
-                self.chat.pop_front();
-            }
+            self.chat_bytes += chat_bytes(&message);
             self.chat.push_back(message.clone());
+            self.trim_chat();
         }
         Some(message)
+    }
+
+    fn trim_chat(&mut self) {
+        while self.chat.len() > self.history || self.chat_bytes > CHAT_HISTORY_BYTES {
+            let Some(old) = self.chat.pop_front() else { break };
+            self.chat_bytes -= chat_bytes(&old);
+        }
     }
 
     pub fn chat_history(&self) -> Vec<ChatMessage> {
         self.chat.iter().cloned().collect()
     }
+}
+
+/// What a kept chat message counts against [`CHAT_HISTORY_BYTES`].
+fn chat_bytes(m: &ChatMessage) -> usize {
+    m.text.len() + m.name.len()
 }
 
 #[cfg(test)]
@@ -317,9 +416,13 @@ mod tests {
         PeerId(format!("p{n}"))
     }
 
+    fn room(capacity: usize, history: usize) -> Room {
+        Room::new(capacity, history, Topology::P2p, "instance".into())
+    }
+
     #[test]
     fn capacity_is_enforced_and_order_kept() {
-        let mut r = Room::new(2, 10, Topology::P2p);
+        let mut r = room(2, 10);
         assert_eq!(r.add(peer(1)), Ok(vec![]));
         assert_eq!(r.add(peer(2)), Ok(vec![peer(1)]));
         assert_eq!(r.add(peer(3)), Err(RoomError::Full));
@@ -329,7 +432,7 @@ mod tests {
 
     #[test]
     fn chat_ids_increase_and_strangers_cannot_post() {
-        let mut r = Room::new(2, 10, Topology::P2p);
+        let mut r = room(2, 10);
         r.add(peer(1)).expect("room has space");
         assert_eq!(r.post_chat(&id(1), "a", 1).map(|m| m.id), Some(1));
         assert_eq!(r.post_chat(&id(1), "b", 2).map(|m| m.id), Some(2));
@@ -338,7 +441,7 @@ mod tests {
 
     #[test]
     fn media_state_is_updated() {
-        let mut r = Room::new(2, 10, Topology::P2p);
+        let mut r = room(2, 10);
         r.add(peer(1)).expect("room has space");
         let p = r.set_media(&id(1), false, false, true).expect("allowed").expect("member");
         assert_eq!((p.audio, p.video, p.screen), (false, false, true));
@@ -346,7 +449,7 @@ mod tests {
 
     #[test]
     fn what_a_host_switched_off_stays_off_unless_unmuting_is_allowed() {
-        let mut r = Room::new(4, 10, Topology::P2p);
+        let mut r = room(4, 10);
         r.add(peer(1)).expect("room has space");
         let p = r.hold(&id(1), Held { audio: true, ..Held::default() }).expect("member");
         assert!(!p.audio);
@@ -354,16 +457,16 @@ mod tests {
         assert!(!r.member(&id(1)).expect("member").audio, "refused: nothing changed");
         // Other changes are still fine.
         assert!(r.set_media(&id(1), false, false, false).is_ok());
-        r.settings.allow_unmute = true;
+        r.set_flags(|s| s.allow_unmute = true);
         assert!(r.set_media(&id(1), true, false, false).expect("allowed now").expect("member").audio);
         // Unmuting cleared the hold.
-        r.settings.allow_unmute = false;
+        r.set_flags(|s| s.allow_unmute = false);
         assert!(r.set_media(&id(1), true, true, false).is_ok());
     }
 
     #[test]
     fn the_host_role_passes_to_the_earliest_cohost_then_the_earliest_member() {
-        let mut r = Room::new(4, 10, Topology::P2p);
+        let mut r = room(4, 10);
         for n in 1..=3 {
             r.add(peer(n)).expect("room has space");
         }
@@ -380,18 +483,66 @@ mod tests {
 
     #[test]
     fn passwords_and_bans() {
-        let mut r = Room::new(4, 10, Topology::P2p);
-        assert_eq!(r.password_matches(None), Ok(()));
-        r.set_password(Some("sesame".into()));
-        assert!(r.settings.has_password);
-        assert_eq!(r.password_matches(None), Err(huddle_protocol::ErrorCode::PasswordRequired));
-        assert_eq!(r.password_matches(Some("")), Err(huddle_protocol::ErrorCode::PasswordRequired));
-        assert_eq!(r.password_matches(Some("sesam")), Err(huddle_protocol::ErrorCode::WrongPassword));
-        assert_eq!(r.password_matches(Some("sesame")), Ok(()));
+        let mut r = room(4, 10);
+        assert!(r.password().is_none());
+        let (instance, gen) = (r.invite_key().0.to_string(), r.invite_key().1);
+        r.set_password(Some(PasswordHash::new("sesame")));
+        assert!(r.settings().has_password);
+        let (hash, pgen) = r.password().expect("set");
+        assert!(hash.verify("sesame") && !hash.verify("sesam"));
+        assert_ne!(r.invite_key(), (instance.as_str(), gen), "a new password voids the invites");
         r.set_password(None);
-        assert_eq!(r.password_matches(Some("x")), Ok(()));
+        assert!(r.password().is_none() && !r.settings().has_password);
+        assert_ne!(r.password_gen(), pgen);
+        let gen = r.invite_key().1;
+        r.revoke_invites();
+        assert_ne!(r.invite_key().1, gen);
+        assert_eq!(r.instance(), instance, "the same opening of the room");
         r.ban(&["ip:10.0.0.1".into()]);
         assert!(r.is_banned(&["sub:x".into(), "ip:10.0.0.1".into()]));
         assert!(!r.is_banned(&["ip:10.0.0.2".into()]));
+    }
+
+    #[test]
+    fn only_an_unprotected_room_is_listed() {
+        let mut r = room(4, 10);
+        assert!(r.is_listed(), "listed when it opens");
+        r.set_flags(|s| s.waiting_room = true);
+        assert!(!r.is_listed());
+        r.set_flags(|s| {
+            s.waiting_room = false;
+            s.listed = true;
+        });
+        assert!(r.is_listed());
+        r.set_password(Some(PasswordHash::new("pw")));
+        assert!(!r.is_listed());
+        r.set_flags(|s| {
+            s.listed = true;
+            s.has_password = false;
+        });
+        assert!(!r.is_listed() && r.settings().has_password, "a password keeps it off the list");
+        r.set_password(None);
+        r.set_flags(|s| s.locked = true);
+        assert!(!r.is_listed());
+    }
+
+    #[test]
+    fn chat_history_is_bounded_by_count_and_bytes() {
+        let mut r = room(4, 100);
+        r.add(peer(1)).expect("room has space");
+        let big = "가".repeat(2000); // 6000 bytes
+        for _ in 0..20 {
+            r.post_chat(&id(1), &big, 1).expect("member");
+        }
+        let kept = r.chat_history();
+        assert_eq!(kept.len(), CHAT_HISTORY_BYTES / (6000 + 2));
+        assert!(kept.iter().map(chat_bytes).sum::<usize>() <= CHAT_HISTORY_BYTES);
+        assert_eq!(kept.last().map(|m| m.id), Some(20), "the newest are kept");
+        let mut small = room(4, 3);
+        small.add(peer(1)).expect("room has space");
+        for _ in 0..5 {
+            small.post_chat(&id(1), "hi", 1);
+        }
+        assert_eq!(small.chat_history().len(), 3);
     }
 }

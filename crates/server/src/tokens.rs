@@ -6,7 +6,9 @@
 //! since the Unix epoch, required), optional `nbf`, `name` (the display name the bearer gets),
 //! `role` (`host`, `cohost` or `participant`) and `sub` (an identity, for bans). Invite tokens
 //! carry `inv: true`, and only the server's own key makes them: an operator key's token never
-//! counts as an invite, and an invite never grants a role or a name.
+//! counts as an invite, and an invite never grants a role or a name. An invite also names the
+//! opening of the room it was made in (`rid`) and the room's invite generation (`gen`): the hub
+//! refuses it for a later room of the same name, after a password change and after a revoke.
 //!
 //! The algorithm in the header must match a configured key: `none` and everything else is
 //! refused, and HS256 is never tried against the Ed25519 key (no algorithm confusion).
@@ -32,6 +34,8 @@ pub struct Grant {
     pub role: Option<Role>,
     pub name: Option<String>,
     pub sub: Option<String>,
+    /// An invite's room instance and invite generation (see [`crate::room::Room::invite_key`]).
+    pub invite_for: Option<(String, u32)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,6 +57,12 @@ struct Claims {
     sub: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     inv: bool,
+    /// Invites: the room instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rid: Option<String>,
+    /// Invites: the room's invite generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gen: Option<u32>,
 }
 
 pub struct Tokens {
@@ -76,9 +86,20 @@ impl Tokens {
         self.own = hmac::Key::new(hmac::HMAC_SHA256, key);
     }
 
-    /// An invite token for `room`, valid until `exp` (seconds since the epoch).
-    pub fn invite(&self, room: &str, exp: u64) -> String {
-        let claims = Claims { room: room.to_string(), exp, nbf: None, name: None, role: None, sub: None, inv: true };
+    /// An invite token for `room` (its instance `rid`, invite generation `gen`), valid until
+    /// `exp` (seconds since the epoch).
+    pub fn invite(&self, room: &str, rid: &str, gen: u32, exp: u64) -> String {
+        let claims = Claims {
+            room: room.to_string(),
+            exp,
+            nbf: None,
+            name: None,
+            role: None,
+            sub: None,
+            inv: true,
+            rid: Some(rid.to_string()),
+            gen: Some(gen),
+        };
         sign_hs256(&self.own, &claims)
     }
 
@@ -130,6 +151,8 @@ impl Tokens {
             role: if invite { None } else { claims.role },
             name: if invite { None } else { claims.name },
             sub: if invite { None } else { claims.sub.map(|s| s.chars().take(128).collect()) },
+            // An invite of an older version names no instance: it opens nothing.
+            invite_for: invite.then(|| (claims.rid.unwrap_or_default(), claims.gen.unwrap_or_default())),
         })
     }
 }
@@ -187,8 +210,9 @@ pub mod tests {
     #[test]
     fn invites_are_for_one_room_until_they_expire() {
         let t = Tokens::new(None, None);
-        let inv = t.invite("standup", 1000);
+        let inv = t.invite("standup", "abc", 3, 1000);
         assert_eq!(t.verify(&inv, "standup", 900).map(|g| g.invite), Ok(true));
+        assert_eq!(t.verify(&inv, "standup", 900).map(|g| g.invite_for), Ok(Some(("abc".into(), 3))));
         assert_eq!(t.verify(&inv, "other", 900), Err(ErrorCode::InvalidToken));
         assert_eq!(t.verify(&inv, "standup", 1000 + LEEWAY_SECS + 1), Err(ErrorCode::TokenExpired));
         // Another server's (or the previous run's) invite is not ours.
@@ -207,7 +231,8 @@ pub mod tests {
                 operator: true,
                 role: Some(Role::Host),
                 name: Some("Dana".into()),
-                sub: Some("u-7".into())
+                sub: Some("u-7".into()),
+                invite_for: None,
             }
         );
         // Wrong key, tampered claims, posing as an invite, not yet valid.

@@ -12,7 +12,13 @@ use huddle_server::Config;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn settings(waiting_room: Option<bool>, password: Option<&str>) -> ClientMsg {
-    ClientMsg::Settings { locked: None, waiting_room, allow_unmute: None, password: password.map(str::to_string) }
+    ClientMsg::Settings {
+        locked: None,
+        waiting_room,
+        allow_unmute: None,
+        password: password.map(str::to_string),
+        listed: None,
+    }
 }
 
 /// Joins `room` with a password and/or token; returns the answer.

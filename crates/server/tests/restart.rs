@@ -54,6 +54,9 @@ impl Session {
     }
 }
 
+/// The room's password: distinctive, so that finding it in the sessions file means it was kept.
+const PASSWORD: &str = "correct horse battery";
+
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("huddle-restart-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -83,8 +86,13 @@ async fn a_restart_hands_every_session_back_with_its_room_role_password_and_miss
     b.send(&join("r", "Bob")).await;
     assert!(matches!(b.recv().await, ServerMsg::Joined { .. }));
     assert!(matches!(a.recv().await, ServerMsg::PeerJoined { .. }));
-    let lock =
-        ClientMsg::Settings { locked: None, waiting_room: None, allow_unmute: None, password: Some("pw".into()) };
+    let lock = ClientMsg::Settings {
+        locked: None,
+        waiting_room: None,
+        allow_unmute: None,
+        password: Some(PASSWORD.into()),
+        listed: None,
+    };
     a.send(&lock).await;
     assert!(matches!(a.recv().await, ServerMsg::RoomSettings { .. }));
     assert!(matches!(b.recv().await, ServerMsg::RoomSettings { .. }));
@@ -104,6 +112,10 @@ async fn a_restart_hands_every_session_back_with_its_room_role_password_and_miss
     stopping.await.expect("shut down");
     let saved = std::fs::read_dir(&dir).expect("data dir").flatten().map(|e| e.file_name()).collect::<Vec<_>>();
     assert!(saved.iter().any(|n| n.to_string_lossy() == format!("sessions-{}.json", addr.port())), "{saved:?}");
+    // The room's password is not in the file (a salted hash is), nor in the server's memory.
+    let file = std::fs::read(dir.join(format!("sessions-{}.json", addr.port()))).expect("the sessions file");
+    let clear = file.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes());
+    assert!(!clear, "the sessions file holds the room password in clear");
 
     // The next start on the same port: both pages take their sessions back.
     let server = TestServer::start_on(config(&dir), addr).await;
