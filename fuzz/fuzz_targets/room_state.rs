@@ -65,7 +65,7 @@ const MIMES: &[&str] = &["", "text/plain", "a\u{0}b"];
 const SDPS: &[&str] = &["v=0\r\n", "", "garbage"];
 
 /// The number of `ClientMsg` variants `client_msg` generates; `covered` must agree.
-const CLIENT_MSG_VARIANTS: u32 = 20;
+const CLIENT_MSG_VARIANTS: u32 = 21;
 
 const EMOJI_JUNK: &[&str] = &["", "x", "👍👍", "🤮"];
 const PASSWORDS: &[&str] = &["secret", "wrong", ""];
@@ -132,7 +132,15 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbi
         16 => ClientMsg::AdmitAll,
         17 => ClientMsg::EndMeeting,
         18 => ClientMsg::Ping,
-        _ => ClientMsg::Invite { ttl_secs: *u.choose(&[None, Some(0), Some(60), Some(u32::MAX)])? },
+        19 => ClientMsg::Invite { ttl_secs: *u.choose(&[None, Some(0), Some(60), Some(u32::MAX)])? },
+        _ => ClientMsg::RelayCheck {
+            room: u.arbitrary::<bool>()?.then(|| "r".to_string()),
+            token: match u.int_in_range(0..=2)? {
+                0 => None,
+                1 => Some("junk.token.here".to_string()),
+                _ => u.choose(tokens).ok().cloned(),
+            },
+        },
     };
     assert_eq!(covered(&msg), pick, "client_msg and covered number the variants alike");
     Ok(msg)
@@ -162,6 +170,7 @@ fn covered(m: &ClientMsg) -> u32 {
         ClientMsg::EndMeeting => 17,
         ClientMsg::Ping => 18,
         ClientMsg::Invite { .. } => 19,
+        ClientMsg::RelayCheck { .. } => 20,
     }
 }
 
@@ -407,6 +416,9 @@ impl Client {
                 self.tokens.push(token.clone());
             }
             ServerMsg::Pong => {}
+            // Relay credentials: renewals only in a room; a check's anywhere.
+            ServerMsg::IceServers { .. } => in_room("ice_servers"),
+            ServerMsg::CheckIceServers { .. } => {}
             ServerMsg::Bye { reason } => {
                 assert!(w.shutdown && *reason == ByeReason::ServerShutdown, "{me}: bye {reason:?}");
                 self.said_bye = true;

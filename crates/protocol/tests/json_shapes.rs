@@ -67,6 +67,8 @@ fn every_documented_example_round_trips() {
         "reaction",
         "invite_token",
         "pong",
+        "ice_servers",
+        "check_ice_servers",
     ]
     .iter()
     .map(|s| s.to_string())
