@@ -116,12 +116,16 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'admit', peer:PeerId}|{type:'deny', peer:PeerId}|{type:'admit_all'}|{type:'end_meeting'}} WaitingRoomMsg
  * @typedef {{type:'invite', ttlSecs?:number}} InviteMsg
  * @typedef {{type:'ping'}} PingMsg
+ * A relay credential for the connectivity check (with a token outside a room when the server
+ * admits only token holders): answered by `check_ice_servers`.
+ * @typedef {{type:'relay_check', room?:string, token?:string}} RelayCheckMsg
  * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg
- *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg} ClientMsg
+ *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg|RelayCheckMsg} ClientMsg
  */
 
 // ---- server → client ----
 /**
+ * `welcome.iceServers` is always empty (relay credentials come with `joined`).
  * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', resume:string, resumeGraceSecs:number, resumed?:boolean, received?:number}} WelcomeMsg
  * @typedef {{type:'rooms', rooms:RoomSummary[]}} RoomsMsg
  * @typedef {'p2p'|'sfu'} Topology
@@ -135,6 +139,10 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'reaction', from:PeerId, emoji:string}} ReactionMsg
  * @typedef {{type:'invite_token', token:string, expires:number}} InviteTokenMsg
  * @typedef {{type:'pong'}} PongMsg
+ * In a room: fresh credentials for the ICE servers (apply with `setConfiguration`).
+ * @typedef {{type:'ice_servers', iceServers:IceServer[]}} IceServersMsg
+ * Answer to `relay_check`: a credential that allocates a relay (the test) and relays nothing.
+ * @typedef {{type:'check_ice_servers', iceServers:IceServer[]}} CheckIceServersMsg
  * @typedef {{type:'topology', topology:Topology}} TopologyMsg
  * @typedef {{type:'active_speaker', peer:PeerId}} ActiveSpeakerMsg
  * @typedef {{type:'file_upload', id:string, url:string}} FileUploadMsg
@@ -150,7 +158,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'bye', reason:ByeReason}} ByeMsg
  * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
  *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg|WaitingMsg|WaitingListMsg|SettingsChangedMsg
- *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|PongMsg} ServerMsg
+ *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|PongMsg|IceServersMsg|CheckIceServersMsg} ServerMsg
  */
 
 /** Default limits, used until `welcome` arrives. @type {Limits} */
@@ -401,6 +409,17 @@ export class SignalingClient {
   deny(peer) { return this.send({ type: 'deny', peer }); }
   admitAll() { return this.send({ type: 'admit_all' }); }
   endMeeting() { return this.send({ type: 'end_meeting' }); }
+  /**
+   * Asks for the connectivity check's relay credential (`check_ice_servers`, or an `error` with
+   * `request: 'relay_check'`).
+   * @param {{room?: string, token?: string}} [auth] outside a room on a server that requires tokens
+   */
+  relayCheck(auth = {}) {
+    /** @type {RelayCheckMsg} */
+    const msg = { type: 'relay_check' };
+    if (auth.token) { msg.token = auth.token; if (auth.room) msg.room = auth.room; }
+    return this.send(msg);
+  }
   /** @param {number} [ttlSecs] */
   invite(ttlSecs) { return this.send(ttlSecs ? { type: 'invite', ttlSecs } : { type: 'invite' }); }
 }
