@@ -129,9 +129,10 @@ sc.step('with nothing blocked, every step of the check is ok (pre-join and /chec
   assert.ok(spki, `no pinnable key in the banner:\n${sc.server.output()}`);
   const p = await browserAt(0, 'open-home0');
   const got = await prejoinCheck(p);
-  const servers = await p.page.evaluate(() => window.__huddle.sig.iceServers);
+  // The servers the check tested (its own relay credential: `welcome` carries none).
+  const servers = await p.page.evaluate(async () => (await import('/js/check.js')).lastServers());
   turnPort = Number(/^turn:[^?]+:(\d+)\?transport=udp$/.exec(servers.flatMap((s) => s.urls).find((u) => /^turn:.*transport=udp$/.test(u)) ?? '')?.[1]);
-  assert.ok(turnPort > 0 && turnPort !== sc.server.port, `the TURN port from welcome: ${JSON.stringify(servers)}`);
+  assert.ok(turnPort > 0 && turnPort !== sc.server.port, `the TURN port the check tested: ${JSON.stringify(servers)}`);
   assert.equal(got.verdict, 'ready', JSON.stringify(got));
   assert.deepEqual(got.steps, { ws: 'ok', udp: 'ok', tcp: 'ok', turn: 'ok' });
   assert.equal(got.summary, EN.ready);
@@ -213,7 +214,7 @@ sc.step('a relay that refuses the credentials is told apart from a blocked netwo
   const got = await p.page.evaluate(async () => {
     const m = await import('/js/check.js');
     const i18n = await import('/js/i18n.js');
-    const spoilt = window.__huddle.sig.iceServers.map((s) => ({ ...s, credential: `x${s.credential}` }));
+    const spoilt = m.lastServers().map((s) => ({ ...s, credential: `x${s.credential}` }));
     const r = await m.runCheck(spoilt);
     const s = m.summaryOf(r);
     return { ...r, sentence: i18n.t(s.key, s.vars) };
@@ -285,6 +286,44 @@ sc.step('in an sfu room, a home that blocks UDP and TCP to the TURN port is told
     await sfuServer.stop();
   }
 }, { timeout: 90_000 });
+
+sc.step('a server that admits only token holders lets only them test its relay: /check says so, a token\'s pre-join check runs', async (t) => {
+  if (skip) return t.skip(skip);
+  gone.push(...sc.participants);
+  await sc.closeAll();
+  const secret = crypto.randomBytes(32).toString('hex');
+  const closed = await startServer({ args: ['--require-token', 'true', '--token-secret', secret] });
+  try {
+    const p = await launchParticipant({ who: 'restricted' });
+    sc.participants.push(p);
+    assert.equal((await p.page.goto(`${closed.url}/check`, { waitUntil: 'domcontentloaded' }))?.status(), 200);
+    const got = await finishedCheck(p.page, '#check-result');
+    assert.equal(got.verdict, 'restricted', JSON.stringify(got));
+    assert.deepEqual(got.steps, { ws: 'ok', turn: 'restricted' });
+    assert.equal(got.summary, 'On this server only invited people can check their connection for calls: open your invitation link, and the check runs before you join.');
+    await shot(p.page, 'check-restricted-en.png');
+    await p.page.setViewportSize(PHONE);
+    await shot(p.page, 'check-restricted-en-phone.png');
+    await p.page.locator('#lang-select').selectOption('ko');
+    await p.page.waitForFunction(() => document.querySelector('#check-result .check-summary')?.textContent?.trim() === '이 서버에서는 초대받은 사람만 통화 연결을 점검할 수 있습니다. 받은 초대 링크를 열면 참가하기 전에 점검합니다.', null, { timeout: T.ui });
+    await shot(p.page, 'check-restricted-ko-phone.png');
+    await p.page.setViewportSize({ width: 1280, height: 800 });
+    await shot(p.page, 'check-restricted-ko.png');
+    // With a token for the room, the pre-join check tests the relay (on loopback: ready).
+    const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+    const signed = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ room: 'standup', exp: Math.floor(Date.now() / 1000) + 600 })}`;
+    const token = `${signed}.${crypto.createHmac('sha256', secret).update(signed).digest('base64url')}`;
+    const q = await launchParticipant({ who: 'restricted-token' });
+    sc.participants.push(q);
+    await q.page.goto(`${closed.url}/r/standup#token=${token}`, { waitUntil: 'domcontentloaded' });
+    await q.page.waitForSelector('body[data-view="prejoin"]', { state: 'attached', timeout: T.navigation });
+    const pre = await finishedCheck(q.page, '#prejoin-check');
+    assert.equal(pre.verdict, 'ready', JSON.stringify(pre));
+  } finally {
+    writeLogs('check-restricted', [], closed);
+    await closed.stop();
+  }
+}, { timeout: 60_000 });
 
 sc.step('a server without a relay (--turn false) says calls need networks that reach each other; a server gone, that it cannot be reached', async (t) => {
   if (skip) return t.skip(skip);

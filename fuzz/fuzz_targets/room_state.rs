@@ -65,7 +65,7 @@ const MIMES: &[&str] = &["", "text/plain", "a\u{0}b"];
 const SDPS: &[&str] = &["v=0\r\n", "", "garbage"];
 
 /// The number of `ClientMsg` variants `client_msg` generates; `covered` must agree.
-const CLIENT_MSG_VARIANTS: u32 = 21;
+const CLIENT_MSG_VARIANTS: u32 = 22;
 
 const EMOJI_JUNK: &[&str] = &["", "x", "👍👍", "🤮"];
 const PASSWORDS: &[&str] = &["secret", "wrong", ""];
@@ -133,8 +133,16 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbi
         16 => ClientMsg::AdmitAll,
         17 => ClientMsg::EndMeeting,
         18 => ClientMsg::Ping,
+        19 => ClientMsg::Invite { ttl_secs: *u.choose(&[None, Some(0), Some(60), Some(u32::MAX)])? },
         20 => ClientMsg::RevokeInvites,
-        _ => ClientMsg::Invite { ttl_secs: *u.choose(&[None, Some(0), Some(60), Some(u32::MAX)])? },
+        _ => ClientMsg::RelayCheck {
+            room: u.arbitrary::<bool>()?.then(|| "r".to_string()),
+            token: match u.int_in_range(0..=2)? {
+                0 => None,
+                1 => Some("junk.token.here".to_string()),
+                _ => u.choose(tokens).ok().cloned(),
+            },
+        },
     };
     assert_eq!(covered(&msg), pick, "client_msg and covered number the variants alike");
     Ok(msg)
@@ -165,6 +173,7 @@ fn covered(m: &ClientMsg) -> u32 {
         ClientMsg::Ping => 18,
         ClientMsg::Invite { .. } => 19,
         ClientMsg::RevokeInvites => 20,
+        ClientMsg::RelayCheck { .. } => 21,
     }
 }
 
@@ -424,6 +433,9 @@ impl Client {
                 self.tokens.push(token.clone());
             }
             ServerMsg::Pong => {}
+            // Relay credentials: renewals only in a room; a check's anywhere.
+            ServerMsg::IceServers { .. } => in_room("ice_servers"),
+            ServerMsg::CheckIceServers { .. } => {}
             ServerMsg::Bye { reason } => {
                 assert!(w.shutdown && *reason == ByeReason::ServerShutdown, "{me}: bye {reason:?}");
                 self.said_bye = true;
@@ -784,7 +796,11 @@ impl Run {
                 let cmd = match u.int_in_range(0..=2)? {
                     0 => FileCommand::BeginUpload { id, key, reply: oneshot::channel().0 },
                     1 => FileCommand::EndUpload { id, ok: u.arbitrary()? },
-                    _ => FileCommand::Download { id, reply: oneshot::channel().0 },
+                    _ => FileCommand::Download {
+                        id,
+                        ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, u.int_in_range(1..=3)?)),
+                        reply: oneshot::channel().0,
+                    },
                 };
                 self.handle(Command::Files(cmd));
             }

@@ -365,7 +365,9 @@ function wireSignalling() {
   sig.on('file_upload', (m) => call.onFileUpload(m));
   sig.on('file', (m) => call.onSharedFile(m));
   sig.on('chat', (m) => call.onChat(m.message));
+  sig.on('ice_servers', (m) => call.onIceServers(m));
   sig.on('error', (m) => {
+    if (m.request === 'relay_check') return; // the connectivity check says it (check.js)
     if (m.request === 'watch_rooms') {
       if (m.code !== 'token_required') return;
       // No list for this page: the landing page says why instead.
@@ -457,6 +459,8 @@ function wireControls() {
     if (S.view === 'check') setView('check'); // the title
   });
   check.onCheckChange(renderChecks);
+  // Outside a room, a server that admits only token holders lets only them test its relay.
+  check.setCheckAuth(() => ({ room: S.room, token: host.joinAuth().token }));
   $('#check-again').addEventListener('click', () => { check.startCheck({ force: true }); });
   // Links to /check inside the page open the check view without a reload; its Back returns.
   for (const a of document.querySelectorAll('a[href="/check"]')) {

@@ -1,7 +1,7 @@
 // The room: peers and their connections, tiles, the control bar, chat, files, panels.
 import { t } from './i18n.js';
 import { sig, media, S, errorVars, setSfuPcGetter } from './core.js';
-import { PeerLink } from './peer.js';
+import { PeerLink, setIceServers } from './peer.js';
 import { SfuLink } from './sfu.js';
 import { SFU_PEER_ID } from './protocol.js';
 import { LevelMeter } from './media.js';
@@ -465,6 +465,18 @@ export function enterCall(msg) {
   updateUnread();
   relayout();
   quality.start();
+}
+
+/**
+ * Fresh relay credentials (`ice_servers`, before the last ones expire): for every connection
+ * open now and every one made later.
+ * @param {import('./protocol.js').IceServersMsg} msg
+ */
+export function onIceServers(msg) {
+  if (!S.inRoom || !Array.isArray(msg.iceServers)) return;
+  S.iceServers = msg.iceServers;
+  for (const rec of S.peers.values()) if (rec.link) setIceServers(rec.link.pc, S.iceServers);
+  if (sfu) setIceServers(sfu.pc, S.iceServers);
 }
 
 /** Closes every connection and clears the room view (local media stays as it is). */

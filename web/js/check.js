@@ -2,7 +2,9 @@
 // a call can take to huddle's TURN server — UDP, TCP (and TLS when offered) — by asking for a relay
 // allocation over it (an RTCPeerConnection with only that TURN URL and iceTransportPolicy
 // `relay`), and sums it up in one sentence. (A STUN "srflx" answer is no UDP test: Chromium drops
-// a server-reflexive candidate equal to a host candidate, as on a LAN; an allocation is.)
+// a server-reflexive candidate equal to a host candidate, as on a LAN; an allocation is.) Before
+// joining it tests with a credential of its own, asked for with `relay_check` (it allocates, which
+// is the test, and relays nothing); in a call, with the call's.
 import { t } from './i18n.js';
 import { icon } from './ui.js';
 import { sig, S } from './core.js';
@@ -11,14 +13,15 @@ import { sig, S } from './core.js';
  * What a step found: `ok`; `blocked` (no answer: the network drops it); `refused` (the relay
  * answered but refused the allocation); `none` (nothing to test: the server offers no such relay);
  * `untested` (could not be tried because nothing reached the relay); `failed` (the WebSocket);
- * `running`.
- * @typedef {'ok'|'blocked'|'refused'|'none'|'untested'|'failed'|'running'} StepResult
+ * `restricted` (the server lets only people with a token test its relay); `running`.
+ * @typedef {'ok'|'blocked'|'refused'|'none'|'untested'|'failed'|'restricted'|'running'} StepResult
  */
 
 /**
  * The sum of the steps: `ready` (UDP works), `tcp_only`, `tls_only`, `blocked`, `refused`,
- * `no_relay`, `ws_failed`, `unsupported` (no WebRTC in this browser), `running`.
- * @typedef {'ready'|'tcp_only'|'tls_only'|'blocked'|'refused'|'no_relay'|'ws_failed'|'unsupported'|'running'} Verdict
+ * `no_relay`, `restricted` (only invited people may test the relay), `ws_failed`, `unsupported`
+ * (no WebRTC in this browser), `running`.
+ * @typedef {'ready'|'tcp_only'|'tls_only'|'blocked'|'refused'|'no_relay'|'restricted'|'ws_failed'|'unsupported'|'running'} Verdict
  */
 
 /**
@@ -39,6 +42,8 @@ import { sig, S } from './core.js';
 export const PROBE_TIMEOUT_MS = 5000;
 /** A result younger than this is reused for a call's diagnosis instead of checking again. */
 const FRESH_MS = 120_000;
+/** How long the server may take to hand out the check's credential. */
+const ASK_TIMEOUT_MS = 5000;
 /** Step order on screen. */
 export const STEPS = /** @type {const} */ (['ws', 'udp', 'tcp', 'tls', 'turn']);
 
@@ -127,6 +132,7 @@ export function verdictOf(r) {
   if (r.ws === 'failed') return 'ws_failed';
   if ([r.ws, r.udp, r.tcp, r.tls].includes('running')) return 'running';
   if (r.turn === 'none') return 'no_relay';
+  if (r.turn === 'restricted') return 'restricted';
   if (r.turn === 'refused') return 'refused';
   if (r.udp === 'ok') return 'ready';
   if (r.tcp === 'ok') return 'tcp_only';
@@ -185,19 +191,64 @@ let partial = null;
 let running = null;
 /** @type {Set<() => void>} */
 const listeners = new Set();
+/** @type {import('./protocol.js').IceServer[]} the ICE servers the last check tested */
+let tested = [];
+/** What a `relay_check` carries outside a room (the room and token a join would). */
+let checkAuth = () => /** @type {{room?: string, token?: string}} */ ({});
 
 /** What to show now: the check under way, else the last one, else null (never ran). */
 export function current() { return partial || last; }
 /** The last finished check (null: none yet). */
 export function lastResult() { return last; }
 
+/** The ICE servers the last check tested (its TURN port, for tests and diagnostics). */
+export function lastServers() { return tested; }
+
+/**
+ * Where a `relay_check` gets its room and token (a server that admits only token holders lets
+ * only them test its relay before joining). @param {() => {room?: string, token?: string}} fn
+ */
+export function setCheckAuth(fn) { checkAuth = fn; }
+
 /** Called whenever the shown result changes. @param {() => void} fn */
 export function onCheckChange(fn) { listeners.add(fn); return () => listeners.delete(fn); }
 function changed() { for (const fn of listeners) { try { fn(); } catch (e) { console.error('huddle: check listener failed', e); } } }
 
 /**
- * Runs the check (once at a time) with the ICE servers the server gave this page: `joined`'s in
- * a call, else `welcome`'s. Without a WebSocket it reports `ws_failed` at once.
+ * The ICE servers to test: the call's in a room, else a check credential asked for now
+ * (`relay_check`). `refused`: the server said no (an error code); null: no answer.
+ * @returns {Promise<{servers: import('./protocol.js').IceServer[]}|{refused: string}|null>}
+ */
+function serversToTest() {
+  if (S.inRoom && S.iceServers.length) return Promise.resolve({ servers: S.iceServers });
+  return new Promise((resolve) => {
+    /** @type {(() => void)[]} */
+    const offs = [];
+    /** @param {{servers: import('./protocol.js').IceServer[]}|{refused: string}|null} v */
+    const done = (v) => {
+      for (const off of offs) off();
+      clearTimeout(timer);
+      resolve(v);
+    };
+    const timer = setTimeout(() => done(null), ASK_TIMEOUT_MS);
+    offs.push(sig.on('check_ice_servers', (/** @type {import('./protocol.js').CheckIceServersMsg} */ m) => done({ servers: m.iceServers || [] })));
+    offs.push(sig.on('error', (/** @type {import('./protocol.js').ErrorMsg} */ m) => { if (m.request === 'relay_check') done({ refused: m.code }); }));
+    offs.push(sig.on('close', () => done(null)));
+    if (!sig.relayCheck(checkAuth())) done(null);
+  });
+}
+
+/** A check that could not reach the server. @returns {CheckResult} */
+function unreachable() {
+  return {
+    ws: 'failed', udp: 'untested', tcp: 'untested', tls: 'none', turn: 'untested', verdict: 'ws_failed',
+    port: 0, tlsPort: 0, errorCode: 0, at: Date.now(),
+  };
+}
+
+/**
+ * Runs the check (once at a time) with ICE servers from the server: `joined`'s in a call, else a
+ * check credential of its own. Without a WebSocket it reports `ws_failed` at once.
  * @param {{force?: boolean}} [opts] force: run again even if a recent result exists
  * @returns {Promise<CheckResult>}
  */
@@ -205,16 +256,26 @@ export function startCheck({ force = false } = {}) {
   if (running) return running;
   if (!force && last && last.verdict !== 'ws_failed' && Date.now() - last.at < FRESH_MS) return Promise.resolve(last);
   if (!sig.isOpen) {
-    last = {
-      ws: 'failed', udp: 'untested', tcp: 'untested', tls: 'none', turn: 'untested', verdict: 'ws_failed',
-      port: 0, tlsPort: 0, errorCode: 0, at: Date.now(),
-    };
+    last = unreachable();
     partial = null;
     changed();
     return Promise.resolve(last);
   }
-  const servers = S.inRoom && S.iceServers.length ? S.iceServers : sig.iceServers;
-  running = runCheck(servers, { onStep: (p) => { partial = p; changed(); } }).then((r) => {
+  running = serversToTest().then((got) => {
+    if (!got) return unreachable();
+    if ('refused' in got) {
+      // Only invited people may test this server's relay: nothing else to find out here.
+      tested = [];
+      /** @type {CheckResult} */
+      const r = {
+        ws: 'ok', udp: 'none', tcp: 'none', tls: 'none', turn: 'restricted', verdict: 'restricted',
+        port: 0, tlsPort: 0, errorCode: 0, at: Date.now(),
+      };
+      return r;
+    }
+    tested = got.servers;
+    return runCheck(got.servers, { onStep: (p) => { partial = p; changed(); } });
+  }).then((r) => {
     last = r;
     partial = null;
     running = null;
@@ -263,7 +324,7 @@ export function diagnosisOf(r, name) {
   switch (r.verdict) {
     case 'blocked': case 'refused': case 'no_relay': case 'unsupported':
       return { key: `diag.${who}.${r.verdict}`, vars };
-    case 'ws_failed': return { key: `diag.${who}.unknown`, vars };
+    case 'ws_failed': case 'restricted': return { key: `diag.${who}.unknown`, vars };
     default: return { key: `diag.${who}.elsewhere`, vars }; // our side works: the other side's network, then
   }
 }
@@ -294,12 +355,12 @@ export function statusIcon(tone) {
 
 /** @param {StepResult} res */
 function stepTone(res) {
-  return res === 'ok' ? 'ok' : res === 'running' ? 'running' : res === 'none' || res === 'untested' ? 'info' : 'bad';
+  return res === 'ok' ? 'ok' : res === 'running' ? 'running' : res === 'none' || res === 'untested' || res === 'restricted' ? 'info' : 'bad';
 }
 
 /** @param {Verdict} v */
 export function verdictTone(v) {
-  return v === 'ready' ? 'ok' : v === 'running' ? 'running' : v === 'tcp_only' || v === 'tls_only' || v === 'no_relay' ? 'warn' : 'bad';
+  return v === 'ready' ? 'ok' : v === 'running' ? 'running' : v === 'restricted' ? 'info' : v === 'tcp_only' || v === 'tls_only' || v === 'no_relay' ? 'warn' : 'bad';
 }
 
 /**

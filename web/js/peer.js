@@ -6,6 +6,25 @@
 /** @typedef {import('./protocol.js').IceServer} IceServer */
 
 /**
+ * New credentials for the same ICE servers (`ice_servers`): ICE uses them for what it gathers from
+ * now on (an ICE restart, a new relay); relays already made keep theirs, which the server honours
+ * while the session is in the room.
+ * @param {RTCPeerConnection} pc
+ * @param {IceServer[]} iceServers
+ */
+export function setIceServers(pc, iceServers) {
+  if (pc.signalingState === 'closed') return;
+  try {
+    // The same certificates would do, but leaving them out can never be a change.
+    const { certificates, ...config } = pc.getConfiguration();
+    void certificates;
+    pc.setConfiguration({ ...config, iceServers });
+  } catch (e) {
+    console.warn('huddle: could not apply new ICE servers', e);
+  }
+}
+
+/**
  * @typedef {Object} PeerLinkOptions
  * @property {string} selfId
  * @property {string} peerId

@@ -119,12 +119,16 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'invite', ttlSecs?:number}} InviteMsg
  * @typedef {{type:'ping'}} PingMsg
  * @typedef {{type:'revoke_invites'}} RevokeInvitesMsg
+ * A relay credential for the connectivity check (with a token outside a room when the server
+ * admits only token holders): answered by `check_ice_servers`.
+ * @typedef {{type:'relay_check', room?:string, token?:string}} RelayCheckMsg
  * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg
- *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg|RevokeInvitesMsg} ClientMsg
+ *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg|RevokeInvitesMsg|RelayCheckMsg} ClientMsg
  */
 
 // ---- server → client ----
 /**
+ * `welcome.iceServers` is always empty (relay credentials come with `joined`).
  * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', resume:string, resumeGraceSecs:number, resumed?:boolean, received?:number}} WelcomeMsg
  * @typedef {{type:'rooms', rooms:RoomSummary[]}} RoomsMsg
  * @typedef {'p2p'|'sfu'} Topology
@@ -140,6 +144,10 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'invites_revoked', by:PeerId}} InvitesRevokedMsg
  * @typedef {{type:'password_attempts', failed:number}} PasswordAttemptsMsg
  * @typedef {{type:'pong'}} PongMsg
+ * In a room: fresh credentials for the ICE servers (apply with `setConfiguration`).
+ * @typedef {{type:'ice_servers', iceServers:IceServer[]}} IceServersMsg
+ * Answer to `relay_check`: a credential that allocates a relay (the test) and relays nothing.
+ * @typedef {{type:'check_ice_servers', iceServers:IceServer[]}} CheckIceServersMsg
  * @typedef {{type:'topology', topology:Topology}} TopologyMsg
  * @typedef {{type:'active_speaker', peer:PeerId}} ActiveSpeakerMsg
  * @typedef {{type:'file_upload', id:string, url:string}} FileUploadMsg
@@ -155,7 +163,8 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'bye', reason:ByeReason}} ByeMsg
  * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
  *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg|WaitingMsg|WaitingListMsg|SettingsChangedMsg
- *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|InvitesRevokedMsg|PasswordAttemptsMsg|PongMsg} ServerMsg
+ *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|InvitesRevokedMsg|PasswordAttemptsMsg|PongMsg
+ *   |IceServersMsg|CheckIceServersMsg} ServerMsg
  */
 
 /** Default limits, used until `welcome` arrives. @type {Limits} */
@@ -471,6 +480,17 @@ export class SignalingClient {
   deny(peer) { return this.send({ type: 'deny', peer }); }
   admitAll() { return this.send({ type: 'admit_all' }); }
   endMeeting() { return this.send({ type: 'end_meeting' }); }
+  /**
+   * Asks for the connectivity check's relay credential (`check_ice_servers`, or an `error` with
+   * `request: 'relay_check'`).
+   * @param {{room?: string, token?: string}} [auth] outside a room on a server that requires tokens
+   */
+  relayCheck(auth = {}) {
+    /** @type {RelayCheckMsg} */
+    const msg = { type: 'relay_check' };
+    if (auth.token) { msg.token = auth.token; if (auth.room) msg.room = auth.room; }
+    return this.send(msg);
+  }
   /** @param {number} [ttlSecs] */
   invite(ttlSecs) { return this.send(ttlSecs ? { type: 'invite', ttlSecs } : { type: 'invite' }); }
   revokeInvites() { return this.send({ type: 'revoke_invites' }); }

@@ -191,6 +191,12 @@ pub fn run(args: TurnArgs) -> anyhow::Result<()> {
         if !given("--turn-user-bandwidth") {
             server_args.extend(["--turn-user-bandwidth".into(), "0".into()]);
         }
+        // Every client is on 127.0.0.1: no per-address caps.
+        for flag in ["--turn-ip-users", "--turn-ip-allocations"] {
+            if !given(flag) {
+                server_args.extend([flag.into(), "0".into()]);
+            }
+        }
         server_args.extend(args.server_args.iter().map(OsString::from));
         let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
         pinned = server.pinned;

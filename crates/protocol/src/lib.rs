@@ -117,6 +117,15 @@ pub enum ClientMsg {
     EndMeeting,
     /// Asks for a `pong`: a page that has heard nothing for a while checks its connection is alive.
     Ping,
+    /// Ask for a relay credential for the connectivity check (answered by
+    /// [`ServerMsg::CheckIceServers`]): it allocates a relay, which is the test, and relays nothing.
+    /// With `--require-token`, outside a room, only with a token valid for `room`.
+    RelayCheck {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
     /// Hosts: ask for an invite token (answered by [`ServerMsg::InviteToken`]), for a link that lets
     /// its holder in without the password until it expires.
     #[serde(rename_all = "camelCase")]
@@ -221,6 +230,7 @@ impl ClientMsg {
         "invite",
         "ping",
         "revoke_invites",
+        "relay_check",
     ];
 
     /// The `type` tag of this message.
@@ -247,6 +257,7 @@ impl ClientMsg {
             ClientMsg::Invite { .. } => "invite",
             ClientMsg::Ping => "ping",
             ClientMsg::RevokeInvites => "revoke_invites",
+            ClientMsg::RelayCheck { .. } => "relay_check",
         }
     }
 }
@@ -302,9 +313,10 @@ pub enum ServerMsg {
         /// Server name and version, e.g. `huddle/0.1.0`.
         server: String,
         limits: Limits,
-        /// ICE servers for `RTCPeerConnection` (`RTCIceServer` dictionaries).
+        /// Always empty: ICE servers come with [`ServerMsg::Joined`] (relay credentials are for
+        /// people in a room). Kept so that older clients still parse `welcome`.
         ice_servers: Vec<IceServer>,
-        /// `relay`: use only the relay candidates of `ice_servers`. Absent means `all`.
+        /// `relay`: use only the relay candidates of the ICE servers. Absent means `all`.
         #[serde(default, skip_serializing_if = "IceTransportPolicy::is_all")]
         ice_transport_policy: IceTransportPolicy,
         /// This session's secret: after a dropped connection, reconnect to
@@ -336,7 +348,8 @@ pub enum ServerMsg {
         chat: Vec<ChatMessage>,
         /// How media flows in this room.
         topology: Topology,
-        /// ICE servers for this room's connections.
+        /// ICE servers for this room's connections, huddle's own TURN server with credentials of
+        /// this session (renewed by [`ServerMsg::IceServers`] before they expire).
         ice_servers: Vec<IceServer>,
         /// As in `welcome`.
         #[serde(default, skip_serializing_if = "IceTransportPolicy::is_all")]
@@ -370,6 +383,15 @@ pub enum ServerMsg {
     /// Hosts: `failed` wrong passwords were tried at the room (since the last such notice), and
     /// joins with the password are paused for a moment (see `too_many_attempts`).
     PasswordAttempts { failed: u32 },
+    /// In a room: fresh credentials for the same ICE servers, sent before the last ones expire
+    /// and after a resume. Apply them to every connection (`RTCPeerConnection.setConfiguration`)
+    /// and use them for new ones; relays already made keep working.
+    #[serde(rename_all = "camelCase")]
+    IceServers { ice_servers: Vec<IceServer> },
+    /// Answer to `relay_check`: huddle's TURN server with a short-lived credential that allocates
+    /// but relays nothing (empty: the server has no relay).
+    #[serde(rename_all = "camelCase")]
+    CheckIceServers { ice_servers: Vec<IceServer> },
     /// Answer to `ping`.
     Pong,
     /// Answer to `leave`.

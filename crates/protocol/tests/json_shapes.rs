@@ -69,6 +69,8 @@ fn every_documented_example_round_trips() {
         "invites_revoked",
         "password_attempts",
         "pong",
+        "ice_servers",
+        "check_ice_servers",
     ]
     .iter()
     .map(|s| s.to_string())

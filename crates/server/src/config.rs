@@ -102,11 +102,19 @@ pub struct Cli {
     /// TURN allocations one participant may hold at once [default: 64]
     #[arg(long, env = "HUDDLE_TURN_USER_QUOTA", value_name = "N")]
     pub turn_user_quota: Option<u32>,
+    /// Relay users (participants, checks) with TURN allocations from one client IP address at
+    /// once; 0: no limit [default: 64]
+    #[arg(long, env = "HUDDLE_TURN_IP_USERS", value_name = "N")]
+    pub turn_ip_users: Option<u32>,
+    /// TURN allocations clients at one IP address may hold together; 0: no limit [default: 1024]
+    #[arg(long, env = "HUDDLE_TURN_IP_ALLOCATIONS", value_name = "N")]
+    pub turn_ip_allocations: Option<u32>,
     /// Bits per second one participant may relay through TURN, both directions together; 0: no
     /// limit [default: 50000000]
     #[arg(long, env = "HUDDLE_TURN_USER_BANDWIDTH", value_name = "BITS")]
     pub turn_user_bandwidth: Option<u64>,
-    /// How long the TURN credentials handed to a page stay valid [default: 86400]
+    /// How long the TURN credentials handed to a participant stay valid for new relays; renewed
+    /// while they are in the room, and relays in use live as long as their session [default: 600]
     #[arg(long, env = "HUDDLE_TURN_CREDENTIAL_TTL_SECS", value_name = "SECS")]
     pub turn_credential_ttl_secs: Option<u64>,
     /// `relay` makes browsers use only TURN relays (hides their addresses from each other, and
@@ -260,6 +268,8 @@ struct FileConfig {
     turn_allow_peers: Option<Vec<String>>,
     turn_relay_ports: Option<String>,
     turn_user_quota: Option<u32>,
+    turn_ip_users: Option<u32>,
+    turn_ip_allocations: Option<u32>,
     turn_user_bandwidth: Option<u64>,
     turn_credential_ttl_secs: Option<u64>,
     ice_transport_policy: Option<IceTransportPolicy>,
@@ -408,8 +418,13 @@ pub struct Config {
     pub turn_allow_peers: Vec<huddle_turn::IpNet>,
     pub turn_relay_ports: (u16, u16),
     pub turn_user_quota: u32,
+    /// Relay users at one client IP address; 0: no limit.
+    pub turn_ip_users: u32,
+    /// Relay allocations at one client IP address; 0: no limit.
+    pub turn_ip_allocations: u32,
     /// Bits per second; 0: no limit.
     pub turn_user_bandwidth: u64,
+    /// For new relays; the hub renews them at half this.
     pub turn_credential_ttl: Duration,
     pub ice_transport_policy: IceTransportPolicy,
     pub token_secret: Option<String>,
@@ -478,8 +493,10 @@ impl Default for Config {
             turn_allow_peers: Vec::new(),
             turn_relay_ports: (49152, 65535),
             turn_user_quota: 64,
+            turn_ip_users: 64,
+            turn_ip_allocations: 1024,
             turn_user_bandwidth: 50_000_000,
-            turn_credential_ttl: Duration::from_secs(86_400),
+            turn_credential_ttl: Duration::from_secs(600),
             ice_transport_policy: IceTransportPolicy::All,
             token_secret: None,
             token_public_key: None,
@@ -667,6 +684,8 @@ impl Config {
             turn_allow_peers,
             turn_relay_ports,
             turn_user_quota: cli.turn_user_quota.or(file.turn_user_quota).unwrap_or(d.turn_user_quota),
+            turn_ip_users: cli.turn_ip_users.or(file.turn_ip_users).unwrap_or(d.turn_ip_users),
+            turn_ip_allocations: cli.turn_ip_allocations.or(file.turn_ip_allocations).unwrap_or(d.turn_ip_allocations),
             turn_user_bandwidth: cli.turn_user_bandwidth.or(file.turn_user_bandwidth).unwrap_or(d.turn_user_bandwidth),
             turn_credential_ttl: cli
                 .turn_credential_ttl_secs
@@ -800,8 +819,8 @@ impl Config {
         if self.turn_user_quota < 1 {
             return bad("turn_user_quota must be at least 1");
         }
-        if self.turn_credential_ttl < Duration::from_secs(60) {
-            return bad("turn_credential_ttl_secs must be at least 60");
+        if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&self.turn_credential_ttl) {
+            return bad("turn_credential_ttl_secs must be between 60 and 86400");
         }
         if self.token_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return bad("token_secret must be at least 32 bytes");
@@ -931,6 +950,8 @@ mod tests {
             Some(d.turn_relay_ports)
         );
         assert_eq!(file.turn_user_quota, Some(d.turn_user_quota));
+        assert_eq!(file.turn_ip_users, Some(d.turn_ip_users));
+        assert_eq!(file.turn_ip_allocations, Some(d.turn_ip_allocations));
         assert_eq!(file.turn_user_bandwidth, Some(d.turn_user_bandwidth));
         assert_eq!(file.turn_credential_ttl_secs, Some(d.turn_credential_ttl.as_secs()));
         assert_eq!(file.require_token, Some(d.require_token));
@@ -966,8 +987,15 @@ mod tests {
             "turn.example.org",
             "--ice-transport-policy",
             "relay",
+            "--turn-ip-users",
+            "8",
+            "--turn-ip-allocations",
+            "0",
+            "--turn-credential-ttl-secs",
+            "300",
         ]))
         .expect("valid");
+        assert_eq!((c.turn_ip_users, c.turn_ip_allocations, c.turn_credential_ttl.as_secs()), (8, 0, 300));
         assert_eq!(c.turn_port, Some(3479));
         assert_eq!(c.turn_allow_peers.len(), 2);
         assert!(c.turn_allow_peers[0].contains(&"10.9.8.7".parse().unwrap()));
@@ -981,6 +1009,8 @@ mod tests {
             &["--turn-host", "evil.org:80"],
             &["--turn-host", "a/b"],
             &["--turn-user-quota", "0"],
+            &["--turn-credential-ttl-secs", "59"],
+            &["--turn-credential-ttl-secs", "86401"],
             &["--turn", "false", "--ice-transport-policy", "relay"],
         ] {
             assert!(Config::from_cli(parse(bad)).is_err(), "{bad:?} must be refused");

@@ -15,7 +15,7 @@ use crate::media::{MediaCommand, MediaEvent};
 use crate::room::password::PasswordHash;
 use crate::room::{Held, Room, Waiter};
 use crate::tokens::Tokens;
-use crate::turn::TurnHandle;
+use crate::turn::{TurnCommand, TurnHandle};
 use crate::validate;
 use huddle_protocol::{
     ByeReason, ClientMsg, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role, RoomSummary,
@@ -160,6 +160,10 @@ struct SavedHub<R> {
     version: u32,
     /// Seconds since the epoch.
     saved_at: u64,
+    /// The highest connection number handed out: the next start numbers its peer ids above it,
+    /// so that no id (which bans and chat history name) goes to someone else.
+    #[serde(default)]
+    last_conn: u64,
     sessions: Vec<SavedSession>,
     rooms: Vec<(String, R)>,
 }
@@ -176,6 +180,9 @@ struct SavedSession {
     keys: Vec<String>,
     ip: IpAddr,
     host: Option<String>,
+    /// Its relay user, granted again by the next start (older files have none: a resume makes one).
+    #[serde(default)]
+    turn_user: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -225,6 +232,11 @@ struct Conn {
     ip: IpAddr,
     /// Its join waits for a password check ([`Job::Verify`]).
     checking: bool,
+    /// Its relay user (`s.<random>`) while it is in a room and huddle's TURN server runs: its
+    /// credentials allocate from entering the room to leaving it (see [`Hub::start_relay`]).
+    turn_user: Option<String>,
+    /// When its relay credentials are next renewed (`ice_servers`).
+    ice_renew: Option<Instant>,
 }
 
 impl Conn {
@@ -261,8 +273,11 @@ pub struct Hub {
     media: Option<mpsc::Sender<MediaCommand>>,
     /// Files shared through the server.
     files: FileStore,
-    /// The built-in TURN server, whose credentials every connection gets.
-    turn: Option<TurnHandle>,
+    /// The built-in TURN server, whose credentials every session in a room gets, and its task
+    /// (weak: it stops when its owner drops it), told whose credentials are live.
+    turn: Option<(TurnHandle, mpsc::WeakSender<TurnCommand>)>,
+    /// The highest connection number seen (saved for a restart, see [`SavedHub::last_conn`]).
+    last_conn: u64,
     tokens: Tokens,
     rng: aws_lc_rs::rand::SystemRandom,
     /// The sessions were saved for a restart ([`Hub::save_for_restart`]).
@@ -290,6 +305,7 @@ impl Hub {
             closing: false,
             stats: Stats::default(),
             turn: None,
+            last_conn: 0,
             rng: aws_lc_rs::rand::SystemRandom::new(),
             saved: false,
             jobs: None,
@@ -387,21 +403,75 @@ impl Hub {
         Err(ErrorCode::WrongPassword)
     }
 
-    /// Hands out credentials of the built-in TURN server with the ICE servers.
-    pub fn set_turn(&mut self, turn: TurnHandle) {
-        self.turn = Some(turn);
+    /// Hands out credentials of the built-in TURN server (whose task `commands` reaches) with the
+    /// ICE servers of everyone in a room.
+    pub fn set_turn(&mut self, turn: TurnHandle, commands: mpsc::WeakSender<TurnCommand>) {
+        self.turn = Some((turn, commands));
     }
 
-    /// The configured ICE servers, then the built-in STUN/TURN server with credentials for `id`.
+    /// The configured ICE servers, then the built-in STUN/TURN server with the credentials of
+    /// `id`'s relay user (if it has one: it is in a room).
     fn ice_servers(&self, id: &PeerId) -> Vec<IceServer> {
         let mut out = self.config.ice_servers.clone();
-        if let Some(turn) = &self.turn {
-            let host = self.conns.get(id).and_then(|c| c.host.as_deref());
-            let listen = self.config.listen.ip();
-            let fallback = if listen.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen };
-            out.push(turn.ice_servers(&id.0, host, fallback));
+        let conn = self.conns.get(id);
+        if let (Some((turn, _)), Some(user)) = (&self.turn, conn.and_then(|c| c.turn_user.as_deref())) {
+            out.push(turn.ice_servers(user, conn.and_then(|c| c.host.as_deref()), self.turn_fallback_host()));
         }
         out
+    }
+
+    /// Where pages reach the TURN server when their `Host` header named nothing usable.
+    fn turn_fallback_host(&self) -> IpAddr {
+        let listen = self.config.listen.ip();
+        if listen.is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            listen
+        }
+    }
+
+    fn tell_turn(&mut self, cmd: TurnCommand) {
+        let Some(tx) = self.turn.as_ref().and_then(|(_, tx)| tx.upgrade()) else { return };
+        if let Err(e) = tx.try_send(cmd) {
+            // Sized for every join and leave at once; a lost grant refuses that session the relay
+            // (401), a lost revocation leaves its relays until their lifetime or its next session.
+            warn!(cmd = ?e.into_inner(), "TURN command queue full; a command was dropped");
+        }
+    }
+
+    /// Gives `id` (entering a room) a relay user of its own, granted to the TURN server until it
+    /// leaves ([`Hub::end_relay`]), and the time to renew its credentials.
+    fn start_relay(&mut self, id: &PeerId) {
+        let Some((turn, _)) = &self.turn else { return };
+        let renew = Instant::now() + turn.credential_ttl / 2;
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        conn.ice_renew = Some(renew);
+        if conn.turn_user.is_some() {
+            return;
+        }
+        let user = crate::turn::session_user();
+        conn.turn_user = Some(user.clone());
+        self.tell_turn(TurnCommand::Grant { users: vec![user] });
+    }
+
+    /// `id` left its room: its relay credentials are dead and its relays close.
+    fn end_relay(&mut self, id: &PeerId) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        conn.ice_renew = None;
+        if let Some(user) = conn.turn_user.take() {
+            self.tell_turn(TurnCommand::Revoke { user });
+        }
+    }
+
+    /// Sends `id` fresh credentials for its ICE servers (`ice_servers`) and sets the next renewal.
+    fn renew_relay(&mut self, id: &PeerId, now: Instant) {
+        let Some((turn, _)) = &self.turn else { return };
+        let next = now + turn.credential_ttl / 2;
+        let ice_servers = self.ice_servers(id);
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.ice_renew = Some(next);
+        }
+        self.send(id, ServerMsg::IceServers { ice_servers });
     }
 
     /// A hub whose `sfu` rooms are served by the SFU task behind `media`.
@@ -469,7 +539,8 @@ impl Hub {
             id: id.clone(),
             server: concat!("huddle/", env!("CARGO_PKG_VERSION")).to_string(),
             limits: self.config.limits(),
-            ice_servers: self.ice_servers(id),
+            // Relay credentials are for people in a room: `joined` and `ice_servers` carry them.
+            ice_servers: Vec::new(),
             ice_transport_policy: self.config.ice_transport_policy,
             resume: self.conns.get(id).map(|c| c.secret.clone()).unwrap_or_default(),
             resume_grace_secs: self.config.resume_grace.as_secs() as u32,
@@ -496,6 +567,7 @@ impl Hub {
                 }
             }
         }
+        self.last_conn = self.last_conn.max(c.conn);
         let secret = self.new_secret();
         let id = c.id.clone();
         self.conns.insert(
@@ -515,6 +587,8 @@ impl Hub {
                 keys: Vec::new(),
                 ip: c.ip,
                 checking: false,
+                turn_user: None,
+                ice_renew: None,
             },
         );
         let _ = c.session.send(id.clone());
@@ -542,6 +616,7 @@ impl Hub {
     /// Attaches connection `c` to the existing session `c.resume.id`, replaying what it missed.
     fn resume(&mut self, c: Connect, missed: usize) {
         let Some(resume) = c.resume else { return };
+        self.last_conn = self.last_conn.max(c.conn);
         let id = resume.id;
         let welcome;
         {
@@ -573,6 +648,13 @@ impl Hub {
                 }
             }
         }
+        // A renewal that fell due while it was away (or it comes back from a restart, or from
+        // an older server without a relay user): current credentials, after what it missed.
+        let now = Instant::now();
+        if conn.room.is_some() && (conn.turn_user.is_none() || conn.ice_renew.is_none_or(|t| t <= now)) {
+            self.start_relay(&id);
+            self.renew_relay(&id, now);
+        }
     }
 
     /// The connection of `id` ended: a participant in a room keeps its place for the grace
@@ -595,9 +677,23 @@ impl Hub {
         self.disconnect(id, reason);
     }
 
-    /// Ends the sessions whose grace period is over.
+    /// Ends the sessions whose grace period is over, and renews the relay credentials that are
+    /// due (a session without a connection gets them when it resumes).
     pub fn expire(&mut self, now: Instant) {
         self.files.expire(now);
+        let due: Vec<PeerId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ice_renew.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            match self.conns.get_mut(&id) {
+                Some(c) if c.outbox.is_none() => c.ice_renew = None,
+                Some(_) => self.renew_relay(&id, now),
+                None => {}
+            }
+        }
         let expired: Vec<PeerId> = self
             .conns
             .iter()
@@ -611,9 +707,9 @@ impl Hub {
         self.evict_overflowed();
     }
 
-    /// When the next suspended session, file offer or upload expires.
+    /// When the next suspended session, file offer or upload expires, or relay credentials are due.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.conns.values().filter_map(|c| c.suspended).chain(self.files.next_deadline()).min()
+        self.conns.values().flat_map(|c| [c.suspended, c.ice_renew]).flatten().chain(self.files.next_deadline()).min()
     }
 
     /// Everything a restart needs to hand every in-room session back to its page: the rooms
@@ -643,11 +739,13 @@ impl Hub {
                     keys: c.keys.clone(),
                     ip: c.ip,
                     host: c.host.clone(),
+                    turn_user: c.turn_user.clone(),
                 })
             })
             .collect();
         let rooms = self.rooms.iter().map(|(name, r)| (name.to_string(), r)).collect();
-        let saved = SavedHub { version: SNAPSHOT_VERSION, saved_at: unix_secs(), sessions, rooms };
+        let saved =
+            SavedHub { version: SNAPSHOT_VERSION, saved_at: unix_secs(), last_conn: self.last_conn, sessions, rooms };
         // Plain data with string keys only: serialising it cannot fail.
         serde_json::to_vec(&saved).expect("the hub's saved state serialises")
     }
@@ -655,8 +753,8 @@ impl Hub {
     /// Takes back what [`Hub::save_for_restart`] kept (ignored if it is older than the grace
     /// period, or from another version): every session waits for its page to resume it, as
     /// after a lost connection, for the grace period from `now`. Members without a session, and
-    /// rooms left empty, are dropped. Returns the highest connection number the sessions' ids
-    /// use, so that new connections are numbered above it.
+    /// rooms left empty, are dropped. Returns the highest connection number the previous run
+    /// handed out, so that new connections are numbered above it (no peer id is reused).
     pub fn restore(&mut self, saved: &[u8], now: Instant) -> Result<u64, String> {
         let saved: SavedHub<Room> = serde_json::from_slice(saved).map_err(|e| e.to_string())?;
         let grace = self.config.resume_grace;
@@ -667,7 +765,7 @@ impl Hub {
         if grace.is_zero() || age > grace.as_secs() {
             return Err(format!("saved {age} s ago, longer than the grace period"));
         }
-        let SavedHub { sessions, rooms, .. } = saved;
+        let SavedHub { sessions, rooms, last_conn, .. } = saved;
         let sessions: HashMap<PeerId, SavedSession> = sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
         let mut highest = 0;
         for (name, mut room) in rooms {
@@ -703,18 +801,27 @@ impl Hub {
                     keys: s.keys.clone(),
                     ip: s.ip,
                     checking: false,
+                    turn_user: s.turn_user.clone(),
+                    // Renewed when it resumes (its page's may be as old as the restart is long).
+                    ice_renew: None,
                 };
                 self.conns.insert(peer.id.clone(), conn);
             }
             self.rooms.insert(name, room);
         }
         self.rooms_dirty = true;
+        // Their relay credentials work again (only theirs: nobody else's from before).
+        let users: Vec<String> = self.conns.values().filter_map(|c| c.turn_user.clone()).collect();
+        if !users.is_empty() {
+            self.tell_turn(TurnCommand::Grant { users });
+        }
+        self.last_conn = self.last_conn.max(last_conn).max(highest);
         info!(
             rooms = self.rooms.len(),
             sessions = self.conns.len(),
             "sessions kept over the restart wait for their pages"
         );
-        Ok(highest)
+        Ok(self.last_conn)
     }
 
     /// Uses `key` for invite links, so that links handed out survive a restart.
@@ -772,6 +879,7 @@ impl Hub {
                 self.send(id, ServerMsg::Pong);
                 Ok(())
             }
+            (ClientMsg::RelayCheck { room, token }, _) => self.relay_check(id, room.as_deref(), token.as_deref()),
             (ClientMsg::Leave, None) if waiting.is_some() => {
                 self.leave_waiting_room(id);
                 let room = waiting.map(|r| r.to_string()).unwrap_or_default();
@@ -972,6 +1080,28 @@ impl Hub {
         started
     }
 
+    /// A credential for the connectivity check: huddle's TURN server with a `c.` user that
+    /// allocates and relays nothing (an empty list without a TURN server). With
+    /// `--require-token`, outside a room, only for a token valid for `room`.
+    fn relay_check(&mut self, id: &PeerId, room: Option<&str>, token: Option<&str>) -> Result<(), ErrorCode> {
+        let in_room = self.conns.get(id).is_some_and(|c| c.room.is_some());
+        if self.config.require_token && !in_room {
+            let room =
+                room.and_then(|r| validate::label(r, self.config.max_room_chars)).ok_or(ErrorCode::TokenRequired)?;
+            let token = token.filter(|t| !t.is_empty()).ok_or(ErrorCode::TokenRequired)?;
+            self.tokens.verify(token, &room, unix_secs())?;
+        }
+        let ice_servers = match &self.turn {
+            Some((turn, _)) => {
+                let host = self.conns.get(id).and_then(|c| c.host.as_deref());
+                vec![turn.check_servers(host, self.turn_fallback_host())]
+            }
+            None => Vec::new(),
+        };
+        self.send(id, ServerMsg::CheckIceServers { ice_servers });
+        Ok(())
+    }
+
     /// Puts `id` in the waiting room of `room` and tells the hosts.
     fn knock(
         &mut self,
@@ -1020,11 +1150,13 @@ impl Hub {
 
     /// Adds `id` to `room` (which exists and has space) and tells everyone.
     fn enter(&mut self, id: &PeerId, room: &Arc<str>, name: String, audio: bool, video: bool, role: Role) {
+        self.start_relay(id);
         let ice_servers = self.ice_servers(id);
         let has_sfu = self.media.is_some();
         let Some(r) = self.rooms.get_mut(room) else { return };
         let me = Peer { id: id.clone(), name, audio, video, screen: false, role, hand: false };
         let Ok(peers) = r.add(me.clone()) else {
+            self.end_relay(id);
             self.send(id, ServerMsg::error(ErrorCode::RoomFull, Some("join")));
             return;
         };
@@ -1486,6 +1618,8 @@ impl Hub {
         let conn = self.conns.get_mut(id)?;
         let room = conn.room.take()?;
         conn.recent.clear();
+        // Before anyone is told: the relay is closed by the time they act on it.
+        self.end_relay(id);
         // Offers it never started uploading go with it.
         self.files.owner_left(id);
         let r = self.rooms.get_mut(&room)?;
@@ -1695,6 +1829,9 @@ impl Hub {
             }
             if conn.suspended.is_some() && (conn.outbox.is_some() || conn.room.is_none()) {
                 return Err(format!("{id} is suspended but has a connection or no room"));
+            }
+            if conn.room.is_none() && (conn.turn_user.is_some() || conn.ice_renew.is_some()) {
+                return Err(format!("{id} holds relay credentials outside a room"));
             }
             if conn.recent.len() > RESUME_BUFFER {
                 return Err(format!("{id} keeps {} messages for a resume", conn.recent.len()));
@@ -2426,7 +2563,7 @@ mod tests {
 
         let mut next = hub_with(|_| {});
         let now = Instant::now();
-        assert_eq!(next.restore(&saved, now), Ok(2), "new connections are numbered above p2");
+        assert_eq!(next.restore(&saved, now), Ok(3), "new connections are numbered above p3, the last handed out");
         next.check_invariants().expect("consistent after a restore");
         assert_eq!((next.stats().suspended, next.stats().participants, next.stats().connections), (2, 2, 2));
         // Alice comes back; Bob never does.
@@ -2443,6 +2580,92 @@ mod tests {
         // Something that is not a saved hub, or kept while resuming is off, is refused.
         assert!(hub_with(|_| {}).restore(b"{}", now).is_err());
         assert!(hub_with(|c| c.resume_grace = Duration::ZERO).restore(&saved, now).is_err());
+    }
+
+    /// A hub with huddle's TURN server, whose commands come out of the returned receiver (the
+    /// sender keeps the hub's weak one alive).
+    fn hub_with_turn(f: impl FnOnce(&mut Config)) -> (Hub, mpsc::Sender<TurnCommand>, mpsc::Receiver<TurnCommand>) {
+        let mut hub = hub_with(f);
+        let handle = TurnHandle {
+            secret: huddle_turn::Secret::new(b"turn secret"),
+            port: 3478,
+            tls_port: None,
+            host: None,
+            credential_ttl: hub.config.turn_credential_ttl,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        hub.set_turn(handle, tx.downgrade());
+        (hub, tx, rx)
+    }
+
+    /// The relay user of huddle's TURN server among `servers` (the part after the colon).
+    fn relay_user(servers: &[IceServer]) -> Option<String> {
+        servers.iter().find_map(|s| s.username.as_deref()?.split_once(':').map(|(_, u)| u.to_string()))
+    }
+
+    #[test]
+    fn relay_credentials_come_with_joined_are_renewed_in_the_room_and_end_with_it() {
+        let (mut hub, _turn, mut commands) = hub_with_turn(|_| {});
+        let ttl = hub.config.turn_credential_ttl;
+        let (mut a, welcome) = connect_as(&mut hub, 1, 64, None);
+        assert!(matches!(welcome, ServerMsg::Welcome { ref ice_servers, .. } if ice_servers.is_empty()));
+        assert_eq!(hub.next_expiry(), None, "nothing to renew outside a room");
+        let ServerMsg::Joined { ice_servers, .. } = join(&mut hub, &mut a, "r") else { panic!("joined") };
+        let user = relay_user(&ice_servers).expect("joined carries relay credentials");
+        assert!(user.starts_with("s."), "{user}");
+        assert!(matches!(commands.try_recv(), Ok(TurnCommand::Grant { users }) if users == [user.clone()]));
+        // Renewed at half the TTL, for the same relay user, and again after that.
+        let renew = hub.next_expiry().expect("a renewal is due");
+        assert!(renew <= Instant::now() + ttl / 2);
+        hub.expire(renew);
+        match &a.drain()[..] {
+            [ServerMsg::IceServers { ice_servers }] => assert_eq!(relay_user(ice_servers).as_ref(), Some(&user)),
+            other => panic!("expected ice_servers, got {other:?}"),
+        }
+        assert!(hub.next_expiry().is_some_and(|t| t >= renew + ttl / 2));
+        // Leaving ends it; coming back is another relay user.
+        send(&mut hub, &a, ClientMsg::Leave);
+        assert!(matches!(commands.try_recv(), Ok(TurnCommand::Revoke { user: u }) if u == user));
+        assert_eq!(hub.next_expiry(), None);
+        hub.check_invariants().expect("consistent");
+        a.drain();
+        let ServerMsg::Joined { ice_servers, .. } = join(&mut hub, &mut a, "r") else { panic!("joined") };
+        assert_ne!(relay_user(&ice_servers), Some(user), "never the same relay user twice");
+        // A disconnect without a resume ends it too.
+        let mut b = connect(&mut hub, 2, 64);
+        join(&mut hub, &mut b, "r");
+        let mut granted = std::iter::from_fn(|| commands.try_recv().ok()).filter_map(|c| match c {
+            TurnCommand::Grant { mut users } => users.pop(),
+            _ => None,
+        });
+        let (_, b_user) = (granted.next(), granted.next().expect("b's"));
+        hub.handle(Command::Disconnect { id: b.id.clone(), conn: 2, reason: LeaveReason::Left, resumable: true });
+        assert!(matches!(commands.try_recv(), Ok(TurnCommand::Revoke { user: u }) if u == b_user));
+    }
+
+    #[test]
+    fn a_restart_grants_the_kept_sessions_relay_users_again_and_renews_them_on_resume() {
+        let (mut hub, _turn, mut commands) = hub_with_turn(|_| {});
+        let (mut a, wa) = connect_as(&mut hub, 1, 64, None);
+        let ServerMsg::Joined { ice_servers, .. } = join(&mut hub, &mut a, "r") else { panic!("joined") };
+        let user = relay_user(&ice_servers).expect("credentials");
+        let _lobby = connect(&mut hub, 7, 64);
+        let saved = hub.save_for_restart();
+        let (done, _) = oneshot::channel();
+        hub.handle(Command::Shutdown { done });
+        while commands.try_recv().is_ok() {}
+
+        let (mut next, _turn, mut commands) = hub_with_turn(|_| {});
+        let now = Instant::now();
+        assert_eq!(next.restore(&saved, now), Ok(7), "above every id handed out, the lobby's too");
+        assert!(matches!(commands.try_recv(), Ok(TurnCommand::Grant { users }) if users == [user.clone()]));
+        assert_eq!(next.next_expiry(), Some(now + next.config.resume_grace), "no renewal while away");
+        let (mut a2, _) = connect_as(&mut next, 8, 64, Some(resume_of(&wa, &a.id, 1)));
+        match &a2.drain()[..] {
+            [ServerMsg::IceServers { ice_servers }] => assert_eq!(relay_user(ice_servers), Some(user)),
+            other => panic!("expected fresh credentials after the resume, got {other:?}"),
+        }
+        next.check_invariants().expect("consistent");
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub async fn serve_with(
     if config.turn {
         let turn = turn::start(config.clone(), listener.local_addr()?, sfu_addresses, turn_tls).await?;
         info!(addresses = ?turn.addresses, "STUN/TURN listening on UDP and TCP");
-        hub.set_turn(turn.handle.clone());
+        hub.set_turn(turn.handle.clone(), turn.commands.downgrade());
         turn_task = Some(turn);
     }
     // What the previous run on this port handed over (sessions to resume), and invite links

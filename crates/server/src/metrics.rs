@@ -254,6 +254,12 @@ pub fn render(s: &Snapshot) -> String {
         let c = &tu.core;
         t.one("huddle_turn_allocations", "gauge", "TURN allocations open.", c.allocations);
         t.one("huddle_turn_allocations_total", "counter", "TURN allocations made.", c.allocations_total);
+        t.one(
+            "huddle_turn_allocations_revoked_total",
+            "counter",
+            "TURN allocations closed because their session left its room.",
+            c.revoked,
+        );
         t.family("huddle_turn_relayed_packets_total", "counter", "Packets relayed, by direction.");
         t.sample("huddle_turn_relayed_packets_total", &[("direction", "to_peer")], c.to_peer_packets);
         t.sample("huddle_turn_relayed_packets_total", &[("direction", "to_client")], c.to_client_packets);

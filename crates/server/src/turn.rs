@@ -9,8 +9,12 @@
 //! socket (each is polled through its own readiness future in a `FuturesUnordered`, so only
 //! sockets with data are looked at), the core frames it, and it goes out of the TURN socket.
 //!
-//! Credentials are the TURN REST API's: the hub hands each client `expiry:peer-id` and its
-//! HMAC, made with the same secret (see [`TurnHandle::ice_servers`]).
+//! Credentials are the TURN REST API's, made with the same secret (see [`TurnHandle`]): the hub
+//! hands each session in a room `<expiry>:s.<random>` and its HMAC, grants that relay user to
+//! the core when the session enters a room and revokes it when it leaves
+//! ([`TurnCommand::Grant`], [`TurnCommand::Revoke`]); the connectivity check gets a `c.<random>`
+//! one that relays nothing. The core refuses every address of this host as a peer (but the
+//! relays and the SFU): the driver lists them at start and every [`HOST_ADDRESSES_EVERY`].
 
 use crate::config::Config;
 use futures_util::future::{AbortHandle, Abortable};
@@ -54,6 +58,12 @@ const STREAM_FIRST_MESSAGE: Duration = Duration::from_secs(10);
 const STREAM_OUTBOX: usize = 256;
 /// Frames from all stream clients queued for the TURN task.
 const STREAM_EVENTS: usize = 4096;
+/// Commands queued for the TURN task (grants and revocations come one per join and leave).
+const COMMANDS: usize = 4096;
+/// How often the host's own addresses are listed again (DHCP, IPv6 privacy addresses).
+pub const HOST_ADDRESSES_EVERY: Duration = Duration::from_secs(30);
+/// How long the connectivity check's credential may make relays (a check takes seconds).
+pub const CHECK_CREDENTIAL_TTL: Duration = Duration::from_secs(60);
 /// Relay sockets' buffers (a relay carries one client's media). Small on purpose: under
 /// overload, what cannot be relayed soon should be dropped, not queued for seconds
 /// (`huddle-bench turn` saw 1 MiB relay buffers hold up to 1.8 s of traffic).
@@ -72,9 +82,20 @@ pub struct TurnHandle {
 }
 
 impl TurnHandle {
-    /// The ICE servers for `user` (its peer id), reaching us at `host` (the page's `Host` header
-    /// without the port; `None`: the listen address).
+    /// The ICE servers for relay user `user` (a session's, [`session_user`]), reaching us at
+    /// `host` (the page's `Host` header without the port; `None`: the listen address).
     pub fn ice_servers(&self, user: &str, host: Option<&str>, fallback: IpAddr) -> IceServer {
+        self.with_credentials(user, self.credential_ttl, host, fallback)
+    }
+
+    /// The ICE servers for one connectivity check: a fresh `c.` user, valid for a minute, whose
+    /// relays relay nothing (the core refuses them every peer).
+    pub fn check_servers(&self, host: Option<&str>, fallback: IpAddr) -> IceServer {
+        let user = format!("{}{}", huddle_turn::UserKind::CHECK_PREFIX, random_hex());
+        self.with_credentials(&user, CHECK_CREDENTIAL_TTL, host, fallback)
+    }
+
+    fn with_credentials(&self, user: &str, ttl: Duration, host: Option<&str>, fallback: IpAddr) -> IceServer {
         let host = match (&self.host, host) {
             (Some(h), _) => h.clone(),
             (None, Some(h)) => h.to_string(),
@@ -85,7 +106,7 @@ impl TurnHandle {
             _ => host,
         };
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let creds = self.secret.issue(user, now, self.credential_ttl.as_secs());
+        let creds = self.secret.issue(user, now, ttl.as_secs());
         let mut urls = vec![
             format!("stun:{host}:{}", self.port),
             format!("turn:{host}:{}?transport=udp", self.port),
@@ -96,6 +117,16 @@ impl TurnHandle {
         }
         IceServer { urls, username: Some(creds.username), credential: Some(creds.password) }
     }
+}
+
+/// A new relay user for a session: `s.` and 64 random bits, never handed out twice (not after a
+/// restart either, unlike peer ids), so that quotas counted by user are that session's alone.
+pub fn session_user() -> String {
+    format!("{}{}", huddle_turn::UserKind::SESSION_PREFIX, random_hex())
+}
+
+fn random_hex() -> String {
+    random_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The host part of a `Host` header, if it is a plain name or address (anything else is not
@@ -134,7 +165,18 @@ pub struct TurnStats {
 /// Asks of the TURN task.
 #[derive(Debug)]
 pub enum TurnCommand {
-    Stats { reply: oneshot::Sender<TurnStats> },
+    Stats {
+        reply: oneshot::Sender<TurnStats>,
+    },
+    /// These sessions' relay users may allocate (they entered a room, or came back with a
+    /// restart).
+    Grant {
+        users: Vec<String>,
+    },
+    /// This session's relay user is done (it left its room): its relays close now.
+    Revoke {
+        user: String,
+    },
 }
 
 /// From stream client tasks to the TURN task.
@@ -171,7 +213,7 @@ pub async fn start(
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 ) -> anyhow::Result<Running> {
     let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<(TurnHandle, Vec<SocketAddr>)>>();
-    let (commands, rx) = mpsc::channel(16);
+    let (commands, rx) = mpsc::channel(COMMANDS);
     let thread = std::thread::Builder::new().name("huddle-turn".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -205,6 +247,8 @@ pub struct Turn {
     core: Server,
     relays: RelayTable,
     handle: TurnHandle,
+    /// For listing the host's addresses again.
+    config: Arc<Config>,
 }
 
 impl Turn {
@@ -252,8 +296,12 @@ impl Turn {
         };
         let mut cfg = huddle_turn::Config::new(REALM, secret.clone(), random_bytes().to_vec());
         cfg.policy.allow = config.turn_allow_peers.clone();
+        // Loopback and unspecified addresses are the host's anyway.
+        cfg.policy.host = host_addresses(config).unwrap_or_else(|| config.media_public_ips.clone());
         cfg.trusted_peers = sfu;
         cfg.user_allocations = config.turn_user_quota;
+        cfg.ip_users = config.turn_ip_users;
+        cfg.ip_allocations = config.turn_ip_allocations;
         cfg.user_bytes_per_sec = config.turn_user_bandwidth / 8;
         let now = Instant::now();
         let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -266,6 +314,7 @@ impl Turn {
             core: Server::new(cfg, now, unix),
             relays: RelayTable::new(config.turn_relay_ports, config.media_public_ips.clone()),
             handle,
+            config: Arc::new(config.clone()),
         })
     }
 
@@ -310,16 +359,33 @@ impl Turn {
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut host_listed = Instant::now();
         loop {
             tokio::select! {
                 biased;
+                // Commands first: a revocation the hub sent before telling the room is in effect
+                // before anything that follows from it reaches the TURN port.
                 cmd = commands.recv() => match cmd {
                     Some(TurnCommand::Stats { reply }) => {
                         let _ = reply.send(d.stats());
                     }
+                    Some(TurnCommand::Grant { users }) => {
+                        for user in users {
+                            d.core.grant(&user);
+                        }
+                    }
+                    Some(TurnCommand::Revoke { user }) => d.core.revoke(&user, &mut d.relays),
                     None => break,
                 },
-                _ = tick.tick() => d.core.handle_timeout(Instant::now(), &mut d.relays),
+                _ = tick.tick() => {
+                    d.core.handle_timeout(Instant::now(), &mut d.relays);
+                    if host_listed.elapsed() >= HOST_ADDRESSES_EVERY {
+                        host_listed = Instant::now();
+                        if let Some(ips) = host_addresses(&self.config) {
+                            d.core.set_host_addresses(ips);
+                        }
+                    }
+                }
                 ev = events.recv() => {
                     if let Some(ev) = ev {
                         d.stream_event(ev);
@@ -390,6 +456,28 @@ async fn bind_pair(
             Err(e) => anyhow::bail!("cannot bind the TURN port {first}:{port}: {e}"),
         }
     }
+}
+
+/// Every address of this host, which no relay may reach (but at its relays and the SFU): each
+/// interface's (every family, link-local too), the public addresses it is announced at, and
+/// `--turn-host` when that is an address. Loopback and unspecified addresses count anyway.
+/// `None` when the interfaces cannot be listed.
+fn host_addresses(config: &Config) -> Option<Vec<IpAddr>> {
+    let mut ips: Vec<IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot list network interfaces for the relay's peer rule");
+            return None;
+        }
+    };
+    ips.extend(config.media_public_ips.iter().copied());
+    ips.extend(config.turn_host.as_deref().and_then(|h| h.parse::<IpAddr>().ok()));
+    if !config.listen.ip().is_unspecified() {
+        ips.push(config.listen.ip());
+    }
+    ips.sort();
+    ips.dedup();
+    Some(ips)
 }
 
 fn random_bytes() -> [u8; 32] {
@@ -737,7 +825,10 @@ mod tests {
             host: None,
             credential_ttl: Duration::from_secs(60),
         };
-        let s = h.ice_servers("p7", Some("::1"), IpAddr::from([127, 0, 0, 1]));
+        let user = session_user();
+        assert!(user.starts_with("s.") && user.len() == 18, "{user}");
+        assert_ne!(user, session_user(), "never the same twice");
+        let s = h.ice_servers(&user, Some("::1"), IpAddr::from([127, 0, 0, 1]));
         assert_eq!(
             s.urls,
             [
@@ -748,11 +839,17 @@ mod tests {
             ]
         );
         let username = s.username.expect("a username");
-        assert!(username.ends_with(":p7"));
+        assert!(username.ends_with(&format!(":{user}")));
         assert_eq!(s.credential.as_deref(), Some(secret.password(&username).as_str()));
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
         assert!(secret.key_for(&username, REALM, now).is_some(), "valid now");
         assert!(secret.key_for(&username, REALM, now + 61).is_none(), "expires with the TTL");
+        // The check's: a user of its own, a minute.
+        let check = h.check_servers(None, IpAddr::from([127, 0, 0, 1]));
+        let check_user = check.username.expect("a username");
+        assert!(check_user.split_once(':').is_some_and(|(_, u)| u.starts_with("c.")), "{check_user}");
+        assert!(secret.key_for(&check_user, REALM, now + 59).is_some());
+        assert!(secret.key_for(&check_user, REALM, now + 61).is_none());
         let fixed = TurnHandle { host: Some("turn.example.org".into()), tls_port: None, ..h };
         assert_eq!(
             fixed.ice_servers("p1", Some("other"), IpAddr::from([127, 0, 0, 1])).urls[0],

@@ -127,9 +127,17 @@ async fn a_restart_hands_every_session_back_with_its_room_role_password_and_miss
     );
     let (mut a, welcome) = Session::resume(&server, &a_id, &a_secret, a_seen).await;
     assert!(matches!(welcome, ServerMsg::Welcome { resumed: true, ref id, .. } if *id == a_id), "{welcome:?}");
-    // What Alice missed before the restart comes now, once, in order.
+    // What Alice missed before the restart comes now, once, in order; then each gets current
+    // relay credentials (for the ICE restart its page makes).
     assert_eq!(chat_text(&a.recv().await), Some("while away 1"));
     assert_eq!(chat_text(&a.recv().await), Some("while away 2"));
+    for s in [&mut a, &mut b] {
+        let m = s.recv().await;
+        assert!(
+            matches!(m, ServerMsg::IceServers { ref ice_servers } if ice_servers.iter().any(|i| i.username.is_some())),
+            "{m:?}"
+        );
+    }
     a.barrier().await;
     b.barrier().await;
     assert_eq!(
@@ -190,4 +198,50 @@ async fn without_a_data_directory_nothing_is_kept() {
     let (_, welcome) = Session::resume(&server, &a.c.id, &a.secret, a.seen).await;
     assert!(matches!(welcome, ServerMsg::Welcome { resumed: false, .. }), "{welcome:?}");
     server.shutdown().await;
+}
+
+/// A WebSocket session from another address of this machine (all of 127/8 is loopback).
+async fn connect_from(server: &TestServer, local: &str) -> Session {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{local}:0").parse().expect("address")).expect("bind a loopback address");
+    let tcp = sock.connect(server.addr).await.expect("connect");
+    let plain = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let (ws, _) = tokio_tungstenite::client_async(server.url(), plain).await.expect("handshake");
+    let mut c = Client { ws, id: PeerId(String::new()) };
+    let ServerMsg::Welcome { id, resume, .. } = c.recv().await else { panic!("welcome first") };
+    c.id = id;
+    Session { c, secret: resume, seen: 0 }
+}
+
+/// Issue 15, item 7, the same class: peer ids after a restart were numbered above the highest
+/// *restored* session, so the id of someone who was not restored (banned, here) went to a
+/// newcomer, who was then refused as banned (bans hold `id:<peer id>`). Ids are never reused.
+#[tokio::test]
+async fn after_a_restart_no_peer_id_is_handed_out_again() {
+    let dir = data_dir("ids");
+    let server = TestServer::start(config(&dir)).await;
+    let addr = server.addr;
+    let mut host = Session::connect(&server).await;
+    host.send(&join("r", "Host")).await;
+    assert!(matches!(host.recv().await, ServerMsg::Joined { .. }));
+    let mut banned = connect_from(&server, "127.0.0.2").await;
+    banned.send(&join("r", "Troll")).await;
+    assert!(matches!(banned.recv().await, ServerMsg::Joined { .. }));
+    assert!(matches!(host.recv().await, ServerMsg::PeerJoined { .. }));
+    host.send(&ClientMsg::Moderate { peer: banned.c.id.clone(), action: huddle_protocol::ModAction::Ban }).await;
+    assert!(matches!(banned.recv().await, ServerMsg::Removed { ban: true, .. }));
+    assert!(matches!(host.recv().await, ServerMsg::PeerLeft { .. }));
+    let stopping = tokio::spawn(server.shutdown());
+    assert!(matches!(host.recv().await, ServerMsg::Bye { reason: ByeReason::ServerShutdown }));
+    stopping.await.expect("shut down");
+
+    let server = TestServer::start_on(config(&dir), addr).await;
+    let mut newcomer = connect_from(&server, "127.0.0.3").await;
+    assert_ne!(newcomer.c.id, banned.c.id, "the banned session's id went to someone else");
+    assert_ne!(newcomer.c.id, host.c.id);
+    newcomer.send(&join("r", "Newcomer")).await;
+    let m = newcomer.recv().await;
+    assert!(matches!(m, ServerMsg::Joined { .. }), "someone new is not banned: {m:?}");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,9 @@
 //!
 //! A REST username is `<expiry unix seconds>:<user>`; its password is
 //! `base64(HMAC-SHA1(secret, username))`. Whoever knows the secret (the signalling server) hands
-//! them out; the TURN server checks them without any per-user state.
+//! them out; the TURN server checks them without any per-credential state. The user part of
+//! huddle's own credentials says what they are for ([`UserKind`]); the HMAC makes that
+//! unforgeable.
 
 use aws_lc_rs::hmac;
 use md5::{Digest, Md5};
@@ -18,6 +20,49 @@ pub struct Credentials {
     pub username: String,
     pub password: String,
     pub expires: u64,
+}
+
+/// What a credential is for, from its user part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UserKind {
+    /// `s.<random>`: a huddle session in a room. It may allocate only while the hub has granted
+    /// it (from joining to leaving), and an allocation it made lives on past the credential's
+    /// expiry (browsers refresh with the credential they allocated with) until the session ends.
+    Session,
+    /// `c.<random>`: the connectivity check's. It may make a few short allocations (that is the
+    /// test) and relays nothing.
+    Check,
+    /// Anything else: minted by another service that shares the secret (`--turn-secret`), valid
+    /// until its expiry, checked on every request.
+    Other,
+}
+
+impl UserKind {
+    /// The user-part prefix of a session's credentials.
+    pub const SESSION_PREFIX: &'static str = "s.";
+    /// The user-part prefix of a connectivity check's credentials.
+    pub const CHECK_PREFIX: &'static str = "c.";
+
+    pub fn of(user: &str) -> UserKind {
+        if user.starts_with(Self::SESSION_PREFIX) {
+            UserKind::Session
+        } else if user.starts_with(Self::CHECK_PREFIX) {
+            UserKind::Check
+        } else {
+            UserKind::Other
+        }
+    }
+}
+
+/// A well-formed REST username with its long-term key, whether or not it has expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified<'a> {
+    /// MD5(username ":" realm ":" password).
+    pub key: [u8; 16],
+    /// Unix seconds.
+    pub expires: u64,
+    /// The part after the colon (quotas count by it).
+    pub user: &'a str,
 }
 
 /// The REST API's shared secret.
@@ -53,15 +98,18 @@ impl Secret {
     /// The long-term key of a REST `username` if it is well formed and not expired at `now`:
     /// MD5(username ":" realm ":" password). Returns the user part too (quotas count by it).
     pub fn key_for<'a>(&self, username: &'a str, realm: &str, now: u64) -> Option<([u8; 16], &'a str)> {
+        self.verify(username, realm).filter(|v| v.expires > now).map(|v| (v.key, v.user))
+    }
+
+    /// The long-term key, expiry and user part of a well-formed REST `username`, expired or not
+    /// (a session's allocation outlives the credential it was made with).
+    pub fn verify<'a>(&self, username: &'a str, realm: &str) -> Option<Verified<'a>> {
         let (expiry, user) = username.split_once(':')?;
         if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let expiry: u64 = expiry.parse().ok()?;
-        if expiry <= now {
-            return None;
-        }
-        Some((long_term_key(username, realm, &self.password(username)), user))
+        let expires: u64 = expiry.parse().ok()?;
+        Some(Verified { key: long_term_key(username, realm, &self.password(username)), expires, user })
     }
 }
 
@@ -162,6 +210,24 @@ mod tests {
         assert!(s.key_for("1700000000:alice", "huddle", 1_700_000_000).is_none(), "expired");
         for bad in ["alice", ":alice", "17x:alice", "-1:alice", "99999999999999999999999:a", ""] {
             assert!(s.key_for(bad, "huddle", 0).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn expired_usernames_still_verify_with_their_expiry() {
+        let s = Secret::new(b"north");
+        let v = s.verify("1700000000:s.ab12", "huddle").expect("well formed");
+        assert_eq!((v.expires, v.user), (1_700_000_000, "s.ab12"));
+        assert_eq!(v.key, long_term_key("1700000000:s.ab12", "huddle", &s.password("1700000000:s.ab12")));
+        assert!(s.verify("x:s.ab12", "huddle").is_none());
+    }
+
+    #[test]
+    fn user_kinds_come_from_the_prefix() {
+        assert_eq!(UserKind::of("s.0f1e2d3c"), UserKind::Session);
+        assert_eq!(UserKind::of("c.0f1e2d3c"), UserKind::Check);
+        for other in ["p1", "alice", "", "s", "c", "S.x", "sc.x"] {
+            assert_eq!(UserKind::of(other), UserKind::Other, "{other:?}");
         }
     }
 

@@ -1,11 +1,17 @@
 //! The TURN server's state machine: allocations, permissions, channels, credentials and quotas.
 //! No sockets, no clock: the driver hands in packets with the time, and asks a [`Relays`] to open
 //! and close relay sockets.
+//!
+//! Credentials ([`UserKind`]): a session's may allocate only while the hub has granted its user
+//! ([`Server::grant`]) and lose every allocation when it is revoked ([`Server::revoke`]); their
+//! expiry is checked when an allocation is made, not on the refreshes of one in use. A
+//! connectivity check's allocates a few short relays that relay nothing. Quotas count per user
+//! (the part after the colon, which huddle never hands out twice) and per client address.
 
-use crate::auth::{Nonces, Secret, MAX_TEXT};
+use crate::auth::{Nonces, Secret, UserKind, MAX_TEXT};
 use crate::policy::PeerPolicy;
 use crate::stun::{self, attr, method, Builder, Class, Message};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -71,6 +77,10 @@ pub struct Config {
     pub max_allocations: usize,
     /// Allocations one user (the part of a REST username after the colon) may hold.
     pub user_allocations: u32,
+    /// Allocations clients at one IP address may hold together; 0: no limit.
+    pub ip_allocations: u32,
+    /// Users with allocations from one IP address; 0: no limit.
+    pub ip_users: u32,
     /// Bytes per second one user may relay, both directions together; 0: no limit.
     pub user_bytes_per_sec: u64,
     pub max_permissions: usize,
@@ -92,6 +102,8 @@ impl Config {
             nonce_lifetime: Duration::from_secs(600),
             max_allocations: 10_000,
             user_allocations: 64,
+            ip_allocations: 1024,
+            ip_users: 64,
             user_bytes_per_sec: 0,
             max_permissions: 128,
             max_channels: 128,
@@ -115,9 +127,21 @@ pub struct Forward {
     pub payload: Range<usize>,
 }
 
+/// Allocations one connectivity-check credential may make (one per way it tests: UDP, TCP,
+/// TLS, with room for a second network interface).
+pub const CHECK_USER_ALLOCATIONS: u32 = 6;
+/// Check allocations clients at one IP address may hold together.
+pub const CHECK_IP_ALLOCATIONS: u32 = 16;
+/// A check allocation's lifetime (a check takes seconds, and closes what it made).
+pub const CHECK_LIFETIME: Duration = Duration::from_secs(60);
+/// Session users granted at once, at most (the hub grants one per session in a room).
+pub const MAX_GRANTS: usize = 1 << 18;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub allocations: usize,
+    /// Allocations closed because their session ended ([`Server::revoke`]).
+    pub revoked: u64,
     pub allocations_total: u64,
     pub binding_requests: u64,
     /// Requests refused for missing or wrong credentials (401/438/441), not counting the first
@@ -157,6 +181,7 @@ struct Allocation {
     announced: SocketAddr,
     username: Box<str>,
     user: usize,
+    kind: UserKind,
     expires: Instant,
     permissions: HashMap<IpAddr, Permission>,
     channels: HashMap<u16, Channel>,
@@ -174,6 +199,16 @@ struct User {
     last: Instant,
 }
 
+/// What the clients at one IP address hold.
+#[derive(Debug, Default)]
+struct Address {
+    allocations: u32,
+    /// Of them, the connectivity check's.
+    checks: u32,
+    /// Allocations by user slot.
+    users: HashMap<usize, u32>,
+}
+
 /// The TURN server core.
 pub struct Server {
     cfg: Config,
@@ -187,6 +222,9 @@ pub struct Server {
     by_announced: HashMap<SocketAddr, u64>,
     users: Vec<Option<User>>,
     user_ids: HashMap<Arc<str>, usize>,
+    /// Session users the hub has let in (see [`UserKind::Session`]).
+    granted: HashSet<Box<str>>,
+    addresses: HashMap<IpAddr, Address>,
     out: VecDeque<Transmit>,
     stats: Stats,
     indications: u64,
@@ -220,6 +258,8 @@ impl Server {
             by_announced: HashMap::new(),
             users: Vec::new(),
             user_ids: HashMap::new(),
+            granted: HashSet::new(),
+            addresses: HashMap::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
             indications: 0,
@@ -232,6 +272,40 @@ impl Server {
 
     pub fn stats(&self) -> Stats {
         Stats { allocations: self.allocs.len(), ..self.stats }
+    }
+
+    /// Lets session user `user` (`s.…`) allocate, until [`Server::revoke`].
+    pub fn grant(&mut self, user: &str) {
+        if self.granted.len() >= MAX_GRANTS {
+            debug!("too many relay users granted; one refused");
+            return;
+        }
+        self.granted.insert(user.into());
+    }
+
+    /// Ends session user `user`: its allocations close now and its credentials allocate no more.
+    pub fn revoke(&mut self, user: &str, relays: &mut impl Relays) {
+        self.granted.remove(user);
+        let Some(&slot) = self.user_ids.get(user) else { return };
+        let ids: Vec<u64> = self.allocs.iter().filter(|(_, a)| a.user == slot).map(|(id, _)| *id).collect();
+        for id in ids {
+            debug!(id, "allocation revoked");
+            self.stats.revoked += 1;
+            self.remove(id, relays);
+        }
+    }
+
+    /// Every address of this host (it changes: DHCP, IPv6 privacy addresses). A permission for a
+    /// whole address that is now the host's is dropped.
+    pub fn set_host_addresses(&mut self, host: Vec<IpAddr>) {
+        if host == self.cfg.policy.host {
+            return;
+        }
+        self.cfg.policy.host = host;
+        let policy = &self.cfg.policy;
+        for a in self.allocs.values_mut() {
+            a.permissions.retain(|ip, p| p.ports.is_some() || !policy.is_host(ip));
+        }
     }
 
     /// Responses and indications for clients, in order.
@@ -365,6 +439,22 @@ impl Server {
         self.by_relay.remove(&a.relay);
         self.by_announced.remove(&a.announced);
         relays.close(a.relay);
+        let ip = a.client.remote.ip();
+        if let Some(addr) = self.addresses.get_mut(&ip) {
+            addr.allocations = addr.allocations.saturating_sub(1);
+            if a.kind == UserKind::Check {
+                addr.checks = addr.checks.saturating_sub(1);
+            }
+            if let Some(n) = addr.users.get_mut(&a.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    addr.users.remove(&a.user);
+                }
+            }
+            if addr.allocations == 0 {
+                self.addresses.remove(&ip);
+            }
+        }
         if let Some(Some(u)) = self.users.get_mut(a.user) {
             u.allocations = u.allocations.saturating_sub(1);
             if u.allocations == 0 {
@@ -557,16 +647,28 @@ impl Server {
             self.stats.auth_failures += 1;
             return Err(challenge(self, 401, "Unauthorized"));
         }
-        let Some((key, _user)) = self.cfg.secret.key_for(username, realm, unix) else {
+        let Some(v) = self.cfg.secret.verify(username, realm) else {
             self.stats.auth_failures += 1;
             return Err(challenge(self, 401, "Unauthorized"));
         };
-        if !msg.check_integrity(&key) {
+        if !msg.check_integrity(&v.key) {
+            self.stats.auth_failures += 1;
+            return Err(challenge(self, 401, "Unauthorized"));
+        }
+        let own = self.by_client.get(&client).and_then(|id| self.allocs.get(id));
+        let on_own_allocation = msg.method != method::ALLOCATE && own.is_some_and(|a| &*a.username == username);
+        let live = match UserKind::of(v.user) {
+            // From join to leave; the allocation a browser uses lives on past the credential it
+            // was made with (browsers refresh with that one), new ones need a current one.
+            UserKind::Session => self.granted.contains(v.user) && (v.expires > unix || on_own_allocation),
+            UserKind::Check | UserKind::Other => v.expires > unix,
+        };
+        if !live {
             self.stats.auth_failures += 1;
             return Err(challenge(self, 401, "Unauthorized"));
         }
         // The allocation's requests must all come from the user who made it (441).
-        if let Some(a) = self.by_client.get(&client).and_then(|id| self.allocs.get(id)) {
+        if let Some(a) = own {
             if &*a.username != username && msg.method != method::ALLOCATE {
                 self.stats.auth_failures += 1;
                 return Err(Builder::new(msg.method, Class::Error, msg.transaction)
@@ -574,12 +676,50 @@ impl Server {
                     .finish());
             }
         }
-        Ok((key, username))
+        Ok((v.key, username))
     }
 
-    fn lifetime(&self, msg: &Message) -> Duration {
+    fn lifetime(&self, msg: &Message, kind: UserKind) -> Duration {
         let asked = msg.u32_attr(attr::LIFETIME).map(|s| Duration::from_secs(u64::from(s)));
-        asked.unwrap_or(self.cfg.default_lifetime).clamp(self.cfg.default_lifetime, self.cfg.max_lifetime)
+        let lifetime =
+            asked.unwrap_or(self.cfg.default_lifetime).clamp(self.cfg.default_lifetime, self.cfg.max_lifetime);
+        if kind == UserKind::Check {
+            lifetime.min(CHECK_LIFETIME)
+        } else {
+            lifetime
+        }
+    }
+
+    /// Whether the clients at `ip` may hold one more allocation of `user` (its slot, if it has
+    /// one) of `kind`.
+    fn address_has_room(&self, ip: IpAddr, user: Option<usize>, kind: UserKind) -> bool {
+        let Some(a) = self.addresses.get(&ip) else { return true };
+        let cfg = &self.cfg;
+        let known = user.is_some_and(|u| a.users.contains_key(&u));
+        (cfg.ip_allocations == 0 || a.allocations < cfg.ip_allocations)
+            && (cfg.ip_users == 0 || known || a.users.len() < cfg.ip_users as usize)
+            && (kind != UserKind::Check || a.checks < CHECK_IP_ALLOCATIONS)
+    }
+
+    /// The slot of user `name`, made if it has none.
+    fn user_slot(&mut self, name: &str, now: Instant) -> usize {
+        if let Some(&u) = self.user_ids.get(name) {
+            return u;
+        }
+        let name: Arc<str> = name.into();
+        let u = User { name: name.clone(), allocations: 0, tokens: self.cfg.user_bytes_per_sec as f64, last: now };
+        let slot = match self.users.iter().position(Option::is_none) {
+            Some(i) => {
+                self.users[i] = Some(u);
+                i
+            }
+            None => {
+                self.users.push(Some(u));
+                self.users.len() - 1
+            }
+        };
+        self.user_ids.insert(name, slot);
+        slot
     }
 
     fn allocate(
@@ -613,37 +753,16 @@ impl Server {
             return Err(refuse(508, "Insufficient Capacity"));
         }
         let user_name = username.split_once(':').map_or(username, |(_, u)| u);
-        let user = match self.user_ids.get(user_name) {
-            Some(&u) => u,
-            None => {
-                let name: Arc<str> = user_name.into();
-                let u =
-                    User { name: name.clone(), allocations: 0, tokens: self.cfg.user_bytes_per_sec as f64, last: now };
-                let slot = match self.users.iter().position(Option::is_none) {
-                    Some(i) => {
-                        self.users[i] = Some(u);
-                        i
-                    }
-                    None => {
-                        self.users.push(Some(u));
-                        self.users.len() - 1
-                    }
-                };
-                self.user_ids.insert(name, slot);
-                slot
-            }
+        let kind = UserKind::of(user_name);
+        let slot = self.user_ids.get(user_name).copied();
+        let held = slot.and_then(|u| self.users.get(u)?.as_ref()).map_or(0, |u| u.allocations);
+        let quota = match kind {
+            UserKind::Check => self.cfg.user_allocations.min(CHECK_USER_ALLOCATIONS),
+            UserKind::Session | UserKind::Other => self.cfg.user_allocations,
         };
-        let Some(Some(u)) = self.users.get_mut(user) else {
-            return Err(refuse(500, "Server Error"));
-        };
-        if u.allocations >= self.cfg.user_allocations {
+        let ip = client.remote.ip();
+        if held >= quota || !self.address_has_room(ip, slot, kind) {
             self.stats.quota_refusals += 1;
-            // The user may have no allocation left if it was new: do not leave it behind.
-            if u.allocations == 0 {
-                let name = u.name.clone();
-                self.users[user] = None;
-                self.user_ids.remove(&name);
-            }
             return Err(refuse(486, "Allocation Quota Reached"));
         }
         let even = msg.get(attr::EVEN_PORT).is_some();
@@ -651,16 +770,18 @@ impl Server {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "no relay socket");
-                if u.allocations == 0 {
-                    let name = u.name.clone();
-                    self.users[user] = None;
-                    self.user_ids.remove(&name);
-                }
                 return Err(refuse(508, "Insufficient Capacity"));
             }
         };
-        u.allocations += 1;
-        let lifetime = self.lifetime(msg);
+        let user = self.user_slot(user_name, now);
+        if let Some(Some(u)) = self.users.get_mut(user) {
+            u.allocations += 1;
+        }
+        let addr = self.addresses.entry(ip).or_default();
+        addr.allocations += 1;
+        addr.checks += u32::from(kind == UserKind::Check);
+        *addr.users.entry(user).or_insert(0) += 1;
+        let lifetime = self.lifetime(msg, kind);
         let id = self.next_id;
         self.next_id += 1;
         self.allocs.insert(
@@ -671,6 +792,7 @@ impl Server {
                 announced,
                 username: username.into(),
                 user,
+                kind,
                 expires: now + lifetime,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
@@ -706,7 +828,8 @@ impl Server {
             self.remove(id, relays);
             return Ok(b.u32_attr(attr::LIFETIME, 0));
         }
-        let lifetime = self.lifetime(msg);
+        let kind = self.allocs.get(&id).map_or(UserKind::Other, |a| a.kind);
+        let lifetime = self.lifetime(msg, kind);
         if let Some(a) = self.allocs.get_mut(&id) {
             a.expires = now + lifetime;
         }
@@ -725,18 +848,33 @@ impl Server {
     }
 
     /// Whether `peer` may be reached: `Some(None)` any port of its address, `Some(Some(port))`
-    /// only that port (one of our relays, or the SFU), `None` refused.
+    /// only that port (one of our relays, or the SFU), `None` refused. This host's own
+    /// addresses are never reached but at exactly those ports, whatever ranges are allowed.
     fn peer_rule(&self, peer: &SocketAddr) -> Option<Option<u16>> {
         if peer.port() == 0 {
             return None;
         }
-        if self.cfg.policy.allows(&peer.ip()) {
+        let ours = self.by_announced.contains_key(peer) || self.cfg.trusted_peers.contains(peer);
+        if !self.cfg.policy.is_host(&peer.ip()) && self.cfg.policy.allows(&peer.ip()) {
             Some(None)
-        } else if self.by_announced.contains_key(peer) || self.cfg.trusted_peers.contains(peer) {
+        } else if ours {
             Some(Some(peer.port()))
         } else {
             None
         }
+    }
+
+    /// The allocation of `client`, unless it is a connectivity check's (which relays nothing:
+    /// 403 to every peer).
+    fn relaying(&mut self, client: &ClientKey) -> Result<u64, Refusal> {
+        let Some(&id) = self.by_client.get(client) else {
+            return Err(refuse(437, "Allocation Mismatch"));
+        };
+        if self.allocs.get(&id).is_some_and(|a| a.kind == UserKind::Check) {
+            self.stats.peers_denied += 1;
+            return Err(refuse(403, "Forbidden"));
+        }
+        Ok(id)
     }
 
     fn create_permission(
@@ -746,9 +884,7 @@ impl Server {
         msg: &Message,
         _u: &str,
     ) -> Result<Builder, Refusal> {
-        let Some(&id) = self.by_client.get(&client) else {
-            return Err(refuse(437, "Allocation Mismatch"));
-        };
+        let id = self.relaying(&client)?;
         let mut rules = Vec::new();
         for raw in msg.get_all(attr::XOR_PEER_ADDRESS) {
             let Some(peer) = decode_peer(raw, msg) else {
@@ -779,9 +915,7 @@ impl Server {
     }
 
     fn channel_bind(&mut self, now: Instant, client: ClientKey, msg: &Message, _u: &str) -> Result<Builder, Refusal> {
-        let Some(&id) = self.by_client.get(&client) else {
-            return Err(refuse(437, "Allocation Mismatch"));
-        };
+        let id = self.relaying(&client)?;
         let number = match msg.get(attr::CHANNEL_NUMBER) {
             Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
             _ => return Err(refuse(400, "Bad Request")),

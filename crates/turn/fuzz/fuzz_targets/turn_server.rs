@@ -1,6 +1,8 @@
 //! Random sequences of client and peer traffic against the TURN state machine: raw bytes, and
 //! correctly signed requests with fuzzed methods and attributes (so the authenticated paths are
-//! reached), ChannelData, Send indications, peer datagrams, time passing, TCP clients leaving.
+//! reached) by a session's, a check's and another service's credentials, ChannelData, Send
+//! indications, peer datagrams, time passing, TCP clients leaving, the hub granting and revoking
+//! the session's relay user, the host's addresses changing.
 //! Invariants: no panic; every answer is a well-formed STUN message; the allocations the core
 //! counts are exactly the relay sockets it holds open; no relay is closed twice.
 #![no_main]
@@ -82,7 +84,8 @@ fuzz_target!(|data: &[u8]| {
         ClientKey { transport: Transport::Tcp, conn: 7, local, remote: "203.0.113.7:6000".parse().unwrap() },
     ];
     let secret = Secret::new(b"fuzz secret");
-    let creds: Vec<_> = ["a", "b", "a"].iter().map(|u| secret.issue(u, UNIX, 3600)).collect();
+    // A session's (granted and revoked below), a check's, another service's; each expires in an hour.
+    let creds: Vec<_> = ["s.a", "c.b", "a"].iter().map(|u| secret.issue(u, UNIX, 3600)).collect();
     let mut nonce: Option<String> = None;
     let mut seen_relays: Vec<SocketAddr> = Vec::new();
     let mut b = Bytes(data);
@@ -101,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
                 _ => SocketAddr::new("93.184.216.34".parse().unwrap(), 1000 + u16::from(pick)),
             }
         };
-        match op % 8 {
+        match op % 9 {
             0 => {
                 let n = b.byte().unwrap_or(0) as usize;
                 let raw = b.take(n).to_vec();
@@ -130,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
                         _ => req.attr(attr::DONT_FRAGMENT, &[]),
                     };
                 }
-                if let (1, Some(n)) = (op % 8, &nonce) {
+                if let (1, Some(n)) = (op % 9, &nonce) {
                     let c = &creds[who];
                     let wrong = b.byte().unwrap_or(0) == 0xff;
                     let password = if wrong { "wrong" } else { c.password.as_str() };
@@ -181,7 +184,12 @@ fuzz_target!(|data: &[u8]| {
                 now += Duration::from_secs(u64::from(b.byte().unwrap_or(0)) * 10);
                 server.handle_timeout(now, &mut relays);
             }
-            _ => server.client_gone(&clients[2], &mut relays),
+            6 => server.client_gone(&clients[2], &mut relays),
+            _ => match b.byte().unwrap_or(0) % 3 {
+                0 => server.grant("s.a"),
+                1 => server.revoke("s.a", &mut relays),
+                _ => server.set_host_addresses(vec![local.ip(), "93.184.216.34".parse().unwrap()]),
+            },
         }
         while let Some(t) = server.poll_transmit() {
             let m = Message::parse(&t.data).expect("every answer is a well-formed STUN message");
