@@ -730,7 +730,7 @@ impl Stepper {
             ServerMsg::Joined { topology: Topology::Sfu, .. } => {}
             other => panic!("expected an sfu room, got {other:?}"),
         }
-        let s = Stepper::session(tag).await;
+        let s = Stepper::session().await;
         let mut me = Stepper {
             ws,
             tag,
@@ -748,8 +748,7 @@ impl Stepper {
     }
 
     /// A fresh connection with a sendonly audio and video m-line, not offered yet.
-    async fn session(tag: u8) -> Session {
-        let _ = tag;
+    async fn session() -> Session {
         let link = Link::udp().await;
         let now = Instant::now();
         let mut rtc = Rtc::builder().build(now);
@@ -797,7 +796,7 @@ impl Stepper {
     /// Starts over as the document says: a new connection and its offer (the old one is
     /// dropped without a word, unless [`Stepper::close`] closed it first).
     async fn restart(&mut self) {
-        self.s = Stepper::session(self.tag).await;
+        self.s = Stepper::session().await;
         self.offer().await;
     }
 
@@ -946,11 +945,11 @@ impl Stepper {
                 }
                 self.answer(&sdp).await;
             }
-            (Some("error"), _, _) if json["code"] == "media_failed" => {
-                if session.is_none() || session == self.s.number {
-                    self.restarts += 1;
-                    self.restart().await;
-                }
+            (Some("error"), _, _)
+                if json["code"] == "media_failed" && (session.is_none() || session == self.s.number) =>
+            {
+                self.restarts += 1;
+                self.restart().await;
             }
             _ => {}
         }
@@ -1095,7 +1094,7 @@ async fn a_refused_offer_leaves_the_session_running() {
     let (mut a, stop_tx, bot) = stepper_and_bot(&server, "refused offer", 65).await;
     a.wait_restart_interval().await;
     // A second connection's offer the SFU cannot use (the client keeps the first open).
-    let mut other = Stepper::session(65).await;
+    let mut other = Stepper::session().await;
     let mut change = other.rtc.sdp_api();
     change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     let (offer, _) = change.apply().expect("an offer");
@@ -1180,7 +1179,7 @@ async fn a_session_the_sfu_lost_may_be_started_over_at_once() {
     // announced): the SFU loses it within moments of its start, and says so.
     a.run_until("the answer", WAIT, |a| a.s.pending.is_none()).await;
     a.wait_restart_interval().await;
-    a.s = Stepper::session(69).await;
+    a.s = Stepper::session().await;
     a.offer_with(|sdp| {
         let at = sdp.find("a=fingerprint:sha-256 ").expect("a fingerprint") + "a=fingerprint:sha-256 ".len();
         let flipped = if &sdp[at..at + 2] == "00" { "11" } else { "00" };
