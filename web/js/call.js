@@ -757,7 +757,11 @@ function startSfu() {
     if (link === sfu && link.pc.connectionState !== 'connected') sfuTrouble();
   }, CONNECT_PATIENCE_MS);
   setTimeout(() => {
-    if (link === sfu && link.pc.connectionState !== 'connected') restartSfu();
+    if (link !== sfu || link.pc.connectionState === 'connected') return;
+    // No reply to our offer at all in this long: an overloaded server dropped it. Not counted any
+    // more, or the next answer would be taken for its.
+    if (link.session === null && !link.refused) sfuOffersOut = Math.max(0, sfuOffersOut - 1);
+    restartSfu();
   }, SFU_CONNECT_TIMEOUT_MS);
 }
 
@@ -823,11 +827,14 @@ export function onMediaError(m) {
     case 'media_retry':
       // Not taken now: a new connection when the server says (nothing changed on its side).
       if (m.request === 'signal' && !replyToCurrentOffer()) return true;
+      if (sfu) sfu.refused = true;
       restartSfu(m.retryAfterMs ?? SFU_RESTART_MIN_MS);
       return true;
     case 'media_refused':
       // Our current offer cannot be used: the banner says so. An older connection's: nothing.
-      return !replyToCurrentOffer();
+      if (!replyToCurrentOffer()) return true;
+      if (sfu) sfu.refused = true;
+      return false;
     default:
       return false;
   }

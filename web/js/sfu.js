@@ -49,6 +49,8 @@ export class SfuLink {
      * @type {number|null}
      */
     this.session = null;
+    /** the server refused our offer (`media_refused`, `media_retry`): its one reply came */
+    this.refused = false;
 
     const pc = new RTCPeerConnection({
       iceServers: o.iceServers || [], iceTransportPolicy: o.iceTransportPolicy || 'all', bundlePolicy: 'max-bundle',
