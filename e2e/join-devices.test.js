@@ -229,3 +229,33 @@ sc.step('a camera switched on pre-join just before Join: the call starts with th
   t.diagnostic(`sent ${sent.label}`);
   await done(p);
 });
+
+/** Slows `getDisplayMedia` (the screen picker) down by `delayMs`; keeps what it returned in window.__screens. */
+const SLOW_PICKER = (delayMs) => {
+  const md = navigator.mediaDevices;
+  const original = md.getDisplayMedia.bind(md);
+  window.__screens = [];
+  md.getDisplayMedia = async (constraints) => {
+    await new Promise((r) => setTimeout(r, delayMs));
+    const s = await original(constraints);
+    window.__screens.push(...s.getTracks());
+    return s;
+  };
+};
+
+sc.step('a screen picked after Leave was clicked is not shared, and the capture stops', async () => {
+  const p = await slowJoiner('share', { delayMs: 0, video: 'ok' });
+  await p.page.addInitScript(SLOW_PICKER, 1500);
+  await joinViaLanding(p, sc.server.url, { name: 'Share', room: ROOM });
+  await p.page.locator('#share-button').click();
+  await p.page.locator('#share-button').click(); // a second click while the picker is open
+  await p.page.locator('#leave-button').click();
+  await waitForView(p.page, 'landing');
+  const screens = await pollUntil(() => p.page.evaluate(() => window.__screens.length ? window.__screens.map((t) => t.readyState) : null),
+    { what: 'share: the picker answered' });
+  assert.equal(screens.length, 1, `one picker for two clicks: ${JSON.stringify(screens)}`);
+  await pollUntil(() => p.page.evaluate(() => window.__screens.every((t) => t.readyState === 'ended')),
+    { timeoutMs: 2000, what: 'share: the capture picked after Leave is stopped' });
+  await p.close();
+  p.left = true;
+});
