@@ -758,11 +758,18 @@ impl Run {
                 }
                 let peer = self.id_of(u)?;
                 let event = match u.int_in_range(0..=2)? {
-                    0 => MediaEvent::Signal { peer, payload: signal_payload(u)? },
+                    0 => MediaEvent::Signal { peer, payload: signal_payload(u)?, session: u.int_in_range(1..=4)? },
                     1 => MediaEvent::Error {
                         peer,
-                        code: *u.choose(&[ErrorCode::MediaRefused, ErrorCode::MediaFailed])?,
+                        code: *u.choose(&[
+                            ErrorCode::MediaRefused,
+                            ErrorCode::MediaFailed,
+                            ErrorCode::MediaAnswerRefused,
+                            ErrorCode::MediaRetry,
+                        ])?,
                         request: *u.choose(&[None, Some("signal")])?,
+                        session: *u.choose(&[None, Some(1), Some(2)])?,
+                        retry_after: *u.choose(&[None, Some(std::time::Duration::from_millis(1500))])?,
                     },
                     _ => MediaEvent::ActiveSpeaker { room: u.choose(ROOMS)?.to_string(), peer },
                 };

@@ -199,21 +199,40 @@ async function openPrejoin(room) {
   // The connection check runs beside the camera prompt and never holds up "Join".
   renderChecks();
   if (sig.isOpen) check.startCheck();
-  if (startCamOff) {
-    // Ask only for the microphone; the camera stays dark until turned on.
-    if (!media.micTrack && mediaAvailable) await media.openMic(media.micId).catch(() => {});
-    await media.listDevices();
-  } else {
-    await media.start();
-  }
-  if (S.view !== 'prejoin' || S.room !== room) return;
-  if (!media.camOn) media.stopCamera();
+  // Queued with the other device operations: Join waits for it (see `join`).
+  await media.run(async () => {
+    if (startCamOff) {
+      // Ask only for the microphone; the camera stays dark until turned on.
+      if (!media.micTrack && mediaAvailable) await media.openMic(media.micId).catch(() => {});
+      await media.listDevices();
+    } else {
+      await media.start();
+    }
+    if (!media.camOn) media.stopCamera();
+  });
+  if (S.view !== 'prejoin' || S.room !== room) { devicesStartedElsewhere(); return; }
   if (media.camTrack) call.watchEnded(media.camTrack);
   if (media.micTrack) call.watchEnded(media.micTrack);
   reportMediaProblems();
   fillDevices();
   showPreview();
   meter.attach(media.micTrack);
+}
+
+/**
+ * The pre-join device start finished after the page moved on. In the call (Join waited for it
+ * no longer than `DEVICE_WAIT_MS`): what it opened goes into the call and is announced. Back on
+ * the landing page or the check: the camera and microphone it opened are let go.
+ */
+function devicesStartedElsewhere() {
+  if (S.inRoom || S.joining) {
+    if (media.camTrack) call.watchEnded(media.camTrack);
+    if (media.micTrack) call.watchEnded(media.micTrack);
+    meter.attach(media.micTrack);
+    if (S.inRoom) call.devicesReady();
+  } else if (S.view === 'landing' || S.view === 'check') {
+    media.stopAll();
+  }
 }
 
 function reportMediaProblems() {
@@ -273,16 +292,40 @@ function stopPreview() {
   meter.detach();
 }
 
+/** How long Join waits for the camera and microphone to start (a permission prompt nobody answers). */
+const DEVICE_WAIT_MS = 10000;
+/** The device error on the banner came up while Join waited: `joined` leaves it up. */
+let keepMediaError = false;
+
 async function join() {
   const name = cleanName(nameInput.value, sig.limits.maxNameChars);
   if (!name) { showError('invalid_name', errorVars('invalid_name')); nameInput.focus(); return; }
   saveName(name);
   if (!sig.isOpen) { showError('ws_failed'); return; }
-  const st = call.mediaState();
+  const room = S.room;
+  const button = /** @type {HTMLButtonElement} */ ($('#join-button'));
   S.joining = true;
-  /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = true;
+  button.disabled = true;
   hideError(JOIN_CODES);
-  sig.join(S.room, name, st.audio, st.video, host.joinAuth());
+  // Arrive with the devices chosen: wait for the camera start (or a device switch) that is still
+  // under way, so that `join` announces them and the call starts with them.
+  keepMediaError = false;
+  if (media.pending > 0) {
+    const notes = prejoinNotes;
+    setPrejoinNotes(['prejoin.joinWhenReady']);
+    button.setAttribute('aria-busy', 'true');
+    await media.settled(DEVICE_WAIT_MS);
+    button.removeAttribute('aria-busy');
+    // (Unless the device start has said how it went by now.)
+    if (prejoinNotes[0] === 'prejoin.joinWhenReady') setPrejoinNotes(notes);
+    // A camera or microphone that failed while Join waited: the banner came up just now, so it
+    // stays up in the room, where the person looks next.
+    keepMediaError = MEDIA_CODES.includes(bannerCode());
+  }
+  if (S.view !== 'prejoin' || S.room !== room) { S.joining = false; return; } // the user went elsewhere
+  if (!sig.isOpen) { S.joining = false; button.disabled = false; showError('ws_failed'); return; }
+  const st = call.mediaState();
+  sig.join(room, name, st.audio, st.video, host.joinAuth());
 }
 
 // ---------------------------------------------------------------- signalling
@@ -341,7 +384,9 @@ function wireSignalling() {
     }
     meter.attach(media.micTrack);
     preview.srcObject = null;
-    hideError([...JOIN_CODES, ...MEDIA_CODES, 'not_in_room']); // the red buttons say the rest
+    // The red buttons say the rest (unless a device failed just as Join was clicked).
+    hideError([...JOIN_CODES, ...(keepMediaError ? [] : MEDIA_CODES), 'not_in_room']);
+    keepMediaError = false;
     setView('room');
     call.enterCall(m);
     /** @type {HTMLElement} */ ($('#mic-button')).focus();
@@ -388,7 +433,7 @@ function wireSignalling() {
       /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
     }
     if (m.code === 'unknown_peer') return; // a peer left while we were still signalling to it
-    if (m.code === 'media_failed') { call.onMediaFailed(); return; } // reconnects by itself
+    if (call.onMediaError(m)) return; // the SFU connection starts over by itself
     if (host.onError(m)) return; // the password field says it
     if (m.request === 'file_offer') call.onFileOfferRefused();
     showError(m.code, errorVars(m.code), m.message);
@@ -493,15 +538,16 @@ function wireControls() {
   $('#start-muted').addEventListener('change', (e) => {
     media.setMicOn(!(/** @type {HTMLInputElement} */ (e.target)).checked);
   });
-  $('#start-camera-off').addEventListener('change', async (e) => {
+  $('#start-camera-off').addEventListener('change', (e) => media.run(async () => {
     const off = /** @type {HTMLInputElement} */ (e.target).checked;
     media.camOn = !off;
     if (off) media.stopCamera();
-    else {
+    else if (!media.camTrack) {
       try { call.watchEnded(await media.openCamera(media.camId)); } catch { showError(media.camError, errorVars(media.camError)); }
     }
-    showPreview();
-  });
+    if (S.view === 'prejoin') showPreview();
+    else if (S.inRoom) call.devicesReady(); // it finished after Join
+  }));
 
 
   initDevices({ meter, refresh: () => { if (S.view === 'prejoin') showPreview(); } });

@@ -101,7 +101,24 @@ export function updateSelf() {
   renderPeople();
 }
 
-export async function toggleMic() {
+/**
+ * The camera and microphone started after we joined (Join waits for them only so long), or a
+ * pre-join change finished late: into every connection, and tell the room.
+ */
+export async function devicesReady() {
+  if (!S.inRoom) return;
+  await replaceAll('audio', media.micTrack);
+  await replaceAll('video', outgoingVideo());
+  announce();
+}
+
+export function toggleMic() {
+  // After any device operation still under way (the pre-join start, a switch): it decides
+  // what "toggle" means.
+  return media.run(toggleMicNow);
+}
+
+async function toggleMicNow() {
   const on = !(media.micOn && media.micTrack);
   if (on && !hooks.mayTurnOn('audio')) return;
   if (on && !media.micTrack) {
@@ -120,7 +137,12 @@ export async function toggleMic() {
   announce();
 }
 
-export async function toggleCamera() {
+export function toggleCamera() {
+  if (busyCam) return Promise.resolve();
+  return media.run(toggleCameraNow);
+}
+
+async function toggleCameraNow() {
   if (busyCam) return;
   if (!(media.camOn && media.camTrack) && !hooks.mayTurnOn('video')) return;
   busyCam = true;
@@ -146,14 +168,26 @@ export async function toggleCamera() {
   announce();
 }
 
+/** The screen picker is open (a second click must not open another). */
+let pickingScreen = false;
+
 export async function toggleShare() {
   if (S.sharing) { await stopShare(); return; }
-  if (!hooks.mayTurnOn('screen')) return;
+  if (pickingScreen || !hooks.mayTurnOn('screen')) return;
+  const call = callId;
   let tr;
+  pickingScreen = true;
   try {
     tr = await media.startScreen();
   } catch (e) {
     if (!(e && e.name === 'NotAllowedError')) showError('screen_failed');
+    return;
+  } finally {
+    pickingScreen = false;
+  }
+  if (!S.inRoom || call !== callId) {
+    // The call ended (or started over) while the picker was open: share nothing.
+    media.stopScreen();
     return;
   }
   S.sharing = true;
@@ -403,7 +437,7 @@ function drop(rec) {
 
 /** A relayed signal. @param {import('./protocol.js').RelayedSignalMsg} msg */
 export function onSignal(msg) {
-  if (msg.from === SFU_PEER_ID) { sfu?.handleSignal(msg.payload); return; }
+  if (msg.from === SFU_PEER_ID) { onSfuSignal(msg); return; }
   const rec = S.peers.get(msg.from);
   if (!rec) return;
   if (!rec.link) {
@@ -443,7 +477,11 @@ export function removeRemote(id) {
 // ---------------------------------------------------------------- entering and leaving
 
 /** @param {import('./protocol.js').JoinedMsg} msg */
+/** Counts calls entered: an action that outlives its call can tell. */
+let callId = 0;
+
 export function enterCall(msg) {
+  callId += 1;
   S.inRoom = true;
   S.selfId = msg.you.id;
   S.room = msg.room;
@@ -461,6 +499,10 @@ export function enterCall(msg) {
   hooks.enter(msg);
   for (const p of msg.peers) addRemote(p, true);
   if (S.topology === 'sfu') startSfu();
+  // What `join` said (or, through a waiting room, said at the knock) may be out of date: a device
+  // that started or failed since, a mute in the waiting room. The room hears what is true now.
+  const st = mediaState();
+  if (st.audio !== msg.you.audio || st.video !== msg.you.video || st.screen !== msg.you.screen) announce();
   updateSelf();
   updateUnread();
   relayout();
@@ -481,6 +523,7 @@ export function onIceServers(msg) {
 
 /** Closes every connection and clears the room view (local media stays as it is). */
 export function teardownCall() {
+  callId += 1;
   hooks.teardown();
   quality.stop();
   for (const rec of S.peers.values()) { rec.meter?.detach(); rec.link?.close(); rec.tile?.remove(); }
@@ -645,8 +688,13 @@ let sfuRetryTimer = null;
 let sfuStartedAt = 0;
 /** Closes what is left of the peer-to-peer connections some time after a switch. @type {ReturnType<typeof setTimeout>|null} */
 let switchTimer = null;
-/** The server refuses a new session sooner than this after the last (docs/protocol.md). */
+/** The server takes a new session at most this often (docs/protocol.md). */
 const SFU_RESTART_MIN_MS = 2100;
+/**
+ * Our offers to the SFU not answered or refused yet. Each gets exactly one reply, in the order
+ * they went out, so when more than one is out the next reply belongs to an older connection.
+ */
+let sfuOffersOut = 0;
 /** A connection to the SFU not connected after this long is started over. */
 const SFU_CONNECT_TIMEOUT_MS = 20000;
 /** After a switch, peer-to-peer pictures stay at most this long while the SFU's arrive. */
@@ -683,7 +731,10 @@ function startSfu() {
   wanted.clear(); // a new session on the server starts with everything at `high`
   const link = new SfuLink({
     iceServers: S.iceServers, iceTransportPolicy: S.iceTransportPolicy,
-    signal: (payload) => { sig.signal(SFU_PEER_ID, payload); },
+    signal: (payload) => {
+      if (payload.kind === 'description' && payload.description.type === 'offer') sfuOffersOut += 1;
+      sig.signal(SFU_PEER_ID, payload);
+    },
     tracks: { audio: media.micTrack, video: outgoingVideo() },
     onTrack: (peerId, stream) => {
       const rec = S.peers.get(peerId);
@@ -718,7 +769,11 @@ function startSfu() {
     if (link === sfu && link.pc.connectionState !== 'connected') sfuTrouble();
   }, CONNECT_PATIENCE_MS);
   setTimeout(() => {
-    if (link === sfu && link.pc.connectionState !== 'connected') restartSfu();
+    if (link !== sfu || link.pc.connectionState === 'connected') return;
+    // No reply to our offer at all in this long: an overloaded server dropped it. Not counted any
+    // more, or the next answer would be taken for its.
+    if (link.session === null && !link.refused) sfuOffersOut = Math.max(0, sfuOffersOut - 1);
+    restartSfu();
   }, SFU_CONNECT_TIMEOUT_MS);
 }
 
@@ -736,10 +791,13 @@ function sfuTrouble() {
   });
 }
 
-/** Starts a fresh session with the SFU after a failure, with a growing pause. */
-function restartSfu() {
+/**
+ * Starts a fresh session with the SFU after a failure, with a growing pause (at least `minWait`).
+ * @param {number} [minWait] ms
+ */
+function restartSfu(minWait = 0) {
   if (!S.inRoom || S.topology !== 'sfu' || sfuRetryTimer) return;
-  const wait = Math.max(sfuRetryMs, SFU_RESTART_MIN_MS - (Date.now() - sfuStartedAt));
+  const wait = Math.max(sfuRetryMs, SFU_RESTART_MIN_MS - (Date.now() - sfuStartedAt), minWait);
   sfuRetryMs = Math.min(sfuRetryMs * 2, 30000);
   notice(t('notice.mediaReconnecting'));
   sfuRetryTimer = setTimeout(() => {
@@ -748,8 +806,51 @@ function restartSfu() {
   }, wait);
 }
 
-/** The server lost our media connection (`error media_failed`): start over. */
-export function onMediaFailed() { restartSfu(); }
+/**
+ * Takes one reply to an offer of ours off the count. False when it belongs to the offer of a
+ * connection we have replaced since.
+ */
+function replyToCurrentOffer() {
+  const current = sfuOffersOut <= 1;
+  sfuOffersOut = Math.max(0, sfuOffersOut - 1);
+  return current;
+}
+
+/** SDP from the SFU. @param {import('./protocol.js').RelayedSignalMsg} msg */
+function onSfuSignal(msg) {
+  const answer = msg.payload.kind === 'description' && msg.payload.description.type === 'answer';
+  if (answer && !replyToCurrentOffer()) return;
+  sfu?.handleSignal(msg.payload, msg.session);
+}
+
+/**
+ * An error about the SFU session (docs/protocol.md, "Sessions, restarts and refusals"). True when
+ * handled here; `media_refused` is left to the banner.
+ * @param {import('./protocol.js').ErrorMsg} m
+ */
+export function onMediaError(m) {
+  switch (m.code) {
+    case 'media_failed':
+    case 'media_answer_refused':
+      // About a session we replaced already (it crossed our new offer): nothing to do.
+      if (!sfu || (m.session !== undefined && m.session !== sfu.session)) return true;
+      restartSfu();
+      return true;
+    case 'media_retry':
+      // Not taken now: a new connection when the server says (nothing changed on its side).
+      if (m.request === 'signal' && !replyToCurrentOffer()) return true;
+      if (sfu) sfu.refused = true;
+      restartSfu(m.retryAfterMs ?? SFU_RESTART_MIN_MS);
+      return true;
+    case 'media_refused':
+      // Our current offer cannot be used: the banner says so. An older connection's: nothing.
+      if (!replyToCurrentOffer()) return true;
+      if (sfu) sfu.refused = true;
+      return false;
+    default:
+      return false;
+  }
+}
 
 function stopSfu() {
   if (sfuRetryTimer) clearTimeout(sfuRetryTimer);
@@ -757,6 +858,7 @@ function stopSfu() {
   sfuRetryTimer = switchTimer = null;
   sfu?.close();
   sfu = null;
+  sfuOffersOut = 0;
   sfuRetryMs = 2000;
   if (sfuProblem && bannerCode() === 'media_unreachable') hideError(['media_unreachable']);
   sfuProblem = false;

@@ -61,8 +61,17 @@ export function fillDevices() {
 }
 
 
+/**
+ * One after the other with every other device operation (`LocalMedia.run`): a switch during the
+ * pre-join camera start, or two quick switches, end with the last device chosen.
+ * @param {'camera'|'mic'} kind @param {string} id
+ */
+function switchDevice(kind, id) {
+  return media.run(() => switchDeviceNow(kind, id));
+}
+
 /** @param {'camera'|'mic'} kind @param {string} id */
-async function switchDevice(kind, id) {
+async function switchDeviceNow(kind, id) {
   if (kind === 'camera') {
     if (!media.camOn) { media.camId = id; media.savePrefs(); return; }
     try {
@@ -93,7 +102,11 @@ function afterMediaChange() {
 }
 
 /** A device was plugged in or out, or a track ended: re-list and fall back if ours is gone. */
-async function onDevicesChanged() {
+function onDevicesChanged() {
+  return media.run(onDevicesChangedNow);
+}
+
+async function onDevicesChangedNow() {
   await media.listDevices();
   const camGone = media.camTrack && (media.camTrack.readyState === 'ended' || !media.hasDevice('videoinput', media.camId));
   const micGone = media.micTrack && (media.micTrack.readyState === 'ended' || !media.hasDevice('audioinput', media.micId));

@@ -51,6 +51,48 @@ export class LocalMedia {
     this.camError = '';
     this.micError = '';
     /** @type {MediaDeviceInfo[]} */ this.devices = [];
+    /** The tail of the device operations queued with `run` (never rejects), and how many are
+     * queued or running. */
+    this.queue = Promise.resolve();
+    this.pending = 0;
+  }
+
+  /**
+   * Runs a device operation (opening, switching or stopping a camera or microphone, and putting
+   * the result into the call) after every one queued before it. Two operations never interleave,
+   * so each finds the tracks the last one left (a quick double click or a device switch during
+   * the pre-join camera start cannot leave the wrong camera or none), and a step that depends on
+   * the devices — joining — can wait for them all with `settled`. Never call `run` inside `fn`.
+   * @template T
+   * @param {() => Promise<T>} fn
+   * @returns {Promise<T>}
+   */
+  run(fn) {
+    this.pending += 1;
+    const p = this.queue.then(fn);
+    this.queue = p.then(() => {}, () => {}).then(() => { this.pending -= 1; });
+    return p;
+  }
+
+  /**
+   * Resolves true once no device operation is queued or running, or false after `ms` (a
+   * permission prompt nobody answers).
+   * @param {number} ms
+   */
+  async settled(ms) {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const q = this.queue;
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      /** @type {ReturnType<typeof setTimeout>|undefined} */
+      let timer;
+      const late = new Promise((resolve) => { timer = setTimeout(() => resolve(false), left); });
+      const done = await Promise.race([q.then(() => true), late]);
+      clearTimeout(timer);
+      if (!done) return false;
+      if (this.queue === q) return true; // nothing was queued meanwhile
+    }
   }
 
   savePrefs() {

@@ -89,6 +89,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {'bad_json'|'bad_message'|'unknown_type'|'binary_frame'|'frame_too_large'
  *   |'unsupported_protocol'|'not_in_room'|'already_in_room'|'invalid_name'|'invalid_room'
  *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'|'media_refused'|'media_failed'
+ *   |'media_answer_refused'|'media_retry'
  *   |'invalid_file'|'file_storage_full'|'file_quota'|'not_sfu_room'|'not_allowed'|'password_required'
  *   |'wrong_password'|'room_locked'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
@@ -157,9 +158,12 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'peer_joined', peer:Peer}} PeerJoinedMsg
  * @typedef {{type:'peer_left', id:PeerId, reason:LeaveReason}} PeerLeftMsg
  * @typedef {{type:'peer_updated', peer:Peer}} PeerUpdatedMsg
- * @typedef {{type:'signal', from:PeerId, payload:SignalPayload}} RelayedSignalMsg
+ * @typedef {{type:'signal', from:PeerId, payload:SignalPayload, session?:number}} RelayedSignalMsg
+ *   `session`: from the SFU, the number of the SFU session the SDP belongs to
  * @typedef {{type:'chat', message:ChatMessage}} ChatRelayMsg
- * @typedef {{type:'error', code:ErrorCode, message:string, request?:string}} ErrorMsg
+ * @typedef {{type:'error', code:ErrorCode, message:string, request?:string, session?:number, retryAfterMs?:number}} ErrorMsg
+ *   `session`: the SFU session a `media_failed` or `media_answer_refused` is about; `retryAfterMs`:
+ *   when to send a signal refused with `media_retry` again
  * @typedef {{type:'bye', reason:ByeReason}} ByeMsg
  * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
  *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg|WaitingMsg|WaitingListMsg|SettingsChangedMsg

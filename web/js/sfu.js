@@ -42,6 +42,15 @@ export class SfuLink {
     this.chain = Promise.resolve();
     /** true once the server has answered our offer (it knows this session) */
     this.answered = false;
+    /**
+     * The number of the SFU session our offer started, from the answer (docs/protocol.md,
+     * "Sessions, restarts and refusals"); null until then. A server offer or `media_failed`
+     * naming another session is about one we replaced.
+     * @type {number|null}
+     */
+    this.session = null;
+    /** the server refused our offer (`media_refused`, `media_retry`): its one reply came */
+    this.refused = false;
 
     const pc = new RTCPeerConnection({
       iceServers: o.iceServers || [], iceTransportPolicy: o.iceTransportPolicy || 'all', bundlePolicy: 'max-bundle',
@@ -83,16 +92,25 @@ export class SfuLink {
     return this.chain;
   }
 
-  /** A signal from `sfu`. @param {SignalPayload} payload */
-  handleSignal(payload) {
-    this.chain = this.chain.then(() => this.process(payload)).catch((e) => {
+  /**
+   * A signal from `sfu`, with the session it belongs to. The caller hands us only the answer to
+   * our own offer (replies come in the order of the offers).
+   * @param {SignalPayload} payload
+   * @param {number|undefined} session
+   */
+  handleSignal(payload, session) {
+    // At once, not when the answer is applied: a `media_failed` right behind it must find it.
+    if (payload?.kind === 'description' && payload.description.type === 'answer' && this.session === null) {
+      this.session = session ?? null;
+    }
+    this.chain = this.chain.then(() => this.process(payload, session)).catch((e) => {
       console.warn('huddle: signal from the SFU failed', e);
     });
     return this.chain;
   }
 
-  /** @param {SignalPayload} payload */
-  async process(payload) {
+  /** @param {SignalPayload} payload @param {number|undefined} session */
+  async process(payload, session) {
     if (this.closed || !payload || payload.kind !== 'description') return;
     const pc = this.pc;
     const d = payload.description;
@@ -101,9 +119,9 @@ export class SfuLink {
       await pc.setRemoteDescription(/** @type {RTCSessionDescriptionInit} */ (d));
       this.answered = true;
     } else if (d.type === 'offer') {
-      // We are the polite side only in name: the server never offers while our first offer is
-      // outstanding, and after a restart it drops its own pending offer.
-      if (pc.signalingState !== 'stable') return;
+      // We are the impolite side: while our offer is outstanding we keep it (the server drops
+      // its pending offer when it takes ours), and an offer of a session we replaced is ignored.
+      if (pc.signalingState !== 'stable' || (session !== undefined && session !== this.session)) return;
       await pc.setRemoteDescription(/** @type {RTCSessionDescriptionInit} */ (d));
       await pc.setLocalDescription();
       const a = pc.localDescription;

@@ -494,7 +494,7 @@ impl Participant<'_> {
 
     async fn server_msg(&mut self, ws: &mut Ws, msg: ServerMsg) -> anyhow::Result<()> {
         match msg {
-            ServerMsg::Signal { from, payload: SignalPayload::Description { description } }
+            ServerMsg::Signal { from, payload: SignalPayload::Description { description }, .. }
                 if from.0 == SFU_PEER_ID && self.alive =>
             {
                 if let Err(e) = self.description(ws, description).await {
@@ -508,7 +508,14 @@ impl Participant<'_> {
                 }
                 self.publishers_seen.push(peer.id);
             }
-            ServerMsg::Error { code: code @ (ErrorCode::MediaFailed | ErrorCode::MediaRefused), .. } => {
+            ServerMsg::Error {
+                code:
+                    code @ (ErrorCode::MediaFailed
+                    | ErrorCode::MediaRefused
+                    | ErrorCode::MediaAnswerRefused
+                    | ErrorCode::MediaRetry),
+                ..
+            } => {
                 self.media_failed(anyhow!("the server said {code}"))?;
             }
             ServerMsg::Error { code, message, .. } => {

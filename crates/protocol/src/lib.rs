@@ -408,8 +408,15 @@ pub enum ServerMsg {
     /// `sfu` rooms: the SFU heard a new main speaker (from the RTP audio levels; at most one change
     /// a second per room). Sent to everyone in the room, the speaker included.
     ActiveSpeaker { peer: PeerId },
-    /// A negotiation message relayed from another peer of the room.
-    Signal { from: PeerId, payload: SignalPayload },
+    /// A negotiation message relayed from another peer of the room. From the SFU (`from: "sfu"`)
+    /// it carries `session`: the number of the SFU session the SDP belongs to (an answer names
+    /// the session the client's offer started).
+    Signal {
+        from: PeerId,
+        payload: SignalPayload,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
+    },
     /// A chat message.
     Chat { message: ChatMessage },
     /// Answer to `file_offer`: `PUT` the file's bytes to `url` (same origin).
@@ -424,6 +431,12 @@ pub enum ServerMsg {
         /// The `type` of the message that caused the error, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+        /// `media_failed`, `media_answer_refused`: the SFU session the error is about.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
+        /// `media_retry`: send the same signal again after this many milliseconds.
+        #[serde(default, rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The server is closing this connection; the WebSocket close follows.
     Bye { reason: ByeReason },
@@ -435,7 +448,13 @@ fn is_zero(n: &u64) -> bool {
 
 impl ServerMsg {
     pub fn error(code: ErrorCode, request: Option<&str>) -> ServerMsg {
-        ServerMsg::Error { code, message: code.message().to_string(), request: request.map(str::to_string) }
+        ServerMsg::Error {
+            code,
+            message: code.message().to_string(),
+            request: request.map(str::to_string),
+            session: None,
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -605,6 +624,8 @@ pub enum ErrorCode {
     UnknownPeer,
     MediaRefused,
     MediaFailed,
+    MediaAnswerRefused,
+    MediaRetry,
     InvalidFile,
     FileStorageFull,
     FileQuota,
@@ -649,6 +670,8 @@ impl ErrorCode {
         ErrorCode::UnknownPeer,
         ErrorCode::MediaRefused,
         ErrorCode::MediaFailed,
+        ErrorCode::MediaAnswerRefused,
+        ErrorCode::MediaRetry,
         ErrorCode::InvalidFile,
         ErrorCode::FileStorageFull,
         ErrorCode::FileQuota,
@@ -688,8 +711,10 @@ impl ErrorCode {
             ErrorCode::RoomFull => "This room is full.",
             ErrorCode::TooManyRooms => "The server has reached its limit of rooms; try an existing room.",
             ErrorCode::UnknownPeer => "That participant is not in your room.",
-            ErrorCode::MediaRefused => "The media server could not accept this offer or answer.",
+            ErrorCode::MediaRefused => "The media server cannot use this offer; the session you had goes on.",
             ErrorCode::MediaFailed => "The connection to the media server was lost; send a new offer to reconnect.",
+            ErrorCode::MediaAnswerRefused => "The media server cannot use this answer, or was not waiting for one.",
+            ErrorCode::MediaRetry => "The media server cannot take this now; send it again after retryAfterMs.",
             ErrorCode::InvalidFile => "The file name, size or checksum is not acceptable.",
             ErrorCode::FileStorageFull => "The server is holding too many files; try again later.",
             ErrorCode::FileQuota => {

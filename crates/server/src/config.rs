@@ -38,7 +38,8 @@ pub struct Cli {
     /// sessions in rooms [default: $XDG_DATA_HOME/huddle, else ~/.local/share/huddle]
     #[arg(long, env = "HUDDLE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Most participants in one room [default: 6]
+    /// Most participants in one room [default: 50; 6 with `--topology p2p`, where a mesh gets heavy
+    /// beyond that]
     #[arg(long, env = "HUDDLE_ROOM_CAPACITY", value_name = "N")]
     pub room_capacity: Option<u32>,
     /// How media flows: `auto` (peer-to-peer for two people, the server's SFU from the third),
@@ -911,6 +912,16 @@ mod tests {
         assert_eq!(big.max_frame_bytes as usize, crate::ws::HARD_MAX_FRAME_BYTES, "capped");
         let set = Config::from_cli(parse(&["--max-frame-bytes", "100000"])).expect("valid");
         assert_eq!(set.max_frame_bytes, 100_000, "a configured limit wins");
+    }
+
+    #[test]
+    fn help_states_the_room_capacity_defaults() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        let at = help.find("--room-capacity").expect("the option is listed");
+        let text = &help[at..at + 200];
+        assert!(text.contains(&format!("default: {DEFAULT_SFU_CAPACITY};")), "{text}");
+        assert!(text.contains(&format!("{DEFAULT_P2P_CAPACITY} with `--topology p2p`")), "{text}");
     }
 
     #[test]

@@ -898,7 +898,7 @@ impl Hub {
             (ClientMsg::Signal { to, payload }, Some(room)) => {
                 let same_room = to != *id && self.conns.get(&to).is_some_and(|c| c.room.as_ref() == Some(&room));
                 if same_room {
-                    self.send(&to, ServerMsg::Signal { from: id.clone(), payload });
+                    self.send(&to, ServerMsg::Signal { from: id.clone(), payload, session: None });
                     Ok(())
                 } else {
                     Err(ErrorCode::UnknownPeer)
@@ -1498,7 +1498,13 @@ impl Hub {
         if media.try_send(cmd).is_err() {
             self.stats.media_commands_dropped += 1;
             warn!(peer = %id, "SFU queue full; refusing a signal");
-            return Err(ErrorCode::MediaFailed);
+            // Nothing changed: the same signal may be sent again in a moment.
+            let mut msg = ServerMsg::error(ErrorCode::MediaRetry, Some("signal"));
+            if let ServerMsg::Error { retry_after_ms, .. } = &mut msg {
+                *retry_after_ms = Some(crate::media::BUSY_RETRY.as_millis() as u64);
+            }
+            self.send(id, msg);
+            return Ok(());
         }
         // A (new) SFU session starts with nothing held: a muted participant stays muted on it,
         // and one whose camera and screen are off stays unseen.
@@ -1554,10 +1560,18 @@ impl Hub {
     /// Passes the SFU's SDP or error on, if the participant is still in an `sfu` room.
     fn media_event(&mut self, event: MediaEvent) {
         let (peer, msg) = match event {
-            MediaEvent::Signal { peer, payload } => {
-                (peer, ServerMsg::Signal { from: PeerId(SFU_PEER_ID.to_string()), payload })
+            MediaEvent::Signal { peer, payload, session } => {
+                (peer, ServerMsg::Signal { from: PeerId(SFU_PEER_ID.to_string()), payload, session: Some(session) })
             }
-            MediaEvent::Error { peer, code, request } => (peer, ServerMsg::error(code, request)),
+            MediaEvent::Error { peer, code, request, session, retry_after } => {
+                let mut msg = ServerMsg::error(code, request);
+                if let ServerMsg::Error { session: s, retry_after_ms, .. } = &mut msg {
+                    *s = session;
+                    // Rounded up: sent again after this long, the signal is in time.
+                    *retry_after_ms = retry_after.map(|d| d.as_micros().div_ceil(1000) as u64);
+                }
+                (peer, msg)
+            }
             MediaEvent::ActiveSpeaker { room, peer } => {
                 // Only while the speaker is still there (the event may trail a leave).
                 let here = self

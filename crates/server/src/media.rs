@@ -61,8 +61,11 @@ const RECV_BUFFER: usize = 2048;
 /// 23.9–24.7 µs per forwarded packet). CPU per packet is the target we are furthest from, so 10 ms.
 pub const TIMER_TICK: Duration = Duration::from_millis(10);
 /// The shortest time between two sessions of one participant: a new offer restarts its session,
-/// which renegotiates with everyone in the room, so a page must not be able to loop on it.
+/// which renegotiates with everyone in the room, so a page must not be able to loop on it. An
+/// offer sooner than that is refused with `media_retry` and the time left.
 pub const RESTART_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// What `media_retry` asks for when the SFU's queue was full (the hub could not pass a signal on).
+pub const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// What the hub asks of the SFU, for one participant (its signalling id).
 #[derive(Debug)]
@@ -85,11 +88,18 @@ pub enum MediaCommand {
 /// What the SFU tells the hub to pass on to one participant.
 #[derive(Debug)]
 pub enum MediaEvent {
-    /// SDP from the SFU: `signal {from: "sfu", payload}`.
-    Signal { peer: PeerId, payload: SignalPayload },
-    /// An error for the participant (`media_refused` for a `signal` it sent, `media_failed`
-    /// when the SFU lost its connection).
-    Error { peer: PeerId, code: ErrorCode, request: Option<&'static str> },
+    /// SDP from the SFU: `signal {from: "sfu", payload, session}`.
+    Signal { peer: PeerId, payload: SignalPayload, session: u64 },
+    /// An error for the participant: `media_refused`, `media_answer_refused` or `media_retry`
+    /// for a `signal` it sent, `media_failed` when the SFU lost its session. `session`: the
+    /// session it is about; `retry_after`: for `media_retry`, when to send the signal again.
+    Error {
+        peer: PeerId,
+        code: ErrorCode,
+        request: Option<&'static str>,
+        session: Option<u64>,
+        retry_after: Option<Duration>,
+    },
     /// The SFU heard a new main speaker in `room`: `active_speaker` to everyone there.
     ActiveSpeaker { room: String, peer: PeerId },
 }
@@ -237,6 +247,7 @@ impl Media {
             hub,
             stats: MediaStats::default(),
             sessions: HashMap::new(),
+            last_session: 0,
             lost: HashSet::new(),
             outgoing,
             batch,
@@ -358,15 +369,31 @@ fn signal_id(peer: huddle_sfu::PeerId) -> PeerId {
     PeerId(peer.to_string())
 }
 
+/// One participant's session on the SFU, as the signalling layer names it.
+#[derive(Clone, Copy, Debug)]
+struct SessionInfo {
+    /// The `session` of the `signal`s and errors about it.
+    number: u64,
+    started: Instant,
+    /// Still in the core: false once the participant closed it.
+    live: bool,
+}
+
 struct Driver {
     sfu: Sfu,
     socks: Vec<Sock>,
     hub: mpsc::Sender<hub::Command>,
     stats: MediaStats,
-    /// When each participant's current session started (for [`RESTART_MIN_INTERVAL`]).
-    sessions: HashMap<huddle_sfu::PeerId, Instant>,
-    /// Participants whose session the SFU lost (told `media_failed`) and who have not offered
-    /// again or left since: their late answers are ignored, not refused.
+    /// Each participant's current session: its number and when it started (for
+    /// [`RESTART_MIN_INTERVAL`]). Kept after the participant closed the session itself, so that
+    /// closing does not skip the interval; dropped when the SFU lost the session (its next
+    /// offer is taken at once) or the participant left.
+    sessions: HashMap<huddle_sfu::PeerId, SessionInfo>,
+    /// The number of the last session started; numbers are never reused while the server runs.
+    last_session: u64,
+    /// Participants whose session ended without their offer or leave (the SFU lost it, or they
+    /// closed it) and who have not offered again or left since: their late answers are ignored,
+    /// not refused.
     lost: HashSet<huddle_sfu::PeerId>,
     /// Datagrams of one flush, per socket, handed to the kernel together.
     outgoing: Vec<Vec<(SocketAddr, Vec<u8>)>>,
@@ -493,49 +520,46 @@ impl Driver {
         let now = Instant::now();
         match cmd {
             MediaCommand::Offer { peer, room, sdp } => {
-                let Some(id) = core_id(&peer) else { return self.refuse(peer) };
-                if self.sessions.get(&id).is_some_and(|t| now.duration_since(*t) < RESTART_MIN_INTERVAL) {
+                let Some(id) = core_id(&peer) else {
+                    return self.tell_error(peer, ErrorCode::MediaRefused, None, None);
+                };
+                let since = |s: &SessionInfo| now.saturating_duration_since(s.started);
+                let left = self.sessions.get(&id).and_then(|s| RESTART_MIN_INTERVAL.checked_sub(since(s)));
+                if let Some(left) = left.filter(|l| !l.is_zero()) {
                     info!(%peer, "SFU refused a restart that came too soon");
-                    return self.refuse(peer);
+                    return self.tell_error(peer, ErrorCode::MediaRetry, None, Some(left));
                 }
-                let join = |sfu: &mut Sfu, sdp: String| {
-                    sfu.handle_input(Input::Join { now, room: room.to_string(), peer: id, offer_sdp: sdp })
-                };
-                let result = match join(&mut self.sfu, sdp.clone()) {
-                    // A new offer starts the participant's session over.
-                    Err(SfuError::AlreadyJoined(_)) => {
-                        let _ = self.sfu.handle_input(Input::Leave { now, peer: id });
-                        join(&mut self.sfu, sdp)
-                    }
-                    other => other,
-                };
-                match result {
+                // A new offer starts the participant's session over; refused, it changes nothing.
+                let input = Input::Restart { now, room: room.to_string(), peer: id, offer_sdp: sdp };
+                match self.sfu.handle_input(input) {
                     Ok(()) => {
-                        self.sessions.insert(id, now);
+                        self.last_session += 1;
+                        let info = SessionInfo { number: self.last_session, started: now, live: true };
+                        self.sessions.insert(id, info);
                         self.lost.remove(&id);
                     }
                     Err(e) => {
                         // The error may quote the SDP, which holds the client's addresses: debug only.
                         info!(%peer, "SFU refused an offer");
                         debug!(%peer, error = %e, "SFU refused an offer");
-                        self.refuse(peer);
+                        self.tell_error(peer, ErrorCode::MediaRefused, None, None);
                     }
                 }
             }
             MediaCommand::Answer { peer, sdp } => {
-                let Some(id) = core_id(&peer) else { return self.refuse(peer) };
+                let Some(id) = core_id(&peer) else { return self.refuse_answer(peer) };
                 match self.sfu.handle_input(Input::Answer { now, peer: id, sdp }) {
                     Ok(()) => {}
-                    // An answer to an offer of a session the SFU has lost since: the participant
-                    // was told `media_failed` and starts over; a refusal now would read as one
-                    // of its new offer.
+                    // An answer to an offer of a session that has ended since (the SFU lost it,
+                    // or the participant closed it): the participant starts over, and a refusal
+                    // now would only be noise.
                     Err(SfuError::UnknownPeer(_)) if self.lost.contains(&id) => {
-                        debug!(%peer, "an answer for a session the SFU lost")
+                        debug!(%peer, "an answer for a session that ended")
                     }
                     Err(e) => {
                         info!(%peer, "SFU refused an answer");
                         debug!(%peer, error = %e, "SFU refused an answer");
-                        self.refuse(peer);
+                        self.refuse_answer(peer);
                     }
                 }
             }
@@ -583,8 +607,21 @@ impl Driver {
         }
     }
 
-    fn refuse(&mut self, peer: PeerId) {
-        self.tell_hub(MediaEvent::Error { peer, code: ErrorCode::MediaRefused, request: Some("signal") });
+    /// Refuses the participant's answer, naming the session it was for.
+    fn refuse_answer(&mut self, peer: PeerId) {
+        let session = self.session_of(&peer);
+        self.tell_error(peer, ErrorCode::MediaAnswerRefused, session, None);
+    }
+
+    /// An error about the participant's last `signal`.
+    fn tell_error(&mut self, peer: PeerId, code: ErrorCode, session: Option<u64>, retry_after: Option<Duration>) {
+        self.tell_hub(MediaEvent::Error { peer, code, request: Some("signal"), session, retry_after });
+    }
+
+    /// The number of the participant's live session; `None` when it has none.
+    fn session_of(&self, peer: &PeerId) -> Option<u64> {
+        let id = core_id(peer)?;
+        self.sessions.get(&id).filter(|s| s.live).map(|s| s.number)
     }
 
     fn tell_hub(&mut self, event: MediaEvent) {
@@ -612,19 +649,40 @@ impl Driver {
                         Signal::Offer(sdp) => (SdpType::Offer, sdp),
                     };
                     let payload = SignalPayload::Description { description: SessionDescription { kind, sdp } };
-                    self.tell_hub(MediaEvent::Signal { peer: signal_id(peer), payload });
+                    // The core's outputs are drained after every input, so what comes out now
+                    // concerns the session that is current now (a new offer's session is
+                    // recorded before its answer is drained).
+                    let Some(session) = self.sessions.get(&peer).map(|s| s.number) else {
+                        debug!(%peer, "SDP for a participant with no session");
+                        continue;
+                    };
+                    self.tell_hub(MediaEvent::Signal { peer: signal_id(peer), payload, session });
                 }
                 Output::Event(Event::Connected(peer)) => debug!(%peer, "SFU connected"),
-                Output::Event(Event::Removed { peer, reason }) => {
-                    if reason != RemoveReason::Left {
-                        self.sessions.remove(&peer);
-                        self.lost.insert(peer);
-                        // A str0m error's text may hold addresses: debug only.
-                        info!(%peer, "SFU lost a participant");
-                        debug!(%peer, ?reason, "SFU lost a participant");
-                        let peer = signal_id(peer);
-                        self.tell_hub(MediaEvent::Error { peer, code: ErrorCode::MediaFailed, request: None });
+                Output::Event(Event::Removed { peer, reason: RemoveReason::Left }) => debug!(%peer, "SFU session left"),
+                Output::Event(Event::Removed { peer, reason: RemoveReason::Closed }) => {
+                    // The participant closed it itself, most likely to start a new one: nothing
+                    // to tell it. Its restart interval still counts from this session's start.
+                    debug!(%peer, "SFU session closed by the participant");
+                    if let Some(s) = self.sessions.get_mut(&peer) {
+                        s.live = false;
                     }
+                    self.lost.insert(peer);
+                }
+                Output::Event(Event::Removed { peer, reason }) => {
+                    let session = self.sessions.remove(&peer).map(|s| s.number);
+                    self.lost.insert(peer);
+                    // A str0m error's text may hold addresses: debug only.
+                    info!(%peer, "SFU lost a participant");
+                    debug!(%peer, ?reason, "SFU lost a participant");
+                    let event = MediaEvent::Error {
+                        peer: signal_id(peer),
+                        code: ErrorCode::MediaFailed,
+                        request: None,
+                        session,
+                        retry_after: None,
+                    };
+                    self.tell_hub(event);
                 }
                 Output::Event(Event::Dropped { .. }) => self.stats.datagrams_unclaimed += 1,
                 Output::Event(Event::ActiveSpeaker { room, peer }) => {

@@ -229,7 +229,7 @@ async fn saying_participant(
                 };
                 let msg: ServerMsg = serde_json::from_str(&text).expect("server JSON");
                 match msg {
-                    ServerMsg::Signal { from, payload: SignalPayload::Description { description: desc } } => {
+                    ServerMsg::Signal { from, payload: SignalPayload::Description { description: desc }, .. } => {
                         assert_eq!(from, sfu(), "bot {tag}: only the SFU signals in an sfu room");
                         match desc.kind {
                             SdpType::Answer => {
@@ -548,14 +548,10 @@ async fn bad_sdp_for_the_sfu_is_refused_and_the_connection_carries_on() {
         // An answer when the SFU has no offer outstanding (and no session at all).
         description(SdpType::Answer, "v=0\r\n".into()),
     ];
-    for payload in cases {
+    for (payload, code) in cases.into_iter().zip(["media_refused", "media_refused", "media_answer_refused"]) {
         a.send(&ClientMsg::Signal { to: sfu(), payload }).await;
-        match a.recv().await {
-            ServerMsg::Error { code: ErrorCode::MediaRefused, request, .. } => {
-                assert_eq!(request.as_deref(), Some("signal"))
-            }
-            other => panic!("expected media_refused, got {other:?}"),
-        }
+        let error = recv_json(&mut a).await;
+        assert_eq!((&error["code"], &error["request"]), (&code.into(), &"signal".into()), "{error:#?}");
     }
     // Candidates for the SFU are accepted and ignored (it is ICE-lite).
     a.send(&ClientMsg::Signal { to: sfu(), payload: SignalPayload::Candidate { candidate: None } }).await;
@@ -581,9 +577,20 @@ async fn a_page_cannot_loop_on_restarting_its_session() {
     };
     a.send(&offer()).await;
     assert!(matches!(a.recv().await, ServerMsg::Signal { payload: SignalPayload::Description { .. }, .. }));
-    // A second offer at once would restart the session (and renegotiate the whole room).
-    a.send(&offer()).await;
-    a.expect_error(ErrorCode::MediaRefused).await;
+    // A second offer at once would restart the session (and renegotiate the whole room): not
+    // now, and the refusal says when.
+    let again = offer();
+    a.send(&again).await;
+    let refused = recv_json(&mut a).await;
+    assert_eq!(refused["code"], "media_retry", "{refused:#?}");
+    assert_eq!(refused["request"], "signal");
+    let wait = refused["retryAfterMs"].as_u64().expect("retryAfterMs");
+    assert!((1..=2000).contains(&wait), "{wait} ms");
+    // Sent again after that, the same offer is taken.
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    a.send(&again).await;
+    let answer = recv_json(&mut a).await;
+    assert_eq!(answer.pointer("/payload/description/type"), Some(&"answer".into()), "{answer:#?}");
     server.shutdown().await;
 }
 
@@ -670,4 +677,566 @@ async fn video_goes_through_the_sfu_only_while_the_room_has_the_camera_or_screen
     assert_eq!(saw(52, 51), video, "video a host stopped still forwarded");
     assert!(heard(52, 51) >= audio + 25, "its audio is not held");
     stop_all(stop_tx, tasks, server).await;
+}
+
+// ------------------------------------------------------------------ restarts, step by step
+
+/// One media session of a [`Stepper`]: a str0m connection on a UDP socket of its own, like a
+/// browser's `RTCPeerConnection`.
+struct Session {
+    rtc: Rtc,
+    link: Link,
+    /// Our offer, until the server answers it.
+    pending: Option<SdpPendingOffer>,
+    sending: Vec<(Mid, MediaKind)>,
+    incoming: HashMap<Mid, MediaKind>,
+    connected: bool,
+    next_timeout: Instant,
+    next_frame: Instant,
+    frames: u64,
+    /// The `session` the server's answer named (`None`: not answered yet, or no number given).
+    number: Option<u64>,
+}
+
+/// A participant driven step by step, as the restart tests need: the test says when to start
+/// a new session, close one, or stop reading the WebSocket; every message from the server is
+/// kept as JSON. It follows the client's rules of docs/protocol.md ("Sessions and restarts"):
+/// it answers the SFU's offers only while none of its own is outstanding, acts on a
+/// `media_failed` only when it names no session or the current one, and then starts over at
+/// once (as a client that trusts the message would).
+struct Stepper {
+    ws: Client,
+    tag: u8,
+    start: Instant,
+    s: Session,
+    /// Every message from the server, as JSON (SDP left out), in order.
+    said: Vec<serde_json::Value>,
+    /// Keep the SFU's offers unanswered in `held` (a slow page).
+    hold_offers: bool,
+    held: Vec<(Option<u64>, String)>,
+    /// Every SDP the SFU sent: (answer or offer, session, SDP).
+    sdp: Vec<(SdpType, Option<u64>, String)>,
+    /// Sessions started in response to `media_failed`.
+    restarts: u32,
+    /// When the last offer went out.
+    offered_at: Instant,
+}
+
+impl Stepper {
+    /// Connects, joins `room` (an sfu room) and offers.
+    async fn join(server: &TestServer, room: &str, tag: u8) -> Stepper {
+        let mut ws = Client::connect(server).await;
+        match ws.join(room, &format!("stepper {tag}")).await {
+            ServerMsg::Joined { topology: Topology::Sfu, .. } => {}
+            other => panic!("expected an sfu room, got {other:?}"),
+        }
+        let s = Stepper::session().await;
+        let mut me = Stepper {
+            ws,
+            tag,
+            start: Instant::now(),
+            s,
+            said: Vec::new(),
+            hold_offers: false,
+            held: Vec::new(),
+            sdp: Vec::new(),
+            restarts: 0,
+            offered_at: Instant::now(),
+        };
+        me.offer().await;
+        me
+    }
+
+    /// A fresh connection with a sendonly audio and video m-line, not offered yet.
+    async fn session() -> Session {
+        let link = Link::udp().await;
+        let now = Instant::now();
+        let mut rtc = Rtc::builder().build(now);
+        rtc.add_local_candidate(link.candidate());
+        Session {
+            rtc,
+            link,
+            pending: None,
+            sending: Vec::new(),
+            incoming: HashMap::new(),
+            connected: false,
+            next_timeout: now,
+            next_frame: now,
+            frames: 0,
+            number: None,
+        }
+    }
+
+    /// Offers the current session to the SFU.
+    async fn offer(&mut self) {
+        self.offer_with(|sdp| sdp).await;
+    }
+
+    /// Offers the current session, its SDP changed by `edit` on the way.
+    async fn offer_with(&mut self, edit: impl FnOnce(String) -> String) {
+        self.offered_at = Instant::now();
+        let mut change = self.s.rtc.sdp_api();
+        let sending: Vec<(Mid, MediaKind)> = [MediaKind::Audio, MediaKind::Video]
+            .into_iter()
+            .map(|k| (change.add_media(k, Direction::SendOnly, None, None, None), k))
+            .collect();
+        let (offer, pending) = change.apply().expect("an offer with two m-lines");
+        self.s.sending = sending;
+        self.s.pending = Some(pending);
+        let sdp = edit(offer.to_sdp_string());
+        self.ws.send(&ClientMsg::Signal { to: sfu(), payload: description(SdpType::Offer, sdp) }).await;
+    }
+
+    /// Runs until a new session may be started (2 s after the last offer).
+    async fn wait_restart_interval(&mut self) {
+        let at = self.offered_at + Duration::from_millis(2100);
+        self.run_until("the restart interval", Duration::from_secs(3), |_| Instant::now() >= at).await;
+    }
+
+    /// Starts over as the document says: a new connection and its offer (the old one is
+    /// dropped without a word, unless [`Stepper::close`] closed it first).
+    async fn restart(&mut self) {
+        self.s = Stepper::session().await;
+        self.offer().await;
+    }
+
+    /// Closes the current connection as `RTCPeerConnection.close()` does: DTLS close_notify
+    /// (and RTCP BYE) go out, then it is dead.
+    async fn close(&mut self) {
+        self.s.rtc.close().expect("close");
+        self.drain().await;
+    }
+
+    /// str0m's drain rule.
+    async fn drain(&mut self) {
+        loop {
+            let out = match self.s.rtc.poll_output() {
+                Ok(out) => out,
+                Err(e) => panic!("stepper {}: client poll_output: {e}", self.tag),
+            };
+            match out {
+                RtcOutput::Timeout(t) => {
+                    self.s.next_timeout = t;
+                    return;
+                }
+                RtcOutput::Transmit(t) => self.s.link.send(t.proto, t.destination, &t.contents).await,
+                RtcOutput::Event(RtcEvent::Connected) => self.s.connected = true,
+                RtcOutput::Event(RtcEvent::MediaAdded(m)) => {
+                    self.s.incoming.insert(m.mid, m.kind);
+                }
+                RtcOutput::Event(RtcEvent::MediaData(d)) => {
+                    let kind = self.s.incoming.get(&d.mid).copied().unwrap_or(MediaKind::Audio);
+                    if let Some(&from) = d.data.last() {
+                        let count = if kind == MediaKind::Audio { &HEARD } else { &SAW };
+                        *count.lock().expect("not poisoned").entry((self.tag, from)).or_default() += 1;
+                    }
+                }
+                RtcOutput::Event(_) => {}
+            }
+            if !self.s.rtc.is_alive() {
+                return;
+            }
+        }
+    }
+
+    /// Runs the participant (media both ways, signalling) until `done`, or fails after `limit`
+    /// saying `what` and what the server said.
+    async fn run_until(&mut self, what: &str, limit: Duration, done: impl Fn(&Stepper) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            self.drain().await;
+            if done(self) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("stepper {}: {what}: not within {limit:?}; the server said {:#?}", self.tag, self.said);
+            }
+            let wake = self.s.next_timeout.min(self.s.next_frame).max(Instant::now());
+            let wake = tokio::time::Instant::from_std(wake).min(deadline);
+            tokio::select! {
+                frame = self.ws.ws.next() => {
+                    let Some(Ok(frame)) = frame else { panic!("stepper {}: signalling closed", self.tag) };
+                    match frame {
+                        Message::Text(t) => self.message(&t).await,
+                        Message::Ping(_) => self.ws.ws.flush().await.expect("pong"),
+                        _ => {}
+                    }
+                }
+                (proto, n, source) = self.s.link.recv(&mut buf) => {
+                    let destination = self.s.link.local();
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let receive = Receive { proto, source, destination, contents };
+                    let _ = self.s.rtc.handle_input(RtcInput::Receive(Instant::now(), receive));
+                }
+                _ = tokio::time::sleep_until(wake) => self.tick(),
+            }
+        }
+    }
+
+    /// A timeout for str0m, and a frame of audio and video every 20 ms once connected.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if !self.s.rtc.is_alive() {
+            self.s.next_timeout = now + Duration::from_secs(3600);
+            return;
+        }
+        let _ = self.s.rtc.handle_input(RtcInput::Timeout(now));
+        if now < self.s.next_frame {
+            return;
+        }
+        self.s.next_frame = now + FRAME_INTERVAL;
+        if !self.s.connected {
+            return;
+        }
+        self.s.frames += 1;
+        for (mid, kind) in self.s.sending.clone() {
+            let codec = if kind == MediaKind::Audio { Codec::Opus } else { Codec::Vp8 };
+            let Some(pt) = self.s.rtc.codec_config().find(|p| p.spec().codec == codec).map(|p| p.pt()) else {
+                continue;
+            };
+            let data = frame(kind, self.s.frames, self.tag);
+            if let Some(mut w) = self.s.rtc.writer(mid) {
+                if kind == MediaKind::Audio {
+                    w = w.audio_level(AUDIO_LEVEL, true);
+                }
+                let _ = w.write(pt, now, (now - self.start).into(), data);
+            }
+        }
+    }
+
+    /// One message from the server, following the client's rules.
+    async fn message(&mut self, text: &str) {
+        let mut json: serde_json::Value = serde_json::from_str(text).expect("server JSON");
+        let session = json.get("session").and_then(|s| s.as_u64());
+        let sdp = json.pointer("/payload/description/sdp").and_then(|s| s.as_str()).map(str::to_string);
+        if let Some(d) = json.pointer_mut("/payload/description") {
+            d["sdp"] = "…".into();
+        }
+        self.said.push(json.clone());
+        let kind = json.pointer("/payload/description/type").and_then(|t| t.as_str());
+        match (json["type"].as_str(), kind, sdp) {
+            (Some("signal"), Some("answer"), Some(sdp)) => {
+                assert_eq!(json["from"], SFU_PEER_ID, "stepper {}: only the SFU signals", self.tag);
+                assert_candidates_in_the_first_section(&sdp);
+                self.sdp.push((SdpType::Answer, session, sdp.clone()));
+                let pending = self.s.pending.take().expect("an answer comes only to our outstanding offer");
+                let answer = SdpAnswer::from_sdp_string(&sdp).expect("SFU answer parses");
+                if let Err(e) = self.s.rtc.sdp_api().accept_answer(pending, answer) {
+                    // The answer to an earlier connection's offer (one it replaced).
+                    panic!(
+                        "stepper {}: the answer does not fit this connection ({e}); the server said {:#?}",
+                        self.tag, self.said
+                    );
+                }
+                self.s.number = session;
+            }
+            (Some("signal"), Some("offer"), Some(sdp)) => {
+                assert_candidates_in_the_first_section(&sdp);
+                self.sdp.push((SdpType::Offer, session, sdp.clone()));
+                // Our own offer is outstanding: we are the impolite side and ignore theirs; an
+                // offer for another session than ours is about one we replaced.
+                if self.s.pending.is_some() || session.is_some_and(|n| Some(n) != self.s.number) {
+                    return;
+                }
+                if self.hold_offers {
+                    self.held.push((session, sdp));
+                    return;
+                }
+                self.answer(&sdp).await;
+            }
+            (Some("error"), _, _)
+                if json["code"] == "media_failed" && (session.is_none() || session == self.s.number) =>
+            {
+                self.restarts += 1;
+                self.restart().await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn answer(&mut self, sdp: &str) {
+        let offer = SdpOffer::from_sdp_string(sdp).expect("SFU offer parses");
+        let answer = self.s.rtc.sdp_api().accept_offer(offer).expect("client accepts the offer");
+        self.ws
+            .send(&ClientMsg::Signal { to: sfu(), payload: description(SdpType::Answer, answer.to_sdp_string()) })
+            .await;
+    }
+
+    /// The errors the server sent, as (code, session).
+    fn errors(&self) -> Vec<(String, Option<u64>)> {
+        self.said
+            .iter()
+            .filter(|m| m["type"] == "error")
+            .map(|m| (m["code"].as_str().unwrap_or_default().to_string(), m["session"].as_u64()))
+            .collect()
+    }
+}
+
+/// `GET /metrics`: `huddle_sfu_participants`.
+async fn sfu_participants(server: &TestServer) -> u64 {
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr);
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw)).await.expect("answered in time").expect("read");
+    let text = String::from_utf8(raw).expect("UTF-8");
+    let line = text.lines().find_map(|l| l.strip_prefix("huddle_sfu_participants ")).expect("the gauge is there");
+    line.trim().parse().expect("a number")
+}
+
+/// Waits until the SFU holds `n` sessions (it dropped one the test ended).
+async fn until_sfu_holds(server: &TestServer, n: u64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let now = sfu_participants(server).await;
+        if now == n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the SFU still holds {now} sessions after {limit:?}, not {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A room with a [`Stepper`] (tag `tag`) and a [`media_participant`] (tag `tag + 1`), media
+/// flowing both ways.
+async fn stepper_and_bot(
+    server: &TestServer,
+    room: &'static str,
+    tag: u8,
+) -> (Stepper, watch::Sender<bool>, tokio::task::JoinHandle<Client>) {
+    let mut me = Stepper::join(server, room, tag).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let ws = Client::connect(server).await;
+    let link = Link::udp().await;
+    let bot = tokio::spawn(media_participant(ws, room, tag + 1, link, tx, stop));
+    me.run_until("media both ways", MEDIA_WAIT, |_| heard(tag, tag + 1) > 10 && heard(tag + 1, tag) > 10).await;
+    (me, stop_tx, bot)
+}
+
+async fn stop_bot(stop_tx: watch::Sender<bool>, bot: tokio::task::JoinHandle<Client>) {
+    stop_tx.send(true).expect("the bot listens");
+    let mut ws = tokio::time::timeout(WAIT, bot).await.expect("the bot stops").expect("no panic");
+    ws.send(&ClientMsg::Leave).await;
+}
+
+/// Media flows again both ways between `a` and `b`: each hears `n` more frames of the other.
+fn flowing_again(a: u8, b: u8, n: u64) -> impl Fn(&Stepper) -> bool {
+    let (ab, ba) = (heard(a, b), heard(b, a));
+    move |_| heard(a, b) > ab + n && heard(b, a) > ba + n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_old_connection_to_restart_brings_no_media_failed_and_media_flows_again() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let (mut a, stop_tx, bot) = stepper_and_bot(&server, "close and restart", 61).await;
+    for round in 1..=2 {
+        // The session may be started over once every 2 s: wait that out with media flowing.
+        a.wait_restart_interval().await;
+        // As the document says: close the connection (a browser sends DTLS close_notify), open
+        // a new one and offer. The SFU sees the close before the offer: by the time the offer
+        // goes out the old session is gone, and whatever the server said about it is on its way.
+        let said = a.said.len();
+        a.close().await;
+        until_sfu_holds(&server, 1, WAIT).await;
+        a.restart().await;
+        a.run_until(&format!("round {round}: media again"), MEDIA_WAIT, flowing_again(61, 62, 25)).await;
+        let errors: Vec<_> = a.said[said..].iter().filter(|m| m["type"] == "error").collect();
+        assert!(errors.is_empty(), "round {round}: errors about the session the client closed itself: {errors:?}");
+        assert_eq!(a.restarts, 0, "no second restart");
+    }
+    stop_bot(stop_tx, bot).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_failed_that_crosses_a_restart_names_the_old_session_and_is_ignored() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let (mut a, stop_tx, bot) = stepper_and_bot(&server, "crossing", 63).await;
+    let old = a.s.number;
+    // The network drops (nothing more from this connection, not even ICE consent checks) and
+    // the client is not reading its WebSocket either. The SFU gives up on the session (ICE-lite
+    // consent: 15 s) and says `media_failed`; it is still unread when the client, which found
+    // its connection dead by itself, starts over: the two cross.
+    until_sfu_holds(&server, 1, Duration::from_secs(30)).await;
+    let said = a.said.len();
+    a.restart().await;
+    a.run_until("media again after the restart", MEDIA_WAIT, flowing_again(63, 64, 25)).await;
+    let after: Vec<_> = a.said[said..].to_vec();
+    let failed = after.iter().position(|m| m["code"] == "media_failed");
+    let answer = after.iter().position(|m| m.pointer("/payload/description/type") == Some(&"answer".into()));
+    let (Some(failed), Some(answer)) = (failed, answer) else { panic!("a media_failed and an answer: {after:#?}") };
+    assert!(failed < answer, "what concerns the old session comes before the answer: {after:#?}");
+    assert!(old.is_some(), "answers name their session");
+    assert_eq!(after[failed]["session"].as_u64(), old, "media_failed names the session it is about");
+    assert_ne!(after[answer]["session"].as_u64(), old, "the new session has a number of its own");
+    assert_eq!(a.restarts, 0, "the crossing media_failed was recognised as the old session's");
+    assert_eq!(a.errors().len(), 1, "nothing else went wrong: {:?}", a.errors());
+    stop_bot(stop_tx, bot).await;
+    server.shutdown().await;
+}
+
+/// `offer` with every codec renamed to one nobody knows: it parses, but nothing in it is usable.
+fn unusable(offer: &str) -> String {
+    offer
+        .lines()
+        .map(|l| match l.strip_prefix("a=rtpmap:") {
+            Some(rest) => format!("a=rtpmap:{} X-NOPE/90000\r\n", rest.split(' ').next().unwrap_or("96")),
+            None => format!("{l}\r\n"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_offer_leaves_the_session_running() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let (mut a, stop_tx, bot) = stepper_and_bot(&server, "refused offer", 65).await;
+    a.wait_restart_interval().await;
+    // A second connection's offer the SFU cannot use (the client keeps the first open).
+    let mut other = Stepper::session().await;
+    let mut change = other.rtc.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, _) = change.apply().expect("an offer");
+    let sdp = unusable(&offer.to_sdp_string());
+    let said = a.said.len();
+    a.ws.send(&ClientMsg::Signal { to: sfu(), payload: description(SdpType::Offer, sdp) }).await;
+    a.run_until("the refusal", WAIT, |a| a.said.len() > said).await;
+    assert_eq!(a.said[said]["code"], "media_refused", "{:#?}", a.said[said]);
+    assert_eq!(a.said[said]["request"], "signal");
+    // The session that was there goes on, both ways.
+    a.run_until("media on the old session", MEDIA_WAIT, flowing_again(65, 66, 25)).await;
+    assert_eq!(sfu_participants(&server).await, 2);
+    stop_bot(stop_tx, bot).await;
+    server.shutdown().await;
+}
+
+/// The media sections' `a=mid`s, in order.
+fn mids(sdp: &str) -> Vec<String> {
+    sdp.lines().filter_map(|l| l.strip_prefix("a=mid:")).map(|m| m.trim().to_string()).collect()
+}
+
+/// The SFU's SDP bundles every section on one transport and names its candidates in the first
+/// section only (docs/protocol.md, "ICE").
+fn assert_candidates_in_the_first_section(sdp: &str) {
+    let sections: Vec<&str> = sdp.split("\r\nm=").skip(1).collect();
+    assert!(!sections.is_empty(), "media sections: {sdp}");
+    assert!(sections[0].contains("a=candidate:"), "candidates in the first section: {sdp}");
+    assert!(sections[1..].iter().all(|s| !s.contains("a=candidate:")), "candidates only in the first section: {sdp}");
+    let group = sdp.lines().find_map(|l| l.strip_prefix("a=group:BUNDLE ")).expect("a BUNDLE group");
+    assert_eq!(group.split(' ').map(str::trim).collect::<Vec<_>>(), mids(sdp), "every section in the bundle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_answer_is_followed_by_an_offer_of_the_same_tracks_in_new_sections() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let mut a = Stepper::join(&server, "refused answer", 67).await;
+    a.run_until("the answer", WAIT, |a| a.s.pending.is_none()).await;
+    a.hold_offers = true;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let ws = Client::connect(&server).await;
+    let bot = tokio::spawn(media_participant(ws, "refused answer", 68, Link::udp().await, tx, stop));
+    a.run_until("an offer of 68's tracks", MEDIA_WAIT, |a| !a.held.is_empty()).await;
+    let (session, refused) = a.held.remove(0);
+    assert_eq!(session, a.s.number, "the offer names the session");
+    // An answer that fits no offer: ours, with its last media section cut off.
+    let offer = SdpOffer::from_sdp_string(&refused).expect("SFU offer parses");
+    let answer = a.s.rtc.sdp_api().accept_offer(offer).expect("client accepts the offer").to_sdp_string();
+    let cut = answer[..answer.rfind("\r\nm=").expect("sections") + 2].to_string();
+    let said = a.said.len();
+    a.ws.send(&ClientMsg::Signal { to: sfu(), payload: description(SdpType::Answer, cut) }).await;
+    a.run_until("the refusal and the next offer", WAIT, |a| !a.held.is_empty()).await;
+    let error = a.said[said..].iter().find(|m| m["type"] == "error").expect("an error");
+    assert_eq!(error["code"], "media_answer_refused", "{error:#?}");
+    assert_eq!(error["session"].as_u64(), a.s.number, "{error:#?}");
+    // The refused offer never took effect on the server: the next one carries the same tracks
+    // (68's audio and video) in new sections, and the refused offer's sections are not in it.
+    let (_, next) = a.held.remove(0);
+    let (old, new) = (mids(&refused), mids(&next));
+    assert_eq!(old.len(), 4, "our two sections and 68's two: {old:?}");
+    assert_eq!(new.len(), 4, "{new:?}");
+    assert_eq!(old[..2], new[..2], "our own sections stay");
+    assert!(new[2..].iter().all(|m| !old.contains(m)), "68's tracks in new sections: {old:?} → {new:?}");
+    assert_eq!(next.matches("a=msid:p").count(), 2, "68's two tracks: {next}");
+    // A client that applied its answer (a browser always does) cannot take that offer…
+    let taken = a.s.rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(&next).expect("parses"));
+    assert!(taken.is_err(), "the client's connection and the SFU's view differ now");
+    // …and starts over, as the document says.
+    a.hold_offers = false;
+    a.wait_restart_interval().await;
+    a.restart().await;
+    a.run_until("media after starting over", MEDIA_WAIT, flowing_again(67, 68, 25)).await;
+    stop_bot(stop_tx, bot).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_sfu_lost_may_be_started_over_at_once() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    let mut a = Stepper::join(&server, "lost early", 69).await;
+    // A second session whose DTLS the SFU rejects (the certificate is not the one the offer
+    // announced): the SFU loses it within moments of its start, and says so.
+    a.run_until("the answer", WAIT, |a| a.s.pending.is_none()).await;
+    a.wait_restart_interval().await;
+    a.s = Stepper::session().await;
+    a.offer_with(|sdp| {
+        let at = sdp.find("a=fingerprint:sha-256 ").expect("a fingerprint") + "a=fingerprint:sha-256 ".len();
+        let flipped = if &sdp[at..at + 2] == "00" { "11" } else { "00" };
+        format!("{}{flipped}{}", &sdp[..at], &sdp[at + 2..])
+    })
+    .await;
+    a.run_until("the SFU gives the session up", MEDIA_WAIT, |a| a.restarts > 0).await;
+    let lost = a.said.iter().find(|m| m["code"] == "media_failed").expect("media_failed");
+    assert!(lost["session"].as_u64().is_some(), "it names the session: {lost:#?}");
+    // The stepper started over at once (its rule): well within 2 s of the lost session's offer,
+    // and still the SFU takes it.
+    assert!(a.offered_at.elapsed() < Duration::from_millis(2000));
+    let bot_ws = Client::connect(&server).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let bot = tokio::spawn(media_participant(bot_ws, "lost early", 70, Link::udp().await, tx, stop));
+    a.run_until("media on the new session", MEDIA_WAIT, flowing_again(69, 70, 25)).await;
+    assert_eq!(a.errors().len(), 1, "{:?}", a.errors());
+    stop_bot(stop_tx, bot).await;
+    server.shutdown().await;
+}
+
+/// The next message as JSON (pings answered on the way).
+async fn recv_json(c: &mut Client) -> serde_json::Value {
+    loop {
+        match tokio::time::timeout(WAIT, c.ws.next()).await.expect("a message in time") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("server JSON"),
+            Some(Ok(Message::Ping(_))) => c.ws.flush().await.expect("pong"),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_connection_does_not_skip_the_restart_interval() {
+    let server = TestServer::start(sfu_config(TopologyMode::Sfu)).await;
+    // An attacker's loop: connect, close, offer again at once. Each round needs the close to land
+    // well within 2 s of the offer; a machine too busy for that tries again.
+    for attempt in 1..=3 {
+        let mut a = Stepper::join(&server, &format!("close loop {attempt}"), 71).await;
+        a.run_until("connected", MEDIA_WAIT, |a| a.s.connected).await;
+        a.close().await;
+        until_sfu_holds(&server, 0, WAIT).await;
+        let first = a.offered_at;
+        a.restart().await;
+        if first.elapsed() > Duration::from_millis(1500) {
+            continue;
+        }
+        let said = a.said.len();
+        a.run_until("an answer to the new offer", WAIT, |a| a.said.len() > said).await;
+        let refused = &a.said[said];
+        assert_eq!(refused["code"], "media_retry", "a closed session still counts: {refused:#?}");
+        assert!(refused["retryAfterMs"].as_u64().is_some_and(|ms| (1..=2000).contains(&ms)), "{refused:#?}");
+        assert!(refused.get("session").is_none(), "{refused:#?}");
+        server.shutdown().await;
+        return;
+    }
+    panic!("three attempts could not close and offer again within 1.5 s");
 }

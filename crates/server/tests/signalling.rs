@@ -51,7 +51,7 @@ async fn join_relay_chat_media_and_leave() {
 
     // Offer, answer and candidates go to exactly the named peer, tagged with the sender.
     b.send(&ClientMsg::Signal { to: a.id.clone(), payload: offer() }).await;
-    assert_eq!(a.recv().await, ServerMsg::Signal { from: b.id.clone(), payload: offer() });
+    assert_eq!(a.recv().await, ServerMsg::Signal { from: b.id.clone(), payload: offer(), session: None });
     let cand = SignalPayload::Candidate {
         candidate: Some(IceCandidate {
             candidate: "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host".into(),
@@ -61,7 +61,7 @@ async fn join_relay_chat_media_and_leave() {
         }),
     };
     a.send(&ClientMsg::Signal { to: b.id.clone(), payload: cand.clone() }).await;
-    assert_eq!(b.recv().await, ServerMsg::Signal { from: a.id.clone(), payload: cand });
+    assert_eq!(b.recv().await, ServerMsg::Signal { from: a.id.clone(), payload: cand, session: None });
 
     // Chat reaches everyone, the sender included.
     a.send(&ClientMsg::Chat { text: "  안녕 https://example.org  ".into() }).await;

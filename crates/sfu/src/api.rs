@@ -27,8 +27,12 @@ pub enum Transport {
 #[derive(Debug)]
 pub enum Input {
     /// A participant enters `room` with its first SDP offer; the core answers with
-    /// [`Signal::Answer`].
+    /// [`Signal::Answer`]. A participant already in the core starts over: [`Input::Restart`].
     Join { now: Instant, room: String, peer: PeerId, offer_sdp: String },
+    /// A participant's new offer replaces its session (as [`Input::Leave`] then [`Input::Join`],
+    /// or a plain join when it has none). The new session is set up before the old one goes:
+    /// if the offer is refused, the old session carries on untouched.
+    Restart { now: Instant, room: String, peer: PeerId, offer_sdp: String },
     /// A participant leaves (its signalling connection ended, or it said so).
     Leave { now: Instant, peer: PeerId },
     /// The participant's answer to an offer the core sent it ([`Signal::Offer`]).
@@ -59,6 +63,7 @@ impl Input {
     pub fn now(&self) -> Instant {
         match self {
             Input::Join { now, .. }
+            | Input::Restart { now, .. }
             | Input::Leave { now, .. }
             | Input::Answer { now, .. }
             | Input::Packet { now, .. }
@@ -114,6 +119,10 @@ pub enum RemoveReason {
     Left,
     /// ICE disconnected or str0m closed the connection.
     Disconnected,
+    /// The participant's side closed the connection (DTLS close_notify, as
+    /// `RTCPeerConnection.close()` sends): it ended the session itself, typically to start a
+    /// new one.
+    Closed,
     /// str0m returned an error on this participant's input (the text is for logs).
     Failed(String),
     /// Handling this participant's input panicked; the panic was contained to it.

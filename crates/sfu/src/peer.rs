@@ -761,6 +761,11 @@ impl PeerState {
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.failed.get_or_insert(RemoveReason::Disconnected);
             }
+            // Its DTLS close_notify: the participant's side ended the session (str0m's `Rtc`
+            // finishes closing and goes dead, which would read as `Disconnected`).
+            RtcEvent::Closed => {
+                self.failed.get_or_insert(RemoveReason::Closed);
+            }
             RtcEvent::MediaAdded(added) if added.direction.is_receiving() => {
                 // The browser offers `a=simulcast:send` with its rids, lowest quality first.
                 let layers = added

@@ -104,7 +104,13 @@ impl Sfu {
         let now = input.now();
         self.latest = Some(self.latest.map_or(now, |t| t.max(now)));
         let result = match input {
-            Input::Join { now, room, peer, offer_sdp } => self.join(now, room, peer, &offer_sdp),
+            Input::Join { now, room, peer, offer_sdp } => {
+                if self.peers.contains_key(&peer) {
+                    return Err(SfuError::AlreadyJoined(peer));
+                }
+                self.join(now, room, peer, &offer_sdp)
+            }
+            Input::Restart { now, room, peer, offer_sdp } => self.join(now, room, peer, &offer_sdp),
             Input::Leave { now, peer } => {
                 if !self.peers.contains_key(&peer) {
                     return Err(SfuError::UnknownPeer(peer));
@@ -211,18 +217,27 @@ impl Sfu {
         self.peers.len()
     }
 
+    /// A new session for `id` from its offer, replacing the one it has, if any. The new peer is
+    /// built aside (with a sink of its own) first, so a refused offer changes nothing.
     fn join(&mut self, now: Instant, room: String, id: PeerId, offer_sdp: &str) -> Result<(), SfuError> {
-        if self.peers.contains_key(&id) {
-            return Err(SfuError::AlreadyJoined(id));
-        }
         let room: Arc<str> =
             self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
         let locals = Locals { udp: &self.locals, tcp: &self.tcp_locals };
-        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, self.bwe, &mut self.sink));
+        let mut aside = Sink::default();
+        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, self.bwe, &mut aside));
         let (mut peer, answer, creds) = match joined {
             Some(result) => result?,
             None => return Err(SfuError::SdpRefused { peer: id, reason: "panicked on the offer".into() }),
         };
+        if self.peers.contains_key(&id) {
+            // The old session goes (its tracks stop for the others) before the new one's arrive.
+            self.remove(now, id, RemoveReason::Left);
+        }
+        self.sink.out.extend(aside.out);
+        self.sink.propagated.extend(aside.propagated);
+        self.sink.undrained.extend(aside.undrained);
+        self.sink.forwarded_packets += aside.forwarded_packets;
+        self.sink.forwarded_bytes += aside.forwarded_bytes;
         self.sink.out.push_back(Output::Signal { peer: id, signal: Signal::Answer(answer) });
         // The newcomer receives every track already published in its room.
         let members = self.rooms.entry(room).or_default();

@@ -236,3 +236,15 @@ fn a_stun_message_naming_someone_else_does_not_divert_a_known_address() {
     assert!(got >= 12, "1's audio reaches 2 right after ({got} frames in 300 ms)");
     assert_undisturbed(&mut w);
 }
+
+#[test]
+fn a_new_offer_the_core_cannot_use_leaves_the_session_running() {
+    let mut w = two_talking();
+    for sdp in [String::from("hello"), offer_sdp(AV).replace("a=fingerprint:sha-256 ", "a=fingerprint:sha-256 zz")] {
+        let r = w.core(Input::Restart { now: w.now, room: "room".into(), peer: PeerId(1), offer_sdp: sdp });
+        w.drain_sfu();
+        assert!(matches!(r, Err(SfuError::BadSdp { .. } | SfuError::SdpRefused { .. })), "{r:?}");
+    }
+    assert_eq!(w.sfu.peer_count(), 2);
+    assert_undisturbed(&mut w);
+}

@@ -1,6 +1,7 @@
 //! A publisher goes away: everyone else's session stops its tracks in a renegotiation the core
 //! starts, and media between those who stay keeps flowing. It may say so (`Input::Leave`), or its
-//! connection may just go silent, in which case the core notices by itself (ICE timeout).
+//! connection may just go silent, in which case the core notices by itself (ICE timeout), or it may
+//! close its connection (DTLS close_notify).
 
 mod common;
 
@@ -75,4 +76,16 @@ fn a_participant_that_goes_silent_is_removed_and_its_tracks_stopped() {
     );
     eprintln!("1 removed {after:?} (virtual) after going silent");
     assert_gone_for_the_others(&mut w, &a_mids);
+}
+
+#[test]
+fn a_participant_that_closes_its_connection_is_removed_as_closed_not_lost() {
+    let mut w = World::new();
+    w.join("room", 1, AV).expect("1 joins");
+    w.join("room", 2, AV).expect("2 joins");
+    assert!(w.run_until(Duration::from_secs(5), |w| w.frames_from(2, 1, MediaKind::Audio) > 10), "media flows");
+    // As `RTCPeerConnection.close()`: DTLS close_notify, then nothing.
+    w.client_mut(1).rtc.close().expect("close");
+    assert!(w.run_until(Duration::from_secs(2), |w| w.removed(1)), "removed; events: {:?}", w.events);
+    assert!(w.events.contains(&Event::Removed { peer: PeerId(1), reason: RemoveReason::Closed }), "{:?}", w.events);
 }

@@ -239,6 +239,8 @@ async fn participant(
     let start = Instant::now();
     let (mut rtc, mut audio, mut pending) = offer_to_sfu(&mut ws, local, start).await?;
     let mut session_started = Instant::now();
+    // The SFU session our connection belongs to (from the answer); `None` until answered.
+    let mut current: Option<u64> = None;
     let mut probe = SessionProbe::default();
     // Set when the session must start over (the server lost it, or our DTLS gave up): when.
     let mut restart_at: Option<Instant> = None;
@@ -257,6 +259,7 @@ async fn participant(
                 connected = false;
                 (rtc, audio, pending) = offer_to_sfu(&mut ws, local, start).await?;
                 session_started = Instant::now();
+                current = None;
                 probe = SessionProbe::default();
                 totals.restarts.fetch_add(1, Ordering::Relaxed);
             }
@@ -325,7 +328,7 @@ async fn participant(
                 return Ok(());
             }
             msg = next_msg(&mut ws) => match msg? {
-                ServerMsg::Signal { from, payload: SignalPayload::Description { description } }
+                ServerMsg::Signal { from, payload: SignalPayload::Description { description }, session }
                     if from.0 == SFU_PEER_ID =>
                 {
                     let handled: anyhow::Result<()> = (|| {
@@ -335,11 +338,13 @@ async fn participant(
                                 let answer = SdpAnswer::from_sdp_string(&description.sdp)?;
                                 let pending = pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
                                 rtc.sdp_api().accept_answer(pending, answer)?;
+                                current = session;
                                 Ok(())
                             }
-                            // Our own offer is outstanding (a restart): we are the polite side and
-                            // keep it; the server drops its offer when it takes ours.
-                            SdpType::Offer if pending.is_some() => {
+                            // Our own offer is outstanding (a restart), or the offer is about a
+                            // session we replaced: we are the impolite side and keep ours; the
+                            // server drops its offer when it takes ours.
+                            SdpType::Offer if pending.is_some() || session != current => {
                                 probe.offers_ignored += 1;
                                 Ok(())
                             }
@@ -362,15 +367,22 @@ async fn participant(
                     }
                 }
                 ServerMsg::PeerJoined { peer } => others.push(peer.id),
-                ServerMsg::Error { code: ErrorCode::MediaFailed, .. } => {
-                    // The server dropped our session (its ICE consent timed out): offer again.
+                // The server dropped our session (its ICE consent timed out): offer again at
+                // once. A `media_failed` about a session we replaced already is ignored.
+                ServerMsg::Error { code: ErrorCode::MediaFailed, session, .. } if session == current && pending.is_none() => {
+                    restart_at.get_or_insert(Instant::now());
+                }
+                // Our answer was refused: our connection and the SFU's view of it differ now.
+                ServerMsg::Error { code: ErrorCode::MediaAnswerRefused, session, .. } if session == current => {
                     restart_at.get_or_insert(session_started + RESTART_MIN_INTERVAL);
                 }
-                ServerMsg::Error { code: ErrorCode::MediaRefused, request, .. } if !connected && pending.is_some() => {
-                    // Our offer, unanswered still, was refused: a restart that came too soon (or
-                    // an SDP the SFU did not take). Try again.
-                    eprintln!("huddle-synth: {name}: the SFU refused our {request:?}; trying again");
-                    restart_at.get_or_insert(Instant::now() + RESTART_MIN_INTERVAL);
+                ServerMsg::Error { code: ErrorCode::MediaRetry, retry_after_ms, .. } => {
+                    // Not now (a restart too soon, or the SFU busy): start over when it says.
+                    let wait = Duration::from_millis(retry_after_ms.unwrap_or(2000));
+                    restart_at.get_or_insert(Instant::now() + wait);
+                }
+                ServerMsg::Error { code: ErrorCode::MediaRefused, .. } if pending.is_some() => {
+                    bail!("the SFU cannot use our offer")
                 }
                 ServerMsg::Error { code, message, .. } => eprintln!("huddle-synth: {name}: server said {code}: {message}"),
                 ServerMsg::Bye { reason } => bail!("server said bye ({reason:?})"),
@@ -427,7 +439,7 @@ impl std::fmt::Display for SessionProbe {
     }
 }
 
-/// The server refuses a new session sooner than this after the last (docs/protocol.md).
+/// The server takes a new session at most this often, unless it lost the last (docs/protocol.md).
 const RESTART_MIN_INTERVAL: Duration = Duration::from_millis(2100);
 /// A session not connected after this long is started over.
 const CONNECT_WATCHDOG: Duration = Duration::from_secs(20);
