@@ -701,7 +701,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         server_args.extend(["--resume-grace-secs".into(), args.resume_grace_secs.to_string().into()]);
     }
     // Every simulated client comes from 127.0.0.1: no per-IP limits (per-connection ones stay).
-    for flag in ["--max-connections-per-ip", "--ip-joins-per-minute"] {
+    for flag in ["--max-connections-per-ip", "--max-tcp-connections-per-ip", "--ip-joins-per-minute"] {
         if !given(flag) {
             server_args.extend([flag.into(), "0".into()]);
         }
