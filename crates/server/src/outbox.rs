@@ -115,6 +115,11 @@ impl Outbox {
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
+
+    /// The most frames it holds.
+    pub fn max_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
 }
 
 impl OutboxReceiver {
