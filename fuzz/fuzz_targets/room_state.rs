@@ -32,6 +32,7 @@ use huddle_server::config::{Config, TopologyMode};
 use huddle_server::files::FileCommand;
 use huddle_server::hub::{Command, Connect, Hub, Resume, RESUME_BUFFER};
 use huddle_server::media::{MediaCommand, MediaEvent};
+use huddle_server::outbox::{outbox, Frame, OutboxReceiver};
 use libfuzzer_sys::arbitrary::{self, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use std::collections::{HashSet, VecDeque};
@@ -204,15 +205,15 @@ struct Client {
     /// This connection resumed a session: its `welcome` must say so.
     resuming: bool,
     /// The last counted messages read, newest last (at most [`KEPT`]).
-    last: VecDeque<Arc<ServerMsg>>,
+    last: VecDeque<Frame>,
     /// Resumed with a `seen` behind what it read: the replay starts with these again, the very
     /// messages, and then goes on with what it never read (exactly once, in order).
-    again: VecDeque<Arc<ServerMsg>>,
+    again: VecDeque<Frame>,
     /// In a waiting room (answered `waiting`).
     waiting: Option<String>,
     /// Its role in its room, from `joined` and `peer_updated` about itself.
     role: Role,
-    rx: mpsc::Receiver<Arc<ServerMsg>>,
+    rx: OutboxReceiver,
     kick: oneshot::Receiver<ByeReason>,
     cap: usize,
     /// Not reading its outbox for now (a slow client).
@@ -248,13 +249,14 @@ impl Client {
                     self.apply_watch_marks(self.read_count);
                     if self.welcomed {
                         if let Some(again) = self.again.pop_front() {
-                            assert!(Arc::ptr_eq(&again, &m), "{}: replayed {m:?}, not {again:?}", self.id);
+                            assert!(again.same(&m), "{}: replayed {m:?}, not {again:?}", self.id);
                             self.read_count += 1;
                             continue;
                         }
                     }
-                    self.check(&m, w);
-                    if !matches!(*m, ServerMsg::Welcome { .. }) {
+                    let msg = m.decode().expect("the hub queues ServerMsg JSON");
+                    self.check(&msg, w);
+                    if !matches!(msg, ServerMsg::Welcome { .. }) {
                         if self.last.len() == KEPT {
                             self.last.pop_front();
                         }
@@ -492,6 +494,8 @@ impl Run {
             max_chat_chars: MAX_CHAT,
             max_file_bytes: MAX_FILE,
             file_storage_bytes: 2 * MAX_FILE,
+            // The smallest allowed byte bound on outboxes and resume buffers, or the default.
+            outbox_bytes: *u.choose(&[64 * 1024, 2 * 1024 * 1024])?,
             resume_grace: Duration::from_secs(*u.choose(&[0, 10, 30])?),
             file_dir: Some(std::env::temp_dir().join(format!("huddle-fuzz-files-{}", std::process::id()))),
             ..Config::default()
@@ -572,7 +576,7 @@ impl Run {
                 let conn = self.next_conn;
                 self.next_conn += 1;
                 let cap = u.int_in_range(1..=8)?;
-                let (tx, rx) = mpsc::channel(cap);
+                let (tx, rx) = outbox(cap, self.config.outbox_bytes);
                 let (ktx, krx) = oneshot::channel();
                 let (stx, mut srx) = oneshot::channel();
                 let host = u.arbitrary::<bool>()?.then(|| "meet.example".to_string());
@@ -829,7 +833,9 @@ impl Run {
                 Err(oneshot::error::TryRecvError::Empty) => {}
                 Ok(ByeReason::TooSlow) => {
                     assert!(!c.late);
-                    assert_eq!(c.rx.len(), c.cap, "{} evicted with room in its outbox", c.id);
+                    // Full by count, or by bytes; an empty outbox takes any message.
+                    let full = c.rx.len() == c.cap || c.rx.queued_bytes() > 0;
+                    assert!(full, "{} evicted with room in its outbox", c.id);
                     self.world.evicted.insert(c.id.clone());
                     evictions += 1;
                 }
@@ -935,7 +941,7 @@ impl Run {
                 continue;
             }
             n += 1;
-            let (tx, mut rx) = mpsc::channel(RESUME_BUFFER + 1);
+            let (tx, mut rx) = outbox(RESUME_BUFFER + 1, self.config.outbox_bytes);
             let (kick, _kicked) = oneshot::channel();
             let (session, mut named) = oneshot::channel();
             let resume = Some(Resume { id: c.id.clone(), secret: c.secret.clone(), seen: c.counted });
@@ -952,8 +958,8 @@ impl Run {
                 session,
             }));
             assert_eq!(named.try_recv().ok().as_ref(), Some(&c.id), "{} takes its session back after a restart", c.id);
-            let welcome = rx.try_recv().map(|m| (*m).clone());
-            assert!(matches!(welcome, Ok(ServerMsg::Welcome { resumed: true, .. })), "{}: {welcome:?}", c.id);
+            let welcome = rx.try_recv().map(|m| m.decode());
+            assert!(matches!(welcome, Ok(Some(ServerMsg::Welcome { resumed: true, .. }))), "{}: {welcome:?}", c.id);
             assert!(rx.try_recv().is_err(), "{}: nothing to replay, it had read everything", c.id);
         }
         if let Err(e) = next.check_invariants() {

@@ -280,7 +280,7 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
         server_args.extend(["--room-capacity".into(), participants.to_string().into()]);
     }
     // Every simulated client comes from 127.0.0.1: no per-IP limits.
-    for flag in ["--max-connections-per-ip", "--ip-joins-per-minute"] {
+    for flag in ["--max-connections-per-ip", "--max-tcp-connections-per-ip", "--ip-joins-per-minute"] {
         if !given(flag) {
             server_args.extend([flag.into(), "0".into()]);
         }

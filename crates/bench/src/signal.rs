@@ -116,7 +116,7 @@ pub fn run(args: SignalArgs) -> anyhow::Result<()> {
         server_args.extend(["--max-connections".into(), args.clients.to_string().into()]);
     }
     // Every simulated client comes from 127.0.0.1: no per-IP limits.
-    for flag in ["--max-connections-per-ip", "--ip-joins-per-minute"] {
+    for flag in ["--max-connections-per-ip", "--max-tcp-connections-per-ip", "--ip-joins-per-minute"] {
         if !given(flag) {
             server_args.extend([flag.into(), "0".into()]);
         }

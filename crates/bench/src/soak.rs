@@ -701,7 +701,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         server_args.extend(["--resume-grace-secs".into(), args.resume_grace_secs.to_string().into()]);
     }
     // Every simulated client comes from 127.0.0.1: no per-IP limits (per-connection ones stay).
-    for flag in ["--max-connections-per-ip", "--ip-joins-per-minute"] {
+    for flag in ["--max-connections-per-ip", "--max-tcp-connections-per-ip", "--ip-joins-per-minute"] {
         if !given(flag) {
             server_args.extend([flag.into(), "0".into()]);
         }
@@ -840,13 +840,15 @@ async fn metrics(port: u16) -> anyhow::Result<Option<HashMap<String, f64>>> {
     ))
 }
 
-/// The gauges that must be zero when nobody is connected.
+/// The gauges that must be zero when nobody is connected; `huddle_tcp_connections` may be 1,
+/// the `GET /metrics` that reads it.
 fn nonzero_gauges(m: &HashMap<String, f64>) -> Vec<String> {
     m.iter()
         .filter(|(name, v)| {
             let base = name.split('{').next().unwrap_or(name);
+            let at_rest = if base == "huddle_tcp_connections" { 1.0 } else { 0.0 };
             ["connections", "rooms", "participants", "suspended"].iter().any(|g| base.ends_with(&format!("_{g}")))
-                && **v != 0.0
+                && **v > at_rest
         })
         .map(|(n, v)| format!("{n}={v}"))
         .collect()
@@ -1180,6 +1182,7 @@ mod tests {
             ("huddle_connections".to_string(), 0.0),
             ("huddle_rooms".to_string(), 2.0),
             ("huddle_messages_total".to_string(), 9.0),
+            ("huddle_tcp_connections".to_string(), 1.0),
         ]
         .into_iter()
         .collect();

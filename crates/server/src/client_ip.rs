@@ -2,54 +2,14 @@
 //! address it names in `X-Forwarded-For`. Used for the per-IP limits ([`crate::limits`]) and
 //! handed to the hub; never logged above debug level.
 
-use axum::extract::connect_info::Connected;
 use axum::http::HeaderMap;
-use axum::serve::{IncomingStream, Listener};
 use huddle_turn::IpNet;
 use std::net::{IpAddr, SocketAddr};
-use tokio::net::{TcpListener, TcpStream};
 
-/// The TCP peer of an HTTP connection, whichever of our listeners accepted it (axum's
-/// connect-info: `Router::into_make_service_with_connect_info::<PeerAddr>()`).
+/// The TCP peer of an HTTP connection, put into every request's extensions by the accept path
+/// ([`crate::accept`]) as axum's `ConnectInfo<PeerAddr>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, crate::ice_tcp::SniffingListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::ice_tcp::SniffingListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, NoDelayListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, NoDelayListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-/// Plain TCP with `TCP_NODELAY` on every connection (signalling messages are small and
-/// latency-sensitive). Its own type rather than axum's `tap_io`, so that [`PeerAddr`] can name it.
-pub struct NoDelayListener(pub TcpListener);
-
-impl Listener for NoDelayListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        let (tcp, addr) = Listener::accept(&mut self.0).await;
-        let _ = tcp.set_nodelay(true);
-        (tcp, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Listener::local_addr(&self.0)
-    }
-}
 
 /// The client's address: `peer` itself unless `peer` is a trusted proxy; then the right-most
 /// address of `X-Forwarded-For` (all such headers, in order) that is not a trusted proxy. Each

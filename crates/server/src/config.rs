@@ -192,6 +192,11 @@ pub struct Cli {
     /// Messages queued for one connection before it counts as too slow and is dropped [default: 256]
     #[arg(long, env = "HUDDLE_OUTBOX_CAPACITY", value_name = "N")]
     pub outbox_capacity: Option<usize>,
+    /// Bytes of messages queued for one connection before it counts as too slow and is dropped;
+    /// also the most kept per participant for a resume [default: 2097152 (ten SDP offers of a full
+    /// 50-person SFU room)]
+    #[arg(long, env = "HUDDLE_OUTBOX_BYTES", value_name = "BYTES")]
+    pub outbox_bytes: Option<usize>,
     /// ICE server URL handed to browsers (repeatable or comma-separated), e.g. stun:stun.example.org:3478.
     /// Default: none (host candidates only: right for one machine or a LAN). TURN credentials go in the config file.
     #[arg(long = "ice-server", env = "HUDDLE_ICE_SERVERS", value_delimiter = ',', value_name = "URL")]
@@ -203,9 +208,15 @@ pub struct Cli {
     /// Seconds between WebSocket pings [default: 15]
     #[arg(long, env = "HUDDLE_PING_SECS", value_name = "SECS")]
     pub ping_secs: Option<u64>,
-    /// Seconds of silence after which a connection counts as dead [default: 40]
+    /// Seconds of silence after which a connection counts as dead, and the longest a write to a
+    /// client may take [default: 40]
     #[arg(long, env = "HUDDLE_IDLE_TIMEOUT_SECS", value_name = "SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds each step of opening a connection may take: telling ICE over TCP from HTTP, the
+    /// TLS handshake, a request's headers (also how long an idle keep-alive connection stays
+    /// open), and a WebSocket's first frame (a pong counts) [default: 10]
+    #[arg(long, env = "HUDDLE_HANDSHAKE_TIMEOUT_SECS", value_name = "SECS")]
+    pub handshake_timeout_secs: Option<u64>,
     /// Serve the page from this directory instead of the copy built into the binary (for
     /// working on the page)
     #[arg(long, env = "HUDDLE_WEB_DIR", value_name = "DIR")]
@@ -222,6 +233,15 @@ pub struct Cli {
     /// counts once per person); 0: no limit [default: 64]
     #[arg(long, env = "HUDDLE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<u32>,
+    /// Open TCP connections at once on the HTTP port (and the ICE-TCP port), server-wide, counted
+    /// from accept to close; more are closed at once [default: three quarters of the open file
+    /// limit]
+    #[arg(long, env = "HUDDLE_MAX_TCP_CONNECTIONS", value_name = "N")]
+    pub max_tcp_connections: Option<usize>,
+    /// Open TCP connections at once from one IP address (page loads, WebSockets, ICE over TCP);
+    /// 0: no limit [default: 256]
+    #[arg(long, env = "HUDDLE_MAX_TCP_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_tcp_connections_per_ip: Option<u32>,
     /// Room joins per minute from one IP address, all its connections together (up to this many
     /// at once); 0: no limit [default: 120]
     #[arg(long, env = "HUDDLE_IP_JOINS_PER_MINUTE", value_name = "N")]
@@ -294,14 +314,18 @@ struct FileConfig {
     file_min_rate: Option<u64>,
     max_frame_bytes: Option<u32>,
     outbox_capacity: Option<usize>,
+    outbox_bytes: Option<usize>,
     ice_servers: Option<Vec<IceServer>>,
     allowed_origins: Option<Vec<String>>,
     ping_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
     web_dir: Option<PathBuf>,
     trusted_proxies: Option<Vec<String>>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<u32>,
+    max_tcp_connections: Option<usize>,
+    max_tcp_connections_per_ip: Option<u32>,
     ip_joins_per_minute: Option<u32>,
     message_rate_scale: Option<f64>,
     metrics: Option<bool>,
@@ -454,16 +478,25 @@ pub struct Config {
     pub file_min_rate: u64,
     pub max_frame_bytes: u32,
     pub outbox_capacity: usize,
+    /// Bytes queued for one connection (and kept for its resume) at most.
+    pub outbox_bytes: usize,
     pub ice_servers: Vec<IceServer>,
     pub allowed_origins: Vec<String>,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// Each step of opening a connection: ICE-TCP sniffing, TLS handshake, request headers (and
+    /// keep-alive idle), a WebSocket's first frame.
+    pub handshake_timeout: Duration,
     pub web_dir: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<huddle_turn::IpNet>,
     pub max_connections: usize,
     /// 0: no limit.
     pub max_connections_per_ip: u32,
+    /// Open TCP connections, server-wide; 0: three quarters of the open file limit.
+    pub max_tcp_connections: usize,
+    /// 0: no limit.
+    pub max_tcp_connections_per_ip: u32,
     /// 0: no limit.
     pub ip_joins_per_minute: u32,
     /// Multiplies the per-connection message limits; 0: none.
@@ -518,14 +551,18 @@ impl Default for Config {
             file_min_rate: 64 * 1024,
             max_frame_bytes: default_max_frame_bytes(TopologyMode::Auto, DEFAULT_SFU_CAPACITY),
             outbox_capacity: 256,
+            outbox_bytes: 2 * 1024 * 1024,
             ice_servers: Vec::new(),
             allowed_origins: Vec::new(),
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(40),
+            handshake_timeout: Duration::from_secs(10),
             web_dir: None,
             trusted_proxies: Vec::new(),
             max_connections: 10_000,
             max_connections_per_ip: 64,
+            max_tcp_connections: 0,
+            max_tcp_connections_per_ip: 256,
             ip_joins_per_minute: 120,
             message_rate_scale: 1.0,
             metrics: true,
@@ -741,6 +778,7 @@ impl Config {
                 default_max_frame_bytes(topology, capacity)
             }),
             outbox_capacity: cli.outbox_capacity.or(file.outbox_capacity).unwrap_or(d.outbox_capacity),
+            outbox_bytes: cli.outbox_bytes.or(file.outbox_bytes).unwrap_or(d.outbox_bytes),
             ice_servers,
             allowed_origins,
             ping_interval: cli.ping_secs.or(file.ping_secs).map(Duration::from_secs).unwrap_or(d.ping_interval),
@@ -749,6 +787,11 @@ impl Config {
                 .or(file.idle_timeout_secs)
                 .map(Duration::from_secs)
                 .unwrap_or(d.idle_timeout),
+            handshake_timeout: cli
+                .handshake_timeout_secs
+                .or(file.handshake_timeout_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.handshake_timeout),
             web_dir: cli.web_dir.or(file.web_dir),
             trusted_proxies,
             max_connections: cli.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
@@ -756,6 +799,11 @@ impl Config {
                 .max_connections_per_ip
                 .or(file.max_connections_per_ip)
                 .unwrap_or(d.max_connections_per_ip),
+            max_tcp_connections: cli.max_tcp_connections.or(file.max_tcp_connections).unwrap_or(d.max_tcp_connections),
+            max_tcp_connections_per_ip: cli
+                .max_tcp_connections_per_ip
+                .or(file.max_tcp_connections_per_ip)
+                .unwrap_or(d.max_tcp_connections_per_ip),
             ip_joins_per_minute: cli.ip_joins_per_minute.or(file.ip_joins_per_minute).unwrap_or(d.ip_joins_per_minute),
             message_rate_scale: cli.message_rate_scale.or(file.message_rate_scale).unwrap_or(d.message_rate_scale),
             metrics: cli.metrics.or(file.metrics).unwrap_or(d.metrics),
@@ -794,6 +842,12 @@ impl Config {
         }
         if self.file_transfer_timeout.is_zero() || self.file_min_rate == 0 {
             return bad("file_transfer_timeout_secs and file_min_rate must be at least 1");
+        }
+        if self.outbox_bytes < 64 * 1024 {
+            return bad("outbox_bytes must be at least 65536");
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(300) {
+            return bad("handshake_timeout_secs must be between 1 and 300");
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return bad("idle_timeout_secs must be longer than ping_secs, and both above zero");
@@ -868,6 +922,18 @@ impl Config {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             ip_joins: (self.ip_joins_per_minute > 0).then(|| crate::limits::Rate::new(per_minute, per_minute / 60.0)),
+        }
+    }
+
+    /// The caps on open TCP connections. `fd_limit`: the process's open file limit; unless
+    /// configured, the server-wide cap is three quarters of it (the rest is for the SFU's and
+    /// TURN's sockets, files and the process itself).
+    pub fn tcp_limits(&self, fd_limit: u64) -> crate::limits::TcpLimits {
+        let derived = usize::try_from(fd_limit / 4 * 3).unwrap_or(usize::MAX).max(16);
+        crate::limits::TcpLimits {
+            max: if self.max_tcp_connections > 0 { self.max_tcp_connections } else { derived },
+            per_ip: self.max_tcp_connections_per_ip,
+            exempt: self.trusted_proxies.clone(),
         }
     }
 
@@ -954,6 +1020,11 @@ mod tests {
         assert_eq!(file.ice_tcp, Some(d.ice_tcp));
         assert_eq!(file.max_file_bytes, Some(d.max_file_bytes));
         assert_eq!(file.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
+        assert_eq!(file.handshake_timeout_secs, Some(d.handshake_timeout.as_secs()));
+        assert_eq!(file.outbox_capacity, Some(d.outbox_capacity));
+        assert_eq!(file.outbox_bytes, Some(d.outbox_bytes));
+        assert_eq!(file.max_tcp_connections, None, "derived from the open file limit");
+        assert_eq!(file.max_tcp_connections_per_ip, Some(d.max_tcp_connections_per_ip));
         assert_eq!(file.turn, Some(d.turn));
         assert_eq!(file.turn_port, Some(crate::turn::DEFAULT_PORT));
         assert_eq!(
@@ -1161,5 +1232,29 @@ mod tests {
         assert!(Config::from_cli(parse(&["--room-capacity", "0"])).is_err());
         assert!(Config::from_cli(parse(&["--ice-server", "http://x"])).is_err());
         assert!(Config::from_cli(parse(&["--ping-secs", "50"])).is_err());
+        assert!(Config::from_cli(parse(&["--outbox-bytes", "1000"])).is_err());
+        assert!(Config::from_cli(parse(&["--handshake-timeout-secs", "0"])).is_err());
+    }
+
+    #[test]
+    fn connection_limits_and_deadlines() {
+        let d = Config::from_cli(parse(&[])).expect("valid");
+        assert_eq!((d.handshake_timeout, d.outbox_bytes), (Duration::from_secs(10), 2 * 1024 * 1024));
+        let tcp = d.tcp_limits(1024);
+        assert_eq!((tcp.max, tcp.per_ip), (768, 256), "three quarters of the open file limit");
+        let c = Config::from_cli(parse(&[
+            "--max-tcp-connections",
+            "500",
+            "--max-tcp-connections-per-ip",
+            "0",
+            "--handshake-timeout-secs",
+            "3",
+            "--trusted-proxies",
+            "10.0.0.0/8",
+        ]))
+        .expect("valid");
+        let tcp = c.tcp_limits(1024);
+        assert_eq!((tcp.max, tcp.per_ip, tcp.exempt.len()), (500, 0, 1), "a configured cap wins");
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
     }
 }

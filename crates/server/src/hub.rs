@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// What a connection task receives to write to its socket.
-pub type Outbox = mpsc::Sender<Arc<ServerMsg>>;
+/// What a connection task receives to write to its socket (see [`crate::outbox`]).
+pub use crate::outbox::{Frame, Outbox};
 
 /// Most rooms listed in one `rooms` message.
 pub const ROOM_LIST_MAX: usize = 100;
@@ -222,8 +222,12 @@ struct Conn {
     sent: u64,
     /// Messages taken from this session's connections (valid or refused).
     received: u64,
-    /// The last messages offered while in a room (at most [`RESUME_BUFFER`]).
-    recent: VecDeque<Arc<ServerMsg>>,
+    /// The last messages offered while in a room (at most [`RESUME_BUFFER`], and at most
+    /// `outbox_bytes` of them: a client cannot make the server keep more for it by being sent
+    /// large messages).
+    recent: VecDeque<Frame>,
+    /// The bytes of `recent`.
+    recent_bytes: usize,
     /// While the session has no connection: when it gives up its place.
     suspended: Option<Instant>,
     /// What would ban it from a room (`id:<peer id>`, `ip:<address>`, `sub:<token subject>`).
@@ -241,18 +245,26 @@ struct Conn {
 
 impl Conn {
     /// Queues `msg` without waiting; `false` when the outbox is full (the client is too slow).
-    fn offer(&mut self, msg: Arc<ServerMsg>) -> bool {
+    /// `max_recent_bytes` bounds the resume buffer.
+    fn offer(&mut self, msg: Frame, max_recent_bytes: usize) -> bool {
         self.sent += 1;
         if self.room.is_some() || self.waiting_in.is_some() {
-            if self.recent.len() == RESUME_BUFFER {
-                self.recent.pop_front();
-            }
+            self.recent_bytes += msg.len();
             self.recent.push_back(msg.clone());
+            while self.recent.len() > RESUME_BUFFER || self.recent_bytes > max_recent_bytes {
+                let Some(old) = self.recent.pop_front() else { break };
+                self.recent_bytes -= old.len();
+            }
         }
         match &self.outbox {
-            Some(outbox) => !matches!(outbox.try_send(msg), Err(mpsc::error::TrySendError::Full(_))),
+            Some(outbox) => outbox.try_send(msg) != Err(crate::outbox::Refused::Full),
             None => true,
         }
+    }
+
+    fn forget_recent(&mut self) {
+        self.recent.clear();
+        self.recent_bytes = 0;
     }
 }
 
@@ -583,6 +595,7 @@ impl Hub {
                 sent: 0,
                 received: 0,
                 recent: VecDeque::new(),
+                recent_bytes: 0,
                 suspended: None,
                 keys: Vec::new(),
                 ip: c.ip,
@@ -639,7 +652,7 @@ impl Hub {
         self.send_uncounted(&id, welcome);
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let from = conn.recent.len() - missed;
-        let replay: Vec<Arc<ServerMsg>> = conn.recent.iter().skip(from).cloned().collect();
+        let replay: Vec<Frame> = conn.recent.iter().skip(from).cloned().collect();
         if let Some(outbox) = &conn.outbox {
             for msg in replay {
                 if outbox.try_send(msg).is_err() {
@@ -735,7 +748,9 @@ impl Hub {
                     room: c.room.as_deref()?.to_string(),
                     sent: c.sent,
                     received: c.received,
-                    recent: c.recent.iter().map(|m| (**m).clone()).collect(),
+                    // Kept as the messages they are: the file's format does not depend on how
+                    // the hub holds them.
+                    recent: c.recent.iter().filter_map(Frame::decode).collect(),
                     keys: c.keys.clone(),
                     ip: c.ip,
                     host: c.host.clone(),
@@ -785,7 +800,7 @@ impl Hub {
             for peer in room.members() {
                 let Some(s) = sessions.get(&peer.id) else { continue };
                 highest = highest.max(s.id.0.strip_prefix('p').and_then(|n| n.parse().ok()).unwrap_or(0));
-                let recent = s.recent.iter().rev().take(RESUME_BUFFER).rev().cloned().map(Arc::new).collect();
+                let (recent, recent_bytes) = kept_for_resume(&s.recent, self.config.outbox_bytes);
                 let conn = Conn {
                     outbox: None,
                     kick: None,
@@ -797,6 +812,7 @@ impl Hub {
                     sent: s.sent,
                     received: s.received,
                     recent,
+                    recent_bytes,
                     suspended: Some(now + grace),
                     keys: s.keys.clone(),
                     ip: s.ip,
@@ -1631,7 +1647,7 @@ impl Hub {
     fn take_out(&mut self, id: &PeerId) -> Option<Arc<str>> {
         let conn = self.conns.get_mut(id)?;
         let room = conn.room.take()?;
-        conn.recent.clear();
+        conn.forget_recent();
         // Before anyone is told: the relay is closed by the time they act on it.
         self.end_relay(id);
         // Offers it never started uploading go with it.
@@ -1651,24 +1667,32 @@ impl Hub {
         Some(room)
     }
 
+    /// Sends `msg` to every member of `room` but `except`, serialised once for all of them.
     fn broadcast(&mut self, room: &str, except: Option<&PeerId>, msg: Arc<ServerMsg>) {
         let Some(r) = self.rooms.get(room) else { return };
+        let frame = Frame::new(&msg);
+        let max = self.config.outbox_bytes;
         for peer in r.members() {
             if Some(&peer.id) == except {
                 continue;
             }
-            if self.conns.get_mut(&peer.id).is_some_and(|conn| !conn.offer(msg.clone())) {
+            if self.conns.get_mut(&peer.id).is_some_and(|conn| !conn.offer(frame.clone(), max)) {
                 self.overflowed.push(peer.id.clone());
             }
         }
     }
 
     fn send(&mut self, id: &PeerId, msg: ServerMsg) {
-        self.send_arc(id, Arc::new(msg));
+        self.send_frame(id, Frame::new(&msg));
     }
 
     fn send_arc(&mut self, id: &PeerId, msg: Arc<ServerMsg>) {
-        if self.conns.get_mut(id).is_some_and(|conn| !conn.offer(msg)) {
+        self.send_frame(id, Frame::new(&msg));
+    }
+
+    fn send_frame(&mut self, id: &PeerId, frame: Frame) {
+        let max = self.config.outbox_bytes;
+        if self.conns.get_mut(id).is_some_and(|conn| !conn.offer(frame, max)) {
             self.overflowed.push(id.clone());
         }
     }
@@ -1676,7 +1700,7 @@ impl Hub {
     /// Sends a `welcome`, which resumes do not count or replay.
     fn send_uncounted(&mut self, id: &PeerId, msg: Arc<ServerMsg>) {
         let Some(outbox) = self.conns.get(id).and_then(|c| c.outbox.as_ref()) else { return };
-        if outbox.try_send(msg).is_err() {
+        if outbox.try_send(Frame::new(&msg)).is_err() {
             self.overflowed.push(id.clone());
         }
     }
@@ -1708,9 +1732,10 @@ impl Hub {
         if self.watchers.is_empty() {
             return;
         }
-        let msg = Arc::new(self.room_list());
-        let conns = &mut self.conns;
-        let slow = self.watchers.iter().filter(|id| conns.get_mut(*id).is_some_and(|conn| !conn.offer(msg.clone())));
+        let msg = Frame::new(&self.room_list());
+        let (conns, max) = (&mut self.conns, self.config.outbox_bytes);
+        let slow =
+            self.watchers.iter().filter(|id| conns.get_mut(*id).is_some_and(|conn| !conn.offer(msg.clone(), max)));
         self.overflowed.extend(slow.cloned());
         self.evict_overflowed();
     }
@@ -1733,7 +1758,7 @@ impl Hub {
 
     fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
         info!(connections = self.conns.len(), "saying goodbye to every connection");
-        let bye = Arc::new(ServerMsg::Bye { reason: ByeReason::ServerShutdown });
+        let bye = Frame::new(&ServerMsg::Bye { reason: ByeReason::ServerShutdown });
         self.closing = true;
         self.files.clear();
         // Sessions without a connection have nobody to say goodbye to; they leave their rooms
@@ -1850,6 +1875,10 @@ impl Hub {
             if conn.recent.len() > RESUME_BUFFER {
                 return Err(format!("{id} keeps {} messages for a resume", conn.recent.len()));
             }
+            let bytes: usize = conn.recent.iter().map(Frame::len).sum();
+            if bytes != conn.recent_bytes || bytes > self.config.outbox_bytes {
+                return Err(format!("{id} keeps {bytes} bytes for a resume (counted {})", conn.recent_bytes));
+            }
         }
         let in_rooms = self.conns.values().filter(|c| c.room.is_some()).count();
         if self.stats().participants != in_rooms {
@@ -1939,6 +1968,22 @@ struct JoinRequest {
     token: Option<String>,
 }
 
+/// The newest of `saved` that a resume buffer keeps (at most [`RESUME_BUFFER`] messages and
+/// `max_bytes`), as frames, with their bytes.
+fn kept_for_resume(saved: &[ServerMsg], max_bytes: usize) -> (VecDeque<Frame>, usize) {
+    let mut kept = VecDeque::new();
+    let mut bytes = 0;
+    for msg in saved.iter().rev().take(RESUME_BUFFER) {
+        let frame = Frame::new(msg);
+        if bytes + frame.len() > max_bytes {
+            break;
+        }
+        bytes += frame.len();
+        kept.push_front(frame);
+    }
+    (kept, bytes)
+}
+
 fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -1950,16 +1995,16 @@ mod tests {
 
     struct Client {
         id: PeerId,
-        rx: mpsc::Receiver<Arc<ServerMsg>>,
+        rx: crate::outbox::OutboxReceiver,
         kick: oneshot::Receiver<ByeReason>,
     }
 
     impl Client {
         fn next(&mut self) -> ServerMsg {
-            (*self.rx.try_recv().expect("a message is waiting")).clone()
+            self.rx.try_recv().expect("a message is waiting").decode().expect("a ServerMsg")
         }
         fn drain(&mut self) -> Vec<ServerMsg> {
-            std::iter::from_fn(|| self.rx.try_recv().ok().map(|m| (*m).clone())).collect()
+            std::iter::from_fn(|| self.rx.try_recv().ok().and_then(|m| m.decode())).collect()
         }
     }
 
@@ -1975,7 +2020,7 @@ mod tests {
 
     /// Connection number `n`, optionally resuming; returns the client and its `welcome`.
     fn connect_as(hub: &mut Hub, n: u32, cap: usize, resume: Option<Resume>) -> (Client, ServerMsg) {
-        let (tx, rx) = mpsc::channel(cap);
+        let (tx, rx) = crate::outbox::outbox(cap, Config::default().outbox_bytes);
         let (ktx, krx) = oneshot::channel();
         let (stx, mut srx) = oneshot::channel();
         let id = PeerId(format!("p{n}"));
@@ -2765,7 +2810,7 @@ mod tests {
                 hub.handle(Command::Disconnect { id: a.id, conn: 1, reason: LeaveReason::Left, resumable: true });
             }
             assert_eq!(done_rx.try_recv(), Ok(()));
-            let (tx, mut rx) = mpsc::channel(16);
+            let (tx, mut rx) = crate::outbox::outbox(16, 1 << 20);
             let (ktx, mut krx) = oneshot::channel();
             let (stx, _srx) = oneshot::channel();
             let ip = std::net::Ipv4Addr::LOCALHOST.into();
@@ -2842,7 +2887,7 @@ mod tests {
         // Session `n`, in room `r`; its receivers are kept open.
         let mut open = Vec::new();
         let mut enter = async |n: u32| {
-            let (outbox, messages) = mpsc::channel(64);
+            let (outbox, messages) = crate::outbox::outbox(64, 1 << 20);
             let (kick, kicked) = oneshot::channel();
             let (session, named) = oneshot::channel();
             let ip = std::net::Ipv4Addr::LOCALHOST.into();

@@ -3,11 +3,12 @@
 //! The SFU announces passive TCP host candidates next to its UDP ones; a browser that cannot
 //! reach it over UDP opens a TCP connection to one and sends its packets framed as RFC 4571 says:
 //! each preceded by its length, two bytes big-endian. By default the connections come to the HTTP
-//! port itself — if the page is reachable, so is the media — so the HTTP listener (plain:
-//! [`SniffingListener`]; HTTPS: [`crate::tls::TlsListener`]) peeks at the first bytes of every
-//! new connection ([`sniff`]): an RFC 4571 frame holding a STUN Binding request comes here, the
-//! rest (HTTP, a TLS ClientHello) goes to axum as before. `--media-tcp-port` gives ICE-TCP a
-//! listener of its own instead ([`serve_dedicated`]).
+//! port itself — if the page is reachable, so is the media — so the HTTP port's accept path
+//! ([`crate::accept`]) peeks at the first bytes of every new connection ([`sniff`]): an RFC 4571
+//! frame holding a STUN Binding request comes here, the rest (HTTP, a TLS ClientHello) is served
+//! as HTTP. `--media-tcp-port` gives ICE-TCP a listener of its own instead ([`serve_dedicated`]).
+//! Both count their connections under the same caps on open TCP connections
+//! ([`crate::limits::TcpAdmission`]).
 //!
 //! Each connection is owned by one task ([`IceTcp::take`]): it reads and deframes packets (at
 //! most [`MAX_FRAME`] bytes; an empty or larger frame closes it) and hands them to the media task
@@ -17,6 +18,7 @@
 //! SFU does not know), or that is silent for [`IDLE_TIMEOUT`], is closed; at most
 //! [`MAX_CONNECTIONS`] are open at once. Nothing here unwraps what the network sent.
 
+use crate::limits::{TcpAdmission, TcpTicket};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,8 +46,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the first bytes of a new connection may take to tell what it is.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
-/// New connections being looked at at once by [`SniffingListener`]; beyond, they go to HTTP
-/// without a look (accepting never waits for slow clients).
+/// New connections being looked at at once by [`serve_dedicated`]; beyond, they wait in the
+/// kernel's backlog.
 pub const MAX_SNIFFS: usize = 256;
 /// A write to a connection that does not finish in this time (a peer that stopped reading)
 /// closes it.
@@ -216,6 +218,8 @@ pub struct IceTcp {
     pub counters: Arc<TcpCounters>,
     /// [`ANSWER_TIMEOUT`] and [`IDLE_TIMEOUT`] (shorter in tests).
     timeouts: (Duration, Duration),
+    /// The caps on open TCP connections the dedicated listener counts under ([`IceTcp::set_caps`]).
+    caps: Option<Arc<TcpAdmission>>,
 }
 
 impl IceTcp {
@@ -231,6 +235,7 @@ impl IceTcp {
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             counters: Arc::new(TcpCounters::default()),
             timeouts: (answer, idle),
+            caps: None,
         };
         (handle, rx)
     }
@@ -240,9 +245,16 @@ impl IceTcp {
         MAX_CONNECTIONS - self.slots.available_permits()
     }
 
+    /// The caps on open TCP connections that the dedicated listener ([`serve_dedicated`]) applies,
+    /// shared with the HTTP port's accept path.
+    pub fn set_caps(&mut self, caps: Arc<TcpAdmission>) {
+        self.caps = Some(caps);
+    }
+
     /// Takes a connection whose first bytes [`sniff`] found to be ICE-TCP: it gets its own task
-    /// (or is closed at once when [`MAX_CONNECTIONS`] are open).
-    pub fn take(&self, stream: TcpStream, remote: SocketAddr) {
+    /// (or is closed at once when [`MAX_CONNECTIONS`] are open). `ticket`: its place under the
+    /// caps on open TCP connections, held until it closes.
+    pub fn take(&self, stream: TcpStream, remote: SocketAddr, ticket: Option<TcpTicket>) {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             if self.counters.refused.fetch_add(1, Ordering::Relaxed) == 0 {
                 warn!(limit = MAX_CONNECTIONS, "too many ICE-TCP connections; new ones are closed");
@@ -262,7 +274,7 @@ impl IceTcp {
         let remote = canonical(remote);
         debug!(%remote, %local, "ICE-TCP connection");
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _ticket) = (slot, ticket);
             let why = connection(stream, local, remote, events, &counters, timeouts).await;
             debug!(%remote, %local, why, "ICE-TCP connection closed");
         });
@@ -361,84 +373,9 @@ async fn connection(
     }
 }
 
-/// The plain-HTTP listener when ICE-TCP shares the HTTP port: every new connection is looked at
-/// ([`sniff`], in its own task, bounded in time and number) and goes either to the SFU or to
-/// axum, which serves it exactly as before.
-pub struct SniffingListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TcpStream, SocketAddr)>,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl SniffingListener {
-    pub fn new(tcp: TcpListener, ice: IceTcp) -> io::Result<SniffingListener> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let slots = Arc::new(Semaphore::new(MAX_SNIFFS));
-        let accepting = tokio::spawn(async move {
-            loop {
-                let (stream, from) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little instead of spinning.
-                        warn!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                // Signalling messages are small and latency-sensitive: no Nagle delay.
-                let _ = stream.set_nodelay(true);
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // Many connections are being looked at (or held silent): this one is served
-                    // as HTTP without a look rather than wait.
-                    if tx.send((stream, from)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                };
-                let (tx, ice) = (tx.clone(), ice.clone());
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    match tokio::time::timeout(SNIFF_TIMEOUT, sniff(&stream)).await {
-                        Ok(Ok(Peeked::IceTcp)) => ice.take(stream, from),
-                        Ok(Err(e)) => debug!(error = %e, "connection failed before its first bytes"),
-                        // HTTP, or silent so far: axum's to serve (or time out) as ever.
-                        _ => {
-                            let _ = tx.send((stream, from)).await;
-                        }
-                    }
-                });
-            }
-        });
-        Ok(SniffingListener { local, ready, accepting })
-    }
-}
-
-impl Drop for SniffingListener {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
-impl axum::serve::Listener for SniffingListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task is gone (only when dropped): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
 /// A listener for ICE-TCP only (`--media-tcp-port`): connections that do not start with an
-/// ICE-TCP frame are closed. Runs until the task is aborted.
+/// ICE-TCP frame are closed, and so are those over the caps on open TCP connections. Runs until
+/// the task is aborted.
 pub async fn serve_dedicated(tcp: TcpListener, ice: IceTcp) {
     if let Ok(addr) = tcp.local_addr() {
         info!(%addr, "SFU listening for ICE over TCP");
@@ -455,11 +392,19 @@ pub async fn serve_dedicated(tcp: TcpListener, ice: IceTcp) {
                 continue;
             }
         };
+        let ticket = match ice.caps.as_ref().map(|caps| caps.admit(from.ip())) {
+            Some(Err(cap)) => {
+                debug!(?cap, "refused an ICE-TCP connection over a cap");
+                continue;
+            }
+            Some(Ok(ticket)) => Some(ticket),
+            None => None,
+        };
         let ice = ice.clone();
         tokio::spawn(async move {
             let _slot = slot;
             match tokio::time::timeout(SNIFF_TIMEOUT, sniff(&stream)).await {
-                Ok(Ok(Peeked::IceTcp)) => ice.take(stream, from),
+                Ok(Ok(Peeked::IceTcp)) => ice.take(stream, from, ticket),
                 _ => debug!(%from, "not ICE over TCP; closed"),
             }
         });
@@ -588,7 +533,7 @@ mod tests {
         let (ice, mut events) = IceTcp::with_timeouts(answer_timeout, idle_timeout);
         let (mut client, server, from) = pair().await;
         let started = Instant::now();
-        ice.take(server, from);
+        ice.take(server, from, None);
         client.write_all(&stun_frame(4)).await.expect("write");
         // The media task keeps the queue (dropping it would close the connection) and never
         // answers.
@@ -605,7 +550,7 @@ mod tests {
         // Answered (the media task queues a frame for it): it stays open while the browser talks,
         // and closes once it has been silent for IDLE_TIMEOUT.
         let (mut client, server, from) = pair().await;
-        ice.take(server, from);
+        ice.take(server, from, None);
         client.write_all(&stun_frame(4)).await.expect("write");
         let Some(TcpEvent::Open { out, .. }) = events.recv().await else { panic!("no Open") };
         out.try_send(vec![5; 10]).expect("queued");
@@ -630,7 +575,7 @@ mod tests {
         let held: Vec<_> =
             (0..MAX_CONNECTIONS).map(|_| ice.slots.clone().try_acquire_owned().expect("a slot")).collect();
         let (mut client, server, from) = pair().await;
-        ice.take(server, from);
+        ice.take(server, from, None);
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).await.expect("closed at once"), 0);
         assert_eq!(ice.counters.refused.load(Ordering::Relaxed), 1);

@@ -2,9 +2,14 @@
 //!
 //! # Layout
 //! - [`config`] — flags, environment and TOML file resolved once into a [`Config`].
+//! - [`accept`] — the one accept path of the HTTP port: caps on open TCP connections, then each
+//!   stage (ICE-TCP sniffing, TLS, request headers, upgrade) under a deadline; raises the open
+//!   file limit.
 //! - [`http`] — the HTTP edge: embedded page, `/r/<room>`, `/healthz`, `/ws`.
 //! - [`ws`] — one task per WebSocket: validates incoming frames, drains the connection's
-//!   bounded outbox into the socket, and keeps the heartbeat.
+//!   bounded outbox into the socket, and keeps the heartbeat; every wait has a deadline.
+//! - [`outbox`] — what the hub queues for a connection: messages serialised once, bounded by
+//!   count and bytes.
 //! - [`hub`] — the single owner of all rooms and outboxes, reached over a channel.
 //! - [`media`] — the SFU driver: one task owning the media UDP socket(s) and the sans-IO core
 //!   (`huddle-sfu`), reached from the hub over a channel.
@@ -26,10 +31,11 @@
 //! - [`memory`] — giving freed memory back to the system when the last session ends.
 //!
 //! `docs/architecture.md` explains how a message flows through these.
-// Three exceptions: `batch`, the `sendmmsg` call; `metrics`, the `getrusage` call; `memory`, the
-// `malloc_trim` call.
+// Four exceptions: `batch`, the `sendmmsg` call; `metrics`, the `getrusage` call; `memory`, the
+// `malloc_trim` call; `accept`, the `getrlimit`/`setrlimit` calls.
 #![deny(unsafe_code)]
 
+pub mod accept;
 pub mod batch;
 pub mod client_ip;
 pub mod config;
@@ -41,6 +47,7 @@ pub mod limits;
 pub mod media;
 pub mod memory;
 pub mod metrics;
+pub mod outbox;
 pub mod persist;
 pub mod room;
 pub mod tls;
@@ -77,6 +84,8 @@ pub struct AppState {
     pub counters: Arc<metrics::Counters>,
     /// Connection caps and per-IP joins, shared by the connection tasks.
     pub admission: Arc<limits::Admission>,
+    /// Caps on open TCP connections, shared by the accept path and the ICE-TCP listener.
+    pub tcp: Arc<limits::TcpAdmission>,
     /// The SFU and TURN tasks, for their stats (weak: they stop when their owners drop them).
     pub media: Option<mpsc::WeakSender<media::MediaCommand>>,
     pub turn: Option<mpsc::WeakSender<turn::TurnCommand>>,
@@ -102,6 +111,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let tcp_caps = Arc::new(limits::TcpAdmission::new(config.tcp_limits(accept::fd_limit())));
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let mut media_task = None;
     let mut media_stats = None;
@@ -113,7 +123,8 @@ pub async fn serve_with(
     let mut hub = if config.topology == config::TopologyMode::P2p {
         hub::Hub::new(config.clone())
     } else {
-        let media = media::Media::bind(&config, listener.local_addr()?).await?;
+        let mut media = media::Media::bind(&config, listener.local_addr()?).await?;
+        media.set_tcp_caps(tcp_caps.clone());
         info!(udp = ?media.addresses(), ice_tcp = ?media.tcp_addresses(), "SFU listening");
         sfu_addresses = media.local_and_announced();
         http_ice = media.http_ice_tcp();
@@ -154,6 +165,7 @@ pub async fn serve_with(
     let hub_task = tokio::spawn(hub::run(hub, hub_rx, sessions_file));
     let state = AppState {
         admission: Arc::new(limits::Admission::new(config.admission_limits())),
+        tcp: tcp_caps,
         config,
         hub: hub_tx.clone(),
         next_id: Arc::new(AtomicU64::new(first_id)),
@@ -174,20 +186,13 @@ pub async fn serve_with(
     let stopped = async move {
         let _ = stop_rx.await;
     };
-    match (tls, http_ice) {
-        (Some(tls), ice) => {
-            let listener = tls::TlsListener::new(listener, tls.config, ice)?;
-            axum::serve(listener, http::app(state)).with_graceful_shutdown(stopped).await?;
-        }
-        (None, Some(ice)) => {
-            let listener = ice_tcp::SniffingListener::new(listener, ice)?;
-            axum::serve(listener, http::app(state)).with_graceful_shutdown(stopped).await?;
-        }
-        (None, None) => {
-            let listener = client_ip::NoDelayListener(listener);
-            axum::serve(listener, http::app(state)).with_graceful_shutdown(stopped).await?;
-        }
-    }
+    let edge = accept::Edge {
+        router: http::router(state.clone()),
+        state,
+        tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
+        ice: http_ice,
+    };
+    accept::serve(listener, edge, stopped).await;
     let _ = farewell.await;
     drop(hub_tx);
     hub_task.abort();
@@ -211,6 +216,8 @@ pub async fn run_cli(args: Vec<OsString>) -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = Config::from_cli(cli)?;
     init_tracing(config.log_format);
+    // Before anything is opened: the caps on connections are derived from it.
+    accept::raise_fd_limit();
     for name in config::secrets_on_command_line(&matches) {
         let flag = name.replace('_', "-");
         warn!("--{flag} on the command line can be read by every user of this machine (ps); use --{flag}-file or HUDDLE_{} instead", name.to_ascii_uppercase());

@@ -7,6 +7,10 @@
 //! - [`Admission`] — shared by all connection tasks (in `AppState`): the server-wide count of
 //!   WebSocket connections, and per IP address the open connections and a bucket of joins. Its
 //!   table sits behind a `std::sync::Mutex` held only for a lookup and never across `.await`.
+//! - [`TcpAdmission`] — shared by the accept path ([`crate::accept`]) and the ICE-TCP listener:
+//!   open TCP connections server-wide and per IP address, counted from accept to close (before
+//!   any HTTP, TLS or WebSocket), so that no address can hold more of the server's file
+//!   descriptors than its share, and the server never runs out of them.
 
 use huddle_protocol::ClientMsg;
 use std::collections::HashMap;
@@ -340,10 +344,123 @@ impl Drop for Ticket {
     }
 }
 
+/// Limits on open TCP connections: see [`TcpAdmission`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpLimits {
+    /// Server-wide.
+    pub max: usize,
+    /// Per IP address; 0: no limit.
+    pub per_ip: u32,
+    /// Addresses not capped per IP (trusted reverse proxies: everyone comes through them).
+    pub exempt: Vec<huddle_turn::IpNet>,
+}
+
+/// Open TCP connections, server-wide and per IP address. The per-IP table only holds addresses
+/// with open connections, so it is bounded by [`TcpLimits::max`].
+#[derive(Debug)]
+pub struct TcpAdmission {
+    limits: TcpLimits,
+    open: AtomicUsize,
+    ips: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl TcpAdmission {
+    pub fn new(limits: TcpLimits) -> TcpAdmission {
+        TcpAdmission { limits, open: AtomicUsize::new(0), ips: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts a new connection from `ip` unless it is over a cap; the [`TcpTicket`] gives its
+    /// place back when dropped (when the connection closes, whoever holds it by then).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<TcpTicket, Refused> {
+        let ip = ip.to_canonical();
+        let over =
+            self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.limits.max).then_some(n + 1));
+        if over.is_err() {
+            return Err(Refused::Server);
+        }
+        let capped = self.limits.per_ip > 0 && !self.limits.exempt.iter().any(|net| net.contains(&ip));
+        let admitted = {
+            let mut ips = self.table();
+            let n = ips.entry(ip).or_insert(0);
+            let admitted = !capped || *n < self.limits.per_ip;
+            if admitted {
+                *n += 1;
+            } else if *n == 0 {
+                ips.remove(&ip);
+            }
+            admitted
+        };
+        if !admitted {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::Ip);
+        }
+        Ok(TcpTicket { admission: self.clone(), ip })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The server-wide cap.
+    pub fn max(&self) -> usize {
+        self.limits.max
+    }
+
+    /// Connections open now from `ip`.
+    pub fn open_from(&self, ip: IpAddr) -> u32 {
+        self.table().get(&ip.to_canonical()).copied().unwrap_or(0)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        // A panic while holding it cannot leave the map half-changed in a way that matters.
+        self.ips.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One open TCP connection; dropping it gives its place back.
+#[derive(Debug)]
+pub struct TcpTicket {
+    admission: Arc<TcpAdmission>,
+    ip: IpAddr,
+}
+
+impl Drop for TcpTicket {
+    fn drop(&mut self) {
+        self.admission.open.fetch_sub(1, Ordering::AcqRel);
+        let mut ips = self.admission.table();
+        if let Some(n) = ips.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                ips.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use huddle_protocol::{PeerId, SignalPayload};
+
+    #[test]
+    fn tcp_connections_are_capped_server_wide_and_per_ip_and_proxies_only_server_wide() {
+        let limits = TcpLimits { max: 4, per_ip: 2, exempt: vec!["10.0.0.0/8".parse().expect("range")] };
+        let a = Arc::new(TcpAdmission::new(limits));
+        let one = a.admit(ip(1)).expect("first");
+        let _two = a.admit(ip(1)).expect("second");
+        assert_eq!(a.admit(ip(1)).err(), Some(Refused::Ip));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("address");
+        assert_eq!(a.admit(mapped).err(), Some(Refused::Ip), "an IPv4-mapped address is that address");
+        assert_eq!((a.open(), a.open_from(ip(1))), (2, 2), "refusals give their place back");
+        let proxy: IpAddr = "10.1.2.3".parse().expect("address");
+        let _p1 = a.admit(proxy).expect("a proxy is not capped per IP");
+        let _p2 = a.admit(proxy).expect("a proxy is not capped per IP");
+        assert_eq!(a.admit(ip(2)).err(), Some(Refused::Server));
+        drop(one);
+        let _again = a.admit(ip(2)).expect("a place came free");
+        assert_eq!(a.table().len(), 3, "only addresses with open connections are kept");
+    }
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)

@@ -190,6 +190,14 @@ impl Media {
         Ok(Media { socks, tcp, public_ips, bandwidth_estimation: config.bandwidth_estimation })
     }
 
+    /// The caps on open TCP connections that ICE-TCP connections count under (the HTTP port's;
+    /// see [`crate::limits::TcpAdmission`]).
+    pub fn set_tcp_caps(&mut self, caps: Arc<crate::limits::TcpAdmission>) {
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.ice.set_caps(caps);
+        }
+    }
+
     /// Where the HTTP listener sends the ICE-TCP connections it finds: `Some` when ICE-TCP is on
     /// and shares the HTTP port (no `--media-tcp-port`).
     pub fn http_ice_tcp(&self) -> Option<IceTcp> {

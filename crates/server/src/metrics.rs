@@ -49,6 +49,22 @@ pub struct Counters {
     /// Connections refused at the server-wide cap, and at the per-IP cap.
     pub refused_server_cap: AtomicU64,
     pub refused_ip_cap: AtomicU64,
+    /// WebSockets closed with `bye` `timed_out` (no first frame, or no heartbeat, in time).
+    pub closed_timed_out: AtomicU64,
+    /// WebSockets closed because a write to them did not finish in time.
+    pub closed_write_timeout: AtomicU64,
+    /// WebSockets closed for a frame over `max_frame_bytes`.
+    pub closed_frame_too_large: AtomicU64,
+    /// WebSockets closed for breaking the WebSocket protocol (invalid UTF-8 included).
+    pub closed_protocol_error: AtomicU64,
+    /// TCP connections closed at accept: over the server-wide cap, over the per-IP cap.
+    pub tcp_refused_server: AtomicU64,
+    pub tcp_refused_ip: AtomicU64,
+    /// Connections closed because a stage of opening them took too long: telling ICE-TCP from
+    /// HTTP, the TLS handshake, a request's headers (or keep-alive idle).
+    pub timeouts_sniff: AtomicU64,
+    pub timeouts_tls: AtomicU64,
+    pub timeouts_headers: AtomicU64,
 }
 
 impl Default for Counters {
@@ -62,6 +78,15 @@ impl Default for Counters {
             closed_flooding: AtomicU64::new(0),
             refused_server_cap: AtomicU64::new(0),
             refused_ip_cap: AtomicU64::new(0),
+            closed_timed_out: AtomicU64::new(0),
+            closed_write_timeout: AtomicU64::new(0),
+            closed_frame_too_large: AtomicU64::new(0),
+            closed_protocol_error: AtomicU64::new(0),
+            tcp_refused_server: AtomicU64::new(0),
+            tcp_refused_ip: AtomicU64::new(0),
+            timeouts_sniff: AtomicU64::new(0),
+            timeouts_tls: AtomicU64::new(0),
+            timeouts_headers: AtomicU64::new(0),
         }
     }
 }
@@ -123,6 +148,8 @@ fn resident_bytes() -> Option<u64> {
 pub struct Snapshot<'a> {
     pub counters: Option<&'a Counters>,
     pub ws_connections: usize,
+    /// Open TCP connections counted by the accept path.
+    pub tcp_connections: usize,
     pub hub: Option<hub::Stats>,
     pub media: Option<MediaStats>,
     pub turn: Option<TurnStats>,
@@ -159,6 +186,12 @@ impl Text {
 pub fn render(s: &Snapshot) -> String {
     let mut t = Text(String::with_capacity(8192));
     t.one("huddle_ws_connections", "gauge", "WebSocket connections open (counted at the edge).", s.ws_connections);
+    t.one(
+        "huddle_tcp_connections",
+        "gauge",
+        "TCP connections open on the HTTP and ICE-TCP ports (counted from accept to close).",
+        s.tcp_connections,
+    );
     if let Some(h) = &s.hub {
         t.one("huddle_connections", "gauge", "Connections the hub knows.", h.connections);
         t.one("huddle_rooms", "gauge", "Rooms open.", h.rooms);
@@ -223,9 +256,28 @@ pub fn render(s: &Snapshot) -> String {
         if let Some(h) = &s.hub {
             t.sample("huddle_ws_disconnects_total", &[("reason", "too_slow")], h.evicted_too_slow);
         }
+        for (reason, n) in [
+            ("timed_out", &c.closed_timed_out),
+            ("write_timed_out", &c.closed_write_timeout),
+            ("frame_too_large", &c.closed_frame_too_large),
+            ("protocol_error", &c.closed_protocol_error),
+        ] {
+            t.sample("huddle_ws_disconnects_total", &[("reason", reason)], n.load(Relaxed));
+        }
         t.family("huddle_ws_connections_refused_total", "counter", "Connections refused at a cap.");
         t.sample("huddle_ws_connections_refused_total", &[("cap", "server")], c.refused_server_cap.load(Relaxed));
         t.sample("huddle_ws_connections_refused_total", &[("cap", "ip")], c.refused_ip_cap.load(Relaxed));
+        t.family("huddle_tcp_connections_refused_total", "counter", "TCP connections closed at accept, by cap.");
+        t.sample("huddle_tcp_connections_refused_total", &[("cap", "server")], c.tcp_refused_server.load(Relaxed));
+        t.sample("huddle_tcp_connections_refused_total", &[("cap", "ip")], c.tcp_refused_ip.load(Relaxed));
+        t.family(
+            "huddle_tcp_timeouts_total",
+            "counter",
+            "Connections closed because a stage of opening them took too long, by stage.",
+        );
+        t.sample("huddle_tcp_timeouts_total", &[("stage", "sniff")], c.timeouts_sniff.load(Relaxed));
+        t.sample("huddle_tcp_timeouts_total", &[("stage", "tls")], c.timeouts_tls.load(Relaxed));
+        t.sample("huddle_tcp_timeouts_total", &[("stage", "headers")], c.timeouts_headers.load(Relaxed));
     }
     if let Some(m) = &s.media {
         t.one("huddle_sfu_participants", "gauge", "Participants with a session on the SFU.", m.participants);
@@ -332,6 +384,7 @@ pub async fn handler(State(app): State<AppState>, headers: HeaderMap) -> Respons
     let body = render(&Snapshot {
         counters: Some(&app.counters),
         ws_connections: app.admission.connections(),
+        tcp_connections: app.tcp.open(),
         hub,
         media,
         turn,
@@ -359,6 +412,7 @@ mod tests {
         let snap = Snapshot {
             counters: Some(&counters),
             ws_connections: 3,
+            tcp_connections: 5,
             hub: Some(hub::Stats { connections: 3, rooms: 1, participants: 2, ..Default::default() }),
             media: Some(MediaStats { forwarded_packets: 10, forwarded_bytes: 9000, ..Default::default() }),
             turn: Some(TurnStats::default()),

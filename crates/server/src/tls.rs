@@ -7,34 +7,26 @@
 //! know), and the banner prints its fingerprint so the user can check it is ours. `--tls-cert` and
 //! `--tls-key` take a real certificate (e.g. Let's Encrypt's `fullchain.pem` and `privkey.pem`).
 //!
-//! The listener does the TLS handshakes in their own tasks (a slow or silent client cannot hold
-//! up everyone else's accept), bounded in number and time, and hands finished connections to
-//! `axum::serve`, which then serves them exactly as plain TCP ones (graceful shutdown included).
+//! The handshake ([`accept`]) runs in each connection's own task on the accept path
+//! ([`crate::accept`], which bounds it in time and the connections in number), so a slow or
+//! silent client holds up nobody else; the connection is then served exactly as a plain TCP one.
 //! When ICE over TCP shares the port, connections that start with an ICE-TCP frame go to the SFU
-//! instead ([`crate::ice_tcp`]).
+//! before any TLS ([`crate::ice_tcp`]).
 
 use crate::config::Tls;
-use crate::ice_tcp::{self, IceTcp, Peeked};
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-/// A client has this long to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes under way at once; more connections wait in the kernel's backlog.
-pub const MAX_HANDSHAKES: usize = 256;
 /// How long a self-signed certificate is valid.
 const SELF_SIGNED_DAYS: i64 = 365;
 /// A kept self-signed certificate is replaced this long before it expires.
@@ -189,68 +181,17 @@ pub fn fingerprint(der: &[u8]) -> String {
     hash.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
-/// Accepts TCP connections and hands out those whose TLS handshake finished.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// `ice`: where connections that start with an ICE-TCP frame go (`None`: ICE-TCP is not on
-    /// this port).
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>, ice: Option<IceTcp>) -> io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let accepting = tokio::spawn(async move {
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else { return };
-                let (stream, from) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little instead of spinning.
-                        warn!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                // Signalling messages are small and latency-sensitive: no Nagle delay.
-                let _ = stream.set_nodelay(true);
-                let (acceptor, tx, ice) = (acceptor.clone(), tx.clone(), ice.clone());
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let handshake = async {
-                        if let Some(ice) = ice {
-                            if ice_tcp::sniff(&stream).await? == Peeked::IceTcp {
-                                ice.take(stream, from);
-                                return Ok(None);
-                            }
-                        }
-                        // A TLS connection starts with a handshake record (22); anything else is
-                        // someone typing the address without https://: send them there.
-                        let mut first = [0u8; 1];
-                        if stream.peek(&mut first).await? == 1 && first[0] != 22 {
-                            redirect_to_https(stream).await?;
-                            return Ok(None);
-                        }
-                        acceptor.accept(stream).await.map(Some)
-                    };
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(Some(tls))) => {
-                            let _ = tx.send((tls, from)).await;
-                        }
-                        Ok(Ok(None)) => {}
-                        // A browser refusing our certificate, a scanner, a closed connection.
-                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => debug!("TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { local, ready, accepting })
+/// The server side of one connection's TLS handshake. A connection that does not start with a
+/// TLS handshake record is someone typing the address without `https://`: it is answered with a
+/// redirect there ([`redirect_to_https`]) and `None`. The caller bounds the time.
+pub async fn accept(stream: TcpStream, acceptor: &TlsAcceptor) -> io::Result<Option<TlsStream<TcpStream>>> {
+    let mut first = [0u8; 1];
+    // A TLS connection starts with a handshake record (22).
+    if stream.peek(&mut first).await? == 1 && first[0] != 22 {
+        redirect_to_https(stream).await?;
+        return Ok(None);
     }
+    acceptor.accept(stream).await.map(Some)
 }
 
 /// The most of a plain-HTTP request head read before answering it.
@@ -302,29 +243,6 @@ fn https_location(head: &[u8]) -> Option<String> {
         && host.len() <= 255
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
     (path_ok && host_ok).then(|| format!("https://{host}{path}"))
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task is gone (only when dropped): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
 }
 
 #[cfg(test)]

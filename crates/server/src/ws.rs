@@ -1,67 +1,172 @@
-//! One WebSocket connection: one task that parses and validates incoming frames, applies the rate
-//! limits ([`crate::limits`]) and hands them to the hub, drains the connection's bounded outbox
-//! into the socket, and keeps the heartbeat. It owns no room state.
+//! One WebSocket connection, from the upgrade to the close. It owns no room state.
+//!
+//! Its task reads and writes at the same time. A reader half parses and validates incoming
+//! frames, applies the rate limits ([`crate::limits`]), hands them to the hub and watches the
+//! heartbeat; a writer half drains the connection's outbox ([`crate::outbox`]) into the socket
+//! and pings. The two halves and the hub's kick are raced in one `select!`: whichever ends first
+//! ends the connection, and dropping the others cancels them. So a write blocked on a client
+//! that stopped reading hides neither a kick nor a silent client (the single loop this replaced
+//! awaited the write inside its `select!` and saw neither), and dropping the outbox at once frees
+//! what was queued. (One task rather than axum's chat example's two: nothing to abort, no channel
+//! between them, and the halves are reunited for the goodbye.)
+//!
+//! Every wait on the client has a deadline: the upgrade and the first frame
+//! (`handshake_timeout`; the server pings at once, and a pong counts), the heartbeat
+//! (`idle_timeout`), every write (`idle_timeout` too), the goodbye ([`GOODBYE_TIMEOUT`]) and the
+//! lingering close ([`LINGER`]). What a connection holds is bounded in bytes: its outbox
+//! (`outbox_bytes`), its read buffer (one frame, at most `max_frame_bytes`: larger frames are
+//! refused from their header, before any byte of them is buffered), its write buffer (long
+//! messages go out in fragments of [`FRAGMENT`] bytes).
+//!
+//! A connection the server ends says why: `bye` with a reason and a close code
+//! (`docs/protocol.md`, "Transport" and `bye`), then lingers to read what the client still sends
+//! until it closes too, so that closing with unread bytes does not turn into a TCP reset that
+//! could destroy the close frame before the client reads it.
 
 use crate::client_ip::{client_ip, PeerAddr};
 use crate::hub::{Command, Connect, Resume};
 use crate::limits::{class_of, Class, ConnLimiter, Refused, Verdict};
+use crate::outbox::{self, Frame, OutboxReceiver};
 use crate::AppState;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use huddle_protocol::{ByeReason, ClientMsg, ErrorCode, LeaveReason, PeerId, ServerMsg};
+use hyper_util::rt::TokioIo;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
+use websocket::tungstenite::error::{Error as WsError, ProtocolError};
+use websocket::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use websocket::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame, Utf8Bytes};
+use websocket::tungstenite::protocol::{Role, WebSocketConfig};
+use websocket::tungstenite::Message;
+use websocket::WebSocketStream;
 
-/// Frames above this close the connection (1009). Frames between `max_frame_bytes` and this are
-/// answered with `frame_too_large` and the connection stays.
+/// The largest `max_frame_bytes` an operator may configure. Frames above `max_frame_bytes` close
+/// the connection (`bye` `frame_too_large`, close code 1009).
 pub const HARD_MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// The close code a page sends when it drops a connection to resume on a new one.
 pub const RECONNECTING: u16 = 4000;
-/// Messages written before flushing the socket once.
+/// Messages written before flushing the socket once, at most.
 const WRITE_BATCH: usize = 64;
+/// Bytes written before flushing the socket once: a batch stops growing past this.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Messages longer than this go out in fragments of this size (browsers put them together), so
+/// that the socket's write buffer, which never shrinks, holds a fragment or two, not the largest
+/// message ever sent.
+pub const FRAGMENT: usize = 16 * 1024;
 /// How often a connection checks its heartbeat: a silent connection is dropped at most this long
 /// after `idle_timeout`.
 const HEARTBEAT_CHECK: Duration = Duration::from_secs(5);
+/// How long the server tries to write its goodbye (`bye` and the close frame) to a connection it
+/// ends: a client that stopped reading never takes it.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a closing connection reads (and drops) what the client still sends, waiting for it
+/// to close too.
+pub const LINGER: Duration = Duration::from_secs(2);
 
-/// Close code for `bye` `flooding` (policy violation).
+/// Close codes (RFC 6455, 7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
+/// `bye` `server_shutdown` and `timed_out`.
+const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame that breaks the WebSocket protocol.
+const CLOSE_PROTOCOL: u16 = 1002;
+/// A text frame that is not UTF-8.
+const CLOSE_INVALID_DATA: u16 = 1007;
+/// `bye` `flooding` and `too_slow` (policy violation).
 const CLOSE_POLICY: u16 = 1008;
-/// Close code for `bye` `too_many_connections` ("try again later").
+/// `bye` `frame_too_large`.
+const CLOSE_TOO_BIG: u16 = 1009;
+/// `bye` `too_many_connections` ("try again later").
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// The WebSocket as this module drives it: tungstenite on the upgraded HTTP connection.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// `GET /ws`: checks the request, answers `101 Switching Protocols` and hands the upgraded
+/// connection to its own task.
 pub async fn upgrade(
-    ws: WebSocketUpgrade,
     State(app): State<AppState>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
-    headers: HeaderMap,
     RawQuery(query): RawQuery,
+    mut req: Request,
 ) -> Response {
-    if !origin_allowed(&headers, &app.config.allowed_origins) {
+    let headers = req.headers();
+    if !origin_allowed(headers, &app.config.allowed_origins) {
         info!("refused a cross-origin WebSocket");
         return (StatusCode::FORBIDDEN, "This server does not accept WebSocket connections from that site.")
             .into_response();
     }
+    let Some(accept) = websocket_accept(headers) else {
+        return (StatusCode::BAD_REQUEST, "This address takes WebSocket connections (version 13) only.")
+            .into_response();
+    };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(crate::turn::host_of);
-    let ip = client_ip(peer.ip(), &headers, &app.config.trusted_proxies);
-    ws.read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(2 * HARD_MAX_FRAME_BYTES)
-        .max_message_size(HARD_MAX_FRAME_BYTES)
-        .max_frame_size(HARD_MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| {
-            let n = app.next_id.fetch_add(1, Ordering::Relaxed);
-            let resume = query.as_deref().and_then(parse_resume);
-            let span = info_span!("conn", n);
-            connection(socket, app, n, host, ip, resume).instrument(span)
-        })
+    let ip = client_ip(peer.ip(), headers, &app.config.trusted_proxies);
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::UPGRADE_REQUIRED, "This address takes WebSocket connections only.").into_response();
+    };
+    let n = app.next_id.fetch_add(1, Ordering::Relaxed);
+    let resume = query.as_deref().and_then(parse_resume);
+    let task = async move {
+        // hyper hands the connection over once it has written the 101.
+        let upgraded = match tokio::time::timeout(app.config.handshake_timeout, on_upgrade).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(e)) => return debug!(error = %e, "the upgrade failed"),
+            Err(_) => return debug!("the upgrade timed out"),
+        };
+        let config = socket_config(app.config.max_frame_bytes as usize);
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        connection(socket, app, n, host, ip, resume).await;
+    };
+    tokio::spawn(task.instrument(info_span!("conn", n)));
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    res
 }
+
+/// `Sec-WebSocket-Accept` for a WebSocket upgrade request (RFC 6455, 4.2.1); `None` when the
+/// request is not one.
+fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let version = headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes);
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") || version != Some(b"13") {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    HeaderValue::from_str(&websocket::tungstenite::handshake::derive_accept_key(key.as_bytes())).ok()
+}
+
+/// Buffers bounded by bytes: frames (and messages) up to `max_frame` bytes, refused from their
+/// header beyond; reads of 4 KiB; a write buffer of a fragment or two.
+fn socket_config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(FRAGMENT)
+        .max_write_buffer_size(4 * FRAGMENT)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
 /// `session=<id>&resume=<secret>&seen=<n>` (see [`Resume`]); anything malformed is ignored (the
 /// connection then starts a new session).
 pub fn parse_resume(query: &str) -> Option<Resume> {
@@ -98,16 +203,103 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     })
 }
 
-/// One task per connection: a single loop over the socket, the outbox, the kick signal and the
-/// heartbeat tick (no split socket, no second task).
-async fn connection(
-    mut socket: WebSocket,
-    app: AppState,
-    n: u64,
-    host: Option<String>,
-    ip: IpAddr,
-    resume: Option<Resume>,
-) {
+/// Why a connection ended, and so what it is told and what the hub hears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The hub ended it (`too_slow`, `replaced`, turned away at shutdown).
+    Kicked(ByeReason),
+    /// The hub forgot the session without a word (its page started over elsewhere).
+    Forgotten,
+    /// The hub closed the outbox after queueing `bye` (the server is shutting down).
+    ShutDown,
+    /// The client closed; `reconnecting`: with [`RECONNECTING`], to resume elsewhere.
+    ClientClosed { reconnecting: bool },
+    /// The network broke: a reset, an error, a TCP close without a WebSocket close.
+    Broken,
+    /// Nothing from the client in time: no first frame, or no heartbeat.
+    TimedOut,
+    /// A write did not finish in time: the client is not taking what it is sent.
+    WriteTimedOut,
+    /// A frame over `max_frame_bytes`.
+    FrameTooLarge,
+    /// A text frame that is not UTF-8.
+    BadUtf8,
+    /// Another break of the WebSocket protocol (unmasked or reserved bits, a bad close frame...).
+    ProtocolError,
+    /// It kept sending over its rate limits.
+    Flooding,
+    /// The hub is gone.
+    HubGone,
+}
+
+/// What the client and the hub are told when a connection ends.
+struct Farewell {
+    /// `bye` with this reason, then a close frame with `code`; `code` `None`: nothing (the client
+    /// closed, or the network is gone).
+    bye: Option<ByeReason>,
+    code: Option<(u16, &'static str)>,
+    /// Tell the hub: how the participant left, and whether it may resume.
+    hub: Option<(LeaveReason, bool)>,
+}
+
+impl Ending {
+    fn farewell(self) -> Farewell {
+        use Ending::*;
+        let (bye, code, hub) = match self {
+            Kicked(reason) => (Some(reason), Some(close_code(reason)), None),
+            Forgotten => (None, Some((CLOSE_NORMAL, "session ended")), None),
+            ShutDown => (None, Some((CLOSE_GOING_AWAY, "server shutting down")), Some((LeaveReason::Left, true))),
+            ClientClosed { reconnecting: true } => (None, None, Some((LeaveReason::Disconnected, true))),
+            ClientClosed { reconnecting: false } => (None, None, Some((LeaveReason::Left, true))),
+            Broken => (None, None, Some((LeaveReason::Disconnected, true))),
+            TimedOut => (
+                Some(ByeReason::TimedOut),
+                Some(close_code(ByeReason::TimedOut)),
+                Some((LeaveReason::Disconnected, true)),
+            ),
+            // Like a dead network: its place is kept for a resume.
+            WriteTimedOut => (
+                Some(ByeReason::TooSlow),
+                Some(close_code(ByeReason::TooSlow)),
+                Some((LeaveReason::Disconnected, true)),
+            ),
+            // The frame counts as taken (the hub is told `Ignored`), so a resume does not send it
+            // again.
+            FrameTooLarge => {
+                let code = close_code(ByeReason::FrameTooLarge);
+                (Some(ByeReason::FrameTooLarge), Some(code), Some((LeaveReason::Disconnected, true)))
+            }
+            // A broken protocol ends the session now.
+            BadUtf8 => (None, Some((CLOSE_INVALID_DATA, "not UTF-8")), Some((LeaveReason::Disconnected, false))),
+            ProtocolError => (None, Some((CLOSE_PROTOCOL, "protocol error")), Some((LeaveReason::Disconnected, false))),
+            Flooding => (
+                Some(ByeReason::Flooding),
+                Some(close_code(ByeReason::Flooding)),
+                Some((LeaveReason::Disconnected, false)),
+            ),
+            HubGone => (None, Some((CLOSE_GOING_AWAY, "server shutting down")), None),
+        };
+        Farewell { bye, code, hub }
+    }
+}
+
+/// The close code that follows `bye` with `reason`.
+fn close_code(reason: ByeReason) -> (u16, &'static str) {
+    match reason {
+        ByeReason::ServerShutdown => (CLOSE_GOING_AWAY, "server shutting down"),
+        ByeReason::TimedOut => (CLOSE_GOING_AWAY, "timed out"),
+        ByeReason::TooSlow => (CLOSE_POLICY, "too slow"),
+        ByeReason::FrameTooLarge => (CLOSE_TOO_BIG, "frame too large"),
+        ByeReason::Flooding => (CLOSE_POLICY, "flooding"),
+        ByeReason::TooManyConnections => (CLOSE_TRY_AGAIN_LATER, "too many connections"),
+        ByeReason::Replaced => (CLOSE_NORMAL, "replaced"),
+    }
+}
+
+/// One connection's task, after the upgrade.
+async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>, ip: IpAddr, resume: Option<Resume>) {
+    let (sink, mut stream) = socket.split();
+    let mut w = Writer { sink, mid_message: false };
     // Held until the connection ends: its place under the caps.
     let _ticket = match app.admission.admit(ip, std::time::Instant::now()) {
         Ok(ticket) => ticket,
@@ -118,13 +310,14 @@ async fn connection(
             };
             counter.fetch_add(1, Ordering::Relaxed);
             debug!(?cap, %ip, "refused a connection over the cap");
-            let error = ServerMsg::error(ErrorCode::TooManyConnections, None);
-            let bye = ServerMsg::Bye { reason: ByeReason::TooManyConnections };
-            say_goodbye(&mut socket, &[error, bye], CLOSE_TRY_AGAIN_LATER, "too many connections").await;
-            return;
+            let error = Frame::new(&ServerMsg::error(ErrorCode::TooManyConnections, None));
+            let (code, why) = close_code(ByeReason::TooManyConnections);
+            w.goodbye(&[error], Some(ByeReason::TooManyConnections), code, why).await;
+            return close(w, stream).await;
         }
     };
-    let (outbox, mut outbox_rx) = mpsc::channel(app.config.outbox_capacity);
+    let cfg = &app.config;
+    let (outbox, mut outbox_rx) = outbox::outbox(cfg.outbox_capacity, cfg.outbox_bytes);
     let (kick_tx, mut kick_rx) = oneshot::channel();
     let (session_tx, session_rx) = oneshot::channel();
     let connect =
@@ -135,178 +328,280 @@ async fn connection(
     // The hub answers with the session this connection speaks for (a resumed one, or its own);
     // no answer means it refused the connection (shutting down).
     let Ok(id) = session_rx.await else {
-        let close = CloseFrame { code: 1001, reason: Utf8Bytes::from_static("server shutting down") };
-        let _ = socket.send(Message::Close(Some(close))).await;
-        return;
+        let (code, why) = close_code(ByeReason::ServerShutdown);
+        w.goodbye(&[], Some(ByeReason::ServerShutdown), code, why).await;
+        return close(w, stream).await;
     };
     debug!(peer = %id, %ip, "connected");
-    let mut limiter = ConnLimiter::new(app.config.message_rates(), std::time::Instant::now());
+    let ending = {
+        let reading = read_loop(&mut stream, &app, &id, ip);
+        let writing = write_loop(&mut w, &mut outbox_rx, &app);
+        tokio::select! {
+            biased;
+            kicked = &mut kick_rx => match kicked {
+                Ok(reason) => Ending::Kicked(reason),
+                Err(_) => Ending::Forgotten,
+            },
+            ending = writing => ending,
+            ending = reading => ending,
+        }
+    };
+    // What was queued and will never be written goes now.
+    outbox_rx.close();
+    count(&app, ending);
+    if matches!(ending, Ending::Kicked(_)) {
+        info!(?ending, "disconnected by the server");
+    } else {
+        debug!(?ending, "closing");
+    }
+    let farewell = ending.farewell();
+    if let Some((code, why)) = farewell.code {
+        w.goodbye(&[], farewell.bye, code, why).await;
+    }
+    if ending == Ending::FrameTooLarge {
+        let _ = app.hub.send(Command::Ignored { id: id.clone() }).await;
+    }
+    if let Some((reason, resumable)) = farewell.hub {
+        let _ = app.hub.send(Command::Disconnect { id, conn: n, reason, resumable }).await;
+    }
+    drop(_ticket);
+    close(w, stream).await;
+}
+
+fn count(app: &AppState, ending: Ending) {
+    let c = &app.counters;
+    let counter = match ending {
+        Ending::TimedOut => &c.closed_timed_out,
+        Ending::WriteTimedOut => &c.closed_write_timeout,
+        Ending::FrameTooLarge => {
+            c.refused(ErrorCode::FrameTooLarge);
+            &c.closed_frame_too_large
+        }
+        Ending::BadUtf8 | Ending::ProtocolError => &c.closed_protocol_error,
+        Ending::Flooding => &c.closed_flooding,
+        _ => return,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads frames until the connection ends; returns why.
+async fn read_loop(stream: &mut SplitStream<Socket>, app: &AppState, id: &PeerId, ip: IpAddr) -> Ending {
     let cfg = &app.config;
-    let max_frame = cfg.max_frame_bytes as usize;
+    let mut limiter = ConnLimiter::new(cfg.message_rates(), std::time::Instant::now());
     // Liveness is a timestamp checked on a coarse tick, not a timer re-armed for every frame.
     let check_every = HEARTBEAT_CHECK.min(cfg.ping_interval);
     let mut tick = tokio::time::interval_at(Instant::now() + check_every, check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first frame (a pong to the ping sent at once counts) has its own, shorter deadline.
+    let first_frame = tokio::time::sleep(cfg.handshake_timeout);
+    let mut first_frame = std::pin::pin!(first_frame);
+    let mut heard = false;
     let mut last_seen = Instant::now();
-    let mut last_ping = Instant::now();
-    // Whether the session may be resumed after this connection ends.
-    let mut resumable = true;
-    let reason = loop {
-        tokio::select! {
-            kicked = &mut kick_rx => {
-                // The hub has already taken us out of our room; just drop the socket.
-                info!(bye = ?kicked.unwrap_or(ByeReason::ServerShutdown), "disconnected by the server");
-                return;
-            }
-            msg = outbox_rx.recv() => {
-                let Some(msg) = msg else {
-                    // The hub closed our outbox after queueing `bye`: the server is shutting down.
-                    let close = CloseFrame { code: 1001, reason: Utf8Bytes::from_static("server shutting down") };
-                    let _ = socket.send(Message::Close(Some(close))).await;
-                    break LeaveReason::Left;
-                };
-                match write_batch(&mut socket, &msg, &mut outbox_rx).await {
-                    Ok(n) => {
-                        app.counters.messages_out.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(_) => break LeaveReason::Disconnected,
-                }
-            }
-            frame = socket.recv() => {
-                last_seen = Instant::now();
-                let parsed = match frame {
-                    None => break LeaveReason::Left,
-                    Some(Err(e)) => {
-                        debug!(error = %e, "WebSocket read failed");
-                        // A broken network may be resumed from; a broken protocol (a frame over
-                        // the hard limit, bad framing) ends the session now.
-                        resumable = is_io_error(&e);
-                        break LeaveReason::Disconnected;
-                    }
-                    // The page closes with RECONNECTING when it starts over on a new connection
-                    // (a network change): keep its place as for a lost connection.
-                    Some(Ok(Message::Close(Some(frame)))) if frame.code == RECONNECTING => break LeaveReason::Disconnected,
-                    Some(Ok(Message::Close(_))) => break LeaveReason::Left,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Binary(_))) => Err((ErrorCode::BinaryFrame, None)),
-                    Some(Ok(Message::Text(text))) if text.len() > max_frame => Err((ErrorCode::FrameTooLarge, None)),
-                    Some(Ok(Message::Text(text))) => serde_json::from_str::<ClientMsg>(&text).map_err(|_| classify(&text)),
-                };
-                let now = std::time::Instant::now();
-                let class = match &parsed {
-                    Ok(msg) => {
-                        app.counters.message_in(msg);
-                        class_of(msg)
-                    }
-                    Err(_) => Class::Other,
-                };
-                let mut verdict = limiter.check(class, now);
-                if verdict == Verdict::Pass && class == Class::Join && !app.admission.join(ip, now) {
-                    verdict = limiter.refuse(now);
-                }
-                let cmd = match verdict {
-                    Verdict::Pass => match parsed {
-                        Ok(msg) => Command::Client { id: id.clone(), msg },
-                        Err((code, request)) => {
-                            app.counters.refused(code);
-                            reject(&id, code, request)
-                        }
-                    },
-                    Verdict::Refuse { reply } => {
-                        app.counters.refused(ErrorCode::RateLimited);
-                        if !reply {
-                            app.counters.replies_suppressed.fetch_add(1, Ordering::Relaxed);
-                            // Still counted as taken, for a resume (`welcome.received`).
-                            Command::Ignored { id: id.clone() }
-                        } else {
-                        let request = match parsed {
-                            Ok(msg) => Some(msg.type_name().to_string()),
-                            Err((_, request)) => request,
-                        };
-                        debug!(request = request.as_deref().unwrap_or("-"), "rate limited");
-                        Command::Reject { id: id.clone(), code: ErrorCode::RateLimited, request }
-                        }
-                    }
-                    Verdict::Flooding => {
-                        app.counters.refused(ErrorCode::RateLimited);
-                        app.counters.closed_flooding.fetch_add(1, Ordering::Relaxed);
-                        info!("closing a connection that keeps flooding");
-                        let bye = ServerMsg::Bye { reason: ByeReason::Flooding };
-                        say_goodbye(&mut socket, &[bye], CLOSE_POLICY, "flooding").await;
-                        resumable = false;
-                        break LeaveReason::Disconnected;
-                    }
-                };
-                // If the hub is busy this waits, which pauses reading from this socket only.
-                if app.hub.send(cmd).await.is_err() {
-                    break LeaveReason::Disconnected;
-                }
-            }
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = &mut first_frame, if !heard => return Ending::TimedOut,
             _ = tick.tick() => {
                 if last_seen.elapsed() >= cfg.idle_timeout {
-                    info!("no heartbeat; dropping the connection");
-                    break LeaveReason::Disconnected;
+                    return Ending::TimedOut;
                 }
-                if last_ping.elapsed() >= cfg.ping_interval {
-                    last_ping = Instant::now();
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break LeaveReason::Disconnected;
-                    }
+                continue;
+            }
+        };
+        heard = true;
+        last_seen = Instant::now();
+        let parsed = match frame {
+            None => return Ending::ClientClosed { reconnecting: false },
+            Some(Err(e)) => {
+                debug!(error = %e, "WebSocket read failed");
+                return ending_of(&e);
+            }
+            // The page closes with RECONNECTING when it starts over on a new connection (a network
+            // change): keep its place as for a lost connection.
+            Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == RECONNECTING => {
+                return Ending::ClientClosed { reconnecting: true }
+            }
+            Some(Ok(Message::Close(_))) => return Ending::ClientClosed { reconnecting: false },
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Binary(_))) => Err((ErrorCode::BinaryFrame, None)),
+            Some(Ok(Message::Text(text))) => serde_json::from_str::<ClientMsg>(&text).map_err(|_| classify(&text)),
+        };
+        let now = std::time::Instant::now();
+        let class = match &parsed {
+            Ok(msg) => {
+                app.counters.message_in(msg);
+                class_of(msg)
+            }
+            Err(_) => Class::Other,
+        };
+        let mut verdict = limiter.check(class, now);
+        if verdict == Verdict::Pass && class == Class::Join && !app.admission.join(ip, now) {
+            verdict = limiter.refuse(now);
+        }
+        let cmd = match verdict {
+            Verdict::Pass => match parsed {
+                Ok(msg) => Command::Client { id: id.clone(), msg },
+                Err((code, request)) => {
+                    app.counters.refused(code);
+                    reject(id, code, request)
+                }
+            },
+            Verdict::Refuse { reply } => {
+                app.counters.refused(ErrorCode::RateLimited);
+                if !reply {
+                    app.counters.replies_suppressed.fetch_add(1, Ordering::Relaxed);
+                    // Still counted as taken, for a resume (`welcome.received`).
+                    Command::Ignored { id: id.clone() }
+                } else {
+                    let request = match parsed {
+                        Ok(msg) => Some(msg.type_name().to_string()),
+                        Err((_, request)) => request,
+                    };
+                    debug!(request = request.as_deref().unwrap_or("-"), "rate limited");
+                    Command::Reject { id: id.clone(), code: ErrorCode::RateLimited, request }
                 }
             }
+            Verdict::Flooding => {
+                app.counters.refused(ErrorCode::RateLimited);
+                info!("closing a connection that keeps flooding");
+                return Ending::Flooding;
+            }
+        };
+        // If the hub is busy this waits, which pauses reading from this socket only.
+        if app.hub.send(cmd).await.is_err() {
+            return Ending::HubGone;
         }
+    }
+}
+
+/// How a read error ends the connection: a broken network may be resumed from; a broken
+/// protocol (a frame over the limit, bad framing, bad UTF-8) is said so and ends the session.
+fn ending_of(e: &WsError) -> Ending {
+    match e {
+        WsError::Capacity(_) => Ending::FrameTooLarge,
+        WsError::Utf8(_) => Ending::BadUtf8,
+        WsError::Io(_)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Broken,
+        _ => Ending::ProtocolError,
+    }
+}
+
+/// Writes what the hub queues, and pings, until the connection ends; returns why. Every write
+/// (a batch, a ping) must finish within `idle_timeout`.
+async fn write_loop(w: &mut Writer, outbox: &mut OutboxReceiver, app: &AppState) -> Ending {
+    let deadline = app.config.idle_timeout;
+    // The first tick is at once: a live client answers, and that is its first frame.
+    let mut ping = tokio::time::interval(app.config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let written = tokio::select! {
+            biased;
+            frame = outbox.recv() => {
+                // The hub closed the outbox after queueing `bye`: the server is shutting down.
+                let Some(frame) = frame else { return Ending::ShutDown };
+                tokio::time::timeout(deadline, w.write_batch(frame, outbox)).await
+            }
+            _ = ping.tick() => {
+                tokio::time::timeout(deadline, w.ping()).await.map(|r| r.map(|()| 0))
+            }
+        };
+        match written {
+            Ok(Ok(n)) => {
+                app.counters.messages_out.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "WebSocket write failed");
+                return Ending::Broken;
+            }
+            Err(_) => {
+                info!("a write did not finish in time; dropping the connection");
+                return Ending::WriteTimedOut;
+            }
+        }
+    }
+}
+
+/// The writing half of a connection.
+struct Writer {
+    sink: SplitSink<Socket, Message>,
+    /// A message went out in part (some of its fragments): until the rest follows, only control
+    /// frames (ping, close) may be written.
+    mid_message: bool,
+}
+
+impl Writer {
+    /// Sends `first` and whatever else is already queued (up to [`WRITE_BATCH`] messages and
+    /// about [`WRITE_BATCH_BYTES`]) with one flush; how many it sent.
+    async fn write_batch(&mut self, first: Frame, outbox: &mut OutboxReceiver) -> Result<u64, WsError> {
+        let mut bytes = first.len();
+        self.feed(&first).await?;
+        let mut sent = 1;
+        while sent < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+            let Ok(frame) = outbox.try_recv() else { break };
+            bytes += frame.len();
+            self.feed(&frame).await?;
+            sent += 1;
+        }
+        self.sink.flush().await?;
+        Ok(sent as u64)
+    }
+
+    /// Queues `frame` as one text message, in fragments of [`FRAGMENT`] bytes when longer.
+    async fn feed(&mut self, frame: &Frame) -> Result<(), WsError> {
+        let text = frame.bytes();
+        let mut at = 0;
+        loop {
+            let end = (at + FRAGMENT).min(text.len());
+            let kind = if at == 0 { Data::Text } else { Data::Continue };
+            let fin = end == text.len();
+            self.sink.feed(Message::Frame(WsFrame::message(text.slice(at..end), OpCode::Data(kind), fin))).await?;
+            self.mid_message = !fin;
+            if fin {
+                return Ok(());
+            }
+            at = end;
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), WsError> {
+        self.sink.send(Message::Ping(Default::default())).await
+    }
+
+    /// Writes `before`, `bye` (if any) and a close frame with `code`, bounded in time: the
+    /// client may not be reading. In the middle of a fragmented message only the close frame
+    /// can go.
+    async fn goodbye(&mut self, before: &[Frame], bye: Option<ByeReason>, code: u16, why: &'static str) {
+        let write = async {
+            if !self.mid_message {
+                for frame in before {
+                    self.feed(frame).await?;
+                }
+                if let Some(reason) = bye {
+                    self.feed(&Frame::new(&ServerMsg::Bye { reason })).await?;
+                }
+            }
+            let close = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(why) };
+            self.sink.send(Message::Close(Some(close))).await
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, write).await;
+    }
+}
+
+/// Closes the socket: the WebSocket's buffers go at once; the connection then says it is done
+/// sending and reads (and drops) what the client still sends until it closes too, for at most
+/// [`LINGER`]. Closing a socket with unread bytes sends a reset, which can destroy the close
+/// frame before the client reads it (a client still sending an oversized frame, say).
+async fn close(w: Writer, stream: SplitStream<Socket>) {
+    let Ok(socket) = stream.reunite(w.sink) else { return };
+    let mut io = socket.into_inner();
+    let linger = async {
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while io.read(&mut buf).await.is_ok_and(|n| n > 0) {}
     };
-    let _ = app.hub.send(Command::Disconnect { id, conn: n, reason, resumable }).await;
-    debug!(?reason, "closed");
-}
-
-/// Whether a WebSocket error came from the network — a reset, a timeout, or a TCP close without
-/// a WebSocket close (a device dropping its connections on a network change) — as opposed to the
-/// peer breaking the protocol. (tungstenite's error types are not ours to name, hence the text;
-/// `tests/enforcement.rs` pins it.)
-fn is_io_error(e: &axum::Error) -> bool {
-    if e.to_string().contains("without closing handshake") {
-        return true;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        if err.is::<std::io::Error>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
-/// Sends `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with one flush;
-/// how many it sent.
-async fn write_batch(
-    socket: &mut WebSocket,
-    first: &ServerMsg,
-    outbox: &mut mpsc::Receiver<Arc<ServerMsg>>,
-) -> Result<u64, axum::Error> {
-    feed(socket, first).await?;
-    let mut sent = 1;
-    for _ in 1..WRITE_BATCH {
-        let Ok(msg) = outbox.try_recv() else { break };
-        feed(socket, &msg).await?;
-        sent += 1;
-    }
-    socket.flush().await?;
-    Ok(sent)
-}
-
-/// Writes `msgs` and a close frame straight to the socket (bounded in time: the client may not
-/// be reading), for a connection the server ends by itself.
-async fn say_goodbye(socket: &mut WebSocket, msgs: &[ServerMsg], code: u16, reason: &'static str) {
-    let write = async {
-        for msg in msgs {
-            feed(socket, msg).await?;
-        }
-        let close = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        socket.send(Message::Close(Some(close))).await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    let _ = tokio::time::timeout(LINGER, linger).await;
 }
 
 fn reject(id: &PeerId, code: ErrorCode, request: Option<String>) -> Command {
@@ -323,17 +618,6 @@ pub fn classify(text: &str) -> (ErrorCode, Option<String>) {
             _ => (ErrorCode::UnknownType, None),
         },
         Ok(_) => (ErrorCode::BadMessage, None),
-    }
-}
-
-async fn feed(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
-    match serde_json::to_string(msg) {
-        Ok(text) => socket.feed(Message::Text(text.into())).await,
-        Err(e) => {
-            // Our own types always serialise; this would be a bug, not bad input.
-            warn!(error = %e, "could not serialise a message");
-            Ok(())
-        }
     }
 }
 

@@ -183,11 +183,19 @@ async fn the_storage_limit_holds() {
     b.expect_error(ErrorCode::FileStorageFull).await;
     // Leaving frees what was offered and never uploaded.
     a.send(&ClientMsg::Leave).await;
+    // a's leave and b's offer travel on different connections: b offers once it saw a go.
+    loop {
+        match b.recv().await {
+            ServerMsg::PeerLeft { .. } => break,
+            ServerMsg::PeerUpdated { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     b.send(&offer("b.bin", &[8u8; 30])).await;
     loop {
         match b.recv().await {
             ServerMsg::FileUpload { .. } => break,
-            ServerMsg::PeerLeft { .. } | ServerMsg::PeerUpdated { .. } => continue,
+            ServerMsg::PeerUpdated { .. } => continue,
             other => panic!("unexpected {other:?}"),
         }
     }
