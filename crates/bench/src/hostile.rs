@@ -351,7 +351,9 @@ impl Metrics {
             .iter()
             .filter(|(name, v)| {
                 let base = name.split('{').next().unwrap_or(name);
-                **v != 0.0 && self.gauges.iter().any(|g| g == base) && !gauge_may_stay(base)
+                // The `GET /metrics` that reads the gauges is an open TCP connection itself.
+                let at_rest = if base == "huddle_tcp_connections" { 1.0 } else { 0.0 };
+                **v > at_rest && self.gauges.iter().any(|g| g == base) && !gauge_may_stay(base)
             })
             .map(|(n, v)| format!("{n}={v}"))
             .collect()
@@ -588,8 +590,11 @@ async fn drive(
         rss_max_kb = rss_max_kb.max(after_attack.rss_kb);
         let window = stats.take_window();
         timeline.push(timeline_row(&after_attack, window));
+        // Let go of means closed: the sockets too, not only the sessions (a connection the
+        // server ends says goodbye and lingers for a few seconds before its socket goes).
         let done = after_attack.established_attackers == 0
-            && after_attack.ws_connections().is_some_and(|w| Some(w) <= live_base.ws_connections());
+            && after_attack.ws_connections().is_some_and(|w| Some(w) <= live_base.ws_connections())
+            && after_attack.fds <= live_base.fds + args.fd_slack;
         if done || cleanup_start.elapsed().as_secs_f64() >= args.cleanup_secs {
             break;
         }

@@ -167,11 +167,11 @@ pub struct Cli {
     #[arg(long, env = "HUDDLE_FILE_DIR", value_name = "DIR")]
     pub file_dir: Option<PathBuf>,
     /// Bytes of files one participant may have on the server at once, offered, uploading or
-    /// shared [default: 268435456]
+    /// shared [default: 209715200, two of the largest files]
     #[arg(long, env = "HUDDLE_FILE_CONNECTION_BYTES", value_name = "BYTES")]
     pub file_connection_bytes: Option<u64>,
     /// Bytes of files the participants of one IP address may have on the server at once
-    /// [default: 536870912]
+    /// [default: 209715200: five addresses cannot fill the default storage]
     #[arg(long, env = "HUDDLE_FILE_IP_BYTES", value_name = "BYTES")]
     pub file_ip_bytes: Option<u64>,
     /// Bytes of files one room may have on the server at once [default: 536870912]
@@ -544,8 +544,8 @@ impl Default for Config {
             max_file_bytes: 100 * 1024 * 1024,
             file_storage_bytes: 1024 * 1024 * 1024,
             file_dir: None,
-            file_connection_bytes: 256 * 1024 * 1024,
-            file_ip_bytes: 512 * 1024 * 1024,
+            file_connection_bytes: 200 * 1024 * 1024,
+            file_ip_bytes: 200 * 1024 * 1024,
             file_room_bytes: 512 * 1024 * 1024,
             file_transfer_timeout: Duration::from_secs(30),
             file_min_rate: 64 * 1024,

@@ -631,13 +631,23 @@ enum Received {
     Unwritable,
 }
 
-/// `PUT /files/{id}?key=…`: the bytes of an offered file.
+/// `PUT /files/{id}?key=…`: the bytes of an offered file. A refused or failed upload closes its
+/// connection after the answer: its body may be unread, and a connection that kept it would be
+/// held (hyper would wait for the rest of a body trickled a byte at a time) past every deadline.
 pub async fn upload(
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<UploadQuery>,
     body: Body,
 ) -> Response {
+    let mut response = receive_upload(app, id, q, body).await;
+    if !response.status().is_success() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn receive_upload(app: AppState, id: String, q: UploadQuery, body: Body) -> Response {
     let (reply, answer) = oneshot::channel();
     if !ask_hub(&app.hub, FileCommand::BeginUpload { id: id.clone(), key: q.key, reply }).await {
         return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "The server is stopping.");

@@ -99,6 +99,13 @@ async fn request(s: &mut TcpStream, method: &str, path: &str, length: usize, bod
     s.write_all(body).await.expect("write body");
 }
 
+/// [`request`] as a browser sends it: the connection is to be kept alive.
+async fn request_keep_alive(s: &mut TcpStream, method: &str, path: &str, length: usize, body: &[u8]) {
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: huddle\r\nContent-Length: {length}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(body).await.expect("write body");
+}
+
 /// Reads a response to its end: the status and the body (not de-chunked).
 async fn response(s: &mut TcpStream) -> (u16, Vec<u8>) {
     let mut raw = Vec::new();
@@ -277,7 +284,9 @@ async fn a_stalled_upload_is_cut_off() {
     a.send(&offer("a.bin", &bytes)).await;
     let url = upload_url(&mut a).await;
     let mut put = tcp_from(local(1), server.addr, None).await;
-    request(&mut put, "PUT", &url, bytes.len(), &bytes[..100]).await;
+    // Kept alive, as a browser's: the server must still close the connection after its answer
+    // (`response` reads to the end), not keep it for the rest of the body.
+    request_keep_alive(&mut put, "PUT", &url, bytes.len(), &bytes[..100]).await;
     let started = Instant::now();
     let (status, body) = response(&mut put).await;
     assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
@@ -308,7 +317,7 @@ async fn a_trickled_upload_is_cut_off_at_its_deadline() {
     a.send(&offer("a.bin", &bytes)).await;
     let url = upload_url(&mut a).await;
     let mut put = tcp_from(local(1), server.addr, None).await;
-    request(&mut put, "PUT", &url, bytes.len(), &[]).await;
+    request_keep_alive(&mut put, "PUT", &url, bytes.len(), &[]).await;
     // 10 bytes every 200 ms: 50 bytes a second, 20 s for the whole file; the deadline is 2 s.
     let started = Instant::now();
     let mut sent = 0;
@@ -325,6 +334,23 @@ async fn a_trickled_upload_is_cut_off_at_its_deadline() {
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 408"), "after {sent} bytes in {:?}: {text:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(4), "cut off at about its deadline");
+    // The connection goes with the answer, even while the client trickles on (before, the
+    // server kept it, waiting for the rest of the body, past every deadline).
+    let answered = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        if answered.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+        if put.write_all(&[5u8; 10]).await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), put.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            _ => {}
+        }
+    };
+    assert!(closed, "the connection of a cut-off upload is still open {:?} after its answer", answered.elapsed());
     let mut b = client_from(&server, local(2)).await;
     b.join("other", "B").await;
     b.send(&empty_offer(1000)).await;
