@@ -728,7 +728,16 @@ impl Run {
             }
             12 => {
                 let id = self.id_of(u)?;
-                let code = *u.choose(ErrorCode::ALL)?;
+                // What a connection task refuses before the hub sees it (ws.rs: `classify`, binary
+                // frames, the rate limits); the hub passes the code on.
+                const REFUSED_AT_THE_EDGE: [ErrorCode; 5] = [
+                    ErrorCode::BadJson,
+                    ErrorCode::BadMessage,
+                    ErrorCode::UnknownType,
+                    ErrorCode::BinaryFrame,
+                    ErrorCode::RateLimited,
+                ];
+                let code = *u.choose(&REFUSED_AT_THE_EDGE)?;
                 let request = if u.arbitrary()? { Some(u.choose(ClientMsg::TYPES)?.to_string()) } else { None };
                 self.handle(Command::Reject { id, code, request });
             }
