@@ -116,14 +116,17 @@ async fn a_knocker_never_takes_over_the_room_its_last_member_left() {
     let server = TestServer::start(p2p(|_| {})).await;
     let mut host = Client::connect(&server).await;
     host.join("r", "Host").await;
-    set(&mut host, Set { waiting_room: Some(true), password: Some("sesame"), ..Set::default() }).await;
+    // One at a time: a password is announced once hashed, in a `room_settings` of its own.
+    set(&mut host, Set { waiting_room: Some(true), ..Set::default() }).await;
+    set(&mut host, Set { password: Some("sesame"), ..Set::default() }).await;
     host.send(&ClientMsg::Chat { text: "the secret plan".into() }).await;
     assert!(matches!(host.recv().await, ServerMsg::Chat { .. }));
     let mut knocker = connect_from(&server, "127.0.0.2").await;
     knock(&mut host, &mut knocker, "r", Some("sesame")).await;
     set(&mut host, Set { locked: Some(true), ..Set::default() }).await;
     host.send(&ClientMsg::Leave).await;
-    assert!(matches!(host.recv().await, ServerMsg::Left { .. }));
+    let m = host.recv().await;
+    assert!(matches!(m, ServerMsg::Left { .. }), "expected left, got {m:?}");
     match knocker.recv().await {
         ServerMsg::Error { code: ErrorCode::RoomClosed, request, .. } => assert_eq!(request.as_deref(), Some("join")),
         other => panic!("the knocker should be told the room closed, got {other:?}"),

@@ -1,0 +1,113 @@
+//! The hub's invariants, checked by the unit tests and the `room_state` fuzz target.
+
+use super::*;
+
+impl Hub {
+    /// Checks that the hub's tables agree with each other, and says what is wrong if not. Cheap
+    /// enough to call after every command; the `room_state` fuzz target (`fuzz/`) does. Holds
+    /// between commands: no room is empty or over capacity; a connection's room and that room's
+    /// member list agree both ways, and every member and every watcher is a live connection;
+    /// the participant count is the number of connections in a room; no eviction is left
+    /// pending; a room uses the SFU only when there is one; a pending shutdown has connections
+    /// left to wait for.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.rooms.len() > self.config.max_rooms as usize {
+            return Err(format!("{} rooms, more than the limit of {}", self.rooms.len(), self.config.max_rooms));
+        }
+        for (name, room) in &self.rooms {
+            if room.is_empty() {
+                return Err(format!("room {name:?} is empty but still listed"));
+            }
+            if room.len() > self.config.room_capacity as usize {
+                return Err(format!("room {name:?} holds {} people, over its capacity", room.len()));
+            }
+            if room.topology() == Topology::Sfu && self.media.is_none() {
+                return Err(format!("room {name:?} uses the SFU but the hub has none"));
+            }
+            let s = room.settings();
+            if s.listed && (s.locked || s.waiting_room || s.has_password) {
+                return Err(format!("room {name:?} is protected but listed: {s:?}"));
+            }
+            if s.has_password != room.password().is_some() {
+                return Err(format!("room {name:?} says has_password {} but has no hash", s.has_password));
+            }
+            let mut seen = HashSet::new();
+            for peer in room.members() {
+                if !seen.insert(&peer.id) {
+                    return Err(format!("{} is listed twice in room {name:?}", peer.id));
+                }
+                match self.conns.get(&peer.id) {
+                    None => return Err(format!("{} is in room {name:?} but not connected", peer.id)),
+                    Some(conn) if conn.room.as_ref() != Some(name) => {
+                        return Err(format!("{} is in room {name:?} but its connection says {:?}", peer.id, conn.room));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for (id, conn) in &self.conns {
+            if let Some(room) = &conn.room {
+                if self.rooms.get(room).is_none_or(|r| r.member(id).is_none()) {
+                    return Err(format!("{id} thinks it is in room {room:?}, which does not list it"));
+                }
+            }
+        }
+        if let Some(id) = self.watchers.iter().find(|id| !self.conns.contains_key(*id)) {
+            return Err(format!("watcher {id} is not connected"));
+        }
+        let tokens_may_set_roles = self.config.token_secret.is_some() || self.config.token_public_key.is_some();
+        for (name, room) in &self.rooms {
+            let hosts = room.members().filter(|p| p.role == Role::Host).count();
+            // Operator tokens may make everyone a participant, or bring a second host.
+            if !tokens_may_set_roles && hosts != 1 {
+                return Err(format!("room {name:?} has {hosts} hosts"));
+            }
+            for k in room.waiting() {
+                match self.conns.get(&k.id) {
+                    Some(c) if c.waiting_in.as_ref() == Some(name) && c.room.is_none() => {}
+                    other => {
+                        return Err(format!(
+                            "{} waits in {name:?} but its connection is {:?}",
+                            k.id,
+                            other.map(|c| (&c.room, &c.waiting_in))
+                        ))
+                    }
+                }
+            }
+        }
+        for (id, conn) in &self.conns {
+            if let Some(room) = &conn.waiting_in {
+                if self.rooms.get(room).is_none_or(|r| !r.waiting().iter().any(|k| &k.id == id)) {
+                    return Err(format!("{id} thinks it waits at {room:?}, which does not list it"));
+                }
+            }
+            if conn.suspended.is_some() && (conn.outbox.is_some() || conn.room.is_none()) {
+                return Err(format!("{id} is suspended but has a connection or no room"));
+            }
+            if conn.room.is_none() && (conn.turn_user.is_some() || conn.ice_renew.is_some()) {
+                return Err(format!("{id} holds relay credentials outside a room"));
+            }
+            if conn.recent.len() > RESUME_BUFFER {
+                return Err(format!("{id} keeps {} messages for a resume", conn.recent.len()));
+            }
+            let bytes: usize = conn.recent.iter().map(Frame::len).sum();
+            if bytes != conn.recent_bytes || bytes > self.config.outbox_bytes {
+                return Err(format!("{id} keeps {bytes} bytes for a resume (counted {})", conn.recent_bytes));
+            }
+        }
+        let in_rooms = self.conns.values().filter(|c| c.room.is_some()).count();
+        if self.stats().participants != in_rooms {
+            return Err(format!(
+                "{} participants counted, {in_rooms} connections in a room",
+                self.stats().participants
+            ));
+        }
+        if !self.overflowed.is_empty() {
+            return Err(format!("evictions left pending: {:?}", self.overflowed));
+        }
+        if self.shutdown.is_some() && self.conns.is_empty() {
+            return Err("shutdown still waits though every connection is gone".to_string());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,603 @@
+//! The hub: the single owner of every connection's outbox, every room and the room list.
+//!
+//! Connection tasks never touch shared state; they send [`Command`]s over one bounded channel,
+//! and the hub task applies them one at a time ([`Hub::handle`]) and answers through each
+//! connection's bounded outbox with `try_send`. A connection whose outbox is full is evicted
+//! (reason `too_slow`) instead of stalling the room. [`Hub`] itself does no I/O and reads no
+//! clock but the wall-clock timestamp of chat messages, so it is unit-tested directly below.
+//!
+//! The hub's methods are grouped by what they touch, one file each:
+//!
+//! - `sessions` — node-local: connecting, resuming, expiring sessions and delivering into their
+//!   outboxes;
+//! - `rooms` — joining (passwords, tokens, invites, the waiting room), entering, leaving, chat,
+//!   the room list; `moderation` — host commands; `bridges` — the SFU and the file store;
+//! - `relay` — TURN credentials; `jobs` — password work off this task; `snapshot` — what outlives
+//!   a graceful restart; `invariants` — what the tests and the fuzz target check after each step.
+//!
+//! The first two are the cut `docs/design/room-ownership.md` makes between what stays on the
+//! node a WebSocket landed on and what moves with a room's owner (several workers, several
+//! nodes); today one task still owns both.
+
+use crate::config::{Config, TopologyMode};
+use crate::files::{FileCommand, FileLimits, FileStore};
+use crate::media::{MediaCommand, MediaEvent};
+use crate::room::password::PasswordHash;
+use crate::room::{Held, Room, Waiter};
+use crate::tokens::Tokens;
+use crate::turn::{TurnCommand, TurnHandle};
+use crate::validate;
+use huddle_protocol::{
+    ByeReason, ClientMsg, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role, RoomSummary,
+    SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+// The runtime's clock, so that grace periods follow a paused clock in tests.
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// What a connection task receives to write to its socket (see [`crate::outbox`]).
+pub use crate::outbox::{Frame, Outbox};
+
+mod bridges;
+mod invariants;
+mod jobs;
+mod moderation;
+mod relay;
+mod rooms;
+mod sessions;
+mod snapshot;
+
+/// Most rooms listed in one `rooms` message.
+pub const ROOM_LIST_MAX: usize = 100;
+/// How often the room list is pushed to watchers at most.
+pub const ROOM_LIST_INTERVAL: Duration = Duration::from_millis(200);
+/// In `auto` mode, the head count at which a room moves from peer-to-peer to the SFU.
+pub const AUTO_SFU_FROM: usize = 3;
+
+/// Messages kept per in-room session for replay when it resumes on a new connection.
+pub const RESUME_BUFFER: usize = 128;
+/// At most one release of freed memory this often (see [`run`]): the first one after a crowd has
+/// left gives back nearly everything; a lone visitor coming and going does not trim every time.
+pub const MEMORY_RELEASE_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest invite a host may ask for.
+pub const MAX_INVITE_SECS: u32 = 7 * 86_400;
+/// The default lifetime of an invite.
+pub const DEFAULT_INVITE_SECS: u32 = 86_400;
+/// Password hashes and checks queued or running at once (see [`Job`]); beyond, a join with a
+/// password or a new password is refused with `rate_limited`.
+pub const MAX_JOBS_IN_FLIGHT: usize = 64;
+
+/// Work too slow for the hub task, which runs every room: hashing a new room password and
+/// checking one a join gives (PBKDF2, milliseconds each; see [`crate::room::password`]). In the
+/// server they run one at a time on a blocking thread and come back to the hub as [`JobDone`]
+/// ([`run`]); a hub that was not given a place to run them ([`Hub::run_jobs_elsewhere`]: unit
+/// tests, the fuzz target) runs them at once, in the same order of events.
+enum Job {
+    /// Whether `req.password` is the password of `room` (opened as `instance`, at password
+    /// generation `gen`), for session `id`'s join.
+    Verify { id: PeerId, req: JoinRequest, room: Arc<str>, instance: String, gen: u32, hash: PasswordHash },
+    /// A host's new password for `room`, the `seq`-th change asked for.
+    Hash { room: Arc<str>, instance: String, seq: u64, password: String },
+}
+
+impl Job {
+    fn run(self) -> Done {
+        match self {
+            Job::Verify { id, req, room, instance, gen, hash } => {
+                let ok = hash.verify(req.password.as_deref().map(str::trim).unwrap_or_default());
+                Done::Verified { id, req, room, instance, gen, ok }
+            }
+            Job::Hash { room, instance, seq, password } => {
+                Done::Hashed { room, instance, seq, hash: PasswordHash::new(&password) }
+            }
+        }
+    }
+}
+
+/// A [`Job`] done, for [`Hub::job_done`].
+pub struct JobDone(Done);
+
+enum Done {
+    Verified { id: PeerId, req: JoinRequest, room: Arc<str>, instance: String, gen: u32, ok: bool },
+    Hashed { room: Arc<str>, instance: String, seq: u64, hash: PasswordHash },
+}
+
+/// Where the hub's [`Job`]s run: one at a time, each on a blocking thread.
+struct Jobs {
+    done: mpsc::UnboundedSender<JobDone>,
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
+}
+
+/// Requests to the hub.
+#[derive(Debug)]
+pub enum Command {
+    /// A connection opened (see [`Connect`]).
+    Connect(Connect),
+    /// A connection ended. `conn` tells a stale connection of a resumed session from the current;
+    /// `resumable: false` (the peer broke the protocol) ends the session without a grace period.
+    Disconnect { id: PeerId, conn: u64, reason: LeaveReason, resumable: bool },
+    /// A valid message from a connection.
+    Client { id: PeerId, msg: ClientMsg },
+    /// A connection sent something the rate limits dropped without an answer (counted for
+    /// `welcome.received`).
+    Ignored { id: PeerId },
+    /// A connection sent something unacceptable; answer with this error.
+    Reject { id: PeerId, code: ErrorCode, request: Option<String> },
+    /// Say goodbye to everyone and close all outboxes; `done` fires when every connection is gone.
+    Shutdown { done: oneshot::Sender<()> },
+    /// Counters, for tests and monitoring.
+    Stats { reply: oneshot::Sender<Stats> },
+    /// Something the SFU has for a participant.
+    Media(MediaEvent),
+    /// From the file upload and download handlers.
+    Files(FileCommand),
+}
+
+/// A connection opened.
+#[derive(Debug)]
+pub struct Connect {
+    /// A number unique to this connection.
+    pub conn: u64,
+    /// The id it gets unless it resumes a session.
+    pub id: PeerId,
+    pub outbox: Outbox,
+    /// Fires if the hub disconnects it.
+    pub kick: oneshot::Sender<ByeReason>,
+    /// The host name the page reached the server by (from `Host`, checked), for TURN URLs.
+    pub host: Option<String>,
+    /// The client's address (behind a trusted proxy, the one it names); for bans, never logged
+    /// above debug.
+    pub ip: IpAddr,
+    /// The session it asks to take over.
+    pub resume: Option<Resume>,
+    /// Answered with the session id the connection speaks for from now on.
+    pub session: oneshot::Sender<PeerId>,
+}
+
+/// `/ws?session=<id>&resume=<secret>&seen=<n>`: carry on session `id`, whose page has received
+/// `seen` messages (not counting `welcome`s).
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub id: PeerId,
+    pub secret: String,
+    pub seen: u64,
+}
+
+/// The format of [`Hub::save_for_restart`]; a file of another version is not read. (2: room
+/// passwords as hashes, room instances and invite generations, `listed`.)
+const SNAPSHOT_VERSION: u32 = 2;
+
+/// What a restart hands over: rooms (`R`: the room, or a reference to it while saving) and the
+/// sessions in them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedHub<R> {
+    version: u32,
+    /// Seconds since the epoch.
+    saved_at: u64,
+    /// The highest connection number handed out: the next start numbers its peer ids above it,
+    /// so that no id (which bans and chat history name) goes to someone else.
+    #[serde(default)]
+    last_conn: u64,
+    sessions: Vec<SavedSession>,
+    rooms: Vec<(String, R)>,
+}
+
+/// One in-room session as [`Conn`] holds it, less its connection.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSession {
+    id: PeerId,
+    secret: String,
+    room: String,
+    sent: u64,
+    received: u64,
+    recent: Vec<ServerMsg>,
+    keys: Vec<String>,
+    ip: IpAddr,
+    host: Option<String>,
+    /// Its relay user, granted again by the next start (older files have none: a resume makes one).
+    #[serde(default)]
+    turn_user: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    pub rooms: usize,
+    pub participants: usize,
+    pub evicted_too_slow: u64,
+    pub rejected: u64,
+    /// Commands for the SFU dropped because its queue was full.
+    pub media_commands_dropped: u64,
+    /// Sessions without a connection, waiting to be resumed.
+    pub suspended: usize,
+    /// People in waiting rooms.
+    pub waiting: usize,
+    pub resumed: u64,
+    /// Resumes refused (unknown session, wrong secret, too much missed).
+    pub resume_failed: u64,
+    /// Times the last session ended and the allocator's free memory went back to the system.
+    pub memory_releases: u64,
+}
+
+struct Conn {
+    /// `None` once shutdown has closed it, or while the session is suspended.
+    outbox: Option<Outbox>,
+    kick: Option<oneshot::Sender<ByeReason>>,
+    /// Shared with the `rooms` key, so the per-message room check clones a pointer, not a string.
+    room: Option<Arc<str>>,
+    /// The room whose waiting room it is in.
+    waiting_in: Option<Arc<str>>,
+    host: Option<String>,
+    /// The attached connection's number.
+    conn: u64,
+    /// The secret that resumes this session.
+    secret: String,
+    /// Messages offered to this session, `welcome`s not counted.
+    sent: u64,
+    /// Messages taken from this session's connections (valid or refused).
+    received: u64,
+    /// The last messages offered while in a room (at most [`RESUME_BUFFER`], and at most
+    /// `outbox_bytes` of them: a client cannot make the server keep more for it by being sent
+    /// large messages).
+    recent: VecDeque<Frame>,
+    /// The bytes of `recent`.
+    recent_bytes: usize,
+    /// While the session has no connection: when it gives up its place.
+    suspended: Option<Instant>,
+    /// What would ban it from a room (`id:<peer id>`, `ip:<address>`, `sub:<token subject>`).
+    keys: Vec<String>,
+    /// The client's address, as of its latest connection.
+    ip: IpAddr,
+    /// Its join waits for a password check ([`Job::Verify`]).
+    checking: bool,
+    /// Its relay user (`s.<random>`) while it is in a room and huddle's TURN server runs: its
+    /// credentials allocate from entering the room to leaving it (see [`Hub::start_relay`]).
+    turn_user: Option<String>,
+    /// When its relay credentials are next renewed (`ice_servers`).
+    ice_renew: Option<Instant>,
+}
+
+impl Conn {
+    /// Queues `msg` without waiting; `false` when the outbox is full (the client is too slow).
+    /// `max_recent_bytes` bounds the resume buffer.
+    fn offer(&mut self, msg: Frame, max_recent_bytes: usize) -> bool {
+        self.sent += 1;
+        if self.room.is_some() || self.waiting_in.is_some() {
+            self.recent_bytes += msg.len();
+            self.recent.push_back(msg.clone());
+            while self.recent.len() > RESUME_BUFFER || self.recent_bytes > max_recent_bytes {
+                let Some(old) = self.recent.pop_front() else { break };
+                self.recent_bytes -= old.len();
+            }
+        }
+        match &self.outbox {
+            Some(outbox) => outbox.try_send(msg) != Err(crate::outbox::Refused::Full),
+            None => true,
+        }
+    }
+
+    fn forget_recent(&mut self) {
+        self.recent.clear();
+        self.recent_bytes = 0;
+    }
+}
+
+pub struct Hub {
+    config: Arc<Config>,
+    conns: HashMap<PeerId, Conn>,
+    rooms: HashMap<Arc<str>, Room>,
+    watchers: HashSet<PeerId>,
+    rooms_dirty: bool,
+    /// Connections whose outbox overflowed during the current command; evicted after it.
+    overflowed: Vec<PeerId>,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// Set by `Shutdown` for good: connections opening afterwards are turned away, even once
+    /// `shutdown` has fired and is gone.
+    closing: bool,
+    stats: Stats,
+    /// The SFU task; `None` when media never goes through the server (`--topology p2p`).
+    media: Option<mpsc::Sender<MediaCommand>>,
+    /// Files shared through the server.
+    files: FileStore,
+    /// The built-in TURN server, whose credentials every session in a room gets, and its task
+    /// (weak: it stops when its owner drops it), told whose credentials are live.
+    turn: Option<(TurnHandle, mpsc::WeakSender<TurnCommand>)>,
+    /// The highest connection number seen (saved for a restart, see [`SavedHub::last_conn`]).
+    last_conn: u64,
+    tokens: Tokens,
+    rng: aws_lc_rs::rand::SystemRandom,
+    /// The sessions were saved for a restart ([`Hub::save_for_restart`]).
+    saved: bool,
+    /// Where password hashes and checks run; `None`: at once, on this task.
+    jobs: Option<Jobs>,
+    jobs_in_flight: usize,
+}
+
+impl Hub {
+    /// A hub without an SFU: every room is peer-to-peer, whatever the configured topology.
+    pub fn new(config: Arc<Config>) -> Hub {
+        let dir = crate::files::hub_dir(config.file_dir.as_deref());
+        Hub {
+            media: None,
+            files: FileStore::new(dir, FileLimits::from(&*config)),
+            tokens: Tokens::new(config.token_secret.as_deref().map(str::as_bytes), config.token_public_key.clone()),
+            config,
+            conns: HashMap::new(),
+            rooms: HashMap::new(),
+            watchers: HashSet::new(),
+            rooms_dirty: false,
+            overflowed: Vec::new(),
+            shutdown: None,
+            closing: false,
+            stats: Stats::default(),
+            turn: None,
+            last_conn: 0,
+            rng: aws_lc_rs::rand::SystemRandom::new(),
+            saved: false,
+            jobs: None,
+            jobs_in_flight: 0,
+        }
+    }
+
+    /// A hub whose `sfu` rooms are served by the SFU task behind `media`.
+    pub fn with_media(config: Arc<Config>, media: mpsc::Sender<MediaCommand>) -> Hub {
+        Hub { media: Some(media), ..Hub::new(config) }
+    }
+
+    /// Applies one command. Never blocks.
+    pub fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect(c) => self.connect(c),
+            Command::Disconnect { id, conn, reason, resumable } => {
+                if self.conns.get(&id).is_some_and(|c| c.conn == conn) {
+                    if resumable {
+                        self.disconnected(&id, reason);
+                    } else {
+                        self.disconnect(&id, reason);
+                    }
+                }
+            }
+            Command::Client { id, msg } => self.client(&id, msg),
+            Command::Ignored { id } => self.count_received(&id),
+            Command::Reject { id, code, request } => {
+                self.count_received(&id);
+                self.stats.rejected += 1;
+                self.send(&id, ServerMsg::error(code, request.as_deref()));
+            }
+            Command::Shutdown { done } => self.begin_shutdown(done),
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Media(event) => self.media_event(event),
+            Command::Files(cmd) => self.file_command(cmd),
+        }
+        self.evict_overflowed();
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.conns.len(),
+            rooms: self.rooms.len(),
+            participants: self.rooms.values().map(Room::len).sum(),
+            suspended: self.conns.values().filter(|c| c.suspended.is_some()).count(),
+            waiting: self.conns.values().filter(|c| c.waiting_in.is_some()).count(),
+            ..self.stats
+        }
+    }
+
+    fn client(&mut self, id: &PeerId, msg: ClientMsg) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            // A message racing its own disconnect; nothing to answer.
+            return;
+        };
+        // Taken, for `welcome.received` (one lookup per message, shared with the checks below).
+        conn.received += 1;
+        if conn.suspended.is_some() {
+            // From a connection already gone (its session waits for a resume): nobody speaks for
+            // the session until one takes it over.
+            return;
+        }
+        let request = msg.type_name();
+        let waiting = conn.waiting_in.clone();
+        let checking = conn.checking;
+        let result = match (msg, conn.room.clone()) {
+            (ClientMsg::Join { .. }, _) if waiting.is_some() || checking => Err(ErrorCode::AlreadyInRoom),
+            (ClientMsg::Join { protocol, room, name, audio, video, password, token }, None) => {
+                let req = JoinRequest { protocol, room, name, audio, video, password, token };
+                self.join(id, req)
+            }
+            (ClientMsg::Join { .. }, Some(_)) => Err(ErrorCode::AlreadyInRoom),
+            // Where only token holders may enter, nobody without one learns which rooms exist.
+            (ClientMsg::WatchRooms, _) if self.config.require_token => Err(ErrorCode::TokenRequired),
+            (ClientMsg::WatchRooms, _) => {
+                self.watchers.insert(id.clone());
+                let list = self.room_list();
+                self.send(id, list);
+                Ok(())
+            }
+            (ClientMsg::UnwatchRooms, _) => {
+                self.watchers.remove(id);
+                Ok(())
+            }
+            (ClientMsg::Ping, _) => {
+                self.send(id, ServerMsg::Pong);
+                Ok(())
+            }
+            (ClientMsg::RelayCheck { room, token }, _) => self.relay_check(id, room.as_deref(), token.as_deref()),
+            (ClientMsg::Leave, None) if waiting.is_some() => {
+                self.leave_waiting_room(id);
+                let room = waiting.map(|r| r.to_string()).unwrap_or_default();
+                self.send(id, ServerMsg::Left { room });
+                Ok(())
+            }
+            (_, None) => Err(ErrorCode::NotInRoom),
+            (ClientMsg::Leave, Some(room)) => {
+                self.leave_room(id, LeaveReason::Left);
+                self.send(id, ServerMsg::Left { room: room.to_string() });
+                Ok(())
+            }
+            (ClientMsg::Signal { to, payload }, Some(room)) if to.0 == SFU_PEER_ID => {
+                self.signal_sfu(id, &room, payload)
+            }
+            (ClientMsg::Signal { to, payload }, Some(room)) => {
+                let same_room = to != *id && self.conns.get(&to).is_some_and(|c| c.room.as_ref() == Some(&room));
+                if same_room {
+                    self.send(&to, ServerMsg::Signal { from: id.clone(), payload, session: None });
+                    Ok(())
+                } else {
+                    Err(ErrorCode::UnknownPeer)
+                }
+            }
+            (ClientMsg::Chat { text }, Some(room)) => self.chat(id, &room, &text),
+            (ClientMsg::Receive { peer, video }, Some(room)) => {
+                let same_room = peer != *id && self.conns.get(&peer).is_some_and(|c| c.room.as_ref() == Some(&room));
+                if !same_room {
+                    Err(ErrorCode::UnknownPeer)
+                } else {
+                    let sfu_room = self.rooms.get(&room).is_some_and(|r| r.topology() == Topology::Sfu);
+                    if let Some(media) = self.media.as_ref().filter(|_| sfu_room) {
+                        if media.try_send(MediaCommand::Receive { peer: id.clone(), publisher: peer, video }).is_err() {
+                            self.stats.media_commands_dropped += 1;
+                        }
+                    }
+                    Ok(())
+                }
+            }
+            (ClientMsg::FileOffer { name, size, mime, sha256 }, Some(room)) => {
+                self.file_offer(id, &room, &name, size, &mime, &sha256)
+            }
+            (ClientMsg::Media { audio, video, screen }, Some(room)) => {
+                let before = self.sfu_hold(id);
+                match self.rooms.get_mut(&room).map(|r| r.set_media(id, audio, video, screen)) {
+                    Some(Ok(Some(peer))) => {
+                        // An allowed unmute, a camera or screen on or off: the SFU follows.
+                        self.tell_sfu_hold(id, before);
+                        let msg = Arc::new(ServerMsg::PeerUpdated { peer });
+                        self.broadcast(&room, Some(id), msg);
+                        Ok(())
+                    }
+                    Some(Err(_)) => Err(ErrorCode::MutedByHost),
+                    _ => Ok(()),
+                }
+            }
+            (ClientMsg::Hand { raised }, Some(room)) => {
+                if let Some(peer) = self.rooms.get_mut(&room).and_then(|r| r.set_hand(id, raised)) {
+                    self.broadcast(&room, None, Arc::new(ServerMsg::PeerUpdated { peer }));
+                }
+                Ok(())
+            }
+            (ClientMsg::React { emoji }, Some(room)) => {
+                if REACTIONS.contains(&emoji.as_str()) {
+                    self.broadcast(&room, None, Arc::new(ServerMsg::Reaction { from: id.clone(), emoji }));
+                    Ok(())
+                } else {
+                    Err(ErrorCode::InvalidReaction)
+                }
+            }
+            (msg, Some(room)) => self.host_command(id, &room, msg),
+        };
+        if let Err(code) = result {
+            debug!(peer = %id, %code, request, "request refused");
+            self.send(id, ServerMsg::error(code, Some(request)));
+        }
+    }
+}
+
+/// The hub task: applies commands in order, pushes the room list on a timer and ends the
+/// sessions not resumed in time. When the last session ends, the memory freed goes back to the
+/// system (see [`crate::memory`]), at most every [`MEMORY_RELEASE_INTERVAL`].
+///
+/// With `save_to`, shutdown first writes the sessions there for the next start
+/// ([`Hub::save_for_restart`]).
+pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_to: Option<std::path::PathBuf>) {
+    // Password hashes and checks come back here (at most MAX_JOBS_IN_FLIGHT at a time).
+    let (jobs_done, mut jobs) = mpsc::unbounded_channel();
+    hub.run_jobs_elsewhere(jobs_done);
+    let mut tick = tokio::time::interval(ROOM_LIST_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut released: Option<Instant> = None;
+    loop {
+        let expiry = hub.next_expiry();
+        let had_sessions = !hub.conns.is_empty();
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(cmd @ Command::Shutdown { .. }) => {
+                    if let Some(path) = save_to.take() {
+                        let saved = hub.save_for_restart();
+                        // One write as the server stops; nothing else is waiting on the hub.
+                        crate::persist::save_sessions(&path, &saved);
+                    }
+                    hub.handle(cmd);
+                }
+                Some(cmd) => hub.handle(cmd),
+                None => break,
+            },
+            _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
+            Some(done) = jobs.recv() => hub.job_done(done),
+            _ = sleep_until(expiry), if expiry.is_some() => hub.expire(Instant::now()),
+        }
+        let due = released.is_none_or(|t| t.elapsed() >= MEMORY_RELEASE_INTERVAL);
+        if had_sessions && hub.conns.is_empty() && due {
+            released = Some(Instant::now());
+            if let Some(took) = crate::memory::release_free_memory() {
+                hub.stats.memory_releases += 1;
+                debug!(?took, "nobody left: gave the allocator's free memory back");
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t).await;
+    }
+}
+
+/// Longest room password, in characters.
+pub const PASSWORD_MAX_CHARS: u32 = 64;
+
+/// What the SFU forwards to no one of a participant's media ([`MediaCommand::Hold`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SfuHold {
+    audio: bool,
+    video: bool,
+}
+
+/// A `join`'s fields.
+struct JoinRequest {
+    protocol: u32,
+    room: String,
+    name: String,
+    audio: bool,
+    video: bool,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+/// The newest of `saved` that a resume buffer keeps (at most [`RESUME_BUFFER`] messages and
+/// `max_bytes`), as frames, with their bytes.
+fn kept_for_resume(saved: &[ServerMsg], max_bytes: usize) -> (VecDeque<Frame>, usize) {
+    let mut kept = VecDeque::new();
+    let mut bytes = 0;
+    for msg in saved.iter().rev().take(RESUME_BUFFER) {
+        let frame = Frame::new(msg);
+        if bytes + frame.len() > max_bytes {
+            break;
+        }
+        bytes += frame.len();
+        kept.push_front(frame);
+    }
+    (kept, bytes)
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,387 @@
+//! Rooms and their rules: joining (passwords, tokens, invites, the waiting room), entering and
+//! leaving, chat, and the room list. (The half of the hub that a room's owner runs; see
+//! `docs/design/room-ownership.md`.)
+
+use super::*;
+
+impl Hub {
+    pub(super) fn join(&mut self, id: &PeerId, req: JoinRequest) -> Result<(), ErrorCode> {
+        self.join_checked(id, req, None)
+    }
+
+    /// `join`, with the room's password already found right at password generation `verified`.
+    pub(super) fn join_checked(&mut self, id: &PeerId, req: JoinRequest, verified: Option<u32>) -> Result<(), ErrorCode> {
+        if req.protocol != PROTOCOL_VERSION {
+            return Err(ErrorCode::UnsupportedProtocol);
+        }
+        let room = validate::label(&req.room, self.config.max_room_chars).ok_or(ErrorCode::InvalidRoom)?;
+        let grant = match &req.token {
+            Some(token) if !token.is_empty() => Some(self.tokens.verify(token, &room, unix_secs())?),
+            _ => None,
+        };
+        if self.config.require_token && grant.is_none() {
+            return Err(ErrorCode::TokenRequired);
+        }
+        let grant = grant.unwrap_or_default();
+        let name = grant.name.as_deref().unwrap_or(&req.name);
+        let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?;
+        let mut keys: Vec<String> = grant.sub.iter().map(|s| format!("sub:{s}")).collect();
+        keys.push(format!("id:{id}"));
+        if let Some(ip) = self.conns.get(id).map(|c| c.ip) {
+            // Everyone from the address of someone banned: without accounts, the best handle
+            // there is (people behind one NAT share it; the host can lift nothing but the room
+            // ends with its last member).
+            keys.push(format!("ip:{ip}"));
+        }
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.keys = keys.clone();
+        }
+        let room_key: Arc<str> = match self.rooms.get_key_value(room.as_str()) {
+            Some((key, r)) => {
+                let key = key.clone();
+                let role = grant.role.unwrap_or(Role::Participant);
+                if r.is_banned(&keys) {
+                    return Err(ErrorCode::Banned);
+                }
+                if let Some((rid, gen)) = &grant.invite_for {
+                    // Made in another opening of the room, before a new password, or revoked.
+                    if r.invite_key() != (rid.as_str(), *gen) {
+                        return Err(ErrorCode::InviteRevoked);
+                    }
+                }
+                if !role.moderates() {
+                    if r.settings().locked {
+                        return Err(ErrorCode::RoomLocked);
+                    }
+                    let needs_password = !grant.invite && !grant.operator;
+                    if let Some((hash, gen)) = r.password().filter(|(_, gen)| needs_password && verified != Some(*gen))
+                    {
+                        let job = Job::Verify {
+                            id: id.clone(),
+                            room: key.clone(),
+                            instance: r.instance().to_string(),
+                            gen,
+                            hash: hash.clone(),
+                            req,
+                        };
+                        return self.check_password(id, &key, job);
+                    }
+                }
+                if r.settings().waiting_room && !role.moderates() {
+                    return self.knock(id, &key, name, req.audio, req.video, keys);
+                }
+                if r.is_full() {
+                    return Err(ErrorCode::RoomFull);
+                }
+                key
+            }
+            None => {
+                if grant.invite {
+                    // Its room is gone: a room of that name opened now is another meeting.
+                    return Err(ErrorCode::InviteRevoked);
+                }
+                if self.rooms.len() >= self.config.max_rooms as usize {
+                    return Err(ErrorCode::TooManyRooms);
+                }
+                let key: Arc<str> = Arc::from(room.as_str());
+                let has_sfu = self.media.is_some();
+                let initial =
+                    if has_sfu && self.config.topology == TopologyMode::Sfu { Topology::Sfu } else { Topology::P2p };
+                let capacity = self.config.room_capacity as usize;
+                let room = Room::new(capacity, self.config.chat_history as usize, initial, self.new_secret());
+                self.rooms.insert(key.clone(), room);
+                key
+            }
+        };
+        // Whoever opens a room hosts it, unless their token says otherwise.
+        let opening = self.rooms.get(&room_key).is_some_and(Room::is_empty);
+        let role = grant.role.unwrap_or(if opening { Role::Host } else { Role::Participant });
+        self.enter(id, &room_key, name, req.audio, req.video, role);
+        Ok(())
+    }
+
+    /// Puts `id` in the waiting room of `room` and tells the hosts.
+    pub(super) fn knock(
+        &mut self,
+        id: &PeerId,
+        room: &Arc<str>,
+        name: String,
+        audio: bool,
+        video: bool,
+        keys: Vec<String>,
+    ) -> Result<(), ErrorCode> {
+        let waiter = Waiter { knocker: Knocker { id: id.clone(), name }, audio, video, keys };
+        let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
+        r.knock(waiter).map_err(|_| ErrorCode::RoomFull)?;
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.waiting_in = Some(room.clone());
+        }
+        self.watchers.remove(id);
+        info!(peer = %id, "knocked at a waiting room");
+        self.send(id, ServerMsg::Waiting { room: room.to_string() });
+        self.tell_hosts_waiting(room);
+        Ok(())
+    }
+
+    pub(super) fn tell_hosts_waiting(&mut self, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let msg = Arc::new(ServerMsg::WaitingList { waiting: r.waiting() });
+        self.tell_moderators(room, msg);
+    }
+
+    /// Sends `msg` to the room's hosts and co-hosts.
+    pub(super) fn tell_moderators(&mut self, room: &str, msg: Arc<ServerMsg>) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let hosts: Vec<PeerId> = r.members().filter(|p| p.role.moderates()).map(|p| p.id.clone()).collect();
+        for h in hosts {
+            self.send_arc(&h, msg.clone());
+        }
+    }
+
+    /// Takes `id` out of the waiting room it is in, if any, and tells the hosts.
+    pub(super) fn leave_waiting_room(&mut self, id: &PeerId) -> Option<Waiter> {
+        let room = self.conns.get_mut(id).and_then(|c| c.waiting_in.take())?;
+        let waiter = self.rooms.get_mut(&room).and_then(|r| r.unknock(id));
+        self.tell_hosts_waiting(&room);
+        waiter
+    }
+
+    /// Adds `id` to `room` (which exists and has space) and tells everyone.
+    pub(super) fn enter(&mut self, id: &PeerId, room: &Arc<str>, name: String, audio: bool, video: bool, role: Role) {
+        self.start_relay(id);
+        let ice_servers = self.ice_servers(id);
+        let has_sfu = self.media.is_some();
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let me = Peer { id: id.clone(), name, audio, video, screen: false, role, hand: false };
+        let Ok(peers) = r.add(me.clone()) else {
+            self.end_relay(id);
+            self.send(id, ServerMsg::error(ErrorCode::RoomFull, Some("join")));
+            return;
+        };
+        let switched = has_sfu
+            && self.config.topology == TopologyMode::Auto
+            && r.topology() == Topology::P2p
+            && r.len() >= AUTO_SFU_FROM;
+        if switched {
+            r.set_topology(Topology::Sfu);
+        }
+        let joined = ServerMsg::Joined {
+            room: room.to_string(),
+            you: me.clone(),
+            peers,
+            chat: r.chat_history(),
+            topology: r.topology(),
+            ice_servers,
+            ice_transport_policy: self.config.ice_transport_policy,
+            settings: r.settings(),
+            waiting: if role.moderates() { r.waiting() } else { Vec::new() },
+        };
+        let participants = r.len();
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.room = Some(room.clone());
+        }
+        self.watchers.remove(id);
+        self.rooms_dirty = true;
+        info!(peer = %id, participants, ?role, "joined a room");
+        self.send(id, joined);
+        if switched {
+            info!(participants = AUTO_SFU_FROM, "room switched to the SFU");
+            self.broadcast(room, Some(id), Arc::new(ServerMsg::Topology { topology: Topology::Sfu }));
+        }
+        self.broadcast(room, Some(id), Arc::new(ServerMsg::PeerJoined { peer: me }));
+    }
+
+    /// A host lets `peer` in from the waiting room, as a participant: the waiting room never
+    /// makes anyone a host.
+    pub(super) fn admit(&mut self, room: &Arc<str>, peer: &PeerId) {
+        let Some(w) = self.leave_waiting_room(peer) else { return };
+        let refused = match self.rooms.get(room) {
+            Some(r) if r.is_full() => Some(ErrorCode::RoomFull),
+            // Nobody is left who could have let them in (not reached: an empty room closes).
+            None => Some(ErrorCode::RoomClosed),
+            Some(r) if r.is_empty() => Some(ErrorCode::RoomClosed),
+            Some(_) => None,
+        };
+        if let Some(code) = refused {
+            self.send(peer, ServerMsg::error(code, Some("join")));
+            return;
+        }
+        info!(target = %peer, "admitted from the waiting room");
+        self.enter(peer, room, w.knocker.name, w.audio, w.video, Role::Participant);
+    }
+
+    /// Everyone waiting at `room` is turned away with `code`.
+    pub(super) fn turn_away_waiters(&mut self, room: &Arc<str>, code: ErrorCode) {
+        let waiting: Vec<PeerId> =
+            self.rooms.get(room.as_ref()).map(|r| r.waiting().into_iter().map(|k| k.id).collect()).unwrap_or_default();
+        for peer in waiting {
+            self.leave_waiting_room(&peer);
+            self.send(&peer, ServerMsg::error(code, Some("join")));
+        }
+    }
+
+    /// The room's last member is gone: the room closes, and whoever still waits in its waiting
+    /// room is told (`room_closed`) — nobody is left to let them in.
+    pub(super) fn close_room(&mut self, room: &Arc<str>) {
+        let Some(mut r) = self.rooms.remove(room) else { return };
+        for w in r.take_waiters() {
+            if let Some(conn) = self.conns.get_mut(&w.knocker.id) {
+                conn.waiting_in = None;
+            }
+            self.send(&w.knocker.id, ServerMsg::error(ErrorCode::RoomClosed, Some("join")));
+        }
+        self.files.room_closed(room);
+        self.rooms_dirty = true;
+        debug!("room closed");
+    }
+
+    pub(super) fn admit_all(&mut self, room: &Arc<str>) {
+        let waiting: Vec<PeerId> =
+            self.rooms.get(room.as_ref()).map(|r| r.waiting().into_iter().map(|k| k.id).collect()).unwrap_or_default();
+        for peer in waiting {
+            self.admit(room, &peer);
+        }
+    }
+
+    /// Everyone out, the waiting room too; the room closes.
+    pub(super) fn end_meeting(&mut self, room: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let waiters = r.take_waiters();
+        let members: Vec<PeerId> = r.members().map(|p| p.id.clone()).collect();
+        for w in waiters {
+            if let Some(conn) = self.conns.get_mut(&w.knocker.id) {
+                conn.waiting_in = None;
+            }
+            self.send(&w.knocker.id, ServerMsg::Ended { room: room.to_string() });
+        }
+        let ended = Arc::new(ServerMsg::Ended { room: room.to_string() });
+        for m in &members {
+            self.send_arc(m, ended.clone());
+        }
+        for m in &members {
+            // Quietly: everyone is told `ended`, not who left.
+            self.leave_room_quietly(m);
+            self.end_if_suspended(m);
+        }
+    }
+
+    /// A session kept for a resume that is out of its room now can never resume: it ends.
+    pub(super) fn end_if_suspended(&mut self, id: &PeerId) {
+        if self.conns.get(id).is_some_and(|c| c.suspended.is_some()) {
+            self.disconnect(id, LeaveReason::Disconnected);
+        }
+    }
+
+    pub(super) fn chat(&mut self, id: &PeerId, room: &str, text: &str) -> Result<(), ErrorCode> {
+        let text = validate::chat_text(text, self.config.max_chat_chars).ok_or(ErrorCode::InvalidText)?;
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let message = self.rooms.get_mut(room).and_then(|r| r.post_chat(id, &text, ts)).ok_or(ErrorCode::NotInRoom)?;
+        self.broadcast(room, None, Arc::new(ServerMsg::Chat { message }));
+        Ok(())
+    }
+
+    /// Takes `id` out of its room, tells the others, and drops the room when it empties.
+    pub(super) fn leave_room(&mut self, id: &PeerId, reason: LeaveReason) {
+        let Some(room) = self.take_out(id) else { return };
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if r.is_empty() {
+            self.close_room(&room);
+        } else {
+            let new_host = r.ensure_host();
+            self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
+            if let Some(peer) = new_host {
+                info!(peer = %peer.id, "became the host");
+                self.broadcast(&room, None, Arc::new(ServerMsg::PeerUpdated { peer }));
+                if self.rooms.get(&room).is_some_and(Room::has_waiters) {
+                    self.tell_hosts_waiting(&room);
+                }
+            }
+        }
+        info!(peer = %id, ?reason, "left a room");
+    }
+
+    /// Takes `id` out of its room without telling anyone (the meeting ended); closes the room
+    /// after the last one.
+    pub(super) fn leave_room_quietly(&mut self, id: &PeerId) {
+        let Some(room) = self.take_out(id) else { return };
+        if self.rooms.get(&room).is_some_and(Room::is_empty) {
+            self.close_room(&room);
+        }
+    }
+
+    /// The part of leaving every way shares: out of the room's list, the SFU told.
+    pub(super) fn take_out(&mut self, id: &PeerId) -> Option<Arc<str>> {
+        let conn = self.conns.get_mut(id)?;
+        let room = conn.room.take()?;
+        conn.forget_recent();
+        // Before anyone is told: the relay is closed by the time they act on it.
+        self.end_relay(id);
+        // Offers it never started uploading go with it.
+        self.files.owner_left(id);
+        let r = self.rooms.get_mut(&room)?;
+        r.remove(id);
+        if r.topology() == Topology::Sfu {
+            if let Some(media) = &self.media {
+                if media.try_send(MediaCommand::Leave { peer: id.clone() }).is_err() {
+                    // Its SFU session then ends when its connection times out.
+                    self.stats.media_commands_dropped += 1;
+                    warn!(peer = %id, "SFU queue full; a leave was dropped");
+                }
+            }
+        }
+        self.rooms_dirty = true;
+        Some(room)
+    }
+
+    /// Sends `msg` to every member of `room` but `except`, serialised once for all of them.
+    pub(super) fn broadcast(&mut self, room: &str, except: Option<&PeerId>, msg: Arc<ServerMsg>) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let frame = Frame::new(&msg);
+        let max = self.config.outbox_bytes;
+        for peer in r.members() {
+            if Some(&peer.id) == except {
+                continue;
+            }
+            if self.conns.get_mut(&peer.id).is_some_and(|conn| !conn.offer(frame.clone(), max)) {
+                self.overflowed.push(peer.id.clone());
+            }
+        }
+    }
+
+    /// Whether watchers are owed a fresh room list.
+    pub fn rooms_dirty(&self) -> bool {
+        self.rooms_dirty
+    }
+
+    /// Sends the list of public rooms to every watcher (called at most every
+    /// [`ROOM_LIST_INTERVAL`]). It is made afresh each time from the rooms as they are: a room
+    /// that stopped being public (settings mark the list dirty) is not in the next one.
+    pub fn publish_rooms(&mut self) {
+        self.rooms_dirty = false;
+        if self.watchers.is_empty() {
+            return;
+        }
+        let msg = Frame::new(&self.room_list());
+        let (conns, max) = (&mut self.conns, self.config.outbox_bytes);
+        let slow =
+            self.watchers.iter().filter(|id| conns.get_mut(*id).is_some_and(|conn| !conn.offer(msg.clone(), max)));
+        self.overflowed.extend(slow.cloned());
+        self.evict_overflowed();
+    }
+
+    pub(super) fn room_list(&self) -> ServerMsg {
+        let mut rooms: Vec<RoomSummary> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.is_listed())
+            .map(|(name, r)| RoomSummary {
+                name: name.to_string(),
+                participants: r.len() as u32,
+                capacity: self.config.room_capacity,
+            })
+            .collect();
+        rooms.sort_by(|a, b| b.participants.cmp(&a.participants).then_with(|| a.name.cmp(&b.name)));
+        rooms.truncate(ROOM_LIST_MAX);
+        ServerMsg::Rooms { rooms }
+    }
+}

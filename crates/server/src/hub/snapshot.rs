@@ -1,0 +1,126 @@
+//! What outlives a graceful restart: the hub serialises its sessions and rooms, and restores
+//! them at the next start (`crate::persist` writes and reads the file).
+
+use super::*;
+
+impl Hub {
+    /// Everything a restart needs to hand every in-room session back to its page: the rooms
+    /// (settings, password, bans, roles, chat) and each session's secret, counters and replay
+    /// buffer. Sessions outside rooms are not kept (their pages start over cheaply). From now
+    /// on shutdown tells nobody that anyone left, so that what the pages received is exactly
+    /// what was saved.
+    pub fn save_for_restart(&mut self) -> Vec<u8> {
+        self.saved = true;
+        self.snapshot()
+    }
+
+    /// What [`Hub::save_for_restart`] saves, without changing how shutdown goes (the
+    /// `room_state` fuzz target restores it into a second hub at any point and compares).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let sessions = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| {
+                Some(SavedSession {
+                    id: id.clone(),
+                    secret: c.secret.clone(),
+                    room: c.room.as_deref()?.to_string(),
+                    sent: c.sent,
+                    received: c.received,
+                    // Kept as the messages they are: the file's format does not depend on how
+                    // the hub holds them.
+                    recent: c.recent.iter().filter_map(Frame::decode).collect(),
+                    keys: c.keys.clone(),
+                    ip: c.ip,
+                    host: c.host.clone(),
+                    turn_user: c.turn_user.clone(),
+                })
+            })
+            .collect();
+        let rooms = self.rooms.iter().map(|(name, r)| (name.to_string(), r)).collect();
+        let saved =
+            SavedHub { version: SNAPSHOT_VERSION, saved_at: unix_secs(), last_conn: self.last_conn, sessions, rooms };
+        // Plain data with string keys only: serialising it cannot fail.
+        serde_json::to_vec(&saved).expect("the hub's saved state serialises")
+    }
+
+    /// Takes back what [`Hub::save_for_restart`] kept (ignored if it is older than the grace
+    /// period, or from another version): every session waits for its page to resume it, as
+    /// after a lost connection, for the grace period from `now`. Members without a session, and
+    /// rooms left empty, are dropped. Returns the highest connection number the previous run
+    /// handed out, so that new connections are numbered above it (no peer id is reused).
+    pub fn restore(&mut self, saved: &[u8], now: Instant) -> Result<u64, String> {
+        let saved: SavedHub<Room> = serde_json::from_slice(saved).map_err(|e| e.to_string())?;
+        let grace = self.config.resume_grace;
+        if saved.version != SNAPSHOT_VERSION {
+            return Err(format!("saved by another version ({})", saved.version));
+        }
+        let age = unix_secs().saturating_sub(saved.saved_at);
+        if grace.is_zero() || age > grace.as_secs() {
+            return Err(format!("saved {age} s ago, longer than the grace period"));
+        }
+        let SavedHub { sessions, rooms, last_conn, .. } = saved;
+        let sessions: HashMap<PeerId, SavedSession> = sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let mut highest = 0;
+        for (name, mut room) in rooms {
+            if self.rooms.len() >= self.config.max_rooms as usize {
+                break;
+            }
+            let name: Arc<str> = name.into();
+            let in_room = |id: &PeerId| sessions.get(id).is_some_and(|s| *s.room == *name);
+            room.restored(self.config.room_capacity as usize, self.config.chat_history as usize, in_room);
+            if room.is_empty() {
+                continue;
+            }
+            if room.topology() == Topology::Sfu && self.media.is_none() {
+                room.set_topology(Topology::P2p);
+            }
+            room.ensure_host();
+            for peer in room.members() {
+                let Some(s) = sessions.get(&peer.id) else { continue };
+                highest = highest.max(s.id.0.strip_prefix('p').and_then(|n| n.parse().ok()).unwrap_or(0));
+                let (recent, recent_bytes) = kept_for_resume(&s.recent, self.config.outbox_bytes);
+                let conn = Conn {
+                    outbox: None,
+                    kick: None,
+                    room: Some(name.clone()),
+                    waiting_in: None,
+                    host: s.host.clone(),
+                    conn: 0,
+                    secret: s.secret.clone(),
+                    sent: s.sent,
+                    received: s.received,
+                    recent,
+                    recent_bytes,
+                    suspended: Some(now + grace),
+                    keys: s.keys.clone(),
+                    ip: s.ip,
+                    checking: false,
+                    turn_user: s.turn_user.clone(),
+                    // Renewed when it resumes (its page's may be as old as the restart is long).
+                    ice_renew: None,
+                };
+                self.conns.insert(peer.id.clone(), conn);
+            }
+            self.rooms.insert(name, room);
+        }
+        self.rooms_dirty = true;
+        // Their relay credentials work again (only theirs: nobody else's from before).
+        let users: Vec<String> = self.conns.values().filter_map(|c| c.turn_user.clone()).collect();
+        if !users.is_empty() {
+            self.tell_turn(TurnCommand::Grant { users });
+        }
+        self.last_conn = self.last_conn.max(last_conn).max(highest);
+        info!(
+            rooms = self.rooms.len(),
+            sessions = self.conns.len(),
+            "sessions kept over the restart wait for their pages"
+        );
+        Ok(self.last_conn)
+    }
+
+    /// Uses `key` for invite links, so that links handed out survive a restart.
+    pub fn set_invite_key(&mut self, key: &[u8]) {
+        self.tokens.set_invite_key(key);
+    }
+}

@@ -1,0 +1,942 @@
+use super::*;
+use huddle_protocol::{IceCandidate, SignalPayload};
+
+struct Client {
+    id: PeerId,
+    rx: crate::outbox::OutboxReceiver,
+    kick: oneshot::Receiver<ByeReason>,
+}
+
+impl Client {
+    fn next(&mut self) -> ServerMsg {
+        self.rx.try_recv().expect("a message is waiting").decode().expect("a ServerMsg")
+    }
+    fn drain(&mut self) -> Vec<ServerMsg> {
+        std::iter::from_fn(|| self.rx.try_recv().ok().and_then(|m| m.decode())).collect()
+    }
+}
+
+fn hub_with(f: impl FnOnce(&mut Config)) -> Hub {
+    let mut c = Config::default();
+    f(&mut c);
+    Hub::new(Arc::new(c))
+}
+
+fn connect(hub: &mut Hub, n: u32, cap: usize) -> Client {
+    connect_as(hub, n, cap, None).0
+}
+
+/// Connection number `n`, optionally resuming; returns the client and its `welcome`.
+fn connect_as(hub: &mut Hub, n: u32, cap: usize, resume: Option<Resume>) -> (Client, ServerMsg) {
+    let (tx, rx) = crate::outbox::outbox(cap, Config::default().outbox_bytes);
+    let (ktx, krx) = oneshot::channel();
+    let (stx, mut srx) = oneshot::channel();
+    let id = PeerId(format!("p{n}"));
+    let ip = std::net::Ipv4Addr::new(10, 0, 0, n as u8).into();
+    let c = Connect { conn: n.into(), id, outbox: tx, kick: ktx, host: None, ip, resume, session: stx };
+    hub.handle(Command::Connect(c));
+    let id = srx.try_recv().expect("the hub names the session");
+    let mut c = Client { id, rx, kick: krx };
+    let welcome = c.next();
+    assert!(matches!(welcome, ServerMsg::Welcome { .. }));
+    (c, welcome)
+}
+
+#[test]
+fn sfu_rooms_pass_offers_and_tile_preferences_to_the_media_task() {
+    let c = Config { topology: TopologyMode::Sfu, ..Config::default() };
+    let (media_tx, mut media_rx) = mpsc::channel(16);
+    let mut hub = Hub::with_media(Arc::new(c), media_tx);
+    let mut a = connect(&mut hub, 1, 16);
+    let mut b = connect(&mut hub, 2, 16);
+    assert!(matches!(join(&mut hub, &mut a, "r"), ServerMsg::Joined { topology: Topology::Sfu, .. }));
+    assert!(matches!(join(&mut hub, &mut b, "r"), ServerMsg::Joined { topology: Topology::Sfu, .. }));
+    let offer =
+        SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp: "v=0".into() } };
+    let to_sfu = ClientMsg::Signal { to: PeerId(SFU_PEER_ID.into()), payload: offer };
+    hub.handle(Command::Client { id: a.id.clone(), msg: to_sfu });
+    assert!(matches!(media_rx.try_recv(), Ok(MediaCommand::Offer { peer, .. }) if peer == a.id));
+    let hide = ClientMsg::Receive { peer: b.id.clone(), video: huddle_protocol::VideoQuality::Off };
+    hub.handle(Command::Client { id: a.id.clone(), msg: hide });
+    assert!(matches!(
+        media_rx.try_recv(),
+        Ok(MediaCommand::Receive { peer, publisher, video: huddle_protocol::VideoQuality::Off })
+            if peer == a.id && publisher == b.id
+    ));
+    // Not about yourself, nor about strangers.
+    for target in [a.id.clone(), PeerId("p99".into())] {
+        let msg = ClientMsg::Receive { peer: target, video: huddle_protocol::VideoQuality::High };
+        hub.handle(Command::Client { id: a.id.clone(), msg });
+        assert!(matches!(a.drain().last(), Some(ServerMsg::Error { code: ErrorCode::UnknownPeer, .. })));
+    }
+    assert!(media_rx.try_recv().is_err(), "nothing else reached the media task");
+    // Leaving tells the SFU.
+    hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Leave });
+    assert!(matches!(media_rx.try_recv(), Ok(MediaCommand::Leave { peer }) if peer == a.id));
+}
+
+#[test]
+fn the_sfu_is_told_what_it_must_not_forward_when_that_changes_and_after_each_offer() {
+    let c = Config { topology: TopologyMode::Sfu, ..Config::default() };
+    let (media_tx, mut media_rx) = mpsc::channel(16);
+    let mut hub = Hub::with_media(Arc::new(c), media_tx);
+    let (mut host, mut b) = (connect(&mut hub, 1, 64), connect(&mut hub, 2, 64));
+    join(&mut hub, &mut host, "r");
+    join(&mut hub, &mut b, "r");
+    let say = |hub: &mut Hub, id: &PeerId, msg| hub.handle(Command::Client { id: id.clone(), msg });
+    // (audio, video) held, in every `Hold` sent since the last look.
+    let mut holds = || -> Vec<(bool, bool)> {
+        std::iter::from_fn(|| media_rx.try_recv().ok())
+            .filter_map(|c| match c {
+                MediaCommand::Hold { audio, video, .. } => Some((audio, video)),
+                _ => None,
+            })
+            .collect()
+    };
+    let media = |audio, video, screen| ClientMsg::Media { audio, video, screen };
+    say(&mut hub, &b.id, media(true, true, false));
+    assert_eq!(holds(), [], "nothing changed");
+    say(&mut hub, &b.id, media(true, false, true));
+    assert_eq!(holds(), [], "its screen is on instead of its camera: still seen");
+    say(&mut hub, &b.id, media(true, false, false));
+    assert_eq!(holds(), [(false, true)]);
+    let offer =
+        SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp: "v=0".into() } };
+    say(&mut hub, &b.id, ClientMsg::Signal { to: PeerId(SFU_PEER_ID.into()), payload: offer });
+    assert_eq!(holds(), [(false, true)], "a new session is told again");
+    say(&mut hub, &b.id, media(true, true, false));
+    assert_eq!(holds(), [(false, false)]);
+    let moderate = |action| ClientMsg::Moderate { peer: b.id.clone(), action };
+    say(&mut hub, &host.id, moderate(ModAction::StopVideo));
+    assert_eq!(holds(), [(false, true)], "a host stopped its camera");
+    say(&mut hub, &host.id, moderate(ModAction::Mute));
+    assert_eq!(holds(), [(true, true)]);
+    say(&mut hub, &b.id, media(false, true, false));
+    assert!(matches!(b.drain().last(), Some(ServerMsg::Error { code: ErrorCode::MutedByHost, .. })));
+    assert_eq!(holds(), [], "refused: nothing changes");
+}
+
+#[test]
+fn the_sfu_names_the_active_speaker_to_the_whole_room_only_while_they_are_in_it() {
+    let c = Config { topology: TopologyMode::Sfu, ..Config::default() };
+    let (media_tx, _media_rx) = mpsc::channel(16);
+    let mut hub = Hub::with_media(Arc::new(c), media_tx);
+    let mut a = connect(&mut hub, 1, 16);
+    let mut b = connect(&mut hub, 2, 16);
+    let mut x = connect(&mut hub, 3, 16);
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    join(&mut hub, &mut x, "elsewhere");
+    a.drain();
+    let speaker = |peer: &PeerId| MediaEvent::ActiveSpeaker { room: "r".into(), peer: peer.clone() };
+    hub.handle(Command::Media(speaker(&b.id)));
+    let b_id = b.id.clone();
+    for c in [&mut a, &mut b] {
+        assert!(matches!(c.drain().as_slice(), [ServerMsg::ActiveSpeaker { peer }] if *peer == b_id));
+    }
+    assert!(x.drain().is_empty(), "other rooms hear nothing");
+    // An event that trails the speaker's leave is dropped.
+    hub.handle(Command::Client { id: b.id.clone(), msg: ClientMsg::Leave });
+    a.drain();
+    hub.handle(Command::Media(speaker(&b.id)));
+    assert!(a.drain().is_empty());
+}
+
+fn join(hub: &mut Hub, c: &mut Client, room: &str) -> ServerMsg {
+    join_with(hub, c, room, None, None)
+}
+
+fn error_code(m: ServerMsg) -> ErrorCode {
+    match m {
+        ServerMsg::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn join_lists_existing_peers_and_tells_them() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 16);
+    let mut b = connect(&mut hub, 2, 16);
+    assert!(matches!(join(&mut hub, &mut a, "r"), ServerMsg::Joined { ref peers, .. } if peers.is_empty()));
+    match join(&mut hub, &mut b, " r ") {
+        ServerMsg::Joined { room, peers, .. } => {
+            assert_eq!(room, "r", "room names are trimmed");
+            assert_eq!(peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), vec![a.id.clone()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(a.next(), ServerMsg::PeerJoined { peer } if peer.id == b.id));
+    assert_eq!(hub.stats().participants, 2);
+}
+
+#[test]
+fn room_full_is_refused_and_changes_nothing() {
+    let mut hub = hub_with(|c| c.room_capacity = 2);
+    let mut cs: Vec<Client> = (1..=3).map(|n| connect(&mut hub, n, 16)).collect();
+    for c in cs.iter_mut().take(2) {
+        join(&mut hub, c, "r");
+    }
+    assert_eq!(error_code(join(&mut hub, &mut cs[2], "r")), ErrorCode::RoomFull);
+    assert_eq!(hub.stats().participants, 2);
+    assert!(cs[0].drain().iter().all(|m| !matches!(m, ServerMsg::PeerJoined { peer } if peer.id.0 == "p3")));
+}
+
+#[test]
+fn signal_goes_to_one_peer_of_the_same_room_only() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 16);
+    let mut b = connect(&mut hub, 2, 16);
+    let mut c = connect(&mut hub, 3, 16);
+    let mut d = connect(&mut hub, 4, 16);
+    join(&mut hub, &mut a, "one");
+    join(&mut hub, &mut b, "one");
+    join(&mut hub, &mut c, "one");
+    join(&mut hub, &mut d, "two");
+    for x in [&mut a, &mut b, &mut c] {
+        x.drain();
+    }
+    let payload = SignalPayload::Candidate {
+        candidate: Some(IceCandidate {
+            candidate: "candidate:1".into(),
+            sdp_mid: None,
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        }),
+    };
+    hub.handle(Command::Client {
+        id: a.id.clone(),
+        msg: ClientMsg::Signal { to: b.id.clone(), payload: payload.clone() },
+    });
+    assert!(matches!(b.next(), ServerMsg::Signal { ref from, .. } if *from == a.id));
+    assert!(c.drain().is_empty(), "never broadcast");
+    hub.handle(Command::Client {
+        id: a.id.clone(),
+        msg: ClientMsg::Signal { to: d.id.clone(), payload: payload.clone() },
+    });
+    assert_eq!(error_code(a.next()), ErrorCode::UnknownPeer, "other room");
+    assert!(d.drain().is_empty());
+    hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Signal { to: a.id.clone(), payload } });
+    assert_eq!(error_code(a.next()), ErrorCode::UnknownPeer, "self");
+}
+
+#[test]
+fn chat_history_is_bounded_and_handed_to_latecomers() {
+    let mut hub = hub_with(|c| c.chat_history = 3);
+    let mut a = connect(&mut hub, 1, 64);
+    join(&mut hub, &mut a, "r");
+    for i in 0..5 {
+        hub.handle(Command::Client { id: a.id.clone(), msg: ClientMsg::Chat { text: format!("m{i}") } });
+    }
+    assert_eq!(a.drain().len(), 5, "the sender gets its own messages");
+    let mut b = connect(&mut hub, 2, 64);
+    match join(&mut hub, &mut b, "r") {
+        ServerMsg::Joined { chat, .. } => {
+            assert_eq!(chat.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m2", "m3", "m4"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn messages_before_joining_are_refused() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 16);
+    for msg in [
+        ClientMsg::Leave,
+        ClientMsg::Chat { text: "x".into() },
+        ClientMsg::Media { audio: true, video: true, screen: false },
+    ] {
+        hub.handle(Command::Client { id: a.id.clone(), msg });
+        assert_eq!(error_code(a.next()), ErrorCode::NotInRoom);
+    }
+}
+
+#[test]
+fn empty_rooms_disappear_and_watchers_see_it() {
+    let mut hub = hub_with(|_| {});
+    let mut w = connect(&mut hub, 9, 16);
+    hub.handle(Command::Client { id: w.id.clone(), msg: ClientMsg::WatchRooms });
+    assert!(matches!(w.next(), ServerMsg::Rooms { rooms } if rooms.is_empty()));
+    let mut a = connect(&mut hub, 1, 16);
+    join(&mut hub, &mut a, "한국어 방");
+    hub.publish_rooms();
+    match w.next() {
+        ServerMsg::Rooms { rooms } => assert_eq!((rooms[0].name.as_str(), rooms[0].participants), ("한국어 방", 1)),
+        other => panic!("{other:?}"),
+    }
+    hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Left, resumable: true });
+    assert_eq!(hub.stats().rooms, 0);
+    assert!(hub.rooms_dirty());
+    hub.publish_rooms();
+    assert!(matches!(w.next(), ServerMsg::Rooms { rooms } if rooms.is_empty()));
+}
+
+#[test]
+fn a_slow_client_is_evicted_without_stalling_others() {
+    let mut hub = hub_with(|_| {});
+    let mut fast = connect(&mut hub, 1, 1024);
+    let mut slow = connect(&mut hub, 2, 8);
+    join(&mut hub, &mut fast, "r");
+    join(&mut hub, &mut slow, "r");
+    fast.drain();
+    // `slow` never reads: its queue of 8 fills up.
+    for i in 0..20 {
+        hub.handle(Command::Client { id: fast.id.clone(), msg: ClientMsg::Chat { text: format!("{i}") } });
+    }
+    assert_eq!(slow.kick.try_recv(), Ok(ByeReason::TooSlow));
+    let got = fast.drain();
+    assert_eq!(
+        got.iter().filter(|m| matches!(m, ServerMsg::Chat { .. })).count(),
+        20,
+        "the fast client got everything"
+    );
+    assert!(got.iter().any(|m| matches!(m, ServerMsg::PeerLeft { reason: LeaveReason::TooSlow, .. })));
+    assert_eq!(hub.stats().evicted_too_slow, 1);
+    assert_eq!(hub.stats().participants, 1);
+}
+
+#[test]
+fn shutdown_says_bye_and_completes_when_all_are_gone() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 16);
+    let (done_tx, mut done_rx) = oneshot::channel();
+    hub.handle(Command::Shutdown { done: done_tx });
+    assert!(matches!(a.next(), ServerMsg::Bye { reason: ByeReason::ServerShutdown }));
+    assert!(matches!(a.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)), "outbox closed");
+    assert!(done_rx.try_recv().is_err());
+    hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Left, resumable: true });
+    assert_eq!(done_rx.try_recv(), Ok(()));
+}
+fn send(hub: &mut Hub, c: &Client, msg: ClientMsg) {
+    hub.handle(Command::Client { id: c.id.clone(), msg });
+}
+
+fn join_with(hub: &mut Hub, c: &mut Client, room: &str, password: Option<&str>, token: Option<&str>) -> ServerMsg {
+    let msg = ClientMsg::Join {
+        protocol: 1,
+        room: room.into(),
+        name: format!("name {}", c.id),
+        audio: true,
+        video: true,
+        password: password.map(str::to_string),
+        token: token.map(str::to_string),
+    };
+    hub.handle(Command::Client { id: c.id.clone(), msg });
+    c.next()
+}
+
+fn role_of(m: &ServerMsg) -> Role {
+    match m {
+        ServerMsg::Joined { you, .. } => you.role,
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_opener_hosts_and_participants_cannot_give_host_commands() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 64);
+    let mut guest = connect(&mut hub, 2, 64);
+    assert_eq!(role_of(&join(&mut hub, &mut host, "r")), Role::Host);
+    assert_eq!(role_of(&join(&mut hub, &mut guest, "r")), Role::Participant);
+    host.drain();
+    let host_id = host.id.clone();
+    let forbidden = [
+        ClientMsg::Settings {
+            locked: Some(true),
+            waiting_room: None,
+            allow_unmute: None,
+            password: None,
+            listed: None,
+        },
+        ClientMsg::Moderate { peer: host_id.clone(), action: ModAction::Mute },
+        ClientMsg::Moderate { peer: host_id.clone(), action: ModAction::Remove },
+        ClientMsg::SetRole { peer: guest.id.clone(), role: Role::Host },
+        ClientMsg::Admit { peer: PeerId("p9".into()) },
+        ClientMsg::AdmitAll,
+        ClientMsg::EndMeeting,
+        ClientMsg::Invite { ttl_secs: None },
+    ];
+    for msg in forbidden {
+        send(&mut hub, &guest, msg);
+        assert_eq!(error_code(guest.next()), ErrorCode::NotAllowed);
+    }
+    assert!(host.drain().is_empty(), "nothing reached the host");
+    let fresh = huddle_protocol::RoomSettings { listed: true, ..Default::default() };
+    assert_eq!(hub.rooms.get("r").map(|r| r.settings()), Some(fresh), "nothing changed");
+    assert_eq!(hub.rooms.get("r").and_then(|r| r.role(&host_id)), Some(Role::Host));
+}
+
+#[test]
+fn the_waiting_room_holds_newcomers_until_a_host_decides() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 64);
+    join(&mut hub, &mut host, "r");
+    let on = ClientMsg::Settings {
+        locked: None,
+        waiting_room: Some(true),
+        allow_unmute: None,
+        password: None,
+        listed: None,
+    };
+    send(&mut hub, &host, on);
+    assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.waiting_room));
+    let mut a = connect(&mut hub, 2, 64);
+    let mut b = connect(&mut hub, 3, 64);
+    assert!(matches!(join(&mut hub, &mut a, "r"), ServerMsg::Waiting { .. }));
+    assert!(matches!(host.next(), ServerMsg::WaitingList { waiting } if waiting.len() == 1));
+    // Waiting is not being in: no chat, no signalling, no second knock.
+    send(&mut hub, &a, ClientMsg::Chat { text: "let me in".into() });
+    assert_eq!(error_code(a.next()), ErrorCode::NotInRoom);
+    send(
+        &mut hub,
+        &a,
+        ClientMsg::Signal { to: host.id.clone(), payload: SignalPayload::Candidate { candidate: None } },
+    );
+    assert_eq!(error_code(a.next()), ErrorCode::NotInRoom);
+    assert_eq!(error_code(join(&mut hub, &mut a, "r")), ErrorCode::AlreadyInRoom);
+    assert!(host.drain().is_empty());
+    assert!(matches!(join(&mut hub, &mut b, "r"), ServerMsg::Waiting { .. }));
+    assert!(matches!(host.next(), ServerMsg::WaitingList { waiting } if waiting.len() == 2));
+    // Deny b, admit a.
+    send(&mut hub, &host, ClientMsg::Deny { peer: b.id.clone() });
+    assert_eq!(error_code(b.next()), ErrorCode::KnockDenied);
+    send(&mut hub, &host, ClientMsg::Admit { peer: a.id.clone() });
+    assert!(matches!(a.next(), ServerMsg::Joined { .. }));
+    let got = host.drain();
+    assert!(got.iter().any(|m| matches!(m, ServerMsg::PeerJoined { peer } if peer.id == a.id)));
+    assert_eq!(hub.stats().participants, 2);
+    assert_eq!(hub.stats().waiting, 0);
+    // Admitting someone who is not waiting is refused.
+    send(&mut hub, &host, ClientMsg::Admit { peer: b.id.clone() });
+    assert_eq!(error_code(host.drain().pop().expect("an answer")), ErrorCode::UnknownPeer);
+}
+
+#[test]
+fn passwords_invites_and_tokens() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 64);
+    join(&mut hub, &mut host, "r");
+    let set = ClientMsg::Settings {
+        locked: None,
+        waiting_room: None,
+        allow_unmute: None,
+        password: Some("open sesame".into()),
+        listed: None,
+    };
+    send(&mut hub, &host, set);
+    assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.has_password));
+    let mut g = connect(&mut hub, 2, 64);
+    assert_eq!(error_code(join_with(&mut hub, &mut g, "r", None, None)), ErrorCode::PasswordRequired);
+    assert_eq!(error_code(join_with(&mut hub, &mut g, "r", Some("open"), None)), ErrorCode::WrongPassword);
+    // Tokens: mis-signed, and a real invite.
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJyb29tIjoiciIsImV4cCI6OTk5OTk5OTk5OSwiaW52Ijp0cnVlfQ.AAAA";
+    assert_eq!(error_code(join_with(&mut hub, &mut g, "r", None, Some(forged))), ErrorCode::InvalidToken);
+    send(&mut hub, &host, ClientMsg::Invite { ttl_secs: Some(600) });
+    let ServerMsg::InviteToken { token, .. } = host.next() else { panic!("an invite") };
+    assert_eq!(error_code(join_with(&mut hub, &mut g, "other room", None, Some(&token))), ErrorCode::InvalidToken);
+    assert_eq!(hub.stats().participants, 1, "nobody got in");
+    assert!(matches!(join_with(&mut hub, &mut g, "r", None, Some(&token)), ServerMsg::Joined { .. }));
+    let mut h = connect(&mut hub, 3, 64);
+    assert!(matches!(join_with(&mut hub, &mut h, "r", Some("open sesame"), None), ServerMsg::Joined { .. }));
+    // Locked: even the password does not help.
+    let lock = ClientMsg::Settings {
+        locked: Some(true),
+        waiting_room: None,
+        allow_unmute: None,
+        password: None,
+        listed: None,
+    };
+    send(&mut hub, &host, lock);
+    let mut late = connect(&mut hub, 4, 64);
+    assert_eq!(error_code(join_with(&mut hub, &mut late, "r", Some("open sesame"), None)), ErrorCode::RoomLocked);
+}
+
+/// With password checks on other threads, a join's check can end after the room changed: a
+/// check begun before a new password does not let the old one in, a second join waits for
+/// the first, and a room that closed meanwhile answers `room_closed`.
+#[tokio::test]
+async fn a_password_check_counts_only_for_the_room_and_password_it_began_with() {
+    let mut hub = hub_with(|_| {});
+    let (tx, mut done) = mpsc::unbounded_channel();
+    hub.run_jobs_elsewhere(tx);
+    let mut host = connect(&mut hub, 1, 64);
+    join(&mut hub, &mut host, "r");
+    let set = |p: &str| ClientMsg::Settings {
+        locked: None,
+        waiting_room: None,
+        allow_unmute: None,
+        password: Some(p.into()),
+        listed: None,
+    };
+    send(&mut hub, &host, set("old"));
+    assert!(host.drain().is_empty(), "announced once hashed");
+    let hashed = done.recv().await.expect("hashed");
+    hub.job_done(hashed);
+    assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.has_password));
+    let mut g = connect(&mut hub, 2, 64);
+    let old = ClientMsg::Join {
+        protocol: 1,
+        room: "r".into(),
+        name: "G".into(),
+        audio: false,
+        video: false,
+        password: Some("old".into()),
+        token: None,
+    };
+    send(&mut hub, &g, old.clone());
+    assert!(g.drain().is_empty(), "the answer waits for the check");
+    send(&mut hub, &g, old.clone());
+    assert_eq!(error_code(g.next()), ErrorCode::AlreadyInRoom, "one join at a time");
+    // The host changes the password while the check runs; the check ends after that.
+    send(&mut hub, &host, set("new"));
+    let (first, second) = (done.recv().await.expect("checked"), done.recv().await.expect("hashed"));
+    let (check, hash) = if matches!(first.0, Done::Verified { .. }) { (first, second) } else { (second, first) };
+    hub.job_done(hash);
+    hub.job_done(check);
+    // Checked again against the new password, which "old" is not.
+    let again = done.recv().await.expect("checked again");
+    hub.job_done(again);
+    assert_eq!(error_code(g.next()), ErrorCode::WrongPassword);
+    assert_eq!(hub.stats().participants, 1);
+    // The room closes while a check runs.
+    let mut new = old;
+    if let ClientMsg::Join { password, .. } = &mut new {
+        *password = Some("new".into());
+    }
+    send(&mut hub, &g, new);
+    send(&mut hub, &host, ClientMsg::Leave);
+    let check = done.recv().await.expect("checked");
+    hub.job_done(check);
+    assert_eq!(error_code(g.next()), ErrorCode::RoomClosed);
+    assert_eq!(hub.stats().rooms, 0);
+    hub.check_invariants().expect("consistent");
+}
+
+#[test]
+fn operator_tokens_are_required_when_configured_and_give_their_role() {
+    let secret = "an operator secret of enough length!";
+    let mut hub = hub_with(|c| {
+        c.token_secret = Some(secret.into());
+        c.require_token = true;
+    });
+    let mut a = connect(&mut hub, 1, 64);
+    assert_eq!(error_code(join(&mut hub, &mut a, "r")), ErrorCode::TokenRequired);
+    let claims = |role: &str, exp: u64| serde_json::json!({"room": "r", "exp": exp, "role": role, "name": "Ops"});
+    let expired = crate::tokens::tests::operator_hs256(secret.as_bytes(), &claims("host", 1000));
+    assert_eq!(error_code(join_with(&mut hub, &mut a, "r", None, Some(&expired))), ErrorCode::TokenExpired);
+    let guest = crate::tokens::tests::operator_hs256(secret.as_bytes(), &claims("participant", unix_secs() + 60));
+    match join_with(&mut hub, &mut a, "r", None, Some(&guest)) {
+        ServerMsg::Joined { you, .. } => assert_eq!((you.role, you.name.as_str()), (Role::Participant, "Ops")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hosts_mute_remove_and_ban_and_the_role_passes_on() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 64);
+    let mut co = connect(&mut hub, 2, 64);
+    let mut g = connect(&mut hub, 3, 64);
+    join(&mut hub, &mut host, "r");
+    join(&mut hub, &mut co, "r");
+    join(&mut hub, &mut g, "r");
+    send(&mut hub, &host, ClientMsg::SetRole { peer: co.id.clone(), role: Role::Cohost });
+    co.drain();
+    g.drain();
+    // A co-host mutes g; g may not unmute until the room allows it.
+    send(&mut hub, &co, ClientMsg::Moderate { peer: g.id.clone(), action: ModAction::Mute });
+    assert!(matches!(g.next(), ServerMsg::Moderated { action: ModAction::Mute, .. }));
+    send(&mut hub, &g, ClientMsg::Media { audio: true, video: true, screen: false });
+    assert_eq!(error_code(g.next()), ErrorCode::MutedByHost);
+    assert!(!hub.rooms["r"].member(&g.id).expect("member").audio);
+    // A co-host cannot act on the host.
+    send(&mut hub, &co, ClientMsg::Moderate { peer: host.id.clone(), action: ModAction::Remove });
+    assert!(matches!(co.drain().last(), Some(ServerMsg::Error { code: ErrorCode::NotAllowed, .. })));
+    // Ban g: out, and not back in.
+    send(&mut hub, &host, ClientMsg::Moderate { peer: g.id.clone(), action: ModAction::Ban });
+    assert!(matches!(g.drain().last(), Some(ServerMsg::Removed { ban: true, .. })));
+    assert!(co.drain().iter().any(|m| matches!(m, ServerMsg::PeerLeft { reason: LeaveReason::Removed, .. })));
+    assert_eq!(error_code(join(&mut hub, &mut g, "r")), ErrorCode::Banned);
+    // The host leaves: the co-host becomes host.
+    send(&mut hub, &host, ClientMsg::Leave);
+    let co_id = co.id.clone();
+    assert!(co
+        .drain()
+        .iter()
+        .any(|m| matches!(m, ServerMsg::PeerUpdated { peer } if peer.id == co_id && peer.role == Role::Host)));
+}
+
+#[test]
+fn ending_the_meeting_empties_the_room() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 64);
+    let mut g = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut host, "r");
+    join(&mut hub, &mut g, "r");
+    g.drain();
+    send(&mut hub, &host, ClientMsg::EndMeeting);
+    assert!(matches!(g.drain().as_slice(), [ServerMsg::Ended { .. }]), "ended, without a stream of leaves");
+    assert_eq!((hub.stats().rooms, hub.stats().participants), (0, 0));
+    send(&mut hub, &g, ClientMsg::Chat { text: "x".into() });
+    assert_eq!(error_code(g.next()), ErrorCode::NotInRoom);
+}
+
+#[test]
+fn hands_and_reactions_reach_everyone() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 64);
+    let mut b = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    a.drain();
+    send(&mut hub, &b, ClientMsg::Hand { raised: true });
+    assert!(matches!(a.next(), ServerMsg::PeerUpdated { peer } if peer.hand));
+    send(&mut hub, &b, ClientMsg::React { emoji: "🎉".into() });
+    assert!(matches!(a.next(), ServerMsg::Reaction { emoji, .. } if emoji == "🎉"));
+    send(&mut hub, &b, ClientMsg::React { emoji: "<script>".into() });
+    assert!(matches!(b.drain().last(), Some(ServerMsg::Error { code: ErrorCode::InvalidReaction, .. })));
+    // A latecomer sees the raised hand.
+    let mut c = connect(&mut hub, 3, 64);
+    match join(&mut hub, &mut c, "r") {
+        ServerMsg::Joined { peers, .. } => assert!(peers.iter().any(|p| p.hand)),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn resume_of(welcome: &ServerMsg, id: &PeerId, seen: u64) -> Resume {
+    match welcome {
+        ServerMsg::Welcome { resume, .. } => Resume { id: id.clone(), secret: resume.clone(), seen },
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn saved_sessions_come_back_suspended_and_those_not_resumed_leave_after_the_grace_period() {
+    let mut hub = hub_with(|_| {});
+    let (mut a, wa) = connect_as(&mut hub, 1, 64, None);
+    let (mut b, _) = connect_as(&mut hub, 2, 64, None);
+    // Someone outside any room: not kept (its page starts over cheaply).
+    let _lobby = connect(&mut hub, 3, 64);
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    send(&mut hub, &b, ClientMsg::Hand { raised: true });
+    let seen = 1 + a.drain().len() as u64;
+    let saved = hub.save_for_restart();
+    let (done, _) = oneshot::channel();
+    hub.handle(Command::Shutdown { done });
+    assert!(!a.drain().iter().any(|m| matches!(m, ServerMsg::PeerLeft { .. })), "nobody is told of a leave");
+
+    let mut next = hub_with(|_| {});
+    let now = Instant::now();
+    assert_eq!(next.restore(&saved, now), Ok(3), "new connections are numbered above p3, the last handed out");
+    next.check_invariants().expect("consistent after a restore");
+    assert_eq!((next.stats().suspended, next.stats().participants, next.stats().connections), (2, 2, 2));
+    // Alice comes back; Bob never does.
+    let (mut a2, w) = connect_as(&mut next, 4, 64, Some(resume_of(&wa, &a.id, seen)));
+    assert!(matches!(w, ServerMsg::Welcome { resumed: true, .. }), "{w:?}");
+    assert_eq!(next.rooms["r"].role(&a.id), Some(Role::Host));
+    assert!(next.rooms["r"].member(&b.id).expect("kept").hand, "Bob's hand was kept");
+    assert!(a2.drain().is_empty(), "nothing missed");
+    next.expire(now + next.config.resume_grace - Duration::from_millis(1));
+    assert!(a2.drain().is_empty(), "not before the grace period ends");
+    next.expire(now + next.config.resume_grace);
+    assert!(matches!(&a2.drain()[..], [ServerMsg::PeerLeft { id, .. }] if *id == b.id));
+    next.check_invariants().expect("consistent");
+    // Something that is not a saved hub, or kept while resuming is off, is refused.
+    assert!(hub_with(|_| {}).restore(b"{}", now).is_err());
+    assert!(hub_with(|c| c.resume_grace = Duration::ZERO).restore(&saved, now).is_err());
+}
+
+/// A hub with huddle's TURN server, whose commands come out of the returned receiver (the
+/// sender keeps the hub's weak one alive).
+fn hub_with_turn(f: impl FnOnce(&mut Config)) -> (Hub, mpsc::Sender<TurnCommand>, mpsc::Receiver<TurnCommand>) {
+    let mut hub = hub_with(f);
+    let handle = TurnHandle {
+        secret: huddle_turn::Secret::new(b"turn secret"),
+        port: 3478,
+        tls_port: None,
+        host: None,
+        credential_ttl: hub.config.turn_credential_ttl,
+    };
+    let (tx, rx) = mpsc::channel(64);
+    hub.set_turn(handle, tx.downgrade());
+    (hub, tx, rx)
+}
+
+/// The relay user of huddle's TURN server among `servers` (the part after the colon).
+fn relay_user(servers: &[IceServer]) -> Option<String> {
+    servers.iter().find_map(|s| s.username.as_deref()?.split_once(':').map(|(_, u)| u.to_string()))
+}
+
+#[test]
+fn relay_credentials_come_with_joined_are_renewed_in_the_room_and_end_with_it() {
+    let (mut hub, _turn, mut commands) = hub_with_turn(|_| {});
+    let ttl = hub.config.turn_credential_ttl;
+    let (mut a, welcome) = connect_as(&mut hub, 1, 64, None);
+    assert!(matches!(welcome, ServerMsg::Welcome { ref ice_servers, .. } if ice_servers.is_empty()));
+    assert_eq!(hub.next_expiry(), None, "nothing to renew outside a room");
+    let ServerMsg::Joined { ice_servers, .. } = join(&mut hub, &mut a, "r") else { panic!("joined") };
+    let user = relay_user(&ice_servers).expect("joined carries relay credentials");
+    assert!(user.starts_with("s."), "{user}");
+    assert!(matches!(commands.try_recv(), Ok(TurnCommand::Grant { users }) if users == [user.clone()]));
+    // Renewed at half the TTL, for the same relay user, and again after that.
+    let renew = hub.next_expiry().expect("a renewal is due");
+    assert!(renew <= Instant::now() + ttl / 2);
+    hub.expire(renew);
+    match &a.drain()[..] {
+        [ServerMsg::IceServers { ice_servers }] => assert_eq!(relay_user(ice_servers).as_ref(), Some(&user)),
+        other => panic!("expected ice_servers, got {other:?}"),
+    }
+    assert!(hub.next_expiry().is_some_and(|t| t >= renew + ttl / 2));
+    // Leaving ends it; coming back is another relay user.
+    send(&mut hub, &a, ClientMsg::Leave);
+    assert!(matches!(commands.try_recv(), Ok(TurnCommand::Revoke { user: u }) if u == user));
+    assert_eq!(hub.next_expiry(), None);
+    hub.check_invariants().expect("consistent");
+    a.drain();
+    let ServerMsg::Joined { ice_servers, .. } = join(&mut hub, &mut a, "r") else { panic!("joined") };
+    assert_ne!(relay_user(&ice_servers), Some(user), "never the same relay user twice");
+    // A disconnect without a resume ends it too.
+    let mut b = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut b, "r");
+    let mut granted = std::iter::from_fn(|| commands.try_recv().ok()).filter_map(|c| match c {
+        TurnCommand::Grant { mut users } => users.pop(),
+        _ => None,
+    });
+    let (_, b_user) = (granted.next(), granted.next().expect("b's"));
+    hub.handle(Command::Disconnect { id: b.id.clone(), conn: 2, reason: LeaveReason::Left, resumable: true });
+    assert!(matches!(commands.try_recv(), Ok(TurnCommand::Revoke { user: u }) if u == b_user));
+}
+
+#[test]
+fn a_restart_grants_the_kept_sessions_relay_users_again_and_renews_them_on_resume() {
+    let (mut hub, _turn, mut commands) = hub_with_turn(|_| {});
+    let (mut a, wa) = connect_as(&mut hub, 1, 64, None);
+    let ServerMsg::Joined { ice_servers, .. } = join(&mut hub, &mut a, "r") else { panic!("joined") };
+    let user = relay_user(&ice_servers).expect("credentials");
+    let _lobby = connect(&mut hub, 7, 64);
+    let saved = hub.save_for_restart();
+    let (done, _) = oneshot::channel();
+    hub.handle(Command::Shutdown { done });
+    while commands.try_recv().is_ok() {}
+
+    let (mut next, _turn, mut commands) = hub_with_turn(|_| {});
+    let now = Instant::now();
+    assert_eq!(next.restore(&saved, now), Ok(7), "above every id handed out, the lobby's too");
+    assert!(matches!(commands.try_recv(), Ok(TurnCommand::Grant { users }) if users == [user.clone()]));
+    assert_eq!(next.next_expiry(), Some(now + next.config.resume_grace), "no renewal while away");
+    let (mut a2, _) = connect_as(&mut next, 8, 64, Some(resume_of(&wa, &a.id, 1)));
+    match &a2.drain()[..] {
+        [ServerMsg::IceServers { ice_servers }] => assert_eq!(relay_user(ice_servers), Some(user)),
+        other => panic!("expected fresh credentials after the resume, got {other:?}"),
+    }
+    next.check_invariants().expect("consistent");
+}
+
+#[test]
+fn a_lost_connection_resumes_the_same_session_with_what_it_missed() {
+    let mut hub = hub_with(|_| {});
+    let (mut a, welcome) = connect_as(&mut hub, 1, 64, None);
+    let mut b = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    send(&mut hub, &a, ClientMsg::Hand { raised: true });
+    let seen = 1 + a.drain().len() as u64; // joined, then the rest
+    hub.handle(Command::Disconnect {
+        id: a.id.clone(),
+        conn: 1,
+        reason: LeaveReason::Disconnected,
+        resumable: true,
+    });
+    assert_eq!(hub.stats().suspended, 1);
+    for i in 0..3 {
+        send(&mut hub, &b, ClientMsg::Chat { text: format!("while away {i}") });
+    }
+    assert!(!b.drain().iter().any(|m| matches!(m, ServerMsg::PeerLeft { .. })), "no leave seen");
+    // A wrong secret gets a new session and leaves the old one alone.
+    let mut wrong = resume_of(&welcome, &a.id, seen);
+    wrong.secret = "00".repeat(16);
+    let (x, _) = connect_as(&mut hub, 5, 64, Some(wrong));
+    assert_ne!(x.id, a.id);
+    assert_eq!(hub.stats().suspended, 1);
+    // The right one: same id, welcome says resumed, then the three chats, once each.
+    let (mut a2, w2) = connect_as(&mut hub, 6, 64, Some(resume_of(&welcome, &a.id, seen)));
+    assert_eq!(a2.id, a.id);
+    // The server took a's join and hand: the page resends nothing older.
+    assert!(matches!(w2, ServerMsg::Welcome { resumed: true, received: 2, .. }));
+    let replay = a2.drain();
+    assert_eq!(replay.len(), 3, "{replay:?}");
+    assert!(replay.iter().all(|m| matches!(m, ServerMsg::Chat { .. })));
+    assert!(hub.rooms["r"].member(&a.id).expect("still in").hand, "hand kept");
+    // The old connection's late disconnect does not end the resumed session.
+    hub.handle(Command::Disconnect {
+        id: a.id.clone(),
+        conn: 1,
+        reason: LeaveReason::Disconnected,
+        resumable: true,
+    });
+    assert_eq!((hub.stats().suspended, hub.stats().participants), (0, 2));
+}
+
+#[test]
+fn a_session_not_resumed_in_time_leaves() {
+    let mut hub = hub_with(|c| c.resume_grace = Duration::from_secs(5));
+    let mut a = connect(&mut hub, 1, 64);
+    let mut b = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    b.drain();
+    hub.handle(Command::Disconnect {
+        id: a.id.clone(),
+        conn: 1,
+        reason: LeaveReason::Disconnected,
+        resumable: true,
+    });
+    hub.expire(Instant::now());
+    assert!(b.drain().is_empty(), "not yet");
+    hub.expire(Instant::now() + Duration::from_secs(6));
+    assert!(matches!(b.drain().first(), Some(ServerMsg::PeerLeft { reason: LeaveReason::Disconnected, .. })));
+    assert_eq!((hub.stats().connections, hub.stats().suspended), (1, 0));
+    // A page that said goodbye leaves at once.
+    hub.handle(Command::Disconnect { id: b.id.clone(), conn: 2, reason: LeaveReason::Left, resumable: true });
+    assert_eq!(hub.stats().rooms, 0);
+}
+
+/// Found by the `room_state` fuzz target: once shutdown had completed (at once when nobody
+/// was connected, or when the last connection left) the hub forgot it and welcomed new
+/// connections into a server about to stop.
+#[test]
+fn connections_after_shutdown_are_turned_away_even_once_it_completed() {
+    for connected_before in [false, true] {
+        let mut hub = hub_with(|_| {});
+        let a = connected_before.then(|| connect(&mut hub, 1, 16));
+        let (done_tx, mut done_rx) = oneshot::channel();
+        hub.handle(Command::Shutdown { done: done_tx });
+        if let Some(a) = a {
+            hub.handle(Command::Disconnect { id: a.id, conn: 1, reason: LeaveReason::Left, resumable: true });
+        }
+        assert_eq!(done_rx.try_recv(), Ok(()));
+        let (tx, mut rx) = crate::outbox::outbox(16, 1 << 20);
+        let (ktx, mut krx) = oneshot::channel();
+        let (stx, _srx) = oneshot::channel();
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        let c = Connect {
+            conn: 2,
+            id: PeerId("p2".into()),
+            outbox: tx,
+            kick: ktx,
+            host: None,
+            ip,
+            resume: None,
+            session: stx,
+        };
+        hub.handle(Command::Connect(c));
+        assert_eq!(krx.try_recv(), Ok(ByeReason::ServerShutdown));
+        assert!(rx.try_recv().is_err(), "no welcome");
+        assert_eq!(hub.stats().connections, 0);
+    }
+}
+
+#[test]
+fn shutdown_with_a_session_kept_for_a_resume_leaves_no_ghost_in_its_room() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 64);
+    let mut b = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    b.drain();
+    let (id, reason) = (a.id.clone(), LeaveReason::Disconnected);
+    hub.handle(Command::Disconnect { id, conn: 1, reason, resumable: true });
+    assert_eq!(hub.stats().suspended, 1);
+    let (done, mut done_rx) = oneshot::channel();
+    hub.handle(Command::Shutdown { done });
+    hub.check_invariants().expect("no member without a connection");
+    assert_eq!((hub.stats().connections, hub.stats().participants), (1, 1));
+    let to_b = b.drain();
+    assert!(to_b.iter().any(|m| matches!(m, ServerMsg::PeerLeft { id, .. } if *id == a.id)), "{to_b:?}");
+    assert!(matches!(to_b.last(), Some(ServerMsg::Bye { .. })), "{to_b:?}");
+    let (id, reason) = (b.id.clone(), LeaveReason::Disconnected);
+    hub.handle(Command::Disconnect { id, conn: 2, reason, resumable: true });
+    assert_eq!(done_rx.try_recv(), Ok(()));
+    assert_eq!((hub.stats().connections, hub.stats().rooms), (0, 0));
+}
+
+#[test]
+fn a_session_kept_for_a_resume_ends_with_its_meeting() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 64);
+    let mut a = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut host, "r");
+    join(&mut hub, &mut a, "r");
+    let (id, reason) = (a.id.clone(), LeaveReason::Disconnected);
+    hub.handle(Command::Disconnect { id, conn: 2, reason, resumable: true });
+    assert_eq!(hub.stats().suspended, 1);
+    send(&mut hub, &host, ClientMsg::EndMeeting);
+    hub.check_invariants().expect("no suspended session outside a room");
+    assert_eq!((hub.stats().suspended, hub.stats().connections), (0, 1));
+}
+
+/// The hub task, not just the hub: once the last session has ended (here one kept for a
+/// resume, at the end of its grace period) the allocator's free memory goes back to the
+/// system; not while any session remains, and not again within [`MEMORY_RELEASE_INTERVAL`].
+#[tokio::test(start_paused = true)]
+async fn the_hub_task_gives_freed_memory_back_when_the_last_session_ends() {
+    let hub = hub_with(|_| {});
+    let grace = hub.config.resume_grace;
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(run(hub, rx, None));
+    let stats = || async {
+        let (reply, answer) = oneshot::channel();
+        tx.send(Command::Stats { reply }).await.expect("the hub runs");
+        answer.await.expect("the hub answers")
+    };
+    // Session `n`, in room `r`; its receivers are kept open.
+    let mut open = Vec::new();
+    let mut enter = async |n: u32| {
+        let (outbox, messages) = crate::outbox::outbox(64, 1 << 20);
+        let (kick, kicked) = oneshot::channel();
+        let (session, named) = oneshot::channel();
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        let id = PeerId(format!("p{n}"));
+        let c = Connect { conn: n.into(), id, outbox, kick, host: None, ip, resume: None, session };
+        tx.send(Command::Connect(c)).await.expect("the hub runs");
+        let id = named.await.expect("the hub names the session");
+        let join = ClientMsg::Join {
+            protocol: PROTOCOL_VERSION,
+            room: "r".into(),
+            name: format!("n{n}"),
+            audio: false,
+            video: false,
+            password: None,
+            token: None,
+        };
+        tx.send(Command::Client { id: id.clone(), msg: join }).await.expect("the hub runs");
+        open.push((messages, kicked));
+        id
+    };
+    let (a, b) = (enter(1).await, enter(2).await);
+    assert_eq!((stats().await.participants, stats().await.memory_releases), (2, 0));
+    let leave =
+        |id: PeerId, conn: u64, reason: LeaveReason| Command::Disconnect { id, conn, reason, resumable: true };
+    tx.send(leave(b, 2, LeaveReason::Left)).await.expect("the hub runs");
+    tx.send(leave(a, 1, LeaveReason::Disconnected)).await.expect("the hub runs");
+    let s = stats().await;
+    assert_eq!((s.connections, s.suspended, s.memory_releases), (1, 1, 0));
+    // The paused clock jumps to the end of the grace period.
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    let s = stats().await;
+    let on_glibc = u64::from(cfg!(all(target_os = "linux", target_env = "gnu")));
+    assert_eq!((s.connections, s.rooms, s.memory_releases), (0, 0, on_glibc));
+    // Someone comes and goes at once: too soon for another release; later, one more.
+    let c = enter(3).await;
+    tx.send(leave(c, 3, LeaveReason::Left)).await.expect("the hub runs");
+    assert_eq!(stats().await.memory_releases, on_glibc);
+    tokio::time::sleep(MEMORY_RELEASE_INTERVAL).await;
+    let d = enter(4).await;
+    tx.send(leave(d, 4, LeaveReason::Left)).await.expect("the hub runs");
+    assert_eq!((stats().await.connections, stats().await.memory_releases), (0, 2 * on_glibc));
+    drop(tx);
+    task.await.expect("the hub task ends when its channel closes");
+}
