@@ -631,9 +631,9 @@ enum Received {
     Unwritable,
 }
 
-/// `PUT /files/{id}?key=…`: the bytes of an offered file. A refused or failed upload closes its
-/// connection after the answer: its body may be unread, and a connection that kept it would be
-/// held (hyper would wait for the rest of a body trickled a byte at a time) past every deadline.
+/// `PUT /files/{id}?key=…`: the bytes of an offered file. A refused or failed upload says
+/// `Connection: close`, so that its connection ends with the answer, whatever is left of its body
+/// (hyper closes such a connection anyway; the header says so to the client and to proxies).
 pub async fn upload(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -334,8 +334,8 @@ async fn a_trickled_upload_is_cut_off_at_its_deadline() {
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 408"), "after {sent} bytes in {:?}: {text:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(4), "cut off at about its deadline");
-    // The connection goes with the answer, even while the client trickles on (before, the
-    // server kept it, waiting for the rest of the body, past every deadline).
+    // The connection goes with the answer, even while the client trickles on: nothing of it is
+    // held past the deadline.
     let answered = Instant::now();
     let mut buf = [0u8; 1024];
     let closed = loop {
