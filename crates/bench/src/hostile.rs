@@ -351,9 +351,7 @@ impl Metrics {
             .iter()
             .filter(|(name, v)| {
                 let base = name.split('{').next().unwrap_or(name);
-                // The `GET /metrics` that reads the gauges is an open TCP connection itself.
-                let at_rest = if base == "huddle_tcp_connections" { 1.0 } else { 0.0 };
-                **v > at_rest && self.gauges.iter().any(|g| g == base) && !gauge_may_stay(base)
+                **v > crate::server::gauge_at_rest(base) && self.gauges.iter().any(|g| g == base) && !gauge_may_stay(base)
             })
             .map(|(n, v)| format!("{n}={v}"))
             .collect()

@@ -17,6 +17,16 @@ const CPUS_ENV: &str = "HUDDLE_BENCH_SERVER_CPUS";
 /// The start of a line the child writes on its standard output to answer a probe.
 const PROBE_REPLY: &str = "huddle-bench-probe ";
 
+/// What a `/metrics` gauge of the server reads when nobody is connected: 0, but for
+/// `huddle_tcp_connections`, which counts the `GET /metrics` that reads it.
+pub fn gauge_at_rest(name: &str) -> f64 {
+    if name == "huddle_tcp_connections" {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// `huddle-bench serve …`: runs the huddle server with these arguments.
 ///
 /// With [`PARENT_PIPE_ENV`] set it reads its standard input line by line: `probe <n>` and

@@ -840,15 +840,13 @@ async fn metrics(port: u16) -> anyhow::Result<Option<HashMap<String, f64>>> {
     ))
 }
 
-/// The gauges that must be zero when nobody is connected; `huddle_tcp_connections` may be 1,
-/// the `GET /metrics` that reads it.
+/// The gauges that must be at rest ([`crate::server::gauge_at_rest`]) when nobody is connected.
 fn nonzero_gauges(m: &HashMap<String, f64>) -> Vec<String> {
     m.iter()
         .filter(|(name, v)| {
             let base = name.split('{').next().unwrap_or(name);
-            let at_rest = if base == "huddle_tcp_connections" { 1.0 } else { 0.0 };
             ["connections", "rooms", "participants", "suspended"].iter().any(|g| base.ends_with(&format!("_{g}")))
-                && **v > at_rest
+                && **v > crate::server::gauge_at_rest(base)
         })
         .map(|(n, v)| format!("{n}={v}"))
         .collect()
