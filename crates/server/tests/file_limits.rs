@@ -93,17 +93,38 @@ async fn refused(c: &mut Client) -> ErrorCode {
 
 /// Sends a request head (and `body`) on `s`.
 async fn request(s: &mut TcpStream, method: &str, path: &str, length: usize, body: &[u8]) {
-    let head =
-        format!("{method} {path} HTTP/1.1\r\nHost: huddle\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n");
-    s.write_all(head.as_bytes()).await.expect("write head");
-    s.write_all(body).await.expect("write body");
+    send_request(s, method, path, length, body, "Connection: close\r\n").await;
 }
 
 /// [`request`] as a browser sends it: the connection is to be kept alive.
 async fn request_keep_alive(s: &mut TcpStream, method: &str, path: &str, length: usize, body: &[u8]) {
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: huddle\r\nContent-Length: {length}\r\n\r\n");
+    send_request(s, method, path, length, body, "").await;
+}
+
+async fn send_request(s: &mut TcpStream, method: &str, path: &str, length: usize, body: &[u8], extra: &str) {
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: huddle\r\nContent-Length: {length}\r\n{extra}\r\n");
     s.write_all(head.as_bytes()).await.expect("write head");
     s.write_all(body).await.expect("write body");
+}
+
+/// `A` offers `bytes` in room `r` from 127.0.0.1 and starts its upload on a kept-alive
+/// connection, sending the first `sent` bytes.
+async fn begin_upload(server: &TestServer, bytes: &[u8], sent: usize) -> TcpStream {
+    let mut a = client_from(server, local(1)).await;
+    a.join("r", "A").await;
+    a.send(&offer("a.bin", bytes)).await;
+    let url = upload_url(&mut a).await;
+    let mut put = tcp_from(local(1), server.addr, None).await;
+    request_keep_alive(&mut put, "PUT", &url, bytes.len(), &bytes[..sent]).await;
+    put
+}
+
+/// Someone else, in another room, can reserve `size` bytes: what a cut-off upload held is free.
+async fn the_store_takes(server: &TestServer, size: u64) {
+    let mut b = client_from(server, local(2)).await;
+    b.join("other", "B").await;
+    b.send(&empty_offer(size)).await;
+    let _ = upload_url(&mut b).await;
 }
 
 /// Reads a response to its end: the status and the body (not de-chunked).
@@ -278,24 +299,15 @@ async fn a_stalled_upload_is_cut_off() {
         ..Config::default()
     };
     let server = TestServer::start(sfu(config)).await;
-    let bytes = vec![5u8; 1000];
-    let mut a = client_from(&server, local(1)).await;
-    a.join("r", "A").await;
-    a.send(&offer("a.bin", &bytes)).await;
-    let url = upload_url(&mut a).await;
-    let mut put = tcp_from(local(1), server.addr, None).await;
     // Kept alive, as a browser's: the server must still close the connection after its answer
     // (`response` reads to the end), not keep it for the rest of the body.
-    request_keep_alive(&mut put, "PUT", &url, bytes.len(), &bytes[..100]).await;
+    let mut put = begin_upload(&server, &[5u8; 1000], 100).await;
     let started = Instant::now();
     let (status, body) = response(&mut put).await;
     assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("upload_too_slow"));
     assert!(started.elapsed() < Duration::from_secs(3), "cut off after about the timeout");
-    let mut b = client_from(&server, local(2)).await;
-    b.join("other", "B").await;
-    b.send(&empty_offer(1000)).await;
-    let _ = upload_url(&mut b).await;
+    the_store_takes(&server, 1000).await;
     server.shutdown().await;
 }
 
@@ -312,12 +324,7 @@ async fn a_trickled_upload_is_cut_off_at_its_deadline() {
     };
     let server = TestServer::start(sfu(config)).await;
     let bytes = vec![5u8; 1000];
-    let mut a = client_from(&server, local(1)).await;
-    a.join("r", "A").await;
-    a.send(&offer("a.bin", &bytes)).await;
-    let url = upload_url(&mut a).await;
-    let mut put = tcp_from(local(1), server.addr, None).await;
-    request_keep_alive(&mut put, "PUT", &url, bytes.len(), &[]).await;
+    let mut put = begin_upload(&server, &bytes, 0).await;
     // 10 bytes every 200 ms: 50 bytes a second, 20 s for the whole file; the deadline is 2 s.
     let started = Instant::now();
     let mut sent = 0;
@@ -351,10 +358,7 @@ async fn a_trickled_upload_is_cut_off_at_its_deadline() {
         }
     };
     assert!(closed, "the connection of a cut-off upload is still open {:?} after its answer", answered.elapsed());
-    let mut b = client_from(&server, local(2)).await;
-    b.join("other", "B").await;
-    b.send(&empty_offer(1000)).await;
-    let _ = upload_url(&mut b).await;
+    the_store_takes(&server, 1000).await;
     server.shutdown().await;
 }
 
