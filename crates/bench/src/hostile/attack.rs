@@ -204,6 +204,24 @@ fn json_name<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Counts what a server message says about the attack (errors, byes, evictions).
+/// What an attacker's WebSocket read.
+enum Reply {
+    /// The connection ended (or broke).
+    Closed,
+    /// A server message, already tallied ([`note_reply`]).
+    Msg(ServerMsg),
+    /// Anything else: a control frame, a binary frame, text that is not a server message.
+    Other,
+}
+
+fn reply<E>(ctx: &Ctx, kind: &'static str, frame: Option<Result<Message, E>>) -> Reply {
+    let Some(Ok(frame)) = frame else { return Reply::Closed };
+    let Message::Text(t) = frame else { return Reply::Other };
+    let Ok(msg) = serde_json::from_str::<ServerMsg>(&t) else { return Reply::Other };
+    note_reply(ctx, kind, &msg);
+    Reply::Msg(msg)
+}
+
 fn note_reply(ctx: &Ctx, kind: &'static str, msg: &ServerMsg) {
     match msg {
         ServerMsg::Error { code, .. } => ctx.tally.add(kind, &format!("error_{code}"), 1),
@@ -259,13 +277,14 @@ async fn feeder(ctx: Arc<Ctx>, i: usize) {
                     return;
                 }
                 frame = ws.next() => {
-                    let Some(Ok(frame)) = frame else {
-                        ctx.tally.add(KIND, "feeder_closed_by_server", 1);
-                        break;
+                    let msg = match reply(&ctx, KIND, frame) {
+                        Reply::Closed => {
+                            ctx.tally.add(KIND, "feeder_closed_by_server", 1);
+                            break;
+                        }
+                        Reply::Other => continue,
+                        Reply::Msg(msg) => msg,
                     };
-                    let Message::Text(t) = frame else { continue };
-                    let Ok(msg) = serde_json::from_str::<ServerMsg>(&t) else { continue };
-                    note_reply(&ctx, KIND, &msg);
                     match msg {
                         ServerMsg::Joined { peers, .. } => {
                             victims = peers.into_iter().map(|p| (p.id.0, p.name == "slow")).collect();
@@ -493,13 +512,14 @@ async fn flooder(ctx: Arc<Ctx>, i: usize, slot: usize) {
                     return;
                 }
                 frame = ws.next() => {
-                    let Some(Ok(frame)) = frame else {
-                        ctx.tally.add(KIND, "closed_by_server", 1);
-                        break;
+                    let msg = match reply(&ctx, KIND, frame) {
+                        Reply::Closed => {
+                            ctx.tally.add(KIND, "closed_by_server", 1);
+                            break;
+                        }
+                        Reply::Other => continue,
+                        Reply::Msg(msg) => msg,
                     };
-                    let Message::Text(t) = frame else { continue };
-                    let Ok(msg) = serde_json::from_str::<ServerMsg>(&t) else { continue };
-                    note_reply(&ctx, KIND, &msg);
                     match msg {
                         ServerMsg::Joined { peers, .. } => {
                             in_room = true;
@@ -767,13 +787,14 @@ async fn file_offerer(ctx: Arc<Ctx>, i: usize, room: usize, member: usize) {
                 }
                 _ = offer_tick.tick() => due = 2,
                 frame = ws.next() => {
-                    let Some(Ok(frame)) = frame else {
-                        ctx.tally.add(KIND, "closed_by_server", 1);
-                        break;
+                    let msg = match reply(&ctx, KIND, frame) {
+                        Reply::Closed => {
+                            ctx.tally.add(KIND, "closed_by_server", 1);
+                            break;
+                        }
+                        Reply::Other => continue,
+                        Reply::Msg(msg) => msg,
                     };
-                    let Message::Text(t) = frame else { continue };
-                    let Ok(msg) = serde_json::from_str::<ServerMsg>(&t) else { continue };
-                    note_reply(&ctx, KIND, &msg);
                     match msg {
                         ServerMsg::FileUpload { url, .. } => {
                             ctx.tally.add(KIND, "offers_accepted", 1);
