@@ -43,12 +43,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, Instrument};
-use websocket::tungstenite::error::{Error as WsError, ProtocolError};
-use websocket::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use websocket::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame, Utf8Bytes};
-use websocket::tungstenite::protocol::{Role, WebSocketConfig};
-use websocket::tungstenite::Message;
-use websocket::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// The largest `max_frame_bytes` an operator may configure. Frames above `max_frame_bytes` close
 /// the connection (`bye` `frame_too_large`, close code 1009).
@@ -153,7 +153,7 @@ fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
-    HeaderValue::from_str(&websocket::tungstenite::handshake::derive_accept_key(key.as_bytes())).ok()
+    HeaderValue::from_str(&tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())).ok()
 }
 
 /// Buffers bounded by bytes: frames (and messages) up to `max_frame` bytes, refused from their
