@@ -1,6 +1,6 @@
 // An `sfu` room: four people, each in their own Chromium with their own coloured fake camera, meet
-// through the server's SFU (one RTCPeerConnection each); then 46 synthetic participants fill the
-// room to 50. Steps run in order and share the browsers.
+// through the server's SFU (one RTCPeerConnection each); one leaves, then 47 synthetic
+// participants fill the room to 50. Steps run in order and share the browsers.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -273,41 +273,6 @@ sc.step('the SFU forwards video only while it is announced: a camera turned off 
   t.diagnostic(`first frame at the others, ms after the click: screen share ${JSON.stringify(shared)}, camera on ${JSON.stringify(camera)}`);
 });
 
-sc.step('46 synthetic participants fill the room to 50: the browsers keep their pictures and hear the talkers', async (t) => {
-  const t0 = Date.now();
-  // People trickle in (150 ms apart): a join renegotiates with everyone in the room, and on two
-  // cores the four browsers, the server and 46 synthetic participants share the CPU.
-  synth = await startSynth({ wsUrl: sc.server.wsUrl, room: ROOM, count: 46, talkers: 4, timeoutMs: 90_000, joinIntervalMs: 150 });
-  t.diagnostic(`46 synthetic participants connected in ${Date.now() - t0} ms: ${JSON.stringify(synth.ready)}`);
-  try {
-    for (const p of P) {
-      await pollUntil(async () => {
-        const n = (await p.page.locator('#participant-count').textContent())?.trim();
-        return n === '50' ? n : { ok: false, n };
-      }, { timeoutMs: T.media, what: `${p.who}: #participant-count to read 50` });
-    }
-    for (const p of P) {
-      // The SFU offers each browser the 46 newcomers' audio and video sections; the talkers' sound arrives.
-      const audio = await pollUntil(async () => {
-        const s = await sfuInbound(p.page);
-        return s && s.audioFlowing >= 4 + 3 ? s : { ok: false, ...s };
-      }, { timeoutMs: T.media, what: `${p.who}: audio from the 3 browsers and 4 synthetic talkers` });
-      for (const q of others(p)) await expectFramesAdvance(p.page, q.id, { who: `${p.who} in the full room, watching ${q.who}` });
-      t.diagnostic(`${p.who}: ${audio.audioTracks} audio tracks, ${audio.audioFlowing} flowing`);
-    }
-    await P[0].page.screenshot({ path: path.join(artifactsDir(), 'sfu-room-50.png') });
-  } finally {
-    await synth.stop();
-    synth = null;
-  }
-  for (const p of P) {
-    await pollUntil(async () => {
-      const n = (await p.page.locator('#participant-count').textContent())?.trim();
-      return n === '4' ? n : { ok: false, n };
-    }, { timeoutMs: T.media, what: `${p.who}: #participant-count back to 4 after the synthetic participants left` });
-  }
-}, { timeout: 240_000 });
-
 sc.step('one leaves: the others lose the tile and keep seeing each other', async () => {
   const D = P[3];
   await button(D.page, 'Leave').click();
@@ -317,3 +282,42 @@ sc.step('one leaves: the others lose the tile and keep seeing each other', async
     for (const q of others(p)) await expectFramesAdvance(p.page, q.id, { who: `${p.who} watching ${q.who} after D left` });
   }
 });
+
+sc.step('47 synthetic participants fill the room to 50: the browsers keep their pictures and hear the talkers', async (t) => {
+  const t0 = Date.now();
+  // With the three browsers still here (D left above: on two cores a fourth Chromium encoding
+  // and decoding video left the server and the newcomers too little CPU to connect in time).
+  // People trickle in (200 ms apart): a join renegotiates with everyone in the room. Usually
+  // 15-35 s; the bound leaves room for a CI machine whose neighbours take a core.
+  const BOTS = 47;
+  synth = await startSynth({ wsUrl: sc.server.wsUrl, room: ROOM, count: BOTS, talkers: 4, timeoutMs: 150_000, joinIntervalMs: 200 });
+  t.diagnostic(`${BOTS} synthetic participants connected in ${Date.now() - t0} ms: ${JSON.stringify(synth.ready)}`);
+  try {
+    for (const p of present()) {
+      await pollUntil(async () => {
+        const n = (await p.page.locator('#participant-count').textContent())?.trim();
+        return n === '50' ? n : { ok: false, n };
+      }, { timeoutMs: T.media, what: `${p.who}: #participant-count to read 50` });
+    }
+    for (const p of present()) {
+      // The SFU offers each browser the newcomers' audio and video sections; the talkers' sound arrives.
+      const audio = await pollUntil(async () => {
+        const s = await sfuInbound(p.page);
+        return s && s.audioFlowing >= 4 + 2 ? s : { ok: false, ...s };
+      }, { timeoutMs: T.media, what: `${p.who}: audio from the 2 other browsers and 4 synthetic talkers` });
+      for (const q of others(p)) await expectFramesAdvance(p.page, q.id, { who: `${p.who} in the full room, watching ${q.who}` });
+      t.diagnostic(`${p.who}: ${audio.audioTracks} audio tracks, ${audio.audioFlowing} flowing`);
+    }
+    await P[0].page.screenshot({ path: path.join(artifactsDir(), 'sfu-room-50.png') });
+  } finally {
+    await synth.stop();
+    synth = null;
+  }
+  for (const p of present()) {
+    await pollUntil(async () => {
+      const n = (await p.page.locator('#participant-count').textContent())?.trim();
+      return n === '3' ? n : { ok: false, n };
+    }, { timeoutMs: T.media, what: `${p.who}: #participant-count back to 3 after the synthetic participants left` });
+  }
+}, { timeout: 300_000 });
+

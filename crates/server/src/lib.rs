@@ -130,7 +130,7 @@ pub async fn serve_with(
         http_ice = media.http_ice_tcp();
         let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
         media_stats = Some(media_tx.downgrade());
-        media_task = Some(tokio::spawn(media.run(media_rx, hub_tx.clone())));
+        media_task = Some(media.start(media_rx, hub_tx.clone())?);
         hub::Hub::with_media(config.clone(), media_tx)
     };
     // TURN over TLS only with a certificate browsers trust without being asked.
@@ -196,8 +196,10 @@ pub async fn serve_with(
     let _ = farewell.await;
     drop(hub_tx);
     hub_task.abort();
-    if let Some(task) = media_task {
-        task.abort();
+    if let Some(media) = media_task {
+        // The hub's end of its command channel went with the hub: the thread is on its way out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), tokio::task::spawn_blocking(move || media.thread.join()))
+            .await;
     }
     if let Some(turn) = turn_task {
         // Closing its command channel stops it (it logs its counters on the way out).

@@ -71,9 +71,9 @@ pub const BUSY_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum MediaCommand {
     /// The participant's offer: joins `room` on the SFU, or starts its session over.
-    Offer { peer: PeerId, room: Arc<str>, sdp: String },
+    Offer { peer: PeerId, room: Arc<str>, offer: huddle_sfu::Offer },
     /// The participant's answer to the SFU's renegotiation offer.
-    Answer { peer: PeerId, sdp: String },
+    Answer { peer: PeerId, answer: huddle_sfu::Answer },
     /// The participant left its room or disconnected.
     Leave { peer: PeerId },
     /// How much of `publisher`'s video `peer` wants.
@@ -233,22 +233,62 @@ impl Media {
         out
     }
 
-    /// Runs until the hub drops its command sender.
-    pub async fn run(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) {
-        let mut sfu = Sfu::with_addresses(self.addresses());
-        sfu.set_tcp_addresses(self.tcp_addresses());
-        sfu.set_bandwidth_estimation(self.bandwidth_estimation);
-        let outgoing = self.socks.iter().map(|_| Vec::new()).collect();
-        let batch = std::env::var("HUDDLE_SFU_SENDMMSG").map_or(true, |v| v != "0");
-        let (mut tcp_events, mut ice, mut _dedicated) = (None, None, None);
-        if let Some(tcp) = self.tcp {
+    /// Starts the SFU on a thread of its own with a single-threaded runtime (as TURN does), until
+    /// the hub drops its command sender. On the shared runtime the media task waited behind
+    /// whatever the hub and the connections were doing: in a 50-person room's join storm on a
+    /// busy machine it left its socket unread for seconds and the kernel dropped thousands of
+    /// datagrams (ICE checks and DTLS among them). ICE-TCP connections stay on the shared
+    /// runtime (they are the HTTP port's) and reach the thread by channel.
+    pub fn start(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) -> io::Result<MediaThread> {
+        let Media { socks, tcp, public_ips, bandwidth_estimation } = self;
+        // Sockets move to the thread's runtime as std sockets (still non-blocking).
+        let socks = socks
+            .into_iter()
+            .map(|s| Ok((s.socket.into_std()?, s.alias)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let (mut tcp_events, mut ice, mut dedicated) = (None, None, None);
+        let mut tcp_addresses = Vec::new();
+        if let Some(tcp) = tcp {
             if let Some(listener) = tcp.dedicated {
-                _dedicated =
-                    Some(AbortOnDrop(tokio::spawn(crate::ice_tcp::serve_dedicated(listener, tcp.ice.clone()))));
+                dedicated = Some(AbortOnDrop(tokio::spawn(crate::ice_tcp::serve_dedicated(listener, tcp.ice.clone()))));
             }
+            tcp_addresses = tcp.addresses;
             tcp_events = Some(tcp.events);
             ice = Some(tcp.ice);
         }
+        let thread = std::thread::Builder::new().name("huddle-media".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return warn!(error = %e, "cannot start the SFU thread's runtime; the SFU is off"),
+            };
+            rt.block_on(async move {
+                let mut bound = Vec::new();
+                for (std, alias) in socks {
+                    match UdpSocket::from_std(std) {
+                        Ok(socket) => bound.push(Sock { socket, alias }),
+                        Err(e) => warn!(%alias, error = %e, "cannot use the SFU's socket; skipped"),
+                    }
+                }
+                let media = Media { socks: bound, tcp: None, public_ips, bandwidth_estimation };
+                media.run(commands, hub, tcp_addresses, tcp_events, ice).await;
+            });
+        })?;
+        Ok(MediaThread { thread, _dedicated: dedicated })
+    }
+
+    async fn run(
+        self,
+        commands: mpsc::Receiver<MediaCommand>,
+        hub: mpsc::Sender<hub::Command>,
+        tcp_addresses: Vec<SocketAddr>,
+        tcp_events: Option<mpsc::Receiver<TcpEvent>>,
+        ice: Option<IceTcp>,
+    ) {
+        let mut sfu = Sfu::with_addresses(self.addresses());
+        sfu.set_tcp_addresses(tcp_addresses);
+        sfu.set_bandwidth_estimation(self.bandwidth_estimation);
+        let outgoing = self.socks.iter().map(|_| Vec::new()).collect();
+        let batch = std::env::var("HUDDLE_SFU_SENDMMSG").map_or(true, |v| v != "0");
         let mut driver = Driver {
             sfu,
             socks: self.socks,
@@ -268,7 +308,14 @@ impl Media {
     }
 }
 
-/// Aborts the task when dropped (the dedicated ICE-TCP listener ends with the media task).
+/// The SFU's thread, and the dedicated ICE-TCP listener's task (on the shared runtime), which
+/// ends when this is dropped.
+pub struct MediaThread {
+    pub thread: std::thread::JoinHandle<()>,
+    _dedicated: Option<AbortOnDrop>,
+}
+
+/// Aborts the task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -527,7 +574,7 @@ impl Driver {
     fn command(&mut self, cmd: MediaCommand) {
         let now = Instant::now();
         match cmd {
-            MediaCommand::Offer { peer, room, sdp } => {
+            MediaCommand::Offer { peer, room, offer } => {
                 let Some(id) = core_id(&peer) else {
                     return self.tell_error(peer, ErrorCode::MediaRefused, None, None);
                 };
@@ -538,7 +585,7 @@ impl Driver {
                     return self.tell_error(peer, ErrorCode::MediaRetry, None, Some(left));
                 }
                 // A new offer starts the participant's session over; refused, it changes nothing.
-                let input = Input::Restart { now, room: room.to_string(), peer: id, offer_sdp: sdp };
+                let input = Input::Restart { now, room: room.to_string(), peer: id, offer };
                 match self.sfu.handle_input(input) {
                     Ok(()) => {
                         self.last_session += 1;
@@ -554,9 +601,9 @@ impl Driver {
                     }
                 }
             }
-            MediaCommand::Answer { peer, sdp } => {
+            MediaCommand::Answer { peer, answer } => {
                 let Some(id) = core_id(&peer) else { return self.refuse_answer(peer) };
-                match self.sfu.handle_input(Input::Answer { now, peer: id, sdp }) {
+                match self.sfu.handle_input(Input::Answer { now, peer: id, answer }) {
                     Ok(()) => {}
                     // An answer to an offer of a session that has ended since (the SFU lost it,
                     // or the participant closed it): the participant starts over, and a refusal

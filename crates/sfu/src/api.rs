@@ -1,7 +1,9 @@
 //! The core's inputs and outputs: plain Rust values, independent of any transport or protocol.
 
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
+use str0m::change::{SdpAnswer, SdpOffer};
 
 /// A participant, as the caller names it (the server will use its signalling peer id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -11,6 +13,47 @@ impl std::fmt::Display for PeerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "p{}", self.0)
     }
+}
+
+/// A participant's SDP offer, parsed when this value is made ([`Offer::parse`], or `from` the
+/// text). Parsing is the costliest step of a negotiation (a 50-person room's SDP has 150
+/// m-lines), so a driver that forwards packets on the core's thread makes this value on
+/// another thread; a malformed offer becomes [`SfuError::BadSdp`] when the core takes it.
+#[derive(Debug)]
+pub struct Offer(pub(crate) Result<SdpOffer, String>);
+
+impl Offer {
+    pub fn parse(sdp: &str) -> Offer {
+        Offer(parse_sdp(|| SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())))
+    }
+}
+
+impl From<String> for Offer {
+    fn from(sdp: String) -> Offer {
+        Offer::parse(&sdp)
+    }
+}
+
+/// A participant's SDP answer to an offer of the core, parsed when made; as [`Offer`].
+#[derive(Debug)]
+pub struct Answer(pub(crate) Result<SdpAnswer, String>);
+
+impl Answer {
+    pub fn parse(sdp: &str) -> Answer {
+        Answer(parse_sdp(|| SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())))
+    }
+}
+
+impl From<String> for Answer {
+    fn from(sdp: String) -> Answer {
+        Answer::parse(&sdp)
+    }
+}
+
+/// A parser's panic (str0m's rule is "a panic is a bug") is one more malformed SDP here: the
+/// caller's thread, whatever it serves, carries on.
+fn parse_sdp<T>(parse: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(parse)).unwrap_or_else(|_| Err("the SDP parser panicked".into()))
 }
 
 /// How a datagram travels between a participant and the core: a UDP datagram, or one frame of
@@ -28,15 +71,15 @@ pub enum Transport {
 pub enum Input {
     /// A participant enters `room` with its first SDP offer; the core answers with
     /// [`Signal::Answer`]. A participant already in the core starts over: [`Input::Restart`].
-    Join { now: Instant, room: String, peer: PeerId, offer_sdp: String },
+    Join { now: Instant, room: String, peer: PeerId, offer: Offer },
     /// A participant's new offer replaces its session (as [`Input::Leave`] then [`Input::Join`],
     /// or a plain join when it has none). The new session is set up before the old one goes:
     /// if the offer is refused, the old session carries on untouched.
-    Restart { now: Instant, room: String, peer: PeerId, offer_sdp: String },
+    Restart { now: Instant, room: String, peer: PeerId, offer: Offer },
     /// A participant leaves (its signalling connection ended, or it said so).
     Leave { now: Instant, peer: PeerId },
     /// The participant's answer to an offer the core sent it ([`Signal::Offer`]).
-    Answer { now: Instant, peer: PeerId, sdp: String },
+    Answer { now: Instant, peer: PeerId, answer: Answer },
     /// One datagram that arrived at the core's address `to` (one of those given to
     /// [`crate::Sfu::with_addresses`], or for [`Transport::Tcp`] to
     /// [`crate::Sfu::set_tcp_addresses`]) from `from`: a UDP datagram, or one deframed packet of

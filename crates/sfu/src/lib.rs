@@ -84,7 +84,7 @@ mod sfu;
 pub mod speaker;
 pub mod track;
 
-pub use api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
+pub use api::{Answer, Event, Input, Offer, Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
 pub use sfu::Sfu;
 /// The str0m version the core is built on, re-exported for the harness and the driver.
 pub use str0m;

@@ -7,13 +7,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::SdpPendingOffer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Input as RtcInput, Output as RtcOutput, Rtc};
 
-use crate::api::{Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
+use crate::api::{Answer, Offer, Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
 use crate::rtp::RtpIn;
 use crate::track::{KeyframeThrottle, TrackIn, TrackOut, TrackOutState};
 
@@ -147,13 +147,12 @@ impl Peer {
         now: Instant,
         id: PeerId,
         room: Arc<str>,
-        offer_sdp: &str,
+        offer: Offer,
         locals: Locals<'_>,
         bwe: bool,
         sink: &mut Sink,
     ) -> Result<(Peer, String, IceCreds), SfuError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
+        let offer = offer.0.map_err(|reason| SfuError::BadSdp { peer: id, reason })?;
         // ICE-lite: the browser runs the checks, we answer them; accepting the offer makes us
         // the DTLS server (answerer with a=setup:passive).
         let mut config = Rtc::builder()
@@ -340,10 +339,9 @@ impl Peer {
     }
 
     /// The participant's answer to our renegotiation offer.
-    pub(crate) fn answer(&mut self, sdp: &str, sink: &mut Sink) -> Result<(), SfuError> {
+    pub(crate) fn answer(&mut self, answer: Answer, sink: &mut Sink) -> Result<(), SfuError> {
         let id = self.state.id;
-        let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp { peer: id, reason: e.to_string() })?;
+        let answer = answer.0.map_err(|reason| SfuError::BadSdp { peer: id, reason })?;
         let pending = self.state.pending.take().ok_or(SfuError::UnexpectedAnswer(id))?;
         self.mutate(sink, |rtc, state, _| {
             if let Err(e) = rtc.sdp_api().accept_answer(pending, answer) {

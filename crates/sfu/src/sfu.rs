@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::{Event, Input, Output, PeerId, RemoveReason, SfuError, Signal};
+use crate::api::{Event, Input, Offer, Output, PeerId, RemoveReason, SfuError, Signal};
 use crate::demux::Demux;
 use crate::peer::{Locals, Peer, Propagated, Sink};
 use crate::speaker::Speakers;
@@ -104,13 +104,13 @@ impl Sfu {
         let now = input.now();
         self.latest = Some(self.latest.map_or(now, |t| t.max(now)));
         let result = match input {
-            Input::Join { now, room, peer, offer_sdp } => {
+            Input::Join { now, room, peer, offer } => {
                 if self.peers.contains_key(&peer) {
                     return Err(SfuError::AlreadyJoined(peer));
                 }
-                self.join(now, room, peer, &offer_sdp)
+                self.join(now, room, peer, offer)
             }
-            Input::Restart { now, room, peer, offer_sdp } => self.join(now, room, peer, &offer_sdp),
+            Input::Restart { now, room, peer, offer } => self.join(now, room, peer, offer),
             Input::Leave { now, peer } => {
                 if !self.peers.contains_key(&peer) {
                     return Err(SfuError::UnknownPeer(peer));
@@ -120,9 +120,9 @@ impl Sfu {
                 self.settle(now);
                 Ok(())
             }
-            Input::Answer { now, peer, sdp } => {
+            Input::Answer { now, peer, answer } => {
                 let result =
-                    self.with_peer(peer, |p, sink| p.answer(&sdp, sink)).unwrap_or(Err(SfuError::UnknownPeer(peer)));
+                    self.with_peer(peer, |p, sink| p.answer(answer, sink)).unwrap_or(Err(SfuError::UnknownPeer(peer)));
                 // Tracks that waited for this answer can go into the next offer.
                 self.dirty.insert(peer);
                 self.settle(now);
@@ -219,12 +219,12 @@ impl Sfu {
 
     /// A new session for `id` from its offer, replacing the one it has, if any. The new peer is
     /// built aside (with a sink of its own) first, so a refused offer changes nothing.
-    fn join(&mut self, now: Instant, room: String, id: PeerId, offer_sdp: &str) -> Result<(), SfuError> {
+    fn join(&mut self, now: Instant, room: String, id: PeerId, offer: Offer) -> Result<(), SfuError> {
         let room: Arc<str> =
             self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
         let locals = Locals { udp: &self.locals, tcp: &self.tcp_locals };
         let mut aside = Sink::default();
-        let joined = contained(|| Peer::join(now, id, room.clone(), offer_sdp, locals, self.bwe, &mut aside));
+        let joined = contained(|| Peer::join(now, id, room.clone(), offer, locals, self.bwe, &mut aside));
         let (mut peer, answer, creds) = match joined {
             Some(result) => result?,
             None => return Err(SfuError::SdpRefused { peer: id, reason: "panicked on the offer".into() }),

@@ -91,10 +91,10 @@ fn an_answer_with_no_outstanding_offer_is_unexpected() {
     let mut w = two_talking();
     // Everything is negotiated by now: nothing is outstanding for 1.
     let sdp = offer_sdp(AV);
-    let r = w.sfu.handle_input(Input::Answer { now: w.now, peer: PeerId(1), sdp: sdp.replace("offer", "answer") });
+    let r = w.sfu.handle_input(Input::Answer { now: w.now, peer: PeerId(1), answer: sdp.replace("offer", "answer").into() });
     w.drain_sfu();
     assert!(matches!(r, Err(SfuError::UnexpectedAnswer(PeerId(1)))), "{r:?}");
-    let r = w.sfu.handle_input(Input::Answer { now: w.now, peer: PeerId(9), sdp });
+    let r = w.sfu.handle_input(Input::Answer { now: w.now, peer: PeerId(9), answer: sdp.into() });
     w.drain_sfu();
     assert!(matches!(r, Err(SfuError::UnknownPeer(PeerId(9)))), "{r:?}");
     assert_undisturbed(&mut w);
@@ -241,7 +241,7 @@ fn a_stun_message_naming_someone_else_does_not_divert_a_known_address() {
 fn a_new_offer_the_core_cannot_use_leaves_the_session_running() {
     let mut w = two_talking();
     for sdp in [String::from("hello"), offer_sdp(AV).replace("a=fingerprint:sha-256 ", "a=fingerprint:sha-256 zz")] {
-        let r = w.core(Input::Restart { now: w.now, room: "room".into(), peer: PeerId(1), offer_sdp: sdp });
+        let r = w.core(Input::Restart { now: w.now, room: "room".into(), peer: PeerId(1), offer: sdp.into() });
         w.drain_sfu();
         assert!(matches!(r, Err(SfuError::BadSdp { .. } | SfuError::SdpRefused { .. })), "{r:?}");
     }

@@ -333,6 +333,13 @@ async fn participant(
                 {
                     let handled: anyhow::Result<()> = (|| {
                         match description.kind {
+                            // An answer to an offer of a session we replaced since (it came
+                            // after our watchdog gave up on it): not for this one, which still
+                            // waits for its own. Mids are drawn afresh for each session.
+                            SdpType::Answer if !answers_mid(&description.sdp, audio) => {
+                                probe.stale_answers += 1;
+                                Ok(())
+                            }
                             SdpType::Answer => {
                                 probe.answers += 1;
                                 let answer = SdpAnswer::from_sdp_string(&description.sdp)?;
@@ -423,6 +430,7 @@ async fn participant(
 #[derive(Default)]
 struct SessionProbe {
     answers: u32,
+    stale_answers: u32,
     offers_taken: u32,
     offers_ignored: u32,
     datagrams: u64,
@@ -433,16 +441,24 @@ impl std::fmt::Display for SessionProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "answers {}, server offers taken {} and ignored {}, datagrams received {}, ICE {:?}",
-            self.answers, self.offers_taken, self.offers_ignored, self.datagrams, self.ice
+            "answers {} (and {} to a replaced session), server offers taken {} and ignored {}, datagrams received {}, ICE {:?}",
+            self.answers, self.stale_answers, self.offers_taken, self.offers_ignored, self.datagrams, self.ice
         )
     }
 }
 
 /// The server takes a new session at most this often, unless it lost the last (docs/protocol.md).
 const RESTART_MIN_INTERVAL: Duration = Duration::from_millis(2100);
-/// A session not connected after this long is started over.
-const CONNECT_WATCHDOG: Duration = Duration::from_secs(20);
+/// A session not connected after this long is started over, as a browser's ICE and DTLS give up
+/// after about 30 s. Less makes things worse on a starved machine: a new session costs the
+/// server a handshake and a renegotiation with everyone in the room.
+const CONNECT_WATCHDOG: Duration = Duration::from_secs(30);
+
+/// Whether `sdp` (an answer) answers the offer of the session whose audio m-line is `mid`.
+fn answers_mid(sdp: &str, mid: Mid) -> bool {
+    let wanted = format!("a=mid:{mid}");
+    sdp.lines().any(|line| line.trim_end() == wanted)
+}
 
 /// A fresh str0m session publishing one audio track, offered to the SFU.
 async fn offer_to_sfu(

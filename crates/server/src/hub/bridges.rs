@@ -35,10 +35,12 @@ impl Hub {
         let cmd = match payload {
             SignalPayload::Description { description: SessionDescription { kind: SdpType::Offer, sdp } } => {
                 offer = true;
-                MediaCommand::Offer { peer: id.clone(), room: room.clone(), sdp }
+                // Parsed here, not in the SFU task, which forwards every packet meanwhile (a
+                // 50-person room's SDP is the costliest step of a negotiation).
+                MediaCommand::Offer { peer: id.clone(), room: room.clone(), offer: huddle_sfu::Offer::parse(&sdp) }
             }
             SignalPayload::Description { description: SessionDescription { kind: SdpType::Answer, sdp } } => {
-                MediaCommand::Answer { peer: id.clone(), sdp }
+                MediaCommand::Answer { peer: id.clone(), answer: huddle_sfu::Answer::parse(&sdp) }
             }
             // Candidates, and rollbacks/pranswers the SFU never asks for.
             _ => return Ok(()),

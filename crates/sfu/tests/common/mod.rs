@@ -256,7 +256,7 @@ impl World {
         };
         self.clients.push(client);
         let input =
-            Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp: offer.to_sdp_string() };
+            Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer: offer.to_sdp_string().into() };
         let result = self.core(input);
         self.drain_sfu();
         result
@@ -265,7 +265,7 @@ impl World {
     /// Hands the core a `Join` with this SDP as the offer, for a participant with no client in
     /// the world (bad-input tests). Returns the core's verdict.
     pub fn join_sdp(&mut self, room: &str, id: u64, offer_sdp: String) -> Result<(), huddle_sfu::SfuError> {
-        let result = self.core(Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer_sdp });
+        let result = self.core(Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer: offer_sdp.into() });
         self.drain_sfu();
         result
     }
@@ -497,7 +497,7 @@ impl World {
         let offer = SdpOffer::from_sdp_string(&sdp).expect("the core's offer parses");
         let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).expect("client accepts the offer");
         self.drain_client(i);
-        let input = Input::Answer { now: self.now, peer, sdp: answer.to_sdp_string() };
+        let input = Input::Answer { now: self.now, peer, answer: answer.to_sdp_string().into() };
         self.core(input).expect("the core accepts the answer");
         self.drain_sfu();
     }
