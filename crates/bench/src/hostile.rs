@@ -351,7 +351,9 @@ impl Metrics {
             .iter()
             .filter(|(name, v)| {
                 let base = name.split('{').next().unwrap_or(name);
-                **v > crate::server::gauge_at_rest(base) && self.gauges.iter().any(|g| g == base) && !gauge_may_stay(base)
+                **v > crate::server::gauge_at_rest(base)
+                    && self.gauges.iter().any(|g| g == base)
+                    && !gauge_may_stay(base)
             })
             .map(|(n, v)| format!("{n}={v}"))
             .collect()

@@ -239,13 +239,14 @@ impl Media {
     /// busy machine it left its socket unread for seconds and the kernel dropped thousands of
     /// datagrams (ICE checks and DTLS among them). ICE-TCP connections stay on the shared
     /// runtime (they are the HTTP port's) and reach the thread by channel.
-    pub fn start(self, commands: mpsc::Receiver<MediaCommand>, hub: mpsc::Sender<hub::Command>) -> io::Result<MediaThread> {
+    pub fn start(
+        self,
+        commands: mpsc::Receiver<MediaCommand>,
+        hub: mpsc::Sender<hub::Command>,
+    ) -> io::Result<MediaThread> {
         let Media { socks, tcp, public_ips, bandwidth_estimation } = self;
         // Sockets move to the thread's runtime as std sockets (still non-blocking).
-        let socks = socks
-            .into_iter()
-            .map(|s| Ok((s.socket.into_std()?, s.alias)))
-            .collect::<io::Result<Vec<_>>>()?;
+        let socks = socks.into_iter().map(|s| Ok((s.socket.into_std()?, s.alias))).collect::<io::Result<Vec<_>>>()?;
         let (mut tcp_events, mut ice, mut dedicated) = (None, None, None);
         let mut tcp_addresses = Vec::new();
         if let Some(tcp) = tcp {

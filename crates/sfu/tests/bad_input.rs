@@ -91,7 +91,11 @@ fn an_answer_with_no_outstanding_offer_is_unexpected() {
     let mut w = two_talking();
     // Everything is negotiated by now: nothing is outstanding for 1.
     let sdp = offer_sdp(AV);
-    let r = w.sfu.handle_input(Input::Answer { now: w.now, peer: PeerId(1), answer: sdp.replace("offer", "answer").into() });
+    let r = w.sfu.handle_input(Input::Answer {
+        now: w.now,
+        peer: PeerId(1),
+        answer: sdp.replace("offer", "answer").into(),
+    });
     w.drain_sfu();
     assert!(matches!(r, Err(SfuError::UnexpectedAnswer(PeerId(1)))), "{r:?}");
     let r = w.sfu.handle_input(Input::Answer { now: w.now, peer: PeerId(9), answer: sdp.into() });

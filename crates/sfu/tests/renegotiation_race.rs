@@ -107,7 +107,11 @@ fn a_refused_answer_strands_no_track() {
     // the core refuses it...
     w.clients[0].held.clear();
     w.clients[0].hold_offers = false;
-    let r = w.core(huddle_sfu::Input::Answer { now: w.now, peer: huddle_sfu::PeerId(1), answer: unfitting_answer().into() });
+    let r = w.core(huddle_sfu::Input::Answer {
+        now: w.now,
+        peer: huddle_sfu::PeerId(1),
+        answer: unfitting_answer().into(),
+    });
     w.drain_sfu();
     assert!(matches!(r, Err(huddle_sfu::SfuError::SdpRefused { .. })), "{r:?}");
     // ...and offers 2's tracks again, so that a good answer still brings them.

@@ -78,7 +78,12 @@ impl Hub {
     /// A credential for the connectivity check: huddle's TURN server with a `c.` user that
     /// allocates and relays nothing (an empty list without a TURN server). With
     /// `--require-token`, outside a room, only for a token valid for `room`.
-    pub(super) fn relay_check(&mut self, id: &PeerId, room: Option<&str>, token: Option<&str>) -> Result<(), ErrorCode> {
+    pub(super) fn relay_check(
+        &mut self,
+        id: &PeerId,
+        room: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(), ErrorCode> {
         let in_room = self.conns.get(id).is_some_and(|c| c.room.is_some());
         if self.config.require_token && !in_room {
             let room =

@@ -10,7 +10,12 @@ impl Hub {
     }
 
     /// `join`, with the room's password already found right at password generation `verified`.
-    pub(super) fn join_checked(&mut self, id: &PeerId, req: JoinRequest, verified: Option<u32>) -> Result<(), ErrorCode> {
+    pub(super) fn join_checked(
+        &mut self,
+        id: &PeerId,
+        req: JoinRequest,
+        verified: Option<u32>,
+    ) -> Result<(), ErrorCode> {
         if req.protocol != PROTOCOL_VERSION {
             return Err(ErrorCode::UnsupportedProtocol);
         }

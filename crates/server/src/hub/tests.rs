@@ -744,12 +744,7 @@ fn a_lost_connection_resumes_the_same_session_with_what_it_missed() {
     join(&mut hub, &mut b, "r");
     send(&mut hub, &a, ClientMsg::Hand { raised: true });
     let seen = 1 + a.drain().len() as u64; // joined, then the rest
-    hub.handle(Command::Disconnect {
-        id: a.id.clone(),
-        conn: 1,
-        reason: LeaveReason::Disconnected,
-        resumable: true,
-    });
+    hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Disconnected, resumable: true });
     assert_eq!(hub.stats().suspended, 1);
     for i in 0..3 {
         send(&mut hub, &b, ClientMsg::Chat { text: format!("while away {i}") });
@@ -771,12 +766,7 @@ fn a_lost_connection_resumes_the_same_session_with_what_it_missed() {
     assert!(replay.iter().all(|m| matches!(m, ServerMsg::Chat { .. })));
     assert!(hub.rooms["r"].member(&a.id).expect("still in").hand, "hand kept");
     // The old connection's late disconnect does not end the resumed session.
-    hub.handle(Command::Disconnect {
-        id: a.id.clone(),
-        conn: 1,
-        reason: LeaveReason::Disconnected,
-        resumable: true,
-    });
+    hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Disconnected, resumable: true });
     assert_eq!((hub.stats().suspended, hub.stats().participants), (0, 2));
 }
 
@@ -788,12 +778,7 @@ fn a_session_not_resumed_in_time_leaves() {
     join(&mut hub, &mut a, "r");
     join(&mut hub, &mut b, "r");
     b.drain();
-    hub.handle(Command::Disconnect {
-        id: a.id.clone(),
-        conn: 1,
-        reason: LeaveReason::Disconnected,
-        resumable: true,
-    });
+    hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Disconnected, resumable: true });
     hub.expire(Instant::now());
     assert!(b.drain().is_empty(), "not yet");
     hub.expire(Instant::now() + Duration::from_secs(6));
@@ -918,8 +903,7 @@ async fn the_hub_task_gives_freed_memory_back_when_the_last_session_ends() {
     };
     let (a, b) = (enter(1).await, enter(2).await);
     assert_eq!((stats().await.participants, stats().await.memory_releases), (2, 0));
-    let leave =
-        |id: PeerId, conn: u64, reason: LeaveReason| Command::Disconnect { id, conn, reason, resumable: true };
+    let leave = |id: PeerId, conn: u64, reason: LeaveReason| Command::Disconnect { id, conn, reason, resumable: true };
     tx.send(leave(b, 2, LeaveReason::Left)).await.expect("the hub runs");
     tx.send(leave(a, 1, LeaveReason::Disconnected)).await.expect("the hub runs");
     let s = stats().await;

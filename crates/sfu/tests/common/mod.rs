@@ -265,7 +265,8 @@ impl World {
     /// Hands the core a `Join` with this SDP as the offer, for a participant with no client in
     /// the world (bad-input tests). Returns the core's verdict.
     pub fn join_sdp(&mut self, room: &str, id: u64, offer_sdp: String) -> Result<(), huddle_sfu::SfuError> {
-        let result = self.core(Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer: offer_sdp.into() });
+        let result =
+            self.core(Input::Join { now: self.now, room: room.into(), peer: PeerId(id), offer: offer_sdp.into() });
         self.drain_sfu();
         result
     }
