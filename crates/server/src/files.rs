@@ -564,7 +564,8 @@ pub fn remove_stale_dirs(file_dir: Option<&std::path::Path>) {
     let _ = file_dir;
 }
 
-fn random_hex() -> String {
+/// 128 random bits, hex.
+pub(crate) fn random_hex() -> String {
     let mut bytes = [0u8; 16];
     // The system RNG does not fail on the platforms huddle runs on; a zeroed id would still be
     // unique enough to work, only guessable, so this must not be silently ignored.

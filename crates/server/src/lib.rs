@@ -38,6 +38,7 @@
 pub mod accept;
 pub mod batch;
 pub mod client_ip;
+pub mod cluster;
 pub mod config;
 pub mod files;
 pub mod http;

@@ -352,9 +352,8 @@ async fn a_trickled_upload_is_cut_off_at_its_deadline() {
         if put.write_all(&[5u8; 10]).await.is_err() {
             break true;
         }
-        match tokio::time::timeout(Duration::from_millis(200), put.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => break true,
-            _ => {}
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(200), put.read(&mut buf)).await {
+            break true;
         }
     };
     assert!(closed, "the connection of a cut-off upload is still open {:?} after its answer", answered.elapsed());

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod redis;
 pub mod tls;
 
 use futures_util::{SinkExt, StreamExt};
