@@ -76,59 +76,20 @@ return {1, value}
     )
 });
 
-/// `KEYS[1]` owner key; `ARGV`: owner value, ttl ms. 1 when renewed.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#,
-    )
-});
+/// A script that does `action` only while `ARGV[1]` is the room's owner value (at `KEYS[1]`):
+/// 1 when it did, 0 when the room has another owner or none.
+fn if_owner(action: &str) -> Script {
+    Script::new(&format!("if redis.call('GET', KEYS[1]) == ARGV[1] then\n  {action}\n  return 1\nend\nreturn 0\n"))
+}
 
-/// `KEYS[1]` owner key; `ARGV[1]` owner value. 1 when released.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"#,
-    )
-});
-
-/// `KEYS[1]` owner key, `KEYS[2]` the key written; `ARGV`: owner value, the value. 1 when
-/// written (the caller still owns the room), 0 when refused.
-static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"#,
-    )
-});
-
-/// `KEYS`: owner key, epoch key, then every other key of the room; `ARGV[1]` owner value.
-/// Deletes them all when the caller owns the room: the room has ended, nothing of it stays.
-static END: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', unpack(KEYS))
-  return 1
-end
-return 0
-"#,
-    )
-});
+/// `ARGV[2]`: ttl ms.
+static RENEW: LazyLock<Script> = LazyLock::new(|| if_owner("redis.call('PEXPIRE', KEYS[1], ARGV[2])"));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| if_owner("redis.call('DEL', KEYS[1])"));
+/// `KEYS[2]` the key written, `ARGV[2]` its value.
+static FENCED_SET: LazyLock<Script> = LazyLock::new(|| if_owner("redis.call('SET', KEYS[2], ARGV[2])"));
+/// `KEYS`: owner key, epoch key, then every other key of the room: the room has ended, nothing
+/// of it stays.
+static END: LazyLock<Script> = LazyLock::new(|| if_owner("redis.call('DEL', unpack(KEYS))"));
 
 /// Room leases on one Redis, for one node.
 #[derive(Clone)]
@@ -180,48 +141,38 @@ impl Leases {
     /// another owner now (the caller must stop acting as owner at once).
     pub async fn renew(&self, room: &str, held: &mut Held) -> redis::RedisResult<bool> {
         let sent = Instant::now();
-        let renewed: i64 = RENEW
-            .key(owner_key(room))
-            .arg(held.owner.value())
-            .arg(self.ttl.as_millis() as u64)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        if renewed == 1 {
+        let mut call = RENEW.key(owner_key(room));
+        call.arg(held.owner.value()).arg(self.ttl.as_millis() as u64);
+        let renewed = self.acted(&call).await?;
+        if renewed {
             held.valid_until = valid_until(sent, self.ttl);
         }
-        Ok(renewed == 1)
+        Ok(renewed)
     }
 
     /// Gives the room up (a handover, a drain): the next take raises the epoch.
     pub async fn release(&self, room: &str, held: &Held) -> redis::RedisResult<bool> {
-        let released: i64 =
-            RELEASE.key(owner_key(room)).arg(held.owner.value()).invoke_async(&mut self.redis.clone()).await?;
-        Ok(released == 1)
+        self.acted(RELEASE.key(owner_key(room)).arg(held.owner.value())).await
     }
 
     /// Writes `key` only while `held` is the room's owner: what a paused old owner tries when it
     /// wakes is refused.
     pub async fn fenced_set(&self, room: &str, held: &Held, key: &str, value: &[u8]) -> redis::RedisResult<bool> {
-        let written: i64 = FENCED_SET
-            .key(owner_key(room))
-            .key(key)
-            .arg(held.owner.value())
-            .arg(value)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(written == 1)
+        self.acted(FENCED_SET.key(owner_key(room)).key(key).arg(held.owner.value()).arg(value)).await
     }
 
     /// The room has ended: its owner deletes its lease, its epoch and `state` keys (those of
     /// [`state_key`]) in one step, so that Redis keeps nothing of it.
     pub async fn end(&self, room: &str, held: &Held, state: &[String]) -> redis::RedisResult<bool> {
         let mut call = END.key(owner_key(room));
-        call.key(epoch_key(room));
-        for key in state {
-            call.key(key);
-        }
-        let ended: i64 = call.arg(held.owner.value()).invoke_async(&mut self.redis.clone()).await?;
-        Ok(ended == 1)
+        call.key(epoch_key(room)).key(state).arg(held.owner.value());
+        self.acted(&call).await
+    }
+
+    /// Runs one of the [`if_owner`] scripts: whether it acted.
+    async fn acted(&self, call: &redis::ScriptInvocation<'_>) -> redis::RedisResult<bool> {
+        let acted: i64 = call.invoke_async(&mut self.redis.clone()).await?;
+        Ok(acted == 1)
     }
 
     /// Who owns `room` now, if anyone.
