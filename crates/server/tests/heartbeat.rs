@@ -67,8 +67,11 @@ async fn a_silent_connection_leaves_after_the_heartbeat_timeout_and_the_resume_g
         assert!(seconds < 90, "the silent peer was not dropped within 90 s");
     };
     assert_eq!(left, ServerMsg::PeerLeft { id: silent.id.clone(), reason: LeaveReason::Disconnected });
-    // 40 s without an answer to pings, checked every 5 s; then its place is kept 30 s for a resume.
-    assert!((60..=75).contains(&seconds), "dropped after {seconds} s");
+    // 40 s without an answer to pings, checked every 5 s from the connection's start (so the silent
+    // peer is dropped 40–45 s after its last frame); then its place is kept 30 s for a resume. The
+    // `peer_left` then crosses the hub, an outbox and loopback, which on a busy machine may take a
+    // tick or two of this loop to be seen.
+    assert!((70..=77).contains(&seconds), "dropped after {seconds} s");
 
     // The browser-like connection answered every ping: still there several timeouts later.
     for _ in 0..120 {
