@@ -15,7 +15,7 @@ const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow
 const MEDIA_CODES = ['camera_denied', 'mic_denied', 'media_denied', 'no_camera', 'no_mic', 'no_devices', 'camera_busy', 'mic_busy', 'media_unavailable'];
 const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol',
   'room_locked', 'banned', 'knock_denied', 'token_required', 'invalid_token', 'token_expired', 'removed', 'removed_ban', 'ended',
-  'room_closed', 'invite_revoked', 'too_many_attempts'];
+  'room_closed', 'invite_revoked', 'too_many_attempts', 'unavailable'];
 
 const nameInput = /** @type {HTMLInputElement} */ ($('#name-input'));
 const roomInput = /** @type {HTMLInputElement} */ ($('#room-input'));

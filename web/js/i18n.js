@@ -350,6 +350,7 @@ const STRINGS = {
     'error.room_closed': 'Everyone left before a host let you in, so the meeting is over.',
     'error.invite_revoked': 'This invitation link no longer works: its meeting has ended, its password changed, or a host revoked it. Ask for a new link.',
     'error.too_many_attempts': 'Too many wrong passwords were tried for this meeting, so joining with the password is paused. Try again in a few seconds, or ask the host for an invitation link.',
+    'error.unavailable': 'The meeting cannot be reached right now. Try again in a few seconds.',
   },
   ko: {
     'app.tagline': '내 서버에서 여는 화상 회의',
@@ -693,6 +694,7 @@ const STRINGS = {
     'error.room_closed': '호스트가 들여보내기 전에 모두 나가서 회의가 끝났습니다.',
     'error.invite_revoked': '이 초대 링크는 더 이상 쓸 수 없습니다. 회의가 끝났거나, 비밀번호가 바뀌었거나, 호스트가 링크를 취소했습니다. 새 링크를 요청하세요.',
     'error.too_many_attempts': '이 회의에 틀린 비밀번호가 너무 많이 입력되어 비밀번호로 들어오기가 잠시 멈췄습니다. 몇 초 뒤에 다시 시도하거나 호스트에게 초대 링크를 요청하세요.',
+    'error.unavailable': '지금은 회의에 연결할 수 없습니다. 몇 초 뒤에 다시 시도하세요.',
   },
 };
 

@@ -93,7 +93,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  *   |'invalid_file'|'file_storage_full'|'file_quota'|'not_sfu_room'|'not_allowed'|'password_required'
  *   |'wrong_password'|'room_locked'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
- *   |'invalid_reaction'|'rate_limited'|'too_many_connections'|'room_closed'|'invite_revoked'|'too_many_attempts'} ErrorCode
+ *   |'invalid_reaction'|'rate_limited'|'too_many_connections'|'room_closed'|'invite_revoked'|'too_many_attempts'|'unavailable'} ErrorCode
  */
 
 /** @typedef {'left'|'disconnected'|'too_slow'|'removed'} LeaveReason */

@@ -650,6 +650,9 @@ pub enum ErrorCode {
     InviteRevoked,
     /// Too many wrong passwords were tried at this room; joins with the password are paused.
     TooManyAttempts,
+    /// The service cannot reach the room right now (a node of several could not learn or take
+    /// the room's owner); try again in a few seconds.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -692,6 +695,7 @@ impl ErrorCode {
         ErrorCode::RoomClosed,
         ErrorCode::InviteRevoked,
         ErrorCode::TooManyAttempts,
+        ErrorCode::Unavailable,
     ];
 
     /// The English sentence sent with the code.
@@ -741,6 +745,7 @@ impl ErrorCode {
             ErrorCode::TooManyAttempts => {
                 "Too many wrong passwords were tried for this room; wait a few seconds, or use an invite link."
             }
+            ErrorCode::Unavailable => "The meeting cannot be reached right now; try again in a few seconds.",
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct Cli {
     /// sessions in rooms [default: $XDG_DATA_HOME/huddle, else ~/.local/share/huddle]
     #[arg(long, env = "HUDDLE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Run as one node of several sharing this Redis (e.g. redis://10.0.0.5:6379): rooms are
+    /// owned by one node each and reachable through every node [default: none, a single node]
+    #[arg(long, env = "HUDDLE_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis: Option<String>,
     /// Most participants in one room [default: 50; 6 with `--topology p2p`, where a mesh gets heavy
     /// beyond that]
     #[arg(long, env = "HUDDLE_ROOM_CAPACITY", value_name = "N")]
@@ -273,6 +277,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    redis: Option<String>,
     room_capacity: Option<u32>,
     topology: Option<TopologyMode>,
     media_port: Option<u16>,
@@ -419,6 +424,8 @@ pub struct Config {
     pub tls: Tls,
     /// `None`: nothing is kept across restarts.
     pub data_dir: Option<PathBuf>,
+    /// The Redis URL of a cluster of nodes; `None`: a single node.
+    pub redis: Option<String>,
     pub room_capacity: u32,
     pub topology: TopologyMode,
     /// `None`: the HTTP port number if free, else any.
@@ -512,6 +519,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: Tls::Off,
             data_dir: None,
+            redis: None,
             room_capacity: DEFAULT_SFU_CAPACITY,
             topology: TopologyMode::Auto,
             media_port: None,
@@ -700,6 +708,7 @@ impl Config {
             listen: cli.listen.or(file.listen).unwrap_or(d.listen),
             tls,
             data_dir: cli.data_dir.or(file.data_dir).or_else(default_data_dir),
+            redis: cli.redis.or(file.redis).filter(|u| !u.is_empty()),
             room_capacity: cli.room_capacity.or(file.room_capacity).unwrap_or(default_capacity),
             topology,
             media_port: cli.media_port.or(file.media_port),

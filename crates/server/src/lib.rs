@@ -90,6 +90,8 @@ pub struct AppState {
     /// The SFU and TURN tasks, for their stats (weak: they stop when their owners drop them).
     pub media: Option<mpsc::WeakSender<media::MediaCommand>>,
     pub turn: Option<mpsc::WeakSender<turn::TurnCommand>>,
+    /// This node's part in a cluster (`--redis`); `None`: a single node.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// Serves until `shutdown` completes, then tells every client and waits (briefly) for them.
@@ -163,16 +165,30 @@ pub async fn serve_with(
     if let Some(key) = persist::key(config.data_dir.as_deref(), "invite.key") {
         hub.set_invite_key(&key);
     }
+    let next_id = Arc::new(AtomicU64::new(first_id));
+    let cluster = match config.redis.as_deref() {
+        Some(url) => {
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            hub.set_room_events(events_tx);
+            let address = listener.local_addr()?.to_string();
+            Some(
+                cluster::Cluster::start(config.clone(), url, hub_tx.clone(), next_id.clone(), events_rx, address)
+                    .await?,
+            )
+        }
+        None => None,
+    };
     let hub_task = tokio::spawn(hub::run(hub, hub_rx, sessions_file));
     let state = AppState {
         admission: Arc::new(limits::Admission::new(config.admission_limits())),
         tcp: tcp_caps,
         config,
         hub: hub_tx.clone(),
-        next_id: Arc::new(AtomicU64::new(first_id)),
+        next_id,
         counters: Arc::new(metrics::Counters::default()),
         media: media_stats,
         turn: turn_task.as_ref().map(|t: &turn::Running| t.commands.downgrade()),
+        cluster: cluster.clone(),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let hub_for_shutdown = hub_tx.clone();
@@ -195,6 +211,9 @@ pub async fn serve_with(
     };
     accept::serve(listener, edge, stopped).await;
     let _ = farewell.await;
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     drop(hub_tx);
     hub_task.abort();
     if let Some(media) = media_task {

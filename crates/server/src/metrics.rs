@@ -153,6 +153,8 @@ pub struct Snapshot<'a> {
     pub hub: Option<hub::Stats>,
     pub media: Option<MediaStats>,
     pub turn: Option<TurnStats>,
+    /// This node's part in a cluster (`--redis`).
+    pub cluster: Option<&'a crate::cluster::ClusterStats>,
     pub process: Process,
 }
 
@@ -332,6 +334,41 @@ pub fn render(s: &Snapshot) -> String {
         t.one("huddle_turn_binding_requests_total", "counter", "STUN Binding requests answered.", c.binding_requests);
         t.one("huddle_turn_stream_clients", "gauge", "TURN clients on TCP or TLS.", tu.stream_clients);
     }
+    if let Some(c) = s.cluster {
+        t.one("huddle_rooms_owned", "gauge", "Rooms this node owns (holds the lease of).", c.rooms_owned.load(Relaxed));
+        t.one(
+            "huddle_cluster_nodes",
+            "gauge",
+            "Live nodes this node sees (itself included).",
+            c.nodes_live.load(Relaxed),
+        );
+        t.family("huddle_cluster_relayed_total", "counter", "Messages relayed between nodes, by direction.");
+        t.sample("huddle_cluster_relayed_total", &[("direction", "in")], c.relayed_in.load(Relaxed));
+        t.sample("huddle_cluster_relayed_total", &[("direction", "out")], c.relayed_out.load(Relaxed));
+        t.one(
+            "huddle_cluster_relay_dropped_total",
+            "counter",
+            "Relayed messages not published (queue full or Redis error).",
+            c.relay_dropped.load(Relaxed),
+        );
+        t.one(
+            "huddle_cluster_relay_gaps_total",
+            "counter",
+            "Connections closed for a resume because relayed messages went missing.",
+            c.relay_gaps.load(Relaxed),
+        );
+        t.family("huddle_cluster_leases_total", "counter", "Room leases taken, renewed and lost.");
+        t.sample("huddle_cluster_leases_total", &[("event", "taken")], c.lease_takes.load(Relaxed));
+        t.sample("huddle_cluster_leases_total", &[("event", "renewed")], c.lease_renewals.load(Relaxed));
+        t.sample("huddle_cluster_leases_total", &[("event", "lost")], c.lease_losses.load(Relaxed));
+        t.one("huddle_redis_errors_total", "counter", "Redis commands that failed.", c.redis_errors.load(Relaxed));
+        t.one(
+            "huddle_redis_rtt_seconds",
+            "gauge",
+            "The latest round trip of a relay publish to Redis, seconds.",
+            c.redis_rtt_us.load(Relaxed) as f64 / 1e6,
+        );
+    }
     if let Some(cpu) = s.process.cpu_seconds {
         t.one("process_cpu_seconds_total", "counter", "User and system CPU time of the process, seconds.", cpu);
         if let Some(m) = s.media.filter(|m| m.forwarded_packets > 0) {
@@ -388,6 +425,7 @@ pub async fn handler(State(app): State<AppState>, headers: HeaderMap) -> Respons
         hub,
         media,
         turn,
+        cluster: app.cluster.as_deref().map(|c| &c.stats),
         process: Process::now(),
     });
     ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
@@ -416,6 +454,7 @@ mod tests {
             hub: Some(hub::Stats { connections: 3, rooms: 1, participants: 2, ..Default::default() }),
             media: Some(MediaStats { forwarded_packets: 10, forwarded_bytes: 9000, ..Default::default() }),
             turn: Some(TurnStats::default()),
+            cluster: Some(&crate::cluster::ClusterStats::default()),
             process: Process { cpu_seconds: Some(0.5), resident_bytes: Some(1 << 20) },
         };
         let text = render(&snap);

@@ -24,6 +24,11 @@ impl Frame {
         Frame(Bytes::from(serde_json::to_vec(msg).expect("a ServerMsg serialises")))
     }
 
+    /// A message another node serialised (see [`crate::cluster`]): its JSON text as it came.
+    pub fn from_json(text: Bytes) -> Frame {
+        Frame(text)
+    }
+
     /// The JSON text's length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -24,9 +24,11 @@
 //! could destroy the close frame before the client reads it.
 
 use crate::client_ip::{client_ip, PeerAddr};
+use crate::cluster::relay::{Body as Relayed, Envelope, RelayCmd, WireResume};
+use crate::cluster::{Cluster, ASK_TIMEOUT};
 use crate::hub::{Command, Connect, Resume};
 use crate::limits::{class_of, Class, ConnLimiter, Refused, Verdict};
-use crate::outbox::{self, Frame, OutboxReceiver};
+use crate::outbox::{self, Frame, Outbox, OutboxReceiver};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
@@ -38,6 +40,7 @@ use huddle_protocol::{ByeReason, ClientMsg, ErrorCode, LeaveReason, PeerId, Serv
 use hyper_util::rt::TokioIo;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::oneshot;
@@ -319,22 +322,38 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
     let cfg = &app.config;
     let (outbox, mut outbox_rx) = outbox::outbox(cfg.outbox_capacity, cfg.outbox_bytes);
     let (kick_tx, mut kick_rx) = oneshot::channel();
-    let (session_tx, session_rx) = oneshot::channel();
-    let connect =
-        Connect { conn: n, id: PeerId(format!("p{n}")), outbox, kick: kick_tx, host, ip, resume, session: session_tx };
-    if app.hub.send(Command::Connect(connect)).await.is_err() {
-        return;
-    }
-    // The hub answers with the session this connection speaks for (a resumed one, or its own);
-    // no answer means it refused the connection (shutting down).
-    let Ok(id) = session_rx.await else {
-        let (code, why) = close_code(ByeReason::ServerShutdown);
-        w.goodbye(&[], Some(ByeReason::ServerShutdown), code, why).await;
-        return close(w, stream).await;
+    let mut route = Route { home: None, seq: 0 };
+    // A session to resume that lives on another node (of several) is resumed there.
+    let local = match (&app.cluster, resume) {
+        (Some(cluster), Some(resume)) => match cluster.session_home(&resume.id).await.filter(|h| *h != cluster.node) {
+            Some(home) => resume_remote(cluster, n, home, outbox, kick_tx, resume, ip, host.clone(), &mut route).await,
+            None => Ok((outbox, kick_tx, Some(resume))),
+        },
+        (_, resume) => Ok((outbox, kick_tx, resume)),
+    };
+    let id = match local {
+        Err(id) => id,
+        Ok((outbox, kick, resume)) => {
+            let (session_tx, session_rx) = oneshot::channel();
+            let id = app.cluster.as_ref().map_or_else(|| PeerId(format!("p{n}")), |c| c.peer_id(n));
+            let connect = Connect { conn: n, id, outbox, kick, host, ip, resume, session: session_tx };
+            if app.hub.send(Command::Connect(connect)).await.is_err() {
+                return;
+            }
+            route.home = None;
+            // The hub answers with the session this connection speaks for (a resumed one, or its
+            // own); no answer means it refused the connection (shutting down).
+            let Ok(id) = session_rx.await else {
+                let (code, why) = close_code(ByeReason::ServerShutdown);
+                w.goodbye(&[], Some(ByeReason::ServerShutdown), code, why).await;
+                return close(w, stream).await;
+            };
+            id
+        }
     };
     debug!(peer = %id, %ip, "connected");
     let ending = {
-        let reading = read_loop(&mut stream, &app, &id, ip);
+        let reading = read_loop(&mut stream, &app, &id, ip, n, &mut route);
         let writing = write_loop(&mut w, &mut outbox_rx, &app);
         tokio::select! {
             biased;
@@ -359,10 +378,13 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
         w.goodbye(&[], farewell.bye, code, why).await;
     }
     if ending == Ending::FrameTooLarge {
-        let _ = app.hub.send(Command::Ignored { id: id.clone() }).await;
+        let _ = route.deliver(&app, n, Command::Ignored { id: id.clone() }).await;
     }
     if let Some((reason, resumable)) = farewell.hub {
-        let _ = app.hub.send(Command::Disconnect { id, conn: n, reason, resumable }).await;
+        let _ = route.deliver(&app, n, Command::Disconnect { id, conn: n, reason, resumable }).await;
+    }
+    if let (Some(cluster), Some(_)) = (&app.cluster, &route.home) {
+        cluster.relay(RelayCmd::EdgeGone { conn: n }).await;
     }
     drop(_ticket);
     close(w, stream).await;
@@ -385,7 +407,14 @@ fn count(app: &AppState, ending: Ending) {
 }
 
 /// Reads frames until the connection ends; returns why.
-async fn read_loop(stream: &mut SplitStream<Socket>, app: &AppState, id: &PeerId, ip: IpAddr) -> Ending {
+async fn read_loop(
+    stream: &mut SplitStream<Socket>,
+    app: &AppState,
+    id: &PeerId,
+    ip: IpAddr,
+    n: u64,
+    route: &mut Route,
+) -> Ending {
     let cfg = &app.config;
     let mut limiter = ConnLimiter::new(cfg.message_rates(), std::time::Instant::now());
     // Liveness is a timestamp checked on a coarse tick, not a timer re-armed for every frame.
@@ -438,7 +467,16 @@ async fn read_loop(stream: &mut SplitStream<Socket>, app: &AppState, id: &PeerId
         if verdict == Verdict::Pass && class == Class::Join && !app.admission.join(ip, now) {
             verdict = limiter.refuse(now);
         }
+        // Several nodes: a join goes to the room's owner, and the session with it.
+        let mut unavailable = false;
+        if let (Verdict::Pass, Some(cluster), Ok(ClientMsg::Join { room, .. })) = (verdict, &app.cluster, &parsed) {
+            unavailable = !route.follow_room(app, cluster, room, id, n).await;
+        }
         let cmd = match verdict {
+            Verdict::Pass if unavailable => {
+                app.counters.refused(ErrorCode::Unavailable);
+                reject(id, ErrorCode::Unavailable, Some("join".into()))
+            }
             Verdict::Pass => match parsed {
                 Ok(msg) => Command::Client { id: id.clone(), msg },
                 Err((code, request)) => {
@@ -468,7 +506,7 @@ async fn read_loop(stream: &mut SplitStream<Socket>, app: &AppState, id: &PeerId
             }
         };
         // If the hub is busy this waits, which pauses reading from this socket only.
-        if app.hub.send(cmd).await.is_err() {
+        if route.deliver(app, n, cmd).await.is_err() {
             return Ending::HubGone;
         }
     }
@@ -602,6 +640,116 @@ async fn close(w: Writer, stream: SplitStream<Socket>) {
         while io.read(&mut buf).await.is_ok_and(|n| n > 0) {}
     };
     let _ = tokio::time::timeout(LINGER, linger).await;
+}
+
+/// Where a connection's session lives (see [`crate::cluster`]): this node's hub, or another node
+/// reached through the relay, with the number of the last message sent there.
+struct Route {
+    home: Option<String>,
+    seq: u64,
+}
+
+impl Route {
+    /// Hands `cmd` to the session's home.
+    async fn deliver(&mut self, app: &AppState, n: u64, cmd: Command) -> Result<(), ()> {
+        let (Some(home), Some(cluster)) = (&self.home, &app.cluster) else {
+            return app.hub.send(cmd).await.map_err(|_| ());
+        };
+        let body = match cmd {
+            Command::Client { msg, .. } => Relayed::Client { msg },
+            Command::Ignored { .. } => Relayed::Ignored,
+            Command::Reject { code, request, .. } => Relayed::Reject { code, request },
+            Command::Disconnect { reason, resumable, .. } => Relayed::Gone { reason, resumable },
+            // A connection sends nothing else.
+            _ => return Ok(()),
+        };
+        self.seq += 1;
+        cluster.publish(home, Envelope { from: cluster.node.clone(), conn: n, seq: self.seq, body });
+        Ok(())
+    }
+
+    /// Before a join of `room`: moves the session to the node that owns the room (taking the
+    /// room for this node if nobody owns it). `false`: the owner cannot be learned now.
+    async fn follow_room(&mut self, app: &AppState, cluster: &Arc<Cluster>, room: &str, id: &PeerId, n: u64) -> bool {
+        let Ok(owner) = cluster.home_for_room(room).await else { return false };
+        let target = (owner != cluster.node).then_some(owner.clone());
+        if target != self.home {
+            // Out of its current home (which says no if the session is in a room there: the
+            // join then goes there and is refused as `already_in_room`).
+            let exported = match &self.home {
+                None => {
+                    let (reply, answer) = oneshot::channel();
+                    if app.hub.send(Command::Export { id: id.clone(), conn: n, reply }).await.is_err() {
+                        return true;
+                    }
+                    answer.await.ok().flatten().map(|x| (x.handoff, x.outbox, x.kick))
+                }
+                Some(_) => {
+                    let (reply, answer) = oneshot::channel();
+                    cluster.relay(RelayCmd::Export { conn: n, reply }).await;
+                    tokio::time::timeout(ASK_TIMEOUT, answer).await.ok().and_then(Result::ok).flatten()
+                }
+            };
+            let Some((handoff, outbox, kick)) = exported else { return true };
+            match &target {
+                None => {
+                    let adopt = Command::Adopt { handoff, conn: n, outbox, kick };
+                    if app.hub.send(adopt).await.is_err() {
+                        return true;
+                    }
+                }
+                Some(home) => {
+                    let (ip, host) = (handoff.ip, handoff.host.clone());
+                    let edge = RelayCmd::Edge { conn: n, home: home.clone(), outbox, kick, session: None };
+                    cluster.relay(edge).await;
+                    let open = Relayed::Open { handoff: Some(handoff), resume: None, ip, host };
+                    cluster.publish(home, Envelope { from: cluster.node.clone(), conn: n, seq: 0, body: open });
+                }
+            }
+            debug!(peer = %id, from = ?self.home, to = ?target, "the session moved to its room's node");
+            self.home = target;
+            self.seq = 0;
+        }
+        cluster.set_session_home(id, &owner).await;
+        true
+    }
+}
+
+/// Resumes `resume` on `home`, another node: `Err(id)` with the session this connection speaks
+/// for, or `Ok` with what it brought back when that node does not answer (it starts a session
+/// here instead).
+#[allow(clippy::too_many_arguments)]
+async fn resume_remote(
+    cluster: &Arc<Cluster>,
+    n: u64,
+    home: String,
+    outbox: Outbox,
+    kick: oneshot::Sender<ByeReason>,
+    resume: Resume,
+    ip: IpAddr,
+    host: Option<String>,
+    route: &mut Route,
+) -> Result<(Outbox, oneshot::Sender<ByeReason>, Option<Resume>), PeerId> {
+    let (session, answer) = oneshot::channel();
+    cluster.relay(RelayCmd::Edge { conn: n, home: home.clone(), outbox, kick, session: Some(session) }).await;
+    let wire = WireResume { id: resume.id.clone(), secret: resume.secret.clone(), seen: resume.seen };
+    let open = Relayed::Open { handoff: None, resume: Some(wire), ip, host };
+    cluster.publish(&home, Envelope { from: cluster.node.clone(), conn: n, seq: 0, body: open });
+    if let Ok(Ok(id)) = tokio::time::timeout(ASK_TIMEOUT, answer).await {
+        route.home = Some(home);
+        return Err(id);
+    }
+    info!(node = %home, "the node of the session to resume does not answer; starting a new session");
+    let (reply, back) = oneshot::channel();
+    cluster.relay(RelayCmd::Reclaim { conn: n, reply }).await;
+    match back.await.ok().flatten() {
+        Some((outbox, kick)) => Ok((outbox, kick, None)),
+        // Kicked or forgotten meanwhile: what follows goes there and ends the connection.
+        None => {
+            route.home = Some(home);
+            Err(resume.id)
+        }
+    }
 }
 
 fn reject(id: &PeerId, code: ErrorCode, request: Option<String>) -> Command {

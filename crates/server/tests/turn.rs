@@ -683,13 +683,12 @@ async fn with_a_real_certificate_turn_also_runs_over_tls() {
     let tls = common::tls::tls_to(addr, &connector).await.expect("TLS to the page's port");
     let (ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", addr.port()), tls).await.unwrap();
     let mut ws = ws;
-    let frame = timeout(WAIT, futures_util::StreamExt::next(&mut ws)).await.expect("welcome in time").unwrap().unwrap();
-    let msg: ServerMsg = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    // The server's first ping may come before `welcome`, or between it and `joined`.
+    let msg = next_text(&mut ws).await;
     assert!(matches!(msg, ServerMsg::Welcome { .. }), "{msg:?}");
     let text = serde_json::to_string(&join(&room(), "Secure")).unwrap();
     futures_util::SinkExt::send(&mut ws, WsMessage::text(text)).await.unwrap();
-    let frame = timeout(WAIT, futures_util::StreamExt::next(&mut ws)).await.expect("joined in time").unwrap().unwrap();
-    let msg: ServerMsg = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    let msg = next_text(&mut ws).await;
     let ServerMsg::Joined { ice_servers, .. } = msg else { panic!("expected joined, got {msg:?}") };
     let (udp_port, user, pass, turn) = builtin_turn(&ice_servers).expect("huddle's TURN server");
     let url = turn.urls.iter().find(|u| u.starts_with("turns:")).expect("a turns: URL");
@@ -708,4 +707,19 @@ async fn with_a_real_certificate_turn_also_runs_over_tls() {
     let _ = stop.send(());
     timeout(Duration::from_secs(10), server).await.expect("stops").expect("no panic").expect("Ok");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The next text frame as a server message, skipping pings.
+async fn next_text<S, E>(ws: &mut S) -> ServerMsg
+where
+    S: futures_util::Stream<Item = Result<WsMessage, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    loop {
+        let frame =
+            timeout(WAIT, futures_util::StreamExt::next(ws)).await.expect("a message in time").unwrap().unwrap();
+        if let WsMessage::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
 }

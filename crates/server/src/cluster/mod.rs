@@ -1,10 +1,447 @@
 //! Running several huddle nodes on one Redis (issue 16; docs/design/room-ownership.md).
 //!
-//! What is here so far, each tested against a real redis-server: [`lease`], the rule that a room
-//! has one owner at a time (a lease with a fencing epoch that goes up on every change of owner),
-//! and [`nodes`], which nodes are alive and where a new room goes. The hub does not use them
-//! yet: the relay between nodes and the room state in Redis come next, and until they exist
-//! there is no `--redis` option.
+//! - [`lease`]: a room has one owner at a time, under a lease with a fencing epoch that goes up
+//!   on every change of owner.
+//! - [`nodes`]: which nodes are alive, and how loaded.
+//! - [`relay`]: a connection's signalling travels to the node that owns its room and back.
+//!
+//! [`Cluster`] puts them together for one node (`--redis`). A session lives on one node, its
+//! **home**: where its WebSocket landed until it joins a room, then the room's owner. When a
+//! connection joins a room owned by another node, its session moves there (the hub exports it,
+//! the owner adopts it) and from then on its node only relays. Without `--redis` none of this
+//! runs and huddle is the single node it always was.
+//!
+//! What is not built yet (issue 16 stays open): room state in Redis and failover when an owner
+//! dies, draining at SIGTERM, standing down when a lease is lost, the room list of the whole
+//! service, files across nodes, and placing new rooms on the least-loaded node (a room goes to
+//! the node whose connection opened it).
 
 pub mod lease;
 pub mod nodes;
+pub mod relay;
+
+use crate::config::Config;
+use crate::hub::{Command, RoomEvent};
+use futures_util::StreamExt;
+use huddle_protocol::PeerId;
+use lease::{Held, Leases};
+use nodes::{NodeInfo, Nodes};
+use redis::aio::ConnectionManager;
+use relay::{Envelope, RelayCmd};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// How long a room's lease lasts without renewal: an owner that dies is replaced after this.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often the leases are renewed (three tries within a lease).
+pub const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How long a node's beat keeps it alive, and how often it beats.
+pub const NODE_TTL: Duration = Duration::from_secs(6);
+pub const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// How long `huddle:session:<id>` names a session's home after its latest join.
+pub const SESSION_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Messages waiting to be published, at most; beyond, they are dropped (and counted), and the
+/// receiving side sees a gap.
+const PUBLISH_QUEUE: usize = 65_536;
+/// Most messages in one pipelined round trip to Redis.
+const PUBLISH_BATCH: usize = 256;
+/// Where every node says which public rooms it owns (`{"node":…,"rooms":[…]}`), when they change
+/// and every [`RENEW_EVERY`]; a list not said again within [`ROOM_LIST_TTL`] is dropped.
+pub const ROOMS_CHANNEL: &str = "huddle:rooms";
+pub const ROOM_LIST_TTL: Duration = Duration::from_secs(10);
+/// How long a node waits for Redis to say who owns a room, or for another node's answer.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `/metrics` shows of the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub relayed_in: AtomicU64,
+    pub relayed_out: AtomicU64,
+    pub relay_dropped: AtomicU64,
+    pub relay_gaps: AtomicU64,
+    pub rooms_owned: AtomicUsize,
+    pub nodes_live: AtomicUsize,
+    pub lease_takes: AtomicU64,
+    pub lease_renewals: AtomicU64,
+    pub lease_losses: AtomicU64,
+    pub redis_errors: AtomicU64,
+    /// The latest publish round trip, in microseconds.
+    pub redis_rtt_us: AtomicU64,
+}
+
+/// This node's part in a cluster.
+pub struct Cluster {
+    /// This node's id: random at each start, 8 hex digits.
+    pub node: String,
+    pub config: Arc<Config>,
+    pub stats: ClusterStats,
+    hub: mpsc::Sender<Command>,
+    /// This node's connection numbers (shared with the WebSocket handler).
+    next_id: Arc<AtomicU64>,
+    relay: mpsc::Sender<RelayCmd>,
+    publish: mpsc::Sender<(String, Vec<u8>)>,
+    keeper: mpsc::Sender<KeeperCmd>,
+    redis: ConnectionManager,
+    nodes: Nodes,
+}
+
+impl Cluster {
+    /// Connects to Redis at `url`, subscribes to this node's channel and starts the tasks of
+    /// the cluster. `hub` is this node's hub; rooms it opens and closes come on `room_events`.
+    pub async fn start(
+        config: Arc<Config>,
+        url: &str,
+        hub: mpsc::Sender<Command>,
+        next_id: Arc<AtomicU64>,
+        room_events: mpsc::UnboundedReceiver<RoomEvent>,
+        address: String,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis {url}: {e}"))?;
+        let redis = tokio::time::timeout(ASK_TIMEOUT, client.get_connection_manager())
+            .await
+            .map_err(|_| anyhow::anyhow!("cannot reach Redis at {url} (no answer)"))?
+            .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
+        let node = crate::files::random_hex()[..8].to_string();
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&[relay::channel(&node), ROOMS_CHANNEL.to_string()]).await?;
+        let (relay_tx, relay_rx) = mpsc::channel(1024);
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (keeper_tx, keeper_rx) = mpsc::channel(1024);
+        let (incoming_tx, incoming_rx) = mpsc::channel(8192);
+        let cluster = Arc::new(Cluster {
+            nodes: Nodes::new(redis.clone(), NODE_TTL),
+            node: node.clone(),
+            config,
+            stats: ClusterStats::default(),
+            hub,
+            next_id,
+            relay: relay_tx,
+            publish: publish_tx,
+            keeper: keeper_tx,
+            redis: redis.clone(),
+        });
+        let leases = Leases::new(redis.clone(), node.clone(), LEASE_TTL);
+        tokio::spawn(publisher(cluster.clone(), redis.clone(), publish_rx));
+        tokio::spawn(subscriber(cluster.clone(), client, pubsub, incoming_tx));
+        tokio::spawn(relay::run(cluster.clone(), incoming_rx, relay_rx));
+        tokio::spawn(keeper(cluster.clone(), leases, keeper_rx, room_events));
+        tokio::spawn(beat(Arc::downgrade(&cluster), address));
+        info!(%node, "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// A peer id nobody else in the cluster hands out: this node's id and a connection number.
+    pub fn peer_id(&self, conn: u64) -> PeerId {
+        PeerId(format!("p{}{conn}", self.node))
+    }
+
+    /// Queues `envelope` for node `to`; dropped (and counted) if the queue is full.
+    pub fn publish(&self, to: &str, envelope: Envelope) {
+        let Ok(bytes) = serde_json::to_vec(&envelope) else { return };
+        if self.publish.try_send((relay::channel(to), bytes)).is_err() {
+            self.stats.relay_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells every node this node's public rooms.
+    fn publish_rooms(&self, rooms: &[huddle_protocol::RoomSummary]) {
+        let list = RoomList { node: self.node.clone(), rooms: rooms.to_vec() };
+        let Ok(bytes) = serde_json::to_vec(&list) else { return };
+        if self.publish.try_send((ROOMS_CHANNEL.to_string(), bytes)).is_err() {
+            self.stats.relay_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the relay task (see [`relay::RelayCmd`]).
+    pub async fn relay(&self, cmd: RelayCmd) {
+        let _ = self.relay.send(cmd).await;
+    }
+
+    /// The node that owns `room` (a room name as a page sent it), taking it for this node when
+    /// nobody does. A name the hub would refuse is "here": this node's hub says why.
+    pub async fn home_for_room(&self, room: &str) -> Result<String, ()> {
+        let Some(room) = crate::validate::label(room, self.config.max_room_chars) else {
+            return Ok(self.node.clone());
+        };
+        let (reply, answer) = oneshot::channel();
+        self.keeper.send(KeeperCmd::Home { room, reply }).await.map_err(|_| ())?;
+        tokio::time::timeout(ASK_TIMEOUT, answer).await.map_err(|_| ())?.map_err(|_| ())?
+    }
+
+    /// The node session `id` lives on, as of its latest join (`None`: unknown, or Redis did not
+    /// answer).
+    pub async fn session_home(&self, id: &PeerId) -> Option<String> {
+        let (mut con, get) = (self.redis.clone(), redis::cmd("GET").arg(session_key(id)).clone());
+        match tokio::time::timeout(ASK_TIMEOUT, get.query_async::<Option<String>>(&mut con)).await {
+            Ok(Ok(home)) => home,
+            Ok(Err(e)) => {
+                self.redis_error(&e);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Records that session `id` lives on `home` now.
+    pub async fn set_session_home(&self, id: &PeerId, home: &str) {
+        let mut con = self.redis.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(session_key(id)).arg(home).arg("PX").arg(SESSION_KEY_TTL.as_millis() as u64);
+        if let Ok(Err(e)) = tokio::time::timeout(ASK_TIMEOUT, set.query_async::<()>(&mut con)).await {
+            self.redis_error(&e);
+        }
+    }
+
+    /// A clean stop: this node leaves the list of live nodes and gives up its rooms' leases.
+    pub async fn leave(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.keeper.send(KeeperCmd::ReleaseAll { done }).await.is_ok() {
+            let _ = tokio::time::timeout(ASK_TIMEOUT, wait).await;
+        }
+        let _ = tokio::time::timeout(ASK_TIMEOUT, self.nodes.leave(&self.node)).await;
+        info!(node = %self.node, "left the cluster");
+    }
+
+    fn redis_error(&self, e: &redis::RedisError) {
+        // Counted always, logged at most once per error kind burst (debug after the first).
+        if self.stats.redis_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            warn!(error = %e, "Redis error");
+        } else {
+            debug!(error = %e, "Redis error");
+        }
+    }
+}
+
+/// What [`ROOMS_CHANNEL`] carries.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RoomList {
+    node: String,
+    rooms: Vec<huddle_protocol::RoomSummary>,
+}
+
+fn session_key(id: &PeerId) -> String {
+    format!("huddle:session:{id}")
+}
+
+/// Publishes what is queued, many messages per round trip.
+async fn publisher(cluster: Arc<Cluster>, mut redis: ConnectionManager, mut queue: mpsc::Receiver<(String, Vec<u8>)>) {
+    while let Some((channel, bytes)) = queue.recv().await {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+        let mut n = 1;
+        while n < PUBLISH_BATCH {
+            let Ok((channel, bytes)) = queue.try_recv() else { break };
+            pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+            n += 1;
+        }
+        let sent = Instant::now();
+        match pipe.query_async::<()>(&mut redis).await {
+            Ok(()) => {
+                cluster.stats.relayed_out.fetch_add(n as u64, Ordering::Relaxed);
+                cluster.stats.redis_rtt_us.store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                cluster.stats.relay_dropped.fetch_add(n as u64, Ordering::Relaxed);
+                cluster.redis_error(&e);
+            }
+        }
+    }
+}
+
+/// Reads this node's channel, subscribing again when the connection to Redis breaks (what was
+/// published meanwhile is lost; the sequence numbers show it).
+async fn subscriber(
+    cluster: Arc<Cluster>,
+    client: redis::Client,
+    first: redis::aio::PubSub,
+    incoming: mpsc::Sender<Envelope>,
+) {
+    let mut pubsub = Some(first);
+    loop {
+        if let Some(ps) = pubsub.take() {
+            let mut stream = ps.into_on_message();
+            while let Some(msg) = stream.next().await {
+                if msg.get_channel_name() == ROOMS_CHANNEL {
+                    match serde_json::from_slice::<RoomList>(msg.get_payload_bytes()) {
+                        Ok(list) if list.node != cluster.node => {
+                            let until = tokio::time::Instant::now() + ROOM_LIST_TTL;
+                            let cmd = Command::RemoteRooms { node: list.node, rooms: list.rooms, until };
+                            // A list is said again soon: one the hub has no room for now can go.
+                            let _ = cluster.hub.try_send(cmd);
+                        }
+                        Ok(_) => {}
+                        Err(e) => debug!(error = %e, "an unreadable room list"),
+                    }
+                    continue;
+                }
+                match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
+                    Ok(envelope) => {
+                        if incoming.send(envelope).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "an unreadable relay message"),
+                }
+            }
+            warn!("lost the subscription to Redis; subscribing again");
+        }
+        if incoming.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match client.get_async_pubsub().await {
+            Ok(mut ps) => match ps.subscribe(&[relay::channel(&cluster.node), ROOMS_CHANNEL.to_string()]).await {
+                Ok(()) => pubsub = Some(ps),
+                Err(e) => cluster.redis_error(&e),
+            },
+            Err(e) => cluster.redis_error(&e),
+        }
+    }
+}
+
+/// Keeps this node in the list of live nodes while the cluster is alive.
+async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
+    let mut tick = tokio::time::interval(BEAT_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else { return };
+        let info = NodeInfo {
+            id: cluster.node.clone(),
+            address: address.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            rooms: cluster.stats.rooms_owned.load(Ordering::Relaxed) as u32,
+            people: 0,
+            cpu: 0.0,
+            draining: false,
+        };
+        match cluster.nodes.beat(&info).await {
+            Ok(()) => {}
+            Err(e) => cluster.redis_error(&e),
+        }
+        match cluster.nodes.live().await {
+            Ok(live) => cluster.stats.nodes_live.store(live.len(), Ordering::Relaxed),
+            Err(e) => cluster.redis_error(&e),
+        }
+    }
+}
+
+enum KeeperCmd {
+    Home { room: String, reply: oneshot::Sender<Result<String, ()>> },
+    ReleaseAll { done: oneshot::Sender<()> },
+}
+
+/// Owns this node's leases: takes them when asked who owns a room, renews them, and releases
+/// them when the hub closes the room.
+async fn keeper(
+    cluster: Arc<Cluster>,
+    leases: Leases,
+    mut commands: mpsc::Receiver<KeeperCmd>,
+    mut events: mpsc::UnboundedReceiver<RoomEvent>,
+) {
+    let mut held: HashMap<String, Held> = HashMap::new();
+    // This node's public rooms as last listed, said again on every renewal.
+    let mut listed = Vec::new();
+    let mut renew = tokio::time::interval(RENEW_EVERY);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(KeeperCmd::Home { room, reply }) => {
+                    let home = home(&cluster, &leases, &mut held, &room).await;
+                    let _ = reply.send(home);
+                }
+                Some(KeeperCmd::ReleaseAll { done }) => {
+                    cluster.publish_rooms(&[]);
+                    for (room, lease) in held.drain() {
+                        let _ = leases.end(&room, &lease, &[]).await;
+                    }
+                    let _ = done.send(());
+                }
+                None => return,
+            },
+            Some(event) = events.recv() => match event {
+                RoomEvent::Opened(room) => {
+                    if !held.contains_key(&*room) {
+                        // Opened without a lease (a join that raced the room's end): take it now.
+                        match home(&cluster, &leases, &mut held, &room).await {
+                            Ok(node) if node == cluster.node => {}
+                            other => warn!(%room, ?other, "a room opened here is owned elsewhere"),
+                        }
+                    }
+                }
+                RoomEvent::Listed(rooms) => {
+                    cluster.publish_rooms(&rooms);
+                    listed = rooms;
+                }
+                RoomEvent::Closed(room) => {
+                    if let Some(lease) = held.remove(&*room) {
+                        match leases.end(&room, &lease, &[]).await {
+                            Ok(_) => debug!(%room, "room ended; lease released"),
+                            Err(e) => cluster.redis_error(&e),
+                        }
+                    }
+                }
+            },
+            _ = renew.tick() => {
+                if !listed.is_empty() {
+                    cluster.publish_rooms(&listed);
+                }
+                let rooms: Vec<String> = held.keys().cloned().collect();
+                for room in rooms {
+                    let Some(lease) = held.get_mut(&room) else { continue };
+                    match leases.renew(&room, lease).await {
+                        Ok(true) => {
+                            cluster.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {
+                            cluster.stats.lease_losses.fetch_add(1, Ordering::Relaxed);
+                            warn!(%room, "lost the lease of a room: another node owns it now");
+                            held.remove(&room);
+                        }
+                        Err(e) => {
+                            cluster.redis_error(&e);
+                            if lease.valid_until <= Instant::now() {
+                                cluster.stats.lease_losses.fetch_add(1, Ordering::Relaxed);
+                                warn!(%room, "could not renew the lease of a room in time");
+                                held.remove(&room);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cluster.stats.rooms_owned.store(held.len(), Ordering::Relaxed);
+    }
+}
+
+/// Who owns `room`, taking it for this node when nobody does.
+async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Held>, room: &str) -> Result<String, ()> {
+    if held.contains_key(room) {
+        return Ok(cluster.node.clone());
+    }
+    let asked = async {
+        if let Some(owner) = leases.owner(room).await? {
+            return Ok(Err(owner));
+        }
+        leases.take(room, 0).await
+    };
+    match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+        Ok(Ok(Ok(lease))) => {
+            cluster.stats.lease_takes.fetch_add(1, Ordering::Relaxed);
+            info!(%room, epoch = lease.owner.epoch, "took a room");
+            held.insert(room.to_string(), lease);
+            cluster.stats.rooms_owned.store(held.len(), Ordering::Relaxed);
+            Ok(cluster.node.clone())
+        }
+        Ok(Ok(Err(owner))) => Ok(owner.node),
+        Ok(Err(e)) => {
+            cluster.redis_error(&e);
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}

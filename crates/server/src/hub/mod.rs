@@ -136,6 +136,45 @@ pub enum Command {
     Media(MediaEvent),
     /// From the file upload and download handlers.
     Files(FileCommand),
+    /// Hand over session `id` (attached as connection `conn`, in no room and no waiting room) to
+    /// another node: it is removed here, and `reply` gets what the next home needs, with the
+    /// outbox and kick of its connection; `None` when it cannot move (see [`crate::cluster`]).
+    Export { id: PeerId, conn: u64, reply: oneshot::Sender<Option<Exported>> },
+    /// Take in a session another node exported, attached as connection `conn`. No `welcome`:
+    /// the page already has it.
+    Adopt { handoff: Handoff, conn: u64, outbox: Outbox, kick: oneshot::Sender<ByeReason> },
+    /// The public rooms another node owns, for the room list; kept until `until`, or until that
+    /// node says again.
+    RemoteRooms { node: String, rooms: Vec<RoomSummary>, until: Instant },
+}
+
+/// A session in no room, as it moves from one node to another (the room it is about to join
+/// lives on the other one): what its page already knows of it, and what bans look at.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Handoff {
+    pub id: PeerId,
+    pub secret: String,
+    pub sent: u64,
+    pub received: u64,
+    pub ip: IpAddr,
+    pub host: Option<String>,
+}
+
+/// What [`Command::Export`] gives back.
+#[derive(Debug)]
+pub struct Exported {
+    pub handoff: Handoff,
+    pub outbox: Outbox,
+    pub kick: oneshot::Sender<ByeReason>,
+}
+
+/// What the hub tells the cluster layer about its rooms (only when it runs as one node of
+/// several): a room began here, or ended here, and this node's public rooms changed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomEvent {
+    Opened(Arc<str>),
+    Closed(Arc<str>),
+    Listed(Vec<RoomSummary>),
 }
 
 /// A connection opened.
@@ -316,6 +355,12 @@ pub struct Hub {
     /// Where password hashes and checks run; `None`: at once, on this task.
     jobs: Option<Jobs>,
     jobs_in_flight: usize,
+    /// Told when rooms open and close, when this node is one of several.
+    room_events: Option<mpsc::UnboundedSender<RoomEvent>>,
+    /// The public rooms of the other nodes, by node, until when each list holds.
+    remote_rooms: HashMap<String, (Vec<RoomSummary>, Instant)>,
+    /// This node's public rooms as last told to the cluster.
+    listed: Vec<RoomSummary>,
 }
 
 impl Hub {
@@ -341,6 +386,9 @@ impl Hub {
             saved: false,
             jobs: None,
             jobs_in_flight: 0,
+            room_events: None,
+            remote_rooms: HashMap::new(),
+            listed: Vec::new(),
         }
     }
 
@@ -375,8 +423,33 @@ impl Hub {
             }
             Command::Media(event) => self.media_event(event),
             Command::Files(cmd) => self.file_command(cmd),
+            Command::Export { id, conn, reply } => {
+                let _ = reply.send(self.export(&id, conn));
+            }
+            Command::Adopt { handoff, conn, outbox, kick } => self.adopt(handoff, conn, outbox, kick),
+            Command::RemoteRooms { node, rooms, until } => {
+                let now = Instant::now();
+                self.remote_rooms.retain(|_, (_, until)| *until > now);
+                if rooms.is_empty() {
+                    self.remote_rooms.remove(&node);
+                } else {
+                    self.remote_rooms.insert(node, (rooms, until));
+                }
+                self.rooms_dirty = true;
+            }
         }
         self.evict_overflowed();
+    }
+
+    /// Rooms opening and closing are told to `events` (see [`RoomEvent`]).
+    pub fn set_room_events(&mut self, events: mpsc::UnboundedSender<RoomEvent>) {
+        self.room_events = Some(events);
+    }
+
+    fn room_event(&self, event: RoomEvent) {
+        if let Some(events) = &self.room_events {
+            let _ = events.send(event);
+        }
     }
 
     pub fn stats(&self) -> Stats {

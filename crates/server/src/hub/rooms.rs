@@ -95,6 +95,7 @@ impl Hub {
                 let capacity = self.config.room_capacity as usize;
                 let room = Room::new(capacity, self.config.chat_history as usize, initial, self.new_secret());
                 self.rooms.insert(key.clone(), room);
+                self.room_event(RoomEvent::Opened(key.clone()));
                 key
             }
         };
@@ -236,6 +237,7 @@ impl Hub {
             self.send(&w.knocker.id, ServerMsg::error(ErrorCode::RoomClosed, Some("join")));
         }
         self.files.room_closed(room);
+        self.room_event(RoomEvent::Closed(room.clone()));
         self.rooms_dirty = true;
         debug!("room closed");
     }
@@ -363,6 +365,15 @@ impl Hub {
     /// that stopped being public (settings mark the list dirty) is not in the next one.
     pub fn publish_rooms(&mut self) {
         self.rooms_dirty = false;
+        if self.room_events.is_some() {
+            // The other nodes list this node's rooms too (told when they change, not when the
+            // other nodes' lists do, which also make the list dirty).
+            let ours = self.local_rooms();
+            if ours != self.listed {
+                self.listed = ours.clone();
+                self.room_event(RoomEvent::Listed(ours));
+            }
+        }
         if self.watchers.is_empty() {
             return;
         }
@@ -374,7 +385,20 @@ impl Hub {
         self.evict_overflowed();
     }
 
+    /// The public rooms: this node's, and (one node of several) the other nodes'.
     pub(super) fn room_list(&self) -> ServerMsg {
+        let mut rooms = self.local_rooms();
+        let now = Instant::now();
+        for (list, _) in self.remote_rooms.values().filter(|(_, until)| *until > now) {
+            rooms.extend(list.iter().cloned());
+        }
+        rooms.sort_by(|a, b| b.participants.cmp(&a.participants).then_with(|| a.name.cmp(&b.name)));
+        rooms.truncate(ROOM_LIST_MAX);
+        ServerMsg::Rooms { rooms }
+    }
+
+    /// This node's public rooms, the fullest first, at most [`ROOM_LIST_MAX`].
+    fn local_rooms(&self) -> Vec<RoomSummary> {
         let mut rooms: Vec<RoomSummary> = self
             .rooms
             .iter()
@@ -387,6 +411,6 @@ impl Hub {
             .collect();
         rooms.sort_by(|a, b| b.participants.cmp(&a.participants).then_with(|| a.name.cmp(&b.name)));
         rooms.truncate(ROOM_LIST_MAX);
-        ServerMsg::Rooms { rooms }
+        rooms
     }
 }

@@ -82,6 +82,63 @@ impl Hub {
         self.send_uncounted(&id, welcome);
     }
 
+    /// Removes session `id` for [`Command::Export`] if it is attached as `conn` and in no room,
+    /// waiting room or password check (the only state a session has outside a room is what
+    /// [`Handoff`] carries).
+    pub(super) fn export(&mut self, id: &PeerId, conn: u64) -> Option<Exported> {
+        let c = self.conns.get(id)?;
+        let movable = c.conn == conn
+            && c.room.is_none()
+            && c.waiting_in.is_none()
+            && !c.checking
+            && c.suspended.is_none()
+            && c.outbox.is_some()
+            && c.kick.is_some();
+        if !movable {
+            return None;
+        }
+        self.watchers.remove(id);
+        let c = self.conns.remove(id)?;
+        let handoff =
+            Handoff { id: id.clone(), secret: c.secret, sent: c.sent, received: c.received, ip: c.ip, host: c.host };
+        Some(Exported { handoff, outbox: c.outbox?, kick: c.kick? })
+    }
+
+    /// Takes in a session exported by another node ([`Command::Adopt`]).
+    pub(super) fn adopt(&mut self, h: Handoff, conn: u64, outbox: Outbox, kick: oneshot::Sender<ByeReason>) {
+        if self.closing {
+            let _ = kick.send(ByeReason::ServerShutdown);
+            return;
+        }
+        if let Some(old) = self.conns.get_mut(&h.id).and_then(|c| c.kick.take()) {
+            // Cannot happen unless two nodes think they hold it; the newest connection wins.
+            let _ = old.send(ByeReason::Replaced);
+        }
+        self.last_conn = self.last_conn.max(conn);
+        self.conns.insert(
+            h.id.clone(),
+            Conn {
+                outbox: Some(outbox),
+                kick: Some(kick),
+                room: None,
+                waiting_in: None,
+                host: h.host,
+                conn,
+                secret: h.secret,
+                sent: h.sent,
+                received: h.received,
+                recent: VecDeque::new(),
+                recent_bytes: 0,
+                suspended: None,
+                keys: Vec::new(),
+                ip: h.ip,
+                checking: false,
+                turn_user: None,
+                ice_renew: None,
+            },
+        );
+    }
+
     /// How many kept messages a resume replays; `Err(true)` when the session exists but cannot be
     /// resumed (its page will start over), `Err(false)` when there is nothing to resume.
     pub(super) fn can_resume(&self, r: &Resume) -> Result<usize, bool> {

@@ -1,0 +1,262 @@
+//! Several real huddle nodes on one real redis-server (issue 16): a room joined through
+//! different nodes is one meeting, a session moves to its room's node and resumes through any
+//! node, and simultaneous first joins through several nodes open one room, not several.
+mod common;
+
+use common::redis::TestRedis;
+use common::{join, Client, TestServer};
+use futures_util::StreamExt;
+use huddle_protocol::{ClientMsg, LeaveReason, PeerId, ServerMsg, SignalPayload};
+use huddle_server::config::TopologyMode;
+use huddle_server::Config;
+use std::time::Duration;
+
+fn node_config(redis: &TestRedis) -> Config {
+    Config {
+        redis: Some(redis.url.clone()),
+        topology: TopologyMode::P2p,
+        turn: false,
+        ip_joins_per_minute: 0,
+        ..Config::default()
+    }
+}
+
+async fn nodes(redis: &TestRedis, n: usize) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(TestServer::start(node_config(redis)).await);
+    }
+    nodes
+}
+
+/// The next message that is not a `rooms` list or a `peer_updated`.
+async fn next(c: &mut Client) -> ServerMsg {
+    loop {
+        match c.recv().await {
+            ServerMsg::Rooms { .. } => continue,
+            m => return m,
+        }
+    }
+}
+
+/// Every key Redis holds that matches `pattern`.
+async fn keys(redis: &TestRedis, pattern: &str) -> Vec<String> {
+    let mut con = redis.connect().await;
+    redis::cmd("KEYS").arg(pattern).query_async(&mut con).await.expect("KEYS")
+}
+
+#[tokio::test]
+async fn a_room_joined_through_two_nodes_is_one_meeting() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = Client::connect(&nodes[0]).await;
+    let mut bob = Client::connect(&nodes[1]).await;
+    assert_ne!(alice.id, bob.id, "peer ids are unique across nodes");
+    alice.join("standup", "Alice").await;
+    // Bob's page is on the other node: his session moves to the room's node.
+    match bob.join("standup", "Bob").await {
+        ServerMsg::Joined { peers, .. } => {
+            assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Alice"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match next(&mut alice).await {
+        ServerMsg::PeerJoined { peer } => assert_eq!((peer.id, peer.name.as_str()), (bob.id.clone(), "Bob")),
+        other => panic!("{other:?}"),
+    }
+
+    // Chat both ways, and a signal to a peer whose page is on the other node.
+    bob.send(&ClientMsg::Chat { text: "hello from node two".into() }).await;
+    for c in [&mut alice, &mut bob] {
+        match next(c).await {
+            ServerMsg::Chat { message } => assert_eq!(message.text, "hello from node two"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let payload = SignalPayload::Candidate { candidate: None };
+    alice.send(&ClientMsg::Signal { to: bob.id.clone(), payload: payload.clone() }).await;
+    match next(&mut bob).await {
+        ServerMsg::Signal { from, payload: got, .. } => assert_eq!((from, got), (alice.id.clone(), payload)),
+        other => panic!("{other:?}"),
+    }
+
+    // Bob leaves: Alice is told, and when she leaves too Redis keeps nothing of the room.
+    bob.send(&ClientMsg::Leave).await;
+    assert!(matches!(next(&mut bob).await, ServerMsg::Left { .. }));
+    match next(&mut alice).await {
+        ServerMsg::PeerLeft { id, reason } => assert_eq!((id, reason), (bob.id.clone(), LeaveReason::Left)),
+        other => panic!("{other:?}"),
+    }
+    assert!(!keys(&redis, "huddle:room:*").await.is_empty(), "the room is owned while it lasts");
+    alice.send(&ClientMsg::Leave).await;
+    assert!(matches!(next(&mut alice).await, ServerMsg::Left { .. }));
+    // The owner releases the room as it closes; wait (bounded) for that round trip.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !keys(&redis, "huddle:room:*").await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "Redis still holds {:?}", keys(&redis, "huddle:room:*").await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Bob's session, now in no room, follows him to the next room, wherever it lives.
+    bob.join("retro", "Bob").await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A page's view of its session, for a resume.
+struct Page {
+    client: Client,
+    secret: String,
+    seen: u64,
+}
+
+async fn page(node: &TestServer) -> Page {
+    let (ws, _) = tokio_tungstenite::connect_async(node.url()).await.expect("handshake");
+    let mut client = Client { ws, id: PeerId(String::new()) };
+    match client.recv().await {
+        ServerMsg::Welcome { id, resume, .. } => {
+            client.id = id;
+            Page { client, secret: resume, seen: 0 }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+impl Page {
+    async fn recv(&mut self) -> ServerMsg {
+        let m = self.client.recv().await;
+        if !matches!(m, ServerMsg::Welcome { .. } | ServerMsg::Bye { .. }) {
+            self.seen += 1;
+        }
+        m
+    }
+}
+
+#[tokio::test]
+async fn a_session_whose_room_is_on_another_node_resumes_through_any_node() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis, 3).await;
+    let mut alice = Client::connect(&nodes[0]).await;
+    alice.join("standup", "Alice").await;
+    let mut bob = page(&nodes[1]).await;
+    bob.client.send(&join("standup", "Bob")).await;
+    assert!(matches!(bob.recv().await, ServerMsg::Joined { .. }));
+    assert!(matches!(next(&mut alice).await, ServerMsg::PeerJoined { .. }));
+
+    // Bob's network drops (no close); meanwhile Alice says something.
+    drop(bob.client.ws);
+    alice.send(&ClientMsg::Chat { text: "while you were away".into() }).await;
+    assert!(matches!(next(&mut alice).await, ServerMsg::Chat { .. }));
+
+    // His page comes back through the third node, and carries on as the same person.
+    let url = format!("{}?session={}&resume={}&seen={}", nodes[2].url(), bob.client.id, bob.secret, bob.seen);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("handshake");
+    let mut again = Client { ws, id: bob.client.id.clone() };
+    match again.recv().await {
+        ServerMsg::Welcome { id, resumed, .. } => assert_eq!((id, resumed), (bob.client.id.clone(), true)),
+        other => panic!("{other:?}"),
+    }
+    match next(&mut again).await {
+        ServerMsg::Chat { message } => assert_eq!(message.text, "while you were away", "what it missed is replayed"),
+        other => panic!("{other:?}"),
+    }
+    again.send(&ClientMsg::Chat { text: "back".into() }).await;
+    for c in [&mut alice, &mut again] {
+        match next(c).await {
+            ServerMsg::Chat { message } => assert_eq!(message.text, "back"),
+            other => panic!("Alice saw no leave or join, only the chat; got {other:?}"),
+        }
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn fifty_simultaneous_first_joins_through_three_nodes_open_one_room() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis, 3).await;
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        clients.push(Client::connect(&nodes[i % 3]).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            c.send(&join("all-hands", &format!("P{i}"))).await;
+            loop {
+                match c.recv().await {
+                    ServerMsg::Joined { peers, .. } => return (c, peers.len()),
+                    ServerMsg::Rooms { .. } | ServerMsg::PeerJoined { .. } => continue,
+                    other => panic!("P{i} got {other:?}"),
+                }
+            }
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("joined"));
+    }
+    assert_eq!(keys(&redis, "huddle:room:{all-hands}:owner").await.len(), 1);
+    // One room of fifty, whatever node each page is on: each one sees the others already there
+    // when it enters, and then every later one arrive.
+    let (first, before) = &mut clients[0];
+    let mut seen = *before;
+    while seen < 49 {
+        match tokio::time::timeout(Duration::from_secs(5), first.ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                if let Ok(ServerMsg::PeerJoined { .. }) = serde_json::from_str(&t) {
+                    seen += 1;
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("P0 saw {seen} of 49 others, then {other:?}"),
+        }
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Waits (bounded by the client's own timeout per message) for a room list that `ok` accepts.
+async fn rooms_until(c: &mut Client, ok: impl Fn(&[huddle_protocol::RoomSummary]) -> bool) {
+    loop {
+        if let ServerMsg::Rooms { rooms } = c.recv().await {
+            if ok(&rooms) {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_node_lists_the_public_rooms_of_every_node_with_live_counts() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis, 2).await;
+    let mut watcher = Client::connect(&nodes[1]).await;
+    watcher.send(&ClientMsg::WatchRooms).await;
+    rooms_until(&mut watcher, |r| r.is_empty()).await;
+
+    let mut alice = Client::connect(&nodes[0]).await;
+    alice.join("town-hall", "Alice").await;
+    let started = std::time::Instant::now();
+    rooms_until(&mut watcher, |r| r.iter().any(|s| s.name == "town-hall" && s.participants == 1)).await;
+    let mut bob = Client::connect(&nodes[0]).await;
+    bob.join("town-hall", "Bob").await;
+    rooms_until(&mut watcher, |r| r.iter().any(|s| s.name == "town-hall" && s.participants == 2)).await;
+    println!("a room on another node listed after {:?}", started.elapsed());
+
+    // A room on the watcher's own node is listed beside it.
+    let mut carol = Client::connect(&nodes[1]).await;
+    carol.join("quiet-corner", "Carol").await;
+    rooms_until(&mut watcher, |r| r.len() == 2).await;
+
+    for c in [&mut alice, &mut bob] {
+        c.send(&ClientMsg::Leave).await;
+    }
+    rooms_until(&mut watcher, |r| r.iter().map(|s| s.name.as_str()).collect::<Vec<_>>() == ["quiet-corner"]).await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
