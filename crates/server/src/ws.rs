@@ -324,23 +324,36 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
     let (kick_tx, mut kick_rx) = oneshot::channel();
     let mut route = Route { home: None, seq: 0 };
     // A session to resume that lives on another node (of several) is resumed there.
-    let local = match (&app.cluster, resume) {
-        (Some(cluster), Some(resume)) => match cluster.session_home(&resume.id).await.filter(|h| *h != cluster.node) {
-            Some(home) => resume_remote(cluster, n, home, outbox, kick_tx, resume, ip, host.clone(), &mut route).await,
-            None => Ok((outbox, kick_tx, Some(resume))),
+    let start = match (&app.cluster, resume) {
+        (Some(cluster), Some(resume)) => match resume_home(cluster, &resume).await {
+            ResumeAt::Here => Start::Here(outbox, kick_tx, Some(resume)),
+            ResumeAt::There(home) => {
+                match resume_remote(cluster, n, home, outbox, kick_tx, resume, ip, host.clone(), &mut route).await {
+                    Some(id) => Start::There(id),
+                    None => Start::TryAgain,
+                }
+            }
+            ResumeAt::NotYet => Start::TryAgain,
         },
-        (_, resume) => Ok((outbox, kick_tx, resume)),
+        (_, resume) => Start::Here(outbox, kick_tx, resume),
     };
-    let id = match local {
-        Err(id) => id,
-        Ok((outbox, kick, resume)) => {
+    let id = match start {
+        Start::There(id) => id,
+        Start::TryAgain => {
+            // Its room's owner went away and no node has taken the room over yet (its lease has
+            // not run out), or that node does not answer: the page tries again a moment later,
+            // as after any close.
+            debug!("the session's node is gone or silent, its room not yet taken over; try again");
+            w.goodbye(&[], None, CLOSE_TRY_AGAIN_LATER, "meeting moving, try again").await;
+            return close(w, stream).await;
+        }
+        Start::Here(outbox, kick, resume) => {
             let (session_tx, session_rx) = oneshot::channel();
             let id = app.cluster.as_ref().map_or_else(|| PeerId(format!("p{n}")), |c| c.peer_id(n));
             let connect = Connect { conn: n, id, outbox, kick, host, ip, resume, session: session_tx };
             if app.hub.send(Command::Connect(connect)).await.is_err() {
                 return;
             }
-            route.home = None;
             // The hub answers with the session this connection speaks for (a resumed one, or its
             // own); no answer means it refused the connection (shutting down).
             let Ok(id) = session_rx.await else {
@@ -710,14 +723,53 @@ impl Route {
             self.home = target;
             self.seq = 0;
         }
-        cluster.set_session_home(id, &owner).await;
+        if let Some(room) = crate::validate::label(room, app.config.max_room_chars) {
+            cluster.set_session_home(id, &owner, &room).await;
+        }
         true
     }
 }
 
-/// Resumes `resume` on `home`, another node: `Err(id)` with the session this connection speaks
-/// for, or `Ok` with what it brought back when that node does not answer (it starts a session
-/// here instead).
+/// How a connection starts: a session of this node's hub (new, or resumed here), a session
+/// resumed on another node, or not yet.
+enum Start {
+    Here(Outbox, oneshot::Sender<ByeReason>, Option<Resume>),
+    There(PeerId),
+    TryAgain,
+}
+
+/// Where a session asked to be resumed lives.
+enum ResumeAt {
+    /// On this node (or nowhere known: this node's hub says whether it can be resumed).
+    Here,
+    There(String),
+    /// Its node is gone, and its room not yet taken over by another.
+    NotYet,
+}
+
+async fn resume_home(cluster: &Arc<Cluster>, resume: &Resume) -> ResumeAt {
+    let Some((node, room)) = cluster.session_home(&resume.id).await else { return ResumeAt::Here };
+    if node == cluster.node {
+        return ResumeAt::Here;
+    }
+    if cluster.is_live(&node) {
+        return ResumeAt::There(node);
+    }
+    // Its home is gone: whoever owns the room now resumes it — this node, if it takes the room
+    // over now (from the state its owner saved).
+    match cluster.home_for_room(&room).await {
+        Ok(owner) if owner == cluster.node => ResumeAt::Here,
+        Ok(owner) if owner != node && cluster.is_live(&owner) => ResumeAt::There(owner),
+        _ => ResumeAt::NotYet,
+    }
+}
+
+/// How long a node waits for another to answer a resume before the page is told to try again.
+const RESUME_ANSWER: Duration = Duration::from_secs(2);
+
+/// Resumes `resume` on `home`, another node: the session this connection speaks for from now
+/// on, or `None` when that node does not answer (it may have just died: the page tries again,
+/// and by then the room will have been taken over or the node be known as gone).
 #[allow(clippy::too_many_arguments)]
 async fn resume_remote(
     cluster: &Arc<Cluster>,
@@ -729,27 +781,19 @@ async fn resume_remote(
     ip: IpAddr,
     host: Option<String>,
     route: &mut Route,
-) -> Result<(Outbox, oneshot::Sender<ByeReason>, Option<Resume>), PeerId> {
+) -> Option<PeerId> {
     let (session, answer) = oneshot::channel();
     cluster.relay(RelayCmd::Edge { conn: n, home: home.clone(), outbox, kick, session: Some(session) }).await;
     let wire = WireResume { id: resume.id.clone(), secret: resume.secret.clone(), seen: resume.seen };
     let open = Relayed::Open { handoff: None, resume: Some(wire), ip, host };
     cluster.publish(&home, Envelope { from: cluster.node.clone(), conn: n, seq: 0, body: open });
-    if let Ok(Ok(id)) = tokio::time::timeout(ASK_TIMEOUT, answer).await {
+    if let Ok(Ok(id)) = tokio::time::timeout(RESUME_ANSWER, answer).await {
         route.home = Some(home);
-        return Err(id);
+        return Some(id);
     }
-    info!(node = %home, "the node of the session to resume does not answer; starting a new session");
-    let (reply, back) = oneshot::channel();
-    cluster.relay(RelayCmd::Reclaim { conn: n, reply }).await;
-    match back.await.ok().flatten() {
-        Some((outbox, kick)) => Ok((outbox, kick, None)),
-        // Kicked or forgotten meanwhile: what follows goes there and ends the connection.
-        None => {
-            route.home = Some(home);
-            Err(resume.id)
-        }
-    }
+    info!(node = %home, "the node of the session to resume does not answer; the page tries again");
+    cluster.relay(RelayCmd::EdgeGone { conn: n }).await;
+    None
 }
 
 fn reject(id: &PeerId, code: ErrorCode, request: Option<String>) -> Command {

@@ -28,7 +28,7 @@ use lease::{Held, Leases};
 use nodes::{NodeInfo, Nodes};
 use redis::aio::ConnectionManager;
 use relay::{Envelope, RelayCmd};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +87,8 @@ pub struct Cluster {
     keeper: mpsc::Sender<KeeperCmd>,
     redis: ConnectionManager,
     nodes: Nodes,
+    /// The live nodes as of the last beat (this one included).
+    live: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Cluster {
@@ -123,6 +125,7 @@ impl Cluster {
             publish: publish_tx,
             keeper: keeper_tx,
             redis: redis.clone(),
+            live: std::sync::Mutex::new(HashSet::from([node.clone()])),
         });
         let leases = Leases::new(redis.clone(), node.clone(), LEASE_TTL);
         tokio::spawn(publisher(cluster.clone(), redis.clone(), publish_rx));
@@ -172,12 +175,19 @@ impl Cluster {
         tokio::time::timeout(ASK_TIMEOUT, answer).await.map_err(|_| ())?.map_err(|_| ())?
     }
 
-    /// The node session `id` lives on, as of its latest join (`None`: unknown, or Redis did not
-    /// answer).
-    pub async fn session_home(&self, id: &PeerId) -> Option<String> {
+    /// Whether `node` was alive at the last beat.
+    pub fn is_live(&self, node: &str) -> bool {
+        self.live.lock().map(|live| live.contains(node)).unwrap_or(true)
+    }
+
+    /// The node session `id` lives on and the room it joined there, as of its latest join
+    /// (`None`: unknown, or Redis did not answer).
+    pub async fn session_home(&self, id: &PeerId) -> Option<(String, String)> {
         let (mut con, get) = (self.redis.clone(), redis::cmd("GET").arg(session_key(id)).clone());
         match tokio::time::timeout(ASK_TIMEOUT, get.query_async::<Option<String>>(&mut con)).await {
-            Ok(Ok(home)) => home,
+            Ok(Ok(home)) => {
+                home.and_then(|h| h.split_once('/').map(|(node, room)| (node.to_string(), room.to_string())))
+            }
             Ok(Err(e)) => {
                 self.redis_error(&e);
                 None
@@ -186,11 +196,12 @@ impl Cluster {
         }
     }
 
-    /// Records that session `id` lives on `home` now.
-    pub async fn set_session_home(&self, id: &PeerId, home: &str) {
+    /// Records that session `id` lives on `home` now, joining `room` (a name as its page sent
+    /// it).
+    pub async fn set_session_home(&self, id: &PeerId, home: &str, room: &str) {
         let mut con = self.redis.clone();
         let mut set = redis::cmd("SET");
-        set.arg(session_key(id)).arg(home).arg("PX").arg(SESSION_KEY_TTL.as_millis() as u64);
+        set.arg(session_key(id)).arg(format!("{home}/{room}")).arg("PX").arg(SESSION_KEY_TTL.as_millis() as u64);
         if let Ok(Err(e)) = tokio::time::timeout(ASK_TIMEOUT, set.query_async::<()>(&mut con)).await {
             self.redis_error(&e);
         }
@@ -323,7 +334,17 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
             Err(e) => cluster.redis_error(&e),
         }
         match cluster.nodes.live().await {
-            Ok(live) => cluster.stats.nodes_live.store(live.len(), Ordering::Relaxed),
+            Ok(live) => {
+                cluster.stats.nodes_live.store(live.len(), Ordering::Relaxed);
+                let mut ids: HashSet<String> = live.into_iter().map(|n| n.id).collect();
+                ids.insert(cluster.node.clone());
+                if let Ok(mut known) = cluster.live.lock() {
+                    known.clone_from(&ids);
+                }
+                // Connections whose session lived on a node that is gone, and sessions here
+                // whose connection was on one, are closed: their pages resume elsewhere.
+                cluster.relay(RelayCmd::Alive { live: ids }).await;
+            }
             Err(e) => cluster.redis_error(&e),
         }
     }
@@ -357,7 +378,7 @@ async fn keeper(
                 Some(KeeperCmd::ReleaseAll { done }) => {
                     cluster.publish_rooms(&[]);
                     for (room, lease) in held.drain() {
-                        let _ = leases.end(&room, &lease, &[]).await;
+                        let _ = leases.end(&room, &lease, &[lease::state_key(&room, "state")]).await;
                     }
                     let _ = done.send(());
                 }
@@ -377,9 +398,18 @@ async fn keeper(
                     cluster.publish_rooms(&rooms);
                     listed = rooms;
                 }
+                RoomEvent::Saved(room, saved) => {
+                    if let Some(lease) = held.get(&*room) {
+                        match leases.fenced_set(&room, lease, &lease::state_key(&room, "state"), &saved).await {
+                            Ok(true) => {}
+                            Ok(false) => warn!(%room, "could not save a room: another node owns it now"),
+                            Err(e) => cluster.redis_error(&e),
+                        }
+                    }
+                }
                 RoomEvent::Closed(room) => {
                     if let Some(lease) = held.remove(&*room) {
-                        match leases.end(&room, &lease, &[]).await {
+                        match leases.end(&room, &lease, &[lease::state_key(&room, "state")]).await {
                             Ok(_) => debug!(%room, "room ended; lease released"),
                             Err(e) => cluster.redis_error(&e),
                         }
@@ -418,6 +448,20 @@ async fn keeper(
     }
 }
 
+/// What the previous owner of `room` saved of it, if anything.
+async fn state_of(cluster: &Cluster, room: &str) -> Option<Vec<u8>> {
+    let mut con = cluster.redis.clone();
+    let get = redis::cmd("GET").arg(lease::state_key(room, "state")).clone();
+    match tokio::time::timeout(ASK_TIMEOUT, get.query_async::<Option<Vec<u8>>>(&mut con)).await {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => {
+            cluster.redis_error(&e);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Who owns `room`, taking it for this node when nobody does.
 async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Held>, room: &str) -> Result<String, ()> {
     if held.contains_key(room) {
@@ -432,7 +476,15 @@ async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Hel
     match tokio::time::timeout(ASK_TIMEOUT, asked).await {
         Ok(Ok(Ok(lease))) => {
             cluster.stats.lease_takes.fetch_add(1, Ordering::Relaxed);
-            info!(%room, epoch = lease.owner.epoch, "took a room");
+            // A room whose owner went away left its state: its meeting goes on here.
+            let state = state_of(cluster, room).await;
+            info!(%room, epoch = lease.owner.epoch, taken_over = state.is_some(), "took a room");
+            if let Some(saved) = state {
+                let (done, restored) = oneshot::channel();
+                if cluster.hub.send(Command::RestoreRoom { saved, done }).await.is_ok() {
+                    let _ = tokio::time::timeout(ASK_TIMEOUT, restored).await;
+                }
+            }
             held.insert(room.to_string(), lease);
             cluster.stats.rooms_owned.store(held.len(), Ordering::Relaxed);
             Ok(cluster.node.clone())

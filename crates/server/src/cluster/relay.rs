@@ -130,6 +130,9 @@ pub enum RelayCmd {
     Opened { from: String, conn: u64, id: PeerId, local_conn: u64, stop: oneshot::Sender<()> },
     /// The hub's answer to a home-side `Export`.
     ExportDone { from: String, conn: u64, handoff: Option<Handoff> },
+    /// The nodes alive now: connections whose home is not among them, and sessions whose
+    /// connection's node is not, are closed so that their pages resume elsewhere.
+    Alive { live: std::collections::HashSet<String> },
 }
 
 /// A connection of this node whose session lives elsewhere.
@@ -242,6 +245,25 @@ async fn command(
                 &from,
                 Envelope { from: cluster.node.clone(), conn, seq: 0, body: Body::Exported { handoff } },
             );
+        }
+        RelayCmd::Alive { live } => {
+            let orphans: Vec<u64> = edges.iter().filter(|(_, e)| !live.contains(&e.home)).map(|(c, _)| *c).collect();
+            for conn in orphans {
+                let Some(mut edge) = edges.remove(&conn) else { continue };
+                info!(node = %edge.home, conn, "the node of this connection's session is gone; the page resumes elsewhere");
+                // As a server that stops: the page resumes, and starts its media afresh.
+                if let Some(kick) = edge.kick.take() {
+                    let _ = kick.send(ByeReason::ServerShutdown);
+                }
+            }
+            let stranded: Vec<(String, u64)> =
+                remotes.keys().filter(|(node, _)| !live.contains(node)).cloned().collect();
+            for key in stranded {
+                let Some(remote) = remotes.remove(&key) else { continue };
+                let (reason, resumable) = (LeaveReason::Disconnected, true);
+                let gone = Command::Disconnect { id: remote.id, conn: remote.local_conn, reason, resumable };
+                let _ = cluster.hub.send(gone).await;
+            }
         }
     }
 }

@@ -35,7 +35,19 @@ impl Hub {
     /// A job started elsewhere is done.
     pub fn job_done(&mut self, done: JobDone) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        let actor = match &done.0 {
+            Done::Verified { id, .. } => Some(id.clone()),
+            Done::Hashed { .. } => None,
+        };
+        if let Done::Hashed { room, .. } = &done.0 {
+            if self.room_events.is_some() {
+                self.unsaved.insert(room.clone());
+            }
+        }
         self.apply_job(done.0);
+        if let Some(id) = actor {
+            self.touched(&id);
+        }
         self.evict_overflowed();
     }
 

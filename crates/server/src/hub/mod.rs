@@ -146,6 +146,10 @@ pub enum Command {
     /// The public rooms another node owns, for the room list; kept until `until`, or until that
     /// node says again.
     RemoteRooms { node: String, rooms: Vec<RoomSummary>, until: Instant },
+    /// Take over a room whose owner went away, from what it last saved ([`RoomEvent::Saved`]):
+    /// its members wait for their pages to resume, as after a restart. `done` fires once it is
+    /// in place (or was refused).
+    RestoreRoom { saved: Vec<u8>, done: oneshot::Sender<()> },
 }
 
 /// A session in no room, as it moves from one node to another (the room it is about to join
@@ -175,7 +179,13 @@ pub enum RoomEvent {
     Opened(Arc<str>),
     Closed(Arc<str>),
     Listed(Vec<RoomSummary>),
+    /// The room's state changed: what the next owner would start from (see
+    /// [`Hub::room_snapshot`]).
+    Saved(Arc<str>, Vec<u8>),
 }
+
+/// How often a node of several saves the rooms that changed (a crash loses at most this much).
+pub const ROOM_SAVE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A connection opened.
 #[derive(Debug)]
@@ -288,6 +298,9 @@ struct Conn {
     recent_bytes: usize,
     /// While the session has no connection: when it gives up its place.
     suspended: Option<Instant>,
+    /// Taken over from a room's previous owner, which may have sent it more than it saved: its
+    /// page's `seen` may be ahead of `sent` when it resumes.
+    taken_over: bool,
     /// What would ban it from a room (`id:<peer id>`, `ip:<address>`, `sub:<token subject>`).
     keys: Vec<String>,
     /// The client's address, as of its latest connection.
@@ -361,6 +374,8 @@ pub struct Hub {
     remote_rooms: HashMap<String, (Vec<RoomSummary>, Instant)>,
     /// This node's public rooms as last told to the cluster.
     listed: Vec<RoomSummary>,
+    /// Rooms changed since they were last saved (only when this node is one of several).
+    unsaved: HashSet<Arc<str>>,
 }
 
 impl Hub {
@@ -389,6 +404,7 @@ impl Hub {
             room_events: None,
             remote_rooms: HashMap::new(),
             listed: Vec::new(),
+            unsaved: HashSet::new(),
         }
     }
 
@@ -399,6 +415,40 @@ impl Hub {
 
     /// Applies one command. Never blocks.
     pub fn handle(&mut self, cmd: Command) {
+        // One node of several saves each room that changed; a room changes through what its
+        // members do.
+        let actor = match &cmd {
+            _ if self.room_events.is_none() => None,
+            Command::Client { id, .. }
+            | Command::Disconnect { id, .. }
+            | Command::Ignored { id }
+            | Command::Reject { id, .. }
+            | Command::Media(MediaEvent::Signal { peer: id, .. } | MediaEvent::Error { peer: id, .. }) => {
+                Some(id.clone())
+            }
+            Command::Connect(c) => c.resume.as_ref().map(|r| r.id.clone()),
+            _ => None,
+        };
+        if let Some(id) = &actor {
+            self.touched(id);
+        }
+        self.dispatch(cmd);
+        if let Some(id) = &actor {
+            self.touched(id);
+        }
+    }
+
+    /// Marks the room `id` is in (or waits at) as changed, when rooms are saved.
+    fn touched(&mut self, id: &PeerId) {
+        if self.room_events.is_none() {
+            return;
+        }
+        if let Some(room) = self.conns.get(id).and_then(|c| c.room.clone().or_else(|| c.waiting_in.clone())) {
+            self.unsaved.insert(room);
+        }
+    }
+
+    fn dispatch(&mut self, cmd: Command) {
         match cmd {
             Command::Connect(c) => self.connect(c),
             Command::Disconnect { id, conn, reason, resumable } => {
@@ -427,6 +477,12 @@ impl Hub {
                 let _ = reply.send(self.export(&id, conn));
             }
             Command::Adopt { handoff, conn, outbox, kick } => self.adopt(handoff, conn, outbox, kick),
+            Command::RestoreRoom { saved, done } => {
+                if let Err(why) = self.restore_room(&saved, Instant::now()) {
+                    warn!(%why, "could not take over a room's saved state");
+                }
+                let _ = done.send(());
+            }
             Command::RemoteRooms { node, rooms, until } => {
                 let now = Instant::now();
                 self.remote_rooms.retain(|_, (_, until)| *until > now);
@@ -594,6 +650,8 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
     let mut tick = tokio::time::interval(ROOM_LIST_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut released: Option<Instant> = None;
+    let mut save = tokio::time::interval(ROOM_SAVE_INTERVAL);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let expiry = hub.next_expiry();
         let had_sessions = !hub.conns.is_empty();
@@ -613,6 +671,7 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
             _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
             Some(done) = jobs.recv() => hub.job_done(done),
             _ = sleep_until(expiry), if expiry.is_some() => hub.expire(Instant::now()),
+            _ = save.tick(), if !hub.unsaved.is_empty() => hub.save_rooms(),
         }
         let due = released.is_none_or(|t| t.elapsed() >= MEMORY_RELEASE_INTERVAL);
         if had_sessions && hub.conns.is_empty() && due {

@@ -70,6 +70,7 @@ impl Hub {
                 recent: VecDeque::new(),
                 recent_bytes: 0,
                 suspended: None,
+                taken_over: false,
                 keys: Vec::new(),
                 ip: c.ip,
                 checking: false,
@@ -130,6 +131,7 @@ impl Hub {
                 recent: VecDeque::new(),
                 recent_bytes: 0,
                 suspended: None,
+                taken_over: false,
                 keys: Vec::new(),
                 ip: h.ip,
                 checking: false,
@@ -149,7 +151,13 @@ impl Hub {
             // A wrong secret says nothing about the session (and must not end it).
             return Err(false);
         }
-        let missed = conn.sent.checked_sub(r.seen).ok_or(true)?;
+        let missed = match conn.sent.checked_sub(r.seen) {
+            Some(missed) => missed,
+            // Its page saw what the room's previous owner sent after its last save: that is
+            // history now; it carries on from what it saw.
+            None if conn.taken_over => 0,
+            None => return Err(true),
+        };
         if missed as usize > conn.recent.len() || (conn.room.is_none() && conn.waiting_in.is_none()) {
             return Err(true);
         }
@@ -167,6 +175,10 @@ impl Hub {
             if let Some(old) = conn.kick.take() {
                 // A connection the server still thought alive (the page saw it die first).
                 let _ = old.send(ByeReason::Replaced);
+            }
+            if conn.taken_over {
+                conn.sent = conn.sent.max(resume.seen);
+                conn.taken_over = false;
             }
             conn.outbox = Some(c.outbox);
             conn.kick = Some(c.kick);
@@ -244,6 +256,7 @@ impl Hub {
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
+            self.touched(&id);
             info!(peer = %id, "not resumed in time");
             self.disconnect(&id, LeaveReason::Disconnected);
         }

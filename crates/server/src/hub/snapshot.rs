@@ -17,9 +17,29 @@ impl Hub {
     /// What [`Hub::save_for_restart`] saves, without changing how shutdown goes (the
     /// `room_state` fuzz target restores it into a second hub at any point and compares).
     pub fn snapshot(&self) -> Vec<u8> {
+        self.snapshot_of(None)
+    }
+
+    /// One room as [`Hub::snapshot`] would save it, with its members' sessions: what a node of
+    /// several keeps in Redis for the room's next owner. `None`: no such room here.
+    pub fn room_snapshot(&self, room: &str) -> Option<Vec<u8>> {
+        self.rooms.contains_key(room).then(|| self.snapshot_of(Some(room)))
+    }
+
+    /// Tells the cluster the rooms that changed since last time ([`RoomEvent::Saved`]).
+    pub fn save_rooms(&mut self) {
+        for room in std::mem::take(&mut self.unsaved) {
+            if let Some(saved) = self.room_snapshot(&room) {
+                self.room_event(RoomEvent::Saved(room, saved));
+            }
+        }
+    }
+
+    fn snapshot_of(&self, only: Option<&str>) -> Vec<u8> {
         let sessions = self
             .conns
             .iter()
+            .filter(|(_, c)| only.is_none_or(|room| c.room.as_deref() == Some(room)))
             .filter_map(|(id, c)| {
                 Some(SavedSession {
                     id: id.clone(),
@@ -37,7 +57,12 @@ impl Hub {
                 })
             })
             .collect();
-        let rooms = self.rooms.iter().map(|(name, r)| (name.to_string(), r)).collect();
+        let rooms = self
+            .rooms
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|room| ***name == *room))
+            .map(|(name, r)| (name.to_string(), r))
+            .collect();
         let saved =
             SavedHub { version: SNAPSHOT_VERSION, saved_at: unix_secs(), last_conn: self.last_conn, sessions, rooms };
         // Plain data with string keys only: serialising it cannot fail.
@@ -50,13 +75,25 @@ impl Hub {
     /// rooms left empty, are dropped. Returns the highest connection number the previous run
     /// handed out, so that new connections are numbered above it (no peer id is reused).
     pub fn restore(&mut self, saved: &[u8], now: Instant) -> Result<u64, String> {
+        self.restore_with(saved, now, false)
+    }
+
+    /// Takes over a room another node owned and saved ([`Hub::room_snapshot`]): its members
+    /// wait for their pages to resume, for the grace period from `now`. However old the saved
+    /// state (the room may have been quiet a long time; its lease, not the age, says the owner
+    /// is gone). A room or session already here is left as it is.
+    pub fn restore_room(&mut self, saved: &[u8], now: Instant) -> Result<(), String> {
+        self.restore_with(saved, now, true).map(|_| ())
+    }
+
+    fn restore_with(&mut self, saved: &[u8], now: Instant, taken_over: bool) -> Result<u64, String> {
         let saved: SavedHub<Room> = serde_json::from_slice(saved).map_err(|e| e.to_string())?;
         let grace = self.config.resume_grace;
         if saved.version != SNAPSHOT_VERSION {
             return Err(format!("saved by another version ({})", saved.version));
         }
         let age = unix_secs().saturating_sub(saved.saved_at);
-        if grace.is_zero() || age > grace.as_secs() {
+        if grace.is_zero() || (!taken_over && age > grace.as_secs()) {
             return Err(format!("saved {age} s ago, longer than the grace period"));
         }
         let SavedHub { sessions, rooms, last_conn, .. } = saved;
@@ -67,6 +104,9 @@ impl Hub {
                 break;
             }
             let name: Arc<str> = name.into();
+            if self.rooms.contains_key(&name) {
+                continue;
+            }
             let in_room = |id: &PeerId| sessions.get(id).is_some_and(|s| *s.room == *name);
             room.restored(self.config.room_capacity as usize, self.config.chat_history as usize, in_room);
             if room.is_empty() {
@@ -78,6 +118,9 @@ impl Hub {
             room.ensure_host();
             for peer in room.members() {
                 let Some(s) = sessions.get(&peer.id) else { continue };
+                if self.conns.contains_key(&peer.id) {
+                    continue;
+                }
                 highest = highest.max(s.id.0.strip_prefix('p').and_then(|n| n.parse().ok()).unwrap_or(0));
                 let (recent, recent_bytes) = kept_for_resume(&s.recent, self.config.outbox_bytes);
                 let conn = Conn {
@@ -93,6 +136,7 @@ impl Hub {
                     recent,
                     recent_bytes,
                     suspended: Some(now + grace),
+                    taken_over,
                     keys: s.keys.clone(),
                     ip: s.ip,
                     checking: false,
@@ -101,6 +145,10 @@ impl Hub {
                     ice_renew: None,
                 };
                 self.conns.insert(peer.id.clone(), conn);
+            }
+            if taken_over {
+                info!(room = %name, members = room.len(), "took over a room; its members wait for their pages");
+                self.room_event(RoomEvent::Opened(name.clone()));
             }
             self.rooms.insert(name, room);
         }

@@ -73,7 +73,12 @@ pub struct Client {
 impl Client {
     /// Connects and reads `welcome`.
     pub async fn connect(server: &TestServer) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.expect("WebSocket handshake");
+        Client::connect_to(server.addr).await
+    }
+
+    /// Connects to the server at `addr` (e.g. a `huddle` process) and reads `welcome`.
+    pub async fn connect_to(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("WebSocket handshake");
         let mut c = Client { ws, id: PeerId(String::new()) };
         match c.recv().await {
             ServerMsg::Welcome { id, protocol, .. } => {

@@ -1,0 +1,212 @@
+//! A node killed in the middle of a meeting (issue 16): three real `huddle` processes on one
+//! real redis-server; the room's owner gets SIGKILL; everyone resumes through the surviving
+//! nodes as the same people, with the host, a raised hand and the chat kept, and nobody is told
+//! that anyone left or joined.
+mod common;
+
+use common::redis::TestRedis;
+use common::{join, Client};
+use futures_util::StreamExt;
+use huddle_protocol::{ClientMsg, PeerId, Role, ServerMsg};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The issue's bar for everyone to be back after a node dies.
+const RECOVERY: Duration = Duration::from_secs(20);
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn node(redis: &TestRedis, n: usize) -> Node {
+    let dir = std::env::temp_dir().join(format!("huddle-failover-{}-{n}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
+        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url, "--topology", "p2p", "--turn", "false"])
+        .args(["--ip-joins-per-minute", "0", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start huddle");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = stdout.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("huddle listening on http://") {
+                return url.trim_end_matches('/').parse().expect("an address");
+            }
+        }
+        panic!("huddle exited before listening");
+    })
+    .await
+    .expect("huddle starts in time");
+    // Its stdout must not fill up and block it.
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    Node { child, addr, _dir: TempDir(dir) }
+}
+
+/// A page: its session's id and secret, and how many messages it has seen (for a resume).
+struct Page {
+    client: Client,
+    secret: String,
+    seen: u64,
+}
+
+impl Page {
+    async fn open(addr: SocketAddr) -> Page {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("handshake");
+        let mut client = Client { ws, id: PeerId(String::new()) };
+        match client.recv().await {
+            ServerMsg::Welcome { id, resume, .. } => {
+                client.id = id;
+                Page { client, secret: resume, seen: 0 }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn recv(&mut self) -> ServerMsg {
+        let m = self.client.recv().await;
+        if !matches!(m, ServerMsg::Welcome { .. } | ServerMsg::Bye { .. }) {
+            self.seen += 1;
+        }
+        m
+    }
+
+    /// Reads until the server closes this connection (a `bye` may come first).
+    async fn until_closed(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.client.ws.next()).await {
+                Err(_) => panic!("{}'s connection was not closed within {within:?}", self.client.id),
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let m: ServerMsg = serde_json::from_str(&t).expect("server JSON");
+                    assert!(matches!(m, ServerMsg::Bye { .. }), "before the close: {m:?}");
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Resumes through `addr` as a page does: tries again (every 250 ms, as the page's first
+    /// retry) while the server closes before `welcome`, until `deadline`.
+    async fn resume(&mut self, addr: SocketAddr, deadline: Instant) {
+        loop {
+            assert!(Instant::now() < deadline, "{} could not resume in time", self.client.id);
+            let url = format!("ws://{addr}/ws?session={}&resume={}&seen={}", self.client.id, self.secret, self.seen);
+            if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            match serde_json::from_str::<ServerMsg>(&t).expect("server JSON") {
+                                ServerMsg::Welcome { id, resumed, .. } => {
+                                    assert!(resumed, "{} started over as {id} instead of resuming", self.client.id);
+                                    assert_eq!(id, self.client.id);
+                                    self.client.ws = ws;
+                                    return;
+                                }
+                                other => panic!("before welcome: {other:?}"),
+                            }
+                        }
+                        Ok(Some(Ok(Message::Ping(_)))) => continue,
+                        // Closed before `welcome`: not yet (the room's lease has not run out).
+                        _ => break,
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn killing_the_owner_loses_no_one_and_nothing() {
+    let redis = TestRedis::start();
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        nodes.push(node(&redis, n).await);
+    }
+    // Alice's page is on node 0, which takes the room; Bob's on node 1 (relayed to node 0).
+    let mut alice = Page::open(nodes[0].addr).await;
+    alice.client.send(&join("board", "Alice")).await;
+    assert!(matches!(alice.recv().await, ServerMsg::Joined { .. }));
+    let mut bob = Page::open(nodes[1].addr).await;
+    bob.client.send(&join("board", "Bob")).await;
+    assert!(matches!(bob.recv().await, ServerMsg::Joined { .. }));
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+    bob.client.send(&ClientMsg::Hand { raised: true }).await;
+    for p in [&mut alice, &mut bob] {
+        assert!(matches!(p.recv().await, ServerMsg::PeerUpdated { .. }));
+    }
+    alice.client.send(&ClientMsg::Chat { text: "before the crash".into() }).await;
+    for p in [&mut alice, &mut bob] {
+        assert!(matches!(p.recv().await, ServerMsg::Chat { .. }));
+    }
+    // What the owner saved (it saves every 250 ms what changed) is what the next owner gets.
+    let mut con = redis.connect().await;
+    let saved_by = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state: Option<String> =
+            redis::cmd("GET").arg("huddle:room:{board}:state").query_async(&mut con).await.expect("GET");
+        if state.is_some_and(|s| s.contains("before the crash")) {
+            break;
+        }
+        assert!(Instant::now() < saved_by, "the room's state never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGKILL: nothing said, nothing saved on the way out.
+    nodes[0].child.start_kill().expect("kill node 0");
+    nodes[0].child.wait().await.expect("node 0 gone");
+    let killed = Instant::now();
+    let deadline = killed + RECOVERY;
+    // Alice's connection died with the node; Bob's node closes his when it sees the owner gone.
+    alice.until_closed(Duration::from_secs(5)).await;
+    alice.resume(nodes[2].addr, deadline).await;
+    bob.until_closed(RECOVERY).await;
+    bob.resume(nodes[1].addr, deadline).await;
+    println!("everyone resumed {:?} after the owner was killed", killed.elapsed());
+
+    // The same meeting: the same people, the host still host, the hand still up, the chat kept.
+    let mut carol = Client::connect_to(nodes[2].addr).await;
+    match carol.join("board", "Carol").await {
+        ServerMsg::Joined { peers, chat, .. } => {
+            let alice_peer = peers.iter().find(|p| p.id == alice.client.id).expect("Alice is still there");
+            let bob_peer = peers.iter().find(|p| p.id == bob.client.id).expect("Bob is still there");
+            assert_eq!((alice_peer.name.as_str(), alice_peer.role), ("Alice", Role::Host));
+            assert_eq!((bob_peer.name.as_str(), bob_peer.hand), ("Bob", true));
+            assert_eq!(peers.len(), 2);
+            assert!(chat.iter().any(|m| m.text == "before the crash"), "{chat:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nobody was told anyone left or came back: the next thing each sees is Carol arriving.
+    for p in [&mut alice, &mut bob] {
+        match p.recv().await {
+            ServerMsg::PeerJoined { peer } => assert_eq!(peer.name, "Carol"),
+            other => panic!("{} saw {other:?} first", p.client.id),
+        }
+    }
+    bob.client.send(&ClientMsg::Chat { text: "after".into() }).await;
+    for p in [&mut alice, &mut bob] {
+        match p.recv().await {
+            ServerMsg::Chat { message } => assert_eq!(message.text, "after"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
