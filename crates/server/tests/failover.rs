@@ -159,16 +159,7 @@ async fn killing_the_owner_loses_no_one_and_nothing() {
     }
     // What the owner saved (it saves every 250 ms what changed) is what the next owner gets.
     let mut con = redis.connect().await;
-    let saved_by = Instant::now() + Duration::from_secs(5);
-    loop {
-        let state: Option<String> =
-            redis::cmd("GET").arg("huddle:room:{board}:state").query_async(&mut con).await.expect("GET");
-        if state.is_some_and(|s| s.contains("before the crash")) {
-            break;
-        }
-        assert!(Instant::now() < saved_by, "the room's state never reached Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_saved(&mut con, "board", "before the crash").await;
 
     // SIGKILL: nothing said, nothing saved on the way out.
     nodes[0].child.start_kill().expect("kill node 0");
@@ -208,5 +199,84 @@ async fn killing_the_owner_loses_no_one_and_nothing() {
             ServerMsg::Chat { message } => assert_eq!(message.text, "after"),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// Waits (at most 5 s) until the state saved of `room` in Redis contains `text`.
+async fn wait_saved(con: &mut redis::aio::ConnectionManager, room: &str, text: &str) {
+    let key = format!("huddle:room:{{{room}}}:state");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state: Option<String> = redis::cmd("GET").arg(&key).query_async(con).await.expect("GET");
+        if state.is_some_and(|s| s.contains(text)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{room}'s saved state never had {text:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(node: &Node, sig: &str) {
+    let pid = node.child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// The node id inside a peer id (`p<node><n>`, node ids being 8 hex digits).
+fn node_of(id: &PeerId) -> &str {
+    &id.0[1..9]
+}
+
+#[tokio::test]
+async fn an_owner_paused_past_its_lease_changes_nothing_and_stands_down_when_it_wakes() {
+    let redis = TestRedis::start();
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        nodes.push(node(&redis, n).await);
+    }
+    let mut alice = Page::open(nodes[0].addr).await;
+    alice.client.send(&join("desk", "Alice")).await;
+    assert!(matches!(alice.recv().await, ServerMsg::Joined { .. }));
+    let mut bob = Page::open(nodes[1].addr).await;
+    bob.client.send(&join("desk", "Bob")).await;
+    assert!(matches!(bob.recv().await, ServerMsg::Joined { .. }));
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+    let mut con = redis.connect().await;
+    let owner = async |con: &mut redis::aio::ConnectionManager| -> String {
+        let v: Option<String> = redis::cmd("GET").arg("huddle:room:{desk}:owner").query_async(con).await.expect("GET");
+        v.expect("the room has an owner").split('/').next().expect("a node").to_string()
+    };
+    assert_eq!(owner(&mut con).await, node_of(&alice.client.id), "the room is node 0's");
+    wait_saved(&mut con, "desk", "Bob").await;
+
+    // Node 0 freezes (as in a long stall): it neither beats nor renews. Bob's node sees it gone
+    // and closes his connection; his page comes back once another node has taken the room.
+    signal(&nodes[0], "-STOP");
+    let stopped = Instant::now();
+    bob.until_closed(RECOVERY).await;
+    bob.resume(nodes[1].addr, stopped + RECOVERY).await;
+    assert_eq!(owner(&mut con).await, node_of(&bob.client.id), "node 1 took the room over");
+    bob.client.send(&ClientMsg::Chat { text: "while it slept".into() }).await;
+    assert!(matches!(bob.recv().await, ServerMsg::Chat { .. }));
+
+    // Node 0 wakes. Its lease is gone: it changes nothing, and closes Alice's connection so that
+    // her page resumes with the room's new owner, where what she missed waits for her.
+    signal(&nodes[0], "-CONT");
+    alice.until_closed(Duration::from_secs(10)).await;
+    alice.resume(nodes[2].addr, Instant::now() + RECOVERY).await;
+    match alice.recv().await {
+        ServerMsg::Chat { message } => assert_eq!(message.text, "while it slept"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(owner(&mut con).await, node_of(&bob.client.id), "still node 1's");
+    wait_saved(&mut con, "desk", "while it slept").await;
+    let mut carol = Client::connect_to(nodes[0].addr).await;
+    match carol.join("desk", "Carol").await {
+        ServerMsg::Joined { peers, .. } => {
+            let mut names: Vec<(&str, Role)> = peers.iter().map(|p| (p.name.as_str(), p.role)).collect();
+            names.sort();
+            assert_eq!(names, [("Alice", Role::Host), ("Bob", Role::Participant)]);
+        }
+        other => panic!("{other:?}"),
     }
 }

@@ -428,16 +428,14 @@ async fn keeper(
                             cluster.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(false) => {
-                            cluster.stats.lease_losses.fetch_add(1, Ordering::Relaxed);
-                            warn!(%room, "lost the lease of a room: another node owns it now");
-                            held.remove(&room);
+                            warn!(%room, "lost the lease of a room: another node owns it now, or nobody");
+                            stand_down(&cluster, &mut held, &room).await;
                         }
                         Err(e) => {
                             cluster.redis_error(&e);
                             if lease.valid_until <= Instant::now() {
-                                cluster.stats.lease_losses.fetch_add(1, Ordering::Relaxed);
                                 warn!(%room, "could not renew the lease of a room in time");
-                                held.remove(&room);
+                                stand_down(&cluster, &mut held, &room).await;
                             }
                         }
                     }
@@ -446,6 +444,13 @@ async fn keeper(
         }
         cluster.stats.rooms_owned.store(held.len(), Ordering::Relaxed);
     }
+}
+
+/// This node stops acting as the owner of `room`: its lease is gone (see [`Command::StandDown`]).
+async fn stand_down(cluster: &Cluster, held: &mut HashMap<String, Held>, room: &str) {
+    cluster.stats.lease_losses.fetch_add(1, Ordering::Relaxed);
+    held.remove(room);
+    let _ = cluster.hub.send(Command::StandDown { room: room.to_string() }).await;
 }
 
 /// What the previous owner of `room` saved of it, if anything.
@@ -464,8 +469,16 @@ async fn state_of(cluster: &Cluster, room: &str) -> Option<Vec<u8>> {
 
 /// Who owns `room`, taking it for this node when nobody does.
 async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Held>, room: &str) -> Result<String, ()> {
-    if held.contains_key(room) {
-        return Ok(cluster.node.clone());
+    if let Some(lease) = held.get_mut(room) {
+        if lease.valid_until > Instant::now() {
+            return Ok(cluster.node.clone());
+        }
+        // Not renewed in time (this node was paused, or Redis slow): still ours only if Redis
+        // says so now.
+        if let Ok(Ok(true)) = tokio::time::timeout(ASK_TIMEOUT, leases.renew(room, lease)).await {
+            return Ok(cluster.node.clone());
+        }
+        stand_down(cluster, held, room).await;
     }
     let asked = async {
         if let Some(owner) = leases.owner(room).await? {

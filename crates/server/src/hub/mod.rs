@@ -150,6 +150,9 @@ pub enum Command {
     /// its members wait for their pages to resume, as after a restart. `done` fires once it is
     /// in place (or was refused).
     RestoreRoom { saved: Vec<u8>, done: oneshot::Sender<()> },
+    /// This node lost the room's lease (it was paused past it, or cut off from Redis): another
+    /// node owns the room now, and this one stops acting for it at once ([`Hub::stand_down`]).
+    StandDown { room: String },
 }
 
 /// A session in no room, as it moves from one node to another (the room it is about to join
@@ -477,6 +480,7 @@ impl Hub {
                 let _ = reply.send(self.export(&id, conn));
             }
             Command::Adopt { handoff, conn, outbox, kick } => self.adopt(handoff, conn, outbox, kick),
+            Command::StandDown { room } => self.stand_down(&room),
             Command::RestoreRoom { saved, done } => {
                 if let Err(why) = self.restore_room(&saved, Instant::now()) {
                     warn!(%why, "could not take over a room's saved state");

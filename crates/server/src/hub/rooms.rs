@@ -316,6 +316,30 @@ impl Hub {
         }
     }
 
+    /// This node no longer owns `room` ([`Command::StandDown`]): it forgets the room and its
+    /// members' sessions without telling anyone that anyone left (the room goes on with its new
+    /// owner), and closes their connections as a server that stops does, so that their pages
+    /// resume with the new owner and start their media afresh.
+    pub(super) fn stand_down(&mut self, room: &str) {
+        let Some(key) = self.rooms.get_key_value(room).map(|(k, _)| k.clone()) else { return };
+        warn!(%room, "standing down: another node owns this room now");
+        let mut people: Vec<PeerId> =
+            self.rooms.get(&key).map(|r| r.members().map(|p| p.id.clone()).collect()).unwrap_or_default();
+        people.extend(self.rooms.get(&key).map(|r| r.waiting().into_iter().map(|k| k.id)).into_iter().flatten());
+        for id in &people {
+            self.take_out(id);
+            let Some(mut conn) = self.conns.remove(id) else { continue };
+            if let Some(kick) = conn.kick.take() {
+                let _ = kick.send(ByeReason::ServerShutdown);
+            }
+            self.watchers.remove(id);
+        }
+        self.rooms.remove(&key);
+        self.files.room_closed(&key);
+        self.unsaved.remove(&key);
+        self.rooms_dirty = true;
+    }
+
     /// The part of leaving every way shares: out of the room's list, the SFU told.
     pub(super) fn take_out(&mut self, id: &PeerId) -> Option<Arc<str>> {
         let conn = self.conns.get_mut(id)?;
