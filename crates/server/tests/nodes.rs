@@ -260,3 +260,57 @@ async fn every_node_lists_the_public_rooms_of_every_node_with_live_counts() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_redis_restart_mid_meeting_owns_no_room_twice_and_everything_recovers() {
+    let mut redis = TestRedis::start();
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = Client::connect(&nodes[0]).await;
+    alice.join("ops", "Alice").await;
+    let mut bob = Client::connect(&nodes[1]).await;
+    bob.join("ops", "Bob").await;
+    assert!(matches!(next(&mut alice).await, ServerMsg::PeerJoined { .. }));
+
+    // Redis dies and comes back empty (no persistence): leases, saved state, everything gone.
+    redis.restart();
+    let mut con = redis.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        // Both nodes subscribed again, and the room's owner took its lease back.
+        let (_, subscribers): (String, u32) =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg("huddle:rooms").query_async(&mut con).await.expect("PUBSUB");
+        let owner: Option<String> =
+            redis::cmd("GET").arg("huddle:room:{ops}:owner").query_async(&mut con).await.expect("GET");
+        if subscribers == 2 && owner.is_some() {
+            let owner = owner.unwrap_or_default();
+            assert!(owner.starts_with(&alice.id.0[1..9]), "the same node owns it again, not another: {owner}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cluster did not recover from the Redis restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The meeting went on: Bob (relayed) and Alice still talk, and a newcomer through the other
+    // node lands in the same meeting, not a second one.
+    bob.send(&ClientMsg::Chat { text: "still here".into() }).await;
+    for c in [&mut alice, &mut bob] {
+        match next(c).await {
+            ServerMsg::Chat { message } => assert_eq!(message.text, "still here"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut carol = Client::connect(&nodes[1]).await;
+    match carol.join("ops", "Carol").await {
+        ServerMsg::Joined { peers, .. } => assert_eq!(peers.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(keys(&redis, "huddle:room:{ops}:owner").await.len(), 1);
+    // Its state is saved again (a takeover would find it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while keys(&redis, "huddle:room:{ops}:state").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the room was not saved again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

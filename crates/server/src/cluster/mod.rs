@@ -317,6 +317,7 @@ async fn subscriber(
 /// Keeps this node in the list of live nodes while the cluster is alive.
 async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
     let mut tick = tokio::time::interval(BEAT_EVERY);
+    let mut previous: HashSet<String> = HashSet::new();
     loop {
         tick.tick().await;
         let Some(cluster) = cluster.upgrade() else { return };
@@ -336,7 +337,11 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
         match cluster.nodes.live().await {
             Ok(live) => {
                 cluster.stats.nodes_live.store(live.len(), Ordering::Relaxed);
-                let mut ids: HashSet<String> = live.into_iter().map(|n| n.id).collect();
+                let listed: HashSet<String> = live.into_iter().map(|n| n.id).collect();
+                // Gone only when missing from two lists in a row: after Redis restarts empty,
+                // the nodes beat again one by one, and one listed a moment later is not dead.
+                let mut ids: HashSet<String> = listed.union(&previous).cloned().collect();
+                previous = listed;
                 ids.insert(cluster.node.clone());
                 if let Ok(mut known) = cluster.live.lock() {
                     known.clone_from(&ids);
@@ -364,6 +369,8 @@ async fn keeper(
     mut events: mpsc::UnboundedReceiver<RoomEvent>,
 ) {
     let mut held: HashMap<String, Held> = HashMap::new();
+    // Rooms whose lease ran out while Redis could not be reached.
+    let mut orphaned: HashSet<String> = HashSet::new();
     // This node's public rooms as last listed, said again on every renewal.
     let mut listed = Vec::new();
     let mut renew = tokio::time::interval(RENEW_EVERY);
@@ -426,16 +433,24 @@ async fn keeper(
                     match leases.renew(&room, lease).await {
                         Ok(true) => {
                             cluster.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                            if orphaned.remove(&room) {
+                                info!(%room, "Redis is back; the room has its lease again");
+                            }
                         }
                         Ok(false) => {
-                            warn!(%room, "lost the lease of a room: another node owns it now, or nobody");
-                            stand_down(&cluster, &mut held, &room).await;
+                            orphaned.remove(&room);
+                            if let Err(e) = retake(&cluster, &leases, &mut held, &room).await {
+                                cluster.redis_error(&e);
+                            }
                         }
                         Err(e) => {
                             cluster.redis_error(&e);
-                            if lease.valid_until <= Instant::now() {
-                                warn!(%room, "could not renew the lease of a room in time");
-                                stand_down(&cluster, &mut held, &room).await;
+                            if lease.valid_until <= Instant::now() && orphaned.insert(room.clone()) {
+                                // Nobody can take it over while nobody reaches Redis: its meeting
+                                // goes on here (media never depends on Redis), new joins are told
+                                // to try again, and when Redis is back the room is taken back or,
+                                // if another node has it by then, stood down.
+                                warn!(%room, "cannot reach Redis to renew the lease of a room; it carries on meanwhile");
                             }
                         }
                     }
@@ -443,6 +458,33 @@ async fn keeper(
             }
         }
         cluster.stats.rooms_owned.store(held.len(), Ordering::Relaxed);
+    }
+}
+
+/// Redis no longer holds this node's lease of `room` (it ran out while this node was paused or
+/// cut off, or Redis restarted without it): if nobody owns the room now, this node takes it back
+/// (a new epoch) and saves it again; if another node does, this one stands down. `Ok(true)`: the
+/// room is still this node's.
+async fn retake(
+    cluster: &Cluster,
+    leases: &Leases,
+    held: &mut HashMap<String, Held>,
+    room: &str,
+) -> redis::RedisResult<bool> {
+    match leases.take(room, 0).await? {
+        Ok(lease) => {
+            info!(%room, epoch = lease.owner.epoch, "took a room back: its lease had run out and nobody else had it");
+            cluster.stats.lease_takes.fetch_add(1, Ordering::Relaxed);
+            held.insert(room.to_string(), lease);
+            // Its saved state may be gone with the lease (a Redis restarted empty).
+            let _ = cluster.hub.send(Command::Resave { room: room.to_string() }).await;
+            Ok(true)
+        }
+        Err(owner) => {
+            warn!(%room, owner = %owner.node, "another node owns this room now");
+            stand_down(cluster, held, room).await;
+            Ok(false)
+        }
     }
 }
 
@@ -473,12 +515,25 @@ async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Hel
         if lease.valid_until > Instant::now() {
             return Ok(cluster.node.clone());
         }
-        // Not renewed in time (this node was paused, or Redis slow): still ours only if Redis
-        // says so now.
-        if let Ok(Ok(true)) = tokio::time::timeout(ASK_TIMEOUT, leases.renew(room, lease)).await {
-            return Ok(cluster.node.clone());
+        // Not renewed in time (this node was paused, or Redis unreachable): still ours only if
+        // Redis says so now, or lets this node take it back.
+        match tokio::time::timeout(ASK_TIMEOUT, leases.renew(room, lease)).await {
+            Ok(Ok(true)) => return Ok(cluster.node.clone()),
+            Ok(Ok(false)) => match tokio::time::timeout(ASK_TIMEOUT, retake(cluster, leases, held, room)).await {
+                Ok(Ok(true)) => return Ok(cluster.node.clone()),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    cluster.redis_error(&e);
+                    return Err(());
+                }
+                Err(_) => return Err(()),
+            },
+            Ok(Err(e)) => {
+                cluster.redis_error(&e);
+                return Err(());
+            }
+            Err(_) => return Err(()),
         }
-        stand_down(cluster, held, room).await;
     }
     let asked = async {
         if let Some(owner) = leases.owner(room).await? {

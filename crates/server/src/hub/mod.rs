@@ -153,6 +153,8 @@ pub enum Command {
     /// This node lost the room's lease (it was paused past it, or cut off from Redis): another
     /// node owns the room now, and this one stops acting for it at once ([`Hub::stand_down`]).
     StandDown { room: String },
+    /// Save the room again (its saved state may be gone: Redis restarted).
+    Resave { room: String },
 }
 
 /// A session in no room, as it moves from one node to another (the room it is about to join
@@ -481,6 +483,11 @@ impl Hub {
             }
             Command::Adopt { handoff, conn, outbox, kick } => self.adopt(handoff, conn, outbox, kick),
             Command::StandDown { room } => self.stand_down(&room),
+            Command::Resave { room } => {
+                if let Some(key) = self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()) {
+                    self.unsaved.insert(key);
+                }
+            }
             Command::RestoreRoom { saved, done } => {
                 if let Err(why) = self.restore_room(&saved, Instant::now()) {
                     warn!(%why, "could not take over a room's saved state");
