@@ -314,3 +314,27 @@ async fn a_redis_restart_mid_meeting_owns_no_room_twice_and_everything_recovers(
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_room_taken_for_a_join_that_was_refused_is_given_up() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis, 1).await;
+    let mut alice = Client::connect(&nodes[0]).await;
+    alice.join("first", "Alice").await;
+    // Already in a room: the node takes the new room's lease as it routes the join, and the hub
+    // refuses the join. Nobody is in that room, so its lease must not stay.
+    alice.send(&join("second", "Alice")).await;
+    match next(&mut alice).await {
+        ServerMsg::Error { code, .. } => assert_eq!(code, huddle_protocol::ErrorCode::AlreadyInRoom),
+        other => panic!("{other:?}"),
+    }
+    let deadline = std::time::Instant::now() + huddle_server::cluster::UNOPENED_GRACE + Duration::from_secs(10);
+    while !keys(&redis, "huddle:room:{second}:*").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the lease of a room nobody entered stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(keys(&redis, "huddle:room:{first}:owner").await.len(), 1, "the room in use keeps its lease");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -53,6 +53,9 @@ const PUBLISH_BATCH: usize = 256;
 /// and every [`RENEW_EVERY`]; a list not said again within [`ROOM_LIST_TTL`] is dropped.
 pub const ROOMS_CHANNEL: &str = "huddle:rooms";
 pub const ROOM_LIST_TTL: Duration = Duration::from_secs(10);
+/// A room taken for a join that the hub has not opened after this long (the join was refused)
+/// is given up.
+pub const UNOPENED_GRACE: Duration = Duration::from_secs(10);
 /// How long a node waits for Redis to say who owns a room, or for another node's answer.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -373,13 +376,19 @@ async fn keeper(
     let mut orphaned: HashSet<String> = HashSet::new();
     // This node's public rooms as last listed, said again on every renewal.
     let mut listed = Vec::new();
+    // Rooms taken for a join, until the hub says it opened them.
+    let mut unopened: HashMap<String, Instant> = HashMap::new();
     let mut renew = tokio::time::interval(RENEW_EVERY);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(KeeperCmd::Home { room, reply }) => {
+                    let had = held.contains_key(&room);
                     let home = home(&cluster, &leases, &mut held, &room).await;
+                    if !had && held.contains_key(&room) {
+                        unopened.insert(room, Instant::now());
+                    }
                     let _ = reply.send(home);
                 }
                 Some(KeeperCmd::ReleaseAll { done }) => {
@@ -391,39 +400,26 @@ async fn keeper(
                 }
                 None => return,
             },
-            Some(event) = events.recv() => match event {
-                RoomEvent::Opened(room) => {
-                    if !held.contains_key(&*room) {
-                        // Opened without a lease (a join that raced the room's end): take it now.
-                        match home(&cluster, &leases, &mut held, &room).await {
-                            Ok(node) if node == cluster.node => {}
-                            other => warn!(%room, ?other, "a room opened here is owned elsewhere"),
-                        }
-                    }
-                }
-                RoomEvent::Listed(rooms) => {
-                    cluster.publish_rooms(&rooms);
-                    listed = rooms;
-                }
-                RoomEvent::Saved(room, saved) => {
-                    if let Some(lease) = held.get(&*room) {
-                        match leases.fenced_set(&room, lease, &lease::state_key(&room, "state"), &saved).await {
-                            Ok(true) => {}
-                            Ok(false) => warn!(%room, "could not save a room: another node owns it now"),
-                            Err(e) => cluster.redis_error(&e),
-                        }
-                    }
-                }
-                RoomEvent::Closed(room) => {
-                    if let Some(lease) = held.remove(&*room) {
-                        match leases.end(&room, &lease, &[lease::state_key(&room, "state")]).await {
-                            Ok(_) => debug!(%room, "room ended; lease released"),
-                            Err(e) => cluster.redis_error(&e),
-                        }
-                    }
-                }
-            },
+            Some(event) = events.recv() => on_event(&cluster, &leases, &mut held, &mut listed, &mut unopened, event).await,
             _ = renew.tick() => {
+                // What the hub said before now counts first: a room it opened is not "unopened".
+                while let Ok(event) = events.try_recv() {
+                    on_event(&cluster, &leases, &mut held, &mut listed, &mut unopened, event).await;
+                }
+                let now = Instant::now();
+                let idle: Vec<String> =
+                    unopened.iter().filter(|(_, t)| now.duration_since(**t) >= UNOPENED_GRACE).map(|(r, _)| r.clone()).collect();
+                for room in idle {
+                    unopened.remove(&room);
+                    if let Some(lease) = held.remove(&room) {
+                        // Taken for a join the hub refused (a wrong password, a ban, a full
+                        // server...): nobody is in it, so nothing of it stays.
+                        debug!(%room, "releasing a room nobody entered");
+                        if let Err(e) = leases.end(&room, &lease, &[lease::state_key(&room, "state")]).await {
+                            cluster.redis_error(&e);
+                        }
+                    }
+                }
                 if !listed.is_empty() {
                     cluster.publish_rooms(&listed);
                 }
@@ -458,6 +454,51 @@ async fn keeper(
             }
         }
         cluster.stats.rooms_owned.store(held.len(), Ordering::Relaxed);
+    }
+}
+
+/// What the hub says about its rooms.
+async fn on_event(
+    cluster: &Cluster,
+    leases: &Leases,
+    held: &mut HashMap<String, Held>,
+    listed: &mut Vec<huddle_protocol::RoomSummary>,
+    unopened: &mut HashMap<String, Instant>,
+    event: RoomEvent,
+) {
+    match event {
+        RoomEvent::Opened(room) => {
+            unopened.remove(&*room);
+            if !held.contains_key(&*room) {
+                // Opened without a lease (a join that raced the room's end): take it now.
+                match home(cluster, leases, held, &room).await {
+                    Ok(node) if node == cluster.node => {}
+                    other => warn!(%room, ?other, "a room opened here is owned elsewhere"),
+                }
+            }
+        }
+        RoomEvent::Listed(rooms) => {
+            cluster.publish_rooms(&rooms);
+            *listed = rooms;
+        }
+        RoomEvent::Saved(room, saved) => {
+            if let Some(lease) = held.get(&*room) {
+                match leases.fenced_set(&room, lease, &lease::state_key(&room, "state"), &saved).await {
+                    Ok(true) => {}
+                    Ok(false) => warn!(%room, "could not save a room: another node owns it now"),
+                    Err(e) => cluster.redis_error(&e),
+                }
+            }
+        }
+        RoomEvent::Closed(room) => {
+            unopened.remove(&*room);
+            if let Some(lease) = held.remove(&*room) {
+                match leases.end(&room, &lease, &[lease::state_key(&room, "state")]).await {
+                    Ok(_) => debug!(%room, "room ended; lease released"),
+                    Err(e) => cluster.redis_error(&e),
+                }
+            }
+        }
     }
 }
 
