@@ -105,11 +105,12 @@ impl Cluster {
         room_events: mpsc::UnboundedReceiver<RoomEvent>,
         address: String,
     ) -> anyhow::Result<Arc<Cluster>> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis {url}: {e}"))?;
+        let shown = redacted(url);
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis {shown}: {e}"))?;
         let redis = tokio::time::timeout(ASK_TIMEOUT, client.get_connection_manager())
             .await
-            .map_err(|_| anyhow::anyhow!("cannot reach Redis at {url} (no answer)"))?
-            .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
+            .map_err(|_| anyhow::anyhow!("cannot reach Redis at {shown} (no answer)"))?
+            .map_err(|e| anyhow::anyhow!("cannot reach Redis at {shown}: {e}"))?;
         let node = crate::files::random_hex()[..8].to_string();
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&[relay::channel(&node), ROOMS_CHANNEL.to_string()]).await?;
@@ -235,6 +236,19 @@ impl Cluster {
 struct RoomList {
     node: String,
     rooms: Vec<huddle_protocol::RoomSummary>,
+}
+
+/// A Redis URL fit for messages: without its password (`redis://:secret@host` →
+/// `redis://:***@host`).
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn session_key(id: &PeerId) -> String {
@@ -604,5 +618,17 @@ async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Hel
             Err(())
         }
         Err(_) => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_redis_password_never_reaches_a_message() {
+        assert_eq!(redacted("redis://:s3cret@10.0.0.5:6379/0"), "redis://:***@10.0.0.5:6379/0");
+        assert_eq!(redacted("redis://huddle:s3cret@db:6379"), "redis://huddle:***@db:6379");
+        assert_eq!(redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
     }
 }
