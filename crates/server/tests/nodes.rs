@@ -3,10 +3,11 @@
 //! node, and simultaneous first joins through several nodes open one room, not several.
 mod common;
 
+use common::page::Page;
 use common::redis::TestRedis;
 use common::{join, Client, TestServer};
 use futures_util::StreamExt;
-use huddle_protocol::{ClientMsg, LeaveReason, PeerId, ServerMsg, SignalPayload};
+use huddle_protocol::{ClientMsg, LeaveReason, ServerMsg, SignalPayload};
 use huddle_server::config::TopologyMode;
 use huddle_server::Config;
 use std::time::Duration;
@@ -104,42 +105,13 @@ async fn a_room_joined_through_two_nodes_is_one_meeting() {
     }
 }
 
-/// A page's view of its session, for a resume.
-struct Page {
-    client: Client,
-    secret: String,
-    seen: u64,
-}
-
-async fn page(node: &TestServer) -> Page {
-    let (ws, _) = tokio_tungstenite::connect_async(node.url()).await.expect("handshake");
-    let mut client = Client { ws, id: PeerId(String::new()) };
-    match client.recv().await {
-        ServerMsg::Welcome { id, resume, .. } => {
-            client.id = id;
-            Page { client, secret: resume, seen: 0 }
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-impl Page {
-    async fn recv(&mut self) -> ServerMsg {
-        let m = self.client.recv().await;
-        if !matches!(m, ServerMsg::Welcome { .. } | ServerMsg::Bye { .. }) {
-            self.seen += 1;
-        }
-        m
-    }
-}
-
 #[tokio::test]
 async fn a_session_whose_room_is_on_another_node_resumes_through_any_node() {
     let redis = TestRedis::start();
     let nodes = nodes(&redis, 3).await;
     let mut alice = Client::connect(&nodes[0]).await;
     alice.join("standup", "Alice").await;
-    let mut bob = page(&nodes[1]).await;
+    let mut bob = Page::open(nodes[1].addr).await;
     bob.client.send(&join("standup", "Bob")).await;
     assert!(matches!(bob.recv().await, ServerMsg::Joined { .. }));
     assert!(matches!(next(&mut alice).await, ServerMsg::PeerJoined { .. }));
