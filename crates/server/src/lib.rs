@@ -150,8 +150,9 @@ pub async fn serve_with(
     }
     // What the previous run on this port handed over (sessions to resume), and invite links
     // that outlive restarts.
+    // (One node of several hands its rooms to the other nodes through Redis instead.)
     let sessions_file = persist::sessions_file(
-        config.data_dir.as_deref(),
+        config.data_dir.as_deref().filter(|_| config.redis.is_none()),
         listener.local_addr()?.port(),
         config.resume_grace.as_secs(),
     );
@@ -192,11 +193,20 @@ pub async fn serve_with(
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let hub_for_shutdown = hub_tx.clone();
+    let cluster_for_shutdown = cluster.clone();
     let farewell = tokio::spawn(async move {
         shutdown.await;
+        // One node of several first gives its rooms to the others (saved, leases given up),
+        // so that the pages told goodbye below find their meeting on another node.
+        if let Some(cluster) = &cluster_for_shutdown {
+            cluster.hand_over().await;
+        }
         let (done_tx, done_rx) = oneshot::channel();
         if hub_for_shutdown.send(hub::Command::Shutdown { done: done_tx }).await.is_ok() {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, done_rx).await;
+        }
+        if let Some(cluster) = &cluster_for_shutdown {
+            cluster.close_edges().await;
         }
         let _ = stop_tx.send(());
     });
@@ -211,9 +221,6 @@ pub async fn serve_with(
     };
     accept::serve(listener, edge, stopped).await;
     let _ = farewell.await;
-    if let Some(cluster) = &cluster {
-        cluster.leave().await;
-    }
     drop(hub_tx);
     hub_task.abort();
     if let Some(media) = media_task {

@@ -215,6 +215,9 @@ enum Ending {
     Forgotten,
     /// The hub closed the outbox after queueing `bye` (the server is shutting down).
     ShutDown,
+    /// This node is stopping, and the session lives on another node (of several): the page
+    /// resumes through a node that stays, with the same home.
+    EdgeClosed,
     /// The client closed; `reconnecting`: with [`RECONNECTING`], to resume elsewhere.
     ClientClosed { reconnecting: bool },
     /// The network broke: a reset, an error, a TCP close without a WebSocket close.
@@ -252,6 +255,9 @@ impl Ending {
             Kicked(reason) => (Some(reason), Some(close_code(reason)), None),
             Forgotten => (None, Some((CLOSE_NORMAL, "session ended")), None),
             ShutDown => (None, Some((CLOSE_GOING_AWAY, "server shutting down")), Some((LeaveReason::Left, true))),
+            EdgeClosed => {
+                (None, Some((CLOSE_GOING_AWAY, "server shutting down")), Some((LeaveReason::Disconnected, true)))
+            }
             ClientClosed { reconnecting: true } => (None, None, Some((LeaveReason::Disconnected, true))),
             ClientClosed { reconnecting: false } => (None, None, Some((LeaveReason::Left, true))),
             Broken => (None, None, Some((LeaveReason::Disconnected, true))),
@@ -378,6 +384,9 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
             ending = reading => ending,
         }
     };
+    // The outbox of a session living on another node closes when this node stops (or when its
+    // home says goodbye, after `bye`): its place there is kept for the page's resume.
+    let ending = if ending == Ending::ShutDown && route.home.is_some() { Ending::EdgeClosed } else { ending };
     // What was queued and will never be written goes now.
     outbox_rx.close();
     count(&app, ending);
@@ -749,17 +758,23 @@ enum ResumeAt {
 
 async fn resume_home(cluster: &Arc<Cluster>, resume: &Resume) -> ResumeAt {
     let Some((node, room)) = cluster.session_home(&resume.id).await else { return ResumeAt::Here };
+    // The room may have moved since the session joined it (its node stopped, or stood down
+    // after a stall): the session is where the room is now.
+    let node = match cluster.owner_of(&room).await {
+        Some(owner) if owner != node && cluster.is_live(&owner).await => owner,
+        _ => node,
+    };
     if node == cluster.node {
         return ResumeAt::Here;
     }
-    if cluster.is_live(&node) {
+    if cluster.is_live(&node).await {
         return ResumeAt::There(node);
     }
     // Its home is gone: whoever owns the room now resumes it — this node, if it takes the room
     // over now (from the state its owner saved).
     match cluster.home_for_room(&room).await {
         Ok(owner) if owner == cluster.node => ResumeAt::Here,
-        Ok(owner) if owner != node && cluster.is_live(&owner) => ResumeAt::There(owner),
+        Ok(owner) if owner != node && cluster.is_live(&owner).await => ResumeAt::There(owner),
         _ => ResumeAt::NotYet,
     }
 }

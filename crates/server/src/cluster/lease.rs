@@ -69,6 +69,7 @@ static TAKE: LazyLock<Script> = LazyLock::new(|| {
 local current = redis.call('GET', KEYS[1])
 if current then return {0, current} end
 local epoch = redis.call('INCR', KEYS[2])
+redis.call('PERSIST', KEYS[2])
 local value = ARGV[1] .. '/' .. ARGV[2] .. '/' .. epoch .. '/' .. ARGV[3]
 redis.call('SET', KEYS[1], value, 'PX', ARGV[4])
 return {1, value}
@@ -85,6 +86,11 @@ fn if_owner(action: &str) -> Script {
 /// `ARGV[2]`: ttl ms.
 static RENEW: LazyLock<Script> = LazyLock::new(|| if_owner("redis.call('PEXPIRE', KEYS[1], ARGV[2])"));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| if_owner("redis.call('DEL', KEYS[1])"));
+/// `KEYS[2]` the epoch, `KEYS[3]` the room's saved state: kept `ARGV[2]` ms more for the next
+/// owner, and gone after that if nobody took the room.
+static HAND_OVER: LazyLock<Script> = LazyLock::new(|| {
+    if_owner("redis.call('DEL', KEYS[1])\n  redis.call('PEXPIRE', KEYS[2], ARGV[2])\n  redis.call('PEXPIRE', KEYS[3], ARGV[2])")
+});
 /// `KEYS[2]` the key written, `ARGV[2]` its value.
 static FENCED_SET: LazyLock<Script> = LazyLock::new(|| if_owner("redis.call('SET', KEYS[2], ARGV[2])"));
 /// `KEYS`: owner key, epoch key, then every other key of the room: the room has ended, nothing
@@ -153,6 +159,15 @@ impl Leases {
     /// Gives the room up (a handover, a drain): the next take raises the epoch.
     pub async fn release(&self, room: &str, held: &Held) -> redis::RedisResult<bool> {
         self.acted(RELEASE.key(owner_key(room)).arg(held.owner.value())).await
+    }
+
+    /// Gives the room up for another node to carry on (a node stopping): the lease goes, and
+    /// `state` (its saved state) stays for `keep`, for the next owner to start from; a room
+    /// nobody takes in that time leaves nothing behind.
+    pub async fn hand_over(&self, room: &str, held: &Held, state: &str, keep: Duration) -> redis::RedisResult<bool> {
+        let mut call = HAND_OVER.key(owner_key(room));
+        call.key(epoch_key(room)).key(state).arg(held.owner.value()).arg(keep.as_millis().max(1) as u64);
+        self.acted(&call).await
     }
 
     /// Writes `key` only while `held` is the room's owner: what a paused old owner tries when it

@@ -11,10 +11,11 @@
 //! the owner adopts it) and from then on its node only relays. Without `--redis` none of this
 //! runs and huddle is the single node it always was.
 //!
-//! What is not built yet (issue 16 stays open): room state in Redis and failover when an owner
-//! dies, draining at SIGTERM, standing down when a lease is lost, the room list of the whole
-//! service, files across nodes, and placing new rooms on the least-loaded node (a room goes to
-//! the node whose connection opened it).
+//! A node that stops cleanly hands its rooms over ([`Cluster::hand_over`]); one that dies has
+//! them taken over when their leases run out, from what it saved.
+//!
+//! What is not built yet (issue 16 stays open): files across nodes, and placing new rooms on the
+//! least-loaded node (a room goes to the node whose connection opened it).
 
 pub mod lease;
 pub mod nodes;
@@ -29,7 +30,7 @@ use nodes::{NodeInfo, Nodes};
 use redis::aio::ConnectionManager;
 use relay::{Envelope, RelayCmd};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -89,9 +90,16 @@ pub struct Cluster {
     publish: mpsc::Sender<(String, Vec<u8>)>,
     keeper: mpsc::Sender<KeeperCmd>,
     redis: ConnectionManager,
+    /// For asking who owns a room (only the keeper takes, renews and gives up leases).
+    leases: Leases,
     nodes: Nodes,
     /// The live nodes as of the last beat (this one included).
     live: std::sync::Mutex<HashSet<String>>,
+    /// Nodes that said they left ([`Cluster::leave`]): not live, whatever an older list says.
+    departed: std::sync::Mutex<HashSet<String>>,
+    /// This node is stopping (it says so in its beat), and then has left (it beats no more).
+    stopping: AtomicBool,
+    left: AtomicBool,
 }
 
 impl Cluster {
@@ -118,7 +126,9 @@ impl Cluster {
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (keeper_tx, keeper_rx) = mpsc::channel(1024);
         let (incoming_tx, incoming_rx) = mpsc::channel(8192);
+        let leases = Leases::new(redis.clone(), node.clone(), LEASE_TTL);
         let cluster = Arc::new(Cluster {
+            leases: leases.clone(),
             nodes: Nodes::new(redis.clone(), NODE_TTL),
             node: node.clone(),
             config,
@@ -130,8 +140,10 @@ impl Cluster {
             keeper: keeper_tx,
             redis: redis.clone(),
             live: std::sync::Mutex::new(HashSet::from([node.clone()])),
+            departed: std::sync::Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         });
-        let leases = Leases::new(redis.clone(), node.clone(), LEASE_TTL);
         tokio::spawn(publisher(cluster.clone(), redis.clone(), publish_rx));
         tokio::spawn(subscriber(cluster.clone(), client, pubsub, incoming_tx));
         tokio::spawn(relay::run(cluster.clone(), incoming_rx, relay_rx));
@@ -156,7 +168,7 @@ impl Cluster {
 
     /// Tells every node this node's public rooms.
     fn publish_rooms(&self, rooms: &[huddle_protocol::RoomSummary]) {
-        let list = RoomList { node: self.node.clone(), rooms: rooms.to_vec() };
+        let list = RoomList { node: self.node.clone(), rooms: rooms.to_vec(), gone: false };
         let Ok(bytes) = serde_json::to_vec(&list) else { return };
         if self.publish.try_send((ROOMS_CHANNEL.to_string(), bytes)).is_err() {
             self.stats.relay_dropped.fetch_add(1, Ordering::Relaxed);
@@ -179,9 +191,40 @@ impl Cluster {
         tokio::time::timeout(ASK_TIMEOUT, answer).await.map_err(|_| ())?.map_err(|_| ())?
     }
 
-    /// Whether `node` was alive at the last beat.
-    pub fn is_live(&self, node: &str) -> bool {
-        self.live.lock().map(|live| live.contains(node)).unwrap_or(true)
+    /// The node that owns `room` now (a name as checked by the hub), if any and if Redis says.
+    pub async fn owner_of(&self, room: &str) -> Option<String> {
+        match tokio::time::timeout(ASK_TIMEOUT, self.leases.owner(room)).await {
+            Ok(Ok(owner)) => owner.map(|o| o.node),
+            Ok(Err(e)) => {
+                self.redis_error(&e);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Whether `node` is alive: it was at the last beat, or (a node started since) Redis holds
+    /// its beat now. A node that said it left is not.
+    pub async fn is_live(&self, node: &str) -> bool {
+        if self.departed.lock().is_ok_and(|departed| departed.contains(node)) {
+            return false;
+        }
+        if self.live.lock().map(|live| live.contains(node)).unwrap_or(true) {
+            return true;
+        }
+        match tokio::time::timeout(ASK_TIMEOUT, self.nodes.beats(node)).await {
+            Ok(Ok(true)) => {
+                if let Ok(mut live) = self.live.lock() {
+                    live.insert(node.to_string());
+                }
+                true
+            }
+            Ok(Ok(false)) | Err(_) => false,
+            Ok(Err(e)) => {
+                self.redis_error(&e);
+                false
+            }
+        }
     }
 
     /// The node session `id` lives on and the room it joined there, as of its latest join
@@ -211,14 +254,67 @@ impl Cluster {
         }
     }
 
-    /// A clean stop: this node leaves the list of live nodes and gives up its rooms' leases.
-    pub async fn leave(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.keeper.send(KeeperCmd::ReleaseAll { done }).await.is_ok() {
-            let _ = tokio::time::timeout(ASK_TIMEOUT, wait).await;
+    /// A clean stop (SIGTERM), step one: this node takes no room from now on, its hub saves
+    /// every room it owns a last time and stops acting for them, and the rooms' leases are given
+    /// up with their state kept, so that the first page to come back through another node makes
+    /// that node the room's owner, from exactly what was saved. Then every node hears that this
+    /// one is gone. What the hub says to its connections afterwards (`bye server_shutdown`) sends
+    /// the pages there.
+    pub async fn hand_over(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let _ = self.keeper.send(KeeperCmd::Drain).await;
+        let (done, handed) = oneshot::channel();
+        if self.hub.send(Command::HandOver { done }).await.is_ok() {
+            let _ = tokio::time::timeout(ASK_TIMEOUT, handed).await;
         }
+        let (done, released) = oneshot::channel();
+        if self.keeper.send(KeeperCmd::HandOver { done }).await.is_ok() {
+            let _ = tokio::time::timeout(ASK_TIMEOUT, released).await;
+        }
+        self.leave().await;
+    }
+
+    /// This node leaves the list of live nodes, and tells the others at once (they would
+    /// otherwise learn it only after two of their beats). Safe to say more than once.
+    pub async fn leave(&self) {
+        self.left.store(true, Ordering::Relaxed);
         let _ = tokio::time::timeout(ASK_TIMEOUT, self.nodes.leave(&self.node)).await;
+        let notice = RoomList { node: self.node.clone(), rooms: Vec::new(), gone: true };
+        if let Ok(bytes) = serde_json::to_vec(&notice) {
+            let mut con = self.redis.clone();
+            let publish = redis::cmd("PUBLISH").arg(ROOMS_CHANNEL).arg(bytes).clone();
+            let _ = tokio::time::timeout(ASK_TIMEOUT, publish.query_async::<()>(&mut con)).await;
+        }
         info!(node = %self.node, "left the cluster");
+    }
+
+    /// Step two of a clean stop, once the hub has said goodbye: connections here whose session
+    /// lives on another node are closed without a word, so that their pages resume through
+    /// another node and keep their media (it never passed through this one).
+    pub async fn close_edges(&self) {
+        let (done, closed) = oneshot::channel();
+        self.relay(RelayCmd::CloseEdges { done }).await;
+        let _ = tokio::time::timeout(ASK_TIMEOUT, closed).await;
+    }
+
+    /// `node` said it is gone ([`Cluster::leave`]): it is not live from now on.
+    fn departed(&self, node: &str) {
+        if node == self.node {
+            return;
+        }
+        if let Ok(mut departed) = self.departed.lock() {
+            departed.insert(node.to_string());
+        }
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(node);
+            self.stats.nodes_live.store(live.len(), Ordering::Relaxed);
+        }
+        // (Not awaited here: the relay task may be waiting on the subscriber.)
+        let relay = self.relay.clone();
+        let node = node.to_string();
+        tokio::spawn(async move {
+            let _ = relay.send(RelayCmd::Departed { node }).await;
+        });
     }
 
     fn redis_error(&self, e: &redis::RedisError) {
@@ -236,6 +332,9 @@ impl Cluster {
 struct RoomList {
     node: String,
     rooms: Vec<huddle_protocol::RoomSummary>,
+    /// The node is stopping: it owns no room any more and is not live.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    gone: bool,
 }
 
 /// A Redis URL fit for messages: without its password (`redis://:secret@host` →
@@ -296,6 +395,9 @@ async fn subscriber(
                 if msg.get_channel_name() == ROOMS_CHANNEL {
                     match serde_json::from_slice::<RoomList>(msg.get_payload_bytes()) {
                         Ok(list) if list.node != cluster.node => {
+                            if list.gone {
+                                cluster.departed(&list.node);
+                            }
                             let until = tokio::time::Instant::now() + ROOM_LIST_TTL;
                             let cmd = Command::RemoteRooms { node: list.node, rooms: list.rooms, until };
                             // A list is said again soon: one the hub has no room for now can go.
@@ -338,6 +440,9 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
     loop {
         tick.tick().await;
         let Some(cluster) = cluster.upgrade() else { return };
+        if cluster.left.load(Ordering::Relaxed) {
+            return;
+        }
         let info = NodeInfo {
             id: cluster.node.clone(),
             address: address.clone(),
@@ -345,7 +450,7 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
             rooms: cluster.stats.rooms_owned.load(Ordering::Relaxed) as u32,
             people: 0,
             cpu: 0.0,
-            draining: false,
+            draining: cluster.stopping.load(Ordering::Relaxed),
         };
         match cluster.nodes.beat(&info).await {
             Ok(()) => {}
@@ -358,6 +463,11 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
                 // Gone only when missing from two lists in a row: after Redis restarts empty,
                 // the nodes beat again one by one, and one listed a moment later is not dead.
                 let mut ids: HashSet<String> = listed.union(&previous).cloned().collect();
+                if let Ok(mut departed) = cluster.departed.lock() {
+                    ids.retain(|id| !departed.contains(id));
+                    // Remembered only while some list may still name it.
+                    departed.retain(|id| listed.contains(id) || previous.contains(id));
+                }
                 previous = listed;
                 ids.insert(cluster.node.clone());
                 if let Ok(mut known) = cluster.live.lock() {
@@ -373,8 +483,17 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
 }
 
 enum KeeperCmd {
-    Home { room: String, reply: oneshot::Sender<Result<String, ()>> },
-    ReleaseAll { done: oneshot::Sender<()> },
+    Home {
+        room: String,
+        reply: oneshot::Sender<Result<String, ()>>,
+    },
+    /// The node is stopping: it takes no room from now on.
+    Drain,
+    /// Save what the hub said last, and give every room up with its state kept
+    /// ([`Cluster::hand_over`]).
+    HandOver {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Owns this node's leases: takes them when asked who owns a room, renews them, and releases
@@ -392,11 +511,19 @@ async fn keeper(
     let mut listed = Vec::new();
     // Rooms taken for a join, until the hub says it opened them.
     let mut unopened: HashMap<String, Instant> = HashMap::new();
+    // Set when this node stops (SIGTERM): it takes no room from then on.
+    let mut draining = false;
     let mut renew = tokio::time::interval(RENEW_EVERY);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
+                Some(KeeperCmd::Home { room, reply }) if draining && !held.contains_key(&room) => {
+                    // Stopping: the room is someone else's to take (the page is told to try
+                    // again, and comes back through another node).
+                    let owner = leases.owner(&room).await.ok().flatten().map(|o| o.node);
+                    let _ = reply.send(owner.filter(|n| *n != cluster.node).ok_or(()));
+                }
                 Some(KeeperCmd::Home { room, reply }) => {
                     let had = held.contains_key(&room);
                     let home = home(&cluster, &leases, &mut held, &room).await;
@@ -405,11 +532,28 @@ async fn keeper(
                     }
                     let _ = reply.send(home);
                 }
-                Some(KeeperCmd::ReleaseAll { done }) => {
-                    cluster.publish_rooms(&[]);
-                    for (room, lease) in held.drain() {
-                        let _ = leases.end(&room, &lease, &[lease::state_key(&room, "state")]).await;
+                Some(KeeperCmd::Drain) => draining = true,
+                Some(KeeperCmd::HandOver { done }) => {
+                    // The hub's last word on each room (its final `Saved`) is in the channel.
+                    while let Ok(event) = events.try_recv() {
+                        on_event(&cluster, &leases, &mut held, &mut listed, &mut unopened, event).await;
                     }
+                    cluster.publish_rooms(&[]);
+                    listed.clear();
+                    // The next owner's sessions wait this long for their pages; so does the state.
+                    let keep = cluster.config.resume_grace + LEASE_TTL;
+                    for (room, lease) in held.drain() {
+                        match leases.hand_over(&room, &lease, &lease::state_key(&room, "state"), keep).await {
+                            Ok(true) => info!(%room, "handed the room over: the next node to be asked takes it"),
+                            Ok(false) => warn!(%room, "could not hand the room over: another node owns it now"),
+                            Err(e) => {
+                                // Its lease runs out instead, and the next owner starts from
+                                // the last state saved before this.
+                                cluster.redis_error(&e);
+                            }
+                        }
+                    }
+                    unopened.clear();
                     let _ = done.send(());
                 }
                 None => return,

@@ -93,6 +93,11 @@ impl Nodes {
         Ok(())
     }
 
+    /// Whether node `id` beat within its time to live.
+    pub async fn beats(&self, id: &str) -> redis::RedisResult<bool> {
+        redis::cmd("EXISTS").arg(node_key(id)).query_async(&mut self.redis.clone()).await
+    }
+
     /// The nodes alive now, in id order. A description that cannot be read is skipped.
     pub async fn live(&self) -> redis::RedisResult<Vec<NodeInfo>> {
         let mut con = self.redis.clone();

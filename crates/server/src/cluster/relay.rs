@@ -133,6 +133,11 @@ pub enum RelayCmd {
     /// The nodes alive now: connections whose home is not among them, and sessions whose
     /// connection's node is not, are closed so that their pages resume elsewhere.
     Alive { live: std::collections::HashSet<String> },
+    /// Node `node` said it left: as [`RelayCmd::Alive`] for that node alone.
+    Departed { node: String },
+    /// This node is stopping: every connection here whose session lives elsewhere is closed
+    /// (its outbox closed, no `bye`), and its page resumes through another node.
+    CloseEdges { done: oneshot::Sender<()> },
 }
 
 /// A connection of this node whose session lives elsewhere.
@@ -246,25 +251,41 @@ async fn command(
                 Envelope { from: cluster.node.clone(), conn, seq: 0, body: Body::Exported { handoff } },
             );
         }
-        RelayCmd::Alive { live } => {
-            let orphans: Vec<u64> = edges.iter().filter(|(_, e)| !live.contains(&e.home)).map(|(c, _)| *c).collect();
-            for conn in orphans {
-                let Some(mut edge) = edges.remove(&conn) else { continue };
-                info!(node = %edge.home, conn, "the node of this connection's session is gone; the page resumes elsewhere");
-                // As a server that stops: the page resumes, and starts its media afresh.
-                if let Some(kick) = edge.kick.take() {
-                    let _ = kick.send(ByeReason::ServerShutdown);
-                }
+        RelayCmd::CloseEdges { done } => {
+            for edge in edges.values_mut() {
+                // The kick stays: dropping it would end the connection as forgotten.
+                edge.outbox = None;
             }
-            let stranded: Vec<(String, u64)> =
-                remotes.keys().filter(|(node, _)| !live.contains(node)).cloned().collect();
-            for key in stranded {
-                let Some(remote) = remotes.remove(&key) else { continue };
-                let (reason, resumable) = (LeaveReason::Disconnected, true);
-                let gone = Command::Disconnect { id: remote.id, conn: remote.local_conn, reason, resumable };
-                let _ = cluster.hub.send(gone).await;
-            }
+            let _ = done.send(());
         }
+        RelayCmd::Alive { live } => strand(cluster, edges, remotes, |node| !live.contains(node)).await,
+        RelayCmd::Departed { node } => strand(cluster, edges, remotes, |n| n == node).await,
+    }
+}
+
+/// Closes the connections whose session lived on a node that is gone, and suspends the sessions
+/// here whose connection was on one: their pages resume elsewhere.
+async fn strand(
+    cluster: &Arc<Cluster>,
+    edges: &mut HashMap<u64, Edge>,
+    remotes: &mut HashMap<(String, u64), Remote>,
+    gone: impl Fn(&str) -> bool,
+) {
+    let orphans: Vec<u64> = edges.iter().filter(|(_, e)| gone(&e.home)).map(|(c, _)| *c).collect();
+    for conn in orphans {
+        let Some(mut edge) = edges.remove(&conn) else { continue };
+        info!(node = %edge.home, conn, "the node of this connection's session is gone; the page resumes elsewhere");
+        // As a server that stops: the page resumes, and starts its media afresh.
+        if let Some(kick) = edge.kick.take() {
+            let _ = kick.send(ByeReason::ServerShutdown);
+        }
+    }
+    let stranded: Vec<(String, u64)> = remotes.keys().filter(|(node, _)| gone(node)).cloned().collect();
+    for key in stranded {
+        let Some(remote) = remotes.remove(&key) else { continue };
+        let (reason, resumable) = (LeaveReason::Disconnected, true);
+        let gone = Command::Disconnect { id: remote.id, conn: remote.local_conn, reason, resumable };
+        let _ = cluster.hub.send(gone).await;
     }
 }
 

@@ -155,6 +155,9 @@ pub enum Command {
     StandDown { room: String },
     /// Save the room again (its saved state may be gone: Redis restarted).
     Resave { room: String },
+    /// This node is stopping and hands its rooms to others ([`Hub::hand_over`]); `done` fires
+    /// once their last state is on its way to Redis.
+    HandOver { done: oneshot::Sender<()> },
 }
 
 /// A session in no room, as it moves from one node to another (the room it is about to join
@@ -381,6 +384,8 @@ pub struct Hub {
     listed: Vec<RoomSummary>,
     /// Rooms changed since they were last saved (only when this node is one of several).
     unsaved: HashSet<Arc<str>>,
+    /// The rooms went to other nodes ([`Hub::hand_over`]): nothing changes here any more.
+    handed_over: bool,
 }
 
 impl Hub {
@@ -410,6 +415,7 @@ impl Hub {
             remote_rooms: HashMap::new(),
             listed: Vec::new(),
             unsaved: HashSet::new(),
+            handed_over: false,
         }
     }
 
@@ -454,6 +460,20 @@ impl Hub {
     }
 
     fn dispatch(&mut self, cmd: Command) {
+        if self.handed_over {
+            match cmd {
+                Command::Shutdown { .. } | Command::Stats { .. } => {}
+                Command::Disconnect { id, conn, .. } if self.shutdown.is_none() => {
+                    // Its room is another node's now: the session waits there for its page.
+                    self.detach_quietly(&id, conn);
+                    return;
+                }
+                Command::Disconnect { .. } => {}
+                // What pages send now is not taken (nor counted): they send it again to the
+                // room's next owner when they resume there. Nothing else changes here either.
+                _ => return,
+            }
+        }
         match cmd {
             Command::Connect(c) => self.connect(c),
             Command::Disconnect { id, conn, reason, resumable } => {
@@ -488,6 +508,7 @@ impl Hub {
                     self.unsaved.insert(key);
                 }
             }
+            Command::HandOver { done } => self.hand_over(done),
             Command::RestoreRoom { saved, done } => {
                 if let Err(why) = self.restore_room(&saved, Instant::now()) {
                     warn!(%why, "could not take over a room's saved state");

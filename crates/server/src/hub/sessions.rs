@@ -268,6 +268,17 @@ impl Hub {
         self.conns.values().flat_map(|c| [c.suspended, c.ice_renew]).flatten().chain(self.files.next_deadline()).min()
     }
 
+    /// Connection `conn` of session `id` is gone, and nobody is told: the session's outbox goes,
+    /// and it waits (as after a lost connection) until shutdown forgets it.
+    pub(super) fn detach_quietly(&mut self, id: &PeerId, conn: u64) {
+        let grace = self.config.resume_grace;
+        if let Some(c) = self.conns.get_mut(id).filter(|c| c.conn == conn) {
+            c.outbox = None;
+            c.kick = None;
+            c.suspended = Some(Instant::now() + grace);
+        }
+    }
+
     pub(super) fn disconnect(&mut self, id: &PeerId, reason: LeaveReason) {
         self.leave_room(id, reason);
         self.leave_waiting_room(id);

@@ -26,6 +26,26 @@ impl Hub {
         self.rooms.contains_key(room).then(|| self.snapshot_of(Some(room)))
     }
 
+    /// This node is stopping: every room it owns is saved a last time for the node that takes
+    /// it next ([`RoomEvent::Saved`], ahead of `done`), and from now on nothing here changes —
+    /// no room is saved, opened or closed again, and what pages send is left for the next owner
+    /// (see [`Command::HandOver`]). Shutdown then tells nobody that anyone left.
+    pub(super) fn hand_over(&mut self, done: oneshot::Sender<()>) {
+        info!(rooms = self.rooms.len(), "handing the rooms over to the other nodes");
+        self.closing = true;
+        self.saved = true;
+        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            if let Some(saved) = self.room_snapshot(&room) {
+                self.room_event(RoomEvent::Saved(room, saved));
+            }
+        }
+        self.unsaved.clear();
+        self.room_events = None;
+        self.handed_over = true;
+        let _ = done.send(());
+    }
+
     /// Tells the cluster the rooms that changed since last time ([`RoomEvent::Saved`]).
     pub fn save_rooms(&mut self) {
         for room in std::mem::take(&mut self.unsaved) {
@@ -149,6 +169,8 @@ impl Hub {
             if taken_over {
                 info!(room = %name, members = room.len(), "took over a room; its members wait for their pages");
                 self.room_event(RoomEvent::Opened(name.clone()));
+                // Saved again under this node's lease (a state handed over expires if not).
+                self.unsaved.insert(name.clone());
             }
             self.rooms.insert(name, room);
         }

@@ -924,3 +924,50 @@ async fn the_hub_task_gives_freed_memory_back_when_the_last_session_ends() {
     drop(tx);
     task.await.expect("the hub task ends when its channel closes");
 }
+
+/// A node of several that stops hands its rooms over: each room's last state goes to the
+/// cluster first, and from then on the hub changes nothing — what pages send is neither taken
+/// nor counted (they send it again to the next owner), no room event follows, and the goodbye
+/// tells nobody that anyone left.
+#[test]
+fn handing_over_saves_every_room_last_and_then_changes_nothing() {
+    let mut hub = hub_with(|_| {});
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    hub.set_room_events(events_tx);
+    let (mut a, mut b) = (connect(&mut hub, 1, 64), connect(&mut hub, 2, 64));
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    send(&mut hub, &a, ClientMsg::Chat { text: "kept".into() });
+    a.drain();
+    b.drain();
+    while events.try_recv().is_ok() {}
+
+    let (done_tx, mut done) = oneshot::channel();
+    hub.handle(Command::HandOver { done: done_tx });
+    assert!(done.try_recv().is_ok(), "handed over at once");
+    match events.try_recv() {
+        Ok(RoomEvent::Saved(room, saved)) => {
+            assert_eq!(&*room, "r");
+            let text = String::from_utf8(saved).expect("JSON");
+            assert!(text.contains("kept"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(events.try_recv().is_err(), "one room, one last state");
+
+    // Sent after the hand-over: not taken, not counted, not seen by anyone.
+    send(&mut hub, &b, ClientMsg::Chat { text: "too late".into() });
+    assert!(a.drain().is_empty() && b.drain().is_empty());
+    assert!(matches!(hub.stats(), Stats { participants: 2, .. }));
+    // A page whose connection drops now is not announced as gone.
+    hub.handle(Command::Disconnect { id: b.id.clone(), conn: 2, reason: LeaveReason::Left, resumable: true });
+    assert!(a.drain().is_empty());
+
+    let (done_tx, mut done) = oneshot::channel();
+    hub.handle(Command::Shutdown { done: done_tx });
+    assert_eq!(a.drain(), [ServerMsg::Bye { reason: ByeReason::ServerShutdown }]);
+    hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Left, resumable: true });
+    assert!(done.try_recv().is_ok(), "every connection is gone");
+    assert!(events.try_recv().is_err(), "no room event after the hand-over: the room is not ended in Redis");
+    assert!(hub.room_snapshot("r").is_none(), "nothing of the room is left here");
+}
