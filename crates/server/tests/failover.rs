@@ -157,7 +157,7 @@ async fn owner_of(con: &mut redis::aio::ConnectionManager, room: &str) -> Option
 /// The id node `node` gives itself (the one in the peer ids it hands out).
 async fn node_id(node: &Node) -> String {
     let probe = Page::open(node.addr).await;
-    node_of(&probe.client.id).to_string()
+    node_of(&probe.client.id)
 }
 
 /// A rolling restart: each node in turn gets SIGTERM and is replaced by a new one. The node
@@ -250,9 +250,9 @@ async fn a_rolling_restart_of_every_node_is_invisible_to_the_meeting() {
     assert_eq!(keys.len(), 1, "one owner");
 }
 
-/// The node id inside a peer id (`p<node><n>`, node ids being 8 hex digits).
-fn node_of(id: &PeerId) -> &str {
-    &id.0[1..9]
+/// The node that handed out a peer id.
+fn node_of(id: &PeerId) -> String {
+    huddle_server::cluster::node_of_peer(id).expect("a cluster peer id")
 }
 
 #[tokio::test]

@@ -81,6 +81,8 @@ pub struct ClusterStats {
 pub struct Cluster {
     /// This node's id: random at each start, 8 hex digits.
     pub node: String,
+    /// The same as a number, for peer ids.
+    node_bits: u32,
     pub config: Arc<Config>,
     pub stats: ClusterStats,
     hub: mpsc::Sender<Command>,
@@ -120,6 +122,7 @@ impl Cluster {
             .map_err(|_| anyhow::anyhow!("cannot reach Redis at {shown} (no answer)"))?
             .map_err(|e| anyhow::anyhow!("cannot reach Redis at {shown}: {e}"))?;
         let node = crate::files::random_hex()[..8].to_string();
+        let node_bits = u32::from_str_radix(&node, 16).expect("random_hex gives hex digits");
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&[relay::channel(&node), ROOMS_CHANNEL.to_string()]).await?;
         let (relay_tx, relay_rx) = mpsc::channel(1024);
@@ -131,6 +134,7 @@ impl Cluster {
             leases: leases.clone(),
             nodes: Nodes::new(redis.clone(), NODE_TTL),
             node: node.clone(),
+            node_bits,
             config,
             stats: ClusterStats::default(),
             hub,
@@ -153,9 +157,12 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A peer id nobody else in the cluster hands out: this node's id and a connection number.
+    /// A peer id nobody else in the cluster hands out: `p` and a number whose high 32 bits are
+    /// this node's id and whose low 32 bits its connection number (a number, as a single node's
+    /// `p<n>` is: the SFU core names participants by it). A node would hand out an id again
+    /// only after four billion connections, long after any session of the first has ended.
     pub fn peer_id(&self, conn: u64) -> PeerId {
-        PeerId(format!("p{}{conn}", self.node))
+        peer_id(self.node_bits, conn)
     }
 
     /// Queues `envelope` for node `to`; dropped (and counted) if the queue is full.
@@ -348,6 +355,16 @@ fn redacted(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+fn peer_id(node_bits: u32, conn: u64) -> PeerId {
+    PeerId(format!("p{}", (u64::from(node_bits) << 32) | (conn & 0xffff_ffff)))
+}
+
+/// The node that handed out peer id `id` ([`Cluster::peer_id`]).
+pub fn node_of_peer(id: &PeerId) -> Option<String> {
+    let n: u64 = id.0.strip_prefix('p')?.parse().ok()?;
+    Some(format!("{:08x}", n >> 32))
 }
 
 fn session_key(id: &PeerId) -> String {
@@ -767,7 +784,20 @@ async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Hel
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{node_of_peer, peer_id, redacted};
+
+    #[test]
+    fn peer_ids_are_numbers_that_name_their_node() {
+        let (a, b) = (peer_id(0x0000_00ff, 7), peer_id(0xdead_beef, 7));
+        assert_ne!(a, b);
+        for (id, node) in [(&a, "000000ff"), (&b, "deadbeef")] {
+            // `p` and a number, as the SFU core reads them back.
+            let n: u64 = id.0.strip_prefix('p').and_then(|n| n.parse().ok()).expect("p<number>");
+            assert_eq!(format!("p{n}"), id.0);
+            assert_eq!(node_of_peer(id).as_deref(), Some(node));
+        }
+        assert_eq!(node_of_peer(&huddle_protocol::PeerId("sfu".into())), None);
+    }
 
     #[test]
     fn a_redis_password_never_reaches_a_message() {
