@@ -11,6 +11,9 @@
 //! 4. Stop sending, wait up to `--drain-secs` for messages still under way, and print one JSON
 //!    line on stdout.
 //!
+//! With `--nodes N` (N > 1) it starts a `redis-server` and N nodes sharing it, spreads the
+//! clients over the nodes, and also reports Redis's CPU and commands per relayed message.
+//!
 //! Every phase is bounded in time; all traffic is on 127.0.0.1.
 
 use crate::procfs;
@@ -64,6 +67,12 @@ pub struct SignalArgs {
     /// runs out of CPU first (needs at least two CPUs)
     #[arg(long)]
     pub pin: bool,
+    /// huddle nodes sharing one Redis (`--redis`; a `redis-server` of its own on a free port is
+    /// started, and stopped after); client i connects to node i % nodes, so with two clients a
+    /// room the two members of a room are on different nodes whenever the room count is not a
+    /// multiple of the node count, and every message crosses Redis. 1: one plain node, no Redis
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// Extra argument for the server (repeatable), e.g. --server-arg=--outbox-capacity=64
     #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
     pub server_args: Vec<String>,
@@ -89,6 +98,9 @@ impl SignalArgs {
             if !(v >= 0.0 && v <= max) || (name == "--seconds" && v == 0.0) {
                 bail!("{name} must be between 0 and {max}");
             }
+        }
+        if self.nodes == 0 || self.nodes > 8 {
+            bail!("--nodes must be between 1 and 8");
         }
         if self.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
@@ -122,15 +134,23 @@ pub fn run(args: SignalArgs) -> anyhow::Result<()> {
         }
     }
     server_args.extend(args.server_args.iter().map(OsString::from));
-    let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
+    let redis = if args.nodes > 1 { Some(RedisProcess::start()?) } else { None };
+    if let Some(redis) = &redis {
+        server_args.extend(["--redis".into(), redis.url().into()]);
+    }
+    let mut servers = Vec::new();
+    for _ in 0..args.nodes {
+        servers.push(ServerProcess::start_for_bench(&server_args, args.pin)?);
+    }
 
     let threads = args.loadgen_threads.unwrap_or(0).min(64);
     let workers = Workers::start(threads)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    let result = rt.block_on(drive(&args, &mut server, &workers));
+    let result = rt.block_on(drive(&args, &mut servers, redis.as_ref(), &workers));
     drop(workers);
     drop(rt);
-    drop(server);
+    drop(servers);
+    drop(redis);
     let report = result?;
     println!("{report}");
     Ok(())
@@ -156,7 +176,8 @@ enum Phase {
 struct Shared {
     /// Send times in messages are nanoseconds since this instant.
     epoch: std::time::Instant,
-    port: u16,
+    /// The nodes' ports; client i connects to `ports[i % len]`.
+    ports: Vec<u16>,
     clients: usize,
     ws_config: WebSocketConfig,
     connect_slots: Semaphore,
@@ -240,15 +261,30 @@ impl Drop for Workers {
     }
 }
 
-async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers) -> anyhow::Result<serde_json::Value> {
-    let pid = server.pid();
+/// The servers' resident memory together, in KiB.
+fn rss_kb(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|&pid| procfs::rss_kb(pid)).sum()
+}
+
+/// The servers' CPU time together, in seconds.
+fn cpu_secs(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|&pid| procfs::cpu_secs(Some(pid))).sum()
+}
+
+async fn drive(
+    args: &SignalArgs,
+    servers: &mut [ServerProcess],
+    redis: Option<&RedisProcess>,
+    workers: &Workers,
+) -> anyhow::Result<serde_json::Value> {
+    let pids: Vec<u32> = servers.iter().map(ServerProcess::pid).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_baseline = procfs::rss_kb(pid)?;
+    let rss_baseline = rss_kb(&pids)?;
     eprintln!("server RSS baseline: {rss_baseline} KiB");
 
     let shared = Arc::new(Shared {
         epoch: std::time::Instant::now(),
-        port: server.port,
+        ports: servers.iter().map(|s| s.port).collect(),
         clients: args.clients,
         // Small buffers: tungstenite zeroes the free part of its read buffer before every read,
         // and relayed messages are about 150 bytes.
@@ -296,8 +332,8 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
             eprintln!("connect phase timed out with {joined} joined, {failed} failed");
             break;
         }
-        if !server.alive() {
-            bail!("the server process exited during the connect phase");
+        if !servers.iter_mut().all(ServerProcess::alive) {
+            bail!("a server process exited during the connect phase");
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
@@ -314,7 +350,7 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
 
     // Idle memory.
     tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
-    let rss_idle = procfs::rss_kb(pid)?;
+    let rss_idle = rss_kb(&pids)?;
     let kb_per_client = rss_idle.saturating_sub(rss_baseline) as f64 / joined as f64;
     eprintln!("server RSS idle: {rss_idle} KiB, {kb_per_client:.2} KiB per client");
 
@@ -335,7 +371,11 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
     );
     let _ = phase_tx.send(Phase::Relay { start, end, end_ns, period });
     tokio::time::sleep_until(start).await;
-    let (cpu0, self0, all0) = (procfs::cpu_secs(Some(pid))?, procfs::cpu_secs(None)?, procfs::machine_busy_secs()?);
+    let (cpu0, self0, all0) = (cpu_secs(&pids)?, procfs::cpu_secs(None)?, procfs::machine_busy_secs()?);
+    let redis0 = match redis {
+        Some(r) => Some((procfs::cpu_secs(Some(r.pid()))?, r.commands()?)),
+        None => None,
+    };
     let mut prev = (shared.sent.load(Relaxed), shared.received.load(Relaxed));
     let mut next = start + Duration::from_secs(1);
     while next < end {
@@ -351,18 +391,26 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
         );
         prev = now;
         next += Duration::from_secs(1);
-        if !server.alive() {
-            bail!("the server process exited during the relay phase");
+        if !servers.iter_mut().all(ServerProcess::alive) {
+            bail!("a server process exited during the relay phase");
         }
     }
     tokio::time::sleep_until(end).await;
-    let (cpu1, self1, all1) = (procfs::cpu_secs(Some(pid))?, procfs::cpu_secs(None)?, procfs::machine_busy_secs()?);
+    let (cpu1, self1, all1) = (cpu_secs(&pids)?, procfs::cpu_secs(None)?, procfs::machine_busy_secs()?);
     let window_s = window.as_secs_f64();
     let server_cpu_pct = (cpu1 - cpu0) / window_s * 100.0;
+    // Redis's CPU and the commands it ran over the same window (several nodes only).
+    let redis_use = match (redis, redis0) {
+        (Some(r), Some((cpu, commands))) => {
+            Some(((procfs::cpu_secs(Some(r.pid()))? - cpu) / window_s * 100.0, r.commands()?.saturating_sub(commands)))
+        }
+        _ => None,
+    };
     let loadgen_cpu_pct = (self1 - self0) / window_s * 100.0;
     // CPU used by everything else on the machine (other builds, browsers…) during the window:
     // the benchmark is only meaningful when this is small.
-    let other_cpu_pct = ((all1 - all0) / window_s * 100.0 - server_cpu_pct - loadgen_cpu_pct).max(0.0);
+    let redis_cpu_pct = redis_use.map_or(0.0, |(pct, _)| pct);
+    let other_cpu_pct = ((all1 - all0) / window_s * 100.0 - server_cpu_pct - loadgen_cpu_pct - redis_cpu_pct).max(0.0);
     eprintln!(
         "CPU over the window: server {server_cpu_pct:.0}%, load generator {loadgen_cpu_pct:.0}%, other processes {other_cpu_pct:.0}% (of {}00%)",
         procfs::cpus()
@@ -375,7 +423,7 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
     while Instant::now() < drain_end && shared.received.load(Relaxed) < shared.sent.load(Relaxed) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let rss_final = procfs::rss_kb(pid)?;
+    let rss_final = rss_kb(&pids)?;
     let _ = phase_tx.send(Phase::Stop);
 
     let mut latencies: Vec<u32> = Vec::new();
@@ -411,7 +459,18 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
     let received = shared.received.load(Relaxed);
     let in_window = shared.received_in_window.load(Relaxed);
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    Ok(serde_json::json!({
+    let per_msg =
+        |cpu_pct: f64| if in_window == 0 { f64::NAN } else { cpu_pct / 100.0 * window_s / in_window as f64 * 1e6 };
+    // Rooms whose two or more members are not all on one node: their messages cross Redis.
+    let nodes = args.nodes;
+    let cross_node_rooms = (0..args.rooms)
+        .filter(|&r| {
+            let mut members = (r..args.clients).step_by(args.rooms).map(|i| i % nodes);
+            let first = members.next();
+            members.any(|n| Some(n) != first)
+        })
+        .count();
+    let mut report = serde_json::json!({
         "bench": "signal",
         "clients": joined,
         "clients_failed": shared.failed.load(Relaxed),
@@ -445,7 +504,92 @@ async fn drive(args: &SignalArgs, server: &mut ServerProcess, workers: &Workers)
         "pinned": args.pin && procfs::cpus() >= 2,
         "connect_s": r3(connect_s),
         "duration_s": r3(window_s),
-    }))
+        "nodes": nodes,
+        // All nodes together (and Redis apart), per message relayed within the window.
+        "server_cpu_us_per_msg": r3(per_msg(server_cpu_pct)),
+    });
+    if let Some(redis) = redis {
+        // Which commands Redis ran (since it started: joins and setup included).
+        if let Ok(stats) = redis.cli(&["INFO", "commandstats"]) {
+            for line in stats.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
+                eprintln!("redis {}", line.split(",usec_per_call").next().unwrap_or(line));
+            }
+        }
+    }
+    if let Some((redis_cpu_pct, commands)) = redis_use {
+        let extra = serde_json::json!({
+            "cross_node_rooms": cross_node_rooms,
+            "redis_cpu_pct": r3(redis_cpu_pct),
+            "redis_cpu_us_per_msg": r3(per_msg(redis_cpu_pct)),
+            "redis_commands_per_msg": r3(if in_window == 0 { f64::NAN } else { commands as f64 / in_window as f64 }),
+        });
+        if let (Some(report), serde_json::Value::Object(extra)) = (report.as_object_mut(), extra) {
+            report.extend(extra);
+        }
+    }
+    Ok(report)
+}
+
+/// A `redis-server` of the benchmark's own: a free port on 127.0.0.1, nothing saved, killed
+/// when dropped.
+pub(crate) struct RedisProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisProcess {
+    pub(crate) fn start() -> anyhow::Result<RedisProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server (Debian: apt install redis-server)")?;
+        let redis = RedisProcess { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]).map(|r| r.trim() != "PONG").unwrap_or(true) {
+            if std::time::Instant::now() > deadline {
+                bail!("redis-server did not answer on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("redis-server pid {} on 127.0.0.1:{port}", redis.pid());
+        Ok(redis)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .context("running redis-cli")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Commands Redis has run since it started (`INFO stats`, `total_commands_processed`;
+    /// the `INFO` asking for it counts too, one per reading).
+    pub(crate) fn commands(&self) -> anyhow::Result<u64> {
+        let info = self.cli(&["INFO", "stats"])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("redis-cli INFO stats: no total_commands_processed"))
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn per_room_capacity(args: &SignalArgs) -> usize {
@@ -620,9 +764,10 @@ fn parse_send_time(candidate: &str) -> Option<u64> {
 /// Opens the WebSocket, reads `welcome`, joins room `bench-<room>` and waits for `joined`.
 /// Returns the socket and the ids of the peers already in the room.
 async fn connect_and_join(shared: &Shared, i: usize, room: usize) -> anyhow::Result<(Ws, Vec<PeerId>)> {
-    let tcp = TcpStream::connect(("127.0.0.1", shared.port)).await.context("TCP connect")?;
+    let port = shared.ports[i % shared.ports.len()];
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.context("TCP connect")?;
     tcp.set_nodelay(true)?;
-    let url = format!("ws://127.0.0.1:{}/ws", shared.port);
+    let url = format!("ws://127.0.0.1:{port}/ws");
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(shared.ws_config))
         .await
         .context("WebSocket handshake")?;

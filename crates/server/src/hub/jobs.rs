@@ -46,7 +46,7 @@ impl Hub {
         }
         self.apply_job(done.0);
         if let Some(id) = actor {
-            self.touched(&id);
+            self.touched(&id, Weight::State);
         }
         self.evict_overflowed();
     }

@@ -194,6 +194,35 @@ pub enum RoomEvent {
 
 /// How often a node of several saves the rooms that changed (a crash loses at most this much).
 pub const ROOM_SAVE_INTERVAL: Duration = Duration::from_millis(250);
+/// Rooms where only messages passed ([`Weight::Light`]) are saved every this many
+/// [`ROOM_SAVE_INTERVAL`]s (every 2 s).
+pub const LIGHT_SAVES_EVERY: u64 = 8;
+
+/// Messages that pass through their room without changing it ([`Weight::Light`]).
+fn changes_little(msg: &ClientMsg) -> bool {
+    matches!(
+        msg,
+        ClientMsg::Signal { .. }
+            | ClientMsg::Receive { .. }
+            | ClientMsg::React { .. }
+            | ClientMsg::Ping
+            | ClientMsg::RelayCheck { .. }
+            | ClientMsg::WatchRooms
+            | ClientMsg::UnwatchRooms
+    )
+}
+
+/// How much a command changes what is saved of its room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Weight {
+    /// Settings, membership, roles, chat, hands...: saved within [`ROOM_SAVE_INTERVAL`].
+    State,
+    /// Only messages passing through (`signal` and the like): the sessions' counters and resume
+    /// buffers change, nothing of the room. After a crash a page that saw more than was saved
+    /// carries on from what it saw, and sends again what the save did not count; the media
+    /// those messages negotiated starts over anyway when the SFU's room moves.
+    Light,
+}
 
 /// A connection opened.
 #[derive(Debug)]
@@ -384,6 +413,10 @@ pub struct Hub {
     listed: Vec<RoomSummary>,
     /// Rooms changed since they were last saved (only when this node is one of several).
     unsaved: HashSet<Arc<str>>,
+    /// Rooms where only messages passed since they were last saved (see [`Weight::Light`]).
+    unsaved_light: HashSet<Arc<str>>,
+    /// Saves so far ([`Hub::save_rooms`]), to save the lightly changed rooms every so often.
+    save_ticks: u64,
     /// The rooms went to other nodes ([`Hub::hand_over`]): nothing changes here any more.
     handed_over: bool,
 }
@@ -415,6 +448,8 @@ impl Hub {
             remote_rooms: HashMap::new(),
             listed: Vec::new(),
             unsaved: HashSet::new(),
+            unsaved_light: HashSet::new(),
+            save_ticks: 0,
             handed_over: false,
         }
     }
@@ -428,34 +463,38 @@ impl Hub {
     pub fn handle(&mut self, cmd: Command) {
         // One node of several saves each room that changed; a room changes through what its
         // members do.
+        use Weight::{Light, State};
         let actor = match &cmd {
             _ if self.room_events.is_none() => None,
-            Command::Client { id, .. }
-            | Command::Disconnect { id, .. }
-            | Command::Ignored { id }
+            Command::Client { id, msg } => Some((id.clone(), if changes_little(msg) { Light } else { State })),
+            Command::Ignored { id }
             | Command::Reject { id, .. }
             | Command::Media(MediaEvent::Signal { peer: id, .. } | MediaEvent::Error { peer: id, .. }) => {
-                Some(id.clone())
+                Some((id.clone(), Light))
             }
-            Command::Connect(c) => c.resume.as_ref().map(|r| r.id.clone()),
+            Command::Disconnect { id, .. } => Some((id.clone(), State)),
+            Command::Connect(c) => c.resume.as_ref().map(|r| (r.id.clone(), State)),
             _ => None,
         };
-        if let Some(id) = &actor {
-            self.touched(id);
+        if let Some((id, weight)) = &actor {
+            self.touched(id, *weight);
         }
         self.dispatch(cmd);
-        if let Some(id) = &actor {
-            self.touched(id);
+        if let Some((id, weight)) = &actor {
+            self.touched(id, *weight);
         }
     }
 
     /// Marks the room `id` is in (or waits at) as changed, when rooms are saved.
-    fn touched(&mut self, id: &PeerId) {
+    fn touched(&mut self, id: &PeerId, weight: Weight) {
         if self.room_events.is_none() {
             return;
         }
         if let Some(room) = self.conns.get(id).and_then(|c| c.room.clone().or_else(|| c.waiting_in.clone())) {
-            self.unsaved.insert(room);
+            match weight {
+                Weight::State => self.unsaved.insert(room),
+                Weight::Light => self.unsaved_light.insert(room),
+            };
         }
     }
 
@@ -703,7 +742,7 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
             _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
             Some(done) = jobs.recv() => hub.job_done(done),
             _ = sleep_until(expiry), if expiry.is_some() => hub.expire(Instant::now()),
-            _ = save.tick(), if !hub.unsaved.is_empty() => hub.save_rooms(),
+            _ = save.tick(), if !hub.unsaved.is_empty() || !hub.unsaved_light.is_empty() => hub.save_rooms(),
         }
         let due = released.is_none_or(|t| t.elapsed() >= MEMORY_RELEASE_INTERVAL);
         if had_sessions && hub.conns.is_empty() && due {

@@ -337,6 +337,7 @@ impl Hub {
         self.rooms.remove(&key);
         self.files.room_closed(&key);
         self.unsaved.remove(&key);
+        self.unsaved_light.remove(&key);
         self.rooms_dirty = true;
     }
 

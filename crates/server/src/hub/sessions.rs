@@ -256,7 +256,7 @@ impl Hub {
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            self.touched(&id);
+            self.touched(&id, Weight::State);
             info!(peer = %id, "not resumed in time");
             self.disconnect(&id, LeaveReason::Disconnected);
         }

@@ -41,6 +41,7 @@ impl Hub {
             }
         }
         self.unsaved.clear();
+        self.unsaved_light.clear();
         self.room_events = None;
         self.handed_over = true;
         let _ = done.send(());
@@ -48,7 +49,12 @@ impl Hub {
 
     /// Tells the cluster the rooms that changed since last time ([`RoomEvent::Saved`]).
     pub fn save_rooms(&mut self) {
+        self.save_ticks += 1;
+        if self.save_ticks.is_multiple_of(LIGHT_SAVES_EVERY) {
+            self.unsaved.extend(self.unsaved_light.drain());
+        }
         for room in std::mem::take(&mut self.unsaved) {
+            self.unsaved_light.remove(&room);
             if let Some(saved) = self.room_snapshot(&room) {
                 self.room_event(RoomEvent::Saved(room, saved));
             }

@@ -971,3 +971,34 @@ fn handing_over_saves_every_room_last_and_then_changes_nothing() {
     assert!(events.try_recv().is_err(), "no room event after the hand-over: the room is not ended in Redis");
     assert!(hub.room_snapshot("r").is_none(), "nothing of the room is left here");
 }
+
+/// A node of several saves a room within [`ROOM_SAVE_INTERVAL`] of a change of its state (chat,
+/// hands, membership...), but a room where only messages pass (`signal`: the sessions' counters
+/// and resume buffers change, not the room) only every [`LIGHT_SAVES_EVERY`] saves.
+#[test]
+fn rooms_where_only_signals_pass_are_saved_less_often() {
+    let mut hub = hub_with(|_| {});
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    hub.set_room_events(events_tx);
+    let (mut a, mut b) = (connect(&mut hub, 1, 256), connect(&mut hub, 2, 256));
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    let mut saves = |hub: &mut Hub| {
+        hub.save_rooms();
+        std::iter::from_fn(|| events.try_recv().ok()).filter(|e| matches!(e, RoomEvent::Saved(..))).count()
+    };
+    // Whatever the joins left unsaved.
+    while saves(&mut hub) > 0 {}
+    let candidate = SignalPayload::Candidate { candidate: None };
+    let ticks = (1..=LIGHT_SAVES_EVERY * 2)
+        .map(|_| {
+            send(&mut hub, &a, ClientMsg::Signal { to: b.id.clone(), payload: candidate.clone() });
+            saves(&mut hub)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(ticks.iter().sum::<usize>(), 2, "saved twice in {} ticks: {ticks:?}", ticks.len());
+    assert!(b.drain().iter().any(|m| matches!(m, ServerMsg::Signal { .. })), "the signals went through");
+    send(&mut hub, &a, ClientMsg::Chat { text: "state".into() });
+    assert_eq!(saves(&mut hub), 1, "a chat is saved at the next tick");
+    assert_eq!(saves(&mut hub), 0, "and once");
+}
