@@ -114,6 +114,11 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // One node of several signs invite links and TURN credentials with the cluster's keys.
+    let shared_keys = match config.redis.as_deref() {
+        Some(url) => Some(cluster::shared_keys(url).await?),
+        None => None,
+    };
     let tcp_caps = Arc::new(limits::TcpAdmission::new(config.tcp_limits(accept::fd_limit())));
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let mut media_task = None;
@@ -143,7 +148,8 @@ pub async fn serve_with(
     };
     let mut turn_task = None;
     if config.turn {
-        let turn = turn::start(config.clone(), listener.local_addr()?, sfu_addresses, turn_tls).await?;
+        let shared = shared_keys.as_ref().map(|k| k.turn.clone());
+        let turn = turn::start(config.clone(), listener.local_addr()?, sfu_addresses, turn_tls, shared).await?;
         info!(addresses = ?turn.addresses, "STUN/TURN listening on UDP and TCP");
         hub.set_turn(turn.handle.clone(), turn.commands.downgrade());
         turn_task = Some(turn);
@@ -163,7 +169,11 @@ pub async fn serve_with(
             Err(why) => info!(%why, "saved sessions not used"),
         }
     }
-    if let Some(key) = persist::key(config.data_dir.as_deref(), "invite.key") {
+    let invite_key = match &shared_keys {
+        Some(keys) => Some(keys.invite.clone()),
+        None => persist::key(config.data_dir.as_deref(), "invite.key"),
+    };
+    if let Some(key) = invite_key {
         hub.set_invite_key(&key);
     }
     let next_id = Arc::new(AtomicU64::new(first_id));

@@ -211,6 +211,7 @@ pub async fn start(
     http: SocketAddr,
     sfu: Vec<SocketAddr>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    shared_key: Option<Vec<u8>>,
 ) -> anyhow::Result<Running> {
     let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<(TurnHandle, Vec<SocketAddr>)>>();
     let (commands, rx) = mpsc::channel(COMMANDS);
@@ -223,7 +224,7 @@ pub async fn start(
             }
         };
         rt.block_on(async move {
-            match Turn::bind(&config, http, sfu, tls).await {
+            match Turn::bind(&config, http, sfu, tls, shared_key).await {
                 Ok(turn) => {
                     let _ = ready_tx.send(Ok((turn.handle(), turn.addresses())));
                     turn.run(rx).await;
@@ -260,6 +261,7 @@ impl Turn {
         http: SocketAddr,
         sfu: Vec<SocketAddr>,
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+        shared_key: Option<Vec<u8>>,
     ) -> anyhow::Result<Turn> {
         let ips = crate::media::interface_ips(http.ip());
         let first = *ips.first().ok_or_else(|| anyhow::anyhow!("no network interface address for TURN"))?;
@@ -286,10 +288,12 @@ impl Turn {
             Some((l, _)) => Some(l.local_addr()?.port()),
             None => None,
         };
-        // Kept in the data directory, so that credentials handed out outlive a restart.
-        let secret = match &config.turn_secret {
-            Some(s) => Secret::new(s.as_bytes()),
-            None => match crate::persist::key(config.data_dir.as_deref(), "turn.key") {
+        // Kept in the data directory, so that credentials handed out outlive a restart; one
+        // node of several uses the cluster's (`cluster::shared_keys`).
+        let secret = match (&config.turn_secret, shared_key) {
+            (Some(s), _) => Secret::new(s.as_bytes()),
+            (None, Some(key)) => Secret::new(&key),
+            (None, None) => match crate::persist::key(config.data_dir.as_deref(), "turn.key") {
                 Some(key) => Secret::new(&key),
                 None => Secret::new(&random_bytes()),
             },

@@ -313,3 +313,46 @@ async fn a_room_taken_for_a_join_that_was_refused_is_given_up() {
         n.shutdown().await;
     }
 }
+
+/// Invite links are signed with the cluster's key (made in Redis by the first node), so a link
+/// made by the room's owner still works after the room moved to another node: here the owner
+/// stops and the holder comes in through the other node, which takes the room over.
+#[tokio::test]
+async fn an_invite_link_made_on_one_node_works_after_the_room_moved_to_another() {
+    let redis = TestRedis::start();
+    let mut nodes = nodes(&redis, 2).await;
+    let mut alice = Client::connect(&nodes[0]).await;
+    alice.join("private", "Alice").await;
+    let password = Some("blue whale".to_string());
+    let settings = ClientMsg::Settings { locked: None, waiting_room: None, allow_unmute: None, password, listed: None };
+    alice.send(&settings).await;
+    while !matches!(next(&mut alice).await, ServerMsg::RoomSettings { .. }) {}
+    alice.send(&ClientMsg::Invite { ttl_secs: None }).await;
+    let token = loop {
+        if let ServerMsg::InviteToken { token, .. } = next(&mut alice).await {
+            break token;
+        }
+    };
+    // Node 0 stops and hands the room over; node 1 takes it when Carol comes.
+    nodes.remove(0).shutdown().await;
+    let with = |token: Option<String>| match join("private", "Carol") {
+        ClientMsg::Join { protocol, room, name, audio, video, .. } => {
+            ClientMsg::Join { protocol, room, name, audio, video, password: None, token }
+        }
+        other => other,
+    };
+    let mut carol = Client::connect(&nodes[0]).await;
+    carol.send(&with(None)).await;
+    match next(&mut carol).await {
+        ServerMsg::Error { code, .. } => assert_eq!(code, huddle_protocol::ErrorCode::PasswordRequired),
+        other => panic!("without the link: {other:?}"),
+    }
+    carol.send(&with(Some(token))).await;
+    match next(&mut carol).await {
+        ServerMsg::Joined { peers, .. } => {
+            assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Alice"])
+        }
+        other => panic!("with the link: {other:?}"),
+    }
+    assert_eq!(keys(&redis, "huddle:key:*").await.len(), 2, "the invite and TURN keys");
+}

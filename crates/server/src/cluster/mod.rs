@@ -334,6 +334,45 @@ impl Cluster {
     }
 }
 
+/// The keys every node of a cluster signs with: invite links (checked by whichever node owns
+/// the room when the link is used) and TURN credentials (checked by whichever node's TURN
+/// server the browser reaches). `--turn-secret`, when set, is used instead of `turn`.
+pub struct SharedKeys {
+    pub invite: Vec<u8>,
+    pub turn: Vec<u8>,
+}
+
+/// The cluster's keys, from Redis (`huddle:key:<use>`): the first node to start makes each one,
+/// the others read it, so no node needs them configured. Redis must be private to the nodes
+/// (README, "Running several nodes").
+pub async fn shared_keys(url: &str) -> anyhow::Result<SharedKeys> {
+    let shown = redacted(url);
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis {shown}: {e}"))?;
+    let mut con = tokio::time::timeout(ASK_TIMEOUT, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot reach Redis at {shown} (no answer)"))?
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {shown}: {e}"))?;
+    let mut key = async |name: &str| -> anyhow::Result<Vec<u8>> {
+        let redis_key = format!("huddle:key:{name}");
+        let mut fresh = vec![0u8; 32];
+        aws_lc_rs::rand::fill(&mut fresh).map_err(|_| anyhow::anyhow!("no random numbers"))?;
+        let asked = async {
+            let _: Option<String> =
+                redis::cmd("SET").arg(&redis_key).arg(&fresh).arg("NX").query_async(&mut con).await?;
+            redis::cmd("GET").arg(&redis_key).query_async::<Option<Vec<u8>>>(&mut con).await
+        };
+        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+            Ok(Ok(Some(key))) if key.len() >= 16 => Ok(key),
+            Ok(Ok(_)) => anyhow::bail!("Redis at {shown} holds no usable {redis_key}"),
+            Ok(Err(e)) => anyhow::bail!("cannot read {redis_key} from Redis at {shown}: {e}"),
+            Err(_) => anyhow::bail!("Redis at {shown} did not answer"),
+        }
+    };
+    let invite = key("invite").await?;
+    let turn = key("turn").await?;
+    Ok(SharedKeys { invite, turn })
+}
+
 /// What [`ROOMS_CHANNEL`] carries.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct RoomList {
