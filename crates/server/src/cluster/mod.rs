@@ -59,6 +59,9 @@ pub const ROOM_LIST_TTL: Duration = Duration::from_secs(10);
 pub const UNOPENED_GRACE: Duration = Duration::from_secs(10);
 /// How long a node waits for Redis to say who owns a room, or for another node's answer.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node waits for the node it placed a new room on to take it; then it takes the
+/// room itself.
+pub const TAKE_ANSWER: Duration = Duration::from_secs(1);
 
 /// What `/metrics` shows of the cluster.
 #[derive(Debug, Default)]
@@ -102,6 +105,11 @@ pub struct Cluster {
     /// This node is stopping (it says so in its beat), and then has left (it beats no more).
     stopping: AtomicBool,
     left: AtomicBool,
+    /// The live nodes and their load as of the last beat, for placing new rooms.
+    nodes_info: std::sync::Mutex<Vec<NodeInfo>>,
+    /// Asks of other nodes to take a room ([`Cluster::ask_to_take`]) waiting for their answer.
+    takes: std::sync::Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
+    next_take: AtomicU64,
 }
 
 impl Cluster {
@@ -147,6 +155,9 @@ impl Cluster {
             departed: std::sync::Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            nodes_info: std::sync::Mutex::new(Vec::new()),
+            takes: std::sync::Mutex::new(HashMap::new()),
+            next_take: AtomicU64::new(1),
         });
         tokio::spawn(publisher(cluster.clone(), redis.clone(), publish_rx));
         tokio::spawn(subscriber(cluster.clone(), client, pubsub, incoming_tx));
@@ -193,9 +204,57 @@ impl Cluster {
         let Some(room) = crate::validate::label(room, self.config.max_room_chars) else {
             return Ok(self.node.clone());
         };
+        // A new room goes to a live, lightly loaded node, not blindly to this one.
+        let (reply, answer) = oneshot::channel();
+        self.keeper.send(KeeperCmd::Place { room: room.clone(), reply }).await.map_err(|_| ())?;
+        if let Ok(Ok(Some(target))) = tokio::time::timeout(ASK_TIMEOUT, answer).await {
+            if let Some(owner) = self.ask_to_take(&target, &room).await {
+                debug!(%room, node = %target, "placed a new room on a less loaded node");
+                return Ok(owner);
+            }
+        }
+        self.take_here(room).await
+    }
+
+    /// Who owns `room` (a checked name), taking it for this node when nobody does.
+    async fn take_here(&self, room: String) -> Result<String, ()> {
         let (reply, answer) = oneshot::channel();
         self.keeper.send(KeeperCmd::Home { room, reply }).await.map_err(|_| ())?;
         tokio::time::timeout(ASK_TIMEOUT, answer).await.map_err(|_| ())?.map_err(|_| ())?
+    }
+
+    /// Asks node `target` to take `room`: the room's owner after that, or `None` when it did not
+    /// answer in time (or could not say): the caller then takes the room itself.
+    async fn ask_to_take(&self, target: &str, room: &str) -> Option<String> {
+        let id = self.next_take.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.takes.lock().ok()?.insert(id, reply);
+        let ask =
+            Envelope { from: self.node.clone(), conn: id, seq: 0, body: relay::Body::Take { room: room.to_string() } };
+        self.publish(target, ask);
+        let owner = tokio::time::timeout(TAKE_ANSWER, answer).await.ok().and_then(Result::ok).flatten();
+        if let Ok(mut takes) = self.takes.lock() {
+            takes.remove(&id);
+        }
+        owner
+    }
+
+    /// Another node asks this one to take `room` ([`Cluster::ask_to_take`]); the answer goes back
+    /// to it.
+    pub(crate) async fn take_for(self: Arc<Self>, from: String, id: u64, room: String) {
+        let owner = match crate::validate::label(&room, self.config.max_room_chars) {
+            Some(room) => self.take_here(room).await.ok(),
+            _ => None,
+        };
+        let answer = Envelope { from: self.node.clone(), conn: id, seq: 0, body: relay::Body::Taken { owner } };
+        self.publish(&from, answer);
+    }
+
+    /// The answer to one of this node's [`Cluster::ask_to_take`].
+    pub(crate) fn taken(&self, id: u64, owner: Option<String>) {
+        if let Some(reply) = self.takes.lock().ok().and_then(|mut t| t.remove(&id)) {
+            let _ = reply.send(owner);
+        }
     }
 
     /// The node that owns `room` now (a name as checked by the hub), if any and if Redis says.
@@ -493,19 +552,34 @@ async fn subscriber(
 async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
     let mut tick = tokio::time::interval(BEAT_EVERY);
     let mut previous: HashSet<String> = HashSet::new();
+    let mut cpu_before = (Instant::now(), crate::metrics::Process::now().cpu_seconds);
     loop {
         tick.tick().await;
         let Some(cluster) = cluster.upgrade() else { return };
         if cluster.left.load(Ordering::Relaxed) {
             return;
         }
+        // Its load: the people in its rooms, and the share of a core it used since the last beat.
+        let (reply, stats) = oneshot::channel();
+        let people = match cluster.hub.try_send(Command::Stats { reply }) {
+            Ok(()) => {
+                tokio::time::timeout(ASK_TIMEOUT, stats).await.ok().and_then(Result::ok).map_or(0, |s| s.participants)
+            }
+            Err(_) => 0,
+        };
+        let cpu_now = (Instant::now(), crate::metrics::Process::now().cpu_seconds);
+        let cpu = match (cpu_before.1, cpu_now.1) {
+            (Some(a), Some(b)) => ((b - a) / cpu_now.0.duration_since(cpu_before.0).as_secs_f64().max(1e-3)) as f32,
+            _ => 0.0,
+        };
+        cpu_before = cpu_now;
         let info = NodeInfo {
             id: cluster.node.clone(),
             address: address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             rooms: cluster.stats.rooms_owned.load(Ordering::Relaxed) as u32,
-            people: 0,
-            cpu: 0.0,
+            people: people as u32,
+            cpu,
             draining: cluster.stopping.load(Ordering::Relaxed),
         };
         match cluster.nodes.beat(&info).await {
@@ -515,7 +589,11 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
         match cluster.nodes.live().await {
             Ok(live) => {
                 cluster.stats.nodes_live.store(live.len(), Ordering::Relaxed);
-                let listed: HashSet<String> = live.into_iter().map(|n| n.id).collect();
+                let listed: HashSet<String> = live.iter().map(|n| n.id.clone()).collect();
+                if let Ok(mut info) = cluster.nodes_info.lock() {
+                    let departed = cluster.departed.lock().map(|d| d.clone()).unwrap_or_default();
+                    *info = live.into_iter().filter(|n| !departed.contains(&n.id)).collect();
+                }
                 // Gone only when missing from two lists in a row: after Redis restarts empty,
                 // the nodes beat again one by one, and one listed a moment later is not dead.
                 let mut ids: HashSet<String> = listed.union(&previous).cloned().collect();
@@ -542,6 +620,12 @@ enum KeeperCmd {
     Home {
         room: String,
         reply: oneshot::Sender<Result<String, ()>>,
+    },
+    /// Where a new room should go: `Some(node)` when nobody owns `room`, it has no saved state,
+    /// and placement picks another node than this one.
+    Place {
+        room: String,
+        reply: oneshot::Sender<Option<String>>,
     },
     /// The node is stopping: it takes no room from now on.
     Drain,
@@ -587,6 +671,10 @@ async fn keeper(
                         unopened.insert(room, Instant::now());
                     }
                     let _ = reply.send(home);
+                }
+                Some(KeeperCmd::Place { room, reply }) => {
+                    let target = if draining || held.contains_key(&room) { None } else { placement(&cluster, &leases, &room).await };
+                    let _ = reply.send(target);
                 }
                 Some(KeeperCmd::Drain) => draining = true,
                 Some(KeeperCmd::HandOver { done }) => {
@@ -748,6 +836,36 @@ async fn stand_down(cluster: &Cluster, held: &mut HashMap<String, Held>, room: &
     cluster.stats.lease_losses.fetch_add(1, Ordering::Relaxed);
     held.remove(room);
     let _ = cluster.hub.send(Command::StandDown { room: room.to_string() }).await;
+}
+
+/// Where a new room goes ([`nodes::place`] over the live nodes of the last beat): `Some(node)`
+/// for another node, `None` for this one — also when that node is not less loaded than this
+/// one (a room kept here spares its first page a relay), when the room is owned already, or when
+/// it has state saved by a previous owner (whichever node a returning page reaches takes that
+/// over).
+async fn placement(cluster: &Cluster, leases: &Leases, room: &str) -> Option<String> {
+    let live = cluster.nodes_info.lock().ok()?.clone();
+    let target = nodes::place(&live, random_below)?;
+    let here = live.iter().find(|n| n.id == cluster.node);
+    if target.id == cluster.node
+        || here.is_some_and(|h| !h.draining && (h.people, h.rooms) <= (target.people, target.rooms))
+    {
+        return None;
+    }
+    let target = target.id.clone();
+    let unowned = matches!(tokio::time::timeout(ASK_TIMEOUT, leases.owner(room)).await, Ok(Ok(None)));
+    let mut con = cluster.redis.clone();
+    let exists = redis::cmd("EXISTS").arg(lease::state_key(room, "state")).clone();
+    let fresh = matches!(tokio::time::timeout(ASK_TIMEOUT, exists.query_async::<bool>(&mut con)).await, Ok(Ok(false)));
+    (unowned && fresh).then_some(target)
+}
+
+/// A random number below `n` (`n` > 0).
+fn random_below(n: usize) -> usize {
+    let mut b = [0u8; 8];
+    // The system RNG does not fail where huddle runs; a zero would still place a room.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    (u64::from_le_bytes(b) % n as u64) as usize
 }
 
 /// What the previous owner of `room` saved of it, if anything.

@@ -95,6 +95,14 @@ pub enum Body {
     Exported {
         handoff: Option<Handoff>,
     },
+    /// Between nodes, not about a connection: take this new room (placement picked this node;
+    /// `conn` numbers the ask), answered by `Taken` with the room's owner.
+    Take {
+        room: String,
+    },
+    Taken {
+        owner: Option<String>,
+    },
 }
 
 /// [`Resume`] on the wire.
@@ -181,7 +189,12 @@ pub async fn run(
             envelope = incoming.recv() => match envelope {
                 Some(e) => {
                     cluster.stats.relayed_in.fetch_add(1, Ordering::Relaxed);
-                    if e.body.is_to_home() {
+                    if let Body::Take { room } = e.body {
+                        // Asks Redis (and maybe restores nothing: the room is new): not here.
+                        tokio::spawn(cluster.clone().take_for(e.from, e.conn, room));
+                    } else if let Body::Taken { owner } = e.body {
+                        cluster.taken(e.conn, owner);
+                    } else if e.body.is_to_home() {
                         to_home(&cluster, &mut remotes, e).await;
                     } else {
                         to_edge(&cluster, &mut edges, e);
