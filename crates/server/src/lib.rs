@@ -189,6 +189,15 @@ pub async fn serve_with(
         }
         None => None,
     };
+    // One node of several shares its hub's relay grants with every node's TURN server.
+    let _turn_news = match (&cluster, &turn_task) {
+        (Some(cluster), Some(turn)) => {
+            let shared = cluster.share_turn(turn.commands.downgrade());
+            hub.set_turn(turn.handle.clone(), shared.downgrade());
+            Some(shared)
+        }
+        _ => None,
+    };
     let hub_task = tokio::spawn(hub::run(hub, hub_rx, sessions_file));
     let state = AppState {
         admission: Arc::new(limits::Admission::new(config.admission_limits())),

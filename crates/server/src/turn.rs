@@ -59,7 +59,7 @@ const STREAM_OUTBOX: usize = 256;
 /// Frames from all stream clients queued for the TURN task.
 const STREAM_EVENTS: usize = 4096;
 /// Commands queued for the TURN task (grants and revocations come one per join and leave).
-const COMMANDS: usize = 4096;
+pub(crate) const COMMANDS: usize = 4096;
 /// How often the host's own addresses are listed again (DHCP, IPv6 privacy addresses).
 pub const HOST_ADDRESSES_EVERY: Duration = Duration::from_secs(30);
 /// How long the connectivity check's credential may make relays (a check takes seconds).

@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::redis::TestRedis;
 use common::{join, Client, TestServer, WAIT};
 use huddle_protocol::{ClientMsg, IceServer, ModAction, PeerId, ServerMsg};
 use huddle_server::Config;
@@ -722,4 +723,48 @@ where
             return serde_json::from_str(&text).unwrap();
         }
     }
+}
+
+/// Issue 16: in a cluster, a page's relay credential works on every node's TURN server (each
+/// node's grants reach the others through Redis; the TURN secret is the cluster's), and dies on
+/// all of them when its session leaves the room.
+#[tokio::test]
+async fn in_a_cluster_a_relay_credential_works_on_every_nodes_turn_server() {
+    let redis = TestRedis::start();
+    let config = || Config {
+        redis: Some(redis.url.clone()),
+        resume_grace: Duration::ZERO,
+        ip_joins_per_minute: 0,
+        ..Config::default()
+    };
+    let (a, b) = (TestServer::start(config()).await, TestServer::start(config()).await);
+    let mut alice = Client::connect(&a).await;
+    let (a_port, user, pass, _) = join_for_turn(&mut alice, &room()).await;
+    let (_bob, b_port, bob_user, bob_pass, _) = turn_from_joined(&b).await;
+    assert_ne!(a_port, b_port, "two TURN servers");
+    // Alice's credential names node A's TURN server; node B's takes it too, once A's grant has
+    // reached it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (mut elsewhere, relay) = loop {
+        let mut c = TurnClient::new(udp_to("127.0.0.1", b_port).await, &user, &pass);
+        match c.try_allocate().await {
+            Ok(relay) => break (c, relay),
+            Err(code) => {
+                assert!(tokio::time::Instant::now() < deadline, "node B's TURN server still refuses ({code})");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut witness = TurnClient::new(udp_to("127.0.0.1", b_port).await, &bob_user, &bob_pass);
+    witness.allocate().await;
+    assert_eq!(witness.permit(relay).await, None, "Alice's relay on node B is reachable");
+    // Alice leaves: node A revokes her relay user, and so does node B.
+    alice.send(&ClientMsg::Leave).await;
+    assert!(matches!(alice.recv().await, ServerMsg::Left { .. }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while witness.permit(relay).await != Some(403) {
+        assert!(tokio::time::Instant::now() < deadline, "Alice's relay on node B outlived her place in the room");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(elsewhere.refresh(600).await, Some(401), "her allocation on node B is refused a refresh");
 }

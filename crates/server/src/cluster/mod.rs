@@ -23,6 +23,7 @@ pub mod relay;
 
 use crate::config::Config;
 use crate::hub::{Command, RoomEvent};
+use crate::turn::TurnCommand;
 use futures_util::StreamExt;
 use huddle_protocol::PeerId;
 use lease::{Held, Leases};
@@ -54,6 +55,9 @@ const PUBLISH_BATCH: usize = 256;
 /// and every [`RENEW_EVERY`]; a list not said again within [`ROOM_LIST_TTL`] is dropped.
 pub const ROOMS_CHANNEL: &str = "huddle:rooms";
 pub const ROOM_LIST_TTL: Duration = Duration::from_secs(10);
+/// Where every node says which relay users its hub granted and revoked, so that a page's TURN
+/// credentials work on every node's TURN server, and stop working on all of them together.
+pub const TURN_CHANNEL: &str = "huddle:turn";
 /// A room taken for a join that the hub has not opened after this long (the join was refused)
 /// is given up.
 pub const UNOPENED_GRACE: Duration = Duration::from_secs(10);
@@ -107,6 +111,8 @@ pub struct Cluster {
     left: AtomicBool,
     /// The live nodes and their load as of the last beat, for placing new rooms.
     nodes_info: std::sync::Mutex<Vec<NodeInfo>>,
+    /// This node's TURN server, told what the other nodes grant and revoke ([`Cluster::share_turn`]).
+    turn: std::sync::Mutex<Option<mpsc::WeakSender<TurnCommand>>>,
     /// Asks of other nodes to take a room ([`Cluster::ask_to_take`]) waiting for their answer.
     takes: std::sync::Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
     next_take: AtomicU64,
@@ -132,7 +138,7 @@ impl Cluster {
         let node = crate::files::random_hex()[..8].to_string();
         let node_bits = u32::from_str_radix(&node, 16).expect("random_hex gives hex digits");
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&[relay::channel(&node), ROOMS_CHANNEL.to_string()]).await?;
+        pubsub.subscribe(&[relay::channel(&node), ROOMS_CHANNEL.to_string(), TURN_CHANNEL.to_string()]).await?;
         let (relay_tx, relay_rx) = mpsc::channel(1024);
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (keeper_tx, keeper_rx) = mpsc::channel(1024);
@@ -156,6 +162,7 @@ impl Cluster {
             stopping: AtomicBool::new(false),
             left: AtomicBool::new(false),
             nodes_info: std::sync::Mutex::new(Vec::new()),
+            turn: std::sync::Mutex::new(None),
             takes: std::sync::Mutex::new(HashMap::new()),
             next_take: AtomicU64::new(1),
         });
@@ -363,6 +370,57 @@ impl Cluster {
         let _ = tokio::time::timeout(ASK_TIMEOUT, closed).await;
     }
 
+    /// Puts itself between the hub and this node's TURN server (`local`): what the hub grants and
+    /// revokes goes to the local TURN server as before, and to every other node's
+    /// ([`TURN_CHANNEL`]). The hub is to be given the returned sender (weakly; the caller keeps
+    /// it, and the task ends when it is dropped).
+    pub fn share_turn(&self, local: mpsc::WeakSender<TurnCommand>) -> mpsc::Sender<TurnCommand> {
+        if let Ok(mut turn) = self.turn.lock() {
+            *turn = Some(local.clone());
+        }
+        let (tx, mut rx) = mpsc::channel(crate::turn::COMMANDS);
+        let (publish, node) = (self.publish.clone(), self.node.clone());
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                let news = match &cmd {
+                    TurnCommand::Grant { users } => {
+                        Some(TurnNews { node: node.clone(), grant: users.clone(), revoke: None })
+                    }
+                    TurnCommand::Revoke { user } => {
+                        Some(TurnNews { node: node.clone(), grant: Vec::new(), revoke: Some(user.clone()) })
+                    }
+                    TurnCommand::Stats { .. } => None,
+                };
+                if let Some(local) = local.upgrade() {
+                    if local.try_send(cmd).is_err() && dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                        warn!("TURN command queue full; a command was dropped");
+                    }
+                }
+                if let Some(bytes) = news.and_then(|n| serde_json::to_vec(&n).ok()) {
+                    let _ = publish.try_send((TURN_CHANNEL.to_string(), bytes));
+                }
+            }
+        });
+        tx
+    }
+
+    /// What another node's hub granted or revoked, for this node's TURN server.
+    fn turn_news(&self, news: TurnNews) {
+        if news.node == self.node {
+            return;
+        }
+        let Some(local) = self.turn.lock().ok().and_then(|t| t.as_ref().and_then(mpsc::WeakSender::upgrade)) else {
+            return;
+        };
+        if !news.grant.is_empty() {
+            let _ = local.try_send(TurnCommand::Grant { users: news.grant });
+        }
+        if let Some(user) = news.revoke {
+            let _ = local.try_send(TurnCommand::Revoke { user });
+        }
+    }
+
     /// `node` said it is gone ([`Cluster::leave`]): it is not live from now on.
     fn departed(&self, node: &str) {
         if node == self.node {
@@ -430,6 +488,16 @@ pub async fn shared_keys(url: &str) -> anyhow::Result<SharedKeys> {
     let invite = key("invite").await?;
     let turn = key("turn").await?;
     Ok(SharedKeys { invite, turn })
+}
+
+/// What [`TURN_CHANNEL`] carries: relay users a node's hub granted, or one it revoked.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TurnNews {
+    node: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    grant: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoke: Option<String>,
 }
 
 /// What [`ROOMS_CHANNEL`] carries.
@@ -507,6 +575,13 @@ async fn subscriber(
         if let Some(ps) = pubsub.take() {
             let mut stream = ps.into_on_message();
             while let Some(msg) = stream.next().await {
+                if msg.get_channel_name() == TURN_CHANNEL {
+                    match serde_json::from_slice::<TurnNews>(msg.get_payload_bytes()) {
+                        Ok(news) => cluster.turn_news(news),
+                        Err(e) => debug!(error = %e, "an unreadable TURN notice"),
+                    }
+                    continue;
+                }
                 if msg.get_channel_name() == ROOMS_CHANNEL {
                     match serde_json::from_slice::<RoomList>(msg.get_payload_bytes()) {
                         Ok(list) if list.node != cluster.node => {
@@ -539,7 +614,10 @@ async fn subscriber(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         match client.get_async_pubsub().await {
-            Ok(mut ps) => match ps.subscribe(&[relay::channel(&cluster.node), ROOMS_CHANNEL.to_string()]).await {
+            Ok(mut ps) => match ps
+                .subscribe(&[relay::channel(&cluster.node), ROOMS_CHANNEL.to_string(), TURN_CHANNEL.to_string()])
+                .await
+            {
                 Ok(()) => pubsub = Some(ps),
                 Err(e) => cluster.redis_error(&e),
             },
