@@ -34,6 +34,8 @@ let lastRooms = [];
 /** The server lists no rooms to this page (it admits only people with a token). */
 let roomsHidden = false;
 let reconnectDelay = 500;
+/** How often a page asks again while its meeting moves between server nodes (close 1013). */
+const MOVING_RETRY_MS = 1000;
 /** The network changed since signalling was last up: restart ICE on every connection. */
 let networkChanged = false;
 /** @type {ReturnType<typeof setTimeout>|null} */
@@ -448,12 +450,15 @@ function wireSignalling() {
     if (S.inRoom || S.rejoining) {
       // Keep the call on screen and get the session back (docs/protocol.md, "Resuming a
       // session"); if it cannot be resumed, `open` joins the room again.
-      const wait = S.reconnecting ? reconnectDelay : 250;
+      // 1013 without a `bye`: our meeting is moving to another server node (docs/protocol.md,
+      // "Several nodes"); it is back within seconds, so ask every second rather than backing off.
+      const moving = ev.code === 1013 && !S.byeReason;
+      const wait = moving ? MOVING_RETRY_MS : S.reconnecting ? reconnectDelay : 250;
       S.reconnecting = true;
       call.setReconnecting(true);
       if (reconnectTimer) clearTimeout(reconnectTimer);
       reconnectTimer = setTimeout(() => { reconnectTimer = null; sig.connect({ resume: true }); }, wait);
-      reconnectDelay = Math.min(reconnectDelay * 2, 5000);
+      if (!moving) reconnectDelay = Math.min(reconnectDelay * 2, 5000);
       return;
     }
     showError(code, errorVars(code));
