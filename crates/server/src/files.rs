@@ -28,8 +28,8 @@ use crate::client_ip::{client_ip, PeerAddr};
 use crate::hub::Command;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use huddle_protocol::{ErrorCode, PeerId, SharedFile};
@@ -253,6 +253,8 @@ pub struct FileStore {
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
     /// Running downloads per address: the count is the number of [`DownloadPermit`]s out.
     downloads: HashMap<IpAddr, Arc<()>>,
+    /// What every id starts with: a node of several's id and `-`, or nothing.
+    id_prefix: String,
 }
 
 impl FileStore {
@@ -268,7 +270,13 @@ impl FileStore {
             pending: Usage::new(),
             deadlines: BinaryHeap::new(),
             downloads: HashMap::new(),
+            id_prefix: String::new(),
         }
+    }
+
+    /// Ids of files offered from now on start with `prefix` (see [`node_of_file`]).
+    pub fn set_id_prefix(&mut self, prefix: &str) {
+        self.id_prefix = prefix.to_string();
     }
 
     /// The directory files are written to (created on the first upload).
@@ -299,7 +307,7 @@ impl FileStore {
             return Err(ErrorCode::InvalidFile);
         }
         self.check_quotas(room, from, ip, size)?;
-        let id = random_hex();
+        let id = format!("{}{}", self.id_prefix, random_hex());
         let key = random_hex();
         let url = format!("/files/{id}");
         let upload_url = format!("{url}?key={key}");
@@ -583,9 +591,33 @@ pub struct UploadQuery {
     key: String,
 }
 
-fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "code": code, "message": message }).to_string();
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// The node of several that keeps file `id` (ids made there start with its id and `-`).
+pub fn node_of_file(id: &str) -> Option<&str> {
+    let (node, rest) = id.split_once('-')?;
+    (node.len() == 8 && node.bytes().all(|b| b.is_ascii_hexdigit()) && !rest.is_empty()).then_some(node)
+}
+
+/// Where a request for file `id` goes: `Err(req)` back, for this node's hub to answer; or, when
+/// the file is kept by another node of several, `Ok` with that node's answer passed through (or
+/// why there is none).
+async fn elsewhere(app: &AppState, id: &str, client: IpAddr, req: Request) -> Result<Response, Request> {
+    let Some(cluster) = &app.cluster else { return Err(req) };
+    let Some(node) = node_of_file(id).filter(|n| *n != cluster.node) else { return Err(req) };
+    let not_found = || refusal(StatusCode::NOT_FOUND, "unknown_file", "No such file.");
+    let Some(target) = cluster.node_address(node).await else { return Ok(not_found()) };
+    if target.tls {
+        return Ok(refusal(
+            StatusCode::BAD_GATEWAY,
+            "file_elsewhere",
+            "This file is kept by another server node, which this one cannot pass the request to.",
+        ));
+    }
+    Ok(crate::cluster::forward(cluster, &target.address, id, client, req, app.config.handshake_timeout).await)
 }
 
 async fn ask_hub(hub: &mpsc::Sender<Command>, cmd: FileCommand) -> bool {
@@ -637,11 +669,16 @@ enum Received {
 /// (hyper closes such a connection anyway; the header says so to the client and to proxies).
 pub async fn upload(
     State(app): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
     Query(q): Query<UploadQuery>,
-    body: Body,
+    req: Request,
 ) -> Response {
-    let mut response = receive_upload(app, id, q, body).await;
+    let ip = client_ip(peer.ip(), req.headers(), &app.config.trusted_proxies);
+    let mut response = match elsewhere(&app, &id, ip, req).await {
+        Ok(passed) => passed,
+        Err(req) => receive_upload(app, id, q, req.into_body()).await,
+    };
     if !response.status().is_success() {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -757,10 +794,18 @@ async fn receive(
 pub async fn download(
     State(app): State<AppState>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    req: Request,
 ) -> Response {
-    let ip = client_ip(peer.ip(), &headers, &app.config.trusted_proxies);
+    let ip = client_ip(peer.ip(), req.headers(), &app.config.trusted_proxies);
+    // Passed on by another node of several: the address it vouches for counts (per-address
+    // limits).
+    let ip = app.cluster.as_ref().and_then(|c| c.vouched_client(req.headers(), &id)).unwrap_or(ip);
+    let req = match elsewhere(&app, &id, ip, req).await {
+        Ok(passed) => return passed,
+        Err(req) => req,
+    };
+    drop(req);
     let (reply, answer) = oneshot::channel();
     let not_found = || refusal(StatusCode::NOT_FOUND, "unknown_file", "No such file.");
     if !ask_hub(&app.hub, FileCommand::Download { id, ip, reply }).await {

@@ -181,11 +181,23 @@ pub async fn serve_with(
         Some(url) => {
             let (events_tx, events_rx) = mpsc::unbounded_channel();
             hub.set_room_events(events_tx);
-            let address = listener.local_addr()?.to_string();
-            Some(
-                cluster::Cluster::start(config.clone(), url, hub_tx.clone(), next_id.clone(), events_rx, address)
-                    .await?,
+            let keys = shared_keys.as_ref().ok_or_else(|| anyhow::anyhow!("the cluster's keys"))?;
+            let address = node_address(listener.local_addr()?).to_string();
+            let serves_tls = tls.is_some();
+            let cluster = cluster::Cluster::start(
+                config.clone(),
+                url,
+                hub_tx.clone(),
+                next_id.clone(),
+                events_rx,
+                address,
+                serves_tls,
+                keys,
             )
+            .await?;
+            // Where each file is kept shows in its id.
+            hub.set_file_id_prefix(&format!("{}-", cluster.node));
+            Some(cluster)
         }
         None => None,
     };
@@ -255,6 +267,17 @@ pub async fn serve_with(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Where the other nodes of a cluster reach this one: the listening address, or for a wildcard
+/// one, this host's first address on the network (loopback when it has none).
+fn node_address(listening: std::net::SocketAddr) -> std::net::SocketAddr {
+    if !listening.ip().is_unspecified() {
+        return listening;
+    }
+    let ips = media::interface_ips(listening.ip());
+    let ip = ips.iter().find(|ip| !ip.is_loopback()).or(ips.first()).copied();
+    std::net::SocketAddr::new(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), listening.port())
 }
 
 /// The `huddle` command: parses `args` (without the program name), binds, prints the URL and

@@ -103,6 +103,7 @@ fn node(id: &str, people: u32) -> NodeInfo {
         people,
         cpu: 0.1,
         draining: false,
+        tls: false,
     }
 }
 

@@ -354,7 +354,7 @@ async fn an_invite_link_made_on_one_node_works_after_the_room_moved_to_another()
         }
         other => panic!("with the link: {other:?}"),
     }
-    assert_eq!(keys(&redis, "huddle:key:*").await.len(), 2, "the invite and TURN keys");
+    assert_eq!(keys(&redis, "huddle:key:*").await.len(), 3, "the invite, TURN and node keys");
 }
 
 /// A new room goes to a live, less loaded node (the better of two drawn at random), not to the
@@ -403,4 +403,47 @@ async fn a_new_room_goes_to_a_less_loaded_node() {
     }
     println!("{here} of 20 new rooms stayed on the busy node");
     assert!(here <= 10, "{here} of 20 new rooms stayed on the busy node");
+}
+
+/// A file shared in an SFU room is kept by the room's owner; its upload and download through
+/// another node are passed on to the owner (the file's id names it), and the answers come back.
+#[tokio::test]
+async fn a_file_shared_in_a_room_of_another_node_goes_up_and_down_through_any_node() {
+    use common::http::{http, offer};
+    let redis = TestRedis::start();
+    let config = || Config { topology: TopologyMode::Sfu, ..node_config(&redis) };
+    let nodes = [TestServer::start(config()).await, TestServer::start(config()).await];
+    let mut alice = Client::connect(&nodes[0]).await;
+    alice.join("files", "Alice").await;
+    let mut bob = Client::connect(&nodes[1]).await;
+    bob.join("files", "Bob").await;
+    assert!(matches!(next(&mut alice).await, ServerMsg::PeerJoined { .. }));
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    bob.send(&offer("notes.txt", &bytes)).await;
+    let url = match next(&mut bob).await {
+        ServerMsg::FileUpload { url, .. } => url,
+        other => panic!("{other:?}"),
+    };
+    let owner = huddle_server::cluster::node_of_peer(&alice.id).expect("a cluster id");
+    assert!(url.starts_with(&format!("/files/{owner}-")), "the file's id names its node: {url}");
+    // Bob's page uploads through its own node, which is not the room's.
+    let res = http(nodes[1].addr, "PUT", &url, &bytes).await;
+    assert_eq!(res.status, 204, "{}", String::from_utf8_lossy(&res.body));
+    for c in [&mut alice, &mut bob] {
+        match next(c).await {
+            ServerMsg::File { file } => assert_eq!((file.name.as_str(), file.size), ("notes.txt", bytes.len() as u64)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let download = url.split('?').next().expect("a path").to_string();
+    for node in &nodes {
+        let res = http(node.addr, "GET", &download, b"").await;
+        assert_eq!(res.status, 200);
+        assert_eq!(res.body, bytes, "the same bytes through {}", node.addr);
+        assert_eq!(res.header("content-type"), Some("application/octet-stream"));
+    }
+    // A file of a node that does not exist is no file; an upload is taken once, whichever node
+    // passes it.
+    assert_eq!(http(nodes[1].addr, "GET", "/files/0badc0de-00112233445566778899aabbccddeeff", b"").await.status, 404);
+    assert_eq!(http(nodes[0].addr, "PUT", &url, &bytes).await.status, 409, "uploaded once, whichever node");
 }

@@ -17,9 +17,12 @@
 //! What is not built yet (issue 16 stays open): files across nodes, and placing new rooms on the
 //! least-loaded node (a room goes to the node whose connection opened it).
 
+pub mod forward;
 pub mod lease;
 pub mod nodes;
 pub mod relay;
+
+pub use forward::forward;
 
 use crate::config::Config;
 use crate::hub::{Command, RoomEvent};
@@ -109,6 +112,10 @@ pub struct Cluster {
     /// This node is stopping (it says so in its beat), and then has left (it beats no more).
     stopping: AtomicBool,
     left: AtomicBool,
+    /// The cluster's key for what nodes vouch for to each other ([`SharedKeys::node`]).
+    node_key: Vec<u8>,
+    /// This node serves HTTPS itself (said in its beat).
+    serves_tls: bool,
     /// The live nodes and their load as of the last beat, for placing new rooms.
     nodes_info: std::sync::Mutex<Vec<NodeInfo>>,
     /// This node's TURN server, told what the other nodes grant and revoke ([`Cluster::share_turn`]).
@@ -121,6 +128,7 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to Redis at `url`, subscribes to this node's channel and starts the tasks of
     /// the cluster. `hub` is this node's hub; rooms it opens and closes come on `room_events`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         config: Arc<Config>,
         url: &str,
@@ -128,6 +136,8 @@ impl Cluster {
         next_id: Arc<AtomicU64>,
         room_events: mpsc::UnboundedReceiver<RoomEvent>,
         address: String,
+        serves_tls: bool,
+        keys: &SharedKeys,
     ) -> anyhow::Result<Arc<Cluster>> {
         let shown = redacted(url);
         let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis {shown}: {e}"))?;
@@ -161,6 +171,8 @@ impl Cluster {
             departed: std::sync::Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            node_key: keys.node.clone(),
+            serves_tls,
             nodes_info: std::sync::Mutex::new(Vec::new()),
             turn: std::sync::Mutex::new(None),
             takes: std::sync::Mutex::new(HashMap::new()),
@@ -273,6 +285,24 @@ impl Cluster {
                 None
             }
             Err(_) => None,
+        }
+    }
+
+    /// Where node `node` is reached (as of its last beat), and whether it serves HTTPS.
+    pub async fn node_address(&self, node: &str) -> Option<NodeInfo> {
+        let known = self.nodes_info.lock().ok().and_then(|info| info.iter().find(|n| n.id == node).cloned());
+        if known.is_some() {
+            return known;
+        }
+        let mut con = self.redis.clone();
+        let get = redis::cmd("GET").arg(format!("huddle:node:{node}")).clone();
+        match tokio::time::timeout(ASK_TIMEOUT, get.query_async::<Option<String>>(&mut con)).await {
+            Ok(Ok(Some(info))) => serde_json::from_str(&info).ok(),
+            Ok(Err(e)) => {
+                self.redis_error(&e);
+                None
+            }
+            _ => None,
         }
     }
 
@@ -457,6 +487,8 @@ impl Cluster {
 pub struct SharedKeys {
     pub invite: Vec<u8>,
     pub turn: Vec<u8>,
+    /// For what nodes vouch for to each other (see [`forward`]).
+    pub node: Vec<u8>,
 }
 
 /// The cluster's keys, from Redis (`huddle:key:<use>`): the first node to start makes each one,
@@ -487,7 +519,8 @@ pub async fn shared_keys(url: &str) -> anyhow::Result<SharedKeys> {
     };
     let invite = key("invite").await?;
     let turn = key("turn").await?;
-    Ok(SharedKeys { invite, turn })
+    let node = key("node").await?;
+    Ok(SharedKeys { invite, turn, node })
 }
 
 /// What [`TURN_CHANNEL`] carries: relay users a node's hub granted, or one it revoked.
@@ -659,6 +692,7 @@ async fn beat(cluster: std::sync::Weak<Cluster>, address: String) {
             people: people as u32,
             cpu,
             draining: cluster.stopping.load(Ordering::Relaxed),
+            tls: cluster.serves_tls,
         };
         match cluster.nodes.beat(&info).await {
             Ok(()) => {}

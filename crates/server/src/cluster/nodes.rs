@@ -25,6 +25,9 @@ pub struct NodeInfo {
     pub cpu: f32,
     /// It stops taking new rooms (SIGTERM: draining before it exits).
     pub draining: bool,
+    /// It serves HTTPS itself (then other nodes cannot pass it requests for its files).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 const NODES: &str = "huddle:nodes";
@@ -144,6 +147,7 @@ mod tests {
             people,
             cpu: 0.0,
             draining,
+            tls: false,
         }
     }
 

@@ -568,6 +568,12 @@ impl Hub {
         self.evict_overflowed();
     }
 
+    /// Ids of files shared here start with `prefix` (a node of several: its id, so that any node
+    /// knows where a file is kept, see [`crate::files::node_of_file`]).
+    pub fn set_file_id_prefix(&mut self, prefix: &str) {
+        self.files.set_id_prefix(prefix);
+    }
+
     /// Rooms opening and closing are told to `events` (see [`RoomEvent`]).
     pub fn set_room_events(&mut self, events: mpsc::UnboundedSender<RoomEvent>) {
         self.room_events = Some(events);

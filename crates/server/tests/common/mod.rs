@@ -1,6 +1,7 @@
 //! Test harness: the real server on 127.0.0.1:0 and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod page;
 pub mod raw;
 pub mod redis;
