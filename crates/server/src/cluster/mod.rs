@@ -1026,7 +1026,23 @@ async fn home(cluster: &Cluster, leases: &Leases, held: &mut HashMap<String, Hel
         }
         leases.take(room, 0).await
     };
-    match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+    // From the moment the lease is taken other nodes send the room's pages here; until its saved
+    // state is restored the hub must not start them over (see `Command::Restoring`).
+    let until = tokio::time::Instant::now() + ASK_TIMEOUT * 2;
+    let _ = cluster.hub.send(Command::Restoring { until: Some(until) }).await;
+    let taken = home_taken(cluster, held, room, tokio::time::timeout(ASK_TIMEOUT, asked).await).await;
+    let _ = cluster.hub.send(Command::Restoring { until: None }).await;
+    taken
+}
+
+/// The rest of [`home`], once Redis answered who owns `room` or let this node take it.
+async fn home_taken(
+    cluster: &Cluster,
+    held: &mut HashMap<String, Held>,
+    room: &str,
+    asked: Result<redis::RedisResult<Result<Held, lease::Owner>>, tokio::time::error::Elapsed>,
+) -> Result<String, ()> {
+    match asked {
         Ok(Ok(Ok(lease))) => {
             cluster.stats.lease_takes.fetch_add(1, Ordering::Relaxed);
             // A room whose owner went away left its state: its meeting goes on here.

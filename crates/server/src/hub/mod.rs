@@ -158,6 +158,11 @@ pub enum Command {
     /// This node is stopping and hands its rooms to others ([`Hub::hand_over`]); `done` fires
     /// once their last state is on its way to Redis.
     HandOver { done: oneshot::Sender<()> },
+    /// This node is about to take a room, perhaps with saved state to restore (`Some(until)`),
+    /// or is done (`None`): meanwhile a resume of a session unknown here is not started over as
+    /// a new session — the room's pages may reach it through other nodes as soon as its lease is
+    /// taken, before its sessions are restored.
+    Restoring { until: Option<Instant> },
 }
 
 /// A session in no room, as it moves from one node to another (the room it is about to join
@@ -419,6 +424,8 @@ pub struct Hub {
     save_ticks: u64,
     /// The rooms went to other nodes ([`Hub::hand_over`]): nothing changes here any more.
     handed_over: bool,
+    /// See [`Command::Restoring`].
+    restoring_until: Option<Instant>,
 }
 
 impl Hub {
@@ -451,6 +458,7 @@ impl Hub {
             unsaved_light: HashSet::new(),
             save_ticks: 0,
             handed_over: false,
+            restoring_until: None,
         }
     }
 
@@ -548,6 +556,7 @@ impl Hub {
                 }
             }
             Command::HandOver { done } => self.hand_over(done),
+            Command::Restoring { until } => self.restoring_until = until,
             Command::RestoreRoom { saved, done } => {
                 if let Err(why) = self.restore_room(&saved, Instant::now()) {
                     warn!(%why, "could not take over a room's saved state");

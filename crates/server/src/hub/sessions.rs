@@ -40,6 +40,13 @@ impl Hub {
             return;
         }
         if let Some(resume) = &c.resume {
+            if !self.conns.contains_key(&resume.id) && self.restoring_until.is_some_and(|t| t > Instant::now()) {
+                // A room is being taken over here, and other nodes may send its members' pages
+                // before its sessions are in place: not a new session, but "try again" (the
+                // connection is closed without one; its page asks again a second later).
+                info!(session = %resume.id, "a session to resume is not here yet (a room is being taken over)");
+                return;
+            }
             match self.can_resume(resume) {
                 Ok(missed) => return self.resume(c, missed),
                 Err(give_up) => {
