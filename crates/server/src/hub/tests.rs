@@ -1002,3 +1002,35 @@ fn rooms_where_only_signals_pass_are_saved_less_often() {
     assert_eq!(saves(&mut hub), 1, "a chat is saved at the next tick");
     assert_eq!(saves(&mut hub), 0, "and once");
 }
+
+/// While this node takes a room over (its lease is visible to the other nodes before the saved
+/// sessions are in place), a resume of a session unknown here is turned away to try again
+/// rather than started over as a new person; outside that window it starts over as before.
+#[test]
+fn a_resume_that_arrives_while_a_room_is_being_taken_over_is_told_to_try_again() {
+    let mut hub = hub_with(|_| {});
+    let resume = || Some(Resume { id: PeerId("p77".into()), secret: "0".repeat(32), seen: 0 });
+    let ask = |hub: &mut Hub| {
+        let (tx, _rx) = crate::outbox::outbox(16, Config::default().outbox_bytes);
+        let (ktx, _krx) = oneshot::channel();
+        let (stx, mut srx) = oneshot::channel();
+        let ip = std::net::Ipv4Addr::new(10, 0, 0, 9).into();
+        let c = Connect {
+            conn: 9,
+            id: PeerId("p9".into()),
+            outbox: tx,
+            kick: ktx,
+            host: None,
+            ip,
+            resume: resume(),
+            session: stx,
+        };
+        hub.handle(Command::Connect(c));
+        srx.try_recv()
+    };
+    hub.handle(Command::Restoring { until: Some(Instant::now() + Duration::from_secs(5)) });
+    assert!(ask(&mut hub).is_err(), "no session: the page tries again");
+    assert_eq!(hub.stats().connections, 0);
+    hub.handle(Command::Restoring { until: None });
+    assert_eq!(ask(&mut hub).ok(), Some(PeerId("p9".into())), "unknown, and nothing being taken over: a new session");
+}
