@@ -113,8 +113,8 @@ pub async fn forward(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let Ok(uri) = path.parse() else { return unreachable() };
     parts.uri = uri;
-    // The answer to an upload comes once all of it has been taken, which the keeping node
-    // bounds (its transfer deadline); only the wait for a download's head is bounded here.
+    // The answer to an upload comes once all of it has been taken: the keeping node's transfer
+    // deadlines bound every request, so nothing beyond connecting is bounded here.
     match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(answer) => answer.map(Body::new),
         Err(e) => {
