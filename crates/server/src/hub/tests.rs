@@ -925,18 +925,24 @@ async fn the_hub_task_gives_freed_memory_back_when_the_last_session_ends() {
     task.await.expect("the hub task ends when its channel closes");
 }
 
+/// A hub that tells its room events (as one node of several does), with two people in `room`.
+fn node_of_several_with_a_pair(room: &str) -> (Hub, mpsc::UnboundedReceiver<RoomEvent>, Client, Client) {
+    let mut hub = hub_with(|_| {});
+    let (events_tx, events) = mpsc::unbounded_channel();
+    hub.set_room_events(events_tx);
+    let (mut a, mut b) = (connect(&mut hub, 1, 256), connect(&mut hub, 2, 256));
+    join(&mut hub, &mut a, room);
+    join(&mut hub, &mut b, room);
+    (hub, events, a, b)
+}
+
 /// A node of several that stops hands its rooms over: each room's last state goes to the
 /// cluster first, and from then on the hub changes nothing — what pages send is neither taken
 /// nor counted (they send it again to the next owner), no room event follows, and the goodbye
 /// tells nobody that anyone left.
 #[test]
 fn handing_over_saves_every_room_last_and_then_changes_nothing() {
-    let mut hub = hub_with(|_| {});
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    hub.set_room_events(events_tx);
-    let (mut a, mut b) = (connect(&mut hub, 1, 64), connect(&mut hub, 2, 64));
-    join(&mut hub, &mut a, "r");
-    join(&mut hub, &mut b, "r");
+    let (mut hub, mut events, mut a, mut b) = node_of_several_with_a_pair("r");
     send(&mut hub, &a, ClientMsg::Chat { text: "kept".into() });
     a.drain();
     b.drain();
@@ -977,12 +983,7 @@ fn handing_over_saves_every_room_last_and_then_changes_nothing() {
 /// and resume buffers change, not the room) only every [`LIGHT_SAVES_EVERY`] saves.
 #[test]
 fn rooms_where_only_signals_pass_are_saved_less_often() {
-    let mut hub = hub_with(|_| {});
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    hub.set_room_events(events_tx);
-    let (mut a, mut b) = (connect(&mut hub, 1, 256), connect(&mut hub, 2, 256));
-    join(&mut hub, &mut a, "r");
-    join(&mut hub, &mut b, "r");
+    let (mut hub, mut events, a, mut b) = node_of_several_with_a_pair("r");
     let mut saves = |hub: &mut Hub| {
         hub.save_rooms();
         std::iter::from_fn(|| events.try_recv().ok()).filter(|e| matches!(e, RoomEvent::Saved(..))).count()
