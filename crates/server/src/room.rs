@@ -13,6 +13,10 @@ use std::collections::{HashSet, VecDeque};
 #[derive(Debug, PartialEq, Eq)]
 pub enum RoomError {
     Full,
+    /// No such room.
+    Gone,
+    /// The session is in a room or a waiting line already.
+    AlreadyThere,
 }
 
 /// What a host switched off for a participant, which they may not switch on again themselves
@@ -163,7 +167,8 @@ impl Room {
         self.member(id).map(|p| p.role)
     }
 
-    /// Adds `peer`; returns who was already there.
+    /// Adds `peer`; returns who was already there. (The hub changes who is in a room and who
+    /// waits only through `hub::membership::Rooms`, which indexes it.)
     pub fn add(&mut self, peer: Peer) -> Result<Vec<Peer>, RoomError> {
         if self.is_full() {
             return Err(RoomError::Full);

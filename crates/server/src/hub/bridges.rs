@@ -6,7 +6,7 @@ impl Hub {
     /// What the SFU must not forward of `peer`'s media: its audio while a host has it muted, its
     /// video while the room has neither its camera nor its screen on. `None` outside `sfu` rooms.
     pub(super) fn sfu_hold(&self, peer: &PeerId) -> Option<SfuHold> {
-        let room = self.conns.get(peer)?.room.as_ref()?;
+        let room = self.rooms.room_of(peer)?;
         let r = self.rooms.get(room).filter(|r| r.topology() == Topology::Sfu)?;
         let p = r.member(peer)?;
         Some(SfuHold { audio: r.held(peer).audio, video: !(p.video || p.screen) })
@@ -134,7 +134,7 @@ impl Hub {
                 return;
             }
         };
-        let room = self.conns.get(&peer).and_then(|c| c.room.as_ref());
+        let room = self.rooms.room_of(&peer);
         if room.and_then(|r| self.rooms.get(r)).is_some_and(|r| r.topology() == Topology::Sfu) {
             self.send(&peer, msg);
         }

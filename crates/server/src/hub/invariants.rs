@@ -14,7 +14,7 @@ impl Hub {
         if self.rooms.len() > self.config.max_rooms as usize {
             return Err(format!("{} rooms, more than the limit of {}", self.rooms.len(), self.config.max_rooms));
         }
-        for (name, room) in &self.rooms {
+        for (name, room) in self.rooms.iter() {
             if room.is_empty() {
                 return Err(format!("room {name:?} is empty but still listed"));
             }
@@ -36,55 +36,30 @@ impl Hub {
                 if !seen.insert(&peer.id) {
                     return Err(format!("{} is listed twice in room {name:?}", peer.id));
                 }
-                match self.conns.get(&peer.id) {
-                    None => return Err(format!("{} is in room {name:?} but not connected", peer.id)),
-                    Some(conn) if conn.room.as_ref() != Some(name) => {
-                        return Err(format!("{} is in room {name:?} but its connection says {:?}", peer.id, conn.room));
-                    }
-                    Some(_) => {}
+                if !self.conns.contains_key(&peer.id) {
+                    return Err(format!("{} is in room {name:?} but not connected", peer.id));
+                }
+            }
+            for k in room.waiting() {
+                if !self.conns.contains_key(&k.id) {
+                    return Err(format!("{} waits in {name:?} but is not connected", k.id));
                 }
             }
         }
-        for (id, conn) in &self.conns {
-            if let Some(room) = &conn.room {
-                if self.rooms.get(room).is_none_or(|r| r.member(id).is_none()) {
-                    return Err(format!("{id} thinks it is in room {room:?}, which does not list it"));
-                }
-            }
-        }
-        if let Some(id) = self.watchers.iter().find(|id| !self.conns.contains_key(*id)) {
-            return Err(format!("watcher {id} is not connected"));
-        }
+        self.rooms.check()?;
         let tokens_may_set_roles = self.config.token_secret.is_some() || self.config.token_public_key.is_some();
-        for (name, room) in &self.rooms {
+        for (name, room) in self.rooms.iter() {
             let hosts = room.members().filter(|p| p.role == Role::Host).count();
             // Operator tokens may make everyone a participant, or bring a second host.
             if !tokens_may_set_roles && hosts != 1 {
                 return Err(format!("room {name:?} has {hosts} hosts"));
             }
-            for k in room.waiting() {
-                match self.conns.get(&k.id) {
-                    Some(c) if c.waiting_in.as_ref() == Some(name) && c.room.is_none() => {}
-                    other => {
-                        return Err(format!(
-                            "{} waits in {name:?} but its connection is {:?}",
-                            k.id,
-                            other.map(|c| (&c.room, &c.waiting_in))
-                        ))
-                    }
-                }
-            }
         }
         for (id, conn) in &self.conns {
-            if let Some(room) = &conn.waiting_in {
-                if self.rooms.get(room).is_none_or(|r| !r.waiting().iter().any(|k| &k.id == id)) {
-                    return Err(format!("{id} thinks it waits at {room:?}, which does not list it"));
-                }
-            }
-            if conn.suspended.is_some() && (conn.outbox.is_some() || conn.room.is_none()) {
+            if conn.suspended.is_some() && (conn.outbox.is_some() || self.rooms.room_of(id).is_none()) {
                 return Err(format!("{id} is suspended but has a connection or no room"));
             }
-            if conn.room.is_none() && (conn.turn_user.is_some() || conn.ice_renew.is_some()) {
+            if self.rooms.room_of(id).is_none() && (conn.turn_user.is_some() || conn.ice_renew.is_some()) {
                 return Err(format!("{id} holds relay credentials outside a room"));
             }
             if conn.recent.len() > RESUME_BUFFER {
@@ -95,7 +70,7 @@ impl Hub {
                 return Err(format!("{id} keeps {bytes} bytes for a resume (counted {})", conn.recent_bytes));
             }
         }
-        let in_rooms = self.conns.values().filter(|c| c.room.is_some()).count();
+        let in_rooms = self.conns.keys().filter(|id| self.rooms.room_of(id).is_some()).count();
         if self.stats().participants != in_rooms {
             return Err(format!(
                 "{} participants counted, {in_rooms} connections in a room",

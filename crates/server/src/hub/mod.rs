@@ -23,7 +23,7 @@ use crate::config::{Config, TopologyMode};
 use crate::files::{FileCommand, FileLimits, FileStore};
 use crate::media::{MediaCommand, MediaEvent};
 use crate::room::password::PasswordHash;
-use crate::room::{Held, Room, Waiter};
+use crate::room::{Held, Room, RoomError, Waiter};
 use crate::tokens::Tokens;
 use crate::turn::{TurnCommand, TurnHandle};
 use crate::validate;
@@ -31,6 +31,7 @@ use huddle_protocol::{
     ByeReason, ClientMsg, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role, RoomSummary,
     SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
 };
+use membership::{Place, Rooms};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub use crate::outbox::{Frame, Outbox};
 mod bridges;
 mod invariants;
 mod jobs;
+mod membership;
 mod moderation;
 mod relay;
 mod rooms;
@@ -319,10 +321,6 @@ struct Conn {
     /// `None` once shutdown has closed it, or while the session is suspended.
     outbox: Option<Outbox>,
     kick: Option<oneshot::Sender<ByeReason>>,
-    /// Shared with the `rooms` key, so the per-message room check clones a pointer, not a string.
-    room: Option<Arc<str>>,
-    /// The room whose waiting room it is in.
-    waiting_in: Option<Arc<str>>,
     host: Option<String>,
     /// The attached connection's number.
     conn: u64,
@@ -358,10 +356,11 @@ struct Conn {
 
 impl Conn {
     /// Queues `msg` without waiting; `false` when the outbox is full (the client is too slow).
-    /// `max_recent_bytes` bounds the resume buffer.
-    fn offer(&mut self, msg: Frame, max_recent_bytes: usize) -> bool {
+    /// A session in a room or waiting at one (`placed`) keeps it for a resume, at most
+    /// `max_recent_bytes` of such messages.
+    fn offer(&mut self, msg: Frame, placed: bool, max_recent_bytes: usize) -> bool {
         self.sent += 1;
-        if self.room.is_some() || self.waiting_in.is_some() {
+        if placed {
             self.recent_bytes += msg.len();
             self.recent.push_back(msg.clone());
             while self.recent.len() > RESUME_BUFFER || self.recent_bytes > max_recent_bytes {
@@ -384,7 +383,8 @@ impl Conn {
 pub struct Hub {
     config: Arc<Config>,
     conns: HashMap<PeerId, Conn>,
-    rooms: HashMap<Arc<str>, Room>,
+    /// The rooms, and who is in or waits at which (see [`membership`]).
+    rooms: Rooms,
     watchers: HashSet<PeerId>,
     rooms_dirty: bool,
     /// Connections whose outbox overflowed during the current command; evicted after it.
@@ -438,7 +438,7 @@ impl Hub {
             tokens: Tokens::new(config.token_secret.as_deref().map(str::as_bytes), config.token_public_key.clone()),
             config,
             conns: HashMap::new(),
-            rooms: HashMap::new(),
+            rooms: Rooms::default(),
             watchers: HashSet::new(),
             rooms_dirty: false,
             overflowed: Vec::new(),
@@ -498,7 +498,7 @@ impl Hub {
         if self.room_events.is_none() {
             return;
         }
-        if let Some(room) = self.conns.get(id).and_then(|c| c.room.clone().or_else(|| c.waiting_in.clone())) {
+        if let Some(Place::In(room) | Place::Waiting(room)) = self.rooms.place(id).cloned() {
             match weight {
                 Weight::State => self.unsaved.insert(room),
                 Weight::Light => self.unsaved_light.insert(room),
@@ -600,7 +600,7 @@ impl Hub {
             rooms: self.rooms.len(),
             participants: self.rooms.values().map(Room::len).sum(),
             suspended: self.conns.values().filter(|c| c.suspended.is_some()).count(),
-            waiting: self.conns.values().filter(|c| c.waiting_in.is_some()).count(),
+            waiting: self.rooms.waiting_count(),
             ..self.stats
         }
     }
@@ -618,9 +618,13 @@ impl Hub {
             return;
         }
         let request = msg.type_name();
-        let waiting = conn.waiting_in.clone();
         let checking = conn.checking;
-        let result = match (msg, conn.room.clone()) {
+        let (room, waiting) = match self.rooms.place(id) {
+            Some(Place::In(room)) => (Some(room.clone()), None),
+            Some(Place::Waiting(room)) => (None, Some(room.clone())),
+            None => (None, None),
+        };
+        let result = match (msg, room) {
             (ClientMsg::Join { .. }, _) if waiting.is_some() || checking => Err(ErrorCode::AlreadyInRoom),
             (ClientMsg::Join { protocol, room, name, audio, video, password, token }, None) => {
                 let req = JoinRequest { protocol, room, name, audio, video, password, token };
@@ -660,7 +664,7 @@ impl Hub {
                 self.signal_sfu(id, &room, payload)
             }
             (ClientMsg::Signal { to, payload }, Some(room)) => {
-                let same_room = to != *id && self.conns.get(&to).is_some_and(|c| c.room.as_ref() == Some(&room));
+                let same_room = to != *id && self.rooms.room_of(&to) == Some(&room);
                 if same_room {
                     self.send(&to, ServerMsg::Signal { from: id.clone(), payload, session: None });
                     Ok(())
@@ -670,7 +674,7 @@ impl Hub {
             }
             (ClientMsg::Chat { text }, Some(room)) => self.chat(id, &room, &text),
             (ClientMsg::Receive { peer, video }, Some(room)) => {
-                let same_room = peer != *id && self.conns.get(&peer).is_some_and(|c| c.room.as_ref() == Some(&room));
+                let same_room = peer != *id && self.rooms.room_of(&peer) == Some(&room);
                 if !same_room {
                     Err(ErrorCode::UnknownPeer)
                 } else {

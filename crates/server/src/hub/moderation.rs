@@ -92,7 +92,7 @@ impl Hub {
                 Ok(())
             }
             ClientMsg::Admit { peer } => {
-                let waiting_here = self.conns.get(&peer).is_some_and(|c| c.waiting_in.as_ref() == Some(room));
+                let waiting_here = self.rooms.waiting_at(&peer) == Some(room);
                 if !waiting_here {
                     return Err(ErrorCode::UnknownPeer);
                 }
@@ -100,7 +100,7 @@ impl Hub {
                 Ok(())
             }
             ClientMsg::Deny { peer } => {
-                let waiting_here = self.conns.get(&peer).is_some_and(|c| c.waiting_in.as_ref() == Some(room));
+                let waiting_here = self.rooms.waiting_at(&peer) == Some(room);
                 if !waiting_here {
                     return Err(ErrorCode::UnknownPeer);
                 }

@@ -84,7 +84,7 @@ impl Hub {
         room: Option<&str>,
         token: Option<&str>,
     ) -> Result<(), ErrorCode> {
-        let in_room = self.conns.get(id).is_some_and(|c| c.room.is_some());
+        let in_room = self.rooms.room_of(id).is_some();
         if self.config.require_token && !in_room {
             let room =
                 room.and_then(|r| validate::label(r, self.config.max_room_chars)).ok_or(ErrorCode::TokenRequired)?;

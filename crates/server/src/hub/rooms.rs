@@ -117,11 +117,11 @@ impl Hub {
         keys: Vec<String>,
     ) -> Result<(), ErrorCode> {
         let waiter = Waiter { knocker: Knocker { id: id.clone(), name }, audio, video, keys };
-        let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
-        r.knock(waiter).map_err(|_| ErrorCode::RoomFull)?;
-        if let Some(conn) = self.conns.get_mut(id) {
-            conn.waiting_in = Some(room.clone());
-        }
+        self.rooms.queue(room, waiter).map_err(|e| match e {
+            RoomError::Full => ErrorCode::RoomFull,
+            RoomError::Gone => ErrorCode::RoomClosed,
+            RoomError::AlreadyThere => ErrorCode::AlreadyInRoom,
+        })?;
         self.watchers.remove(id);
         info!(peer = %id, "knocked at a waiting room");
         self.send(id, ServerMsg::Waiting { room: room.to_string() });
@@ -146,8 +146,7 @@ impl Hub {
 
     /// Takes `id` out of the waiting room it is in, if any, and tells the hosts.
     pub(super) fn leave_waiting_room(&mut self, id: &PeerId) -> Option<Waiter> {
-        let room = self.conns.get_mut(id).and_then(|c| c.waiting_in.take())?;
-        let waiter = self.rooms.get_mut(&room).and_then(|r| r.unknock(id));
+        let (room, waiter) = self.rooms.unqueue(id)?;
         self.tell_hosts_waiting(&room);
         waiter
     }
@@ -157,13 +156,21 @@ impl Hub {
         self.start_relay(id);
         let ice_servers = self.ice_servers(id);
         let has_sfu = self.media.is_some();
-        let Some(r) = self.rooms.get_mut(room) else { return };
         let me = Peer { id: id.clone(), name, audio, video, screen: false, role, hand: false };
-        let Ok(peers) = r.add(me.clone()) else {
-            self.end_relay(id);
-            self.send(id, ServerMsg::error(ErrorCode::RoomFull, Some("join")));
-            return;
+        let peers = match self.rooms.seat(room, me.clone()) {
+            Ok(peers) => peers,
+            Err(e) => {
+                self.end_relay(id);
+                let code = match e {
+                    RoomError::Full => ErrorCode::RoomFull,
+                    RoomError::Gone => ErrorCode::RoomClosed,
+                    RoomError::AlreadyThere => ErrorCode::AlreadyInRoom,
+                };
+                self.send(id, ServerMsg::error(code, Some("join")));
+                return;
+            }
         };
+        let Some(r) = self.rooms.get_mut(room) else { return };
         let switched = has_sfu
             && self.config.topology == TopologyMode::Auto
             && r.topology() == Topology::P2p
@@ -183,9 +190,6 @@ impl Hub {
             waiting: if role.moderates() { r.waiting() } else { Vec::new() },
         };
         let participants = r.len();
-        if let Some(conn) = self.conns.get_mut(id) {
-            conn.room = Some(room.clone());
-        }
         self.watchers.remove(id);
         self.rooms_dirty = true;
         info!(peer = %id, participants, ?role, "joined a room");
@@ -218,9 +222,7 @@ impl Hub {
 
     /// Everyone waiting at `room` is turned away with `code`.
     pub(super) fn turn_away_waiters(&mut self, room: &Arc<str>, code: ErrorCode) {
-        let waiting: Vec<PeerId> =
-            self.rooms.get(room.as_ref()).map(|r| r.waiting().into_iter().map(|k| k.id).collect()).unwrap_or_default();
-        for peer in waiting {
+        for peer in self.rooms.waiters(room) {
             self.leave_waiting_room(&peer);
             self.send(&peer, ServerMsg::error(code, Some("join")));
         }
@@ -229,13 +231,13 @@ impl Hub {
     /// The room's last member is gone: the room closes, and whoever still waits in its waiting
     /// room is told (`room_closed`) — nobody is left to let them in.
     pub(super) fn close_room(&mut self, room: &Arc<str>) {
-        let Some(mut r) = self.rooms.remove(room) else { return };
-        for w in r.take_waiters() {
-            if let Some(conn) = self.conns.get_mut(&w.knocker.id) {
-                conn.waiting_in = None;
-            }
+        if !self.rooms.contains_key(room) {
+            return;
+        }
+        for w in self.rooms.take_waiters(room) {
             self.send(&w.knocker.id, ServerMsg::error(ErrorCode::RoomClosed, Some("join")));
         }
+        self.rooms.remove(room);
         self.files.room_closed(room);
         self.room_event(RoomEvent::Closed(room.clone()));
         self.rooms_dirty = true;
@@ -243,22 +245,16 @@ impl Hub {
     }
 
     pub(super) fn admit_all(&mut self, room: &Arc<str>) {
-        let waiting: Vec<PeerId> =
-            self.rooms.get(room.as_ref()).map(|r| r.waiting().into_iter().map(|k| k.id).collect()).unwrap_or_default();
-        for peer in waiting {
+        for peer in self.rooms.waiters(room) {
             self.admit(room, &peer);
         }
     }
 
     /// Everyone out, the waiting room too; the room closes.
     pub(super) fn end_meeting(&mut self, room: &Arc<str>) {
-        let Some(r) = self.rooms.get_mut(room) else { return };
-        let waiters = r.take_waiters();
+        let Some(r) = self.rooms.get(room) else { return };
         let members: Vec<PeerId> = r.members().map(|p| p.id.clone()).collect();
-        for w in waiters {
-            if let Some(conn) = self.conns.get_mut(&w.knocker.id) {
-                conn.waiting_in = None;
-            }
+        for w in self.rooms.take_waiters(room) {
             self.send(&w.knocker.id, ServerMsg::Ended { room: room.to_string() });
         }
         let ended = Arc::new(ServerMsg::Ended { room: room.to_string() });
@@ -343,16 +339,15 @@ impl Hub {
 
     /// The part of leaving every way shares: out of the room's list, the SFU told.
     pub(super) fn take_out(&mut self, id: &PeerId) -> Option<Arc<str>> {
-        let conn = self.conns.get_mut(id)?;
-        let room = conn.room.take()?;
-        conn.forget_recent();
+        let room = self.rooms.unseat(id)?;
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.forget_recent();
+        }
         // Before anyone is told: the relay is closed by the time they act on it.
         self.end_relay(id);
         // Offers it never started uploading go with it.
         self.files.owner_left(id);
-        let r = self.rooms.get_mut(&room)?;
-        r.remove(id);
-        if r.topology() == Topology::Sfu {
+        if self.rooms.get(&room).is_some_and(|r| r.topology() == Topology::Sfu) {
             if let Some(media) = &self.media {
                 if media.try_send(MediaCommand::Leave { peer: id.clone() }).is_err() {
                     // Its SFU session then ends when its connection times out.
@@ -374,7 +369,7 @@ impl Hub {
             if Some(&peer.id) == except {
                 continue;
             }
-            if self.conns.get_mut(&peer.id).is_some_and(|conn| !conn.offer(frame.clone(), max)) {
+            if self.conns.get_mut(&peer.id).is_some_and(|conn| !conn.offer(frame.clone(), true, max)) {
                 self.overflowed.push(peer.id.clone());
             }
         }
@@ -403,9 +398,10 @@ impl Hub {
             return;
         }
         let msg = Frame::new(&self.room_list());
-        let (conns, max) = (&mut self.conns, self.config.outbox_bytes);
-        let slow =
-            self.watchers.iter().filter(|id| conns.get_mut(*id).is_some_and(|conn| !conn.offer(msg.clone(), max)));
+        let (conns, rooms, max) = (&mut self.conns, &self.rooms, self.config.outbox_bytes);
+        let slow = self.watchers.iter().filter(|id| {
+            conns.get_mut(*id).is_some_and(|conn| !conn.offer(msg.clone(), rooms.place(id).is_some(), max))
+        });
         self.overflowed.extend(slow.cloned());
         self.evict_overflowed();
     }

@@ -67,8 +67,6 @@ impl Hub {
             Conn {
                 outbox: Some(c.outbox),
                 kick: Some(c.kick),
-                room: None,
-                waiting_in: None,
                 host: c.host,
                 conn: c.conn,
                 secret,
@@ -96,8 +94,7 @@ impl Hub {
     pub(super) fn export(&mut self, id: &PeerId, conn: u64) -> Option<Exported> {
         let c = self.conns.get(id)?;
         let movable = c.conn == conn
-            && c.room.is_none()
-            && c.waiting_in.is_none()
+            && self.rooms.place(id).is_none()
             && !c.checking
             && c.suspended.is_none()
             && c.outbox.is_some()
@@ -128,8 +125,6 @@ impl Hub {
             Conn {
                 outbox: Some(outbox),
                 kick: Some(kick),
-                room: None,
-                waiting_in: None,
                 host: h.host,
                 conn,
                 secret: h.secret,
@@ -165,7 +160,7 @@ impl Hub {
             None if conn.taken_over => 0,
             None => return Err(true),
         };
-        if missed as usize > conn.recent.len() || (conn.room.is_none() && conn.waiting_in.is_none()) {
+        if missed as usize > conn.recent.len() || self.rooms.place(&r.id).is_none() {
             return Err(true);
         }
         Ok(missed as usize)
@@ -213,7 +208,7 @@ impl Hub {
         // A renewal that fell due while it was away (or it comes back from a restart, or from
         // an older server without a relay user): current credentials, after what it missed.
         let now = Instant::now();
-        if conn.room.is_some() && (conn.turn_user.is_none() || conn.ice_renew.is_none_or(|t| t <= now)) {
+        if self.rooms.room_of(&id).is_some() && (conn.turn_user.is_none() || conn.ice_renew.is_none_or(|t| t <= now)) {
             self.start_relay(&id);
             self.renew_relay(&id, now);
         }
@@ -226,7 +221,7 @@ impl Hub {
         let keep = reason == LeaveReason::Disconnected
             && !grace.is_zero()
             && self.shutdown.is_none()
-            && self.conns.get(id).is_some_and(|c| c.room.is_some());
+            && self.rooms.room_of(id).is_some();
         if keep {
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.outbox = None;
@@ -308,7 +303,8 @@ impl Hub {
 
     pub(super) fn send_frame(&mut self, id: &PeerId, frame: Frame) {
         let max = self.config.outbox_bytes;
-        if self.conns.get_mut(id).is_some_and(|conn| !conn.offer(frame, max)) {
+        let placed = self.rooms.place(id).is_some();
+        if self.conns.get_mut(id).is_some_and(|conn| !conn.offer(frame, placed, max)) {
             self.overflowed.push(id.clone());
         }
     }

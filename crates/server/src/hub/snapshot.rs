@@ -65,12 +65,12 @@ impl Hub {
         let sessions = self
             .conns
             .iter()
-            .filter(|(_, c)| only.is_none_or(|room| c.room.as_deref() == Some(room)))
             .filter_map(|(id, c)| {
+                let room = self.rooms.room_of(id).filter(|r| only.is_none_or(|only| ***r == *only))?;
                 Some(SavedSession {
                     id: id.clone(),
                     secret: c.secret.clone(),
-                    room: c.room.as_deref()?.to_string(),
+                    room: room.to_string(),
                     sent: c.sent,
                     received: c.received,
                     // Kept as the messages they are: the file's format does not depend on how
@@ -133,7 +133,10 @@ impl Hub {
             if self.rooms.contains_key(&name) {
                 continue;
             }
-            let in_room = |id: &PeerId| sessions.get(id).is_some_and(|s| *s.room == *name);
+            // A session here already (its page is back on this node some other way) stays as
+            // it is, outside the room.
+            let conns = &self.conns;
+            let in_room = |id: &PeerId| sessions.get(id).is_some_and(|s| *s.room == *name) && !conns.contains_key(id);
             room.restored(self.config.room_capacity as usize, self.config.chat_history as usize, in_room);
             if room.is_empty() {
                 continue;
@@ -144,16 +147,11 @@ impl Hub {
             room.ensure_host();
             for peer in room.members() {
                 let Some(s) = sessions.get(&peer.id) else { continue };
-                if self.conns.contains_key(&peer.id) {
-                    continue;
-                }
                 highest = highest.max(s.id.0.strip_prefix('p').and_then(|n| n.parse().ok()).unwrap_or(0));
                 let (recent, recent_bytes) = kept_for_resume(&s.recent, self.config.outbox_bytes);
                 let conn = Conn {
                     outbox: None,
                     kick: None,
-                    room: Some(name.clone()),
-                    waiting_in: None,
                     host: s.host.clone(),
                     conn: 0,
                     secret: s.secret.clone(),

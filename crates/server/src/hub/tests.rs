@@ -550,7 +550,7 @@ fn hosts_mute_remove_and_ban_and_the_role_passes_on() {
     assert!(matches!(g.next(), ServerMsg::Moderated { action: ModAction::Mute, .. }));
     send(&mut hub, &g, ClientMsg::Media { audio: true, video: true, screen: false });
     assert_eq!(error_code(g.next()), ErrorCode::MutedByHost);
-    assert!(!hub.rooms["r"].member(&g.id).expect("member").audio);
+    assert!(!hub.rooms.get("r").expect("room r").member(&g.id).expect("member").audio);
     // A co-host cannot act on the host.
     send(&mut hub, &co, ClientMsg::Moderate { peer: host.id.clone(), action: ModAction::Remove });
     assert!(matches!(co.drain().last(), Some(ServerMsg::Error { code: ErrorCode::NotAllowed, .. })));
@@ -636,8 +636,8 @@ fn saved_sessions_come_back_suspended_and_those_not_resumed_leave_after_the_grac
     // Alice comes back; Bob never does.
     let (mut a2, w) = connect_as(&mut next, 4, 64, Some(resume_of(&wa, &a.id, seen)));
     assert!(matches!(w, ServerMsg::Welcome { resumed: true, .. }), "{w:?}");
-    assert_eq!(next.rooms["r"].role(&a.id), Some(Role::Host));
-    assert!(next.rooms["r"].member(&b.id).expect("kept").hand, "Bob's hand was kept");
+    assert_eq!(next.rooms.get("r").expect("room r").role(&a.id), Some(Role::Host));
+    assert!(next.rooms.get("r").expect("room r").member(&b.id).expect("kept").hand, "Bob's hand was kept");
     assert!(a2.drain().is_empty(), "nothing missed");
     next.expire(now + next.config.resume_grace - Duration::from_millis(1));
     assert!(a2.drain().is_empty(), "not before the grace period ends");
@@ -764,7 +764,7 @@ fn a_lost_connection_resumes_the_same_session_with_what_it_missed() {
     let replay = a2.drain();
     assert_eq!(replay.len(), 3, "{replay:?}");
     assert!(replay.iter().all(|m| matches!(m, ServerMsg::Chat { .. })));
-    assert!(hub.rooms["r"].member(&a.id).expect("still in").hand, "hand kept");
+    assert!(hub.rooms.get("r").expect("room r").member(&a.id).expect("still in").hand, "hand kept");
     // The old connection's late disconnect does not end the resumed session.
     hub.handle(Command::Disconnect { id: a.id.clone(), conn: 1, reason: LeaveReason::Disconnected, resumable: true });
     assert_eq!((hub.stats().suspended, hub.stats().participants), (0, 2));
