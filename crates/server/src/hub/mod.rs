@@ -32,7 +32,8 @@ use huddle_protocol::{
     SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
 };
 use membership::{Place, Rooms};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -426,6 +427,11 @@ pub struct Hub {
     handed_over: bool,
     /// See [`Command::Restoring`].
     restoring_until: Option<Instant>,
+    /// When sessions' grace periods end and their relay credentials fall due (`Conn::suspended`,
+    /// `Conn::ice_renew`), earliest first, so that the hub's loop learns its next deadline
+    /// without a pass over every session. An entry may be stale (the session resumed, left, or
+    /// its deadline moved): [`Hub::expire`] checks the session itself. See [`Hub::wake_at`].
+    deadlines: BinaryHeap<Reverse<(Instant, PeerId)>>,
 }
 
 impl Hub {
@@ -459,6 +465,7 @@ impl Hub {
             save_ticks: 0,
             handed_over: false,
             restoring_until: None,
+            deadlines: BinaryHeap::new(),
         }
     }
 
@@ -742,26 +749,45 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
     let mut released: Option<Instant> = None;
     let mut save = tokio::time::interval(ROOM_SAVE_INTERVAL);
     save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for the next deadline, moved when it changes (not a new one per command).
+    let mut expiry = hub.next_expiry();
+    let wake = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now));
+    tokio::pin!(wake);
+    let mut batch = Vec::with_capacity(COMMAND_BATCH);
     loop {
-        let expiry = hub.next_expiry();
         let had_sessions = !hub.conns.is_empty();
         tokio::select! {
-            cmd = commands.recv() => match cmd {
-                Some(cmd @ Command::Shutdown { .. }) => {
-                    if let Some(path) = save_to.take() {
+            // Everything already queued, up to a batch, in one go: one pass through this loop
+            // (and its timers) per batch of messages, not per message.
+            n = commands.recv_many(&mut batch, COMMAND_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                for cmd in batch.drain(..) {
+                    let path = if matches!(cmd, Command::Shutdown { .. }) { save_to.take() } else { None };
+                    if let Some(path) = path {
                         let saved = hub.save_for_restart();
                         // One write as the server stops; nothing else is waiting on the hub.
                         crate::persist::save_sessions(&path, &saved);
                     }
                     hub.handle(cmd);
                 }
-                Some(cmd) => hub.handle(cmd),
-                None => break,
-            },
+            }
             _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
             Some(done) = jobs.recv() => hub.job_done(done),
-            _ = sleep_until(expiry), if expiry.is_some() => hub.expire(Instant::now()),
+            _ = &mut wake, if expiry.is_some() => {
+                hub.expire(Instant::now());
+                // Set again below for whatever is due next (even at the same instant).
+                expiry = None;
+            }
             _ = save.tick(), if !hub.unsaved.is_empty() || !hub.unsaved_light.is_empty() => hub.save_rooms(),
+        }
+        let next = hub.next_expiry();
+        if next != expiry {
+            expiry = next;
+            if let Some(t) = next {
+                wake.as_mut().reset(t);
+            }
         }
         let due = released.is_none_or(|t| t.elapsed() >= MEMORY_RELEASE_INTERVAL);
         if had_sessions && hub.conns.is_empty() && due {
@@ -774,11 +800,8 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
     }
 }
 
-async fn sleep_until(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await;
-    }
-}
+/// Most commands the hub's loop takes from its queue at once.
+const COMMAND_BATCH: usize = 64;
 
 /// Longest room password, in characters.
 pub const PASSWORD_MAX_CHARS: u32 = 64;

@@ -47,12 +47,13 @@ impl Hub {
         let renew = Instant::now() + turn.credential_ttl / 2;
         let Some(conn) = self.conns.get_mut(id) else { return };
         conn.ice_renew = Some(renew);
-        if conn.turn_user.is_some() {
-            return;
+        let granted = conn.turn_user.is_some();
+        if !granted {
+            let user = crate::turn::session_user();
+            conn.turn_user = Some(user.clone());
+            self.tell_turn(TurnCommand::Grant { users: vec![user] });
         }
-        let user = crate::turn::session_user();
-        conn.turn_user = Some(user.clone());
-        self.tell_turn(TurnCommand::Grant { users: vec![user] });
+        self.wake_at(id, renew);
     }
 
     /// `id` left its room: its relay credentials are dead and its relays close.
@@ -71,6 +72,7 @@ impl Hub {
         let ice_servers = self.ice_servers(id);
         if let Some(conn) = self.conns.get_mut(id) {
             conn.ice_renew = Some(next);
+            self.wake_at(id, next);
         }
         self.send(id, ServerMsg::IceServers { ice_servers });
     }

@@ -224,10 +224,12 @@ impl Hub {
             && self.rooms.room_of(id).is_some();
         if keep {
             if let Some(conn) = self.conns.get_mut(id) {
+                let until = Instant::now() + grace;
                 conn.outbox = None;
                 conn.kick = None;
-                conn.suspended = Some(Instant::now() + grace);
+                conn.suspended = Some(until);
                 info!(peer = %id, "connection lost; keeping the place for a resume");
+                self.wake_at(id, until);
             }
             return;
         }
@@ -238,36 +240,54 @@ impl Hub {
     /// due (a session without a connection gets them when it resumes).
     pub fn expire(&mut self, now: Instant) {
         self.files.expire(now);
-        let due: Vec<PeerId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.ice_renew.is_some_and(|t| t <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
-            match self.conns.get_mut(&id) {
-                Some(c) if c.outbox.is_none() => c.ice_renew = None,
-                Some(_) => self.renew_relay(&id, now),
-                None => {}
+        let mut due = Vec::new();
+        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, id))) = self.deadlines.pop() else { break };
+            due.push(id);
+        }
+        due.sort_unstable();
+        due.dedup();
+        // Renewals first, then the ends of grace periods (a session both due ends anyway).
+        for id in &due {
+            match self.conns.get_mut(id) {
+                Some(c) if c.ice_renew.is_some_and(|t| t <= now) && c.outbox.is_none() => c.ice_renew = None,
+                Some(c) if c.ice_renew.is_some_and(|t| t <= now) => self.renew_relay(id, now),
+                _ => {}
             }
         }
-        let expired: Vec<PeerId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.suspended.is_some_and(|t| t <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            self.touched(&id, Weight::State);
-            info!(peer = %id, "not resumed in time");
-            self.disconnect(&id, LeaveReason::Disconnected);
+        for id in &due {
+            if self.conns.get(id).is_some_and(|c| c.suspended.is_some_and(|t| t <= now)) {
+                self.touched(id, Weight::State);
+                info!(peer = %id, "not resumed in time");
+                self.disconnect(id, LeaveReason::Disconnected);
+            }
         }
         self.evict_overflowed();
     }
 
-    /// When the next suspended session, file offer or upload expires, or relay credentials are due.
+    /// When the next suspended session, file offer or upload expires, or relay credentials are
+    /// due (or a little earlier: a deadline that moved later wakes the hub for nothing once).
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.conns.values().flat_map(|c| [c.suspended, c.ice_renew]).flatten().chain(self.files.next_deadline()).min()
+        let sessions = self.deadlines.peek().map(|Reverse((at, _))| *at);
+        sessions.into_iter().chain(self.files.next_deadline()).min()
+    }
+
+    /// Remembers that session `id` has a deadline at `at` ([`Hub::expire`] then looks at it).
+    /// Entries left stale by sessions that resumed or left go when their time comes; should
+    /// they ever outnumber the sessions by far (a page reconnecting over and over within its
+    /// grace period), the heap is made afresh from the sessions.
+    pub(super) fn wake_at(&mut self, id: &PeerId, at: Instant) {
+        self.deadlines.push(Reverse((at, id.clone())));
+        if self.deadlines.len() > 2 * self.conns.len() + 1024 {
+            self.deadlines = self
+                .conns
+                .iter()
+                .flat_map(|(id, c)| [c.suspended, c.ice_renew].into_iter().flatten().map(|t| Reverse((t, id.clone()))))
+                .collect();
+        }
     }
 
     /// Connection `conn` of session `id` is gone, and nobody is told: the session's outbox goes,
@@ -275,9 +295,11 @@ impl Hub {
     pub(super) fn detach_quietly(&mut self, id: &PeerId, conn: u64) {
         let grace = self.config.resume_grace;
         if let Some(c) = self.conns.get_mut(id).filter(|c| c.conn == conn) {
+            let until = Instant::now() + grace;
             c.outbox = None;
             c.kick = None;
-            c.suspended = Some(Instant::now() + grace);
+            c.suspended = Some(until);
+            self.wake_at(id, until);
         }
     }
 

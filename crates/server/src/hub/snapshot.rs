@@ -125,6 +125,7 @@ impl Hub {
         let SavedHub { sessions, rooms, last_conn, .. } = saved;
         let sessions: HashMap<PeerId, SavedSession> = sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
         let mut highest = 0;
+        let mut deadlines = Vec::new();
         for (name, mut room) in rooms {
             if self.rooms.len() >= self.config.max_rooms as usize {
                 break;
@@ -169,6 +170,7 @@ impl Hub {
                     ice_renew: None,
                 };
                 self.conns.insert(peer.id.clone(), conn);
+                deadlines.push(peer.id.clone());
             }
             if taken_over {
                 info!(room = %name, members = room.len(), "took over a room; its members wait for their pages");
@@ -177,6 +179,9 @@ impl Hub {
                 self.unsaved.insert(name.clone());
             }
             self.rooms.insert(name, room);
+        }
+        for id in deadlines {
+            self.wake_at(&id, now + grace);
         }
         self.rooms_dirty = true;
         // Their relay credentials work again (only theirs: nobody else's from before).

@@ -693,9 +693,14 @@ fn relay_credentials_come_with_joined_are_renewed_in_the_room_and_end_with_it() 
     // Leaving ends it; coming back is another relay user.
     send(&mut hub, &a, ClientMsg::Leave);
     assert!(matches!(commands.try_recv(), Ok(TurnCommand::Revoke { user: u }) if u == user));
+    // Nothing is due any more: the wake-up left over from the room renews nothing and leaves no
+    // other behind.
+    if let Some(t) = hub.next_expiry() {
+        hub.expire(t);
+    }
     assert_eq!(hub.next_expiry(), None);
     hub.check_invariants().expect("consistent");
-    a.drain();
+    assert!(!a.drain().iter().any(|m| matches!(m, ServerMsg::IceServers { .. })), "no renewal outside the room");
     let ServerMsg::Joined { ice_servers, .. } = join(&mut hub, &mut a, "r") else { panic!("joined") };
     assert_ne!(relay_user(&ice_servers), Some(user), "never the same relay user twice");
     // A disconnect without a resume ends it too.
@@ -1034,4 +1039,44 @@ fn a_resume_that_arrives_while_a_room_is_being_taken_over_is_told_to_try_again()
     assert_eq!(hub.stats().connections, 0);
     hub.handle(Command::Restoring { until: None });
     assert_eq!(ask(&mut hub).ok(), Some(PeerId("p9".into())), "unknown, and nothing being taken over: a new session");
+}
+
+#[test]
+fn a_page_reconnecting_over_and_over_leaves_the_deadlines_bounded_and_the_next_one_right() {
+    let mut hub = hub_with(|_| {});
+    let (mut a, mut welcome) = connect_as(&mut hub, 1, 64, None);
+    let mut b = connect(&mut hub, 2, 64);
+    join(&mut hub, &mut a, "r");
+    join(&mut hub, &mut b, "r");
+    let seen = 1 + a.drain().len() as u64;
+    let mut conn = 1;
+    // Every lost connection sets a new end of the grace period; the old ones go stale.
+    for n in 0..3000u32 {
+        hub.handle(Command::Disconnect { id: a.id.clone(), conn, reason: LeaveReason::Disconnected, resumable: true });
+        conn = 10 + u64::from(n);
+        let (_, w) = connect_as(&mut hub, 10 + n, 64, Some(resume_of(&welcome, &a.id, seen)));
+        assert!(matches!(w, ServerMsg::Welcome { resumed: true, .. }), "{w:?}");
+        welcome = w;
+        assert!(hub.deadlines.len() <= 2 * hub.conns.len() + 1024 + 1, "{} deadlines kept", hub.deadlines.len());
+    }
+    hub.check_invariants().expect("consistent");
+    // Stale wake-ups end nobody: both are still in the room after every deadline passed...
+    let mut woke = 0;
+    while let Some(t) = hub.next_expiry() {
+        hub.expire(t);
+        woke += 1;
+        assert!(woke < 5000, "the deadlines run out");
+    }
+    assert_eq!(hub.stats().participants, 2, "nobody who came back was ended by an old deadline");
+    assert!(b.drain().iter().all(|m| !matches!(m, ServerMsg::PeerLeft { .. })));
+    // ...and one that is real still ends its session.
+    hub.handle(Command::Disconnect { id: a.id.clone(), conn, reason: LeaveReason::Disconnected, resumable: true });
+    let end = hub.next_expiry().expect("a grace period runs");
+    hub.expire(end);
+    let got = b.drain();
+    assert!(
+        matches!(&got[..], [ServerMsg::PeerLeft { id, .. }, ServerMsg::PeerUpdated { .. }] if *id == a.id),
+        "{got:?}"
+    );
+    hub.check_invariants().expect("consistent");
 }
