@@ -43,7 +43,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -160,15 +160,22 @@ fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Buffers bounded by bytes: frames (and messages) up to `max_frame` bytes, refused from their
-/// header beyond; reads of 4 KiB; a write buffer of a fragment or two.
+/// header beyond; a write buffer of a fragment or two; reads of [`READ_BUFFER`].
 fn socket_config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(FRAGMENT)
         .max_write_buffer_size(4 * FRAGMENT)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
 }
+
+/// The read buffer every connection keeps, and the most one read takes from the socket. Most
+/// messages (signals, chat, pings) are a few hundred bytes, so 1 KiB takes several at once; an
+/// SDP of a few KiB grows the buffer to its frame for the time it takes and costs a few reads
+/// more. Each read also zeroes what it may fill, so a smaller buffer is cheaper per read, and
+/// every idle connection holds 3 KiB less than with 4 KiB.
+const READ_BUFFER: usize = 1024;
 
 /// `session=<id>&resume=<secret>&seen=<n>` (see [`Resume`]); anything malformed is ignored (the
 /// connection then starts a new session).
@@ -321,8 +328,8 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
             debug!(?cap, %ip, "refused a connection over the cap");
             let error = Frame::new(&ServerMsg::error(ErrorCode::TooManyConnections, None));
             let (code, why) = close_code(ByeReason::TooManyConnections);
-            w.goodbye(&[error], Some(ByeReason::TooManyConnections), code, why).await;
-            return close(w, stream).await;
+            Box::pin(w.goodbye(&[error], Some(ByeReason::TooManyConnections), code, why)).await;
+            return Box::pin(close(w, stream)).await;
         }
     };
     let cfg = &app.config;
@@ -331,10 +338,12 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
     let mut route = Route { home: None, seq: 0 };
     // A session to resume that lives on another node (of several) is resumed there.
     let start = match (&app.cluster, resume) {
-        (Some(cluster), Some(resume)) => match resume_home(cluster, &resume).await {
+        (Some(cluster), Some(resume)) => match Box::pin(resume_home(cluster, &resume)).await {
             ResumeAt::Here => Start::Here(outbox, kick_tx, Some(resume)),
             ResumeAt::There(home) => {
-                match resume_remote(cluster, n, home, outbox, kick_tx, resume, ip, host.clone(), &mut route).await {
+                match Box::pin(resume_remote(cluster, n, home, outbox, kick_tx, resume, ip, host.clone(), &mut route))
+                    .await
+                {
                     Some(id) => Start::There(id),
                     None => Start::TryAgain,
                 }
@@ -350,22 +359,22 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
             // not run out), or that node does not answer: the page tries again a moment later,
             // as after any close.
             debug!("the session's node is gone or silent, its room not yet taken over; try again");
-            w.goodbye(&[], None, CLOSE_TRY_AGAIN_LATER, "meeting moving, try again").await;
-            return close(w, stream).await;
+            Box::pin(w.goodbye(&[], None, CLOSE_TRY_AGAIN_LATER, "meeting moving, try again")).await;
+            return Box::pin(close(w, stream)).await;
         }
         Start::Here(outbox, kick, resume) => {
             let (session_tx, session_rx) = oneshot::channel();
             let id = app.cluster.as_ref().map_or_else(|| PeerId(format!("p{n}")), |c| c.peer_id(n));
             let connect = Connect { conn: n, id, outbox, kick, host, ip, resume, session: session_tx };
-            if app.hub.send(Command::Connect(connect)).await.is_err() {
+            if Box::pin(app.hub.send(Command::Connect(connect))).await.is_err() {
                 return;
             }
             // The hub answers with the session this connection speaks for (a resumed one, or its
             // own); no answer means it refused the connection (shutting down).
             let Ok(id) = session_rx.await else {
                 let (code, why) = close_code(ByeReason::ServerShutdown);
-                w.goodbye(&[], Some(ByeReason::ServerShutdown), code, why).await;
-                return close(w, stream).await;
+                Box::pin(w.goodbye(&[], Some(ByeReason::ServerShutdown), code, why)).await;
+                return Box::pin(close(w, stream)).await;
             };
             id
         }
@@ -397,19 +406,19 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
     }
     let farewell = ending.farewell();
     if let Some((code, why)) = farewell.code {
-        w.goodbye(&[], farewell.bye, code, why).await;
+        Box::pin(w.goodbye(&[], farewell.bye, code, why)).await;
     }
     if ending == Ending::FrameTooLarge {
-        let _ = route.deliver(&app, n, Command::Ignored { id: id.clone() }).await;
+        let _ = Box::pin(route.deliver(&app, n, Command::Ignored { id: id.clone() })).await;
     }
     if let Some((reason, resumable)) = farewell.hub {
-        let _ = route.deliver(&app, n, Command::Disconnect { id, conn: n, reason, resumable }).await;
+        let _ = Box::pin(route.deliver(&app, n, Command::Disconnect { id, conn: n, reason, resumable })).await;
     }
     if let (Some(cluster), Some(_)) = (&app.cluster, &route.home) {
-        cluster.relay(RelayCmd::EdgeGone { conn: n }).await;
+        Box::pin(cluster.relay(RelayCmd::EdgeGone { conn: n })).await;
     }
     drop(_ticket);
-    close(w, stream).await;
+    Box::pin(close(w, stream)).await;
 }
 
 fn count(app: &AppState, ending: Ending) {
@@ -492,7 +501,7 @@ async fn read_loop(
         // Several nodes: a join goes to the room's owner, and the session with it.
         let mut unavailable = false;
         if let (Verdict::Pass, Some(cluster), Ok(ClientMsg::Join { room, .. })) = (verdict, &app.cluster, &parsed) {
-            unavailable = !route.follow_room(app, cluster, room, id, n).await;
+            unavailable = !Box::pin(route.follow_room(app, cluster, room, id, n)).await;
         }
         let cmd = match verdict {
             Verdict::Pass if unavailable => {
@@ -528,8 +537,14 @@ async fn read_loop(
             }
         };
         // If the hub is busy this waits, which pauses reading from this socket only.
-        if route.deliver(app, n, cmd).await.is_err() {
-            return Ending::HubGone;
+        match route.deliver_now(app, n, cmd) {
+            Ok(()) => {}
+            Err(Undelivered::Busy(cmd)) => {
+                if Box::pin(app.hub.send(cmd)).await.is_err() {
+                    return Ending::HubGone;
+                }
+            }
+            Err(Undelivered::Gone) => return Ending::HubGone,
         }
     }
 }
@@ -664,6 +679,14 @@ async fn close(w: Writer, stream: SplitStream<Socket>) {
     let _ = tokio::time::timeout(LINGER, linger).await;
 }
 
+/// Why [`Route::deliver_now`] did not deliver.
+enum Undelivered {
+    /// This node's hub's queue is full: here is the command back.
+    Busy(Command),
+    /// The hub is gone (the server is stopping).
+    Gone,
+}
+
 /// Where a connection's session lives (see [`crate::cluster`]): this node's hub, or another node
 /// reached through the relay, with the number of the last message sent there.
 struct Route {
@@ -672,10 +695,26 @@ struct Route {
 }
 
 impl Route {
-    /// Hands `cmd` to the session's home.
+    /// Hands `cmd` to the session's home, waiting while this node's hub is busy.
     async fn deliver(&mut self, app: &AppState, n: u64, cmd: Command) -> Result<(), ()> {
+        match self.deliver_now(app, n, cmd) {
+            Ok(()) => Ok(()),
+            Err(Undelivered::Busy(cmd)) => app.hub.send(cmd).await.map_err(|_| ()),
+            Err(Undelivered::Gone) => Err(()),
+        }
+    }
+
+    /// Hands `cmd` to the session's home without waiting: the common case, with no future to
+    /// keep in the connection's task (whose size every idle connection pays). A busy hub hands
+    /// the command back, to be waited for.
+    // The command comes back by value, as `try_send` hands it back: no allocation on any path.
+    #[allow(clippy::result_large_err)]
+    fn deliver_now(&mut self, app: &AppState, n: u64, cmd: Command) -> Result<(), Undelivered> {
         let (Some(home), Some(cluster)) = (&self.home, &app.cluster) else {
-            return app.hub.send(cmd).await.map_err(|_| ());
+            return app.hub.try_send(cmd).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(cmd) => Undelivered::Busy(cmd),
+                mpsc::error::TrySendError::Closed(_) => Undelivered::Gone,
+            });
         };
         let body = match cmd {
             Command::Client { msg, .. } => Relayed::Client { msg },

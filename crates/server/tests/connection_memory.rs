@@ -7,6 +7,7 @@
 //!   evicted as `too_slow`, closed by the server within seconds, and never more held for them than
 //!   their outbox's byte bound.
 //! - One large frame, in and out: no buffer of its size left behind.
+//! - An idle participant costs a few KiB (the connection's task, its read buffer, its session).
 //!
 //! The tests take turns (one lock): they share the count.
 
@@ -214,6 +215,48 @@ async fn clients_that_stop_reading_are_closed_and_hold_no_more_than_their_outbox
 /// Frames over `max_frame_bytes` are refused from their header: nothing of them is buffered, and
 /// the connection is closed (`bye` `frame_too_large`, 1009). Before, frames up to 1 MiB were
 /// read whole and answered with an error, and each connection kept a 1 MiB read buffer.
+/// What an idle participant costs: people in rooms of five, every message they were sent read,
+/// then nothing. Its connection's task (2.9 KiB since the rare awaits are boxed: 5.7 KiB
+/// before), its 1 KiB read buffer (4 KiB before), its outbox and its session in the hub: about
+/// 10.5 KiB here with the test's client ends (which keep what they read).
+/// (`huddle-bench signal` reads the server's side from its resident memory.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_participant_costs_a_few_kib() {
+    let _turn = SERIAL.lock().await;
+    const PEOPLE: usize = 300;
+    const ROOM: usize = 5;
+    let config = p2p(|c| {
+        c.max_connections_per_ip = 10_000;
+        c.max_tcp_connections_per_ip = 10_000;
+        c.ip_joins_per_minute = 10_000;
+        c.message_rate_scale = 0.0;
+    });
+    let server = TestServer::start(config).await;
+    // One connection first, so that what is made once (tables, the first room) is not counted.
+    let mut first = RawWs::connect(server.addr, "127.0.0.1", None).await;
+    assert!(matches!(first.recv().await, ServerMsg::Welcome { .. }));
+    first.send_msg(&join("warm-up", "first")).await;
+    assert!(matches!(first.recv().await, ServerMsg::Joined { .. }));
+    let before = live();
+    let mut people = Vec::new();
+    for i in 0..PEOPLE {
+        let mut ws = RawWs::connect(server.addr, "127.0.0.1", None).await;
+        assert!(matches!(ws.recv().await, ServerMsg::Welcome { .. }));
+        ws.send_msg(&join(&format!("room {}", i / ROOM), &format!("person {i}"))).await;
+        assert!(matches!(ws.recv().await, ServerMsg::Joined { .. }));
+        people.push(ws);
+    }
+    // Everyone reads who came after them: nothing is left queued for anyone.
+    for (i, ws) in people.iter_mut().enumerate() {
+        for _ in 0..(ROOM - 1 - i % ROOM) {
+            assert!(matches!(ws.recv().await, ServerMsg::PeerJoined { .. }));
+        }
+    }
+    let each = (live() - before) / PEOPLE as isize;
+    println!("an idle participant: {each} bytes, both ends");
+    assert!(each <= 12 * KIB, "an idle participant holds {each} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_frame_leaves_no_large_read_buffer_behind() {
     let _turn = SERIAL.lock().await;
