@@ -14,6 +14,9 @@
 //! relaying ChannelData to each other through two relays, with coturn measured the same way and
 //! the plain UDP relay in the same run.
 //!
+//! `huddle-bench hub [options]` drives the hub in-process, without sockets, one hub per thread
+//! with nothing shared: messages per second per core, and how N hubs scale.
+//!
 //! `huddle-bench soak [options]` runs many clients for a while (chatting, moving between rooms,
 //! dropping and resuming their connections) and checks that no chat message is lost or
 //! delivered twice and that the server's memory, open files and rooms come back at the end.
@@ -27,6 +30,7 @@
 #![recursion_limit = "256"]
 
 mod hostile;
+mod hub;
 mod procfs;
 mod recv_batch;
 mod relay;
@@ -56,6 +60,9 @@ enum Cmd {
     Sfu(sfu::SfuArgs),
     /// TURN benchmark: client pairs relaying ChannelData through huddle's TURN server (and coturn).
     Turn(turn::TurnArgs),
+    /// The hub driven in-process without sockets, one hub per thread with nothing shared:
+    /// messages per second per core, and how N hubs scale.
+    Hub(hub::HubArgs),
     /// Soak run: clients chat, move between rooms and resume dropped connections for a while;
     /// checks that no message is lost or duplicated and that nothing leaks.
     Soak(soak::SoakArgs),
@@ -77,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Signal(args) => signal::run(args),
         Cmd::Sfu(args) => sfu::run(args),
         Cmd::Turn(args) => turn::run(args),
+        Cmd::Hub(args) => hub::run(args),
         Cmd::Soak(args) => soak::run(args),
         Cmd::Hostile(args) => hostile::run(args),
         Cmd::Serve { args } => server::serve(args),
