@@ -95,6 +95,9 @@ impl Rooms {
     /// Adds a room. One with members (taken back from a snapshot) keeps only those who are
     /// nowhere else here (a session is in one place).
     pub fn insert(&mut self, name: Arc<str>, mut room: Room) {
+        // A room of that name that was here goes first (not reached: rooms are opened and
+        // restored only under names not in use), so that its people are not left indexed.
+        self.remove(&name);
         let elsewhere: Vec<PeerId> =
             room.members().filter(|p| self.at.contains_key(&p.id)).map(|p| p.id.clone()).collect();
         for id in elsewhere {
@@ -104,11 +107,13 @@ impl Rooms {
             self.at.insert(peer.id.clone(), Place::In(name.clone()));
         }
         for w in room.waiting() {
-            self.at.entry(w.id).or_insert_with(|| Place::Waiting(name.clone()));
+            if self.at.contains_key(&w.id) {
+                room.unknock(&w.id);
+            } else {
+                self.at.insert(w.id, Place::Waiting(name.clone()));
+            }
         }
-        if let Some(old) = self.rooms.insert(name, room) {
-            self.forget(&old);
-        }
+        self.rooms.insert(name, room);
     }
 
     /// Removes a room; its members and waiters are nowhere afterwards.
