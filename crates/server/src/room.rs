@@ -402,10 +402,11 @@ fn chat_bytes(m: &ChatMessage) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn peer(n: u32) -> Peer {
+    /// Participant `p<n>`, named `n<n>`, microphone and camera on (also used by the hub's tests).
+    pub(crate) fn peer(n: u32) -> Peer {
         Peer {
             id: PeerId(format!("p{n}")),
             name: format!("n{n}"),

@@ -107,10 +107,13 @@ impl Rooms {
             self.at.insert(peer.id.clone(), Place::In(name.clone()));
         }
         for w in room.waiting() {
-            if self.at.contains_key(&w.id) {
-                room.unknock(&w.id);
-            } else {
-                self.at.insert(w.id, Place::Waiting(name.clone()));
+            match self.at.entry(w.id) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    room.unknock(e.key());
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(Place::Waiting(name.clone()));
+                }
             }
         }
         self.rooms.insert(name, room);
@@ -220,19 +223,8 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use huddle_protocol::{Role, Topology};
-
-    fn peer(n: u32) -> Peer {
-        Peer {
-            id: PeerId(format!("p{n}")),
-            name: format!("n{n}"),
-            audio: true,
-            video: true,
-            screen: false,
-            role: Role::Participant,
-            hand: false,
-        }
-    }
+    use crate::room::tests::peer;
+    use huddle_protocol::Topology;
 
     fn waiter(n: u32) -> Waiter {
         let p = peer(n);

@@ -673,7 +673,7 @@ impl Hub {
             (ClientMsg::Signal { to, payload }, Some(room)) => {
                 let same_room = to != *id && self.rooms.room_of(&to) == Some(&room);
                 if same_room {
-                    self.send(&to, ServerMsg::Signal { from: id.clone(), payload, session: None });
+                    self.send_to_member(&to, ServerMsg::Signal { from: id.clone(), payload, session: None });
                     Ok(())
                 } else {
                     Err(ErrorCode::UnknownPeer)

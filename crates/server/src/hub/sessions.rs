@@ -324,8 +324,17 @@ impl Hub {
     }
 
     pub(super) fn send_frame(&mut self, id: &PeerId, frame: Frame) {
-        let max = self.config.outbox_bytes;
         let placed = self.rooms.place(id).is_some();
+        self.offer_frame(id, frame, placed);
+    }
+
+    /// Sends `msg` to `id`, known to be in a room (its place was looked up already).
+    pub(super) fn send_to_member(&mut self, id: &PeerId, msg: ServerMsg) {
+        self.offer_frame(id, Frame::new(&msg), true);
+    }
+
+    fn offer_frame(&mut self, id: &PeerId, frame: Frame, placed: bool) {
+        let max = self.config.outbox_bytes;
         if self.conns.get_mut(id).is_some_and(|conn| !conn.offer(frame, placed, max)) {
             self.overflowed.push(id.clone());
         }
