@@ -372,8 +372,14 @@ pub enum ServerMsg {
     /// A host took you out of the room (`ban`: you may not come back while the room lasts). The
     /// connection stays open, as after `left`.
     Removed { room: String, ban: bool },
-    /// A host ended the meeting; you are out of the room (the connection stays open).
-    Ended { room: String },
+    /// The meeting ended; you are out of the room (the connection stays open). Without
+    /// `reason`, a host ended it; `server_error`: a bug in the server closed it (the server goes
+    /// on, and the room can be joined again at once).
+    Ended {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<EndReason>,
+    },
     /// Someone reacted (sent to everyone, the sender included).
     Reaction { from: PeerId, emoji: String },
     /// Answer to `invite`.
@@ -587,6 +593,13 @@ pub enum LeaveReason {
     TooSlow,
     /// A host removed them.
     Removed,
+}
+
+/// Why a meeting ended other than by a host (`ended.reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    ServerError,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,8 +50,13 @@ pub struct Cli {
     /// `p2p` (always a mesh) or `sfu` (always through the server) [default: auto]
     #[arg(long, env = "HUDDLE_TOPOLOGY", value_name = "MODE")]
     pub topology: Option<TopologyMode>,
-    /// UDP port of the SFU, shared by all participants [default: the HTTP port number, or any
-    /// free port if that one is taken]
+    /// Workers: each owns a share of the rooms (chosen by the room's name), with their own SFU
+    /// thread and UDP port; one per core spreads the load over the machine. One node of several
+    /// (--redis) runs one [default: one per core, at most 64]
+    #[arg(long, env = "HUDDLE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// UDP port of the SFU, shared by all participants; worker N (of --workers) uses this port
+    /// + N [default: the HTTP port number, or any free port if that one is taken]
     #[arg(long, env = "HUDDLE_MEDIA_PORT", value_name = "PORT")]
     pub media_port: Option<u16>,
     /// Address announced to browsers for the SFU instead of the interface addresses, e.g. the
@@ -280,6 +285,7 @@ struct FileConfig {
     redis: Option<String>,
     room_capacity: Option<u32>,
     topology: Option<TopologyMode>,
+    workers: Option<usize>,
     media_port: Option<u16>,
     media_public_ips: Option<Vec<IpAddr>>,
     ice_tcp: Option<bool>,
@@ -337,6 +343,11 @@ struct FileConfig {
     metrics_token: Option<String>,
     metrics_token_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
+}
+
+/// One worker per core this process may use, at most [`crate::workers::MAX_WORKERS`].
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, crate::workers::MAX_WORKERS)
 }
 
 /// `$XDG_DATA_HOME/huddle`, else `$HOME/.local/share/huddle`; `None` without either.
@@ -428,7 +439,9 @@ pub struct Config {
     pub redis: Option<String>,
     pub room_capacity: u32,
     pub topology: TopologyMode,
-    /// `None`: the HTTP port number if free, else any.
+    /// Workers, each with its share of the rooms and its own SFU (see [`crate::workers`]).
+    pub workers: usize,
+    /// `None`: the HTTP port number if free, else any (worker N: this + N).
     pub media_port: Option<u16>,
     /// Announced instead of interface addresses when not empty.
     pub media_public_ips: Vec<IpAddr>,
@@ -511,6 +524,11 @@ pub struct Config {
     pub metrics: bool,
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
+    /// For the tests of what a worker does after a bug: a join of this room panics in the hub
+    /// (see `hub::run`). Not a flag, an environment variable or a file setting: only code that
+    /// builds a `Config` can set it.
+    #[doc(hidden)]
+    pub test_panic_room: Option<String>,
 }
 
 impl Default for Config {
@@ -522,6 +540,7 @@ impl Default for Config {
             redis: None,
             room_capacity: DEFAULT_SFU_CAPACITY,
             topology: TopologyMode::Auto,
+            workers: default_workers(),
             media_port: None,
             media_public_ips: Vec::new(),
             ice_tcp: true,
@@ -576,6 +595,7 @@ impl Default for Config {
             metrics: true,
             metrics_token: None,
             log_format: LogFormat::Text,
+            test_panic_room: None,
         }
     }
 }
@@ -704,6 +724,7 @@ impl Config {
             (_, (None, None)) => Tls::Off,
             (_, _) => return Err(ConfigError::Invalid("--tls-cert and --tls-key go together".into())),
         };
+        let one_of_several = cli.redis.as_deref().or(file.redis.as_deref()).is_some_and(|u| !u.is_empty());
         let config = Config {
             listen: cli.listen.or(file.listen).unwrap_or(d.listen),
             tls,
@@ -711,6 +732,8 @@ impl Config {
             redis: cli.redis.or(file.redis).filter(|u| !u.is_empty()),
             room_capacity: cli.room_capacity.or(file.room_capacity).unwrap_or(default_capacity),
             topology,
+            // One node of several runs one worker: its rooms are placed by the cluster.
+            workers: if one_of_several { 1 } else { cli.workers.or(file.workers).unwrap_or(d.workers) },
             media_port: cli.media_port.or(file.media_port),
             media_public_ips,
             ice_tcp: cli.ice_tcp.or(file.ice_tcp).unwrap_or(d.ice_tcp),
@@ -822,6 +845,7 @@ impl Config {
                 cli.metrics_token_file.or(file.metrics_token_file),
             )?,
             log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
+            test_panic_room: None,
         };
         config.validate()?;
         Ok(config)
@@ -834,6 +858,12 @@ impl Config {
         }
         if self.max_rooms < 1 {
             return bad("max_rooms must be at least 1");
+        }
+        if !(1..=crate::workers::MAX_WORKERS).contains(&self.workers) {
+            return bad("workers must be between 1 and 64");
+        }
+        if self.media_port.is_some_and(|p| p != 0 && usize::from(p) + self.workers > 65_536) {
+            return bad("media_port + workers must stay below 65536 (worker N uses media_port + N)");
         }
         if self.max_name_chars < 1 || self.max_room_chars < 1 || self.max_chat_chars < 1 {
             return bad("name, room and chat limits must be at least 1 character");

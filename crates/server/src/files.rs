@@ -235,24 +235,39 @@ impl<K: Hash + Eq + Clone> Usage<K> {
     }
 }
 
-/// Every shared file, owned by the hub.
+/// What the quotas of the whole server count, shared by every worker's store (see
+/// [`crate::workers`]): taken on offers, downloads and removals, never per message.
+#[derive(Debug)]
+pub struct ServerUsage {
+    /// What files (in every stage) hold in all, and per address.
+    used: Tally,
+    by_ip: Usage<IpAddr>,
+    /// Running downloads per address: the count is the number of [`DownloadPermit`]s out.
+    downloads: HashMap<IpAddr, Arc<()>>,
+}
+
+impl ServerUsage {
+    pub fn shared() -> Arc<std::sync::Mutex<ServerUsage>> {
+        Arc::new(std::sync::Mutex::new(ServerUsage { used: Tally::default(), by_ip: Usage::new(), downloads: HashMap::new() }))
+    }
+}
+
+/// Every shared file of one worker's rooms, owned by its hub.
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
     limits: FileLimits,
     files: HashMap<String, Entry>,
-    /// What files (in every stage) hold, in all and per participant, address and room.
-    used: Tally,
+    /// What files (in every stage) hold in the whole server, and per address.
+    server: Arc<std::sync::Mutex<ServerUsage>>,
+    /// The same per participant and room.
     by_owner: Usage<PeerId>,
-    by_ip: Usage<IpAddr>,
     by_room: Usage<Arc<str>>,
     /// Files of each participant not uploaded yet.
     pending: Usage<PeerId>,
     /// When offers and uploads run out of time, earliest first; an entry whose file has since
     /// moved on or gone is skipped when it comes up.
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
-    /// Running downloads per address: the count is the number of [`DownloadPermit`]s out.
-    downloads: HashMap<IpAddr, Arc<()>>,
     /// What every id starts with: a node of several's id and `-`, or nothing.
     id_prefix: String,
 }
@@ -263,15 +278,25 @@ impl FileStore {
             dir,
             limits,
             files: HashMap::new(),
-            used: Tally::default(),
+            server: ServerUsage::shared(),
             by_owner: Usage::new(),
-            by_ip: Usage::new(),
             by_room: Usage::new(),
             pending: Usage::new(),
             deadlines: BinaryHeap::new(),
-            downloads: HashMap::new(),
             id_prefix: String::new(),
         }
+    }
+
+    /// Counts the server's and each address's quotas together with the other stores of
+    /// `server` (one per worker). Set before any file is offered.
+    pub fn share_usage(&mut self, server: Arc<std::sync::Mutex<ServerUsage>>) {
+        self.server = server;
+    }
+
+    /// The server-wide usage; a poisoned lock (a panic while it was held) still holds counts
+    /// that were updated whole.
+    fn server(&self) -> std::sync::MutexGuard<'_, ServerUsage> {
+        self.server.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ids of files offered from now on start with `prefix` (see [`node_of_file`]).
@@ -323,10 +348,13 @@ impl FileStore {
         };
         let until = later(now, self.limits.timeout);
         self.deadlines.push(Reverse((until, id.clone())));
-        self.used.bytes += size;
-        self.used.files += 1;
+        {
+            let mut server = self.server();
+            server.used.bytes += size;
+            server.used.files += 1;
+            server.by_ip.add(&ip, size);
+        }
         self.by_owner.add(from, size);
-        self.by_ip.add(&ip, size);
         self.by_room.add(room, size);
         self.pending.add(from, size);
         let stage = Stage::Offered { until };
@@ -340,15 +368,16 @@ impl FileStore {
         let l = &self.limits;
         let fits = |t: Tally, limit: u64| t.bytes.saturating_add(size) <= limit;
         let room_t = self.by_room.of(room);
+        let server = self.server();
         if self.pending.of(from).files >= MAX_PENDING_PER_CONNECTION
             || !fits(self.by_owner.of(from), l.per_connection)
-            || !fits(self.by_ip.of(&ip), l.per_ip)
+            || !fits(server.by_ip.of(&ip), l.per_ip)
             || !fits(room_t, l.per_room)
             || room_t.files >= MAX_FILES_PER_ROOM
         {
             return Err(ErrorCode::FileQuota);
         }
-        if !fits(self.used, l.total) || self.used.files >= MAX_FILES {
+        if !fits(server.used, l.total) || server.used.files >= MAX_FILES {
             return Err(ErrorCode::FileStorageFull);
         }
         Ok(())
@@ -396,11 +425,12 @@ impl FileStore {
     /// A ready file for a download by `ip`, unless that address has as many running as it may.
     pub fn download(&mut self, id: &str, ip: IpAddr, now: Instant) -> Result<Download, DownloadRefusal> {
         let e = self.files.get(id).filter(|e| matches!(e.stage, Stage::Ready)).ok_or(DownloadRefusal::Unknown)?;
-        if self.downloads.len() > MAX_FILES {
+        let mut server = self.server.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if server.downloads.len() > MAX_FILES {
             // Forget the addresses with nothing running.
-            self.downloads.retain(|_, running| Arc::strong_count(running) > 1);
+            server.downloads.retain(|_, running| Arc::strong_count(running) > 1);
         }
-        let running = self.downloads.entry(ip).or_default();
+        let running = server.downloads.entry(ip).or_default();
         if Arc::strong_count(running) > MAX_DOWNLOADS_PER_IP {
             return Err(DownloadRefusal::Busy);
         }
@@ -461,16 +491,19 @@ impl FileStore {
 
     /// Bytes reserved now.
     pub fn used(&self) -> u64 {
-        self.used.bytes
+        self.server().used.bytes
     }
 
     fn remove(&mut self, id: &str) {
         let Some(e) = self.files.remove(id) else { return };
         let size = e.file.size;
-        self.used.bytes = self.used.bytes.saturating_sub(size);
-        self.used.files = self.used.files.saturating_sub(1);
+        {
+            let mut server = self.server();
+            server.used.bytes = server.used.bytes.saturating_sub(size);
+            server.used.files = server.used.files.saturating_sub(1);
+            server.by_ip.sub(&e.ip, size);
+        }
         self.by_owner.sub(&e.file.from, size);
-        self.by_ip.sub(&e.ip, size);
         self.by_room.sub(&e.room, size);
         if !matches!(e.stage, Stage::Ready) {
             self.pending.sub(&e.file.from, size);
@@ -687,7 +720,8 @@ pub async fn upload(
 
 async fn receive_upload(app: AppState, id: String, q: UploadQuery, body: Body) -> Response {
     let (reply, answer) = oneshot::channel();
-    if !ask_hub(&app.hub, FileCommand::BeginUpload { id: id.clone(), key: q.key, reply }).await {
+    let hub = app.workers.hub(crate::workers::worker_of_file(&id, app.workers.len())).clone();
+    if !ask_hub(&hub, FileCommand::BeginUpload { id: id.clone(), key: q.key, reply }).await {
         return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "The server is stopping.");
     }
     let ticket = match answer.await {
@@ -702,7 +736,7 @@ async fn receive_upload(app: AppState, id: String, q: UploadQuery, body: Body) -
             return refusal(StatusCode::INSUFFICIENT_STORAGE, "storage", "The server cannot store files now.");
         }
     };
-    let guard = UploadGuard { hub: app.hub.clone(), id, path: ticket.path.clone(), done: false };
+    let guard = UploadGuard { hub, id, path: ticket.path.clone(), done: false };
     let mut options = tokio::fs::OpenOptions::new();
     // A new file (the id is new), readable by the server's user only.
     options.write(true).create_new(true);
@@ -808,7 +842,8 @@ pub async fn download(
     drop(req);
     let (reply, answer) = oneshot::channel();
     let not_found = || refusal(StatusCode::NOT_FOUND, "unknown_file", "No such file.");
-    if !ask_hub(&app.hub, FileCommand::Download { id, ip, reply }).await {
+    let hub = app.workers.hub(crate::workers::worker_of_file(&id, app.workers.len()));
+    if !ask_hub(hub, FileCommand::Download { id, ip, reply }).await {
         return not_found();
     }
     let d = match answer.await {
@@ -943,7 +978,7 @@ mod tests {
         assert_eq!(ok(&mut s, "c.txt", 1, SHA), Err(ErrorCode::FileQuota), "two offers already wait");
         s.owner_left(&p);
         assert_eq!(s.used(), 0, "offers never uploaded are dropped with their owner");
-        assert_eq!(s.by_owner.0.len() + s.by_ip.0.len() + s.by_room.0.len() + s.pending.0.len(), 0, "nothing tallied");
+        assert_eq!(s.by_owner.0.len() + s.server().by_ip.0.len() + s.by_room.0.len() + s.pending.0.len(), 0, "nothing tallied");
     }
 
     #[test]

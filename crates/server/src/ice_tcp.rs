@@ -213,7 +213,9 @@ pub struct TcpCounters {
 /// clone (the HTTP listener and the dedicated one hold one each).
 #[derive(Clone)]
 pub struct IceTcp {
-    events: mpsc::Sender<TcpEvent>,
+    /// Each worker's SFU (see [`crate::workers`]): a connection goes to the one whose ICE ufrag
+    /// its first STUN request names.
+    events: Arc<[mpsc::Sender<TcpEvent>]>,
     slots: Arc<Semaphore>,
     pub counters: Arc<TcpCounters>,
     /// [`ANSWER_TIMEOUT`] and [`IDLE_TIMEOUT`] (shorter in tests).
@@ -225,13 +227,19 @@ pub struct IceTcp {
 impl IceTcp {
     /// The handle, and the receiving end for the media task.
     pub fn channel() -> (IceTcp, mpsc::Receiver<TcpEvent>) {
-        IceTcp::with_timeouts(ANSWER_TIMEOUT, IDLE_TIMEOUT)
+        let (ice, mut rx) = IceTcp::channels(1);
+        (ice, rx.remove(0))
     }
 
-    fn with_timeouts(answer: Duration, idle: Duration) -> (IceTcp, mpsc::Receiver<TcpEvent>) {
-        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+    /// The handle, and the receiving end for each of `workers` media tasks.
+    pub fn channels(workers: usize) -> (IceTcp, Vec<mpsc::Receiver<TcpEvent>>) {
+        IceTcp::with_timeouts(ANSWER_TIMEOUT, IDLE_TIMEOUT, workers)
+    }
+
+    fn with_timeouts(answer: Duration, idle: Duration, workers: usize) -> (IceTcp, Vec<mpsc::Receiver<TcpEvent>>) {
+        let (events, rx): (Vec<_>, Vec<_>) = (0..workers.max(1)).map(|_| mpsc::channel(EVENT_QUEUE)).unzip();
         let handle = IceTcp {
-            events,
+            events: events.into(),
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             counters: Arc::new(TcpCounters::default()),
             timeouts: (answer, idle),
@@ -292,15 +300,15 @@ async fn connection(
     stream: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
-    events: mpsc::Sender<TcpEvent>,
+    workers: Arc<[mpsc::Sender<TcpEvent>]>,
     counters: &TcpCounters,
     (answer_timeout, idle_timeout): (Duration, Duration),
 ) -> &'static str {
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
-    if events.try_send(TcpEvent::Open { local, remote, out: out_tx }).is_err() {
-        counters.dropped_in.fetch_add(1, Ordering::Relaxed);
-        return "the media task's queue is full";
-    }
+    // The worker's SFU is known from the first packet (a STUN request naming its ufrag); the
+    // connection opens there then.
+    let mut opening = Some(out_tx);
+    let mut events: Option<mpsc::Sender<TcpEvent>> = None;
     let (mut rd, mut wr) = stream.into_split();
     // Set by the writer once the SFU has sent anything: it accepted a STUN check.
     let answered = AtomicBool::new(false);
@@ -329,6 +337,18 @@ async fn connection(
                 match deframer.next_frame() {
                     Ok(Some(packet)) => {
                         counters.frames_in.fetch_add(1, Ordering::Relaxed);
+                        if let Some(out) = opening.take() {
+                            let worker = huddle_sfu::stun_local_ufrag(packet)
+                                .and_then(|ufrag| crate::workers::worker_of_ufrag(ufrag, workers.len()))
+                                .unwrap_or(0);
+                            let to = workers[worker].clone();
+                            if to.try_send(TcpEvent::Open { local, remote, out }).is_err() {
+                                counters.dropped_in.fetch_add(1, Ordering::Relaxed);
+                                return "the media task's queue is full";
+                            }
+                            events = Some(to);
+                        }
+                        let Some(events) = &events else { return "no media task" };
                         let event = TcpEvent::Frame { local, remote, bytes: packet.to_vec() };
                         match events.try_send(event) {
                             Ok(()) => {}
@@ -530,7 +550,8 @@ mod tests {
     async fn a_connection_the_sfu_never_answers_is_closed_and_an_answered_one_lives_until_idle() {
         // The real timeouts, shorter: 10 s becomes 300 ms, 30 s becomes 600 ms.
         let (answer_timeout, idle_timeout) = (Duration::from_millis(300), Duration::from_millis(600));
-        let (ice, mut events) = IceTcp::with_timeouts(answer_timeout, idle_timeout);
+        let (ice, mut events) = IceTcp::with_timeouts(answer_timeout, idle_timeout, 1);
+        let mut events = events.remove(0);
         let (mut client, server, from) = pair().await;
         let started = Instant::now();
         ice.take(server, from, None);

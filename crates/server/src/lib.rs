@@ -10,9 +10,12 @@
 //!   bounded outbox into the socket, and keeps the heartbeat; every wait has a deadline.
 //! - [`outbox`] — what the hub queues for a connection: messages serialised once, bounded by
 //!   count and bytes.
-//! - [`hub`] — the single owner of all rooms and outboxes, reached over a channel.
-//! - [`media`] — the SFU driver: one task owning the media UDP socket(s) and the sans-IO core
-//!   (`huddle-sfu`), reached from the hub over a channel.
+//! - [`workers`] — rooms spread over the cores: a room belongs to one worker (a hub with its
+//!   own SFU), chosen by its name; a connection's session lives on its room's worker.
+//! - [`hub`] — the single owner of a worker's rooms and of its sessions' outboxes, reached over
+//!   a channel.
+//! - [`media`] — the SFU driver: one thread per worker owning its media UDP socket(s) and its
+//!   sans-IO core (`huddle-sfu`), reached from its hub over a channel.
 //! - [`batch`] — many datagrams per system call (`sendmmsg`), for the driver.
 //! - [`ice_tcp`] — ICE over TCP for the SFU: telling ICE-TCP connections on the HTTP port from
 //!   HTTP, RFC 4571 framing, one task per connection.
@@ -55,6 +58,7 @@ pub mod tls;
 pub mod tokens;
 pub mod turn;
 pub mod validate;
+pub mod workers;
 pub mod ws;
 
 pub use config::{Cli, Config};
@@ -79,7 +83,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub hub: mpsc::Sender<hub::Command>,
+    /// Every worker's hub (and SFU, for its stats).
+    pub workers: Arc<workers::Workers>,
     pub next_id: Arc<AtomicU64>,
     /// What the connection tasks count, for `/metrics`.
     pub counters: Arc<metrics::Counters>,
@@ -87,8 +92,7 @@ pub struct AppState {
     pub admission: Arc<limits::Admission>,
     /// Caps on open TCP connections, shared by the accept path and the ICE-TCP listener.
     pub tcp: Arc<limits::TcpAdmission>,
-    /// The SFU and TURN tasks, for their stats (weak: they stop when their owners drop them).
-    pub media: Option<mpsc::WeakSender<media::MediaCommand>>,
+    /// The TURN task, for its stats (weak: it stops when its owner drops it).
     pub turn: Option<mpsc::WeakSender<turn::TurnCommand>>,
     /// This node's part in a cluster (`--redis`); `None`: a single node.
     pub cluster: Option<Arc<cluster::Cluster>>,
@@ -120,27 +124,50 @@ pub async fn serve_with(
         None => None,
     };
     let tcp_caps = Arc::new(limits::TcpAdmission::new(config.tcp_limits(accept::fd_limit())));
-    let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
-    let mut media_task = None;
-    let mut media_stats = None;
+    let n = config.workers.clamp(1, workers::MAX_WORKERS);
+    let (hub_txs, hub_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(HUB_QUEUE)).unzip();
+    let mut media_threads = Vec::new();
+    let mut media_stats = Vec::new();
     // Where the HTTP listener sends ICE-TCP connections (`None`: not on this port).
     let mut http_ice = None;
     let mut sfu_addresses = Vec::new();
     // What a server that did not stop cleanly left of its shared files.
     files::remove_stale_dirs(config.file_dir.as_deref());
-    let mut hub = if config.topology == config::TopologyMode::P2p {
-        hub::Hub::new(config.clone())
+    let mut hubs: Vec<hub::Hub> = Vec::with_capacity(n);
+    if config.topology == config::TopologyMode::P2p {
+        for _ in 0..n {
+            hubs.push(hub::Hub::new(config.clone()));
+            media_stats.push(None);
+        }
     } else {
-        let mut media = media::Media::bind(&config, listener.local_addr()?).await?;
-        media.set_tcp_caps(tcp_caps.clone());
-        info!(udp = ?media.addresses(), ice_tcp = ?media.tcp_addresses(), "SFU listening");
-        sfu_addresses = media.local_and_announced();
-        http_ice = media.http_ice_tcp();
-        let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
-        media_stats = Some(media_tx.downgrade());
-        media_task = Some(media.start(media_rx, hub_tx.clone())?);
-        hub::Hub::with_media(config.clone(), media_tx)
-    };
+        let medias = media::Media::bind_workers(&config, listener.local_addr()?, n).await?;
+        for (i, mut media) in medias.into_iter().enumerate() {
+            media.set_tcp_caps(tcp_caps.clone());
+            info!(worker = i, udp = ?media.addresses(), ice_tcp = ?media.tcp_addresses(), "SFU listening");
+            sfu_addresses.extend(media.local_and_announced());
+            if i == 0 {
+                http_ice = media.http_ice_tcp();
+            }
+            let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
+            media_stats.push(Some(media_tx.downgrade()));
+            media_threads.push(media.start(media_rx, hub_txs[i].clone())?);
+            hubs.push(hub::Hub::with_media(config.clone(), media_tx));
+        }
+    }
+    let workers = Arc::new(workers::Workers::new(hub_txs.clone(), media_stats));
+    if n > 1 {
+        let weak: Vec<_> = hub_txs.iter().map(mpsc::Sender::downgrade).collect();
+        let file_usage = files::ServerUsage::shared();
+        for (index, hub) in hubs.iter_mut().enumerate() {
+            hub.share_file_usage(file_usage.clone());
+            hub.set_siblings(workers::Siblings { index, hubs: weak.clone(), rooms: workers.rooms.clone() });
+            if let Some(prefix) = workers::file_id_prefix(index, n) {
+                hub.set_file_id_prefix(&prefix);
+            }
+        }
+    }
+    // One node of several runs one worker (the configuration sees to it): its hub.
+    let hub_tx = hub_txs[0].clone();
     // TURN over TLS only with a certificate browsers trust without being asked.
     let turn_tls = match (&config.tls, &tls) {
         (config::Tls::Files { .. }, Some(setup)) => Some(setup.config.clone()),
@@ -151,7 +178,9 @@ pub async fn serve_with(
         let shared = shared_keys.as_ref().map(|k| k.turn.clone());
         let turn = turn::start(config.clone(), listener.local_addr()?, sfu_addresses, turn_tls, shared).await?;
         info!(addresses = ?turn.addresses, "STUN/TURN listening on UDP and TCP");
-        hub.set_turn(turn.handle.clone(), turn.commands.downgrade());
+        for hub in &mut hubs {
+            hub.set_turn(turn.handle.clone(), turn.commands.downgrade());
+        }
         turn_task = Some(turn);
     }
     // What the previous run on this port handed over (sessions to resume), and invite links
@@ -163,10 +192,20 @@ pub async fn serve_with(
         config.resume_grace.as_secs(),
     );
     let mut first_id = 1;
-    if let Some(saved) = sessions_file.as_deref().and_then(persist::take_sessions) {
-        match hub.restore(&saved, tokio::time::Instant::now()) {
-            Ok(highest) => first_id = highest + 1,
-            Err(why) => info!(%why, "saved sessions not used"),
+    if let Some(file) = sessions_file.as_deref() {
+        // Each worker saved its own rooms; each room goes back to the worker that owns it now
+        // (the count of workers may have changed).
+        let now = tokio::time::Instant::now();
+        for saved in (0..workers::MAX_WORKERS).filter_map(|i| persist::take_sessions(&persist::worker_file(file, i))) {
+            for (index, hub) in hubs.iter_mut().enumerate() {
+                match hub.restore_only(&saved, now, &|room: &str| workers::worker_of_room(room, n) == index) {
+                    Ok(highest) => first_id = first_id.max(highest + 1),
+                    Err(why) => {
+                        info!(%why, "saved sessions not used");
+                        break;
+                    }
+                }
+            }
         }
     }
     let invite_key = match &shared_keys {
@@ -174,13 +213,15 @@ pub async fn serve_with(
         None => persist::key(config.data_dir.as_deref(), "invite.key"),
     };
     if let Some(key) = invite_key {
-        hub.set_invite_key(&key);
+        for hub in &mut hubs {
+            hub.set_invite_key(&key);
+        }
     }
     let next_id = Arc::new(AtomicU64::new(first_id));
     let cluster = match config.redis.as_deref() {
         Some(url) => {
             let (events_tx, events_rx) = mpsc::unbounded_channel();
-            hub.set_room_events(events_tx);
+            hubs[0].set_room_events(events_tx);
             let keys = shared_keys.as_ref().ok_or_else(|| anyhow::anyhow!("the cluster's keys"))?;
             let address = node_address(listener.local_addr()?).to_string();
             let serves_tls = tls.is_some();
@@ -196,7 +237,7 @@ pub async fn serve_with(
             )
             .await?;
             // Where each file is kept shows in its id.
-            hub.set_file_id_prefix(&format!("{}-", cluster.node));
+            hubs[0].set_file_id_prefix(&format!("{}-", cluster.node));
             Some(cluster)
         }
         None => None,
@@ -205,25 +246,31 @@ pub async fn serve_with(
     let _turn_news = match (&cluster, &turn_task) {
         (Some(cluster), Some(turn)) => {
             let shared = cluster.share_turn(turn.commands.downgrade());
-            hub.set_turn(turn.handle.clone(), shared.downgrade());
+            hubs[0].set_turn(turn.handle.clone(), shared.downgrade());
             Some(shared)
         }
         _ => None,
     };
-    let hub_task = tokio::spawn(hub::run(hub, hub_rx, sessions_file));
+    let hub_tasks: Vec<_> = hubs
+        .into_iter()
+        .zip(hub_rxs)
+        .enumerate()
+        .map(|(i, (hub, rx))| {
+            let save_to = sessions_file.as_deref().map(|f| persist::worker_file(f, i));
+            tokio::spawn(hub::run(hub, rx, save_to))
+        })
+        .collect();
     let state = AppState {
         admission: Arc::new(limits::Admission::new(config.admission_limits())),
         tcp: tcp_caps,
         config,
-        hub: hub_tx.clone(),
+        workers: workers.clone(),
         next_id,
         counters: Arc::new(metrics::Counters::default()),
-        media: media_stats,
         turn: turn_task.as_ref().map(|t: &turn::Running| t.commands.downgrade()),
         cluster: cluster.clone(),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let hub_for_shutdown = hub_tx.clone();
     let cluster_for_shutdown = cluster.clone();
     let farewell = tokio::spawn(async move {
         shutdown.await;
@@ -232,10 +279,14 @@ pub async fn serve_with(
         if let Some(cluster) = &cluster_for_shutdown {
             cluster.hand_over().await;
         }
-        let (done_tx, done_rx) = oneshot::channel();
-        if hub_for_shutdown.send(hub::Command::Shutdown { done: done_tx }).await.is_ok() {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, done_rx).await;
-        }
+        // Every worker says goodbye (and saves its rooms) at once.
+        let goodbyes = workers.hubs().iter().map(|hub| async move {
+            let (done_tx, done_rx) = oneshot::channel();
+            if hub.send(hub::Command::Shutdown { done: done_tx }).await.is_ok() {
+                let _ = done_rx.await;
+            }
+        });
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(goodbyes)).await;
         if let Some(cluster) = &cluster_for_shutdown {
             cluster.close_edges().await;
         }
@@ -252,9 +303,12 @@ pub async fn serve_with(
     };
     accept::serve(listener, edge, stopped).await;
     let _ = farewell.await;
+    drop(hub_txs);
     drop(hub_tx);
-    hub_task.abort();
-    if let Some(media) = media_task {
+    for task in &hub_tasks {
+        task.abort();
+    }
+    for media in media_threads {
         // The hub's end of its command channel went with the hub: the thread is on its way out.
         let _ = tokio::time::timeout(Duration::from_secs(1), tokio::task::spawn_blocking(move || media.thread.join()))
             .await;

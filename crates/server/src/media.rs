@@ -129,6 +129,26 @@ pub struct MediaStats {
     pub forwarded_bytes: u64,
 }
 
+impl MediaStats {
+    /// Two workers' SFU counters together.
+    pub fn plus(self, o: &MediaStats) -> MediaStats {
+        MediaStats {
+            participants: self.participants + o.participants,
+            datagrams_in: self.datagrams_in + o.datagrams_in,
+            datagrams_out: self.datagrams_out + o.datagrams_out,
+            datagrams_unclaimed: self.datagrams_unclaimed + o.datagrams_unclaimed,
+            send_dropped: self.send_dropped + o.send_dropped,
+            events_dropped: self.events_dropped + o.events_dropped,
+            tcp_connections: self.tcp_connections + o.tcp_connections,
+            tcp_frames_in: self.tcp_frames_in + o.tcp_frames_in,
+            tcp_frames_out: self.tcp_frames_out + o.tcp_frames_out,
+            tcp_dropped: self.tcp_dropped + o.tcp_dropped,
+            forwarded_packets: self.forwarded_packets + o.forwarded_packets,
+            forwarded_bytes: self.forwarded_bytes + o.forwarded_bytes,
+        }
+    }
+}
+
 /// One bound socket and the address the core knows it by (its candidate address).
 struct Sock {
     socket: UdpSocket,
@@ -139,14 +159,19 @@ struct Sock {
 struct TcpSetup {
     ice: IceTcp,
     events: mpsc::Receiver<TcpEvent>,
-    /// `--media-tcp-port`'s listener; `None`: ICE-TCP shares the HTTP port.
+    /// `--media-tcp-port`'s listener (the first worker's only); `None`: ICE-TCP shares the HTTP
+    /// port, or another worker serves the listener.
     dedicated: Option<TcpListener>,
+    /// ICE-TCP comes to the HTTP port (no `--media-tcp-port`).
+    on_http_port: bool,
     /// The passive candidates announced (public aliases applied).
     addresses: Vec<SocketAddr>,
 }
 
 /// The media endpoint, bound and ready to run.
 pub struct Media {
+    /// Its worker (see [`crate::workers`]): its ICE ufrags start with that worker's prefix.
+    worker: usize,
     socks: Vec<Sock>,
     tcp: Option<TcpSetup>,
     public_ips: Vec<IpAddr>,
@@ -157,11 +182,55 @@ impl Media {
     /// Binds the SFU's UDP port on the listen address of the HTTP server (`http`), or on every
     /// interface address when that is a wildcard.
     pub async fn bind(config: &Config, http: SocketAddr) -> anyhow::Result<Media> {
+        let mut one = Media::bind_workers(config, http, 1).await?;
+        Ok(one.remove(0))
+    }
+
+    /// [`Media::bind`] for each of `workers` workers: worker N's UDP port is `--media-port` + N
+    /// (by default the HTTP port's number + N, or any free port when that one is taken), and
+    /// ICE-TCP connections (one listener, shared) go to the worker their ufrag names.
+    pub async fn bind_workers(config: &Config, http: SocketAddr, workers: usize) -> anyhow::Result<Vec<Media>> {
         let ips = interface_ips(http.ip());
+        // The first worker's setup holds the listener; the others' receive their connections.
+        let (mut first_tcp, mut tcp_events) = match config.ice_tcp {
+            true => {
+                let (setup, events) = bind_tcp(config, http, &ips, workers).await?;
+                (Some(setup), events.into_iter())
+            }
+            false => (None, Vec::new().into_iter()),
+        };
+        let shared = first_tcp.as_ref().map(|t| (t.ice.clone(), t.on_http_port, t.addresses.clone()));
+        let mut out = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            let socks = bind_udp(config, http, &ips, worker).await?;
+            let tcp = match (worker, &shared) {
+                (0, _) => first_tcp.take(),
+                (_, Some((ice, on_http_port, addresses))) => tcp_events.next().map(|events| TcpSetup {
+                    ice: ice.clone(),
+                    events,
+                    dedicated: None,
+                    on_http_port: *on_http_port,
+                    addresses: addresses.clone(),
+                }),
+                _ => None,
+            };
+            let public_ips = config.media_public_ips.clone();
+            out.push(Media { worker, socks, tcp, public_ips, bandwidth_estimation: config.bandwidth_estimation });
+        }
+        Ok(out)
+    }
+}
+
+/// Worker `worker`'s UDP sockets: one per address in `ips`, all on one port.
+async fn bind_udp(config: &Config, http: SocketAddr, ips: &[IpAddr], worker: usize) -> anyhow::Result<Vec<Sock>> {
+    {
         let Some(first) = ips.first().copied() else {
             anyhow::bail!("no network interface address to bind the SFU's UDP port on");
         };
-        let port = config.media_port.unwrap_or(http.port());
+        let base = config.media_port.unwrap_or(http.port());
+        // `--media-port 0` (any port) stays 0 for every worker; the check of the configuration
+        // keeps base + worker within range.
+        let port = if base == 0 { 0 } else { base.saturating_add(worker as u16) };
         let first_socket = match UdpSocket::bind((first, port)).await {
             Ok(s) => s,
             // The default port (the HTTP port's number) is only a preference.
@@ -185,11 +254,11 @@ impl Media {
             let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
             socks.push(Sock { socket, alias });
         }
-        let tcp = if config.ice_tcp { Some(bind_tcp(config, http, &ips).await?) } else { None };
-        let public_ips = config.media_public_ips.clone();
-        Ok(Media { socks, tcp, public_ips, bandwidth_estimation: config.bandwidth_estimation })
+        Ok(socks)
     }
+}
 
+impl Media {
     /// The caps on open TCP connections that ICE-TCP connections count under (the HTTP port's;
     /// see [`crate::limits::TcpAdmission`]).
     pub fn set_tcp_caps(&mut self, caps: Arc<crate::limits::TcpAdmission>) {
@@ -201,7 +270,7 @@ impl Media {
     /// Where the HTTP listener sends the ICE-TCP connections it finds: `Some` when ICE-TCP is on
     /// and shares the HTTP port (no `--media-tcp-port`).
     pub fn http_ice_tcp(&self) -> Option<IceTcp> {
-        self.tcp.as_ref().filter(|t| t.dedicated.is_none()).map(|t| t.ice.clone())
+        self.tcp.as_ref().filter(|t| t.on_http_port).map(|t| t.ice.clone())
     }
 
     /// The addresses announced for ICE over TCP (one passive candidate each); empty when off.
@@ -244,7 +313,7 @@ impl Media {
         commands: mpsc::Receiver<MediaCommand>,
         hub: mpsc::Sender<hub::Command>,
     ) -> io::Result<MediaThread> {
-        let Media { socks, tcp, public_ips, bandwidth_estimation } = self;
+        let Media { worker, socks, tcp, public_ips, bandwidth_estimation } = self;
         // Sockets move to the thread's runtime as std sockets (still non-blocking).
         let socks = socks.into_iter().map(|s| Ok((s.socket.into_std()?, s.alias))).collect::<io::Result<Vec<_>>>()?;
         let (mut tcp_events, mut ice, mut dedicated) = (None, None, None);
@@ -257,7 +326,7 @@ impl Media {
             tcp_events = Some(tcp.events);
             ice = Some(tcp.ice);
         }
-        let thread = std::thread::Builder::new().name("huddle-media".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name(format!("huddle-media-{worker}")).spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => return warn!(error = %e, "cannot start the SFU thread's runtime; the SFU is off"),
@@ -270,7 +339,7 @@ impl Media {
                         Err(e) => warn!(%alias, error = %e, "cannot use the SFU's socket; skipped"),
                     }
                 }
-                let media = Media { socks: bound, tcp: None, public_ips, bandwidth_estimation };
+                let media = Media { worker, socks: bound, tcp: None, public_ips, bandwidth_estimation };
                 media.run(commands, hub, tcp_addresses, tcp_events, ice).await;
             });
         })?;
@@ -286,6 +355,7 @@ impl Media {
         ice: Option<IceTcp>,
     ) {
         let mut sfu = Sfu::with_addresses(self.addresses());
+        sfu.set_ufrag_prefix(&crate::workers::ufrag_prefix(self.worker));
         sfu.set_tcp_addresses(tcp_addresses);
         sfu.set_bandwidth_estimation(self.bandwidth_estimation);
         let outgoing = self.socks.iter().map(|_| Vec::new()).collect();
@@ -328,8 +398,13 @@ impl Drop for AbortOnDrop {
 /// ICE over TCP: the channel for the connection tasks, the dedicated listener if
 /// `--media-tcp-port` is set, and the candidate addresses (every address `ips` of the HTTP
 /// listener, on the TCP port, with public aliases applied like UDP's).
-async fn bind_tcp(config: &Config, http: SocketAddr, ips: &[IpAddr]) -> anyhow::Result<TcpSetup> {
-    let (ice, events) = IceTcp::channel();
+async fn bind_tcp(
+    config: &Config,
+    http: SocketAddr,
+    ips: &[IpAddr],
+    workers: usize,
+) -> anyhow::Result<(TcpSetup, Vec<mpsc::Receiver<TcpEvent>>)> {
+    let (ice, mut events) = IceTcp::channels(workers);
     let (dedicated, port) = match config.media_tcp_port {
         Some(port) => {
             let listener = TcpListener::bind((http.ip(), port))
@@ -348,7 +423,9 @@ async fn bind_tcp(config: &Config, http: SocketAddr, ips: &[IpAddr]) -> anyhow::
             addresses.push(alias);
         }
     }
-    Ok(TcpSetup { ice, events, dedicated, addresses })
+    let on_http_port = dedicated.is_none();
+    let first = events.remove(0);
+    Ok((TcpSetup { ice, events: first, dedicated, on_http_port, addresses }, events))
 }
 
 impl Media {}

@@ -8,7 +8,7 @@
 //! Nothing is labelled by room or participant (privacy and cardinality).
 
 use crate::hub;
-use crate::media::{MediaCommand, MediaStats};
+use crate::media::MediaStats;
 use crate::turn::{TurnCommand, TurnStats};
 use crate::AppState;
 use axum::extract::State;
@@ -153,6 +153,8 @@ pub struct Snapshot<'a> {
     pub hub: Option<hub::Stats>,
     pub media: Option<MediaStats>,
     pub turn: Option<TurnStats>,
+    /// Each worker's rooms, and the packets its SFU forwarded (`None`: no SFU).
+    pub workers: Vec<(usize, Option<u64>)>,
     /// This node's part in a cluster (`--redis`).
     pub cluster: Option<&'a crate::cluster::ClusterStats>,
     pub process: Process,
@@ -230,6 +232,12 @@ pub fn render(s: &Snapshot) -> String {
             "Times the last session ended and the allocator's free memory went back to the system.",
             h.memory_releases,
         );
+        t.one(
+            "huddle_hub_panics_total",
+            "counter",
+            "Bugs that panicked in a worker's hub: its rooms were closed (ended, server_error) and it went on.",
+            h.panics,
+        );
     }
     if let Some(c) = s.counters {
         t.family("huddle_ws_messages_in_total", "counter", "Client messages received, by type.");
@@ -280,6 +288,24 @@ pub fn render(s: &Snapshot) -> String {
         t.sample("huddle_tcp_timeouts_total", &[("stage", "sniff")], c.timeouts_sniff.load(Relaxed));
         t.sample("huddle_tcp_timeouts_total", &[("stage", "tls")], c.timeouts_tls.load(Relaxed));
         t.sample("huddle_tcp_timeouts_total", &[("stage", "headers")], c.timeouts_headers.load(Relaxed));
+    }
+    if !s.workers.is_empty() {
+        t.family("huddle_worker_rooms", "gauge", "Rooms each worker holds (a room belongs to one worker).");
+        for (i, (rooms, _)) in s.workers.iter().enumerate() {
+            t.sample("huddle_worker_rooms", &[("worker", &i.to_string())], rooms);
+        }
+    }
+    if s.workers.iter().any(|(_, f)| f.is_some()) {
+        t.family(
+            "huddle_worker_forwarded_packets_total",
+            "counter",
+            "RTP packets each worker's SFU forwarded (one per subscriber).",
+        );
+        for (i, (_, forwarded)) in s.workers.iter().enumerate() {
+            if let Some(f) = forwarded {
+                t.sample("huddle_worker_forwarded_packets_total", &[("worker", &i.to_string())], f);
+            }
+        }
     }
     if let Some(m) = &s.media {
         t.one("huddle_sfu_participants", "gauge", "Participants with a session on the SFU.", m.participants);
@@ -408,17 +434,18 @@ pub async fn handler(State(app): State<AppState>, headers: HeaderMap) -> Respons
             return res;
         }
     }
-    let hub = ask(&app.hub, |reply| hub::Command::Stats { reply });
-    let media = async {
-        let tx = app.media.as_ref()?.upgrade()?;
-        ask(&tx, |reply| MediaCommand::Stats { reply }).await
-    };
+    let hub = async { app.workers.stats().await.map(|(total, _)| total) };
+    let media = app.workers.media_stats();
     let turn = async {
         let tx = app.turn.as_ref()?.upgrade()?;
         ask(&tx, |reply| TurnCommand::Stats { reply }).await
     };
-    let (hub, media, turn) = tokio::join!(hub, media, turn);
+    let (hub, each_media, turn) = tokio::join!(hub, media, turn);
+    let media = each_media.iter().flatten().fold(None, |sum: Option<MediaStats>, m| Some(sum.unwrap_or_default().plus(m)));
+    let rooms = app.workers.rooms.each();
+    let workers = rooms.into_iter().zip(each_media.iter()).map(|(r, m)| (r, m.map(|m| m.forwarded_packets))).collect();
     let body = render(&Snapshot {
+        workers,
         counters: Some(&app.counters),
         ws_connections: app.admission.connections(),
         tcp_connections: app.tcp.open(),
@@ -454,6 +481,7 @@ mod tests {
             hub: Some(hub::Stats { connections: 3, rooms: 1, participants: 2, ..Default::default() }),
             media: Some(MediaStats { forwarded_packets: 10, forwarded_bytes: 9000, ..Default::default() }),
             turn: Some(TurnStats::default()),
+            workers: vec![(1, Some(10)), (0, Some(0))],
             cluster: Some(&crate::cluster::ClusterStats::default()),
             process: Process { cpu_seconds: Some(0.5), resident_bytes: Some(1 << 20) },
         };

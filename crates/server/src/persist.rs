@@ -24,6 +24,15 @@ pub fn sessions_file(data_dir: Option<&Path>, port: u16, resume_grace_secs: u64)
     (resume_grace_secs > 0).then(|| data_dir.map(|d| d.join(format!("sessions-{port}.json"))))?
 }
 
+/// Where worker `index` (of several, see [`crate::workers`]) saves its sessions: the first in
+/// `file` itself, the others beside it (`sessions-<port>.w<index>.json`).
+pub fn worker_file(file: &Path, index: usize) -> PathBuf {
+    match index {
+        0 => file.to_path_buf(),
+        i => file.with_extension(format!("w{i}.json")),
+    }
+}
+
 /// Creates `dir`, and the directories above it that are missing, readable by their owner only
 /// (0700). A directory that exists already is left as it is.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {

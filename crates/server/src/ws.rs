@@ -340,7 +340,13 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
     let cfg = &app.config;
     let (outbox, mut outbox_rx) = outbox::outbox(cfg.outbox_capacity, cfg.outbox_bytes);
     let (kick_tx, mut kick_rx) = oneshot::channel();
-    let mut route = Route { home: None, seq: 0 };
+    let mut route = Route { home: None, seq: 0, worker: app.workers.for_connection(n) };
+    // A session to resume that lives on another worker is resumed there.
+    if let (Some(resume), true) = (&resume, app.workers.len() > 1) {
+        if let Some(worker) = Box::pin(app.workers.holding(&resume.id)).await {
+            route.worker = worker;
+        }
+    }
     // A session to resume that lives on another node (of several) is resumed there.
     let start = match (&app.cluster, resume) {
         (Some(cluster), Some(resume)) => match Box::pin(resume_home(cluster, &resume)).await {
@@ -371,7 +377,7 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
             let (session_tx, session_rx) = oneshot::channel();
             let id = app.cluster.as_ref().map_or_else(|| PeerId(format!("p{n}")), |c| c.peer_id(n));
             let connect = Connect { conn: n, id, outbox, kick, host, ip, resume, session: session_tx };
-            if Box::pin(app.hub.send(Command::Connect(connect))).await.is_err() {
+            if Box::pin(route.hub(&app).send(Command::Connect(connect))).await.is_err() {
                 return;
             }
             // The hub answers with the session this connection speaks for (a resumed one, or its
@@ -508,6 +514,10 @@ async fn read_loop(
         if let (Verdict::Pass, Some(cluster), Ok(ClientMsg::Join { room, .. })) = (verdict, &app.cluster, &parsed) {
             unavailable = !Box::pin(route.follow_room(app, cluster, room, id, n)).await;
         }
+        // Several workers: the same, to the room's worker.
+        if let (Verdict::Pass, true, Ok(ClientMsg::Join { room, .. })) = (verdict, app.workers.len() > 1, &parsed) {
+            Box::pin(route.follow_worker(app, room, id, n)).await;
+        }
         let cmd = match verdict {
             Verdict::Pass if unavailable => {
                 app.counters.refused(ErrorCode::Unavailable);
@@ -545,7 +555,7 @@ async fn read_loop(
         match route.deliver_now(app, n, cmd) {
             Ok(()) => {}
             Err(Undelivered::Busy(cmd)) => {
-                if Box::pin(app.hub.send(cmd)).await.is_err() {
+                if Box::pin(route.hub(app).send(cmd)).await.is_err() {
                     return Ending::HubGone;
                 }
             }
@@ -692,19 +702,49 @@ enum Undelivered {
     Gone,
 }
 
-/// Where a connection's session lives (see [`crate::cluster`]): this node's hub, or another node
-/// reached through the relay, with the number of the last message sent there.
+/// Where a connection's session lives (see [`crate::cluster`]): one of this node's workers'
+/// hubs, or another node reached through the relay, with the number of the last message sent
+/// there.
 struct Route {
     home: Option<String>,
     seq: u64,
+    /// The worker whose hub holds the session (see [`crate::workers`]): its room's, once it
+    /// joined one.
+    worker: usize,
 }
 
 impl Route {
+    /// The hub of the session's worker on this node.
+    fn hub<'a>(&self, app: &'a AppState) -> &'a mpsc::Sender<Command> {
+        app.workers.hub(self.worker)
+    }
+
+    /// Before a join of `room`: moves the session to the worker that owns the room, with its
+    /// outbox (the page sees nothing of it). A session in a room (or waiting at one's door)
+    /// stays: its worker refuses the join as for one worker.
+    async fn follow_worker(&mut self, app: &AppState, room: &str, id: &PeerId, n: u64) {
+        let Some(target) = app.workers.of_room(room, app.config.max_room_chars) else { return };
+        if target == self.worker {
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.hub(app).send(Command::Export { id: id.clone(), conn: n, reply }).await.is_err() {
+            return;
+        }
+        let Some(exported) = answer.await.ok().flatten() else { return };
+        let adopt = Command::Adopt { handoff: exported.handoff, conn: n, outbox: exported.outbox, kick: exported.kick };
+        // The target's queue is gone only as the server stops: the join then goes nowhere and
+        // the connection ends as every other does.
+        let _ = app.workers.hub(target).send(adopt).await;
+        debug!(peer = %id, from = self.worker, to = target, "the session moved to its room's worker");
+        self.worker = target;
+    }
+
     /// Hands `cmd` to the session's home, waiting while this node's hub is busy.
     async fn deliver(&mut self, app: &AppState, n: u64, cmd: Command) -> Result<(), ()> {
         match self.deliver_now(app, n, cmd) {
             Ok(()) => Ok(()),
-            Err(Undelivered::Busy(cmd)) => app.hub.send(cmd).await.map_err(|_| ()),
+            Err(Undelivered::Busy(cmd)) => self.hub(app).send(cmd).await.map_err(|_| ()),
             Err(Undelivered::Gone) => Err(()),
         }
     }
@@ -716,7 +756,7 @@ impl Route {
     #[allow(clippy::result_large_err)]
     fn deliver_now(&mut self, app: &AppState, n: u64, cmd: Command) -> Result<(), Undelivered> {
         let (Some(home), Some(cluster)) = (&self.home, &app.cluster) else {
-            return app.hub.try_send(cmd).map_err(|e| match e {
+            return self.hub(app).try_send(cmd).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(cmd) => Undelivered::Busy(cmd),
                 mpsc::error::TrySendError::Closed(_) => Undelivered::Gone,
             });
@@ -745,7 +785,7 @@ impl Route {
             let exported = match &self.home {
                 None => {
                     let (reply, answer) = oneshot::channel();
-                    if app.hub.send(Command::Export { id: id.clone(), conn: n, reply }).await.is_err() {
+                    if self.hub(app).send(Command::Export { id: id.clone(), conn: n, reply }).await.is_err() {
                         return true;
                     }
                     answer.await.ok().flatten().map(|x| (x.handoff, x.outbox, x.kick))
@@ -760,7 +800,7 @@ impl Route {
             match &target {
                 None => {
                     let adopt = Command::Adopt { handoff, conn: n, outbox, kick };
-                    if app.hub.send(adopt).await.is_err() {
+                    if self.hub(app).send(adopt).await.is_err() {
                         return true;
                     }
                 }

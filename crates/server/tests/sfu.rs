@@ -416,6 +416,50 @@ async fn with_media_tcp_port_ice_tcp_has_a_port_of_its_own() {
     stop_all(stop_tx, tasks, server).await;
 }
 
+/// The first name `stem-<n>` whose room worker `worker` of `workers` owns.
+fn room_on(worker: usize, workers: usize, stem: &str) -> String {
+    (0..1000)
+        .map(|n| format!("{stem}-{n}"))
+        .find(|room| huddle_server::workers::worker_of_room(room, workers) == worker)
+        .expect("a name for every worker among 1000")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_on_two_workers_forward_media_side_by_side_over_udp_and_ice_tcp() {
+    let server = TestServer::start(Config { workers: 2, ..sfu_config(TopologyMode::Sfu) }).await;
+    // The participants' tasks take `&'static str` rooms.
+    let rooms: [&'static str; 2] = [room_on(0, 2, "w").leak(), room_on(1, 2, "w").leak()];
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // Room 0: tags 11 and 12; room 1: tags 21 and 22. 11 and 21 reach their SFU only over
+    // ICE-TCP on the shared HTTP port, which must hand each connection to its room's worker.
+    for (room, tags) in rooms.iter().zip([[11u8, 12], [21, 22]]) {
+        for tag in tags {
+            let ws = Client::connect(&server).await;
+            let link = if tag % 10 == 1 { Link::tcp(server.addr).await } else { Link::udp().await };
+            tasks.push(tokio::spawn(media_participant(ws, room, tag, link, tx.clone(), stop.clone())));
+        }
+    }
+    let mut got = HashSet::new();
+    let mut want = everyone_sees_everyone(&[11, 12]);
+    want.extend(everyone_sees_everyone(&[21, 22]));
+    wait_for(&mut rx, &mut got, &want).await;
+    let crossed: Vec<_> = got.iter().filter(|(r, s, _)| r / 10 != s / 10).collect();
+    assert!(crossed.is_empty(), "media crossed between the rooms: {crossed:?}");
+
+    // Each worker holds one room and forwarded its packets.
+    let m = common::raw::metrics(server.addr).await;
+    for worker in ["0", "1"] {
+        assert_eq!(m.get(&format!("huddle_worker_rooms{{worker=\"{worker}\"}}")), Some(&1.0), "{m:?}");
+        let forwarded = m.get(&format!("huddle_worker_forwarded_packets_total{{worker=\"{worker}\"}}"));
+        assert!(forwarded.is_some_and(|f| *f > 0.0), "worker {worker} forwarded nothing: {m:?}");
+    }
+    assert_eq!(m.get("huddle_rooms"), Some(&2.0));
+    assert_eq!(m.get("huddle_sfu_participants"), Some(&4.0));
+    stop_all(stop_tx, tasks, server).await;
+}
+
 /// A frame that looks like ICE-TCP (a STUN Binding request) naming nobody the SFU knows.
 fn stranger_stun_frame() -> Vec<u8> {
     let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xA4, 0x42];

@@ -82,7 +82,7 @@ impl Demux {
 }
 
 /// For a STUN message, the local (our) part of its `USERNAME` attribute `ours:theirs`.
-pub(crate) fn stun_local_ufrag(bytes: &[u8]) -> Option<&str> {
+pub fn stun_local_ufrag(bytes: &[u8]) -> Option<&str> {
     if bytes.len() < STUN_HEADER_LEN || bytes[0] & 0xC0 != 0 || bytes[4..8] != STUN_MAGIC_COOKIE {
         return None;
     }

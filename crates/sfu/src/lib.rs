@@ -85,6 +85,7 @@ pub mod speaker;
 pub mod track;
 
 pub use api::{Answer, Event, Input, Offer, Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
+pub use demux::stun_local_ufrag;
 pub use sfu::Sfu;
 /// The str0m version the core is built on, re-exported for the harness and the driver.
 pub use str0m;

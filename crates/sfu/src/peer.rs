@@ -139,6 +139,8 @@ pub(crate) struct Peer {
 pub(crate) struct Locals<'a> {
     pub(crate) udp: &'a [SocketAddr],
     pub(crate) tcp: &'a [SocketAddr],
+    /// What the session's ICE ufrag starts with ([`crate::Sfu::set_ufrag_prefix`]).
+    pub(crate) ufrag_prefix: &'a str,
 }
 
 impl Peer {
@@ -177,7 +179,9 @@ impl Peer {
         for (pt, rtx, profile) in [(108u8, 109u8, 0x42e01f), (127, 121, 0x42001f)] {
             config.codec_config().add_h264(pt.into(), Some(rtx.into()), true, profile);
         }
-        let mut rtc = config.build(now);
+        let mut creds = IceCreds::new();
+        creds.ufrag.insert_str(0, locals.ufrag_prefix);
+        let mut rtc = config.set_local_ice_credentials(creds).build(now);
         for local in locals.udp {
             let candidate = Candidate::host(*local, Protocol::Udp)
                 .map_err(|e| SfuError::SdpRefused { peer: id, reason: format!("candidate {local}: {e}") })?;

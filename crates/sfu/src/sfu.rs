@@ -39,6 +39,8 @@ pub struct Sfu {
     /// Whether new participants get str0m's bandwidth estimate; see
     /// [`Sfu::set_bandwidth_estimation`].
     bwe: bool,
+    /// What every ICE ufrag of this core starts with; see [`Sfu::set_ufrag_prefix`].
+    ufrag_prefix: String,
 }
 
 impl Sfu {
@@ -72,7 +74,17 @@ impl Sfu {
             scratch: Vec::new(),
             latest: None,
             bwe: true,
+            ufrag_prefix: String::new(),
         }
+    }
+
+    /// Every participant who joins from now on gets an ICE username fragment starting with
+    /// `prefix` (ICE characters only: letters, digits, `+`, `/`). A server with several cores
+    /// (one per worker) tells by it which core a connection is for before any core has seen it:
+    /// an ICE-TCP connection on the shared HTTP port names it in its first STUN request
+    /// ([`stun_local_ufrag`]).
+    pub fn set_ufrag_prefix(&mut self, prefix: &str) {
+        self.ufrag_prefix = prefix.to_string();
     }
 
     /// Announces, to participants who join from now on, a passive TCP host candidate (RFC 6544,
@@ -222,7 +234,7 @@ impl Sfu {
     fn join(&mut self, now: Instant, room: String, id: PeerId, offer: Offer) -> Result<(), SfuError> {
         let room: Arc<str> =
             self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
-        let locals = Locals { udp: &self.locals, tcp: &self.tcp_locals };
+        let locals = Locals { udp: &self.locals, tcp: &self.tcp_locals, ufrag_prefix: &self.ufrag_prefix };
         let mut aside = Sink::default();
         let joined = contained(|| Peer::join(now, id, room.clone(), offer, locals, self.bwe, &mut aside));
         let (mut peer, answer, creds) = match joined {

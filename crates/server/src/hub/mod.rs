@@ -28,7 +28,7 @@ use crate::tokens::Tokens;
 use crate::turn::{TurnCommand, TurnHandle};
 use crate::validate;
 use huddle_protocol::{
-    ByeReason, ClientMsg, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role, RoomSummary,
+    ByeReason, ClientMsg, EndReason, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role, RoomSummary,
     SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
 };
 use membership::{Place, Rooms};
@@ -166,6 +166,8 @@ pub enum Command {
     /// a new session — the room's pages may reach it through other nodes as soon as its lease is
     /// taken, before its sessions are restored.
     Restoring { until: Option<Instant> },
+    /// Whether session `id` lives on this hub (one worker of several: where a resume goes).
+    Holds { id: PeerId, reply: oneshot::Sender<bool> },
 }
 
 /// A session in no room, as it moves from one node to another (the room it is about to join
@@ -300,6 +302,8 @@ struct SavedSession {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Times a bug panicked in the hub's task and its rooms were closed ([`Hub::recover`]).
+    pub panics: u64,
     pub connections: usize,
     pub rooms: usize,
     pub participants: usize,
@@ -316,6 +320,26 @@ pub struct Stats {
     pub resume_failed: u64,
     /// Times the last session ended and the allocator's free memory went back to the system.
     pub memory_releases: u64,
+}
+
+impl Stats {
+    /// Two workers' counters together.
+    pub fn plus(self, o: &Stats) -> Stats {
+        Stats {
+            panics: self.panics + o.panics,
+            connections: self.connections + o.connections,
+            rooms: self.rooms + o.rooms,
+            participants: self.participants + o.participants,
+            evicted_too_slow: self.evicted_too_slow + o.evicted_too_slow,
+            rejected: self.rejected + o.rejected,
+            media_commands_dropped: self.media_commands_dropped + o.media_commands_dropped,
+            suspended: self.suspended + o.suspended,
+            waiting: self.waiting + o.waiting,
+            resumed: self.resumed + o.resumed,
+            resume_failed: self.resume_failed + o.resume_failed,
+            memory_releases: self.memory_releases + o.memory_releases,
+        }
+    }
 }
 
 struct Conn {
@@ -432,6 +456,8 @@ pub struct Hub {
     /// without a pass over every session. An entry may be stale (the session resumed, left, or
     /// its deadline moved): [`Hub::expire`] checks the session itself. See [`Hub::wake_at`].
     deadlines: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// The other workers of this process, when it runs several (see [`crate::workers`]).
+    siblings: Option<crate::workers::Siblings>,
 }
 
 impl Hub {
@@ -466,6 +492,7 @@ impl Hub {
             handed_over: false,
             restoring_until: None,
             deadlines: BinaryHeap::new(),
+            siblings: None,
         }
     }
 
@@ -570,6 +597,9 @@ impl Hub {
                 }
                 let _ = done.send(());
             }
+            Command::Holds { id, reply } => {
+                let _ = reply.send(self.conns.contains_key(&id));
+            }
             Command::RemoteRooms { node, rooms, until } => {
                 let now = Instant::now();
                 self.remote_rooms.retain(|_, (_, until)| *until > now);
@@ -588,6 +618,23 @@ impl Hub {
     /// knows where a file is kept, see [`crate::files::node_of_file`]).
     pub fn set_file_id_prefix(&mut self, prefix: &str) {
         self.files.set_id_prefix(prefix);
+    }
+
+    /// The server's and each address's file quotas are counted in `usage`, with the other
+    /// workers' stores.
+    pub fn share_file_usage(&mut self, usage: Arc<std::sync::Mutex<crate::files::ServerUsage>>) {
+        self.files.share_usage(usage);
+    }
+
+    /// This hub is worker `siblings.index` of several: its public rooms are told to the others,
+    /// and the cap on rooms counts theirs too.
+    pub fn set_siblings(&mut self, siblings: crate::workers::Siblings) {
+        self.siblings = Some(siblings);
+    }
+
+    /// Rooms open on this hub and (one worker of several) on the other workers.
+    fn rooms_everywhere(&self) -> usize {
+        self.rooms.len() + self.siblings.as_ref().map_or(0, |s| s.rooms.others(s.index))
     }
 
     /// Rooms opening and closing are told to `events` (see [`RoomEvent`]).
@@ -740,7 +787,39 @@ impl Hub {
 ///
 /// With `save_to`, shutdown first writes the sessions there for the next start
 /// ([`Hub::save_for_restart`]).
+///
+/// A bug that panics in the hub closes this hub's rooms, with `ended {reason: "server_error"}`
+/// to their people, and the hub goes on with what it holds ([`Hub::recover`]): the other
+/// workers' rooms never notice, and the people of the closed rooms can join again at once.
 pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_to: Option<std::path::PathBuf>) {
+    use futures_util::FutureExt as _;
+    // Commands taken from the queue and not yet applied: kept across a panic, so that those
+    // after the one that panicked are still applied.
+    let mut batch = VecDeque::with_capacity(COMMAND_BATCH);
+    loop {
+        let turns = std::panic::AssertUnwindSafe(turns(&mut hub, &mut commands, &mut save_to, &mut batch));
+        match turns.catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, rooms = hub.rooms.len(), "a bug panicked in the hub: its rooms are closed, and it goes on");
+                hub.recover();
+            }
+        }
+    }
+}
+
+/// [`run`]'s loop, until the queue closes (or a panic).
+async fn turns(
+    hub: &mut Hub,
+    commands: &mut mpsc::Receiver<Command>,
+    save_to: &mut Option<std::path::PathBuf>,
+    batch: &mut VecDeque<Command>,
+) {
     // Password hashes and checks come back here (at most MAX_JOBS_IN_FLIGHT at a time).
     let (jobs_done, mut jobs) = mpsc::unbounded_channel();
     hub.run_jobs_elsewhere(jobs_done);
@@ -753,25 +832,20 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
     let mut expiry = hub.next_expiry();
     let wake = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now));
     tokio::pin!(wake);
-    let mut batch = Vec::with_capacity(COMMAND_BATCH);
+    let mut taken = Vec::with_capacity(COMMAND_BATCH);
+    // What a panic left of the last batch.
+    apply(hub, batch, save_to);
     loop {
         let had_sessions = !hub.conns.is_empty();
         tokio::select! {
             // Everything already queued, up to a batch, in one go: one pass through this loop
             // (and its timers) per batch of messages, not per message.
-            n = commands.recv_many(&mut batch, COMMAND_BATCH) => {
+            n = commands.recv_many(&mut taken, COMMAND_BATCH) => {
                 if n == 0 {
                     break;
                 }
-                for cmd in batch.drain(..) {
-                    let path = if matches!(cmd, Command::Shutdown { .. }) { save_to.take() } else { None };
-                    if let Some(path) = path {
-                        let saved = hub.save_for_restart();
-                        // One write as the server stops; nothing else is waiting on the hub.
-                        crate::persist::save_sessions(&path, &saved);
-                    }
-                    hub.handle(cmd);
-                }
+                batch.extend(taken.drain(..));
+                apply(hub, batch, save_to);
             }
             _ = tick.tick(), if hub.rooms_dirty() => hub.publish_rooms(),
             Some(done) = jobs.recv() => hub.job_done(done),
@@ -781,6 +855,9 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
                 expiry = None;
             }
             _ = save.tick(), if !hub.unsaved.is_empty() || !hub.unsaved_light.is_empty() => hub.save_rooms(),
+        }
+        if let Some(s) = &hub.siblings {
+            s.rooms.set(s.index, hub.rooms.len());
         }
         let next = hub.next_expiry();
         if next != expiry {
@@ -797,6 +874,19 @@ pub async fn run(mut hub: Hub, mut commands: mpsc::Receiver<Command>, mut save_t
                 debug!(?took, "nobody left: gave the allocator's free memory back");
             }
         }
+    }
+}
+
+/// Applies the commands of `batch` in order (one that panics is gone from it; the rest stay).
+fn apply(hub: &mut Hub, batch: &mut VecDeque<Command>, save_to: &mut Option<std::path::PathBuf>) {
+    while let Some(cmd) = batch.pop_front() {
+        let path = if matches!(cmd, Command::Shutdown { .. }) { save_to.take() } else { None };
+        if let Some(path) = path {
+            let saved = hub.save_for_restart();
+            // One write as the server stops; nothing else is waiting on the hub.
+            crate::persist::save_sessions(&path, &saved);
+        }
+        hub.handle(cmd);
     }
 }
 

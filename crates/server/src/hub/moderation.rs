@@ -118,7 +118,7 @@ impl Hub {
                     return Err(ErrorCode::NotAllowed);
                 }
                 info!(peer = %id, "meeting ended by the host");
-                self.end_meeting(room);
+                self.end_meeting(room, None);
                 Ok(())
             }
             ClientMsg::Invite { ttl_secs } => {

@@ -20,6 +20,9 @@ impl Hub {
             return Err(ErrorCode::UnsupportedProtocol);
         }
         let room = validate::label(&req.room, self.config.max_room_chars).ok_or(ErrorCode::InvalidRoom)?;
+        if self.config.test_panic_room.as_deref() == Some(room.as_str()) {
+            panic!("a test asked for a bug on joining room {room}");
+        }
         let grant = match &req.token {
             Some(token) if !token.is_empty() => Some(self.tokens.verify(token, &room, unix_secs())?),
             _ => None,
@@ -85,7 +88,7 @@ impl Hub {
                     // Its room is gone: a room of that name opened now is another meeting.
                     return Err(ErrorCode::InviteRevoked);
                 }
-                if self.rooms.len() >= self.config.max_rooms as usize {
+                if self.rooms_everywhere() >= self.config.max_rooms as usize {
                     return Err(ErrorCode::TooManyRooms);
                 }
                 let key: Arc<str> = Arc::from(room.as_str());
@@ -251,13 +254,13 @@ impl Hub {
     }
 
     /// Everyone out, the waiting room too; the room closes.
-    pub(super) fn end_meeting(&mut self, room: &Arc<str>) {
+    pub(super) fn end_meeting(&mut self, room: &Arc<str>, reason: Option<EndReason>) {
         let Some(r) = self.rooms.get(room) else { return };
         let members: Vec<PeerId> = r.members().map(|p| p.id.clone()).collect();
         for w in self.rooms.take_waiters(room) {
-            self.send(&w.knocker.id, ServerMsg::Ended { room: room.to_string() });
+            self.send(&w.knocker.id, ServerMsg::Ended { room: room.to_string(), reason });
         }
-        let ended = Arc::new(ServerMsg::Ended { room: room.to_string() });
+        let ended = Arc::new(ServerMsg::Ended { room: room.to_string(), reason });
         for m in &members {
             self.send_arc(m, ended.clone());
         }
@@ -266,6 +269,47 @@ impl Hub {
             self.leave_room_quietly(m);
             self.end_if_suspended(m);
         }
+    }
+
+    /// After a bug panicked in this hub's task ([`run`]): every room here closes, its people
+    /// told `ended {reason: "server_error"}` and left in the lobby with their connections, from
+    /// where they can join again at once (the SFU drops their sessions as for any leave). If
+    /// closing a room panics too, nothing here is trusted any more: every session of this hub
+    /// ends ([`Hub::start_over`]).
+    pub(super) fn recover(&mut self) {
+        self.stats.panics += 1;
+        // Jobs in flight went with the loop's channel.
+        self.jobs_in_flight = 0;
+        for c in self.conns.values_mut() {
+            c.checking = false;
+        }
+        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            let reason = Some(EndReason::ServerError);
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.end_meeting(&room, reason)));
+            if ended.is_err() {
+                return self.start_over();
+            }
+        }
+        self.evict_overflowed();
+        self.rooms_dirty = true;
+    }
+
+    /// Every session and room of this hub ends at once: their outboxes close, so their pages
+    /// reconnect and start over (their resume finds nothing).
+    fn start_over(&mut self) {
+        tracing::error!(sessions = self.conns.len(), "closing the rooms panicked too: every session of this hub ends");
+        if let Some(media) = &self.media {
+            for id in self.conns.keys() {
+                let _ = media.try_send(MediaCommand::Leave { peer: id.clone() });
+            }
+        }
+        self.conns.clear();
+        self.rooms = Rooms::default();
+        self.watchers.clear();
+        self.deadlines.clear();
+        self.overflowed.clear();
+        self.rooms_dirty = true;
     }
 
     /// A session kept for a resume that is out of its room now can never resume: it ends.
@@ -385,6 +429,31 @@ impl Hub {
     /// that stopped being public (settings mark the list dirty) is not in the next one.
     pub fn publish_rooms(&mut self) {
         self.rooms_dirty = false;
+        if let Some(siblings) = &self.siblings {
+            // The other workers list this one's rooms too (as another node's, which they never
+            // send a join to: joins go to their room's worker before they reach a hub).
+            let ours = self.local_rooms();
+            if ours != self.listed {
+                // Kept until said again: workers live and die with the process.
+                let until = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+                let node = format!("worker-{}", siblings.index);
+                let mut told = true;
+                for (i, hub) in siblings.hubs.iter().enumerate() {
+                    if i == siblings.index {
+                        continue;
+                    }
+                    let Some(hub) = hub.upgrade() else { continue };
+                    let cmd = Command::RemoteRooms { node: node.clone(), rooms: ours.clone(), until };
+                    told &= hub.try_send(cmd).is_ok();
+                }
+                if told {
+                    self.listed = ours;
+                } else {
+                    // A worker too busy to take it now hears it at the next turn.
+                    self.rooms_dirty = true;
+                }
+            }
+        }
         if self.room_events.is_some() {
             // The other nodes list this node's rooms too (told when they change, not when the
             // other nodes' lists do, which also make the list dirty).

@@ -101,7 +101,13 @@ impl Hub {
     /// rooms left empty, are dropped. Returns the highest connection number the previous run
     /// handed out, so that new connections are numbered above it (no peer id is reused).
     pub fn restore(&mut self, saved: &[u8], now: Instant) -> Result<u64, String> {
-        self.restore_with(saved, now, false)
+        self.restore_with(saved, now, false, &|_| true)
+    }
+
+    /// [`Hub::restore`] of the rooms `keep` says are this hub's (one worker of several: the
+    /// rooms it owns now, from any worker's file).
+    pub fn restore_only(&mut self, saved: &[u8], now: Instant, keep: &dyn Fn(&str) -> bool) -> Result<u64, String> {
+        self.restore_with(saved, now, false, keep)
     }
 
     /// Takes over a room another node owned and saved ([`Hub::room_snapshot`]): its members
@@ -109,10 +115,16 @@ impl Hub {
     /// state (the room may have been quiet a long time; its lease, not the age, says the owner
     /// is gone). A room or session already here is left as it is.
     pub fn restore_room(&mut self, saved: &[u8], now: Instant) -> Result<(), String> {
-        self.restore_with(saved, now, true).map(|_| ())
+        self.restore_with(saved, now, true, &|_| true).map(|_| ())
     }
 
-    fn restore_with(&mut self, saved: &[u8], now: Instant, taken_over: bool) -> Result<u64, String> {
+    fn restore_with(
+        &mut self,
+        saved: &[u8],
+        now: Instant,
+        taken_over: bool,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, String> {
         let saved: SavedHub<Room> = serde_json::from_slice(saved).map_err(|e| e.to_string())?;
         let grace = self.config.resume_grace;
         if saved.version != SNAPSHOT_VERSION {
@@ -127,11 +139,11 @@ impl Hub {
         let mut highest = 0;
         let mut deadlines = Vec::new();
         for (name, mut room) in rooms {
-            if self.rooms.len() >= self.config.max_rooms as usize {
+            if self.rooms_everywhere() >= self.config.max_rooms as usize {
                 break;
             }
             let name: Arc<str> = name.into();
-            if self.rooms.contains_key(&name) {
+            if self.rooms.contains_key(&name) || !keep(&name) {
                 continue;
             }
             // A session here already (its page is back on this node some other way) stays as
