@@ -14,7 +14,7 @@ const NAME_KEY = 'huddle.name';
 const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large', 'flooding', 'too_many_connections'];
 const MEDIA_CODES = ['camera_denied', 'mic_denied', 'media_denied', 'no_camera', 'no_mic', 'no_devices', 'camera_busy', 'mic_busy', 'media_unavailable'];
 const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol',
-  'room_locked', 'banned', 'knock_denied', 'token_required', 'invalid_token', 'token_expired', 'removed', 'removed_ban', 'ended',
+  'room_locked', 'banned', 'knock_denied', 'token_required', 'invalid_token', 'token_expired', 'removed', 'removed_ban', 'ended', 'ended_server_error',
   'room_closed', 'invite_revoked', 'too_many_attempts', 'unavailable'];
 
 const nameInput = /** @type {HTMLInputElement} */ ($('#name-input'));

@@ -537,11 +537,11 @@ export function init(deps) {
   sig.on('room_settings', (m) => applySettings(m.settings));
   sig.on('moderated', onModerated);
   sig.on('removed', (m) => thrownOut(m.ban ? 'removed_ban' : 'removed'));
-  sig.on('ended', () => thrownOut('ended'));
+  sig.on('ended', (m) => thrownOut(m.reason === 'server_error' ? 'ended_server_error' : 'ended'));
   sig.on('invite_token', onInviteToken);
   sig.on('invites_revoked', onInvitesRevoked);
   sig.on('password_attempts', onPasswordAttempts);
-  sig.on('joined', () => { hideError(['knock_denied', 'removed', 'ended', 'room_closed', 'invite_revoked', 'too_many_attempts']); });
+  sig.on('joined', () => { hideError(['knock_denied', 'removed', 'ended', 'ended_server_error', 'room_closed', 'invite_revoked', 'too_many_attempts']); });
   // The connection broke while waiting: back to pre-join, where Join knocks again.
   sig.on('close', () => { if (S.view === 'waiting') { app.setView('prejoin'); /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false; } });
 

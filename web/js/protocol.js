@@ -139,7 +139,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'room_settings', settings:RoomSettings}} SettingsChangedMsg
  * @typedef {{type:'moderated', action:ModAction, by:PeerId}} ModeratedMsg
  * @typedef {{type:'removed', room:string, ban:boolean}} RemovedMsg
- * @typedef {{type:'ended', room:string}} EndedMsg
+ * @typedef {{type:'ended', room:string, reason?:'server_error'}} EndedMsg
  * @typedef {{type:'reaction', from:PeerId, emoji:string}} ReactionMsg
  * @typedef {{type:'invite_token', token:string, expires:number}} InviteTokenMsg
  * @typedef {{type:'invites_revoked', by:PeerId}} InvitesRevokedMsg

@@ -108,6 +108,13 @@ fn shapes_are_pinned() {
         serde_json::to_string(&err).expect("serialises"),
         r#"{"type":"error","code":"room_full","message":"This room is full.","request":"join"}"#
     );
+    let ended = ServerMsg::Ended { room: "r".into(), reason: Some(huddle_protocol::EndReason::ServerError) };
+    assert_eq!(
+        serde_json::to_string(&ended).expect("serialises"),
+        r#"{"type":"ended","room":"r","reason":"server_error"}"#
+    );
+    let by_host = ServerMsg::Ended { room: "r".into(), reason: None };
+    assert_eq!(serde_json::to_string(&by_host).expect("serialises"), r#"{"type":"ended","room":"r"}"#);
     let leave: ClientMsg =
         serde_json::from_str(r#"{"type":"leave","extra":true}"#).expect("unknown fields are ignored");
     assert_eq!(leave, ClientMsg::Leave);

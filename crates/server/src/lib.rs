@@ -257,7 +257,9 @@ pub async fn serve_with(
         .enumerate()
         .map(|(i, (hub, rx))| {
             let save_to = sessions_file.as_deref().map(|f| persist::worker_file(f, i));
-            tokio::spawn(hub::run(hub, rx, save_to))
+            // Its log lines say which worker (with several).
+            let span = if n > 1 { tracing::info_span!("worker", n = i) } else { tracing::Span::none() };
+            tokio::spawn(tracing::Instrument::instrument(hub::run(hub, rx, save_to), span))
         })
         .collect();
     let state = AppState {

@@ -245,3 +245,35 @@ async fn a_restart_hands_every_workers_rooms_back_even_to_another_count_of_worke
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_page_watching_the_room_list_keeps_watching_after_a_refused_join_on_another_worker() {
+    let server = TestServer::start(Config { room_capacity: 1, ..workers(2) }).await;
+    let mut watcher = Client::connect(&server).await;
+    // Connections start on the worker of their number (`p<n>`): the full room is on the other.
+    let n: usize = watcher.id.0.trim_start_matches('p').parse().expect("p<number>");
+    let other = (n + 1) % 2;
+    let full = room_on(other, 2, "full");
+    let mut first = Client::connect(&server).await;
+    first.join(&full, "first").await;
+    watcher.send(&ClientMsg::WatchRooms).await;
+    until_listed(&mut watcher, &[(&full, 1)]).await;
+    // The session moves to the full room's worker, which refuses the join.
+    watcher.send(&join(&full, "watcher")).await;
+    loop {
+        match watcher.recv().await {
+            ServerMsg::Error { code, .. } => {
+                assert_eq!(code, ErrorCode::RoomFull);
+                break;
+            }
+            ServerMsg::Rooms { .. } => continue,
+            other => panic!("expected room_full, got {other:?}"),
+        }
+    }
+    // A room opening on either worker still reaches its list.
+    let mut second = Client::connect(&server).await;
+    let fresh = room_on(n % 2, 2, "fresh");
+    second.join(&fresh, "second").await;
+    until_listed(&mut watcher, &[(&full, 1), (&fresh, 1)]).await;
+    server.shutdown().await;
+}

@@ -180,6 +180,9 @@ pub struct Handoff {
     pub received: u64,
     pub ip: IpAddr,
     pub host: Option<String>,
+    /// It watched the room list (`watch_rooms`): it still does where it goes.
+    #[serde(default)]
+    pub watching: bool,
 }
 
 /// What [`Command::Export`] gives back.

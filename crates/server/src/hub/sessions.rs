@@ -102,10 +102,10 @@ impl Hub {
         if !movable {
             return None;
         }
-        self.watchers.remove(id);
+        let watching = self.watchers.remove(id);
         let c = self.conns.remove(id)?;
-        let handoff =
-            Handoff { id: id.clone(), secret: c.secret, sent: c.sent, received: c.received, ip: c.ip, host: c.host };
+        let (secret, sent, received, ip, host) = (c.secret, c.sent, c.received, c.ip, c.host);
+        let handoff = Handoff { id: id.clone(), secret, sent, received, ip, host, watching };
         Some(Exported { handoff, outbox: c.outbox?, kick: c.kick? })
     }
 
@@ -120,6 +120,9 @@ impl Hub {
             let _ = old.send(ByeReason::Replaced);
         }
         self.last_conn = self.last_conn.max(conn);
+        if h.watching {
+            self.watchers.insert(h.id.clone());
+        }
         self.conns.insert(
             h.id.clone(),
             Conn {
