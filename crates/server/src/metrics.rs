@@ -434,16 +434,19 @@ pub async fn handler(State(app): State<AppState>, headers: HeaderMap) -> Respons
             return res;
         }
     }
-    let hub = async { app.workers.stats().await.map(|(total, _)| total) };
+    let hubs = app.workers.stats();
     let media = app.workers.media_stats();
     let turn = async {
         let tx = app.turn.as_ref()?.upgrade()?;
         ask(&tx, |reply| TurnCommand::Stats { reply }).await
     };
-    let (hub, each_media, turn) = tokio::join!(hub, media, turn);
+    let (hubs, each_media, turn) = tokio::join!(hubs, media, turn);
     let media = each_media.iter().flatten().fold(None, |sum: Option<MediaStats>, m| Some(sum.unwrap_or_default().plus(m)));
-    let rooms = app.workers.rooms.each();
-    let workers = rooms.into_iter().zip(each_media.iter()).map(|(r, m)| (r, m.map(|m| m.forwarded_packets))).collect();
+    let (hub, each_hub) = match hubs {
+        Some((total, each)) => (Some(total), each),
+        None => (None, Vec::new()),
+    };
+    let workers = each_hub.iter().zip(each_media.iter()).map(|(h, m)| (h.rooms, m.map(|m| m.forwarded_packets))).collect();
     let body = render(&Snapshot {
         workers,
         counters: Some(&app.counters),

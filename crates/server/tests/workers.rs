@@ -277,3 +277,18 @@ async fn a_page_watching_the_room_list_keeps_watching_after_a_refused_join_on_an
     until_listed(&mut watcher, &[(&full, 1), (&fresh, 1)]).await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_worker_is_the_server_as_it_was_and_shows_in_the_metrics() {
+    let server = TestServer::start(workers(1)).await;
+    let mut a = Client::connect(&server).await;
+    a.join("solo", "a").await;
+    let mut b = Client::connect(&server).await;
+    b.join("solo", "b").await;
+    b.send(&chat("hi")).await;
+    assert_eq!(next_chat(&mut a).await, "hi");
+    let m = common::raw::metrics(server.addr).await;
+    assert_eq!(m.get("huddle_worker_rooms{worker=\"0\"}"), Some(&1.0), "{m:?}");
+    assert!(!m.contains_key("huddle_worker_rooms{worker=\"1\"}"));
+    server.shutdown().await;
+}
