@@ -17,6 +17,9 @@
 //! `huddle-bench hub [options]` drives the hub in-process, without sockets, one hub per thread
 //! with nothing shared: messages per second per core, and how N hubs scale.
 //!
+//! `huddle-bench sfu-core [options]` does the same for the SFU core: one core per thread with its
+//! own in-memory str0m participants on a virtual clock; forwarded packets per second of core CPU.
+//!
 //! `huddle-bench soak [options]` runs many clients for a while (chatting, moving between rooms,
 //! dropping and resuming their connections) and checks that no chat message is lost or
 //! delivered twice and that the server's memory, open files and rooms come back at the end.
@@ -36,6 +39,7 @@ mod recv_batch;
 mod relay;
 mod server;
 mod sfu;
+mod sfu_core;
 mod sfu_peer;
 mod signal;
 mod soak;
@@ -63,6 +67,9 @@ enum Cmd {
     /// The hub driven in-process without sockets, one hub per thread with nothing shared:
     /// messages per second per core, and how N hubs scale.
     Hub(hub::HubArgs),
+    /// The SFU core driven in-process without sockets, one core per thread with its own str0m
+    /// participants and nothing shared: forwarded packets per second of core CPU, and how N cores scale.
+    SfuCore(sfu_core::SfuCoreArgs),
     /// Soak run: clients chat, move between rooms and resume dropped connections for a while;
     /// checks that no message is lost or duplicated and that nothing leaks.
     Soak(soak::SoakArgs),
@@ -85,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sfu(args) => sfu::run(args),
         Cmd::Turn(args) => turn::run(args),
         Cmd::Hub(args) => hub::run(args),
+        Cmd::SfuCore(args) => sfu_core::run(args),
         Cmd::Soak(args) => soak::run(args),
         Cmd::Hostile(args) => hostile::run(args),
         Cmd::Serve { args } => server::serve(args),

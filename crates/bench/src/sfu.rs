@@ -5,11 +5,14 @@
 //!    (and receive the other publishers, like any meeting participant), wait until each is
 //!    connected to the SFU; then join `--subscribers` receive-only participants. Wait until every
 //!    participant receives audio and the wanted video layer from every publisher but itself.
+//!    With `--rooms N`, N such rooms at once, named so that room i belongs to the server's
+//!    worker i mod W ([`room_names`]); every figure is then a total over the rooms.
 //! 3. Warm up, then measure one window of `--seconds` at the configured rate.
 //! 4. Unless `--saturate false`: raise the video frame rate step by step (`--step-secs` each)
 //!    until the loss goes above `--saturation-loss-pct` or the forwarded rate stops growing.
 //! 5. Stop the server and measure the plain UDP relay ([`crate::relay`]) with the same fanout
-//!    and packet size, and print one JSON line on stdout.
+//!    and packet size (one relay thread per worker the rooms are on, all at once), and print one
+//!    JSON line on stdout.
 //!
 //! Every phase is bounded in time; all traffic is on 127.0.0.1.
 
@@ -22,8 +25,9 @@ use anyhow::{bail, Context};
 use huddle_protocol::VideoQuality;
 use serde_json::{json, Value};
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -37,6 +41,8 @@ const RECOVER: Duration = Duration::from_secs(2);
 const MAX_RETRIES: usize = 2;
 /// Subscribers joining at once.
 const JOIN_BATCH: usize = 25;
+/// Progress lines while waiting for everyone to receive every publisher.
+const PROGRESS: Duration = Duration::from_secs(5);
 /// Pause after each window before its loss is read (frames still under way).
 const SETTLE: Duration = Duration::from_millis(400);
 /// Before measuring, no participant may have received a frame of a layer it did not ask for
@@ -46,6 +52,10 @@ const LAYERS_STEADY: Duration = Duration::from_secs(2);
 /// Simulcast layers (lowest first) and their bitrates as a share of `--video-kbps`, roughly
 /// what a browser sends for a 720p camera with `scaleResolutionDownBy` 4, 2, 1.
 const SIMULCAST: [(&str, f64); 3] = [("q", 0.1), ("h", 0.3), ("f", 1.0)];
+/// Most rooms, and most participants over all rooms (each a TCP connection, a UDP socket and a
+/// str0m session on the load generator).
+const MAX_ROOMS: usize = 256;
+const MAX_PARTICIPANTS: usize = 5000;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quality {
@@ -65,6 +75,10 @@ pub struct SfuArgs {
     /// The webinar preset: 1 publisher, 200 subscribers (unless given)
     #[arg(long)]
     pub webinar: bool,
+    /// Identical rooms, each with --publishers and --subscribers, spread over the server's
+    /// workers (room i on worker i mod W); figures are totals over the rooms
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
     /// Length of the measured window at the configured rate, in seconds
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -129,6 +143,32 @@ impl SfuArgs {
         (self.publishers.unwrap_or(p), self.subscribers.unwrap_or(s))
     }
 
+    /// The server's workers as its command line (`--server-arg=--workers=N` or
+    /// `--server-arg=--workers --server-arg=N`) or its environment (`HUDDLE_WORKERS`) sets
+    /// them, else its default: one per CPU it may run on (one when `pinned` to
+    /// [`SERVER_CPUS`]). The count the server reports on `/metrics` wins over this
+    /// ([`worker_metrics`]).
+    fn expected_workers(&self, pinned: bool) -> usize {
+        let mut given: Option<String> = None;
+        let mut args = self.server_args.iter();
+        while let Some(a) = args.next() {
+            if let Some(v) = a.strip_prefix("--workers=") {
+                given = Some(v.to_string());
+            } else if a == "--workers" {
+                given = args.next().cloned();
+            }
+        }
+        let given = given.or_else(|| std::env::var("HUDDLE_WORKERS").ok());
+        let n = match given.as_deref().map(str::trim).map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            // The server refuses it; it does not start.
+            Some(Err(_)) => 1,
+            None if pinned => SERVER_CPUS.len(),
+            None => procfs::cpus(),
+        };
+        n.clamp(1, huddle_server::workers::MAX_WORKERS)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         let (p, s) = self.counts();
         if p == 0 || p > 200 {
@@ -139,6 +179,17 @@ impl SfuArgs {
         }
         if p + s < 2 {
             bail!("nobody would receive anything: add a publisher or a subscriber");
+        }
+        if self.rooms == 0 || self.rooms > MAX_ROOMS {
+            bail!("--rooms must be between 1 and {MAX_ROOMS}");
+        }
+        if self.rooms > 1 && self.rooms * (p + s) > MAX_PARTICIPANTS {
+            bail!(
+                "{} rooms of {} participants make {}: at most {MAX_PARTICIPANTS} in all",
+                self.rooms,
+                p + s,
+                self.rooms * (p + s)
+            );
         }
         for (name, v, lo, hi) in [
             ("--seconds", self.seconds, 0.5, 3600.0),
@@ -173,12 +224,19 @@ pub struct Layer {
     pub frame_bytes: usize,
 }
 
-/// What every participant knows, fixed before they start.
+/// What every participant knows, fixed before they start (one per room; they differ only in
+/// the room).
+#[derive(Clone)]
 pub struct Plan {
     /// Send times in frames are nanoseconds since this instant.
     pub epoch: Instant,
     pub port: u16,
     pub room: String,
+    /// This room's index among `rooms` (publishers' frames are spread over a frame interval
+    /// across all rooms' publishers).
+    pub room_index: usize,
+    pub rooms: usize,
+    /// In this room.
     pub publishers: usize,
     pub subscribers: usize,
     pub audio: bool,
@@ -219,8 +277,8 @@ pub struct Live {
     pub window: AtomicU8,
     /// Video frame-rate multiplier, in thousandths.
     mult_milli: AtomicU32,
-    /// The SFU's UDP port, from its answers.
-    pub sfu_port: AtomicU16,
+    /// The SFUs' UDP ports (one per worker the rooms are on), from their answers.
+    sfu_ports: Mutex<Vec<u16>>,
     pub joined: AtomicUsize,
     pub connected: AtomicUsize,
     pub ready: AtomicUsize,
@@ -262,17 +320,33 @@ impl Live {
     fn set_mult(&self, m: f64) {
         self.mult_milli.store((m * 1000.0).round() as u32, Relaxed);
     }
+
+    /// An SFU's UDP port, from the candidate in its answer.
+    pub fn sfu_port_seen(&self, port: u16) {
+        let mut ports = self.sfu_ports.lock().unwrap_or_else(|e| e.into_inner());
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+
+    fn sfu_ports(&self) -> Vec<u16> {
+        self.sfu_ports.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     args.check()?;
     let (publishers, subscribers) = args.counts();
+    // In one room (its capacity), and in all.
     let participants = publishers + subscribers;
+    let everyone = participants * args.rooms;
     // Each participant: a TCP connection and a UDP socket; the server has the other ends.
-    let nofile = procfs::raise_nofile(4 * participants as u64 + 1024)?;
-    if nofile < 4 * participants as u64 + 64 {
-        eprintln!("warning: the open-file limit is {nofile}, maybe too low for {participants} participants");
+    let nofile = procfs::raise_nofile(4 * everyone as u64 + 1024)?;
+    if nofile < 4 * everyone as u64 + 64 {
+        eprintln!("warning: the open-file limit is {nofile}, maybe too low for {everyone} participants");
     }
+    // Read before this process pins itself (the server's default is one worker per CPU it may use).
+    let expected_workers = args.expected_workers(args.pin && procfs::cpus() >= 2);
     let mut server_args: Vec<OsString> =
         vec!["--listen".into(), "127.0.0.1:0".into(), "--topology".into(), "sfu".into()];
     let given = |flag: &str| args.server_args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
@@ -289,37 +363,204 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
     let pinned = server.pinned;
 
-    let plan = Arc::new(make_plan(&args, server.port));
+    // The server's own count, when its /metrics says it, places the rooms.
+    let workers_count = match worker_metrics(server.port) {
+        Some(each) if !each.is_empty() => {
+            if each.len() != expected_workers {
+                eprintln!("the server runs {} workers (expected {expected_workers})", each.len());
+            }
+            each.len()
+        }
+        _ => expected_workers,
+    };
+    let names = room_names(args.rooms, workers_count);
+    let room_workers: Vec<usize> =
+        names.iter().map(|n| huddle_server::workers::worker_of_room(n, workers_count)).collect();
+    if args.rooms > 1 {
+        eprintln!(
+            "{} rooms of {participants} ({everyone} participants) over {workers_count} workers: {}",
+            args.rooms,
+            names.iter().zip(&room_workers).map(|(n, w)| format!("{n} on {w}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let base = make_plan(&args, server.port);
+    let plans: Vec<Arc<Plan>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Arc::new(Plan { room: name.clone(), room_index: i, ..base.clone() }))
+        .collect();
     let live = Arc::new(Live::default());
     live.set_mult(1.0);
     live.sending.store(true, Relaxed);
     let workers = Workers::start(args.loadgen_threads)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    let result = rt.block_on(drive(&args, &plan, &live, &mut server, &workers));
+    let result = rt.block_on(drive(&args, &plans, &live, &mut server, &workers));
     live.stop.store(true, Relaxed);
     drop(workers);
     drop(rt);
     drop(server);
     let mut report = result?;
+    report["rooms"] = json!(args.rooms);
+    report["workers"] = json!(workers_count);
+    report["room_workers"] = json!(room_workers);
 
-    // The plain relay, with the server gone: the same fanout and packet size as the SFU's.
+    // The plain relay, with the server gone: the same fanout and packet size as the SFU's, one
+    // relay thread per worker the rooms are on (the SFU's threads that had work), all at once.
     let fanout = publishers - 1 + subscribers;
     let bytes = report["forwarded_packet_bytes"].as_f64().filter(|b| b.is_finite() && *b > 0.0).unwrap_or(1100.0);
-    eprintln!("plain UDP relay: fanout {fanout}, {bytes:.0}-byte datagrams, {:.1} s", args.relay_secs);
-    let r = relay::measure_best(
-        fanout,
-        bytes.round() as usize,
-        args.relay_secs,
-        pinned.then_some(&SERVER_CPUS[..]),
-        args.disturbed_cpu_pct,
-        MAX_RETRIES,
-    )?;
+    let mut busy_workers = room_workers.clone();
+    busy_workers.sort_unstable();
+    busy_workers.dedup();
+    let threads = busy_workers.len().max(1);
+    let relay_cpus = pinned.then_some(&SERVER_CPUS[..]);
     let saturation_pps = report["saturation_forwarded_pps"].as_f64().unwrap_or(f64::NAN);
-    report["plain_relay_pps"] = json!(r3(r.delivered_pps));
-    report["ratio_to_plain_relay"] = json!(r3(saturation_pps / r.delivered_pps));
-    report["plain_relay"] = serde_json::to_value(&r)?;
+    report["plain_relay_threads"] = json!(threads);
+    if threads == 1 {
+        eprintln!("plain UDP relay: fanout {fanout}, {bytes:.0}-byte datagrams, {:.1} s", args.relay_secs);
+        let r = relay::measure_best(
+            fanout,
+            bytes.round() as usize,
+            args.relay_secs,
+            relay_cpus,
+            args.disturbed_cpu_pct,
+            MAX_RETRIES,
+        )?;
+        report["plain_relay_pps"] = json!(r3(r.delivered_pps));
+        report["ratio_to_plain_relay"] = json!(r3(saturation_pps / r.delivered_pps));
+        report["plain_relay"] = serde_json::to_value(&r)?;
+    } else {
+        eprintln!(
+            "plain UDP relay: {threads} relays at once, each fanout {fanout}, {bytes:.0}-byte datagrams, {:.1} s",
+            args.relay_secs
+        );
+        let each = relays_at_once(threads, fanout, bytes.round() as usize, &args, relay_cpus)?;
+        let sum = |f: fn(&relay::RelayResult) -> f64| each.iter().map(f).sum::<f64>();
+        let (delivered, sent) = (sum(|r| r.delivered_pps), sum(|r| r.sent_pps));
+        report["plain_relay_pps"] = json!(r3(delivered));
+        report["ratio_to_plain_relay"] = json!(r3(saturation_pps / delivered));
+        report["plain_relay"] = json!({
+            "delivered_pps": delivered,
+            "sent_pps": sent,
+            "in_pps": sum(|r| r.in_pps),
+            "loss_pct": if sent > 0.0 { ((sent - delivered) / sent * 100.0).max(0.0) } else { 0.0 },
+            "fanout": fanout,
+            "bytes": each[0].bytes,
+            "seconds": sum(|r| r.seconds) / threads as f64,
+            "relay_cpu_pct": sum(|r| r.relay_cpu_pct),
+            "other_cpu_pct": each.iter().map(|r| r.other_cpu_pct).fold(0.0, f64::max),
+            "threads": threads,
+            "each": each,
+        });
+    }
     println!("{report}");
     Ok(())
+}
+
+/// Names for `rooms` rooms such that room i belongs to worker i mod `workers`: `bench-sfu` for
+/// one room (as before there were several), else the first free `bench-sfu-<k>` of the wanted
+/// worker ([`huddle_server::workers::worker_of_room`]).
+fn room_names(rooms: usize, workers: usize) -> Vec<String> {
+    if rooms == 1 {
+        return vec!["bench-sfu".to_string()];
+    }
+    let workers = workers.max(1);
+    // Per worker: the next k to try (names before it are taken or another worker's).
+    let mut next = vec![0usize; workers];
+    (0..rooms)
+        .map(|i| {
+            let want = i % workers;
+            loop {
+                let name = format!("bench-sfu-{}", next[want]);
+                next[want] += 1;
+                if huddle_server::workers::worker_of_room(&name, workers) == want {
+                    return name;
+                }
+            }
+        })
+        .collect()
+}
+
+/// `threads` plain relays ([`relay::measure`]) at once, each with `fanout` and `bytes`: measured
+/// again (at most [`MAX_RETRIES`] more times) while other processes used more than
+/// `--disturbed-cpu-pct`; the attempt that delivered the most in all counts.
+fn relays_at_once(
+    threads: usize,
+    fanout: usize,
+    bytes: usize,
+    args: &SfuArgs,
+    cpus: Option<&[usize]>,
+) -> anyhow::Result<Vec<relay::RelayResult>> {
+    let mut best: Option<(f64, Vec<relay::RelayResult>)> = None;
+    for attempt in 0..=MAX_RETRIES {
+        let each: Vec<relay::RelayResult> = std::thread::scope(|s| {
+            let runs: Vec<_> =
+                (0..threads).map(|_| s.spawn(|| relay::measure(fanout, bytes, args.relay_secs, cpus))).collect();
+            runs.into_iter()
+                .map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a relay panicked"))))
+                .collect::<anyhow::Result<_>>()
+        })?;
+        let delivered: f64 = each.iter().map(|r| r.delivered_pps).sum();
+        let relay_cpu: f64 = each.iter().map(|r| r.relay_cpu_pct).sum();
+        // All relays run in this process: each one's "other processes" is the same figure.
+        let other = each.iter().map(|r| r.other_cpu_pct).fold(0.0, f64::max);
+        eprintln!(
+            "plain relays: {delivered:.0} datagrams/s delivered in all ({}), relay threads at {relay_cpu:.0}% CPU in \
+             all, other processes {other:.0}% CPU",
+            each.iter().map(|r| format!("{:.0}", r.delivered_pps)).collect::<Vec<_>>().join(" + ")
+        );
+        if best.as_ref().is_none_or(|(b, _)| delivered > *b) {
+            best = Some((delivered, each));
+        }
+        if other <= args.disturbed_cpu_pct {
+            break;
+        }
+        if attempt < MAX_RETRIES {
+            eprintln!("plain relays: disturbed by other processes; measuring again");
+        }
+    }
+    best.map(|(_, each)| each).context("no plain relay measurement")
+}
+
+/// Each worker's rooms and (with an SFU) the packets it forwarded so far, from the server's
+/// `/metrics` (`huddle_worker_rooms`, `huddle_worker_forwarded_packets_total`), indexed by
+/// worker; `None` when it does not answer them within 2 s.
+fn worker_metrics(port: u16) -> Option<Vec<(u64, Option<u64>)>> {
+    let timeout = Some(Duration::from_secs(2));
+    let mut tcp = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    tcp.set_read_timeout(timeout).ok()?;
+    tcp.set_write_timeout(timeout).ok()?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = Vec::new();
+    tcp.take(4 << 20).read_to_end(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    if text.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    let mut each: Vec<(u64, Option<u64>)> = Vec::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let Some((family, labels)) = name.split_once("{worker=\"") else { continue };
+        let (Some(Ok(i)), Ok(v)) = (labels.strip_suffix("\"}").map(str::parse::<usize>), value.trim().parse::<f64>())
+        else {
+            continue;
+        };
+        if i >= huddle_server::workers::MAX_WORKERS {
+            continue;
+        }
+        if each.len() <= i {
+            each.resize(i + 1, (0, None));
+        }
+        match family {
+            "huddle_worker_rooms" => each[i].0 = v as u64,
+            "huddle_worker_forwarded_packets_total" => each[i].1 = Some(v as u64),
+            _ => {}
+        }
+    }
+    Some(each)
 }
 
 fn make_plan(args: &SfuArgs, port: u16) -> Plan {
@@ -344,6 +585,8 @@ fn make_plan(args: &SfuArgs, port: u16) -> Plan {
         epoch: Instant::now(),
         port,
         room: "bench-sfu".to_string(),
+        room_index: 0,
+        rooms: args.rooms,
         publishers,
         subscribers,
         audio: args.audio,
@@ -371,17 +614,17 @@ struct Sample {
     forwarded: u64,
     forwarded_bytes: u64,
     published: u64,
-    /// Datagrams dropped by the kernel for want of receive-buffer room: on the SFU's socket, and
-    /// on all UDP sockets (the participants' are the others).
+    /// Datagrams dropped by the kernel for want of receive-buffer room: on the SFUs' sockets,
+    /// and on all UDP sockets (the participants' are the others).
     server_drops: u64,
     all_drops: u64,
 }
 
 fn sample(pid: u32, live: &Live) -> anyhow::Result<Sample> {
     let drops = procfs::udp_drops_by_port()?;
-    let sfu_port = live.sfu_port.load(Relaxed);
+    let sfu_ports = live.sfu_ports();
     Ok(Sample {
-        server_drops: drops.iter().filter(|(p, _)| *p == sfu_port).map(|(_, d)| d).sum(),
+        server_drops: drops.iter().filter(|(p, _)| sfu_ports.contains(p)).map(|(_, d)| d).sum(),
         all_drops: drops.iter().map(|(_, d)| d).sum(),
         at: Instant::now(),
         server_cpu: procfs::cpu_secs(Some(pid))?,
@@ -546,27 +789,40 @@ async fn measure_window(
 
 async fn drive(
     args: &SfuArgs,
-    plan: &Arc<Plan>,
+    plans: &[Arc<Plan>],
     live: &Arc<Live>,
     server: &mut ServerProcess,
     workers: &Workers,
 ) -> anyhow::Result<Value> {
     let pid = server.pid();
-    let (np, ns) = (plan.publishers, plan.subscribers);
+    let plan = &plans[0];
+    let rooms = plans.len();
+    // In each room, and in all.
+    let (room_np, room_ns) = (plan.publishers, plan.subscribers);
+    let (np, ns) = (room_np * rooms, room_ns * rooms);
     let started = Instant::now();
     let deadline = started + plan.connect_timeout;
     let mut tasks: Vec<JoinHandle<PeerResult>> = Vec::new();
     let mut next_worker = 0usize;
-    let mut spawn = |role: Role, tasks: &mut Vec<JoinHandle<PeerResult>>| {
+    let mut spawn = |role: Role, room: usize, tasks: &mut Vec<JoinHandle<PeerResult>>| {
         let h = &workers.handles[next_worker % workers.handles.len()];
         next_worker += 1;
-        tasks.push(h.spawn(sfu_peer::run(role, plan.clone(), live.clone())));
+        tasks.push(h.spawn(sfu_peer::run(role, plans[room].clone(), live.clone())));
+    };
+    let in_rooms = |n: usize, all: usize| {
+        if rooms == 1 {
+            format!("{n}")
+        } else {
+            format!("{n} (in each of {rooms} rooms: {all} in all)")
+        }
     };
 
     // Publishers first, all connected, then the subscribers in batches.
-    eprintln!("joining {np} publishers");
-    for i in 0..np {
-        spawn(Role::Publisher(i), &mut tasks);
+    eprintln!("joining {} publishers", in_rooms(room_np, np));
+    for room in 0..rooms {
+        for i in 0..room_np {
+            spawn(Role::Publisher(i), room, &mut tasks);
+        }
     }
     if !wait_for(deadline, &tasks, || live.connected.load(Relaxed) >= np).await {
         bail!(
@@ -575,28 +831,57 @@ async fn drive(
             live.failed.load(Relaxed)
         );
     }
-    eprintln!("joining {ns} subscribers");
-    for j in 0..ns {
-        spawn(Role::Subscriber(j), &mut tasks);
-        if (j + 1) % JOIN_BATCH == 0 || j + 1 == ns {
-            let want = np + j + 1;
-            if !wait_for(deadline, &tasks, || live.connected.load(Relaxed) >= want).await {
-                bail!(
-                    "only {} of {} participants connected to the SFU ({} failed)",
-                    live.connected.load(Relaxed),
-                    want,
-                    live.failed.load(Relaxed)
-                );
+    eprintln!("joining {} subscribers", in_rooms(room_ns, ns));
+    let mut spawned = 0;
+    for j in 0..room_ns {
+        for room in 0..rooms {
+            spawn(Role::Subscriber(j), room, &mut tasks);
+            spawned += 1;
+            if spawned % JOIN_BATCH == 0 || spawned == ns {
+                let want = np + spawned;
+                if !wait_for(deadline, &tasks, || live.connected.load(Relaxed) >= want).await {
+                    bail!(
+                        "only {} of {} participants connected to the SFU ({} failed)",
+                        live.connected.load(Relaxed),
+                        want,
+                        live.failed.load(Relaxed)
+                    );
+                }
             }
         }
     }
-    if !wait_for(deadline, &tasks, || live.ready.load(Relaxed) >= np + ns).await {
-        bail!(
-            "only {} of {} participants receive every publisher ({} failed)",
-            live.ready.load(Relaxed),
-            np + ns,
-            live.failed.load(Relaxed)
-        );
+    // Until everyone receives every publisher (with the bandwidth estimate, receivers climb to
+    // the top layer as str0m probes: seconds, longer when the machine is short of CPU), with the
+    // CPU every 5 s: the participants' work is on the load generator, which N rooms multiply.
+    let mut before = sample(pid, live)?;
+    loop {
+        let next = (Instant::now() + PROGRESS).min(deadline);
+        if wait_for(next, &tasks, || live.ready.load(Relaxed) >= np + ns).await {
+            break;
+        }
+        let now = sample(pid, live)?;
+        let w = Window { index: 0, mult: 1.0, a: before, b: now, disturbed: false };
+        before = now;
+        let (server_pct, loadgen_pct, other_pct) = (w.server_cpu_pct(), w.loadgen_cpu_pct(), w.other_cpu_pct());
+        let cpu = format!("CPU: server {server_pct:.0}%, load generator {loadgen_pct:.0}%, others {other_pct:.0}%");
+        if Instant::now() >= deadline || tasks.iter().all(|t| t.is_finished()) {
+            let busy = server_pct + loadgen_pct + other_pct;
+            let short = busy >= 90.0 * procfs::cpus() as f64
+                || loadgen_pct >= 90.0 * args.loadgen_threads.min(procfs::cpus()) as f64;
+            bail!(
+                "only {} of {} participants receive every publisher ({} failed); {cpu}{}",
+                live.ready.load(Relaxed),
+                np + ns,
+                live.failed.load(Relaxed),
+                if short {
+                    " — out of CPU: the bandwidth estimate keeps some receivers below the layer they ask for; \
+                     try fewer participants (--publishers, --subscribers, --rooms)"
+                } else {
+                    ""
+                }
+            );
+        }
+        eprintln!("  {} of {} participants receive every publisher; {cpu}", live.ready.load(Relaxed), np + ns);
     }
     let mut other = live.other_layer_frames_any.load(Relaxed);
     let mut steady_since = Instant::now();
@@ -616,6 +901,13 @@ async fn drive(
         "all {} participants receive every publisher in the layer they asked for after {connect_s:.1} s; warming up",
         np + ns
     );
+    // Where the rooms are, as the server counts them.
+    let worker_rooms = worker_metrics(server.port).map(|each| each.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+    if rooms > 1 {
+        if let Some(w) = &worker_rooms {
+            eprintln!("rooms per worker: {w:?}");
+        }
+    }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
     let rss_idle = procfs::rss_kb(pid)?;
 
@@ -666,6 +958,7 @@ async fn drive(
     live.sending.store(false, Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_final = procfs::rss_kb(pid)?;
+    let worker_forwarded = worker_metrics(server.port).map(|each| each.iter().map(|(_, f)| *f).collect::<Vec<_>>());
     live.stop.store(true, Relaxed);
 
     let mut lat: Vec<Vec<u32>> = vec![Vec::new(); MAX_WINDOWS + 1];
@@ -691,6 +984,15 @@ async fn drive(
 
     let main = &windows[main_at.unwrap_or(0)];
     let main_lat = &lat[main.index];
+    let loadgen_cores = args.loadgen_threads.min(procfs::cpus()) as f64;
+    if main.loadgen_cpu_pct() >= 90.0 * loadgen_cores {
+        eprintln!(
+            "warning: the load generator used {:.0}% CPU in the measured window ({} threads): it, not the server, \
+             may be the limit (see late_frames, p50_ms); fewer participants or more --loadgen-threads",
+            main.loadgen_cpu_pct(),
+            args.loadgen_threads
+        );
+    }
     // Saturation: the most forwarded among the windows whose loss stayed within the threshold.
     // Windows disturbed by other processes only count when every window was.
     let all_disturbed = windows.iter().all(|w| w.disturbed);
@@ -704,11 +1006,11 @@ async fn drive(
     let steps: Vec<Value> = windows.iter().map(|w| w.report(live, &lat[w.index], args.fps)).collect();
     let fwd = main.forwarded();
     let fwd_bytes = main.b.forwarded_bytes - main.a.forwarded_bytes;
-    Ok(json!({
+    let mut report = json!({
         "bench": "sfu",
         "publishers": np,
         "subscribers": ns,
-        "receivers_per_publisher": np - 1 + ns,
+        "receivers_per_publisher": room_np - 1 + room_ns,
         "failed": live.failed.load(Relaxed),
         "audio": plan.audio,
         "simulcast": plan.layers.iter().filter_map(|l| l.rid.clone()).collect::<Vec<_>>(),
@@ -754,5 +1056,51 @@ async fn drive(
         "pinned": args.pin && procfs::cpus() >= 2,
         "loadgen_threads": args.loadgen_threads,
         "connect_s": r3(connect_s),
-    }))
+    });
+    // Added here: one more field in the literal above passes the macro's recursion limit.
+    report["worker_rooms"] = json!(worker_rooms);
+    report["worker_forwarded_packets"] = json!(worker_forwarded);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn rooms_spread_over_the_workers() {
+        assert_eq!(room_names(1, 4), ["bench-sfu"]);
+        for workers in 1..=8 {
+            for rooms in 2..=20 {
+                let names = room_names(rooms, workers);
+                assert_eq!(names.len(), rooms);
+                for (i, name) in names.iter().enumerate() {
+                    assert_eq!(huddle_server::workers::worker_of_room(name, workers), i % workers, "{name}");
+                    assert!(!names[..i].contains(name), "{name} twice");
+                }
+            }
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sfu: SfuArgs,
+    }
+
+    #[test]
+    fn the_servers_workers_are_read_from_its_arguments() {
+        let args = |a: &[&str]| Cli::parse_from(std::iter::once("sfu").chain(a.iter().copied())).sfu;
+        assert_eq!(args(&["--server-arg=--workers=3"]).expected_workers(false), 3);
+        assert_eq!(args(&["--server-arg=--workers", "--server-arg=5"]).expected_workers(true), 5);
+        assert_eq!(args(&["--server-arg=--workers=1000"]).expected_workers(false), huddle_server::workers::MAX_WORKERS);
+        if std::env::var_os("HUDDLE_WORKERS").is_none() {
+            assert_eq!(args(&[]).expected_workers(true), SERVER_CPUS.len());
+            assert_eq!(args(&[]).expected_workers(false), procfs::cpus().min(huddle_server::workers::MAX_WORKERS));
+        }
+        assert!(args(&["--rooms", "0"]).check().is_err());
+        assert!(args(&["--rooms", "251"]).check().is_err());
+        assert!(args(&["--rooms", "4"]).check().is_ok());
+    }
 }

@@ -541,7 +541,7 @@ impl Participant<'_> {
         match description.kind {
             SdpType::Answer => {
                 if let Some(port) = candidate_port(&description.sdp) {
-                    self.live.sfu_port.store(port, Relaxed);
+                    self.live.sfu_port_seen(port);
                 }
                 let answer = SdpAnswer::from_sdp_string(&description.sdp).context("the SFU's answer")?;
                 let pending = self.pending.take().ok_or_else(|| anyhow!("an answer with no offer"))?;
@@ -610,9 +610,10 @@ impl Participant<'_> {
                     self.live.connected.fetch_add(1, Relaxed);
                 }
                 let now = Instant::now();
-                // Spread the publishers' frames over one frame interval.
-                let stagger = |i: usize, d: Duration| d.mul_f64(i as f64 / self.plan.publishers.max(1) as f64);
-                let i = self.publisher().unwrap_or(0);
+                // Spread the publishers' frames (of every room) over one frame interval.
+                let all = (self.plan.publishers * self.plan.rooms).max(1);
+                let stagger = |i: usize, d: Duration| d.mul_f64(i as f64 / all as f64);
+                let i = self.publisher().unwrap_or(0) * self.plan.rooms + self.plan.room_index;
                 self.next_audio = now + stagger(i, AUDIO_INTERVAL);
                 self.next_video = now + stagger(i, self.plan.frame_interval);
                 self.last_key = now;
