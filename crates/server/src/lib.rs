@@ -124,7 +124,8 @@ pub async fn serve_with(
         None => None,
     };
     let tcp_caps = Arc::new(limits::TcpAdmission::new(config.tcp_limits(accept::fd_limit())));
-    let n = config.workers.clamp(1, workers::MAX_WORKERS);
+    // One node of several runs one worker: the cluster layer drives its hub.
+    let n = if config.redis.is_some() { 1 } else { config.workers.clamp(1, workers::MAX_WORKERS) };
     let (hub_txs, hub_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(HUB_QUEUE)).unzip();
     let mut media_threads = Vec::new();
     let mut media_stats = Vec::new();
