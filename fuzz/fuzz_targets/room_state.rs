@@ -418,7 +418,7 @@ impl Client {
                 self.waiting = None;
                 self.peers.clear();
             }
-            ServerMsg::Ended { room } => {
+            ServerMsg::Ended { room, .. } => {
                 let here = self.room.as_ref() == Some(room) || self.waiting.as_ref() == Some(room);
                 assert!(here, "{me}: {room:?} ended, not there");
                 self.room = None;
