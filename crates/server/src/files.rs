@@ -248,7 +248,11 @@ pub struct ServerUsage {
 
 impl ServerUsage {
     pub fn shared() -> Arc<std::sync::Mutex<ServerUsage>> {
-        Arc::new(std::sync::Mutex::new(ServerUsage { used: Tally::default(), by_ip: Usage::new(), downloads: HashMap::new() }))
+        Arc::new(std::sync::Mutex::new(ServerUsage {
+            used: Tally::default(),
+            by_ip: Usage::new(),
+            downloads: HashMap::new(),
+        }))
     }
 }
 
@@ -978,7 +982,11 @@ mod tests {
         assert_eq!(ok(&mut s, "c.txt", 1, SHA), Err(ErrorCode::FileQuota), "two offers already wait");
         s.owner_left(&p);
         assert_eq!(s.used(), 0, "offers never uploaded are dropped with their owner");
-        assert_eq!(s.by_owner.0.len() + s.server().by_ip.0.len() + s.by_room.0.len() + s.pending.0.len(), 0, "nothing tallied");
+        assert_eq!(
+            s.by_owner.0.len() + s.server().by_ip.0.len() + s.by_room.0.len() + s.pending.0.len(),
+            0,
+            "nothing tallied"
+        );
     }
 
     #[test]

@@ -441,12 +441,14 @@ pub async fn handler(State(app): State<AppState>, headers: HeaderMap) -> Respons
         ask(&tx, |reply| TurnCommand::Stats { reply }).await
     };
     let (hubs, each_media, turn) = tokio::join!(hubs, media, turn);
-    let media = each_media.iter().flatten().fold(None, |sum: Option<MediaStats>, m| Some(sum.unwrap_or_default().plus(m)));
+    let media =
+        each_media.iter().flatten().fold(None, |sum: Option<MediaStats>, m| Some(sum.unwrap_or_default().plus(m)));
     let (hub, each_hub) = match hubs {
         Some((total, each)) => (Some(total), each),
         None => (None, Vec::new()),
     };
-    let workers = each_hub.iter().zip(each_media.iter()).map(|(h, m)| (h.rooms, m.map(|m| m.forwarded_packets))).collect();
+    let workers =
+        each_hub.iter().zip(each_media.iter()).map(|(h, m)| (h.rooms, m.map(|m| m.forwarded_packets))).collect();
     let body = render(&Snapshot {
         workers,
         counters: Some(&app.counters),

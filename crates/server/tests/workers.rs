@@ -199,11 +199,7 @@ fn data_dir(name: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_hands_every_workers_rooms_back_even_to_another_count_of_workers() {
     let dir = data_dir("restart");
-    let config = |n| Config {
-        data_dir: Some(dir.clone()),
-        resume_grace: Duration::from_secs(30),
-        ..workers(n)
-    };
+    let config = |n| Config { data_dir: Some(dir.clone()), resume_grace: Duration::from_secs(30), ..workers(n) };
     let server = TestServer::start(config(2)).await;
     // Rooms on both workers of the first run; in the second run (three workers) each goes to
     // whichever worker owns its name then.

@@ -28,8 +28,9 @@ use crate::tokens::Tokens;
 use crate::turn::{TurnCommand, TurnHandle};
 use crate::validate;
 use huddle_protocol::{
-    ByeReason, ClientMsg, EndReason, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role, RoomSummary,
-    SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS, SFU_PEER_ID,
+    ByeReason, ClientMsg, EndReason, ErrorCode, IceServer, Knocker, LeaveReason, ModAction, Peer, PeerId, Role,
+    RoomSummary, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, PROTOCOL_VERSION, REACTIONS,
+    SFU_PEER_ID,
 };
 use membership::{Place, Rooms};
 use std::cmp::Reverse;
