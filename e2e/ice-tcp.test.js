@@ -18,7 +18,10 @@ import { joinViaLanding, expectEveryoneSeesEveryone, waitForRemoteVideo, pollUnt
 import { loopbackNetwork, natNetwork, netnsAvailable, PUBLIC_SERVER_IP } from './lib/netns.js';
 import { T } from './lib/env.js';
 
-const SFU_LISTENING = /SFU listening udp=\[([^\]]*)\] ice_tcp=\[([^\]]*)\]/;
+// One line per worker (`worker=N` before `udp` with several); every worker's UDP port is blocked.
+const SFU_LISTENING = /SFU listening (?:worker=\d+ )?udp=\[([^\]]*)\] ice_tcp=\[([^\]]*)\]/g;
+// Two workers whatever the machine: ICE-TCP on the one HTTP port must reach each worker's SFU.
+const WORKERS = 2;
 const TURN_LISTENING = /STUN\/TURN listening on UDP and TCP addresses=\[[^\]]*:(\d+)\]/;
 
 let tmp = null;
@@ -98,15 +101,19 @@ async function callInNamespace(t, label, { blockUdp, tls = false, nat = false })
   const diag = [];
   try {
     net = nat ? natNetwork({ homes: 2, blockUdp: [0, 1] }) : loopbackNetwork();
-    const args = ['--topology', 'sfu'];
+    const args = ['--topology', 'sfu', '--workers', String(WORKERS)];
     if (tls) args.push('--tls', 'self-signed', '--data-dir', path.join(tmp.dir, `data-${label}`));
     server = nat
       ? await startServer({ args, wrap: net.wrap('wan'), listen: `${PUBLIC_SERVER_IP}:0` })
       : await startServer({ args, wrap: net.wrap('srv') });
     // Logged on stderr around the time of the banner: wait for it.
-    const m = await pollUntil(() => SFU_LISTENING.exec(server.output()), { timeoutMs: T.ui, what: `"SFU listening" in the server's output:\n${server.output()}` });
-    const udpPorts = [...new Set(m[1].split(',').map((a) => Number(a.trim().split(':').pop())))];
-    const tcp = m[2].split(',').map((a) => a.trim()).filter(Boolean);
+    const lines = await pollUntil(() => {
+      const all = [...server.output().matchAll(SFU_LISTENING)];
+      return all.length >= WORKERS ? all : null;
+    }, { timeoutMs: T.ui, what: `"SFU listening" of ${WORKERS} workers in the server's output:\n${server.output()}` });
+    const udpPorts = [...new Set(lines.flatMap((m) => m[1].split(',').map((a) => Number(a.trim().split(':').pop()))))];
+    assert.equal(udpPorts.length, WORKERS, `a UDP port per worker: ${udpPorts}`);
+    const tcp = [...new Set(lines.flatMap((m) => m[2].split(',').map((a) => a.trim()).filter(Boolean)))];
     t.diagnostic(`${label}: ${server.url}, SFU UDP ports ${udpPorts.join(',')}, ICE-TCP candidates ${tcp.join(',')}`);
     assert.deepEqual(tcp, [`${server.host}:${server.port}`], 'ICE-TCP is announced on the HTTP port');
     if (blockUdp && !nat) net.nft('srv', dropUdpTo(udpPorts));
