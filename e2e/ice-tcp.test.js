@@ -3,7 +3,7 @@
 //
 // UDP is really blocked: each server runs in a network namespace of its own (only `lo`,
 // lib/netns.js), its two Chromiums are started inside the same namespace, and for the blocked
-// cases an nftables rule there drops every UDP datagram to the SFU's port before the browsers
+// cases an nftables rule there drops every UDP datagram to the SFU's ports (two workers, a port each) before the browsers
 // start. The control (no rule) shows the same setup uses UDP. Last, across real routing: two homes
 // behind symmetric NATs that drop all UDP and TCP to the TURN port (no relay either) reach the
 // SFU over TCP through their NATs. Needs root (CI runs as root).
