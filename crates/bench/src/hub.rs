@@ -12,6 +12,7 @@
 //! another, and prints one JSON line: messages per second per hub and in all, and how far N hubs
 //! are from N times one hub (`scaling`, 1.0 = perfectly even).
 
+use crate::procfs::{round, thread_cpu_secs};
 use anyhow::{bail, Context};
 use huddle_protocol::{ClientMsg, IceCandidate, PeerId, ServerMsg, SignalPayload, PROTOCOL_VERSION};
 use huddle_server::config::TopologyMode;
@@ -176,21 +177,4 @@ fn one_hub(clients: usize, messages: u64, deadline: Duration) -> anyhow::Result<
     let wall_s = started.elapsed().as_secs_f64();
     drop(keep);
     Ok(HubRun { messages: sent, cpu_s, wall_s })
-}
-
-/// CPU time of the calling thread, in seconds.
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own; the clock id is a constant.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-    if ok {
-        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-    } else {
-        0.0
-    }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }

@@ -182,6 +182,24 @@ pub fn parse_cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
     s.split(',').map(|c| c.trim().parse().with_context(|| format!("bad CPU number {c:?}"))).collect()
 }
 
+/// CPU time of the calling thread, in seconds.
+pub fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own; the clock id is a constant.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if ok {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
+    }
+}
+
+/// `x` rounded to `digits` decimals (for the JSON lines).
+pub fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

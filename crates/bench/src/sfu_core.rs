@@ -19,6 +19,7 @@
 //! prints one JSON line: forwarded packets per second in all (wall time), per second of core CPU,
 //! and how far N cores are from N times one (`scaling`, 1.0 = perfectly even).
 
+use crate::procfs::{round, thread_cpu_secs};
 use anyhow::{anyhow, bail, Context};
 use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use huddle_sfu::str0m::format::Codec;
@@ -690,21 +691,4 @@ fn pop_due(q: &mut VecDeque<Datagram>, now: Instant) -> Option<Datagram> {
     } else {
         None
     }
-}
-
-/// CPU time of the calling thread, in seconds.
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own; the clock id is a constant.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-    if ok {
-        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-    } else {
-        0.0
-    }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
