@@ -223,39 +223,37 @@ impl Media {
 
 /// Worker `worker`'s UDP sockets: one per address in `ips`, all on one port.
 async fn bind_udp(config: &Config, http: SocketAddr, ips: &[IpAddr], worker: usize) -> anyhow::Result<Vec<Sock>> {
-    {
-        let Some(first) = ips.first().copied() else {
-            anyhow::bail!("no network interface address to bind the SFU's UDP port on");
-        };
-        let base = config.media_port.unwrap_or(http.port());
-        // `--media-port 0` (any port) stays 0 for every worker; the check of the configuration
-        // keeps base + worker within range.
-        let port = if base == 0 { 0 } else { base.saturating_add(worker as u16) };
-        let first_socket = match UdpSocket::bind((first, port)).await {
-            Ok(s) => s,
-            // The default port (the HTTP port's number) is only a preference.
-            Err(e) if config.media_port.is_none() && e.kind() == io::ErrorKind::AddrInUse => {
-                UdpSocket::bind((first, 0)).await?
-            }
-            Err(e) => anyhow::bail!("cannot bind the SFU's UDP port {first}:{port}: {e}"),
-        };
-        let port = first_socket.local_addr()?.port();
-        let mut sockets = vec![first_socket];
-        for ip in &ips[1..] {
-            match UdpSocket::bind((*ip, port)).await {
-                Ok(s) => sockets.push(s),
-                Err(e) => warn!(%ip, port, error = %e, "cannot bind the SFU's UDP port on this address; skipped"),
-            }
+    let Some(first) = ips.first().copied() else {
+        anyhow::bail!("no network interface address to bind the SFU's UDP port on");
+    };
+    let base = config.media_port.unwrap_or(http.port());
+    // `--media-port 0` (any port) stays 0 for every worker; the check of the configuration
+    // keeps base + worker within range.
+    let port = if base == 0 { 0 } else { base.saturating_add(worker as u16) };
+    let first_socket = match UdpSocket::bind((first, port)).await {
+        Ok(s) => s,
+        // The default port (the HTTP port's number) is only a preference.
+        Err(e) if config.media_port.is_none() && e.kind() == io::ErrorKind::AddrInUse => {
+            UdpSocket::bind((first, 0)).await?
         }
-        let mut socks = Vec::new();
-        for socket in sockets {
-            grow_buffers(&socket);
-            let local = socket.local_addr()?;
-            let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
-            socks.push(Sock { socket, alias });
+        Err(e) => anyhow::bail!("cannot bind the SFU's UDP port {first}:{port}: {e}"),
+    };
+    let port = first_socket.local_addr()?.port();
+    let mut sockets = vec![first_socket];
+    for ip in &ips[1..] {
+        match UdpSocket::bind((*ip, port)).await {
+            Ok(s) => sockets.push(s),
+            Err(e) => warn!(%ip, port, error = %e, "cannot bind the SFU's UDP port on this address; skipped"),
         }
-        Ok(socks)
     }
+    let mut socks = Vec::new();
+    for socket in sockets {
+        grow_buffers(&socket);
+        let local = socket.local_addr()?;
+        let alias = public_alias(&config.media_public_ips, local).unwrap_or(local);
+        socks.push(Sock { socket, alias });
+    }
+    Ok(socks)
 }
 
 impl Media {
