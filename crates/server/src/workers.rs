@@ -68,7 +68,7 @@ pub fn worker_of_file(id: &str, workers: usize) -> usize {
 }
 
 /// How many rooms each worker holds, written by each worker after every batch of commands
-/// (its own slot only) and read for the cap on rooms and for `/metrics`.
+/// (its own slot only) and read by the others for the cap on rooms.
 #[derive(Debug)]
 pub struct RoomCounts(Vec<AtomicUsize>);
 
@@ -86,10 +86,6 @@ impl RoomCounts {
     /// Rooms every worker but `worker` holds.
     pub fn others(&self, worker: usize) -> usize {
         self.0.iter().enumerate().filter(|(i, _)| *i != worker).map(|(_, n)| n.load(Ordering::Relaxed)).sum()
-    }
-
-    pub fn each(&self) -> Vec<usize> {
-        self.0.iter().map(|n| n.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -117,11 +113,6 @@ impl Workers {
     pub fn new(hubs: Vec<mpsc::Sender<Command>>, media: Vec<Option<mpsc::WeakSender<MediaCommand>>>) -> Workers {
         let rooms = Arc::new(RoomCounts::new(hubs.len()));
         Workers { hubs, media, rooms }
-    }
-
-    /// One worker (tests, benchmarks, a node of several).
-    pub fn one(hub: mpsc::Sender<Command>) -> Workers {
-        Workers::new(vec![hub], vec![None])
     }
 
     pub fn len(&self) -> usize {
@@ -191,11 +182,6 @@ impl Workers {
         });
         futures_util::future::join_all(asks).await
     }
-
-    /// Whether any worker has an SFU.
-    pub fn has_media(&self) -> bool {
-        self.media.iter().any(Option::is_some)
-    }
 }
 
 #[cfg(test)]
@@ -251,6 +237,6 @@ mod tests {
         counts.set(9, 100);
         assert_eq!(counts.others(0), 5);
         assert_eq!(counts.others(1), 7);
-        assert_eq!(counts.each(), vec![2, 0, 5]);
+        assert_eq!(counts.others(2), 2, "worker 9 does not exist: nothing counted");
     }
 }
