@@ -162,6 +162,12 @@ sc.step('ended for a server error: back on pre-join, the sentence in the page\'s
     await x.p.page.waitForFunction(() => document.querySelector('#preview')?.videoWidth > 0, null, { timeout: T.media });
     await bannerLaidOut(x);
     await x.p.page.screenshot({ path: path.join(artifactsDir(), `ended-server-error-${x.lang}.png`) });
+    // And on a phone-sized screen, then back to the wide one for the steps that follow.
+    const wide = x.p.page.viewportSize();
+    await x.p.page.setViewportSize({ width: 390, height: 844 });
+    await bannerLaidOut(x);
+    await x.p.page.screenshot({ path: path.join(artifactsDir(), `ended-server-error-${x.lang}-phone.png`) });
+    if (wide) await x.p.page.setViewportSize(wide);
   }
 }, { critical: true });
 
