@@ -288,3 +288,31 @@ async fn one_worker_is_the_server_as_it_was_and_shows_in_the_metrics() {
     assert!(!m.contains_key("huddle_worker_rooms{worker=\"1\"}"));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_member_cannot_slip_into_a_room_on_another_worker_and_stays_where_it_is() {
+    let server = TestServer::start(workers(2)).await;
+    let (r0, r1) = (room_on(0, 2, "stay"), room_on(1, 2, "stay"));
+    let mut a = Client::connect(&server).await;
+    a.join(&r0, "a").await;
+    let mut b = Client::connect(&server).await;
+    b.join(&r0, "b").await;
+    // Joining a room its worker does not own, while in a room: refused where the session is,
+    // and no room opens on the other worker.
+    a.send(&join(&r1, "a")).await;
+    loop {
+        match a.recv().await {
+            ServerMsg::Error { code, .. } => {
+                assert_eq!(code, ErrorCode::AlreadyInRoom);
+                break;
+            }
+            ServerMsg::PeerJoined { .. } | ServerMsg::PeerUpdated { .. } => continue,
+            other => panic!("expected already_in_room, got {other:?}"),
+        }
+    }
+    a.send(&chat("still in room zero")).await;
+    assert_eq!(next_chat(&mut b).await, "still in room zero");
+    let m = common::raw::metrics(server.addr).await;
+    assert_eq!(m.get("huddle_worker_rooms{worker=\"1\"}"), Some(&0.0), "{m:?}");
+    server.shutdown().await;
+}
