@@ -6,7 +6,9 @@
 //! [`Envelope`]: which node sent it, which of that node's connections it concerns, a sequence
 //! number counted per connection and direction, and a [`Body`]. Pub/sub delivers in order (one
 //! publishing connection per node, one subscriber), but loses what is published while a
-//! subscriber is reconnecting; a number that skips shows the loss, and the connection is closed
+//! subscriber is reconnecting (a publisher whose own connection broke sends its batch again once
+//! reconnected, and a number already seen is skipped); a number that skips shows the loss, and
+//! the connection is closed
 //! so that its page resumes through the resume path, which replays what it missed (the hub's
 //! `recent`) and sends again what the server did not take (`welcome.received`) — nothing is
 //! lost or repeated.
@@ -313,6 +315,11 @@ async fn to_home(cluster: &Arc<Cluster>, remotes: &mut HashMap<(String, u64), Re
         return;
     };
     if e.seq != 0 {
+        if e.seq < remote.next {
+            // Sent again after a broken connection to Redis, and already taken.
+            debug!(node = %key.0, conn = key.1, seq = e.seq, "a relayed message seen before");
+            return;
+        }
         if e.seq != remote.next {
             // Lost on the way: the connection is closed, and its page resumes and sends again
             // what was not taken.
@@ -486,6 +493,10 @@ fn to_edge(cluster: &Arc<Cluster>, edges: &mut HashMap<u64, Edge>, e: Envelope) 
         return;
     }
     if e.seq != 0 {
+        if e.seq < edge.next {
+            debug!(node = %e.from, conn = e.conn, seq = e.seq, "a relayed message seen before");
+            return;
+        }
         if e.seq != edge.next {
             warn!(node = %e.from, conn = e.conn, expected = edge.next, got = e.seq, "relay gap; closing the connection");
             cluster.stats.relay_gaps.fetch_add(1, Ordering::Relaxed);
