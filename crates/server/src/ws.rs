@@ -118,18 +118,8 @@ pub async fn upgrade(
         return (StatusCode::UPGRADE_REQUIRED, "This address takes WebSocket connections only.").into_response();
     };
     let n = app.next_id.fetch_add(1, Ordering::Relaxed);
-    let resume = query.as_deref().and_then(parse_resume);
-    let task = async move {
-        // hyper hands the connection over once it has written the 101.
-        let upgraded = match tokio::time::timeout(app.config.handshake_timeout, on_upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(e)) => return debug!(error = %e, "the upgrade failed"),
-            Err(_) => return debug!("the upgrade timed out"),
-        };
-        let config = socket_config(app.config.max_frame_bytes as usize);
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        connection(socket, app, n, host, ip, resume).await;
-    };
+    let resume = query.as_deref().and_then(parse_resume).map(Box::new);
+    let task = connection(Box::new(Opening { on_upgrade, app, n, host, ip, resume }));
     tokio::spawn(task.instrument(info_span!("conn", n)));
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -312,14 +302,39 @@ fn close_code(reason: ByeReason) -> (u16, &'static str) {
     }
 }
 
-/// One connection's task, after the upgrade.
+/// What a connection's task starts from: the upgrade to wait for, and what the request said.
+struct Opening {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    app: AppState,
+    n: u64,
+    host: Option<String>,
+    ip: IpAddr,
+    resume: Option<Box<Resume>>,
+}
+
+/// One connection's task, from the upgrade on.
 ///
-/// Its awaits that happen once per connection or never (goodbyes, the close, a resume through
-/// another node, a hub too busy to take a message at once) are boxed: an async fn's future is as
-/// large as its largest await, and every idle connection would carry room for them (5.7 KiB of
-/// future before, 2.9 KiB now; `connection_memory::an_idle_participant_costs_a_few_kib`).
-async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>, ip: IpAddr, resume: Option<Resume>) {
-    let (sink, mut stream) = socket.split();
+/// An async fn's future is as large as its largest await, and every idle connection carries it,
+/// so: its awaits that happen once per connection or never (goodbyes, the close, a resume through
+/// another node, a hub too busy to take a message at once) are boxed; its arguments come in one
+/// box (an async fn keeps its arguments for its whole life beside the locals made from them, the
+/// socket's 328 bytes among them); and the socket is made here, a local that is gone once split.
+/// (5.7 KiB of future once, 2.7 KiB before these last steps, 1.3 KiB now;
+/// `connection_memory::an_idle_participant_costs_a_few_kib`.)
+async fn connection(opening: Box<Opening>) {
+    let Opening { on_upgrade, app, n, host, ip, resume } = *opening;
+    // (In a block: a local moved out of still takes room in the future until its scope ends.)
+    let (sink, mut stream) = {
+        // hyper hands the connection over once it has written the 101.
+        let upgraded = match tokio::time::timeout(app.config.handshake_timeout, on_upgrade).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(e)) => return debug!(error = %e, "the upgrade failed"),
+            Err(_) => return debug!("the upgrade timed out"),
+        };
+        let config = socket_config(app.config.max_frame_bytes as usize);
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        socket.split()
+    };
     let mut w = Writer { sink, mid_message: false };
     // Held until the connection ends: its place under the caps.
     let _ticket = match app.admission.admit(ip, std::time::Instant::now()) {
@@ -341,31 +356,10 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
     let (outbox, mut outbox_rx) = outbox::outbox(cfg.outbox_capacity, cfg.outbox_bytes);
     let (kick_tx, mut kick_rx) = oneshot::channel();
     let mut route = Route { home: None, seq: 0, worker: app.workers.for_connection(n) };
-    // A session to resume that lives on another worker is resumed there.
-    if let (Some(resume), true) = (&resume, app.workers.len() > 1) {
-        if let Some(worker) = Box::pin(app.workers.holding(&resume.id)).await {
-            route.worker = worker;
-        }
-    }
-    // A session to resume that lives on another node (of several) is resumed there.
-    let start = match (&app.cluster, resume) {
-        (Some(cluster), Some(resume)) => match Box::pin(resume_home(cluster, &resume)).await {
-            ResumeAt::Here => Start::Here(outbox, kick_tx, Some(resume)),
-            ResumeAt::There(home) => {
-                match Box::pin(resume_remote(cluster, n, home, outbox, kick_tx, resume, ip, host.clone(), &mut route))
-                    .await
-                {
-                    Some(id) => Start::There(id),
-                    None => Start::TryAgain,
-                }
-            }
-            ResumeAt::NotYet => Start::TryAgain,
-        },
-        (_, resume) => Start::Here(outbox, kick_tx, resume),
-    };
-    let id = match start {
-        Start::There(id) => id,
-        Start::TryAgain => {
+    // Boxed: what it holds is needed only until the session is found or made.
+    let id = match Box::pin(begin(&app, n, host, ip, resume, outbox, kick_tx, &mut route)).await {
+        Ok(id) => id,
+        Err(Unbegun::TryAgain) => {
             // Its room's owner went away and no node has taken the room over yet (its lease has
             // not run out), or that node does not answer: the page tries again a moment later,
             // as after any close.
@@ -373,22 +367,12 @@ async fn connection(socket: Socket, app: AppState, n: u64, host: Option<String>,
             Box::pin(w.goodbye(&[], None, CLOSE_TRY_AGAIN_LATER, "meeting moving, try again")).await;
             return Box::pin(close(w, stream)).await;
         }
-        Start::Here(outbox, kick, resume) => {
-            let (session_tx, session_rx) = oneshot::channel();
-            let id = app.cluster.as_ref().map_or_else(|| PeerId(format!("p{n}")), |c| c.peer_id(n));
-            let connect = Connect { conn: n, id, outbox, kick, host, ip, resume, session: session_tx };
-            if Box::pin(route.hub(&app).send(Command::Connect(connect))).await.is_err() {
-                return;
-            }
-            // The hub answers with the session this connection speaks for (a resumed one, or its
-            // own); no answer means it refused the connection (shutting down).
-            let Ok(id) = session_rx.await else {
-                let (code, why) = close_code(ByeReason::ServerShutdown);
-                Box::pin(w.goodbye(&[], Some(ByeReason::ServerShutdown), code, why)).await;
-                return Box::pin(close(w, stream)).await;
-            };
-            id
+        Err(Unbegun::Refused) => {
+            let (code, why) = close_code(ByeReason::ServerShutdown);
+            Box::pin(w.goodbye(&[], Some(ByeReason::ServerShutdown), code, why)).await;
+            return Box::pin(close(w, stream)).await;
         }
+        Err(Unbegun::HubGone) => return,
     };
     debug!(peer = %id, %ip, "connected");
     let ending = {
@@ -463,103 +447,109 @@ async fn read_loop(
     let check_every = HEARTBEAT_CHECK.min(cfg.ping_interval);
     let mut tick = tokio::time::interval_at(Instant::now() + check_every, check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first frame (a pong to the ping sent at once counts) has its own, shorter deadline.
-    let first_frame = tokio::time::sleep(cfg.handshake_timeout);
-    let mut first_frame = std::pin::pin!(first_frame);
-    let mut heard = false;
+    // The first frame (a pong to the ping sent at once counts) has its own, shorter deadline
+    // (boxed, and gone once heard: a timer is 112 bytes every idle connection would carry).
+    let mut first_frame = Some(Box::pin(tokio::time::sleep(cfg.handshake_timeout)));
     let mut last_seen = Instant::now();
     loop {
-        let frame = tokio::select! {
-            frame = stream.next() => frame,
-            _ = &mut first_frame, if !heard => return Ending::TimedOut,
-            _ = tick.tick() => {
-                if last_seen.elapsed() >= cfg.idle_timeout {
-                    return Ending::TimedOut;
+        // In a block: what it makes is gone by the time a busy hub is waited for.
+        let cmd = {
+            let frame = tokio::select! {
+                frame = stream.next() => frame,
+                _ = async {
+                    match first_frame.as_mut() {
+                        Some(deadline) => deadline.await,
+                        None => std::future::pending().await,
+                    }
+                }, if first_frame.is_some() => return Ending::TimedOut,
+                _ = tick.tick() => {
+                    if last_seen.elapsed() >= cfg.idle_timeout {
+                        return Ending::TimedOut;
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
-        heard = true;
-        last_seen = Instant::now();
-        let parsed = match frame {
-            None => return Ending::ClientClosed { reconnecting: false },
-            Some(Err(e)) => {
-                debug!(error = %e, "WebSocket read failed");
-                return ending_of(&e);
-            }
-            // The page closes with RECONNECTING when it starts over on a new connection (a network
-            // change): keep its place as for a lost connection.
-            Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == RECONNECTING => {
-                return Ending::ClientClosed { reconnecting: true }
-            }
-            Some(Ok(Message::Close(_))) => return Ending::ClientClosed { reconnecting: false },
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Binary(_))) => Err((ErrorCode::BinaryFrame, None)),
-            Some(Ok(Message::Text(text))) => serde_json::from_str::<ClientMsg>(&text).map_err(|_| classify(&text)),
-        };
-        let now = std::time::Instant::now();
-        let class = match &parsed {
-            Ok(msg) => {
-                app.counters.message_in(msg);
-                class_of(msg)
-            }
-            Err(_) => Class::Other,
-        };
-        let mut verdict = limiter.check(class, now);
-        if verdict == Verdict::Pass && class == Class::Join && !app.admission.join(ip, now) {
-            verdict = limiter.refuse(now);
-        }
-        // Several nodes: a join goes to the room's owner, and the session with it.
-        let mut unavailable = false;
-        if let (Verdict::Pass, Some(cluster), Ok(ClientMsg::Join { room, .. })) = (verdict, &app.cluster, &parsed) {
-            unavailable = !Box::pin(route.follow_room(app, cluster, room, id, n)).await;
-        }
-        // Several workers: the same, to the room's worker.
-        if let (Verdict::Pass, true, Ok(ClientMsg::Join { room, .. })) = (verdict, app.workers.len() > 1, &parsed) {
-            Box::pin(route.follow_worker(app, room, id, n)).await;
-        }
-        let cmd = match verdict {
-            Verdict::Pass if unavailable => {
-                app.counters.refused(ErrorCode::Unavailable);
-                reject(id, ErrorCode::Unavailable, Some("join".into()))
-            }
-            Verdict::Pass => match parsed {
-                Ok(msg) => Command::Client { id: id.clone(), msg },
-                Err((code, request)) => {
-                    app.counters.refused(code);
-                    reject(id, code, request)
+            };
+            first_frame = None;
+            last_seen = Instant::now();
+            let parsed = match frame {
+                None => return Ending::ClientClosed { reconnecting: false },
+                Some(Err(e)) => {
+                    debug!(error = %e, "WebSocket read failed");
+                    return ending_of(&e);
                 }
-            },
-            Verdict::Refuse { reply } => {
-                app.counters.refused(ErrorCode::RateLimited);
-                if !reply {
-                    app.counters.replies_suppressed.fetch_add(1, Ordering::Relaxed);
-                    // Still counted as taken, for a resume (`welcome.received`).
-                    Command::Ignored { id: id.clone() }
-                } else {
-                    let request = match parsed {
-                        Ok(msg) => Some(msg.type_name().to_string()),
-                        Err((_, request)) => request,
-                    };
-                    debug!(request = request.as_deref().unwrap_or("-"), "rate limited");
-                    Command::Reject { id: id.clone(), code: ErrorCode::RateLimited, request }
+                // The page closes with RECONNECTING when it starts over on a new connection (a network
+                // change): keep its place as for a lost connection.
+                Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == RECONNECTING => {
+                    return Ending::ClientClosed { reconnecting: true }
                 }
+                Some(Ok(Message::Close(_))) => return Ending::ClientClosed { reconnecting: false },
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Binary(_))) => Err((ErrorCode::BinaryFrame, None)),
+                Some(Ok(Message::Text(text))) => serde_json::from_str::<ClientMsg>(&text).map_err(|_| classify(&text)),
+            };
+            let now = std::time::Instant::now();
+            let class = match &parsed {
+                Ok(msg) => {
+                    app.counters.message_in(msg);
+                    class_of(msg)
+                }
+                Err(_) => Class::Other,
+            };
+            let mut verdict = limiter.check(class, now);
+            if verdict == Verdict::Pass && class == Class::Join && !app.admission.join(ip, now) {
+                verdict = limiter.refuse(now);
             }
-            Verdict::Flooding => {
-                app.counters.refused(ErrorCode::RateLimited);
-                info!("closing a connection that keeps flooding");
-                return Ending::Flooding;
+            // Several nodes: a join goes to the room's owner, and the session with it.
+            let mut unavailable = false;
+            if let (Verdict::Pass, Some(cluster), Ok(ClientMsg::Join { room, .. })) = (verdict, &app.cluster, &parsed) {
+                unavailable = !Box::pin(route.follow_room(app, cluster, room, id, n)).await;
+            }
+            // Several workers: the same, to the room's worker.
+            if let (Verdict::Pass, true, Ok(ClientMsg::Join { room, .. })) = (verdict, app.workers.len() > 1, &parsed) {
+                Box::pin(route.follow_worker(app, room, id, n)).await;
+            }
+            match verdict {
+                Verdict::Pass if unavailable => {
+                    app.counters.refused(ErrorCode::Unavailable);
+                    reject(id, ErrorCode::Unavailable, Some("join".into()))
+                }
+                Verdict::Pass => match parsed {
+                    Ok(msg) => Command::Client { id: id.clone(), msg },
+                    Err((code, request)) => {
+                        app.counters.refused(code);
+                        reject(id, code, request)
+                    }
+                },
+                Verdict::Refuse { reply } => {
+                    app.counters.refused(ErrorCode::RateLimited);
+                    if !reply {
+                        app.counters.replies_suppressed.fetch_add(1, Ordering::Relaxed);
+                        // Still counted as taken, for a resume (`welcome.received`).
+                        Command::Ignored { id: id.clone() }
+                    } else {
+                        let request = match parsed {
+                            Ok(msg) => Some(msg.type_name().to_string()),
+                            Err((_, request)) => request,
+                        };
+                        debug!(request = request.as_deref().unwrap_or("-"), "rate limited");
+                        Command::Reject { id: id.clone(), code: ErrorCode::RateLimited, request }
+                    }
+                }
+                Verdict::Flooding => {
+                    app.counters.refused(ErrorCode::RateLimited);
+                    info!("closing a connection that keeps flooding");
+                    return Ending::Flooding;
+                }
             }
         };
         // If the hub is busy this waits, which pauses reading from this socket only.
-        match route.deliver_now(app, n, cmd) {
-            Ok(()) => {}
-            Err(Undelivered::Busy(cmd)) => {
-                if Box::pin(route.hub(app).send(cmd)).await.is_err() {
-                    return Ending::HubGone;
-                }
-            }
+        let busy = match route.deliver_now(app, n, cmd) {
+            Ok(()) => continue,
+            Err(Undelivered::Busy(cmd)) => cmd,
             Err(Undelivered::Gone) => return Ending::HubGone,
+        };
+        if Box::pin(route.hub(app).send(busy)).await.is_err() {
+            return Ending::HubGone;
         }
     }
 }
@@ -591,10 +581,12 @@ async fn write_loop(w: &mut Writer, outbox: &mut OutboxReceiver, app: &AppState)
             frame = outbox.recv() => {
                 // The hub closed the outbox after queueing `bye`: the server is shutting down.
                 let Some(frame) = frame else { return Ending::ShutDown };
-                tokio::time::timeout(deadline, w.write_batch(frame, outbox)).await
+                // Boxed: a write and its deadline take 376 bytes for the moment they run, which
+                // every idle connection would carry otherwise.
+                Box::pin(tokio::time::timeout(deadline, w.write_batch(frame, outbox))).await
             }
             _ = ping.tick() => {
-                tokio::time::timeout(deadline, w.ping()).await.map(|r| r.map(|()| 0))
+                Box::pin(tokio::time::timeout(deadline, w.ping())).await.map(|r| r.map(|()| 0))
             }
         };
         match written {
@@ -820,6 +812,68 @@ impl Route {
             cluster.set_session_home(id, &owner, &room).await;
         }
         true
+    }
+}
+
+/// Why a connection did not get a session.
+enum Unbegun {
+    /// Its session's room is moving between nodes: the page tries again.
+    TryAgain,
+    /// The hub refused it (the server is shutting down).
+    Refused,
+    /// The hub is gone.
+    HubGone,
+}
+
+/// Finds or makes the session a new connection speaks for: resumed on the worker or node that
+/// holds it, or new on this connection's worker. `route` ends where the session lives.
+#[allow(clippy::too_many_arguments)]
+async fn begin(
+    app: &AppState,
+    n: u64,
+    host: Option<String>,
+    ip: IpAddr,
+    resume: Option<Box<Resume>>,
+    outbox: Outbox,
+    kick_tx: oneshot::Sender<ByeReason>,
+    route: &mut Route,
+) -> Result<PeerId, Unbegun> {
+    let resume = resume.map(|r| *r);
+    // A session to resume that lives on another worker is resumed there.
+    if let (Some(resume), true) = (&resume, app.workers.len() > 1) {
+        if let Some(worker) = app.workers.holding(&resume.id).await {
+            route.worker = worker;
+        }
+    }
+    // A session to resume that lives on another node (of several) is resumed there.
+    let start = match (&app.cluster, resume) {
+        (Some(cluster), Some(resume)) => match resume_home(cluster, &resume).await {
+            ResumeAt::Here => Start::Here(outbox, kick_tx, Some(resume)),
+            ResumeAt::There(home) => {
+                match Box::pin(resume_remote(cluster, n, home, outbox, kick_tx, resume, ip, host.clone(), route)).await
+                {
+                    Some(id) => Start::There(id),
+                    None => Start::TryAgain,
+                }
+            }
+            ResumeAt::NotYet => Start::TryAgain,
+        },
+        (_, resume) => Start::Here(outbox, kick_tx, resume),
+    };
+    match start {
+        Start::There(id) => Ok(id),
+        Start::TryAgain => Err(Unbegun::TryAgain),
+        Start::Here(outbox, kick, resume) => {
+            let (session_tx, session_rx) = oneshot::channel();
+            let id = app.cluster.as_ref().map_or_else(|| PeerId(format!("p{n}")), |c| c.peer_id(n));
+            let connect = Connect { conn: n, id, outbox, kick, host, ip, resume, session: session_tx };
+            if route.hub(app).send(Command::Connect(connect)).await.is_err() {
+                return Err(Unbegun::HubGone);
+            }
+            // The hub answers with the session this connection speaks for (a resumed one, or its
+            // own); no answer means it refused the connection (shutting down).
+            session_rx.await.map_err(|_| Unbegun::Refused)
+        }
     }
 }
 
