@@ -435,6 +435,10 @@ function wireSignalling() {
       /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
     }
     if (m.code === 'unknown_peer') return; // a peer left while we were still signalling to it
+    // The answer to something sent while still in the room (a candidate, a mute) that arrived after
+    // the page left it (the meeting ended, a removal): the page knows, and what it says about why
+    // it is out ("the host ended the meeting") stays on screen.
+    if (m.code === 'not_in_room' && !S.inRoom) return;
     if (call.onMediaError(m)) return; // the SFU connection starts over by itself
     if (host.onError(m)) return; // the password field says it
     if (m.request === 'file_offer') call.onFileOfferRefused();
