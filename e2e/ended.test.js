@@ -80,6 +80,20 @@ async function endRoom(reason) {
   }
 }
 
+/**
+ * What a real server answers to a candidate the page sent just before it learned that the room had
+ * ended, arriving once the page already says why it is out: `not_in_room` must not replace that
+ * (it once did, by chance, in CI). A room list sent after it shows when the page has taken both.
+ */
+async function lateNotInRoom(x, code) {
+  x.toPage({ type: 'error', code: 'not_in_room', message: 'not in a room', request: 'signal' });
+  x.toPage({ type: 'rooms', rooms: [{ name: ROOM, participants: 7, capacity: 50 }] });
+  const { page } = x.p;
+  await page.locator('#prejoin-presence', { hasText: '7' }).waitFor({ timeout: T.ui });
+  assert.equal(await page.evaluate(() => document.querySelector('#error-banner')?.dataset.code), code,
+    `${x.lang}: the banner after a late not_in_room`);
+}
+
 /** `huddle_participants` from the server's /metrics. */
 async function participants() {
   const res = await fetch(`${sc.server.url}/metrics`);
@@ -155,6 +169,7 @@ sc.step('ended for a server error: back on pre-join, the sentence in the page\'s
     const text = await backOnPrejoin(x, 'ended_server_error');
     assert.equal(text, sentence(x.lang, 'error.ended_server_error'), `${x.lang}: the banner's sentence`);
     t.diagnostic(`${x.lang}: ${text}`);
+    await lateNotInRoom(x, 'ended_server_error');
   }
   await expectParticipants(0);
   for (const x of people) {
