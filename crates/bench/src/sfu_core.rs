@@ -548,7 +548,7 @@ impl World {
                         eprintln!("the core removed {peer}: {reason:?}");
                         self.removed += 1;
                     }
-                    Output::Event(_) => {}
+                    Output::Event(_) | Output::Record(_) => {}
                 }
             }
         }

@@ -821,6 +821,7 @@ impl Driver {
                 }
                 #[allow(unreachable_patterns)]
                 Output::Event(_) => {}
+                Output::Record(_) => {}
             }
         }
         for (sock, datagrams) in self.socks.iter().zip(self.outgoing.iter_mut()) {

@@ -99,6 +99,13 @@ pub enum Input {
     /// Kept only while it is in the core: a new session starts with nothing held (the signalling
     /// layer says it again).
     Hold { now: Instant, peer: PeerId, audio: bool, video: bool },
+    /// Start (`on`) or stop recording `room`: from now on every track published in it comes out
+    /// as whole frames ([`Output::Record`], see [`crate::record`]), each publisher is asked for a
+    /// keyframe of its video, and participants who join later are recorded too. Stopping ends
+    /// every track and says [`Recorded::Stopped`]. Starting a room that records, or stopping one
+    /// that does not, changes nothing. Independent of who is in the room: a room with nobody in
+    /// it records nothing until someone publishes.
+    Record { now: Instant, room: String, on: bool },
 }
 
 impl Input {
@@ -112,6 +119,7 @@ impl Input {
             | Input::Packet { now, .. }
             | Input::Receive { now, .. }
             | Input::Hold { now, .. }
+            | Input::Record { now, .. }
             | Input::Timeout(now) => *now,
         }
     }
@@ -183,6 +191,43 @@ pub enum Output {
     Signal { peer: PeerId, signal: Signal },
     /// See [`Event`].
     Event(Event),
+    /// What a recording room's tracks carry; see [`Input::Record`].
+    Record(Recorded),
+}
+
+/// A recorded track's media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordedKind {
+    Audio,
+    /// A participant's one video track: its camera or, while it shares it, its screen (a browser
+    /// swaps the picture on the same track; the signalling layer knows which it is when).
+    Video,
+}
+
+/// A recorded track's codec, as its frames come: an Opus packet, a VP8 frame, an H.264 access
+/// unit in Annex-B form (start codes before each NAL unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordedCodec {
+    Opus,
+    Vp8,
+    H264,
+}
+
+/// A recording's output. `track` numbers are unique within the core; times (`at_ms`) are
+/// milliseconds since the room's recording started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// `peer`'s track starts in `room`'s recording (at its first whole frame; video at a
+    /// keyframe). A participant who publishes again (left and came back, or a new session) has
+    /// new tracks.
+    TrackStarted { room: String, track: u64, peer: PeerId, kind: RecordedKind, codec: RecordedCodec, at_ms: u64 },
+    /// One whole frame, in order; times never go backwards within a track. Video after a loss
+    /// resumes at a keyframe: what is written always decodes.
+    Frame { track: u64, at_ms: u64, keyframe: bool, data: Vec<u8> },
+    /// The track ended: its publisher left, or the recording stopped.
+    TrackEnded { track: u64, at_ms: u64 },
+    /// `room`'s recording stopped; every one of its tracks ended before this.
+    Stopped { room: String, at_ms: u64 },
 }
 
 /// Errors the caller gets back for one input; they concern only the participant named.

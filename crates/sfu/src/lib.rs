@@ -79,12 +79,16 @@
 pub mod api;
 mod demux;
 mod peer;
+pub mod record;
 mod rtp;
 mod sfu;
 pub mod speaker;
 pub mod track;
 
-pub use api::{Answer, Event, Input, Offer, Output, PeerId, RemoveReason, SfuError, Signal, Transport, VideoQuality};
+pub use api::{
+    Answer, Event, Input, Offer, Output, PeerId, Recorded, RecordedCodec, RecordedKind, RemoveReason, SfuError, Signal,
+    Transport, VideoQuality,
+};
 pub use demux::stun_local_ufrag;
 pub use sfu::Sfu;
 /// The str0m version the core is built on, re-exported for the harness and the driver.

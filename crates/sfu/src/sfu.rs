@@ -9,7 +9,9 @@ use std::time::Instant;
 use crate::api::{Event, Input, Offer, Output, PeerId, RemoveReason, SfuError, Signal};
 use crate::demux::Demux;
 use crate::peer::{Locals, Peer, Propagated, Sink};
+use crate::record::Recorder;
 use crate::speaker::Speakers;
+use str0m::media::KeyframeRequestKind;
 
 /// The sans-IO SFU. Feed it [`Input`]s, then take [`Output`]s with [`Sfu::poll_output`] until
 /// `None`, then sleep until [`Sfu::poll_timeout`].
@@ -41,6 +43,10 @@ pub struct Sfu {
     bwe: bool,
     /// What every ICE ufrag of this core starts with; see [`Sfu::set_ufrag_prefix`].
     ufrag_prefix: String,
+    /// Rooms being recorded ([`Input::Record`]), by name.
+    recordings: HashMap<Arc<str>, Recorder>,
+    /// The last recorded track's number.
+    recorded_tracks: u64,
 }
 
 impl Sfu {
@@ -75,6 +81,8 @@ impl Sfu {
             latest: None,
             bwe: true,
             ufrag_prefix: String::new(),
+            recordings: HashMap::new(),
+            recorded_tracks: 0,
         }
     }
 
@@ -165,6 +173,10 @@ impl Sfu {
                 }
                 Ok(())
             }
+            Input::Record { now, room, on } => {
+                self.record(now, room, on);
+                Ok(())
+            }
             Input::Timeout(now) => {
                 // A scan per timeout, not per packet; a deadline heap can replace it later.
                 let due: Vec<PeerId> =
@@ -227,6 +239,28 @@ impl Sfu {
     /// How many participants the core holds.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Starts or stops recording `room`; see [`Input::Record`].
+    fn record(&mut self, now: Instant, room: String, on: bool) {
+        let key: Arc<str> =
+            self.rooms.get_key_value(room.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| room.into());
+        if !on {
+            if let Some(recorder) = self.recordings.remove(&key) {
+                recorder.finish(now, &mut self.sink.out);
+            }
+            return;
+        }
+        if self.recordings.contains_key(&key) {
+            return;
+        }
+        self.recordings.insert(key.clone(), Recorder::new(key.clone(), now));
+        // Every video starts at a keyframe: ask each publisher now rather than wait for one.
+        let members: Vec<PeerId> = self.rooms.get(&key).map(|m| m.iter().copied().collect()).unwrap_or_default();
+        for id in members {
+            self.with_peer(id, |peer, sink| peer.refresh_video(now, sink));
+        }
+        self.settle(now);
     }
 
     /// A new session for `id` from its offer, replacing the one it has, if any. The new peer is
@@ -335,6 +369,22 @@ impl Sfu {
                 }
             }
         }
+        if let (Propagated::Rtp(packet), Some(recorder)) = (&p, self.recordings.get_mut(&room)) {
+            let mut asks = Vec::new();
+            let peers = &self.peers;
+            let source = || {
+                peers
+                    .get(&from)
+                    .and_then(|p| p.state.tracks_in.iter().find(|(t, _)| t.mid == packet.mid))
+                    .map(|(t, _)| Arc::downgrade(t))
+                    .unwrap_or_default()
+            };
+            recorder.packet(now, from, packet, source, &mut self.recorded_tracks, &mut self.sink.out, &mut asks);
+            for (origin, mid_in, rid) in asks {
+                let kind = KeyframeRequestKind::Pli;
+                self.sink.propagated.push_back((origin, Propagated::KeyframeRequest { origin, mid_in, rid, kind }));
+            }
+        }
         // The room's other members, in a buffer kept between packets (no allocation per packet).
         let mut others = std::mem::take(&mut self.scratch);
         others.clear();
@@ -356,7 +406,7 @@ impl Sfu {
         self.scratch = others;
     }
 
-    fn remove(&mut self, _now: Instant, id: PeerId, reason: RemoveReason) {
+    fn remove(&mut self, now: Instant, id: PeerId, reason: RemoveReason) {
         let Some(peer) = self.peers.remove(&id) else { return };
         // Dropping the peer drops its published tracks' only `Arc`s; subscribers see their
         // `Weak`s die and stop those tracks in their next negotiation (in `settle`).
@@ -372,6 +422,9 @@ impl Sfu {
             if members.is_empty() {
                 self.rooms.remove(&peer.state.room);
             }
+        }
+        if let Some(recorder) = self.recordings.get_mut(&peer.state.room) {
+            recorder.peer_gone(now, id, &mut self.sink.out);
         }
         if let Some(speakers) = self.speakers.get_mut(&peer.state.room) {
             speakers.remove(id);

@@ -125,6 +125,8 @@ pub struct World {
     pub clients: Vec<Client>,
     /// Every event the core reported.
     pub events: Vec<Event>,
+    /// What recording rooms produced ([`huddle_sfu::Input::Record`]), in order.
+    pub recorded: Vec<huddle_sfu::Recorded>,
     /// Fraction of datagrams lost, both directions (0.0..1.0).
     pub loss: f64,
     /// Extra loss on the datagrams sent to one address (a subscriber's downlink), on top of `loss`.
@@ -166,6 +168,7 @@ impl World {
             core_calls_by: [0; 4],
             clients: Vec::new(),
             events: Vec::new(),
+            recorded: Vec::new(),
             loss: 0.0,
             loss_to: HashMap::new(),
             rate_to: HashMap::new(),
@@ -453,6 +456,7 @@ impl World {
                 }
                 Output::Signal { peer, signal } => self.signal(peer, signal),
                 Output::Event(e) => self.events.push(e),
+                Output::Record(r) => self.recorded.push(r),
             }
         }
     }
