@@ -91,6 +91,11 @@ pub struct SfuCoreArgs {
     /// would take longer stops there and reports the simulated time it did.
     #[arg(long, default_value_t = 30)]
     max_seconds: u64,
+    /// After the measurement, record the room (issue 18: every track turned into whole frames
+    /// in the core) and measure as long again on the same participants: the cost of recording
+    /// per forwarded packet, against the run just before it.
+    #[arg(long)]
+    record: bool,
 }
 
 /// What every thread of a run does.
@@ -105,6 +110,7 @@ struct Plan {
     audio: bool,
     keyframe_interval: Duration,
     bwe: bool,
+    record: bool,
 }
 
 /// Where the core's CPU time goes, by call.
@@ -127,6 +133,12 @@ struct CoreRun {
     received: u64,
     removed: u64,
     setup_wall_s: f64,
+    /// With `--record`: the same measurement again while the room records, then once more
+    /// after it stopped (the machine's drift shows between the first and the last).
+    recording: Option<Box<(CoreRun, CoreRun)>>,
+    /// Frames and bytes the recording produced.
+    recorded_frames: u64,
+    recorded_bytes: u64,
 }
 
 impl CoreRun {
@@ -155,6 +167,7 @@ pub fn run(args: SfuCoreArgs) -> anyhow::Result<()> {
         audio: args.audio,
         keyframe_interval: Duration::from_secs_f64(args.keyframe_secs.max(0.1)),
         bwe: args.bwe,
+        record: args.record,
     };
     let cpus = crate::procfs::cpus();
     let mut runs = Vec::new();
@@ -224,6 +237,7 @@ pub fn run(args: SfuCoreArgs) -> anyhow::Result<()> {
             "removed": done.iter().map(|r| r.removed).sum::<u64>(),
             "scaling": scaling.map(|s| round(s, 3)),
             "core_cpu_scaling": core_scaling.map(|s| round(s, 3)),
+            "recording": recording_summary(&done),
         }));
     }
     let out = json!({
@@ -244,6 +258,40 @@ pub fn run(args: SfuCoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With `--record`: what the second measurement of each core (the room recording) cost per
+/// forwarded packet, against the third (not recording, after it) and against the first and
+/// third together.
+fn recording_summary(done: &[CoreRun]) -> serde_json::Value {
+    let recs: Vec<&CoreRun> = done.iter().filter_map(|r| r.recording.as_deref().map(|(rec, _)| rec)).collect();
+    if recs.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let afters: Vec<&CoreRun> = done.iter().filter_map(|r| r.recording.as_deref().map(|(_, a)| a)).collect();
+    let base_cpu: f64 = done.iter().map(CoreRun::core_cpu).sum::<f64>() + afters.iter().map(|r| r.core_cpu()).sum::<f64>();
+    let base_fwd: u64 = done.iter().map(|r| r.forwarded).sum::<u64>() + afters.iter().map(|r| r.forwarded).sum::<u64>();
+    let base_ns = base_cpu * 1e9 / base_fwd.max(1) as f64;
+    let after_cpu: f64 = afters.iter().map(|r| r.core_cpu()).sum();
+    let after_fwd: u64 = afters.iter().map(|r| r.forwarded).sum();
+    let fwd: u64 = recs.iter().map(|r| r.forwarded).sum();
+    let cpu: f64 = recs.iter().map(|r| r.core_cpu()).sum();
+    let sim: f64 = recs.iter().map(|r| r.sim_s).sum();
+    let frames: u64 = recs.iter().map(|r| r.recorded_frames).sum();
+    let bytes: u64 = recs.iter().map(|r| r.recorded_bytes).sum();
+    let ns = cpu * 1e9 / fwd.max(1) as f64;
+    json!({
+        "core_cpu_ns_per_fwd": round(ns, 0),
+        "base_core_cpu_ns_per_fwd": round(base_ns, 0),
+        "after_core_cpu_ns_per_fwd": round(after_cpu * 1e9 / after_fwd.max(1) as f64, 0),
+        // Against the measurement after it: the first of a run also pays for the warm-up (a few
+        // per cent more per packet, measured), the last is the steady state.
+        "overhead": round(ns / (after_cpu * 1e9 / after_fwd.max(1) as f64) - 1.0, 3),
+        "overhead_vs_both": round(ns / base_ns - 1.0, 3),
+        "recorded_frames_per_s": round(frames as f64 / sim.max(1e-9), 0),
+        "recorded_kbit_per_s": round(bytes as f64 * 8.0 / 1000.0 / sim.max(1e-9), 0),
+        "forwarded": fwd,
+    })
+}
+
 /// One core's thread: set up its room, wait for the other threads, measure.
 fn one_core(plan: Plan, barrier: &Barrier, deadline: Instant) -> anyhow::Result<CoreRun> {
     let started = Instant::now();
@@ -254,6 +302,28 @@ fn one_core(plan: Plan, barrier: &Barrier, deadline: Instant) -> anyhow::Result<
     let setup_wall_s = started.elapsed().as_secs_f64();
     let mut run = world.measure(deadline)?;
     run.setup_wall_s = setup_wall_s;
+    if plan.record {
+        let t = thread_cpu_secs();
+        let input = Input::Record { now: world.now, room: "bench".into(), on: true };
+        world.sfu.handle_input(input).map_err(|e| anyhow!("record: {e}"))?;
+        world.core_cpu[SIGNALLING] += thread_cpu_secs() - t;
+        // The keyframes asked for at the start arrive within a few frames: not measured.
+        let settle = world.now + Duration::from_millis(500);
+        while world.now < settle {
+            world.step()?;
+        }
+        let (frames0, bytes0) = (world.recorded_frames, world.recorded_bytes);
+        let mut rec = world.measure(deadline)?;
+        if world.recorded_frames == frames0 {
+            bail!("the recording produced no frames");
+        }
+        rec.recorded_frames = world.recorded_frames - frames0;
+        rec.recorded_bytes = world.recorded_bytes - bytes0;
+        let input = Input::Record { now: world.now, room: "bench".into(), on: false };
+        world.sfu.handle_input(input).map_err(|e| anyhow!("stop recording: {e}"))?;
+        let after = world.measure(deadline)?;
+        run.recording = Some(Box::new((rec, after)));
+    }
     Ok(run)
 }
 
@@ -310,6 +380,10 @@ struct World {
     /// Frames the publishers wrote times the participants that should receive each.
     expected: u64,
     removed: u64,
+    /// Whole frames the core's recording produced, and their bytes (a server writes them to
+    /// files on another thread).
+    recorded_frames: u64,
+    recorded_bytes: u64,
 }
 
 impl World {
@@ -333,6 +407,8 @@ impl World {
             core_cpu: [0.0; 4],
             expected: 0,
             removed: 0,
+            recorded_frames: 0,
+            recorded_bytes: 0,
         })
     }
 
@@ -399,6 +475,9 @@ impl World {
             received: received1 - received0,
             removed: self.removed - removed0,
             setup_wall_s: 0.0,
+            recording: None,
+            recorded_frames: 0,
+            recorded_bytes: 0,
         })
     }
 
@@ -547,6 +626,10 @@ impl World {
                     Output::Event(Event::Removed { peer, reason }) => {
                         eprintln!("the core removed {peer}: {reason:?}");
                         self.removed += 1;
+                    }
+                    Output::Record(huddle_sfu::Recorded::Frame { data, .. }) => {
+                        self.recorded_frames += 1;
+                        self.recorded_bytes += data.len() as u64;
                     }
                     Output::Event(_) | Output::Record(_) => {}
                 }
