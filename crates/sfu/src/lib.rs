@@ -32,6 +32,10 @@
 //! - [`speaker`] — active-speaker detection per room from the RTP audio level (RFC 6464) each
 //!   publisher's packets carry: smoothed levels, a speech threshold, a margin and a minimum hold,
 //!   reported as [`Event::ActiveSpeaker`] at most once per second per room.
+//! - [`record`] — recording a room ([`Input::Record`]): each published track's packets, as
+//!   forwarded, turned into whole frames in order ([`Recorded`] outputs; the driver writes the
+//!   files): a reorder buffer, str0m's depacketisers, video only from a keyframe (asked for at
+//!   the start and after a loss), the best simulcast layer. No decoding, no I/O.
 //! - `demux.rs` — which participant a datagram is for: by remote address, else (a STUN
 //!   binding request from a new address) by our ICE ufrag in its USERNAME. Hash lookups; no
 //!   scan of all participants per packet. An address changes hands only on a request that
