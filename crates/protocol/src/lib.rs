@@ -113,6 +113,13 @@ pub enum ClientMsg {
     Deny { peer: PeerId },
     /// Hosts: let everyone waiting in.
     AdmitAll,
+    /// Hosts: start recording the room (a `p2p` room moves to the SFU first). Everyone gets
+    /// `recording`.
+    Record,
+    /// Hosts: stop the room's recording.
+    StopRecording,
+    /// Hosts: delete one of the room's recordings (its files go at once).
+    DeleteRecording { id: String },
     /// Hosts: end the meeting for everyone.
     EndMeeting,
     /// Asks for a `pong`: a page that has heard nothing for a while checks its connection is alive.
@@ -226,6 +233,9 @@ impl ClientMsg {
         "admit",
         "deny",
         "admit_all",
+        "record",
+        "stop_recording",
+        "delete_recording",
         "end_meeting",
         "invite",
         "ping",
@@ -253,6 +263,9 @@ impl ClientMsg {
             ClientMsg::Admit { .. } => "admit",
             ClientMsg::Deny { .. } => "deny",
             ClientMsg::AdmitAll => "admit_all",
+            ClientMsg::Record => "record",
+            ClientMsg::StopRecording => "stop_recording",
+            ClientMsg::DeleteRecording { .. } => "delete_recording",
             ClientMsg::EndMeeting => "end_meeting",
             ClientMsg::Invite { .. } => "invite",
             ClientMsg::Ping => "ping",
@@ -358,10 +371,28 @@ pub enum ServerMsg {
         /// Hosts: who is in the waiting room.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         waiting: Vec<Knocker>,
+        /// The room is being recorded (absent when not).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recording: Option<RecordingInfo>,
     },
     /// Answer to `join` when the room has a waiting room: wait for a host. `joined` follows when
     /// a host admits you; an `error` with code `knock_denied` when one turns you away.
-    Waiting { room: String },
+    /// `recording`: the room is being recorded.
+    Waiting {
+        room: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recording: bool,
+    },
+    /// The room's recording started (`recording`) or stopped (`recording: null`, and `stopped`
+    /// says why). Sent to everyone in the room.
+    Recording {
+        recording: Option<RecordingInfo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopped: Option<RecordingStopped>,
+    },
+    /// Hosts and co-hosts: the room's recordings, newest first (on joining, on becoming a
+    /// co-host, and whenever one changes).
+    Recordings { recordings: Vec<RecordingEntry> },
     /// Hosts: the waiting room's list changed.
     WaitingList { waiting: Vec<Knocker> },
     /// The room's settings changed.
@@ -510,6 +541,84 @@ pub struct RoomSummary {
     pub name: String,
     pub participants: u32,
     pub capacity: u32,
+    /// The room is being recorded (absent when not): shown before anyone joins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recording: bool,
+}
+
+/// Someone, by id and by the name they had.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: PeerId,
+    pub name: String,
+}
+
+/// A recording in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingInfo {
+    pub id: String,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub started_by: Person,
+}
+
+/// Why and by whom a recording stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingStopped {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Person>,
+    pub reason: RecordingStopReason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingStopReason {
+    /// A host stopped it.
+    Stopped,
+    /// It reached the server's longest recording (`--recording-max-minutes`).
+    TimeLimit,
+    /// The server's recording space is full (`--recordings-max-bytes`).
+    StorageFull,
+    /// The server could not write the files.
+    WriteError,
+    /// The meeting ended.
+    Ended,
+    /// A fault in the server stopped it.
+    ServerError,
+}
+
+/// One of a room's recordings, as its hosts see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingEntry {
+    pub id: String,
+    pub started_at: u64,
+    pub duration_ms: u64,
+    /// What it takes on the server's disk, raw tracks and the composed file together.
+    pub bytes: u64,
+    pub state: RecordingFileState,
+    /// `composing`: how far, 0 to 1 (in hundredths).
+    pub progress: f64,
+    /// `ready`: where to download the one file, a link that works for hosts until it expires.
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingFileState {
+    /// Being recorded.
+    Recording,
+    /// Being composed into one file.
+    Composing,
+    /// The one file is ready (`url`).
+    Ready,
+    /// Only the raw tracks and the manifest (the server has no ffmpeg).
+    Raw,
+    /// Composing failed; the raw tracks are kept.
+    Failed,
+    /// The server stopped while recording; it is composed from what was written.
+    Interrupted,
 }
 
 /// A participant as others see it.
@@ -666,6 +775,12 @@ pub enum ErrorCode {
     /// The service cannot reach the room right now (a node of several could not learn or take
     /// the room's owner); try again in a few seconds.
     Unavailable,
+    /// This server does not record meetings (recordings are off, or it has no SFU).
+    RecordingUnavailable,
+    /// The server's space for recordings is full.
+    RecordingStorageFull,
+    /// No such recording in this room (it was deleted or has expired).
+    UnknownRecording,
 }
 
 impl ErrorCode {
@@ -709,6 +824,9 @@ impl ErrorCode {
         ErrorCode::InviteRevoked,
         ErrorCode::TooManyAttempts,
         ErrorCode::Unavailable,
+        ErrorCode::RecordingUnavailable,
+        ErrorCode::RecordingStorageFull,
+        ErrorCode::UnknownRecording,
     ];
 
     /// The English sentence sent with the code.
@@ -759,6 +877,9 @@ impl ErrorCode {
                 "Too many wrong passwords were tried for this room; wait a few seconds, or use an invite link."
             }
             ErrorCode::Unavailable => "The meeting cannot be reached right now; try again in a few seconds.",
+            ErrorCode::RecordingUnavailable => "This server does not record meetings.",
+            ErrorCode::RecordingStorageFull => "The server's space for recordings is full; delete old recordings first.",
+            ErrorCode::UnknownRecording => "There is no such recording in this room; it was deleted or has expired.",
         }
     }
 }

@@ -71,6 +71,8 @@ fn every_documented_example_round_trips() {
         "pong",
         "ice_servers",
         "check_ice_servers",
+        "recording",
+        "recordings",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -126,6 +128,23 @@ fn shapes_are_pinned() {
             peer: huddle_protocol::PeerId("p4".into()),
             action: huddle_protocol::ModAction::StopVideo
         }
+    );
+    let stopped = ServerMsg::Recording {
+        recording: None,
+        stopped: Some(huddle_protocol::RecordingStopped {
+            by: None,
+            reason: huddle_protocol::RecordingStopReason::TimeLimit,
+        }),
+    };
+    assert_eq!(
+        serde_json::to_string(&stopped).expect("serialises"),
+        r#"{"type":"recording","recording":null,"stopped":{"reason":"time_limit"}}"#
+    );
+    let listed = huddle_protocol::RoomSummary { name: "r".into(), participants: 1, capacity: 6, recording: false };
+    assert_eq!(
+        serde_json::to_string(&listed).expect("serialises"),
+        r#"{"name":"r","participants":1,"capacity":6}"#,
+        "a room not recording says nothing of it"
     );
     let settings = huddle_protocol::RoomSettings { waiting_room: true, ..Default::default() };
     assert_eq!(
