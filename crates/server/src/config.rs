@@ -67,6 +67,27 @@ pub struct Cli {
     /// SFU offers passive TCP candidates, less preferred than UDP) [default: true]
     #[arg(long, env = "HUDDLE_ICE_TCP", value_name = "BOOL")]
     pub ice_tcp: Option<bool>,
+    /// Hosts may record meetings (the SFU writes what it forwards; see the README) [default: true]
+    #[arg(long, env = "HUDDLE_RECORDINGS", value_name = "BOOL")]
+    pub recordings: Option<bool>,
+    /// Where recordings are kept [default: recordings/ in --data-dir, else a new directory under
+    /// the system's temporary directory]
+    #[arg(long, env = "HUDDLE_RECORDINGS_DIR", value_name = "DIR")]
+    pub recordings_dir: Option<PathBuf>,
+    /// Most bytes all recordings may take; a recording stops, and new ones are refused, when they
+    /// are full [default: 10737418240 (10 GiB)]
+    #[arg(long, env = "HUDDLE_RECORDINGS_MAX_BYTES", value_name = "BYTES")]
+    pub recordings_max_bytes: Option<u64>,
+    /// Longest recording, in minutes: it stops there [default: 240]
+    #[arg(long, env = "HUDDLE_RECORDING_MAX_MINUTES", value_name = "N")]
+    pub recording_max_minutes: Option<u32>,
+    /// Days a recording is kept (and its download link works) [default: 7]
+    #[arg(long, env = "HUDDLE_RECORDING_RETENTION_DAYS", value_name = "N")]
+    pub recording_retention_days: Option<u32>,
+    /// The ffmpeg that composes a recording into one file [default: `ffmpeg` on the PATH;
+    /// without it only the raw tracks are kept]
+    #[arg(long, env = "HUDDLE_FFMPEG", value_name = "FILE")]
+    pub ffmpeg: Option<PathBuf>,
     /// TCP port of a listener for ICE over TCP only (e.g. behind a reverse proxy that takes the
     /// HTTP port) [default: none: ICE over TCP comes to the HTTP port itself]
     #[arg(long, env = "HUDDLE_MEDIA_TCP_PORT", value_name = "PORT")]
@@ -289,6 +310,12 @@ struct FileConfig {
     media_port: Option<u16>,
     media_public_ips: Option<Vec<IpAddr>>,
     ice_tcp: Option<bool>,
+    recordings: Option<bool>,
+    recordings_dir: Option<PathBuf>,
+    recordings_max_bytes: Option<u64>,
+    recording_max_minutes: Option<u32>,
+    recording_retention_days: Option<u32>,
+    ffmpeg: Option<PathBuf>,
     media_tcp_port: Option<u16>,
     bandwidth_estimation: Option<bool>,
     turn: Option<bool>,
@@ -351,7 +378,7 @@ pub fn default_workers() -> usize {
 }
 
 /// `$XDG_DATA_HOME/huddle`, else `$HOME/.local/share/huddle`; `None` without either.
-fn default_data_dir() -> Option<PathBuf> {
+pub fn default_data_dir() -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
     let home = || std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".local/share"));
     xdg.or_else(home).map(|d| d.join("huddle"))
@@ -447,6 +474,15 @@ pub struct Config {
     pub media_public_ips: Vec<IpAddr>,
     /// ICE over TCP to the SFU.
     pub ice_tcp: bool,
+    /// Hosts may record meetings.
+    pub recordings: bool,
+    /// `None`: `recordings/` in the data dir, else a directory under the temporary directory.
+    pub recordings_dir: Option<PathBuf>,
+    pub recordings_max_bytes: u64,
+    pub recording_max: Duration,
+    pub recording_retention: Duration,
+    /// `None`: `ffmpeg` on the PATH, if there is one.
+    pub ffmpeg: Option<PathBuf>,
     /// `None`: ICE over TCP shares the HTTP port.
     pub media_tcp_port: Option<u16>,
     /// str0m's bandwidth estimate per SFU participant, for its video layers.
@@ -544,6 +580,12 @@ impl Default for Config {
             media_port: None,
             media_public_ips: Vec::new(),
             ice_tcp: true,
+            recordings: true,
+            recordings_dir: None,
+            recordings_max_bytes: 10 * 1024 * 1024 * 1024,
+            recording_max: Duration::from_secs(240 * 60),
+            recording_retention: Duration::from_secs(7 * 24 * 3600),
+            ffmpeg: None,
             media_tcp_port: None,
             bandwidth_estimation: true,
             turn: true,
@@ -737,6 +779,21 @@ impl Config {
             media_port: cli.media_port.or(file.media_port),
             media_public_ips,
             ice_tcp: cli.ice_tcp.or(file.ice_tcp).unwrap_or(d.ice_tcp),
+            recordings: cli.recordings.or(file.recordings).unwrap_or(d.recordings),
+            recordings_dir: cli.recordings_dir.or(file.recordings_dir),
+            recordings_max_bytes: cli
+                .recordings_max_bytes
+                .or(file.recordings_max_bytes)
+                .unwrap_or(d.recordings_max_bytes),
+            recording_max: cli
+                .recording_max_minutes
+                .or(file.recording_max_minutes)
+                .map_or(d.recording_max, |m| Duration::from_secs(u64::from(m.max(1)) * 60)),
+            recording_retention: cli
+                .recording_retention_days
+                .or(file.recording_retention_days)
+                .map_or(d.recording_retention, |n| Duration::from_secs(u64::from(n.max(1)) * 24 * 3600)),
+            ffmpeg: cli.ffmpeg.or(file.ffmpeg),
             media_tcp_port: cli.media_tcp_port.or(file.media_tcp_port),
             bandwidth_estimation: cli
                 .bandwidth_estimation

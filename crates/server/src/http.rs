@@ -39,8 +39,59 @@ pub fn router(state: AppState) -> Router {
         .route("/check", get(check_page))
         // The upload handler enforces the offered size itself while streaming.
         .route("/files/{id}", get(crate::files::download).put(crate::files::upload).layer(DefaultBodyLimit::disable()))
+        // A recording's one file, through the signed link only its room's hosts get.
+        .route("/recordings/{id}/{file}", get(recording_download))
         .fallback(get(asset))
         .with_state(state)
+}
+
+/// `exp=<unix s>&sig=<hex>` of a recording's link; `None` when malformed.
+fn recording_link(query: Option<&str>) -> Option<(u64, &str)> {
+    let (mut exp, mut sig) = (None, None);
+    for pair in query?.split('&') {
+        match pair.split_once('=') {
+            Some(("exp", v)) => exp = v.parse().ok(),
+            Some(("sig", v)) => sig = Some(v),
+            _ => {}
+        }
+    }
+    Some((exp?, sig?))
+}
+
+async fn recording_download(
+    State(app): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "No such recording, or the link has expired.").into_response();
+    let Some(store) = &app.recordings else { return not_found() };
+    let Some((exp, sig)) = recording_link(query.as_deref()) else { return not_found() };
+    let Some(path) = store.verify(&id, &file, exp, sig) else { return not_found() };
+    let Ok(f) = tokio::fs::File::open(&path).await else { return not_found() };
+    let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let stream = futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut res = axum::body::Body::from_stream(stream).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/webm"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"huddle-{id}.webm\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    res
 }
 
 async fn room_page(State(app): State<AppState>, Path(_room): Path<String>) -> Response {

@@ -53,6 +53,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod persist;
+pub mod recording;
 pub mod room;
 pub mod tls;
 pub mod tokens;
@@ -96,6 +97,8 @@ pub struct AppState {
     pub turn: Option<mpsc::WeakSender<turn::TurnCommand>>,
     /// This node's part in a cluster (`--redis`); `None`: a single node.
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Recordings (`None`: off, or no SFU).
+    pub recordings: Option<Arc<recording::Recordings>>,
 }
 
 /// Serves until `shutdown` completes, then tells every client and waits (briefly) for them.
@@ -135,6 +138,9 @@ pub async fn serve_with(
     // What a server that did not stop cleanly left of its shared files.
     files::remove_stale_dirs(config.file_dir.as_deref());
     let mut hubs: Vec<hub::Hub> = Vec::with_capacity(n);
+    // Recording needs the SFU: media must pass the server.
+    let recordings =
+        if config.topology == config::TopologyMode::P2p { None } else { recording::Recordings::open(&config) };
     if config.topology == config::TopologyMode::P2p {
         for _ in 0..n {
             hubs.push(hub::Hub::new(config.clone()));
@@ -151,11 +157,20 @@ pub async fn serve_with(
             }
             let (media_tx, media_rx) = mpsc::channel(media::MEDIA_QUEUE);
             media_stats.push(Some(media_tx.downgrade()));
+            let mut hub = hub::Hub::with_media(config.clone(), media_tx);
+            if let Some(store) = &recordings {
+                let writer = recording::spawn_writer(i, store.clone(), hub_txs[i].clone(), config.recording_max)?;
+                media.set_recorder(writer);
+                hub.set_recordings(store.clone());
+            }
             media_threads.push(media.start(media_rx, hub_txs[i].clone())?);
-            hubs.push(hub::Hub::with_media(config.clone(), media_tx));
+            hubs.push(hub);
         }
     }
     let workers = Arc::new(workers::Workers::new(hub_txs.clone(), media_stats));
+    if let Some(store) = &recordings {
+        store.set_hubs(hub_txs.iter().map(mpsc::Sender::downgrade).collect());
+    }
     if n > 1 {
         let weak: Vec<_> = hub_txs.iter().map(mpsc::Sender::downgrade).collect();
         let file_usage = files::ServerUsage::shared();
@@ -272,6 +287,7 @@ pub async fn serve_with(
         counters: Arc::new(metrics::Counters::default()),
         turn: turn_task.as_ref().map(|t: &turn::Running| t.commands.downgrade()),
         cluster: cluster.clone(),
+        recordings,
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let cluster_for_shutdown = cluster.clone();
@@ -340,6 +356,9 @@ fn node_address(listening: std::net::SocketAddr) -> std::net::SocketAddr {
 /// The `huddle` command: parses `args` (without the program name), binds, prints the URL and
 /// serves until SIGINT or SIGTERM.
 pub async fn run_cli(args: Vec<OsString>) -> anyhow::Result<()> {
+    if args.first().is_some_and(|a| a == "recordings") {
+        return recording::run_cli(args[1..].to_vec(), &mut std::io::stdout().lock());
+    }
     let matches = Cli::command().get_matches_from(std::iter::once(OsString::from("huddle")).chain(args));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = Config::from_cli(cli)?;

@@ -27,6 +27,7 @@ use crate::batch;
 use crate::config::Config;
 use crate::hub;
 use crate::ice_tcp::{IceTcp, TcpEvent};
+use crate::recording::{WriterMsg, WriterTx};
 use huddle_protocol::{ErrorCode, PeerId, SdpType, SessionDescription, SignalPayload, VideoQuality};
 use huddle_sfu::{Event, Input, Output, RemoveReason, Sfu, SfuError, Signal, Transport};
 use std::collections::{HashMap, HashSet};
@@ -83,6 +84,10 @@ pub enum MediaCommand {
     Hold { peer: PeerId, audio: bool, video: bool },
     /// Counters, for tests and monitoring.
     Stats { reply: oneshot::Sender<MediaStats> },
+    /// Start (`on`) or stop recording `room` in the core ([`huddle_sfu::Input::Record`]).
+    Record { room: Arc<str>, on: bool },
+    /// For this worker's recording writer, in order with the core's frames.
+    Recorder(WriterMsg),
 }
 
 /// What the SFU tells the hub to pass on to one participant.
@@ -127,6 +132,8 @@ pub struct MediaStats {
     /// RTP packets forwarded to subscribers (one per subscriber), and their payload bytes.
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
+    /// Recorded frames dropped because the recording writer's queue was full.
+    pub recorded_dropped: u64,
 }
 
 impl MediaStats {
@@ -145,6 +152,7 @@ impl MediaStats {
             tcp_dropped: self.tcp_dropped + o.tcp_dropped,
             forwarded_packets: self.forwarded_packets + o.forwarded_packets,
             forwarded_bytes: self.forwarded_bytes + o.forwarded_bytes,
+            recorded_dropped: self.recorded_dropped + o.recorded_dropped,
         }
     }
 }
@@ -176,6 +184,8 @@ pub struct Media {
     tcp: Option<TcpSetup>,
     public_ips: Vec<IpAddr>,
     bandwidth_estimation: bool,
+    /// This worker's recording writer thread (`None`: recordings are off).
+    recorder: Option<WriterTx>,
 }
 
 impl Media {
@@ -215,7 +225,14 @@ impl Media {
                 _ => None,
             };
             let public_ips = config.media_public_ips.clone();
-            out.push(Media { worker, socks, tcp, public_ips, bandwidth_estimation: config.bandwidth_estimation });
+            out.push(Media {
+                worker,
+                socks,
+                tcp,
+                public_ips,
+                bandwidth_estimation: config.bandwidth_estimation,
+                recorder: None,
+            });
         }
         Ok(out)
     }
@@ -259,6 +276,11 @@ async fn bind_udp(config: &Config, http: SocketAddr, ips: &[IpAddr], worker: usi
 impl Media {
     /// The caps on open TCP connections that ICE-TCP connections count under (the HTTP port's;
     /// see [`crate::limits::TcpAdmission`]).
+    /// Recorded frames go to this writer thread (see [`crate::recording`]).
+    pub fn set_recorder(&mut self, writer: WriterTx) {
+        self.recorder = Some(writer);
+    }
+
     pub fn set_tcp_caps(&mut self, caps: Arc<crate::limits::TcpAdmission>) {
         if let Some(tcp) = self.tcp.as_mut() {
             tcp.ice.set_caps(caps);
@@ -311,7 +333,7 @@ impl Media {
         commands: mpsc::Receiver<MediaCommand>,
         hub: mpsc::Sender<hub::Command>,
     ) -> io::Result<MediaThread> {
-        let Media { worker, socks, tcp, public_ips, bandwidth_estimation } = self;
+        let Media { worker, socks, tcp, public_ips, bandwidth_estimation, recorder } = self;
         // Sockets move to the thread's runtime as std sockets (still non-blocking).
         let socks = socks.into_iter().map(|s| Ok((s.socket.into_std()?, s.alias))).collect::<io::Result<Vec<_>>>()?;
         let (mut tcp_events, mut ice, mut dedicated) = (None, None, None);
@@ -337,7 +359,7 @@ impl Media {
                         Err(e) => warn!(%alias, error = %e, "cannot use the SFU's socket; skipped"),
                     }
                 }
-                let media = Media { worker, socks: bound, tcp: None, public_ips, bandwidth_estimation };
+                let media = Media { worker, socks: bound, tcp: None, public_ips, bandwidth_estimation, recorder };
                 media.run(commands, hub, tcp_addresses, tcp_events, ice).await;
             });
         })?;
@@ -372,6 +394,8 @@ impl Media {
             ice,
             tcp_conns: HashMap::new(),
             public_ips: self.public_ips,
+            recorder: self.recorder,
+            record_skip: HashSet::new(),
         };
         driver.run(commands).await;
     }
@@ -496,7 +520,7 @@ fn core_id(peer: &PeerId) -> Option<huddle_sfu::PeerId> {
     peer.0.strip_prefix('p')?.parse().ok().map(huddle_sfu::PeerId)
 }
 
-fn signal_id(peer: huddle_sfu::PeerId) -> PeerId {
+pub(crate) fn signal_id(peer: huddle_sfu::PeerId) -> PeerId {
     PeerId(peer.to_string())
 }
 
@@ -539,6 +563,11 @@ struct Driver {
     tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Vec<u8>>>,
     /// `--media-public-ip`: the candidate address of a connection to a LAN address.
     public_ips: Vec<IpAddr>,
+    /// This worker's recording writer (see [`crate::recording`]).
+    recorder: Option<WriterTx>,
+    /// Recorded video tracks that lost a frame on the way to the writer (its queue was full):
+    /// their frames are dropped until the next keyframe, so that what is written decodes.
+    record_skip: HashSet<u64>,
 }
 
 impl Driver {
@@ -735,6 +764,17 @@ impl Driver {
                 }
                 let _ = reply.send(stats);
             }
+            MediaCommand::Record { room, on } => {
+                let input = Input::Record { now: Instant::now(), room: room.to_string(), on };
+                if let Err(e) = self.sfu.handle_input(input) {
+                    warn!(error = %e, "the SFU refused to record");
+                }
+            }
+            MediaCommand::Recorder(msg) => {
+                if let Some(writer) = &self.recorder {
+                    writer.send(msg);
+                }
+            }
         }
     }
 
@@ -753,6 +793,31 @@ impl Driver {
     fn session_of(&self, peer: &PeerId) -> Option<u64> {
         let id = core_id(peer)?;
         self.sessions.get(&id).filter(|s| s.live).map(|s| s.number)
+    }
+
+    /// What the core recorded goes to the writer thread. A frame the writer's queue cannot take
+    /// is dropped and counted; its video track skips to its next keyframe.
+    fn recorded(&mut self, r: huddle_sfu::Recorded) {
+        let Some(writer) = &self.recorder else { return };
+        if let huddle_sfu::Recorded::Frame { track, keyframe, .. } = &r {
+            if self.record_skip.contains(track) {
+                if !keyframe {
+                    self.stats.recorded_dropped += 1;
+                    return;
+                }
+                self.record_skip.remove(track);
+            }
+            let track = *track;
+            if !writer.send(WriterMsg::Core(r)) {
+                self.stats.recorded_dropped += 1;
+                self.record_skip.insert(track);
+            }
+            return;
+        }
+        if let huddle_sfu::Recorded::TrackEnded { track, .. } = &r {
+            self.record_skip.remove(track);
+        }
+        writer.send(WriterMsg::Core(r));
     }
 
     fn tell_hub(&mut self, event: MediaEvent) {
@@ -821,7 +886,7 @@ impl Driver {
                 }
                 #[allow(unreachable_patterns)]
                 Output::Event(_) => {}
-                Output::Record(_) => {}
+                Output::Record(r) => self.recorded(r),
             }
         }
         for (sock, datagrams) in self.socks.iter().zip(self.outgoing.iter_mut()) {

@@ -80,6 +80,11 @@ pub struct Room {
     /// latest change asked for may land.
     #[serde(skip)]
     password_seq: u64,
+    /// The recording in progress. Not kept over a restart or a move to another worker or node:
+    /// the recording's files end there (the next start composes them as an interrupted
+    /// recording).
+    #[serde(skip)]
+    recording: Option<huddle_protocol::RecordingInfo>,
 }
 
 /// Most bytes of chat (text and sender names) a room keeps for latecomers, besides the count
@@ -110,6 +115,7 @@ impl Room {
             guesses: Guesses::default(),
             chat_bytes: 0,
             password_seq: 0,
+            recording: None,
         }
     }
 
@@ -324,6 +330,15 @@ impl Room {
     /// Every invite made so far stops working.
     pub fn revoke_invites(&mut self) {
         self.invite_gen = self.invite_gen.wrapping_add(1);
+    }
+
+    /// The recording in progress, if any.
+    pub fn recording(&self) -> Option<&huddle_protocol::RecordingInfo> {
+        self.recording.as_ref()
+    }
+
+    pub fn set_recording(&mut self, recording: Option<huddle_protocol::RecordingInfo>) {
+        self.recording = recording;
     }
 
     /// This opening of the room (a later room of the same name has another).

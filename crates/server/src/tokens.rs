@@ -36,6 +36,8 @@ pub struct Grant {
     pub sub: Option<String>,
     /// An invite's room instance and invite generation (see [`crate::room::Room::invite_key`]).
     pub invite_for: Option<(String, u32)>,
+    /// The operator's `rec` claim: `false` forbids this person to record (even as a host).
+    pub record: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,6 +59,9 @@ struct Claims {
     sub: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     inv: bool,
+    /// May record (`false`: may not, even as a host); absent: as the role allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rec: Option<bool>,
     /// Invites: the room instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rid: Option<String>,
@@ -99,6 +104,7 @@ impl Tokens {
             inv: true,
             rid: Some(rid.to_string()),
             gen: Some(gen),
+            rec: None,
         };
         sign_hs256(&self.own, &claims)
     }
@@ -153,6 +159,7 @@ impl Tokens {
             sub: if invite { None } else { claims.sub.map(|s| s.chars().take(128).collect()) },
             // An invite of an older version names no instance: it opens nothing.
             invite_for: invite.then(|| (claims.rid.unwrap_or_default(), claims.gen.unwrap_or_default())),
+            record: if invite { None } else { claims.rec },
         })
     }
 }
@@ -233,8 +240,12 @@ pub mod tests {
                 name: Some("Dana".into()),
                 sub: Some("u-7".into()),
                 invite_for: None,
+                record: None,
             }
         );
+        let no_rec = serde_json::json!({"room": "*", "exp": 2000, "role": "host", "rec": false});
+        let g = t.verify(&operator_hs256(SECRET, &no_rec), "r", 1000).expect("valid");
+        assert_eq!(g.record, Some(false), "the rec claim is read");
         // Wrong key, tampered claims, posing as an invite, not yet valid.
         let bad = operator_hs256(b"another secret of enough length!!", &claims);
         assert_eq!(t.verify(&bad, "r", 1000), Err(ErrorCode::InvalidToken));

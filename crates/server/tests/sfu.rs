@@ -1287,3 +1287,339 @@ async fn closing_the_connection_does_not_skip_the_restart_interval() {
     }
     panic!("three attempts could not close and offer again within 1.5 s");
 }
+
+// ---- Recording (issue 18): the server records what it forwards. ----
+
+/// A fresh directory for one test's recordings.
+fn recordings_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("huddle-rec-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("make a recordings directory");
+    dir
+}
+
+/// An SFU server recording into `dir`, without ffmpeg (so the raw tracks are what there is).
+fn recording_config(dir: &std::path::Path) -> Config {
+    Config {
+        topology: TopologyMode::Sfu,
+        recordings_dir: Some(dir.to_path_buf()),
+        ffmpeg: Some("/nonexistent/ffmpeg".into()),
+        ..Config::default()
+    }
+}
+
+/// The next error, skipping other messages.
+async fn next_error(c: &mut Client) -> ErrorCode {
+    until(c, "an error", |m| match m {
+        ServerMsg::Error { code, .. } => Some(code),
+        _ => None,
+    })
+    .await
+}
+
+/// The next message that `pick` takes, skipping the others.
+async fn until<T>(c: &mut Client, what: &str, mut pick: impl FnMut(ServerMsg) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + MEDIA_WAIT;
+    loop {
+        let msg =
+            tokio::time::timeout_at(deadline, c.recv()).await.unwrap_or_else(|_| panic!("{} waited for {what}", c.id));
+        if let Some(t) = pick(msg) {
+            return t;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_records_the_sfu_room_into_one_file_per_track_and_a_manifest() {
+    use huddle_protocol::{RecordingFileState, RecordingStopReason};
+    let dir = recordings_dir("basic");
+    let server = TestServer::start(recording_config(&dir)).await;
+    let mut host = Client::connect(&server).await;
+    host.join("rec room", "Dana").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [1u8, 2] {
+        let ws = Client::connect(&server).await;
+        tasks.push(tokio::spawn(media_participant(ws, "rec room", tag, Link::udp().await, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+
+    // A participant may not record, nor delete.
+    let mut guest = Client::connect(&server).await;
+    guest.join("rec room", "Guest").await;
+    guest.send(&ClientMsg::Record).await;
+    assert_eq!(next_error(&mut guest).await, ErrorCode::NotAllowed);
+
+    host.send(&ClientMsg::Record).await;
+    let info = until(&mut host, "recording", |m| match m {
+        ServerMsg::Recording { recording: Some(info), .. } => Some(info),
+        _ => None,
+    })
+    .await;
+    assert_eq!(info.started_by.name, "Dana");
+    let seen_by_guest = until(&mut guest, "recording", |m| match m {
+        ServerMsg::Recording { recording, .. } => Some(recording),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen_by_guest.as_ref(), Some(&info), "everyone is told, with who started it");
+    // Someone entering learns it with `joined`; the public list says so before anyone enters.
+    let mut late = Client::connect(&server).await;
+    match late.join("rec room", "Late").await {
+        ServerMsg::Joined { recording, .. } => assert_eq!(recording.as_ref(), Some(&info)),
+        _ => unreachable!(),
+    }
+    let mut lobby = Client::connect(&server).await;
+    lobby.send(&ClientMsg::WatchRooms).await;
+    let listed = until(&mut lobby, "rooms", |m| match m {
+        ServerMsg::Rooms { rooms } => rooms.into_iter().find(|r| r.name == "rec room"),
+        _ => None,
+    })
+    .await;
+    assert!(listed.recording, "the room list shows the recording");
+
+    // Three seconds of media, then the host stops it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    host.send(&ClientMsg::StopRecording).await;
+    let stopped = until(&mut host, "recording stopped", |m| match m {
+        ServerMsg::Recording { recording: None, stopped } => stopped,
+        _ => None,
+    })
+    .await;
+    assert_eq!(stopped.reason, RecordingStopReason::Stopped);
+    assert_eq!(stopped.by.map(|p| p.name).as_deref(), Some("Dana"));
+    // Without ffmpeg the recording is kept raw; the host's list says so.
+    let entry = until(&mut host, "recordings", |m| match m {
+        ServerMsg::Recordings { recordings } => {
+            recordings.into_iter().find(|r| r.id == info.id && r.state == RecordingFileState::Raw)
+        }
+        _ => None,
+    })
+    .await;
+    assert!(entry.url.is_none(), "no single file without ffmpeg");
+    assert!((2_500..=4_500).contains(&entry.duration_ms), "duration {}", entry.duration_ms);
+    assert!(entry.bytes > 10_000, "{} bytes", entry.bytes);
+
+    // The files: a manifest, and one file per published track, holding ~3 s of frames.
+    let rec_dir = dir.join(&info.id);
+    let manifest = huddle_record::Manifest::load(&rec_dir).expect("the manifest reads");
+    assert_eq!(manifest.room, "rec room");
+    assert_eq!(manifest.state, huddle_record::manifest::RecordingState::Stopped);
+    assert_eq!(manifest.stopped_by.as_ref().map(|p| p.name.as_str()), Some("Dana"));
+    assert_eq!(manifest.tracks.len(), 4, "two publishers, audio and video each: {:?}", manifest.tracks);
+    let names: HashSet<&str> = manifest.participants.iter().map(|p| p.name.as_str()).collect();
+    for n in ["Dana", "bot 1", "bot 2", "Guest", "Late"] {
+        assert!(names.contains(n), "{n} is in the manifest's participants: {names:?}");
+    }
+    for t in &manifest.tracks {
+        let scan = huddle_record::writer::scan(&rec_dir.join(&t.file)).expect("a track file reads");
+        assert!(scan.complete, "{} was closed cleanly", t.file);
+        let length = t.end.expect("ended") - t.start;
+        assert!((2_300..=3_700).contains(&length), "{}: {length} ms", t.file);
+        assert!(scan.frames >= 100, "{}: {} frames", t.file, scan.frames);
+        if t.kind == huddle_record::manifest::TrackKind::Video {
+            assert!(scan.keyframes >= 1, "video starts at a keyframe");
+            assert_eq!((t.width, t.height), (Some(320), Some(240)), "the size from the first keyframe");
+        }
+        if let Some(probe) = ffprobe(&rec_dir.join(&t.file)) {
+            let want = if t.kind == huddle_record::manifest::TrackKind::Audio { "opus" } else { "vp8" };
+            assert_eq!(probe.0, want, "{}: ffprobe reads the codec", t.file);
+        }
+    }
+
+    // Deleting: not another room's (nor a made-up) recording; the host's own goes with its files.
+    host.send(&ClientMsg::DeleteRecording { id: "r1-00000000".into() }).await;
+    assert_eq!(next_error(&mut host).await, ErrorCode::UnknownRecording);
+    guest.send(&ClientMsg::DeleteRecording { id: info.id.clone() }).await;
+    assert_eq!(next_error(&mut guest).await, ErrorCode::NotAllowed);
+    // A made-up download link finds nothing.
+    let forged = format!("/recordings/{}/composite.webm?exp=99999999999&sig=00112233445566778899aabbccddeeff", info.id);
+    assert_eq!(common::http::http(server.addr, "GET", &forged, b"").await.status, 404);
+    host.send(&ClientMsg::DeleteRecording { id: info.id.clone() }).await;
+    until(&mut host, "the list without it", |m| match m {
+        ServerMsg::Recordings { recordings } => recordings.iter().all(|r| r.id != info.id).then_some(()),
+        _ => None,
+    })
+    .await;
+    assert!(!rec_dir.exists(), "its files are gone");
+
+    stop_all(stop_tx, tasks, server).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `(codec name, duration s)` as ffprobe reads them, when ffprobe is installed.
+fn ffprobe(file: &std::path::Path) -> Option<(String, f64)> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_name:format=duration", "-of", "json"])
+        .arg(file)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let codec = v["streams"][0]["codec_name"].as_str()?.to_string();
+    let duration = v["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    Some((codec, duration))
+}
+
+#[tokio::test]
+async fn recording_is_refused_where_it_cannot_happen() {
+    // Recordings off.
+    let dir = recordings_dir("off");
+    let server = TestServer::start(Config { recordings: false, ..recording_config(&dir) }).await;
+    let mut host = Client::connect(&server).await;
+    host.join("r", "Dana").await;
+    host.send(&ClientMsg::Record).await;
+    host.expect_error(ErrorCode::RecordingUnavailable).await;
+    server.shutdown().await;
+    // No SFU: media never passes the server.
+    let server = TestServer::start(Config { topology: TopologyMode::P2p, ..recording_config(&dir) }).await;
+    let mut host = Client::connect(&server).await;
+    host.join("r", "Dana").await;
+    host.send(&ClientMsg::Record).await;
+    host.expect_error(ErrorCode::RecordingUnavailable).await;
+    server.shutdown().await;
+    // The space for recordings is full.
+    let server = TestServer::start(Config { recordings_max_bytes: 0, ..recording_config(&dir) }).await;
+    let mut host = Client::connect(&server).await;
+    host.join("r", "Dana").await;
+    host.send(&ClientMsg::Record).await;
+    host.expect_error(ErrorCode::RecordingStorageFull).await;
+    // Stopping a room that does not record changes nothing.
+    host.send(&ClientMsg::StopRecording).await;
+    host.barrier().await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn recording_a_peer_to_peer_room_moves_it_to_the_sfu_first() {
+    let dir = recordings_dir("p2p");
+    let server = TestServer::start(Config { topology: TopologyMode::Auto, ..recording_config(&dir) }).await;
+    let mut host = Client::connect(&server).await;
+    match host.join("pair", "Dana").await {
+        ServerMsg::Joined { topology, .. } => assert_eq!(topology, Topology::P2p),
+        _ => unreachable!(),
+    }
+    let mut other = Client::connect(&server).await;
+    other.join("pair", "Jun").await;
+    host.send(&ClientMsg::Record).await;
+    // The topology change comes first, then the recording.
+    assert!(matches!(
+        until(&mut other, "topology", |m| match m {
+            ServerMsg::Topology { topology } => Some(topology),
+            ServerMsg::Recording { .. } => panic!("recording announced before the move to the SFU"),
+            _ => None,
+        })
+        .await,
+        Topology::Sfu
+    ));
+    until(&mut other, "recording", |m| match m {
+        ServerMsg::Recording { recording: Some(_), .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    // The meeting ends: the recording stops with it.
+    host.send(&ClientMsg::EndMeeting).await;
+    until(&mut other, "ended", |m| match m {
+        ServerMsg::Ended { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_that_fills_the_quota_stops_and_says_so() {
+    use huddle_protocol::RecordingStopReason;
+    let dir = recordings_dir("quota");
+    let server = TestServer::start(Config { recordings_max_bytes: 30_000, ..recording_config(&dir) }).await;
+    let mut host = Client::connect(&server).await;
+    host.join("full", "Dana").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let ws = Client::connect(&server).await;
+    let mut tasks = vec![tokio::spawn(media_participant(ws, "full", 1, Link::udp().await, tx.clone(), stop.clone()))];
+    let ws = Client::connect(&server).await;
+    tasks.push(tokio::spawn(media_participant(ws, "full", 2, Link::udp().await, tx.clone(), stop.clone())));
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+    host.send(&ClientMsg::Record).await;
+    // ~30 kB of video and audio is about a second: then it stops by itself.
+    let stopped = until(&mut host, "recording stopped", |m| match m {
+        ServerMsg::Recording { recording: None, stopped } => stopped,
+        _ => None,
+    })
+    .await;
+    assert_eq!(stopped.reason, RecordingStopReason::StorageFull);
+    assert!(stopped.by.is_none());
+    // A new one is refused while the space is full; the call goes on.
+    host.send(&ClientMsg::Record).await;
+    assert_eq!(next_error(&mut host).await, ErrorCode::RecordingStorageFull);
+    let before = saw(1, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(saw(1, 2) > before, "media flows on");
+    stop_all(stop_tx, tasks, server).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_recording_cut_by_a_crash_is_listed_as_interrupted_at_the_next_start_and_its_files_mended() {
+    use huddle_protocol::RecordingFileState;
+    use huddle_record::manifest::{RecordingState, TrackKind};
+    // What a server killed mid-recording leaves: a manifest that says "recording", a track file
+    // whose last block was cut in the middle, and no end.
+    let dir = recordings_dir("crash");
+    let id = "r1796629712-0a1b2c3d";
+    let rec = dir.join(id);
+    std::fs::create_dir_all(&rec).expect("mkdir");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let info = huddle_protocol::RecordingInfo {
+        id: id.into(),
+        started_at: now_ms - 60_000,
+        started_by: huddle_protocol::Person { id: PeerId("p1".into()), name: "Dana".into() },
+    };
+    let mut manifest = huddle_server::recording::first_manifest(&info, "crashed", &[]);
+    let file = "p2-video-1.webm";
+    let mut w = huddle_record::TrackWriter::create(&rec.join(file), huddle_record::Codec::Vp8).expect("create");
+    for n in 0..100u64 {
+        w.write_frame(n * 33, n % 30 == 0, &frame(MediaKind::Video, if n % 30 == 0 { 1 } else { 2 }, 7))
+            .expect("write");
+    }
+    let full = w.finish().expect("finish");
+    // Cut mid-block, as a kill -9 between two writes would.
+    std::fs::OpenOptions::new().write(true).open(rec.join(file)).expect("open").set_len(full - 100).expect("cut");
+    manifest.tracks.push(huddle_record::TrackInfo {
+        file: file.into(),
+        peer: "p2".into(),
+        kind: TrackKind::Video,
+        codec: huddle_record::Codec::Vp8,
+        start: 0,
+        end: None,
+        bytes: 0,
+        frames: 0,
+        width: None,
+        height: None,
+    });
+    manifest.save(&rec).expect("save");
+
+    let server = TestServer::start(recording_config(&dir)).await;
+    let mut host = Client::connect(&server).await;
+    host.join("crashed", "Dana").await;
+    // A host of the room learns of it on joining: interrupted, kept (no ffmpeg here).
+    let listed = until(&mut host, "recordings", |m| match m {
+        ServerMsg::Recordings { recordings } => recordings.into_iter().find(|r| r.id == id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(listed.state, RecordingFileState::Interrupted);
+    let mended = huddle_record::Manifest::load(&rec).expect("manifest");
+    assert_eq!(mended.state, RecordingState::Interrupted);
+    let track = &mended.tracks[0];
+    assert!(track.end.is_some_and(|e| e >= 3_000), "the end is what was written: {:?}", track.end);
+    let scan = huddle_record::writer::scan(&rec.join(file)).expect("reads");
+    assert!(scan.complete && scan.frames >= 98, "the torn block is cut off, the rest kept: {scan:?}");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

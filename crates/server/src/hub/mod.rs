@@ -51,6 +51,7 @@ mod invariants;
 mod jobs;
 mod membership;
 mod moderation;
+mod recording;
 mod relay;
 mod rooms;
 mod sessions;
@@ -169,6 +170,10 @@ pub enum Command {
     Restoring { until: Option<Instant> },
     /// Whether session `id` lives on this hub (one worker of several: where a resume goes).
     Holds { id: PeerId, reply: oneshot::Sender<bool> },
+    /// The list of `room`'s recordings changed (its hosts get it, if the room is here).
+    RecordingsChanged { room: Arc<str> },
+    /// A recording of `room` cannot go on (its writer hit a limit or an error).
+    RecordingStop { room: Arc<str>, reason: huddle_protocol::RecordingStopReason },
 }
 
 /// A session in no room, as it moves from one node to another (the room it is about to join
@@ -376,6 +381,8 @@ struct Conn {
     ip: IpAddr,
     /// Its join waits for a password check ([`Job::Verify`]).
     checking: bool,
+    /// Its token forbids it to record (the `rec: false` claim).
+    no_recording: bool,
     /// Its relay user (`s.<random>`) while it is in a room and huddle's TURN server runs: its
     /// credentials allocate from entering the room to leaving it (see [`Hub::start_relay`]).
     turn_user: Option<String>,
@@ -462,6 +469,8 @@ pub struct Hub {
     deadlines: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// The other workers of this process, when it runs several (see [`crate::workers`]).
     siblings: Option<crate::workers::Siblings>,
+    /// The recordings store; `None`: this hub does not record (see [`recording`]).
+    recordings: Option<Arc<crate::recording::Recordings>>,
 }
 
 impl Hub {
@@ -497,6 +506,7 @@ impl Hub {
             restoring_until: None,
             deadlines: BinaryHeap::new(),
             siblings: None,
+            recordings: None,
         }
     }
 
@@ -604,6 +614,8 @@ impl Hub {
             Command::Holds { id, reply } => {
                 let _ = reply.send(self.conns.contains_key(&id));
             }
+            Command::RecordingsChanged { room } => self.tell_recordings(&room),
+            Command::RecordingStop { room, reason } => self.stop_recording(&room, None, reason),
             Command::RemoteRooms { node, rooms, until } => {
                 let now = Instant::now();
                 self.remote_rooms.retain(|_, (_, until)| *until > now);
@@ -750,8 +762,10 @@ impl Hub {
             }
             (ClientMsg::Media { audio, video, screen }, Some(room)) => {
                 let before = self.sfu_hold(id);
+                let was = self.rooms.get(&room).and_then(|r| r.member(id)).cloned();
                 match self.rooms.get_mut(&room).map(|r| r.set_media(id, audio, video, screen)) {
                     Some(Ok(Some(peer))) => {
+                        self.record_media(&room, was.as_ref(), &peer);
                         // An allowed unmute, a camera or screen on or off: the SFU follows.
                         self.tell_sfu_hold(id, before);
                         let msg = Arc::new(ServerMsg::PeerUpdated { peer });

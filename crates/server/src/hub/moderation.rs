@@ -88,6 +88,9 @@ impl Hub {
                 for p in changed {
                     self.broadcast(room, None, Arc::new(ServerMsg::PeerUpdated { peer: p }));
                 }
+                if role.moderates() {
+                    self.send_recordings(&peer, room);
+                }
                 self.tell_hosts_waiting(room);
                 Ok(())
             }
@@ -113,6 +116,9 @@ impl Hub {
                 self.admit_all(room);
                 Ok(())
             }
+            ClientMsg::Record => self.record(id, room),
+            ClientMsg::StopRecording => self.stop_recording_by(id, room),
+            ClientMsg::DeleteRecording { id: rec } => self.delete_recording(room, &rec),
             ClientMsg::EndMeeting => {
                 if me != Role::Host {
                     return Err(ErrorCode::NotAllowed);
@@ -150,6 +156,7 @@ impl Hub {
         action: ModAction,
     ) -> Result<(), ErrorCode> {
         let before = self.sfu_hold(peer);
+        let was = self.rooms.get(room).and_then(|r| r.member(peer)).cloned();
         let r = self.rooms.get_mut(room).ok_or(ErrorCode::NotInRoom)?;
         let target = r.role(peer).ok_or(ErrorCode::UnknownPeer)?;
         // Nobody acts on someone above them; nobody removes themselves this way.
@@ -176,6 +183,7 @@ impl Hub {
             }
         };
         if let Some(p) = updated {
+            self.record_media(room, was.as_ref(), &p);
             // What a host turned off, the SFU no longer forwards, whatever the page sends.
             self.tell_sfu_hold(peer, before);
             self.broadcast(room, Some(peer), Arc::new(ServerMsg::PeerUpdated { peer: p }));

@@ -1,0 +1,149 @@
+//! The hub's part in recording (see [`crate::recording`]): who may record, the room's recording
+//! state and what everyone is told. The SFU core of this worker records; its writer thread
+//! writes; the store keeps the files.
+
+use super::*;
+use crate::recording::{first_manifest, initial_events, media_events, Recordings, WriterMsg};
+use huddle_protocol::{Person, RecordingStopReason, RecordingStopped};
+use huddle_record::manifest::EventKind;
+
+impl Hub {
+    /// Recording is possible on this hub: recordings are on and there is an SFU.
+    pub fn set_recordings(&mut self, store: Arc<Recordings>) {
+        self.recordings = Some(store);
+    }
+
+    fn tell_media(&mut self, cmd: MediaCommand) -> bool {
+        let Some(media) = &self.media else { return false };
+        if media.try_send(cmd).is_err() {
+            self.stats.media_commands_dropped += 1;
+            return false;
+        }
+        true
+    }
+
+    /// `record` from a host or co-host (checked by the caller) of `room`.
+    pub(super) fn record(&mut self, id: &PeerId, room: &Arc<str>) -> Result<(), ErrorCode> {
+        let store = self.recordings.clone().filter(|_| self.media.is_some()).ok_or(ErrorCode::RecordingUnavailable)?;
+        if self.conns.get(id).is_some_and(|c| c.no_recording) {
+            return Err(ErrorCode::NotAllowed);
+        }
+        let r = self.rooms.get(room).ok_or(ErrorCode::NotInRoom)?;
+        if let Some(info) = r.recording().cloned() {
+            // Already recording: the asker learns so (its page may have missed it).
+            self.send(id, ServerMsg::Recording { recording: Some(info), stopped: None });
+            return Ok(());
+        }
+        store.check_space()?;
+        let me = r.member(id).ok_or(ErrorCode::NotInRoom)?;
+        let by = Person { id: id.clone(), name: me.name.clone() };
+        let members: Vec<Peer> = r.members().cloned().collect();
+        let (info, dir) = store.begin(room, by).map_err(|e| {
+            warn!(error = %e, "cannot start a recording's directory");
+            ErrorCode::RecordingUnavailable
+        })?;
+        // Media must pass the server to be recorded: a peer-to-peer room moves to the SFU, as
+        // when a third person joins.
+        let switch = self.rooms.get(room).is_some_and(|r| r.topology() == Topology::P2p);
+        if switch {
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.set_topology(Topology::Sfu);
+            }
+            info!("room switched to the SFU to be recorded");
+            self.broadcast(room, None, Arc::new(ServerMsg::Topology { topology: Topology::Sfu }));
+        }
+        let manifest = Box::new(first_manifest(&info, room, &members));
+        let start = WriterMsg::Start { room: room.to_string(), dir, manifest };
+        if !self.tell_media(MediaCommand::Recorder(start))
+            || !self.tell_media(MediaCommand::Record { room: room.clone(), on: true })
+        {
+            warn!("SFU queue full; a recording could not start");
+            return Err(ErrorCode::MediaRetry);
+        }
+        info!(peer = %id, id = %info.id, "recording started");
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.set_recording(Some(info.clone()));
+        }
+        self.rooms_dirty = true;
+        self.broadcast(room, None, Arc::new(ServerMsg::Recording { recording: Some(info), stopped: None }));
+        Ok(())
+    }
+
+    /// The room's recording stops (a host, a limit, the meeting's end); nothing when it does not
+    /// record. Everyone in it is told why.
+    pub(super) fn stop_recording(&mut self, room: &str, by: Option<Person>, reason: RecordingStopReason) {
+        let Some(key) = self.rooms.get_key_value(room).map(|(k, _)| k.clone()) else { return };
+        let Some(info) = self.rooms.get_mut(&key).and_then(|r| r.recording().cloned()) else { return };
+        if let Some(r) = self.rooms.get_mut(&key) {
+            r.set_recording(None);
+        }
+        self.tell_media(MediaCommand::Recorder(WriterMsg::Stop { room: room.to_string(), by: by.clone() }));
+        if !self.tell_media(MediaCommand::Record { room: key.clone(), on: false }) {
+            warn!(id = %info.id, "SFU queue full; a recording's stop was dropped (its files end with the server)");
+        }
+        info!(id = %info.id, ?reason, "recording stopped");
+        self.rooms_dirty = true;
+        let stopped = Some(RecordingStopped { by, reason });
+        self.broadcast(&key, None, Arc::new(ServerMsg::Recording { recording: None, stopped }));
+    }
+
+    /// `stop_recording` from a host or co-host.
+    pub(super) fn stop_recording_by(&mut self, id: &PeerId, room: &Arc<str>) -> Result<(), ErrorCode> {
+        let name =
+            self.rooms.get(room).and_then(|r| r.member(id)).map(|p| p.name.clone()).ok_or(ErrorCode::NotInRoom)?;
+        self.stop_recording(room, Some(Person { id: id.clone(), name }), RecordingStopReason::Stopped);
+        Ok(())
+    }
+
+    /// `delete_recording` from a host or co-host: only a recording of this room.
+    pub(super) fn delete_recording(&mut self, room: &Arc<str>, rec: &str) -> Result<(), ErrorCode> {
+        let store = self.recordings.clone().ok_or(ErrorCode::UnknownRecording)?;
+        store.delete(room, rec)
+    }
+
+    /// Hosts and co-hosts of `room` get its list of recordings (on any change).
+    pub(super) fn tell_recordings(&mut self, room: &str) {
+        let Some(store) = self.recordings.clone() else { return };
+        if !self.rooms.contains_key(room) {
+            return;
+        }
+        let msg = Arc::new(ServerMsg::Recordings { recordings: store.list(room) });
+        self.tell_moderators(room, msg);
+    }
+
+    /// One host or co-host gets the room's list (on joining, on becoming a co-host), when
+    /// there is something in it.
+    pub(super) fn send_recordings(&mut self, id: &PeerId, room: &str) {
+        let Some(store) = self.recordings.clone() else { return };
+        let recordings = store.list(room);
+        if !recordings.is_empty() {
+            self.send(id, ServerMsg::Recordings { recordings });
+        }
+    }
+
+    /// While `room` records, what happens in it goes into the recording's timeline.
+    pub(super) fn record_note(&mut self, room: &str, peer: &PeerId, events: Vec<EventKind>, name: Option<String>) {
+        if events.is_empty() || self.rooms.get(room).is_none_or(|r| r.recording().is_none()) {
+            return;
+        }
+        let at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut name = name;
+        for event in events {
+            let note =
+                WriterMsg::Note { room: room.to_string(), at_unix_ms, peer: peer.0.clone(), event, name: name.take() };
+            self.tell_media(MediaCommand::Recorder(note));
+        }
+    }
+
+    /// Someone entered a recording room.
+    pub(super) fn record_joined(&mut self, room: &str, peer: &Peer) {
+        self.record_note(room, &peer.id, initial_events(peer), Some(peer.name.clone()));
+    }
+
+    /// Someone's media changed in a recording room.
+    pub(super) fn record_media(&mut self, room: &str, before: Option<&Peer>, after: &Peer) {
+        if let Some(before) = before {
+            self.record_note(room, &after.id, media_events(before, after), None);
+        }
+    }
+}
