@@ -66,7 +66,7 @@ const MIMES: &[&str] = &["", "text/plain", "a\u{0}b"];
 const SDPS: &[&str] = &["v=0\r\n", "", "garbage"];
 
 /// The number of `ClientMsg` variants `client_msg` generates; `covered` must agree.
-const CLIENT_MSG_VARIANTS: u32 = 22;
+const CLIENT_MSG_VARIANTS: u32 = 25;
 
 const EMOJI_JUNK: &[&str] = &["", "x", "👍👍", "🤮"];
 const PASSWORDS: &[&str] = &["secret", "wrong", ""];
@@ -136,6 +136,9 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbi
         18 => ClientMsg::Ping,
         19 => ClientMsg::Invite { ttl_secs: *u.choose(&[None, Some(0), Some(60), Some(u32::MAX)])? },
         20 => ClientMsg::RevokeInvites,
+        21 => ClientMsg::Record,
+        22 => ClientMsg::StopRecording,
+        23 => ClientMsg::DeleteRecording { id: u.choose(&["r1796629712-0a1b2c3d", "../etc", ""])?.to_string() },
         _ => ClientMsg::RelayCheck {
             room: u.arbitrary::<bool>()?.then(|| "r".to_string()),
             token: match u.int_in_range(0..=2)? {
@@ -174,7 +177,10 @@ fn covered(m: &ClientMsg) -> u32 {
         ClientMsg::Ping => 18,
         ClientMsg::Invite { .. } => 19,
         ClientMsg::RevokeInvites => 20,
-        ClientMsg::RelayCheck { .. } => 21,
+        ClientMsg::Record => 21,
+        ClientMsg::StopRecording => 22,
+        ClientMsg::DeleteRecording { .. } => 23,
+        ClientMsg::RelayCheck { .. } => 24,
     }
 }
 
@@ -398,7 +404,7 @@ impl Client {
                 in_room("password_attempts");
                 assert!(self.role.moderates(), "{me} told of password guesses as a {:?}", self.role);
             }
-            ServerMsg::Waiting { room } => {
+            ServerMsg::Waiting { room, .. } => {
                 assert!(self.room.is_none(), "{me} waiting for {room:?} while in {:?}", self.room);
                 self.waiting = Some(room.clone());
             }
@@ -441,6 +447,10 @@ impl Client {
             ServerMsg::Bye { reason } => {
                 assert!(w.shutdown && *reason == ByeReason::ServerShutdown, "{me}: bye {reason:?}");
                 self.said_bye = true;
+            }
+            // This hub has no recordings store: nothing ever records, so no one hears of one.
+            ServerMsg::Recording { .. } | ServerMsg::Recordings { .. } => {
+                panic!("{me} told of a recording on a hub that cannot record")
             }
         }
     }
@@ -915,6 +925,10 @@ impl Run {
                         assert!(c.room.is_some(), "media hold for {peer}, who is in no room");
                         assert_eq!(c.topology, Topology::Sfu, "media hold in a p2p room");
                     }
+                }
+                // No recordings store in this hub: nothing records (`record` is refused).
+                MediaCommand::Record { .. } | MediaCommand::Recorder(_) => {
+                    panic!("a recording started on a hub that has no recordings")
                 }
                 MediaCommand::Leave { .. } | MediaCommand::Stats { .. } => {}
             }

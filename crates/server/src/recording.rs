@@ -96,8 +96,10 @@ impl Recordings {
             (None, Some(data)) => data.join("recordings"),
             (None, None) => std::env::temp_dir().join(format!("huddle-recordings-{}", std::process::id())),
         };
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            warn!(dir = %dir.display(), error = %e, "cannot make the recordings directory; recording is off");
+        // Made when the first recording starts (a server that never records leaves nothing);
+        // one that cannot be made is said now.
+        if dir.exists() && !dir.is_dir() {
+            warn!(dir = %dir.display(), "the recordings directory is not a directory; recording is off");
             return None;
         }
         let key_bytes = crate::persist::key(config.data_dir.as_deref(), "recordings.key").unwrap_or_else(|| {
@@ -243,6 +245,7 @@ impl Recordings {
         let mut r = [0u8; 4];
         aws_lc_rs::rand::fill(&mut r).map_err(|_| std::io::Error::other("no random source"))?;
         let id = format!("r{}-{:02x}{:02x}{:02x}{:02x}", started_at / 1000, r[0], r[1], r[2], r[3]);
+        std::fs::create_dir_all(&self.dir)?;
         let dir = self.dir.join(&id);
         std::fs::create_dir(&dir)?;
         let entry = Entry {

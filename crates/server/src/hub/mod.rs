@@ -615,7 +615,7 @@ impl Hub {
                 let _ = reply.send(self.conns.contains_key(&id));
             }
             Command::RecordingsChanged { room } => self.tell_recordings(&room),
-            Command::RecordingStop { room, reason } => self.stop_recording(&room, None, reason),
+            Command::RecordingStop { room, reason } => self.recording_cannot_go_on(&room, reason),
             Command::RemoteRooms { node, rooms, until } => {
                 let now = Instant::now();
                 self.remote_rooms.retain(|_, (_, until)| *until > now);

@@ -87,6 +87,16 @@ impl Hub {
         self.broadcast(&key, None, Arc::new(ServerMsg::Recording { recording: None, stopped }));
     }
 
+    /// The writer cannot go on with `room`'s recording (a limit, an error). If the room no longer
+    /// records here (its stop was lost on a full SFU queue, or it moved), the core is told again.
+    pub(super) fn recording_cannot_go_on(&mut self, room: &Arc<str>, reason: RecordingStopReason) {
+        if self.rooms.get(room).is_some_and(|r| r.recording().is_some()) {
+            self.stop_recording(room, None, reason);
+        } else {
+            self.tell_media(MediaCommand::Record { room: room.clone(), on: false });
+        }
+    }
+
     /// `stop_recording` from a host or co-host.
     pub(super) fn stop_recording_by(&mut self, id: &PeerId, room: &Arc<str>) -> Result<(), ErrorCode> {
         let name =
