@@ -110,3 +110,28 @@ export function writeVoiceWav(dir, name = 'voice.wav') {
   writeFileSync(file, buf);
   return file;
 }
+
+/**
+ * A pure sine tone for --use-file-for-fake-audio-capture (Chromium loops the file): `freq` Hz,
+ * `seconds` long (a whole number of cycles per second, so the loop has no click when `freq` is an
+ * integer), 48 kHz mono 16-bit WAV at `amplitude` (0..1 of full scale). Tones far apart tell
+ * participants apart in a mixed recording.
+ * @param {string} dir
+ * @param {number} freq
+ * @param {{seconds?: number, amplitude?: number, name?: string}} [opts]
+ */
+export function writeToneWav(dir, freq, { seconds = 6, amplitude = 0.25, name = `tone-${freq}.wav` } = {}) {
+  const rate = 48000, n = rate * seconds;
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write('RIFF', 0); buf.writeUInt32LE(36 + n * 2, 4); buf.write('WAVE', 8);
+  buf.write('fmt ', 12); buf.writeUInt32LE(16, 16); buf.writeUInt16LE(1, 20); buf.writeUInt16LE(1, 22);
+  buf.writeUInt32LE(rate, 24); buf.writeUInt32LE(rate * 2, 28); buf.writeUInt16LE(2, 32); buf.writeUInt16LE(16, 34);
+  buf.write('data', 36); buf.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) {
+    const v = amplitude * Math.sin(2 * Math.PI * freq * (i / rate));
+    buf.writeInt16LE(Math.round(32767 * v), 44 + i * 2);
+  }
+  const file = path.join(dir, name);
+  writeFileSync(file, buf);
+  return file;
+}

@@ -355,7 +355,7 @@ impl Client {
                     self.role = peer.role;
                 }
             }
-            ServerMsg::Topology { topology } => {
+            ServerMsg::Topology { topology, .. } => {
                 in_room("topology");
                 assert!(w.media, "a topology change without an SFU");
                 self.topology = *topology;

@@ -9,6 +9,7 @@ import * as call from './call.js';
 import * as check from './check.js';
 import { initDevices, fillDevices } from './devices.js';
 import * as host from './host.js';
+import * as recording from './recording.js';
 
 const NAME_KEY = 'huddle.name';
 const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large', 'flooding', 'too_many_connections'];
@@ -122,17 +123,23 @@ function renderRooms() {
       const nm = document.createElement('span');
       nm.className = 'room-item-name';
       nm.textContent = r.name;
+      const rec = document.createElement('span');
+      rec.className = 'room-item-rec';
+      rec.append(Object.assign(document.createElement('span'), { className: 'rec-dot' }));
+      rec.append(Object.assign(document.createElement('span'), { className: 'room-item-rec-text' }));
       const ct = document.createElement('span');
       ct.className = 'room-item-count';
-      b.append(av, nm, ct);
+      b.append(av, nm, rec, ct);
       b.addEventListener('click', () => goToRoom(r.name));
       li.append(b);
     }
     const full = r.participants >= r.capacity;
     li.dataset.count = String(r.participants);
+    li.dataset.recording = String(!!r.recording);
     li.classList.toggle('full', full);
     const b = /** @type {HTMLButtonElement} */ (li.querySelector('button'));
-    b.setAttribute('aria-label', t('rooms.enter', { room: r.name, n: r.participants, cap: r.capacity }));
+    b.setAttribute('aria-label', t(r.recording ? 'rooms.enterRecording' : 'rooms.enter', { room: r.name, n: r.participants, cap: r.capacity }));
+    /** @type {HTMLElement} */ (li.querySelector('.room-item-rec-text')).textContent = t('rooms.recording');
     /** @type {HTMLElement} */ (li.querySelector('.room-item-count')).textContent =
       full ? t('rooms.full') : t('rooms.count', { n: r.participants, cap: r.capacity });
     return li;
@@ -169,11 +176,15 @@ let shownVerdict = '';
 
 // ---------------------------------------------------------------- pre-join
 
-/** Who is already in the room, from the public room list. */
+/**
+ * Who is already in the room, and whether it is being recorded, from the public room list (a
+ * room that is not public says neither).
+ */
 function renderPresence() {
   const el = $('#prejoin-presence');
+  const r = sig.isOpen ? lastRooms.find((x) => x.name === S.room) : undefined;
+  $('#prejoin-recording').hidden = !r?.recording;
   if (!sig.isOpen) { el.textContent = ''; return; }
-  const r = lastRooms.find((x) => x.name === S.room);
   // Only public rooms are listed: about one that is not, the list says nothing.
   if (!r) { el.textContent = ''; return; }
   const n = r.participants;
@@ -406,7 +417,7 @@ function wireSignalling() {
   sig.on('signal', (m) => call.onSignal(m));
   sig.on('topology', (m) => {
     call.onTopology(m);
-    notice(t('notice.topologySfu'));
+    notice(t(m.reason === 'recording' ? 'notice.topologyRecording' : 'notice.topologySfu'));
   });
   sig.on('active_speaker', (m) => call.onActiveSpeaker(m));
   sig.on('file_upload', (m) => call.onFileUpload(m));
@@ -440,6 +451,7 @@ function wireSignalling() {
     // it is out ("the host ended the meeting") stays on screen.
     if (m.code === 'not_in_room' && !S.inRoom) return;
     if (call.onMediaError(m)) return; // the SFU connection starts over by itself
+    if (recording.onError(m)) return; // record, stop_recording, delete_recording: said in their words
     if (host.onError(m)) return; // the password field says it
     if (m.request === 'file_offer') call.onFileOfferRefused();
     showError(m.code, errorVars(m.code), m.message);

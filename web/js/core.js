@@ -67,6 +67,8 @@ export const S = {
   role: /** @type {import('./protocol.js').Role} */ ('participant'),
   /** our hand is raised (hands.js) */
   hand: false,
+  /** @type {import('./protocol.js').RecordingInfo|null} the room is being recorded (recording.js) */
+  recording: null,
 };
 
 /**
@@ -97,6 +99,7 @@ export function exposeDebugHandle() {
         audio: media.micOn && !!media.micTrack, video: media.camOn && !!media.camTrack, screen: S.sharing,
         camError: media.camError, micError: media.micError, topology: S.topology,
         reconnecting: S.reconnecting, resumes: S.resumes, rejoins: S.rejoins, role: S.role,
+        recording: S.recording ? S.recording.id : null,
       };
     },
     /** the RTCPeerConnection to the SFU in sfu rooms, else null */

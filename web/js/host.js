@@ -7,6 +7,7 @@ import { sig, media, S, errorVars } from './core.js';
 import { $, icon, notice, showError, hideError } from './ui.js';
 import * as call from './call.js';
 import * as hands from './hands.js';
+import * as recording from './recording.js';
 
 /** @typedef {import('./protocol.js').RoomSettings} RoomSettings */
 /** @typedef {import('./protocol.js').Knocker} Knocker */
@@ -135,6 +136,7 @@ export function prejoinOpened(room) {
 /** @param {import('./protocol.js').WaitingMsg} m */
 function onWaiting(m) {
   $('#waiting-room-name').textContent = m.room;
+  $('#waiting-recording').hidden = !m.recording;
   app.setView('waiting');
   /** @type {HTMLElement} */ ($('#waiting-cancel')).focus();
 }
@@ -481,6 +483,7 @@ function renderHostUi() {
   renderWaiting();
   renderSettings();
   if (!isMod()) closeMenu();
+  recording.roleChanged();
   call.renderPeople();
 }
 
@@ -510,6 +513,7 @@ function teardown() {
   const dlg = /** @type {HTMLDialogElement} */ ($('#confirm-dialog'));
   if (dlg.open) dlg.close();
   hands.teardown();
+  recording.teardown();
   renderWaiting();
   $('#meeting-settings').hidden = true;
 }
@@ -522,6 +526,7 @@ export function init(deps) {
   app = deps;
   takeTokenFromUrl();
   hands.init();
+  recording.init({ confirm: confirmAction });
   Object.assign(call.hooks, {
     self: selfUpdated,
     mayTurnOn,

@@ -64,6 +64,34 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @property {string} name
  * @property {number} participants
  * @property {number} capacity
+ * @property {boolean} [recording]  the room is being recorded (absent otherwise)
+ */
+
+/**
+ * A recording in progress (`recording`, `joined.recording`).
+ * @typedef {Object} RecordingInfo
+ * @property {string} id
+ * @property {number} startedAt  milliseconds since the Unix epoch (server clock)
+ * @property {Knocker} [startedBy]  who started it ({id, name})
+ */
+/**
+ * Why a recording stopped: `stopped` (a host stopped it), `time_limit` (the server's longest
+ * recording), `storage_full`, `write_error`, `ended` (the meeting ended), `server_error`.
+ * @typedef {'stopped'|'time_limit'|'storage_full'|'write_error'|'ended'|'server_error'} RecordingStopReason
+ */
+/**
+ * One of the room's recordings (hosts and co-hosts: `recordings`). `state`: `recording` (in
+ * progress), `composing` (making the one file; `progress` 0..1), `ready` (`url` downloads it),
+ * `raw` (no ffmpeg on the server: only the raw tracks are kept there), `failed`, `interrupted`
+ * (the server stopped while recording; it will be composed).
+ * @typedef {Object} RecordingEntry
+ * @property {string} id
+ * @property {number} startedAt
+ * @property {number} durationMs
+ * @property {number} bytes
+ * @property {'recording'|'composing'|'ready'|'raw'|'failed'|'interrupted'} state
+ * @property {number} [progress]
+ * @property {string|null} [url]
  */
 
 /**
@@ -93,7 +121,8 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  *   |'invalid_file'|'file_storage_full'|'file_quota'|'not_sfu_room'|'not_allowed'|'password_required'
  *   |'wrong_password'|'room_locked'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
- *   |'invalid_reaction'|'rate_limited'|'too_many_connections'|'room_closed'|'invite_revoked'|'too_many_attempts'|'unavailable'} ErrorCode
+ *   |'invalid_reaction'|'rate_limited'|'too_many_connections'|'room_closed'|'invite_revoked'|'too_many_attempts'|'unavailable'
+ *   |'recording_unavailable'|'recording_storage_full'|'unknown_recording'} ErrorCode
  */
 
 /** @typedef {'left'|'disconnected'|'too_slow'|'removed'} LeaveReason */
@@ -123,8 +152,11 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * A relay credential for the connectivity check (with a token outside a room when the server
  * admits only token holders): answered by `check_ice_servers`.
  * @typedef {{type:'relay_check', room?:string, token?:string}} RelayCheckMsg
+ * Recording the room (hosts and co-hosts): start, stop, delete one of its recordings.
+ * @typedef {{type:'record'}|{type:'stop_recording'}|{type:'delete_recording', id:string}} RecordingCtlMsg
  * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg
- *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg|RevokeInvitesMsg|RelayCheckMsg} ClientMsg
+ *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg|RevokeInvitesMsg|RelayCheckMsg
+ *   |RecordingCtlMsg} ClientMsg
  */
 
 // ---- server → client ----
@@ -133,8 +165,8 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', resume:string, resumeGraceSecs:number, resumed?:boolean, received?:number}} WelcomeMsg
  * @typedef {{type:'rooms', rooms:RoomSummary[]}} RoomsMsg
  * @typedef {'p2p'|'sfu'} Topology
- * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', settings:RoomSettings, waiting?:Knocker[]}} JoinedMsg
- * @typedef {{type:'waiting', room:string}} WaitingMsg
+ * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', settings:RoomSettings, waiting?:Knocker[], recording?:RecordingInfo}} JoinedMsg
+ * @typedef {{type:'waiting', room:string, recording?:boolean}} WaitingMsg
  * @typedef {{type:'waiting_list', waiting:Knocker[]}} WaitingListMsg
  * @typedef {{type:'room_settings', settings:RoomSettings}} SettingsChangedMsg
  * @typedef {{type:'moderated', action:ModAction, by:PeerId}} ModeratedMsg
@@ -145,11 +177,15 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'invites_revoked', by:PeerId}} InvitesRevokedMsg
  * @typedef {{type:'password_attempts', failed:number}} PasswordAttemptsMsg
  * @typedef {{type:'pong'}} PongMsg
+ * The room is being recorded (`recording`), or no longer (`null`, with why in `stopped`).
+ * @typedef {{type:'recording', recording:RecordingInfo|null, stopped?:{by?:Knocker, reason:RecordingStopReason}}} RecordingMsg
+ * Hosts and co-hosts: the room's recordings, newest first.
+ * @typedef {{type:'recordings', recordings:RecordingEntry[]}} RecordingsMsg
  * In a room: fresh credentials for the ICE servers (apply with `setConfiguration`).
  * @typedef {{type:'ice_servers', iceServers:IceServer[]}} IceServersMsg
  * Answer to `relay_check`: a credential that allocates a relay (the test) and relays nothing.
  * @typedef {{type:'check_ice_servers', iceServers:IceServer[]}} CheckIceServersMsg
- * @typedef {{type:'topology', topology:Topology}} TopologyMsg
+ * @typedef {{type:'topology', topology:Topology, reason?:'recording'}} TopologyMsg
  * @typedef {{type:'active_speaker', peer:PeerId}} ActiveSpeakerMsg
  * @typedef {{type:'file_upload', id:string, url:string}} FileUploadMsg
  * @typedef {{id:string, from:PeerId, sender:string, name:string, size:number, mime:string, sha256:string, url:string}} SharedFile
@@ -168,7 +204,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
  *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg|WaitingMsg|WaitingListMsg|SettingsChangedMsg
  *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|InvitesRevokedMsg|PasswordAttemptsMsg|PongMsg
- *   |IceServersMsg|CheckIceServersMsg} ServerMsg
+ *   |IceServersMsg|CheckIceServersMsg|RecordingMsg|RecordingsMsg} ServerMsg
  */
 
 /** Default limits, used until `welcome` arrives. @type {Limits} */
@@ -498,4 +534,9 @@ export class SignalingClient {
   /** @param {number} [ttlSecs] */
   invite(ttlSecs) { return this.send(ttlSecs ? { type: 'invite', ttlSecs } : { type: 'invite' }); }
   revokeInvites() { return this.send({ type: 'revoke_invites' }); }
+  /** Starts recording the room (answered by `recording`, or an `error` with `request: 'record'`). */
+  record() { return this.send({ type: 'record' }); }
+  stopRecording() { return this.send({ type: 'stop_recording' }); }
+  /** @param {string} id */
+  deleteRecording(id) { return this.send({ type: 'delete_recording', id }); }
 }

@@ -440,8 +440,13 @@ pub enum ServerMsg {
     /// Someone's media state changed.
     PeerUpdated { peer: Peer },
     /// The room's topology changed (in `auto` mode, from `p2p` to `sfu` when a third person
-    /// joins). Connect to the SFU, then close the peer-to-peer connections.
-    Topology { topology: Topology },
+    /// joins, or when a host starts recording: `reason`). Connect to the SFU, then close the
+    /// peer-to-peer connections.
+    Topology {
+        topology: Topology,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<TopologyReason>,
+    },
     /// `sfu` rooms: the SFU heard a new main speaker (from the RTP audio levels; at most one change
     /// a second per room). Sent to everyone in the room, the speaker included.
     ActiveSpeaker { peer: PeerId },
@@ -544,6 +549,14 @@ pub struct RoomSummary {
     /// The room is being recorded (absent when not): shown before anyone joins.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recording: bool,
+}
+
+/// Why a room's topology changed, when it was not someone joining.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyReason {
+    /// A host started recording: media must pass the server to be recorded.
+    Recording,
 }
 
 /// Someone, by id and by the name they had.

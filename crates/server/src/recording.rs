@@ -36,6 +36,8 @@ pub const COMPOSITE_FILE: &str = "composite.webm";
 /// Bytes of frames that may wait for a writer thread; beyond that, frames are dropped (and the
 /// track resumes at its next keyframe) rather than the media task's memory growing.
 pub const WRITER_QUEUE_BYTES: usize = 64 << 20;
+/// Most recordings the server keeps at once (beside the byte quota).
+pub const MAX_RECORDINGS: usize = 2000;
 /// How often a writer thread hands what it wrote to the OS, whatever arrives.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How often the store looks for recordings past their retention.
@@ -225,9 +227,11 @@ impl Recordings {
         stored + self.writing.load(Ordering::Relaxed)
     }
 
-    /// Whether a new recording may start: `recording_storage_full` when the quota is used up.
+    /// Whether a new recording may start: `recording_storage_full` when the quota is used up, or
+    /// the server keeps [`MAX_RECORDINGS`] already (however small: a host starting and stopping
+    /// in a loop must not fill the directory with thousands of them).
     pub fn check_space(&self) -> Result<(), ErrorCode> {
-        if self.used() >= self.max_bytes {
+        if self.used() >= self.max_bytes || self.lock().len() >= MAX_RECORDINGS {
             return Err(ErrorCode::RecordingStorageFull);
         }
         Ok(())

@@ -541,7 +541,11 @@ async fn auto_rooms_switch_to_the_sfu_at_the_third_person() {
 
     assert!(matches!(c.join("auto", "C").await, ServerMsg::Joined { topology: Topology::Sfu, .. }));
     for x in [&mut a, &mut b] {
-        assert_eq!(x.recv().await, ServerMsg::Topology { topology: Topology::Sfu }, "topology comes first");
+        assert_eq!(
+            x.recv().await,
+            ServerMsg::Topology { topology: Topology::Sfu, reason: None },
+            "topology comes first"
+        );
         assert!(matches!(x.recv().await, ServerMsg::PeerJoined { .. }));
     }
     // The room stays on the SFU when it shrinks back to two.
@@ -1507,7 +1511,10 @@ async fn recording_a_peer_to_peer_room_moves_it_to_the_sfu_first() {
     // The topology change comes first, then the recording.
     assert!(matches!(
         until(&mut other, "topology", |m| match m {
-            ServerMsg::Topology { topology } => Some(topology),
+            ServerMsg::Topology { topology, reason } => {
+                assert_eq!(reason, Some(huddle_protocol::TopologyReason::Recording), "the page can say why");
+                Some(topology)
+            }
             ServerMsg::Recording { .. } => panic!("recording announced before the move to the SFU"),
             _ => None,
         })

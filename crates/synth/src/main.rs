@@ -225,7 +225,7 @@ async fn participant(
                 }
             }
             ServerMsg::PeerJoined { peer } => others.push(peer.id),
-            ServerMsg::Topology { topology: Topology::Sfu } => break,
+            ServerMsg::Topology { topology: Topology::Sfu, .. } => break,
             ServerMsg::Error { code, message, .. } => bail!("refused: {code} ({message})"),
             _ => {}
         }

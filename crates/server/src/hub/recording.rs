@@ -50,7 +50,14 @@ impl Hub {
                 r.set_topology(Topology::Sfu);
             }
             info!("room switched to the SFU to be recorded");
-            self.broadcast(room, None, Arc::new(ServerMsg::Topology { topology: Topology::Sfu }));
+            self.broadcast(
+                room,
+                None,
+                Arc::new(ServerMsg::Topology {
+                    topology: Topology::Sfu,
+                    reason: Some(huddle_protocol::TopologyReason::Recording),
+                }),
+            );
         }
         let manifest = Box::new(first_manifest(&info, room, &members));
         let start = WriterMsg::Start { room: room.to_string(), dir, manifest };

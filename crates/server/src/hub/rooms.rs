@@ -208,7 +208,7 @@ impl Hub {
         self.record_joined(room, &me);
         if switched {
             info!(participants = AUTO_SFU_FROM, "room switched to the SFU");
-            self.broadcast(room, Some(id), Arc::new(ServerMsg::Topology { topology: Topology::Sfu }));
+            self.broadcast(room, Some(id), Arc::new(ServerMsg::Topology { topology: Topology::Sfu, reason: None }));
         }
         self.broadcast(room, Some(id), Arc::new(ServerMsg::PeerJoined { peer: me }));
     }
