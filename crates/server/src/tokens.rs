@@ -36,7 +36,8 @@ pub struct Grant {
     pub sub: Option<String>,
     /// An invite's room instance and invite generation (see [`crate::room::Room::invite_key`]).
     pub invite_for: Option<(String, u32)>,
-    /// The operator's `rec` claim: `false` forbids this person to record (even as a host).
+    /// The operator's `rec` claim: `false` forbids this person to record (even as a host),
+    /// `true` lets them record (even as a participant).
     pub record: Option<bool>,
 }
 

@@ -538,3 +538,61 @@ async fn a_queue_of_password_checks_does_not_hold_up_the_hub() {
     assert!(pong < all / 4, "the hub waited for the checks: ping {pong:?}, checks {all:?}");
     server.shutdown().await;
 }
+
+/// The `rec` claim: `false` keeps a host's token from recording, `true` lets a participant's
+/// token record; neither lets anyone else do more (an anonymous participant may not, a
+/// participant with `rec: true` may not delete).
+#[tokio::test]
+async fn a_tokens_rec_claim_forbids_or_allows_recording() {
+    const SECRET: &[u8] = b"the operator's secret, 32 bytes or more";
+    let dir = std::env::temp_dir().join(format!("huddle-rec-claim-{}", std::process::id()));
+    let server = TestServer::start(Config {
+        topology: huddle_server::config::TopologyMode::Sfu,
+        token_secret: Some(String::from_utf8(SECRET.to_vec()).expect("utf-8")),
+        recordings_dir: Some(dir.clone()),
+        ffmpeg: Some("/nonexistent/ffmpeg".into()),
+        ..Config::default()
+    })
+    .await;
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs() + 600;
+    let no_rec = jwt(SECRET, serde_json::json!({"room": "r", "exp": exp, "role": "host", "rec": false}));
+    let mut host = Client::connect(&server).await;
+    host.send(&join_as("r", "H", None, Some(&no_rec))).await;
+    assert!(matches!(host.recv().await, ServerMsg::Joined { .. }));
+    host.send(&ClientMsg::Record).await;
+    host.expect_error(ErrorCode::NotAllowed).await;
+
+    let mut anonymous = connect_from(&server, "127.0.0.2").await;
+    anonymous.join("r", "A").await;
+    anonymous.send(&ClientMsg::Record).await;
+    anonymous.expect_error(ErrorCode::NotAllowed).await;
+
+    let rec = jwt(SECRET, serde_json::json!({"room": "r", "exp": exp, "role": "participant", "rec": true}));
+    let mut recorder = connect_from(&server, "127.0.0.3").await;
+    recorder.send(&join_as("r", "R", None, Some(&rec))).await;
+    assert!(matches!(recorder.recv().await, ServerMsg::Joined { .. }));
+    recorder.send(&ClientMsg::Record).await;
+    let id = loop {
+        match recorder.recv().await {
+            ServerMsg::Recording { recording: Some(info), .. } => break info.id,
+            ServerMsg::Error { code, .. } => panic!("refused: {code}"),
+            _ => {}
+        }
+    };
+    recorder.send(&ClientMsg::StopRecording).await;
+    loop {
+        if let ServerMsg::Recording { recording: None, .. } = recorder.recv().await {
+            break;
+        }
+    }
+    recorder.send(&ClientMsg::DeleteRecording { id }).await;
+    loop {
+        match recorder.recv().await {
+            ServerMsg::Error { code, .. } => break assert_eq!(code, ErrorCode::NotAllowed),
+            ServerMsg::Recordings { .. } => panic!("a participant got the recordings list"),
+            _ => {}
+        }
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

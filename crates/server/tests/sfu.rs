@@ -1630,3 +1630,37 @@ async fn a_recording_cut_by_a_crash_is_listed_as_interrupted_at_the_next_start_a
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_that_cannot_be_written_stops_and_says_so_and_the_call_goes_on() {
+    use huddle_protocol::RecordingStopReason;
+    let dir = recordings_dir("unwritable");
+    let server = TestServer::start(recording_config(&dir)).await;
+    let mut host = Client::connect(&server).await;
+    host.join("disk", "Dana").await;
+    host.send(&ClientMsg::Record).await;
+    let info = until(&mut host, "recording", |m| match m {
+        ServerMsg::Recording { recording: Some(info), .. } => Some(info),
+        _ => None,
+    })
+    .await;
+    // The disk goes away under it (here: its directory), before anyone publishes.
+    std::fs::remove_dir_all(dir.join(&info.id)).expect("remove the recording's directory");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [1u8, 2] {
+        let ws = Client::connect(&server).await;
+        tasks.push(tokio::spawn(media_participant(ws, "disk", tag, Link::udp().await, tx.clone(), stop.clone())));
+    }
+    let stopped = until(&mut host, "recording stopped", |m| match m {
+        ServerMsg::Recording { recording: None, stopped } => stopped,
+        _ => None,
+    })
+    .await;
+    assert_eq!(stopped.reason, RecordingStopReason::WriteError);
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+    stop_all(stop_tx, tasks, server).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -381,8 +381,9 @@ struct Conn {
     ip: IpAddr,
     /// Its join waits for a password check ([`Job::Verify`]).
     checking: bool,
-    /// Its token forbids it to record (the `rec: false` claim).
-    no_recording: bool,
+    /// Its token's `rec` claim: `Some(false)` forbids it to record even as a host, `Some(true)`
+    /// lets it record (start and stop) even as a participant.
+    record_claim: Option<bool>,
     /// Its relay user (`s.<random>`) while it is in a room and huddle's TURN server runs: its
     /// credentials allocate from entering the room to leaving it (see [`Hub::start_relay`]).
     turn_user: Option<String>,

@@ -6,7 +6,9 @@ impl Hub {
     /// Commands only hosts (and co-hosts) may give.
     pub(super) fn host_command(&mut self, id: &PeerId, room: &Arc<str>, msg: ClientMsg) -> Result<(), ErrorCode> {
         let me = self.rooms.get(room).and_then(|r| r.role(id)).ok_or(ErrorCode::NotInRoom)?;
-        if !me.moderates() {
+        // A token's `rec: true` lets its holder record without being a host.
+        let may_record = self.record_claim(id) == Some(true);
+        if !me.moderates() && !(may_record && matches!(msg, ClientMsg::Record | ClientMsg::StopRecording)) {
             return Err(ErrorCode::NotAllowed);
         }
         match msg {

@@ -13,6 +13,11 @@ impl Hub {
         self.recordings = Some(store);
     }
 
+    /// The `rec` claim of `id`'s token, if it had one.
+    pub(super) fn record_claim(&self, id: &PeerId) -> Option<bool> {
+        self.conns.get(id).and_then(|c| c.record_claim)
+    }
+
     fn tell_media(&mut self, cmd: MediaCommand) -> bool {
         let Some(media) = &self.media else { return false };
         if media.try_send(cmd).is_err() {
@@ -25,7 +30,7 @@ impl Hub {
     /// `record` from a host or co-host (checked by the caller) of `room`.
     pub(super) fn record(&mut self, id: &PeerId, room: &Arc<str>) -> Result<(), ErrorCode> {
         let store = self.recordings.clone().filter(|_| self.media.is_some()).ok_or(ErrorCode::RecordingUnavailable)?;
-        if self.conns.get(id).is_some_and(|c| c.no_recording) {
+        if self.record_claim(id) == Some(false) {
             return Err(ErrorCode::NotAllowed);
         }
         let r = self.rooms.get(room).ok_or(ErrorCode::NotInRoom)?;

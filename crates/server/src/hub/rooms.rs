@@ -32,7 +32,7 @@ impl Hub {
         }
         let grant = grant.unwrap_or_default();
         if let Some(c) = self.conns.get_mut(id) {
-            c.no_recording = grant.record == Some(false);
+            c.record_claim = grant.record;
         }
         let name = grant.name.as_deref().unwrap_or(&req.name);
         let name = validate::label(name, self.config.max_name_chars).ok_or(ErrorCode::InvalidName)?;

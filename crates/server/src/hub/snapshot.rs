@@ -177,7 +177,7 @@ impl Hub {
                     keys: s.keys.clone(),
                     ip: s.ip,
                     checking: false,
-                    no_recording: false,
+                    record_claim: None,
                     turn_user: s.turn_user.clone(),
                     // Renewed when it resumes (its page's may be as old as the restart is long).
                     ice_renew: None,
