@@ -8,7 +8,8 @@ impl Hub {
         let me = self.rooms.get(room).and_then(|r| r.role(id)).ok_or(ErrorCode::NotInRoom)?;
         // A token's `rec: true` lets its holder record without being a host.
         let may_record = self.record_claim(id) == Some(true);
-        if !me.moderates() && !(may_record && matches!(msg, ClientMsg::Record | ClientMsg::StopRecording)) {
+        let recording_command = matches!(msg, ClientMsg::Record | ClientMsg::StopRecording);
+        if !(me.moderates() || may_record && recording_command) {
             return Err(ErrorCode::NotAllowed);
         }
         match msg {
