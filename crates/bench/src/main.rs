@@ -24,6 +24,9 @@
 //! dropping and resuming their connections) and checks that no chat message is lost or
 //! delivered twice and that the server's memory, open files and rooms come back at the end.
 //!
+//! `huddle-bench compose [options]` times the composite of a recording (`huddle_record::compose`,
+//! ffmpeg under `nice`, one thread) made of real VP8 and Opus tracks for `--people` participants.
+//!
 //! `huddle-bench hostile [options]` attacks the real server from many addresses at once (slow
 //! and non-reading clients, slowloris, floods, malformed and oversized frames, file offers never
 //! uploaded) while normal clients chat, and checks that they are always answered within 1 s
@@ -32,6 +35,7 @@
 // The `sfu` report is one large `json!` literal.
 #![recursion_limit = "256"]
 
+mod compose;
 mod hostile;
 mod hub;
 mod procfs;
@@ -43,6 +47,7 @@ mod sfu_core;
 mod sfu_peer;
 mod signal;
 mod soak;
+mod tempdir;
 mod turn;
 mod turn_client;
 
@@ -60,7 +65,8 @@ struct Cli {
 enum Cmd {
     /// Signalling benchmark: many clients in many rooms relaying `signal` messages.
     Signal(signal::SignalArgs),
-    /// SFU benchmark: str0m publishers and subscribers in one room, forwarded by the server's SFU.
+    /// SFU benchmark: str0m publishers and subscribers in one room, forwarded by the server's SFU
+    /// (`--record`: the same room recording and not, in turn).
     Sfu(sfu::SfuArgs),
     /// TURN benchmark: client pairs relaying ChannelData through huddle's TURN server (and coturn).
     Turn(turn::TurnArgs),
@@ -76,6 +82,9 @@ enum Cmd {
     /// Hostile clients from many addresses while normal clients chat: the normal clients are
     /// always answered within 1 s, and the server lets go of everything once the attack ends.
     Hostile(hostile::HostileArgs),
+    /// Composite speed: a 10-person recording's raw tracks (real VP8 and Opus from ffmpeg)
+    /// composed into one file as the server does; seconds of composing per second of meeting.
+    Compose(compose::ComposeArgs),
     /// Run the huddle server (used by `signal`, `sfu`, `turn`, `soak` and `hostile`, which re-execute this binary).
     #[command(hide = true)]
     Serve {
@@ -95,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::SfuCore(args) => sfu_core::run(args),
         Cmd::Soak(args) => soak::run(args),
         Cmd::Hostile(args) => hostile::run(args),
+        Cmd::Compose(args) => compose::run(args),
         Cmd::Serve { args } => server::serve(args),
     }
 }

@@ -21,11 +21,13 @@ use crate::relay;
 use crate::server::{ServerProcess, SERVER_CPUS};
 use crate::sfu_peer::{self, PeerResult, Role};
 use crate::signal::Workers;
+use crate::tempdir::TempDir;
 use anyhow::{bail, Context};
 use huddle_protocol::VideoQuality;
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -135,6 +137,20 @@ pub struct SfuArgs {
     /// Extra argument for the server (repeatable), e.g. --server-arg=--outbox-capacity=64
     #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
     pub server_args: Vec<String>,
+    /// The cost of recording (issue 18): the server records into a new temporary directory
+    /// (`--recordings-dir`, removed at the end; no composite: `--ffmpeg /nonexistent`), each
+    /// room's host starts and stops the recording through its WebSocket (`record`,
+    /// `stop_recording`), and windows of `--seconds` not recording and recording alternate
+    /// (`--record-rounds` of each, in the order off on on off off on …). No saturation steps
+    #[arg(long)]
+    pub record: bool,
+    /// With --record: windows of each kind (recording, not recording), 1 to 8
+    #[arg(long, default_value_t = 2)]
+    pub record_rounds: usize,
+    /// With --record: where to make the temporary recordings directory [default: the system's
+    /// temporary directory]
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 impl SfuArgs {
@@ -210,6 +226,9 @@ impl SfuArgs {
         }
         if self.loadgen_threads == 0 || self.loadgen_threads > 64 {
             bail!("--loadgen-threads must be between 1 and 64");
+        }
+        if self.record_rounds == 0 || 2 * self.record_rounds > MAX_WINDOWS {
+            bail!("--record-rounds must be between 1 and {}", MAX_WINDOWS / 2);
         }
         Ok(())
     }
@@ -310,6 +329,16 @@ pub struct Live {
     pub late_frames: AtomicU64,
     /// Indexed by window (0 unused).
     pub windows: [WindowCounts; MAX_WINDOWS + 1],
+    /// With `--record`: the rooms' hosts record while set.
+    pub record: AtomicBool,
+    /// Participants that host their room (one per room).
+    pub hosts: AtomicUsize,
+    /// Rooms whose host was told that the recording is on (`recording`).
+    pub recording_rooms: AtomicUsize,
+    /// Recordings that stopped for another reason than the host's `stop_recording`.
+    pub recording_stopped_early: AtomicU64,
+    /// `record` refused (`recording_unavailable`, `recording_storage_full`, `not_allowed`).
+    pub record_refused: AtomicU64,
 }
 
 impl Live {
@@ -359,6 +388,24 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
             server_args.extend([flag.into(), "0".into()]);
         }
     }
+    // With --record: a fresh recordings directory, removed at the end (also on error: dropped
+    // after the server), and no composite (the synthetic frames do not decode; and ffmpeg must
+    // not run while the media path is measured).
+    let rec_dir = if args.record {
+        for flag in ["--recordings-dir", "--recordings"] {
+            if given(flag) {
+                bail!("--record makes the recordings directory and turns recordings on itself: no --server-arg={flag}");
+            }
+        }
+        let dir = TempDir::new(args.record_dir.as_deref(), "huddle-bench-recordings")?;
+        server_args.extend(["--recordings".into(), "true".into(), "--recordings-dir".into(), dir.path.clone().into()]);
+        if !given("--ffmpeg") {
+            server_args.extend(["--ffmpeg".into(), "/nonexistent".into()]);
+        }
+        Some(dir)
+    } else {
+        None
+    };
     server_args.extend(args.server_args.iter().map(OsString::from));
     let mut server = ServerProcess::start_for_bench(&server_args, args.pin)?;
     let pinned = server.pinned;
@@ -394,11 +441,13 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     live.sending.store(true, Relaxed);
     let workers = Workers::start(args.loadgen_threads)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    let result = rt.block_on(drive(&args, &plans, &live, &mut server, &workers));
+    let rec_path = rec_dir.as_ref().map(|d| d.path.clone());
+    let result = rt.block_on(drive(&args, &plans, &live, &mut server, &workers, rec_path.as_deref()));
     live.stop.store(true, Relaxed);
     drop(workers);
     drop(rt);
     drop(server);
+    drop(rec_dir);
     let mut report = result?;
     report["rooms"] = json!(args.rooms);
     report["workers"] = json!(workers_count);
@@ -521,10 +570,8 @@ fn relays_at_once(
     best.map(|(_, each)| each).context("no plain relay measurement")
 }
 
-/// Each worker's rooms and (with an SFU) the packets it forwarded so far, from the server's
-/// `/metrics` (`huddle_worker_rooms`, `huddle_worker_forwarded_packets_total`), indexed by
-/// worker; `None` when it does not answer them within 2 s.
-fn worker_metrics(port: u16) -> Option<Vec<(u64, Option<u64>)>> {
+/// The server's `/metrics` page; `None` when it does not answer it within 2 s.
+fn metrics_text(port: u16) -> Option<String> {
     let timeout = Some(Duration::from_secs(2));
     let mut tcp = std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -536,10 +583,18 @@ fn worker_metrics(port: u16) -> Option<Vec<(u64, Option<u64>)>> {
     tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut answer = Vec::new();
     tcp.take(4 << 20).read_to_end(&mut answer).ok()?;
-    let text = String::from_utf8_lossy(&answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
     if text.split_whitespace().nth(1) != Some("200") {
         return None;
     }
+    Some(text)
+}
+
+/// Each worker's rooms and (with an SFU) the packets it forwarded so far, from the server's
+/// `/metrics` (`huddle_worker_rooms`, `huddle_worker_forwarded_packets_total`), indexed by
+/// worker; `None` when it does not answer them within 2 s.
+fn worker_metrics(port: u16) -> Option<Vec<(u64, Option<u64>)>> {
+    let text = metrics_text(port)?;
     let mut each: Vec<(u64, Option<u64>)> = Vec::new();
     for line in text.lines() {
         let Some((name, value)) = line.rsplit_once(' ') else { continue };
@@ -561,6 +616,266 @@ fn worker_metrics(port: u16) -> Option<Vec<(u64, Option<u64>)>> {
         }
     }
     Some(each)
+}
+
+/// Longest wait for every room's host to hear that the recording started or stopped.
+const RECORD_SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after the recording starts or stops, before the next window: the keyframes the
+/// recorder asks for at its start, the files finished (fsync) at its stop.
+const RECORD_SETTLE: Duration = Duration::from_millis(1500);
+/// Longest wait, after the last stop, for every recording's manifest to say it stopped.
+const RECORD_FILES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The windows of `--record` (positions in the list of windows) and what was recorded.
+#[derive(Default)]
+struct RecordRun {
+    base: Vec<usize>,
+    rec: Vec<usize>,
+    /// Recordings made (each start .. stop), from their manifests.
+    recordings: usize,
+    /// Every manifest said `stopped` (and every track had an end) in time.
+    files_final: bool,
+    recorded_ms: u64,
+    recorded_frames: u64,
+    /// Bytes of every file in the recordings directory (tracks and manifests).
+    recorded_bytes: u64,
+    tracks: usize,
+    /// Frames the recordings should hold: every publisher's audio frames and top-layer video
+    /// frames over each recording's length.
+    expected_frames: f64,
+    /// Frames the server's media task dropped because its writer's queue was full, when its
+    /// `/metrics` says so (a family named `*record*drop*`); `None` when it does not.
+    writer_dropped: Option<u64>,
+}
+
+/// Starts (`on`) or stops the recording in every room (the hosts send `record` or
+/// `stop_recording`) and waits until every host heard so, then [`RECORD_SETTLE`].
+async fn set_recording(on: bool, rooms: usize, live: &Live, server: &mut ServerProcess) -> anyhow::Result<()> {
+    live.record.store(on, Relaxed);
+    let want = if on { rooms } else { 0 };
+    let deadline = Instant::now() + RECORD_SWITCH_TIMEOUT;
+    loop {
+        if live.record_refused.load(Relaxed) > 0 {
+            bail!("the server refused to record (see above)");
+        }
+        if live.recording_rooms.load(Relaxed) == want {
+            break;
+        }
+        if !server.alive() {
+            bail!("the server process exited");
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} of {rooms} rooms recording {:.0} s after the hosts were told to {}",
+                live.recording_rooms.load(Relaxed),
+                RECORD_SWITCH_TIMEOUT.as_secs_f64(),
+                if on { "record" } else { "stop" }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "recording {} in {} room(s); {:.1} s before the next window",
+        if on { "started" } else { "stopped" },
+        rooms,
+        RECORD_SETTLE.as_secs_f64()
+    );
+    tokio::time::sleep(RECORD_SETTLE).await;
+    Ok(())
+}
+
+/// `--record`: windows of `--seconds` at the configured rate, not recording and recording in
+/// turn (off on, then on off, …: each kind has as many windows early as late), every room
+/// recording at once. Disturbed windows are kept and marked (both kinds see the disturbance
+/// alike over the rounds). Ends with every recording stopped and its files final.
+async fn record_windows(
+    args: &SfuArgs,
+    rooms: usize,
+    pid: u32,
+    live: &Live,
+    server: &mut ServerProcess,
+    dir: &Path,
+    windows: &mut Vec<Window>,
+) -> anyhow::Result<RecordRun> {
+    if live.hosts.load(Relaxed) < rooms {
+        bail!("only {} of {rooms} rooms have their host among the participants", live.hosts.load(Relaxed));
+    }
+    let order: Vec<bool> =
+        (0..args.record_rounds).flat_map(|k| if k % 2 == 0 { [false, true] } else { [true, false] }).collect();
+    let mut run = RecordRun::default();
+    for (i, &on) in order.iter().enumerate() {
+        if on != live.record.load(Relaxed) {
+            set_recording(on, rooms, live, server).await?;
+        }
+        let index = windows.len() + 1;
+        eprintln!("window {index}: {}", if on { "RECORDING" } else { "not recording" });
+        let mut w = measure_window(index, 1.0, args.seconds, args.fps, pid, live, server).await?;
+        let other = w.other_cpu_pct();
+        w.disturbed = other > args.disturbed_cpu_pct;
+        if w.disturbed {
+            eprintln!("window {index}: other processes used {other:.0}% CPU meanwhile (kept, marked disturbed)");
+        }
+        if on { &mut run.rec } else { &mut run.base }.push(windows.len());
+        windows.push(w);
+        if live.recording_rooms.load(Relaxed) != if on { rooms } else { 0 } {
+            bail!("window {} of {}: a recording stopped by itself (see above)", i + 1, order.len());
+        }
+    }
+    if live.record.load(Relaxed) {
+        set_recording(false, rooms, live, server).await?;
+    }
+    if live.recording_stopped_early.load(Relaxed) > 0 {
+        bail!("a recording stopped by itself (see above)");
+    }
+    // The files: every manifest says stopped once the writer has closed the tracks.
+    let deadline = Instant::now() + RECORD_FILES_TIMEOUT;
+    let manifests = loop {
+        let manifests = recordings_in(dir);
+        let settled = manifests
+            .iter()
+            .all(|m| m.state != huddle_record::RecordingState::Recording && m.tracks.iter().all(|t| t.end.is_some()));
+        if (settled && !manifests.is_empty()) || Instant::now() >= deadline {
+            run.files_final = settled && !manifests.is_empty();
+            break manifests;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !run.files_final {
+        eprintln!("warning: not every recording's manifest said it stopped within {RECORD_FILES_TIMEOUT:?}");
+    }
+    let plan_audio = if args.audio { 1000.0 / sfu_peer::AUDIO_INTERVAL.as_millis() as f64 } else { 0.0 };
+    let (publishers, _) = args.counts();
+    let per_s = (plan_audio + args.fps) * (publishers * rooms) as f64;
+    run.recordings = manifests.len();
+    for m in &manifests {
+        let ms = m.duration_ms();
+        run.recorded_ms += ms;
+        run.expected_frames += per_s * ms as f64 / 1000.0;
+        run.recorded_frames += m.tracks.iter().map(|t| t.frames).sum::<u64>();
+        run.tracks += m.tracks.len();
+    }
+    run.recorded_bytes = crate::tempdir::dir_bytes(dir);
+    run.writer_dropped = metrics_text(server.port).and_then(|text| {
+        let values: Vec<u64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(name, _)| {
+                let family = name.split('{').next().unwrap_or(name);
+                family.contains("record") && family.contains("drop")
+            })
+            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    });
+    eprintln!(
+        "recorded: {} recording(s), {} tracks, {:.1} s, {} frames ({:.1} % of those sent), {:.1} MB",
+        run.recordings,
+        run.tracks,
+        run.recorded_ms as f64 / 1000.0,
+        run.recorded_frames,
+        run.recorded_frames as f64 / run.expected_frames.max(1.0) * 100.0,
+        run.recorded_bytes as f64 / 1e6
+    );
+    Ok(run)
+}
+
+/// The manifests of the recordings in `dir` (one directory each); unreadable ones are skipped.
+fn recordings_in(dir: &Path) -> Vec<huddle_record::Manifest> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> =
+        entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
+    dirs.sort();
+    dirs.iter().filter_map(|d| huddle_record::Manifest::load(d).ok()).collect()
+}
+
+impl RecordRun {
+    /// The `recording` object of the report: server CPU per forwarded packet recording against
+    /// not recording, over all windows of each kind, and per round.
+    fn summary(&self, windows: &[Window], live: &Live, lat: &[Vec<u32>], args: &SfuArgs) -> Value {
+        struct Side {
+            cpu_s: f64,
+            forwarded: u64,
+            secs: f64,
+            expected: u64,
+            received: u64,
+            lat: Vec<u32>,
+            disturbed: usize,
+        }
+        let side = |idx: &[usize]| {
+            let mut s =
+                Side { cpu_s: 0.0, forwarded: 0, secs: 0.0, expected: 0, received: 0, lat: Vec::new(), disturbed: 0 };
+            for &i in idx {
+                let w = &windows[i];
+                s.cpu_s += w.b.server_cpu - w.a.server_cpu;
+                s.forwarded += w.forwarded();
+                s.secs += w.secs();
+                s.expected += live.windows[w.index].expected.load(Relaxed);
+                s.received += live.windows[w.index].received.load(Relaxed);
+                s.lat.extend_from_slice(&lat[w.index]);
+                s.disturbed += usize::from(w.disturbed);
+            }
+            s.lat.sort_unstable();
+            s
+        };
+        let (rec, base) = (side(&self.rec), side(&self.base));
+        let us = |s: &Side| s.cpu_s * 1e6 / s.forwarded.max(1) as f64;
+        let loss = |s: &Side| {
+            if s.expected == 0 {
+                f64::NAN
+            } else {
+                s.expected.saturating_sub(s.received) as f64 / s.expected as f64 * 100.0
+            }
+        };
+        let overhead = us(&rec) / us(&base) - 1.0;
+        let rounds: Vec<Value> = self
+            .base
+            .iter()
+            .zip(&self.rec)
+            .map(|(&b, &r)| {
+                let (b, r) = (&windows[b], &windows[r]);
+                json!({
+                    "base_window": b.index,
+                    "rec_window": r.index,
+                    "base_server_cpu_us_per_fwd": r3(b.server_us_per_packet()),
+                    "server_cpu_us_per_fwd": r3(r.server_us_per_packet()),
+                    "overhead": r3(r.server_us_per_packet() / b.server_us_per_packet() - 1.0),
+                    "disturbed": b.disturbed || r.disturbed,
+                })
+            })
+            .collect();
+        json!({
+            "server_cpu_us_per_fwd": r3(us(&rec)),
+            "base_server_cpu_us_per_fwd": r3(us(&base)),
+            "overhead": r3(overhead),
+            "target_overhead": 0.2,
+            "met": overhead <= 0.2,
+            "rounds": rounds,
+            "server_cpu_pct": r3(rec.cpu_s / rec.secs * 100.0),
+            "base_server_cpu_pct": r3(base.cpu_s / base.secs * 100.0),
+            "forwarded_pps": r3(rec.forwarded as f64 / rec.secs),
+            "base_forwarded_pps": r3(base.forwarded as f64 / base.secs),
+            "loss_pct": r3(loss(&rec)),
+            "base_loss_pct": r3(loss(&base)),
+            "p50_ms": r3(pct(&rec.lat, 0.5)),
+            "base_p50_ms": r3(pct(&base.lat, 0.5)),
+            "p99_ms": r3(pct(&rec.lat, 0.99)),
+            "base_p99_ms": r3(pct(&base.lat, 0.99)),
+            "disturbed_windows": rec.disturbed + base.disturbed,
+            "recordings": self.recordings,
+            "tracks": self.tracks,
+            "recorded_s": r3(self.recorded_ms as f64 / 1000.0),
+            "recorded_bytes": self.recorded_bytes,
+            "recorded_kbit_per_s": r3(self.recorded_bytes as f64 * 8.0 / 1000.0 / (self.recorded_ms as f64 / 1000.0).max(1e-9)),
+            "recorded_frames": self.recorded_frames,
+            "expected_frames": self.expected_frames.round(),
+            "recorded_share": r3(self.recorded_frames as f64 / self.expected_frames.max(1.0)),
+            "files_final": self.files_final,
+            "writer_dropped": self.writer_dropped,
+            "record_rounds": args.record_rounds,
+        })
+    }
 }
 
 fn make_plan(args: &SfuArgs, port: u16) -> Plan {
@@ -793,6 +1108,7 @@ async fn drive(
     live: &Arc<Live>,
     server: &mut ServerProcess,
     workers: &Workers,
+    rec_dir: Option<&Path>,
 ) -> anyhow::Result<Value> {
     let pid = server.pid();
     let plan = &plans[0];
@@ -915,7 +1231,18 @@ async fn drive(
     let mut saturation_reached = false;
     let mut main_at: Option<usize> = None;
     let mut index = 0;
-    let mults: Vec<f64> = std::iter::once(1.0).chain(if args.saturate { STEPS.to_vec() } else { Vec::new() }).collect();
+    // With --record: the windows alternate between recording and not; no saturation steps.
+    let mut record_run: Option<RecordRun> = None;
+    if let Some(dir) = rec_dir {
+        let run = record_windows(args, rooms, pid, live, server, dir, &mut windows).await?;
+        main_at = run.base.first().copied();
+        record_run = Some(run);
+    }
+    let mults: Vec<f64> = if record_run.is_some() {
+        Vec::new()
+    } else {
+        std::iter::once(1.0).chain(if args.saturate { STEPS.to_vec() } else { Vec::new() }).collect()
+    };
     'steps: for (k, &mult) in mults.iter().enumerate() {
         for attempt in 0..=MAX_RETRIES {
             if index >= MAX_WINDOWS {
@@ -1060,6 +1387,15 @@ async fn drive(
     // Added here: one more field in the literal above passes the macro's recursion limit.
     report["worker_rooms"] = json!(worker_rooms);
     report["worker_forwarded_packets"] = json!(worker_forwarded);
+    if let Some(run) = &record_run {
+        for &i in &run.rec {
+            report["windows"][i]["recording"] = json!(true);
+        }
+        for &i in &run.base {
+            report["windows"][i]["recording"] = json!(false);
+        }
+        report["recording"] = run.summary(&windows, live, &lat, args);
+    }
     Ok(report)
 }
 

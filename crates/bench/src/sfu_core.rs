@@ -267,7 +267,8 @@ fn recording_summary(done: &[CoreRun]) -> serde_json::Value {
         return serde_json::Value::Null;
     }
     let afters: Vec<&CoreRun> = done.iter().filter_map(|r| r.recording.as_deref().map(|(_, a)| a)).collect();
-    let base_cpu: f64 = done.iter().map(CoreRun::core_cpu).sum::<f64>() + afters.iter().map(|r| r.core_cpu()).sum::<f64>();
+    let base_cpu: f64 =
+        done.iter().map(CoreRun::core_cpu).sum::<f64>() + afters.iter().map(|r| r.core_cpu()).sum::<f64>();
     let base_fwd: u64 = done.iter().map(|r| r.forwarded).sum::<u64>() + afters.iter().map(|r| r.forwarded).sum::<u64>();
     let base_ns = base_cpu * 1e9 / base_fwd.max(1) as f64;
     let after_cpu: f64 = afters.iter().map(|r| r.core_cpu()).sum();

@@ -14,8 +14,8 @@ use crate::sfu::{Live, Plan, MAX_WINDOWS};
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use huddle_protocol::{
-    ClientMsg, ErrorCode, PeerId, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology, VideoQuality,
-    PROTOCOL_VERSION, SFU_PEER_ID,
+    ClientMsg, ErrorCode, PeerId, RecordingStopReason, SdpType, ServerMsg, SessionDescription, SignalPayload, Topology,
+    VideoQuality, PROTOCOL_VERSION, SFU_PEER_ID,
 };
 use huddle_sfu::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use huddle_sfu::str0m::format::Codec;
@@ -202,8 +202,9 @@ async fn next_msg(ws: &mut Ws) -> anyhow::Result<ServerMsg> {
 }
 
 /// Connects, joins the benchmark room and waits for `joined` (the room must be an `sfu` room).
-/// Returns the socket and the publishers already in the room.
-async fn join(plan: &Plan, role: Role) -> anyhow::Result<(Ws, Vec<(PeerId, String)>)> {
+/// Returns the socket, the publishers already in the room, and whether this participant hosts
+/// the room (whoever opens a room hosts it).
+async fn join(plan: &Plan, role: Role) -> anyhow::Result<(Ws, Vec<(PeerId, String)>, bool)> {
     let tcp = TcpStream::connect(("127.0.0.1", plan.port)).await.context("TCP connect")?;
     tcp.set_nodelay(true)?;
     let url = format!("ws://127.0.0.1:{}/ws", plan.port);
@@ -221,8 +222,9 @@ async fn join(plan: &Plan, role: Role) -> anyhow::Result<(Ws, Vec<(PeerId, Strin
     ws.send(text(&join)?).await.context("sending join")?;
     loop {
         match next_msg(&mut ws).await? {
-            ServerMsg::Joined { topology: Topology::Sfu, peers, .. } => {
-                return Ok((ws, peers.into_iter().map(|p| (p.id, p.name)).collect()))
+            ServerMsg::Joined { topology: Topology::Sfu, peers, you, .. } => {
+                let host = you.role == huddle_protocol::Role::Host;
+                return Ok((ws, peers.into_iter().map(|p| (p.id, p.name)).collect(), host));
             }
             ServerMsg::Joined { topology, .. } => bail!("the room's topology is {topology:?}, not sfu"),
             ServerMsg::Error { code, message, .. } => bail!("join refused: {code} ({message})"),
@@ -271,6 +273,12 @@ struct Participant<'a> {
     arrivals: Vec<[Arrivals; 2]>,
     ready: bool,
     result: PeerResult,
+    /// It hosts its room: it starts and stops the room's recording as [`Live::record`] says.
+    host: bool,
+    /// What it last asked the server (`record` or `stop_recording`).
+    record_asked: bool,
+    /// What the server last said (`recording`).
+    recording: bool,
 }
 
 /// A str0m session with the SFU, and our offer for it.
@@ -313,9 +321,12 @@ fn new_session(role: Role, plan: &Plan, local: SocketAddr, rids: &[Rid]) -> anyh
 }
 
 async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<PeerResult> {
-    let (mut ws, peers) =
+    let (mut ws, peers, host) =
         tokio::time::timeout(plan.connect_timeout, join(plan, role)).await.map_err(|_| anyhow!("join timed out"))??;
     live.joined.fetch_add(1, Relaxed);
+    if host {
+        live.hosts.fetch_add(1, Relaxed);
+    }
     // Everyone receives the publishers' video at the quality asked for (`high` is the default),
     // said once the SFU has answered (before, it does not know us yet and drops it, as a page
     // would find).
@@ -368,6 +379,9 @@ async fn participant(role: Role, plan: &Plan, live: &Live) -> anyhow::Result<Pee
             latencies: vec![Vec::new(); MAX_WINDOWS + 1],
             audio_latencies: vec![Vec::new(); MAX_WINDOWS + 1],
         },
+        host,
+        record_asked: false,
+        recording: false,
     };
     p.check_ready();
     if let Err(e) = p.drain() {
@@ -448,6 +462,12 @@ impl Participant<'_> {
             if self.restart_at.is_some_and(|t| now >= t) {
                 self.restart(ws).await?;
             }
+            let record = self.live.record.load(Relaxed);
+            if self.host && record != self.record_asked {
+                self.record_asked = record;
+                let msg = if record { ClientMsg::Record } else { ClientMsg::StopRecording };
+                ws.send(text(&msg)?).await.context("sending record")?;
+            }
             if self.alive {
                 if let Err(e) = self.tick(now) {
                     self.media_failed(e)?;
@@ -507,6 +527,28 @@ impl Participant<'_> {
                     self.ask_quality(ws, &peer.id).await?;
                 }
                 self.publishers_seen.push(peer.id);
+            }
+            // Everyone hears it; the host counts it for its room.
+            ServerMsg::Recording { recording, stopped } if self.host => {
+                let on = recording.is_some();
+                if on && !self.recording {
+                    self.live.recording_rooms.fetch_add(1, Relaxed);
+                } else if !on && self.recording {
+                    self.live.recording_rooms.fetch_sub(1, Relaxed);
+                    if let Some(s) = stopped.filter(|s| s.reason != RecordingStopReason::Stopped) {
+                        self.live.recording_stopped_early.fetch_add(1, Relaxed);
+                        note(self.live, &self.role.name(), format!("the recording stopped: {:?}", s.reason));
+                    }
+                }
+                self.recording = on;
+            }
+            ServerMsg::Error {
+                code: code @ (ErrorCode::RecordingUnavailable | ErrorCode::RecordingStorageFull | ErrorCode::NotAllowed),
+                message,
+                ..
+            } if self.host => {
+                self.live.record_refused.fetch_add(1, Relaxed);
+                note(self.live, &self.role.name(), format!("record refused: {code} ({message})"));
             }
             ServerMsg::Error {
                 code:

@@ -329,6 +329,12 @@ pub fn render(s: &Snapshot) -> String {
         t.sample("huddle_sfu_dropped_total", &[("reason", "ice_tcp")], m.tcp_dropped);
         t.sample("huddle_sfu_dropped_total", &[("reason", "hub_queue_full")], m.events_dropped);
         t.one("huddle_sfu_ice_tcp_connections", "gauge", "ICE-TCP connections open.", m.tcp_connections);
+        t.one(
+            "huddle_recording_frames_dropped_total",
+            "counter",
+            "Recorded frames dropped because a recording writer's queue was full (the track resumes at its next keyframe).",
+            m.recorded_dropped,
+        );
     }
     if let Some(tu) = &s.turn {
         let c = &tu.core;

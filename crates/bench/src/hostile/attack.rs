@@ -209,7 +209,7 @@ enum Reply {
     /// The connection ended (or broke).
     Closed,
     /// A server message, already tallied ([`note_reply`]).
-    Msg(ServerMsg),
+    Msg(Box<ServerMsg>),
     /// Anything else: a control frame, a binary frame, text that is not a server message.
     Other,
 }
@@ -219,7 +219,7 @@ fn reply<E>(ctx: &Ctx, kind: &'static str, frame: Option<Result<Message, E>>) ->
     let Message::Text(t) = frame else { return Reply::Other };
     let Ok(msg) = serde_json::from_str::<ServerMsg>(&t) else { return Reply::Other };
     note_reply(ctx, kind, &msg);
-    Reply::Msg(msg)
+    Reply::Msg(Box::new(msg))
 }
 
 fn note_reply(ctx: &Ctx, kind: &'static str, msg: &ServerMsg) {
@@ -283,7 +283,7 @@ async fn feeder(ctx: Arc<Ctx>, i: usize) {
                             break;
                         }
                         Reply::Other => continue,
-                        Reply::Msg(msg) => msg,
+                        Reply::Msg(msg) => *msg,
                     };
                     match msg {
                         ServerMsg::Joined { peers, .. } => {
@@ -518,7 +518,7 @@ async fn flooder(ctx: Arc<Ctx>, i: usize, slot: usize) {
                             break;
                         }
                         Reply::Other => continue,
-                        Reply::Msg(msg) => msg,
+                        Reply::Msg(msg) => *msg,
                     };
                     match msg {
                         ServerMsg::Joined { peers, .. } => {
@@ -793,7 +793,7 @@ async fn file_offerer(ctx: Arc<Ctx>, i: usize, room: usize, member: usize) {
                             break;
                         }
                         Reply::Other => continue,
-                        Reply::Msg(msg) => msg,
+                        Reply::Msg(msg) => *msg,
                     };
                     match msg {
                         ServerMsg::FileUpload { url, .. } => {
