@@ -266,6 +266,15 @@ impl Recordings {
         Ok((RecordingInfo { id, started_at, started_by: by }, dir))
     }
 
+    /// A recording that never started (the SFU could not be told): its entry and directory go.
+    pub fn abandon(&self, id: &str) {
+        let room = self.lock().remove(id).map(|e| e.room);
+        let _ = std::fs::remove_dir_all(self.dir.join(id));
+        if let Some(room) = room {
+            self.notify(&room);
+        }
+    }
+
     /// The writer closed recording `id`: `written` bytes move from "being written" to its
     /// entry, and it is composed (or kept raw without ffmpeg).
     fn finished(&self, id: &str, duration_ms: u64, written: u64) {

@@ -40,6 +40,12 @@ impl Hub {
             return Ok(());
         }
         store.check_space()?;
+        // Both commands below go, or neither: a recording the core never heard of would stay
+        // "recording" in the store for good.
+        if self.media.as_ref().is_none_or(|m| m.capacity() < 2) {
+            self.stats.media_commands_dropped += 1;
+            return Err(ErrorCode::MediaRetry);
+        }
         let me = r.member(id).ok_or(ErrorCode::NotInRoom)?;
         let by = Person { id: id.clone(), name: me.name.clone() };
         let members: Vec<Peer> = r.members().cloned().collect();
@@ -69,7 +75,9 @@ impl Hub {
         if !self.tell_media(MediaCommand::Recorder(start))
             || !self.tell_media(MediaCommand::Record { room: room.clone(), on: true })
         {
+            // (Another sender took the room checked above, in between.)
             warn!("SFU queue full; a recording could not start");
+            store.abandon(&info.id);
             return Err(ErrorCode::MediaRetry);
         }
         info!(peer = %id, id = %info.id, "recording started");

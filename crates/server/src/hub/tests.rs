@@ -1080,3 +1080,37 @@ fn a_page_reconnecting_over_and_over_leaves_the_deadlines_bounded_and_the_next_o
     );
     hub.check_invariants().expect("consistent");
 }
+
+/// A `record` the SFU's queue cannot take is refused (`media_retry`) and leaves no recording
+/// behind — none in the store, no directory, nothing for the room to show.
+#[test]
+fn a_recording_the_sfu_cannot_take_leaves_nothing_behind() {
+    let dir = std::env::temp_dir().join(format!("huddle-hub-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = Config {
+        topology: TopologyMode::Sfu,
+        recordings_dir: Some(dir.clone()),
+        ffmpeg: Some("/nonexistent/ffmpeg".into()),
+        ..Config::default()
+    };
+    let store = crate::recording::Recordings::open(&c).expect("recordings on");
+    // A media queue with room for one command: a recording needs two.
+    let (media_tx, mut media_rx) = mpsc::channel(1);
+    let mut hub = Hub::with_media(Arc::new(c), media_tx);
+    hub.set_recordings(store.clone());
+    let mut host = connect(&mut hub, 1, 16);
+    join(&mut hub, &mut host, "r");
+    hub.handle(Command::Client { id: host.id.clone(), msg: ClientMsg::Record });
+    assert_eq!(error_code(host.next()), ErrorCode::MediaRetry);
+    assert!(store.list("r").is_empty(), "no recording in the store");
+    assert!(std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()), "no directory");
+    assert!(media_rx.try_recv().is_err(), "nothing half-sent to the SFU");
+    assert!(hub.rooms.get("r").is_some_and(|r| r.recording().is_none()));
+    // With room in the queue it starts.
+    let (media_tx, _media_rx) = mpsc::channel(16);
+    hub.media = Some(media_tx);
+    hub.handle(Command::Client { id: host.id.clone(), msg: ClientMsg::Record });
+    assert!(host.drain().iter().any(|m| matches!(m, ServerMsg::Recording { recording: Some(_), .. })));
+    assert_eq!(store.list("r").len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
