@@ -13,8 +13,9 @@
 //!   track get no tile.
 //! - The grid is chosen to make tiles as large as possible for 16:9 pictures; each picture is
 //!   scaled into its tile keeping its aspect ratio (a screen share or a portrait phone camera is
-//!   letterboxed), and its size may change within a track (simulcast layers, camera ↔ screen):
-//!   ffmpeg reconfigures the graph when it does.
+//!   letterboxed), centred across and at the bottom of the tile, just above its name; its size
+//!   may change within a track (simulcast layers, camera ↔ screen): ffmpeg reconfigures the
+//!   graph when it does.
 //! - The name under each tile (`drawtext`, the name of the moment: `renamed` events change it),
 //!   when a font is found: DejaVu Sans, or for Hangul or other CJK names Nanum Gothic / Noto Sans
 //!   CJK when installed; no font, no names. Names are user input and are **sanitized**, not
@@ -660,7 +661,8 @@ fn video_graph(
         };
         for (k, &(bw, bh)) in sizes.iter().enumerate() {
             chains.push(format!(
-                "{}scale={bw}:{bh}:force_original_aspect_ratio=decrease:force_divisible_by=2,pad={bw}:{bh}:-1:-1:black,setsar=1,format=yuv420p[{}]",
+                // Centred across, at the bottom of its box: the picture sits on its name.
+                "{}scale={bw}:{bh}:force_original_aspect_ratio=decrease:force_divisible_by=2,pad={bw}:{bh}:-1:oh-ih:black,setsar=1,format=yuv420p[{}]",
                 sources[k], labels[k]
             ));
         }
