@@ -17,6 +17,7 @@ use crate::procfs;
 use crate::tempdir::TempDir;
 use anyhow::{anyhow, bail, Context};
 use huddle_record::manifest::VERSION;
+use huddle_record::opus_packet_us;
 use huddle_record::{
     Codec, EventKind, Manifest, Participant, Person, RecordingState, TimelineEvent, TrackInfo, TrackKind, TrackWriter,
 };
@@ -484,23 +485,6 @@ fn ogg_packets(data: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(packets)
 }
 
-/// An Opus packet's duration from its TOC byte (RFC 6716, 3.1), in µs.
-fn opus_packet_us(p: &[u8]) -> Option<u64> {
-    let toc = *p.first()?;
-    let config = toc >> 3;
-    let frame_us: u64 = match config {
-        0..=11 => [10_000, 20_000, 40_000, 60_000][usize::from(config % 4)],
-        12..=15 => [10_000, 20_000][usize::from(config % 2)],
-        _ => [2_500, 5_000, 10_000, 20_000][usize::from(config % 4)],
-    };
-    let frames = match toc & 3 {
-        0 => 1,
-        1 | 2 => 2,
-        _ => u64::from(*p.get(1)? & 0x3f),
-    };
-    Some(frame_us * frames)
-}
-
 /// CPU time (user + system) of this process's children that ended and were waited for, in s.
 fn children_cpu_s() -> f64 {
     let u = children_usage();
@@ -591,13 +575,5 @@ mod tests {
         let packets = ogg_packets(&data).expect("reads");
         assert_eq!(packets, vec![vec![1, 2, 3], long, vec![]]);
         assert!(ogg_packets(b"OggS").is_err());
-    }
-
-    #[test]
-    fn opus_durations_from_the_toc() {
-        assert_eq!(opus_packet_us(&[0xfc]), Some(20_000)); // CELT FB 20 ms, one frame
-        assert_eq!(opus_packet_us(&[0x78 | 1]), Some(40_000)); // hybrid 20 ms, two frames
-        assert_eq!(opus_packet_us(&[0x08 | 3, 3]), Some(60_000)); // SILK 20 ms, three frames
-        assert_eq!(opus_packet_us(&[]), None);
     }
 }

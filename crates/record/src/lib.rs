@@ -50,6 +50,7 @@ pub mod compose;
 pub mod manifest;
 pub mod writer;
 
+pub use bitstream::opus_packet_us;
 pub use compose::{ComposeError, Plan};
 pub use manifest::{EventKind, Manifest, Participant, Person, RecordingState, TimelineEvent, TrackInfo, TrackKind};
 pub use writer::{Codec, TrackWriter};

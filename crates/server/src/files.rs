@@ -881,12 +881,13 @@ pub async fn download(
 /// A download's body. The file is read by a task of its own that hands each chunk over within
 /// `stall` (and all by `deadline`), or gives up: a reader that stops reading stops polling the
 /// body, so only a task that is not waiting on it can let go of the file and the permit. The body
-/// then ends short of its `Content-Length`, which ends the connection.
-fn send_file(
+/// then ends short of its `Content-Length`, which ends the connection. `permit` is held until
+/// then (a shared file's download slot; a recording's link has none: `()`).
+pub(crate) fn send_file<P: Send + 'static>(
     mut file: tokio::fs::File,
     deadline: Instant,
     stall: Duration,
-    permit: DownloadPermit,
+    permit: P,
 ) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(1);
     tokio::spawn(async move {

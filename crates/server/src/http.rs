@@ -67,32 +67,13 @@ async fn recording_download(
     let Some(store) = &app.recordings else { return not_found() };
     let Some((exp, sig)) = recording_link(query.as_deref()) else { return not_found() };
     let Some(path) = store.verify(&id, &file, exp, sig) else { return not_found() };
-    let Ok(mut f) = tokio::fs::File::open(&path).await else { return not_found() };
+    let Ok(f) = tokio::fs::File::open(&path).await else { return not_found() };
     let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    // A reader that stops reading lets go of the file after the transfer timeout (as for shared
-    // files): the chunks go through a channel of one, each given that long to be taken.
-    let stall = app.config.file_transfer_timeout;
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt as _;
-        loop {
-            let mut buf = vec![0u8; 64 * 1024];
-            let chunk = match f.read(&mut buf).await {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Ok(buf)
-                }
-                Err(e) => Err(e),
-            };
-            let failed = chunk.is_err();
-            match tokio::time::timeout(stall, tx.send(chunk)).await {
-                Ok(Ok(())) if !failed => {}
-                _ => return,
-            }
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    // As a shared file's download: a reader that stops reading lets go of the file after the
+    // transfer timeout, and the whole download has the time its size needs at the slowest rate.
+    let limits = crate::files::FileLimits::from(&*app.config);
+    let deadline = tokio::time::Instant::now() + limits.transfer_time(size);
+    let stream = crate::files::send_file(f, deadline, app.config.file_transfer_timeout, ());
     let mut res = axum::body::Body::from_stream(stream).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/webm"));
