@@ -278,7 +278,8 @@ impl Recordings {
     /// The writer closed recording `id`: `written` bytes move from "being written" to its
     /// entry, and it is composed (or kept raw without ffmpeg).
     fn finished(&self, id: &str, duration_ms: u64, written: u64) {
-        self.writing.fetch_sub(written.min(self.writing.load(Ordering::Relaxed)), Ordering::Relaxed);
+        // Several writers share the count: taken back in one step, never below zero.
+        let _ = self.writing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(written)));
         let room = {
             let mut entries = self.lock();
             let Some(e) = entries.get_mut(id) else { return };
@@ -732,12 +733,11 @@ impl Writer {
 
     /// The thread's end (the media task stopped): every recording is closed as it stands.
     fn close_all(&mut self) {
-        for (k, t) in std::mem::take(&mut self.tracks) {
+        for t in std::mem::take(&mut self.tracks).into_values() {
             if let Some(a) = self.rooms.get_mut(&t.room) {
                 let end = t.writer.as_ref().and_then(TrackWriter::end_ms).unwrap_or(0);
                 close_track(a, t, end);
             }
-            let _ = k;
         }
         for (_, mut a) in std::mem::take(&mut self.rooms) {
             let at_ms = a.manifest.duration_ms();
@@ -992,6 +992,47 @@ mod cli_tests {
         run_cli(args(&["delete", id]), &mut out).expect("deletes");
         assert!(!dir.join(id).exists());
         assert!(run_cli(args(&["delete", "../etc"]), &mut Vec::new()).is_err(), "only recording ids");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    /// A download link works only as signed, unexpired, for the file it names, and only while the
+    /// recording exists: an old link of a deleted recording (or one re-made under its id) fails.
+    #[test]
+    fn links_do_not_outlive_their_recording_nor_open_anything_else() {
+        let dir = std::env::temp_dir().join(format!("huddle-rec-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config =
+            Config { recordings_dir: Some(dir.clone()), ffmpeg: Some("/nonexistent".into()), ..Config::default() };
+        let store = Recordings::open(&config).expect("recordings on");
+        let by = huddle_protocol::Person { id: huddle_protocol::PeerId("p1".into()), name: "Dana".into() };
+        let (info, rec_dir) = store.begin("r", by).expect("begins");
+        std::fs::write(rec_dir.join(COMPOSITE_FILE), b"webm").expect("a composite");
+        store.composed(&info.id, true);
+        let url = store.list("r")[0].url.clone().expect("a ready recording has a link");
+        let query = url.split_once('?').map(|(_, q)| q).expect("a query");
+        let exp: u64 =
+            query.split('&').find_map(|kv| kv.strip_prefix("exp=")).and_then(|v| v.parse().ok()).expect("exp");
+        let sig = query.split('&').find_map(|kv| kv.strip_prefix("sig=")).expect("sig");
+        assert!(store.verify(&info.id, COMPOSITE_FILE, exp, sig).is_some(), "the link works");
+        assert!(store.verify(&info.id, COMPOSITE_FILE, exp + 1, sig).is_none(), "its expiry cannot be moved");
+        assert!(store.verify(&info.id, COMPOSITE_FILE, 1, sig).is_none(), "an expired link fails");
+        assert!(
+            store.verify(&info.id, huddle_record::manifest::MANIFEST_FILE, exp, sig).is_none(),
+            "nothing else of the directory"
+        );
+        assert!(store.verify("r1-00000000", COMPOSITE_FILE, exp, sig).is_none(), "not for another id");
+        assert_eq!(store.delete("other room", &info.id), Err(ErrorCode::UnknownRecording), "not another room's");
+        store.delete("r", &info.id).expect("its room's host deletes it");
+        assert!(store.verify(&info.id, COMPOSITE_FILE, exp, sig).is_none(), "the old link fails after delete");
+        // The same id made again (a new directory, a file there): the old link still finds nothing.
+        std::fs::create_dir_all(dir.join(&info.id)).expect("mkdir");
+        std::fs::write(dir.join(&info.id).join(COMPOSITE_FILE), b"x").expect("write");
+        assert!(store.verify(&info.id, COMPOSITE_FILE, exp, sig).is_none(), "only a recording the store knows");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -369,7 +369,9 @@ impl Sfu {
                 }
             }
         }
-        if let (Propagated::Rtp(packet), Some(recorder)) = (&p, self.recordings.get_mut(&room)) {
+        // (No lookup per packet while nothing records, the usual case.)
+        let recorder = if self.recordings.is_empty() { None } else { self.recordings.get_mut(&room) };
+        if let (Propagated::Rtp(packet), Some(recorder)) = (&p, recorder) {
             let mut asks = Vec::new();
             let peers = &self.peers;
             let source = || {
