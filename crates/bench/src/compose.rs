@@ -172,6 +172,7 @@ fn bench(args: &ComposeArgs, ffmpeg: &Path, dir: &Path) -> anyhow::Result<Value>
         participants.first().map_or_else(|| ("p1".into(), "Person 1".into()), |p| (p.id.clone(), p.name.clone()));
     let manifest = Manifest {
         version: VERSION,
+        part: 1,
         id: "bench-compose".into(),
         room: "bench-compose".into(),
         started_at: STARTED_AT,

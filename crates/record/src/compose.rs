@@ -925,6 +925,7 @@ mod tests {
     fn manifest(names: &[&str]) -> Manifest {
         Manifest {
             version: VERSION,
+            part: 1,
             id: "r".into(),
             room: "room".into(),
             started_at: 1_000,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle_record::compose::{self, ComposeError};
-use huddle_record::manifest::VERSION;
+use huddle_record::manifest::{track_prefix, VERSION};
 use huddle_record::writer::{repair, scan};
 use huddle_record::{
     Codec, EventKind, Manifest, Participant, Person, RecordingState, TimelineEvent, TrackInfo, TrackKind, TrackWriter,
@@ -318,6 +318,19 @@ fn track_info(w: TrackWriter, file: &str, peer: &str, kind: TrackKind, codec: Co
     }
 }
 
+/// A track written at `offset_ms` into `dir/file`, as the manifest lists it.
+fn recorded(
+    dir: &Path,
+    file: &str,
+    peer: &str,
+    kind: TrackKind,
+    offset_ms: u64,
+    frames: &[(u64, Vec<u8>)],
+) -> TrackInfo {
+    let codec = if kind == TrackKind::Video { Codec::Vp8 } else { Codec::Opus };
+    track_info(write_track(&dir.join(file), codec, offset_ms, frames), file, peer, kind, codec)
+}
+
 /// Three participants, 8 s: A (red, then a yellow 640x360 "screen" shared from 6 s, 500 Hz)
 /// all along; B (green, 1100 Hz, a Korean name) from 2 s; C (blue, 1900 Hz, a name full of
 /// filtergraph syntax) until 4 s.
@@ -336,45 +349,16 @@ fn three_people(dir: &Path) -> Manifest {
     }
     let tracks = vec![
         track_info(a, "a-video-1.webm", "a", TrackKind::Video, Codec::Vp8),
-        track_info(
-            write_track(&dir.join("a-audio-1.webm"), Codec::Opus, 0, &tone("a", 0, 8.0)),
-            "a-audio-1.webm",
-            "a",
-            TrackKind::Audio,
-            Codec::Opus,
-        ),
-        track_info(
-            write_track(&dir.join("b-video-1.webm"), Codec::Vp8, 2_000, &green),
-            "b-video-1.webm",
-            "b",
-            TrackKind::Video,
-            Codec::Vp8,
-        ),
-        track_info(
-            write_track(&dir.join("b-audio-1.webm"), Codec::Opus, 2_000, &tone("b", 1, 6.0)),
-            "b-audio-1.webm",
-            "b",
-            TrackKind::Audio,
-            Codec::Opus,
-        ),
-        track_info(
-            write_track(&dir.join("c-video-1.webm"), Codec::Vp8, 0, &blue),
-            "c-video-1.webm",
-            "c",
-            TrackKind::Video,
-            Codec::Vp8,
-        ),
-        track_info(
-            write_track(&dir.join("c-audio-1.webm"), Codec::Opus, 0, &tone("c", 2, 4.0)),
-            "c-audio-1.webm",
-            "c",
-            TrackKind::Audio,
-            Codec::Opus,
-        ),
+        recorded(dir, "a-audio-1.webm", "a", TrackKind::Audio, 0, &tone("a", 0, 8.0)),
+        recorded(dir, "b-video-1.webm", "b", TrackKind::Video, 2_000, &green),
+        recorded(dir, "b-audio-1.webm", "b", TrackKind::Audio, 2_000, &tone("b", 1, 6.0)),
+        recorded(dir, "c-video-1.webm", "c", TrackKind::Video, 0, &blue),
+        recorded(dir, "c-audio-1.webm", "c", TrackKind::Audio, 0, &tone("c", 2, 4.0)),
     ];
     let ev = |at, peer: &str, event| TimelineEvent { at, peer: peer.into(), event };
     let m = Manifest {
         version: VERSION,
+        part: 1,
         id: "20261207T073512-k3j9".into(),
         room: "test".into(),
         started_at: 1_796_629_712_000,
@@ -432,6 +416,42 @@ fn goertzel(samples: &[f64], freq: f64) -> f64 {
     (s1 * s1 + s2 * s2 - c * s1 * s2) / (samples.len() as f64).powi(2)
 }
 
+/// The composite's audio as mono 48 kHz samples in -1..1.
+fn mix(path: &Path) -> Vec<f64> {
+    let pcm = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:a", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
+        .output()
+        .expect("runs");
+    assert!(pcm.status.success(), "{}", String::from_utf8_lossy(&pcm.stderr));
+    pcm.stdout.chunks_exact(2).map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0).collect()
+}
+
+/// The samples from `from` to `to` seconds.
+fn window(samples: &[f64], from: f64, to: f64) -> &[f64] {
+    &samples[(from * 48_000.0) as usize..(to * 48_000.0) as usize]
+}
+
+/// Which of `tones` stand out of `w` (100 times the power of frequencies none of them is near).
+fn heard(w: &[f64], tones: &[f64]) -> Vec<bool> {
+    let noise = [700.0, 1_400.0, 2_500.0].iter().map(|&f| goertzel(w, f)).fold(0.0, f64::max);
+    tones.iter().map(|&f| goertzel(w, f) > 100.0 * noise.max(1e-9)).collect()
+}
+
+/// Composes `manifest` into `out` with the real ffmpeg; returns the progress reports, checked.
+fn compose_checked(manifest: &Manifest, dir: &Path, out: &Path) -> Vec<f32> {
+    let plan = compose::plan(manifest, dir, out).expect("plans");
+    let ffmpeg = compose::find_ffmpeg(None).expect("found");
+    let mut progress = Vec::new();
+    let started = Instant::now();
+    compose::run(&ffmpeg, &plan, |p| progress.push(p), &AtomicBool::new(false)).expect("composes");
+    eprintln!("composite of {} ms took {:?}", plan.duration_ms, started.elapsed());
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "monotonic: {progress:?}");
+    assert!(progress.len() >= 2 && *progress.last().expect("some") >= 0.999, "{progress:?}");
+    progress
+}
+
 #[test]
 fn composite_shows_everyone_and_mixes_everyone() {
     need_ffmpeg!("composite_shows_everyone_and_mixes_everyone");
@@ -440,14 +460,7 @@ fn composite_shows_everyone_and_mixes_everyone() {
     assert_eq!(manifest.duration_ms(), 8_000);
     let loaded = Manifest::load(&dir).expect("loads");
     let out = dir.join("composite.webm");
-    let plan = compose::plan(&loaded, &dir, &out).expect("plans");
-    let ffmpeg = compose::find_ffmpeg(None).expect("found");
-    let mut progress = Vec::new();
-    let started = Instant::now();
-    compose::run(&ffmpeg, &plan, |p| progress.push(p), &AtomicBool::new(false)).expect("composes");
-    eprintln!("composite of 8 s took {:?}", started.elapsed());
-    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "monotonic: {progress:?}");
-    assert!(progress.len() >= 2 && *progress.last().expect("some") >= 0.999, "{progress:?}");
+    compose_checked(&loaded, &dir, &out);
 
     let p = probe(&out);
     assert!((probe_duration(&p) - 8.0).abs() <= 0.5, "{p}");
@@ -472,24 +485,98 @@ fn composite_shows_everyone_and_mixes_everyone() {
         }
     }
 
-    // The mix: mono, 48 kHz.
-    let pcm = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(&out)
-        .args(["-map", "0:a", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
-        .output()
-        .expect("runs");
-    assert!(pcm.status.success());
-    let samples: Vec<f64> =
-        pcm.stdout.chunks_exact(2).map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0).collect();
-    let window = |from: f64, to: f64| &samples[(from * 48_000.0) as usize..(to * 48_000.0) as usize];
-    let heard = |w: &[f64]| -> Vec<bool> {
-        let noise = [700.0, 1_400.0, 2_500.0].iter().map(|&f| goertzel(w, f)).fold(0.0, f64::max);
-        TONES.iter().map(|&f| goertzel(w, f) > 100.0 * noise.max(1e-9)).collect()
+    let samples = mix(&out);
+    let heard = |from, to| heard(window(&samples, from, to), &TONES);
+    assert_eq!(heard(2.3, 3.7), vec![true, true, true], "everyone while everyone talks");
+    assert_eq!(heard(0.3, 1.7), vec![true, false, true], "B is not there yet");
+    assert_eq!(heard(4.3, 5.7), vec![true, true, false], "C has left");
+    fs::remove_dir_all(&dir).expect("cleans up");
+}
+
+/// One participant, Ana, recorded in two parts in one directory: part 1 (red camera, 500 Hz,
+/// 3 s) ends because the room moves; part 2 starts 5 s after part 1 did, on another server's
+/// clock, with the same peer id (blue camera, 1100 Hz, 3 s). Joined, they compose into one
+/// 8 s file: part 1, 2 s of black silence, part 2.
+#[test]
+fn a_recording_in_two_parts_composes_into_one_file_on_one_clock() {
+    need_ffmpeg!("a_recording_in_two_parts_composes_into_one_file_on_one_clock");
+    let dir = temp("parts");
+    let src = dir.join("src");
+    fs::create_dir_all(&src).expect("dir");
+    let started_at = 1_796_629_712_000;
+    let part = |n: u32, started_at: u64, state, colour: &str, tone: f64| {
+        let prefix = track_prefix(n);
+        let video = vp8_source(&src, &format!("{colour}-{n}"), &format!("color=c={colour}:size=320x240"), 3.0);
+        let audio = opus_source(&src, &format!("tone-{n}"), tone as u32, 3.0);
+        Manifest {
+            version: VERSION,
+            part: n,
+            id: "20261207T073512-k3j9".into(),
+            room: "test".into(),
+            started_at,
+            started_by: Person { id: "a".into(), name: "Ana".into() },
+            stopped_at: Some(started_at + 3_000),
+            stopped_by: None,
+            state,
+            participants: vec![person("a", "Ana")],
+            // Each part's times on its own clock: both start at its 0.
+            tracks: vec![
+                recorded(&dir, &format!("{prefix}a-video-1.webm"), "a", TrackKind::Video, 0, &video),
+                recorded(&dir, &format!("{prefix}a-audio-1.webm"), "a", TrackKind::Audio, 0, &audio),
+            ],
+            events: vec![TimelineEvent { at: 0, peer: "a".into(), event: EventKind::Joined }],
+        }
     };
-    assert_eq!(heard(window(2.3, 3.7)), vec![true, true, true], "everyone while everyone talks");
-    assert_eq!(heard(window(0.3, 1.7)), vec![true, false, true], "B is not there yet");
-    assert_eq!(heard(window(4.3, 5.7)), vec![true, true, false], "C has left");
+    let (one, two) = (TONES[0], TONES[1]);
+    part(1, started_at, RecordingState::Continued, "red", one).save(&dir).expect("saves part 1");
+    part(2, started_at + 5_000, RecordingState::Stopped, "blue", two).save(&dir).expect("saves part 2");
+    assert!(dir.join("manifest.json").is_file() && dir.join("manifest-2.json").is_file());
+    assert!(dir.join("part2-a-video-1.webm").is_file() && dir.join("part2-a-audio-1.webm").is_file());
+
+    // What the server does.
+    let parts = Manifest::load_parts(&dir).expect("loads the parts");
+    assert_eq!(parts.iter().map(|m| m.part).collect::<Vec<_>>(), vec![1, 2]);
+    let joined = Manifest::joined(&parts).expect("joins");
+    assert_eq!((joined.duration_ms(), joined.state), (8_000, RecordingState::Stopped));
+    // Part 2's tracks moved by the 5 s between the starts; each lasts its 3 s (an Opus track may
+    // end a ms late: its last packet's length).
+    let placed: Vec<_> = joined.tracks.iter().map(|t| (t.file.as_str(), t.start)).collect();
+    assert_eq!(
+        placed,
+        [
+            ("a-video-1.webm", 0),
+            ("a-audio-1.webm", 0),
+            ("part2-a-video-1.webm", 5_000),
+            ("part2-a-audio-1.webm", 5_000)
+        ]
+    );
+    assert!(joined.tracks.iter().all(|t| t.end.is_some_and(|e| e.abs_diff(t.start + 3_000) <= 20)), "{joined:?}");
+    let out = dir.join("composite.webm");
+    compose_checked(&joined, &dir, &out);
+
+    let p = probe(&out);
+    assert!((probe_duration(&p) - 8.0).abs() <= 0.5, "{p}");
+    // One tile: the whole canvas; the 4:3 picture is centred across, above the name.
+    let centre = (640, 340);
+    for (t, want, what) in
+        [(1.5, (255, 0, 0), "part 1: red"), (4.0, (0, 0, 0), "the move: black"), (6.5, (0, 0, 255), "part 2: blue")]
+    {
+        let got = pixel(&frame_at(&out, t), centre.0, centre.1);
+        assert!(looks_like(got, want), "at {t} s ({what}) the tile's centre is {got:?}");
+    }
+
+    let samples = mix(&out);
+    let tones = [one, two];
+    assert_eq!(heard(window(&samples, 0.3, 2.7), &tones), vec![true, false], "part 1's sound in part 1");
+    assert_eq!(heard(window(&samples, 5.3, 7.7), &tones), vec![false, true], "part 2's sound in part 2");
+    let gap = window(&samples, 3.3, 4.7);
+    let rms = (gap.iter().map(|x| x * x).sum::<f64>() / gap.len() as f64).sqrt();
+    let loud = |from, to| {
+        let w = window(&samples, from, to);
+        (w.iter().map(|x| x * x).sum::<f64>() / w.len() as f64).sqrt()
+    };
+    eprintln!("rms: part 1 {:.4}, gap {rms:.6}, part 2 {:.4}", loud(0.3, 2.7), loud(5.3, 7.7));
+    assert!(rms < 1e-3, "near-silence while the room moves: rms {rms}");
     fs::remove_dir_all(&dir).expect("cleans up");
 }
 
@@ -502,6 +589,7 @@ fn composite_of_audio_only_and_cancel() {
     let track = track_info(w, "a.webm", "a", TrackKind::Audio, Codec::Opus);
     let mut m = Manifest {
         version: VERSION,
+        part: 1,
         id: "x".into(),
         room: "r".into(),
         started_at: 0,
