@@ -410,8 +410,12 @@ mod tests {
         });
         assert_eq!(json, expected);
         let names = ["recording", "stopped", "interrupted", "continued"];
-        let states =
-            [RecordingState::Recording, RecordingState::Stopped, RecordingState::Interrupted, RecordingState::Continued];
+        let states = [
+            RecordingState::Recording,
+            RecordingState::Stopped,
+            RecordingState::Interrupted,
+            RecordingState::Continued,
+        ];
         for (state, name) in states.into_iter().zip(names) {
             assert_eq!(serde_json::to_value(state).expect("serializes"), serde_json::json!(name));
         }
