@@ -131,6 +131,7 @@ pub async fn serve_with(
     let n = if config.redis.is_some() { 1 } else { config.workers.clamp(1, workers::MAX_WORKERS) };
     let (hub_txs, hub_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(HUB_QUEUE)).unzip();
     let mut media_threads = Vec::new();
+    let mut writer_threads = Vec::new();
     let mut media_stats = Vec::new();
     // Where the HTTP listener sends ICE-TCP connections (`None`: not on this port).
     let mut http_ice = None;
@@ -159,8 +160,10 @@ pub async fn serve_with(
             media_stats.push(Some(media_tx.downgrade()));
             let mut hub = hub::Hub::with_media(config.clone(), media_tx);
             if let Some(store) = &recordings {
-                let writer = recording::spawn_writer(i, store.clone(), hub_txs[i].clone(), config.recording_max)?;
+                let (writer, thread) =
+                    recording::spawn_writer(i, store.clone(), hub_txs[i].clone(), config.recording_max)?;
                 media.set_recorder(writer);
+                writer_threads.push(thread);
                 hub.set_recordings(store.clone());
             }
             media_threads.push(media.start(media_rx, hub_txs[i].clone())?);
@@ -170,6 +173,10 @@ pub async fn serve_with(
     let workers = Arc::new(workers::Workers::new(hub_txs.clone(), media_stats));
     if let Some(store) = &recordings {
         store.set_hubs(hub_txs.iter().map(mpsc::Sender::downgrade).collect());
+        // A download link made by one node of several works on every node.
+        if let Some(keys) = &shared_keys {
+            store.share_link_key(&keys.invite);
+        }
     }
     if n > 1 {
         let weak: Vec<_> = hub_txs.iter().map(mpsc::Sender::downgrade).collect();
@@ -331,6 +338,11 @@ pub async fn serve_with(
         // The hub's end of its command channel went with the hub: the thread is on its way out.
         let _ = tokio::time::timeout(Duration::from_secs(1), tokio::task::spawn_blocking(move || media.thread.join()))
             .await;
+    }
+    for writer in writer_threads {
+        // The media thread held its only sender: the writer closes its files and manifests (a
+        // recording's part that goes on after the restart says so) and ends.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || writer.join())).await;
     }
     if let Some(turn) = turn_task {
         // Closing its command channel stops it (it logs its counters on the way out).

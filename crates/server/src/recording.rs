@@ -14,6 +14,19 @@
 //! The hub owns the rules (who may record, the room's recording state, what everyone is told);
 //! the store tells the hubs when a room's list of recordings changed
 //! ([`crate::hub::Command::RecordingsChanged`]).
+//!
+//! # Parts
+//!
+//! A recording follows its room. When the room moves — a graceful restart (the room is saved
+//! with its recording and restored), or another node of several taking it over — the old
+//! owner ends its **part** as `continued` ([`Recordings::moved_on`]) and the new owner writes the
+//! next part into the same directory ([`Recordings::resume`]): its own manifest
+//! (`manifest-<n>.json`) and track files (`part<n>-…`), see `huddle_record::manifest`. The
+//! composite is made once, by the owner that stops the recording, from every part in the
+//! directory joined on one clock. Across nodes the parts meet only if the nodes share
+//! `--recordings-dir` (a network filesystem); otherwise each node keeps the parts it wrote and
+//! the composite holds those of the last owner. A part nobody went on with (the room was not
+//! taken up again within the resume grace) is composed where it is.
 
 use crate::config::Config;
 use crate::hub::Command;
@@ -42,6 +55,14 @@ pub const MAX_RECORDINGS: usize = 2000;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How often the store looks for recordings past their retention.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How often the composite thread looks for parts handed on that nobody went on with.
+const TICK: Duration = Duration::from_secs(15);
+/// How often a writer rewrites the manifest of a part it is writing, changed or not: its time
+/// says, to another node sharing the directory, that the part is being written.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A part still "recording" whose manifest is older than this was left by a server that
+/// stopped (when nodes share the directory; a single server knows its own are).
+const STALE: Duration = Duration::from_secs(60);
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -61,8 +82,11 @@ struct Entry {
     bytes: u64,
     state: RecordingFileState,
     progress: f32,
-    /// Set to stop its composite job (the recording is being deleted).
+    /// Set to stop its composite job (the recording is being deleted, or goes on).
     cancel: Arc<AtomicBool>,
+    /// Its last part was handed on (the room moved) at this time, and no part has been started
+    /// here since: if nobody goes on with it in time, it is composed as it is.
+    handed_on: Option<std::time::Instant>,
 }
 
 /// Every recording this process knows, on disk under one directory.
@@ -71,7 +95,11 @@ pub struct Recordings {
     max_bytes: u64,
     retention: Duration,
     ffmpeg: Option<PathBuf>,
-    key: aws_lc_rs::hmac::Key,
+    key: Mutex<aws_lc_rs::hmac::Key>,
+    /// One node of several: other nodes may write into the same directory.
+    shared: bool,
+    /// How long a part handed on waits for the room's next owner to go on with it.
+    continue_wait: Duration,
     entries: Mutex<HashMap<String, Entry>>,
     /// Bytes being written by recordings in progress (not yet in their entries).
     writing: AtomicU64,
@@ -121,7 +149,11 @@ impl Recordings {
             max_bytes: config.recordings_max_bytes,
             retention: config.recording_retention,
             ffmpeg,
-            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key_bytes),
+            key: Mutex::new(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key_bytes)),
+            shared: config.redis.is_some(),
+            // The room's pages have the grace to come back; a node taking a room over waits
+            // for its lease (10 s) first.
+            continue_wait: config.resume_grace + Duration::from_secs(30),
             entries: Mutex::new(HashMap::new()),
             writing: AtomicU64::new(0),
             compose: Mutex::new(None),
@@ -140,6 +172,15 @@ impl Recordings {
         }
         info!(dir = %store.dir.display(), "recordings enabled");
         Some(store)
+    }
+
+    /// Signs download links with a key derived from `cluster_key`, which every node of the
+    /// cluster has: a link made by one node works on any (the load balancer picks).
+    pub fn share_link_key(&self, cluster_key: &[u8]) {
+        let derive = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, cluster_key);
+        let tag = aws_lc_rs::hmac::sign(&derive, b"huddle recordings: download links");
+        *self.key.lock().unwrap_or_else(|e| e.into_inner()) =
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, tag.as_ref());
     }
 
     /// The hubs to tell when a room's recordings change (one per worker).
@@ -172,50 +213,50 @@ impl Recordings {
             if !valid_id(&id) || !path.is_dir() {
                 continue;
             }
-            let Ok(mut manifest) = Manifest::load(&path) else {
+            let Ok(mut parts) = Manifest::load_parts(&path) else {
                 warn!(%id, "a recording without a readable manifest; left alone");
                 continue;
             };
-            if now.saturating_sub(manifest.started_at) > self.retention.as_millis() as u64 {
+            let (first, last) = match (parts.first(), parts.last()) {
+                (Some(f), Some(l)) => (f.clone(), l.clone()),
+                _ => continue,
+            };
+            if now.saturating_sub(first.started_at) > self.retention.as_millis() as u64 {
                 info!(%id, "recording past its retention; deleted");
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
-            let mut state = if path.join(COMPOSITE_FILE).is_file() {
+            if last.state == RecordingState::Recording && self.shared && part_age(&path, last.part) < STALE {
+                // Another node is writing it (it lists it; it will compose it).
+                continue;
+            }
+            let mut handed_on = None;
+            let mut state = if path.join(COMPOSITE_FILE).is_file() && last.state != RecordingState::Continued {
                 RecordingFileState::Ready
+            } else if last.state == RecordingState::Continued {
+                // The room moved on from this part: its next owner (this server, once its
+                // rooms are restored, or another node) goes on with it, else it is composed
+                // after a while (`Recordings::settle`).
+                handed_on = Some(std::time::Instant::now());
+                RecordingFileState::Recording
             } else if self.ffmpeg.is_some() {
                 compose.push(id.clone());
                 RecordingFileState::Composing
             } else {
                 RecordingFileState::Raw
             };
-            if manifest.state == RecordingState::Recording {
-                // The server stopped (or crashed) while recording: close what was written.
-                manifest.state = RecordingState::Interrupted;
-                for t in &mut manifest.tracks {
-                    if let Ok(scan) = huddle_record::writer::repair(&path.join(&t.file)) {
-                        // A frame's length past the last complete block's time.
-                        t.end = t.end.or(scan.last_ms.map(|ms| t.start + ms + 20));
-                        t.frames = scan.frames;
-                        t.bytes = scan.valid_len;
-                    }
-                }
-                if let Err(e) = manifest.save(&path) {
-                    warn!(%id, error = %e, "cannot update an interrupted recording's manifest");
-                }
-                info!(%id, "recording interrupted by the last stop; kept and composed");
-                if state == RecordingFileState::Raw {
-                    state = RecordingFileState::Interrupted;
-                }
+            if mend(&id, &path, &mut parts) && state == RecordingFileState::Raw {
+                state = RecordingFileState::Interrupted;
             }
             let entry = Entry {
-                room: manifest.room.clone(),
-                started_at: manifest.started_at,
-                duration_ms: manifest.duration_ms(),
+                room: first.room.clone(),
+                started_at: first.started_at,
+                duration_ms: Manifest::joined(&parts).map_or(0, |m| m.duration_ms()),
                 bytes: dir_bytes(&path),
                 state,
                 progress: 0.0,
                 cancel: Arc::new(AtomicBool::new(false)),
+                handed_on,
             };
             entries.insert(id, entry);
         }
@@ -260,10 +301,102 @@ impl Recordings {
             state: RecordingFileState::Recording,
             progress: 0.0,
             cancel: Arc::new(AtomicBool::new(false)),
+            handed_on: None,
         };
         self.lock().insert(id.clone(), entry);
         self.notify(room);
         Ok((RecordingInfo { id, started_at, started_by: by }, dir))
+    }
+
+    /// The room of recording `info` came here from another server (or from before a restart)
+    /// and goes on recording: the next part's directory (the recording's, made here if this
+    /// server does not see it: the nodes do not share the directory) and number, after `after`
+    /// and after any part on disk. A composite of the earlier parts under way stops.
+    pub fn resume(&self, info: &RecordingInfo, room: &str, after: u32) -> std::io::Result<(PathBuf, u32)> {
+        if !valid_id(&info.id) {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a recording id"));
+        }
+        let dir = self.dir.join(&info.id);
+        std::fs::create_dir_all(&dir)?;
+        let on_disk = Manifest::load_parts(&dir).ok().and_then(|p| p.last().map(|m| m.part)).unwrap_or(0);
+        let part = after.max(on_disk) + 1;
+        {
+            let mut entries = self.lock();
+            let e = entries.entry(info.id.clone()).or_insert_with(|| Entry {
+                room: room.to_string(),
+                started_at: info.started_at,
+                duration_ms: 0,
+                bytes: 0,
+                state: RecordingFileState::Recording,
+                progress: 0.0,
+                cancel: Arc::new(AtomicBool::new(false)),
+                handed_on: None,
+            });
+            e.cancel.store(true, Ordering::Relaxed);
+            e.cancel = Arc::new(AtomicBool::new(false));
+            e.state = RecordingFileState::Recording;
+            e.progress = 0.0;
+            e.handed_on = None;
+            e.bytes = dir_bytes(&dir);
+        }
+        self.notify(room);
+        Ok((dir, part))
+    }
+
+    /// A part ended because its room moved on (the writer marked it `continued`): nothing is
+    /// composed now; [`Recordings::settle`] composes it if nobody goes on with it.
+    fn moved_on(&self, id: &str, duration_ms: u64, written: u64) {
+        let _ = self.writing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(written)));
+        let mut entries = self.lock();
+        let Some(e) = entries.get_mut(id) else { return };
+        e.duration_ms = duration_ms;
+        e.bytes = dir_bytes(&self.dir.join(id));
+        e.handed_on = Some(std::time::Instant::now());
+    }
+
+    /// Parts handed on that nobody went on with in time (the room was not taken up again) are
+    /// composed as they are; those another node went on with (sharing the directory) are its
+    /// to list and compose, and leave this server's list.
+    fn settle(&self) {
+        let due: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.handed_on.is_some_and(|at| at.elapsed() >= self.continue_wait))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let dir = self.dir.join(&id);
+            let last = Manifest::load_parts(&dir).ok().and_then(|mut p| p.pop());
+            let room = {
+                let mut entries = self.lock();
+                let Some(e) = entries.get_mut(&id) else { continue };
+                if e.handed_on.is_none_or(|at| at.elapsed() < self.continue_wait) {
+                    continue; // resumed meanwhile
+                }
+                if last.as_ref().is_some_and(|m| m.state == RecordingState::Continued) {
+                    info!(%id, "nobody went on with a recording handed on; composing it as it is");
+                    e.handed_on = None;
+                    e.state =
+                        if self.ffmpeg.is_some() { RecordingFileState::Composing } else { RecordingFileState::Raw };
+                    let room = e.room.clone();
+                    drop(entries);
+                    self.queue_compose(&id);
+                    room
+                } else {
+                    info!(%id, "another node went on with a recording");
+                    entries.remove(&id).map(|e| e.room).unwrap_or_default()
+                }
+            };
+            self.notify(&room);
+        }
+    }
+
+    fn queue_compose(&self, id: &str) {
+        if self.ffmpeg.is_some() {
+            if let Some(tx) = self.compose.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                let _ = tx.send(id.to_string());
+            }
+        }
     }
 
     /// A recording that never started (the SFU could not be told): its entry and directory go.
@@ -280,19 +413,24 @@ impl Recordings {
     fn finished(&self, id: &str, duration_ms: u64, written: u64) {
         // Several writers share the count: taken back in one step, never below zero.
         let _ = self.writing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(written)));
+        // Earlier parts whose server died while writing them (another node went on) are closed
+        // now: nobody writes them any more, the recording is over.
+        let mended =
+            Manifest::load_parts(&self.dir.join(id)).is_ok_and(|mut parts| mend(id, &self.dir.join(id), &mut parts));
         let room = {
             let mut entries = self.lock();
             let Some(e) = entries.get_mut(id) else { return };
             e.duration_ms = duration_ms;
             e.bytes = dir_bytes(&self.dir.join(id));
-            e.state = if self.ffmpeg.is_some() { RecordingFileState::Composing } else { RecordingFileState::Raw };
+            e.state = match (self.ffmpeg.is_some(), mended) {
+                (true, _) => RecordingFileState::Composing,
+                (false, true) => RecordingFileState::Interrupted,
+                (false, false) => RecordingFileState::Raw,
+            };
+            e.handed_on = None;
             e.room.clone()
         };
-        if self.ffmpeg.is_some() {
-            if let Some(tx) = self.compose.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                let _ = tx.send(id.to_string());
-            }
-        }
+        self.queue_compose(id);
         self.notify(&room);
     }
 
@@ -349,7 +487,8 @@ impl Recordings {
     }
 
     fn sign(&self, id: &str, exp: u64) -> String {
-        let tag = aws_lc_rs::hmac::sign(&self.key, format!("recording:{id}:{exp}").as_bytes());
+        let key = self.key.lock().unwrap_or_else(|e| e.into_inner());
+        let tag = aws_lc_rs::hmac::sign(&key, format!("recording:{id}:{exp}").as_bytes());
         tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -365,7 +504,12 @@ impl Recordings {
         {
             return None;
         }
-        let ready = self.lock().get(id).is_some_and(|e| e.state == RecordingFileState::Ready);
+        // One node of several also serves what another node composed into the directory they
+        // share (the link is the cluster's: another node made it).
+        let ready = match self.lock().get(id) {
+            Some(e) => e.state == RecordingFileState::Ready,
+            None => self.shared,
+        };
         let path = self.dir.join(id).join(COMPOSITE_FILE);
         (ready && path.is_file()).then_some(path)
     }
@@ -386,10 +530,13 @@ impl Recordings {
         Some(e.room.clone())
     }
 
-    fn composed(&self, id: &str, ok: bool) {
+    fn composed(&self, id: &str, ok: bool, cancel: &AtomicBool) {
         let room = {
             let mut entries = self.lock();
             let Some(e) = entries.get_mut(id) else { return };
+            if cancel.load(Ordering::Relaxed) {
+                return; // it goes on (a new part) or was deleted meanwhile
+            }
             e.state = if ok { RecordingFileState::Ready } else { RecordingFileState::Failed };
             e.progress = if ok { 1.0 } else { e.progress };
             e.bytes = dir_bytes(&self.dir.join(id));
@@ -415,6 +562,54 @@ impl Recordings {
     }
 }
 
+/// Removes what composites cut short left in `dir` (ffmpeg writes on while it runs: one not
+/// written for [`STALE`] is nobody's).
+fn remove_stale_parts(dir: &Path) {
+    let Ok(files) = std::fs::read_dir(dir) else { return };
+    for f in files.flatten() {
+        let name = f.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let old =
+            f.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= STALE);
+        if name.starts_with(COMPOSITE_FILE) && name.ends_with(".part") && old {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+}
+
+/// How long ago part `part`'s manifest in `dir` was last written (long ago when unreadable).
+fn part_age(dir: &Path, part: u32) -> Duration {
+    std::fs::metadata(dir.join(huddle_record::manifest::manifest_file(part)))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or(Duration::MAX)
+}
+
+/// Closes what the parts of recording `id` still "recording" left when their server stopped:
+/// each track cut at its last whole block, the part marked interrupted. Only for parts nobody
+/// writes any more (the caller knows). Whether any part was.
+fn mend(id: &str, dir: &Path, parts: &mut [Manifest]) -> bool {
+    let mut mended = false;
+    for manifest in parts.iter_mut().filter(|m| m.state == RecordingState::Recording) {
+        manifest.state = RecordingState::Interrupted;
+        for t in &mut manifest.tracks {
+            if let Ok(scan) = huddle_record::writer::repair(&dir.join(&t.file)) {
+                // A frame's length past the last complete block's time.
+                t.end = t.end.or(scan.last_ms.map(|ms| t.start + ms + 20));
+                t.frames = scan.frames;
+                t.bytes = scan.valid_len;
+            }
+        }
+        if let Err(e) = manifest.save(dir) {
+            warn!(%id, part = manifest.part, error = %e, "cannot update an interrupted recording's manifest");
+        }
+        info!(%id, part = manifest.part, "recording interrupted when its server stopped; kept and composed");
+        mended = true;
+    }
+    mended
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().filter_map(|f| f.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
@@ -424,12 +619,17 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// The composite thread: one job at a time, in the order the recordings stopped; a sweep of
 /// old recordings every [`SWEEP_EVERY`].
 fn compose_loop(store: std::sync::Weak<Recordings>, rx: std_mpsc::Receiver<String>) {
+    let mut swept = std::time::Instant::now();
     loop {
-        let id = match rx.recv_timeout(SWEEP_EVERY) {
+        let id = match rx.recv_timeout(TICK) {
             Ok(id) => id,
             Err(std_mpsc::RecvTimeoutError::Timeout) => {
                 let Some(store) = store.upgrade() else { return };
-                store.sweep();
+                store.settle();
+                if swept.elapsed() >= SWEEP_EVERY {
+                    swept = std::time::Instant::now();
+                    store.sweep();
+                }
                 continue;
             }
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
@@ -443,20 +643,27 @@ fn compose_one(store: &Recordings, id: &str) {
     let Some(ffmpeg) = store.ffmpeg.clone() else { return };
     let Some(cancel) = store.lock().get(id).map(|e| e.cancel.clone()) else { return };
     let dir = store.dir.join(id);
-    let manifest = match Manifest::load(&dir) {
-        Ok(m) => m,
+    // Every part, on the first one's clock; parts a stopped server left are closed first.
+    let manifest = match Manifest::load_parts(&dir) {
+        Ok(mut parts) => {
+            mend(id, &dir, &mut parts);
+            Manifest::joined(&parts)
+        }
         Err(e) => {
             warn!(%id, error = %e, "cannot read a recording's manifest to compose it");
-            return store.composed(id, false);
+            None
         }
     };
-    let part = dir.join(format!("{COMPOSITE_FILE}.part"));
+    let Some(manifest) = manifest else { return store.composed(id, false, &cancel) };
+    // A name of this server's own: another node sharing the directory may compose it too.
+    let part = dir.join(format!("{COMPOSITE_FILE}.{}.part", std::process::id()));
+    remove_stale_parts(&dir);
     let _ = std::fs::remove_file(&part);
     let plan = match huddle_record::compose::plan(&manifest, &dir, &part) {
         Ok(p) => p,
         Err(e) => {
             warn!(%id, error = %e, "cannot plan a recording's composite");
-            return store.composed(id, false);
+            return store.composed(id, false, &cancel);
         }
     };
     info!(%id, seconds = plan.duration_ms / 1000, "composing a recording");
@@ -479,13 +686,13 @@ fn compose_one(store: &Recordings, id: &str) {
     match result.and_then(|()| std::fs::rename(&part, dir.join(COMPOSITE_FILE)).map_err(Into::into)) {
         Ok(()) => {
             info!(%id, secs = started.elapsed().as_secs_f64(), "recording composed");
-            store.composed(id, true);
+            store.composed(id, true, &cancel);
         }
         Err(e) => {
             let _ = std::fs::remove_file(&part);
             if !cancel.load(Ordering::Relaxed) {
                 warn!(%id, error = %e, "composing a recording failed; its raw tracks are kept");
-                store.composed(id, false);
+                store.composed(id, false, &cancel);
             }
         }
     }
@@ -498,8 +705,9 @@ pub enum WriterMsg {
     Start { room: String, dir: PathBuf, manifest: Box<Manifest> },
     /// Something happened in the room (who came and went, mutes, cameras, screens).
     Note { room: String, at_unix_ms: u64, peer: String, event: EventKind, name: Option<String> },
-    /// The recording is stopping (the core's `Stopped` follows): who stopped it.
-    Stop { room: String, by: Option<huddle_protocol::Person> },
+    /// The recording is stopping (the core's `Stopped` follows): who stopped it, or (with
+    /// `continues`) that only this part ends, the room moving to another server.
+    Stop { room: String, by: Option<huddle_protocol::Person>, continues: bool },
     /// What the core made of the room's tracks.
     Core(Recorded),
 }
@@ -527,16 +735,18 @@ impl WriterTx {
 }
 
 /// Starts worker `worker`'s writer thread; `hub` is told to stop a recording that cannot go on.
+/// The thread ends, its files closed and manifests written, once every [`WriterTx`] is gone
+/// (join it then: a server that stops must not exit before).
 pub fn spawn_writer(
     worker: usize,
     store: Arc<Recordings>,
     hub: mpsc::Sender<Command>,
     max_len: Duration,
-) -> std::io::Result<WriterTx> {
+) -> std::io::Result<(WriterTx, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std_mpsc::channel::<(WriterMsg, usize)>();
     let queued = Arc::new(AtomicUsize::new(0));
     let counter = queued.clone();
-    std::thread::Builder::new().name(format!("recorder-{worker}")).spawn(move || {
+    let thread = std::thread::Builder::new().name(format!("recorder-{worker}")).spawn(move || {
         let mut w =
             Writer { store, hub, max_ms: max_len.as_millis() as u64, rooms: HashMap::new(), tracks: HashMap::new() };
         let mut flushed = std::time::Instant::now();
@@ -558,7 +768,7 @@ pub fn spawn_writer(
         }
         w.close_all();
     })?;
-    Ok(WriterTx { tx, queued })
+    Ok((WriterTx { tx, queued }, thread))
 }
 
 /// One room's recording on a writer thread.
@@ -571,6 +781,10 @@ struct Active {
     /// Asked the hub to stop it already (a limit or an error).
     stopping: bool,
     stopped_by: Option<huddle_protocol::Person>,
+    /// Only this part ends: the room goes on recording elsewhere.
+    continues: bool,
+    /// When its manifest was last written (see [`HEARTBEAT`]).
+    saved: std::time::Instant,
 }
 
 struct TrackFile {
@@ -606,7 +820,16 @@ impl Writer {
                     self.ask_stop(&room, RecordingStopReason::WriteError);
                 }
                 let id = manifest.id.clone();
-                let active = Active { id, dir, manifest: *manifest, written: 0, stopping: false, stopped_by: None };
+                let active = Active {
+                    id,
+                    dir,
+                    manifest: *manifest,
+                    written: 0,
+                    stopping: false,
+                    stopped_by: None,
+                    continues: false,
+                    saved: std::time::Instant::now(),
+                };
                 self.rooms.insert(room, active);
             }
             WriterMsg::Note { room, at_unix_ms, peer, event, name } => {
@@ -620,9 +843,10 @@ impl Writer {
                 a.manifest.events.push(TimelineEvent { at, peer, event });
                 save(a);
             }
-            WriterMsg::Stop { room, by } => {
+            WriterMsg::Stop { room, by, continues } => {
                 if let Some(a) = self.rooms.get_mut(&room) {
                     a.stopped_by = by;
+                    a.continues = continues;
                 }
             }
             WriterMsg::Core(r) => self.core(r),
@@ -637,7 +861,8 @@ impl Writer {
                 let (codec, kind) =
                     (codec_of(codec), if kind == RecordedKind::Audio { TrackKind::Audio } else { TrackKind::Video });
                 let kind_name = if kind == TrackKind::Audio { "audio" } else { "video" };
-                let file = format!("{}-{kind_name}-{track}.{}", safe(&peer), codec.extension());
+                let prefix = huddle_record::manifest::track_prefix(a.manifest.part);
+                let file = format!("{prefix}{}-{kind_name}-{track}.{}", safe(&peer), codec.extension());
                 let writer = match TrackWriter::create(&a.dir.join(&file), codec) {
                     Ok(w) => Some(w),
                     Err(e) => {
@@ -703,10 +928,7 @@ impl Writer {
                 }
                 a.manifest.stopped_at = Some(a.manifest.started_at + at_ms);
                 a.manifest.stopped_by = a.stopped_by.take().map(person);
-                a.manifest.state = RecordingState::Stopped;
-                save(&a);
-                info!(%room, id = %a.id, seconds = at_ms / 1000, "recording stopped");
-                self.store.finished(&a.id, at_ms, a.written);
+                self.end(a, at_ms);
             }
         }
     }
@@ -722,6 +944,10 @@ impl Writer {
     }
 
     fn flush(&mut self) {
+        for a in self.rooms.values_mut().filter(|a| a.saved.elapsed() >= HEARTBEAT) {
+            a.saved = std::time::Instant::now();
+            save(a);
+        }
         for t in self.tracks.values_mut() {
             if let Some(w) = t.writer.as_mut() {
                 if let Err(e) = w.flush() {
@@ -742,9 +968,24 @@ impl Writer {
         for (_, mut a) in std::mem::take(&mut self.rooms) {
             let at_ms = a.manifest.duration_ms();
             a.manifest.stopped_at = Some(a.manifest.started_at + at_ms);
-            a.manifest.state = RecordingState::Stopped;
-            save(&a);
-            self.store.finished(&a.id, at_ms, a.written);
+            self.end(a, at_ms);
+        }
+    }
+
+    /// A part's end: the recording stops (and is composed), or goes on elsewhere.
+    fn end(&mut self, mut a: Active, at_ms: u64) {
+        a.manifest.state = if a.continues { RecordingState::Continued } else { RecordingState::Stopped };
+        save(&a);
+        let (room, part) = (&a.manifest.room, a.manifest.part);
+        if a.continues {
+            info!(%room, id = %a.id, part, seconds = at_ms / 1000, "recording part ended; the room goes on elsewhere");
+            // The joined length: the store lists the recording as a whole.
+            let whole = Manifest::load_parts(&a.dir).ok().and_then(|p| Manifest::joined(&p)).map(|m| m.duration_ms());
+            self.store.moved_on(&a.id, whole.unwrap_or(at_ms), a.written);
+        } else {
+            info!(%room, id = %a.id, part, seconds = at_ms / 1000, "recording stopped");
+            let whole = Manifest::load_parts(&a.dir).ok().and_then(|p| Manifest::joined(&p)).map(|m| m.duration_ms());
+            self.store.finished(&a.id, whole.unwrap_or(at_ms), a.written);
         }
     }
 }
@@ -789,6 +1030,7 @@ fn save(a: &Active) {
 pub fn first_manifest(info: &RecordingInfo, room: &str, members: &[huddle_protocol::Peer]) -> Manifest {
     let mut manifest = Manifest {
         version: huddle_record::manifest::VERSION,
+        part: 1,
         id: info.id.clone(),
         room: room.to_string(),
         started_at: info.started_at,
@@ -893,16 +1135,16 @@ pub fn run_cli(args: Vec<std::ffi::OsString>, out: &mut dyn std::io::Write) -> a
             {
                 let path = d.path();
                 let Some(id) = path.file_name().and_then(|n| n.to_str()).filter(|id| valid_id(id)) else { continue };
-                let Ok(m) = Manifest::load(&path) else { continue };
-                let state = if path.join(COMPOSITE_FILE).is_file() {
-                    "ready"
-                } else {
-                    match m.state {
-                        RecordingState::Recording => "recording (or interrupted)",
-                        RecordingState::Stopped => "raw",
-                        RecordingState::Interrupted => "interrupted",
-                    }
+                let Some(m) = Manifest::load_parts(&path).ok().and_then(|p| Manifest::joined(&p)) else { continue };
+                let state = match m.state {
+                    RecordingState::Recording => "recording (or interrupted)",
+                    RecordingState::Continued => "recording (goes on elsewhere, or interrupted)",
+                    _ if path.join(COMPOSITE_FILE).is_file() => "ready",
+                    RecordingState::Stopped => "raw",
+                    RecordingState::Interrupted => "interrupted",
                 };
+                let parts = if m.part > 1 { format!(" ({} parts)", m.part) } else { String::new() };
+                let state = format!("{state}{parts}");
                 rows.push((m.started_at, id.to_string(), m.room.clone(), m.duration_ms(), dir_bytes(&path), state));
             }
             rows.sort();
@@ -920,8 +1162,11 @@ pub fn run_cli(args: Vec<std::ffi::OsString>, out: &mut dyn std::io::Write) -> a
                     anyhow::bail!("{id:?} is not a recording id");
                 }
                 let path = dir.join(&id);
-                let m = Manifest::load(&path).map_err(|e| anyhow::anyhow!("no recording {id}: {e}"))?;
-                if m.state == RecordingState::Recording {
+                let m = Manifest::load_parts(&path)
+                    .ok()
+                    .and_then(|p| Manifest::joined(&p))
+                    .ok_or_else(|| anyhow::anyhow!("no recording {id}"))?;
+                if matches!(m.state, RecordingState::Recording | RecordingState::Continued) {
                     writeln!(out, "{id} may still be recording (or was interrupted); deleting it anyway")?;
                 }
                 std::fs::remove_dir_all(&path)?;
@@ -1012,7 +1257,7 @@ mod link_tests {
         let by = huddle_protocol::Person { id: huddle_protocol::PeerId("p1".into()), name: "Dana".into() };
         let (info, rec_dir) = store.begin("r", by).expect("begins");
         std::fs::write(rec_dir.join(COMPOSITE_FILE), b"webm").expect("a composite");
-        store.composed(&info.id, true);
+        store.composed(&info.id, true, &AtomicBool::new(false));
         let url = store.list("r")[0].url.clone().expect("a ready recording has a link");
         let query = url.split_once('?').map(|(_, q)| q).expect("a query");
         let exp: u64 =

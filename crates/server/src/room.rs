@@ -80,11 +80,14 @@ pub struct Room {
     /// latest change asked for may land.
     #[serde(skip)]
     password_seq: u64,
-    /// The recording in progress. Not kept over a restart or a move to another worker or node:
-    /// the recording's files end there (the next start composes them as an interrupted
-    /// recording).
-    #[serde(skip)]
+    /// The recording in progress. Kept with the room: after a graceful restart or a move to
+    /// another node, the room's new owner goes on recording it as a new part
+    /// (`crate::recording`, "Parts").
+    #[serde(default)]
     recording: Option<huddle_protocol::RecordingInfo>,
+    /// Which part of `recording` is being written (1 for the first).
+    #[serde(default)]
+    recording_part: u32,
 }
 
 /// Most bytes of chat (text and sender names) a room keeps for latecomers, besides the count
@@ -116,6 +119,7 @@ impl Room {
             chat_bytes: 0,
             password_seq: 0,
             recording: None,
+            recording_part: 0,
         }
     }
 
@@ -337,8 +341,15 @@ impl Room {
         self.recording.as_ref()
     }
 
-    pub fn set_recording(&mut self, recording: Option<huddle_protocol::RecordingInfo>) {
+    /// Starts (with `Some`, as `part`) or ends (with `None`) the room's recording.
+    pub fn set_recording(&mut self, recording: Option<huddle_protocol::RecordingInfo>, part: u32) {
+        self.recording_part = if recording.is_some() { part } else { 0 };
         self.recording = recording;
+    }
+
+    /// Which part of the recording is being written.
+    pub fn recording_part(&self) -> u32 {
+        self.recording_part
     }
 
     /// This opening of the room (a later room of the same name has another).

@@ -33,9 +33,25 @@ impl Drop for TempDir {
 }
 
 async fn node(redis: &TestRedis, n: usize) -> Node {
-    let dir = std::env::temp_dir().join(format!("huddle-failover-{}-{n}", std::process::id()));
+    node_with(redis, n, &["--topology", "p2p"]).await
+}
+
+/// A node recording as the room's owner does: the SFU, recordings into `recordings` (the
+/// directory every node of the test shares), no ffmpeg (the parts stay raw).
+async fn recording_node(redis: &TestRedis, n: usize, recordings: &std::path::Path) -> Node {
+    let dir = recordings.to_str().expect("a UTF-8 path");
+    node_with(redis, n, &["--topology", "sfu", "--recordings-dir", dir, "--ffmpeg", "/nonexistent/ffmpeg"]).await
+}
+
+/// [`node`] with `args` (which must say the topology) instead of `--topology p2p`.
+async fn node_with(redis: &TestRedis, n: usize, args: &[&str]) -> Node {
+    // Tests run side by side in this process: every node gets a directory of its own.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("huddle-failover-{}-{n}-{unique}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url, "--topology", "p2p", "--turn", "false"])
+        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url, "--turn", "false"])
+        .args(args)
         .args(["--ip-joins-per-minute", "0", "--data-dir"])
         .arg(&dir)
         .stdout(Stdio::piped())
@@ -306,5 +322,192 @@ async fn an_owner_paused_past_its_lease_changes_nothing_and_stands_down_when_it_
             assert_eq!(names, [("Alice", Role::Host), ("Bob", Role::Participant)]);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// The owner of a room being recorded dies (SIGKILL: nothing said, nothing closed): the node
+/// that takes the room over goes on with the recording, in part 2 in the directory the nodes
+/// share, and nobody is told it stopped. When the host stops it, the last owner lists one
+/// recording, and marks part 1 (whose node died while writing it) interrupted.
+#[tokio::test]
+async fn a_recording_goes_on_in_a_new_part_when_its_node_dies() {
+    a_recording_follows_its_room("studio", false, 20).await;
+}
+
+/// The same on a clean stop (SIGTERM): the owner hands the room over with its recording, and
+/// ends part 1 as `continued`.
+#[tokio::test]
+async fn a_recording_goes_on_in_a_new_part_when_its_node_stops_cleanly() {
+    a_recording_follows_its_room("booth", true, 30).await;
+}
+
+/// Three nodes sharing one recordings directory; Alice (host) on node 0, which owns `room`, Bob
+/// through node 1. Alice records; node 0 gets SIGTERM (`graceful`) or SIGKILL; both pages
+/// resume through the other nodes; the recording goes on there, then Alice stops it.
+/// `first_node`: the nodes' numbers (their data directories) start there.
+async fn a_recording_follows_its_room(room: &str, graceful: bool, first_node: usize) {
+    use huddle_protocol::{RecordingFileState, RecordingStopReason, Topology};
+    use huddle_record::manifest::{Manifest, RecordingState};
+    let started = Instant::now();
+    let redis = TestRedis::start();
+    let shared = TempDir(std::env::temp_dir().join(format!("huddle-failover-rec-{}-{room}", std::process::id())));
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        nodes.push(recording_node(&redis, first_node + n, &shared.0).await);
+    }
+    let mut con = redis.connect().await;
+    let mut alice = Page::open(nodes[0].addr).await;
+    alice.client.send(&join(room, "Alice")).await;
+    match alice.recv().await {
+        ServerMsg::Joined { you, topology, .. } => assert_eq!((you.role, topology), (Role::Host, Topology::Sfu)),
+        other => panic!("{other:?}"),
+    }
+    let mut bob = Page::open(nodes[1].addr).await;
+    bob.client.send(&join(room, "Bob")).await;
+    assert!(matches!(bob.recv().await, ServerMsg::Joined { .. }));
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+    let first_owner = owner_of(&mut con, room).await.expect("the room has an owner");
+    assert_eq!(first_owner, node_of(&alice.client.id), "node 0 owns the room");
+
+    // Alice records: she is told (and, a host, gets the room's list with it); so is Bob.
+    alice.client.send(&ClientMsg::Record).await;
+    let (mut info, mut listed) = (None, false);
+    while info.is_none() || !listed {
+        match alice.recv().await {
+            ServerMsg::Recording { recording: Some(i), stopped: None } => info = Some(i),
+            ServerMsg::Recordings { recordings } => {
+                assert_eq!(recordings.len(), 1, "{recordings:?}");
+                assert_eq!(recordings[0].state, RecordingFileState::Recording);
+                listed = true;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let info = info.expect("a recording");
+    match bob.recv().await {
+        ServerMsg::Recording { recording: Some(i), stopped: None } => assert_eq!(i, info),
+        other => panic!("{other:?}"),
+    }
+    let rec = shared.0.join(&info.id);
+    let part1 = wait_part(&rec, 1, RecordingState::Recording).await;
+    assert_eq!((part1.id.as_str(), part1.room.as_str()), (info.id.as_str(), room));
+    // The room's next owner learns of the recording from what this one saved.
+    wait_saved(&mut con, room, &info.id).await;
+
+    signal(&nodes[0], if graceful { "-TERM" } else { "-KILL" });
+    let gone = Instant::now();
+    alice.until_closed(Duration::from_secs(5)).await;
+    alice.resume(nodes[2].addr, gone + RECOVERY).await;
+    bob.until_closed(RECOVERY).await;
+    bob.resume(nodes[1].addr, gone + RECOVERY).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), nodes[0].child.wait())
+        .await
+        .expect("node 0 exits")
+        .expect("wait");
+    assert_eq!(status.success(), graceful, "{status:?}");
+    println!("everyone resumed {:?} after node 0 was {}", gone.elapsed(), if graceful { "stopped" } else { "killed" });
+    let owner = owner_of(&mut con, room).await.expect("the room has an owner again");
+    assert_ne!(owner, first_owner);
+
+    // The new owner goes on recording: part 2, in the same directory.
+    let part2 = wait_part(&rec, 2, RecordingState::Recording).await;
+    assert_eq!((part2.id.as_str(), part2.room.as_str()), (info.id.as_str(), room));
+    println!("part 2 is being written {:?} after node 0 went", gone.elapsed());
+    // Part 1 as node 0 left it: cut short (its node died while writing it), or handed on.
+    let part1 = Manifest::load(&rec).expect("part 1's manifest");
+    assert_eq!(part1.state, if graceful { RecordingState::Continued } else { RecordingState::Recording });
+
+    // Someone entering now learns that the room records; those who were there were never told
+    // it stopped (not in what their resume replayed, nor since).
+    let mut carol = Client::connect_to(nodes[2].addr).await;
+    match carol.join(room, "Carol").await {
+        ServerMsg::Joined { recording, .. } => assert_eq!(recording.as_ref(), Some(&info)),
+        _ => unreachable!(),
+    }
+    for p in [&mut alice, &mut bob] {
+        let name = until(p, "Carol", |m| match m {
+            ServerMsg::PeerJoined { peer } => Some(peer.name.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(name, "Carol");
+    }
+
+    // Alice stops it: everyone is told; her list holds one recording, the same, raw.
+    alice.client.send(&ClientMsg::StopRecording).await;
+    for p in [&mut alice, &mut bob] {
+        let stopped = until(p, "the stop", |m| match m {
+            ServerMsg::Recording { recording: None, stopped } => Some(stopped.clone().expect("why")),
+            _ => None,
+        })
+        .await;
+        assert_eq!(stopped.reason, RecordingStopReason::Stopped);
+        assert_eq!(stopped.by.map(|p| p.name).as_deref(), Some("Alice"));
+    }
+    let list = until(&mut alice, "the list", |m| match m {
+        ServerMsg::Recordings { recordings } if recordings.iter().all(|r| r.state != RecordingFileState::Recording) => {
+            Some(recordings.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    // Raw tracks only (no ffmpeg); a part cut by its node's death makes it "interrupted".
+    let listed = if graceful { RecordingFileState::Raw } else { RecordingFileState::Interrupted };
+    assert_eq!((list[0].id.as_str(), list[0].state), (info.id.as_str(), listed));
+
+    // On disk: one recording, in two parts; the first mended (interrupted) or continued.
+    let dirs: Vec<_> = std::fs::read_dir(&shared.0).expect("the recordings").flatten().map(|d| d.file_name()).collect();
+    assert_eq!(dirs, [std::ffi::OsString::from(&info.id)]);
+    let parts = Manifest::load_parts(&rec).expect("the parts");
+    let states: Vec<(u32, RecordingState)> = parts.iter().map(|m| (m.part, m.state)).collect();
+    let first = if graceful { RecordingState::Continued } else { RecordingState::Interrupted };
+    assert_eq!(states, [(1, first), (2, RecordingState::Stopped)]);
+    assert!(parts.iter().all(|m| m.id == info.id));
+    assert_eq!(parts[1].stopped_by.as_ref().map(|p| p.name.as_str()), Some("Alice"));
+    let names: Vec<&str> = parts[1].participants.iter().map(|p| p.name.as_str()).collect();
+    for name in ["Alice", "Bob", "Carol"] {
+        assert!(names.contains(&name), "{name} is in part 2: {names:?}");
+    }
+    let whole = Manifest::joined(&parts).expect("joined");
+    assert_eq!((whole.part, whole.state), (2, RecordingState::Stopped));
+    println!("done in {:?}", started.elapsed());
+}
+
+/// Part `part` of the recording in `dir`, once its manifest says `state`. A file appearing is
+/// nothing a page is told: this looks every 50 ms, for at most [`RECOVERY`].
+async fn wait_part(
+    dir: &std::path::Path,
+    part: u32,
+    state: huddle_record::manifest::RecordingState,
+) -> huddle_record::manifest::Manifest {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let found = huddle_record::manifest::Manifest::load_parts(dir)
+            .ok()
+            .and_then(|parts| parts.into_iter().find(|m| m.part == part));
+        match found {
+            Some(m) if m.state == state => return m,
+            other => assert!(Instant::now() < deadline, "part {part} never became {state:?}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next message of `page` that `pick` takes, skipping others; none of those may say that
+/// the room's recording stopped.
+async fn until<T>(page: &mut Page, what: &str, mut pick: impl FnMut(&ServerMsg) -> Option<T>) -> T {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        assert!(Instant::now() < deadline, "{} waited for {what}", page.client.id);
+        let m = page.recv().await;
+        if let Some(t) = pick(&m) {
+            return t;
+        }
+        assert!(
+            !matches!(m, ServerMsg::Recording { recording: None, .. }),
+            "{} was told the recording stopped while waiting for {what}: {m:?}",
+            page.client.id
+        );
     }
 }

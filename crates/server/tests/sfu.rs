@@ -1664,3 +1664,205 @@ async fn a_recording_that_cannot_be_written_stops_and_says_so_and_the_call_goes_
     stop_all(stop_tx, tasks, server).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A signalling client that can take its session back after a restart: its secret, and how many
+/// messages it received other than `welcome` and `bye` (docs/protocol.md, "Resuming a session").
+struct Resumable {
+    c: Client,
+    secret: String,
+    seen: u64,
+}
+
+impl Resumable {
+    async fn connect(server: &TestServer) -> Resumable {
+        Resumable::open(server.url()).await.0
+    }
+
+    /// Resumes the session on a new connection: the `welcome` names the same session, resumed.
+    async fn resume(self, server: &TestServer) -> Resumable {
+        let url = format!("{}?session={}&resume={}&seen={}", server.url(), self.c.id, self.secret, self.seen);
+        let (again, resumed) = Resumable::open(url).await;
+        assert!(resumed && again.c.id == self.c.id, "{} resumed as {} (resumed: {resumed})", self.c.id, again.c.id);
+        Resumable { seen: self.seen, ..again }
+    }
+
+    /// A connection to `url`, and whether its `welcome` says it resumed a session.
+    async fn open(url: String) -> (Resumable, bool) {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("handshake");
+        let mut c = Client { ws, id: PeerId(String::new()) };
+        let ServerMsg::Welcome { id, resume, resumed, .. } = c.recv().await else { panic!("welcome first") };
+        c.id = id;
+        (Resumable { c, secret: resume, seen: 0 }, resumed)
+    }
+
+    async fn recv(&mut self) -> ServerMsg {
+        let m = self.c.recv().await;
+        if !matches!(m, ServerMsg::Welcome { .. } | ServerMsg::Bye { .. }) {
+            self.seen += 1;
+        }
+        m
+    }
+
+    /// [`until`], counting what it reads.
+    async fn until<T>(&mut self, what: &str, mut pick: impl FnMut(ServerMsg) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + MEDIA_WAIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} waited for {what}", self.c.id));
+            if let Some(t) = pick(msg) {
+                return t;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_goes_on_over_a_graceful_restart_in_a_second_part() {
+    use huddle_protocol::{RecordingFileState, RecordingStopReason};
+    use huddle_record::manifest::{RecordingState, TrackKind};
+    use huddle_record::Manifest;
+    const ROOM: &str = "rec restart";
+    const MEDIA: Duration = Duration::from_secs(2);
+    let dir = recordings_dir("restart");
+    let data = recordings_dir("restart-data");
+    let config = || Config { data_dir: Some(data.clone()), ..recording_config(&dir) };
+    let started = Instant::now();
+
+    // Part 1: the host records two publishers.
+    let server = TestServer::start(config()).await;
+    let addr = server.addr;
+    let mut host = Resumable::connect(&server).await;
+    host.c.send(&join(ROOM, "Dana")).await;
+    host.until("joined", |m| matches!(m, ServerMsg::Joined { .. }).then_some(())).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut publishers = Vec::new();
+    for tag in [1u8, 2] {
+        let ws = Client::connect(&server).await;
+        publishers.push(ws.id.0.clone());
+        tasks.push(tokio::spawn(media_participant(ws, ROOM, tag, Link::udp().await, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+    let asked = Instant::now();
+    host.c.send(&ClientMsg::Record).await;
+    let info = host
+        .until("recording", |m| match m {
+            ServerMsg::Recording { recording: Some(info), .. } => Some(info),
+            _ => None,
+        })
+        .await;
+    tokio::time::sleep(MEDIA).await;
+
+    // The publishers leave; the server stops gracefully, saving the room with its recording.
+    stop_tx.send(true).expect("participants listen");
+    for t in tasks {
+        let mut ws = tokio::time::timeout(WAIT, t).await.expect("participant stops").expect("no panic");
+        ws.send(&ClientMsg::Leave).await;
+    }
+    for _ in 0..2 {
+        host.until("peer left", |m| matches!(m, ServerMsg::PeerLeft { .. }).then_some(())).await;
+    }
+    host.c.barrier().await;
+    host.seen += 1;
+    let stopping = tokio::spawn(server.shutdown());
+    host.until("bye", |m| matches!(m, ServerMsg::Bye { .. }).then_some(())).await;
+    stopping.await.expect("shut down");
+    let rec = dir.join(&info.id);
+    // A server that stopped has closed its recordings' files and manifests (it waits for its
+    // writer threads).
+    let one = Manifest::load(&rec).expect("part 1's manifest reads");
+    assert_eq!(one.state, RecordingState::Continued, "part 1 ends as continued");
+    assert_eq!((one.id.as_str(), one.part), (info.id.as_str(), 1));
+    assert_eq!(one.tracks.len(), 4, "two publishers, audio and video each: {:?}", one.tracks);
+    assert!(one.tracks.iter().all(|t| t.end.is_some()), "every track of part 1 ended: {:?}", one.tracks);
+
+    // Part 2: the same port and data directory. The host takes its session back; two others
+    // come and publish; the host stops the recording.
+    let server = TestServer::start_on(config(), addr).await;
+    let mut host = host.resume(&server).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [3u8, 4] {
+        let ws = Client::connect(&server).await;
+        publishers.push(ws.id.0.clone());
+        tasks.push(tokio::spawn(media_participant(ws, ROOM, tag, Link::udp().await, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[3, 4])).await;
+    tokio::time::sleep(MEDIA).await;
+    host.c.send(&ClientMsg::StopRecording).await;
+    let stopped = host
+        .until("recording stopped", |m| match m {
+            ServerMsg::Recording { recording: None, stopped } => stopped,
+            _ => None,
+        })
+        .await;
+    let wall = asked.elapsed();
+    assert_eq!(stopped.reason, RecordingStopReason::Stopped);
+    assert_eq!(stopped.by.map(|p| p.name).as_deref(), Some("Dana"));
+    let listed = host
+        .until("recordings", |m| match m {
+            ServerMsg::Recordings { recordings } => {
+                recordings.iter().any(|r| r.id == info.id && r.state == RecordingFileState::Raw).then_some(recordings)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(listed.len(), 1, "one recording, not one per part: {listed:?}");
+    let entry = &listed[0];
+
+    // On disk: two parts, on their own clocks, joined into one.
+    let parts = Manifest::load_parts(&rec).expect("the parts read");
+    assert_eq!(parts.iter().map(|m| m.part).collect::<Vec<_>>(), vec![1, 2]);
+    let two = &parts[1];
+    assert_eq!(parts[0].state, RecordingState::Continued);
+    assert_eq!(two.state, RecordingState::Stopped);
+    assert_eq!(two.id, info.id);
+    assert_eq!(two.stopped_by.as_ref().map(|p| p.name.as_str()), Some("Dana"));
+    assert!(two.started_at >= one.stopped_at.expect("part 1 has its stop"), "part 2 starts after part 1 stopped");
+    assert!(rec.join(huddle_record::manifest::manifest_file(2)).is_file());
+    assert_eq!(two.tracks.len(), 4, "two publishers, audio and video each: {:?}", two.tracks);
+    for (part, m) in parts.iter().enumerate() {
+        for t in &m.tracks {
+            let prefix = huddle_record::manifest::track_prefix(part as u32 + 1);
+            assert!(t.file.starts_with(&prefix) && (part > 0 || !t.file.starts_with("part")), "{}", t.file);
+            let scan = huddle_record::writer::scan(&rec.join(&t.file)).expect("a track file reads");
+            assert!(scan.complete, "{} was closed cleanly", t.file);
+            assert!(scan.frames >= 50, "{}: {} frames", t.file, scan.frames);
+            assert!(t.end.is_some(), "{} ended", t.file);
+            if t.kind == TrackKind::Video {
+                assert!(scan.keyframes >= 1, "{}: video starts at a keyframe", t.file);
+                assert_eq!((t.width, t.height), (Some(320), Some(240)), "{}: the size from the first keyframe", t.file);
+            }
+        }
+    }
+    let joined = Manifest::joined(&parts).expect("joins");
+    let peers: HashSet<&str> = joined.tracks.iter().map(|t| t.peer.as_str()).collect();
+    assert_eq!(peers, publishers.iter().map(String::as_str).collect(), "the tracks of all four publishers");
+    let (first, second) = joined.tracks.split_at(one.tracks.len());
+    let part1_end = first.iter().filter_map(|t| t.end).max().expect("ends");
+    let part2_start = second.iter().map(|t| t.start).min().expect("starts");
+    assert!(part2_start > part1_end, "part 2 ({part2_start} ms) after part 1 ({part1_end} ms) on the joined clock");
+    // The store lists the joined length: both parts' media (and the restart between), no more
+    // than from asking to record to being told it stopped.
+    assert_eq!(entry.duration_ms, joined.duration_ms());
+    let media_ms = parts.iter().map(|m| m.duration_ms()).sum::<u64>();
+    assert!(media_ms >= 2 * MEDIA.as_millis() as u64, "{media_ms} ms of parts");
+    assert!(entry.duration_ms >= media_ms, "{} ms listed, {media_ms} ms in the parts", entry.duration_ms);
+    assert!(entry.duration_ms <= wall.as_millis() as u64 + 1000, "{} ms listed in {wall:?}", entry.duration_ms);
+    eprintln!(
+        "listed {} ms: parts {} + {} ms; {wall:?} between record and stop",
+        entry.duration_ms,
+        one.duration_ms(),
+        two.duration_ms()
+    );
+
+    stop_all(stop_tx, tasks, server).await;
+    eprintln!("the test took {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -82,9 +82,10 @@ impl Hub {
         }
         info!(peer = %id, id = %info.id, "recording started");
         if let Some(r) = self.rooms.get_mut(room) {
-            r.set_recording(Some(info.clone()));
+            r.set_recording(Some(info.clone()), 1);
         }
         self.rooms_dirty = true;
+        self.recording_changed(room);
         self.broadcast(room, None, Arc::new(ServerMsg::Recording { recording: Some(info), stopped: None }));
         Ok(())
     }
@@ -95,16 +96,91 @@ impl Hub {
         let Some(key) = self.rooms.get_key_value(room).map(|(k, _)| k.clone()) else { return };
         let Some(info) = self.rooms.get_mut(&key).and_then(|r| r.recording().cloned()) else { return };
         if let Some(r) = self.rooms.get_mut(&key) {
-            r.set_recording(None);
+            r.set_recording(None, 0);
         }
-        self.tell_media(MediaCommand::Recorder(WriterMsg::Stop { room: room.to_string(), by: by.clone() }));
-        if !self.tell_media(MediaCommand::Record { room: key.clone(), on: false }) {
-            warn!(id = %info.id, "SFU queue full; a recording's stop was dropped (its files end with the server)");
-        }
+        self.end_part(&key, by.clone(), false);
         info!(id = %info.id, ?reason, "recording stopped");
         self.rooms_dirty = true;
+        self.recording_changed(&key);
         let stopped = Some(RecordingStopped { by, reason });
         self.broadcast(&key, None, Arc::new(ServerMsg::Recording { recording: None, stopped }));
+    }
+
+    /// The writer closes the part of `room`'s recording this hub writes: the recording stops,
+    /// or (`continues`) goes on with the room's next owner.
+    fn end_part(&mut self, room: &Arc<str>, by: Option<Person>, continues: bool) {
+        self.tell_media(MediaCommand::Recorder(WriterMsg::Stop { room: room.to_string(), by, continues }));
+        if !self.tell_media(MediaCommand::Record { room: room.clone(), on: false }) {
+            warn!(%room, "SFU queue full; a recording's stop was dropped (its files end with the server)");
+        }
+    }
+
+    /// One node of several saves the room soon: its next owner must know whether it records.
+    fn recording_changed(&mut self, room: &Arc<str>) {
+        if self.room_events.is_some() {
+            self.unsaved.insert(room.clone());
+        }
+    }
+
+    /// `room` is moving to another server (this one stops, or another node owns it now) with
+    /// its recording, as saved: this server's part ends as `continued`, and nobody is told
+    /// anything (for them the recording goes on). The new owner writes the next part
+    /// ([`Hub::continue_recording`]).
+    pub(super) fn recording_moves(&mut self, room: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let Some(info) = r.recording().cloned() else { return };
+        r.set_recording(None, 0);
+        info!(id = %info.id, "the room moves on: this part of its recording ends here");
+        self.end_part(room, None, true);
+    }
+
+    /// Every recording room of this hub moves ([`Hub::recording_moves`]).
+    pub(super) fn recordings_move(&mut self) {
+        let recording: Vec<Arc<str>> =
+            self.rooms.iter().filter(|(_, r)| r.recording().is_some()).map(|(k, _)| k.clone()).collect();
+        for room in recording {
+            self.recording_moves(&room);
+        }
+    }
+
+    /// A room that came here with its recording (restored after a restart, taken over from
+    /// another node) goes on recording, in a new part. When it cannot (recording is off here,
+    /// no SFU, the SFU's queue is full, the directory cannot be made), the recording stops
+    /// and its members are told when their pages come back.
+    pub(super) fn continue_recording(&mut self, room: &Arc<str>) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let Some(info) = r.recording().cloned() else { return };
+        let after = r.recording_part().max(1);
+        let members: Vec<Peer> = r.members().cloned().collect();
+        let possible = r.topology() == Topology::Sfu && self.media.as_ref().is_some_and(|m| m.capacity() >= 2);
+        let resumed = self.recordings.clone().filter(|_| possible).and_then(|store| {
+            store
+                .resume(&info, room, after)
+                .map_err(|e| warn!(id = %info.id, error = %e, "cannot go on recording"))
+                .ok()
+        });
+        let Some((dir, part)) = resumed else {
+            warn!(id = %info.id, "a recording that came with its room cannot go on here; it stops");
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.set_recording(None, 0);
+            }
+            let stopped = Some(RecordingStopped { by: None, reason: RecordingStopReason::ServerError });
+            self.broadcast(room, None, Arc::new(ServerMsg::Recording { recording: None, stopped }));
+            self.recording_changed(room);
+            return;
+        };
+        let mut manifest = first_manifest(&info, room, &members);
+        manifest.part = part;
+        manifest.started_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let start = WriterMsg::Start { room: room.to_string(), dir, manifest: Box::new(manifest) };
+        // (Room for both was checked above; this hub is the queue's only sender.)
+        self.tell_media(MediaCommand::Recorder(start));
+        self.tell_media(MediaCommand::Record { room: room.clone(), on: true });
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.set_recording(Some(info.clone()), part);
+        }
+        info!(id = %info.id, part, "the room came with its recording: it goes on in a new part");
+        self.recording_changed(room);
     }
 
     /// The writer cannot go on with `room`'s recording (a limit, an error). If the room no longer

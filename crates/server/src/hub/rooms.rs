@@ -385,8 +385,8 @@ impl Hub {
             }
             self.watchers.remove(id);
         }
-        // The new owner does not carry the recording on (a known gap: docs/design/recording.md).
-        self.stop_recording(&key, None, huddle_protocol::RecordingStopReason::ServerError);
+        // The new owner goes on with the recording, in a new part.
+        self.recording_moves(&key);
         self.rooms.remove(&key);
         self.files.room_closed(&key);
         self.unsaved.remove(&key);

@@ -11,7 +11,10 @@ impl Hub {
     /// what was saved.
     pub fn save_for_restart(&mut self) -> Vec<u8> {
         self.saved = true;
-        self.snapshot()
+        let saved = self.snapshot();
+        // Saved with their recordings: the next start goes on with them in new parts.
+        self.recordings_move();
+        saved
     }
 
     /// What [`Hub::save_for_restart`] saves, without changing how shutdown goes (the
@@ -40,6 +43,8 @@ impl Hub {
                 self.room_event(RoomEvent::Saved(room, saved));
             }
         }
+        // Saved with their recordings: the next owners go on with them in new parts.
+        self.recordings_move();
         self.unsaved.clear();
         self.unsaved_light.clear();
         self.room_events = None;
@@ -191,7 +196,11 @@ impl Hub {
                 // Saved again under this node's lease (a state handed over expires if not).
                 self.unsaved.insert(name.clone());
             }
-            self.rooms.insert(name, room);
+            let records = room.recording().is_some();
+            self.rooms.insert(name.clone(), room);
+            if records {
+                self.continue_recording(&name);
+            }
         }
         for id in deadlines {
             self.wake_at(&id, now + grace);
