@@ -93,6 +93,7 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbi
             name: u.choose(NAMES)?.to_string(),
             audio: u.arbitrary()?,
             video: u.arbitrary()?,
+            recording_ok: u.arbitrary()?,
             password: password(u)?,
             token: match u.int_in_range(0..=3)? {
                 0 | 1 => None,

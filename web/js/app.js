@@ -16,7 +16,7 @@ const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow
 const MEDIA_CODES = ['camera_denied', 'mic_denied', 'media_denied', 'no_camera', 'no_mic', 'no_devices', 'camera_busy', 'mic_busy', 'media_unavailable'];
 const JOIN_CODES = ['room_full', 'too_many_rooms', 'invalid_name', 'invalid_room', 'already_in_room', 'unsupported_protocol',
   'room_locked', 'banned', 'knock_denied', 'token_required', 'invalid_token', 'token_expired', 'removed', 'removed_ban', 'ended', 'ended_server_error',
-  'room_closed', 'invite_revoked', 'too_many_attempts', 'unavailable'];
+  'room_closed', 'invite_revoked', 'too_many_attempts', 'unavailable', 'recording_consent'];
 
 const nameInput = /** @type {HTMLInputElement} */ ($('#name-input'));
 const roomInput = /** @type {HTMLInputElement} */ ($('#room-input'));
@@ -183,7 +183,7 @@ let shownVerdict = '';
 function renderPresence() {
   const el = $('#prejoin-presence');
   const r = sig.isOpen ? lastRooms.find((x) => x.name === S.room) : undefined;
-  $('#prejoin-recording').hidden = !r?.recording;
+  $('#prejoin-recording').hidden = !(r?.recording || recordingRoom === S.room);
   if (!sig.isOpen) { el.textContent = ''; return; }
   // Only public rooms are listed: about one that is not, the list says nothing.
   if (!r) { el.textContent = ''; return; }
@@ -191,6 +191,22 @@ function renderPresence() {
   el.textContent = !n ? t('prejoin.nobody')
     : r && n >= r.capacity ? t('prejoin.full', { n, cap: r.capacity })
       : n === 1 ? t('prejoin.one') : t('prejoin.many', { n });
+}
+
+/**
+ * The room whose `join` the server answered `recording_consent` (it records, and is not on the
+ * public list, so the page could not say so before): the pre-join step says it now, and the next
+ * Join accepts it.
+ */
+let recordingRoom = '';
+
+/**
+ * `recording_ok` for a join of `room` once the person has been shown that it is being recorded
+ * (the notice on the pre-join step is up).
+ * @param {string} room
+ */
+function recordingConsent(room) {
+  return room === S.room && !$('#prejoin-recording').hidden ? { recording_ok: true } : {};
 }
 
 /** @param {string} room */
@@ -338,7 +354,7 @@ async function join() {
   if (S.view !== 'prejoin' || S.room !== room) { S.joining = false; return; } // the user went elsewhere
   if (!sig.isOpen) { S.joining = false; button.disabled = false; showError('ws_failed'); return; }
   const st = call.mediaState();
-  sig.join(room, name, st.audio, st.video, host.joinAuth());
+  sig.join(room, name, st.audio, st.video, { ...host.joinAuth(), ...recordingConsent(room) });
 }
 
 // ---------------------------------------------------------------- signalling
@@ -369,7 +385,8 @@ function wireSignalling() {
         if (!S.rejoining) S.rejoins += 1;
         S.rejoining = true;
         call.setReconnecting(true);
-        sig.join(S.room, S.name, st.audio, st.video, host.joinAuth());
+        // (They were in the meeting, and saw whether it records.)
+        sig.join(S.room, S.name, st.audio, st.video, { ...host.joinAuth(), recording_ok: true });
         return;
       }
     }
@@ -444,6 +461,11 @@ function wireSignalling() {
     if (m.request === 'join') {
       S.joining = false;
       /** @type {HTMLButtonElement} */ ($('#join-button')).disabled = false;
+    }
+    if (m.request === 'join' && m.code === 'recording_consent') {
+      // Being recorded: the pre-join step says so, and Join (again) accepts it.
+      recordingRoom = S.room;
+      renderPresence();
     }
     if (m.code === 'unknown_peer') return; // a peer left while we were still signalling to it
     // The answer to something sent while still in the room (a candidate, a mute) that arrived after

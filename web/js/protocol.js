@@ -119,7 +119,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  *   |'invalid_text'|'room_full'|'too_many_rooms'|'unknown_peer'|'media_refused'|'media_failed'
  *   |'media_answer_refused'|'media_retry'
  *   |'invalid_file'|'file_storage_full'|'file_quota'|'not_sfu_room'|'not_allowed'|'password_required'
- *   |'wrong_password'|'room_locked'
+ *   |'wrong_password'|'room_locked'|'recording_consent'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
  *   |'invalid_reaction'|'rate_limited'|'too_many_connections'|'room_closed'|'invite_revoked'|'too_many_attempts'|'unavailable'
  *   |'recording_unavailable'|'recording_storage_full'|'unknown_recording'} ErrorCode
@@ -130,7 +130,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
 
 // ---- client → server ----
 /**
- * @typedef {{type:'join', protocol:number, room:string, name:string, audio:boolean, video:boolean, password?:string, token?:string}} JoinMsg
+ * @typedef {{type:'join', protocol:number, room:string, name:string, audio:boolean, video:boolean, password?:string, token?:string, recording_ok?:boolean}} JoinMsg
  * @typedef {{type:'leave'}} LeaveMsg
  * @typedef {{type:'signal', to:PeerId, payload:SignalPayload}} SignalMsg
  * @typedef {{type:'chat', text:string}} ChatMsg
@@ -482,13 +482,14 @@ export class SignalingClient {
 
   /**
    * @param {string} room @param {string} name @param {boolean} audio @param {boolean} video
-   * @param {{password?: string, token?: string}} [auth]
+   * @param {{password?: string, token?: string, recording_ok?: boolean}} [auth]
    */
   join(room, name, audio, video, auth = {}) {
     /** @type {JoinMsg} */
     const msg = { type: 'join', protocol: PROTOCOL_VERSION, room, name, audio, video };
     if (auth.password) msg.password = auth.password;
     if (auth.token) msg.token = auth.token;
+    if (auth.recording_ok) msg.recording_ok = true;
     return this.send(msg);
   }
   leave() { return this.send({ type: 'leave' }); }

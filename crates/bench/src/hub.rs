@@ -133,6 +133,7 @@ fn one_hub(clients: usize, messages: u64, deadline: Duration) -> anyhow::Result<
     }
     for (n, id) in ids.iter().enumerate() {
         let join = ClientMsg::Join {
+            recording_ok: false,
             protocol: PROTOCOL_VERSION,
             room: format!("room {}", n / 2),
             name: format!("person {n}"),

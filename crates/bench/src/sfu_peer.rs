@@ -211,6 +211,7 @@ async fn join(plan: &Plan, role: Role) -> anyhow::Result<(Ws, Vec<(PeerId, Strin
     let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.context("WebSocket handshake")?;
     let publisher = matches!(role, Role::Publisher(_));
     let join = ClientMsg::Join {
+        recording_ok: false,
         protocol: PROTOCOL_VERSION,
         room: plan.room.clone(),
         name: role.name(),

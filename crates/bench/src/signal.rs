@@ -776,6 +776,7 @@ async fn connect_and_join(shared: &Shared, i: usize, room: usize) -> anyhow::Res
         other => bail!("expected welcome, got {other:?}"),
     }
     let join = ClientMsg::Join {
+        recording_ok: false,
         protocol: PROTOCOL_VERSION,
         room: format!("bench-{room}"),
         name: format!("c{i}"),

@@ -508,6 +508,7 @@ impl Client {
         lock(&self.sh.joining).insert((id, room));
         self.pending_room = Some(room);
         let join = ClientMsg::Join {
+            recording_ok: false,
             protocol: PROTOCOL_VERSION,
             room: format!("soak-{room}"),
             name: format!("c{}", self.i),

@@ -52,6 +52,11 @@ pub enum ClientMsg {
         /// the operator's integration (see `docs/protocol.md`, "Tokens").
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// The person knows the meeting is being recorded and joins anyway. Entering a room that
+        /// records without it is refused with [`ErrorCode::RecordingConsent`] (after every other
+        /// check, so that only someone who could enter learns that it records).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recording_ok: bool,
     },
     /// Leave the current room. Answered by [`ServerMsg::Left`]; the connection stays open and
     /// may join again.
@@ -794,6 +799,9 @@ pub enum ErrorCode {
     RecordingStorageFull,
     /// No such recording in this room (it was deleted or has expired).
     UnknownRecording,
+    /// The meeting is being recorded: join again with `recording_ok` once the person has been
+    /// told so (the consent step before joining).
+    RecordingConsent,
 }
 
 impl ErrorCode {
@@ -840,6 +848,7 @@ impl ErrorCode {
         ErrorCode::RecordingUnavailable,
         ErrorCode::RecordingStorageFull,
         ErrorCode::UnknownRecording,
+        ErrorCode::RecordingConsent,
     ];
 
     /// The English sentence sent with the code.
@@ -891,6 +900,7 @@ impl ErrorCode {
             }
             ErrorCode::Unavailable => "The meeting cannot be reached right now; try again in a few seconds.",
             ErrorCode::RecordingUnavailable => "This server does not record meetings.",
+            ErrorCode::RecordingConsent => "This meeting is being recorded; join again to accept that.",
             ErrorCode::RecordingStorageFull => "The server's space for recordings is full; delete old recordings first.",
             ErrorCode::UnknownRecording => "There is no such recording in this room; it was deleted or has expired.",
         }

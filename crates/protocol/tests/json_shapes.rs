@@ -96,6 +96,7 @@ fn shapes_are_pinned() {
     assert_eq!(
         join,
         ClientMsg::Join {
+            recording_ok: false,
             protocol: 1,
             room: "r".into(),
             name: "n".into(),
@@ -105,6 +106,15 @@ fn shapes_are_pinned() {
             token: None
         }
     );
+    // Consent to a recording: sent only when true.
+    let consent =
+        r#"{"type":"join","protocol":1,"room":"r","name":"n","audio":false,"video":false,"recording_ok":true}"#;
+    let parsed: ClientMsg = serde_json::from_str(consent).expect("join with consent parses");
+    assert!(matches!(parsed, ClientMsg::Join { recording_ok: true, .. }));
+    assert_eq!(serde_json::to_string(&parsed).expect("serialises"), consent);
+    assert!(!serde_json::to_string(&join).expect("serialises").contains("recording_ok"));
+    let refused = ServerMsg::error(huddle_protocol::ErrorCode::RecordingConsent, Some("join"));
+    assert!(serde_json::to_string(&refused).expect("serialises").contains(r#""code":"recording_consent""#));
     let err = ServerMsg::error(huddle_protocol::ErrorCode::RoomFull, Some("join"));
     assert_eq!(
         serde_json::to_string(&err).expect("serialises"),

@@ -492,6 +492,7 @@ mod tests {
         assert_eq!(class_of(&ClientMsg::Chat { text: "hi".into() }), Class::Chat);
         assert_eq!(class_of(&ClientMsg::Media { audio: true, video: true, screen: false }), Class::Signal);
         let join = ClientMsg::Join {
+            recording_ok: false,
             protocol: 1,
             room: "r".into(),
             name: "n".into(),

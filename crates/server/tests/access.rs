@@ -73,6 +73,7 @@ async fn set(host: &mut Client, s: Set) -> huddle_protocol::RoomSettings {
 fn join_as(room: &str, name: &str, password: Option<&str>, token: Option<&str>) -> ClientMsg {
     let ClientMsg::Join { protocol, room, name, audio, video, .. } = join(room, name) else { unreachable!() };
     ClientMsg::Join {
+        recording_ok: false,
         protocol,
         room,
         name,

@@ -93,6 +93,7 @@ async fn joining_twice_wrong_version_and_bad_names_are_refused() {
 
     let mut c = Client::connect(&server).await;
     c.send(&ClientMsg::Join {
+        recording_ok: false,
         protocol: 99,
         room: "r".into(),
         name: "n".into(),

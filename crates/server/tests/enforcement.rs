@@ -25,6 +25,7 @@ fn settings(waiting_room: Option<bool>, password: Option<&str>) -> ClientMsg {
 async fn join_with(c: &mut Client, room: &str, password: Option<&str>, token: Option<&str>) -> ServerMsg {
     let ClientMsg::Join { protocol, room, name, audio, video, .. } = join(room, "Guest") else { unreachable!() };
     let msg = ClientMsg::Join {
+        recording_ok: false,
         protocol,
         room,
         name,

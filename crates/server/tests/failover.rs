@@ -420,7 +420,7 @@ async fn a_recording_follows_its_room(room: &str, graceful: bool, first_node: us
     // Someone entering now learns that the room records; those who were there were never told
     // it stopped (not in what their resume replayed, nor since).
     let mut carol = Client::connect_to(nodes[2].addr).await;
-    match carol.join(room, "Carol").await {
+    match carol.join_recorded(room, "Carol").await {
         ServerMsg::Joined { recording, .. } => assert_eq!(recording.as_ref(), Some(&info)),
         _ => unreachable!(),
     }

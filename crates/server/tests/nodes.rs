@@ -337,7 +337,7 @@ async fn an_invite_link_made_on_one_node_works_after_the_room_moved_to_another()
     nodes.remove(0).shutdown().await;
     let with = |token: Option<String>| match join("private", "Carol") {
         ClientMsg::Join { protocol, room, name, audio, video, .. } => {
-            ClientMsg::Join { protocol, room, name, audio, video, password: None, token }
+            ClientMsg::Join { recording_ok: false, protocol, room, name, audio, video, password: None, token }
         }
         other => other,
     };

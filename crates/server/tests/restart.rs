@@ -156,7 +156,8 @@ async fn a_restart_hands_every_session_back_with_its_room_role_password_and_miss
     c.send(&join("r", "Carol")).await;
     assert!(matches!(c.recv().await, ServerMsg::Error { code: ErrorCode::PasswordRequired, .. }));
     let ClientMsg::Join { protocol, room, name, audio, video, .. } = join("r", "Carol") else { unreachable!() };
-    let with_invite = ClientMsg::Join { protocol, room, name, audio, video, password: None, token: Some(token) };
+    let with_invite =
+        ClientMsg::Join { recording_ok: false, protocol, room, name, audio, video, password: None, token: Some(token) };
     c.send(&with_invite).await;
     match c.recv().await {
         ServerMsg::Joined { peers, chat, settings, .. } => {

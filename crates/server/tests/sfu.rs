@@ -159,7 +159,8 @@ async fn saying_participant(
     mut stop: watch::Receiver<bool>,
     mut say: mpsc::UnboundedReceiver<ClientMsg>,
 ) -> Client {
-    match ws.join(room, &format!("bot {tag}")).await {
+    // (A bot accepts that the room may be recording.)
+    match ws.join_recorded(room, &format!("bot {tag}")).await {
         ServerMsg::Joined { topology: Topology::Sfu, .. } => {}
         other => panic!("expected an sfu room, got {other:?}"),
     }
@@ -1369,9 +1370,12 @@ async fn a_host_records_the_sfu_room_into_one_file_per_track_and_a_manifest() {
     })
     .await;
     assert_eq!(seen_by_guest.as_ref(), Some(&info), "everyone is told, with who started it");
-    // Someone entering learns it with `joined`; the public list says so before anyone enters.
+    // Someone entering is told first, and enters only once they accept (`recording_ok`): then
+    // `joined` says it too. The public list says so before anyone enters.
     let mut late = Client::connect(&server).await;
-    match late.join("rec room", "Late").await {
+    late.send(&common::join("rec room", "Late")).await;
+    assert_eq!(next_error(&mut late).await, ErrorCode::RecordingConsent);
+    match late.join_recorded("rec room", "Late").await {
         ServerMsg::Joined { recording, .. } => assert_eq!(recording.as_ref(), Some(&info)),
         _ => unreachable!(),
     }
@@ -1567,6 +1571,61 @@ async fn a_recording_that_fills_the_quota_stops_and_says_so() {
     let before = saw(1, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(saw(1, 2) > before, "media flows on");
+    stop_all(stop_tx, tasks, server).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_that_reaches_the_time_limit_stops_and_says_so_and_keeps_what_it_recorded() {
+    use huddle_protocol::{RecordingFileState, RecordingStopReason};
+    let dir = recordings_dir("time-limit");
+    // (`--recording-max-minutes` is at least 1; the configuration itself takes any length.)
+    let limit = Duration::from_secs(2);
+    let server = TestServer::start(Config { recording_max: limit, ..recording_config(&dir) }).await;
+    let mut host = Client::connect(&server).await;
+    host.join("long", "Dana").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for tag in [1u8, 2] {
+        let ws = Client::connect(&server).await;
+        tasks.push(tokio::spawn(media_participant(ws, "long", tag, Link::udp().await, tx.clone(), stop.clone())));
+    }
+    let mut got = HashSet::new();
+    wait_for(&mut rx, &mut got, &everyone_sees_everyone(&[1, 2])).await;
+    host.send(&ClientMsg::Record).await;
+    let info = until(&mut host, "recording", |m| match m {
+        ServerMsg::Recording { recording: Some(info), .. } => Some(info),
+        _ => None,
+    })
+    .await;
+    let stopped = until(&mut host, "recording stopped", |m| match m {
+        ServerMsg::Recording { recording: None, stopped } => stopped,
+        _ => None,
+    })
+    .await;
+    assert_eq!(stopped.reason, RecordingStopReason::TimeLimit);
+    assert!(stopped.by.is_none());
+    let entry = until(&mut host, "recordings", |m| match m {
+        ServerMsg::Recordings { recordings } => {
+            recordings.into_iter().find(|r| r.id == info.id && r.state == RecordingFileState::Raw)
+        }
+        _ => None,
+    })
+    .await;
+    // It stops at the first frame past the limit, give or take the stop's way to the SFU.
+    let ms = u64::try_from(limit.as_millis()).expect("small");
+    assert!((ms..ms + 1_500).contains(&entry.duration_ms), "{} ms", entry.duration_ms);
+    let manifest = huddle_record::Manifest::load(&dir.join(&info.id)).expect("the manifest reads");
+    assert_eq!(manifest.state, huddle_record::manifest::RecordingState::Stopped);
+    assert_eq!(manifest.tracks.len(), 4, "{:?}", manifest.tracks);
+    // The call goes on; a new recording may start (and is limited the same way).
+    let before = saw(1, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(saw(1, 2) > before, "media flows on");
+    host.send(&ClientMsg::Record).await;
+    until(&mut host, "recording again", |m| matches!(m, ServerMsg::Recording { recording: Some(_), .. }).then_some(()))
+        .await;
     stop_all(stop_tx, tasks, server).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1865,4 +1924,106 @@ async fn a_recording_goes_on_over_a_graceful_restart_in_a_second_part() {
     eprintln!("the test took {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Waits until the room's settings, as the host is told them, satisfy `ok`.
+async fn room_settings(host: &mut Client, ok: impl Fn(&huddle_protocol::RoomSettings) -> bool) {
+    until(host, "room settings", |m| match m {
+        ServerMsg::RoomSettings { settings } => ok(&settings).then_some(()),
+        _ => None,
+    })
+    .await;
+}
+
+/// `join` of `room` with a password, accepting the recording or not.
+fn join_with(room: &str, password: Option<&str>, recording_ok: bool) -> ClientMsg {
+    let ClientMsg::Join { protocol, room, name, audio, video, token, .. } = join(room, "Stranger") else {
+        unreachable!()
+    };
+    ClientMsg::Join { protocol, room, name, audio, video, password: password.map(str::to_string), token, recording_ok }
+}
+
+/// Consent before entering a recording room is asked only of someone who could enter: a room's
+/// lock, password and bans answer first, so nobody else learns that it records (and an unlisted
+/// room's state stays its own). Someone who accepts enters; the waiting room says it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_to_a_recording_is_asked_only_of_someone_who_could_enter() {
+    let dir = recordings_dir("consent");
+    let server = TestServer::start(recording_config(&dir)).await;
+    let mut host = Client::connect(&server).await;
+    host.join("secret plans", "Dana").await;
+    let settings = |locked, waiting_room, password: Option<&str>| ClientMsg::Settings {
+        locked,
+        waiting_room,
+        allow_unmute: None,
+        password: password.map(str::to_string),
+        listed: Some(false),
+    };
+    host.send(&settings(None, None, Some("hunter22"))).await;
+    // (The password is hashed off the hub's task: it is on once the room's settings say so.)
+    until(&mut host, "the password on", |m| match m {
+        ServerMsg::RoomSettings { settings } => settings.has_password.then_some(()),
+        _ => None,
+    })
+    .await;
+    host.send(&ClientMsg::Record).await;
+    let info = until(&mut host, "recording", |m| match m {
+        ServerMsg::Recording { recording: Some(info), .. } => Some(info),
+        _ => None,
+    })
+    .await;
+
+    let mut stranger = Client::connect(&server).await;
+    // Without the password, or with a wrong one, the answer is about the password, even when the
+    // stranger says it accepts a recording.
+    for (password, ok, code) in [
+        (None, false, ErrorCode::PasswordRequired),
+        (None, true, ErrorCode::PasswordRequired),
+        (Some("guess"), true, ErrorCode::WrongPassword),
+    ] {
+        stranger.send(&join_with("secret plans", password, ok)).await;
+        assert_eq!(next_error(&mut stranger).await, code, "{password:?} {ok}");
+    }
+    // With the password: told it records, and not let in until accepting.
+    stranger.send(&join_with("secret plans", Some("hunter22"), false)).await;
+    assert_eq!(next_error(&mut stranger).await, ErrorCode::RecordingConsent);
+    // Locked meanwhile: the lock answers, not the recording.
+    host.send(&settings(Some(true), None, None)).await;
+    room_settings(&mut host, |s| s.locked).await;
+    stranger.send(&join_with("secret plans", Some("hunter22"), true)).await;
+    assert_eq!(next_error(&mut stranger).await, ErrorCode::RoomLocked);
+    host.send(&settings(Some(false), None, None)).await;
+    room_settings(&mut host, |s| !s.locked).await;
+    stranger.send(&join_with("secret plans", Some("hunter22"), true)).await;
+    match stranger.recv().await {
+        ServerMsg::Joined { recording, .. } => assert_eq!(recording, Some(info.clone())),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    stranger.send(&ClientMsg::Leave).await;
+
+    // With a waiting room, a knock is let in line and told there (no consent step before it).
+    host.send(&settings(None, Some(true), None)).await;
+    room_settings(&mut host, |s| s.waiting_room).await;
+    let mut knocker = Client::connect(&server).await;
+    knocker.send(&join_with("secret plans", Some("hunter22"), false)).await;
+    let waiting = until(&mut knocker, "waiting", |m| match m {
+        ServerMsg::Waiting { recording, .. } => Some(recording),
+        _ => None,
+    })
+    .await;
+    assert!(waiting, "the waiting room says the meeting is being recorded");
+
+    // Once it stopped, nobody is asked.
+    host.send(&ClientMsg::StopRecording).await;
+    until(&mut host, "stopped", |m| matches!(m, ServerMsg::Recording { recording: None, .. }).then_some(())).await;
+    host.send(&settings(None, Some(false), None)).await;
+    room_settings(&mut host, |s| !s.waiting_room).await;
+    let mut later = Client::connect(&server).await;
+    later.send(&join_with("secret plans", Some("hunter22"), false)).await;
+    match later.recv().await {
+        ServerMsg::Joined { recording, .. } => assert_eq!(recording, None),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

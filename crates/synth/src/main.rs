@@ -202,6 +202,7 @@ async fn participant(
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.context("WebSocket connect")?;
     let send = |msg: &ClientMsg| Message::text(serde_json::to_string(msg).unwrap_or_default());
     let join = ClientMsg::Join {
+        recording_ok: false,
         protocol: PROTOCOL_VERSION,
         room: room.to_string(),
         name: name.to_string(),

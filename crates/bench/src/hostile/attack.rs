@@ -160,6 +160,7 @@ fn ws_config() -> WebSocketConfig {
 
 fn join_text(room: &str, name: &str) -> String {
     let join = ClientMsg::Join {
+        recording_ok: false,
         protocol: PROTOCOL_VERSION,
         room: room.into(),
         name: name.into(),

@@ -194,6 +194,7 @@ pub fn type_of(msg: &ServerMsg) -> String {
 
 fn join_msg(name: &str) -> ClientMsg {
     ClientMsg::Join {
+        recording_ok: false,
         protocol: PROTOCOL_VERSION,
         room: ROOM.into(),
         name: name.into(),

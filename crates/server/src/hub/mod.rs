@@ -697,8 +697,8 @@ impl Hub {
         };
         let result = match (msg, room) {
             (ClientMsg::Join { .. }, _) if waiting.is_some() || checking => Err(ErrorCode::AlreadyInRoom),
-            (ClientMsg::Join { protocol, room, name, audio, video, password, token }, None) => {
-                let req = JoinRequest { protocol, room, name, audio, video, password, token };
+            (ClientMsg::Join { protocol, room, name, audio, video, password, token, recording_ok }, None) => {
+                let req = JoinRequest { protocol, room, name, audio, video, password, token, recording_ok };
                 self.join(id, req)
             }
             (ClientMsg::Join { .. }, Some(_)) => Err(ErrorCode::AlreadyInRoom),
@@ -931,6 +931,8 @@ struct JoinRequest {
     video: bool,
     password: Option<String>,
     token: Option<String>,
+    /// The person was told the meeting records (see [`ClientMsg::Join`]).
+    recording_ok: bool,
 }
 
 /// The newest of `saved` that a resume buffer keeps (at most [`RESUME_BUFFER`] messages and

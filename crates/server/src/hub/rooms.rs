@@ -84,6 +84,11 @@ impl Hub {
                 if r.is_full() {
                     return Err(ErrorCode::RoomFull);
                 }
+                // Consent: someone who could enter learns that the meeting records, and enters
+                // only once they were told (the waiting room says it before anyone is let in).
+                if r.recording().is_some() && !req.recording_ok {
+                    return Err(ErrorCode::RecordingConsent);
+                }
                 key
             }
             None => {

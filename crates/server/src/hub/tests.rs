@@ -314,6 +314,7 @@ fn send(hub: &mut Hub, c: &Client, msg: ClientMsg) {
 
 fn join_with(hub: &mut Hub, c: &mut Client, room: &str, password: Option<&str>, token: Option<&str>) -> ServerMsg {
     let msg = ClientMsg::Join {
+        recording_ok: false,
         protocol: 1,
         room: room.into(),
         name: format!("name {}", c.id),
@@ -477,6 +478,7 @@ async fn a_password_check_counts_only_for_the_room_and_password_it_began_with() 
     assert!(matches!(host.next(), ServerMsg::RoomSettings { settings } if settings.has_password));
     let mut g = connect(&mut hub, 2, 64);
     let old = ClientMsg::Join {
+        recording_ok: false,
         protocol: 1,
         room: "r".into(),
         name: "G".into(),
@@ -894,6 +896,7 @@ async fn the_hub_task_gives_freed_memory_back_when_the_last_session_ends() {
         tx.send(Command::Connect(c)).await.expect("the hub runs");
         let id = named.await.expect("the hub names the session");
         let join = ClientMsg::Join {
+            recording_ok: false,
             protocol: PROTOCOL_VERSION,
             room: "r".into(),
             name: format!("n{n}"),

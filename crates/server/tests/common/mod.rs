@@ -141,6 +141,15 @@ impl Client {
         m
     }
 
+    /// [`Client::join`] by someone who was told the meeting is being recorded
+    /// (`recording_ok`).
+    pub async fn join_recorded(&mut self, room: &str, name: &str) -> ServerMsg {
+        self.send(&join_recorded(room, name)).await;
+        let m = self.recv().await;
+        assert!(matches!(m, ServerMsg::Joined { .. }), "expected joined, got {m:?}");
+        m
+    }
+
     pub async fn expect_error(&mut self, code: ErrorCode) {
         match self.recv().await {
             ServerMsg::Error { code: got, message, .. } => {
@@ -163,8 +172,19 @@ impl Client {
     }
 }
 
+/// [`join`] with `recording_ok`: the person accepts that the meeting is being recorded.
+pub fn join_recorded(room: &str, name: &str) -> ClientMsg {
+    match join(room, name) {
+        ClientMsg::Join { protocol, room, name, audio, video, password, token, .. } => {
+            ClientMsg::Join { protocol, room, name, audio, video, password, token, recording_ok: true }
+        }
+        _ => unreachable!("join makes a join"),
+    }
+}
+
 pub fn join(room: &str, name: &str) -> ClientMsg {
     ClientMsg::Join {
+        recording_ok: false,
         protocol: 1,
         room: room.into(),
         name: name.into(),
