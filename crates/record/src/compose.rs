@@ -28,7 +28,8 @@
 //! - Audio: every audio track placed at its `start` (`-itsoffset`, then `aresample` with
 //!   `async=1:first_pts=0`, which pads the beginning and any gap inside a track with silence,
 //!   so a muted stretch with no packets does not pull the rest early) and mixed (`amix`,
-//!   `normalize=0`: voices keep their level; several loud voices at once can clip).
+//!   `normalize=0`: voices keep their level), then a limiter holds several loud voices at once
+//!   under full scale instead of clipping them.
 //! - No video track: the black canvas (at 5 fps) with the audio. No audio track: video only.
 //!
 //! Video and audio are two separate filtergraphs, so that a change of picture size (which
@@ -723,6 +724,11 @@ fn video_graph(
     chains.join(";")
 }
 
+/// After the mix: each voice keeps its own level (`normalize=0`), so several loud voices at
+/// once could go past full scale and clip; a limiter (its automatic levelling off) holds the peaks
+/// under it and leaves everything quieter as it is.
+const LIMITER: &str = "alimiter=limit=0.9:attack=5:release=50:level=false";
+
 fn audio_graph(inputs: &[usize]) -> String {
     let mut chains: Vec<String> = inputs
         .iter()
@@ -735,7 +741,7 @@ fn audio_graph(inputs: &[usize]) -> String {
         chains.push(format!("{ins}apad[aout]"));
     } else {
         chains.push(format!(
-            "{ins}amix=inputs={}:normalize=0:dropout_transition=0:duration=longest,apad[aout]",
+            "{ins}amix=inputs={}:normalize=0:dropout_transition=0:duration=longest,{LIMITER},apad[aout]",
             inputs.len()
         ));
     }

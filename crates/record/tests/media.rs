@@ -580,6 +580,53 @@ fn a_recording_in_two_parts_composes_into_one_file_on_one_clock() {
     fs::remove_dir_all(&dir).expect("cleans up");
 }
 
+/// Opus packets of a tone at nearly full scale (`amplitude` of 1), via WebM.
+fn loud_source(dir: &Path, name: &str, freq: u32, secs: f64) -> Vec<(u64, Vec<u8>)> {
+    let webm = dir.join(format!("{name}.src.webm"));
+    let input = format!("aevalsrc=0.9*sin(2*PI*{freq}*t):sample_rate=48000:channel_layout=mono");
+    let t = secs.to_string();
+    ffmpeg(&["-f", "lavfi", "-i", &input, "-t", &t, "-c:a", "libopus", "-b:a", "64k", webm.to_str().expect("utf-8")]);
+    webm_blocks(&webm)
+}
+
+#[test]
+fn three_loud_voices_at_once_are_mixed_without_clipping() {
+    need_ffmpeg!("three_loud_voices_at_once_are_mixed_without_clipping");
+    let dir = temp("loud");
+    let freqs = [500u32, 1_100, 1_900];
+    let mut tracks = Vec::new();
+    for (i, f) in freqs.iter().enumerate() {
+        let packets = loud_source(&dir, &format!("t{i}"), *f, 2.0);
+        tracks.push(recorded(&dir, &format!("p{i}-audio.webm"), &format!("p{i}"), TrackKind::Audio, 0, &packets));
+    }
+    let m = Manifest {
+        version: VERSION,
+        part: 1,
+        id: "x".into(),
+        room: "r".into(),
+        started_at: 0,
+        started_by: Person { id: "p0".into(), name: "A".into() },
+        stopped_at: Some(2_000),
+        stopped_by: None,
+        state: RecordingState::Stopped,
+        participants: (0..3).map(|i| person(&format!("p{i}"), "P")).collect(),
+        tracks,
+        events: vec![],
+    };
+    let out = dir.join("loud.webm");
+    compose_checked(&m, &dir, &out);
+    let samples = mix(&out);
+    let w = window(&samples, 0.3, 1.7);
+    let peak = w.iter().fold(0.0f64, |a, s| a.max(s.abs()));
+    let at_full_scale = w.iter().filter(|s| s.abs() >= 0.999).count();
+    // Summed as they are, the three would reach 2.7 times full scale.
+    assert_eq!(at_full_scale, 0, "no sample clipped (peak {peak:.3})");
+    assert!(peak > 0.5, "still loud: peak {peak:.3}");
+    let tones: Vec<f64> = freqs.iter().map(|&f| f64::from(f)).collect();
+    assert_eq!(heard(w, &tones), vec![true; 3], "every voice is in the mix");
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn composite_of_audio_only_and_cancel() {
     need_ffmpeg!("composite_of_audio_only_and_cancel");
