@@ -15,30 +15,20 @@
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { startServer } from './lib/server.js';
 import { launchParticipant, writeLogs, withTimeout } from './lib/browser.js';
 import { joinViaLanding, gotoLanding, pressJoin, waitForView, waitForRemoteTiles, pollUntil } from './lib/huddle.js';
 import { Scenario } from './lib/scenario.js';
-import { artifactsDir, REPO_DIR, T } from './lib/env.js';
+import { artifactsDir, T } from './lib/env.js';
+import { sentence } from './lib/i18n.js';
 
 const sc = new Scenario('recording-ui');
 const ROOM = `rec-${crypto.randomBytes(3).toString('hex')}`;
 const shotsDir = process.env.RECORDING_SHOTS_DIR || path.join(artifactsDir(), 'recording');
 /** The messages the test answers in the server's place. */
 const TAKEN = ['record', 'stop_recording', 'delete_recording'];
-
-/** The page's own sentence for `key` in `lang`, read from web/js/i18n.js, with `vars` filled in. */
-const I18N = readFileSync(path.join(REPO_DIR, 'web', 'js', 'i18n.js'), 'utf8');
-function sentence(lang, key, vars = {}) {
-  const ko = I18N.indexOf('\n  ko: {');
-  assert.ok(ko > 0, 'web/js/i18n.js has a ko section');
-  const part = lang === 'ko' ? I18N.slice(ko) : I18N.slice(0, ko);
-  const m = new RegExp(`'${key.replace(/\./g, '\\.')}':\\s*'((?:[^'\\\\]|\\\\.)*)'`).exec(part);
-  assert.ok(m, `web/js/i18n.js has ${key} in ${lang}`);
-  return m[1].replace(/\\(.)/g, '$1').replace(/\{(\w+)\}/g, (all, k) => (k in vars ? String(vars[k]) : all));
-}
 
 /**
  * @typedef {{p: import('./lib/browser.js').Participant, lang: string, name: string,

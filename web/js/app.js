@@ -407,6 +407,8 @@ function wireSignalling() {
   });
   sig.on('joined', (m) => {
     S.joining = false;
+    // In the room the sign says whether it records; back on pre-join the server asks again.
+    recordingRoom = '';
     if (S.rejoining) {
       S.rejoining = false;
       call.setReconnecting(false);
@@ -466,6 +468,8 @@ function wireSignalling() {
       // Being recorded: the pre-join step says so, and Join (again) accepts it.
       recordingRoom = S.room;
       renderPresence();
+      // On a phone the banner and the notice push Join down: the notice and Join stay in view.
+      $('#prejoin-recording').scrollIntoView({ block: 'start' });
     }
     if (m.code === 'unknown_peer') return; // a peer left while we were still signalling to it
     // The answer to something sent while still in the room (a candidate, a mute) that arrived after
