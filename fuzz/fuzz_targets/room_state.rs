@@ -66,7 +66,7 @@ const MIMES: &[&str] = &["", "text/plain", "a\u{0}b"];
 const SDPS: &[&str] = &["v=0\r\n", "", "garbage"];
 
 /// The number of `ClientMsg` variants `client_msg` generates; `covered` must agree.
-const CLIENT_MSG_VARIANTS: u32 = 25;
+const CLIENT_MSG_VARIANTS: u32 = 31;
 
 const EMOJI_JUNK: &[&str] = &["", "x", "👍👍", "🤮"];
 const PASSWORDS: &[&str] = &["secret", "wrong", ""];
@@ -140,6 +140,31 @@ fn client_msg(u: &mut Unstructured, peers: &[PeerId], tokens: &[String]) -> arbi
         21 => ClientMsg::Record,
         22 => ClientMsg::StopRecording,
         23 => ClientMsg::DeleteRecording { id: u.choose(&["r1796629712-0a1b2c3d", "../etc", ""])?.to_string() },
+        25 => {
+            let n = u.int_in_range(0..=3)?;
+            let mut rooms = Vec::new();
+            for i in 0..n {
+                let mut members = Vec::new();
+                for _ in 0..u.int_in_range(0..=3)? {
+                    members.push(u.choose(peers)?.clone());
+                }
+                let name = if u.ratio(1, 8)? { "\u{202e}".to_string() } else { format!("room {}", i % 3) };
+                rooms.push(huddle_protocol::BreakoutPlan { name, members });
+            }
+            ClientMsg::BreakoutOpen {
+                rooms,
+                auto_move: u.arbitrary()?,
+                allow_return: u.arbitrary()?,
+                choose: u.arbitrary()?,
+                minutes: *u.choose(&[0, 1, 5000])?,
+                close_seconds: *u.choose(&[0, 60, 601])?,
+            }
+        }
+        26 => ClientMsg::BreakoutAssign { peer: u.choose(peers)?.clone(), room: u.int_in_range(0..=3)? },
+        27 => ClientMsg::BreakoutMove { room: u.int_in_range(0..=3)? },
+        28 => ClientMsg::BreakoutBroadcast { text: u.choose(TEXTS)?.to_string() },
+        29 => ClientMsg::BreakoutHelp,
+        30 => ClientMsg::BreakoutClose { now: u.arbitrary()? },
         _ => ClientMsg::RelayCheck {
             room: u.arbitrary::<bool>()?.then(|| "r".to_string()),
             token: match u.int_in_range(0..=2)? {
@@ -182,6 +207,12 @@ fn covered(m: &ClientMsg) -> u32 {
         ClientMsg::StopRecording => 22,
         ClientMsg::DeleteRecording { .. } => 23,
         ClientMsg::RelayCheck { .. } => 24,
+        ClientMsg::BreakoutOpen { .. } => 25,
+        ClientMsg::BreakoutAssign { .. } => 26,
+        ClientMsg::BreakoutMove { .. } => 27,
+        ClientMsg::BreakoutBroadcast { .. } => 28,
+        ClientMsg::BreakoutHelp => 29,
+        ClientMsg::BreakoutClose { .. } => 30,
     }
 }
 
@@ -232,6 +263,8 @@ struct Client {
     welcomed: bool,
     said_bye: bool,
     room: Option<String>,
+    /// Which breakout room of its meeting it is in (`None`: the main room).
+    breakout: Option<u32>,
     topology: Topology,
     peers: HashSet<PeerId>,
     last_chat: u64,
@@ -315,8 +348,12 @@ impl Client {
                 });
                 assert!(order, "room list out of order: {rooms:?}");
             }
-            ServerMsg::Joined { room, you, peers, chat, topology, .. } => {
-                assert!(self.room.is_none(), "{me} joined {room:?} while in {:?}", self.room);
+            ServerMsg::Joined { room, you, peers, chat, topology, breakout, .. } => {
+                // Only a move between the rooms of its meeting (breakout rooms) while in one.
+                let moved = self.room.as_ref() == Some(room);
+                assert!(self.room.is_none() || moved, "{me} joined {room:?} while in {:?}", self.room);
+                assert!(!moved || breakout.as_ref().map(|b| b.index) != self.breakout, "{me} moved into its own room");
+                self.breakout = breakout.as_ref().map(|b| b.index);
                 self.waiting = None;
                 self.role = you.role;
                 assert_eq!(&you.id, me);
@@ -335,6 +372,7 @@ impl Client {
                 assert!(here, "{me} left {room:?}, not there (in {:?})", self.room);
                 self.waiting = None;
                 self.room = None;
+                self.breakout = None;
                 self.peers.clear();
             }
             ServerMsg::PeerJoined { peer } => {
@@ -422,6 +460,7 @@ impl Client {
                 let here = self.room.as_ref() == Some(room) || self.waiting.as_ref() == Some(room);
                 assert!(here, "{me} removed from {room:?}, not there");
                 self.room = None;
+                self.breakout = None;
                 self.waiting = None;
                 self.peers.clear();
             }
@@ -429,6 +468,7 @@ impl Client {
                 let here = self.room.as_ref() == Some(room) || self.waiting.as_ref() == Some(room);
                 assert!(here, "{me}: {room:?} ended, not there");
                 self.room = None;
+                self.breakout = None;
                 self.waiting = None;
                 self.peers.clear();
             }
@@ -448,6 +488,16 @@ impl Client {
             ServerMsg::Bye { reason } => {
                 assert!(w.shutdown && *reason == ByeReason::ServerShutdown, "{me}: bye {reason:?}");
                 self.said_bye = true;
+            }
+            ServerMsg::Breakouts { .. } => in_room("breakouts"),
+            ServerMsg::BreakoutMessage { .. } => in_room("breakout_message"),
+            ServerMsg::BreakoutChat { .. } => {
+                in_room("breakout_chat");
+                assert_eq!(self.breakout, None, "{me}: a breakout room's chat outside the main room");
+            }
+            ServerMsg::BreakoutHelp { .. } => {
+                in_room("breakout_help_request");
+                assert!(self.role.moderates(), "{me} asked for help as a {:?}", self.role);
             }
             // This hub has no recordings store: nothing ever records, so no one hears of one.
             ServerMsg::Recording { .. } | ServerMsg::Recordings { .. } => {
@@ -685,6 +735,7 @@ impl Run {
                     welcomed: false,
                     said_bye: false,
                     room: None,
+                    breakout: None,
                     topology: Topology::P2p,
                     peers: HashSet::new(),
                     last_chat: 0,
@@ -999,10 +1050,16 @@ impl Run {
         }
         for c in &live {
             let Some(room) = &c.room else { continue };
-            let others: HashSet<PeerId> =
-                live.iter().filter(|d| d.id != c.id && d.room.as_ref() == Some(room)).map(|d| d.id.clone()).collect();
+            // (The same room: the same meeting, and the same breakout room of it.)
+            let others: HashSet<PeerId> = live
+                .iter()
+                .filter(|d| d.id != c.id && d.room.as_ref() == Some(room) && d.breakout == c.breakout)
+                .map(|d| d.id.clone())
+                .collect();
             // Beyond the live ones: sessions whose connection was lost, kept for a resume.
-            let kept = |id: &PeerId| self.lost.iter().any(|l| &l.id == id && l.room.as_ref() == Some(room));
+            let kept = |id: &PeerId| {
+                self.lost.iter().any(|l| &l.id == id && l.room.as_ref() == Some(room) && l.breakout == c.breakout)
+            };
             let right = others.is_subset(&c.peers) && c.peers.iter().all(|p| others.contains(p) || kept(p));
             assert!(right, "{} sees the wrong people in {room:?}: {:?}, live {others:?}", c.id, c.peers);
         }

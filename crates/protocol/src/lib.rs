@@ -149,6 +149,96 @@ pub enum ClientMsg {
     /// Hosts: void every invite link handed out so far (answered, to every host and co-host, by
     /// [`ServerMsg::InvitesRevoked`]); links made afterwards work.
     RevokeInvites,
+    /// Hosts: open breakout rooms (see `docs/protocol.md`, "Breakout rooms").
+    #[serde(rename_all = "camelCase")]
+    BreakoutOpen {
+        rooms: Vec<BreakoutPlan>,
+        /// Move people at once (else each accepts with `breakout_move`).
+        #[serde(default = "yes")]
+        auto_move: bool,
+        /// Participants may go back to the main room and return.
+        #[serde(default = "yes")]
+        allow_return: bool,
+        /// Participants may pick any room.
+        #[serde(default)]
+        choose: bool,
+        /// After this long the rooms start closing by themselves (0: no limit).
+        #[serde(default)]
+        minutes: u32,
+        /// The countdown before everyone is back in the main room.
+        #[serde(default = "sixty")]
+        close_seconds: u32,
+    },
+    /// Hosts: put `peer` in breakout room `room` (0: the main room).
+    BreakoutAssign { peer: PeerId, room: u32 },
+    /// Go to breakout room `room` (0: back to the main room), as the options allow.
+    BreakoutMove { room: u32 },
+    /// Hosts: a message to every room of the meeting.
+    BreakoutBroadcast { text: String },
+    /// In a breakout room: ask the hosts for help.
+    BreakoutHelp,
+    /// Hosts: bring everyone back to the main room (after the countdown, or `now`).
+    BreakoutClose {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        now: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn sixty() -> u32 {
+    60
+}
+
+/// One breakout room to open: its name and who goes there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakoutPlan {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<PeerId>,
+}
+
+/// A breakout room, as `joined`, `breakout_help` and `breakout_chat` name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakoutRef {
+    /// From 1.
+    pub index: u32,
+    pub name: String,
+}
+
+/// One breakout room in [`ServerMsg::Breakouts`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakoutSummary {
+    pub index: u32,
+    pub name: String,
+    /// How many are in it now.
+    pub count: u32,
+    /// Hosts and co-hosts: who is in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<Person>>,
+}
+
+/// The open breakout rooms of a meeting, as one person is told ([`ServerMsg::Breakouts`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakoutsOpen {
+    pub rooms: Vec<BreakoutSummary>,
+    /// Hosts and co-hosts: who is in the main room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<Vec<Person>>,
+    /// The receiver's room (0: the main room).
+    pub assigned: u32,
+    pub auto_move: bool,
+    pub allow_return: bool,
+    pub choose: bool,
+    /// Unix ms: when the rooms start closing by themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<u64>,
+    /// Unix ms: when everyone will be back in the main room (while closing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closing_at: Option<u64>,
 }
 
 /// The reactions a participant may send.
@@ -246,6 +336,12 @@ impl ClientMsg {
         "ping",
         "revoke_invites",
         "relay_check",
+        "breakout_open",
+        "breakout_assign",
+        "breakout_move",
+        "breakout_broadcast",
+        "breakout_help",
+        "breakout_close",
     ];
 
     /// The `type` tag of this message.
@@ -276,6 +372,12 @@ impl ClientMsg {
             ClientMsg::Ping => "ping",
             ClientMsg::RevokeInvites => "revoke_invites",
             ClientMsg::RelayCheck { .. } => "relay_check",
+            ClientMsg::BreakoutOpen { .. } => "breakout_open",
+            ClientMsg::BreakoutAssign { .. } => "breakout_assign",
+            ClientMsg::BreakoutMove { .. } => "breakout_move",
+            ClientMsg::BreakoutBroadcast { .. } => "breakout_broadcast",
+            ClientMsg::BreakoutHelp => "breakout_help",
+            ClientMsg::BreakoutClose { .. } => "breakout_close",
         }
     }
 }
@@ -379,6 +481,10 @@ pub enum ServerMsg {
         /// The room is being recorded (absent when not).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recording: Option<RecordingInfo>,
+        /// This is one of the meeting's breakout rooms (absent in the main room); `room` is the
+        /// meeting's name either way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        breakout: Option<BreakoutRef>,
     },
     /// Answer to `join` when the room has a waiting room: wait for a host. `joined` follows when
     /// a host admits you; an `error` with code `knock_denied` when one turns you away.
@@ -438,6 +544,20 @@ pub enum ServerMsg {
     Pong,
     /// Answer to `leave`.
     Left { room: String },
+    /// The meeting's breakout rooms (to everyone in any room of the meeting, on every change);
+    /// `open: false` and nothing else when none are open.
+    Breakouts {
+        open: bool,
+        #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+        state: Option<BreakoutsOpen>,
+    },
+    /// A host's message to every room of the meeting.
+    BreakoutMessage { from: Person, text: String },
+    /// Hosts: someone in a breakout room asks for help.
+    #[serde(rename = "breakout_help_request")]
+    BreakoutHelp { from: Person, room: BreakoutRef },
+    /// Back in the main room: the chat of a breakout room you were in.
+    BreakoutChat { room: BreakoutRef, messages: Vec<ChatMessage> },
     /// Someone entered the room.
     PeerJoined { peer: Peer },
     /// Someone left the room.
@@ -720,6 +840,8 @@ pub enum LeaveReason {
     TooSlow,
     /// A host removed them.
     Removed,
+    /// They moved to another room of the meeting (breakout rooms).
+    Breakout,
 }
 
 /// Why a meeting ended other than by a host (`ended.reason`).
@@ -799,6 +921,8 @@ pub enum ErrorCode {
     RecordingStorageFull,
     /// No such recording in this room (it was deleted or has expired).
     UnknownRecording,
+    /// A breakout request that cannot be done (see the message).
+    InvalidBreakout,
     /// The meeting is being recorded: join again with `recording_ok` once the person has been
     /// told so (the consent step before joining).
     RecordingConsent,
@@ -848,6 +972,7 @@ impl ErrorCode {
         ErrorCode::RecordingUnavailable,
         ErrorCode::RecordingStorageFull,
         ErrorCode::UnknownRecording,
+        ErrorCode::InvalidBreakout,
         ErrorCode::RecordingConsent,
     ];
 
@@ -900,6 +1025,7 @@ impl ErrorCode {
             }
             ErrorCode::Unavailable => "The meeting cannot be reached right now; try again in a few seconds.",
             ErrorCode::RecordingUnavailable => "This server does not record meetings.",
+            ErrorCode::InvalidBreakout => "That breakout room request cannot be done now.",
             ErrorCode::RecordingConsent => "This meeting is being recorded; join again to accept that.",
             ErrorCode::RecordingStorageFull => "The server's space for recordings is full; delete old recordings first.",
             ErrorCode::UnknownRecording => "There is no such recording in this room; it was deleted or has expired.",

@@ -73,6 +73,10 @@ fn every_documented_example_round_trips() {
         "check_ice_servers",
         "recording",
         "recordings",
+        "breakouts",
+        "breakout_message",
+        "breakout_help_request",
+        "breakout_chat",
     ]
     .iter()
     .map(|s| s.to_string())

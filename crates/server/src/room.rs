@@ -3,6 +3,7 @@
 //! to open it. Plain data owned by the hub; the rules about who may do what live in the hub,
 //! which calls these.
 
+pub mod breakout;
 pub mod password;
 
 use huddle_protocol::{ChatMessage, Knocker, Peer, PeerId, Role, RoomSettings, Topology};
@@ -88,6 +89,9 @@ pub struct Room {
     /// Which part of `recording` is being written (1 for the first).
     #[serde(default)]
     recording_part: u32,
+    /// A meeting's main room: its breakout rooms while they are open.
+    #[serde(default)]
+    breakouts: Option<breakout::Breakouts>,
 }
 
 /// Most bytes of chat (text and sender names) a room keeps for latecomers, besides the count
@@ -120,6 +124,7 @@ impl Room {
             password_seq: 0,
             recording: None,
             recording_part: 0,
+            breakouts: None,
         }
     }
 
@@ -345,6 +350,19 @@ impl Room {
     pub fn set_recording(&mut self, recording: Option<huddle_protocol::RecordingInfo>, part: u32) {
         self.recording_part = if recording.is_some() { part } else { 0 };
         self.recording = recording;
+    }
+
+    /// The meeting's open breakout rooms (a main room's).
+    pub fn breakouts(&self) -> Option<&breakout::Breakouts> {
+        self.breakouts.as_ref()
+    }
+
+    pub fn breakouts_mut(&mut self) -> Option<&mut breakout::Breakouts> {
+        self.breakouts.as_mut()
+    }
+
+    pub fn set_breakouts(&mut self, breakouts: Option<breakout::Breakouts>) {
+        self.breakouts = breakouts;
     }
 
     /// Which part of the recording is being written.

@@ -27,6 +27,8 @@ pub const MAX_WORKERS: usize = 64;
 /// FNV-1a of the name, so the same name goes to the same worker in every run with the same
 /// count (the restart file relies on nothing more: a restored room is placed by this too).
 pub fn worker_of_room(room: &str, workers: usize) -> usize {
+    // A breakout room lives with its meeting.
+    let room = crate::room::breakout::meeting_of(room);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in room.bytes() {
         h ^= u64::from(b);

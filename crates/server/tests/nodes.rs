@@ -447,3 +447,53 @@ async fn a_file_shared_in_a_room_of_another_node_goes_up_and_down_through_any_no
     assert_eq!(http(nodes[1].addr, "GET", "/files/0badc0de-00112233445566778899aabbccddeeff", b"").await.status, 404);
     assert_eq!(http(nodes[0].addr, "PUT", &url, &bytes).await.status, 409, "uploaded once, whichever node");
 }
+
+#[tokio::test]
+async fn breakout_rooms_of_a_meeting_whose_people_are_on_two_nodes() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis, 2).await;
+    let mut host = Client::connect(&nodes[0]).await;
+    host.join("workshop", "Host").await;
+    let mut a = Client::connect(&nodes[1]).await;
+    a.join("workshop", "A").await;
+    let mut b = Client::connect(&nodes[0]).await;
+    b.join("workshop", "B").await;
+    let plan = huddle_protocol::BreakoutPlan { name: "Pair".into(), members: vec![a.id.clone(), b.id.clone()] };
+    let open = ClientMsg::BreakoutOpen {
+        rooms: vec![plan],
+        auto_move: true,
+        allow_return: true,
+        choose: false,
+        minutes: 0,
+        close_seconds: 0,
+    };
+    host.send(&open).await;
+    // A's page is on the other node: it is moved all the same, and the pair talks across nodes.
+    for c in [&mut a, &mut b] {
+        loop {
+            match next(c).await {
+                ServerMsg::Joined { breakout: Some(room), .. } => {
+                    assert_eq!((room.index, room.name.as_str()), (1, "Pair"));
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+    a.send(&ClientMsg::Chat { text: "across nodes".into() }).await;
+    loop {
+        match next(&mut b).await {
+            ServerMsg::Chat { message } if message.text == "across nodes" => break,
+            _ => continue,
+        }
+    }
+    host.send(&ClientMsg::BreakoutClose { now: true }).await;
+    for c in [&mut a, &mut b] {
+        loop {
+            match next(c).await {
+                ServerMsg::Joined { breakout: None, .. } => break,
+                _ => continue,
+            }
+        }
+    }
+}

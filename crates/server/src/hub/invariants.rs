@@ -15,7 +15,16 @@ impl Hub {
             return Err(format!("{} rooms, more than the limit of {}", self.rooms.len(), self.config.max_rooms));
         }
         for (name, room) in self.rooms.iter() {
-            if room.is_empty() {
+            // A breakout room belongs to a meeting whose rooms are open, and is one of them.
+            if let Some(index) = crate::room::breakout::index_of(name) {
+                let open = self.rooms.get(breakout_meeting(name)).and_then(Room::breakouts);
+                if !open.is_some_and(|b| index >= 1 && b.has(index)) {
+                    return Err(format!("breakout room {name:?} without its meeting's rooms open"));
+                }
+            }
+            // A meeting split in rooms keeps its rooms while anyone is in any of them.
+            let split = self.in_breakout_meeting(name);
+            if room.is_empty() && !(split && self.meeting_len(breakout_meeting(name)) > 0) {
                 return Err(format!("room {name:?} is empty but still listed"));
             }
             if room.len() > self.config.room_capacity as usize {
@@ -49,7 +58,19 @@ impl Hub {
         self.rooms.check()?;
         let tokens_may_set_roles = self.config.token_secret.is_some() || self.config.token_public_key.is_some();
         for (name, room) in self.rooms.iter() {
-            let hosts = room.members().filter(|p| p.role == Role::Host).count();
+            let hosts = if crate::room::breakout::index_of(name).is_some() {
+                continue; // counted with its meeting
+            } else if room.breakouts().is_some() {
+                // One host across the meeting's rooms.
+                self.meeting_rooms(name)
+                    .iter()
+                    .filter_map(|k| self.rooms.get(k))
+                    .flat_map(Room::members)
+                    .filter(|p| p.role == Role::Host)
+                    .count()
+            } else {
+                room.members().filter(|p| p.role == Role::Host).count()
+            };
             // Operator tokens may make everyone a participant, or bring a second host.
             if !tokens_may_set_roles && hosts != 1 {
                 return Err(format!("room {name:?} has {hosts} hosts"));

@@ -22,6 +22,7 @@
 use crate::config::{Config, TopologyMode};
 use crate::files::{FileCommand, FileLimits, FileStore};
 use crate::media::{MediaCommand, MediaEvent};
+use crate::room::breakout::meeting_of as breakout_meeting;
 use crate::room::password::PasswordHash;
 use crate::room::{Held, Room, RoomError, Waiter};
 use crate::tokens::Tokens;
@@ -46,6 +47,7 @@ use tracing::{debug, info, warn};
 /// What a connection task receives to write to its socket (see [`crate::outbox`]).
 pub use crate::outbox::{Frame, Outbox};
 
+mod breakout;
 mod bridges;
 mod invariants;
 mod jobs;
@@ -472,6 +474,9 @@ pub struct Hub {
     siblings: Option<crate::workers::Siblings>,
     /// The recordings store; `None`: this hub does not record (see [`recording`]).
     recordings: Option<Arc<crate::recording::Recordings>>,
+    /// Meetings whose breakout rooms are open, and when their clock is next due (see
+    /// [`breakout`]).
+    breakout_due: HashMap<Arc<str>, Instant>,
 }
 
 impl Hub {
@@ -508,6 +513,7 @@ impl Hub {
             deadlines: BinaryHeap::new(),
             siblings: None,
             recordings: None,
+            breakout_due: HashMap::new(),
         }
     }
 
@@ -548,6 +554,8 @@ impl Hub {
             return;
         }
         if let Some(Place::In(room) | Place::Waiting(room)) = self.rooms.place(id).cloned() {
+            // A breakout room is saved with its meeting.
+            let room = self.meeting_key(&room).unwrap_or(room);
             match weight {
                 Weight::State => self.unsaved.insert(room),
                 Weight::Light => self.unsaved_light.insert(room),
@@ -728,7 +736,7 @@ impl Hub {
             (_, None) => Err(ErrorCode::NotInRoom),
             (ClientMsg::Leave, Some(room)) => {
                 self.leave_room(id, LeaveReason::Left);
-                self.send(id, ServerMsg::Left { room: room.to_string() });
+                self.send(id, ServerMsg::Left { room: breakout_meeting(&room).to_string() });
                 Ok(())
             }
             (ClientMsg::Signal { to, payload }, Some(room)) if to.0 == SFU_PEER_ID => {
@@ -791,6 +799,15 @@ impl Hub {
                     Err(ErrorCode::InvalidReaction)
                 }
             }
+            (
+                msg @ (ClientMsg::BreakoutOpen { .. }
+                | ClientMsg::BreakoutAssign { .. }
+                | ClientMsg::BreakoutMove { .. }
+                | ClientMsg::BreakoutBroadcast { .. }
+                | ClientMsg::BreakoutHelp
+                | ClientMsg::BreakoutClose { .. }),
+                Some(room),
+            ) => self.breakout_command(id, &room, msg),
             (msg, Some(room)) => self.host_command(id, &room, msg),
         };
         if let Err(code) = result {

@@ -12,6 +12,23 @@ impl Hub {
         if !(me.moderates() || may_record && recording_command) {
             return Err(ErrorCode::NotAllowed);
         }
+        // In a breakout room, what concerns the whole meeting (its door, its recording, its
+        // invites) is done from the main room; ending the meeting ends every room of it.
+        let meeting_wide = matches!(
+            msg,
+            ClientMsg::Settings { .. }
+                | ClientMsg::Admit { .. }
+                | ClientMsg::Deny { .. }
+                | ClientMsg::AdmitAll
+                | ClientMsg::Record
+                | ClientMsg::StopRecording
+                | ClientMsg::DeleteRecording { .. }
+                | ClientMsg::Invite { .. }
+                | ClientMsg::RevokeInvites
+        );
+        if meeting_wide && crate::room::breakout::index_of(room).is_some() {
+            return Err(ErrorCode::InvalidBreakout);
+        }
         match msg {
             ClientMsg::Settings { locked, waiting_room, allow_unmute, password, listed } => {
                 let password = match password {
@@ -175,12 +192,14 @@ impl Hub {
             ModAction::Remove | ModAction::Ban => {
                 if action == ModAction::Ban {
                     let keys = self.conns.get(peer).map(|c| c.keys.clone()).unwrap_or_default();
-                    if let Some(r) = self.rooms.get_mut(room) {
+                    // From the meeting (its main room's door), wherever they were in it.
+                    if let Some(r) = self.rooms.get_mut(breakout_meeting(room)) {
                         r.ban(&keys);
                     }
                 }
                 self.leave_room(peer, LeaveReason::Removed);
-                self.send(peer, ServerMsg::Removed { room: room.to_string(), ban: action == ModAction::Ban });
+                let shown = breakout_meeting(room).to_string();
+                self.send(peer, ServerMsg::Removed { room: shown, ban: action == ModAction::Ban });
                 self.end_if_suspended(peer);
                 return Ok(());
             }

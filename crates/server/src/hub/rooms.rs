@@ -81,7 +81,12 @@ impl Hub {
                 if r.settings().waiting_room && !role.moderates() {
                     return self.knock(id, &key, name, req.audio, req.video, keys);
                 }
-                if r.is_full() {
+                // While breakout rooms are open, the meeting's rooms together hold what one room
+                // holds (so that everyone fits back in the main room).
+                let meeting_full =
+                    r.breakouts().is_some() && self.meeting_len(&key) >= self.config.room_capacity as usize;
+                let Some(r) = self.rooms.get(&key) else { return Err(ErrorCode::RoomClosed) };
+                if r.is_full() || meeting_full {
                     return Err(ErrorCode::RoomFull);
                 }
                 // Consent: someone who could enter learns that the meeting records, and enters
@@ -114,6 +119,9 @@ impl Hub {
         let opening = self.rooms.get(&room_key).is_some_and(Room::is_empty);
         let role = grant.role.unwrap_or(if opening { Role::Host } else { Role::Participant });
         self.enter(id, &room_key, name, req.audio, req.video, role);
+        if self.in_breakout_meeting(&room_key) {
+            self.breakouts_changed(&room_key);
+        }
         Ok(())
     }
 
@@ -190,8 +198,20 @@ impl Hub {
         if switched {
             r.set_topology(Topology::Sfu);
         }
+        let breakout = crate::room::breakout::index_of(room).map(|index| huddle_protocol::BreakoutRef {
+            index,
+            name: self
+                .rooms
+                .get(breakout_meeting(room))
+                .and_then(Room::breakouts)
+                .and_then(|b| b.name(index))
+                .unwrap_or_default()
+                .to_string(),
+        });
+        let Some(r) = self.rooms.get_mut(room) else { return };
         let joined = ServerMsg::Joined {
-            room: room.to_string(),
+            room: breakout_meeting(room).to_string(),
+            breakout,
             you: me.clone(),
             peers,
             chat: r.chat_history(),
@@ -222,8 +242,11 @@ impl Hub {
     /// makes anyone a host.
     pub(super) fn admit(&mut self, room: &Arc<str>, peer: &PeerId) {
         let Some(w) = self.leave_waiting_room(peer) else { return };
+        // (A meeting in breakout rooms: its rooms together hold what one room holds.)
+        let meeting_full =
+            self.in_breakout_meeting(room) && self.meeting_len(room) >= self.config.room_capacity as usize;
         let refused = match self.rooms.get(room) {
-            Some(r) if r.is_full() => Some(ErrorCode::RoomFull),
+            Some(r) if r.is_full() || meeting_full => Some(ErrorCode::RoomFull),
             // Nobody is left who could have let them in (not reached: an empty room closes).
             None => Some(ErrorCode::RoomClosed),
             Some(r) if r.is_empty() => Some(ErrorCode::RoomClosed),
@@ -235,6 +258,9 @@ impl Hub {
         }
         info!(target = %peer, "admitted from the waiting room");
         self.enter(peer, room, w.knocker.name, w.audio, w.video, Role::Participant);
+        if self.in_breakout_meeting(room) {
+            self.breakouts_changed(room);
+        }
     }
 
     /// Everyone waiting at `room` is turned away with `code`.
@@ -258,7 +284,11 @@ impl Hub {
         self.stop_recording(room, None, huddle_protocol::RecordingStopReason::Ended);
         self.rooms.remove(room);
         self.files.room_closed(room);
-        self.room_event(RoomEvent::Closed(room.clone()));
+        // (A breakout room is not a room of its own to the cluster: its meeting is.)
+        if crate::room::breakout::index_of(room).is_none() {
+            self.room_event(RoomEvent::Closed(room.clone()));
+            self.breakout_due.remove(room);
+        }
         self.rooms_dirty = true;
         debug!("room closed");
     }
@@ -271,12 +301,37 @@ impl Hub {
 
     /// Everyone out, the waiting room too; the room closes.
     pub(super) fn end_meeting(&mut self, room: &Arc<str>, reason: Option<EndReason>) {
+        // Every room of the meeting ends with it: its breakout rooms first (their state goes,
+        // so each room closes as it empties).
+        if let Some(meeting) = self.meeting_key(room) {
+            let rooms = self.meeting_rooms(&meeting);
+            if rooms.len() > 1 || self.in_breakout_meeting(&meeting) {
+                if let Some(r) = self.rooms.get_mut(&meeting) {
+                    r.set_breakouts(None);
+                }
+                self.breakout_due.remove(&meeting);
+                for k in rooms.iter().rev() {
+                    self.end_one_room(k, reason);
+                }
+                // Breakout rooms nobody was in.
+                for k in rooms {
+                    if self.rooms.get(&k).is_some_and(Room::is_empty) {
+                        self.close_room(&k);
+                    }
+                }
+                return;
+            }
+        }
+        self.end_one_room(room, reason);
+    }
+
+    fn end_one_room(&mut self, room: &Arc<str>, reason: Option<EndReason>) {
         let Some(r) = self.rooms.get(room) else { return };
         let members: Vec<PeerId> = r.members().map(|p| p.id.clone()).collect();
         for w in self.rooms.take_waiters(room) {
-            self.send(&w.knocker.id, ServerMsg::Ended { room: room.to_string(), reason });
+            self.send(&w.knocker.id, ServerMsg::Ended { room: breakout_meeting(room).to_string(), reason });
         }
-        let ended = Arc::new(ServerMsg::Ended { room: room.to_string(), reason });
+        let ended = Arc::new(ServerMsg::Ended { room: breakout_meeting(room).to_string(), reason });
         for m in &members {
             self.send_arc(m, ended.clone());
         }
@@ -346,6 +401,19 @@ impl Hub {
     /// Takes `id` out of its room, tells the others, and drops the room when it empties.
     pub(super) fn leave_room(&mut self, id: &PeerId, reason: LeaveReason) {
         let Some(room) = self.take_out(id) else { return };
+        if self.in_breakout_meeting(&room) {
+            // A meeting split in rooms ends only when all of them are empty; it keeps one host.
+            self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
+            let meeting = self.meeting_key(&room).unwrap_or_else(|| room.clone());
+            if self.meeting_len(&meeting) == 0 {
+                self.end_meeting(&meeting, None);
+            } else {
+                self.ensure_meeting_host(&meeting);
+                self.breakouts_changed(&meeting);
+            }
+            info!(peer = %id, ?reason, "left a room");
+            return;
+        }
         let Some(r) = self.rooms.get_mut(&room) else { return };
         if r.is_empty() {
             self.close_room(&room);
@@ -367,6 +435,13 @@ impl Hub {
     /// after the last one.
     pub(super) fn leave_room_quietly(&mut self, id: &PeerId) {
         let Some(room) = self.take_out(id) else { return };
+        if self.in_breakout_meeting(&room) {
+            let meeting = self.meeting_key(&room).unwrap_or_else(|| room.clone());
+            if self.meeting_len(&meeting) == 0 {
+                self.end_meeting(&meeting, None);
+            }
+            return;
+        }
         if self.rooms.get(&room).is_some_and(Room::is_empty) {
             self.close_room(&room);
         }
@@ -377,6 +452,16 @@ impl Hub {
     /// owner), and closes their connections as a server that stops does, so that their pages
     /// resume with the new owner and start their media afresh.
     pub(super) fn stand_down(&mut self, room: &str) {
+        // A meeting's breakout rooms go with it (its new owner has them in its saved state).
+        let rooms = self.meeting_rooms(room);
+        for k in rooms.iter().skip(1) {
+            self.stand_down_one(k);
+        }
+        self.stand_down_one(room);
+        self.breakout_due.remove(room);
+    }
+
+    fn stand_down_one(&mut self, room: &str) {
         let Some(key) = self.rooms.get_key_value(room).map(|(k, _)| k.clone()) else { return };
         warn!(%room, "standing down: another node owns this room now");
         let mut people: Vec<PeerId> =
@@ -514,7 +599,7 @@ impl Hub {
             .filter(|(_, r)| r.is_listed())
             .map(|(name, r)| RoomSummary {
                 name: name.to_string(),
-                participants: r.len() as u32,
+                participants: if r.breakouts().is_some() { self.meeting_len(name) } else { r.len() } as u32,
                 capacity: self.config.room_capacity,
                 recording: r.recording().is_some(),
             })

@@ -245,6 +245,7 @@ impl Hub {
     /// due (a session without a connection gets them when it resumes).
     pub fn expire(&mut self, now: Instant) {
         self.files.expire(now);
+        self.breakout_timers(now);
         let mut due = Vec::new();
         while let Some(Reverse((at, _))) = self.deadlines.peek() {
             if *at > now {
@@ -277,7 +278,7 @@ impl Hub {
     /// due (or a little earlier: a deadline that moved later wakes the hub for nothing once).
     pub fn next_expiry(&self) -> Option<Instant> {
         let sessions = self.deadlines.peek().map(|Reverse((at, _))| *at);
-        sessions.into_iter().chain(self.files.next_deadline()).min()
+        sessions.into_iter().chain(self.files.next_deadline()).chain(self.next_breakout_timer()).min()
     }
 
     /// Remembers that session `id` has a deadline at `at` ([`Hub::expire`] then looks at it).

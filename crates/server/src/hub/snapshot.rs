@@ -37,7 +37,9 @@ impl Hub {
         info!(rooms = self.rooms.len(), "handing the rooms over to the other nodes");
         self.closing = true;
         self.saved = true;
-        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        // (A breakout room is saved with its meeting.)
+        let rooms: Vec<Arc<str>> =
+            self.rooms.keys().filter(|k| crate::room::breakout::index_of(k).is_none()).cloned().collect();
         for room in rooms {
             if let Some(saved) = self.room_snapshot(&room) {
                 self.room_event(RoomEvent::Saved(room, saved));
@@ -71,7 +73,8 @@ impl Hub {
             .conns
             .iter()
             .filter_map(|(id, c)| {
-                let room = self.rooms.room_of(id).filter(|r| only.is_none_or(|only| ***r == *only))?;
+                // A meeting's breakout rooms are saved with it.
+                let room = self.rooms.room_of(id).filter(|r| only.is_none_or(|only| breakout_meeting(r) == only))?;
                 Some(SavedSession {
                     id: id.clone(),
                     secret: c.secret.clone(),
@@ -91,7 +94,7 @@ impl Hub {
         let rooms = self
             .rooms
             .iter()
-            .filter(|(name, _)| only.is_none_or(|room| ***name == *room))
+            .filter(|(name, _)| only.is_none_or(|room| breakout_meeting(name) == room))
             .map(|(name, r)| (name.to_string(), r))
             .collect();
         let saved =
@@ -156,13 +159,18 @@ impl Hub {
             let conns = &self.conns;
             let in_room = |id: &PeerId| sessions.get(id).is_some_and(|s| *s.room == *name) && !conns.contains_key(id);
             room.restored(self.config.room_capacity as usize, self.config.chat_history as usize, in_room);
-            if room.is_empty() {
+            // A meeting's rooms stay while its breakout rooms are open (its people may all be in
+            // some of them); a meeting nobody came back to goes below.
+            let breakout = crate::room::breakout::index_of(&name).is_some();
+            if room.is_empty() && !breakout && room.breakouts().is_none() {
                 continue;
             }
             if room.topology() == Topology::Sfu && self.media.is_none() {
                 room.set_topology(Topology::P2p);
             }
-            room.ensure_host();
+            if !breakout && room.breakouts().is_none() {
+                room.ensure_host();
+            }
             for peer in room.members() {
                 let Some(s) = sessions.get(&peer.id) else { continue };
                 highest = highest.max(s.id.0.strip_prefix('p').and_then(|n| n.parse().ok()).unwrap_or(0));
@@ -190,7 +198,7 @@ impl Hub {
                 self.conns.insert(peer.id.clone(), conn);
                 deadlines.push(peer.id.clone());
             }
-            if taken_over {
+            if taken_over && !breakout {
                 info!(room = %name, members = room.len(), "took over a room; its members wait for their pages");
                 self.room_event(RoomEvent::Opened(name.clone()));
                 // Saved again under this node's lease (a state handed over expires if not).
@@ -204,6 +212,36 @@ impl Hub {
         }
         for id in deadlines {
             self.wake_at(&id, now + grace);
+        }
+        // Meetings split in breakout rooms: one host across their rooms, their clocks set, and
+        // none left with nobody in any room.
+        let split: Vec<Arc<str>> =
+            self.rooms.iter().filter(|(_, r)| r.breakouts().is_some()).map(|(k, _)| k.clone()).collect();
+        for meeting in split {
+            if self.meeting_len(&meeting) == 0 {
+                let rooms = self.meeting_rooms(&meeting);
+                for k in rooms.iter().rev() {
+                    self.rooms.remove(k);
+                }
+                continue;
+            }
+            self.ensure_meeting_host(&meeting);
+            self.arm_breakout_timer(&meeting);
+        }
+        // Breakout rooms whose meeting did not come back.
+        let orphans: Vec<Arc<str>> = self
+            .rooms
+            .keys()
+            .filter(|k| crate::room::breakout::index_of(k).is_some() && !self.in_breakout_meeting(k))
+            .cloned()
+            .collect();
+        for k in orphans {
+            let members: Vec<PeerId> =
+                self.rooms.get(&k).map(|r| r.members().map(|p| p.id.clone()).collect()).unwrap_or_default();
+            self.rooms.remove(&k);
+            for id in members {
+                self.conns.remove(&id);
+            }
         }
         self.rooms_dirty = true;
         // Their relay credentials work again (only theirs: nobody else's from before).

@@ -1117,3 +1117,317 @@ fn a_recording_the_sfu_cannot_take_leaves_nothing_behind() {
     assert_eq!(store.list("r").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- Breakout rooms (issue 19) ----
+
+fn breakout_open(rooms: &[(&str, &[&PeerId])], auto_move: bool) -> ClientMsg {
+    ClientMsg::BreakoutOpen {
+        rooms: rooms
+            .iter()
+            .map(|(name, members)| huddle_protocol::BreakoutPlan {
+                name: (*name).to_string(),
+                members: members.iter().map(|p| (*p).clone()).collect(),
+            })
+            .collect(),
+        auto_move,
+        allow_return: true,
+        choose: false,
+        minutes: 0,
+        close_seconds: 60,
+    }
+}
+
+/// The room `c` is in, as the hub holds it (`None`: none).
+fn room_key(hub: &Hub, c: &Client) -> Option<String> {
+    hub.rooms.room_of(&c.id).map(|r| r.to_string())
+}
+
+/// The last `joined` in `msgs`: (its breakout room, the others' ids).
+fn last_joined(msgs: &[ServerMsg]) -> Option<(Option<u32>, Vec<PeerId>)> {
+    msgs.iter().rev().find_map(|m| match m {
+        ServerMsg::Joined { breakout, peers, room, .. } => {
+            assert_eq!(room, "m", "joined names the meeting, whatever room of it");
+            Some((breakout.as_ref().map(|b| b.index), peers.iter().map(|p| p.id.clone()).collect()))
+        }
+        _ => None,
+    })
+}
+
+fn last_error(msgs: &[ServerMsg]) -> Option<ErrorCode> {
+    msgs.iter().rev().find_map(|m| match m {
+        ServerMsg::Error { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn breakout_rooms_split_the_meeting_and_bring_everyone_back_with_their_chats() {
+    let mut hub = hub_with(|_| {});
+    let mut people: Vec<Client> = (1..=5).map(|n| connect(&mut hub, n, 256)).collect();
+    for c in people.iter_mut() {
+        join(&mut hub, c, "m");
+    }
+    let ids: Vec<PeerId> = people.iter().map(|c| c.id.clone()).collect();
+    send(&mut hub, &people[0], ClientMsg::Chat { text: "before".into() });
+    for c in people.iter_mut() {
+        c.drain();
+    }
+    // A participant may not open them.
+    send(&mut hub, &people[1], breakout_open(&[("A", &[])], true));
+    assert_eq!(last_error(&people[1].drain()), Some(ErrorCode::NotAllowed));
+    // The host opens two rooms of two; the host stays in the main room.
+    send(&mut hub, &people[0], breakout_open(&[("A", &[&ids[1], &ids[2]]), ("B", &[&ids[3], &ids[4]])], true));
+    hub.check_invariants().expect("consistent");
+    for (i, want_room, partner) in [(1, 1, 2), (2, 1, 1), (3, 2, 4), (4, 2, 3)] {
+        let msgs = people[i].drain();
+        let (room, peers) = last_joined(&msgs).expect("moved: a new joined");
+        assert_eq!(room, Some(want_room));
+        // In order: the first of a pair finds the room empty, the second finds the first.
+        let want: Vec<PeerId> = if i > partner { vec![ids[partner].clone()] } else { Vec::new() };
+        assert_eq!(peers, want, "person {i}");
+        let state = msgs.iter().rev().find_map(|m| match m {
+            ServerMsg::Breakouts { open: true, state: Some(s) } => Some(s.clone()),
+            _ => None,
+        });
+        let state = state.expect("told the rooms' state");
+        assert_eq!(state.assigned, want_room);
+        assert!(
+            state.main.is_none() && state.rooms.iter().all(|r| r.members.is_none()),
+            "participants see counts only"
+        );
+        assert_eq!(state.rooms.iter().map(|r| r.count).collect::<Vec<_>>(), vec![2, 2]);
+    }
+    let host_msgs = people[0].drain();
+    let left: Vec<_> = host_msgs
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::PeerLeft { id, reason } => Some((id.clone(), *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(left.len(), 4);
+    assert!(left.iter().all(|(_, r)| *r == LeaveReason::Breakout));
+    let host_state = host_msgs.iter().rev().find_map(|m| match m {
+        ServerMsg::Breakouts { open: true, state: Some(s) } => Some(s.clone()),
+        _ => None,
+    });
+    let host_state = host_state.expect("the host sees the rooms");
+    assert_eq!(host_state.main.as_ref().map(Vec::len), Some(1));
+    assert_eq!(host_state.rooms[0].members.as_ref().map(|m| m.len()), Some(2));
+
+    // Chat stays within a room; the second of a pair saw the first arrive.
+    send(&mut hub, &people[1], ClientMsg::Chat { text: "in A".into() });
+    let got_chat =
+        |c: &mut Client| c.drain().iter().any(|m| matches!(m, ServerMsg::Chat { message } if message.text == "in A"));
+    assert!(got_chat(&mut people[2]));
+    assert!(!got_chat(&mut people[3]) && !got_chat(&mut people[0]));
+    // A broadcast reaches every room.
+    send(&mut hub, &people[0], ClientMsg::BreakoutBroadcast { text: "5 minutes".into() });
+    for c in people.iter_mut() {
+        assert!(c.drain().iter().any(|m| matches!(m, ServerMsg::BreakoutMessage { text, .. } if text == "5 minutes")));
+    }
+    // A participant asks for help: the host is told which room; not twice within 30 s.
+    send(&mut hub, &people[3], ClientMsg::BreakoutHelp);
+    assert!(people[0].drain().iter().any(
+        |m| matches!(m, ServerMsg::BreakoutHelp { room, from } if room.index == 2 && room.name == "B" && from.id == ids[3])
+    ));
+    send(&mut hub, &people[3], ClientMsg::BreakoutHelp);
+    assert_eq!(last_error(&people[3].drain()), Some(ErrorCode::RateLimited));
+    // The host visits room B, and comes back.
+    send(&mut hub, &people[0], ClientMsg::BreakoutMove { room: 2 });
+    assert_eq!(last_joined(&people[0].drain()).map(|j| j.0), Some(Some(2)));
+    send(&mut hub, &people[0], ClientMsg::BreakoutMove { room: 0 });
+    assert_eq!(last_joined(&people[0].drain()).map(|j| j.0), Some(None));
+    // A participant may not go to another room (no choosing), but may go back and return.
+    send(&mut hub, &people[1], ClientMsg::BreakoutMove { room: 2 });
+    assert_eq!(last_error(&people[1].drain()), Some(ErrorCode::NotAllowed));
+    send(&mut hub, &people[1], ClientMsg::BreakoutMove { room: 0 });
+    assert_eq!(room_key(&hub, &people[1]).as_deref(), Some("m"));
+    send(&mut hub, &people[1], ClientMsg::BreakoutMove { room: 1 });
+    assert_eq!(room_key(&hub, &people[1]).as_deref(), Some("m\u{0}1"));
+    hub.check_invariants().expect("consistent");
+    // Nobody can name a breakout room in a join.
+    let mut outsider = connect(&mut hub, 9, 64);
+    assert_eq!(error_code(join(&mut hub, &mut outsider, "m\u{0}1")), ErrorCode::InvalidRoom);
+    // Someone arriving lands in the main room, and learns the rooms are open.
+    let late = join(&mut hub, &mut outsider, "m");
+    assert!(matches!(late, ServerMsg::Joined { breakout: None, .. }));
+    assert!(outsider.drain().iter().any(|m| matches!(m, ServerMsg::Breakouts { open: true, .. })));
+
+    // Close at once: everyone is back in the main room, each with their room's chat.
+    for c in people.iter_mut() {
+        c.drain();
+    }
+    send(&mut hub, &people[0], ClientMsg::BreakoutClose { now: true });
+    hub.check_invariants().expect("consistent");
+    for (i, c) in people.iter_mut().enumerate() {
+        assert_eq!(room_key(&hub, c).as_deref(), Some("m"));
+        let msgs = c.drain();
+        if i > 0 {
+            let (room, _) = last_joined(&msgs).expect("moved back");
+            assert_eq!(room, None);
+            let chat = msgs.iter().find_map(|m| match m {
+                ServerMsg::Joined { chat, .. } => Some(chat.iter().map(|c| c.text.clone()).collect::<Vec<_>>()),
+                _ => None,
+            });
+            assert_eq!(chat, Some(vec!["before".to_string()]), "the main room's chat is intact");
+        }
+        let kept: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                ServerMsg::BreakoutChat { messages, .. } => Some(messages.iter().map(|c| c.text.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let want: Vec<String> = if i == 1 || i == 2 { vec!["in A".into()] } else { Vec::new() };
+        assert_eq!(kept, want, "person {i} keeps the chat of the room they were in");
+        assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Breakouts { open: false, .. })));
+    }
+    assert!(hub.rooms.iter().all(|(k, _)| crate::room::breakout::index_of(k).is_none()), "the rooms are gone");
+}
+
+#[test]
+fn breakout_rules_hold_for_participants_and_the_meeting_keeps_one_host() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 256);
+    let mut cohost = connect(&mut hub, 2, 256);
+    let mut p = connect(&mut hub, 3, 256);
+    let mut q = connect(&mut hub, 4, 256);
+    for c in [&mut host, &mut cohost, &mut p, &mut q] {
+        join(&mut hub, c, "m");
+    }
+    send(&mut hub, &host, ClientMsg::SetRole { peer: cohost.id.clone(), role: Role::Cohost });
+    // Every host-only request refused for a participant.
+    for msg in [
+        breakout_open(&[("A", &[])], true),
+        ClientMsg::BreakoutAssign { peer: q.id.clone(), room: 1 },
+        ClientMsg::BreakoutBroadcast { text: "x".into() },
+        ClientMsg::BreakoutClose { now: true },
+    ] {
+        p.drain();
+        send(&mut hub, &p, msg);
+        assert_eq!(last_error(&p.drain()), Some(ErrorCode::NotAllowed));
+    }
+    // Bad plans: none, too many, two of one name, a name no room may have; and nothing is open.
+    let fifty_one: Vec<(String, Vec<&PeerId>)> = (0..51).map(|i| (format!("r{i}"), Vec::new())).collect();
+    let fifty_one: Vec<(&str, &[&PeerId])> = fifty_one.iter().map(|(n, m)| (n.as_str(), m.as_slice())).collect();
+    for msg in [
+        breakout_open(&[], true),
+        breakout_open(&fifty_one, true),
+        breakout_open(&[("A", &[]), ("A", &[])], true),
+        breakout_open(&[("\u{202e}", &[])], true),
+        ClientMsg::BreakoutMove { room: 1 },
+        ClientMsg::BreakoutClose { now: false },
+    ] {
+        host.drain();
+        send(&mut hub, &host, msg);
+        assert_eq!(last_error(&host.drain()), Some(ErrorCode::InvalidBreakout));
+    }
+    assert!(hub.rooms.len() == 1);
+    // Not moved automatically: the participant is told, and goes when they accept.
+    send(&mut hub, &host, breakout_open(&[("A", &[&p.id]), ("B", &[&q.id])], false));
+    assert_eq!(room_key(&hub, &p).as_deref(), Some("m"));
+    assert!(p.drain().iter().any(|m| matches!(m, ServerMsg::Breakouts { state: Some(s), .. } if s.assigned == 1)));
+    send(&mut hub, &p, ClientMsg::BreakoutMove { room: 2 });
+    assert_eq!(last_error(&p.drain()), Some(ErrorCode::NotAllowed), "not the room they were given");
+    send(&mut hub, &p, ClientMsg::BreakoutMove { room: 1 });
+    assert_eq!(room_key(&hub, &p).as_deref(), Some("m\u{0}1"));
+    send(&mut hub, &p, ClientMsg::BreakoutMove { room: 3 });
+    assert_eq!(last_error(&p.drain()), Some(ErrorCode::InvalidBreakout), "no such room");
+    // In a breakout room, the meeting's door and recording are the main room's business; a
+    // participant alone there is not made a host.
+    assert_eq!(hub.rooms.get("m\u{0}1").and_then(|r| r.role(&p.id)), Some(Role::Participant));
+    // The host visits room B and loses its connection for good: the co-host in the main room
+    // becomes host of the meeting (one host, across its rooms).
+    send(&mut hub, &host, ClientMsg::BreakoutMove { room: 2 });
+    send(
+        &mut hub,
+        &host,
+        ClientMsg::Settings {
+            locked: Some(true),
+            waiting_room: None,
+            allow_unmute: None,
+            password: None,
+            listed: None,
+        },
+    );
+    assert_eq!(last_error(&host.drain()), Some(ErrorCode::InvalidBreakout));
+    hub.handle(Command::Disconnect {
+        id: host.id.clone(),
+        conn: 1,
+        reason: LeaveReason::Disconnected,
+        resumable: false,
+    });
+    hub.check_invariants().expect("consistent");
+    assert_eq!(hub.rooms.get("m").and_then(|r| r.role(&cohost.id)), Some(Role::Host));
+    // The new host moves someone and closes the rooms with a countdown; closing while a move is
+    // asked for refuses the move, and the clock brings everyone back.
+    send(&mut hub, &cohost, ClientMsg::BreakoutAssign { peer: q.id.clone(), room: 2 });
+    send(&mut hub, &cohost, ClientMsg::BreakoutClose { now: false });
+    let closing = cohost.drain().iter().rev().find_map(|m| match m {
+        ServerMsg::Breakouts { state: Some(s), .. } => s.closing_at,
+        _ => None,
+    });
+    assert!(closing.is_some(), "the countdown is told");
+    send(&mut hub, &q, ClientMsg::BreakoutMove { room: 2 });
+    assert_eq!(last_error(&q.drain()), Some(ErrorCode::InvalidBreakout), "no moving into rooms while they close");
+    let due = hub.next_expiry().expect("the countdown wakes the hub");
+    hub.expire(due);
+    hub.check_invariants().expect("consistent");
+    assert_eq!(room_key(&hub, &p).as_deref(), Some("m"), "back after the countdown");
+    assert!(hub.rooms.iter().all(|(k, _)| crate::room::breakout::index_of(k).is_none()));
+}
+
+#[test]
+fn a_meeting_in_breakout_rooms_survives_a_restart_and_ends_as_one() {
+    let mut hub = hub_with(|_| {});
+    let (mut a, wa) = connect_as(&mut hub, 1, 256, None);
+    let (mut b, wb) = connect_as(&mut hub, 2, 256, None);
+    join(&mut hub, &mut a, "m");
+    join(&mut hub, &mut b, "m");
+    send(&mut hub, &a, breakout_open(&[("A", &[&b.id])], true));
+    // Everyone else left the main room: only the host is there; the host leaves too. The main
+    // room stays while someone is in a breakout room.
+    assert_eq!(room_key(&hub, &b).as_deref(), Some("m\u{0}1"));
+    let seen_a = 1 + a.drain().len() as u64;
+    let seen_b = 1 + b.drain().len() as u64;
+    let saved = hub.save_for_restart();
+    let mut next = hub_with(|_| {});
+    let now = Instant::now();
+    next.restore(&saved, now).expect("restores");
+    next.check_invariants().expect("consistent after a restore");
+    assert!(next.rooms.get("m").and_then(Room::breakouts).is_some(), "the rooms are still open");
+    let (mut a2, _) = connect_as(&mut next, 5, 256, Some(resume_of(&wa, &a.id, seen_a)));
+    let (mut b2, _) = connect_as(&mut next, 6, 256, Some(resume_of(&wb, &b.id, seen_b)));
+    assert_eq!(next.rooms.room_of(&b.id).map(|r| r.to_string()).as_deref(), Some("m\u{0}1"));
+    send(&mut next, &a2, ClientMsg::Leave);
+    next.check_invariants().expect("consistent");
+    assert!(next.rooms.get("m").is_some(), "kept while someone is in a breakout room");
+    // The last one leaves: the whole meeting ends.
+    send(&mut next, &b2, ClientMsg::Leave);
+    next.check_invariants().expect("consistent");
+    assert_eq!(next.rooms.len(), 0, "no room left: {:?}", next.rooms.keys().collect::<Vec<_>>());
+    a2.drain();
+    b2.drain();
+    // A host ending the meeting from a breakout room ends every room of it.
+    let mut h = connect(&mut next, 7, 256);
+    let mut x = connect(&mut next, 8, 256);
+    join(&mut next, &mut h, "n");
+    join(&mut next, &mut x, "n");
+    let msg = ClientMsg::BreakoutOpen {
+        rooms: vec![huddle_protocol::BreakoutPlan { name: "A".into(), members: vec![x.id.clone()] }],
+        auto_move: true,
+        allow_return: true,
+        choose: false,
+        minutes: 0,
+        close_seconds: 60,
+    };
+    send(&mut next, &h, msg);
+    send(&mut next, &h, ClientMsg::BreakoutMove { room: 1 });
+    x.drain();
+    send(&mut next, &h, ClientMsg::EndMeeting);
+    assert!(x.drain().iter().any(|m| matches!(m, ServerMsg::Ended { room, .. } if room == "n")));
+    next.check_invariants().expect("consistent");
+    assert_eq!(next.rooms.len(), 0);
+}
