@@ -426,6 +426,14 @@ impl Hub {
     /// The breakout rooms' clocks: closing starts at the time limit, and everyone goes back
     /// when the countdown ends.
     pub(super) fn breakout_timers(&mut self, now: Instant) {
+        // Twice over: a time limit reached may start a countdown that is over by `now` too (a
+        // countdown of 0 s, or a clock that jumped).
+        for _ in 0..2 {
+            self.breakout_timers_once(now);
+        }
+    }
+
+    fn breakout_timers_once(&mut self, now: Instant) {
         let due: Vec<Arc<str>> =
             self.breakout_due.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
         for meeting in due {

@@ -1431,3 +1431,30 @@ fn a_meeting_in_breakout_rooms_survives_a_restart_and_ends_as_one() {
     next.check_invariants().expect("consistent");
     assert_eq!(next.rooms.len(), 0);
 }
+
+/// The time limit starts the countdown, and a countdown already over by then (here: none, and a
+/// clock far ahead) brings everyone back in the same pass: nothing is left due in the past.
+/// (Found by the room_state fuzzer.)
+#[test]
+fn a_breakout_time_limit_passed_long_ago_closes_the_rooms_at_once() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 256);
+    let mut b = connect(&mut hub, 2, 256);
+    join(&mut hub, &mut a, "m");
+    join(&mut hub, &mut b, "m");
+    let msg = ClientMsg::BreakoutOpen {
+        rooms: vec![huddle_protocol::BreakoutPlan { name: "A".into(), members: vec![b.id.clone()] }],
+        auto_move: true,
+        allow_return: false,
+        choose: false,
+        minutes: 1,
+        close_seconds: 0,
+    };
+    send(&mut hub, &a, msg);
+    assert_eq!(room_key(&hub, &b).as_deref(), Some("m\u{0}1"));
+    let later = Instant::now() + Duration::from_secs(3600);
+    hub.expire(later);
+    assert_eq!(room_key(&hub, &b).as_deref(), Some("m"), "back in the main room");
+    assert!(hub.next_expiry().is_none_or(|t| t > later), "nothing left due in the past");
+    hub.check_invariants().expect("consistent");
+}
