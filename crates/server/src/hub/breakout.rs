@@ -128,6 +128,7 @@ impl Hub {
             closing_at: None,
             close_seconds: req.close_seconds,
             help_at: HashMap::new(),
+            visited: HashMap::new(),
         };
         if let Some(r) = self.rooms.get_mut(meeting) {
             r.set_breakouts(Some(breakouts));
@@ -197,6 +198,13 @@ impl Hub {
         self.take_out(id);
         self.broadcast(&from, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason: LeaveReason::Breakout }));
         debug!(peer = %id, to, "moved within the meeting");
+        if to != 0 {
+            if let Some(b) = self.rooms.get_mut(meeting).and_then(Room::breakouts_mut) {
+                // (Bounded: people leave the list only when the rooms close; a room holds the
+                // meeting's people at most, and each is listed once.)
+                b.visit(to, id);
+            }
+        }
         self.enter(id, &target, me.name, me.audio, me.video, me.role);
         Ok(())
     }
@@ -310,7 +318,9 @@ impl Hub {
                 }
             }
             if !chat.is_empty() {
+                // Everyone who was in it at any time, and those meant to be.
                 let mut told: Vec<PeerId> = members;
+                told.extend(b.visited.get(&index).into_iter().flatten().cloned());
                 told.extend(b.assigned.iter().filter(|(_, i)| **i == index).map(|(p, _)| p.clone()));
                 told.sort_unstable();
                 told.dedup();

@@ -409,6 +409,9 @@ impl Hub {
                 self.end_meeting(&meeting, None);
             } else {
                 self.ensure_meeting_host(&meeting);
+                if self.rooms.get(&meeting).is_some_and(Room::has_waiters) {
+                    self.tell_hosts_waiting(&meeting);
+                }
                 self.breakouts_changed(&meeting);
             }
             info!(peer = %id, ?reason, "left a room");

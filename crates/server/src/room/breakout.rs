@@ -15,6 +15,8 @@ pub const MAX_ROOMS: usize = 50;
 pub const MAX_MINUTES: u32 = 24 * 60;
 /// Longest countdown before everyone is back, seconds.
 pub const MAX_CLOSE_SECONDS: u32 = 600;
+/// Most people a room's chat is kept for when the rooms close.
+pub const MAX_VISITORS: usize = 1024;
 /// How often one person may ask for help, ms.
 pub const HELP_EVERY_MS: u64 = 30_000;
 
@@ -55,6 +57,10 @@ pub struct Breakouts {
     /// Unix ms of each person's last call for help.
     #[serde(skip)]
     pub help_at: HashMap<PeerId, u64>,
+    /// Who has been in each room (by index) while they were open: they get its chat when the
+    /// rooms close. At most the meeting's people per room.
+    #[serde(default)]
+    pub visited: HashMap<u32, Vec<PeerId>>,
 }
 
 impl Breakouts {
@@ -71,6 +77,15 @@ impl Breakouts {
     /// The name of room `index` (from 1).
     pub fn name(&self, index: u32) -> Option<&str> {
         index.checked_sub(1).and_then(|i| self.names.get(i as usize)).map(String::as_str)
+    }
+
+    /// `id` is in room `index` now.
+    pub fn visit(&mut self, index: u32, id: &PeerId) {
+        let seen = self.visited.entry(index).or_default();
+        // (A bound however many sessions come and go while the rooms are open.)
+        if !seen.contains(id) && seen.len() < MAX_VISITORS {
+            seen.push(id.clone());
+        }
     }
 
     /// The next time something is due (unix ms): the countdown's end, or the time limit.
