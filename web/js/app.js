@@ -10,6 +10,7 @@ import * as check from './check.js';
 import { initDevices, fillDevices } from './devices.js';
 import * as host from './host.js';
 import * as recording from './recording.js';
+import * as breakout from './breakout.js';
 
 const NAME_KEY = 'huddle.name';
 const CONNECTION_CODES = ['ws_failed', 'ws_closed', 'server_shutdown', 'too_slow', 'timed_out', 'frame_too_large', 'flooding', 'too_many_connections'];
@@ -406,6 +407,8 @@ function wireSignalling() {
     if (S.view === 'prejoin') renderPresence();
   });
   sig.on('joined', (m) => {
+    // Already in a room: the server moved us to another room of the meeting (breakout rooms).
+    const moving = S.inRoom && !S.rejoining;
     S.joining = false;
     // In the room the sign says whether it records; back on pre-join the server asks again.
     recordingRoom = '';
@@ -420,6 +423,7 @@ function wireSignalling() {
     hideError([...JOIN_CODES, ...(keepMediaError ? [] : MEDIA_CODES), 'not_in_room']);
     keepMediaError = false;
     setView('room');
+    if (moving) { call.moveCall(m); return; }
     call.enterCall(m);
     /** @type {HTMLElement} */ ($('#mic-button')).focus();
   });
@@ -430,7 +434,8 @@ function wireSignalling() {
   });
   sig.on('peer_left', (m) => {
     const rec = call.removeRemote(m.id);
-    if (rec) notice(t('notice.left', { name: rec.name }));
+    // (`breakout`: they went to another room of the meeting, and did not leave it.)
+    if (rec && m.reason !== 'breakout') notice(t('notice.left', { name: rec.name }));
   });
   sig.on('peer_updated', (m) => call.onPeerUpdated(m.peer));
   sig.on('signal', (m) => call.onSignal(m));
@@ -478,6 +483,7 @@ function wireSignalling() {
     if (m.code === 'not_in_room' && !S.inRoom) return;
     if (call.onMediaError(m)) return; // the SFU connection starts over by itself
     if (recording.onError(m)) return; // record, stop_recording, delete_recording: said in their words
+    if (breakout.onError(m)) return; // breakout requests: said in their words
     if (host.onError(m)) return; // the password field says it
     if (m.request === 'file_offer') call.onFileOfferRefused();
     showError(m.code, errorVars(m.code), m.message);
@@ -683,6 +689,7 @@ function boot() {
   window.addEventListener('online', onNetworkChange);
   /** @type {any} */ (navigator).connection?.addEventListener?.('change', onNetworkChange);
   host.init({ setView, toPrejoin: () => { call.teardownCall(); openPrejoin(S.room); } });
+  breakout.init();
   if (!window.isSecureContext || !mediaAvailable) console.warn('huddle: camera and microphone need HTTPS or localhost');
   sig.connect();
   route();

@@ -35,6 +35,8 @@ export const hooks = {
   /** @type {(msg: import('./protocol.js').JoinedMsg) => void} */
   enter: (msg) => { void msg; },
   teardown: () => {},
+  /** out of the meeting (not a move between its rooms) @type {() => void} */
+  left: () => {},
 };
 
 /** @typedef {{id: string, name: string, audio: boolean, video: boolean, screen: boolean, role?: import('./protocol.js').Role, hand?: boolean}} PersonRow */
@@ -521,8 +523,12 @@ export function onIceServers(msg) {
   if (sfu) setIceServers(sfu.pc, S.iceServers);
 }
 
-/** Closes every connection and clears the room view (local media stays as it is). */
-export function teardownCall() {
+/**
+ * Closes every connection and clears the room view (local media stays as it is). With `move`,
+ * only this room of the meeting is left: we go to another (breakout rooms).
+ * @param {{move?: boolean}} [opts]
+ */
+export function teardownCall(opts = {}) {
   callId += 1;
   hooks.teardown();
   quality.stop();
@@ -544,9 +550,25 @@ export function teardownCall() {
   for (const item of FileItem.all) item.dispose();
   $('#files').replaceChildren();
   $('#files').hidden = true;
-  setPanel('');
-  const dlg = /** @type {HTMLDialogElement} */ ($('#settings-dialog'));
-  if (dlg.open) dlg.close();
+  if (!opts.move) {
+    setPanel('');
+    const dlg = /** @type {HTMLDialogElement} */ ($('#settings-dialog'));
+    if (dlg.open) dlg.close();
+    hooks.left();
+  }
+}
+
+/**
+ * A `joined` while in a room: the server moved us to another room of the meeting (a breakout
+ * room, or back to the main one). The old room's connections close and the new room's start,
+ * with the camera and microphone as they are (a screen share stops); the open panel stays.
+ * @param {import('./protocol.js').JoinedMsg} msg
+ */
+export function moveCall(msg) {
+  const panel = S.panel;
+  teardownCall({ move: true });
+  enterCall(msg);
+  if (panel !== S.panel) setPanel(panel);
 }
 
 // ---------------------------------------------------------------- people

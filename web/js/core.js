@@ -69,6 +69,10 @@ export const S = {
   hand: false,
   /** @type {import('./protocol.js').RecordingInfo|null} the room is being recorded (recording.js) */
   recording: null,
+  /** @type {import('./protocol.js').BreakoutRef|null} the breakout room we are in (null: the main room) (breakout.js) */
+  breakout: null,
+  /** @type {import('./protocol.js').BreakoutsMsg|null} the meeting's breakout rooms as last told (breakout.js) */
+  breakouts: null,
 };
 
 /**
@@ -100,6 +104,8 @@ export function exposeDebugHandle() {
         camError: media.camError, micError: media.micError, topology: S.topology,
         reconnecting: S.reconnecting, resumes: S.resumes, rejoins: S.rejoins, role: S.role,
         recording: S.recording ? S.recording.id : null,
+        breakout: S.breakout ? { ...S.breakout } : null,
+        breakouts: S.breakouts,
       };
     },
     /** the RTCPeerConnection to the SFU in sfu rooms, else null */

@@ -122,10 +122,10 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  *   |'wrong_password'|'room_locked'|'recording_consent'
  *   |'knock_denied'|'banned'|'token_required'|'invalid_token'|'token_expired'|'muted_by_host'
  *   |'invalid_reaction'|'rate_limited'|'too_many_connections'|'room_closed'|'invite_revoked'|'too_many_attempts'|'unavailable'
- *   |'recording_unavailable'|'recording_storage_full'|'unknown_recording'} ErrorCode
+ *   |'recording_unavailable'|'recording_storage_full'|'unknown_recording'|'invalid_breakout'} ErrorCode
  */
 
-/** @typedef {'left'|'disconnected'|'too_slow'|'removed'} LeaveReason */
+/** @typedef {'left'|'disconnected'|'too_slow'|'removed'|'breakout'} LeaveReason */
 /** @typedef {'server_shutdown'|'too_slow'|'timed_out'|'frame_too_large'|'flooding'|'too_many_connections'|'replaced'} ByeReason */
 
 // ---- client → server ----
@@ -154,9 +154,13 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'relay_check', room?:string, token?:string}} RelayCheckMsg
  * Recording the room (hosts and co-hosts): start, stop, delete one of its recordings.
  * @typedef {{type:'record'}|{type:'stop_recording'}|{type:'delete_recording', id:string}} RecordingCtlMsg
+ * Breakout rooms (docs/protocol.md, "Breakout rooms"): room indexes from 1, 0 the main room.
+ * @typedef {{type:'breakout_open', rooms:{name:string, members:PeerId[]}[], autoMove?:boolean, allowReturn?:boolean, choose?:boolean, minutes?:number, closeSeconds?:number}} BreakoutOpenMsg
+ * @typedef {{type:'breakout_assign', peer:PeerId, room:number}|{type:'breakout_move', room:number}|{type:'breakout_broadcast', text:string}
+ *   |{type:'breakout_help'}|{type:'breakout_close', now?:boolean}} BreakoutCtlMsg
  * @typedef {JoinMsg|LeaveMsg|SignalMsg|ChatMsg|MediaMsg|ReceiveMsg|FileOfferMsg|WatchRoomsMsg|UnwatchRoomsMsg
  *   |HandMsg|ReactMsg|SettingsMsg|ModerateMsg|SetRoleMsg|WaitingRoomMsg|InviteMsg|PingMsg|RevokeInvitesMsg|RelayCheckMsg
- *   |RecordingCtlMsg} ClientMsg
+ *   |RecordingCtlMsg|BreakoutOpenMsg|BreakoutCtlMsg} ClientMsg
  */
 
 // ---- server → client ----
@@ -165,7 +169,18 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {{type:'welcome', protocol:number, id:PeerId, server:string, limits:Limits, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', resume:string, resumeGraceSecs:number, resumed?:boolean, received?:number}} WelcomeMsg
  * @typedef {{type:'rooms', rooms:RoomSummary[]}} RoomsMsg
  * @typedef {'p2p'|'sfu'} Topology
- * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', settings:RoomSettings, waiting?:Knocker[], recording?:RecordingInfo}} JoinedMsg
+ * A breakout room of the meeting: `index` from 1.
+ * @typedef {{index:number, name:string}} BreakoutRef
+ * `breakout`: this `joined` is for one of the meeting's breakout rooms (absent: the main room);
+ * `room` is the meeting's name either way. A `joined` while in a room is a move.
+ * @typedef {{type:'joined', room:string, you:Peer, peers:Peer[], chat:ChatMessage[], topology:Topology, iceServers:IceServer[], iceTransportPolicy?:'all'|'relay', settings:RoomSettings, waiting?:Knocker[], recording?:RecordingInfo, breakout?:BreakoutRef}} JoinedMsg
+ * One open breakout room; `members` only for hosts and co-hosts.
+ * @typedef {{index:number, name:string, count:number, members?:Knocker[]}} BreakoutSummary
+ * @typedef {{type:'breakouts', open:true, rooms:BreakoutSummary[], main?:Knocker[], assigned:number, autoMove:boolean, allowReturn:boolean, choose:boolean, endsAt?:number, closingAt?:number}} BreakoutsOpenMsg
+ * @typedef {BreakoutsOpenMsg|{type:'breakouts', open:false}} BreakoutsMsg
+ * @typedef {{type:'breakout_message', from:Knocker, text:string}} BreakoutMessageMsg
+ * @typedef {{type:'breakout_help_request', from:Knocker, room:BreakoutRef}} BreakoutHelpRequestMsg
+ * @typedef {{type:'breakout_chat', room:BreakoutRef, messages:ChatMessage[]}} BreakoutChatMsg
  * @typedef {{type:'waiting', room:string, recording?:boolean}} WaitingMsg
  * @typedef {{type:'waiting_list', waiting:Knocker[]}} WaitingListMsg
  * @typedef {{type:'room_settings', settings:RoomSettings}} SettingsChangedMsg
@@ -204,7 +219,7 @@ export const REACTIONS = ['👍', '👏', '😂', '😮', '❤️', '🎉'];
  * @typedef {WelcomeMsg|RoomsMsg|JoinedMsg|LeftMsg|PeerJoinedMsg|PeerLeftMsg|PeerUpdatedMsg|TopologyMsg|ActiveSpeakerMsg
  *   |RelayedSignalMsg|ChatRelayMsg|FileUploadMsg|FileMsg|ErrorMsg|ByeMsg|WaitingMsg|WaitingListMsg|SettingsChangedMsg
  *   |ModeratedMsg|RemovedMsg|EndedMsg|ReactionMsg|InviteTokenMsg|InvitesRevokedMsg|PasswordAttemptsMsg|PongMsg
- *   |IceServersMsg|CheckIceServersMsg|RecordingMsg|RecordingsMsg} ServerMsg
+ *   |IceServersMsg|CheckIceServersMsg|RecordingMsg|RecordingsMsg|BreakoutsMsg|BreakoutMessageMsg|BreakoutHelpRequestMsg|BreakoutChatMsg} ServerMsg
  */
 
 /** Default limits, used until `welcome` arrives. @type {Limits} */
