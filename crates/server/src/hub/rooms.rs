@@ -116,7 +116,8 @@ impl Hub {
             }
         };
         // Whoever opens a room hosts it, unless their token says otherwise.
-        let opening = self.rooms.get(&room_key).is_some_and(Room::is_empty);
+        // (A meeting whose people are all in its breakout rooms is not being opened.)
+        let opening = self.meeting_len(&room_key) == 0;
         let role = grant.role.unwrap_or(if opening { Role::Host } else { Role::Participant });
         self.enter(id, &room_key, name, req.audio, req.video, role);
         if self.in_breakout_meeting(&room_key) {

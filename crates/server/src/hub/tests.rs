@@ -1464,3 +1464,25 @@ fn a_breakout_time_limit_passed_long_ago_closes_the_rooms_at_once() {
     assert!(hub.next_expiry().is_none_or(|t| t > later), "nothing left due in the past");
     hub.check_invariants().expect("consistent");
 }
+
+/// Someone joining a meeting whose main room is empty because everyone (its host too) is in a
+/// breakout room is not its opener: no second host. (Found by the room_state fuzzer.)
+#[test]
+fn joining_an_empty_main_room_while_everyone_is_in_breakout_rooms_makes_no_second_host() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 256);
+    join(&mut hub, &mut host, "r");
+    let msg = ClientMsg::BreakoutOpen {
+        rooms: vec![huddle_protocol::BreakoutPlan { name: "A".into(), members: vec![host.id.clone()] }],
+        auto_move: true,
+        allow_return: true,
+        choose: false,
+        minutes: 0,
+        close_seconds: 60,
+    };
+    send(&mut hub, &host, msg);
+    assert_eq!(room_key(&hub, &host).as_deref(), Some("r\u{0}1"));
+    let mut late = connect(&mut hub, 2, 256);
+    assert_eq!(role_of(&join(&mut hub, &mut late, "r")), Role::Participant);
+    hub.check_invariants().expect("one host");
+}
