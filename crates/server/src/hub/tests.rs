@@ -1486,3 +1486,25 @@ fn joining_an_empty_main_room_while_everyone_is_in_breakout_rooms_makes_no_secon
     assert_eq!(role_of(&join(&mut hub, &mut late, "r")), Role::Participant);
     hub.check_invariants().expect("one host");
 }
+
+/// What one node of several saves of a meeting split in breakout rooms is the whole meeting: the
+/// node that takes it over has the main room, the breakout rooms and everyone in them.
+#[test]
+fn a_meeting_in_breakout_rooms_is_taken_over_whole() {
+    let mut hub = hub_with(|_| {});
+    let mut a = connect(&mut hub, 1, 256);
+    let mut b = connect(&mut hub, 2, 256);
+    let mut other = connect(&mut hub, 3, 256);
+    join(&mut hub, &mut a, "m");
+    join(&mut hub, &mut b, "m");
+    join(&mut hub, &mut other, "elsewhere");
+    send(&mut hub, &a, breakout_open(&[("A", &[&b.id])], true));
+    let saved = hub.room_snapshot("m").expect("the meeting is here");
+    let mut next = hub_with(|_| {});
+    next.restore_room(&saved, Instant::now()).expect("taken over");
+    next.check_invariants().expect("consistent");
+    assert!(next.rooms.get("m").and_then(Room::breakouts).is_some());
+    assert_eq!(next.rooms.room_of(&b.id).map(|r| r.to_string()).as_deref(), Some("m\u{0}1"));
+    assert_eq!(next.rooms.room_of(&a.id).map(|r| r.to_string()).as_deref(), Some("m"));
+    assert!(next.rooms.get("elsewhere").is_none(), "only that meeting");
+}
