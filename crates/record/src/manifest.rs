@@ -259,12 +259,12 @@ impl Manifest {
             let shift = p.started_at.saturating_sub(first.started_at);
             for t in &p.tracks {
                 let mut t = t.clone();
-                t.start += shift;
-                t.end = t.end.map(|e| e + shift);
+                t.start = t.start.saturating_add(shift);
+                t.end = t.end.map(|e| e.saturating_add(shift));
                 all.tracks.push(t);
             }
             for e in &p.events {
-                all.events.push(TimelineEvent { at: e.at + shift, ..e.clone() });
+                all.events.push(TimelineEvent { at: e.at.saturating_add(shift), ..e.clone() });
             }
             for who in &p.participants {
                 if !all.participants.iter().any(|q| q.id == who.id) {

@@ -319,7 +319,7 @@ impl Recordings {
         let dir = self.dir.join(&info.id);
         std::fs::create_dir_all(&dir)?;
         let on_disk = Manifest::load_parts(&dir).ok().and_then(|p| p.last().map(|m| m.part)).unwrap_or(0);
-        let part = after.max(on_disk) + 1;
+        let part = after.max(on_disk).saturating_add(1);
         {
             let mut entries = self.lock();
             let e = entries.entry(info.id.clone()).or_insert_with(|| Entry {
