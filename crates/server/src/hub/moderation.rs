@@ -17,9 +17,6 @@ impl Hub {
         let meeting_wide = matches!(
             msg,
             ClientMsg::Settings { .. }
-                | ClientMsg::Admit { .. }
-                | ClientMsg::Deny { .. }
-                | ClientMsg::AdmitAll
                 | ClientMsg::Record
                 | ClientMsg::StopRecording
                 | ClientMsg::DeleteRecording { .. }
@@ -29,6 +26,9 @@ impl Hub {
         if meeting_wide && crate::room::breakout::index_of(room).is_some() {
             return Err(ErrorCode::InvalidBreakout);
         }
+        // The meeting's waiting room is its main room's: a host in a breakout room lets people
+        // in there.
+        let door = self.meeting_key(room).unwrap_or_else(|| room.clone());
         match msg {
             ClientMsg::Settings { locked, waiting_room, allow_unmute, password, listed } => {
                 let password = match password {
@@ -115,15 +115,15 @@ impl Hub {
                 Ok(())
             }
             ClientMsg::Admit { peer } => {
-                let waiting_here = self.rooms.waiting_at(&peer) == Some(room);
+                let waiting_here = self.rooms.waiting_at(&peer) == Some(&door);
                 if !waiting_here {
                     return Err(ErrorCode::UnknownPeer);
                 }
-                self.admit(room, &peer);
+                self.admit(&door, &peer);
                 Ok(())
             }
             ClientMsg::Deny { peer } => {
-                let waiting_here = self.rooms.waiting_at(&peer) == Some(room);
+                let waiting_here = self.rooms.waiting_at(&peer) == Some(&door);
                 if !waiting_here {
                     return Err(ErrorCode::UnknownPeer);
                 }
@@ -133,7 +133,7 @@ impl Hub {
                 Ok(())
             }
             ClientMsg::AdmitAll => {
-                self.admit_all(room);
+                self.admit_all(&door);
                 Ok(())
             }
             ClientMsg::Record => self.record(id, room),

@@ -153,7 +153,10 @@ impl Hub {
     pub(super) fn tell_hosts_waiting(&mut self, room: &str) {
         let Some(r) = self.rooms.get(room) else { return };
         let msg = Arc::new(ServerMsg::WaitingList { waiting: r.waiting() });
-        self.tell_moderators(room, msg);
+        // Hosts visiting the meeting's breakout rooms hear the knocks too.
+        for k in self.meeting_rooms(room) {
+            self.tell_moderators(&k, msg.clone());
+        }
     }
 
     /// Sends `msg` to the room's hosts and co-hosts.
@@ -209,6 +212,11 @@ impl Hub {
                 .unwrap_or_default()
                 .to_string(),
         });
+        // (The waiting room is the meeting's, whichever of its rooms this is.)
+        let waiting = match self.rooms.get(breakout_meeting(room)) {
+            Some(m) if role.moderates() => m.waiting(),
+            _ => Vec::new(),
+        };
         let Some(r) = self.rooms.get_mut(room) else { return };
         let joined = ServerMsg::Joined {
             room: breakout_meeting(room).to_string(),
@@ -220,7 +228,7 @@ impl Hub {
             ice_servers,
             ice_transport_policy: self.config.ice_transport_policy,
             settings: r.settings(),
-            waiting: if role.moderates() { r.waiting() } else { Vec::new() },
+            waiting,
             recording: r.recording().cloned(),
         };
         let participants = r.len();
@@ -250,7 +258,8 @@ impl Hub {
             Some(r) if r.is_full() || meeting_full => Some(ErrorCode::RoomFull),
             // Nobody is left who could have let them in (not reached: an empty room closes).
             None => Some(ErrorCode::RoomClosed),
-            Some(r) if r.is_empty() => Some(ErrorCode::RoomClosed),
+            // (Everyone may be in the meeting's breakout rooms: the meeting is not over.)
+            Some(_) if self.meeting_len(room) == 0 => Some(ErrorCode::RoomClosed),
             Some(_) => None,
         };
         if let Some(code) = refused {

@@ -1508,3 +1508,38 @@ fn a_meeting_in_breakout_rooms_is_taken_over_whole() {
     assert_eq!(next.rooms.room_of(&a.id).map(|r| r.to_string()).as_deref(), Some("m"));
     assert!(next.rooms.get("elsewhere").is_none(), "only that meeting");
 }
+
+/// A host visiting a breakout room hears the knocks at the meeting's door and lets people in
+/// from there: into the main room, as a participant.
+#[test]
+fn a_host_in_a_breakout_room_hears_knocks_and_admits_into_the_main_room() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 256);
+    let mut p = connect(&mut hub, 2, 256);
+    join(&mut hub, &mut host, "m");
+    join(&mut hub, &mut p, "m");
+    let settings = ClientMsg::Settings {
+        locked: None,
+        waiting_room: Some(true),
+        allow_unmute: None,
+        password: None,
+        listed: None,
+    };
+    send(&mut hub, &host, settings);
+    send(&mut hub, &host, breakout_open(&[("A", &[&host.id, &p.id])], true));
+    assert_eq!(room_key(&hub, &host).as_deref(), Some("m\u{0}1"));
+    host.drain();
+    let mut knocker = connect(&mut hub, 3, 256);
+    assert!(matches!(join(&mut hub, &mut knocker, "m"), ServerMsg::Waiting { .. }));
+    let heard = host.drain().iter().any(|m| matches!(m, ServerMsg::WaitingList { waiting } if waiting.len() == 1));
+    assert!(heard, "the knock reaches the host in the breakout room");
+    send(&mut hub, &host, ClientMsg::Admit { peer: knocker.id.clone() });
+    match knocker.next() {
+        ServerMsg::Joined { breakout, you, .. } => {
+            assert_eq!(breakout, None, "into the main room");
+            assert_eq!(you.role, Role::Participant);
+        }
+        other => panic!("{other:?}"),
+    }
+    hub.check_invariants().expect("consistent");
+}
