@@ -309,6 +309,19 @@ impl Hub {
         }
     }
 
+    /// Everyone left every room of a meeting in breakout rooms: its rooms close (whoever waits at
+    /// its door is told `room_closed`, as for any room that empties).
+    fn close_meeting(&mut self, meeting: &Arc<str>) {
+        let rooms = self.meeting_rooms(meeting);
+        if let Some(r) = self.rooms.get_mut(meeting) {
+            r.set_breakouts(None);
+        }
+        self.breakout_due.remove(meeting);
+        for k in rooms.iter().rev() {
+            self.close_room(k);
+        }
+    }
+
     /// Everyone out, the waiting room too; the room closes.
     pub(super) fn end_meeting(&mut self, room: &Arc<str>, reason: Option<EndReason>) {
         // Every room of the meeting ends with it: its breakout rooms first (their state goes,
@@ -416,7 +429,7 @@ impl Hub {
             self.broadcast(&room, None, Arc::new(ServerMsg::PeerLeft { id: id.clone(), reason }));
             let meeting = self.meeting_key(&room).unwrap_or_else(|| room.clone());
             if self.meeting_len(&meeting) == 0 {
-                self.end_meeting(&meeting, None);
+                self.close_meeting(&meeting);
             } else {
                 self.ensure_meeting_host(&meeting);
                 if self.rooms.get(&meeting).is_some_and(Room::has_waiters) {
@@ -451,7 +464,7 @@ impl Hub {
         if self.in_breakout_meeting(&room) {
             let meeting = self.meeting_key(&room).unwrap_or_else(|| room.clone());
             if self.meeting_len(&meeting) == 0 {
-                self.end_meeting(&meeting, None);
+                self.close_meeting(&meeting);
             }
             return;
         }

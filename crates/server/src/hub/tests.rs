@@ -1543,3 +1543,27 @@ fn a_host_in_a_breakout_room_hears_knocks_and_admits_into_the_main_room() {
     }
     hub.check_invariants().expect("consistent");
 }
+
+/// Everyone leaves every room of a meeting in breakout rooms while someone waits at its door:
+/// the meeting is over for them as for any room that empties (`room_closed`, not `ended`).
+#[test]
+fn a_meeting_in_breakout_rooms_that_empties_closes_its_door_too() {
+    let mut hub = hub_with(|_| {});
+    let mut host = connect(&mut hub, 1, 256);
+    join(&mut hub, &mut host, "m");
+    let settings = ClientMsg::Settings {
+        locked: None,
+        waiting_room: Some(true),
+        allow_unmute: None,
+        password: None,
+        listed: None,
+    };
+    send(&mut hub, &host, settings);
+    send(&mut hub, &host, breakout_open(&[("A", &[&host.id])], true));
+    let mut knocker = connect(&mut hub, 2, 256);
+    assert!(matches!(join(&mut hub, &mut knocker, "m"), ServerMsg::Waiting { .. }));
+    send(&mut hub, &host, ClientMsg::Leave);
+    assert_eq!(last_error(&knocker.drain()), Some(ErrorCode::RoomClosed));
+    assert_eq!(hub.rooms.len(), 0);
+    hub.check_invariants().expect("consistent");
+}
