@@ -55,8 +55,11 @@ const PUBLISH_QUEUE: usize = 65_536;
 /// Most messages in one pipelined round trip to Redis.
 const PUBLISH_BATCH: usize = 256;
 /// How many times a batch is sent again after the connection to Redis broke (waiting 0.2, 0.4,
-/// 0.8, 1.6 s between): about three seconds for Redis to come back before it is dropped.
-const PUBLISH_RETRIES: u32 = 4;
+/// 0.8, 1.6, then 2 s between): about seven seconds for Redis to come back, and for the
+/// connection to it to be made again, before the batch is dropped.
+const PUBLISH_RETRIES: u32 = 6;
+/// The longest wait between two of those tries.
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Where every node says which public rooms it owns (`{"node":…,"rooms":[…]}`), when they change
 /// and every [`RENEW_EVERY`]; a list not said again within [`ROOM_LIST_TTL`] is dropped.
 pub const ROOMS_CHANNEL: &str = "huddle:rooms";
@@ -600,7 +603,7 @@ async fn publisher(cluster: Arc<Cluster>, mut redis: ConnectionManager, mut queu
                 Err(e) if tries < PUBLISH_RETRIES && (e.is_connection_dropped() || e.is_io_error()) => {
                     cluster.redis_error(&e);
                     tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                    tokio::time::sleep(Duration::from_millis(100 << tries).min(PUBLISH_RETRY_MAX)).await;
                     continue;
                 }
                 Err(e) => {
