@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { startServer } from './lib/server.js';
+import { startServer, metricsParticipants } from './lib/server.js';
 import { launchParticipant, writeLogs, withTimeout } from './lib/browser.js';
 import { joinViaLanding, joinFromPrejoin, waitForView, waitForRemoteTiles, pollUntil } from './lib/huddle.js';
 import { Scenario } from './lib/scenario.js';
@@ -95,13 +95,7 @@ async function lateNotInRoom(x, code) {
 }
 
 /** `huddle_participants` from the server's /metrics. */
-async function participants() {
-  const res = await fetch(`${sc.server.url}/metrics`);
-  assert.equal(res.status, 200, `GET /metrics answered ${res.status}`);
-  const m = /^huddle_participants (\d+)$/m.exec(await res.text());
-  assert.ok(m, '/metrics has huddle_participants');
-  return Number(m[1]);
-}
+const participants = () => metricsParticipants(sc.server);
 
 async function expectParticipants(n) {
   await pollUntil(async () => (await participants()) === n || { ok: false, now: await participants() },

@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { startServer } from './lib/server.js';
+import { startServer, metricsParticipants } from './lib/server.js';
 import { launchParticipant, writeLogs } from './lib/browser.js';
 import { makeTempDir, makeClips } from './lib/camera.js';
 import { joinViaLanding, pressJoin, waitForView, waitForRemoteTiles, expectEveryoneSeesEveryone, pollUntil } from './lib/huddle.js';
@@ -56,13 +56,7 @@ function nth(p, list, type, n, pred = () => true) {
 }
 
 /** `huddle_participants` from the server's /metrics. */
-async function participants() {
-  const res = await fetch(`${sc.server.url}/metrics`);
-  assert.equal(res.status, 200, `GET /metrics answered ${res.status}`);
-  const m = /^huddle_participants (\d+)$/m.exec(await res.text());
-  assert.ok(m, '/metrics has huddle_participants');
-  return Number(m[1]);
-}
+const participants = () => metricsParticipants(sc.server);
 
 const hudState = (p) => p.page.evaluate(() => window.__huddle?.state ?? null);
 

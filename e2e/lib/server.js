@@ -101,3 +101,12 @@ function serverEnv() {
   env.RUST_LOG = process.env.RUST_LOG || 'info';
   return env;
 }
+
+/** `huddle_participants` from `server`'s /metrics: how many people are in rooms. */
+export async function metricsParticipants(server) {
+  const res = await fetch(`${server.url}/metrics`);
+  if (res.status !== 200) throw new Error(`GET /metrics answered ${res.status}`);
+  const m = /^huddle_participants (\d+)$/m.exec(await res.text());
+  if (!m) throw new Error('/metrics has no huddle_participants');
+  return Number(m[1]);
+}

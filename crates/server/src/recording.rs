@@ -89,6 +89,22 @@ struct Entry {
     handed_on: Option<std::time::Instant>,
 }
 
+impl Entry {
+    /// A recording of `room` being made here.
+    fn recording(room: &str, started_at: u64) -> Entry {
+        Entry {
+            room: room.to_string(),
+            started_at,
+            duration_ms: 0,
+            bytes: 0,
+            state: RecordingFileState::Recording,
+            progress: 0.0,
+            cancel: Arc::new(AtomicBool::new(false)),
+            handed_on: None,
+        }
+    }
+}
+
 /// Every recording this process knows, on disk under one directory.
 pub struct Recordings {
     dir: PathBuf,
@@ -293,17 +309,7 @@ impl Recordings {
         std::fs::create_dir_all(&self.dir)?;
         let dir = self.dir.join(&id);
         std::fs::create_dir(&dir)?;
-        let entry = Entry {
-            room: room.to_string(),
-            started_at,
-            duration_ms: 0,
-            bytes: 0,
-            state: RecordingFileState::Recording,
-            progress: 0.0,
-            cancel: Arc::new(AtomicBool::new(false)),
-            handed_on: None,
-        };
-        self.lock().insert(id.clone(), entry);
+        self.lock().insert(id.clone(), Entry::recording(room, started_at));
         self.notify(room);
         Ok((RecordingInfo { id, started_at, started_by: by }, dir))
     }
@@ -322,16 +328,7 @@ impl Recordings {
         let part = after.max(on_disk).saturating_add(1);
         {
             let mut entries = self.lock();
-            let e = entries.entry(info.id.clone()).or_insert_with(|| Entry {
-                room: room.to_string(),
-                started_at: info.started_at,
-                duration_ms: 0,
-                bytes: 0,
-                state: RecordingFileState::Recording,
-                progress: 0.0,
-                cancel: Arc::new(AtomicBool::new(false)),
-                handed_on: None,
-            });
+            let e = entries.entry(info.id.clone()).or_insert_with(|| Entry::recording(room, info.started_at));
             e.cancel.store(true, Ordering::Relaxed);
             e.cancel = Arc::new(AtomicBool::new(false));
             e.state = RecordingFileState::Recording;

@@ -1421,15 +1421,7 @@ fn a_meeting_in_breakout_rooms_survives_a_restart_and_ends_as_one() {
     let mut x = connect(&mut next, 8, 256);
     join(&mut next, &mut h, "n");
     join(&mut next, &mut x, "n");
-    let msg = ClientMsg::BreakoutOpen {
-        rooms: vec![huddle_protocol::BreakoutPlan { name: "A".into(), members: vec![x.id.clone()] }],
-        auto_move: true,
-        allow_return: true,
-        choose: false,
-        minutes: 0,
-        close_seconds: 60,
-    };
-    send(&mut next, &h, msg);
+    send(&mut next, &h, breakout_open(&[("A", &[&x.id])], true));
     send(&mut next, &h, ClientMsg::BreakoutMove { room: 1 });
     x.drain();
     send(&mut next, &h, ClientMsg::EndMeeting);
@@ -1448,14 +1440,10 @@ fn a_breakout_time_limit_passed_long_ago_closes_the_rooms_at_once() {
     let mut b = connect(&mut hub, 2, 256);
     join(&mut hub, &mut a, "m");
     join(&mut hub, &mut b, "m");
-    let msg = ClientMsg::BreakoutOpen {
-        rooms: vec![huddle_protocol::BreakoutPlan { name: "A".into(), members: vec![b.id.clone()] }],
-        auto_move: true,
-        allow_return: false,
-        choose: false,
-        minutes: 1,
-        close_seconds: 0,
-    };
+    let mut msg = breakout_open(&[("A", &[&b.id])], true);
+    if let ClientMsg::BreakoutOpen { allow_return, minutes, close_seconds, .. } = &mut msg {
+        (*allow_return, *minutes, *close_seconds) = (false, 1, 0);
+    }
     send(&mut hub, &a, msg);
     assert_eq!(room_key(&hub, &b).as_deref(), Some("m\u{0}1"));
     let later = Instant::now() + Duration::from_secs(3600);
@@ -1472,15 +1460,7 @@ fn joining_an_empty_main_room_while_everyone_is_in_breakout_rooms_makes_no_secon
     let mut hub = hub_with(|_| {});
     let mut host = connect(&mut hub, 1, 256);
     join(&mut hub, &mut host, "r");
-    let msg = ClientMsg::BreakoutOpen {
-        rooms: vec![huddle_protocol::BreakoutPlan { name: "A".into(), members: vec![host.id.clone()] }],
-        auto_move: true,
-        allow_return: true,
-        choose: false,
-        minutes: 0,
-        close_seconds: 60,
-    };
-    send(&mut hub, &host, msg);
+    send(&mut hub, &host, breakout_open(&[("A", &[&host.id])], true));
     assert_eq!(room_key(&hub, &host).as_deref(), Some("r\u{0}1"));
     let mut late = connect(&mut hub, 2, 256);
     assert_eq!(role_of(&join(&mut hub, &mut late, "r")), Role::Participant);
