@@ -554,8 +554,11 @@ impl Hub {
             return;
         }
         if let Some(Place::In(room) | Place::Waiting(room)) = self.rooms.place(id).cloned() {
-            // A breakout room is saved with its meeting.
-            let room = self.meeting_key(&room).unwrap_or(room);
+            // A breakout room is saved with its meeting (a lookup only for one of those).
+            let room = match crate::room::breakout::index_of(&room) {
+                Some(_) => self.meeting_key(&room).unwrap_or(room),
+                None => room,
+            };
             match weight {
                 Weight::State => self.unsaved.insert(room),
                 Weight::Light => self.unsaved_light.insert(room),
